@@ -1,0 +1,28 @@
+"""pgtide: PostgreSQL as a live, reliable stream of changes.
+
+The blocking API lives here; the asyncio faces of the same features live in :mod:`pgtide.aio`.
+"""
+
+from ._version import __version__
+from .connect import dsn
+from .errors import (
+    ConfigError,
+    ConnectionFailed,
+    EmbeddedError,
+    PayloadTooLarge,
+    PgtideError,
+    SchemaError,
+)
+from .schema import install
+
+__all__ = [
+    "ConfigError",
+    "ConnectionFailed",
+    "EmbeddedError",
+    "PayloadTooLarge",
+    "PgtideError",
+    "SchemaError",
+    "__version__",
+    "dsn",
+    "install",
+]

@@ -1,0 +1,32 @@
+"""The exceptions pgtide raises. Every one derives from :class:`PgtideError`."""
+
+from __future__ import annotations
+
+
+class PgtideError(Exception):
+    """Base class of every error pgtide raises on purpose."""
+
+
+class ConfigError(PgtideError, ValueError):
+    """The configuration names something impossible: a malformed DSN, an unreadable env file."""
+
+
+class ConnectionFailed(PgtideError):
+    """The chosen database cannot be reached. The message names the source and the host."""
+
+    def __init__(self, message: str, *, source: str = "", target: str = "") -> None:
+        super().__init__(message)
+        self.source = source
+        self.target = target
+
+
+class EmbeddedError(PgtideError):
+    """The embedded PostgreSQL could not be initialised, started or stopped."""
+
+
+class SchemaError(PgtideError):
+    """pgtide's schema could not be installed or is missing."""
+
+
+class PayloadTooLarge(PgtideError, ValueError):
+    """A NOTIFY payload is at or over PostgreSQL's 8000-byte limit."""

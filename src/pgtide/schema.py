@@ -1,0 +1,119 @@
+"""Install and upgrade pgtide's own schema (``pgtide``).
+
+Migrations are the numbered ``sql/NNN_name.sql`` files shipped in the package. They run in
+order, each recorded in ``pgtide.schema_version``, all in one transaction under an advisory
+lock, so installing is idempotent and safe when several processes do it at once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import psycopg
+
+from .connect import Resolved, connect
+from .errors import SchemaError
+
+SCHEMA = "pgtide"
+LOCK_KEY = 0x7067_7469_6465  # "pgtide": one advisory lock for every installer
+_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+
+_PREAMBLE = """
+CREATE SCHEMA IF NOT EXISTS pgtide;
+CREATE TABLE IF NOT EXISTS pgtide.schema_version (
+    version      integer PRIMARY KEY,
+    name         text NOT NULL,
+    installed_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+_CURRENT = "SELECT coalesce(max(version), 0) FROM pgtide.schema_version"
+_RECORD = "INSERT INTO pgtide.schema_version (version, name) VALUES (%s, %s)"
+_PRIVILEGE = """
+SELECT current_user, current_database(),
+       has_database_privilege(current_database(), 'CREATE') AS can_create,
+       EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'pgtide') AS schema_exists
+"""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def migrations() -> list[Migration]:
+    """Every migration shipped with this version of pgtide, in order."""
+    found = []
+    for entry in resources.files("pgtide").joinpath("sql").iterdir():
+        match = _NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    return sorted(found, key=lambda m: m.version)
+
+
+def latest_version() -> int:
+    return migrations()[-1].version
+
+
+def installed_version(conn: psycopg.Connection[Any]) -> int:
+    """The schema version in the database, 0 when pgtide was never installed there."""
+    exists = conn.execute("SELECT to_regclass('pgtide.schema_version') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return 0
+    row = conn.execute(_CURRENT).fetchone()
+    return int(row[0]) if row else 0
+
+
+def install(
+    dsn: str | Resolved | None = None, *, conn: psycopg.Connection[Any] | None = None
+) -> int:
+    """Create or upgrade schema ``pgtide``; return the installed version. Idempotent."""
+    if conn is not None:
+        return _install(conn)
+    with connect(dsn) as own:
+        return _install(own)
+
+
+def _install(conn: psycopg.Connection[Any]) -> int:
+    _check_rights(conn)
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+            conn.execute(_PREAMBLE)
+            current = installed_version(conn)
+            for migration in migrations():
+                if migration.version > current:
+                    conn.execute(migration.sql.encode())  # a shipped file, no user input
+                    conn.execute(_RECORD, (migration.version, migration.name))
+                    current = migration.version
+            return current
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise SchemaError(
+            f"cannot install schema pgtide: {exc.diag.message_primary or exc}; "
+            "run `pgtide install` once as the schema's owner or a superuser"
+        ) from None
+
+
+def _check_rights(conn: psycopg.Connection[Any]) -> None:
+    row = conn.execute(_PRIVILEGE).fetchone()
+    assert row is not None
+    user, database, can_create, exists = row
+    if not exists and not can_create:
+        raise SchemaError(
+            f"role {user!r} lacks the CREATE privilege on database {database!r}, which "
+            f'installing schema pgtide needs; run `GRANT CREATE ON DATABASE "{database}" '
+            f'TO "{user}"` as a superuser, or install once as the database owner'
+        )
+
+
+def ensure(conn: psycopg.Connection[Any]) -> None:
+    """Install or upgrade the schema when it is missing or older than this package.
+
+    Features call this before first use, so ``pgtide.install()`` is never a forgotten step.
+    """
+    if installed_version(conn) < latest_version():
+        _install(conn)

@@ -1,0 +1,68 @@
+"""The command line of the foundation: version, db, install, demo, and its error boundary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pgtide_testing import CliRunner
+
+from pgtide import __version__
+
+SECRET = "secret"
+
+
+def test_version(cli: CliRunner) -> None:
+    done = cli("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"pgtide {__version__}"
+
+
+def test_unreachable_dsn_is_one_clear_line(cli: CliRunner) -> None:
+    done = cli("install", env={"PGTIDE_DSN": f"postgresql://nobody:{SECRET}@127.0.0.1:1/x"})
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "PGTIDE_DSN" in lines[0] and "127.0.0.1:1" in lines[0]
+    assert "Traceback" not in done.stderr
+    assert SECRET not in done.stderr + done.stdout
+
+
+def test_unreachable_env_file_is_one_clear_line(cli: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "pgtide.env").write_text(
+        f"DATABASE_HOST=127.0.0.1\nDATABASE_PORT=1\nDATABASE_USERNAME=nobody\n"
+        f"DATABASE_PASSWORD={SECRET}\nDATABASE_NAME=x\n"
+    )
+    done = cli("install")
+    assert done.returncode == 2
+    assert "pgtide.env" in done.stderr and "127.0.0.1:1" in done.stderr
+    assert SECRET not in done.stderr + done.stdout and "Traceback" not in done.stderr
+
+
+def test_db_url_masks_and_names_the_source(cli: CliRunner) -> None:
+    done = cli("db", "url", env={"DATABASE_URL": f"postgresql://me:{SECRET}@db.example:5433/shop"})
+    assert done.returncode == 0
+    assert "postgresql://me:***@db.example:5433/shop" in done.stdout
+    assert "DATABASE_URL" in done.stdout and SECRET not in done.stdout
+    data = json.loads(cli("db", "url", "--json", env={"DATABASE_URL": "postgresql://h/db"}).stdout)
+    assert data["source"] == "DATABASE_URL" and data["target"] == "h:5432/db"
+
+
+def test_install_and_db_status_on_embedded(cli: CliRunner, dsn: str) -> None:
+    done = cli("install", "--dsn", dsn, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["version"] >= 1
+    status = json.loads(cli("db", "status", "--json").stdout)
+    assert set(status) == {"running", "pid", "home", "dsn"}
+
+
+def test_demo_runs(cli: CliRunner, dsn: str) -> None:
+    done = cli("demo", "--dsn", dsn, "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["ok"] is True
+
+
+def test_bad_dsn_is_a_config_error(cli: CliRunner) -> None:
+    done = cli("install", "--dsn", "host=x password=hunter2 junk")
+    assert done.returncode == 1
+    assert "not hold a valid" in done.stderr and "hunter2" not in done.stderr

@@ -1,0 +1,83 @@
+"""pgtide's schema: versioned, idempotent, safe to install concurrently, clear about rights."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+import pgtide
+from pgtide import schema
+
+
+def test_install_creates_schema_and_version(bare_dsn: str) -> None:
+    assert pgtide.install(dsn=bare_dsn) == schema.latest_version()
+    with psycopg.connect(bare_dsn) as conn:
+        rows = conn.execute("SELECT version, name FROM pgtide.schema_version ORDER BY 1").fetchall()
+    assert [r[0] for r in rows] == [m.version for m in schema.migrations()]
+
+
+def test_install_is_idempotent(bare_dsn: str) -> None:
+    first = pgtide.install(dsn=bare_dsn)
+    assert pgtide.install(dsn=bare_dsn) == first
+    with psycopg.connect(bare_dsn) as conn:
+        count = conn.execute("SELECT count(*) FROM pgtide.schema_version").fetchone()
+    assert count == (len(schema.migrations()),)
+
+
+def test_concurrent_installs_are_safe(bare_dsn: str) -> None:
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def run() -> None:
+        try:
+            barrier.wait()
+            pgtide.install(dsn=bare_dsn)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with psycopg.connect(bare_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM pgtide.schema_version").fetchone() == (
+            len(schema.migrations()),
+        )
+
+
+def test_migrations_are_numbered_in_order() -> None:
+    versions = [m.version for m in schema.migrations()]
+    assert versions == sorted(set(versions)) and versions[0] == 1
+
+
+def test_missing_create_right_is_named(bare_dsn: str) -> None:
+    role = f"pgtide_norights_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(bare_dsn, autocommit=True) as admin:
+        db = admin.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        admin.execute(
+            sql.SQL("REVOKE CREATE ON DATABASE {} FROM PUBLIC").format(sql.Identifier(db))
+        )
+    try:
+        with pytest.raises(pgtide.SchemaError) as info:
+            pgtide.install(dsn=make_conninfo(bare_dsn, user=role))
+        message = str(info.value)
+        assert "CREATE" in message and role in message and "GRANT" in message
+    finally:
+        with psycopg.connect(bare_dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_ensure_installs_when_missing(bare_dsn: str) -> None:
+    with psycopg.connect(bare_dsn, autocommit=True) as conn:
+        assert schema.installed_version(conn) == 0
+        schema.ensure(conn)
+        assert schema.installed_version(conn) == schema.latest_version()
