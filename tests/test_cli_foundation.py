@@ -66,3 +66,10 @@ def test_bad_dsn_is_a_config_error(cli: CliRunner) -> None:
     done = cli("install", "--dsn", "host=x password=hunter2 junk")
     assert done.returncode == 1
     assert "not hold a valid" in done.stderr and "hunter2" not in done.stderr
+
+
+def test_status_reports_the_database(cli: CliRunner, dsn: str) -> None:
+    done = cli("status", "--dsn", dsn, "--json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["database"][0]["schema pgtide"] >= 1

@@ -9,7 +9,7 @@ import typer
 
 from .. import __version__
 from ..errors import ConnectionFailed, PgtideError
-from . import db, demo, install
+from . import db, demo, install, status
 
 app = typer.Typer(
     name="pgtide",
@@ -21,6 +21,7 @@ app = typer.Typer(
 app.add_typer(db.app, name="db")
 app.command("install")(install.install)
 app.command("demo")(demo.demo)
+app.command("status")(status.status)
 
 
 def _version(value: bool) -> None:
