@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,17 +27,21 @@ from pgtide_testing import (
 _EXTERNAL = os.environ.get("PGTIDE_TEST_DSN")
 
 
+def _private_dir(prefix: str) -> Path:
+    """A directory of our own (pytest prunes its numbered temp dirs while other runs use them)."""
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestServer]:
+def pg_server() -> Iterator[TestServer]:
     """The session's server: embedded in a temporary home, or the one in PGTIDE_TEST_DSN."""
-    home = tmp_path_factory.mktemp("pgtide-home")
+    home = _private_dir("pgtide-test-")
     server = start_test_server(home, _EXTERNAL)
     try:
         yield server
     finally:
         server.close()
-        if not _EXTERNAL:
-            shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -64,9 +69,9 @@ def bare_dsn(pg_server: TestServer) -> Iterator[str]:
 
 
 @pytest.fixture
-def restartable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestartableServer]:
+def restartable() -> Iterator[RestartableServer]:
     """A private embedded server that the test may stop, start and restart."""
-    server = RestartableServer(tmp_path_factory.mktemp("restartable"))
+    server = RestartableServer(_private_dir("pgtide-restartable-"))
     try:
         yield server
     finally:
