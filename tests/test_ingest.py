@@ -123,7 +123,6 @@ def _watch_forever(dsn: str, directory: str) -> None:
     pgtide.FileWatcher(directory, table="t", columns=["v"], dsn=dsn, batch_bytes=2048).run()
 
 
-@pytest.mark.slow
 def test_sigkilled_watcher_restarted_twice_lands_each_line_once(
     dsn: str, table: str, data: Path, killable: Killable
 ) -> None:
@@ -146,7 +145,9 @@ def test_sigkilled_watcher_restarted_twice_lands_each_line_once(
     for round_, upto in enumerate((20_000, total)):
         proc = killable.start(_watch_forever, dsn, str(data))
         floor = count()
-        wait_for(lambda f=floor: count() > f + 1_000, timeout=40, what="the watcher to make progress")
+        wait_for(
+            lambda f=floor: count() > f + 1_000, timeout=40, what="the watcher to make progress"
+        )
         write(upto)  # more lines arrive while it works
         killable.kill(proc)  # SIGKILL mid-stream, between or inside a batch
         assert proc.exitcode == -9, f"round {round_}"
@@ -300,7 +301,8 @@ def test_bad_rows_found_without_one_row_per_statement(
 def test_csv_with_header_delimiter_and_quotes(dsn: str, data: Path) -> None:
     sql(dsn, "CREATE TABLE m (id int, name text, score numeric, note text)")
     (data / "m.csv").write_text(
-        'id;name;score;note\n1;ann;1.5;"semi; colon"\n2;bob;;"two\nlines"\nthree;x;1;y\n3;"c""d";2;\n'
+        'id;name;score;note\n1;ann;1.5;"semi; colon"\n2;bob;;"two\nlines"\n'
+        'three;x;1;y\n3;"c""d";2;\n'
     )
     watcher = pgtide.FileWatcher(
         data, table="m", pattern="*.csv", format="csv", header=True, delimiter=";", dsn=dsn
@@ -318,7 +320,9 @@ def test_csv_with_header_delimiter_and_quotes(dsn: str, data: Path) -> None:
 def test_csv_without_header_into_named_columns(dsn: str, data: Path) -> None:
     sql(dsn, "CREATE TABLE m (a int, b text, c int DEFAULT 7)")
     (data / "m.csv").write_text("1,x\n2,y\n")
-    pgtide.FileWatcher(data, table="m", columns="a,b", pattern="*.csv", format="csv", dsn=dsn).catch_up()
+    pgtide.FileWatcher(
+        data, table="m", columns="a,b", pattern="*.csv", format="csv", dsn=dsn
+    ).catch_up()
     assert sql(dsn, "SELECT a, b, c FROM m ORDER BY a") == [(1, "x", 7), (2, "y", 7)]
 
 
@@ -332,7 +336,12 @@ def test_jsonl_keys_map_to_columns(dsn: str, data: Path) -> None:
         "\n".join(json.dumps(o) for o in objects) + '\n{"id": \n[1, 2]\n{"id": "nope"}\n'
     )
     pgtide.FileWatcher(
-        data, table="j", columns=["id", "name", "tags", "ok"], pattern="*.jsonl", format="jsonl", dsn=dsn
+        data,
+        table="j",
+        columns=["id", "name", "tags", "ok"],
+        pattern="*.jsonl",
+        format="jsonl",
+        dsn=dsn,
     ).catch_up()
     assert sql(dsn, "SELECT id, name, tags, ok FROM j ORDER BY id") == [
         (1, "a", ["x"], True),
@@ -346,9 +355,7 @@ def test_jsonl_keys_map_to_columns(dsn: str, data: Path) -> None:
 def test_sql_template_mode_seed_004(dsn: str, data: Path) -> None:
     sql(dsn, "CREATE TABLE IF NOT EXISTS data_container (ID FLOAT PRIMARY KEY NOT NULL)")
     (data / "fake_data.txt").write_text("1.5\n2.5\n1.5\n3.5\n")  # a duplicate: kept in rejects
-    watcher = pgtide.FileWatcher(
-        data, sql="INSERT INTO data_container (ID) VALUES (%s)", dsn=dsn
-    )
+    watcher = pgtide.FileWatcher(data, sql="INSERT INTO data_container (ID) VALUES (%s)", dsn=dsn)
     assert watcher.catch_up() == 3
     assert sql(dsn, "SELECT id FROM data_container ORDER BY id") == [(1.5,), (2.5,), (3.5,)]
     assert sql(dsn, "SELECT line_no FROM pgtide.rejects") == [(3,)]
@@ -392,7 +399,7 @@ def test_clear_errors(dsn: str, data: Path, tmp_path: Path) -> None:
         pgtide.FileWatcher(data, table="two", columns=["c"], dsn=dsn).catch_up()
     with pytest.raises(pgtide.IngestError, match="has 2 columns; say which one"):
         pgtide.FileWatcher(data, table="two", dsn=dsn).catch_up()
-    with pytest.raises(pgtide.ConfigError, match="either table= .* or sql="):
+    with pytest.raises(pgtide.ConfigError, match=r"either table= .* or sql="):
         pgtide.FileWatcher(data, dsn=dsn)
     (data / "a.txt").write_text("1\n")
     with pytest.raises(pgtide.IngestError, match='relation "nope" does not exist'):
@@ -459,3 +466,46 @@ def test_async_face(dsn: str, table: str, data: Path) -> None:
     status = asyncio.run(asyncio.wait_for(main(), 30))
     assert floats(dsn) == [1, 2, 3, 4]
     assert not status.running and status.rows_written == 4
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def test_cli_ingest_once_and_status(dsn: str, table: str, data: Path, cli: Any) -> None:
+    (data / "a.txt").write_text("1\n2\nbad\n")
+    done = cli("ingest", str(data), "--table", table, "--columns", "v", "--once", "--dsn", dsn)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.splitlines()[-1])  # JSON lines when piped
+    assert (summary["rows_written"], summary["rejected"], summary["lines_read"]) == (2, 1, 3)
+    assert floats(dsn) == [1, 2]
+
+    status = cli("status", "--json", "--dsn", dsn)
+    assert status.returncode == 0, status.stderr
+    files = json.loads(status.stdout)["ingested files"]
+    assert [
+        (Path(f["path"]).name, f["offset"], f["lines"], f["rows"], f["rejected"]) for f in files
+    ] == [("a.txt", 8, 3, 2, 1)]
+
+
+def test_cli_ingest_sql_template_from_end(dsn: str, data: Path, cli: Any) -> None:
+    sql(dsn, "CREATE TABLE data_container (ID FLOAT PRIMARY KEY NOT NULL)")
+    (data / "fake_data.txt").write_text("1.0\n")
+    template = "INSERT INTO data_container (ID) VALUES (%s)"
+    args = ("ingest", str(data), "--sql", template, "--once", "--dsn", dsn)
+    assert cli(*args, "--from", "end").returncode == 0
+    append(data / "fake_data.txt", "2.0\n")
+    assert cli(*args).returncode == 0
+    assert sql(dsn, "SELECT id FROM data_container") == [(2.0,)]
+
+
+def test_cli_errors_are_one_clear_line(dsn: str, data: Path, tmp_path: Path, cli: Any) -> None:
+    missing_dir = cli("ingest", str(tmp_path / "nowhere"), "--table", "t", "--dsn", dsn)
+    assert missing_dir.returncode != 0
+    assert missing_dir.stderr.strip().splitlines() == [
+        f"pgtide: error: {tmp_path / 'nowhere'} does not exist; create the directory first "
+        "or give the path to watch"
+    ]
+    missing_table = cli("ingest", str(data), "--table", "nope", "--once", "--dsn", dsn)
+    assert missing_table.returncode != 0
+    assert "table 'nope' does not exist" in missing_table.stderr
+    assert len(missing_table.stderr.strip().splitlines()) == 1

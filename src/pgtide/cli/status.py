@@ -48,6 +48,19 @@ def _listeners(conn: psycopg.Connection[Any]) -> int:
 SECTIONS: list[SectionFn] = [_database]
 
 
+def _ingested_files(conn: psycopg.Connection[Any]) -> Section | None:
+    from ..ingest import overview
+
+    rows = overview(conn)
+    if not rows:
+        return None
+    columns = ["watcher", "path", "offset", "lines", "rows", "rejected", "target", "updated"]
+    return Section("ingested files", columns, [list(r) for r in rows])
+
+
+SECTIONS.append(_ingested_files)
+
+
 def status(dsn: DsnOption = None, as_json: JsonOption = False) -> None:
     """Consumers and their lag, events by state, ingested files, listener connections."""
     chosen = resolve(dsn)

@@ -47,7 +47,8 @@ INSERT_REJECT = """
 INSERT INTO pgtide.rejects (watcher, path, line_no, line, error) VALUES (%s, %s, %s, %s, %s)
 """
 OVERVIEW = """
-SELECT watcher, path, byte_offset, line_count, rows_written, rejected, target, updated_at
+SELECT watcher, path, byte_offset, line_count, rows_written, rejected, target,
+       date_trunc('second', updated_at) AS updated_at
 FROM pgtide.file_offsets ORDER BY watcher, path
 """
 TABLE_COLUMNS = """
