@@ -509,3 +509,16 @@ def test_cli_errors_are_one_clear_line(dsn: str, data: Path, tmp_path: Path, cli
     assert missing_table.returncode != 0
     assert "table 'nope' does not exist" in missing_table.stderr
     assert len(missing_table.stderr.strip().splitlines()) == 1
+
+
+def test_line_longer_than_a_batch_and_jsonl_into_all_columns(dsn: str, data: Path) -> None:
+    sql(dsn, "CREATE TABLE long (s text)")
+    big = "x" * 5000
+    (data / "a.txt").write_text(f"short\n{big}\nend\n")
+    pgtide.FileWatcher(data, table="long", batch_bytes=1024, dsn=dsn).catch_up()
+    assert [r[0] for r in sql(dsn, "SELECT s FROM long")] == ["short", big, "end"]
+
+    sql(dsn, "CREATE TABLE j (a int, b text)")
+    (data / "j.jsonl").write_text('{"b": "x", "a": 1}\n')
+    pgtide.FileWatcher(data, table="j", pattern="*.jsonl", format="jsonl", dsn=dsn).catch_up()
+    assert sql(dsn, "SELECT a, b FROM j") == [(1, "x")]
