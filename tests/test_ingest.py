@@ -17,7 +17,7 @@ from pgtide_testing import Killable, RestartableServer
 
 import pgtide
 import pgtide.aio
-from pgtide.ingest import _writer
+from pgtide.ingest import _core, _writer
 
 
 def sql(dsn: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -522,3 +522,34 @@ def test_line_longer_than_a_batch_and_jsonl_into_all_columns(dsn: str, data: Pat
     (data / "j.jsonl").write_text('{"b": "x", "a": 1}\n')
     pgtide.FileWatcher(data, table="j", pattern="*.jsonl", format="jsonl", dsn=dsn).catch_up()
     assert sql(dsn, "SELECT a, b FROM j") == [(1, "x")]
+
+
+def _open_under(directory: Path) -> int:
+    """Descriptors this process holds on files under ``directory``."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith(str(directory))
+        except OSError:
+            continue
+    return count
+
+
+def test_many_files_with_few_descriptors(
+    dsn: str, table: str, data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_core, "MAX_OPEN_FILES", 2)
+    for i in range(6):
+        (data / f"f{i}.txt").write_text(f"{i}\n")
+    watcher = pgtide.FileWatcher(data, table=table, columns=["v"], rescan_every=0.1, dsn=dsn)
+    with watcher:
+        wait_for(lambda: len(floats(dsn)) == 6, what="one line of each file")
+        assert _open_under(data) <= 2
+        for i in range(6):
+            append(data / f"f{i}.txt", f"{10 + i}\n")
+        os.rename(data / "f0.txt", data / "f0.old")  # rotated, maybe while closed
+        (data / "f0.txt").write_text("100\n")
+        expected = sorted([*range(6), *range(10, 16), 100])
+        wait_for(lambda: sorted(floats(dsn)) == expected, what="appends and the rotation")
+        assert _open_under(data) <= 2
+    assert sorted(floats(dsn)) == expected

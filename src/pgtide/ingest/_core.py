@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +34,8 @@ log = logging.getLogger("pgtide.ingest")
 
 Start = Literal["beginning", "end"]
 _DISCONNECTED = (psycopg.OperationalError, psycopg.InterfaceError)
+MAX_OPEN_FILES = 200
+"""Files kept open at once; the least recently read are closed (and reopened by path)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,7 @@ class Engine:
         self._columns: tuple[str, ...] | None = None
         self._files: dict[str, _files.Tracked] = {}
         self._saved: dict[str, _store.Saved] = {}
+        self._lru: OrderedDict[int, _files.Tracked] = OrderedDict()  # files with an open fd
         self._reborn: set[str] = set()  # paths whose previous file was rotated away
         self._first_scan = True
         self._ever_connected = False
@@ -166,6 +170,7 @@ class Engine:
         self._take_snapshot()
         for tracked in self._files.values():
             tracked.close()
+        self._lru.clear()
         with self._lock:
             self._files.clear()
         self._saved.clear()
@@ -282,22 +287,58 @@ class Engine:
         for path, tracked in list(self._files.items()):
             st = found.get(path)
             if st is not None and (st.st_dev, st.st_ino) == (tracked.device, tracked.inode):
+                if tracked.fd < 0:
+                    tracked.size = st.st_size
                 continue
             moved_to = by_identity.get((tracked.device, tracked.inode))
             if moved_to is not None and moved_to not in self._files:
                 self._move(tracked, moved_to)
             else:
                 self._finish(tracked)
-        for path in found:
+        for path, st in found.items():
             if path not in self._files:
-                self._track(path)
+                self._track(path, st)
 
-    def _from_saved(self, path: str, saved: _store.Saved, fd: int) -> _files.Tracked:
+    # -- open files: at most MAX_OPEN_FILES, the least recently used are closed -----------------
+
+    def _opened(self, tracked: _files.Tracked, fd: int) -> None:
+        tracked.fd = fd
+        self._lru[id(tracked)] = tracked
+        while len(self._lru) > MAX_OPEN_FILES:
+            _, oldest = self._lru.popitem(last=False)
+            oldest.close()
+
+    def _close_file(self, tracked: _files.Tracked) -> None:
+        self._lru.pop(id(tracked), None)
+        tracked.close()
+
+    def _open_as(self, tracked: _files.Tracked, where: str) -> bool:
+        """Open ``where`` for ``tracked`` if it still is the same file (device and inode)."""
+        opened = _files.open_file(where)
+        if opened is None:
+            return False
+        fd, st = opened
+        if (st.st_dev, st.st_ino) != (tracked.device, tracked.inode):
+            os.close(fd)
+            return False
+        self._opened(tracked, fd)
+        return True
+
+    def _reopen_moved(self, tracked: _files.Tracked) -> bool:
+        """Find a file that left its path (a rotation) by its identity, in the same directory."""
+        if tracked.fd >= 0:
+            return True
+        where = _files.find_inode(str(Path(tracked.path).parent), tracked.device, tracked.inode)
+        return where is not None and self._open_as(tracked, where)
+
+    # -- which file is which ------------------------------------------------------------------
+
+    def _from_saved(self, path: str, saved: _store.Saved) -> _files.Tracked:
         return _files.Tracked(
             path=path,
             device=saved.device,
             inode=saved.inode,
-            fd=fd,
+            fd=-1,
             offset=saved.offset,
             line_count=saved.line_count,
             fingerprint=saved.fingerprint,
@@ -316,41 +357,36 @@ class Engine:
     ) -> None:
         """Match a committed offset to the file it belongs to, wherever that file is now."""
         del self._saved[path]
-        identity = (saved.device, saved.inode)
+        tracked = self._from_saved(path, saved)
         st = found.get(path)
-        moved_to = by_identity.get(identity)
-        where = path if st is not None and (st.st_dev, st.st_ino) == identity else None
-        if where is None and moved_to is not None and moved_to not in self._saved:
-            where = moved_to
-        if where is None:
-            where = _files.find_inode(str(Path(path).parent), *identity)
-        opened = _files.open_file(where) if where is not None else None
-        if opened is None or (opened[1].st_dev, opened[1].st_ino) != identity:
-            if opened is not None:
-                os.close(opened[0])
+        if st is not None and (st.st_dev, st.st_ino) == (saved.device, saved.inode):
+            tracked.size = st.st_size  # still there: opened when it has something to read
+            with self._lock:
+                self._files[path] = tracked
+            return
+        moved_to = by_identity.get((saved.device, saved.inode))
+        if moved_to is not None and moved_to not in self._saved and moved_to not in self._files:
+            with self._lock:
+                self._files[path] = tracked
+            self._move(tracked, moved_to)  # renamed to another watched name while we were away
+            return
+        if not self._reopen_moved(tracked):
             log.warning("%s is gone since the last run; forgetting it", path)
             self._forget(path)
             self._reborn.add(path)
             return
-        tracked = self._from_saved(path, saved, opened[0])
         with self._lock:
             self._files[path] = tracked
-        if where == path:
-            return
-        if where in found and where not in self._files:
-            self._move(tracked, where)
-        else:
-            self._finish(tracked)
+        self._finish(tracked)  # rotated away while we were away: land its tail
 
-    def _track(self, path: str) -> None:
-        opened = _files.open_file(path)
-        if opened is None:
-            return
-        fd, st = opened
-        tracked = _files.Tracked(path, st.st_dev, st.st_ino, fd, size=st.st_size)
+    def _track(self, path: str, st: os.stat_result) -> None:
+        tracked = _files.Tracked(path, st.st_dev, st.st_ino, -1, size=st.st_size)
         skip = self._first_scan and self.s.start == "end" and path not in self._reborn
         self._reborn.discard(path)
         if skip:
+            if not self._open_as(tracked, path):
+                return
+            fd = tracked.fd
             end = _files.last_line_end(fd, st.st_size)
             tracked.offset = end
             tracked.line_count = _files.count_lines(fd, end)
@@ -379,12 +415,13 @@ class Engine:
             self._files[new_path] = tracked
 
     def _finish(self, tracked: _files.Tracked) -> None:
-        """A file that left the watched set (rotated away or deleted): land its tail, then
-        forget it."""
-        while self._step(tracked, final=True) is not None:
-            pass
+        """A file that left the watched set (rotated away or deleted): land its tail (through
+        the open descriptor, or found again by its identity), then forget it."""
+        if self._reopen_moved(tracked):
+            while self._step(tracked, final=True) is not None:
+                pass
         self._forget(tracked.path)
-        tracked.close()
+        self._close_file(tracked)
         with self._lock:
             self._files.pop(tracked.path, None)
         self._reborn.add(tracked.path)
@@ -442,7 +479,12 @@ class Engine:
     def _step(self, tracked: _files.Tracked, *, final: bool = False) -> int | None:
         """Land one batch of complete lines of one file; None when there was nothing to land."""
         if tracked.fd < 0:
-            return None
+            if final or tracked.size == tracked.offset:
+                return None  # closed and nothing new since the last scan
+            if not self._open_as(tracked, tracked.path):
+                return None  # replaced in between: the next scan sorts it out
+        else:
+            self._lru.move_to_end(id(tracked))
         size = os.fstat(tracked.fd).st_size
         tracked.size = size
         if size < tracked.offset or not _files.same_start(tracked):

@@ -155,6 +155,8 @@ class FileWatcher:
 
     def run(self) -> None:
         """Land lines as they are written; blocks until :meth:`stop` (or Ctrl-C)."""
+        if self._engine.running:
+            raise ConfigError("this watcher is already running")
         self._engine.stop_event.clear()
         self._engine.run()
 
