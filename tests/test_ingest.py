@@ -17,6 +17,7 @@ from pgtide_testing import Killable, RestartableServer
 
 import pgtide
 import pgtide.aio
+import pgtide.ingest
 from pgtide.ingest import _core, _writer
 
 
@@ -553,3 +554,17 @@ def test_many_files_with_few_descriptors(
         wait_for(lambda: sorted(floats(dsn)) == expected, what="appends and the rotation")
         assert _open_under(data) <= 2
     assert sorted(floats(dsn)) == expected
+
+
+def test_cli_progress_line_renders() -> None:
+    from rich.console import Console
+
+    from pgtide.cli import ingest as command
+
+    out = Console(record=True, width=160, force_terminal=False)
+    display = command._Display(out)
+    files = (pgtide.ingest.FileStatus("/d/a.txt", 2_000_000, 5_000_000, 100_000, 99_990, 10),)
+    with display.progress:
+        display.update(pgtide.ingest.WatcherStatus(True, files, 100_000))
+    text = out.export_text()
+    assert "1 files" in text and "3.0 MB left" in text and "99,990 rows, 10 rejected" in text

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from ..ingest import FileWatcher, WatcherStatus
@@ -47,7 +51,7 @@ def _size(n: float) -> str:
 class _Display:
     """A rich progress line for people: files, lines/s, bytes left, rows and rejects."""
 
-    def __init__(self) -> None:
+    def __init__(self, out: Console = console) -> None:
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -56,7 +60,7 @@ class _Display:
             TextColumn("{task.fields[left]} left"),
             TextColumn("{task.fields[rows]} rows, {task.fields[rejects]} rejected"),
             TimeElapsedColumn(),
-            console=console,
+            console=out,
             transient=False,
         )
         self.task: TaskID = self.progress.add_task(
@@ -141,10 +145,27 @@ def ingest(
         flush_after=flush_after,
     )
     machine = wants_json(as_json)
+    _log_to(machine)
     if once:
         _once(watcher, machine)
     else:
         _forever(watcher, machine)
+
+
+def _log_to(machine: bool) -> None:
+    """Warnings (rejects, reconnects) above the progress line, or as plain lines on stderr."""
+    logger = logging.getLogger("pgtide.ingest")
+    if logger.handlers:
+        return
+    handler: logging.Handler
+    if machine:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("pgtide: %(levelname)s: %(message)s"))
+    else:
+        handler = RichHandler(console=console, show_path=False, show_time=False)
+    handler.setLevel(logging.WARNING)
+    logger.addHandler(handler)
+    logger.propagate = False
 
 
 def _once(watcher: FileWatcher, machine: bool) -> None:
