@@ -160,7 +160,9 @@ def test_sigkilled_watcher_restarted_twice_lands_each_line_once(
     assert offsets(dsn) == {"a.txt": (path.stat().st_size, total)}
 
 
-def test_server_restart_while_watching(restartable: RestartableServer, data: Path) -> None:
+def test_server_restart_and_outage_while_watching(
+    restartable: RestartableServer, data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     dsn = restartable.dsn
     sql(dsn, "CREATE TABLE t (n bigint GENERATED ALWAYS AS IDENTITY, v float8)")
     watcher = pgtide.FileWatcher(data, table="t", columns=["v"], dsn=dsn, rescan_every=0.2)
@@ -170,7 +172,17 @@ def test_server_restart_while_watching(restartable: RestartableServer, data: Pat
         restartable.restart()
         append(data / "a.txt", "".join(f"{i}\n" for i in range(100, 200)))
         wait_for(lambda: len(floats(dsn)) >= 200, what="lines after the restart")
-    assert floats(dsn) == [float(i) for i in range(200)]
+
+        restartable.stop()  # an outage: lines keep coming, reconnecting fails for a while
+        append(data / "a.txt", "".join(f"{i}\n" for i in range(200, 300)))
+        wait_for(
+            lambda: sum("database unavailable" in r.getMessage() for r in caplog.records) >= 2,
+            what="failed reconnection attempts",
+        )
+        restartable.start()
+        wait_for(lambda: len(floats(dsn)) >= 300, what="lines after the outage")
+        assert watcher.status().running
+    assert floats(dsn) == [float(i) for i in range(300)]
 
 
 def test_two_watchers_with_one_name_share_the_work(dsn: str, table: str, data: Path) -> None:

@@ -25,7 +25,7 @@ import watchfiles
 
 from .. import schema
 from ..connect import Backoff, Resolved, connect, resolve
-from ..errors import IngestError
+from ..errors import ConnectionFailed, IngestError
 from . import _files, _store
 from ._formats import CsvOptions, Format, complete_end, csv_header
 from ._writer import Target, Writer
@@ -202,15 +202,14 @@ class Engine:
                     "%s was advanced by another watcher named %r; reloading", exc, self.s.name
                 )
                 self.close()
-            except _DISCONNECTED as exc:
+            except (*_DISCONNECTED, ConnectionFailed) as exc:
                 if not self._ever_connected:
-                    raise
-                log.warning("connection lost (%s); reconnecting", str(exc).strip()[:200])
+                    raise  # a first connection that fails is a configuration problem
+                reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc
+                log.warning("database unavailable (%s); reconnecting", reason)
                 self.close()
                 if self.stop_event.wait(backoff.next()):
                     return 0
-            except psycopg.errors.QueryCanceled:
-                raise
 
     def run(self) -> None:
         """Land lines as they are written until :attr:`stop_event` is set."""
