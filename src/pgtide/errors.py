@@ -33,4 +33,4 @@ class PayloadTooLarge(PgtideError, ValueError):
 
 
 class IngestError(PgtideError):
-    """Ingesting files cannot go on: a missing directory or table, or SQL the server refuses."""
+    """Ingesting cannot go on: a missing table or column, or SQL the server refuses."""
