@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-FINGERPRINT_BYTES = 64
+FINGERPRINT_BYTES = 1024
 
 
 @dataclass
