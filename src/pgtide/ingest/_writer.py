@@ -2,9 +2,9 @@
 
 A batch goes in one statement when it can. When the server refuses it because of a row
 (bad value, constraint), the batch is split with savepoints: COPY names the line it failed
-on, so that row is tried alone and the rows around it go on in bulk; without such a hint
-the batch is bisected. Only the rows that fail on their own become rejects, and the number
-of round trips grows with the number of bad rows, not with the size of the batch.
+on, so that row is rejected and the rows around it go on in bulk; without such a hint (the
+``sql=`` mode) the batch is bisected, and only rows that fail on their own become rejects.
+The round trips grow with the number of bad rows, not with the size of the batch.
 """
 
 from __future__ import annotations
@@ -53,6 +53,16 @@ class Target:
     @property
     def label(self) -> str:
         return self.table if self.table is not None else "sql template"
+
+
+RETRY_ROWS = 1024
+"""After a refusal, the rest of a batch is retried in parts of at most this many rows, so
+each bad row costs at most this many rows sent again (not the whole rest of the batch)."""
+
+
+def _pieces(lo: int, hi: int) -> list[tuple[int, int]]:
+    """[lo, hi) cut into parts of at most RETRY_ROWS, last part first (``todo`` is a stack)."""
+    return [(s, min(s + RETRY_ROWS, hi)) for s in range(lo, hi, RETRY_ROWS)][::-1]
 
 
 def _hint(exc: Exception) -> int | None:
@@ -183,10 +193,11 @@ class Writer:
                     continue
                 hint = _hint(exc) if self.target.template is None else None
                 if hint is not None and 0 <= hint < hi - lo:
-                    bad = lo + hint
-                    todo += [(bad + 1, hi), (bad, bad + 1), (lo, bad)]
+                    bad = lo + hint  # COPY names the row; those before it were fine
+                    rejects.append(Reject(rows[bad].line_no, rows[bad].line, _message(exc)))
+                    todo += [*_pieces(bad + 1, hi), (lo, bad)]
                 else:
                     mid = (lo + hi) // 2
-                    todo += [(mid, hi), (lo, mid)]
+                    todo += [*_pieces(mid, hi), *_pieces(lo, mid)]
         rejects.sort(key=lambda r: r.line_no)
         return landed, rejects
