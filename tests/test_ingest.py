@@ -6,6 +6,9 @@ import asyncio
 import json
 import os
 import random
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -590,3 +593,33 @@ def test_cli_progress_line_renders() -> None:
         display.update(pgtide.ingest.WatcherStatus(True, files, 100_000))
     text = out.export_text()
     assert "1 files" in text and "3.0 MB left" in text and "99,990 rows, 10 rejected" in text
+
+
+def test_cli_ingest_watches_until_interrupted(
+    dsn: str, table: str, data: Path, tmp_path: Path
+) -> None:
+    (data / "a.txt").write_text("1\n")
+    command = [sys.executable, "-m", "pgtide", "ingest", str(data), "-t", table, "-c", "v"]
+    proc = subprocess.Popen(
+        [*command, "--dsn", dsn], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        lines = proc.stdout
+        assert lines is not None
+
+        def until(rows: int) -> None:
+            while json.loads(lines.readline())["rows_written"] < rows:
+                pass
+
+        until(1)  # JSON lines when piped, one each time something landed
+        append(data / "a.txt", "2\n")
+        until(2)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: stop after the current batch
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert json.loads(out.splitlines()[-1])["rows_written"] == 2
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert floats(dsn) == [1, 2]

@@ -113,6 +113,7 @@ def ingest(
     recursive: Annotated[bool, typer.Option(help="Watch sub-directories too.")] = False,
     header: Annotated[bool, typer.Option(help="CSV files start with a header line.")] = False,
     delimiter: Annotated[str, typer.Option(help="CSV delimiter.")] = ",",
+    quote: Annotated[str, typer.Option(help="CSV quote character.")] = '"',
     poll: Annotated[
         bool, typer.Option(help="Rescan instead of waiting for file-system events.")
     ] = False,
@@ -140,6 +141,7 @@ def ingest(
         dsn=dsn,
         header=header,
         delimiter=delimiter,
+        quote=quote,
         name=name,
         poll=poll,
         flush_after=flush_after,
