@@ -9,16 +9,20 @@ from .errors import (
     ConfigError,
     ConnectionFailed,
     EmbeddedError,
+    IngestError,
     PayloadTooLarge,
     PgtideError,
     SchemaError,
 )
+from .ingest import FileWatcher
 from .schema import install
 
 __all__ = [
     "ConfigError",
     "ConnectionFailed",
     "EmbeddedError",
+    "FileWatcher",
+    "IngestError",
     "PayloadTooLarge",
     "PgtideError",
     "SchemaError",

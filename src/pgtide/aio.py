@@ -1,3 +1,5 @@
 """The asyncio faces of pgtide's features (same cores as the blocking API in :mod:`pgtide`)."""
 
-__all__: list[str] = []
+from .ingest._aio import FileWatcher
+
+__all__: list[str] = ["FileWatcher"]

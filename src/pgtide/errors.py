@@ -30,3 +30,7 @@ class SchemaError(PgtideError):
 
 class PayloadTooLarge(PgtideError, ValueError):
     """A NOTIFY payload is at or over PostgreSQL's 8000-byte limit."""
+
+
+class IngestError(PgtideError):
+    """Ingesting cannot go on: a missing table or column, or SQL the server refuses."""

@@ -53,6 +53,19 @@ def _listeners(conn: psycopg.Connection[Any]) -> int:
 SECTIONS: list[SectionFn] = [_database]
 
 
+def _ingested_files(conn: psycopg.Connection[Any]) -> Section | None:
+    from ..ingest import overview
+
+    rows = overview(conn)
+    if not rows:
+        return None
+    columns = ["watcher", "path", "offset", "lines", "rows", "rejected", "target", "updated"]
+    return Section("ingested files", columns, [list(r) for r in rows])
+
+
+SECTIONS.append(_ingested_files)
+
+
 def collect(conn: psycopg.Connection[Any]) -> list[Section]:
     """Every registered section that has something to show."""
     return [s for s in (fn(conn) for fn in SECTIONS) if s is not None]
