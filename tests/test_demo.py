@@ -1,0 +1,85 @@
+"""``pgtide demo``: the tour runs every feature, checks it out, cleans up, and fits 80 columns."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from pgtide_testing import CliRunner
+
+from pgtide.cli.demo._tour import PARTS
+
+FEATURES = [p.feature for p in PARTS]
+LEFTOVERS = {
+    "tables": "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'pgtide\\_demo\\_%'",
+    "offsets": "SELECT count(*) FROM pgtide.file_offsets WHERE watcher LIKE 'pgtide-demo-%'",
+    "rejects": "SELECT count(*) FROM pgtide.rejects WHERE watcher LIKE 'pgtide-demo-%'",
+}
+OPTIONAL_LEFTOVERS = {
+    "events": "SELECT count(*) FROM pgtide.events WHERE name LIKE 'demo-%'",
+    "changes": "SELECT count(*) FROM pgtide.changes WHERE table_name LIKE '%pgtide_demo_%'",
+    "consumers": "SELECT count(*) FROM pgtide.consumers WHERE name LIKE 'pgtide-demo-%'",
+}
+
+
+def _leftovers(dsn: str) -> dict[str, int]:
+    found = {}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        queries = dict(LEFTOVERS)
+        for name, query in OPTIONAL_LEFTOVERS.items():
+            table = query.split("FROM ")[1].split()[0]
+            if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone() != (None,):
+                queries[name] = query
+        for name, query in queries.items():
+            row = conn.execute(query).fetchone()
+            found[name] = int(row[0]) if row else -1
+    return found
+
+
+def test_demo_json_shows_every_feature_at_work(cli: CliRunner, dsn: str) -> None:
+    done = cli("demo", "--dsn", dsn, "--seconds", "3", "--json", timeout=90)
+    assert done.returncode == 0, done.stderr
+    summary: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["ok"] is True and summary["settled"] is True and summary["cleaned_up"]
+    assert summary["orders"] >= 40  # 20 orders a second for 3 s, give or take the start
+    features = summary["features"]
+    assert list(features) == FEATURES and all(f["ok"] for f in features.values())
+    ingest = features["ingest"]
+    assert ingest["rows_landed"] > 0 and ingest["rejected"] == 1
+    assert ingest["rows_landed"] + ingest["rejected"] == ingest["lines_written"]
+    if "listen" in features:
+        assert features["listen"]["received"] == features["listen"]["sent"] == summary["orders"]
+    if "follow" in features:
+        follow = features["follow"]
+        assert follow["changes"] == follow["inserts"] == summary["orders"]
+        assert follow["latest_order"] == summary["orders"]
+    if "events" in features:
+        events = features["events"]
+        assert events["done"] == events["published"] == 2 * summary["orders"]
+        assert events["failed_attempts"] >= 1
+        assert events["retried_then_done"] == events["failed_attempts"]
+    assert _leftovers(dsn) == dict.fromkeys(_leftovers(dsn), 0)
+
+
+def test_demo_on_a_terminal_fits_80_columns(tmp_path: Path, dsn: str) -> None:
+    env = {**os.environ, "COLUMNS": "80", "TERM": "xterm", "PGTIDE_DSN": dsn}
+    done = subprocess.run(
+        [sys.executable, "-m", "pgtide", "demo", "--seconds", "2"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, "\n".join(lines)
+    text = done.stdout
+    assert "pgtide demo: summary" in text and "every feature checked out" in text
+    for feature in FEATURES:
+        assert f"\n  {feature} " in text or f"\n {feature} " in text, feature
