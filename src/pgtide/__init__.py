@@ -9,16 +9,22 @@ from .errors import (
     ConfigError,
     ConnectionFailed,
     EmbeddedError,
+    EventPayloadError,
     PayloadTooLarge,
     PgtideError,
     SchemaError,
 )
+from .events import Event, EventRecord, Events
 from .schema import install
 
 __all__ = [
     "ConfigError",
     "ConnectionFailed",
     "EmbeddedError",
+    "Event",
+    "EventPayloadError",
+    "EventRecord",
+    "Events",
     "PayloadTooLarge",
     "PgtideError",
     "SchemaError",

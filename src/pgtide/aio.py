@@ -1,3 +1,5 @@
 """The asyncio faces of pgtide's features (same cores as the blocking API in :mod:`pgtide`)."""
 
-__all__: list[str] = []
+from .events._async import Events
+
+__all__: list[str] = ["Events"]

@@ -30,3 +30,7 @@ class SchemaError(PgtideError):
 
 class PayloadTooLarge(PgtideError, ValueError):
     """A NOTIFY payload is at or over PostgreSQL's 8000-byte limit."""
+
+
+class EventPayloadError(PgtideError, TypeError):
+    """An event's payload (or a handler's result) cannot be stored as JSON."""
