@@ -79,7 +79,9 @@ def blocking_worker(dsn: str, lease: float) -> None:
     @events.handler("stuck")
     def stuck(event: pgtide.Event) -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("INSERT INTO handler_runs (event_id, worker) VALUES (%s, 'doomed')", (event.id,))
+            conn.execute(
+                "INSERT INTO handler_runs (event_id, worker) VALUES (%s, 'doomed')", (event.id,)
+            )
         time.sleep(3600)
 
     events.run(concurrency=1)
