@@ -106,13 +106,7 @@ class Events(EventsBase):
         stop_timeout: float = 30.0,
     ) -> None:
         """Run a worker until :meth:`stop` or cancellation, then stop gracefully."""
-        await self._connection()
-        loop = asyncio.get_running_loop()
-
-        def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
-            return asyncio.run_coroutine_threadsafe(coro, loop).result()
-
-        worker = self._worker(run_async, concurrency, poll_interval, stop_timeout)
+        worker = await self._new_worker(concurrency, poll_interval, stop_timeout)
         thread = asyncio.ensure_future(asyncio.to_thread(worker.run))
         try:
             await asyncio.shield(thread)
@@ -129,19 +123,25 @@ class Events(EventsBase):
         stop_timeout: float = 30.0,
     ) -> None:
         """Run a worker in the background; returns once it is serving."""
-        await self._connection()
-        loop = asyncio.get_running_loop()
-
-        def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
-            return asyncio.run_coroutine_threadsafe(coro, loop).result()
-
-        worker = self._worker(run_async, concurrency, poll_interval, stop_timeout)
+        worker = await self._new_worker(concurrency, poll_interval, stop_timeout)
         task: asyncio.Task[None] = asyncio.ensure_future(asyncio.to_thread(worker.run))
         while not worker.running.is_set():
             if task.done():
                 await task  # raises what stopped it
             await asyncio.sleep(0.01)
         self._workers.append((worker, task))
+
+    async def _new_worker(
+        self, concurrency: int | None, poll_interval: float | None, stop_timeout: float
+    ) -> Worker:
+        """A worker whose async handlers run on the running loop (awaited from pool threads)."""
+        await self._connection()
+        loop = asyncio.get_running_loop()
+
+        def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
+            return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+        return self._worker(run_async, concurrency, poll_interval, stop_timeout)
 
     async def stop(self) -> None:
         """Stop every background worker: running handlers finish, the rest go back."""
