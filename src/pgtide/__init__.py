@@ -9,20 +9,32 @@ from .errors import (
     ConfigError,
     ConnectionFailed,
     EmbeddedError,
+    InvalidChannel,
+    InvalidPayload,
     PayloadTooLarge,
     PgtideError,
     SchemaError,
+    UnknownSubscriber,
 )
+from .listen import Listener, Notification
+from .notify import notify, notify_many
 from .schema import install
 
 __all__ = [
     "ConfigError",
     "ConnectionFailed",
     "EmbeddedError",
+    "InvalidChannel",
+    "InvalidPayload",
+    "Listener",
+    "Notification",
     "PayloadTooLarge",
     "PgtideError",
     "SchemaError",
+    "UnknownSubscriber",
     "__version__",
     "dsn",
     "install",
+    "notify",
+    "notify_many",
 ]

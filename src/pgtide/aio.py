@@ -1,3 +1,13 @@
 """The asyncio faces of pgtide's features (same cores as the blocking API in :mod:`pgtide`)."""
 
-__all__: list[str] = []
+from .listen import AsyncListener as Listener
+from .listen import Notification
+from .notify import anotify as notify
+from .notify import anotify_many as notify_many
+
+__all__: list[str] = [
+    "Listener",
+    "Notification",
+    "notify",
+    "notify_many",
+]
