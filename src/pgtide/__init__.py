@@ -10,11 +10,16 @@ from .errors import (
     ConnectionFailed,
     EmbeddedError,
     EventPayloadError,
+    InvalidChannel,
+    InvalidPayload,
     PayloadTooLarge,
     PgtideError,
     SchemaError,
+    UnknownSubscriber,
 )
 from .events import Event, EventRecord, Events
+from .listen import Listener, Notification
+from .notify import notify, notify_many
 from .schema import install
 
 __all__ = [
@@ -25,10 +30,17 @@ __all__ = [
     "EventPayloadError",
     "EventRecord",
     "Events",
+    "InvalidChannel",
+    "InvalidPayload",
+    "Listener",
+    "Notification",
     "PayloadTooLarge",
     "PgtideError",
     "SchemaError",
+    "UnknownSubscriber",
     "__version__",
     "dsn",
     "install",
+    "notify",
+    "notify_many",
 ]
