@@ -412,3 +412,35 @@ def test_poll_only_mode(dsn: str) -> None:
     id_ = events.publish("p", "polled")
     wait_for(lambda: events.get(id_).state == "done", what="done")  # type: ignore[union-attr]
     events.close()
+
+
+def test_notify_wakes_an_idle_worker_at_once(dsn: str) -> None:
+    """With a 30 s poll interval, only the NOTIFY of the insert can wake the worker in time."""
+    events = pgtide.Events(dsn, poll_interval=30.0)
+    events.register("ping", lambda e: None)
+    events.start(concurrency=1)
+    time.sleep(0.2)  # let the first (empty) claim pass, so the worker is idle and waiting
+    began = time.monotonic()
+    id_ = events.publish("ping")
+    wait_for(lambda: events.get(id_).state == "done", timeout=5, what="done")  # type: ignore[union-attr]
+    assert time.monotonic() - began < 2
+    with psycopg.connect(dsn) as conn:  # the wake-up reuses the Listen core's connection
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgtide-events-listen'"
+        ).fetchone()
+    assert row == (1,)
+    events.close()
+
+
+def test_notify_wakes_a_worker_on_your_own_table(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE jobs (id bigserial, name text)")
+    events = pgtide.Events(dsn, table="jobs", channel="jobs-channel", poll_interval=30.0)
+    events.register("ping", lambda e: e.source_id)
+    events.start(concurrency=1)
+    time.sleep(0.2)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO jobs (name) VALUES ('ping')")
+        conn.execute("""SELECT pg_notify('jobs-channel', '1')""")
+    wait_for(lambda: events.status()["done"] == 1, timeout=5, what="done")
+    events.close()

@@ -34,6 +34,8 @@ class PayloadTooLarge(PgtideError, ValueError):
 
 class EventPayloadError(PgtideError, TypeError):
     """An event's payload (or a handler's result) cannot be stored as JSON."""
+
+
 class InvalidChannel(PgtideError, ValueError):
     """A NOTIFY channel name PostgreSQL cannot hold (empty, over 63 bytes, or with a NUL)."""
 

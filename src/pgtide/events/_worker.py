@@ -120,7 +120,7 @@ class Worker:
             for thread in pool:
                 thread.start()
             if waker is not None:
-                waker.start()
+                waker.start()  # LISTENing before the first claim: no wake-up falls between
             self.running.set()
             log.info(
                 "events worker %s serving %s with concurrency %d",
