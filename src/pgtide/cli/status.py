@@ -48,6 +48,15 @@ def _listeners(conn: psycopg.Connection[Any]) -> int:
 SECTIONS: list[SectionFn] = [_database]
 
 
+def _events(conn: psycopg.Connection[Any]) -> Section | None:
+    from .events import status_section
+
+    return status_section(conn)
+
+
+SECTIONS.append(_events)
+
+
 def status(dsn: DsnOption = None, as_json: JsonOption = False) -> None:
     """Consumers and their lag, events by state, ingested files, listener connections."""
     chosen = resolve(dsn)

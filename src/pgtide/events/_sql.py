@@ -185,3 +185,29 @@ def insert_own(
         sql.SQL(", ").join(values),
         sql.Identifier(id_column),
     )
+
+
+BY_SOURCE = """
+SELECT source,
+       count(*) FILTER (WHERE state = 'pending'),
+       count(*) FILTER (WHERE state = 'running'),
+       count(*) FILTER (WHERE state = 'done'),
+       count(*) FILTER (WHERE state = 'failed'),
+       count(*) FILTER (WHERE state = 'dead')
+FROM pgtide.events GROUP BY source ORDER BY source
+"""
+
+UNHANDLED_BY_SOURCE = """
+SELECT e.source, count(*) FROM pgtide.events e
+WHERE e.state IN ('pending', 'failed')
+  AND NOT EXISTS (
+    SELECT 1 FROM pgtide.event_workers w
+    WHERE w.source = e.source AND e.name = ANY(w.names)
+      AND w.seen_at > now() - %s * interval '1 second')
+GROUP BY e.source
+"""
+
+LIVE_WORKERS = """
+SELECT source, count(*) FROM pgtide.event_workers
+WHERE seen_at > now() - %s * interval '1 second' GROUP BY source
+"""
