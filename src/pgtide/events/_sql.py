@@ -33,26 +33,27 @@ WITH candidates AS (
             SELECT 1 FROM pgtide.events p
             WHERE p.key = e.key AND p.source = e.source AND p.id < e.id
               AND p.state IN ('pending', 'failed', 'running')))
-    ORDER BY e.id
+    ORDER BY e.source, e.id  -- the order of events_claim, so that index (not the pkey) is used
     LIMIT %(limit)s
     FOR UPDATE OF e SKIP LOCKED
 )
 UPDATE pgtide.events e
 SET state = 'running', attempts = e.attempts + 1, lease_owner = %(owner)s,
     lease_expires = now() + %(lease)s * interval '1 second', started_at = now()
-FROM candidates c
-WHERE e.id = c.id
+WHERE e.id = ANY(ARRAY(SELECT id FROM candidates))
 RETURNING e.id, e.name, e.payload, e.attempts, e.created_at, e.key, e.source_id
 """
 
 # Fenced by owner and attempt: a worker whose lease was taken over cannot overwrite.
+# (id = ANY(...) lets the planner use the primary key whatever its statistics say.)
 COMPLETE = """
 UPDATE pgtide.events e
 SET state = 'done', result = v.result::jsonb, finished_at = now(),
     lease_owner = NULL, lease_expires = NULL
 FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(results)s::text[])
      AS v(id, attempt, result)
-WHERE e.id = v.id AND e.attempts = v.attempt AND e.lease_owner = %(owner)s
+WHERE e.id = ANY(%(ids)s::bigint[]) AND e.id = v.id AND e.attempts = v.attempt
+  AND e.lease_owner = %(owner)s
 """
 
 FAIL = """
@@ -72,6 +73,8 @@ WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s AND state = 'running'
 """
 
 WAKE = "SELECT pg_notify(%s, '')"
+
+CUSTOM_PLANS = "SET plan_cache_mode = force_custom_plan"
 
 HEARTBEAT = """
 UPDATE pgtide.events SET lease_expires = now() + %(lease)s * interval '1 second'

@@ -31,7 +31,6 @@ CREATE INDEX events_key ON pgtide.events (key, id)
 -- One mirrored row per row of a user's table.
 CREATE UNIQUE INDEX events_source_row ON pgtide.events (source, source_id)
     WHERE source_id IS NOT NULL;
-CREATE INDEX events_state ON pgtide.events (source, state);
 
 -- Live workers and the event names they handle (heartbeat in seen_at).
 CREATE TABLE pgtide.event_workers (
