@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 import time
 import uuid
@@ -18,7 +19,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import pgtide
 
@@ -166,8 +167,17 @@ def _pgqueuer(dsn: str) -> tuple[float, dict[int, float]]:
     import asyncpg
     from pgqueuer import AsyncpgDriver, PgQueuer, Queries
 
+    params = conninfo_to_dict(dsn)
+    kwargs = {
+        "host": params.get("host"),
+        "port": int(params.get("port") or 5432),
+        "user": params.get("user"),
+        "password": params.get("password"),
+        "database": params.get("dbname"),
+    }
+
     async def main() -> tuple[float, dict[int, float]]:
-        conn = await asyncpg.connect(dsn)
+        conn = await asyncpg.connect(**kwargs)
         await Queries(AsyncpgDriver(conn)).install()
         arrived: list[float] = []
         pgq = PgQueuer(AsyncpgDriver(conn))
@@ -176,7 +186,7 @@ def _pgqueuer(dsn: str) -> tuple[float, dict[int, float]]:
         async def noop(job: Any) -> None:
             arrived.append(time.perf_counter())
 
-        producer = Queries(AsyncpgDriver(await asyncpg.connect(dsn)))
+        producer = Queries(AsyncpgDriver(await asyncpg.connect(**kwargs)))
         for _ in range(0, BACKLOG, 1000):
             await producer.enqueue(["noop"] * 1000, [None] * 1000, [0] * 1000)
         began = time.perf_counter()
@@ -225,6 +235,7 @@ def run(dsn: str) -> list[Figure]:
             try:
                 references[label] = measure(db)
             except Exception as exc:  # reported as such, never faked
+                print(f"events: {label} failed: {exc!r}", file=sys.stderr)
                 references[label] = exc
     notified = references["notified"]
     if isinstance(notified, tuple):
