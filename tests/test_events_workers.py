@@ -87,3 +87,21 @@ def test_lease_expiry_reruns_a_killed_workers_event(
     assert rec is not None
     assert rec.attempts == 2
     assert rec.result == {"rescued": 9}
+
+
+def test_worker_survives_a_server_restart(restartable: pgtide_testing.RestartableServer) -> None:
+    """The worker reconnects with backoff; events published after the restart are handled."""
+    pgtide.install(restartable.dsn)
+    events = pgtide.Events(restartable.dsn, poll_interval=0.1)
+    handled: list[int] = []
+    events.register("tick", lambda e: handled.append(e.payload))
+    events.start(concurrency=2)
+    events.publish_many("tick", [1, 2, 3])
+    wait_for(lambda: len(handled) == 3, what="first three")
+    restartable.restart()
+    publisher = pgtide.Events(restartable.dsn)
+    publisher.publish_many("tick", [4, 5, 6])
+    wait_for(lambda: sorted(set(handled)) == [1, 2, 3, 4, 5, 6], timeout=30, what="after restart")
+    wait_for(lambda: publisher.status()["done"] == 6, timeout=30, what="recorded done")
+    events.close()
+    publisher.close()
