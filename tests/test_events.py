@@ -440,7 +440,26 @@ def test_notify_wakes_a_worker_on_your_own_table(dsn: str) -> None:
     events.start(concurrency=1)
     time.sleep(0.2)
     with psycopg.connect(dsn, autocommit=True) as conn:
+        # payloads notified chokes on (empty, not an integer) are only wake-ups here
+        conn.execute("SELECT pg_notify('jobs-channel', ''), pg_notify('jobs-channel', 'x y')")
         conn.execute("INSERT INTO jobs (name) VALUES ('ping')")
         conn.execute("""SELECT pg_notify('jobs-channel', '1')""")
     wait_for(lambda: events.status()["done"] == 1, timeout=5, what="done")
+    events.close()
+
+
+def test_one_worker_handles_a_burst_in_id_order_and_stops_fast(dsn: str) -> None:
+    """notified ran a transaction's events newest first and took 5 s to shut down."""
+    events = pgtide.Events(dsn, poll_interval=0.05, batch_size=50)
+    order: list[int] = []
+    events.register("burst", lambda e: order.append(e.payload))
+    events.start(concurrency=1)
+    with psycopg.connect(dsn) as conn:  # one transaction, many events
+        events.publish_many("burst", list(range(500)), conn=conn)
+        conn.commit()
+    wait_for(lambda: len(order) == 500, what="the burst")
+    began = time.monotonic()
+    events.stop()
+    assert time.monotonic() - began < 1.0
+    assert order == list(range(500))
     events.close()

@@ -24,8 +24,7 @@ from ._worker import Worker
 class Events(EventsBase):
     """The asyncio face of :class:`pgtide.Events`: same handlers, same table, same options."""
 
-    def __init__(self, dsn: str | None = None, **options: Any) -> None:
-        super().__init__(dsn, **options)
+    def _setup(self) -> None:
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._alock = asyncio.Lock()
         self._workers: list[tuple[Worker, asyncio.Task[None]]] = []
@@ -78,7 +77,7 @@ class Events(EventsBase):
         row = await cursor.fetchone()
         assert row is not None
         if self._checked is not None:
-            await (conn or own).execute(_sql.WAKE, (self._checked.channel,))
+            await (conn or own).execute(_sql.WAKE_ROW, (self._checked.channel, str(row[0])))
         return int(row[0])
 
     async def publish_many(

@@ -52,7 +52,15 @@ Statement = tuple[str | sql.Composed, tuple[Any, ...]]
 
 
 class EventsBase:
-    """Configuration and handlers shared by the blocking and the asyncio face."""
+    """Configuration and handlers shared by the blocking and the asyncio face.
+
+    ``dsn``: the database (None: resolved as everywhere in pgtide). ``table``,
+    ``id_column``, ``name_column``, ``payload_column``, ``channel``: serve a table of yours
+    instead of pgtide.events (or set ``PGTIDE_EVENTS_*``). ``poll_interval``: seconds between
+    polls when no NOTIFY arrives; ``listen=False`` polls only. ``lease``: seconds a claim
+    lasts without a heartbeat. ``batch_size``: events claimed at once. ``retry_delay`` and
+    ``max_retry_delay``: the exponential backoff between attempts.
+    """
 
     def __init__(
         self,
@@ -88,6 +96,10 @@ class EventsBase:
             max_retry_delay=max_retry_delay,
         )
         self._lock = threading.Lock()
+        self._setup()
+
+    def _setup(self) -> None:
+        """Initialise what a face needs (its connection, its workers)."""
 
     def __repr__(self) -> str:
         where = self._source.table if self._source else "pgtide.events"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import inspect
 import json
 import math
 import random
@@ -52,9 +52,8 @@ class HandlerSpec:
     is_async: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        self.is_async = asyncio.iscoroutinefunction(self.fn) or asyncio.iscoroutinefunction(
-            getattr(self.fn, "__call__", None)  # noqa: B004 (callable objects)
-        )
+        call = getattr(self.fn, "__call__", None)  # noqa: B004 (an object with async __call__)
+        self.is_async = inspect.iscoroutinefunction(self.fn) or inspect.iscoroutinefunction(call)
         if self.retries < 0:
             raise ConfigError(f"retries for {self.name!r} must be 0 or more, not {self.retries}")
         if self.timeout is not None and not self.timeout > 0:

@@ -74,6 +74,9 @@ WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s AND state = 'running'
 
 WAKE = "SELECT pg_notify(%s, '')"
 
+WAKE_ROW = "SELECT pg_notify(%s, %s)"
+"""On a user's channel, the payload is the new row's id, as seed 003's trigger sends it."""
+
 CUSTOM_PLANS = "SET plan_cache_mode = force_custom_plan"
 
 HEARTBEAT = """

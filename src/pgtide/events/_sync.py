@@ -27,8 +27,7 @@ class Events(EventsBase):
     ``PGTIDE_EVENTS_*`` environment variables) points it at a table of yours instead.
     """
 
-    def __init__(self, dsn: str | None = None, **options: Any) -> None:
-        super().__init__(dsn, **options)
+    def _setup(self) -> None:
         self._conn: psycopg.Connection[Any] | None = None
         self._workers: list[tuple[Worker, threading.Thread]] = []
         self._loop: _LoopThread | None = None
@@ -89,7 +88,7 @@ class Events(EventsBase):
         row = (conn or own).execute(statement, params).fetchone()
         assert row is not None
         if self._checked is not None:
-            (conn or own).execute(_sql.WAKE, (self._checked.channel,))
+            (conn or own).execute(_sql.WAKE_ROW, (self._checked.channel, str(row[0])))
         return int(row[0])
 
     def publish_many(
@@ -169,12 +168,15 @@ class Events(EventsBase):
         self, concurrency: int | None, poll_interval: float | None, stop_timeout: float
     ) -> Worker:
         self._connection()  # schema and source checked before the worker starts
-        if any(spec.is_async for spec in self._handlers.values()):
-            with self._lock:
-                if self._loop is None:
-                    self._loop = _LoopThread()
-            return self._worker(self._loop.run, concurrency, poll_interval, stop_timeout)
-        return self._worker(_no_loop, concurrency, poll_interval, stop_timeout)
+        return self._worker(self._run_async, concurrency, poll_interval, stop_timeout)
+
+    def _run_async(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Run an async handler on this object's event loop thread (started on first use)."""
+        with self._lock:
+            if self._loop is None:
+                self._loop = _LoopThread()
+            loop = self._loop
+        return loop.run(coro)
 
     # -- inspection ----------------------------------------------------------------------
 
@@ -241,8 +243,3 @@ class _LoopThread:
     def close(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
-
-
-def _no_loop(coro: Coroutine[Any, Any, Any]) -> Any:
-    coro.close()
-    raise RuntimeError("no event loop for async handlers")  # unreachable: checked above
