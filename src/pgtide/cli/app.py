@@ -9,7 +9,7 @@ import typer
 
 from .. import __version__
 from ..errors import ConnectionFailed, PgtideError
-from . import db, demo, install, status
+from . import db, demo, install, listen, status
 
 app = typer.Typer(
     name="pgtide",
@@ -22,6 +22,8 @@ app.add_typer(db.app, name="db")
 app.command("install")(install.install)
 app.command("demo")(demo.demo)
 app.command("status")(status.status)
+app.command("listen")(listen.listen)
+app.command("notify")(listen.notify)
 
 
 def _version(value: bool) -> None:
