@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -395,6 +396,10 @@ def test_unreachable_database_fails_at_start(bare_dsn: str) -> None:
 def test_status_counts_listener_connections(dsn: str, cli: Any) -> None:
     with pgtide.Listener(dsn) as listener:
         listener.subscribe("x", print)
+        backend = listener.status()["backend_pid"]
         done = cli("status", "--json", "--dsn", dsn)
     assert done.returncode == 0, done.stderr
-    assert '"listener connections": 1' in done.stdout
+    report = json.loads(done.stdout)
+    assert report["database"][0]["listener connections"] == 1
+    [row] = report["listeners"]
+    assert row["backend pid"] == backend

@@ -6,6 +6,7 @@ import json
 import time
 from typing import Annotated, Any, cast
 
+import psycopg
 import typer
 from rich.markup import escape
 from rich.pretty import Pretty
@@ -13,10 +14,11 @@ from rich.text import Text
 
 from ..codecs import CodecName
 from ..connect import resolve
-from ..listen import Listener, Notification
+from ..listen import APPLICATION_NAME, Listener, Notification
 from ..notify import notify as send
 from ..notify import prepare
 from ._common import DsnOption, JsonOption, console, emit_json, err_console, wants_json
+from .status import Section
 
 DecodeOption = Annotated[
     str,
@@ -96,3 +98,24 @@ def notify(
         emit_json({"channel": channel, "bytes": size, "target": chosen.target})
     else:
         console.print(f"notified {json.dumps(channel)} ({size} bytes)", highlight=False)
+
+
+LISTENERS_SQL = (
+    "SELECT pid, coalesce(client_addr::text, 'local'), backend_start, state"
+    " FROM pg_stat_activity WHERE application_name = %s ORDER BY backend_start"
+)
+
+
+def status_section(conn: psycopg.Connection[Any]) -> Section | None:
+    """``pgtide status``: the listener connections on this database (None when there are none)."""
+    rows = conn.execute(LISTENERS_SQL, (APPLICATION_NAME,)).fetchall()
+    if not rows:
+        return None
+    return Section(
+        "listeners",
+        ["backend pid", "client", "connected since", "state"],
+        [
+            [pid, client, since.isoformat(timespec="seconds"), state]
+            for pid, client, since, state in rows
+        ],
+    )
