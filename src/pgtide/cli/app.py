@@ -9,7 +9,7 @@ import typer
 
 from .. import __version__
 from ..errors import ConnectionFailed, PgtideError
-from . import db, demo, events, install, status
+from . import db, demo, events, install, listen, status
 
 app = typer.Typer(
     name="pgtide",
@@ -23,6 +23,8 @@ app.add_typer(events.app, name="events")
 app.command("install")(install.install)
 app.command("demo")(demo.demo)
 app.command("status")(status.status)
+app.command("listen")(listen.listen)
+app.command("notify")(listen.notify)
 
 
 def _version(value: bool) -> None:

@@ -45,7 +45,13 @@ def _listeners(conn: psycopg.Connection[Any]) -> int:
     return int(row[0]) if row else 0
 
 
-SECTIONS: list[SectionFn] = [_database]
+def _listen(conn: psycopg.Connection[Any]) -> Section | None:
+    from .listen import status_section
+
+    return status_section(conn)
+
+
+SECTIONS: list[SectionFn] = [_database, _listen]
 
 
 def _events(conn: psycopg.Connection[Any]) -> Section | None:
