@@ -440,11 +440,14 @@ def test_notify_wakes_a_worker_on_your_own_table(dsn: str) -> None:
     events.start(concurrency=1)
     time.sleep(0.2)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        # payloads notified chokes on (empty, not an integer) are only wake-ups here
-        conn.execute("SELECT pg_notify('jobs-channel', ''), pg_notify('jobs-channel', 'x y')")
         conn.execute("INSERT INTO jobs (name) VALUES ('ping')")
-        conn.execute("""SELECT pg_notify('jobs-channel', '1')""")
-    wait_for(lambda: events.status()["done"] == 1, timeout=5, what="done")
+        conn.execute("SELECT pg_notify('jobs-channel', '1')")  # the id: only that row is read
+    wait_for(lambda: events.status()["done"] == 1, timeout=5, what="the notified row")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        # payloads notified died on (empty, not an integer) are wake-ups here: a whole scan
+        conn.execute("INSERT INTO jobs (name) VALUES ('ping'), ('ping')")
+        conn.execute("SELECT pg_notify('jobs-channel', ''), pg_notify('jobs-channel', 'x y')")
+    wait_for(lambda: events.status()["done"] == 3, timeout=5, what="the scanned rows")
     events.close()
 
 

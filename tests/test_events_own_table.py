@@ -144,3 +144,19 @@ def test_bad_own_table_configuration_is_clear(dsn: str, monkeypatch: pytest.Monk
     wait_for(lambda: server.status()["done"] == 1, what="the odd row")
     assert server.recent()[0].result == {"Event Id": 1, "the name": "odd"}
     server.close()
+
+
+def test_poll_only_finds_rows_nobody_notified(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE quiet (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), name text)"
+        )
+    server = pgtide.Events(dsn, table="quiet", listen=False, poll_interval=0.05)
+    got: list[str | None] = []
+    server.register("hush", lambda e: got.append(e.source_id))
+    server.start(concurrency=1)
+    with psycopg.connect(dsn, autocommit=True) as conn:  # no trigger, no NOTIFY at all
+        row = conn.execute("INSERT INTO quiet (name) VALUES ('hush') RETURNING id::text")
+        new_id = row.fetchone()[0]  # type: ignore[index]
+    wait_for(lambda: got == [new_id], what="the quiet row")
+    server.close()

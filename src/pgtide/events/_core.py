@@ -213,10 +213,14 @@ class EventsBase:
         src = self._checked
         if src is None:
             return Target("", None, [_sql.CHANNEL], None)
-        mirror = _sql.mirror(
-            src.schema, src.table, src.id_column, src.name_column, src.payload_column
+        columns = (src.schema, src.table, src.id_column, src.name_column, src.payload_column)
+        return Target(
+            src.key,
+            _sql.mirror(*columns),
+            [_sql.CHANNEL, src.channel],
+            src.channel,
+            _sql.mirror(*columns, one=True),
         )
-        return Target(src.key, mirror, [_sql.CHANNEL, src.channel], src.channel)
 
     def _worker(
         self,

@@ -145,11 +145,19 @@ CURRENT_SCHEMA = "SELECT current_schema()"
 
 
 def mirror(
-    schema: str, table: str, id_column: str, name_column: str, payload_column: str | None
+    schema: str,
+    table: str,
+    id_column: str,
+    name_column: str,
+    payload_column: str | None,
+    *,
+    one: bool = False,
 ) -> sql.Composed:
     """Copy rows of a user's table that pgtide has not seen yet into pgtide.events.
 
-    The payload is the payload column when one is named, else the whole row as JSON.
+    The payload is the payload column when one is named, else the whole row as JSON. With
+    ``one``, only the row whose id is ``%(id)s`` (a notified id: the server casts the text
+    to the id column's type, so the primary key's index serves it).
     """
     payload = (
         sql.SQL("to_jsonb(u.{})").format(sql.Identifier(payload_column))
@@ -161,7 +169,7 @@ def mirror(
 INSERT INTO pgtide.events (name, payload, source, source_id)
 SELECT coalesce(u.{name}::text, ''), {payload}, %(source)s, u.{id}::text
 FROM {schema}.{table} u
-WHERE NOT EXISTS (
+WHERE {only} NOT EXISTS (
     SELECT 1 FROM pgtide.events e WHERE e.source = %(source)s AND e.source_id = u.{id}::text)
 ORDER BY u.{id}
 ON CONFLICT (source, source_id) WHERE source_id IS NOT NULL DO NOTHING
@@ -172,6 +180,7 @@ ON CONFLICT (source, source_id) WHERE source_id IS NOT NULL DO NOTHING
         id=sql.Identifier(id_column),
         schema=sql.Identifier(schema),
         table=sql.Identifier(table),
+        only=sql.SQL("u.{} = %(id)s AND").format(sql.Identifier(id_column)) if one else sql.SQL(""),
     )
 
 

@@ -34,6 +34,13 @@ from ._wake import make_waker
 
 log = logging.getLogger("pgtide.events")
 
+CATCH_UP = 30.0
+"""With NOTIFY, a user's table is scanned whole this often (and at start and after a gap);
+in between, each notified id is mirrored alone. Polling only, it is scanned every poll."""
+
+MAX_NOTIFIED = 1000
+"""Notified ids kept for one round; past that, one whole scan is cheaper."""
+
 AsyncRunner = Callable[[Coroutine[Any, Any, Any]], Any]
 """Runs a coroutine to completion from a pool thread and returns its result (or raises)."""
 
@@ -60,6 +67,7 @@ class Target:
     mirror: sql.Composed | None
     channels: Sequence[str]
     source_channel: str | None
+    mirror_one: sql.Composed | None = None
 
 
 class Worker:
@@ -91,6 +99,7 @@ class Worker:
         self._low_water = self._max_inflight // 2
         self._flush_at = max(1, options.batch_size // 2)
         self._mirror_due = True
+        self._notified: list[str] = []
         self._limits = {
             name: threading.BoundedSemaphore(spec.concurrency)
             for name, spec in handlers.items()
@@ -140,7 +149,11 @@ class Worker:
 
     def _on_wake(self, channel: str, payload: str) -> None:
         if channel == self._target.source_channel:
-            self._mirror_due = True
+            with self._lock:
+                if payload and len(self._notified) < MAX_NOTIFIED:
+                    self._notified.append(payload)
+                else:
+                    self._mirror_due = True
         self._signal.set()
 
     def _on_gap(self) -> None:
@@ -175,6 +188,9 @@ class Worker:
         backoff = Backoff(initial=0.1, maximum=5.0)
         next_beat = time.monotonic() + self._options.lease / 3
         next_poll = time.monotonic() + self._options.poll_interval
+        every = self._options.poll_interval
+        catch_up_every = max(every, CATCH_UP) if self._options.listen else every
+        next_catch_up = time.monotonic() + catch_up_every
         while not self._stop.is_set():
             self._signal.clear()
             try:
@@ -184,11 +200,11 @@ class Worker:
                     self._heartbeat(conn)
                     next_beat = now + self._options.lease / 3
                 if now >= next_poll:
+                    next_poll = now + every
+                if now >= next_catch_up:
                     self._mirror_due = True
-                    next_poll = now + self._options.poll_interval
-                if self._target.mirror is not None and self._mirror_due:
-                    self._mirror_due = False
-                    conn.execute(self._target.mirror, {"source": self._target.source})
+                    next_catch_up = now + catch_up_every
+                self._mirror(conn)
                 more = self._claim(conn)
                 backoff.reset()
             except psycopg.OperationalError as exc:
@@ -211,6 +227,29 @@ class Worker:
             timeout = 0.01 if busy else max(0.0, next_poll - time.monotonic())
             self._signal.wait(min(timeout, self._options.lease / 3))
         return conn
+
+    def _mirror(self, conn: psycopg.Connection[Any]) -> None:
+        """Copy new rows of the user's table into pgtide.events (bring your own table)."""
+        target = self._target
+        if target.mirror is None or target.mirror_one is None:
+            return
+        with self._lock:
+            full, self._mirror_due = self._mirror_due, False
+            ids, self._notified = self._notified, []
+        try:
+            if full:
+                conn.execute(target.mirror, {"source": target.source})
+                return
+            for id_ in dict.fromkeys(ids):
+                try:
+                    conn.execute(target.mirror_one, {"source": target.source, "id": id_})
+                except psycopg.DataError:  # not an id of that table: a wake-up all the same
+                    log.debug("notified payload %r is not an id; scanning the table", id_)
+                    self._mirror_due = True
+        except BaseException:
+            with self._lock:  # not mirrored yet: scan the whole table next time
+                self._mirror_due = True
+            raise
 
     def _claim(self, conn: psycopg.Connection[Any]) -> bool:
         """Claim what fits; True when the batch came back full (more may be waiting)."""
