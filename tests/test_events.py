@@ -466,3 +466,19 @@ def test_one_worker_handles_a_burst_in_id_order_and_stops_fast(dsn: str) -> None
     assert time.monotonic() - began < 1.0
     assert order == list(range(500))
     events.close()
+
+
+def test_a_handler_calling_sys_exit_is_a_failed_attempt(events: pgtide.Events) -> None:
+    import sys
+
+    def bail(event: pgtide.Event) -> str:
+        if event.attempt == 1:
+            sys.exit(3)
+        return "second time lucky"
+
+    events.register("bail", bail, retries=1)
+    id_ = events.publish("bail")
+    events.start(concurrency=1)
+    wait_for(lambda: events.get(id_).state == "done", what="done")  # type: ignore[union-attr]
+    rec = events.get(id_)
+    assert rec is not None and rec.attempts == 2 and "SystemExit: 3" in (rec.error or "")

@@ -412,7 +412,7 @@ class Worker:
                         "timeout (a plain function cannot be interrupted; its result was dropped)"
                     )
             encoded = None if result is None else to_json(result, f"result of {spec.name!r}")
-        except Exception:
+        except BaseException:  # even SystemExit or a stray cancellation: a failed attempt
             error = traceback.format_exc()
             dead = event.attempt >= spec.max_attempts
             outcome = "dead" if dead else "failed"
