@@ -297,6 +297,7 @@ def test_stop_timeout_bounds_a_handler_that_does_not_finish(dsn: str) -> None:
 
 
 def test_keyed_events_run_one_at_a_time_in_order(dsn: str) -> None:
+    """Across two workers, events of one key never overlap and run in publish order."""
     events = pgtide.Events(dsn, poll_interval=0.05)
     log: list[tuple[str, int, str]] = []
     lock = threading.Lock()
@@ -319,9 +320,13 @@ def test_keyed_events_run_one_at_a_time_in_order(dsn: str) -> None:
         events.publish("step", n, key="alpha")
         events.publish("step", n, key="beta")
     events.publish_many("step", list(range(25)), key="gamma")
+    other = pgtide.Events(dsn, poll_interval=0.05)  # a second worker on the same keys
+    other.register("step", step)
     events.start(concurrency=8)
+    other.start(concurrency=8)
     wait_for(lambda: events.status()["done"] == 75, what="all done")
     events.close()
+    other.close()
     assert overlaps == []
     for key in ("alpha", "beta", "gamma"):
         assert [n for k, n, _ in log if k == key] == list(range(25))

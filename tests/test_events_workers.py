@@ -105,3 +105,28 @@ def test_worker_survives_a_server_restart(restartable: pgtide_testing.Restartabl
     wait_for(lambda: publisher.status()["done"] == 6, timeout=30, what="recorded done")
     events.close()
     publisher.close()
+
+
+def test_competing_workers_never_claim_the_same_event(dsn: str) -> None:
+    """Four workers claiming tiny batches at once: with no crash, each event runs once."""
+    import threading
+
+    runs: list[tuple[int, int]] = []
+    lock = threading.Lock()
+
+    def record(event: pgtide.Event) -> None:
+        with lock:
+            runs.append((event.id, event.attempt))
+
+    publisher = pgtide.Events(dsn)
+    ids = publisher.publish_many("contended", list(range(600)))
+    workers = [pgtide.Events(dsn, batch_size=2, poll_interval=0.01) for _ in range(4)]
+    for worker in workers:
+        worker.register("contended", record)
+    for worker in workers:
+        worker.start(concurrency=2)
+    wait_for(lambda: publisher.status()["done"] == 600, timeout=40, what="all done")
+    for worker in workers:
+        worker.close()
+    publisher.close()
+    assert sorted(runs) == [(i, 1) for i in ids]
