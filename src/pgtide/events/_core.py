@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -237,16 +237,13 @@ class EventsBase:
         concurrency = 8 if concurrency is None else concurrency
         if concurrency < 1:
             raise ConfigError(f"concurrency must be 1 or more, not {concurrency}")
-        options = self._base_options
-        options = WorkerOptions(
+        if poll_interval is not None and not poll_interval > 0:
+            raise ConfigError(f"poll_interval must be positive seconds, not {poll_interval}")
+        options = replace(
+            self._base_options,
             concurrency=concurrency,
-            batch_size=options.batch_size,
-            poll_interval=poll_interval or options.poll_interval,
-            lease=options.lease,
+            poll_interval=poll_interval or self._base_options.poll_interval,
             stop_timeout=stop_timeout,
-            listen=options.listen,
-            retry_delay=options.retry_delay,
-            max_retry_delay=options.max_retry_delay,
         )
         return Worker(self._resolve(), self._target(), self._handlers, options, run_async)
 
