@@ -77,7 +77,10 @@ WAKE = "SELECT pg_notify(%s, '')"
 WAKE_ROW = "SELECT pg_notify(%s, %s)"
 """On a user's channel, the payload is the new row's id, as seed 003's trigger sends it."""
 
-CUSTOM_PLANS = "SET plan_cache_mode = force_custom_plan"
+WORKER_SESSION = "SET plan_cache_mode = force_custom_plan"
+"""The worker's session: a generic plan of the batch updates would ignore the arrays' sizes
+and scan the table. (Commits stay synchronous: a claim lost in a server crash could let a
+second worker start an event that a live worker is still running.)"""
 
 HEARTBEAT = """
 UPDATE pgtide.events SET lease_expires = now() + %(lease)s * interval '1 second'

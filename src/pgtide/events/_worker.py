@@ -165,9 +165,7 @@ class Worker:
     def _connect(self) -> psycopg.Connection[Any]:
         conn = connect(self._resolved)
         schema.ensure(conn)
-        # psycopg prepares repeated statements; a generic plan for the batch updates ignores
-        # the arrays' sizes and scans the table (10x slower). Plan each execution instead.
-        conn.execute(_sql.CUSTOM_PLANS)
+        conn.execute(_sql.WORKER_SESSION)
         return conn
 
     def _register(self, conn: psycopg.Connection[Any]) -> None:
