@@ -431,7 +431,8 @@ def test_notify_wakes_an_idle_worker_at_once(dsn: str) -> None:
     assert time.monotonic() - began < 2
     with psycopg.connect(dsn) as conn:  # the wake-up reuses the Listen core's connection
         row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgtide-events-listen'"
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+            "'pgtide-events-listen' AND datname = current_database()"
         ).fetchone()
     assert row == (1,)
     events.close()
