@@ -114,3 +114,37 @@ def test_work_with_a_bad_target_is_one_clear_line(cli: CliRunner, dsn: str, tmp_
     assert "notevents:events is a int, not a pgtide.Events" in out.stderr
     out = cli("events", "work", "notevents", env={"PGTIDE_DSN": dsn})
     assert "name the object as module:attribute" in out.stderr
+
+
+ASYNC_APP = """
+import pgtide.aio
+
+events = pgtide.aio.Events(poll_interval=0.05)
+
+
+@events.handler("greet")
+async def greet(event):
+    return {"hello": event.payload}
+"""
+
+
+def test_work_runs_an_asyncio_app(tmp_path: Path, dsn: str) -> None:
+    (tmp_path / "asyncapp.py").write_text(ASYNC_APP)
+    events = pgtide.Events(dsn)
+    ok = events.publish("greet", "linus")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "pgtide", "events", "work", "asyncapp:events"],
+        cwd=tmp_path,
+        env={**os.environ, "PGTIDE_DSN": dsn},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: events.get(ok).state == "done", what="greet done")  # type: ignore[union-attr]
+    finally:
+        worker.send_signal(signal.SIGINT)
+        _, err = worker.communicate(timeout=20)
+    assert worker.returncode == 0, err
+    assert events.get(ok).result == {"hello": "linus"}  # type: ignore[union-attr]
+    assert "stopped" in err
+    events.close()
