@@ -488,3 +488,24 @@ def test_a_handler_calling_sys_exit_is_a_failed_attempt(events: pgtide.Events) -
     wait_for(lambda: events.get(id_).state == "done", what="done")  # type: ignore[union-attr]
     rec = events.get(id_)
     assert rec is not None and rec.attempts == 2 and "SystemExit: 3" in (rec.error or "")
+
+
+def test_purge_deletes_only_old_finished_events(events: pgtide.Events, dsn: str) -> None:
+    from datetime import timedelta
+
+    events.register("p", lambda e: None)
+    events.register("d", lambda e: 1 / 0, retries=0)
+    done, dead = events.publish("p"), events.publish("d")
+    waiting = events.publish("nobody")
+    events.start(concurrency=1)
+    wait_for(lambda: events.status()["dead"] == 1 and events.status()["done"] == 1, what="ran")
+    events.stop()
+    assert events.purge(timedelta(hours=1)) == 0  # nothing that old
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE pgtide.events SET finished_at = now() - interval '2 hours'")
+    assert events.purge(timedelta(hours=1)) == 1
+    assert events.get(done) is None and events.get(dead) is not None
+    assert events.purge(timedelta(hours=1), dead=True) == 1
+    assert events.get(waiting) is not None  # never a waiting event
+    with pytest.raises(pgtide.ConfigError, match="own events table"):
+        pgtide.Events(dsn, table="anything").purge(timedelta(0))

@@ -148,3 +148,18 @@ def test_work_runs_an_asyncio_app(tmp_path: Path, dsn: str) -> None:
     assert events.get(ok).result == {"hello": "linus"}  # type: ignore[union-attr]
     assert "stopped" in err
     events.close()
+
+
+def test_purge_command(cli: CliRunner, dsn: str) -> None:
+    events = pgtide.Events(dsn)
+    events.publish("x")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE pgtide.events SET state = 'done', finished_at = now() - interval '8 days'"
+        )
+    out = cli("events", "purge", "--older-than", "7d", env={"PGTIDE_DSN": dsn})
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"deleted": 1}
+    out = cli("events", "purge", "--older-than", "soon", env={"PGTIDE_DSN": dsn})
+    assert out.returncode == 1 and "bad duration 'soon'" in out.stderr
+    events.close()

@@ -159,6 +159,38 @@ def retry(
         console.print(f"event {id} will run again", highlight=False)
 
 
+@app.command()
+def purge(
+    older_than: Annotated[
+        str, typer.Option("--older-than", help="Age: seconds, or with s, m, h or d (7d).")
+    ],
+    dead: Annotated[bool, typer.Option("--dead", help="Dead events too.")] = False,
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete done (and, with --dead, dead) events finished longer ago than --older-than."""
+    age = _duration(older_than)
+    with Events(dsn) as events:
+        deleted = events.purge(age, dead=dead)
+    if wants_json(as_json):
+        emit_json({"deleted": deleted})
+    else:
+        console.print(f"deleted {deleted} events", highlight=False)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> timedelta:
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        return timedelta(seconds=float(number) * _UNITS[unit])
+    except (ValueError, OverflowError):
+        raise ConfigError(
+            f"bad duration {text!r}: use seconds or a number with s, m, h or d, e.g. 7d"
+        ) from None
+
+
 def _as_dict(rec: EventRecord) -> dict[str, Any]:
     return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in vars(rec).items()}
 

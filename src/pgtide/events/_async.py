@@ -176,6 +176,12 @@ class Events(EventsBase):
         )
         return [record(r) for r in await cursor.fetchall()]
 
+    async def purge(self, older_than: timedelta, *, dead: bool = False) -> int:
+        """As :meth:`pgtide.Events.purge`."""
+        states, seconds = self._purge_params(older_than, dead)
+        conn = await self._connection()
+        return (await conn.execute(_sql.PURGE, (states, seconds))).rowcount
+
     async def retry(self, id: int) -> bool:
         """As :meth:`pgtide.Events.retry`."""
         conn = await self._connection()

@@ -256,6 +256,16 @@ class EventsBase:
         counts["unhandled"] = sum(int(n) for _, n in unhandled)
         return counts
 
+    def _purge_params(self, older_than: timedelta, dead: bool) -> tuple[list[str], float]:
+        if self._source is not None:
+            raise ConfigError(
+                "purge is for pgtide's own events table: with your own table, pgtide keeps one "
+                "row of state per row of yours, so that no row of yours ever runs twice"
+            )
+        if not isinstance(older_than, timedelta) or older_than.total_seconds() < 0:
+            raise ConfigError("older_than must be a timedelta of zero or more")
+        return (["done", "dead"] if dead else ["done"]), older_than.total_seconds()
+
     @staticmethod
     def _check_state(state: str | None) -> None:
         if state is not None and state not in STATES:

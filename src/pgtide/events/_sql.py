@@ -137,6 +137,11 @@ WHERE id = %s AND state IN ('done', 'failed', 'dead')
 RETURNING id
 """
 
+PURGE = """
+DELETE FROM pgtide.events
+WHERE source = '' AND state = ANY(%s) AND finished_at < now() - %s * interval '1 second'
+"""
+
 COLUMNS = """
 SELECT a.attname FROM pg_attribute a
 JOIN pg_class c ON c.oid = a.attrelid

@@ -218,6 +218,14 @@ class Events(EventsBase):
         )
         return [record(r) for r in rows]
 
+    def purge(self, older_than: timedelta, *, dead: bool = False) -> int:
+        """Delete done (and, with ``dead``, dead) events finished before ``older_than`` ago.
+
+        Returns how many were deleted. pgtide never deletes events by itself.
+        """
+        states, seconds = self._purge_params(older_than, dead)
+        return self._connection().execute(_sql.PURGE, (states, seconds)).rowcount
+
     def retry(self, id: int) -> bool:
         """Run a done, failed or dead event again from attempt 1; False if there is none."""
         conn = self._connection()
