@@ -10,6 +10,7 @@ from .errors import (
     ConnectionFailed,
     EmbeddedError,
     EventPayloadError,
+    IngestError,
     InvalidChannel,
     InvalidPayload,
     PayloadTooLarge,
@@ -18,6 +19,7 @@ from .errors import (
     UnknownSubscriber,
 )
 from .events import Event, EventRecord, Events
+from .ingest import FileWatcher
 from .listen import Listener, Notification
 from .notify import notify, notify_many
 from .schema import install
@@ -30,6 +32,8 @@ __all__ = [
     "EventPayloadError",
     "EventRecord",
     "Events",
+    "FileWatcher",
+    "IngestError",
     "InvalidChannel",
     "InvalidPayload",
     "Listener",

@@ -9,7 +9,7 @@ import typer
 
 from .. import __version__
 from ..errors import ConnectionFailed, PgtideError
-from . import db, demo, events, install, listen, status
+from . import db, demo, events, ingest, install, listen, status
 
 app = typer.Typer(
     name="pgtide",
@@ -25,6 +25,7 @@ app.command("demo")(demo.demo)
 app.command("status")(status.status)
 app.command("listen")(listen.listen)
 app.command("notify")(listen.notify)
+app.command("ingest")(ingest.ingest)
 
 
 def _version(value: bool) -> None:
