@@ -9,24 +9,42 @@ from .errors import (
     ConfigError,
     ConnectionFailed,
     EmbeddedError,
+    EventPayloadError,
     IngestError,
+    InvalidChannel,
+    InvalidPayload,
     PayloadTooLarge,
     PgtideError,
     SchemaError,
+    UnknownSubscriber,
 )
+from .events import Event, EventRecord, Events
 from .ingest import FileWatcher
+from .listen import Listener, Notification
+from .notify import notify, notify_many
 from .schema import install
 
 __all__ = [
     "ConfigError",
     "ConnectionFailed",
     "EmbeddedError",
+    "Event",
+    "EventPayloadError",
+    "EventRecord",
+    "Events",
     "FileWatcher",
     "IngestError",
+    "InvalidChannel",
+    "InvalidPayload",
+    "Listener",
+    "Notification",
     "PayloadTooLarge",
     "PgtideError",
     "SchemaError",
+    "UnknownSubscriber",
     "__version__",
     "dsn",
     "install",
+    "notify",
+    "notify_many",
 ]

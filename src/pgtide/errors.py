@@ -34,3 +34,19 @@ class PayloadTooLarge(PgtideError, ValueError):
 
 class IngestError(PgtideError):
     """Ingesting cannot go on: a missing table or column, or SQL the server refuses."""
+
+
+class EventPayloadError(PgtideError, TypeError):
+    """An event's payload (or a handler's result) cannot be stored as JSON."""
+
+
+class InvalidChannel(PgtideError, ValueError):
+    """A NOTIFY channel name PostgreSQL cannot hold (empty, over 63 bytes, or with a NUL)."""
+
+
+class InvalidPayload(PgtideError, ValueError):
+    """A NOTIFY payload that cannot be sent (not encodable, or holding a NUL character)."""
+
+
+class UnknownSubscriber(PgtideError, LookupError):
+    """A subscriber id that is not registered (on the channel named)."""

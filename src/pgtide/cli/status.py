@@ -50,7 +50,22 @@ def _listeners(conn: psycopg.Connection[Any]) -> int:
     return int(row[0]) if row else 0
 
 
-SECTIONS: list[SectionFn] = [_database]
+def _listen(conn: psycopg.Connection[Any]) -> Section | None:
+    from .listen import status_section
+
+    return status_section(conn)
+
+
+SECTIONS: list[SectionFn] = [_database, _listen]
+
+
+def _events(conn: psycopg.Connection[Any]) -> Section | None:
+    from .events import status_section
+
+    return status_section(conn)
+
+
+SECTIONS.append(_events)
 
 
 def _ingested_files(conn: psycopg.Connection[Any]) -> Section | None:
