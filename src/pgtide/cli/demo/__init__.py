@@ -18,7 +18,7 @@ from ...connect import resolve
 from .._common import DsnOption, JsonOption, console, emit_json
 from . import _view
 from ._part import Line
-from ._tour import PARTS, Tour
+from ._tour import Tour
 
 REFRESH = 0.25
 
@@ -39,19 +39,18 @@ def demo(
         result = Tour(chosen, seconds, lambda *_: None).run()
         emit_json(result.as_json())
     else:
-        console.print(
-            _view.intro(chosen.target, chosen.source, seconds, [p.feature for p in PARTS])
-        )
         shown = 0.0
-        with Live(console=console, refresh_per_second=4, transient=False) as live:
+        live = Live(console=console, refresh_per_second=4, transient=False)
 
-            def show(phase: str, elapsed: float, lines: list[Line]) -> None:
-                nonlocal shown
-                if time.monotonic() - shown >= REFRESH:
-                    shown = time.monotonic()
-                    live.update(_view.live(phase, elapsed, lines))
+        def show(phase: str, elapsed: float, lines: list[Line]) -> None:
+            nonlocal shown
+            if time.monotonic() - shown >= REFRESH:
+                shown = time.monotonic()
+                live.update(_view.live(phase, elapsed, lines))
 
-            tour = Tour(chosen, seconds, show)
+        tour = Tour(chosen, seconds, show)
+        console.print(_view.intro(chosen.target, chosen.source, seconds, tour.features))
+        with live:
             result = tour.run()
             live.update(_view.live("finished", result.seconds, tour.lines()))
         console.print()  # a piped Live ends without a newline

@@ -21,11 +21,13 @@ from psycopg import sql
 
 from ... import schema
 from ...connect import Resolved, connect
+from ._events import EventsPart
 from ._ingest import IngestPart
+from ._listen import ListenPart
 from ._part import Line, Part, Shop
 
 # The stages, in the order the tour shows them (each feature adds its own).
-PARTS: list[type[Part]] = [IngestPart]
+PARTS: list[Callable[[Shop], Part]] = [ListenPart, EventsPart, IngestPart]
 TICKS_PER_SECOND = 20
 SETTLE_SECONDS = 20.0
 ITEMS = ("tea", "jam", "oil", "salt", "rice", "figs")
@@ -78,6 +80,10 @@ class Tour:
         self.show = show
         self.parts: list[Part] = [cls(self.shop) for cls in PARTS]
         self.orders = 0
+
+    @property
+    def features(self) -> list[str]:
+        return [p.feature for p in self.parts]
 
     def lines(self) -> list[Line]:
         return [p.line() for p in self.parts]
