@@ -91,6 +91,18 @@ def _members(cls: type) -> list[tuple[str, Any]]:
     return found
 
 
+def member_doc(cls: type, name: str, member: Any) -> str:
+    """A member's docstring; an asyncio face's method without one takes its blocking twin's
+    (``pgtide.aio.Listener.mute`` does what ``pgtide.Listener.mute`` does, awaited)."""
+    import pgtide
+
+    doc = inspect.getdoc(member) or ""
+    twin = getattr(pgtide, cls.__name__, None)
+    if not doc and cls.__module__.startswith("pgtide.") and twin is not None and twin is not cls:
+        doc = inspect.getdoc(getattr(twin, name, None)) or ""
+    return doc
+
+
 def _entry(prefix: str, name: str, obj: Any) -> list[str]:
     kind = _kind(obj)
     lines = [f"### `{prefix}.{name}`", ""]
@@ -106,7 +118,7 @@ def _entry(prefix: str, name: str, obj: Any) -> list[str]:
     lines += [_md(inspect.getdoc(obj) or ""), ""]
     if kind == "class":
         for member_name, member in _members(obj):
-            doc = _md(inspect.getdoc(member) or "")
+            doc = _md(member_doc(obj, member_name, member))
             if isinstance(member, property):
                 lines.append(f"- `.{member_name}` (property): {doc}")
             else:

@@ -44,7 +44,10 @@ def test_every_public_name_has_a_docstring(prefix: str, name: str) -> None:
         return  # a constant such as __version__ is documented by its value
     assert (obj.__doc__ or "").strip(), f"{prefix}.{name} has no docstring"
     if inspect.isclass(obj) and not issubclass(obj, BaseException):
-        undocumented = [m for m, member in _apidoc()._members(obj) if not inspect.getdoc(member)]
+        apidoc = _apidoc()
+        undocumented = [
+            m for m, member in apidoc._members(obj) if not apidoc.member_doc(obj, m, member)
+        ]
         assert not undocumented, f"{prefix}.{name} methods without a docstring: {undocumented}"
 
 
