@@ -9,13 +9,24 @@ from .errors import (
     ConfigError,
     ConnectionFailed,
     EmbeddedError,
+    FeedError,
+    InvalidPosition,
     PayloadTooLarge,
     PgtideError,
     SchemaError,
+    UnknownTable,
 )
+from .feed import Batch, Change, Feed, Position, latest, prune, track, untrack
 from .schema import install
 
 __all__ = [
+    "Batch",
+    "Change",
+    "Feed",
+    "FeedError",
+    "InvalidPosition",
+    "Position",
+    "UnknownTable",
     "ConfigError",
     "ConnectionFailed",
     "EmbeddedError",
@@ -25,4 +36,8 @@ __all__ = [
     "__version__",
     "dsn",
     "install",
+    "latest",
+    "prune",
+    "track",
+    "untrack",
 ]

@@ -30,3 +30,15 @@ class SchemaError(PgtideError):
 
 class PayloadTooLarge(PgtideError, ValueError):
     """A NOTIFY payload is at or over PostgreSQL's 8000-byte limit."""
+
+
+class FeedError(PgtideError):
+    """The change feed cannot do what was asked (see the message for the fix)."""
+
+
+class UnknownTable(FeedError, LookupError):
+    """A table name that does not exist, or is not tracked where that is required."""
+
+
+class InvalidPosition(FeedError, ValueError):
+    """A feed position that cannot be read back, or a start/stop of the wrong kind."""
