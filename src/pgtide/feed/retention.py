@@ -15,10 +15,12 @@ from .track import require_tracked
 
 _PRUNE = """
 DELETE FROM pgtide.changes c
-WHERE c.xid < coalesce((SELECT max(pg_snapshot_xmax(snapshot)) FROM pgtide.consumers),
-                       pg_snapshot_xmax(pg_current_snapshot()))
-  AND NOT EXISTS (SELECT 1 FROM pgtide.consumers k
-                  WHERE NOT pg_visible_in_snapshot(c.xid, k.snapshot))
+WHERE c.xid < coalesce(
+        (SELECT max(pg_snapshot_xmax(coalesce(target, snapshot))) FROM pgtide.consumers),
+        pg_snapshot_xmax(pg_current_snapshot()))
+  AND NOT EXISTS (SELECT 1 FROM pgtide.consumers k WHERE NOT (
+        pg_visible_in_snapshot(c.xid, k.snapshot)
+        OR coalesce(c.xid <= k.after_xid AND pg_visible_in_snapshot(c.xid, k.target), false)))
   AND (%(age)s::interval IS NULL OR c.at < now() - %(age)s::interval)
 """
 _CONSUMERS = """
@@ -26,6 +28,8 @@ SELECT k.name, k.snapshot::text, k.target::text, k.after_xid::text, k.tables, k.
        (SELECT count(*) FROM pgtide.changes c
         WHERE (c.xid >= pg_snapshot_xmax(k.snapshot)
                OR c.xid = ANY(ARRAY(SELECT pg_snapshot_xip(k.snapshot))))
+          AND NOT coalesce(c.xid <= k.after_xid AND pg_visible_in_snapshot(c.xid, k.target),
+                           false)
           AND (k.tables IS NULL OR c.table_name = ANY(k.tables))) AS pending
 FROM pgtide.consumers k ORDER BY k.name
 """

@@ -101,8 +101,9 @@ def _track(conn: psycopg.Connection[Any], table: str, ops: list[str], notify: bo
             conn.execute(_SAVE, (str(name), ops, notify))
     except psycopg.errors.InsufficientPrivilege as exc:
         raise FeedError(
-            f"cannot track {table}: {exc.diag.message_primary or exc}; the role needs to own the "
-            "table (or hold the TRIGGER privilege on it) and to write schema pgtide"
+            f"cannot track {TableName.parse(table)}: {exc.diag.message_primary or exc}; "
+            "the role needs to own the table (or hold the TRIGGER privilege on it) "
+            "and to write schema pgtide"
         ) from None
     log.info("tracking %s (%s)", name, ", ".join(ops))
     return True
@@ -149,7 +150,7 @@ def _untrack(conn: psycopg.Connection[Any], table: str) -> bool:
             _drop_triggers(conn, name)
     except psycopg.errors.InsufficientPrivilege as exc:
         raise FeedError(
-            f"cannot untrack {table}: {exc.diag.message_primary or exc}; "
+            f"cannot untrack {TableName.parse(table)}: {exc.diag.message_primary or exc}; "
             "run it as the table's owner"
         ) from None
     if was or triggers:
