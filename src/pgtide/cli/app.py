@@ -10,6 +10,7 @@ import typer
 from .. import __version__
 from ..errors import ConnectionFailed, PgtideError
 from . import db, demo, install, status
+from . import feed as feed_cli
 
 app = typer.Typer(
     name="pgtide",
@@ -22,6 +23,11 @@ app.add_typer(db.app, name="db")
 app.command("install")(install.install)
 app.command("demo")(demo.demo)
 app.command("status")(status.status)
+app.command("track")(feed_cli.track)
+app.command("untrack")(feed_cli.untrack)
+app.command("follow")(feed_cli.follow)
+app.command("prune")(feed_cli.prune)
+app.add_typer(feed_cli.consumers_app, name="consumers")
 
 
 def _version(value: bool) -> None:

@@ -16,6 +16,7 @@ from rich.table import Table
 from .. import schema
 from ..connect import connect, resolve
 from ._common import DsnOption, JsonOption, console, emit_json
+from .feed import status_section as _feed_section
 
 
 @dataclass
@@ -46,6 +47,7 @@ def _listeners(conn: psycopg.Connection[Any]) -> int:
 
 
 SECTIONS: list[SectionFn] = [_database]
+SECTIONS.append(_feed_section)  # follow: consumers, their lag, pgtide.changes
 
 
 def status(dsn: DsnOption = None, as_json: JsonOption = False) -> None:
