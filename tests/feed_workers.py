@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pgtide
 
@@ -28,3 +29,4 @@ def follow_into_table(dsn: str, consumer: str) -> None:
             for change in batch:
                 assert change.row is not None
                 conn.execute("INSERT INTO sink (id) VALUES (%s)", (change.row["id"],))
+            time.sleep(0.01)  # so that a SIGKILL often lands inside the open transaction

@@ -343,7 +343,9 @@ def test_follower_survives_server_restart(restartable: RestartableServer) -> Non
         conn.execute("CREATE TABLE items (id int PRIMARY KEY, v text)")
     pgtide.track("items", dsn=dsn)
     got: list[int] = []
-    feed = pgtide.Feed("restart", ["items"], dsn=dsn, poll_interval=0.05)
+    # polls only every 60 s: the row after the restart comes through the Listener's
+    # reconnect signal or its NOTIFY, within the test's time
+    feed = pgtide.Feed("restart", ["items"], dsn=dsn, poll_interval=60)
 
     def follow() -> None:
         for batch in feed.batches(start="end", timeout=30):
@@ -363,6 +365,28 @@ def test_follower_survives_server_restart(restartable: RestartableServer) -> Non
         conn.execute("INSERT INTO items VALUES (2, 'after')")
     thread.join(30)
     assert got == [1, 2]
+
+
+def test_notify_wakes_a_waiting_feed(dsn: str) -> None:
+    _setup(dsn, "items", "other")
+    got: list[tuple[str, float]] = []
+    feed = pgtide.Feed("woken", ["items"], dsn=dsn, poll_interval=60)
+
+    def follow() -> None:
+        for batch in feed.batches(start="end"):
+            got.extend((c.table, time.monotonic()) for c in batch)
+            return
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    _until(lambda: feed._wakeup is not None and feed._cursor.position is not None)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO other VALUES (1, 'not followed')")
+        began = time.monotonic()
+        conn.execute("INSERT INTO items VALUES (1, 'x')")
+    thread.join(10)
+    assert [t for t, _ in got] == ["public.items"]
+    assert got[0][1] - began < 5  # woken, not polled (the poll interval is 60 s)
 
 
 # -- faces -----------------------------------------------------------------------------------

@@ -10,13 +10,18 @@ from .errors import (
     ConnectionFailed,
     EmbeddedError,
     FeedError,
+    InvalidChannel,
+    InvalidPayload,
     InvalidPosition,
     PayloadTooLarge,
     PgtideError,
     SchemaError,
+    UnknownSubscriber,
     UnknownTable,
 )
 from .feed import Batch, Change, Feed, Position, latest, prune, track, untrack
+from .listen import Listener, Notification
+from .notify import notify, notify_many
 from .schema import install
 
 __all__ = [
@@ -27,16 +32,23 @@ __all__ = [
     "EmbeddedError",
     "Feed",
     "FeedError",
+    "InvalidChannel",
+    "InvalidPayload",
     "InvalidPosition",
+    "Listener",
+    "Notification",
     "PayloadTooLarge",
     "PgtideError",
     "Position",
     "SchemaError",
+    "UnknownSubscriber",
     "UnknownTable",
     "__version__",
     "dsn",
     "install",
     "latest",
+    "notify",
+    "notify_many",
     "prune",
     "track",
     "untrack",

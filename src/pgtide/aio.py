@@ -1,5 +1,16 @@
 """The asyncio faces of pgtide's features (same cores as the blocking API in :mod:`pgtide`)."""
 
 from .feed._async import Batch, Feed
+from .listen import AsyncListener as Listener
+from .listen import Notification
+from .notify import anotify as notify
+from .notify import anotify_many as notify_many
 
-__all__: list[str] = ["Batch", "Feed"]
+__all__: list[str] = [
+    "Batch",
+    "Feed",
+    "Listener",
+    "Notification",
+    "notify",
+    "notify_many",
+]

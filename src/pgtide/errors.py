@@ -32,6 +32,18 @@ class PayloadTooLarge(PgtideError, ValueError):
     """A NOTIFY payload is at or over PostgreSQL's 8000-byte limit."""
 
 
+class InvalidChannel(PgtideError, ValueError):
+    """A NOTIFY channel name PostgreSQL cannot hold (empty, over 63 bytes, or with a NUL)."""
+
+
+class InvalidPayload(PgtideError, ValueError):
+    """A NOTIFY payload that cannot be sent (not encodable, or holding a NUL character)."""
+
+
+class UnknownSubscriber(PgtideError, LookupError):
+    """A subscriber id that is not registered (on the channel named)."""
+
+
 class FeedError(PgtideError):
     """The change feed cannot do what was asked (see the message for the fix)."""
 

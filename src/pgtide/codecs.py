@@ -1,0 +1,70 @@
+"""Payload codecs: how the text of a NOTIFY becomes a Python value, and how a value is sent.
+
+A codec is named (``"json"``, ``"text"``, ``"literal"``) or is any callable that takes the raw
+text and returns a value. :func:`decoder` turns it into the function the receive loop calls.
+A decoder may raise: the listener then hands subscribers the raw text with the error noted on
+the :class:`~pgtide.Notification`, and goes on (a bad payload never stops a listener).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from collections.abc import Callable
+from typing import Any, Literal, TypeAlias
+
+CodecName: TypeAlias = Literal["json", "text", "literal"]
+Decoder: TypeAlias = Callable[[str], Any]
+Codec: TypeAlias = CodecName | Decoder
+
+_json_decode = json.JSONDecoder().decode
+
+
+def decode_json(raw: str) -> Any:
+    """JSON when the text parses as JSON, the text itself otherwise (never raises)."""
+    try:
+        return _json_decode(raw)
+    except (ValueError, RecursionError):
+        return raw
+
+
+def decode_literal(raw: str) -> Any:
+    """A Python literal (str, number, tuple, list, dict, set, bool, None), safely.
+
+    Raises ``ValueError`` or ``SyntaxError`` for anything else, for example plain text, JSON's
+    ``true``/``null`` or an empty payload; the listener then delivers the raw text.
+    """
+    return ast.literal_eval(raw)
+
+
+_NAMED: dict[str, Decoder | None] = {
+    "json": decode_json,
+    "text": None,
+    "literal": decode_literal,
+}
+
+
+def decoder(codec: Codec) -> Decoder | None:
+    """The decoding function for ``codec``; ``None`` means "the raw text as it is"."""
+    if callable(codec):
+        return codec
+    if isinstance(codec, str) and codec in _NAMED:
+        return _NAMED[codec]
+    raise ValueError(
+        f"unknown codec {codec!r}; use 'json', 'text', 'literal' or a function of one str"
+    )
+
+
+def encode(payload: Any) -> str:
+    """The text to send for ``payload``: a str as it is, anything else as compact JSON."""
+    if isinstance(payload, str):
+        return payload
+    try:
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        from .errors import InvalidPayload
+
+        raise InvalidPayload(
+            f"cannot encode a payload of type {type(payload).__name__} as JSON ({exc}); "
+            "pass a str or a JSON-serialisable value"
+        ) from None

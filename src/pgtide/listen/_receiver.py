@@ -1,0 +1,346 @@
+"""The connection thread: one connection, live LISTEN/UNLISTEN, reading, probing, reconnecting.
+
+The thread owns its connection and drives libpq without blocking: it waits (poll) on the
+socket and on a wake-up pipe, so registrations from other threads are applied at once on the
+open connection, and ``stop()`` is prompt. LISTEN/UNLISTEN and the liveness probe are sent as
+asynchronous queries whose results are read in the same loop as the notifications, so no
+notification on another channel waits or is lost while a channel is added or removed.
+
+A dead connection is noticed at once when the server closes it (restart,
+``pg_terminate_backend``), and within seconds when the network silently drops it (TCP
+keepalives, plus a ``SELECT 1`` probe after ``probe_interval`` seconds without traffic that
+must be answered within ``probe_timeout``). Then it reconnects with jittered backoff, LISTENs
+again on every active channel, and queues the "reconnected" marker for ``on_reconnect``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import select
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg import conninfo as _conninfo
+from psycopg import pq, sql
+
+from ..connect import Backoff, Resolved, connect
+from ..errors import PgtideError
+from ._queue import RECONNECTED, BatchQueue
+from ._registry import Registry
+from ._stats import Stats
+
+logger = logging.getLogger("pgtide.listen")
+
+KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": "5",
+    "keepalives_interval": "2",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "10000",
+}
+"""libpq settings that make a silently dropped TCP connection fail within seconds."""
+
+PROBE_SQL = b"SELECT 1"
+_POLLIN = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
+
+
+class _Dead(Exception):
+    """The connection is gone or unresponsive."""
+
+
+@dataclass(slots=True)
+class _Query:
+    deadline: float
+    version: int = -1
+    target: frozenset[str] | None = None
+    error: str | None = None
+
+
+class Receiver:
+    """Runs the connection thread of one listener."""
+
+    def __init__(
+        self,
+        resolved: Resolved,
+        registry: Registry,
+        queue: BatchQueue,
+        stats: Stats,
+        *,
+        application_name: str,
+        probe_interval: float,
+        probe_timeout: float,
+    ) -> None:
+        self._resolved = resolved
+        self._registry = registry
+        self._queue = queue
+        self._stats = stats
+        self._probe_interval = probe_interval
+        self._probe_timeout = probe_timeout
+        self._connect_kwargs = self._kwargs(resolved, application_name)
+        self._backoff = Backoff()
+        self._stopping = False
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._lock = threading.Lock()
+        self._applied = -1
+        self._waiters: list[tuple[int, Callable[[], None]]] = []
+        self._thread = threading.Thread(target=self._run, name="pgtide-listen-conn", daemon=True)
+
+    @staticmethod
+    def _kwargs(resolved: Resolved, application_name: str) -> dict[str, Any]:
+        params = dict(resolved.params) or _conninfo.conninfo_to_dict(resolved.dsn)
+        kwargs: dict[str, Any] = {k: v for k, v in KEEPALIVES.items() if k not in params}
+        kwargs["application_name"] = application_name
+        if "connect_timeout" not in params:
+            kwargs["connect_timeout"] = 5
+        return kwargs
+
+    # -- control (any thread) -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the thread; return once every active channel is LISTENed, or raise."""
+        self._thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            self._thread.join()
+            self._close_pipe()
+            raise self._startup_error
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping = True
+        self.wake()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self._close_pipe()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):  # already awake (pipe full), or closed
+            os.write(self._wake_w, b"!")
+
+    def when_applied(self, version: int, callback: Callable[[], None]) -> bool:
+        """Call ``callback`` once the LISTEN set of ``version`` is on the server.
+
+        Returns False (and never calls it) when there is nothing to wait for: already applied,
+        or not connected (the set is applied on reconnection, and ``on_reconnect`` follows).
+        """
+        with self._lock:
+            if self._applied >= version or not self._stats.connected or self._stopping:
+                return False
+            self._waiters.append((version, callback))
+        self.wake()
+        return True
+
+    def _release(self, version: int | None) -> None:
+        with self._lock:
+            if version is not None:
+                self._applied = max(self._applied, version)
+            due = [w for w in self._waiters if version is None or w[0] <= version]
+            self._waiters = [w for w in self._waiters if w not in due]
+        for _, callback in due:
+            callback()
+
+    def _close_pipe(self) -> None:
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    # -- the thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        first = True
+        try:
+            while not self._stopping:
+                if not first and self._sleep(self._backoff.next()):
+                    break
+                try:
+                    conn = connect(self._resolved, **self._connect_kwargs)
+                except (PgtideError, psycopg.Error) as exc:
+                    if first:
+                        self._startup_error = exc
+                        return
+                    self._stats.last_error = str(exc)
+                    logger.warning("listener cannot reconnect yet: %s", exc)
+                    continue
+                try:
+                    self._serve(conn, first)
+                except (_Dead, psycopg.Error, OSError) as exc:
+                    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                    self._stats.last_error = reason
+                    if not self._ready.is_set():
+                        self._startup_error = PgtideError(f"listener could not LISTEN: {reason}")
+                        return
+                    if not self._stopping:
+                        logger.warning("listener connection lost (%s); reconnecting", reason)
+                finally:
+                    self._disconnected()
+                    conn.close()
+                first = False
+        finally:
+            self._ready.set()
+            self._release(None)
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait ``seconds`` or until woken; True if the listener is stopping."""
+        deadline = time.monotonic() + seconds
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        while not self._stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if poller.poll(math.ceil(left * 1000)):
+                self._clear_wake()
+        return self._stopping
+
+    def _clear_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _disconnected(self) -> None:
+        self._stats.connected = False
+        self._stats.backend_pid = None
+        self._stats.listening = frozenset()
+        self._release(None)
+
+    def _serve(self, conn: psycopg.Connection[Any], first: bool) -> None:
+        pg = conn.pgconn
+        enc = conn.info.encoding
+        fd = pg.socket
+        poller = select.poll()
+        poller.register(fd, _POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        self._stats.connected = True
+        self._stats.backend_pid = pg.backend_pid
+        listening: frozenset[str] = frozenset()
+        with self._lock:
+            self._applied = -1
+        pending = self._send_sync(conn, listening)
+        reported = pending is None
+        if reported:
+            self._became_ready(first)
+        last_io = time.monotonic()
+        drain = self._drain
+        while not self._stopping:
+            drain(pg, enc)
+            now = time.monotonic()
+            deadline = pending.deadline if pending is not None else last_io + self._probe_interval
+            events = poller.poll(max(0, math.ceil((deadline - now) * 1000)))
+            readable = False
+            for efd, _ in events:
+                if efd == fd:
+                    readable = True
+                else:
+                    self._clear_wake()
+            if self._stopping:
+                return
+            if readable:
+                pg.consume_input()
+                if pg.status != pq.ConnStatus.OK:
+                    raise _Dead("the server closed the connection")
+                last_io = time.monotonic()
+                drain(pg, enc)
+                if pending is not None and self._collect(pg, pending, enc):
+                    if pending.target is not None:
+                        listening = pending.target
+                        self._stats.listening = listening
+                        if pending.error:
+                            self._stats.last_error = pending.error
+                            logger.error("LISTEN/UNLISTEN failed: %s", pending.error)
+                        self._release(pending.version)
+                        if not reported:
+                            reported = True
+                            self._became_ready(first)
+                    pending = None
+            now = time.monotonic()
+            if pending is not None and now >= pending.deadline:
+                raise _Dead(f"no answer from the server within {self._probe_timeout:g} s")
+            if pending is None:
+                pending = self._send_sync(conn, listening)
+                if pending is None and now - last_io >= self._probe_interval:
+                    pending = self._send(pg, fd, PROBE_SQL, _Query(now + self._probe_timeout))
+
+    def _became_ready(self, first: bool) -> None:
+        self._backoff.reset()
+        if first:
+            self._ready.set()
+            return
+        self._stats.reconnects += 1
+        logger.info(
+            "listener reconnected; listening again on %d channel(s)", len(self._stats.listening)
+        )
+        self._queue.put_marker(RECONNECTED)
+
+    def _send_sync(self, conn: psycopg.Connection[Any], listening: frozenset[str]) -> _Query | None:
+        """Send the LISTEN/UNLISTEN that make the server match the registry, if any."""
+        version, desired = self._registry.active()
+        with self._lock:
+            applied = self._applied
+        if version == applied:
+            return None
+        statements = [
+            sql.SQL("UNLISTEN {}").format(sql.Identifier(ch)) for ch in listening - desired
+        ] + [sql.SQL("LISTEN {}").format(sql.Identifier(ch)) for ch in desired - listening]
+        query = _Query(time.monotonic() + self._probe_timeout, version, desired)
+        if not statements:
+            self._stats.listening = desired
+            self._release(version)
+            return None
+        text = sql.SQL("; ").join(statements).as_bytes(conn)
+        return self._send(conn.pgconn, conn.pgconn.socket, text, query)
+
+    def _send(self, pg: pq.abc.PGconn, fd: int, text: bytes, query: _Query) -> _Query:
+        pg.send_query(text)
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT | _POLLIN)
+        while pg.flush():
+            left = query.deadline - time.monotonic()
+            if left <= 0:
+                raise _Dead("cannot send to the server")
+            for _, event in poller.poll(math.ceil(left * 1000)):
+                if event & _POLLIN:
+                    pg.consume_input()
+        return query
+
+    @staticmethod
+    def _collect(pg: pq.abc.PGconn, query: _Query, enc: str) -> bool:
+        """Read the results of the query in flight; True once it is complete."""
+        while not pg.is_busy():
+            result = pg.get_result()
+            if result is None:
+                return True
+            if result.status == pq.ExecStatus.FATAL_ERROR:
+                query.error = (result.error_message or b"").decode(enc, "replace").strip()
+        return False
+
+    def _drain(self, pg: pq.abc.PGconn, enc: str) -> None:
+        """Move every notification libpq has parsed into the queue, as one batch."""
+        n = pg.notifies()
+        if n is None:
+            return
+        notes = [n]
+        append = notes.append
+        notifies = pg.notifies
+        while (n := notifies()) is not None:
+            append(n)
+        self._stats.received += len(notes)
+        self._queue.put((datetime.now(UTC), enc, notes))
