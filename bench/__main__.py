@@ -18,7 +18,7 @@ from pgtide.connect import resolve
 
 from ._harness import Figure, write_report
 
-SUITES = ["foundation"]
+SUITES = ["foundation", "feed"]
 
 
 def main(argv: list[str] | None = None) -> int:

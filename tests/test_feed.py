@@ -389,6 +389,41 @@ def test_notify_wakes_a_waiting_feed(dsn: str) -> None:
     assert got[0][1] - began < 5  # woken, not polled (the poll interval is 60 s)
 
 
+def test_unrelated_writes_do_not_make_the_feed_spin(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _setup(dsn, "items", "other")
+    from pgtide.feed._core import Core
+
+    reads = 0
+    real = Core.read
+
+    def counting(self: Core, *args: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return real(self, *args)
+
+    monkeypatch.setattr(Core, "read", counting)
+    done = threading.Event()
+
+    def noise() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            i = 0
+            while not done.is_set():
+                conn.execute("INSERT INTO other VALUES (%s, 'noise')", (i,))
+                i += 1
+
+    thread = threading.Thread(target=noise)
+    thread.start()
+    try:
+        feed = pgtide.Feed("calm", ["items"], dsn=dsn, wakeup="poll", poll_interval=0.1)
+        assert _drain(feed, timeout=1.0) == []
+    finally:
+        done.set()
+        thread.join()
+    assert reads < 20  # about one read per poll interval, not a busy loop
+
+
 # -- faces -----------------------------------------------------------------------------------
 def test_run_acks_after_each_call_and_poll_mode(dsn: str) -> None:
     _setup(dsn)

@@ -294,10 +294,10 @@ def plan(
             yield Emit(changes, here, pos)
             idle_since = clock()
             continue
-        if pos != here:
-            continue  # moved over an empty step: read on before waiting
+        if pos.partial and pos != here:
+            continue  # the rest of a step split by max_changes: read on before waiting
         if end is not None:
-            if pos >= end:
+            if pos >= end or pos == here:
                 return
             continue
         left = None if timeout is None else timeout - (clock() - idle_since)

@@ -36,7 +36,7 @@ FROM pgtide.consumers k ORDER BY k.name
 _LATEST = """
 SELECT op, row FROM pgtide.changes
 WHERE table_name = %s AND op IN ('insert', 'update', 'truncate')
-ORDER BY id DESC LIMIT 1
+ORDER BY xid DESC, id DESC LIMIT 1
 """
 _SIZE = """
 SELECT count(*), pg_total_relation_size('pgtide.changes'), min(at) FROM pgtide.changes
@@ -110,9 +110,9 @@ def drop_consumer(
 def latest(
     table: str, *, dsn: str | Resolved | None = None, conn: psycopg.Connection[Any] | None = None
 ) -> dict[str, Any] | None:
-    """The newest row written to tracked ``table`` (the latest insert or update by change
-    id), or None when it has none or was truncated since. Read from pgtide.changes, so no
-    write is ever missed the way a single-row audit table misses them."""
+    """The newest row written to tracked ``table`` (the last insert or update of the newest
+    transaction that wrote it), or None when it has none or was truncated since. Read from
+    pgtide.changes, so no write is ever missed the way a single-row audit table misses them."""
     if conn is None:
         with connect(dsn) as own:
             return latest(table, conn=own)
