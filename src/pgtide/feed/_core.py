@@ -277,7 +277,9 @@ def plan(
     if timeout is not None and timeout < 0:
         raise FeedError(f"timeout must be None or >= 0 seconds, not {timeout}")
     pos: Position = yield Run(functools.partial(core.resolve, start))
-    yield Run(functools.partial(core.register, pos))
+    if stop is None:
+        # a running consumer holds its changes from now on; a bounded range is a replay
+        yield Run(functools.partial(core.register, pos))
     cursor.position = pos
     end: Position | None = None
     if stop is not None:
