@@ -15,6 +15,7 @@ same generators: each yields a :class:`Query`, receives its rows, and returns a 
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from psycopg import sql
 
 from ..errors import FeedError, InvalidPosition
 from .position import Position, Snapshot
+
+_loads = json.JSONDecoder().decode
 
 Rows: TypeAlias = list[tuple[Any, ...]]
 Start: TypeAlias = "Literal['saved', 'beginning', 'end'] | Position | str"
@@ -54,12 +57,15 @@ class Change:
 
 
 _CURRENT = "SELECT pg_current_snapshot()::text"
+# The xid column is returned as bigint under another name, so that ORDER BY xid sorts by
+# the indexed xid8 column (an ordered index scan that stops at the LIMIT).
 _COLUMNS = sql.SQL(
-    "SELECT id, xid::text::bigint, table_name, op, row, old, at FROM pgtide.changes WHERE "
+    "SELECT id, xid::text::bigint AS txid, table_name, op, row::text, old::text, at "
+    "FROM pgtide.changes WHERE "
 )
 _STEP = sql.SQL(
-    "(xid >= %(base_xmax)s::text::xid8 OR xid = ANY(%(base_xip)s::text[]::xid8[])) "
-    "AND xid < %(target_xmax)s::text::xid8 "
+    "xid >= %(lower)s::text::xid8 AND xid < %(target_xmax)s::text::xid8 "
+    "AND (xid >= %(base_xmax)s::text::xid8 OR xid = ANY(%(base_xip)s::text[]::xid8[])) "
     "AND pg_visible_in_snapshot(xid, %(target)s::text::pg_snapshot)"
 )
 _AFTER = sql.SQL("xid > %(after)s::text::xid8")
@@ -114,7 +120,10 @@ def current() -> Io:
 
 
 def _to_change(row: tuple[Any, ...]) -> Change:
-    return Change(row[0], row[2], row[3], row[4], row[5], row[1], row[6])
+    # jsonb comes as text and is decoded here: about twice as fast as psycopg's jsonb loader
+    new = None if row[4] is None else _loads(row[4])
+    old = None if row[5] is None else _loads(row[5])
+    return Change(row[0], row[2], row[3], new, old, row[1], row[6])
 
 
 @dataclass
@@ -199,6 +208,7 @@ class Core:
         if target._key < base._key:
             return [], pos
         params: dict[str, Any] = {
+            "lower": str(min(base.xip, default=base.xmax)),
             "base_xmax": str(base.xmax),
             "base_xip": [str(x) for x in base.xip],
             "target_xmax": str(target.xmax),
