@@ -18,7 +18,7 @@ from pgtide.connect import resolve
 
 from ._harness import Figure, write_report
 
-SUITES = ["foundation", "feed"]
+SUITES = ["foundation", "listen", "feed"]
 
 
 def main(argv: list[str] | None = None) -> int:

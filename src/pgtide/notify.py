@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from .codecs import encode
-from .connect import aconnect, connect, resolve
+from .connect import Resolved, aconnect, connect, resolve
 from .errors import InvalidChannel, InvalidPayload, PayloadTooLarge
 
 MAX_PAYLOAD_BYTES = 8000
@@ -53,8 +53,8 @@ def prepare(channel: str, payload: Any) -> tuple[str, str]:
     size = len(text.encode("utf-8", "surrogatepass"))
     if size >= MAX_PAYLOAD_BYTES:
         raise PayloadTooLarge(
-            f"NOTIFY payload on channel {channel!r} is {size} bytes; PostgreSQL's limit is "
-            f"under {MAX_PAYLOAD_BYTES} bytes: send a key and let the listener fetch the row"
+            f"NOTIFY payload on channel {channel!r} is {size} bytes, over the limit: PostgreSQL "
+            f"takes payloads under {MAX_PAYLOAD_BYTES} bytes; send a key and fetch the row instead"
         )
     if "\x00" in text:
         raise InvalidPayload(f"NOTIFY payload on channel {channel!r} holds a NUL character")
@@ -74,7 +74,7 @@ def _prepare_many(messages: Iterable[tuple[str, Any]]) -> tuple[list[str], list[
 def notify(
     channel: str,
     payload: Any = "",
-    dsn: str | None = None,
+    dsn: str | Resolved | None = None,
     conn: psycopg.Connection[Any] | None = None,
 ) -> None:
     """Send one NOTIFY; non-str payloads are sent as JSON.
@@ -92,7 +92,7 @@ def notify(
 
 def notify_many(
     messages: Iterable[tuple[str, Any]],
-    dsn: str | None = None,
+    dsn: str | Resolved | None = None,
     conn: psycopg.Connection[Any] | None = None,
 ) -> int:
     """Send many ``(channel, payload)`` messages in one statement; return how many.
@@ -114,7 +114,7 @@ def notify_many(
 async def anotify(
     channel: str,
     payload: Any = "",
-    dsn: str | None = None,
+    dsn: str | Resolved | None = None,
     conn: psycopg.AsyncConnection[Any] | None = None,
 ) -> None:
     """The asyncio face of :func:`notify` (``pgtide.aio.notify``)."""
@@ -128,7 +128,7 @@ async def anotify(
 
 async def anotify_many(
     messages: Iterable[tuple[str, Any]],
-    dsn: str | None = None,
+    dsn: str | Resolved | None = None,
     conn: psycopg.AsyncConnection[Any] | None = None,
 ) -> int:
     """The asyncio face of :func:`notify_many` (``pgtide.aio.notify_many``)."""

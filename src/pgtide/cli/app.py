@@ -9,7 +9,7 @@ import typer
 
 from .. import __version__
 from ..errors import ConnectionFailed, PgtideError
-from . import db, demo, install, status
+from . import db, demo, install, listen, status
 from . import feed as feed_cli
 
 app = typer.Typer(
@@ -23,6 +23,8 @@ app.add_typer(db.app, name="db")
 app.command("install")(install.install)
 app.command("demo")(demo.demo)
 app.command("status")(status.status)
+app.command("listen")(listen.listen)
+app.command("notify")(listen.notify)
 app.command("track")(feed_cli.track)
 app.command("untrack")(feed_cli.untrack)
 app.command("follow")(feed_cli.follow)

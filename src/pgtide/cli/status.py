@@ -46,7 +46,13 @@ def _listeners(conn: psycopg.Connection[Any]) -> int:
     return int(row[0]) if row else 0
 
 
-SECTIONS: list[SectionFn] = [_database]
+def _listen(conn: psycopg.Connection[Any]) -> Section | None:
+    from .listen import status_section
+
+    return status_section(conn)
+
+
+SECTIONS: list[SectionFn] = [_database, _listen]
 SECTIONS.append(_feed_section)  # follow: consumers, their lag, pgtide.changes
 
 

@@ -6,6 +6,7 @@ reached, ``when_full`` decides:
 
 - ``"block"`` (default): stop reading the socket until there is room. Nothing is lost; the
   messages wait in PostgreSQL's notification queue (which is large, but shared by the server).
+  Registrations and stop() still work meanwhile.
 - ``"drop_oldest"``: keep reading, discard the oldest queued notifications.
 - ``"drop_newest"``: keep reading, discard the notifications that do not fit.
 
@@ -60,6 +61,8 @@ class BatchQueue:
         self._closed = False
         self._sleeping = False
         self._wakeup: Callable[[], None] | None = None
+        self._on_room: Callable[[], None] | None = None
+        self._producer_waiting = False
         self._dropping = False
         self.dropped = 0
         self.high_water = 0
@@ -79,23 +82,36 @@ class BatchQueue:
             else:
                 self._cond.notify()
 
-    def put(self, batch: Batch) -> None:
-        """Queue a batch, applying ``when_full`` (may block under "block")."""
-        notes = batch[2]
+    def set_on_room(self, on_room: Callable[[], None] | None) -> None:
+        """Call ``on_room`` (any thread) when room appears after ``offer`` returned a rest."""
+        self._on_room = on_room
+
+    def offer(self, batch: Batch) -> Batch | None:
+        """Queue ``batch`` as ``when_full`` allows; never blocks.
+
+        Under "block" it returns the part that did not fit (the producer stops reading and
+        offers it again once ``on_room`` is called); otherwise it drops, counts, returns None.
+        """
+        received_at, enc, notes = batch
         with self._cond:
-            if self.when_full == "block":
-                while self._count and self._count + len(notes) > self.maxsize:
-                    if self._closed:
-                        return
-                    self._cond.wait(0.5)
-            elif self._count + len(notes) > self.maxsize:
-                self._overflow(notes)
-                if not notes:
-                    return
-            self._items.append(batch)
-            self._count += len(notes)
-            self.high_water = max(self.high_water, self._count)
-            self._signal()
+            if self._count + len(notes) > self.maxsize:
+                if self.when_full != "block":
+                    self._overflow(notes)
+                else:
+                    room = self.maxsize - self._count
+                    if room > 0:
+                        self._append((received_at, enc, notes[:room]))
+                    self._producer_waiting = True
+                    return received_at, enc, notes[room:] if room > 0 else notes
+            if notes:
+                self._append(batch)
+            return None
+
+    def _append(self, batch: Batch) -> None:
+        self._items.append(batch)
+        self._count += len(batch[2])
+        self.high_water = max(self.high_water, self._count)
+        self._signal()
 
     def _overflow(self, notes: list[Any]) -> None:
         excess = self._count + len(notes) - self.maxsize
@@ -156,7 +172,10 @@ class BatchQueue:
             self._count -= len(item[2])
             if not self._count:
                 self._dropping = False
-            self._cond.notify_all()  # room for a blocked producer
+            if self._producer_waiting:
+                self._producer_waiting = False
+                if self._on_room is not None:
+                    self._on_room()
         return item
 
     def reopen(self) -> None:

@@ -22,6 +22,7 @@ import os
 import select
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,7 +34,7 @@ from psycopg import pq, sql
 
 from ..connect import Backoff, Resolved, connect
 from ..errors import PgtideError
-from ._queue import RECONNECTED, BatchQueue
+from ._queue import RECONNECTED, BatchQueue, Item, Marker
 from ._registry import Registry
 from ._stats import Stats
 
@@ -95,6 +96,8 @@ class Receiver:
         self._lock = threading.Lock()
         self._applied = -1
         self._waiters: list[tuple[int, Callable[[], None]]] = []
+        self._outbox: deque[Item] = deque()  # what the full queue could not take yet
+        queue.set_on_room(self.wake)
         self._thread = threading.Thread(target=self._run, name="pgtide-listen-conn", daemon=True)
 
     @staticmethod
@@ -207,6 +210,7 @@ class Receiver:
                 break
             if poller.poll(math.ceil(left * 1000)):
                 self._clear_wake()
+            self._flush_outbox()
         return self._stopping
 
     def _clear_wake(self) -> None:
@@ -239,11 +243,23 @@ class Receiver:
         if reported:
             self._became_ready(first)
         last_io = time.monotonic()
-        drain = self._drain
+        reading = True
         while not self._stopping:
-            drain(pg, enc)
+            if self._outbox:
+                self._flush_outbox()
+            if not self._outbox:
+                self._drain(pg, enc)
+            paused = bool(self._outbox)  # the queue is full: leave the rest to the server
+            if reading != (not paused or pending is not None):
+                reading = not reading
+                poller.modify(fd, _POLLIN if reading else 0)
             now = time.monotonic()
-            deadline = pending.deadline if pending is not None else last_io + self._probe_interval
+            if pending is not None:
+                deadline = pending.deadline
+            elif paused:
+                deadline = now + 1.0  # no probe while paused; the dispatcher wakes us
+            else:
+                deadline = last_io + self._probe_interval
             events = poller.poll(max(0, math.ceil((deadline - now) * 1000)))
             readable = False
             for efd, _ in events:
@@ -258,7 +274,6 @@ class Receiver:
                 if pg.status != pq.ConnStatus.OK:
                     raise _Dead("the server closed the connection")
                 last_io = time.monotonic()
-                drain(pg, enc)
                 if pending is not None and self._collect(pg, pending, enc):
                     if pending.target is not None:
                         listening = pending.target
@@ -276,8 +291,21 @@ class Receiver:
                 raise _Dead(f"no answer from the server within {self._probe_timeout:g} s")
             if pending is None:
                 pending = self._send_sync(conn, listening)
-                if pending is None and now - last_io >= self._probe_interval:
+                if pending is None and not paused and now - last_io >= self._probe_interval:
                     pending = self._send(pg, fd, PROBE_SQL, _Query(now + self._probe_timeout))
+
+    def _flush_outbox(self) -> None:
+        """Hand what waits in the outbox to the queue, in order, as far as it takes it."""
+        outbox = self._outbox
+        while outbox:
+            item = outbox.popleft()
+            if isinstance(item, Marker):
+                self._queue.put_marker(item)
+                continue
+            rest = self._queue.offer(item)
+            if rest is not None:
+                outbox.appendleft(rest)
+                return
 
     def _became_ready(self, first: bool) -> None:
         self._backoff.reset()
@@ -288,7 +316,8 @@ class Receiver:
         logger.info(
             "listener reconnected; listening again on %d channel(s)", len(self._stats.listening)
         )
-        self._queue.put_marker(RECONNECTED)
+        self._outbox.append(RECONNECTED)
+        self._flush_outbox()
 
     def _send_sync(self, conn: psycopg.Connection[Any], listening: frozenset[str]) -> _Query | None:
         """Send the LISTEN/UNLISTEN that make the server match the registry, if any."""
@@ -343,4 +372,6 @@ class Receiver:
         while (n := notifies()) is not None:
             append(n)
         self._stats.received += len(notes)
-        self._queue.put((datetime.now(UTC), enc, notes))
+        rest = self._queue.offer((datetime.now(UTC), enc, notes))
+        if rest is not None:
+            self._outbox.append(rest)

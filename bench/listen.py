@@ -1,0 +1,366 @@
+"""Listen: receive throughput and commit-to-callback latency, pgtide beside the raw drivers.
+
+Throughput: 100,000 JSON notifications committed in one transaction, a no-op callback that
+counts; the clock runs from COMMIT to the last callback. Baseline: a raw psycopg 3
+``notifies()`` loop that ``json.loads`` each payload. Also asyncpg ``add_listener`` and
+pgnotifier (seed 002), which decodes with ``ast.literal_eval``.
+
+Latency: about 1,000 messages/s, one per transaction, from a separate process; each sample is
+the time from just before the sender's COMMIT to the callback (CLOCK_MONOTONIC is shared by
+the processes of one machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import sys
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+import pgtide
+import pgtide.aio
+
+from ._harness import Figure, percentiles, rate
+
+SUITE = "listen"
+COUNT = 100_000
+REPEAT = 3
+LATENCY_COUNT = 1000
+LATENCY_RATE = 1000.0
+CHANNEL = "bench_listen"
+SEND_SQL = (
+    "SELECT pg_notify(%s, json_build_object('i', g, 'kind', 'order', 'qty', g %% 7)::text)"
+    " FROM generate_series(1, %s) g"
+)
+RAW = "raw psycopg notifies() + json.loads"
+Receiver = Callable[[str, Callable[[], float]], float]
+"""(dsn, send) -> seconds: set up, call send() (returns the COMMIT time), wait for all."""
+
+
+def _sender(dsn: str, count: int) -> Callable[[], float]:
+    """A function that commits ``count`` notifications in one transaction; returns t0."""
+
+    def send() -> float:
+        with psycopg.connect(dsn) as conn:
+            conn.execute(SEND_SQL, (CHANNEL, count))
+            began = time.perf_counter()
+            conn.commit()
+        return began
+
+    return send
+
+
+# -- throughput receivers -----------------------------------------------------------------
+
+
+def _raw_psycopg(dsn: str, send: Callable[[], float]) -> float:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'LISTEN "{CHANNEL}"')
+        began = send()
+        loads = json.loads
+        for count, note in enumerate(conn.notifies(), 1):
+            loads(note.payload)
+            if count == COUNT:
+                break
+        return time.perf_counter() - began
+
+
+def _pgtide_sync(dsn: str, send: Callable[[], float]) -> float:
+    done = threading.Event()
+    count = 0
+
+    def on_note(note: pgtide.Notification) -> None:
+        nonlocal count
+        count += 1
+        if count == COUNT:
+            done.set()
+
+    with pgtide.Listener(dsn) as listener:
+        listener.subscribe(CHANNEL, on_note)
+        began = send()
+        if not done.wait(120):
+            raise RuntimeError(f"pgtide.Listener received {count} of {COUNT}")
+        return time.perf_counter() - began
+
+
+def _pgtide_async(dsn: str, send: Callable[[], float]) -> float:
+    async def main() -> float:
+        done = asyncio.Event()
+        count = 0
+
+        def on_note(note: pgtide.Notification) -> None:
+            nonlocal count
+            count += 1
+            if count == COUNT:
+                done.set()
+
+        async with pgtide.aio.Listener(dsn) as listener:
+            await listener.subscribe(CHANNEL, on_note)
+            began = await asyncio.to_thread(send)
+            await asyncio.wait_for(done.wait(), 120)
+            return time.perf_counter() - began
+
+    return asyncio.run(main())
+
+
+def _asyncpg(dsn: str, send: Callable[[], float]) -> float:
+    import asyncpg
+
+    async def main() -> float:
+        done = asyncio.Event()
+        count = 0
+        loads = json.loads
+
+        def on_note(conn: Any, pid: int, channel: str, payload: str) -> None:
+            nonlocal count
+            loads(payload)
+            count += 1
+            if count == COUNT:
+                done.set()
+
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.add_listener(CHANNEL, on_note)
+            began = await asyncio.to_thread(send)
+            await asyncio.wait_for(done.wait(), 120)
+            return time.perf_counter() - began
+        finally:
+            await conn.close()
+
+    return asyncio.run(main())
+
+
+def _pgnotifier(dsn: str, send: Callable[[], float]) -> float:
+    from pgnotifier import Notifier
+
+    done = threading.Event()
+    count = 0
+
+    def on_note(id: Any, channel: str, payload: Any, pid: int) -> None:
+        nonlocal count
+        count += 1
+        if count == COUNT:
+            done.set()
+
+    notifier = Notifier(conninfo_to_dict(dsn))
+    try:
+        notifier.subscribe(1, CHANNEL, on_note)
+        time.sleep(0.5)  # pgnotifier LISTENs in its thread; it has no way to wait for it
+        began = send()
+        if not done.wait(60):
+            raise RuntimeError(f"pgnotifier received {count} of {COUNT}")
+        return time.perf_counter() - began
+    finally:
+        notifier.stop()
+
+
+# -- latency ------------------------------------------------------------------------------
+
+
+def _latency_sender(dsn: str, count: int, per_second: float, pipe: Connection) -> None:
+    """Runs in its own process: one NOTIFY per transaction, paced; sends back the t0s."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SELECT 1")
+        conn.commit()
+        pipe.recv()  # go
+        stamps = []
+        began = time.monotonic()
+        for i in range(count):
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(i)))
+            stamps.append(time.monotonic_ns())
+            conn.commit()
+            pause = began + (i + 1) / per_second - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+        pipe.send(stamps)
+
+
+def _latency(dsn: str, listen: Callable[[Callable[[int], None]], Any]) -> list[float]:
+    """Latencies (ms) of LATENCY_COUNT messages; ``listen(on_index)`` runs the receiver."""
+    arrived: dict[int, int] = {}
+
+    def on_index(i: int) -> None:
+        arrived[i] = time.monotonic_ns()
+
+    ours, theirs = multiprocessing.get_context("spawn").Pipe()
+    sender = multiprocessing.get_context("spawn").Process(
+        target=_latency_sender, args=(dsn, LATENCY_COUNT, LATENCY_RATE, theirs), daemon=True
+    )
+    sender.start()
+    try:
+        listen(on_index)(lambda: ours.send("go"), lambda: len(arrived) >= LATENCY_COUNT)
+        stamps: list[int] = ours.recv()
+    finally:
+        sender.join(10)
+    return [(arrived[i] - t0) / 1e6 for i, t0 in enumerate(stamps) if i in arrived]
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _lat_raw(dsn: str) -> Callable[[Callable[[int], None]], Any]:
+    def listen(on_index: Callable[[int], None]) -> Any:
+        def run(go: Callable[[], None], finished: Callable[[], bool]) -> None:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(f'LISTEN "{CHANNEL}"')
+                go()
+                for note in conn.notifies(timeout=30):
+                    on_index(json.loads(note.payload))
+                    if finished():
+                        break
+
+        return run
+
+    return listen
+
+
+def _lat_pgtide(dsn: str) -> Callable[[Callable[[int], None]], Any]:
+    def listen(on_index: Callable[[int], None]) -> Any:
+        def run(go: Callable[[], None], finished: Callable[[], bool]) -> None:
+            with pgtide.Listener(dsn) as listener:
+                listener.subscribe(CHANNEL, lambda note: on_index(note.payload))
+                go()
+                _wait(finished)
+
+        return run
+
+    return listen
+
+
+def _lat_pgtide_async(dsn: str) -> Callable[[Callable[[int], None]], Any]:
+    def listen(on_index: Callable[[int], None]) -> Any:
+        def run(go: Callable[[], None], finished: Callable[[], bool]) -> None:
+            async def main() -> None:
+                async with pgtide.aio.Listener(dsn) as listener:
+                    await listener.subscribe(CHANNEL, lambda note: on_index(note.payload))
+                    go()
+                    deadline = time.monotonic() + 30
+                    while not finished() and time.monotonic() < deadline:
+                        await asyncio.sleep(0.01)
+
+            asyncio.run(main())
+
+        return run
+
+    return listen
+
+
+def _lat_asyncpg(dsn: str) -> Callable[[Callable[[int], None]], Any]:
+    def listen(on_index: Callable[[int], None]) -> Any:
+        def run(go: Callable[[], None], finished: Callable[[], bool]) -> None:
+            import asyncpg
+
+            async def main() -> None:
+                conn = await asyncpg.connect(dsn)
+                try:
+                    await conn.add_listener(
+                        CHANNEL, lambda c, pid, ch, payload: on_index(json.loads(payload))
+                    )
+                    go()
+                    deadline = time.monotonic() + 30
+                    while not finished() and time.monotonic() < deadline:
+                        await asyncio.sleep(0.01)
+                finally:
+                    await conn.close()
+
+            asyncio.run(main())
+
+        return run
+
+    return listen
+
+
+def _lat_pgnotifier(dsn: str) -> Callable[[Callable[[int], None]], Any]:
+    def listen(on_index: Callable[[int], None]) -> Any:
+        def run(go: Callable[[], None], finished: Callable[[], bool]) -> None:
+            from pgnotifier import Notifier
+
+            notifier = Notifier(conninfo_to_dict(dsn))
+            try:
+                notifier.subscribe(1, CHANNEL, lambda id, ch, payload, pid: on_index(payload))
+                time.sleep(0.5)
+                go()
+                _wait(finished)
+            finally:
+                notifier.stop()
+
+        return run
+
+    return listen
+
+
+# -- the suite ----------------------------------------------------------------------------
+
+THROUGHPUT: list[tuple[str, Receiver]] = [
+    (RAW, _raw_psycopg),
+    ("pgtide.Listener", _pgtide_sync),
+    ("pgtide.aio.Listener", _pgtide_async),
+    ("asyncpg add_listener + json.loads", _asyncpg),
+    ("pgnotifier (literal_eval)", _pgnotifier),
+]
+LATENCY = [
+    ("raw psycopg", _lat_raw),
+    ("pgtide.Listener", _lat_pgtide),
+    ("pgtide.aio.Listener", _lat_pgtide_async),
+    ("asyncpg", _lat_asyncpg),
+    ("pgnotifier", _lat_pgnotifier),
+]
+
+
+def run(dsn: str) -> list[Figure]:
+    figures: list[Figure] = []
+    send = _sender(dsn, COUNT)
+    for name, receiver in THROUGHPUT:
+        try:
+            best = min(receiver(dsn, send) for _ in range(REPEAT))
+        except Exception as exc:  # a reference that does not run is reported, not faked
+            print(f"  {name}: did not run: {exc!r}", file=sys.stderr)
+            figures.append(Figure(SUITE, f"throughput {name}", 0, "msgs/s", note=f"failed: {exc}"))
+            continue
+        figures.append(
+            Figure(
+                SUITE,
+                f"throughput {name}",
+                rate(COUNT, best),
+                "msgs/s",
+                baseline=None if name == RAW else f"throughput {RAW}",
+            )
+        )
+        print(f"  throughput {name}: {rate(COUNT, best):,.0f} msgs/s", file=sys.stderr)
+    for name, make in LATENCY:
+        try:
+            samples = _latency(dsn, make(dsn))
+            if len(samples) < LATENCY_COUNT * 0.99:
+                raise RuntimeError(f"received {len(samples)} of {LATENCY_COUNT}")
+        except Exception as exc:
+            print(f"  latency {name}: did not run: {exc!r}", file=sys.stderr)
+            figures.append(Figure(SUITE, f"p99 latency {name}", 0, "ms", note=f"failed: {exc}"))
+            continue
+        cuts = percentiles(samples)
+        for p in (50, 95, 99):
+            figures.append(
+                Figure(
+                    SUITE,
+                    f"p{p} latency {name}",
+                    cuts[p],
+                    "ms",
+                    baseline=None if name == "raw psycopg" else f"p{p} latency raw psycopg",
+                    higher_is_better=False,
+                )
+            )
+        print(
+            f"  latency {name}: p50 {cuts[50]:.3f} p95 {cuts[95]:.3f} p99 {cuts[99]:.3f} ms",
+            file=sys.stderr,
+        )
+    return figures

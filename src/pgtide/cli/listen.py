@@ -1,0 +1,121 @@
+"""``pgtide listen CH...`` and ``pgtide notify CH PAYLOAD``: NOTIFY from the command line."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any, cast
+
+import psycopg
+import typer
+from rich.markup import escape
+from rich.pretty import Pretty
+from rich.text import Text
+
+from ..codecs import CodecName
+from ..connect import resolve
+from ..listen import APPLICATION_NAME, Listener, Notification
+from ..notify import notify as send
+from ..notify import prepare
+from ._common import DsnOption, JsonOption, console, emit_json, err_console, wants_json
+from .status import Section
+
+DecodeOption = Annotated[
+    str,
+    typer.Option("--decode", help="How to decode payloads: json, text or literal."),
+]
+
+
+def listen(
+    channels: Annotated[list[str], typer.Argument(help="Channels to listen on (any name).")],
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+    decode: DecodeOption = "json",
+) -> None:
+    """Show notifications on CHANNELS as they arrive; Ctrl-C stops.
+
+    On a terminal, one readable line each; piped or with --json, one JSON object per line
+    (the "listening on" line goes to stderr once the channels are LISTENed).
+    """
+    if decode not in ("json", "text", "literal"):
+        raise typer.BadParameter(f"{decode!r}; use json, text or literal", param_hint="--decode")
+    machine = wants_json(as_json)
+    chosen = resolve(dsn)
+    codec = cast(CodecName, decode)
+    listener = Listener(chosen, decode=codec, on_reconnect=_gap_warning)
+    show = emit_note if machine else print_note
+    try:
+        for channel in channels:
+            listener.subscribe(channel, show)
+        listener.start()
+        names = ", ".join(escape(c) for c in channels)
+        err_console.print(
+            f"listening on {names} at {chosen.target}; Ctrl-C to stop", highlight=False
+        )
+        listener.run_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        listener.stop()
+
+
+def _gap_warning() -> None:
+    err_console.print("[yellow]reconnected: notifications may have been missed[/]")
+
+
+def emit_note(note: Notification) -> None:
+    emit_json(note.to_dict())
+
+
+def print_note(note: Notification) -> None:
+    line = Text.assemble(
+        (time.strftime("%H:%M:%S", time.localtime(note.received_at.timestamp())), "dim"),
+        " ",
+        (note.channel, "bold cyan"),
+        " ",
+    )
+    body: Any = note.payload
+    if isinstance(body, (dict, list)):
+        console.print(line, Pretty(body), sep="")
+    else:
+        console.print(line + Text(str(body)))
+    if note.error:
+        console.print(Text(f"  ({note.error})", style="yellow"))
+
+
+def notify(
+    channel: Annotated[str, typer.Argument(help="Channel to notify (any name).")],
+    payload: Annotated[str, typer.Argument(help="Text to send; listeners decode JSON.")] = "",
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Send one NOTIFY with PAYLOAD on CHANNEL."""
+    _, text = prepare(channel, payload)
+    chosen = resolve(dsn)
+    send(channel, text, dsn=chosen)
+    size = len(text.encode("utf-8"))
+    if as_json:
+        emit_json({"channel": channel, "bytes": size, "target": chosen.target})
+    else:
+        console.print(f"notified {json.dumps(channel)} ({size} bytes)", highlight=False)
+
+
+LISTENERS_SQL = (
+    "SELECT pid, coalesce(client_addr::text, 'local'), backend_start, state"
+    " FROM pg_stat_activity WHERE application_name = %s ORDER BY backend_start"
+)
+
+
+def status_section(conn: psycopg.Connection[Any]) -> Section | None:
+    """``pgtide status``: the listener connections on this database (None when there are none)."""
+    rows = conn.execute(LISTENERS_SQL, (APPLICATION_NAME,)).fetchall()
+    if not rows:
+        return None
+    return Section(
+        "listeners",
+        ["backend pid", "client", "connected since", "state"],
+        [
+            [pid, client, since.isoformat(timespec="seconds"), state]
+            for pid, client, since, state in rows
+        ],
+    )

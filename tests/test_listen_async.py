@@ -1,0 +1,127 @@
+"""pgtide.aio.Listener: the same core with async with, async for and async callbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import psycopg
+import pytest
+from listen_helpers import listener_backends, pgtide_threads
+
+import pgtide
+import pgtide.aio
+
+
+async def until(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+def test_async_face_end_to_end(dsn: str) -> None:
+    async def main() -> None:
+        got: list[Any] = []
+        plain: list[Any] = []
+        gaps: list[str] = []
+
+        async def on_note(note: pgtide.Notification) -> None:
+            await asyncio.sleep(0.001)  # a real await inside the callback
+            got.append((note.channel, note.payload))
+
+        async def resync() -> None:
+            gaps.append("gap")
+
+        async with pgtide.aio.Listener(dsn, on_reconnect=resync) as listener:
+            assert await listener.subscribe("orders", on_note, id=42) == 42
+            await listener.subscribe("my-Channel", lambda note: plain.append(note.payload))
+            assert listener.status()["listening"] == ["my-Channel", "orders"]
+            await pgtide.aio.notify("orders", {"id": 1}, dsn=dsn)
+            await pgtide.aio.notify_many([("orders", [1, 2]), ("my-Channel", "hi")], dsn=dsn)
+            await until(lambda: len(got) == 2 and plain == ["hi"])
+            assert got == [("orders", {"id": 1}), ("orders", [1, 2])]
+
+            # mute / unmute
+            await listener.mute("orders")
+            assert listener.active_channels() == ["my-Channel"]
+            await listener.unmute("orders")
+            await listener.mute_subscriber(42)
+            await listener.unmute_subscriber(42, "orders")
+            assert listener.active_channels() == ["my-Channel", "orders"]
+
+            # a dropped connection: reconnect, LISTEN again, on_reconnect (async) called
+            backend = listener.status()["backend_pid"]
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("SELECT pg_terminate_backend(%s)", (backend,))
+            await until(lambda: gaps == ["gap"])
+            await pgtide.aio.notify("orders", "after", dsn=dsn)
+            await until(lambda: got[-1:] == [("orders", "after")])
+            began = time.monotonic()
+        assert time.monotonic() - began < 1.0
+        assert not pgtide_threads()
+        assert not listener.running
+
+    asyncio.run(main())
+    assert not listener_backends(dsn)
+
+
+def test_async_iter_yields_in_order_and_unsubscribes(dsn: str) -> None:
+    async def main() -> None:
+        async with pgtide.aio.Listener(dsn) as listener:
+            notes = listener.iter("feed", timeout=1.0)
+            first = asyncio.ensure_future(notes.__anext__())
+            await until(lambda: listener.status()["listening"] == ["feed"])
+            await pgtide.aio.notify_many([("feed", i) for i in range(5)], dsn=dsn)
+            values = [(await first).payload]
+            async for note in notes:
+                values.append(note.payload)
+            assert values == [0, 1, 2, 3, 4]
+            assert listener.channels() == []
+
+    asyncio.run(main())
+
+
+def test_async_raising_callbacks_and_bad_payloads(dsn: str) -> None:
+    async def main() -> None:
+        got: list[Any] = []
+
+        async def broken(note: pgtide.Notification) -> None:
+            raise ValueError("nope")
+
+        async with pgtide.aio.Listener(dsn, decode="literal") as listener:
+            await listener.subscribe("x", broken, id="broken")
+            await listener.subscribe("x", lambda n: got.append((n.payload, n.error is None)))
+            await pgtide.aio.notify_many([("x", "true"), ("x", "(1, 2)")], dsn=dsn)
+            await until(lambda: len(got) == 2)
+            assert got == [("true", False), ((1, 2), True)]
+            assert listener.status()["errors_by_subscriber"] == {"broken": 2}
+
+    asyncio.run(main())
+
+
+def test_async_stop_from_a_callback_ends_run_forever(dsn: str) -> None:
+    async def main() -> None:
+        listener = pgtide.aio.Listener(dsn)
+
+        async def on_note(note: pgtide.Notification) -> None:
+            await listener.stop()
+
+        await listener.subscribe("quit", on_note)
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.3, lambda: asyncio.ensure_future(pgtide.aio.notify("quit", dsn=dsn)))
+        await asyncio.wait_for(listener.run_forever(), 10)
+        assert not listener.running
+
+    asyncio.run(main())
+    assert not pgtide_threads()
+
+
+def test_async_unreachable_database(bare_dsn: str) -> None:
+    async def main() -> None:
+        with pytest.raises(pgtide.ConnectionFailed):
+            async with pgtide.aio.Listener("postgresql://u:secret@127.0.0.1:1/x"):
+                pass
+
+    asyncio.run(main())

@@ -1,0 +1,205 @@
+"""The listener survives a lost connection: server restart, terminated backend, network cut."""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from listen_helpers import Collector, listener_backends, pgtide_threads, wait_until
+from pgtide_testing import RestartableServer
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+import pgtide
+
+
+class Reconnects:
+    """An on_reconnect callback that counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+
+
+def deliver_after_fault(listener: pgtide.Listener, dsn: str, got: Collector, n: int) -> None:
+    """Keep notifying until one arrives: proves the listener LISTENs again after a fault."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with contextlib.suppress(psycopg.OperationalError):
+            pgtide.notify("orders", {"after": n}, dsn=dsn)
+        with contextlib.suppress(AssertionError):
+            got.wait_for(n, timeout=0.5)
+            return
+    raise AssertionError("no notification delivered after the fault")
+
+
+@pytest.mark.slow
+def test_server_restart_then_reconnect_relisten_and_on_reconnect(
+    restartable: RestartableServer,
+) -> None:
+    got, reconnects = Collector(), Reconnects()
+    with pgtide.Listener(restartable.dsn, on_reconnect=reconnects) as listener:
+        listener.subscribe("orders", got)
+        listener.subscribe("my-Channel", got)
+        pgtide.notify("orders", {"before": 1}, dsn=restartable.dsn)
+        got.wait_for(1)
+        restartable.restart()
+        wait_until(lambda: reconnects.calls == 1, timeout=20, what="on_reconnect")
+        status = listener.status()
+        assert status["connected"] and status["reconnects"] == 1
+        assert status["listening"] == ["my-Channel", "orders"]
+        deliver_after_fault(listener, restartable.dsn, got, 2)
+        pgtide.notify("my-Channel", "odd name too", dsn=restartable.dsn)
+        assert got.wait_for(3)[-1] == "odd name too"
+
+
+def test_terminated_backend_then_reconnect_relisten_and_on_reconnect(dsn: str) -> None:
+    got, reconnects = Collector(), Reconnects()
+    with pgtide.Listener(dsn, on_reconnect=reconnects) as listener:
+        listener.subscribe("orders", got)
+        [backend] = listener_backends(dsn)
+        assert backend == listener.status()["backend_pid"]
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (backend,))
+        wait_until(lambda: reconnects.calls == 1, timeout=10, what="on_reconnect")
+        assert listener.status()["backend_pid"] not in (None, backend)
+        pgtide.notify("orders", "after", dsn=dsn)
+        assert got.wait_for(1) == ["after"]
+        assert listener_backends(dsn) == [listener.status()["backend_pid"]]
+
+
+def test_on_reconnect_comes_after_the_old_messages_and_before_the_new(dsn: str) -> None:
+    events: list[object] = []
+    with pgtide.Listener(dsn, on_reconnect=lambda: events.append("gap")) as listener:
+        listener.subscribe("orders", lambda note: events.append(note.payload))
+        pgtide.notify("orders", 1, dsn=dsn)
+        wait_until(lambda: events == [1])
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (listener.status()["backend_pid"],))
+        wait_until(lambda: events == [1, "gap"])
+        pgtide.notify("orders", 2, dsn=dsn)
+        wait_until(lambda: events == [1, "gap", 2])
+
+
+def test_raising_on_reconnect_is_counted_and_delivery_goes_on(dsn: str) -> None:
+    got = Collector()
+
+    def broken() -> None:
+        raise RuntimeError("resync failed")
+
+    with pgtide.Listener(dsn, on_reconnect=broken) as listener:
+        listener.subscribe("orders", got)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (listener.status()["backend_pid"],))
+        wait_until(lambda: listener.status()["callback_errors"] == 1, what="on_reconnect")
+        assert listener.status()["errors_by_subscriber"] == {"on_reconnect": 1}
+        pgtide.notify("orders", "still here", dsn=dsn)
+        assert got.wait_for(1) == ["still here"]
+
+
+class BlackHoleProxy:
+    """A TCP proxy to the server that can silently stop forwarding (a network cut)."""
+
+    def __init__(self, dsn: str) -> None:
+        params = conninfo_to_dict(dsn)
+        host, port = str(params.get("host") or "localhost"), int(params.get("port") or 5432)
+        self.target: tuple[int, object] = (
+            (socket.AF_UNIX, f"{host}/.s.PGSQL.{port}")
+            if host.startswith("/")
+            else (socket.AF_INET, (host, port))
+        )
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.dsn = make_conninfo(dsn, host="127.0.0.1", port=str(self.server.getsockname()[1]))
+        self.cut = threading.Event()
+        self.closing = False
+        self.pairs: list[tuple[socket.socket, socket.socket]] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self.closing:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            family, address = self.target
+            upstream = socket.socket(family, socket.SOCK_STREAM)  # type: ignore[arg-type]
+            upstream.connect(address)
+            self.pairs.append((client, upstream))
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        cut_here = self.cut.is_set()
+        while not self.closing:
+            if self.cut.is_set() and not cut_here:
+                time.sleep(0.05)  # swallow nothing, answer nothing: a silent network cut
+                continue
+            ready, _, _ = select.select([a, b], [], [], 0.05)
+            for sock in ready:
+                if self.cut.is_set() and not cut_here:
+                    break
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                (b if sock is a else a).sendall(data)
+
+    def close(self) -> None:
+        self.closing = True
+        self.server.close()
+        for a, b in self.pairs:
+            a.close()
+            b.close()
+
+
+@pytest.fixture
+def proxy(dsn: str) -> Iterator[BlackHoleProxy]:
+    proxy = BlackHoleProxy(dsn)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+@pytest.mark.slow
+def test_silent_network_cut_is_noticed_by_the_probe(dsn: str, proxy: BlackHoleProxy) -> None:
+    got, reconnects = Collector(), Reconnects()
+    listener = pgtide.Listener(
+        proxy.dsn, on_reconnect=reconnects, probe_interval=1.0, probe_timeout=1.0
+    )
+    with listener:
+        listener.subscribe("orders", got)
+        pgtide.notify("orders", "before", dsn=dsn)
+        got.wait_for(1)
+        old_backend = listener.status()["backend_pid"]
+        proxy.cut.set()  # existing connections go silent; new ones pass (see _pump)
+        began = time.monotonic()
+        wait_until(lambda: reconnects.calls == 1, timeout=15, what="the cut to be noticed")
+        assert time.monotonic() - began < 6  # idle, yet noticed within seconds
+        assert listener.status()["backend_pid"] != old_backend
+        assert "no answer" in (listener.status()["last_error"] or "")
+        pgtide.notify("orders", "after", dsn=dsn)
+        assert got.wait_for(2) == ["before", "after"]
+    assert not pgtide_threads()
+
+
+def test_stop_is_prompt_while_reconnecting(restartable: RestartableServer) -> None:
+    listener = pgtide.Listener(restartable.dsn)
+    listener.subscribe("orders", print)
+    listener.start()
+    restartable.stop()
+    wait_until(lambda: not listener.status()["connected"], what="the loss to be noticed")
+    time.sleep(0.3)  # now in the backoff / reconnect loop
+    began = time.monotonic()
+    listener.stop()
+    assert time.monotonic() - began < 1.0
+    assert not pgtide_threads()
