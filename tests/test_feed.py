@@ -424,6 +424,30 @@ def test_unrelated_writes_do_not_make_the_feed_spin(
     assert reads < 20  # about one read per poll interval, not a busy loop
 
 
+def test_transaction_refuses_a_batch_another_process_applied(dsn: str) -> None:
+    _setup(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO items VALUES (1, 'x')")
+    first = next(pgtide.Feed("twice", ["items"], dsn=dsn).batches(timeout=0.2))
+    second = next(pgtide.Feed("twice", ["items"], dsn=dsn).batches(timeout=0.2))
+    assert first.position == second.position
+    with first.transaction() as conn:
+        conn.execute("INSERT INTO items VALUES (2, 'effect')")
+    with pytest.raises(pgtide.FeedError, match="already acknowledged"), second.transaction() as c:
+        c.execute("INSERT INTO items VALUES (3, 'duplicate effect')")
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT id FROM items ORDER BY id").fetchall() == [(1,), (2,)]
+
+
+def test_auto_prune_after_ack(dsn: str) -> None:
+    _setup(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO items VALUES (1, 'x'), (2, 'y')")
+    assert len(_drain(pgtide.Feed("pruner", ["items"], dsn=dsn, auto_prune=0))) == 1
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM pgtide.changes").fetchone() == (0,)
+
+
 # -- faces -----------------------------------------------------------------------------------
 def test_run_acks_after_each_call_and_poll_mode(dsn: str) -> None:
     _setup(dsn)
