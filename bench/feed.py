@@ -87,6 +87,19 @@ def _bulk(dsn: str, table: str, statements: int) -> Callable[[], None]:
     return go
 
 
+def _updates(dsn: str, table: str, statements: int) -> Callable[[], None]:
+    update = sql.SQL("UPDATE {} SET at = at + 1 WHERE id BETWEEN %s AND %s").format(
+        sql.Identifier(table)
+    )
+
+    def go() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for i in range(statements):
+                conn.execute(update, (i * 1000, i * 1000 + 999))
+
+    return go
+
+
 def _single(dsn: str, table: str, count: int, writers: int = 1) -> Callable[[], None]:
     counter = iter(range(10**9))
     lock = threading.Lock()
@@ -126,6 +139,15 @@ def _capture(dsn: str) -> list[Figure]:
     ):
         seconds = best_of(3, _bulk(dsn, table, n))
         base = None if table == "t_plain" else "INSERT 1,000-row statements, untracked"
+        figures.append(Figure(SUITE, label, rate(n * 1000, seconds), "rows/s", baseline=base))
+        _truncate(dsn)
+    for table, label in (
+        ("t_plain", "UPDATE 1,000-row statements, untracked"),
+        ("t_tracked", "UPDATE 1,000-row statements, tracked (row-level trigger)"),
+    ):
+        _bulk(dsn, table, n)()  # rows to update, not timed
+        seconds = best_of(3, _updates(dsn, table, n))
+        base = None if table == "t_plain" else "UPDATE 1,000-row statements, untracked"
         figures.append(Figure(SUITE, label, rate(n * 1000, seconds), "rows/s", baseline=base))
         _truncate(dsn)
     # Single-row transactions are fsync-bound and noisy on a shared machine: alternate the
