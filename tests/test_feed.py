@@ -449,6 +449,14 @@ def test_auto_prune_after_ack(dsn: str) -> None:
 
 
 # -- faces -----------------------------------------------------------------------------------
+def test_unreachable_server_is_a_clear_error_not_a_retry_loop() -> None:
+    feed = pgtide.Feed("nowhere", dsn="postgresql://postgres@127.0.0.1:1/nowhere")
+    began = time.monotonic()
+    with pytest.raises(pgtide.ConnectionFailed, match=r"127\.0\.0\.1:1"):
+        list(feed.batches(timeout=0))
+    assert time.monotonic() - began < 10
+
+
 def test_run_acks_after_each_call_and_poll_mode(dsn: str) -> None:
     _setup(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:

@@ -79,6 +79,7 @@ class Feed:
         self._cursor = Cursor()
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._signal = Signal()
+        self._connected_once = False
         self._wakeup: WakeupSource | None = None
         self._last_prune = time.monotonic()
 
@@ -96,6 +97,7 @@ class Feed:
             resolved = await self._resolve()
             await asyncio.to_thread(self._prepare, resolved)
             self._conn = await aconnect(resolved)
+            self._connected_once = True
         return self._conn
 
     def _prepare(self, resolved: Resolved) -> None:
@@ -113,6 +115,8 @@ class Feed:
                 conn = self._conn
                 if conn is not None and not conn.closed and not conn.broken:
                     raise
+                if isinstance(exc, ConnectionFailed) and not self._connected_once:
+                    raise  # never reached: a configuration error, not an outage
                 await self._drop_connection()
                 delay = backoff.next()
                 log.warning(
@@ -157,8 +161,7 @@ class Feed:
     ) -> AsyncIterator[Batch]:
         """As :meth:`pgtide.Feed.batches`, with ``async for``."""
         steps = plan(self._core, self._cursor, start, stop, max_changes, timeout)
-        if stop is None:
-            await self._start_wakeup()
+        wake = stop is None and self._config.wakeup == "notify"
         try:
             reply: Any = None
             while True:
@@ -169,14 +172,16 @@ class Feed:
                 if isinstance(step, Run):
                     reply = await self._run(step.make)
                 elif isinstance(step, Wait):
+                    if wake:  # LISTEN from the first wait on: a first read needs none
+                        wake = False
+                        await self._start_wakeup()
                     wait = self._config.wait_for(step.seconds, self._wakeup is not None)
                     reply = await self._signal.await_(wait)
                 else:
                     reply = None
                     yield Batch(self, step)
         finally:
-            if stop is None:
-                await self._stop_wakeup()
+            await self._stop_wakeup()
 
     def __aiter__(self) -> AsyncIterator[Batch]:
         return self.batches()

@@ -86,6 +86,7 @@ class Feed:
         self._cursor = Cursor()
         self._conn: psycopg.Connection[Any] | None = None
         self._signal = Signal()
+        self._connected_once = False
         self._wakeup: Any = None
         self._last_prune = time.monotonic()
 
@@ -104,6 +105,7 @@ class Feed:
                 conn.close()
                 raise
             self._conn = conn
+            self._connected_once = True
         return self._conn
 
     def _run(self, make: Callable[[], Io]) -> Any:
@@ -116,6 +118,8 @@ class Feed:
                 conn = self._conn
                 if conn is not None and not conn.closed and not conn.broken:
                     raise
+                if isinstance(exc, ConnectionFailed) and not self._connected_once:
+                    raise  # never reached: a configuration error, not an outage
                 self._drop_connection()
                 delay = backoff.next()
                 log.warning(
@@ -168,8 +172,7 @@ class Feed:
         ``timeout`` idle seconds pass. A transaction larger than ``max_changes`` comes whole.
         """
         steps = plan(self._core, self._cursor, start, stop, max_changes, timeout)
-        if stop is None:
-            self._start_wakeup()
+        wake = stop is None and self._config.wakeup == "notify"
         try:
             reply: Any = None
             while True:
@@ -180,6 +183,9 @@ class Feed:
                 if isinstance(step, Run):
                     reply = self._run(step.make)
                 elif isinstance(step, Wait):
+                    if wake:  # LISTEN from the first wait on: a first read needs none
+                        wake = False
+                        self._start_wakeup()
                     reply = self._signal.wait(
                         self._config.wait_for(step.seconds, self._wakeup is not None)
                     )
@@ -187,8 +193,7 @@ class Feed:
                     reply = None
                     yield Batch(self, step)
         finally:
-            if stop is None:
-                self._stop_wakeup()
+            self._stop_wakeup()
 
     def __iter__(self) -> Iterator[Batch]:
         return self.batches()
