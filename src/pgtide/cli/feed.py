@@ -45,7 +45,9 @@ def track(
     if as_json:
         emit_json({"table": table, "tracked": True, "changed": changed})
     else:
-        console.print(f"tracking {table}" if changed else f"{table} was already tracked so")
+        console.print(
+            f"tracking {table}" if changed else f"{table} is already tracked so; nothing changed"
+        )
 
 
 def untrack(table: TableArg, dsn: DsnOption = None, as_json: JsonOption = False) -> None:
