@@ -46,7 +46,9 @@ def track(
         emit_json({"table": table, "tracked": True, "changed": changed})
     else:
         console.print(
-            f"tracking {table}" if changed else f"{table} is already tracked so; nothing changed"
+            f"tracking {table}"
+            if changed
+            else f"{table} is already tracked that way; nothing changed"
         )
 
 
