@@ -18,7 +18,7 @@ from pgtide.connect import resolve
 
 from ._harness import Figure, write_report
 
-SUITES = ["foundation", "ingest", "listen", "events"]
+SUITES = ["foundation", "listen", "feed", "events", "ingest"]
 
 
 def main(argv: list[str] | None = None) -> int:

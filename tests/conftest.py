@@ -23,6 +23,8 @@ from pgtide_testing import (
     start_test_server,
 )
 
+from pgtide import embedded
+
 # Read before any test can change the environment.
 _EXTERNAL = os.environ.get("PGTIDE_TEST_DSN")
 
@@ -66,6 +68,21 @@ def bare_dsn(pg_server: TestServer) -> Iterator[str]:
     """A fresh database without pgtide's schema."""
     with pg_server.database(installed=False) as url:
         yield url
+
+
+@pytest.fixture
+def embedded_home() -> Iterator[Path]:
+    """An empty home for an embedded server of the test's own; stopped and removed after.
+
+    Not under pytest's tmp_path: when pgtide runs as root, PostgreSQL runs as another user
+    that must traverse the path, and pytest resets its own temp root to mode 0700.
+    """
+    home = _private_dir("pgtide-home-")
+    try:
+        yield home / "home"
+    finally:
+        embedded.stop(home / "home", mode="immediate")
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture

@@ -15,8 +15,10 @@ def _start_and_report(home: str, out: str) -> None:
     Path(out).write_text(f"{server.pid} {server.dsn}")
 
 
-def test_concurrent_first_starts_share_one_server(tmp_path: Path, killable: Killable) -> None:
-    home = tmp_path / "home"
+def test_concurrent_first_starts_share_one_server(
+    tmp_path: Path, embedded_home: Path, killable: Killable
+) -> None:
+    home = embedded_home
     outs = [tmp_path / f"out{i}" for i in range(3)]
     procs = [killable.start(_start_and_report, str(home), str(out)) for out in outs]
     try:
@@ -33,8 +35,8 @@ def test_concurrent_first_starts_share_one_server(tmp_path: Path, killable: Kill
         embedded.stop(home)
 
 
-def test_stop_start_and_status(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+def test_stop_start_and_status(embedded_home: Path) -> None:
+    home = embedded_home
     assert not embedded.status(home).running
     first = embedded.ensure_running(home)
     try:
@@ -49,8 +51,8 @@ def test_stop_start_and_status(tmp_path: Path) -> None:
         embedded.stop(home)
 
 
-def test_long_home_paths_use_a_short_socket_directory(tmp_path: Path) -> None:
-    home = tmp_path / ("deep" * 30)
+def test_long_home_paths_use_a_short_socket_directory(embedded_home: Path) -> None:
+    home = embedded_home / ("deep" * 30)
     server = embedded.ensure_running(home)
     try:
         assert server.socket_dir is not None and len(str(server.socket_dir)) < 100

@@ -70,14 +70,21 @@ def test_async_face_end_to_end(dsn: str) -> None:
 def test_async_iter_yields_in_order_and_unsubscribes(dsn: str) -> None:
     async def main() -> None:
         async with pgtide.aio.Listener(dsn) as listener:
-            notes = listener.iter("feed", timeout=1.0)
-            first = asyncio.ensure_future(notes.__anext__())
-            await until(lambda: listener.status()["listening"] == ["feed"])
-            await pgtide.aio.notify_many([("feed", i) for i in range(5)], dsn=dsn)
-            values = [(await first).payload]
-            async for note in notes:
-                values.append(note.payload)
-            assert values == [0, 1, 2, 3, 4]
+            async with listener.iter("feed", timeout=1.0) as notes:
+                assert listener.status()["listening"] == ["feed"]  # subscribed on entry
+                await pgtide.aio.notify_many([("feed", i) for i in range(5)], dsn=dsn)
+                values = []
+                async for note in notes:
+                    values.append(note.payload)
+                    if len(values) == 3:
+                        break
+            assert values == [0, 1, 2]
+            assert listener.channels() == []  # left the block: unsubscribed
+
+            # a plain async for ends by itself after `timeout` idle seconds
+            began = time.monotonic()
+            assert [n async for n in listener.iter("quiet", timeout=0.2)] == []
+            assert 0.2 <= time.monotonic() - began < 2
             assert listener.channels() == []
 
     asyncio.run(main())

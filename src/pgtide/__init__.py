@@ -10,21 +10,27 @@ from .errors import (
     ConnectionFailed,
     EmbeddedError,
     EventPayloadError,
+    FeedError,
     IngestError,
     InvalidChannel,
     InvalidPayload,
+    InvalidPosition,
     PayloadTooLarge,
     PgtideError,
     SchemaError,
     UnknownSubscriber,
+    UnknownTable,
 )
 from .events import Event, EventRecord, Events
+from .feed import Batch, Change, Feed, Position, latest, prune, track, untrack
 from .ingest import FileWatcher
 from .listen import Listener, Notification
 from .notify import notify, notify_many
 from .schema import install
 
 __all__ = [
+    "Batch",
+    "Change",
     "ConfigError",
     "ConnectionFailed",
     "EmbeddedError",
@@ -32,19 +38,28 @@ __all__ = [
     "EventPayloadError",
     "EventRecord",
     "Events",
+    "Feed",
+    "FeedError",
     "FileWatcher",
     "IngestError",
     "InvalidChannel",
     "InvalidPayload",
+    "InvalidPosition",
     "Listener",
     "Notification",
     "PayloadTooLarge",
     "PgtideError",
+    "Position",
     "SchemaError",
     "UnknownSubscriber",
+    "UnknownTable",
     "__version__",
     "dsn",
     "install",
+    "latest",
     "notify",
     "notify_many",
+    "prune",
+    "track",
+    "untrack",
 ]

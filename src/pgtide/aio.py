@@ -1,6 +1,7 @@
 """The asyncio faces of pgtide's features (same cores as the blocking API in :mod:`pgtide`)."""
 
 from .events._async import Events
+from .feed._async import Batch, Feed
 from .ingest._aio import FileWatcher
 from .listen import AsyncListener as Listener
 from .listen import Notification
@@ -8,7 +9,9 @@ from .notify import anotify as notify
 from .notify import anotify_many as notify_many
 
 __all__: list[str] = [
+    "Batch",
     "Events",
+    "Feed",
     "FileWatcher",
     "Listener",
     "Notification",

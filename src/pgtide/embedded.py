@@ -98,8 +98,9 @@ def _pg(tool: str, *args: str, timeout: float = START_TIMEOUT) -> str:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise EmbeddedError(f"{tool} failed: {exc}") from None
     if done.returncode != 0:
-        detail = (done.stderr or done.stdout).strip().splitlines()
-        raise EmbeddedError(f"{tool} failed: {detail[-1] if detail else done.returncode}")
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        errors = [line for line in lines if "error" in line.lower()] or lines[-1:]
+        raise EmbeddedError(f"{tool} failed: {' | '.join(errors) or done.returncode}")
     return done.stdout
 
 
@@ -227,25 +228,36 @@ def ensure_running(where: Path | None = None, *, settings: dict[str, str] | None
         options = ["-c", "listen_addresses=", "-k", str(sock), "-p", str(SOCKET_PORT)]
         for name, value in (settings or {}).items():
             options += ["-c", f"{name}={value}"]
-        _pg(
-            "pg_ctl",
-            "-D",
-            str(server.data_dir),
-            "-w",
-            "-t",
-            str(START_TIMEOUT),
-            "-l",
-            str(server.log_file),
-            "-o",
-            shlex.join(options),
-            "start",
-        )
+        try:
+            _pg(
+                "pg_ctl",
+                "-D",
+                str(server.data_dir),
+                "-w",
+                "-t",
+                str(START_TIMEOUT),
+                "-l",
+                str(server.log_file),
+                "-o",
+                shlex.join(options),
+                "start",
+            )
+        except EmbeddedError as exc:
+            raise EmbeddedError(f"{exc}; the server log says: {_log_tail(server)}") from None
         started = status(where)
         if not started.running:
             raise EmbeddedError(
                 f"the embedded PostgreSQL did not start; see its log at {server.log_file}"
             )
         return started
+
+
+def _log_tail(server: Server, lines: int = 3) -> str:
+    try:
+        tail = server.log_file.read_text(errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        return f"(no log at {server.log_file})"
+    return " | ".join(tail) or "(empty log)"
 
 
 def stop(where: Path | None = None, *, mode: str = "fast") -> bool:

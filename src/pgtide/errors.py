@@ -50,3 +50,15 @@ class InvalidPayload(PgtideError, ValueError):
 
 class UnknownSubscriber(PgtideError, LookupError):
     """A subscriber id that is not registered (on the channel named)."""
+
+
+class FeedError(PgtideError):
+    """The change feed cannot do what was asked (see the message for the fix)."""
+
+
+class UnknownTable(FeedError, LookupError):
+    """A table name that does not exist, or is not tracked where that is required."""
+
+
+class InvalidPosition(FeedError, ValueError):
+    """A feed position that cannot be read back, or a start/stop of the wrong kind."""

@@ -9,7 +9,7 @@ import typer
 
 from .. import __version__
 from ..errors import ConnectionFailed, PgtideError
-from . import db, demo, events, ingest, install, listen, status
+from . import db, demo, events, feed, ingest, install, listen, status
 
 app = typer.Typer(
     name="pgtide",
@@ -26,6 +26,11 @@ app.command("status")(status.status)
 app.command("listen")(listen.listen)
 app.command("notify")(listen.notify)
 app.command("ingest")(ingest.ingest)
+app.command("track")(feed.track)
+app.command("untrack")(feed.untrack)
+app.command("follow")(feed.follow)
+app.command("prune")(feed.prune)
+app.add_typer(feed.consumers_app, name="consumers")
 
 
 def _version(value: bool) -> None:

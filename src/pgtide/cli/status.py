@@ -21,6 +21,7 @@ from rich.text import Text
 from .. import schema
 from ..connect import connect, resolve
 from ._common import DsnOption, JsonOption, console, emit_json
+from .feed import status_section as _feed_section
 
 
 @dataclass
@@ -57,6 +58,7 @@ def _listen(conn: psycopg.Connection[Any]) -> Section | None:
 
 
 SECTIONS: list[SectionFn] = [_database, _listen]
+SECTIONS.append(_feed_section)  # follow: consumers, their lag, pgtide.changes
 
 
 def _events(conn: psycopg.Connection[Any]) -> Section | None:

@@ -4,6 +4,7 @@ One core (``_core``: registry, bounded queue, connection thread, delivery) and t
 :class:`Listener` (blocking, here) and :class:`pgtide.aio.Listener` (asyncio, ``_async``).
 """
 
+from ._async import AsyncNotificationIterator
 from ._async import Listener as AsyncListener
 from ._core import APPLICATION_NAME
 from ._notification import Notification
@@ -13,6 +14,7 @@ from ._sync import Listener, NotificationIterator
 __all__ = [
     "APPLICATION_NAME",
     "AsyncListener",
+    "AsyncNotificationIterator",
     "Listener",
     "Notification",
     "NotificationIterator",

@@ -214,31 +214,64 @@ class Listener:
     def status(self) -> dict[str, Any]:
         return self._core.status()
 
-    async def iter(self, channel: str, timeout: float | None = None) -> AsyncIterator[Notification]:
+    def iter(self, channel: str, timeout: float | None = None) -> AsyncNotificationIterator:
         """``async for note in listener.iter("orders", timeout=5.0)``: pull style.
 
-        Subscribes when iteration begins (starting the listener if needed) and unsubscribes
-        when it ends: no notification for ``timeout`` seconds, the listener stopped, or the
-        loop left.
+        Subscribes on ``async with`` or the first ``__anext__`` (starting the listener if
+        needed); ends after ``timeout`` idle seconds (never when None), when the listener
+        stops, or on ``aclose()``; it then unsubscribes. Leaving an ``async for`` early with
+        ``break`` unsubscribes at the next ``aclose()``: prefer ``async with`` for that.
         """
-        await self.start()
-        items: asyncio.Queue[Any] = asyncio.Queue()
-        sub_id = await self.subscribe(
-            channel, items.put_nowait, id=iter_id(channel, next(self._serial))
-        )
-        self._iterators.add(items)
+        return AsyncNotificationIterator(self, channel, timeout, next(self._serial))
+
+
+class AsyncNotificationIterator(AsyncIterator[Notification]):
+    """The async iterator returned by :meth:`Listener.iter`."""
+
+    def __init__(
+        self, listener: Listener, channel: str, timeout: float | None, serial: int
+    ) -> None:
+        self._listener = listener
+        self._channel = channel
+        self._timeout = timeout
+        self._id = iter_id(channel, serial)
+        self._items: asyncio.Queue[Any] = asyncio.Queue()
+        self._state = "new"
+
+    async def _open(self) -> None:
+        if self._state == "new":
+            self._state = "open"
+            await self._listener.start()
+            self._listener._iterators.add(self._items)
+            await self._listener.subscribe(self._channel, self._items.put_nowait, id=self._id)
+
+    async def __anext__(self) -> Notification:
+        await self._open()
+        if self._state == "closed":
+            raise StopAsyncIteration
         try:
-            while True:
-                try:
-                    item = await asyncio.wait_for(items.get(), timeout)
-                except TimeoutError:
-                    return
-                if item is _END:
-                    return
-                yield item
-        finally:
-            self._iterators.discard(items)
-            await self.unsubscribe(sub_id, channel)
+            item = await asyncio.wait_for(self._items.get(), self._timeout)
+        except TimeoutError:
+            item = _END
+        if item is _END:
+            await self.aclose()
+            raise StopAsyncIteration
+        note: Notification = item
+        return note
+
+    async def aclose(self) -> None:
+        """Unsubscribe; the iteration ends."""
+        if self._state == "open":
+            self._listener._iterators.discard(self._items)
+            await self._listener.unsubscribe(self._id, self._channel)
+        self._state = "closed"
+
+    async def __aenter__(self) -> AsyncNotificationIterator:
+        await self._open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 def _nothing() -> None:

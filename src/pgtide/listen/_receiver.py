@@ -159,10 +159,11 @@ class Receiver:
             callback()
 
     def _close_pipe(self) -> None:
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._wake_r = self._wake_w = -1
+        fds, (self._wake_r, self._wake_w) = (self._wake_r, self._wake_w), (-1, -1)
+        for fd in fds:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     # -- the thread -----------------------------------------------------------------------
 
@@ -274,6 +275,8 @@ class Receiver:
                 if pg.status != pq.ConnStatus.OK:
                     raise _Dead("the server closed the connection")
                 last_io = time.monotonic()
+                if not self._outbox:
+                    self._drain(pg, enc)  # hand the batch over before anything else
                 if pending is not None and self._collect(pg, pending, enc):
                     if pending.target is not None:
                         listening = pending.target
@@ -321,6 +324,8 @@ class Receiver:
 
     def _send_sync(self, conn: psycopg.Connection[Any], listening: frozenset[str]) -> _Query | None:
         """Send the LISTEN/UNLISTEN that make the server match the registry, if any."""
+        if self._registry.version == self._applied:
+            return None  # the common case, checked without a lock
         version, desired = self._registry.active()
         with self._lock:
             applied = self._applied

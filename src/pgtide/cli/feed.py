@@ -1,0 +1,193 @@
+"""``pgtide track|untrack|follow|prune|consumers``: the change feed on the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Annotated, Any
+
+import psycopg
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from ..connect import resolve
+from ..feed import Change, Feed
+from ..feed import prune as _prune
+from ..feed import track as _track
+from ..feed import untrack as _untrack
+from ..feed.retention import consumers as _consumers
+from ..feed.retention import drop_consumer
+from ..feed.track import OPS
+from ._common import DsnOption, JsonOption, console, emit_json, wants_json
+
+if TYPE_CHECKING:
+    from .status import Section
+
+consumers_app = typer.Typer(help="List or drop the change feed's consumers.", no_args_is_help=True)
+
+TableArg = Annotated[str, typer.Argument(help="Table to capture: 'table' or 'schema.table'.")]
+
+
+def track(
+    table: TableArg,
+    op: Annotated[
+        list[str] | None,
+        typer.Option("--op", help=f"Operation to capture (repeatable): {', '.join(OPS)}."),
+    ] = None,
+    no_notify: Annotated[
+        bool, typer.Option("--no-notify", help="No wake-up NOTIFY: followers poll.")
+    ] = False,
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Capture a table's changes into pgtide.changes (installs triggers)."""
+    changed = _track(table, ops=op or OPS, notify=not no_notify, dsn=dsn)
+    if as_json:
+        emit_json({"table": table, "tracked": True, "changed": changed})
+    else:
+        console.print(
+            f"tracking {table}"
+            if changed
+            else f"{table} is already tracked that way; nothing changed"
+        )
+
+
+def untrack(table: TableArg, dsn: DsnOption = None, as_json: JsonOption = False) -> None:
+    """Stop capturing a table's changes (its past changes stay until pruned)."""
+    changed = _untrack(table, dsn=dsn)
+    if as_json:
+        emit_json({"table": table, "tracked": False, "changed": changed})
+    else:
+        console.print(f"no longer tracking {table}" if changed else f"{table} was not tracked")
+
+
+def _record(change: Change) -> dict[str, Any]:
+    return dataclasses.asdict(change)
+
+
+def follow(
+    consumer: Annotated[str, typer.Option("--consumer", "-c", help="Consumer name.")],
+    start: Annotated[
+        str,
+        typer.Option("--from", help="Where to start: saved, beginning, end or a position."),
+    ] = "saved",
+    table: Annotated[
+        list[str] | None, typer.Option("--table", "-t", help="Follow only this table (repeatable).")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Stop after this many idle seconds (default: never).")
+    ] = None,
+    max_changes: Annotated[
+        int, typer.Option(help="Changes per batch (transactions stay whole).")
+    ] = 1000,
+    wakeup: Annotated[str, typer.Option(help="notify, or poll behind a pooler.")] = "notify",
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Print changes as they commit (JSON lines when piped), acknowledging as it goes."""
+    feed = Feed(consumer, tables=table, dsn=resolve(dsn), wakeup=wakeup)
+    batches = feed.batches(start=start, max_changes=max_changes, timeout=timeout)
+    try:
+        if wants_json(as_json):
+            for batch in batches:
+                for change in batch:
+                    emit_json(_record(change))
+                batch.ack()
+        else:
+            _live(feed, batches)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        batches.close()
+        feed.close()
+
+
+def _live(feed: Feed, batches: Any) -> None:
+    recent: list[Change] = []
+    counts: dict[str, int] = {}
+
+    def view() -> Table:
+        title = f"consumer {feed.consumer}: " + (
+            ", ".join(f"{op} {n}" for op, n in sorted(counts.items())) or "waiting for changes"
+        )
+        table = Table(title=title, title_justify="left")
+        for column in ("id", "table", "op", "row", "old"):
+            table.add_column(column, overflow="ellipsis", no_wrap=True)
+        for c in recent[-20:]:
+            table.add_row(str(c.id), c.table, c.op, str(c.row or ""), str(c.old or ""))
+        return table
+
+    with Live(view(), console=console, refresh_per_second=8) as live:
+        for batch in batches:
+            for change in batch:
+                counts[change.op] = counts.get(change.op, 0) + 1
+            recent.extend(batch)
+            del recent[:-20]
+            batch.ack()
+            live.update(view())
+
+
+def prune(
+    older_than: Annotated[
+        float | None, typer.Option(help="Also only changes older than this many seconds.")
+    ] = None,
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete the changes every registered consumer has acknowledged."""
+    deleted = _prune(older_than, dsn=dsn)
+    if as_json:
+        emit_json({"deleted": deleted})
+    else:
+        console.print(f"deleted {deleted} acknowledged changes")
+
+
+@consumers_app.command("ls")
+def consumers_ls(dsn: DsnOption = None, as_json: JsonOption = False) -> None:
+    """Every consumer, its position and its lag (changes not yet acknowledged)."""
+    found = _consumers(dsn=dsn)
+    if wants_json(as_json):
+        for c in found:
+            emit_json({**c, "position": str(c["position"])})
+        return
+    table = Table("name", "pending", "acked at", "tables", "position")
+    for c in found:
+        tables = ", ".join(c["tables"] or ["all"])
+        table.add_row(c["name"], str(c["pending"]), str(c["acked_at"]), tables, str(c["position"]))
+    console.print(table)
+
+
+@consumers_app.command("drop")
+def consumers_drop(
+    name: Annotated[str, typer.Argument(help="Consumer to forget.")],
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Forget a consumer: its position goes, and prune stops waiting for it."""
+    dropped = drop_consumer(name, dsn=dsn)
+    if as_json:
+        emit_json({"consumer": name, "dropped": dropped})
+    else:
+        console.print(f"dropped consumer {name}" if dropped else f"no consumer named {name}")
+
+
+def status_section(conn: psycopg.Connection[Any]) -> Section | None:
+    """``pgtide status``: consumers and their lag, and the size of pgtide.changes."""
+    from ..feed.retention import size
+    from .status import Section
+
+    exists = conn.execute("SELECT to_regclass('pgtide.consumers') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return None
+    rows, bytes_, oldest = size(conn)
+    section = Section(
+        f"feed: pgtide.changes holds {rows} changes ({bytes_ // 1024} kB), oldest {oldest or '-'}",
+        ["consumer", "pending changes", "acked at", "tables"],
+    )
+    for c in _consumers(conn=conn):
+        section.rows.append(
+            [c["name"], c["pending"], c["acked_at"], ", ".join(c["tables"] or ["all"])]
+        )
+    if not section.rows:
+        section.rows.append(["(none)", "", "", ""])
+    return section

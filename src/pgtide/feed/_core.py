@@ -1,0 +1,351 @@
+"""The feed's one core, free of I/O: which queries to run, and what their rows mean.
+
+Reading works as PgQ does. A position holds a snapshot; a step takes a newer snapshot (the
+current one, or the stop position's), and the changes of the step are those whose transaction
+is visible in the new snapshot and was not in the old one. A transaction becomes visible in
+one snapshot and stays visible, so nothing is skipped when transactions commit out of id
+order, and a transaction still open is delivered once it commits.
+
+Both faces (blocking :mod:`pgtide.feed._sync`, asyncio :mod:`pgtide.feed._async`) drive the
+same generators: each yields a :class:`Query`, receives its rows, and returns a result. The
+``batches()`` loop itself is :func:`plan`, which yields :class:`Run`, :class:`Wait` and
+:class:`Emit` steps for the face to carry out.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, TypeAlias, overload
+
+from psycopg import sql
+
+from ..errors import FeedError, InvalidPosition
+from .position import Position, Snapshot
+
+_loads = json.JSONDecoder().decode
+
+Rows: TypeAlias = list[tuple[Any, ...]]
+Start: TypeAlias = "Literal['saved', 'beginning', 'end'] | Position | str"
+
+
+@dataclass(frozen=True)
+class Query:
+    statement: sql.Composed | sql.SQL | str
+    params: Sequence[Any] | dict[str, Any] = ()
+
+
+Io: TypeAlias = Generator[Query, Rows, Any]
+
+
+@dataclass(frozen=True)
+class Change:
+    """One captured change: ``row`` is the new row (insert, update), ``old`` the old row
+    (update, delete); a truncate has neither. ``xid`` is the writing transaction."""
+
+    id: int
+    table: str
+    op: str
+    row: dict[str, Any] | None
+    old: dict[str, Any] | None
+    xid: int
+    at: datetime
+
+
+_CURRENT = "SELECT pg_current_snapshot()::text"
+# The xid column is returned as bigint under another name, so that ORDER BY xid sorts by
+# the indexed xid8 column (an ordered index scan that stops at the LIMIT).
+_COLUMNS = sql.SQL(
+    "SELECT id, xid::text::bigint AS txid, table_name, op, row::text, old::text, at "
+    "FROM pgtide.changes WHERE "
+)
+_STEP = sql.SQL(
+    "xid >= %(lower)s::text::xid8 AND xid < %(target_xmax)s::text::xid8 "
+    "AND (xid >= %(base_xmax)s::text::xid8 OR xid = ANY(%(base_xip)s::text[]::xid8[])) "
+    "AND pg_visible_in_snapshot(xid, %(target)s::text::pg_snapshot)"
+)
+_AFTER = sql.SQL("xid > %(after)s::text::xid8")
+_UPPER = sql.SQL("xid <= %(upper)s::text::xid8")
+_TABLES = sql.SQL("table_name = ANY(%(tables)s)")
+_REST_OF = sql.SQL("xid = %(xid)s::text::xid8 AND id > %(id)s")
+_ORDER = sql.SQL(" ORDER BY xid, id LIMIT %(limit)s")
+_SAVED = """
+SELECT snapshot::text, target::text, after_xid::text FROM pgtide.consumers WHERE name = %s
+"""
+_REGISTER = """
+INSERT INTO pgtide.consumers (name, snapshot, target, after_xid, tables)
+VALUES (%s, %s::pg_snapshot, %s::pg_snapshot, %s::xid8, %s)
+ON CONFLICT (name) DO NOTHING
+"""
+_SAVE = """
+INSERT INTO pgtide.consumers (name, snapshot, target, after_xid, tables)
+VALUES (%s, %s::pg_snapshot, %s::pg_snapshot, %s::xid8, %s)
+ON CONFLICT (name) DO UPDATE SET snapshot = excluded.snapshot, target = excluded.target,
+    after_xid = excluded.after_xid, tables = excluded.tables, acked_at = now()
+"""
+_LOCK = (
+    "SELECT snapshot::text, target::text, after_xid::text FROM pgtide.consumers "
+    "WHERE name = %s FOR UPDATE"
+)
+_DROP = "DELETE FROM pgtide.consumers WHERE name = %s RETURNING name"
+
+
+def _position(row: tuple[Any, ...] | None) -> Position | None:
+    if row is None:
+        return None
+    snap, target, after = row
+    if target is None:
+        return Position(Snapshot.parse(snap))
+    return Position(Snapshot.parse(snap), Snapshot.parse(target), int(after))
+
+
+def _save_params(consumer: str, pos: Position, tables: list[str] | None) -> tuple[Any, ...]:
+    return (
+        consumer,
+        str(pos.snapshot),
+        None if pos.target is None else str(pos.target),
+        None if pos.after is None else str(pos.after),
+        tables,
+    )
+
+
+def current() -> Io:
+    """The current snapshot, as a complete position."""
+    rows = yield Query(_CURRENT)
+    return Position(Snapshot.parse(rows[0][0]))
+
+
+def _to_change(row: tuple[Any, ...]) -> Change:
+    # jsonb comes as text and is decoded here: about twice as fast as psycopg's jsonb loader
+    new = None if row[4] is None else _loads(row[4])
+    old = None if row[5] is None else _loads(row[5])
+    return Change(row[0], row[2], row[3], new, old, row[1], row[6])
+
+
+@dataclass
+class Core:
+    """What one consumer does, as queries: resolve a start, read a step, save progress."""
+
+    consumer: str
+    tables: list[str] | None = None
+
+    def saved(self) -> Io:
+        """The consumer's saved position, or None."""
+        rows = yield Query(_SAVED, (self.consumer,))
+        return _position(rows[0] if rows else None)
+
+    def resolve(self, where: Start, *, saved_default: str = "beginning") -> Io:
+        """Turn "saved", "beginning", "end", a Position or its string into a Position."""
+        if isinstance(where, Position):
+            return where
+        if where == "beginning":
+            return Position.beginning()
+        if where == "end":
+            return (yield from current())
+        if where == "saved":
+            found = yield from self.saved()
+            if found is not None:
+                return found
+            return (yield from self.resolve(saved_default))
+        if isinstance(where, str):
+            return Position.parse(where)
+        raise InvalidPosition(
+            f"cannot start or stop at {where!r}; use 'saved', 'beginning', 'end' or a Position"
+        )
+
+    def register(self, pos: Position) -> Io:
+        """Record the consumer (at ``pos``) if it is new, so that prune keeps its changes."""
+        yield Query(_REGISTER, _save_params(self.consumer, pos, self.tables))
+        return None
+
+    def save(self, pos: Position) -> Io:
+        """Acknowledge: the consumer's saved position becomes ``pos``."""
+        yield Query(_SAVE, _save_params(self.consumer, pos, self.tables))
+        return None
+
+    def save_once(self, start: Position, pos: Position) -> Io:
+        """Save ``pos`` inside the caller's transaction, refusing if another process of this
+        consumer already acknowledged past ``start`` (its effects would then be doubled)."""
+        rows = yield Query(_LOCK, (self.consumer,))
+        saved = _position(rows[0] if rows else None)
+        if saved is not None and saved > start:
+            raise FeedError(
+                f"consumer {self.consumer!r} already acknowledged up to {saved}, past this "
+                f"batch's start {start}; another process runs this consumer, or the feed "
+                "was started behind its saved position (start='saved' avoids that)"
+            )
+        return (yield from self.save(pos))
+
+    def drop(self) -> Io:
+        rows = yield Query(_DROP, (self.consumer,))
+        return bool(rows)
+
+    def _where(self, parts: list[sql.Composable]) -> sql.Composable:
+        if self.tables is not None:
+            parts = [*parts, _TABLES]
+        return sql.SQL(" AND ").join(parts)
+
+    def read(self, pos: Position, stop: Position | None, max_changes: int) -> Io:
+        """One step from ``pos``: returns (changes, new position). Whole transactions only."""
+        base, after = pos.snapshot, pos.after
+        upper: int | None = None
+        if pos.target is not None:
+            target: Snapshot = pos.target
+        elif stop is None:
+            target = (yield from current()).snapshot
+        elif stop.target is not None and stop.snapshot != base:
+            target = stop.snapshot
+        else:
+            target = stop.target or stop.snapshot
+        if stop is not None and stop.target == target and stop.snapshot == base:
+            upper = stop.after
+        if target == base:
+            return [], Position(target)
+        if target._key < base._key:
+            return [], pos
+        params: dict[str, Any] = {
+            "lower": str(min(base.xip, default=base.xmax)),
+            "base_xmax": str(base.xmax),
+            "base_xip": [str(x) for x in base.xip],
+            "target_xmax": str(target.xmax),
+            "target": str(target),
+            "tables": self.tables,
+            "limit": max_changes + 1,
+        }
+        where: list[sql.Composable] = [_STEP]
+        if after is not None:
+            where.append(_AFTER)
+            params["after"] = str(after)
+        if upper is not None:
+            where.append(_UPPER)
+            params["upper"] = str(upper)
+        rows = yield Query(sql.Composed([_COLUMNS, self._where(where), _ORDER]), params)
+        if len(rows) <= max_changes:
+            done = Position(target) if upper is None else Position(base, target, upper)
+            return [_to_change(r) for r in rows], done
+        cut = rows[max_changes][1]
+        if rows[0][1] == cut:
+            # One transaction larger than max_changes: it comes whole, in one batch.
+            rest = sql.Composed([_COLUMNS, self._where([_REST_OF]), sql.SQL(" ORDER BY id")])
+            more = yield Query(rest, {"xid": str(cut), "id": rows[-1][0], "tables": self.tables})
+            return [_to_change(r) for r in rows + more], Position(base, target, cut)
+        kept = [r for r in rows if r[1] < cut]
+        return [_to_change(r) for r in kept], Position(base, target, kept[-1][1])
+
+
+@dataclass(frozen=True)
+class Run:
+    """Carry out an :data:`Io` generator (made afresh by ``make`` on each retry)."""
+
+    make: Callable[[], Io]
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Wait for a wake-up for at most ``seconds`` (None: no limit)."""
+
+    seconds: float | None
+
+
+@dataclass(frozen=True)
+class Emit:
+    """Give a batch to the user: changes between ``start`` and ``end``."""
+
+    changes: list[Change]
+    start: Position
+    end: Position
+
+
+Step: TypeAlias = Run | Wait | Emit
+
+
+@dataclass
+class Cursor:
+    """Where a running feed stands (shared with the face so that position() can read it)."""
+
+    position: Position | None = None
+    stop: Position | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def plan(
+    core: Core,
+    cursor: Cursor,
+    start: Start,
+    stop: Start | None,
+    max_changes: int,
+    timeout: float | None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Generator[Step, Any, None]:
+    """The ``batches()`` loop: resolve start and stop, read steps, emit batches, wait."""
+    if max_changes < 1:
+        raise FeedError(f"max_changes must be at least 1, not {max_changes}")
+    if timeout is not None and timeout < 0:
+        raise FeedError(f"timeout must be None or >= 0 seconds, not {timeout}")
+    pos: Position = yield Run(functools.partial(core.resolve, start))
+    if stop is None:
+        # a running consumer holds its changes from now on; a bounded range is a replay
+        yield Run(functools.partial(core.register, pos))
+    cursor.position = pos
+    end: Position | None = None
+    if stop is not None:
+        end = yield Run(lambda: core.resolve(stop, saved_default="end"))
+    cursor.stop = end
+    idle_since = clock()
+    while True:
+        if end is not None and pos >= end:
+            return
+        here = pos
+        changes, pos = yield Run(functools.partial(core.read, here, end, max_changes))
+        cursor.position = pos
+        if changes:
+            yield Emit(changes, here, pos)
+            idle_since = clock()
+            continue
+        if pos.partial and pos != here:
+            continue  # the rest of a step split by max_changes: read on before waiting
+        if end is not None:
+            if pos >= end or pos == here:
+                return
+            continue
+        left = None if timeout is None else timeout - (clock() - idle_since)
+        if left is not None and left <= 0:
+            return
+        yield Wait(left)
+
+
+class BatchBase(Sequence[Change]):
+    """The changes of whole transactions between two positions (shared by both faces)."""
+
+    def __init__(self, changes: list[Change], start: Position, position: Position) -> None:
+        self.changes = changes
+        self.start = start
+        self.position = position
+
+    @overload
+    def __getitem__(self, index: int) -> Change: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Change]: ...
+    def __getitem__(self, index: int | slice) -> Change | Sequence[Change]:
+        return self.changes[index]
+
+    def __len__(self) -> int:
+        return len(self.changes)
+
+    def __iter__(self) -> Iterator[Change]:
+        return iter(self.changes)
+
+    @property
+    def xids(self) -> list[int]:
+        """The transactions in this batch, in delivery order."""
+        return list(dict.fromkeys(c.xid for c in self.changes))
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {len(self.changes)} changes, "
+            f"{len(self.xids)} transactions, to {self.position}>"
+        )
