@@ -102,7 +102,8 @@ def notify(
 
 LISTENERS_SQL = (
     "SELECT pid, coalesce(client_addr::text, 'local'), backend_start, state"
-    " FROM pg_stat_activity WHERE application_name = %s ORDER BY backend_start"
+    " FROM pg_stat_activity WHERE application_name = %s AND datname = current_database()"
+    " ORDER BY backend_start"
 )
 
 

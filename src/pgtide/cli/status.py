@@ -46,7 +46,8 @@ def _database(conn: psycopg.Connection[Any]) -> Section:
 
 def _listeners(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgtide%listen%'"
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE application_name LIKE 'pgtide%listen%' AND datname = current_database()"
     ).fetchone()
     return int(row[0]) if row else 0
 

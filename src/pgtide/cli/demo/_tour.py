@@ -22,12 +22,13 @@ from psycopg import sql
 from ... import schema
 from ...connect import Resolved, connect
 from ._events import EventsPart
+from ._follow import FollowPart
 from ._ingest import IngestPart
 from ._listen import ListenPart
 from ._part import Line, Part, Shop
 
 # The stages, in the order the tour shows them (each feature adds its own).
-PARTS: list[Callable[[Shop], Part]] = [ListenPart, EventsPart, IngestPart]
+PARTS: list[Callable[[Shop], Part]] = [ListenPart, FollowPart, EventsPart, IngestPart]
 TICKS_PER_SECOND = 20
 SETTLE_SECONDS = 20.0
 ITEMS = ("tea", "jam", "oil", "salt", "rice", "figs")
