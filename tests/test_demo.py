@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +85,36 @@ def test_demo_on_a_terminal_fits_80_columns(tmp_path: Path, dsn: str) -> None:
     assert "pgtide demo: summary" in text and "every feature checked out" in text
     for feature in FEATURES:
         assert f"\n  {feature} " in text or f"\n {feature} " in text, feature
+
+
+def test_demo_interrupted_removes_what_it_created(tmp_path: Path, dsn: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgtide", "demo", "--seconds", "60", "--json", "--dsn", dsn],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not _busy(dsn):
+            time.sleep(0.05)
+        assert _busy(dsn), "the demo did not start writing"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=40)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert _leftovers(dsn) == dict.fromkeys(_leftovers(dsn), 0)
+
+
+def _busy(dsn: str) -> bool:
+    """The shop has written orders, the feed has changes, and the file has landed rows."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM pgtide.changes)"
+            " + (SELECT count(*) FROM pgtide.file_offsets)"
+            " + (SELECT count(*) FROM pgtide.events)"
+        ).fetchone()
+    return bool(row and row[0] >= 3)

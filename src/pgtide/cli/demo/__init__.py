@@ -14,11 +14,11 @@ from typing import Annotated
 import typer
 from rich.live import Live
 
-from ...connect import resolve
+from ...connect import Resolved, resolve
 from .._common import DsnOption, JsonOption, console, emit_json
 from . import _view
 from ._part import Line
-from ._tour import Tour
+from ._tour import TICKS_PER_SECOND, Result, Tour
 
 REFRESH = 0.25
 
@@ -35,6 +35,17 @@ def demo(
     # The tour's failures (a garbage line, a declined card) are planned and shown in its
     # table; their log lines would only scribble over the live view.
     logging.getLogger("pgtide").setLevel(logging.CRITICAL)
+    try:
+        result = _run(chosen, seconds, as_json)
+    except KeyboardInterrupt:  # the tour removed what it created on its way out
+        console.print("[yellow]interrupted[/]: the demo's tables, events and folder were removed")
+        raise typer.Exit(130) from None
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def _run(chosen: Resolved, seconds: float, as_json: bool) -> Result:
+    """Run the tour, live on the console or quietly with one JSON document at the end."""
     if as_json:
         result = Tour(chosen, seconds, lambda *_: None).run()
         emit_json(result.as_json())
@@ -49,11 +60,12 @@ def demo(
                 live.update(_view.live(phase, elapsed, lines))
 
         tour = Tour(chosen, seconds, show)
-        console.print(_view.intro(chosen.target, chosen.source, seconds, tour.features))
+        console.print(
+            _view.intro(chosen.target, chosen.source, seconds, TICKS_PER_SECOND, tour.features)
+        )
         with live:
             result = tour.run()
             live.update(_view.live("finished", result.seconds, tour.lines()))
         console.print()  # a piped Live ends without a newline
         console.print(_view.summary(result))
-    if not result.ok:
-        raise typer.Exit(1)
+    return result

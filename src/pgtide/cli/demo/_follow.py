@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 
 from ... import Feed, latest, track, untrack
+from ...connect import connect
 from ._part import Line, Meter, Part
 
 FORGET_CHANGES = "DELETE FROM pgtide.changes WHERE table_name = %s"
@@ -37,6 +38,9 @@ class FollowPart(Part):
         return f"pgtide-demo-{self.shop.tag}"
 
     def start(self) -> None:
+        with connect(self.shop.db) as conn:  # the name pgtide.changes records the table by
+            row = conn.execute("SELECT current_schema()").fetchone()
+        self.table = f"{row[0] if row else 'public'}.{self.shop.orders}"
         track(self.shop.orders, dsn=self.shop.db)
         self._feed = Feed(self.consumer, [self.shop.orders], dsn=self.shop.db)
         self._thread = threading.Thread(target=self._follow, name="demo-follow", daemon=True)
@@ -50,7 +54,6 @@ class FollowPart(Part):
                     now = datetime.now(UTC)
                     with self._lock:
                         for change in batch:
-                            self.table = change.table
                             self.lags_ms.append((now - change.at).total_seconds() * 1000)
                     batch.ack()
                     self.changes.add(len(batch))

@@ -22,11 +22,13 @@ NEXT = (
 )
 
 
-def intro(target: str, source: str, seconds: float, features: list[str]) -> RenderableType:
+def intro(
+    target: str, source: str, seconds: float, per_second: int, features: list[str]
+) -> RenderableType:
     """What is about to happen, one line a feature."""
     lines = [
         Text.assemble(("pgtide demo", "bold"), f" on {target} ", (f"(from {source})", "dim")),
-        Text(f"A small shop writes 20 orders a second for {seconds:g} s. Meanwhile:"),
+        Text(f"A small shop writes {per_second} orders a second for {seconds:g} s. Meanwhile:"),
     ]
     lines += [Text.assemble(f"  {f:<7} ", (INTRO[f], "")) for f in features if f in INTRO]
     return Group(*lines)
