@@ -49,13 +49,19 @@ def percentiles(samples: Iterable[float], points: Iterable[int] = (50, 95, 99)) 
 TIME_UNITS = ("ms", "s", "us", "µs")
 # Words that mark a figure as a reference (a raw driver, psql, an older library, no pgtide).
 REFERENCES = ("raw ", "psycopg", "asyncpg", "psql", "pgnotifier", "notified", "jumbo", "newt")
-REFERENCES += ("pgqueuer", "untracked")
+REFERENCES += ("pgqueuer", "untracked", "row-level trigger")
 
 
 def is_pgtide(figure: Figure) -> bool:
     """True for pgtide's own figures, False for the references they are compared with."""
     name = figure.name.lower()
-    return "pgtide" in name or not any(word in name for word in REFERENCES)
+    if "pgtide" in name or "tracked" in name.replace("untracked", ""):
+        return True
+    return not any(word in name for word in REFERENCES)
+
+
+def _times(ratio: float) -> str:
+    return f"{ratio:.2f}x" if ratio >= 0.1 else f"{ratio:.2g}x"
 
 
 def human(value: float) -> str:
@@ -107,7 +113,7 @@ def write_report(figures: list[Figure], header: str) -> Path:
             ratio = _ratio(f, by_suite[suite])
             if ratio is not None:
                 name = f"**{_cell(f.name)}**" if is_pgtide(f) else _cell(f.name)
-                lines.append(f"| {suite} | {name} | {_cell(f.baseline or '')} | {ratio:.2f}x |")
+                lines.append(f"| {suite} | {name} | {_cell(f.baseline or '')} | {_times(ratio)} |")
     for suite in suites:
         lines += [
             f"\n## {suite}\n",
@@ -118,7 +124,7 @@ def write_report(figures: list[Figure], header: str) -> Path:
             ratio = _ratio(f, by_suite[suite])
             lines.append(
                 f"| {_cell(f.name)} | {_value(f)} | {f.unit} | {_cell(f.baseline or '')} | "
-                f"{'' if ratio is None else f'{ratio:.2f}x'} | {_cell(f.note)} |"
+                f"{'' if ratio is None else _times(ratio)} | {_cell(f.note)} |"
             )
     plots = plot(figures)
     if plots:
@@ -148,6 +154,7 @@ def plot(figures: list[Figure]) -> list[Path]:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter
     except ImportError:
         return []
     written = []
@@ -157,10 +164,11 @@ def plot(figures: list[Figure]) -> list[Path]:
         if not panels:
             continue
         heights = [0.8 + 0.32 * sum(1 for f in chosen if (f.suite, f.unit) == p) for p in panels]
+        total = sum(heights) + 0.8
         fig, axes = plt.subplots(
             len(panels),
             1,
-            figsize=(11, sum(heights) + 0.6),
+            figsize=(11, total),
             squeeze=False,
             gridspec_kw={"height_ratios": heights},
         )
@@ -176,6 +184,7 @@ def plot(figures: list[Figure]) -> list[Path]:
             better = "higher is better" if kind == "throughput" else "lower is better"
             ax.set_title(f"{suite}: {unit} ({better})", loc="left", fontsize=10)
             ax.tick_params(labelsize=8)
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human(v) if v > 0 else "0"))
             ax.margins(x=0.15)
             for y, f in enumerate(rows):
                 ax.annotate(
@@ -187,7 +196,7 @@ def plot(figures: list[Figure]) -> list[Path]:
                     textcoords="offset points",
                 )
         fig.suptitle(f"pgtide {kind} (blue: pgtide, grey: references)", fontsize=11)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / total))
         path = RESULTS / f"{kind}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
