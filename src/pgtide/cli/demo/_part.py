@@ -18,7 +18,7 @@ from ...connect import Resolved
 class Meter:
     """A thread-safe counter that also knows its rate over the last couple of seconds."""
 
-    def __init__(self, window: float = 2.0) -> None:
+    def __init__(self, window: float = 3.0) -> None:
         self._lock = threading.Lock()
         self._window = window
         self._marks: deque[tuple[float, int]] = deque()
@@ -32,14 +32,14 @@ class Meter:
             self._trim(now)
 
     def rate(self) -> float:
-        """Events per second over the window (the whole run while it is younger)."""
+        """Events per second over the window while they flow (0 once they stopped)."""
         now = time.monotonic()
         with self._lock:
             self._trim(now)
-            if not self._marks:
+            if len(self._marks) < 2:
                 return 0.0
-            span = max(now - self._marks[0][0], 0.5)
-            return sum(n for _, n in self._marks) / span
+            span = self._marks[-1][0] - self._marks[0][0]
+            return sum(n for _, n in list(self._marks)[1:]) / span if span > 0 else 0.0
 
     def _trim(self, now: float) -> None:
         while self._marks and now - self._marks[0][0] > self._window:
