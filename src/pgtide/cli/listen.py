@@ -102,12 +102,13 @@ def notify(
 
 LISTENERS_SQL = (
     "SELECT pid, coalesce(client_addr::text, 'local'), backend_start, state"
-    " FROM pg_stat_activity WHERE application_name = %s ORDER BY backend_start"
+    " FROM pg_stat_activity WHERE application_name = %s AND datname = current_database()"
+    " ORDER BY backend_start"
 )
 
 
 def status_section(conn: psycopg.Connection[Any]) -> Section | None:
-    """``pgtide status``: the listener connections on this database (None when there are none)."""
+    """``pgtide status``: the listeners of this database (NOTIFY does not cross databases)."""
     rows = conn.execute(LISTENERS_SQL, (APPLICATION_NAME,)).fetchall()
     if not rows:
         return None
