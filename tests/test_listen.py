@@ -402,7 +402,7 @@ def test_status_counts_listener_connections(dsn: str, cli: Any) -> None:
     report = json.loads(done.stdout)
     assert report["database"][0]["listener connections"] >= 1  # counted server-wide
     [row] = report["listeners"]
-    assert row["backend pid"] == backend
+    assert row["backend pid"] == backend and row["application"] == "pgtide-listen"
 
 
 @pytest.mark.parametrize(
