@@ -18,7 +18,7 @@ from pgtide.connect import resolve
 
 from ._harness import Figure, write_report
 
-SUITES = ["foundation", "listen"]
+SUITES = ["foundation", "ingest", "listen", "events"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from pgtide_testing import CliRunner
 
 from pgtide import __version__
@@ -73,3 +74,21 @@ def test_status_reports_the_database(cli: CliRunner, dsn: str) -> None:
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     assert data["database"][0]["schema pgtide"] >= 1
+
+
+def test_status_watch_refreshes_until_interrupted(
+    dsn: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pgtide.cli import status
+
+    refreshes: list[float] = []
+
+    def fake_sleep(seconds: float) -> None:
+        refreshes.append(seconds)
+        if len(refreshes) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(status.time, "sleep", fake_sleep)
+    status.status(dsn=dsn, watch=True, interval=0.25)  # returns quietly on Ctrl-C
+    assert refreshes == [0.25, 0.25, 0.25]
+    assert "schema pgtide" in capsys.readouterr().out

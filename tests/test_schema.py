@@ -81,3 +81,17 @@ def test_ensure_installs_when_missing(bare_dsn: str) -> None:
         assert schema.installed_version(conn) == 0
         schema.ensure(conn)
         assert schema.installed_version(conn) == schema.latest_version()
+
+
+def test_a_migration_missing_below_the_newest_is_still_applied(bare_dsn: str) -> None:
+    pgtide.install(dsn=bare_dsn)
+    first = schema.migrations()[0]
+    with psycopg.connect(bare_dsn, autocommit=True) as conn:
+        # As if newer migrations had been installed by a build that lacked the first one.
+        conn.execute("DELETE FROM pgtide.schema_version WHERE version = %s", (first.version,))
+        conn.execute("COMMENT ON SCHEMA pgtide IS NULL")
+        schema.ensure(conn)
+        versions = [r[0] for r in conn.execute("SELECT version FROM pgtide.schema_version")]
+        comment = conn.execute("SELECT obj_description('pgtide'::regnamespace)").fetchone()
+    assert sorted(versions) == [m.version for m in schema.migrations()]
+    assert first.version == 1 and comment is not None and comment[0] is not None

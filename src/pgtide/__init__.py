@@ -9,6 +9,8 @@ from .errors import (
     ConfigError,
     ConnectionFailed,
     EmbeddedError,
+    EventPayloadError,
+    IngestError,
     InvalidChannel,
     InvalidPayload,
     PayloadTooLarge,
@@ -16,6 +18,8 @@ from .errors import (
     SchemaError,
     UnknownSubscriber,
 )
+from .events import Event, EventRecord, Events
+from .ingest import FileWatcher
 from .listen import Listener, Notification
 from .notify import notify, notify_many
 from .schema import install
@@ -24,6 +28,12 @@ __all__ = [
     "ConfigError",
     "ConnectionFailed",
     "EmbeddedError",
+    "Event",
+    "EventPayloadError",
+    "EventRecord",
+    "Events",
+    "FileWatcher",
+    "IngestError",
     "InvalidChannel",
     "InvalidPayload",
     "Listener",

@@ -32,6 +32,14 @@ class PayloadTooLarge(PgtideError, ValueError):
     """A NOTIFY payload is at or over PostgreSQL's 8000-byte limit."""
 
 
+class IngestError(PgtideError):
+    """Ingesting cannot go on: a missing table or column, or SQL the server refuses."""
+
+
+class EventPayloadError(PgtideError, TypeError):
+    """An event's payload (or a handler's result) cannot be stored as JSON."""
+
+
 class InvalidChannel(PgtideError, ValueError):
     """A NOTIFY channel name PostgreSQL cannot hold (empty, over 63 bytes, or with a NUL)."""
 

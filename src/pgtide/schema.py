@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS pgtide.schema_version (
 );
 """
 _CURRENT = "SELECT coalesce(max(version), 0) FROM pgtide.schema_version"
+_APPLIED = "SELECT version FROM pgtide.schema_version"
 _RECORD = "INSERT INTO pgtide.schema_version (version, name) VALUES (%s, %s)"
 _PRIVILEGE = """
 SELECT current_user, current_database(),
@@ -84,13 +85,12 @@ def _install(conn: psycopg.Connection[Any]) -> int:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
             conn.execute(_PREAMBLE)
-            current = installed_version(conn)
+            applied = {row[0] for row in conn.execute(_APPLIED)}
             for migration in migrations():
-                if migration.version > current:
+                if migration.version not in applied:
                     conn.execute(migration.sql.encode())  # a shipped file, no user input
                     conn.execute(_RECORD, (migration.version, migration.name))
-                    current = migration.version
-            return current
+            return installed_version(conn)
     except psycopg.errors.InsufficientPrivilege as exc:
         raise SchemaError(
             f"cannot install schema pgtide: {exc.diag.message_primary or exc}; "
@@ -115,5 +115,13 @@ def ensure(conn: psycopg.Connection[Any]) -> None:
 
     Features call this before first use, so ``pgtide.install()`` is never a forgotten step.
     """
-    if installed_version(conn) < latest_version():
+    if not _complete(conn):
         _install(conn)
+
+
+def _complete(conn: psycopg.Connection[Any]) -> bool:
+    """Whether every shipped migration is recorded (one may land below the newest one)."""
+    if installed_version(conn) == 0:
+        return False
+    applied = {row[0] for row in conn.execute(_APPLIED)}
+    return all(m.version in applied for m in migrations())

@@ -9,7 +9,7 @@ import typer
 
 from .. import __version__
 from ..errors import ConnectionFailed, PgtideError
-from . import db, demo, install, listen, status
+from . import db, demo, events, ingest, install, listen, status
 
 app = typer.Typer(
     name="pgtide",
@@ -19,11 +19,13 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(db.app, name="db")
+app.add_typer(events.app, name="events")
 app.command("install")(install.install)
 app.command("demo")(demo.demo)
 app.command("status")(status.status)
 app.command("listen")(listen.listen)
 app.command("notify")(listen.notify)
+app.command("ingest")(ingest.ingest)
 
 
 def _version(value: bool) -> None:

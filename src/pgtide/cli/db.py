@@ -25,6 +25,8 @@ def _report(server: embedded.Server, as_json: bool) -> None:
         emit_json(data)
         return
     table = Table(show_header=False, box=None)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
     for key, value in data.items():
         table.add_row(f"[bold]{key}[/]", "-" if value is None else str(value))
     console.print(table)

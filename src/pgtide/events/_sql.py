@@ -1,0 +1,236 @@
+"""The SQL of the events feature, as named constants (identifiers only via sql.Identifier)."""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+CHANNEL = "pgtide_events"
+"""The channel every insert into pgtide.events notifies (see 003_events.sql)."""
+
+PUBLISH = """
+INSERT INTO pgtide.events (name, payload, run_after, key)
+VALUES (%s, %s::jsonb, coalesce(%s::timestamptz, now()), %s)
+RETURNING id
+"""
+
+PUBLISH_MANY = """
+INSERT INTO pgtide.events (name, payload, run_after, key)
+SELECT %s, p::jsonb, coalesce(%s::timestamptz, now()), %s
+FROM unnest(%s::text[]) WITH ORDINALITY AS t(p, n)
+ORDER BY n
+RETURNING id
+"""
+
+CLAIM = """
+WITH candidates AS (
+    SELECT e.id FROM pgtide.events e
+    WHERE e.source = %(source)s
+      AND e.state IN ('pending', 'failed', 'running')
+      AND e.name = ANY(%(names)s)
+      AND CASE WHEN e.state = 'running' THEN e.lease_expires < now()
+               ELSE e.run_after <= now() END
+      AND (e.key IS NULL OR NOT EXISTS (
+            SELECT 1 FROM pgtide.events p
+            WHERE p.key = e.key AND p.source = e.source AND p.id < e.id
+              AND p.state IN ('pending', 'failed', 'running')))
+    ORDER BY e.source, e.id  -- the order of events_claim, so that index (not the pkey) is used
+    LIMIT %(limit)s
+    FOR UPDATE OF e SKIP LOCKED
+)
+UPDATE pgtide.events e
+SET state = 'running', attempts = e.attempts + 1, lease_owner = %(owner)s,
+    lease_expires = now() + %(lease)s * interval '1 second', started_at = now()
+WHERE e.id = ANY(ARRAY(SELECT id FROM candidates))
+RETURNING e.id, e.name, e.payload, e.attempts, e.created_at, e.key, e.source_id
+"""
+
+# Fenced by owner and attempt: a worker whose lease was taken over cannot overwrite.
+# (id = ANY(...) lets the planner use the primary key whatever its statistics say.)
+COMPLETE = """
+UPDATE pgtide.events e
+SET state = 'done', result = v.result::jsonb, finished_at = now(),
+    lease_owner = NULL, lease_expires = NULL
+FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(results)s::text[])
+     AS v(id, attempt, result)
+WHERE e.id = ANY(%(ids)s::bigint[]) AND e.id = v.id AND e.attempts = v.attempt
+  AND e.lease_owner = %(owner)s
+"""
+
+FAIL = """
+UPDATE pgtide.events
+SET state = %(state)s, error = %(error)s,
+    run_after = now() + %(delay)s * interval '1 second',
+    finished_at = CASE WHEN %(state)s = 'dead' THEN now() END,
+    lease_owner = NULL, lease_expires = NULL
+WHERE id = %(id)s AND attempts = %(attempt)s AND lease_owner = %(owner)s
+"""
+
+RELEASE = """
+UPDATE pgtide.events
+SET state = CASE WHEN error IS NULL THEN 'pending' ELSE 'failed' END,
+    attempts = attempts - 1, lease_owner = NULL, lease_expires = NULL, started_at = NULL
+WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s AND state = 'running'
+"""
+
+WAKE = "SELECT pg_notify(%s, '')"
+
+WAKE_ROW = "SELECT pg_notify(%s, %s)"
+"""On a user's channel, the payload is the new row's id, as seed 003's trigger sends it."""
+
+WORKER_SESSION = "SET plan_cache_mode = force_custom_plan"
+"""The worker's session: a generic plan of the batch updates would ignore the arrays' sizes
+and scan the table. (Commits stay synchronous: a claim lost in a server crash could let a
+second worker start an event that a live worker is still running.)"""
+
+HEARTBEAT = """
+UPDATE pgtide.events SET lease_expires = now() + %(lease)s * interval '1 second'
+WHERE lease_owner = %(owner)s AND state = 'running'
+"""
+
+WORKER_SEEN = "UPDATE pgtide.event_workers SET seen_at = now() WHERE id = %s"
+
+WORKER_REGISTER = """
+INSERT INTO pgtide.event_workers (id, source, names, host, pid) VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (id) DO UPDATE SET names = EXCLUDED.names, seen_at = now()
+"""
+
+WORKER_FORGET = "DELETE FROM pgtide.event_workers WHERE id = %s"
+
+WORKERS_PRUNE = "DELETE FROM pgtide.event_workers WHERE seen_at < now() - interval '10 minutes'"
+
+COUNTS = "SELECT state, count(*) FROM pgtide.events WHERE source = %s GROUP BY state"
+
+# Waiting events whose name no live worker (heartbeat within the window) handles.
+UNHANDLED = """
+SELECT e.name, count(*) FROM pgtide.events e
+WHERE e.source = %(source)s AND e.state IN ('pending', 'failed')
+  AND NOT EXISTS (
+    SELECT 1 FROM pgtide.event_workers w
+    WHERE w.source = e.source AND e.name = ANY(w.names)
+      AND w.seen_at > now() - %(window)s * interval '1 second')
+GROUP BY e.name ORDER BY e.name
+"""
+
+_ROW = """
+SELECT id, name, state, attempts, payload, result, error, key, source_id,
+       run_after, created_at, started_at, finished_at
+FROM pgtide.events
+"""
+
+LIST = (
+    _ROW
+    + """
+WHERE source = %(source)s
+  AND (%(state)s::text IS NULL OR state = %(state)s)
+  AND (%(name)s::text IS NULL OR name = %(name)s)
+ORDER BY id DESC
+LIMIT %(limit)s
+"""
+)
+
+GET = _ROW + "WHERE id = %s"
+
+RETRY = """
+UPDATE pgtide.events
+SET state = 'pending', attempts = 0, run_after = now(), finished_at = NULL
+WHERE id = %s AND state IN ('done', 'failed', 'dead')
+RETURNING id
+"""
+
+PURGE = """
+DELETE FROM pgtide.events
+WHERE source = '' AND state = ANY(%s) AND finished_at < now() - %s * interval '1 second'
+"""
+
+COLUMNS = """
+SELECT a.attname FROM pg_attribute a
+JOIN pg_class c ON c.oid = a.attrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
+"""
+
+CURRENT_SCHEMA = "SELECT current_schema()"
+
+
+def mirror(
+    schema: str,
+    table: str,
+    id_column: str,
+    name_column: str,
+    payload_column: str | None,
+    *,
+    one: bool = False,
+) -> sql.Composed:
+    """Copy rows of a user's table that pgtide has not seen yet into pgtide.events.
+
+    The payload is the payload column when one is named, else the whole row as JSON. With
+    ``one``, only the row whose id is ``%(id)s`` (a notified id: the server casts the text
+    to the id column's type, so the primary key's index serves it).
+    """
+    payload = (
+        sql.SQL("to_jsonb(u.{})").format(sql.Identifier(payload_column))
+        if payload_column
+        else sql.SQL("to_jsonb(u)")
+    )
+    return sql.SQL(
+        """
+INSERT INTO pgtide.events (name, payload, source, source_id)
+SELECT coalesce(u.{name}::text, ''), {payload}, %(source)s, u.{id}::text
+FROM {schema}.{table} u
+WHERE {only} NOT EXISTS (
+    SELECT 1 FROM pgtide.events e WHERE e.source = %(source)s AND e.source_id = u.{id}::text)
+ORDER BY u.{id}
+ON CONFLICT (source, source_id) WHERE source_id IS NOT NULL DO NOTHING
+"""
+    ).format(
+        name=sql.Identifier(name_column),
+        payload=payload,
+        id=sql.Identifier(id_column),
+        schema=sql.Identifier(schema),
+        table=sql.Identifier(table),
+        only=sql.SQL("u.{} = %(id)s AND").format(sql.Identifier(id_column)) if one else sql.SQL(""),
+    )
+
+
+def insert_own(
+    schema: str, table: str, id_column: str, name_column: str, payload_column: str | None
+) -> sql.Composed:
+    """Publish into a user's table: its name (and payload) columns, returning its id."""
+    columns = [sql.Identifier(name_column)]
+    values: list[sql.Composable] = [sql.Placeholder()]
+    if payload_column:
+        columns.append(sql.Identifier(payload_column))
+        values.append(sql.SQL("%s::jsonb"))
+    return sql.SQL("INSERT INTO {}.{} ({}) VALUES ({}) RETURNING {}::text").format(
+        sql.Identifier(schema),
+        sql.Identifier(table),
+        sql.SQL(", ").join(columns),
+        sql.SQL(", ").join(values),
+        sql.Identifier(id_column),
+    )
+
+
+BY_SOURCE = """
+SELECT source,
+       count(*) FILTER (WHERE state = 'pending'),
+       count(*) FILTER (WHERE state = 'running'),
+       count(*) FILTER (WHERE state = 'done'),
+       count(*) FILTER (WHERE state = 'failed'),
+       count(*) FILTER (WHERE state = 'dead')
+FROM pgtide.events GROUP BY source ORDER BY source
+"""
+
+UNHANDLED_BY_SOURCE = """
+SELECT e.source, count(*) FROM pgtide.events e
+WHERE e.state IN ('pending', 'failed')
+  AND NOT EXISTS (
+    SELECT 1 FROM pgtide.event_workers w
+    WHERE w.source = e.source AND e.name = ANY(w.names)
+      AND w.seen_at > now() - %s * interval '1 second')
+GROUP BY e.source
+"""
+
+LIVE_WORKERS = """
+SELECT source, count(*) FROM pgtide.event_workers
+WHERE seen_at > now() - %s * interval '1 second' GROUP BY source
+"""

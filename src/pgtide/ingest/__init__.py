@@ -1,0 +1,11 @@
+"""Ingest: stream the lines appended to files into a table, each complete line exactly once.
+
+See :class:`FileWatcher` (blocking) and :class:`pgtide.aio.FileWatcher` (asyncio); both run
+the same engine (:mod:`pgtide.ingest._core`).
+"""
+
+from ._core import FileStatus, WatcherStatus
+from ._store import overview
+from .watcher import FileWatcher
+
+__all__ = ["FileStatus", "FileWatcher", "WatcherStatus", "overview"]

@@ -1,0 +1,192 @@
+"""Turning complete lines into rows: the ``lines``, ``csv`` and ``jsonl`` formats.
+
+Each parser takes a block of complete lines (bytes ending with a newline) and the number of
+its first line, and returns the rows it holds and the lines it could not parse. A row keeps
+its line number and its text, so that a line the server refuses can be kept in the rejects.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Format = Literal["lines", "csv", "jsonl"]
+FORMATS: tuple[Format, ...] = ("lines", "csv", "jsonl")
+
+
+@dataclass(frozen=True)
+class CsvOptions:
+    """How a CSV file is written: a header line, the delimiter and the quote character."""
+
+    header: bool = False
+    delimiter: str = ","
+    quote: str = '"'
+
+
+@dataclass(frozen=True)
+class Row:
+    """One record: where it was, its text, and its values (a tuple, or a dict for ``jsonl``)."""
+
+    line_no: int
+    line: str
+    values: tuple[Any, ...] | dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A line that did not land, and why."""
+
+    line_no: int
+    line: str
+    error: str
+
+
+def _text(raw: bytes) -> str:
+    """A line as text, for the rejects table (which cannot hold NUL or invalid UTF-8)."""
+    return raw.decode("utf-8", "replace").replace("\x00", "\\0")
+
+
+def _lines(payload: bytes) -> list[bytes]:
+    lines = payload.split(b"\n")
+    return [line[:-1] if line.endswith(b"\r") else line for line in lines[:-1]]
+
+
+def parse_lines(payload: bytes, first_line: int) -> tuple[list[Row], list[Reject]]:
+    """One value per line; the newline (and a carriage return before it) is not part of it.
+
+    Empty lines are skipped."""
+    rows: list[Row] = []
+    rejects: list[Reject] = []
+    for number, raw in enumerate(_lines(payload), first_line):
+        if not raw:
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            rejects.append(Reject(number, _text(raw), f"not UTF-8: {exc.reason}"))
+            continue
+        rows.append(Row(number, text, (text,)))
+    return rows, rejects
+
+
+def _json_value(value: Any) -> Any:
+    """A JSON value as a column value: objects and arrays stay JSON (for json/jsonb columns)."""
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+def parse_jsonl(
+    payload: bytes, first_line: int, columns: Sequence[str] | None
+) -> tuple[list[Row], list[Reject]]:
+    """One JSON object per line; its keys are mapped to ``columns`` (a missing key is NULL,
+    other keys are ignored). Without columns the row is the object itself (for ``sql=``
+    templates with named placeholders)."""
+    rows: list[Row] = []
+    rejects: list[Reject] = []
+    for number, raw in enumerate(_lines(payload), first_line):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            rejects.append(Reject(number, _text(raw), f"not valid JSON: {exc}"))
+            continue
+        if not isinstance(obj, dict):
+            kind = type(obj).__name__
+            rejects.append(Reject(number, _text(raw), f"a JSON object was expected, not {kind}"))
+            continue
+        text = raw.decode("utf-8")
+        if columns is None:
+            rows.append(Row(number, text, {k: _json_value(v) for k, v in obj.items()}))
+        else:
+            rows.append(Row(number, text, tuple(_json_value(obj.get(c)) for c in columns)))
+    return rows, rejects
+
+
+def parse_csv(
+    payload: bytes, first_line: int, options: CsvOptions
+) -> tuple[list[Row], list[Reject]]:
+    """CSV records (a quoted field may hold newlines). An empty field is NULL. The header line
+    (line 1, when ``options.header``) is not a row."""
+    lines = payload.decode("utf-8", "surrogateescape").splitlines(keepends=True)
+    reader = csv.reader(iter(lines), delimiter=options.delimiter, quotechar=options.quote)
+    rows: list[Row] = []
+    rejects: list[Reject] = []
+    consumed = 0
+    while True:
+        start = consumed
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            consumed = reader.line_num
+            text = "".join(lines[start:consumed]).rstrip("\r\n")
+            rejects.append(Reject(first_line + start, _clean(text), f"not valid CSV: {exc}"))
+            continue
+        consumed = reader.line_num
+        number = first_line + start
+        if options.header and number == 1:
+            continue
+        if not record:
+            continue
+        text = "".join(lines[start:consumed]).rstrip("\r\n")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            rejects.append(Reject(number, _clean(text), "not UTF-8"))
+            continue
+        rows.append(Row(number, text, tuple(v if v != "" else None for v in record)))
+    return rows, rejects
+
+
+def _clean(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("\x00", "")
+
+
+def csv_header(first_line: bytes, options: CsvOptions) -> list[str]:
+    """The column names in a CSV header line."""
+    text = first_line.decode("utf-8", "replace").rstrip("\r\n")
+    return next(csv.reader([text], delimiter=options.delimiter, quotechar=options.quote), [])
+
+
+def complete_end(data: bytes, fmt: Format, options: CsvOptions) -> int:
+    """Where the last complete record of ``data`` ends (0 when there is none).
+
+    A record is complete when its newline has been written; in CSV a newline inside a quoted
+    field does not end a record, so the cut is moved back until the quotes are balanced."""
+    end = data.rfind(b"\n") + 1
+    if fmt != "csv" or end == 0:
+        return end
+    quote = options.quote.encode()
+    while end and data.count(quote, 0, end) % 2:
+        end = data.rfind(b"\n", 0, end - 1) + 1
+    return end
+
+
+def raw_copy_payload(
+    payload: bytes, fmt: Format, first_line: int, options: CsvOptions
+) -> bytes | None:
+    """The block itself when the server can take it as COPY data unchanged (the fast path).
+
+    ``lines`` qualifies when no line needs escaping (no backslash, tab or carriage return)
+    and none is empty; ``csv`` when no line is empty (its header line is cut off here).
+    ``jsonl`` always goes row by row."""
+    if fmt == "jsonl" or not payload or payload.startswith(b"\n") or b"\n\n" in payload:
+        return None
+    if fmt == "lines":
+        if b"\\" in payload or b"\t" in payload or b"\r" in payload:
+            return None
+        return payload
+    if b"\r\n\r\n" in payload or payload.startswith(b"\r\n"):
+        return None
+    if options.header and first_line == 1:
+        cut = complete_end(payload[: payload.find(b"\n") + 1], fmt, options)
+        if cut == 0:
+            return None
+        return payload[cut:]
+    return payload

@@ -1,0 +1,87 @@
+"""Helpers for the events tests: waiting on conditions, and worker processes to kill."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+import pgtide
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll ``condition`` until it is truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def states(dsn: str) -> dict[str, int]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT state, count(*) FROM pgtide.events GROUP BY state").fetchall()
+    return {state: n for state, n in rows}
+
+
+def count(dsn: str, query: str, *params: Any) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+RUNS_TABLE = """
+CREATE TABLE IF NOT EXISTS handler_runs (
+    event_id bigint NOT NULL,
+    worker   text NOT NULL,
+    began    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    ended    timestamptz
+);
+-- At most one unfinished run per event: a second worker starting it while the first
+-- still runs violates this and the test sees it.
+CREATE UNIQUE INDEX IF NOT EXISTS one_live_run ON handler_runs (event_id) WHERE ended IS NULL;
+"""
+
+
+def recording_worker(dsn: str, worker: str, concurrency: int, lease: float, sleep: float) -> None:
+    """A worker process: each handler run is recorded in handler_runs (begin and end)."""
+    events = pgtide.Events(dsn, lease=lease, poll_interval=0.1)
+    runs = psycopg.connect(dsn, autocommit=True)
+
+    @events.handler("job", retries=10)
+    def job(event: pgtide.Event) -> dict[str, Any]:
+        with runs.cursor() as cur:
+            cur.execute(
+                "INSERT INTO handler_runs (event_id, worker) VALUES (%s, %s)", (event.id, worker)
+            )
+        time.sleep(sleep)
+        with runs.cursor() as cur:
+            cur.execute(
+                "UPDATE handler_runs SET ended = clock_timestamp() "
+                "WHERE event_id = %s AND worker = %s AND ended IS NULL",
+                (event.id, worker),
+            )
+        return {"worker": worker}
+
+    events.run(concurrency=concurrency)
+
+
+def blocking_worker(dsn: str, lease: float) -> None:
+    """A worker process whose handler never returns (to be SIGKILLed while it holds a lease)."""
+    events = pgtide.Events(dsn, lease=lease, poll_interval=0.1)
+
+    @events.handler("stuck")
+    def stuck(event: pgtide.Event) -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO handler_runs (event_id, worker) VALUES (%s, 'doomed')", (event.id,)
+            )
+        time.sleep(3600)
+
+    events.run(concurrency=1)

@@ -1,0 +1,511 @@
+"""Events against real PostgreSQL: results, retries, dead letters, leases, keys, stop."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+from events_helpers import count, wait_for
+
+import pgtide
+
+
+@pytest.fixture
+def events(dsn: str) -> Any:
+    ev = pgtide.Events(dsn, poll_interval=0.05, retry_delay=0.01, max_retry_delay=0.05)
+    yield ev
+    ev.close()
+
+
+def test_results_are_stored(events: pgtide.Events, dsn: str) -> None:
+    seen: list[pgtide.Event] = []
+
+    @events.handler("order_created")
+    def on_order(event: pgtide.Event) -> dict[str, Any]:
+        seen.append(event)
+        return {"emailed": True, "order": event.payload["order"]}
+
+    ids = [events.publish("order_created", {"order": n}) for n in range(3)]
+    events.start(concurrency=2)
+    wait_for(lambda: events.status()["done"] == 3, what="three events done")
+    events.stop()
+    for n, id_ in enumerate(ids):
+        rec = events.get(id_)
+        assert rec is not None
+        assert rec.state == "done"
+        assert rec.result == {"emailed": True, "order": n}
+        assert rec.attempts == 1
+        assert rec.finished_at is not None
+    assert sorted(e.id for e in seen) == ids
+    assert all(e.attempt == 1 and e.name == "order_created" for e in seen)
+
+
+def test_failure_then_retry_then_success(events: pgtide.Events) -> None:
+    attempts: list[int] = []
+
+    @events.handler("flaky", retries=5)
+    def flaky(event: pgtide.Event) -> str:
+        attempts.append(event.attempt)
+        if event.attempt < 3:
+            raise ConnectionError(f"try {event.attempt} failed")
+        return "ok"
+
+    id_ = events.publish("flaky", {"n": 1})
+    events.start(concurrency=1)
+    rec = wait_for(lambda: (r := events.get(id_)) and r.state == "done" and r, what="done")
+    events.stop()
+    assert attempts == [1, 2, 3]
+    assert rec.attempts == 3
+    assert rec.result == "ok"
+    assert "ConnectionError: try 2 failed" in rec.error  # the last failure is kept
+
+
+def test_retries_exhausted_go_dead_with_traceback(events: pgtide.Events) -> None:
+    calls: list[int] = []
+
+    @events.handler("doomed", retries=2)
+    def doomed(event: pgtide.Event) -> None:
+        calls.append(event.attempt)
+        raise ValueError(f"bad order {event.payload['order']}")
+
+    id_ = events.publish("doomed", {"order": 7})
+    events.start(concurrency=1)
+    rec = wait_for(lambda: (r := events.get(id_)) and r.state == "dead" and r, what="dead")
+    events.stop()
+    assert calls == [1, 2, 3]
+    assert rec.attempts == 3
+    assert "Traceback (most recent call last)" in rec.error
+    assert "ValueError: bad order 7" in rec.error
+    assert events.status()["dead"] == 1
+    # a dead event can be sent round again by hand
+    assert events.retry(id_)
+    assert events.get(id_).state == "pending"  # type: ignore[union-attr]
+    assert not events.retry(10**9)
+
+
+def test_failure_waits_for_its_backoff(dsn: str) -> None:
+    events = pgtide.Events(dsn, poll_interval=0.05, retry_delay=0.6, max_retry_delay=0.6)
+    times: list[float] = []
+
+    @events.handler("slow_retry", retries=1)
+    def once_failing(event: pgtide.Event) -> None:
+        times.append(time.monotonic())
+        if event.attempt == 1:
+            raise RuntimeError("first")
+
+    id_ = events.publish("slow_retry")
+    events.start(concurrency=1)
+    wait_for(lambda: events.get(id_).state == "done", what="done")  # type: ignore[union-attr]
+    events.close()
+    assert times[1] - times[0] >= 0.3  # jittered between half and all of 0.6 s
+
+
+def test_unknown_name_is_kept_and_visible(events: pgtide.Events, dsn: str) -> None:
+    @events.handler("known")
+    def known(event: pgtide.Event) -> None:
+        return None
+
+    lost = events.publish("nobody_handles_me", {"x": 1})
+    events.publish("known")
+    events.start(concurrency=2)
+    wait_for(lambda: events.status()["done"] == 1, what="known done")
+    status = events.status()
+    assert status["pending"] == 1
+    assert status["unhandled"] == 1
+    assert events.unhandled() == {"nobody_handles_me": 1}
+    rec = events.get(lost)
+    assert rec is not None and rec.state == "pending" and rec.attempts == 0
+    events.stop()
+    # a worker that does handle it picks it up later
+    later = pgtide.Events(dsn, poll_interval=0.05)
+    later.register("nobody_handles_me", lambda e: e.payload)
+    later.start(concurrency=1)
+    wait_for(lambda: later.get(lost).state == "done", what="late handler")  # type: ignore[union-attr]
+    assert later.get(lost).result == {"x": 1}  # type: ignore[union-attr]
+    later.close()
+
+
+def test_publish_in_rolled_back_transaction_leaves_nothing(events: pgtide.Events, dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:  # not autocommit: one transaction
+        events.publish("order_created", {"order": 1}, conn=conn)
+        events.publish_many("order_created", [{"order": 2}, {"order": 3}], conn=conn)
+        assert count(dsn, "SELECT count(*) FROM pgtide.events") == 0  # not yet visible
+        conn.rollback()
+    assert count(dsn, "SELECT count(*) FROM pgtide.events") == 0
+    with psycopg.connect(dsn) as conn:
+        events.publish("order_created", {"order": 4}, conn=conn)
+        conn.commit()
+    assert count(dsn, "SELECT count(*) FROM pgtide.events") == 1
+
+
+def test_publish_many_keeps_order_and_returns_ids(events: pgtide.Events, dsn: str) -> None:
+    ids = events.publish_many("batch", [{"n": n} for n in range(500)])
+    assert ids == sorted(ids) and len(set(ids)) == 500
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT payload->>'n' FROM pgtide.events ORDER BY id").fetchall()
+    assert [int(r[0]) for r in rows] == list(range(500))
+    assert events.publish_many("batch", []) == []
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        ({"when": object()}, "object is not JSON serializable"),
+        ({"ratio": float("nan")}, "Out of range float values"),
+        ({1, 2}, "set is not JSON serializable"),
+    ],
+)
+def test_bad_payloads_are_refused_clearly(
+    events: pgtide.Events, dsn: str, payload: Any, fragment: str
+) -> None:
+    with pytest.raises(pgtide.EventPayloadError) as info:
+        events.publish("order_created", payload)
+    message = str(info.value)
+    assert "payload of event 'order_created' is not JSON-serialisable" in message
+    assert fragment in message
+    assert isinstance(info.value, TypeError) and isinstance(info.value, pgtide.PgtideError)
+    with pytest.raises(pgtide.EventPayloadError, match="payload #1 of event 'many'"):
+        events.publish_many("many", [{"ok": 1}, {"bad": object()}])
+    assert count(dsn, "SELECT count(*) FROM pgtide.events") == 0
+
+
+def test_bad_names_and_options_are_refused(events: pgtide.Events) -> None:
+    with pytest.raises(pgtide.ConfigError, match="bad event name ''"):
+        events.publish("", {})
+    with pytest.raises(pgtide.ConfigError, match="timezone-aware"):
+        from datetime import datetime
+
+        events.publish("x", run_at=datetime(2030, 1, 1))
+    with pytest.raises(pgtide.ConfigError, match="retries"):
+        events.register("x", lambda e: None, retries=-1)
+    with pytest.raises(pgtide.ConfigError, match="no handlers registered"):
+        events.run()
+
+
+def test_unserialisable_result_is_a_failure(events: pgtide.Events) -> None:
+    @events.handler("returns_junk", retries=0)
+    def junk(event: pgtide.Event) -> object:
+        return object()
+
+    id_ = events.publish("returns_junk")
+    events.start(concurrency=1)
+    rec = wait_for(lambda: (r := events.get(id_)) and r.state == "dead" and r, what="dead")
+    assert "result of 'returns_junk' is not JSON-serialisable" in rec.error
+
+
+def test_run_at_delays_an_event(events: pgtide.Events) -> None:
+    from datetime import timedelta
+
+    ran: list[float] = []
+    events.register("later", lambda e: ran.append(time.monotonic()))
+    began = time.monotonic()
+    id_ = events.publish("later", run_at=timedelta(seconds=0.7))
+    events.start(concurrency=1)
+    wait_for(lambda: events.get(id_).state == "done", what="done")  # type: ignore[union-attr]
+    assert ran[0] - began >= 0.6
+
+
+def test_slow_live_handler_is_not_stolen(dsn: str) -> None:
+    """A handler that outlives its lease keeps it (heartbeat); another worker never runs it."""
+    runs: list[str] = []
+    first = pgtide.Events(dsn, lease=0.6, poll_interval=0.05)
+    second = pgtide.Events(dsn, lease=0.6, poll_interval=0.05)
+    started = threading.Event()
+
+    def slow(event: pgtide.Event) -> str:
+        runs.append("first")
+        started.set()
+        time.sleep(2.5)
+        return "finished"
+
+    first.register("slow", slow, timeout=None)
+    second.register("slow", lambda e: runs.append("second"))
+    id_ = first.publish("slow")
+    first.start(concurrency=1)
+    assert started.wait(10)
+    second.start(concurrency=1)
+    wait_for(lambda: first.get(id_).state == "done", what="done")  # type: ignore[union-attr]
+    rec = first.get(id_)
+    first.close()
+    second.close()
+    assert runs == ["first"]
+    assert rec is not None and rec.attempts == 1 and rec.result == "finished"
+
+
+def test_graceful_stop_finishes_running_and_releases_the_rest(dsn: str) -> None:
+    events = pgtide.Events(dsn, poll_interval=0.05, batch_size=20)
+    started = threading.Semaphore(0)
+    release = threading.Event()
+
+    @events.handler("work")
+    def work(event: pgtide.Event) -> int:
+        started.release()
+        release.wait(10)
+        return int(event.payload)
+
+    ids = events.publish_many("work", list(range(10)))
+    events.start(concurrency=2)
+    assert started.acquire(timeout=10) and started.acquire(timeout=10)
+    stopper = threading.Thread(target=events.stop)
+    stopper.start()
+    time.sleep(0.2)  # stop() must wait for the two running handlers
+    assert stopper.is_alive()
+    release.set()
+    stopper.join(10)
+    assert not stopper.is_alive()
+    recs = {r.id: r for r in events.recent(limit=20)}
+    done = [i for i in ids if recs[i].state == "done"]
+    assert len(done) == 2
+    assert all(recs[i].result == ids.index(i) for i in done)
+    rest = [recs[i] for i in ids if i not in done]
+    assert all(r.state == "pending" and r.attempts == 0 for r in rest)
+    with psycopg.connect(dsn) as conn:
+        held = conn.execute("SELECT count(*) FROM pgtide.events WHERE lease_owner IS NOT NULL")
+        assert held.fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM pgtide.event_workers").fetchone() == (0,)
+    events.close()
+
+
+def test_stop_timeout_bounds_a_handler_that_does_not_finish(dsn: str) -> None:
+    events = pgtide.Events(dsn, poll_interval=0.05, lease=1.0)
+    started = threading.Event()
+    forever = threading.Event()
+
+    def stuck(event: pgtide.Event) -> None:
+        started.set()
+        forever.wait(30)
+
+    events.register("stuck", stuck, timeout=None)
+    id_ = events.publish("stuck")
+    events.start(concurrency=1, stop_timeout=0.3)
+    assert started.wait(10)
+    began = time.monotonic()
+    events.stop()
+    assert time.monotonic() - began < 3
+    # the event is still held by the abandoned handler's lease; once it expires, it runs again
+    rescuer = pgtide.Events(dsn, poll_interval=0.05)
+    rescuer.register("stuck", lambda e: "rescued")
+    rescuer.start(concurrency=1)
+    wait_for(lambda: rescuer.get(id_).state == "done", what="re-run")  # type: ignore[union-attr]
+    assert rescuer.get(id_).attempts == 2  # type: ignore[union-attr]
+    rescuer.close()
+    forever.set()
+    events.close()
+
+
+def test_keyed_events_run_one_at_a_time_in_order(dsn: str) -> None:
+    """Across two workers, events of one key never overlap and run in publish order."""
+    events = pgtide.Events(dsn, poll_interval=0.05)
+    log: list[tuple[str, int, str]] = []
+    lock = threading.Lock()
+    active: dict[str, int] = {}
+    overlaps: list[str] = []
+
+    @events.handler("step")
+    def step(event: pgtide.Event) -> None:
+        key = event.key or ""
+        with lock:
+            active[key] = active.get(key, 0) + 1
+            if active[key] > 1:
+                overlaps.append(key)
+            log.append((key, event.payload, "start"))
+        time.sleep(0.002)
+        with lock:
+            active[key] -= 1
+
+    for n in range(25):
+        events.publish("step", n, key="alpha")
+        events.publish("step", n, key="beta")
+    events.publish_many("step", list(range(25)), key="gamma")
+    other = pgtide.Events(dsn, poll_interval=0.05)  # a second worker on the same keys
+    other.register("step", step)
+    events.start(concurrency=8)
+    other.start(concurrency=8)
+    wait_for(lambda: events.status()["done"] == 75, what="all done")
+    events.close()
+    other.close()
+    assert overlaps == []
+    for key in ("alpha", "beta", "gamma"):
+        assert [n for k, n, _ in log if k == key] == list(range(25))
+
+
+def test_keyed_event_waits_for_a_failing_predecessor(dsn: str) -> None:
+    events = pgtide.Events(dsn, poll_interval=0.05, retry_delay=0.05, max_retry_delay=0.1)
+    order: list[int] = []
+
+    @events.handler("k", retries=3)
+    def handler(event: pgtide.Event) -> None:
+        order.append(event.payload)
+        if event.payload == 0 and event.attempt < 3:
+            raise RuntimeError("not yet")
+
+    events.publish_many("k", [0, 1, 2], key="account-1")
+    events.start(concurrency=4)
+    wait_for(lambda: events.status()["done"] == 3, what="all done")
+    events.close()
+    assert order == [0, 0, 0, 1, 2]
+
+
+def test_per_handler_concurrency_limit(dsn: str) -> None:
+    events = pgtide.Events(dsn, poll_interval=0.05)
+    lock = threading.Lock()
+    now = [0]
+    peak = [0]
+
+    @events.handler("limited", concurrency=2)
+    def limited(event: pgtide.Event) -> None:
+        with lock:
+            now[0] += 1
+            peak[0] = max(peak[0], now[0])
+        time.sleep(0.02)
+        with lock:
+            now[0] -= 1
+
+    events.publish_many("limited", list(range(30)))
+    events.start(concurrency=8)
+    wait_for(lambda: events.status()["done"] == 30, what="all done")
+    events.close()
+    assert peak[0] == 2
+
+
+def test_async_handler_and_timeout_under_blocking_face(dsn: str) -> None:
+    import asyncio
+
+    events = pgtide.Events(dsn, poll_interval=0.05, retry_delay=0.01)
+
+    @events.handler("async_ok")
+    async def ok(event: pgtide.Event) -> dict[str, Any]:
+        await asyncio.sleep(0.01)
+        return {"doubled": event.payload * 2}
+
+    @events.handler("too_slow", retries=0, timeout=0.2)
+    async def too_slow(event: pgtide.Event) -> None:
+        await asyncio.sleep(5)
+
+    good = events.publish("async_ok", 21)
+    bad = events.publish("too_slow")
+    events.start(concurrency=2)
+    wait_for(lambda: events.get(good).state == "done", what="done")  # type: ignore[union-attr]
+    wait_for(lambda: events.get(bad).state == "dead", what="dead")  # type: ignore[union-attr]
+    assert events.get(good).result == {"doubled": 42}  # type: ignore[union-attr]
+    assert "TimeoutError" in events.get(bad).error  # type: ignore[union-attr,operator]
+    events.close()
+
+
+def test_structured_log_line_per_event(events: pgtide.Events, caplog: Any) -> None:
+    events.register("logged", lambda e: None)
+    id_ = events.publish("logged")
+    with caplog.at_level("INFO", logger="pgtide.events"):
+        events.start(concurrency=1)
+        wait_for(lambda: events.get(id_).state == "done", what="done")  # type: ignore[union-attr]
+        events.stop()
+    lines = [r for r in caplog.records if getattr(r, "event_id", None) == id_]
+    assert len(lines) == 1
+    line = lines[0]
+    assert (line.event_name, line.attempt, line.outcome) == ("logged", 1, "done")  # type: ignore[attr-defined]
+    assert line.duration_ms >= 0  # type: ignore[attr-defined]
+    assert f"name=logged id={id_} attempt=1 outcome=done" in line.getMessage()
+
+
+def test_poll_only_mode(dsn: str) -> None:
+    events = pgtide.Events(dsn, poll_interval=0.05, listen=False)
+    events.register("p", lambda e: e.payload)
+    events.start(concurrency=1)
+    id_ = events.publish("p", "polled")
+    wait_for(lambda: events.get(id_).state == "done", what="done")  # type: ignore[union-attr]
+    events.close()
+
+
+def test_notify_wakes_an_idle_worker_at_once(dsn: str) -> None:
+    """With a 30 s poll interval, only the NOTIFY of the insert can wake the worker in time."""
+    events = pgtide.Events(dsn, poll_interval=30.0)
+    events.register("ping", lambda e: None)
+    events.start(concurrency=1)
+    time.sleep(0.2)  # let the first (empty) claim pass, so the worker is idle and waiting
+    began = time.monotonic()
+    id_ = events.publish("ping")
+    wait_for(lambda: events.get(id_).state == "done", timeout=5, what="done")  # type: ignore[union-attr]
+    assert time.monotonic() - began < 2
+    with psycopg.connect(dsn) as conn:  # the wake-up reuses the Listen core's connection
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+            "'pgtide-events-listen' AND datname = current_database()"
+        ).fetchone()
+    assert row == (1,)
+    events.close()
+
+
+def test_notify_wakes_a_worker_on_your_own_table(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE jobs (id bigserial, name text)")
+    events = pgtide.Events(dsn, table="jobs", channel="jobs-channel", poll_interval=30.0)
+    events.register("ping", lambda e: e.source_id)
+    events.start(concurrency=1)
+    time.sleep(0.2)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO jobs (name) VALUES ('ping')")
+        conn.execute("SELECT pg_notify('jobs-channel', '1')")  # the id: only that row is read
+    wait_for(lambda: events.status()["done"] == 1, timeout=5, what="the notified row")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        # payloads notified died on (empty, not an integer) are wake-ups here: a whole scan
+        conn.execute("INSERT INTO jobs (name) VALUES ('ping'), ('ping')")
+        conn.execute("SELECT pg_notify('jobs-channel', ''), pg_notify('jobs-channel', 'x y')")
+    wait_for(lambda: events.status()["done"] == 3, timeout=5, what="the scanned rows")
+    events.close()
+
+
+def test_one_worker_handles_a_burst_in_id_order_and_stops_fast(dsn: str) -> None:
+    """notified ran a transaction's events newest first and took 5 s to shut down."""
+    events = pgtide.Events(dsn, poll_interval=0.05, batch_size=50)
+    order: list[int] = []
+    events.register("burst", lambda e: order.append(e.payload))
+    events.start(concurrency=1)
+    with psycopg.connect(dsn) as conn:  # one transaction, many events
+        events.publish_many("burst", list(range(500)), conn=conn)
+        conn.commit()
+    wait_for(lambda: len(order) == 500, what="the burst")
+    began = time.monotonic()
+    events.stop()
+    assert time.monotonic() - began < 1.0
+    assert order == list(range(500))
+    events.close()
+
+
+def test_a_handler_calling_sys_exit_is_a_failed_attempt(events: pgtide.Events) -> None:
+    import sys
+
+    def bail(event: pgtide.Event) -> str:
+        if event.attempt == 1:
+            sys.exit(3)
+        return "second time lucky"
+
+    events.register("bail", bail, retries=1)
+    id_ = events.publish("bail")
+    events.start(concurrency=1)
+    wait_for(lambda: events.get(id_).state == "done", what="done")  # type: ignore[union-attr]
+    rec = events.get(id_)
+    assert rec is not None and rec.attempts == 2 and "SystemExit: 3" in (rec.error or "")
+
+
+def test_purge_deletes_only_old_finished_events(events: pgtide.Events, dsn: str) -> None:
+    from datetime import timedelta
+
+    events.register("p", lambda e: None)
+    events.register("d", lambda e: 1 / 0, retries=0)
+    done, dead = events.publish("p"), events.publish("d")
+    waiting = events.publish("nobody")
+    events.start(concurrency=1)
+    wait_for(lambda: events.status()["dead"] == 1 and events.status()["done"] == 1, what="ran")
+    events.stop()
+    assert events.purge(timedelta(hours=1)) == 0  # nothing that old
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE pgtide.events SET finished_at = now() - interval '2 hours'")
+    assert events.purge(timedelta(hours=1)) == 1
+    assert events.get(done) is None and events.get(dead) is not None
+    assert events.purge(timedelta(hours=1), dead=True) == 1
+    assert events.get(waiting) is not None  # never a waiting event
+    with pytest.raises(pgtide.ConfigError, match="own events table"):
+        pgtide.Events(dsn, table="anything").purge(timedelta(0))

@@ -1,0 +1,165 @@
+"""``pgtide events work|publish|ls|retry`` and the events section of ``pgtide status``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+from events_helpers import wait_for
+from pgtide_testing import CliRunner
+
+import pgtide
+
+APP = """
+import pgtide
+
+events = pgtide.Events(poll_interval=0.05)
+
+
+@events.handler("greet")
+def greet(event):
+    return {"hello": event.payload["who"]}
+
+
+@events.handler("explode", retries=0)
+def explode(event):
+    raise RuntimeError("kaboom")
+"""
+
+
+def test_publish_ls_retry_and_status(cli: CliRunner, dsn: str) -> None:
+    env = {"PGTIDE_DSN": dsn}
+    out = cli("events", "publish", "greet", '{"who": "ada"}', env=env)
+    assert out.returncode == 0, out.stderr
+    published = json.loads(out.stdout)  # piped: JSON lines
+    assert published["name"] == "greet" and published["payload"] == {"who": "ada"}
+    out = cli("events", "publish", "note", "plain words", "--key", "k1", env=env)
+    assert json.loads(out.stdout)["payload"] == "plain words"
+
+    out = cli("events", "ls", "--state", "pending", env=env)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["name"] for r in rows] == ["note", "greet"]
+    assert rows[0]["key"] == "k1"
+
+    out = cli("events", "ls", "--state", "sleeping", env=env)
+    assert out.returncode == 1
+    assert "unknown event state 'sleeping'" in out.stderr and len(out.stderr.splitlines()) == 1
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE pgtide.events SET state = 'dead' WHERE id = %s", (published["id"],))
+    out = cli("events", "retry", str(published["id"]), env=env)
+    assert out.returncode == 0, out.stderr
+    assert pgtide.Events(dsn).get(published["id"]).state == "pending"  # type: ignore[union-attr]
+    out = cli("events", "retry", "999999", env=env)
+    assert out.returncode == 1 and "no done, failed or dead event with id 999999" in out.stderr
+
+    out = cli("status", "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    section = json.loads(out.stdout)["events"]
+    assert section == [
+        {
+            "table": "pgtide.events",
+            "pending": 2,
+            "running": 0,
+            "done": 0,
+            "failed": 0,
+            "dead": 0,
+            "unhandled": 2,
+            "workers": 0,
+        }
+    ]
+
+
+def test_work_runs_the_app_and_stops_on_ctrl_c(tmp_path: Path, dsn: str) -> None:
+    (tmp_path / "myapp").mkdir()
+    (tmp_path / "myapp" / "__init__.py").write_text("")
+    (tmp_path / "myapp" / "tasks.py").write_text(APP)
+    events = pgtide.Events(dsn)
+    ok = events.publish("greet", {"who": "grace"})
+    bad = events.publish("explode")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "pgtide", "events", "work", "myapp.tasks:events", "-c", "2"],
+        cwd=tmp_path,
+        env={**os.environ, "PGTIDE_DSN": dsn},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: events.get(ok).state == "done", what="greet done")  # type: ignore[union-attr]
+        wait_for(lambda: events.get(bad).state == "dead", what="explode dead")  # type: ignore[union-attr]
+    finally:
+        worker.send_signal(signal.SIGINT)
+        _, err = worker.communicate(timeout=20)
+    assert worker.returncode == 0, err
+    assert events.get(ok).result == {"hello": "grace"}  # type: ignore[union-attr]
+    assert f"event name=greet id={ok} attempt=1 outcome=done" in err
+    assert f"event name=explode id={bad} attempt=1 outcome=dead" in err
+    assert "stopped" in err
+    events.close()
+
+
+def test_work_with_a_bad_target_is_one_clear_line(cli: CliRunner, dsn: str, tmp_path: Path) -> None:
+    out = cli("events", "work", "no_such_module:events", env={"PGTIDE_DSN": dsn})
+    assert out.returncode == 1
+    assert "cannot import module 'no_such_module'" in out.stderr
+    (tmp_path / "notevents.py").write_text("events = 42\n")
+    out = cli("events", "work", "notevents:events", env={"PGTIDE_DSN": dsn})
+    assert out.returncode == 1
+    assert "notevents:events is a int, not a pgtide.Events" in out.stderr
+    out = cli("events", "work", "notevents", env={"PGTIDE_DSN": dsn})
+    assert "name the object as module:attribute" in out.stderr
+
+
+ASYNC_APP = """
+import pgtide.aio
+
+events = pgtide.aio.Events(poll_interval=0.05)
+
+
+@events.handler("greet")
+async def greet(event):
+    return {"hello": event.payload}
+"""
+
+
+def test_work_runs_an_asyncio_app(tmp_path: Path, dsn: str) -> None:
+    (tmp_path / "asyncapp.py").write_text(ASYNC_APP)
+    events = pgtide.Events(dsn)
+    ok = events.publish("greet", "linus")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "pgtide", "events", "work", "asyncapp:events"],
+        cwd=tmp_path,
+        env={**os.environ, "PGTIDE_DSN": dsn},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: events.get(ok).state == "done", what="greet done")  # type: ignore[union-attr]
+    finally:
+        worker.send_signal(signal.SIGINT)
+        _, err = worker.communicate(timeout=20)
+    assert worker.returncode == 0, err
+    assert events.get(ok).result == {"hello": "linus"}  # type: ignore[union-attr]
+    assert "stopped" in err
+    events.close()
+
+
+def test_purge_command(cli: CliRunner, dsn: str) -> None:
+    events = pgtide.Events(dsn)
+    events.publish("x")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE pgtide.events SET state = 'done', finished_at = now() - interval '8 days'"
+        )
+    out = cli("events", "purge", "--older-than", "7d", env={"PGTIDE_DSN": dsn})
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"deleted": 1}
+    out = cli("events", "purge", "--older-than", "soon", env={"PGTIDE_DSN": dsn})
+    assert out.returncode == 1 and "bad duration 'soon'" in out.stderr
+    events.close()

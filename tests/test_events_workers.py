@@ -1,0 +1,132 @@
+"""Many worker processes over one table; a SIGKILLed worker's events run again elsewhere."""
+
+from __future__ import annotations
+
+import pgtide_testing
+import psycopg
+from events_helpers import RUNS_TABLE, blocking_worker, count, recording_worker, wait_for
+
+import pgtide
+
+
+def _setup(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(RUNS_TABLE)
+
+
+def test_two_processes_one_killed_midway_every_event_done_never_twice_at_once(
+    dsn: str, killable: pgtide_testing.Killable
+) -> None:
+    _setup(dsn)
+    total = 2000
+    pgtide.Events(dsn).publish_many("job", [{"n": n} for n in range(total)])
+    victim = killable.start(recording_worker, dsn, "A", 4, 1.0, 0.002)
+    killable.start(recording_worker, dsn, "B", 4, 1.0, 0.002)
+    done = "SELECT count(*) FROM pgtide.events WHERE state = 'done'"
+    wait_for(lambda: count(dsn, done) >= total // 4, timeout=40, what="a quarter done")
+    assert count(dsn, "SELECT count(*) FROM handler_runs WHERE worker = 'A'") > 0
+    killable.kill(victim)
+    # A's unfinished runs end with the process (the unique index then lets a re-run begin).
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE handler_runs SET ended = clock_timestamp() WHERE worker = 'A' AND ended IS NULL"
+        )
+    wait_for(lambda: count(dsn, done) == total, timeout=45, what="every event done")
+
+    with psycopg.connect(dsn) as conn:
+        states = dict(
+            conn.execute("SELECT state, count(*) FROM pgtide.events GROUP BY 1").fetchall()
+        )
+        assert states == {"done": total}
+        # every event ran, and finished, at least once
+        unran = conn.execute(
+            "SELECT count(*) FROM pgtide.events e WHERE NOT EXISTS "
+            "(SELECT 1 FROM handler_runs r WHERE r.event_id = e.id)"
+        ).fetchone()
+        assert unran == (0,)
+        # no two runs of one event overlap in time (the unique index also refused any such
+        # start while the test ran: a refused start is a failed attempt, and none failed)
+        overlapping = conn.execute(
+            """SELECT count(*) FROM handler_runs a JOIN handler_runs b
+               ON a.event_id = b.event_id AND a.ctid < b.ctid
+               AND tstzrange(a.began, a.ended) && tstzrange(b.began, b.ended)"""
+        ).fetchone()
+        assert overlapping == (0,)
+        errors = conn.execute("SELECT count(*) FROM pgtide.events WHERE error IS NOT NULL")
+        assert errors.fetchone() == (0,)
+        # the killed worker's in-flight events were re-run by B
+        rerun = conn.execute(
+            "SELECT count(*) FROM pgtide.events WHERE attempts > 1 AND result->>'worker' = 'B'"
+        ).fetchone()
+        assert rerun is not None and rerun[0] > 0
+        by_worker = dict(
+            conn.execute("SELECT result->>'worker', count(*) FROM pgtide.events GROUP BY 1")
+        )
+        assert set(by_worker) == {"A", "B"}
+
+
+def test_lease_expiry_reruns_a_killed_workers_event(
+    dsn: str, killable: pgtide_testing.Killable
+) -> None:
+    _setup(dsn)
+    events = pgtide.Events(dsn, poll_interval=0.05)
+    id_ = events.publish("stuck", {"order": 9})
+    doomed = killable.start(blocking_worker, dsn, 1.0)
+    wait_for(
+        lambda: count(dsn, "SELECT count(*) FROM handler_runs WHERE worker = 'doomed'"),
+        what="the doomed worker to start the handler",
+    )
+    held = events.get(id_)
+    assert held is not None and held.state == "running"
+    killable.kill(doomed)
+    events.register("stuck", lambda e: {"rescued": e.payload["order"]})
+    events.start(concurrency=1)
+    wait_for(lambda: events.get(id_).state == "done", what="re-run")  # type: ignore[union-attr]
+    rec = events.get(id_)
+    events.close()
+    assert rec is not None
+    assert rec.attempts == 2
+    assert rec.result == {"rescued": 9}
+
+
+def test_worker_survives_a_server_restart(restartable: pgtide_testing.RestartableServer) -> None:
+    """The worker reconnects with backoff; events published after the restart are handled."""
+    pgtide.install(restartable.dsn)
+    events = pgtide.Events(restartable.dsn, poll_interval=0.1)
+    handled: list[int] = []
+    events.register("tick", lambda e: handled.append(e.payload))
+    events.start(concurrency=2)
+    events.publish_many("tick", [1, 2, 3])
+    wait_for(lambda: len(handled) == 3, what="first three")
+    restartable.restart()
+    publisher = pgtide.Events(restartable.dsn)
+    publisher.publish_many("tick", [4, 5, 6])
+    wait_for(lambda: sorted(set(handled)) == [1, 2, 3, 4, 5, 6], timeout=30, what="after restart")
+    wait_for(lambda: publisher.status()["done"] == 6, timeout=30, what="recorded done")
+    events.close()
+    publisher.close()
+
+
+def test_competing_workers_never_claim_the_same_event(dsn: str) -> None:
+    """Four workers claiming tiny batches at once: with no crash, each event runs once."""
+    import threading
+
+    runs: list[tuple[int, int]] = []
+    lock = threading.Lock()
+
+    def record(event: pgtide.Event) -> None:
+        with lock:
+            runs.append((event.id, event.attempt))
+
+    publisher = pgtide.Events(dsn)
+    ids = publisher.publish_many("contended", list(range(600)))
+    workers = [pgtide.Events(dsn, batch_size=2, poll_interval=0.01) for _ in range(4)]
+    for worker in workers:
+        worker.register("contended", record)
+    for worker in workers:
+        worker.start(concurrency=2)
+    wait_for(lambda: publisher.status()["done"] == 600, timeout=40, what="all done")
+    for worker in workers:
+        worker.close()
+    publisher.close()
+    assert sorted(runs) == [(i, 1) for i in ids]
