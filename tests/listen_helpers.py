@@ -47,10 +47,11 @@ class Collector:
 
 
 def listener_backends(dsn: str) -> list[int]:
-    """Backend pids of pgtide listener connections on the server."""
+    """Backend pids of pgtide listener connections to the database of ``dsn``."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgtide-listen'"
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE application_name = 'pgtide-listen' AND datname = current_database()"
         ).fetchall()
     return [r[0] for r in rows]
 

@@ -132,3 +132,16 @@ def test_async_unreachable_database(bare_dsn: str) -> None:
                 pass
 
     asyncio.run(main())
+
+
+def test_async_concurrent_starts_open_one_connection(dsn: str) -> None:
+    async def main() -> None:
+        listener = pgtide.aio.Listener(dsn)
+        await listener.subscribe("x", print)
+        await asyncio.gather(*(listener.start() for _ in range(5)))
+        assert len(listener_backends(dsn)) == 1
+        assert len(pgtide_threads()) == 1  # the connection thread; callbacks run on the loop
+        await listener.stop()
+
+    asyncio.run(main())
+    assert not pgtide_threads()

@@ -56,7 +56,7 @@ def test_literal_codec_rejects_what_python_does_not_parse() -> None:
 def test_text_codec_is_identity_and_unknown_codec_is_a_clear_error() -> None:
     assert codecs.decoder("text") is None
     assert codecs.decoder(str.upper) is str.upper
-    with pytest.raises(ValueError, match="use 'json', 'text', 'literal'"):
+    with pytest.raises(pgtide.ConfigError, match="use 'json', 'text', 'literal'"):
         codecs.decoder("yaml")  # type: ignore[arg-type]
 
 

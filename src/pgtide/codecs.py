@@ -13,6 +13,8 @@ import json
 from collections.abc import Callable
 from typing import Any, Literal, TypeAlias
 
+from .errors import ConfigError, InvalidPayload
+
 CodecName: TypeAlias = Literal["json", "text", "literal"]
 Decoder: TypeAlias = Callable[[str], Any]
 Codec: TypeAlias = CodecName | Decoder
@@ -50,7 +52,7 @@ def decoder(codec: Codec) -> Decoder | None:
         return codec
     if isinstance(codec, str) and codec in _NAMED:
         return _NAMED[codec]
-    raise ValueError(
+    raise ConfigError(
         f"unknown codec {codec!r}; use 'json', 'text', 'literal' or a function of one str"
     )
 
@@ -62,8 +64,6 @@ def encode(payload: Any) -> str:
     try:
         return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
-        from .errors import InvalidPayload
-
         raise InvalidPayload(
             f"cannot encode a payload of type {type(payload).__name__} as JSON ({exc}); "
             "pass a str or a JSON-serialisable value"

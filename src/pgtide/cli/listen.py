@@ -14,7 +14,7 @@ from rich.text import Text
 
 from ..codecs import CodecName
 from ..connect import resolve
-from ..listen import APPLICATION_NAME, Listener, Notification
+from ..listen import Listener, Notification
 from ..notify import notify as send
 from ..notify import prepare
 from ._common import DsnOption, JsonOption, console, emit_json, err_console, wants_json
@@ -101,22 +101,21 @@ def notify(
 
 
 LISTENERS_SQL = (
-    "SELECT pid, coalesce(client_addr::text, 'local'), backend_start, state"
-    " FROM pg_stat_activity WHERE application_name = %s AND datname = current_database()"
+    "SELECT pid, application_name, coalesce(client_addr::text, 'local'), backend_start, state"
+    " FROM pg_stat_activity"
+    " WHERE application_name LIKE 'pgtide%listen%' AND datname = current_database()"
     " ORDER BY backend_start"
 )
+"""Listener connections: ``pgtide-listen`` and the features' own (``pgtide-events-listen``)."""
 
 
 def status_section(conn: psycopg.Connection[Any]) -> Section | None:
-    """``pgtide status``: the listener connections on this database (None when there are none)."""
-    rows = conn.execute(LISTENERS_SQL, (APPLICATION_NAME,)).fetchall()
+    """``pgtide status``: the listeners of this database (NOTIFY does not cross databases)."""
+    rows = conn.execute(LISTENERS_SQL).fetchall()
     if not rows:
         return None
     return Section(
         "listeners",
-        ["backend pid", "client", "connected since", "state"],
-        [
-            [pid, client, since.isoformat(timespec="seconds"), state]
-            for pid, client, since, state in rows
-        ],
+        ["backend pid", "application", "client", "connected since", "state"],
+        [[pid, app, addr, at.isoformat(timespec="seconds"), st] for pid, app, addr, at, st in rows],
     )

@@ -64,6 +64,7 @@ class Listener:
         self._stopped: asyncio.Event | None = None
         self._serial = itertools.count(1)
         self._iterators: set[asyncio.Queue[Any]] = set()
+        self._starting = asyncio.Lock()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -77,10 +78,13 @@ class Listener:
 
     async def start(self) -> None:
         """Connect, LISTEN on every active channel, and dispatch in a task on this loop."""
-        if self._core.running:
-            return
-        loop = asyncio.get_running_loop()
-        await asyncio.to_thread(self._core.open)
+        async with self._starting:
+            if self._core.running:
+                return
+            await asyncio.to_thread(self._core.open)
+            self._begin_dispatch(asyncio.get_running_loop())
+
+    def _begin_dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
         wake = asyncio.Event()
         self._stopped = asyncio.Event()
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import codecs
 from ..connect import Resolved, resolve
+from ..errors import ConfigError
 from ._notification import Notification
 from ._queue import BatchQueue, Item, Marker, WhenFull
 from ._receiver import Receiver
@@ -52,7 +53,9 @@ class ListenerCore:
         application_name: str,
     ) -> None:
         if probe_interval <= 0 or probe_timeout <= 0:
-            raise ValueError("probe_interval and probe_timeout must be positive numbers of seconds")
+            raise ConfigError(
+                "probe_interval and probe_timeout must be positive numbers of seconds"
+            )
         if on_reconnect is not None and not callable(on_reconnect):
             raise TypeError("on_reconnect must be a callable taking no arguments")
         self._dsn = dsn

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal, TypeAlias
 
+from ..errors import ConfigError
+
 logger = logging.getLogger("pgtide.listen")
 
 WhenFull: TypeAlias = Literal["block", "drop_oldest", "drop_newest"]
@@ -50,9 +52,9 @@ class BatchQueue:
 
     def __init__(self, maxsize: int, when_full: WhenFull) -> None:
         if maxsize < 1:
-            raise ValueError(f"queue_size must be at least 1, got {maxsize}")
+            raise ConfigError(f"queue_size must be at least 1, got {maxsize}")
         if when_full not in POLICIES:
-            raise ValueError(f"when_full must be one of {', '.join(POLICIES)}; got {when_full!r}")
+            raise ConfigError(f"when_full must be one of {', '.join(POLICIES)}; got {when_full!r}")
         self.maxsize = maxsize
         self.when_full = when_full
         self._items: deque[Item] = deque()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import queue
@@ -278,6 +279,11 @@ class NotificationIterator(Iterator[Notification]):
 
     def _end(self) -> None:
         self._items.put(_END)
+
+    def __del__(self) -> None:
+        # an iterator dropped before its end stops collecting (unsubscribing never blocks)
+        with contextlib.suppress(Exception):
+            self.close()
 
     def close(self) -> None:
         """Unsubscribe; the iteration ends."""
