@@ -8,6 +8,7 @@ every object it created, whatever happened.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import time
@@ -49,6 +50,7 @@ class Result:
     settled: bool
     features: dict[str, dict[str, Any]] = field(default_factory=dict)
     cleaned_up: bool = False
+    cleanup_errors: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -67,6 +69,7 @@ class Result:
             "orders": self.orders,
             "settled": self.settled,
             "cleaned_up": self.cleaned_up,
+            "cleanup_errors": self.cleanup_errors,
             "features": self.features,
         }
 
@@ -90,6 +93,8 @@ class Tour:
         return [p.line() for p in self.parts]
 
     def run(self) -> Result:
+        """Start the stages, run the shop, wait for them to catch up, stop and clean up
+        (also when interrupted); the result says whether everything checked out."""
         began = time.monotonic()
         schema.install(self.shop.db)
         settled = False
@@ -99,13 +104,14 @@ class Tour:
             for part in self.parts:
                 started.append(part)
                 part.start()
-            self._shop(began)
+            self._shop(time.monotonic())
             settled = self._settle()
         finally:
             for part in reversed(started):
-                part.stop()
+                with contextlib.suppress(Exception):  # a stage that fails to stop shows as not ok
+                    part.stop()
             features = {p.feature: p.summary() for p in self.parts}
-            cleaned = self._cleanup(started)
+            errors = self._cleanup(started)
         return Result(
             database=self.shop.db.target,
             source=self.shop.db.source,
@@ -113,7 +119,8 @@ class Tour:
             orders=self.orders,
             settled=settled,
             features=features,
-            cleaned_up=cleaned,
+            cleaned_up=not errors and not self.shop.folder.exists(),
+            cleanup_errors=errors,
         )
 
     def _create_orders(self) -> None:
@@ -150,17 +157,17 @@ class Tour:
             time.sleep(0.1)
         return False
 
-    def _cleanup(self, started: list[Part]) -> bool:
-        """Remove the stages' objects, the orders table and the folder; True when all went."""
-        clean = True
+    def _cleanup(self, started: list[Part]) -> list[str]:
+        """Remove the stages' objects, the orders table and the folder; return what failed."""
+        errors = []
         with connect(self.shop.db) as conn:
             for part in reversed(started):
                 try:
                     part.cleanup(conn)
-                except Exception:
-                    clean = False
+                except Exception as exc:  # reported in the summary; the rest still goes
+                    errors.append(f"{part.feature}: {type(exc).__name__}: {exc}")
             conn.execute(
                 sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(self.shop.orders))
             )
         shutil.rmtree(self.shop.folder, ignore_errors=True)
-        return clean and not self.shop.folder.exists()
+        return errors
