@@ -118,7 +118,7 @@ def _entry(prefix: str, name: str, obj: Any) -> list[str]:
     lines += [_md(inspect.getdoc(obj) or ""), ""]
     if kind == "class":
         for member_name, member in _members(obj):
-            doc = _md(member_doc(obj, member_name, member))
+            doc = _md(member_doc(obj, member_name, member)).replace("\n", "\n  ")
             if isinstance(member, property):
                 lines.append(f"- `.{member_name}` (property): {doc}")
             else:
@@ -140,6 +140,7 @@ def render() -> str:
             out += _entry(prefix, name, obj)
     text = "\n".join(out)
     text = re.sub(r"\n{3,}", "\n\n", text)
+    text = re.sub(r"[ \t]+\n", "\n", text)
     return text.rstrip() + "\n"
 
 
