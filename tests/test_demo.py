@@ -16,31 +16,24 @@ from pgtide_testing import CliRunner
 
 from pgtide.cli.demo._tour import PARTS
 
-FEATURES = [p.feature for p in PARTS]
+FEATURES = ["listen", "follow", "events", "ingest"]
 LEFTOVERS = {
     "tables": "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'pgtide\\_demo\\_%'",
     "offsets": "SELECT count(*) FROM pgtide.file_offsets WHERE watcher LIKE 'pgtide-demo-%'",
     "rejects": "SELECT count(*) FROM pgtide.rejects WHERE watcher LIKE 'pgtide-demo-%'",
-}
-OPTIONAL_LEFTOVERS = {
     "events": "SELECT count(*) FROM pgtide.events WHERE name LIKE 'demo-%'",
     "changes": "SELECT count(*) FROM pgtide.changes WHERE table_name LIKE '%pgtide_demo_%'",
     "consumers": "SELECT count(*) FROM pgtide.consumers WHERE name LIKE 'pgtide-demo-%'",
+    "tracked": "SELECT count(*) FROM pgtide.tracked WHERE table_name LIKE '%pgtide_demo_%'",
+    "workers": "SELECT count(*) FROM pgtide.event_workers"
+    " WHERE EXISTS (SELECT 1 FROM unnest(names) AS n WHERE n LIKE 'demo-%')",
 }
+NOTHING_LEFT = dict.fromkeys(LEFTOVERS, 0)
 
 
 def _leftovers(dsn: str) -> dict[str, int]:
-    found = {}
     with psycopg.connect(dsn, autocommit=True) as conn:
-        queries = dict(LEFTOVERS)
-        for name, query in OPTIONAL_LEFTOVERS.items():
-            table = query.split("FROM ")[1].split()[0]
-            if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone() != (None,):
-                queries[name] = query
-        for name, query in queries.items():
-            row = conn.execute(query).fetchone()
-            found[name] = int(row[0]) if row else -1
-    return found
+        return {name: conn.execute(q).fetchone()[0] for name, q in LEFTOVERS.items()}  # type: ignore[index]
 
 
 def test_demo_json_shows_every_feature_at_work(cli: CliRunner, dsn: str) -> None:
@@ -51,21 +44,19 @@ def test_demo_json_shows_every_feature_at_work(cli: CliRunner, dsn: str) -> None
     assert summary["orders"] >= 40  # 20 orders a second for 3 s, give or take the start
     features = summary["features"]
     assert list(features) == FEATURES and all(f["ok"] for f in features.values())
+    assert [p.feature for p in PARTS] == FEATURES
     ingest = features["ingest"]
     assert ingest["rows_landed"] > 0 and ingest["rejected"] == 1
     assert ingest["rows_landed"] + ingest["rejected"] == ingest["lines_written"]
-    if "listen" in features:
-        assert features["listen"]["received"] == features["listen"]["sent"] == summary["orders"]
-    if "follow" in features:
-        follow = features["follow"]
-        assert follow["changes"] == follow["inserts"] == summary["orders"]
-        assert follow["latest_order"] == summary["orders"]
-    if "events" in features:
-        events = features["events"]
-        assert events["done"] == events["published"] == 2 * summary["orders"]
-        assert events["failed_attempts"] >= 1
-        assert events["retried_then_done"] == events["failed_attempts"]
-    assert _leftovers(dsn) == dict.fromkeys(_leftovers(dsn), 0)
+    assert features["listen"]["received"] == features["listen"]["sent"] == summary["orders"]
+    follow = features["follow"]
+    assert follow["changes"] == follow["inserts"] == summary["orders"]
+    assert follow["latest_order"] == summary["orders"] and follow["lag_p50_ms"] > 0
+    events = features["events"]
+    assert events["done"] == events["published"] == 2 * summary["orders"]
+    assert events["failed_attempts"] >= 1
+    assert events["retried_then_done"] == events["failed_attempts"]
+    assert _leftovers(dsn) == NOTHING_LEFT
 
 
 def test_demo_on_a_terminal_fits_80_columns(tmp_path: Path, dsn: str) -> None:
@@ -106,7 +97,7 @@ def test_demo_interrupted_removes_what_it_created(tmp_path: Path, dsn: str) -> N
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err
-    assert _leftovers(dsn) == dict.fromkeys(_leftovers(dsn), 0)
+    assert _leftovers(dsn) == NOTHING_LEFT
 
 
 def _busy(dsn: str) -> bool:
