@@ -236,6 +236,18 @@ async def aconnect(
         raise _failure(resolved, exc) from None
 
 
+def backoff_delay(attempt: int, initial: float, maximum: float, factor: float = 2.0) -> float:
+    """The delay before retry number ``attempt`` (0 first): exponential, capped, with jitter.
+
+    Half the ceiling is fixed and half is random, so that many clients that failed together
+    do not retry together. The one backoff rule of pgtide (reconnects, event retries).
+    """
+    ceiling = maximum
+    if attempt < 64:  # beyond that any factor > 1 has long passed the maximum
+        ceiling = min(maximum, initial * factor ** max(0, attempt))
+    return random.uniform(ceiling / 2, ceiling)
+
+
 @dataclass
 class Backoff:
     """Exponential backoff with full jitter, for reconnect loops.
@@ -249,9 +261,9 @@ class Backoff:
     attempt: int = 0
 
     def next(self) -> float:
-        ceiling = min(self.maximum, self.initial * self.factor**self.attempt)
+        delay = backoff_delay(self.attempt, self.initial, self.maximum, self.factor)
         self.attempt += 1
-        return random.uniform(ceiling / 2, ceiling)
+        return delay
 
     def reset(self) -> None:
         self.attempt = 0

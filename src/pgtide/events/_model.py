@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
-import random
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ..connect import backoff_delay
 from ..errors import ConfigError, EventPayloadError
 
 STATES = ("pending", "running", "done", "failed", "dead")
@@ -89,7 +88,4 @@ def to_json(value: Any, what: str) -> str:
 
 def retry_delay(attempt: int, base: float, maximum: float) -> float:
     """Seconds to wait after failed attempt ``attempt``: exponential, with full jitter."""
-    ceiling = min(maximum, base * 2 ** max(0, attempt - 1))
-    if math.isinf(ceiling):
-        ceiling = maximum
-    return random.uniform(ceiling / 2, ceiling)
+    return backoff_delay(attempt - 1, base, maximum)
