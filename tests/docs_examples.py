@@ -34,3 +34,32 @@ def run_examples(page: Path) -> int:
         compiled = compile(code, f"{page.name}:{line}", "exec")
         exec(compiled, namespace)
     return len(blocks)
+
+
+_CONSOLE = re.compile(r"^```console[ \t]+test[ \t]*\n(?P<body>.*?)^```", re.M | re.S)
+
+
+def console_examples(page: Path) -> list[tuple[int, str, list[str]]]:
+    """The blocks fenced as ```console test: (line number, command, expected output lines).
+
+    A command is a line starting with ``$ ``; the lines up to the next command are its
+    expected output, where ``...`` stands for anything (comments after `` # `` are dropped
+    from commands).
+    """
+    text = page.read_text(encoding="utf-8")
+    found: list[tuple[int, str, list[str]]] = []
+    for match in _CONSOLE.finditer(text):
+        first = text.count("\n", 0, match.start()) + 2
+        for offset, line in enumerate(match["body"].splitlines()):
+            if line.startswith("$ "):
+                command = re.sub(r"\s+#\s.*$", "", line[2:]).strip()
+                found.append((first + offset, command, []))
+            elif found and line.strip():
+                found[-1][2].append(line)
+    return found
+
+
+def matches(expected: str, output: str) -> bool:
+    """Whether the expected line (``...`` = anything) appears in the output."""
+    pattern = ".*?".join(re.escape(part) for part in expected.split("..."))
+    return re.search(pattern, output) is not None

@@ -56,13 +56,6 @@ def test_install_and_db_status_on_embedded(cli: CliRunner, dsn: str) -> None:
     assert set(status) == {"running", "pid", "home", "dsn"}
 
 
-def test_demo_runs(cli: CliRunner, dsn: str) -> None:
-    done = cli("demo", "--dsn", dsn, "--json")
-    assert done.returncode == 0, done.stderr
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["ok"] is True
-
-
 def test_bad_dsn_is_a_config_error(cli: CliRunner) -> None:
     done = cli("install", "--dsn", "host=x password=hunter2 junk")
     assert done.returncode == 1

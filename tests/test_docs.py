@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from docs_examples import DOCS, ROOT, examples, run_examples
+from docs_examples import DOCS, ROOT, console_examples, examples, matches, run_examples
 
 PAGES = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
 
@@ -17,3 +20,29 @@ def test_examples_run(page: Path, dsn: str, monkeypatch: pytest.MonkeyPatch) -> 
     if not examples(page):
         return  # a page without Python examples has nothing to run
     assert run_examples(page) > 0
+
+
+CONSOLE = [(page, *example) for page in PAGES for example in console_examples(page)]
+
+
+@pytest.mark.parametrize(
+    ("page", "line", "command", "expected"),
+    CONSOLE,
+    ids=[f"{page.name}:{line}" for page, line, _, _ in CONSOLE],
+)
+def test_console_examples_run(
+    page: Path, line: int, command: str, expected: list[str], dsn: str, tmp_path: Path
+) -> None:
+    """Blocks fenced as ```console test: each `$ pgtide ...` runs and prints what is shown;
+    one whose output shows `pgtide: error` must fail."""
+    bin_dir = str(Path(sys.executable).parent)  # where the `pgtide` command is installed
+    env = {**os.environ, "PGTIDE_DSN": dsn, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env["COLUMNS"] = "100"
+    done = subprocess.run(
+        command, shell=True, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60
+    )
+    output = done.stdout + done.stderr
+    should_fail = any(e.startswith("pgtide: error") for e in expected)
+    assert (done.returncode != 0) is should_fail, f"{page.name}:{line}: {command}\n{output}"
+    for want in expected:
+        assert matches(want, output), f"{page.name}:{line}: {want!r} not in\n{output}"

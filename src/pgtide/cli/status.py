@@ -46,7 +46,8 @@ def _database(conn: psycopg.Connection[Any]) -> Section:
 
 def _listeners(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgtide%listen%'"
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE application_name LIKE 'pgtide%listen%' AND datname = current_database()"
     ).fetchone()
     return int(row[0]) if row else 0
 
@@ -100,30 +101,38 @@ def _render(target: str, sections: list[Section]) -> Group:
     return Group(*parts)
 
 
+def _as_json(sections: list[Section]) -> dict[str, list[dict[str, Any]]]:
+    return {s.title: [dict(zip(s.columns, row, strict=True)) for row in s.rows] for s in sections}
+
+
 def status(
     dsn: DsnOption = None,
     as_json: JsonOption = False,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh live until Ctrl-C.")] = False,
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 1.0,
+    interval: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between refreshes with --watch.")
+    ] = 1.0,
 ) -> None:
-    """Consumers and their lag, events by state, ingested files, listener connections."""
+    """Consumers and their lag, events by state, ingested files, listener connections.
+
+    With ``--watch`` the screen refreshes every ``--interval`` seconds until Ctrl-C (with
+    ``--json``, one JSON document a refresh).
+    """
     chosen = resolve(dsn)
-    with connect(chosen) as conn:
-        if as_json:
-            emit_json(
-                {
-                    s.title: [dict(zip(s.columns, row, strict=True)) for row in s.rows]
-                    for s in collect(conn)
-                }
-            )
-            return
-        if not watch:
-            console.print(_render(chosen.target, collect(conn)))
-            return
-        try:
+    try:
+        with connect(chosen) as conn:
+            if as_json:
+                emit_json(_as_json(collect(conn)))
+                while watch:
+                    time.sleep(interval)
+                    emit_json(_as_json(collect(conn)))
+                return
+            if not watch:
+                console.print(_render(chosen.target, collect(conn)))
+                return
             with Live(_render(chosen.target, collect(conn)), console=console) as live:
                 while True:
                     time.sleep(interval)
                     live.update(_render(chosen.target, collect(conn)))
-        except KeyboardInterrupt:
-            return
+    except KeyboardInterrupt:
+        return

@@ -92,6 +92,7 @@ class Feed:
 
     @property
     def consumer(self) -> str:
+        """The consumer's name, under which its position is saved."""
         return self._config.consumer
 
     # -- connections ------------------------------------------------------------------------

@@ -41,12 +41,15 @@ class FileWatcher:
         return await asyncio.to_thread(self._watcher.catch_up)
 
     async def start(self) -> None:
+        """Run in a background thread; connection and target errors are raised here."""
         await asyncio.to_thread(self._watcher.start)
 
     async def stop(self, timeout: float | None = 30.0) -> None:
+        """Stop after the current batch; re-raise what stopped the watcher, if anything."""
         await asyncio.to_thread(self._watcher.stop, timeout)
 
     def status(self) -> WatcherStatus:
+        """Files, offsets, rows written and rejects (as :meth:`pgtide.FileWatcher.status`)."""
         return self._watcher.status()
 
     async def __aenter__(self) -> FileWatcher:

@@ -1,0 +1,107 @@
+"""Follow stage: the orders table is tracked; a Feed consumer reads its changes with their lag."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from ... import Feed, latest, track, untrack
+from ...connect import connect
+from ._part import Line, Meter, Part
+
+FORGET_CHANGES = "DELETE FROM pgtide.changes WHERE table_name = %s"
+
+
+class FollowPart(Part):
+    feature = "follow"
+    doing = "table changes -> feed"
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.written = 0
+        self.changes = Meter()
+        self.lags_ms: list[float] = []
+        self.table = ""
+        self.newest: dict[str, Any] | None = None
+        self.error = ""
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._feed: Feed | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def consumer(self) -> str:
+        return f"pgtide-demo-{self.shop.tag}"
+
+    def start(self) -> None:
+        with connect(self.shop.db) as conn:  # the name pgtide.changes records the table by
+            row = conn.execute("SELECT current_schema()").fetchone()
+        self.table = f"{row[0] if row else 'public'}.{self.shop.orders}"
+        track(self.shop.orders, dsn=self.shop.db)
+        self._feed = Feed(self.consumer, [self.shop.orders], dsn=self.shop.db)
+        self._thread = threading.Thread(target=self._follow, name="demo-follow", daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        assert self._feed is not None
+        try:
+            while not self._stop.is_set():
+                for batch in self._feed.batches(timeout=0.3):
+                    now = datetime.now(UTC)
+                    with self._lock:
+                        for change in batch:
+                            self.lags_ms.append((now - change.at).total_seconds() * 1000)
+                    batch.ack()
+                    self.changes.add(len(batch))
+                    if self._stop.is_set():
+                        break
+        except Exception as exc:  # shown in the summary; the tour goes on
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def write(self, conn: psycopg.Connection[Any], tick: int) -> None:
+        self.written += 1  # the shop's INSERT itself is the change
+
+    def settled(self) -> bool:
+        return self.changes.count >= self.written or bool(self.error)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._feed is not None:
+            self._feed.close()
+        if self.written and not self.error:
+            self.newest = latest(self.shop.orders, dsn=self.shop.db)
+
+    def _lag(self) -> float:
+        with self._lock:
+            return statistics.median(self.lags_ms[-200:]) if self.lags_ms else 0.0
+
+    def line(self) -> Line:
+        detail = f"lag {self._lag():.0f} ms, {self.written - self.changes.count} behind"
+        return Line(self.feature, self.doing, self.changes.count, self.changes.rate(), detail)
+
+    def summary(self) -> dict[str, Any]:
+        seen = self.changes.count
+        newest = self.newest or {}
+        text = f"{seen} of {self.written} changes, lag p50 {self._lag():.0f} ms"
+        return {
+            "inserts": self.written,
+            "changes": seen,
+            "lag_p50_ms": round(self._lag(), 2),
+            "latest_order": newest.get("id"),
+            "error": self.error,
+            "ok": seen == self.written and seen > 0 and not self.error,
+            "text": self.error or text,
+        }
+
+    def cleanup(self, conn: psycopg.Connection[Any]) -> None:
+        if self._feed is not None:
+            self._feed.drop()
+        untrack(self.shop.orders, conn=conn)
+        if self.table:
+            conn.execute(FORGET_CHANGES, (self.table,))

@@ -1,0 +1,71 @@
+"""Listen stage: every order also sends a NOTIFY; a Listener hears it and measures how soon."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from typing import Any
+
+import psycopg
+
+from ... import Listener, Notification, notify
+from ._part import Line, Meter, Part
+
+
+class ListenPart(Part):
+    feature = "listen"
+    doing = "NOTIFY -> callback"
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.sent = 0
+        self.heard = Meter()
+        self.latencies_ms: list[float] = []
+        self._lock = threading.Lock()
+        self._listener: Listener | None = None
+
+    def start(self) -> None:
+        self._listener = Listener(self.shop.db)
+        self._listener.start()
+        self._listener.subscribe(self.shop.channel, self._on_note)
+
+    def _on_note(self, note: Notification) -> None:
+        payload = note.payload if isinstance(note.payload, dict) else {}
+        sent = payload.get("sent")
+        if isinstance(sent, float):
+            with self._lock:
+                self.latencies_ms.append((note.received_at.timestamp() - sent) * 1000)
+        self.heard.add()
+
+    def write(self, conn: psycopg.Connection[Any], tick: int) -> None:
+        notify(self.shop.channel, {"order": tick, "sent": time.time()}, conn=conn)
+        self.sent += 1
+
+    def settled(self) -> bool:
+        return self.heard.count >= self.sent
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
+
+    def _p50(self) -> float:
+        with self._lock:
+            return statistics.median(self.latencies_ms) if self.latencies_ms else 0.0
+
+    def line(self) -> Line:
+        detail = f"{self.sent} sent, p50 {self._p50():.1f} ms"
+        return Line(self.feature, self.doing, self.heard.count, self.heard.rate(), detail)
+
+    def summary(self) -> dict[str, Any]:
+        heard = self.heard.count
+        return {
+            "sent": self.sent,
+            "received": heard,
+            "latency_p50_ms": round(self._p50(), 2),
+            "ok": heard == self.sent and heard > 0,
+            "text": f"{heard} of {self.sent} heard, p50 {self._p50():.1f} ms after commit",
+        }
+
+    def cleanup(self, conn: psycopg.Connection[Any]) -> None:
+        """Nothing to remove: NOTIFY leaves no trace, and the listener's connection is closed."""
