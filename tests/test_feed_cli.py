@@ -29,7 +29,7 @@ def test_track_follow_prune_status(dsn: str, cli: CliRunner) -> None:
     assert replay.stdout == ""
     status = cli("status", "--json", "--dsn", dsn)
     sections = json.loads(status.stdout)
-    feed = next(v for k, v in sections.items() if k.startswith("feed"))
+    feed = sections["consumers"]
     assert {row["consumer"]: row["pending changes"] for row in feed} == {"cli": 0, "other": 0}
     pruned = cli("prune", "--json", "--dsn", dsn)
     assert json.loads(pruned.stdout) == {"deleted": 3}

@@ -171,19 +171,18 @@ def consumers_drop(
         console.print(f"dropped consumer {name}" if dropped else f"no consumer named {name}")
 
 
-def status_section(conn: psycopg.Connection[Any]) -> Section | None:
-    """``pgtide status``: consumers and their lag, and the size of pgtide.changes."""
-    from ..feed.retention import size
+def _feed_installed(conn: psycopg.Connection[Any]) -> bool:
+    exists = conn.execute("SELECT to_regclass('pgtide.consumers') IS NOT NULL").fetchone()
+    return bool(exists and exists[0])
+
+
+def consumers_section(conn: psycopg.Connection[Any]) -> Section | None:
+    """``pgtide status``: the feed's consumers and their lag."""
     from .status import Section
 
-    exists = conn.execute("SELECT to_regclass('pgtide.consumers') IS NOT NULL").fetchone()
-    if not exists or not exists[0]:
+    if not _feed_installed(conn):
         return None
-    rows, bytes_, oldest = size(conn)
-    section = Section(
-        f"feed: pgtide.changes holds {rows} changes ({bytes_ // 1024} kB), oldest {oldest or '-'}",
-        ["consumer", "pending changes", "acked at", "tables"],
-    )
+    section = Section("consumers", ["consumer", "pending changes", "acked at", "tables"])
     for c in _consumers(conn=conn):
         section.rows.append(
             [c["name"], c["pending"], c["acked_at"], ", ".join(c["tables"] or ["all"])]
@@ -191,3 +190,14 @@ def status_section(conn: psycopg.Connection[Any]) -> Section | None:
     if not section.rows:
         section.rows.append(["(none)", "", "", ""])
     return section
+
+
+def changes_section(conn: psycopg.Connection[Any]) -> Section | None:
+    """``pgtide status``: the size of pgtide.changes, which prune keeps in check."""
+    from ..feed.retention import size
+    from .status import Section
+
+    if not _feed_installed(conn):
+        return None
+    rows, bytes_, oldest = size(conn)
+    return Section("changes", ["rows", "kB", "oldest"], [[rows, bytes_ // 1024, oldest or "-"]])

@@ -21,7 +21,7 @@ from rich.text import Text
 from .. import schema
 from ..connect import connect, resolve
 from ._common import DsnOption, JsonOption, console, emit_json
-from .feed import status_section as _feed_section
+from .feed import changes_section, consumers_section
 
 
 @dataclass
@@ -58,17 +58,10 @@ def _listen(conn: psycopg.Connection[Any]) -> Section | None:
     return status_section(conn)
 
 
-SECTIONS: list[SectionFn] = [_database, _listen]
-SECTIONS.append(_feed_section)  # follow: consumers, their lag, pgtide.changes
-
-
 def _events(conn: psycopg.Connection[Any]) -> Section | None:
     from .events import status_section
 
     return status_section(conn)
-
-
-SECTIONS.append(_events)
 
 
 def _ingested_files(conn: psycopg.Connection[Any]) -> Section | None:
@@ -81,7 +74,14 @@ def _ingested_files(conn: psycopg.Connection[Any]) -> Section | None:
     return Section("ingested files", columns, [list(r) for r in rows])
 
 
-SECTIONS.append(_ingested_files)
+SECTIONS: list[SectionFn] = [
+    _database,
+    _listen,
+    consumers_section,
+    changes_section,
+    _events,
+    _ingested_files,
+]
 
 
 def collect(conn: psycopg.Connection[Any]) -> list[Section]:
@@ -93,8 +93,8 @@ def _render(target: str, sections: list[Section]) -> Group:
     parts: list[Any] = [Text(f"pgtide status on {target}", style="bold")]
     for section in sections:
         table = Table(title=section.title, title_justify="left")
-        for column in section.columns:
-            table.add_column(column, overflow="fold")
+        for i, column in enumerate(section.columns):
+            table.add_column(column, overflow="fold", no_wrap=i == 0)
         for row in section.rows:
             table.add_row(*(str(v) for v in row))
         parts.append(table)
