@@ -1,5 +1,7 @@
 # Every target installs what it needs into .venv first, so a fresh clone needs only Python 3.11+.
 PYTHON ?= python3
+# Tests mostly wait on the database: two workers halve the suite's time on two cores.
+TEST_WORKERS ?= 2
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -17,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/pgtide demo
 
 test: $(STAMP)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
