@@ -99,3 +99,34 @@ def test_every_error_derives_from_pgtide_error() -> None:
     errors = [v for v in vars(pgtide).values() if isinstance(v, type) and issubclass(v, Exception)]
     assert errors and all(issubclass(e, pgtide.PgtideError) for e in errors)
     assert issubclass(pgtide.PayloadTooLarge, ValueError)
+
+
+SECRET_DSN = "postgresql://app:hunter2-secret@127.0.0.1:1/shop"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda tmp: pgtide.Listener(SECRET_DSN),
+        lambda tmp: pgtide.aio.Listener(SECRET_DSN),
+        lambda tmp: pgtide.Feed("indexer", dsn=SECRET_DSN),
+        lambda tmp: pgtide.aio.Feed("indexer", dsn=SECRET_DSN),
+        lambda tmp: pgtide.Events(SECRET_DSN),
+        lambda tmp: pgtide.aio.Events(SECRET_DSN),
+        lambda tmp: pgtide.FileWatcher(tmp, table="t", columns=["a"], dsn=SECRET_DSN),
+        lambda tmp: pgtide.aio.FileWatcher(tmp, table="t", columns=["a"], dsn=SECRET_DSN),
+    ],
+    ids=[
+        "Listener",
+        "aio.Listener",
+        "Feed",
+        "aio.Feed",
+        "Events",
+        "aio.Events",
+        "FileWatcher",
+        "aio.FileWatcher",
+    ],
+)
+def test_no_password_in_reprs(make: Callable[[Any], object], tmp_path: Any) -> None:
+    obj = make(tmp_path)
+    assert "hunter2-secret" not in repr(obj) and "hunter2-secret" not in str(obj)
