@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import time
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -23,6 +29,32 @@ class Figure:
     baseline: str | None = None
     higher_is_better: bool = True
     note: str = ""
+
+
+@contextlib.contextmanager
+def scratch_database(dsn: str, prefix: str = "pgtide_bench") -> Iterator[str]:
+    """A fresh database on the same server for one suite, dropped afterwards: a benchmark
+    never touches the user's own tables, events or changes."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield make_conninfo(dsn, dbname=name)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.001) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass; return whether it held."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
 
 
 def rate(count: int, seconds: float) -> float:

@@ -9,21 +9,18 @@ references are notified (seed 003: one thread per event, trigger-fed table) and 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
 import pgtide
 
-from ._harness import Figure, percentiles, rate
+from ._harness import Figure, percentiles, rate, scratch_database, wait_until
 
 SUITE = "events"
 BACKLOG = 20_000
@@ -32,27 +29,9 @@ LATENCY_SAMPLES = 200
 NOTIFIED_EVENTS = 2_000
 
 
-@contextlib.contextmanager
-def _database(dsn: str) -> Iterator[str]:
-    """A scratch database on the same server (never the user's own events)."""
-    name = f"pgtide_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_conninfo(dsn, dbname=name)
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-
-
 def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not happen within {timeout} s")
-        time.sleep(0.001)
+    if not wait_until(condition, timeout):
+        raise TimeoutError(f"{what} did not happen within {timeout} s")
 
 
 def _pgtide_throughput(dsn: str, concurrency: int) -> float:
@@ -213,7 +192,7 @@ def _pgqueuer(dsn: str) -> tuple[float, dict[int, float]]:
 
 def run(dsn: str) -> list[Figure]:
     figures: list[Figure] = []
-    with _database(dsn) as db:
+    with scratch_database(dsn) as db:
         pgtide.install(db)
         for concurrency in (1, 8, 32):
             figures.append(
@@ -231,7 +210,7 @@ def run(dsn: str) -> list[Figure]:
         latency = _pgtide_latency(db)
     references: dict[str, Any] = {}
     for label, measure in (("notified", _notified), ("pgqueuer", _pgqueuer)):
-        with _database(dsn) as db:
+        with scratch_database(dsn) as db:
             try:
                 references[label] = measure(db)
             except Exception as exc:  # reported as such, never faked

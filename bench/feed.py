@@ -13,17 +13,15 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 import pgtide
 
-from ._harness import Figure, best_of, percentiles, rate
+from ._harness import Figure, best_of, percentiles, rate, scratch_database
 
 SUITE = "feed"
 
@@ -43,18 +41,6 @@ NEWT_POLL = (
     "SELECT id, row FROM pgtide.changes WHERE id > %s AND table_name = 'public.race' "
     "ORDER BY id LIMIT 1000"
 )
-
-
-@contextmanager
-def _scratch(dsn: str) -> Iterator[str]:
-    name = f"pgtide_bench_feed_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_conninfo(dsn, dbname=name)
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def _prepare(dsn: str) -> None:
@@ -382,7 +368,7 @@ def _read_rate(dsn: str) -> list[Figure]:
 
 
 def run(dsn: str) -> list[Figure]:
-    with _scratch(dsn) as db:
+    with scratch_database(dsn, "pgtide_bench_feed") as db:
         _prepare(db)
         figures = _capture(db)
         figures.append(_end_to_end(db))

@@ -29,7 +29,7 @@ from psycopg.conninfo import conninfo_to_dict
 import pgtide
 import pgtide.aio
 
-from ._harness import Figure, percentiles, rate
+from ._harness import Figure, percentiles, rate, wait_until
 
 SUITE = "listen"
 COUNT = 100_000
@@ -206,9 +206,13 @@ def _latency(dsn: str, listen: Callable[[Callable[[int], None]], Any]) -> list[f
 
 
 def _wait(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    wait_until(condition, timeout, interval=0.01)  # late or lost messages show in the samples
+
+
+async def _await(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition() and time.monotonic() < deadline:
-        time.sleep(0.01)
+        await asyncio.sleep(0.01)
 
 
 def _lat_raw(dsn: str) -> Callable[[Callable[[int], None]], Any]:
@@ -247,9 +251,7 @@ def _lat_pgtide_async(dsn: str) -> Callable[[Callable[[int], None]], Any]:
                 async with pgtide.aio.Listener(dsn) as listener:
                     await listener.subscribe(CHANNEL, lambda note: on_index(note.payload))
                     go()
-                    deadline = time.monotonic() + 30
-                    while not finished() and time.monotonic() < deadline:
-                        await asyncio.sleep(0.01)
+                    await _await(finished)
 
             asyncio.run(main())
 
@@ -270,9 +272,7 @@ def _lat_asyncpg(dsn: str) -> Callable[[Callable[[int], None]], Any]:
                         CHANNEL, lambda c, pid, ch, payload: on_index(json.loads(payload))
                     )
                     go()
-                    deadline = time.monotonic() + 30
-                    while not finished() and time.monotonic() < deadline:
-                        await asyncio.sleep(0.01)
+                    await _await(finished)
                 finally:
                     await conn.close()
 
