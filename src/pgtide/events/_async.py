@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 
 from .. import schema
+from .._blocking import run_in_thread
 from ..connect import aconnect, connect
 from . import _sql
 from ._core import LIVE_WINDOW, EventRecord, EventsBase, record
@@ -106,13 +107,7 @@ class Events(EventsBase):
     ) -> None:
         """Run a worker until :meth:`stop` or cancellation, then stop gracefully."""
         worker = await self._new_worker(concurrency, poll_interval, stop_timeout)
-        thread = asyncio.ensure_future(asyncio.to_thread(worker.run))
-        try:
-            await asyncio.shield(thread)
-        except asyncio.CancelledError:
-            worker.stop()
-            await thread
-            raise
+        await run_in_thread(worker.run, worker.stop)
 
     async def start(
         self,

@@ -11,6 +11,7 @@ import asyncio
 from types import TracebackType
 from typing import Any
 
+from .._blocking import run_in_thread
 from ._core import WatcherStatus
 from .watcher import FileWatcher as _Blocking
 
@@ -28,13 +29,7 @@ class FileWatcher:
 
     async def run(self) -> None:
         """Land lines as they are written until :meth:`stop` or cancellation."""
-        work = asyncio.ensure_future(asyncio.to_thread(self._watcher.run))
-        try:
-            await asyncio.shield(work)
-        except asyncio.CancelledError:
-            self._watcher._engine.stop_event.set()
-            await asyncio.wait([work])
-            raise
+        await run_in_thread(self._watcher.run, self._watcher._engine.stop_event.set)
 
     async def catch_up(self) -> int:
         """Land every complete line there is now; return the number of rows landed."""
