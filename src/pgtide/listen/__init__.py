@@ -4,11 +4,10 @@ One core (``_core``: registry, bounded queue, connection thread, delivery) and t
 :class:`Listener` (blocking, here) and :class:`pgtide.aio.Listener` (asyncio, ``_async``).
 """
 
+from ..channel import Notification, WhenFull
 from ._async import AsyncNotificationIterator
 from ._async import Listener as AsyncListener
 from ._core import APPLICATION_NAME
-from ._notification import Notification
-from ._queue import WhenFull
 from ._sync import Listener, NotificationIterator
 
 __all__ = [

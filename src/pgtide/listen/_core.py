@@ -15,13 +15,19 @@ from inspect import isawaitable
 from typing import Any
 
 from .. import codecs
+from ..channel import (
+    BatchQueue,
+    Item,
+    Marker,
+    Notification,
+    Receiver,
+    Registry,
+    Stats,
+    Subscriber,
+    WhenFull,
+)
 from ..connect import Resolved, resolve
 from ..errors import ConfigError
-from ._notification import Notification
-from ._queue import BatchQueue, Item, Marker, WhenFull
-from ._receiver import Receiver
-from ._registry import Registry, Subscriber
-from ._stats import Stats
 
 logger = logging.getLogger("pgtide.listen")
 

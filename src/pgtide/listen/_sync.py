@@ -14,11 +14,9 @@ from types import TracebackType
 from typing import Any
 
 from .. import codecs
+from ..channel import Callback, Notification, WhenFull
 from ..connect import Resolved
 from ._core import APPLICATION_NAME, IN_DISPATCH, ListenerCore, iter_id
-from ._notification import Notification
-from ._queue import WhenFull
-from ._registry import Callback
 
 logger = logging.getLogger("pgtide.listen")
 

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import conninfo as _conninfo
@@ -34,11 +34,11 @@ from psycopg import pq, sql
 
 from ..connect import Backoff, Resolved, connect
 from ..errors import PgtideError
-from ._queue import RECONNECTED, BatchQueue, Item, Marker
+from ._queue import RECONNECTED, Batch, Item, Marker
 from ._registry import Registry
 from ._stats import Stats
 
-logger = logging.getLogger("pgtide.listen")
+logger = logging.getLogger("pgtide.channel")
 
 KEEPALIVES = {
     "keepalives": "1",
@@ -51,6 +51,16 @@ KEEPALIVES = {
 
 PROBE_SQL = b"SELECT 1"
 _POLLIN = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
+
+
+class Sink(Protocol):
+    """Where the receiver hands what it reads: a listener's queue, or a waker."""
+
+    def offer(self, batch: Batch) -> Batch | None: ...
+
+    def put_marker(self, marker: Marker) -> None: ...
+
+    def set_on_room(self, on_room: Callable[[], None] | None) -> None: ...
 
 
 class _Dead(Exception):
@@ -72,7 +82,7 @@ class Receiver:
         self,
         resolved: Resolved,
         registry: Registry,
-        queue: BatchQueue,
+        queue: Sink,
         stats: Stats,
         *,
         application_name: str,

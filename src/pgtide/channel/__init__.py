@@ -1,0 +1,32 @@
+"""The LISTEN channel: one connection that LISTENs live, and the waker features sleep on.
+
+A shared mechanism below the features. :class:`Receiver` owns one connection (live
+LISTEN/UNLISTEN, keepalive and probe, reconnect with backoff) and hands what it reads to a
+sink: the listener's bounded :class:`BatchQueue`, or a :class:`Waker`, which the feed, events
+and ingest use to sleep until a NOTIFY, a deadline or a poll interval.
+"""
+
+from ._notification import Notification
+from ._queue import RECONNECTED, Batch, BatchQueue, Item, Marker, WhenFull
+from ._receiver import Receiver, Sink
+from ._registry import Callback, Registry, Subscriber
+from ._stats import Stats
+from ._waker import Signal, Waker
+
+__all__ = [
+    "RECONNECTED",
+    "Batch",
+    "BatchQueue",
+    "Callback",
+    "Item",
+    "Marker",
+    "Notification",
+    "Receiver",
+    "Registry",
+    "Signal",
+    "Sink",
+    "Stats",
+    "Subscriber",
+    "Waker",
+    "WhenFull",
+]
