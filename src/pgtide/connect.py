@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import psycopg
 from psycopg import conninfo as _conninfo
@@ -67,13 +67,18 @@ def _scrub(message: str, secrets: tuple[str, ...]) -> str:
 class Resolved:
     """A database chosen by :func:`resolve`: the DSN and the source that chose it.
 
-    Its ``repr`` and ``str`` never show the password.
+    The connection string is parsed once, here; its ``repr`` and ``str`` never show the
+    password.
     """
 
     dsn: str
     source: str
     detail: str = ""
     params: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.params and self.dsn:
+            object.__setattr__(self, "params", _parse(self.dsn, self.source))
 
     @property
     def masked(self) -> str:
@@ -85,7 +90,7 @@ class Resolved:
     @property
     def target(self) -> str:
         """Where the connection goes, as ``host:port/dbname`` (or a socket directory)."""
-        p = dict(self.params) or _parse(self.dsn, self.source)
+        p = self.params
         host = p.get("host") or p.get("hostaddr") or "localhost"
         port = p.get("port") or "5432"
         db = p.get("dbname") or p.get("user") or ""
@@ -94,8 +99,7 @@ class Resolved:
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        p = dict(self.params) or _parse(self.dsn, self.source)
-        return tuple(s for s in (p.get("password", ""),) if s)
+        return tuple(s for s in (self.params.get("password", ""),) if s)
 
     def describe(self) -> str:
         """One line for people: the masked DSN and where it came from."""
@@ -144,7 +148,15 @@ def _from_env_file(path: Path) -> Resolved | None:
     return None
 
 
-def resolve(dsn: str | Resolved | None = None, *, start_embedded: bool = True) -> Resolved:
+DsnLike: TypeAlias = (
+    "str | Mapping[str, Any] | psycopg.Connection[Any] | psycopg.AsyncConnection[Any]"
+    " | Resolved | None"
+)
+"""What ``dsn=`` accepts everywhere: a connection string, a dict of libpq keywords (such as
+``{"host": ..., "dbname": ...}``), a psycopg connection (its parameters are reused), or None."""
+
+
+def resolve(dsn: DsnLike = None, *, start_embedded: bool = True) -> Resolved:
     """Choose the database, first match wins (DESIGN section 6).
 
     An explicit ``dsn``; ``PGTIDE_DSN``; ``DATABASE_URL``; libpq's ``PG*`` variables when
@@ -153,7 +165,7 @@ def resolve(dsn: str | Resolved | None = None, *, start_embedded: bool = True) -
     """
     if isinstance(dsn, Resolved):
         return dsn
-    found = _find(dsn)
+    found = _find(_explicit(dsn))
     if found is None:
         from . import embedded
 
@@ -161,9 +173,35 @@ def resolve(dsn: str | Resolved | None = None, *, start_embedded: bool = True) -
             return Resolved("", "embedded", detail="not started")
         server = embedded.ensure_running()
         return Resolved(server.dsn, "embedded", detail=str(server.home))
-    if found.dsn:
-        _parse(found.dsn, found.source)  # fail early, and clearly, on a malformed DSN
     return found
+
+
+def _explicit(dsn: object) -> str | None:
+    """The connection string of an explicit ``dsn=`` of any accepted kind."""
+    if dsn is None or isinstance(dsn, str):
+        return dsn or None
+    if isinstance(dsn, psycopg.Connection | psycopg.AsyncConnection):
+        options = {
+            o.keyword.decode(): o.val.decode()
+            for o in dsn.pgconn.info
+            if o.val is not None and o.keyword.decode() not in _NOT_REUSED
+        }
+        return _conninfo.make_conninfo(**options)
+    if isinstance(dsn, Mapping):
+        try:
+            return _conninfo.make_conninfo(**{str(k): v for k, v in dsn.items() if v is not None})
+        except psycopg.ProgrammingError:
+            raise ConfigError(
+                f"dsn dict has keys libpq does not know ({', '.join(map(str, dsn))}); use "
+                "libpq keywords such as host, port, user, password, dbname"
+            ) from None
+    raise ConfigError(
+        f"dsn must be a connection string, a dict of libpq keywords or a psycopg connection, "
+        f"not {type(dsn).__name__}; for example dsn='postgresql://user@host/db'"
+    )
+
+
+_NOT_REUSED = frozenset({"fallback_application_name", "replication"})
 
 
 def _find(dsn: str | None) -> Resolved | None:
@@ -183,13 +221,13 @@ def _find(dsn: str | None) -> Resolved | None:
     return None
 
 
-def dsn(dsn: str | None = None) -> str:
+def dsn(dsn: DsnLike = None) -> str:
     """The connection string pgtide will use (starting the embedded server if it is the one)."""
     return resolve(dsn).dsn
 
 
 def _connect_kwargs(resolved: Resolved, kwargs: dict[str, Any]) -> dict[str, Any]:
-    params = dict(resolved.params) or _parse(resolved.dsn, resolved.source)
+    params = resolved.params
     kwargs.setdefault("application_name", APPLICATION_NAME)
     if "connect_timeout" not in params:
         kwargs.setdefault("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
@@ -211,7 +249,7 @@ def _failure(resolved: Resolved, exc: Exception) -> ConnectionFailed:
 
 
 def connect(
-    dsn: str | Resolved | None = None, *, autocommit: bool = True, **kwargs: Any
+    dsn: DsnLike = None, *, autocommit: bool = True, **kwargs: Any
 ) -> psycopg.Connection[Any]:
     """Open a blocking connection to the resolved database (autocommit by default)."""
     resolved = resolve(dsn)
@@ -224,7 +262,7 @@ def connect(
 
 
 async def aconnect(
-    dsn: str | Resolved | None = None, *, autocommit: bool = True, **kwargs: Any
+    dsn: DsnLike = None, *, autocommit: bool = True, **kwargs: Any
 ) -> psycopg.AsyncConnection[Any]:
     """Open an asyncio connection to the resolved database (autocommit by default)."""
     resolved = dsn if isinstance(dsn, Resolved) else await asyncio.to_thread(resolve, dsn)

@@ -11,6 +11,10 @@ class ConfigError(PgtideError, ValueError):
     """The configuration names something impossible: a malformed DSN, an unreadable env file."""
 
 
+class InvalidName(ConfigError):
+    """A table or column name pgtide cannot read; the message shows how to write it."""
+
+
 class ConnectionFailed(PgtideError):
     """The chosen database cannot be reached. The message names the source and the host."""
 

@@ -14,8 +14,9 @@ from typing import Any
 
 import psycopg
 
-from .connect import Resolved, connect
+from .connect import DsnLike
 from .errors import SchemaError
+from .session import Io, Query, atomic, one, query, run, using
 
 SCHEMA = "pgtide"
 LOCK_KEY = 0x7067_7469_6465  # "pgtide": one advisory lock for every installer
@@ -60,37 +61,31 @@ def latest_version() -> int:
     return migrations()[-1].version
 
 
-def installed_version(conn: psycopg.Connection[Any]) -> int:
+def installed_version_io() -> Io[int]:
     """The schema version in the database, 0 when pgtide was never installed there."""
-    exists = conn.execute("SELECT to_regclass('pgtide.schema_version') IS NOT NULL").fetchone()
-    if not exists or not exists[0]:
+    row = yield from one("SELECT to_regclass('pgtide.schema_version') IS NOT NULL")
+    if not row or not row[0]:
         return 0
-    row = conn.execute(_CURRENT).fetchone()
+    row = yield from one(_CURRENT)
     return int(row[0]) if row else 0
 
 
-def install(
-    dsn: str | Resolved | None = None, *, conn: psycopg.Connection[Any] | None = None
-) -> int:
+def installed_version(conn: psycopg.Connection[Any]) -> int:
+    """The schema version in the database, 0 when pgtide was never installed there."""
+    return run(conn, installed_version_io())
+
+
+def install(dsn: DsnLike = None, *, conn: psycopg.Connection[Any] | None = None) -> int:
     """Create or upgrade schema ``pgtide``; return the installed version. Idempotent."""
-    if conn is not None:
-        return _install(conn)
-    with connect(dsn) as own:
-        return _install(own)
+    with using(dsn, conn) as c:
+        return run(c, install_io())
 
 
-def _install(conn: psycopg.Connection[Any]) -> int:
-    _check_rights(conn)
+def install_io() -> Io[int]:
+    """Install or upgrade, in one transaction under the installers' advisory lock."""
+    yield from _check_rights()
     try:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
-            conn.execute(_PREAMBLE)
-            applied = {row[0] for row in conn.execute(_APPLIED)}
-            for migration in migrations():
-                if migration.version not in applied:
-                    conn.execute(migration.sql.encode())  # a shipped file, no user input
-                    conn.execute(_RECORD, (migration.version, migration.name))
-            return installed_version(conn)
+        return (yield from atomic(_migrate()))
     except psycopg.errors.InsufficientPrivilege as exc:
         raise SchemaError(
             f"cannot install schema pgtide: {exc.diag.message_primary or exc}; "
@@ -98,8 +93,19 @@ def _install(conn: psycopg.Connection[Any]) -> int:
         ) from None
 
 
-def _check_rights(conn: psycopg.Connection[Any]) -> None:
-    row = conn.execute(_PRIVILEGE).fetchone()
+def _migrate() -> Io[int]:
+    yield Query("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+    yield Query(_PREAMBLE)
+    applied = {row[0] for row in (yield from query(_APPLIED))}
+    for migration in migrations():
+        if migration.version not in applied:
+            yield Query(migration.sql.encode())  # a shipped file, no user input
+            yield Query(_RECORD, (migration.version, migration.name))
+    return (yield from installed_version_io())
+
+
+def _check_rights() -> Io[None]:
+    row = yield from one(_PRIVILEGE)
     assert row is not None
     user, database, can_create, exists = row
     if not exists and not can_create:
@@ -110,18 +116,24 @@ def _check_rights(conn: psycopg.Connection[Any]) -> None:
         )
 
 
-def ensure(conn: psycopg.Connection[Any]) -> None:
+def ensure_io() -> Io[None]:
     """Install or upgrade the schema when it is missing or older than this package.
 
-    Features call this before first use, so ``pgtide.install()`` is never a forgotten step.
+    Every feature's session runs this on a new connection, so ``pgtide.install()`` is never
+    a forgotten step.
     """
-    if not _complete(conn):
-        _install(conn)
+    if not (yield from _complete()):
+        yield from install_io()
 
 
-def _complete(conn: psycopg.Connection[Any]) -> bool:
+def ensure(conn: psycopg.Connection[Any]) -> None:
+    """:func:`ensure_io` on a blocking connection."""
+    run(conn, ensure_io())
+
+
+def _complete() -> Io[bool]:
     """Whether every shipped migration is recorded (one may land below the newest one)."""
-    if installed_version(conn) == 0:
+    if (yield from installed_version_io()) == 0:
         return False
-    applied = {row[0] for row in conn.execute(_APPLIED)}
+    applied = {row[0] for row in (yield from query(_APPLIED))}
     return all(m.version in applied for m in migrations())

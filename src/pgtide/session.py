@@ -1,0 +1,386 @@
+"""Sessions: the one place a feature's database work connects, prepares and reconnects.
+
+Database work is written once, free of I/O, as an :data:`Io` generator: it yields a
+:class:`Query`, receives its rows, and returns a result (as psycopg's own ``generators``).
+:func:`run` carries one out on a blocking connection and :func:`arun` on an asyncio one, so
+the blocking and asyncio faces of a feature share every statement and every decision.
+
+A :class:`Session` (blocking) or :class:`AsyncSession` (asyncio) resolves the database once,
+opens its connection lazily (never in a constructor), runs the feature's ``prepare`` work on
+each new connection (installing the schema, checking tables), and retries work when the
+server goes away, with the one backoff rule of :mod:`pgtide.connect`. No other module of
+pgtide has a reconnect loop. :func:`using` is "the caller's connection, or one of ours".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeAlias, TypeVar
+
+import psycopg
+from psycopg import sql
+
+from .connect import Backoff, DsnLike, Resolved, aconnect, connect, resolve
+from .errors import ConnectionFailed, PgtideError
+
+log = logging.getLogger("pgtide.session")
+
+T = TypeVar("T")
+Rows: TypeAlias = list[tuple[Any, ...]]
+Params: TypeAlias = Sequence[Any] | Mapping[str, Any] | None
+Statement: TypeAlias = str | bytes | sql.SQL | sql.Composed
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One statement for a driver to execute; without params it may hold several statements."""
+
+    statement: Statement
+    params: Params = None
+
+
+Io: TypeAlias = Generator[Query, Rows, T]
+"""Database work free of I/O: yields queries, receives their rows, returns a ``T``."""
+
+BEGIN = Query("BEGIN")
+COMMIT = Query("COMMIT")
+ROLLBACK = Query("ROLLBACK")
+
+
+def query(statement: Statement, params: Params = None) -> Io[Rows]:
+    """One statement as an :data:`Io`: ``rows = yield from query(...)``."""
+    rows = yield Query(statement, params)
+    return rows
+
+
+def one(statement: Statement, params: Params = None) -> Io[tuple[Any, ...] | None]:
+    """The first row of one statement, or None."""
+    rows = yield Query(statement, params)
+    return rows[0] if rows else None
+
+
+def atomic(io: Io[T]) -> Io[T]:
+    """Run ``io`` in one transaction on an autocommit connection: all of it or nothing."""
+    yield BEGIN
+    try:
+        result = yield from io
+    except BaseException:
+        yield ROLLBACK  # if the connection is gone, that failure carries this one as context
+        raise
+    yield COMMIT
+    return result
+
+
+def run(conn: psycopg.Connection[Any], io: Io[T]) -> T:
+    """Carry out ``io`` on a blocking connection; errors are thrown into the generator."""
+    try:
+        step = next(io)
+        while True:
+            try:
+                cur = conn.execute(step.statement, step.params)
+                rows = cur.fetchall() if cur.description else []
+            except Exception as exc:
+                step = io.throw(exc)
+            else:
+                step = io.send(rows)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+
+
+async def arun(conn: psycopg.AsyncConnection[Any], io: Io[T]) -> T:
+    """Carry out ``io`` on an asyncio connection (the twin of :func:`run`)."""
+    try:
+        step = next(io)
+        while True:
+            try:
+                cur = await conn.execute(step.statement, step.params)
+                rows = await cur.fetchall() if cur.description else []
+            except Exception as exc:
+                step = io.throw(exc)
+            else:
+                step = io.send(rows)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+
+
+@contextmanager
+def using(
+    dsn: DsnLike = None, conn: psycopg.Connection[Any] | None = None
+) -> Iterator[psycopg.Connection[Any]]:
+    """The caller's connection as it is, or a new autocommit one closed afterwards."""
+    if conn is not None:
+        yield conn
+        return
+    with connect(resolve(dsn)) as own:
+        yield own
+
+
+@asynccontextmanager
+async def ausing(
+    dsn: DsnLike = None, conn: psycopg.AsyncConnection[Any] | None = None
+) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """The asyncio twin of :func:`using`."""
+    if conn is not None:
+        yield conn
+        return
+    async with await aconnect(dsn if isinstance(dsn, Resolved) else await aresolve(dsn)) as own:
+        yield own
+
+
+async def aresolve(dsn: DsnLike) -> Resolved:
+    """:func:`~pgtide.connect.resolve` from asyncio (starting the embedded server is blocking)."""
+    if isinstance(dsn, Resolved):
+        return dsn
+    return await asyncio.to_thread(resolve, dsn)
+
+
+OUTAGES = (psycopg.OperationalError, psycopg.InterfaceError, ConnectionFailed)
+"""What a lost or unreachable server raises; anything else is the work's own error."""
+
+
+class Stopped(PgtideError):
+    """The session was stopped while waiting to reconnect."""
+
+
+class _Policy:
+    """The reconnect rule: which failures are outages, and how long to wait before retrying.
+
+    A connection that never succeeded fails at once (a configuration error, not an outage);
+    an error on a connection that is still healthy is the work's own error and is raised.
+    """
+
+    def __init__(self, name: str, backoff: Backoff | None) -> None:
+        self.name = name
+        self.backoff = backoff or Backoff(initial=0.05, maximum=5.0)
+        self.connected_once = False
+
+    def connected(self) -> None:
+        self.connected_once = True
+
+    def succeeded(self) -> None:
+        self.backoff.reset()
+
+    def delay(self, exc: Exception, conn: psycopg.BaseConnection[Any] | None) -> float:
+        """Seconds to wait before retrying after ``exc``; re-raises what is not an outage."""
+        if not isinstance(exc, OUTAGES):
+            raise exc
+        if isinstance(exc, ConnectionFailed):
+            if not self.connected_once:
+                raise exc
+        elif conn is not None and not conn.closed and not conn.broken:
+            raise exc
+        first = self.backoff.attempt == 0
+        delay = self.backoff.next()
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        # one line per outage, then quieter lines while it lasts
+        log.log(
+            logging.WARNING if first else logging.INFO,
+            "%s: database connection lost (%s); retrying in %.2f s",
+            self.name,
+            reason,
+            delay,
+        )
+        return delay
+
+
+class _Base:
+    def __init__(
+        self,
+        dsn: DsnLike,
+        name: str,
+        application_name: str | None,
+        on_reconnect: Callable[[], Any] | None,
+        backoff: Backoff | None,
+    ) -> None:
+        self._dsn = dsn
+        self._resolved: Resolved | None = dsn if isinstance(dsn, Resolved) else None
+        self._kwargs: dict[str, Any] = (
+            {"application_name": application_name} if application_name else {}
+        )
+        self._policy = _Policy(name, backoff)
+        self._on_reconnect = on_reconnect
+
+    @property
+    def connected_once(self) -> bool:
+        """Whether this session ever reached the database."""
+        return self._policy.connected_once
+
+    def __repr__(self) -> str:
+        where = self._resolved.masked if self._resolved is not None else "unresolved"
+        return f"<pgtide session {self._policy.name!r} {where}>"
+
+
+class Session(_Base):
+    """A feature's blocking database session (see the module docstring).
+
+    ``prepare`` makes the :data:`Io` run on each new connection; ``on_reconnect`` is called
+    after the connection was lost and a retry is due (a notification may have been missed).
+    """
+
+    def __init__(
+        self,
+        dsn: DsnLike = None,
+        *,
+        name: str = "pgtide",
+        prepare: Callable[[], Io[Any]] | None = None,
+        application_name: str | None = None,
+        on_reconnect: Callable[[], Any] | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        super().__init__(dsn, name, application_name, on_reconnect, backoff)
+        self._prepare = prepare
+        self._conn: psycopg.Connection[Any] | None = None
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+
+    @property
+    def resolved(self) -> Resolved:
+        """The database, resolved on first use (this may start the embedded server)."""
+        if self._resolved is None:
+            self._resolved = resolve(self._dsn)
+        return self._resolved
+
+    def connection(self) -> psycopg.Connection[Any]:
+        """The session's open connection, connecting and preparing it if needed."""
+        with self._lock:
+            conn = self._conn
+            if conn is None or conn.closed:
+                conn = connect(self.resolved, **self._kwargs)
+                try:
+                    if self._prepare is not None:
+                        run(conn, self._prepare())
+                except BaseException:
+                    conn.close()
+                    raise
+                self._conn = conn
+                self._policy.connected()
+            return conn
+
+    def run(self, make: Callable[[], Io[T]]) -> T:
+        """Run the work ``make()`` returns, again from the start after an outage."""
+        return self.call(lambda conn: run(conn, make()))
+
+    def call(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Call ``work(conn)`` (blocking work that is not an :data:`Io`), retrying on outage."""
+        while True:
+            conn = self._conn
+            try:
+                result = work(self.connection())
+            except Exception as exc:
+                delay = self._policy.delay(exc, self._conn if self._conn is not None else conn)
+                self.reset()
+                if self._stop.wait(delay):
+                    raise Stopped(f"{self._policy.name} stopped while reconnecting") from exc
+                if self._on_reconnect is not None:
+                    self._on_reconnect()
+                continue
+            self._policy.succeeded()
+            return result
+
+    def reset(self) -> None:
+        """Drop the connection (the next use opens a new one)."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def stop(self) -> None:
+        """Interrupt a wait to reconnect (the work then raises :class:`Stopped`)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        """Close the connection; the session can be used again (it reconnects)."""
+        self.reset()
+        self._stop.clear()
+
+
+class AsyncSession(_Base):
+    """The asyncio twin of :class:`Session` (cancel the task to interrupt a reconnect wait)."""
+
+    def __init__(
+        self,
+        dsn: DsnLike = None,
+        *,
+        name: str = "pgtide",
+        prepare: Callable[[], Io[Any]] | None = None,
+        application_name: str | None = None,
+        on_reconnect: Callable[[], Any] | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        super().__init__(dsn, name, application_name, on_reconnect, backoff)
+        self._prepare = prepare
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._lock: asyncio.Lock | None = None
+
+    async def resolved(self) -> Resolved:
+        """The database, resolved on first use (this may start the embedded server)."""
+        if self._resolved is None:
+            self._resolved = await aresolve(self._dsn)
+        return self._resolved
+
+    async def connection(self) -> psycopg.AsyncConnection[Any]:
+        """The session's open connection, connecting and preparing it if needed."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            conn = self._conn
+            if conn is None or conn.closed:
+                conn = await aconnect(await self.resolved(), **self._kwargs)
+                try:
+                    if self._prepare is not None:
+                        await arun(conn, self._prepare())
+                except BaseException:
+                    await conn.close()
+                    raise
+                self._conn = conn
+                self._policy.connected()
+            return conn
+
+    async def run(self, make: Callable[[], Io[T]]) -> T:
+        """Run the work ``make()`` returns, again from the start after an outage."""
+
+        async def work(conn: psycopg.AsyncConnection[Any]) -> T:
+            return await arun(conn, make())
+
+        return await self.call(work)
+
+    async def call(self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+        """Await ``work(conn)``, retrying on outage."""
+        while True:
+            conn = self._conn
+            try:
+                result = await work(await self.connection())
+            except Exception as exc:
+                delay = self._policy.delay(exc, self._conn if self._conn is not None else conn)
+                await self.reset()
+                await asyncio.sleep(delay)
+                if self._on_reconnect is not None:
+                    self._on_reconnect()
+                continue
+            self._policy.succeeded()
+            return result
+
+    async def reset(self) -> None:
+        """Drop the connection (the next use opens a new one)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+    async def close(self) -> None:
+        """Close the connection; the session can be used again (it reconnects)."""
+        await self.reset()

@@ -1,0 +1,109 @@
+"""The foundation's shared mechanisms: sessions (one reconnect policy), Io drivers, dsn kinds."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import psycopg
+import pytest
+
+import pgtide
+from pgtide.connect import resolve
+from pgtide.session import AsyncSession, Query, Session, arun, atomic, query, run, using
+
+
+def _count() -> pgtide.session.Io[int]:
+    rows = yield from query("SELECT count(*) FROM t")
+    return int(rows[0][0])
+
+
+def _insert_then_fail() -> pgtide.session.Io[None]:
+    yield Query("INSERT INTO t VALUES (1)")
+    yield Query("SELECT 1/0")
+
+
+def test_atomic_rolls_back_everything_on_error(dsn: str) -> None:
+    with using(dsn) as conn:
+        conn.execute("CREATE TABLE t (x int)")
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            run(conn, atomic(_insert_then_fail()))
+        assert run(conn, _count()) == 0
+        run(conn, atomic(query("INSERT INTO t VALUES (1)")))
+        assert run(conn, _count()) == 1
+
+
+def test_async_driver_runs_the_same_work(dsn: str) -> None:
+    async def main() -> int:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await conn.execute("CREATE TABLE t (x int)")
+            await arun(conn, atomic(query("INSERT INTO t VALUES (1), (2)")))
+            return await arun(conn, _count())
+
+    assert asyncio.run(main()) == 2
+
+
+def test_session_reconnects_after_its_backend_is_killed(
+    dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    reconnected: list[bool] = []
+    session = Session(dsn, name="probe", on_reconnect=lambda: reconnected.append(True))
+    pid = session.run(lambda: query("SELECT pg_backend_pid()"))[0][0]
+    with using(dsn) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with caplog.at_level(logging.WARNING, logger="pgtide.session"):
+        again = session.run(lambda: query("SELECT pg_backend_pid()"))[0][0]
+    assert again != pid and reconnected == [True]
+    assert any("probe: database connection lost" in r.getMessage() for r in caplog.records)
+    session.close()
+
+
+def test_async_session_reconnects_after_its_backend_is_killed(dsn: str) -> None:
+    async def main() -> tuple[int, int]:
+        session = AsyncSession(dsn, name="probe")
+        pid = (await session.run(lambda: query("SELECT pg_backend_pid()")))[0][0]
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as other:
+            await other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        again = (await session.run(lambda: query("SELECT pg_backend_pid()")))[0][0]
+        await session.close()
+        return pid, again
+
+    pid, again = asyncio.run(main())
+    assert pid != again
+
+
+def test_a_query_error_on_a_healthy_connection_is_not_retried(dsn: str) -> None:
+    session = Session(dsn)
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        session.run(lambda: query("SELECT * FROM nowhere"))
+    session.close()
+
+
+def test_an_unreachable_first_connection_fails_at_once() -> None:
+    session = Session("postgresql://nobody:secret@127.0.0.1:1/none?connect_timeout=1")
+    with pytest.raises(pgtide.ConnectionFailed) as info:
+        session.run(lambda: query("SELECT 1"))
+    assert "secret" not in str(info.value) and "secret" not in repr(session)
+
+
+def test_nothing_connects_before_first_use() -> None:
+    session = Session("postgresql://nobody@127.0.0.1:1/none")
+    assert not session.connected_once
+    assert "unresolved" in repr(session)
+
+
+def test_dsn_may_be_a_dict_or_a_connection(dsn: str) -> None:
+    params = resolve(dsn).params
+    from_dict = resolve(dict(params))
+    with psycopg.connect(dsn) as conn:
+        from_conn = resolve(conn)
+    for resolved in (from_dict, from_conn):
+        with using(resolved) as c:
+            assert c.execute("SELECT current_database()").fetchone() == (params["dbname"],)
+
+
+def test_dsn_of_another_kind_is_a_clear_error() -> None:
+    with pytest.raises(pgtide.ConfigError, match="dsn must be a connection string, a dict"):
+        resolve(42)  # type: ignore[arg-type]
+    with pytest.raises(pgtide.ConfigError, match="libpq keywords"):
+        resolve({"hostess": "x"})
