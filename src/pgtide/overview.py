@@ -9,7 +9,7 @@ from typing import Any
 
 @dataclass
 class Section:
-    """One titled table: ``columns`` are snake_case keys (also the ``--json`` keys)."""
+    """One titled table; ``columns`` label the rows' cells (and are the ``--json`` keys)."""
 
     title: str
     columns: list[str]
