@@ -193,7 +193,7 @@ def _pgqueuer(dsn: str) -> tuple[float, dict[int, float]]:
 def run(dsn: str) -> list[Figure]:
     figures: list[Figure] = []
     with scratch_database(dsn) as db:
-        pgtide.install(db)
+        pgtide.install(dsn=db)
         for concurrency in (1, 8, 32):
             figures.append(
                 Figure(

@@ -44,7 +44,7 @@ NEWT_POLL = (
 
 
 def _prepare(dsn: str) -> None:
-    pgtide.install(dsn)
+    pgtide.install(dsn=dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
         for table in TABLES:
             conn.execute(

@@ -228,7 +228,7 @@ def _jumbo_library() -> str:
 def run(dsn: str) -> list[Figure]:
     directory = Path(tempfile.mkdtemp(prefix="pgtide-bench-ingest-"))
     try:
-        pgtide.install(dsn)
+        pgtide.install(dsn=dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:
             for table in ("bench_floats", "bench_csv", "bench_lag"):
                 conn.execute(f"DROP TABLE IF EXISTS {table}".encode())

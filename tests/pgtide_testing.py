@@ -92,7 +92,7 @@ def start_test_server(home: Path, external: str | None) -> TestServer:
         server._file_copy = conn.info.server_version >= 150000
     server.template = _unique("pgtide_tmpl")
     server._create(server.template, "template0")
-    schema.install(server.dsn_for(server.template))
+    schema.install(dsn=server.dsn_for(server.template))
     return server
 
 

@@ -91,7 +91,7 @@ def test_lease_expiry_reruns_a_killed_workers_event(
 
 def test_worker_survives_a_server_restart(restartable: pgtide_testing.RestartableServer) -> None:
     """The worker reconnects with backoff; events published after the restart are handled."""
-    pgtide.install(restartable.dsn)
+    pgtide.install(dsn=restartable.dsn)
     events = pgtide.Events(restartable.dsn, poll_interval=0.1)
     handled: list[int] = []
     events.register("tick", lambda e: handled.append(e.payload))

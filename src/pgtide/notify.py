@@ -13,9 +13,11 @@ from typing import Any
 
 import psycopg
 
+from ._compat import now_keyword_only
 from .codecs import encode
-from .connect import Resolved, aconnect, connect, resolve
+from .connect import DsnLike
 from .errors import InvalidChannel, InvalidPayload, PayloadTooLarge
+from .session import ausing, using
 
 MAX_PAYLOAD_BYTES = 8000
 """PostgreSQL refuses a payload of this many bytes or more."""
@@ -71,10 +73,12 @@ def _prepare_many(messages: Iterable[tuple[str, Any]]) -> tuple[list[str], list[
     return channels, texts
 
 
+@now_keyword_only(2, "dsn", "conn")
 def notify(
     channel: str,
     payload: Any = "",
-    dsn: str | Resolved | None = None,
+    *,
+    dsn: DsnLike = None,
     conn: psycopg.Connection[Any] | None = None,
 ) -> None:
     """Send one NOTIFY; non-str payloads are sent as JSON.
@@ -83,16 +87,15 @@ def notify(
     otherwise a connection to ``dsn`` (section 6 when None) is opened for it.
     """
     params = prepare(channel, payload)
-    if conn is not None:
-        conn.execute(SQL_NOTIFY, params)
-        return
-    with connect(resolve(dsn)) as own:
-        own.execute(SQL_NOTIFY, params)
+    with using(dsn, conn) as c:
+        c.execute(SQL_NOTIFY, params)
 
 
+@now_keyword_only(1, "dsn", "conn")
 def notify_many(
     messages: Iterable[tuple[str, Any]],
-    dsn: str | Resolved | None = None,
+    *,
+    dsn: DsnLike = None,
     conn: psycopg.Connection[Any] | None = None,
 ) -> int:
     """Send many ``(channel, payload)`` messages in one statement; return how many.
@@ -103,41 +106,34 @@ def notify_many(
     channels, texts = _prepare_many(messages)
     if not channels:
         return 0
-    if conn is not None:
-        conn.execute(SQL_NOTIFY_MANY, (channels, texts))
-    else:
-        with connect(resolve(dsn)) as own:
-            own.execute(SQL_NOTIFY_MANY, (channels, texts))
+    with using(dsn, conn) as c:
+        c.execute(SQL_NOTIFY_MANY, (channels, texts))
     return len(channels)
 
 
 async def anotify(
     channel: str,
     payload: Any = "",
-    dsn: str | Resolved | None = None,
+    *,
+    dsn: DsnLike = None,
     conn: psycopg.AsyncConnection[Any] | None = None,
 ) -> None:
     """The asyncio face of :func:`notify` (``pgtide.aio.notify``)."""
     params = prepare(channel, payload)
-    if conn is not None:
-        await conn.execute(SQL_NOTIFY, params)
-        return
-    async with await aconnect(dsn) as own:
-        await own.execute(SQL_NOTIFY, params)
+    async with ausing(dsn, conn) as c:
+        await c.execute(SQL_NOTIFY, params)
 
 
 async def anotify_many(
     messages: Iterable[tuple[str, Any]],
-    dsn: str | Resolved | None = None,
+    *,
+    dsn: DsnLike = None,
     conn: psycopg.AsyncConnection[Any] | None = None,
 ) -> int:
     """The asyncio face of :func:`notify_many` (``pgtide.aio.notify_many``)."""
     channels, texts = _prepare_many(messages)
     if not channels:
         return 0
-    if conn is not None:
-        await conn.execute(SQL_NOTIFY_MANY, (channels, texts))
-    else:
-        async with await aconnect(dsn) as own:
-            await own.execute(SQL_NOTIFY_MANY, (channels, texts))
+    async with ausing(dsn, conn) as c:
+        await c.execute(SQL_NOTIFY_MANY, (channels, texts))
     return len(channels)

@@ -14,8 +14,10 @@ from typing import Any
 
 import psycopg
 
+from ._compat import now_keyword_only
 from .connect import DsnLike
 from .errors import SchemaError
+from .overview import Section
 from .session import Io, Query, atomic, one, query, run, using
 
 SCHEMA = "pgtide"
@@ -75,7 +77,8 @@ def installed_version(conn: psycopg.Connection[Any]) -> int:
     return run(conn, installed_version_io())
 
 
-def install(dsn: DsnLike = None, *, conn: psycopg.Connection[Any] | None = None) -> int:
+@now_keyword_only(0, "dsn")
+def install(*, dsn: DsnLike = None, conn: psycopg.Connection[Any] | None = None) -> int:
     """Create or upgrade schema ``pgtide``; return the installed version. Idempotent."""
     with using(dsn, conn) as c:
         return run(c, install_io())
@@ -137,3 +140,19 @@ def _complete() -> Io[bool]:
         return False
     applied = {row[0] for row in (yield from query(_APPLIED))}
     return all(m.version in applied for m in migrations())
+
+
+def overview() -> Io[list[Section]]:
+    """The "database" section of ``pgtide status``: server, schema version, LISTEN connections."""
+    from .channel import connections
+
+    server = yield from one("SHOW server_version")
+    version = yield from installed_version_io()
+    listeners = yield from connections()
+    return [
+        Section(
+            "database",
+            ["server", "schema pgtide", "listener connections"],
+            [[server[0] if server else "?", version or "not installed", len(listeners)]],
+        )
+    ]

@@ -7,6 +7,7 @@ and ingest use to sleep until a NOTIFY, a deadline or a poll interval.
 """
 
 from ._notification import Notification
+from ._overview import connections, overview
 from ._queue import RECONNECTED, Batch, BatchQueue, Item, Marker, WhenFull
 from ._receiver import Receiver, Sink
 from ._registry import Callback, Registry, Subscriber
@@ -29,4 +30,6 @@ __all__ = [
     "Subscriber",
     "Waker",
     "WhenFull",
+    "connections",
+    "overview",
 ]

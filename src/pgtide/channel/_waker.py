@@ -89,7 +89,7 @@ class Waker:
         *,
         on_notify: OnNotify | None = None,
         on_gap: Callable[[], None] | None = None,
-        application_name: str = "pgtide-wake",
+        application_name: str = "pgtide-listen-wake",
         probe_interval: float = 5.0,
     ) -> None:
         self._resolved = resolved

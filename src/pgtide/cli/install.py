@@ -10,7 +10,7 @@ from ._common import DsnOption, JsonOption, console, emit_json
 def install(dsn: DsnOption = None, as_json: JsonOption = False) -> None:
     """Create or upgrade schema pgtide in the database (idempotent)."""
     chosen = resolve(dsn)
-    version = schema.install(chosen)
+    version = schema.install(dsn=chosen)
     if as_json:
         emit_json({"schema": schema.SCHEMA, "version": version, "target": chosen.target})
     else:

@@ -96,7 +96,7 @@ class Tour:
         """Start the stages, run the shop, wait for them to catch up, stop and clean up
         (also when interrupted); the result says whether everything checked out."""
         began = time.monotonic()
-        schema.install(self.shop.db)
+        schema.install(dsn=self.shop.db)
         settled = False
         started: list[Part] = []
         try:
