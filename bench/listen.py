@@ -85,7 +85,7 @@ def _pgtide_sync(dsn: str, send: Callable[[], float]) -> float:
         if count == COUNT:
             done.set()
 
-    with pgtide.Listener(dsn) as listener:
+    with pgtide.Listener(dsn=dsn) as listener:
         listener.subscribe(CHANNEL, on_note)
         began = send()
         if not done.wait(120):
@@ -104,7 +104,7 @@ def _pgtide_async(dsn: str, send: Callable[[], float]) -> float:
             if count == COUNT:
                 done.set()
 
-        async with pgtide.aio.Listener(dsn) as listener:
+        async with pgtide.aio.Listener(dsn=dsn) as listener:
             await listener.subscribe(CHANNEL, on_note)
             began = await asyncio.to_thread(send)
             await asyncio.wait_for(done.wait(), 120)
@@ -234,7 +234,7 @@ def _lat_raw(dsn: str) -> Callable[[Callable[[int], None]], Any]:
 def _lat_pgtide(dsn: str) -> Callable[[Callable[[int], None]], Any]:
     def listen(on_index: Callable[[int], None]) -> Any:
         def run(go: Callable[[], None], finished: Callable[[], bool]) -> None:
-            with pgtide.Listener(dsn) as listener:
+            with pgtide.Listener(dsn=dsn) as listener:
                 listener.subscribe(CHANNEL, lambda note: on_index(note.payload))
                 go()
                 _wait(finished)
@@ -248,7 +248,7 @@ def _lat_pgtide_async(dsn: str) -> Callable[[Callable[[int], None]], Any]:
     def listen(on_index: Callable[[int], None]) -> Any:
         def run(go: Callable[[], None], finished: Callable[[], bool]) -> None:
             async def main() -> None:
-                async with pgtide.aio.Listener(dsn) as listener:
+                async with pgtide.aio.Listener(dsn=dsn) as listener:
                     await listener.subscribe(CHANNEL, lambda note: on_index(note.payload))
                     go()
                     await _await(finished)

@@ -201,17 +201,20 @@ class _Policy:
 class _Base:
     def __init__(
         self,
-        dsn: DsnLike,
-        name: str,
-        application_name: str | None,
-        on_reconnect: Callable[[], Any] | None,
-        backoff: Backoff | None,
+        dsn: DsnLike = None,
+        *,
+        name: str = "pgtide",
+        prepare: Callable[[], Io[Any]] | None = None,
+        application_name: str | None = None,
+        on_reconnect: Callable[[], Any] | None = None,
+        backoff: Backoff | None = None,
     ) -> None:
         self._dsn = dsn
         self._resolved: Resolved | None = dsn if isinstance(dsn, Resolved) else None
         self._kwargs: dict[str, Any] = (
             {"application_name": application_name} if application_name else {}
         )
+        self._prepare = prepare
         self._policy = _Policy(name, backoff)
         self._on_reconnect = on_reconnect
 
@@ -219,6 +222,15 @@ class _Base:
     def connected_once(self) -> bool:
         """Whether this session ever reached the database."""
         return self._policy.connected_once
+
+    def _retry_delay(self, exc: Exception, before: psycopg.BaseConnection[Any] | None) -> float:
+        """How long to wait after ``exc`` (re-raised when it is not an outage)."""
+        conn: psycopg.BaseConnection[Any] | None = getattr(self, "_conn", None)
+        return self._policy.delay(exc, conn if conn is not None else before)
+
+    def _reconnected(self) -> None:
+        if self._on_reconnect is not None:
+            self._on_reconnect()
 
     def __repr__(self) -> str:
         where = self._resolved.masked if self._resolved is not None else "unresolved"
@@ -232,18 +244,8 @@ class Session(_Base):
     after the connection was lost and a retry is due (a notification may have been missed).
     """
 
-    def __init__(
-        self,
-        dsn: DsnLike = None,
-        *,
-        name: str = "pgtide",
-        prepare: Callable[[], Io[Any]] | None = None,
-        application_name: str | None = None,
-        on_reconnect: Callable[[], Any] | None = None,
-        backoff: Backoff | None = None,
-    ) -> None:
-        super().__init__(dsn, name, application_name, on_reconnect, backoff)
-        self._prepare = prepare
+    def __init__(self, dsn: DsnLike = None, **options: Any) -> None:
+        super().__init__(dsn, **options)
         self._conn: psycopg.Connection[Any] | None = None
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -278,16 +280,15 @@ class Session(_Base):
     def call(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
         """Call ``work(conn)`` (blocking work that is not an :data:`Io`), retrying on outage."""
         while True:
-            conn = self._conn
+            before = self._conn
             try:
                 result = work(self.connection())
             except Exception as exc:
-                delay = self._policy.delay(exc, self._conn if self._conn is not None else conn)
+                delay = self._retry_delay(exc, before)
                 self.reset()
                 if self._stop.wait(delay):
                     raise Stopped(f"{self._policy.name} stopped while reconnecting") from exc
-                if self._on_reconnect is not None:
-                    self._on_reconnect()
+                self._reconnected()
                 continue
             self._policy.succeeded()
             return result
@@ -312,18 +313,8 @@ class Session(_Base):
 class AsyncSession(_Base):
     """The asyncio twin of :class:`Session` (cancel the task to interrupt a reconnect wait)."""
 
-    def __init__(
-        self,
-        dsn: DsnLike = None,
-        *,
-        name: str = "pgtide",
-        prepare: Callable[[], Io[Any]] | None = None,
-        application_name: str | None = None,
-        on_reconnect: Callable[[], Any] | None = None,
-        backoff: Backoff | None = None,
-    ) -> None:
-        super().__init__(dsn, name, application_name, on_reconnect, backoff)
-        self._prepare = prepare
+    def __init__(self, dsn: DsnLike = None, **options: Any) -> None:
+        super().__init__(dsn, **options)
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._lock: asyncio.Lock | None = None
 
@@ -362,15 +353,14 @@ class AsyncSession(_Base):
     async def call(self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
         """Await ``work(conn)``, retrying on outage."""
         while True:
-            conn = self._conn
+            before = self._conn
             try:
                 result = await work(await self.connection())
             except Exception as exc:
-                delay = self._policy.delay(exc, self._conn if self._conn is not None else conn)
+                delay = self._retry_delay(exc, before)
                 await self.reset()
                 await asyncio.sleep(delay)
-                if self._on_reconnect is not None:
-                    self._on_reconnect()
+                self._reconnected()
                 continue
             self._policy.succeeded()
             return result

@@ -26,7 +26,7 @@ class ListenPart(Part):
         self._listener: Listener | None = None
 
     def start(self) -> None:
-        self._listener = Listener(self.shop.db)
+        self._listener = Listener(dsn=self.shop.db)
         self._listener.start()
         self._listener.subscribe(self.shop.channel, self._on_note)
 
