@@ -42,8 +42,8 @@ def test_unreachable_env_file_is_one_clear_line(cli: CliRunner, tmp_path: Path) 
 def test_db_url_masks_and_names_the_source(cli: CliRunner) -> None:
     done = cli("db", "url", env={"DATABASE_URL": f"postgresql://me:{SECRET}@db.example:5433/shop"})
     assert done.returncode == 0
-    assert "postgresql://me:***@db.example:5433/shop" in done.stdout
-    assert "DATABASE_URL" in done.stdout and SECRET not in done.stdout
+    assert done.stdout == "postgresql://me:***@db.example:5433/shop\n"  # alone: $(pgtide db url)
+    assert "DATABASE_URL" in done.stderr and SECRET not in done.stdout + done.stderr
     data = json.loads(cli("db", "url", "--json", env={"DATABASE_URL": "postgresql://h/db"}).stdout)
     assert data["source"] == "DATABASE_URL" and data["target"] == "h:5432/db"
 
@@ -85,3 +85,16 @@ def test_status_watch_refreshes_until_interrupted(
     status.status(dsn=dsn, watch=True, interval=0.25)  # returns quietly on Ctrl-C
     assert refreshes == [0.25, 0.25, 0.25]
     assert "schema pgtide" in capsys.readouterr().out
+
+
+def test_env_file_at_any_path(cli: CliRunner, tmp_path: Path) -> None:
+    kept = tmp_path / "conf" / "jumbo.env"
+    kept.parent.mkdir()
+    kept.write_text("DATABASE_HOST=db.example\nDATABASE_NAME=lab\nDATABASE_USERNAME=me\n")
+    by_option = cli("--env-file", str(kept), "db", "url")
+    by_variable = cli("db", "url", env={"PGTIDE_ENV_FILE": str(kept)})
+    for done in (by_option, by_variable):
+        assert done.returncode == 0, done.stderr
+        assert "db.example" in done.stdout and "jumbo.env" in done.stderr
+    missing = cli("--env-file", str(tmp_path / "nope.env"), "db", "url")
+    assert missing.returncode != 0 and "PGTIDE_ENV_FILE names" in missing.stderr

@@ -25,6 +25,10 @@ from .errors import ConfigError, ConnectionFailed
 ENV_FILES = ("pgtide.env", ".env")
 """Env files read from the working directory, in this order."""
 
+ENV_FILE_VARIABLE = "PGTIDE_ENV_FILE"
+"""Names an env file at any path (such as a ``jumbo.env`` kept as it is), read instead of
+``pgtide.env`` and ``.env``; ``pgtide --env-file PATH`` sets it."""
+
 DSN_KEYS = ("PGTIDE_DSN", "DATABASE_URL")
 """Environment variables (and env-file keys) that hold a whole connection string."""
 
@@ -157,11 +161,12 @@ DsnLike: TypeAlias = (
 
 
 def resolve(dsn: DsnLike = None, *, start_embedded: bool = True) -> Resolved:
-    """Choose the database, first match wins (DESIGN section 6).
+    """Choose the database, first match wins.
 
     An explicit ``dsn``; ``PGTIDE_DSN``; ``DATABASE_URL``; libpq's ``PG*`` variables when
-    ``PGHOST`` or ``PGDATABASE`` is set; ``pgtide.env`` then ``.env`` in the working directory;
-    otherwise the embedded PostgreSQL, started if needed (unless ``start_embedded`` is false).
+    ``PGHOST`` or ``PGDATABASE`` is set; the env file named by ``PGTIDE_ENV_FILE``, else
+    ``pgtide.env`` then ``.env`` in the working directory; otherwise the embedded PostgreSQL,
+    started if needed (unless ``start_embedded`` is false).
     """
     if isinstance(dsn, Resolved):
         return dsn
@@ -212,6 +217,14 @@ def _find(dsn: str | None) -> Resolved | None:
             return Resolved(os.environ[key], key)
     if os.environ.get("PGHOST") or os.environ.get("PGDATABASE"):
         return Resolved("", "PG* environment variables", params=_libpq_env())
+    named = os.environ.get(ENV_FILE_VARIABLE)
+    if named:
+        path = Path(named).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"{ENV_FILE_VARIABLE} names {path}, which is not a file; fix the path or unset it"
+            )
+        return _from_env_file(path)
     for name in ENV_FILES:
         path = Path.cwd() / name
         if path.is_file():

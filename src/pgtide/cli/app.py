@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from .. import __version__
+from ..connect import ENV_FILE_VARIABLE
 from ..errors import ConnectionFailed, PgtideError
 from . import db, demo, events, feed, ingest, install, listen, status
 
@@ -44,8 +47,18 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,
+    env_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--env-file",
+            help="Read the database settings from this env file (same as PGTIDE_ENV_FILE).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """PostgreSQL as a live, reliable stream of changes."""
+    if env_file is not None:
+        os.environ[ENV_FILE_VARIABLE] = str(env_file)
 
 
 def main() -> None:

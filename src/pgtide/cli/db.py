@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 from rich.table import Table
 
 from .. import embedded
 from ..connect import resolve
-from ._common import DsnOption, JsonOption, console, emit_json
+from ._common import DsnOption, JsonOption, console, emit_json, err_console
 
 app = typer.Typer(
     help="The embedded PostgreSQL, and which database pgtide uses.", no_args_is_help=True
@@ -56,7 +58,10 @@ def status(as_json: JsonOption = False) -> None:
 
 @app.command()
 def url(dsn: DsnOption = None, as_json: JsonOption = False) -> None:
-    """Print the database pgtide would use and why (password masked)."""
+    """Print the database pgtide would use (password masked), alone on stdout.
+
+    Why it was chosen goes to stderr, so that ``psql "$(pgtide db url)"`` works.
+    """
     chosen = resolve(dsn)
     if as_json:
         emit_json(
@@ -68,6 +73,6 @@ def url(dsn: DsnOption = None, as_json: JsonOption = False) -> None:
             }
         )
         return
-    console.print(chosen.masked, highlight=False, soft_wrap=True)
+    sys.stdout.write(chosen.masked + "\n")
     origin = f"{chosen.source} ({chosen.detail})" if chosen.detail else chosen.source
-    console.print(f"[dim]chosen by {origin}[/]", highlight=False)
+    err_console.print(f"[dim]chosen by {origin}[/]", highlight=False)

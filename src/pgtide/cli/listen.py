@@ -42,7 +42,7 @@ def listen(
     machine = wants_json(as_json)
     chosen = resolve(dsn)
     codec = cast(CodecName, decode)
-    listener = Listener(chosen, decode=codec, on_reconnect=_gap_warning)
+    listener = Listener(dsn=chosen, decode=codec, on_reconnect=_gap_warning)
     show = emit_note if machine else print_note
     try:
         for channel in channels:
