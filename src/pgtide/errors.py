@@ -24,6 +24,14 @@ class ConnectionFailed(PgtideError):
         self.target = target
 
 
+class PermissionDenied(PgtideError):
+    """The database role lacks a privilege pgtide needs; the message names the GRANTs to run."""
+
+    def __init__(self, message: str, *, role: str = "") -> None:
+        super().__init__(message)
+        self.role = role
+
+
 class EmbeddedError(PgtideError):
     """The embedded PostgreSQL could not be initialised, started or stopped."""
 

@@ -118,16 +118,34 @@ async def arun(conn: psycopg.AsyncConnection[Any], io: Io[T]) -> T:
         return result
 
 
+def translate(exc: Exception, conn: psycopg.BaseConnection[Any] | None) -> Exception:
+    """The pgtide error for a driver error that has one (a missing privilege), else ``exc``."""
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        from .grants import denied
+
+        return denied(exc, conn.info.user if conn is not None and not conn.closed else "?")
+    return exc
+
+
 @contextmanager
 def using(
     dsn: DsnLike = None, conn: psycopg.Connection[Any] | None = None
 ) -> Iterator[psycopg.Connection[Any]]:
     """The caller's connection as it is, or a new autocommit one closed afterwards."""
     if conn is not None:
-        yield conn
+        with _translated(conn):
+            yield conn
         return
-    with connect(resolve(dsn)) as own:
+    with connect(resolve(dsn)) as own, _translated(own):
         yield own
+
+
+@contextmanager
+def _translated(conn: psycopg.BaseConnection[Any]) -> Iterator[None]:
+    try:
+        yield
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise translate(exc, conn) from None
 
 
 @asynccontextmanager
@@ -136,10 +154,12 @@ async def ausing(
 ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     """The asyncio twin of :func:`using`."""
     if conn is not None:
-        yield conn
+        with _translated(conn):
+            yield conn
         return
-    async with await aconnect(dsn if isinstance(dsn, Resolved) else await aresolve(dsn)) as own:
-        yield own
+    async with await aconnect(await aresolve(dsn)) as own:
+        with _translated(own):
+            yield own
 
 
 async def aresolve(dsn: DsnLike) -> Resolved:
@@ -178,7 +198,10 @@ class _Policy:
     def delay(self, exc: Exception, conn: psycopg.BaseConnection[Any] | None) -> float:
         """Seconds to wait before retrying after ``exc``; re-raises what is not an outage."""
         if not isinstance(exc, OUTAGES):
-            raise exc
+            failure = translate(exc, conn)
+            if failure is exc:
+                raise exc
+            raise failure from None
         if isinstance(exc, ConnectionFailed):
             if not self.connected_once:
                 raise exc

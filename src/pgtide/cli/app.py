@@ -12,7 +12,7 @@ import typer
 from .. import __version__
 from ..connect import ENV_FILE_VARIABLE
 from ..errors import ConnectionFailed, PgtideError
-from . import db, demo, events, feed, ingest, install, listen, status
+from . import db, demo, events, feed, grant, ingest, install, listen, status
 
 app = typer.Typer(
     name="pgtide",
@@ -24,6 +24,7 @@ app = typer.Typer(
 app.add_typer(db.app, name="db")
 app.add_typer(events.app, name="events")
 app.command("install")(install.install)
+app.command("grant")(grant.grant)
 app.command("demo")(demo.demo)
 app.command("status")(status.status)
 app.command("listen")(listen.listen)
