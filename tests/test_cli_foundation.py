@@ -98,3 +98,34 @@ def test_env_file_at_any_path(cli: CliRunner, tmp_path: Path) -> None:
         assert "db.example" in done.stdout and "jumbo.env" in done.stderr
     missing = cli("--env-file", str(tmp_path / "nope.env"), "db", "url")
     assert missing.returncode != 0 and "PGTIDE_ENV_FILE names" in missing.stderr
+
+
+def _command_paths() -> list[list[str]]:
+    import typer.main
+
+    from pgtide.cli.app import app
+
+    paths: list[list[str]] = []
+
+    def walk(command: object, path: list[str]) -> None:
+        paths.append(path)
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return paths
+
+
+def test_help_screens_speak_to_people() -> None:
+    from typer.testing import CliRunner as InProcess
+
+    from pgtide.cli.app import app
+
+    runner = InProcess()
+    paths = _command_paths()
+    assert len(paths) > 20
+    for path in paths:
+        done = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "100"})
+        assert done.exit_code == 0, (path, done.output)
+        for raw in ("<bool>", "<str>", "<list", "<float", "<int", "{", "``"):
+            assert raw not in done.output, (path, raw, done.output)

@@ -12,7 +12,9 @@ import typer
 from .. import __version__
 from ..connect import ENV_FILE_VARIABLE
 from ..errors import ConnectionFailed, PgtideError
-from . import db, demo, events, feed, grant, ingest, install, listen, status
+from . import _help, db, demo, events, feed, grant, ingest, install, listen, status
+
+_help.install()
 
 app = typer.Typer(
     name="pgtide",
@@ -20,6 +22,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode="markdown",
 )
 app.add_typer(db.app, name="db")
 app.add_typer(events.app, name="events")

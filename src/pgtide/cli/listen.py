@@ -6,7 +6,6 @@ import json
 import time
 from typing import Annotated, Any, cast
 
-import psycopg
 import typer
 from rich.markup import escape
 from rich.pretty import Pretty
@@ -18,7 +17,6 @@ from ..listen import Listener, Notification
 from ..notify import notify as send
 from ..notify import prepare
 from ._common import DsnOption, JsonOption, console, emit_json, err_console, wants_json
-from .status import Section
 
 DecodeOption = Annotated[
     str,
@@ -27,7 +25,9 @@ DecodeOption = Annotated[
 
 
 def listen(
-    channels: Annotated[list[str], typer.Argument(help="Channels to listen on (any name).")],
+    channels: Annotated[
+        list[str], typer.Argument(help="Channels to listen on (any name).", metavar="CHANNEL")
+    ],
     dsn: DsnOption = None,
     as_json: JsonOption = False,
     decode: DecodeOption = "json",
@@ -98,24 +98,3 @@ def notify(
         emit_json({"channel": channel, "bytes": size, "target": chosen.target})
     else:
         console.print(f"notified {json.dumps(channel)} ({size} bytes)", highlight=False)
-
-
-LISTENERS_SQL = (
-    "SELECT pid, application_name, coalesce(client_addr::text, 'local'), backend_start, state"
-    " FROM pg_stat_activity"
-    " WHERE application_name LIKE 'pgtide%listen%' AND datname = current_database()"
-    " ORDER BY backend_start"
-)
-"""Listener connections: ``pgtide-listen`` and the features' own (``pgtide-events-listen``)."""
-
-
-def status_section(conn: psycopg.Connection[Any]) -> Section | None:
-    """``pgtide status``: the listeners of this database (NOTIFY does not cross databases)."""
-    rows = conn.execute(LISTENERS_SQL).fetchall()
-    if not rows:
-        return None
-    return Section(
-        "listeners",
-        ["backend pid", "application", "client", "connected since", "state"],
-        [[pid, app, addr, at.isoformat(timespec="seconds"), st] for pid, app, addr, at, st in rows],
-    )

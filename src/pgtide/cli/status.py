@@ -53,9 +53,11 @@ def _listeners(conn: psycopg.Connection[Any]) -> int:
 
 
 def _listen(conn: psycopg.Connection[Any]) -> Section | None:
-    from .listen import status_section
+    from .. import channel
+    from ..session import run
 
-    return status_section(conn)
+    sections = run(conn, channel.overview())
+    return sections[0] if sections else None
 
 
 def _events(conn: psycopg.Connection[Any]) -> Section | None:
