@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import psycopg
@@ -20,16 +19,9 @@ from rich.text import Text
 
 from .. import schema
 from ..connect import connect, resolve
+from ..overview import Section as Section
 from ._common import DsnOption, JsonOption, console, emit_json
 from .feed import changes_section, consumers_section
-
-
-@dataclass
-class Section:
-    title: str
-    columns: list[str]
-    rows: list[list[Any]] = field(default_factory=list)
-
 
 SectionFn = Callable[[psycopg.Connection[Any]], Section | None]
 
