@@ -129,3 +129,31 @@ def test_help_screens_speak_to_people() -> None:
         assert done.exit_code == 0, (path, done.output)
         for raw in ("<bool>", "<str>", "<list", "<float", "<int", "{", "``"):
             assert raw not in done.output, (path, raw, done.output)
+
+
+def test_db_psql_runs_on_the_chosen_database(cli: CliRunner, dsn: str) -> None:
+    done = cli("db", "psql", "--dsn", dsn, "-At", "-c", "SELECT 40 + 2")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "42"
+
+
+def test_db_reset_drops_pgtide_and_demo_leftovers_only(cli: CliRunner, dsn: str) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE mine (x int)")
+        conn.execute("CREATE TABLE pgtide_demo_orders_dead (x int)")
+    refused = cli("db", "reset", "--dsn", dsn)
+    assert refused.returncode == 1 and "--yes" in refused.stderr
+    done = cli("db", "reset", "--dsn", dsn, "--yes", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["dropped"] == [
+        "schema pgtide",
+        "public.pgtide_demo_orders_dead",
+    ]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        tables = {r[0] for r in conn.execute("SELECT relname FROM pg_class WHERE relkind = 'r'")}
+        assert "mine" in tables and "pgtide_demo_orders_dead" not in tables
+        assert conn.execute("SELECT to_regnamespace('pgtide')").fetchone() == (None,)
+    again = cli("db", "reset", "--dsn", dsn, "--yes")
+    assert again.returncode == 0 and "nothing to drop" in again.stdout

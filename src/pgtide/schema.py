@@ -13,6 +13,7 @@ from importlib import resources
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from ._compat import now_keyword_only
 from .connect import DsnLike
@@ -117,6 +118,33 @@ def _check_rights() -> Io[None]:
             f'installing schema pgtide needs; run `GRANT CREATE ON DATABASE "{database}" '
             f'TO "{user}"` as a superuser, or install once as the database owner'
         )
+
+
+DEMO_TABLES = "pgtide_demo_%"
+"""Tables ``pgtide demo`` creates (and removes, unless it was killed)."""
+
+_LEFTOVERS = (
+    "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE c.relkind IN ('r', 'p') AND c.relname LIKE %s AND n.nspname <> 'pgtide'"
+)
+
+
+def uninstall_io() -> Io[list[str]]:
+    """Drop schema pgtide (its tables, and the capture triggers on tracked tables, through
+    their functions) and what ``pgtide demo`` left behind; return what was dropped."""
+    dropped: list[str] = []
+
+    def work() -> Io[None]:
+        for nspname, relname in (yield from query(_LEFTOVERS, (DEMO_TABLES,))):
+            yield Query(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(nspname, relname)))
+            dropped.append(f"{nspname}.{relname}")
+        exists = yield from one("SELECT to_regnamespace('pgtide') IS NOT NULL")
+        if exists and exists[0]:
+            yield Query("DROP SCHEMA pgtide CASCADE")
+            dropped.insert(0, "schema pgtide")
+
+    yield from atomic(work())
+    return dropped
 
 
 def ensure_io() -> Io[None]:
