@@ -157,3 +157,14 @@ def test_db_reset_drops_pgtide_and_demo_leftovers_only(cli: CliRunner, dsn: str)
         assert conn.execute("SELECT to_regnamespace('pgtide')").fetchone() == (None,)
     again = cli("db", "reset", "--dsn", dsn, "--yes")
     assert again.returncode == 0 and "nothing to drop" in again.stdout
+
+
+def test_db_status_exit_code_says_whether_it_runs(
+    cli: CliRunner, embedded_home: Path, tmp_path: Path
+) -> None:
+    env = {"PGTIDE_HOME": str(embedded_home)}
+    stopped = cli("db", "status", "--json", env=env)
+    assert stopped.returncode == 3 and json.loads(stopped.stdout)["running"] is False
+    assert cli("db", "start", "--json", env=env).returncode == 0
+    running = cli("db", "status", "--json", env=env)
+    assert running.returncode == 0 and json.loads(running.stdout)["running"] is True

@@ -85,4 +85,4 @@ def test_listen_on_a_terminal_prints_readable_lines(
         pgtide.Notification("x", "raw", "raw", 1, datetime.now(UTC), error="ValueError: bad")
     )
     text = console.export_text()
-    assert "orders" in text and "'id': 1" in text and "ValueError: bad" in text
+    assert "orders" in text and '{"id": 1}' in text and "ValueError: bad" in text

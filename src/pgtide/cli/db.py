@@ -55,10 +55,18 @@ def stop(as_json: JsonOption = False) -> None:
         console.print("stopped" if was_running else "the embedded PostgreSQL was not running")
 
 
+STOPPED_EXIT = 3
+"""``pgtide db status`` exits with this when the embedded server is not running (as
+``systemctl status`` does), so scripts can test it."""
+
+
 @app.command()
 def status(as_json: JsonOption = False) -> None:
-    """Whether the embedded PostgreSQL runs, where, and how to reach it."""
-    _report(embedded.status(), as_json)
+    """Whether the embedded PostgreSQL runs, where, and how to reach it (exit 3 if stopped)."""
+    server = embedded.status()
+    _report(server, as_json)
+    if not server.running:
+        raise typer.Exit(STOPPED_EXIT)
 
 
 @app.command()

@@ -7,8 +7,8 @@ import time
 from typing import Annotated, Any, cast
 
 import typer
+from rich.highlighter import JSONHighlighter
 from rich.markup import escape
-from rich.pretty import Pretty
 from rich.text import Text
 
 from ..codecs import CodecName
@@ -75,10 +75,11 @@ def print_note(note: Notification) -> None:
         " ",
     )
     body: Any = note.payload
-    if isinstance(body, (dict, list)):
-        console.print(line, Pretty(body), sep="")
-    else:
-        console.print(line + Text(str(body)))
+    if isinstance(body, str):
+        console.print(line + Text(body))
+    else:  # a decoded value is shown as the JSON it came as, not as a Python repr
+        text = json.dumps(body, ensure_ascii=False, default=str)
+        console.print(line + JSONHighlighter()(Text(text)), soft_wrap=True)
     if note.error:
         console.print(Text(f"  ({note.error})", style="yellow"))
 
