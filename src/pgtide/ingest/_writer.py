@@ -19,6 +19,7 @@ import psycopg
 from psycopg import sql
 
 from ..errors import IngestError
+from ..names import TableName
 from ._formats import (
     CsvOptions,
     Format,
@@ -46,13 +47,13 @@ _COPY_LINE = re.compile(r"\bline (\d+)\b")
 class Target:
     """Where rows go: a table and its columns (COPY), or a SQL template (executemany)."""
 
-    table: str | None
+    table: TableName | None
     columns: tuple[str, ...] | None
     template: str | None
 
     @property
     def label(self) -> str:
-        return self.table if self.table is not None else "sql template"
+        return str(self.table) if self.table is not None else "sql template"
 
 
 RETRY_ROWS = 1024
@@ -93,15 +94,13 @@ class Writer:
 
     def _copy(self, columns: Sequence[str], *, csv_format: bool) -> sql.Composed:
         assert self.target.table is not None
-        from ._store import table_identifier
-
         options: sql.Composable = sql.SQL("")
         if csv_format:
             options = sql.SQL(" (FORMAT csv, DELIMITER {}, QUOTE {})").format(
                 sql.Literal(self.csv.delimiter), sql.Literal(self.csv.quote)
             )
         return sql.SQL("COPY {} ({}) FROM STDIN{}").format(
-            table_identifier(self.target.table),
+            self.target.table.identifier,
             sql.SQL(", ").join(sql.Identifier(c) for c in columns),
             options,
         )
