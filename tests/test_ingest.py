@@ -625,3 +625,94 @@ def test_cli_ingest_watches_until_interrupted(
             proc.kill()
             proc.communicate()
     assert floats(dsn) == [1, 2]
+
+
+# -- the consolidated API ---------------------------------------------------------------------
+
+
+def test_overview_is_database_work_returning_sections(dsn: str, table: str, data: Path) -> None:
+    from pgtide.session import run
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        pgtide.install(conn=conn)
+        assert run(conn, pgtide.ingest.overview()) == []  # installed, never used: no section
+        (data / "a.txt").write_text("1\n2\nx\n")
+        pgtide.FileWatcher(data, table=table, columns=["v"], dsn=dsn, name="w1").catch_up()
+        (section,) = run(conn, pgtide.ingest.overview())
+        assert section.title == "ingested files"
+        assert section.columns == [
+            "watcher",
+            "path",
+            "offset",
+            "lines",
+            "rows",
+            "rejected",
+            "target",
+            "updated",
+        ]
+        ((watcher, path, offset, lines, rows, rejected, target, updated),) = section.rows
+        assert (watcher, Path(path).name, offset, lines, rows, rejected, target) == (
+            "w1",
+            "a.txt",
+            6,
+            3,
+            2,
+            1,
+            "t",
+        )
+        assert updated.microsecond == 0
+        with pytest.warns(DeprecationWarning, match="overview"):
+            assert pgtide.ingest.overview(conn) == [tuple(section.rows[0])]
+
+
+def test_overview_without_the_schema_has_no_section(bare_dsn: str) -> None:
+    from pgtide.session import run
+
+    with psycopg.connect(bare_dsn, autocommit=True) as conn:
+        assert run(conn, pgtide.ingest.overview()) == []
+
+
+def test_close_stops_and_releases_and_the_watcher_can_start_again(
+    dsn: str, table: str, data: Path
+) -> None:
+    watcher = pgtide.FileWatcher(data, table=table, columns=["v"], dsn=dsn, rescan_every=0.1)
+    watcher.start()
+    append(data / "a.txt", "1\n")
+    wait_for(lambda: floats(dsn) == [1.0], what="the first line")
+    watcher.close()
+    assert not watcher.status().running
+    connections = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgtide ingest'"
+    assert sql(dsn, connections) == [(0,)]
+    append(data / "a.txt", "2\n")
+    with watcher:  # start() again after close()
+        wait_for(lambda: floats(dsn) == [1.0, 2.0], what="the line after a restart")
+    assert sql(dsn, connections) == [(0,)]
+
+
+def test_async_close_and_schema_qualified_quoted_names(dsn: str, data: Path) -> None:
+    sql(dsn, 'CREATE SCHEMA "my.schema"')
+    sql(dsn, 'CREATE TABLE "my.schema"."Odd Table" ("Value" float8)')
+    (data / "a.txt").write_text("1\n2\n")
+
+    async def main() -> None:
+        watcher = pgtide.aio.FileWatcher(
+            data, table='"my.schema"."Odd Table"', columns=["Value"], dsn=dsn
+        )
+        await watcher.start()
+        while len(await asyncio.to_thread(sql, dsn, 'SELECT 1 FROM "my.schema"."Odd Table"')) < 2:
+            await asyncio.sleep(0.02)
+        await watcher.close()
+        assert not watcher.status().running
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    assert sql(dsn, 'SELECT "Value" FROM "my.schema"."Odd Table"') == [(1.0,), (2.0,)]
+
+
+def test_an_unreachable_database_fails_at_once_not_in_the_constructor(data: Path) -> None:
+    watcher = pgtide.FileWatcher(data, table="t", dsn="postgresql://u@127.0.0.1:1/x")
+    began = time.monotonic()
+    with pytest.raises(pgtide.ConnectionFailed):
+        watcher.catch_up()
+    with pytest.raises(pgtide.ConnectionFailed):
+        watcher.start()
+    assert time.monotonic() - began < 10 and not watcher.status().running
