@@ -716,3 +716,49 @@ def test_an_unreachable_database_fails_at_once_not_in_the_constructor(data: Path
     with pytest.raises(pgtide.ConnectionFailed):
         watcher.start()
     assert time.monotonic() - began < 10 and not watcher.status().running
+
+
+# -- any byte sequence is safe ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["lines", "csv"])
+def test_nul_bytes_and_invalid_utf8_go_to_rejects_with_their_bytes(
+    dsn: str, data: Path, fmt: str
+) -> None:
+    sql(dsn, "CREATE TABLE words (w text)")
+    nul, latin1 = b"bad\x00line", b"caf\xe9 \xff"
+    (data / "a.txt").write_bytes(b"one\n" + nul + b"\ntwo\n" + latin1 + b"\nthree\n")
+    watcher = pgtide.FileWatcher(data, table="words", columns=["w"], format=fmt, dsn=dsn)
+    assert watcher.catch_up() == 3
+    assert sql(dsn, "SELECT w FROM words") == [("one",), ("two",), ("three",)]
+    rejects = sql(dsn, "SELECT line_no, raw, line, error FROM pgtide.rejects ORDER BY line_no")
+    assert [(r[0], r[1]) for r in rejects] == [(2, nul), (4, latin1)]
+    assert all(r[2] and r[3] for r in rejects)  # a readable text and a reason as well
+    assert "NUL" in rejects[0][3] and "UTF-8" in rejects[1][3]
+    assert watcher.status().rejected == 2
+
+
+def test_a_nul_line_never_stops_a_running_watcher(dsn: str, table: str, data: Path) -> None:
+    with pgtide.FileWatcher(data, table=table, columns=["v"], rescan_every=0.1, dsn=dsn) as w:
+        append(data / "a.txt", "1\n")
+        wait_for(lambda: floats(dsn) == [1.0], what="the first line")
+        with (data / "a.txt").open("ab") as f:
+            f.write(b"\x00\n2\n\xc3\x28\n{\\u0000}\n3\n")
+        wait_for(lambda: floats(dsn) == [1.0, 2.0, 3.0], what="the lines after the bad ones")
+        assert w.status().running
+    raw = [r[0] for r in sql(dsn, "SELECT raw FROM pgtide.rejects ORDER BY line_no")]
+    assert raw == [b"\x00", b"\xc3\x28", b"{\\u0000}"]
+
+
+def test_jsonl_nul_escapes_and_the_sql_template_reject_cleanly(dsn: str, data: Path) -> None:
+    sql(dsn, "CREATE TABLE j (a text)")
+    good, escaped = b'{"a": "x"}', b'{"a": "\\u0000"}'
+    (data / "a.jsonl").write_bytes(good + b"\n" + escaped + b"\n" + b"\xff\n" + good + b"\n")
+    pgtide.FileWatcher(
+        data, table="j", columns=["a"], format="jsonl", pattern="*.jsonl", dsn=dsn
+    ).catch_up()
+    (data / "b.txt").write_bytes(b"y\n\x00z\n\xfe\nw\n")
+    pgtide.FileWatcher(data, sql="INSERT INTO j (a) VALUES (%s)", dsn=dsn, name="s").catch_up()
+    assert sorted(r[0] for r in sql(dsn, "SELECT a FROM j")) == ["w", "x", "x", "y"]
+    rejects = sql(dsn, "SELECT raw FROM pgtide.rejects ORDER BY path, line_no")
+    assert [r[0] for r in rejects] == [escaped, b"\xff", b"\x00z", b"\xfe"]

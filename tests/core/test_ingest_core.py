@@ -99,3 +99,18 @@ def test_complete_end_and_the_copy_fast_path() -> None:
     assert raw_copy_payload(b"1\n\n2\n", "lines", 1, csv) is None
     assert raw_copy_payload(b"a\tb\n", "lines", 1, csv) is None
     assert raw_copy_payload(b"h\n1\n", "csv", 1, CsvOptions(header=True)) == b"1\n"
+
+
+def test_bad_bytes_are_rejected_with_their_exact_bytes() -> None:
+    rows, rejects = parse_lines(b"a\n\x00b\nc\xff\nd\n", 1)
+    assert [r.values for r in rows] == [("a",), ("d",)]
+    assert [(r.line_no, r.raw) for r in rejects] == [(2, b"\x00b"), (3, b"c\xff")]
+    assert [r.line for r in rejects] == ["\\0b", "c\ufffd"]  # readable text for the line column
+    assert "NUL" in rejects[0].error and "UTF-8" in rejects[1].error
+    rows, rejects = parse_csv(b'1,x\n2,"\x00"\n3,\xe9\n', 1, CsvOptions())
+    assert [r.values for r in rows] == [("1", "x")]
+    assert [r.raw for r in rejects] == [b'2,"\x00"', b"3,\xe9"]
+    rows, rejects = parse_jsonl(b'{"a": "\\u0000"}\n{"a": "\\\\u0000"}\n', 1, ["a"])
+    assert [r.values for r in rows] == [("\\u0000",)]
+    assert [r.raw for r in rejects] == [b'{"a": "\\u0000"}']
+    assert raw_copy_payload(b"1\n\x00\n", "lines", 1, CsvOptions()) is None

@@ -44,9 +44,9 @@ RETURNING version
 """
 DROP_OFFSET = "DELETE FROM pgtide.file_offsets WHERE watcher = %s AND path = %s"
 INSERT_REJECTS = """
-INSERT INTO pgtide.rejects (watcher, path, line_no, line, error)
-SELECT %s, %s, r.line_no, r.line, r.error
-FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS r (line_no, line, error)
+INSERT INTO pgtide.rejects (watcher, path, line_no, line, raw, error)
+SELECT %s, %s, r.line_no, r.line, r.raw, r.error
+FROM unnest(%s::bigint[], %s::text[], %s::bytea[], %s::text[]) AS r (line_no, line, raw, error)
 """
 INGEST_INSTALLED = "SELECT to_regclass('pgtide.file_offsets') IS NOT NULL"
 OVERVIEW = """
@@ -132,12 +132,14 @@ def forget(watcher: str, path: str) -> Io[None]:
 
 
 def add_rejects(watcher: str, path: str, rejects: Sequence[Reject]) -> Io[None]:
-    """Keep the lines that did not land (one statement, whatever their number)."""
+    """Keep the lines that did not land, with their exact bytes (one statement, whatever
+    their number)."""
     if rejects:
         numbers = [r.line_no for r in rejects]
         lines = [r.line for r in rejects]
+        raw = [r.raw for r in rejects]
         errors = [r.error for r in rejects]
-        yield from query(INSERT_REJECTS, (watcher, path, numbers, lines, errors))
+        yield from query(INSERT_REJECTS, (watcher, path, numbers, lines, raw, errors))
 
 
 def overview() -> Io[list[Section]]:

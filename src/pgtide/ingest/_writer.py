@@ -188,12 +188,12 @@ class Writer:
                 landed += hi - lo
             except ROW_ERRORS as exc:
                 if hi - lo == 1:
-                    rejects.append(Reject(rows[lo].line_no, rows[lo].line, _message(exc)))
+                    rejects.append(rows[lo].reject(_message(exc)))
                     continue
                 hint = _hint(exc) if self.target.template is None else None
                 if hint is not None and 0 <= hint < hi - lo:
                     bad = lo + hint  # COPY names the row; those before it were fine
-                    rejects.append(Reject(rows[bad].line_no, rows[bad].line, _message(exc)))
+                    rejects.append(rows[bad].reject(_message(exc)))
                     todo += [*_pieces(bad + 1, hi), (lo, bad)]
                 else:
                     mid = (lo + hi) // 2
