@@ -4,7 +4,8 @@ One engine serves both faces (:class:`pgtide.FileWatcher` and :class:`pgtide.aio
 It keeps one connection and the files it reads open. Each step reads one batch of complete
 lines from one file and commits, in one transaction, the rows, the rejects and the file's
 new offset in ``pgtide.file_offsets``. All state is reloaded from that table whenever the
-engine (re)connects, so a crash, a lost connection or a second engine under the same name
+engine (re)connects (its session's prepare step), so a crash, a lost connection or a second
+engine under the same name
 can neither skip nor repeat a line.
 """
 
@@ -143,7 +144,8 @@ class Engine:
         self._release_files()
         self._columns = columns
         self._saved = {p: v for p, v in saved.items() if self._watches(p)}
-        self._loaded = True
+        with self._lock:
+            self._loaded = True
 
     def _check_target(self) -> Io[tuple[str, ...] | None]:
         target = self.s.target

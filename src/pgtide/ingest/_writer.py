@@ -127,8 +127,8 @@ class Writer:
             return landed, rejects + refused
         except ROW_ERRORS:
             raise
-        except psycopg.errors.OperationalError:
-            raise
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            raise  # the connection, not the data: the session's outage rule decides
         except psycopg.Error as exc:
             raise IngestError(
                 f"the server refused to write into {self.target.label}: {_message(exc)}; "
