@@ -5,8 +5,7 @@ It keeps one connection and the files it reads open. Each step reads one batch o
 lines from one file and commits, in one transaction, the rows, the rejects and the file's
 new offset in ``pgtide.file_offsets``. All state is reloaded from that table whenever the
 engine (re)connects (its session's prepare step), so a crash, a lost connection or a second
-engine under the same name
-can neither skip nor repeat a line.
+engine under the same name can neither skip nor repeat a line.
 """
 
 from __future__ import annotations
