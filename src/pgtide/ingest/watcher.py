@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import cast
 
+from .._compat import now_keyword_only
+from .._signals import stop_on_signals
 from ..connect import DsnLike
 from ..errors import ConfigError
 from ..names import TableName
@@ -19,42 +19,8 @@ from ._writer import Target
 
 log = logging.getLogger("pgtide.ingest")
 
-F = TypeVar("F", bound=Callable[..., None])
-
 _ONCE_POSITIONAL = ("table", "columns", "pattern", "format", "sql", "start", "recursive", "dsn")
 """The parameters after ``path`` that could be given by position before they became keyword-only."""
-
-
-def _keyword_only(init: F) -> F:
-    """Accept the former positional form for one more release, with a DeprecationWarning.
-
-    The wrapper keeps ``init``'s signature (``inspect.signature`` follows ``__wrapped__``), so
-    tools and type checkers see only the keyword-only form.
-    """
-
-    @functools.wraps(init)
-    def wrapper(self: Any, path: Any, *args: Any, **kwargs: Any) -> None:
-        if args:
-            if len(args) > len(_ONCE_POSITIONAL):
-                raise TypeError(
-                    f"{type(self).__name__}() takes 1 positional argument (path) "
-                    f"but {1 + len(args)} were given"
-                )
-            names = _ONCE_POSITIONAL[: len(args)]
-            twice = [n for n in names if n in kwargs]
-            if twice:
-                raise TypeError(f"{type(self).__name__}() got multiple values for {twice[0]!r}")
-            warnings.warn(
-                f"{type(self).__name__}: the arguments after path are keyword-only; write "
-                + ", ".join(f"{n}=..." for n in names)
-                + " (passing them by position stops working in the next release)",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            kwargs.update(zip(names, args, strict=True))
-        init(self, path, **kwargs)
-
-    return cast(F, wrapper)
 
 
 def _columns(columns: Sequence[str] | str | None, fmt: Format) -> tuple[str, ...] | None:
@@ -91,7 +57,7 @@ class Watcher:
 
     _face = "FileWatcher"
 
-    @_keyword_only
+    @now_keyword_only(2, *_ONCE_POSITIONAL)  # self, path
     def __init__(
         self,
         path: str | Path,
@@ -180,8 +146,10 @@ class FileWatcher(Watcher):
     """
 
     def run(self) -> None:
-        """Land lines as they are written; blocks until :meth:`stop` (or Ctrl-C)."""
-        self._engine.run()
+        """Land lines as they are written; blocks until :meth:`stop`, Ctrl-C or SIGTERM (in the
+        main thread both stop it gracefully, after the current batch)."""
+        with stop_on_signals(self._engine.request_stop, "file watcher"):
+            self._engine.run()
 
     def catch_up(self) -> int:
         """Land every complete line there is now, then return the number of rows landed."""
