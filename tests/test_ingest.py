@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import signal
@@ -167,6 +168,7 @@ def test_server_restart_and_outage_while_watching(
     restartable: RestartableServer, data: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     dsn = restartable.dsn
+    caplog.set_level(logging.INFO, logger="pgtide.session")  # retries after the first: INFO
     sql(dsn, "CREATE TABLE t (n bigint GENERATED ALWAYS AS IDENTITY, v float8)")
     watcher = pgtide.FileWatcher(data, table="t", columns=["v"], dsn=dsn, rescan_every=0.2)
     (data / "a.txt").write_text("".join(f"{i}\n" for i in range(100)))
@@ -179,7 +181,7 @@ def test_server_restart_and_outage_while_watching(
         restartable.stop()  # an outage: lines keep coming, reconnecting fails for a while
         append(data / "a.txt", "".join(f"{i}\n" for i in range(200, 300)))
         wait_for(
-            lambda: sum("database unavailable" in r.getMessage() for r in caplog.records) >= 2,
+            lambda: sum("connection lost" in r.getMessage() for r in caplog.records) >= 2,
             what="failed reconnection attempts",
         )
         restartable.start()
@@ -623,3 +625,140 @@ def test_cli_ingest_watches_until_interrupted(
             proc.kill()
             proc.communicate()
     assert floats(dsn) == [1, 2]
+
+
+# -- the consolidated API ---------------------------------------------------------------------
+
+
+def test_overview_is_database_work_returning_sections(dsn: str, table: str, data: Path) -> None:
+    from pgtide.session import run
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        pgtide.install(conn=conn)
+        assert run(conn, pgtide.ingest.overview()) == []  # installed, never used: no section
+        (data / "a.txt").write_text("1\n2\nx\n")
+        pgtide.FileWatcher(data, table=table, columns=["v"], dsn=dsn, name="w1").catch_up()
+        (section,) = run(conn, pgtide.ingest.overview())
+        assert section.title == "ingested files"
+        assert section.columns == [
+            "watcher",
+            "path",
+            "offset",
+            "lines",
+            "rows",
+            "rejected",
+            "target",
+            "updated",
+        ]
+        ((watcher, path, offset, lines, rows, rejected, target, updated),) = section.rows
+        assert (watcher, Path(path).name, offset, lines, rows, rejected, target) == (
+            "w1",
+            "a.txt",
+            6,
+            3,
+            2,
+            1,
+            "t",
+        )
+        assert updated.microsecond == 0
+        with pytest.warns(DeprecationWarning, match="overview"):
+            assert pgtide.ingest.overview(conn) == [tuple(section.rows[0])]
+
+
+def test_overview_without_the_schema_has_no_section(bare_dsn: str) -> None:
+    from pgtide.session import run
+
+    with psycopg.connect(bare_dsn, autocommit=True) as conn:
+        assert run(conn, pgtide.ingest.overview()) == []
+
+
+def test_close_stops_and_releases_and_the_watcher_can_start_again(
+    dsn: str, table: str, data: Path
+) -> None:
+    watcher = pgtide.FileWatcher(data, table=table, columns=["v"], dsn=dsn, rescan_every=0.1)
+    watcher.start()
+    append(data / "a.txt", "1\n")
+    wait_for(lambda: floats(dsn) == [1.0], what="the first line")
+    watcher.close()
+    assert not watcher.status().running
+    connections = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgtide ingest'"
+    assert sql(dsn, connections) == [(0,)]
+    append(data / "a.txt", "2\n")
+    with watcher:  # start() again after close()
+        wait_for(lambda: floats(dsn) == [1.0, 2.0], what="the line after a restart")
+    assert sql(dsn, connections) == [(0,)]
+
+
+def test_async_close_and_schema_qualified_quoted_names(dsn: str, data: Path) -> None:
+    sql(dsn, 'CREATE SCHEMA "my.schema"')
+    sql(dsn, 'CREATE TABLE "my.schema"."Odd Table" ("Value" float8)')
+    (data / "a.txt").write_text("1\n2\n")
+
+    async def main() -> None:
+        watcher = pgtide.aio.FileWatcher(
+            data, table='"my.schema"."Odd Table"', columns=["Value"], dsn=dsn
+        )
+        await watcher.start()
+        while len(await asyncio.to_thread(sql, dsn, 'SELECT 1 FROM "my.schema"."Odd Table"')) < 2:
+            await asyncio.sleep(0.02)
+        await watcher.close()
+        assert not watcher.status().running
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    assert sql(dsn, 'SELECT "Value" FROM "my.schema"."Odd Table"') == [(1.0,), (2.0,)]
+
+
+def test_an_unreachable_database_fails_at_once_not_in_the_constructor(data: Path) -> None:
+    watcher = pgtide.FileWatcher(data, table="t", dsn="postgresql://u@127.0.0.1:1/x")
+    began = time.monotonic()
+    with pytest.raises(pgtide.ConnectionFailed):
+        watcher.catch_up()
+    with pytest.raises(pgtide.ConnectionFailed):
+        watcher.start()
+    assert time.monotonic() - began < 10 and not watcher.status().running
+
+
+# -- any byte sequence is safe ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["lines", "csv"])
+def test_nul_bytes_and_invalid_utf8_go_to_rejects_with_their_bytes(
+    dsn: str, data: Path, fmt: str
+) -> None:
+    sql(dsn, "CREATE TABLE words (w text)")
+    nul, latin1 = b"bad\x00line", b"caf\xe9 \xff"
+    (data / "a.txt").write_bytes(b"one\n" + nul + b"\ntwo\n" + latin1 + b"\nthree\n")
+    watcher = pgtide.FileWatcher(data, table="words", columns=["w"], format=fmt, dsn=dsn)
+    assert watcher.catch_up() == 3
+    assert sql(dsn, "SELECT w FROM words") == [("one",), ("two",), ("three",)]
+    rejects = sql(dsn, "SELECT line_no, raw, line, error FROM pgtide.rejects ORDER BY line_no")
+    assert [(r[0], r[1]) for r in rejects] == [(2, nul), (4, latin1)]
+    assert all(r[2] and r[3] for r in rejects)  # a readable text and a reason as well
+    assert "NUL" in rejects[0][3] and "UTF-8" in rejects[1][3]
+    assert watcher.status().rejected == 2
+
+
+def test_a_nul_line_never_stops_a_running_watcher(dsn: str, table: str, data: Path) -> None:
+    with pgtide.FileWatcher(data, table=table, columns=["v"], rescan_every=0.1, dsn=dsn) as w:
+        append(data / "a.txt", "1\n")
+        wait_for(lambda: floats(dsn) == [1.0], what="the first line")
+        with (data / "a.txt").open("ab") as f:
+            f.write(b"\x00\n2\n\xc3\x28\n{\\u0000}\n3\n")
+        wait_for(lambda: floats(dsn) == [1.0, 2.0, 3.0], what="the lines after the bad ones")
+        assert w.status().running
+    raw = [r[0] for r in sql(dsn, "SELECT raw FROM pgtide.rejects ORDER BY line_no")]
+    assert raw == [b"\x00", b"\xc3\x28", b"{\\u0000}"]
+
+
+def test_jsonl_nul_escapes_and_the_sql_template_reject_cleanly(dsn: str, data: Path) -> None:
+    sql(dsn, "CREATE TABLE j (a text)")
+    good, escaped = b'{"a": "x"}', b'{"a": "\\u0000"}'
+    (data / "a.jsonl").write_bytes(good + b"\n" + escaped + b"\n" + b"\xff\n" + good + b"\n")
+    pgtide.FileWatcher(
+        data, table="j", columns=["a"], format="jsonl", pattern="*.jsonl", dsn=dsn
+    ).catch_up()
+    (data / "b.txt").write_bytes(b"y\n\x00z\n\xfe\nw\n")
+    pgtide.FileWatcher(data, sql="INSERT INTO j (a) VALUES (%s)", dsn=dsn, name="s").catch_up()
+    assert sorted(r[0] for r in sql(dsn, "SELECT a FROM j")) == ["w", "x", "x", "y"]
+    rejects = sql(dsn, "SELECT raw FROM pgtide.rejects ORDER BY path, line_no")
+    assert [r[0] for r in rejects] == [escaped, b"\xff", b"\x00z", b"\xfe"]

@@ -156,9 +156,6 @@ def ingest(
 
 def _log_to(machine: bool) -> None:
     """Warnings (rejects, reconnects) above the progress line, or as plain lines on stderr."""
-    logger = logging.getLogger("pgtide.ingest")
-    if logger.handlers:
-        return
     handler: logging.Handler
     if machine:
         handler = logging.StreamHandler(sys.stderr)
@@ -166,8 +163,11 @@ def _log_to(machine: bool) -> None:
     else:
         handler = RichHandler(console=console, show_path=False, show_time=False)
     handler.setLevel(logging.WARNING)
-    logger.addHandler(handler)
-    logger.propagate = False
+    for name in ("pgtide.ingest", "pgtide.session"):  # rejects; outages and reconnects
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.propagate = False
 
 
 def _once(watcher: FileWatcher, machine: bool) -> None:

@@ -4,8 +4,8 @@ One engine serves both faces (:class:`pgtide.FileWatcher` and :class:`pgtide.aio
 It keeps one connection and the files it reads open. Each step reads one batch of complete
 lines from one file and commits, in one transaction, the rows, the rejects and the file's
 new offset in ``pgtide.file_offsets``. All state is reloaded from that table whenever the
-engine (re)connects, so a crash, a lost connection or a second engine under the same name
-can neither skip nor repeat a line.
+engine (re)connects (its session's prepare step), so a crash, a lost connection or a second
+engine under the same name can neither skip nor repeat a line.
 """
 
 from __future__ import annotations
@@ -16,24 +16,26 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import psycopg
 import watchfiles
 
 from .. import schema
-from ..connect import Backoff, Resolved, connect, resolve
-from ..errors import ConnectionFailed, IngestError
+from ..connect import DsnLike
+from ..errors import ConfigError, IngestError
+from ..session import Io, Query, Session, Stopped, atomic, run
 from . import _files, _store
 from ._formats import CsvOptions, Format, complete_end, csv_header
 from ._writer import Target, Writer
 
 log = logging.getLogger("pgtide.ingest")
 
+T = TypeVar("T")
 Start = Literal["beginning", "end"]
-_DISCONNECTED = (psycopg.OperationalError, psycopg.InterfaceError)
+SET_UTF8 = "SET client_encoding TO 'UTF8'"
 MAX_OPEN_FILES = 200
 """Files kept open at once; the least recently read are closed (and reopened by path)."""
 
@@ -94,58 +96,66 @@ class WatcherStatus:
 
 
 class Engine:
-    """The single core behind both faces. Not thread-safe except for :meth:`status`."""
+    """The single core behind both faces. Not thread-safe except for :meth:`status` and
+    :meth:`stop`.
 
-    def __init__(self, settings: Settings, dsn: str | Resolved | None) -> None:
+    Its database work goes through one :class:`~pgtide.session.Session`: each new connection
+    is prepared (UTF-8, the schema, the target checked, every committed offset reloaded),
+    and a pass that meets an outage is run again, from that reloaded state, on the next one.
+    """
+
+    def __init__(self, settings: Settings, dsn: DsnLike) -> None:
         self.s = settings
-        self._dsn = dsn
-        self._resolved: Resolved | None = None
-        self._conn: psycopg.Connection[Any] | None = None
-        self._writer: Writer | None = None
+        self.session = Session(
+            dsn,
+            name=f"ingest {settings.name!r}",
+            prepare=self._prepare,
+            application_name="pgtide ingest",
+        )
+        self._conn: psycopg.Connection[Any] | None = None  # the connection of the pass
+        self._writer = Writer(settings.target, settings.fmt, settings.csv)
         self._columns: tuple[str, ...] | None = None
         self._files: dict[str, _files.Tracked] = {}
         self._saved: dict[str, _store.Saved] = {}
         self._lru: OrderedDict[int, _files.Tracked] = OrderedDict()  # files with an open fd
         self._reborn: set[str] = set()  # paths whose previous file was rotated away
         self._first_scan = True
-        self._ever_connected = False
+        self._loaded = False  # whether _files reflects the database (else: _snapshot)
         self._lines_read = 0
         self._snapshot: tuple[FileStatus, ...] = ()
         self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
         self.running = False
         self.stop_event = threading.Event()
 
     # -- connection -------------------------------------------------------------------
 
-    def open(self) -> None:
-        """Connect, check the target, and load every offset this watcher has committed."""
-        if self._conn is not None:
-            return
-        if self._resolved is None:
-            self._resolved = resolve(self._dsn)
-        conn = connect(self._resolved, client_encoding="utf8")
-        try:
-            schema.ensure(conn)
-            self._columns = self._check_target(conn)
-            saved = _store.load_all(conn, self.s.name)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-        self._writer = Writer(self.s.target, self.s.fmt, self.s.csv)
-        self._saved = {p: v for p, v in saved.items() if self._watches(p)}
-        self._ever_connected = True
+    def _prepare(self) -> Io[None]:
+        """Run on each new connection: everything in memory is reloaded from the database."""
+        yield Query(SET_UTF8)  # lines are read as UTF-8 whatever the server's default
+        yield from schema.ensure_io()
+        columns = yield from self._check_target()
+        yield from self._load(columns)
 
-    def _check_target(self, conn: psycopg.Connection[Any]) -> tuple[str, ...] | None:
+    def _load(self, columns: tuple[str, ...] | None) -> Io[None]:
+        saved = yield from _store.load_all(self.s.name)
+        self._release_files()
+        self._columns = columns
+        self._saved = {p: v for p, v in saved.items() if self._watches(p)}
+        with self._lock:
+            self._loaded = True
+
+    def _check_target(self) -> Io[tuple[str, ...] | None]:
         target = self.s.target
         if target.table is None:
             return target.columns
-        available = _store.table_columns(conn, target.table)
+        available = yield from _store.target_columns(target.table)
         if target.columns is not None:
             missing = [c for c in target.columns if c not in available]
             if missing:
                 raise IngestError(
-                    f"table {target.table!r} has no column {', '.join(map(repr, missing))}; "
+                    f"table {target.label!r} has no column {', '.join(map(repr, missing))}; "
                     f"its columns are {', '.join(available)} (names are case-sensitive)"
                 )
             return target.columns
@@ -153,7 +163,7 @@ class Engine:
             return None  # each file's header names its columns
         if self.s.fmt == "lines" and len(available) != 1:
             raise IngestError(
-                f"table {target.table!r} has {len(available)} columns; say which one receives "
+                f"table {target.label!r} has {len(available)} columns; say which one receives "
                 "the lines, e.g. columns=['value'] (or --columns value)"
             )
         return tuple(available)
@@ -165,54 +175,117 @@ class Engine:
         inside = parent == self.s.root or (self.s.recursive and self.s.root in parent.parents)
         return inside and fnmatch.fnmatchcase(Path(path).name, self.s.pattern)
 
-    def close(self) -> None:
-        """Release the connection and the open files (state stays in the database)."""
+    def _release_files(self) -> None:
+        """Close the files and forget what was read (state stays in the database)."""
         self._take_snapshot()
         for tracked in self._files.values():
             tracked.close()
         self._lru.clear()
         with self._lock:
             self._files.clear()
+            self._loaded = False
         self._saved.clear()
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
+
+    def release(self) -> None:
+        """Release the connection and the open files (state stays in the database)."""
+        self._release_files()
+        self._conn = None
+        self.session.close()
 
     @property
     def conn(self) -> psycopg.Connection[Any]:
         assert self._conn is not None
         return self._conn
 
+    def _do(self, io: Io[T]) -> T:
+        """Run ``io`` on the connection of the pass (inside its transaction, if any)."""
+        return run(self.conn, io)
+
+    # -- the faces' verbs -------------------------------------------------------------
+
+    def _fresh(self) -> None:
+        """Forget a past stop or failure: no connection yet, no stop pending."""
+        self.stop_event.clear()
+        self.session.close()
+        self._error = None
+
+    def _idle(self, refusal: str) -> None:
+        if self.running or (self._thread is not None and self._thread.is_alive()):
+            raise ConfigError(refusal)
+        self._fresh()
+
+    def run(self) -> None:
+        """Land lines as they are written until :meth:`stop` (or Ctrl-C)."""
+        self._idle("this watcher is already running")
+        self._run()
+
+    def catch_up(self) -> int:
+        """Land every complete line there is now; return the number of rows landed."""
+        self._idle("this watcher is running; catch_up() is for a stopped watcher")
+        try:
+            return self.guarded_pass()
+        finally:
+            self.release()
+
+    def start(self) -> None:
+        """Run in a background thread; connection and target errors are raised here."""
+        self._idle("this watcher is already running")
+        self.session.connection()  # connects and prepares in the caller's thread
+        self.running = True
+        self._thread = threading.Thread(target=self._background, name="pgtide-ingest", daemon=True)
+        self._thread.start()
+
+    def _background(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:
+            log.exception("the file watcher stopped on an error")
+            self._error = exc
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop after its current batch (from any thread); returns at once."""
+        self.stop_event.set()
+        if self.running:
+            self.session.stop()  # interrupts a wait to reconnect
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Ask the loop to stop after its current batch; wait for a background run to end
+        and re-raise what stopped it, if anything."""
+        self.request_stop()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def close(self) -> None:
+        """:meth:`stop`, then :meth:`release`."""
+        try:
+            self.stop()
+        finally:
+            self.release()
+
     # -- the loop ---------------------------------------------------------------------
 
     def guarded_pass(self) -> int:
-        """One pass (scan, then land everything complete), reconnecting when the server goes
-        away; return the number of rows landed."""
-        backoff = Backoff(maximum=2.0)
-        while True:
-            try:
-                self.open()
-                landed = self._pass()
-                backoff.reset()
-                return landed
-            except _store.Conflict as exc:
-                log.warning(
-                    "%s was advanced by another watcher named %r; reloading", exc, self.s.name
-                )
-                self.close()
-            except (*_DISCONNECTED, ConnectionFailed) as exc:
-                if not self._ever_connected:
-                    raise  # a first connection that fails is a configuration problem
-                reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc
-                log.warning("database unavailable (%s); reconnecting", reason)
-                self.close()
-                if self.stop_event.wait(backoff.next()):
-                    return 0
+        """One pass (scan, then land everything complete), run again by the session after an
+        outage; return the number of rows landed (0 when stopped while reconnecting)."""
+        try:
+            while True:
+                try:
+                    return self.session.call(self._pass)
+                except _store.Conflict as exc:
+                    log.warning(
+                        "%s was advanced by another watcher named %r; reloading",
+                        exc,
+                        self.s.name,
+                    )
+                    self.session.run(lambda: self._load(self._columns))
+        except Stopped:
+            return 0
 
-    def run(self) -> None:
-        """Land lines as they are written until :attr:`stop_event` is set."""
+    def _run(self) -> None:
         self.running = True
         try:
             self.guarded_pass()
@@ -222,7 +295,7 @@ class Engine:
                 self._event_loop()
         finally:
             self.running = False
-            self.close()
+            self.release()
 
     def _wake_every(self) -> float:
         every = self.s.rescan_every
@@ -259,7 +332,8 @@ class Engine:
             )
             self._poll_loop()
 
-    def _pass(self) -> int:
+    def _pass(self, conn: psycopg.Connection[Any]) -> int:
+        self._conn = conn
         self._scan()
         landed = 0
         progress = True
@@ -391,10 +465,9 @@ class Engine:
             tracked.line_count = _files.count_lines(fd, end)
             tracked.fingerprint_len = min(_files.FINGERPRINT_BYTES, end)
             tracked.fingerprint = _files.fingerprint_of(fd, tracked.fingerprint_len)
-            with self.conn.transaction():
-                tracked.version = _store.save(
-                    self.conn, self.s.name, self.s.target.label, self._state(tracked), 0, 0
-                )
+            tracked.version = self._do(
+                _store.save(self.s.name, self.s.target.label, self._state(tracked), 0, 0)
+            )
         with self._lock:
             self._files[path] = tracked
         log.info("watching %s from byte %d", path, tracked.offset)
@@ -404,10 +477,9 @@ class Engine:
         log.info("%s was renamed to %s; following it", tracked.path, new_path)
         old = tracked.path
         if tracked.version:
-            with self.conn.transaction():
-                tracked.version = _store.move(
-                    self.conn, self.s.name, old, new_path, tracked.version
-                )
+            tracked.version = self._do(
+                atomic(_store.move(self.s.name, old, new_path, tracked.version))
+            )
         with self._lock:
             self._files.pop(old, None)
             tracked.path = new_path
@@ -427,8 +499,7 @@ class Engine:
         log.info("finished %s at line %d", tracked.path, tracked.line_count)
 
     def _forget(self, path: str) -> None:
-        with self.conn.transaction():
-            _store.forget(self.conn, self.s.name, path)
+        self._do(_store.forget(self.s.name, path))
 
     # -- reading and landing --------------------------------------------------------------
 
@@ -515,7 +586,6 @@ class Engine:
         advance: int,
         columns: tuple[str, ...] | None,
     ) -> int:
-        assert self._writer is not None
         lines = payload.count(b"\n")
         offset = tracked.offset + advance
         fp_len = min(_files.FINGERPRINT_BYTES, offset)
@@ -524,24 +594,19 @@ class Engine:
             if fp_len == tracked.fingerprint_len
             else _files.fingerprint_of(tracked.fd, fp_len)
         )
-        state = _store.Saved(
-            tracked.path,
-            tracked.device,
-            tracked.inode,
-            fp,
-            fp_len,
-            offset,
-            tracked.line_count + lines,
-            0,
-            0,
-            tracked.version,
+        state = replace(
+            self._state(tracked),
+            fingerprint=fp,
+            fingerprint_len=fp_len,
+            offset=offset,
+            line_count=tracked.line_count + lines,
         )
         conn = self.conn
         with conn.transaction():
             landed, rejects = self._writer.write(conn, payload, tracked.line_count + 1, columns)
-            _store.add_rejects(conn, self.s.name, tracked.path, rejects)
-            version = _store.save(
-                conn, self.s.name, self.s.target.label, state, landed, len(rejects)
+            self._do(_store.add_rejects(self.s.name, tracked.path, rejects))
+            version = self._do(
+                _store.save(self.s.name, self.s.target.label, state, landed, len(rejects))
             )
         with self._lock:
             tracked.offset, tracked.line_count = offset, state.line_count
@@ -563,21 +628,20 @@ class Engine:
 
     # -- status ---------------------------------------------------------------------------
 
+    def _files_now(self) -> tuple[FileStatus, ...]:
+        """The files as they are now, or as they were when last loaded (call under the lock)."""
+        if not self._loaded:
+            return self._snapshot
+        return tuple(
+            FileStatus(t.path, t.offset, t.size, t.line_count, t.rows_written, t.rejected)
+            for t in sorted(self._files.values(), key=lambda t: t.path)
+        )
+
     def _take_snapshot(self) -> None:
         with self._lock:
-            if self._conn is not None:
-                self._snapshot = tuple(
-                    FileStatus(t.path, t.offset, t.size, t.line_count, t.rows_written, t.rejected)
-                    for t in sorted(self._files.values(), key=lambda t: t.path)
-                )
+            self._snapshot = self._files_now()
 
     def status(self) -> WatcherStatus:
+        """Files, offsets, rows written and rejects."""
         with self._lock:
-            if self._conn is not None:
-                files = tuple(
-                    FileStatus(t.path, t.offset, t.size, t.line_count, t.rows_written, t.rejected)
-                    for t in sorted(self._files.values(), key=lambda t: t.path)
-                )
-            else:
-                files = self._snapshot
-            return WatcherStatus(self.running, files, self._lines_read)
+            return WatcherStatus(self.running, self._files_now(), self._lines_read)

@@ -28,25 +28,33 @@ class CsvOptions:
 
 @dataclass(frozen=True)
 class Row:
-    """One record: where it was, its text, and its values (a tuple, or a dict for ``jsonl``)."""
+    """One record: where it was, its bytes as written, and its values (a tuple, or a dict for
+    ``jsonl``)."""
 
     line_no: int
-    line: str
+    raw: bytes
     values: tuple[Any, ...] | dict[str, Any]
+
+    def reject(self, error: str) -> Reject:
+        return Reject(self.line_no, self.raw, error)
 
 
 @dataclass(frozen=True)
 class Reject:
-    """A line that did not land, and why."""
+    """A line that did not land, and why; ``raw`` holds its exact bytes (any bytes at all)."""
 
     line_no: int
-    line: str
+    raw: bytes
     error: str
 
+    @property
+    def line(self) -> str:
+        """The line as readable text (the ``line`` column, which cannot hold NUL or invalid
+        UTF-8: those become ``\\0`` and U+FFFD; ``raw`` keeps the bytes)."""
+        return self.raw.decode("utf-8", "replace").replace("\x00", "\\0")
 
-def _text(raw: bytes) -> str:
-    """A line as text, for the rejects table (which cannot hold NUL or invalid UTF-8)."""
-    return raw.decode("utf-8", "replace").replace("\x00", "\\0")
+
+NUL_ERROR = "holds a NUL byte (0x00), which PostgreSQL text cannot store"
 
 
 def _lines(payload: bytes) -> list[bytes]:
@@ -66,9 +74,12 @@ def parse_lines(payload: bytes, first_line: int) -> tuple[list[Row], list[Reject
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            rejects.append(Reject(number, _text(raw), f"not UTF-8: {exc.reason}"))
+            rejects.append(Reject(number, raw, f"not UTF-8: {exc.reason}"))
             continue
-        rows.append(Row(number, text, (text,)))
+        if "\x00" in text:
+            rejects.append(Reject(number, raw, NUL_ERROR))
+            continue
+        rows.append(Row(number, raw, (text,)))
     return rows, rejects
 
 
@@ -93,17 +104,19 @@ def parse_jsonl(
         try:
             obj = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            rejects.append(Reject(number, _text(raw), f"not valid JSON: {exc}"))
+            rejects.append(Reject(number, raw, f"not valid JSON: {exc}"))
             continue
         if not isinstance(obj, dict):
             kind = type(obj).__name__
-            rejects.append(Reject(number, _text(raw), f"a JSON object was expected, not {kind}"))
+            rejects.append(Reject(number, raw, f"a JSON object was expected, not {kind}"))
             continue
-        text = raw.decode("utf-8")
+        if b"\\u0000" in raw and _holds_nul(obj):
+            rejects.append(Reject(number, raw, NUL_ERROR + " (\\u0000)"))
+            continue
         if columns is None:
-            rows.append(Row(number, text, {k: _json_value(v) for k, v in obj.items()}))
+            rows.append(Row(number, raw, {k: _json_value(v) for k, v in obj.items()}))
         else:
-            rows.append(Row(number, text, tuple(_json_value(obj.get(c)) for c in columns)))
+            rows.append(Row(number, raw, tuple(_json_value(obj.get(c)) for c in columns)))
     return rows, rejects
 
 
@@ -126,7 +139,7 @@ def parse_csv(
         except csv.Error as exc:
             consumed = reader.line_num
             text = "".join(lines[start:consumed]).rstrip("\r\n")
-            rejects.append(Reject(first_line + start, _clean(text), f"not valid CSV: {exc}"))
+            rejects.append(Reject(first_line + start, _bytes(text), f"not valid CSV: {exc}"))
             continue
         consumed = reader.line_num
         number = first_line + start
@@ -138,14 +151,29 @@ def parse_csv(
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
-            rejects.append(Reject(number, _clean(text), "not UTF-8"))
+            rejects.append(Reject(number, _bytes(text), "not UTF-8"))
             continue
-        rows.append(Row(number, text, tuple(v if v != "" else None for v in record)))
+        if "\x00" in text:
+            rejects.append(Reject(number, _bytes(text), NUL_ERROR))
+            continue
+        rows.append(Row(number, _bytes(text), tuple(v if v != "" else None for v in record)))
     return rows, rejects
 
 
-def _clean(text: str) -> str:
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("\x00", "")
+def _bytes(text: str) -> bytes:
+    """The bytes a CSV record was read from (decoded with ``surrogateescape``)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether a decoded JSON value holds U+0000 anywhere (keys included)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 def csv_header(first_line: bytes, options: CsvOptions) -> list[str]:
@@ -178,6 +206,8 @@ def raw_copy_payload(
     ``jsonl`` always goes row by row."""
     if fmt == "jsonl" or not payload or payload.startswith(b"\n") or b"\n\n" in payload:
         return None
+    if b"\x00" in payload:
+        return None  # COPY would refuse the whole block: find the line first
     if fmt == "lines":
         if b"\\" in payload or b"\t" in payload or b"\r" in payload:
             return None

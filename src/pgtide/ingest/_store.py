@@ -1,7 +1,8 @@
 """pgtide's ingest tables: file offsets, rejects, and the target table's description.
 
-Every statement here runs inside the caller's transaction, so that a batch's rows, its
-rejects and the file's new offset commit together or not at all.
+Every function here is database work free of I/O (an :data:`~pgtide.session.Io`). The
+engine runs them inside the transaction of a batch, so that a batch's rows, its rejects and
+the file's new offset commit together or not at all.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
-from psycopg import sql
-
 from ..errors import IngestError
+from ..names import TableName, columns, lookup
+from ..overview import Section
+from ..session import Io, one, query
 from ._formats import Reject
 
 LOAD_OFFSETS = """
@@ -21,7 +22,6 @@ SELECT path, device, inode, fingerprint, fingerprint_len, byte_offset, line_coun
        rows_written, rejected, version
 FROM pgtide.file_offsets WHERE watcher = %s
 """
-LOAD_OFFSET = LOAD_OFFSETS + " AND path = %s"
 INSERT_OFFSET = """
 INSERT INTO pgtide.file_offsets (watcher, path, device, inode, fingerprint, fingerprint_len,
                                  byte_offset, line_count, rows_written, rejected, target)
@@ -43,19 +43,18 @@ WHERE watcher = %s AND path = %s AND version = %s
 RETURNING version
 """
 DROP_OFFSET = "DELETE FROM pgtide.file_offsets WHERE watcher = %s AND path = %s"
-INSERT_REJECT = """
-INSERT INTO pgtide.rejects (watcher, path, line_no, line, error) VALUES (%s, %s, %s, %s, %s)
+INSERT_REJECTS = """
+INSERT INTO pgtide.rejects (watcher, path, line_no, line, raw, error)
+SELECT %s, %s, r.line_no, r.line, r.raw, r.error
+FROM unnest(%s::bigint[], %s::text[], %s::bytea[], %s::text[]) AS r (line_no, line, raw, error)
 """
+INGEST_INSTALLED = "SELECT to_regclass('pgtide.file_offsets') IS NOT NULL"
 OVERVIEW = """
 SELECT watcher, path, byte_offset, line_count, rows_written, rejected, target,
        date_trunc('second', updated_at) AS updated_at
 FROM pgtide.file_offsets ORDER BY watcher, path
 """
-TABLE_COLUMNS = """
-SELECT a.attname FROM pg_attribute a
-WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped
-ORDER BY a.attnum
-"""
+OVERVIEW_COLUMNS = ["watcher", "path", "offset", "lines", "rows", "rejected", "target", "updated"]
 
 
 @dataclass
@@ -82,23 +81,19 @@ def _saved(row: tuple[Any, ...]) -> Saved:
     return Saved(row[0], int(row[1]), int(row[2]), bytes(row[3]), *(int(v) for v in row[4:]))
 
 
-def load_all(conn: psycopg.Connection[Any], watcher: str) -> dict[str, Saved]:
-    return {row[0]: _saved(row) for row in conn.execute(LOAD_OFFSETS, (watcher,)).fetchall()}
+def load_all(watcher: str) -> Io[dict[str, Saved]]:
+    """Every file this watcher has committed an offset for, by path."""
+    rows = yield from query(LOAD_OFFSETS, (watcher,))
+    return {row[0]: _saved(row) for row in rows}
 
 
-def load(conn: psycopg.Connection[Any], watcher: str, path: str) -> Saved | None:
-    row = conn.execute(LOAD_OFFSET, (watcher, path)).fetchone()
-    return _saved(row) if row else None
+def _version(row: tuple[Any, ...] | None, path: str) -> int:
+    if row is None:
+        raise Conflict(path)
+    return int(row[0])
 
 
-def save(
-    conn: psycopg.Connection[Any],
-    watcher: str,
-    target: str,
-    state: Saved,
-    added_rows: int,
-    added_rejects: int,
-) -> int:
+def save(watcher: str, target: str, state: Saved, added_rows: int, added_rejects: int) -> Io[int]:
     """Store the file's new offset; return the new version. ``state.version`` is the version
     this process last saw (0: no row yet); anything else in the table raises Conflict."""
     fields = (
@@ -110,67 +105,63 @@ def save(
         state.line_count,
     )
     if state.version == 0:
-        row = conn.execute(
-            INSERT_OFFSET,
-            (watcher, state.path, *fields, added_rows, added_rejects, target),
-        ).fetchone()
+        params: tuple[Any, ...] = (
+            watcher,
+            state.path,
+            *fields,
+            added_rows,
+            added_rejects,
+            target,
+        )
+        row = yield from one(INSERT_OFFSET, params)
     else:
-        row = conn.execute(
-            UPDATE_OFFSET, (*fields, added_rows, added_rejects, watcher, state.path, state.version)
-        ).fetchone()
-    if row is None:
-        raise Conflict(state.path)
-    return int(row[0])
+        params = (*fields, added_rows, added_rejects, watcher, state.path, state.version)
+        row = yield from one(UPDATE_OFFSET, params)
+    return _version(row, state.path)
 
 
-def move(conn: psycopg.Connection[Any], watcher: str, old: str, new: str, version: int) -> int:
-    conn.execute(DROP_OFFSET, (watcher, new))
-    row = conn.execute(MOVE_OFFSET, (new, watcher, old, version)).fetchone()
-    if row is None:
-        raise Conflict(old)
-    return int(row[0])
+def move(watcher: str, old: str, new: str, version: int) -> Io[int]:
+    """The offset of ``old`` now belongs to ``new`` (a rename); return the new version."""
+    yield from query(DROP_OFFSET, (watcher, new))
+    row = yield from one(MOVE_OFFSET, (new, watcher, old, version))
+    return _version(row, old)
 
 
-def forget(conn: psycopg.Connection[Any], watcher: str, path: str) -> None:
-    conn.execute(DROP_OFFSET, (watcher, path))
+def forget(watcher: str, path: str) -> Io[None]:
+    yield from query(DROP_OFFSET, (watcher, path))
 
 
-def add_rejects(
-    conn: psycopg.Connection[Any], watcher: str, path: str, rejects: Sequence[Reject]
-) -> None:
+def add_rejects(watcher: str, path: str, rejects: Sequence[Reject]) -> Io[None]:
+    """Keep the lines that did not land, with their exact bytes (one statement, whatever
+    their number)."""
     if rejects:
-        with conn.cursor() as cur:
-            cur.executemany(
-                INSERT_REJECT, [(watcher, path, r.line_no, r.line, r.error) for r in rejects]
-            )
+        numbers = [r.line_no for r in rejects]
+        lines = [r.line for r in rejects]
+        raw = [r.raw for r in rejects]
+        errors = [r.error for r in rejects]
+        yield from query(INSERT_REJECTS, (watcher, path, numbers, lines, raw, errors))
 
 
-def overview(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]] | None:
-    """Every watched file of every watcher, or None when ingest was never installed."""
-    found = conn.execute("SELECT to_regclass('pgtide.file_offsets') IS NOT NULL").fetchone()
-    if not found or not found[0]:
-        return None
-    return list(conn.execute(OVERVIEW).fetchall())
+def overview() -> Io[list[Section]]:
+    """The "ingested files" section: every watched file of every watcher (no section when
+    ingest was never used)."""
+    row = yield from one(INGEST_INSTALLED)
+    if not row or not row[0]:
+        return []
+    rows = yield from query(OVERVIEW)
+    if not rows:
+        return []
+    return [Section("ingested files", list(OVERVIEW_COLUMNS), [list(r) for r in rows])]
 
 
-def table_identifier(name: str) -> sql.Identifier:
-    """``schema.table`` or ``table`` as a quoted identifier (never formatted as text)."""
-    parts = name.split(".")
-    if not 1 <= len(parts) <= 2 or not all(parts):
+def target_columns(name: TableName) -> Io[list[str]]:
+    """The columns of table ``name``, in order; a clear error when there is no such table."""
+    found = yield from lookup(name)
+    if found is None:
+        db = yield from one("SELECT current_database()")
         raise IngestError(
-            f"table name {name!r} is not valid; write it as 'table' or 'schema.table'"
+            f"table {str(name)!r} does not exist in database {db[0] if db else '?'!r}; create "
+            "it first (for example CREATE TABLE ... (value text)) or name an existing table "
+            "with table="
         )
-    return sql.Identifier(*parts)
-
-
-def table_columns(conn: psycopg.Connection[Any], name: str) -> list[str]:
-    """The columns of an existing table, in order; a clear error when there is no such table."""
-    ident = table_identifier(name)
-    quoted = ident.as_string(conn)
-    row = conn.execute("SELECT to_regclass(%s)", (quoted,)).fetchone()
-    if not row or row[0] is None:
-        raise IngestError(
-            f"table {name!r} does not exist in database {conn.info.dbname!r}; create it first "
-            "(for example CREATE TABLE ... (value text)) or name an existing table with table="
-        )
-    return [r[0] for r in conn.execute(TABLE_COLUMNS, (quoted,)).fetchall()]
+    return (yield from columns(found[0]))

@@ -19,6 +19,7 @@ import psycopg
 from psycopg import sql
 
 from ..errors import IngestError
+from ..names import TableName
 from ._formats import (
     CsvOptions,
     Format,
@@ -46,13 +47,13 @@ _COPY_LINE = re.compile(r"\bline (\d+)\b")
 class Target:
     """Where rows go: a table and its columns (COPY), or a SQL template (executemany)."""
 
-    table: str | None
+    table: TableName | None
     columns: tuple[str, ...] | None
     template: str | None
 
     @property
     def label(self) -> str:
-        return self.table if self.table is not None else "sql template"
+        return str(self.table) if self.table is not None else "sql template"
 
 
 RETRY_ROWS = 1024
@@ -93,15 +94,13 @@ class Writer:
 
     def _copy(self, columns: Sequence[str], *, csv_format: bool) -> sql.Composed:
         assert self.target.table is not None
-        from ._store import table_identifier
-
         options: sql.Composable = sql.SQL("")
         if csv_format:
             options = sql.SQL(" (FORMAT csv, DELIMITER {}, QUOTE {})").format(
                 sql.Literal(self.csv.delimiter), sql.Literal(self.csv.quote)
             )
         return sql.SQL("COPY {} ({}) FROM STDIN{}").format(
-            table_identifier(self.target.table),
+            self.target.table.identifier,
             sql.SQL(", ").join(sql.Identifier(c) for c in columns),
             options,
         )
@@ -128,8 +127,8 @@ class Writer:
             return landed, rejects + refused
         except ROW_ERRORS:
             raise
-        except psycopg.errors.OperationalError:
-            raise
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            raise  # the connection, not the data: the session's outage rule decides
         except psycopg.Error as exc:
             raise IngestError(
                 f"the server refused to write into {self.target.label}: {_message(exc)}; "
@@ -189,12 +188,12 @@ class Writer:
                 landed += hi - lo
             except ROW_ERRORS as exc:
                 if hi - lo == 1:
-                    rejects.append(Reject(rows[lo].line_no, rows[lo].line, _message(exc)))
+                    rejects.append(rows[lo].reject(_message(exc)))
                     continue
                 hint = _hint(exc) if self.target.template is None else None
                 if hint is not None and 0 <= hint < hi - lo:
                     bad = lo + hint  # COPY names the row; those before it were fine
-                    rejects.append(Reject(rows[bad].line_no, rows[bad].line, _message(exc)))
+                    rejects.append(rows[bad].reject(_message(exc)))
                     todo += [*_pieces(bad + 1, hi), (lo, bad)]
                 else:
                     mid = (lo + hi) // 2

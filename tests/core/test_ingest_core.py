@@ -1,0 +1,114 @@
+"""Ingest's pure parts: arguments, signatures, formats (no database needed)."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pgtide
+import pgtide.aio
+from pgtide import session
+from pgtide.ingest._formats import (
+    CsvOptions,
+    complete_end,
+    parse_csv,
+    parse_jsonl,
+    parse_lines,
+    raw_copy_payload,
+)
+from pgtide.names import TableName
+
+
+def test_aio_signature_is_the_blocking_one() -> None:
+    blocking = inspect.signature(pgtide.FileWatcher)
+    assert inspect.signature(pgtide.aio.FileWatcher) == blocking
+    params = blocking.parameters
+    assert list(params)[:2] == ["path", "table"]
+    assert all(p.kind is p.KEYWORD_ONLY for n, p in params.items() if n != "path")
+    assert params["dsn"].default is None and params["batch_bytes"].default == 4 << 20
+
+
+def test_the_constructor_neither_resolves_nor_connects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("resolved or connected in a constructor")
+
+    monkeypatch.setattr(session, "resolve", refuse)
+    monkeypatch.setattr(session, "connect", refuse)
+    for face in (pgtide.FileWatcher, pgtide.aio.FileWatcher):
+        face(tmp_path, table="t", columns=["v"])
+        face(tmp_path, sql="INSERT INTO t VALUES (%s)", dsn="postgresql://nowhere:1/x")
+
+
+def test_positional_arguments_still_work_with_a_deprecation_warning(tmp_path: Path) -> None:
+    with pytest.warns(DeprecationWarning, match=r"table, columns, .* by position is deprecated"):
+        old = pgtide.FileWatcher(tmp_path, "schema.t", ["v"], "*.log", "lines", None, "end")
+    s = old.settings
+    assert (s.target.table, s.target.columns, s.pattern, s.start) == (
+        TableName("schema", "t"),
+        ("v",),
+        "*.log",
+        "end",
+    )
+    with pytest.warns(DeprecationWarning):
+        aio = pgtide.aio.FileWatcher(tmp_path, "t", dsn="postgresql://nowhere:1/x")
+    assert aio.settings.target.table == TableName(None, "t")
+    with pytest.raises(TypeError, match="positional arguments"):
+        pgtide.FileWatcher(tmp_path, *range(9))  # type: ignore[misc]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pgtide.FileWatcher(tmp_path, table="t")  # the keyword form warns nothing
+
+
+def test_table_names_go_through_the_one_parser(tmp_path: Path) -> None:
+    watcher = pgtide.FileWatcher(tmp_path, table='sales."Big Table"', columns=["v"])
+    assert watcher.settings.target.table == TableName("sales", "Big Table")
+    assert watcher.settings.target.label == "sales.Big Table"  # as names.TableName reads back
+    with pytest.raises(pgtide.InvalidName):
+        pgtide.FileWatcher(tmp_path, table="a.b.c")
+    assert "aio.FileWatcher(" in repr(pgtide.aio.FileWatcher(tmp_path, table="t"))
+
+
+def test_lines_format() -> None:
+    rows, rejects = parse_lines(b"a\r\n\nb\xff\nc\n", 10)
+    assert [(r.line_no, r.values) for r in rows] == [(10, ("a",)), (13, ("c",))]
+    assert [r.line_no for r in rejects] == [12]
+
+
+def test_csv_and_jsonl_formats() -> None:
+    options = CsvOptions(header=True, delimiter=";")
+    rows, rejects = parse_csv(b'id;name\n1;"a;b"\n2;\n', 1, options)
+    assert [r.values for r in rows] == [("1", "a;b"), ("2", None)] and not rejects
+    rows, rejects = parse_jsonl(b'{"a": 1, "b": [1]}\n[1]\nnope\n', 1, ["b", "a"])
+    assert [r.values for r in rows] == [("[1]", 1)]
+    assert [r.line_no for r in rejects] == [2, 3]
+
+
+def test_complete_end_and_the_copy_fast_path() -> None:
+    csv = CsvOptions()
+    assert complete_end(b"1\n2\n3", "lines", csv) == 4
+    assert complete_end(b'1,"x\ny"\n2,"open\n', "csv", csv) == 8
+    assert raw_copy_payload(b"1\n2\n", "lines", 1, csv) == b"1\n2\n"
+    assert raw_copy_payload(b"1\n\n2\n", "lines", 1, csv) is None
+    assert raw_copy_payload(b"a\tb\n", "lines", 1, csv) is None
+    assert raw_copy_payload(b"h\n1\n", "csv", 1, CsvOptions(header=True)) == b"1\n"
+
+
+def test_bad_bytes_are_rejected_with_their_exact_bytes() -> None:
+    rows, rejects = parse_lines(b"a\n\x00b\nc\xff\nd\n", 1)
+    assert [r.values for r in rows] == [("a",), ("d",)]
+    assert [(r.line_no, r.raw) for r in rejects] == [(2, b"\x00b"), (3, b"c\xff")]
+    assert [r.line for r in rejects] == ["\\0b", "c\ufffd"]  # readable text for the line column
+    assert "NUL" in rejects[0].error and "UTF-8" in rejects[1].error
+    rows, rejects = parse_csv(b'1,x\n2,"\x00"\n3,\xe9\n', 1, CsvOptions())
+    assert [r.values for r in rows] == [("1", "x")]
+    assert [r.raw for r in rejects] == [b'2,"\x00"', b"3,\xe9"]
+    rows, rejects = parse_jsonl(b'{"a": "\\u0000"}\n{"a": "\\\\u0000"}\n', 1, ["a"])
+    assert [r.values for r in rows] == [("\\u0000",)]
+    assert [r.raw for r in rejects] == [b'{"a": "\\u0000"}']
+    assert raw_copy_payload(b"1\n\x00\n", "lines", 1, CsvOptions()) is None
