@@ -288,7 +288,8 @@ class Session(_Base):
                 conn = connect(self.resolved, **self._kwargs)
                 try:
                     if self._prepare is not None:
-                        run(conn, self._prepare())
+                        with _translated(conn):
+                            run(conn, self._prepare())
                 except BaseException:
                     conn.close()
                     raise
@@ -357,7 +358,8 @@ class AsyncSession(_Base):
                 conn = await aconnect(await self.resolved(), **self._kwargs)
                 try:
                     if self._prepare is not None:
-                        await arun(conn, self._prepare())
+                        with _translated(conn):
+                            await arun(conn, self._prepare())
                 except BaseException:
                     await conn.close()
                     raise
