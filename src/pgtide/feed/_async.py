@@ -1,5 +1,5 @@
-"""The asyncio face of the change feed: the same core as :mod:`pgtide.feed._sync`, driven
-with ``await`` on an asyncio connection (the waker's LISTEN runs in its own thread)."""
+"""The asyncio face of the change feed: the same core and settings as the blocking face, with
+``await`` on an asyncio connection (only the waker's LISTEN runs in a thread of its own)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,8 @@ from typing import Any
 
 import psycopg
 
-from ..channel import Waker
-from ..connect import DsnLike
-from ..session import OUTAGES, AsyncSession, arun
-from ._core import Emit, Run, Start, Wait
+from ..session import AsyncSession, arun
+from ._core import Run, Start, Wait
 from ._face import BatchBase, BatchInterrupted, FeedBase
 from .position import Position
 from .retention import prune_io
@@ -24,13 +22,9 @@ from .retention import prune_io
 log = logging.getLogger("pgtide.feed")
 
 
-class Batch(BatchBase):
+class Batch(BatchBase["Feed"]):
     """Whole transactions of changes; ``await batch.ack()`` or ``async with
     batch.transaction() as conn``."""
-
-    def __init__(self, feed: Feed, emit: Emit) -> None:
-        super().__init__(emit)
-        self._feed = feed
 
     async def ack(self) -> None:
         """Save the consumer's position after this batch (at-least-once delivery)."""
@@ -40,38 +34,21 @@ class Batch(BatchBase):
     async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """Your writes and this batch's acknowledgement commit together (exactly once); a
         lost connection is a :class:`~pgtide.FeedError` and the batch comes again."""
-        feed = self._feed
-        conn = await feed._session.connection()
+        conn = await self._feed._session.connection()
         try:
             async with conn.transaction():
                 yield conn
-                await arun(conn, feed._core.save_once(self.start, self.position))
-        except OUTAGES as exc:
-            if not conn.closed:
-                raise
-            raise BatchInterrupted(feed.consumer, self.start) from exc
-        await feed._after_ack()
+                await arun(conn, self._feed._core.save_once(self.start, self.position))
+        except Exception as exc:
+            raise self._feed._lost(exc, conn.closed, self)  # noqa: B904 (its cause is set)
+        await self._feed._after_ack()
 
 
-class Feed(FeedBase):
+class Feed(FeedBase[AsyncSession]):
     """The asyncio :class:`pgtide.Feed`: ``async for batch in feed.batches(): ...``."""
 
     _face = "aio.Feed"
-
-    def __init__(
-        self,
-        consumer: str,
-        tables: list[str] | str | None = None,
-        *,
-        dsn: DsnLike = None,
-        wakeup: str = "notify",
-        poll_interval: float | None = None,
-        auto_prune: float | None = None,
-    ) -> None:
-        super().__init__(consumer, tables, dsn, wakeup, poll_interval, auto_prune)
-        self._session = AsyncSession(
-            dsn, name=f"feed {consumer}", prepare=self._core.prepare, on_reconnect=self._wake
-        )
+    _session_class = AsyncSession
 
     async def batches(
         self,
@@ -82,7 +59,6 @@ class Feed(FeedBase):
     ) -> AsyncIterator[Batch]:
         """As :meth:`pgtide.Feed.batches`, with ``async for``."""
         steps = self._plan(start, stop, max_changes, timeout)
-        self._began()
         try:
             reply: Any = None
             while True:
@@ -90,11 +66,10 @@ class Feed(FeedBase):
                 if isinstance(step, Run):
                     reply = await self._session.run(step.make)
                 elif isinstance(step, Wait):
-                    waker = self._waker or await self._listen()
-                    reply = await waker.wait_async(self._pace(step.seconds, waker))
+                    reply = await self._sleep(step.seconds)
                 else:
-                    reply = None
                     yield Batch(self, step)
+                    reply = None
         except StopIteration:
             return
         finally:
@@ -112,13 +87,12 @@ class Feed(FeedBase):
         max_changes: int = 1000,
         timeout: float | None = None,
     ) -> None:
-        """Call ``fn(batch)`` (plain or async) for each batch; ack once it returns. As
-        :meth:`pgtide.Feed.run`: :meth:`stop` or :meth:`close` ends it."""
+        """As :meth:`pgtide.Feed.run`; ``fn`` may be plain or async; :meth:`stop` or
+        :meth:`close` from another task ends it."""
         while True:
             try:
                 async for batch in self.batches(start, stop, max_changes, timeout):
-                    result = fn(batch)
-                    if inspect.isawaitable(result):
+                    if inspect.isawaitable(result := fn(batch)):
                         await result
                     await batch.ack()
                 return
@@ -147,7 +121,7 @@ class Feed(FeedBase):
         """Close the feed's connections (a later call reopens them); a :meth:`run` in
         another task ends, after the batch in hand, and closes them itself."""
         if self._closing():
-            await self._release()
+            await self._session.close()
 
     async def __aenter__(self) -> Feed:
         return self
@@ -160,14 +134,16 @@ class Feed(FeedBase):
     def _me() -> object:
         return asyncio.current_task()
 
-    async def _listen(self) -> Waker:
-        waker = self._new_waker(await self._session.resolved() if self._listens else None)
-        if self._listens:
-            await asyncio.to_thread(waker.start)  # waits for the waker's own LISTEN thread
-        return self._started(waker)
+    async def _sleep(self, seconds: float | None) -> bool:
+        if self._waker is None:
+            self._waker = self._new_waker(await self._session.resolved() if self._listens else None)
+            if self._listens:  # only waits for the waker's own LISTEN thread to be ready
+                await asyncio.to_thread(self._waker.start)
+            self._started()
+        return await self._waker.wait_async(self._pace(seconds, self._waker))
 
     async def _save(self, position: Position) -> None:
-        await self._session.run(lambda: self._core.save(position))
+        await self._session.run(functools.partial(self._core.save, position))
         await self._after_ack()
 
     async def _after_ack(self) -> None:
@@ -179,8 +155,4 @@ class Feed(FeedBase):
         if waker is not None:
             await asyncio.to_thread(waker.stop)
         if self._ended():
-            await self._release()
-
-    async def _release(self) -> None:
-        self._stopping.clear()
-        await self._session.close()
+            await self._session.close()

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Generator, Iterator, Sequence
-from typing import Any, overload
+from collections.abc import Callable, Generator, Iterator, Sequence
+from typing import Any, Generic, TypeVar, overload
 
 from ..channel import Waker
 from ..connect import DsnLike, Resolved
 from ..errors import FeedError
 from ..names import TableName
+from ..session import OUTAGES, AsyncSession, Session
 from ._core import Change, Core, Emit, Start, Step, plan
 from .position import Position
 
@@ -35,10 +36,14 @@ class BatchInterrupted(FeedError):
         self.start = start
 
 
-class BatchBase(Sequence[Change]):
+F = TypeVar("F")
+
+
+class BatchBase(Sequence[Change], Generic[F]):
     """The changes of whole transactions between two positions (shared by both faces)."""
 
-    def __init__(self, emit: Emit) -> None:
+    def __init__(self, feed: F, emit: Emit) -> None:
+        self._feed = feed
         self.changes = emit.changes
         self.start = emit.start
         self.position = emit.end
@@ -79,19 +84,25 @@ def _tables(tables: list[str] | str | None) -> list[str] | None:
     return names
 
 
-class FeedBase:
-    """A consumer's settings and state; the faces add the I/O. Nothing connects here."""
+S = TypeVar("S", Session, AsyncSession)
+
+
+class FeedBase(Generic[S]):
+    """A consumer's settings and state; the faces add the I/O. Nothing resolves the database
+    or connects here: the session does, at the first read."""
 
     _face = "Feed"
+    _session_class: Callable[..., S]
 
     def __init__(
         self,
         consumer: str,
-        tables: list[str] | str | None,
-        dsn: DsnLike,
-        wakeup: str,
-        poll_interval: float | None,
-        auto_prune: float | None,
+        tables: list[str] | str | None = None,
+        *,
+        dsn: DsnLike = None,
+        wakeup: str = "notify",
+        poll_interval: float | None = None,
+        auto_prune: float | None = None,
     ) -> None:
         if not isinstance(consumer, str) or not consumer.strip():
             raise FeedError("a feed needs a consumer name, e.g. Feed(consumer='indexer')")
@@ -102,7 +113,6 @@ class FeedBase:
             raise FeedError(f"poll_interval must be > 0 seconds, not {interval}")
         if auto_prune is not None and auto_prune < 0:
             raise FeedError(f"auto_prune must be None or >= 0 seconds, not {auto_prune}")
-        self._dsn = dsn
         self._listens = wakeup == "notify"
         self._poll_interval = interval
         self._auto_prune = auto_prune
@@ -112,6 +122,9 @@ class FeedBase:
         self._stopping = threading.Event()
         self._runner: object = None  # the thread or task in batches(), if any
         self._last_prune = time.monotonic()
+        self._session: S = self._session_class(
+            dsn, name=f"feed {consumer}", prepare=self._core.prepare, on_reconnect=self._wake
+        )
 
     @property
     def consumer(self) -> str:
@@ -127,18 +140,17 @@ class FeedBase:
     def _plan(
         self, start: Start, stop: Start | None, max_changes: int, timeout: float | None
     ) -> Generator[Step, Any, None]:
+        self._runner = self._me()
         return plan(self._core, start, stop, max_changes, timeout, self._stopping.is_set)
 
     def _new_waker(self, resolved: Resolved | None) -> Waker:
-        """The waker of one ``batches()`` loop (LISTEN from its first wait, if notify)."""
+        """The waker of one ``batches()`` loop (it LISTENs from the first wait, if notify)."""
         channels = (CHANNEL,) if resolved is not None else ()
-        waker = self._waker = Waker(resolved, channels, on_notify=self._core.wants)
-        return waker
+        return Waker(resolved, channels, on_notify=self._core.wants)
 
-    def _started(self, waker: Waker) -> Waker:
+    def _started(self) -> None:
         if self._stopping.is_set():
-            waker.set()  # stop() came before the waker existed
-        return waker
+            self._wake()  # stop() came before the waker existed
 
     def _pace(self, seconds: float | None, waker: Waker) -> float:
         """How long to wait before the next read; without a running wake-up, the feed reads
@@ -160,6 +172,15 @@ class FeedBase:
         self._last_prune = time.monotonic()
         return True
 
+    def _lost(self, exc: Exception, closed: bool, batch: BatchBase[Any]) -> Exception:
+        """What a failure inside ``batch.transaction()`` becomes: :class:`BatchInterrupted`
+        when the connection is gone (nothing was committed), else the failure itself."""
+        if isinstance(exc, OUTAGES) and closed:
+            lost = BatchInterrupted(self.consumer, batch.start)
+            lost.__cause__ = exc
+            return lost
+        return exc
+
     def stop(self) -> None:
         """End ``run()`` (or ``batches()``) from any thread, after the batch in hand."""
         self._stopping.set()
@@ -169,9 +190,6 @@ class FeedBase:
     def _me() -> object:
         """Who is calling: the current thread (the asyncio face: the current task)."""
         return threading.get_ident()
-
-    def _began(self) -> None:
-        self._runner = self._me()
 
     def _ended(self) -> bool:
         """A ``batches()`` loop ends: True when it was stopped (and is then reset)."""
@@ -186,6 +204,7 @@ class FeedBase:
         in another thread or task, which is then stopped and releases them as it ends."""
         runner = self._runner
         if runner is None or runner == self._me():
+            self._stopping.clear()
             return True
         self.stop()
         return False

@@ -1,4 +1,5 @@
-"""The blocking face of the change feed: :class:`Feed` and :class:`Batch`."""
+"""The blocking face of the change feed: :class:`Feed` and :class:`Batch` (the settings and
+everything free of I/O are in :mod:`pgtide.feed._face`, the database work in ``_core``)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,8 @@ from typing import Any
 
 import psycopg
 
-from ..channel import Waker
-from ..connect import DsnLike
-from ..session import OUTAGES, Session, Stopped, run
-from ._core import Emit, Run, Start, Wait
+from ..session import Session, Stopped, run
+from ._core import Run, Start, Wait
 from ._face import BatchBase, BatchInterrupted, FeedBase
 from .position import Position
 from .retention import prune_io
@@ -21,12 +20,8 @@ from .retention import prune_io
 log = logging.getLogger("pgtide.feed")
 
 
-class Batch(BatchBase):
+class Batch(BatchBase["Feed"]):
     """Whole transactions of changes. Iterate it; then :meth:`ack` or use :meth:`transaction`."""
-
-    def __init__(self, feed: Feed, emit: Emit) -> None:
-        super().__init__(emit)
-        self._feed = feed
 
     def ack(self) -> None:
         """Save the consumer's position after this batch (at-least-once delivery)."""
@@ -39,39 +34,23 @@ class Batch(BatchBase):
 
         If the connection is lost meanwhile, :class:`~pgtide.FeedError` says so: nothing was
         committed, and the batch comes again (``feed.run()`` carries on by itself)."""
-        feed = self._feed
-        conn = feed._session.connection()
+        conn = self._feed._session.connection()
         try:
             with conn.transaction():
                 yield conn
-                run(conn, feed._core.save_once(self.start, self.position))
-        except OUTAGES as exc:
-            if not conn.closed:
-                raise
-            raise BatchInterrupted(feed.consumer, self.start) from exc
-        feed._after_ack()
+                run(conn, self._feed._core.save_once(self.start, self.position))
+        except Exception as exc:
+            raise self._feed._lost(exc, conn.closed, self)  # noqa: B904 (its cause is set)
+        self._feed._after_ack()
 
 
-class Feed(FeedBase):
+class Feed(FeedBase[Session]):
     """A consumer's view of the change feed of some tracked tables (all when ``tables`` is
     None). See :meth:`batches`. ``wakeup="poll"`` reads every ``poll_interval`` seconds
     without LISTEN, for servers behind a transaction-pooling proxy. Nothing connects (or
     starts the embedded server) before the first read."""
 
-    def __init__(
-        self,
-        consumer: str,
-        tables: list[str] | str | None = None,
-        *,
-        dsn: DsnLike = None,
-        wakeup: str = "notify",
-        poll_interval: float | None = None,
-        auto_prune: float | None = None,
-    ) -> None:
-        super().__init__(consumer, tables, dsn, wakeup, poll_interval, auto_prune)
-        self._session = Session(
-            dsn, name=f"feed {consumer}", prepare=self._core.prepare, on_reconnect=self._wake
-        )
+    _session_class = Session
 
     def batches(
         self,
@@ -89,7 +68,6 @@ class Feed(FeedBase):
         ``max_changes`` comes whole.
         """
         steps = self._plan(start, stop, max_changes, timeout)
-        self._began()
         try:
             reply: Any = None
             while True:
@@ -97,11 +75,9 @@ class Feed(FeedBase):
                 if isinstance(step, Run):
                     reply = self._session.run(step.make)
                 elif isinstance(step, Wait):
-                    waker = self._waker or self._listen()
-                    reply = waker.wait(self._pace(step.seconds, waker))
+                    reply = self._sleep(step.seconds)
                 else:
-                    reply = None
-                    yield Batch(self, step)
+                    reply = yield Batch(self, step)
         except (StopIteration, Stopped):
             return
         finally:
@@ -120,7 +96,7 @@ class Feed(FeedBase):
         timeout: float | None = None,
     ) -> None:
         """Call ``fn(batch)`` for each batch and acknowledge it once ``fn`` returns, until
-        the feed ends (``stop``, ``timeout``) or :meth:`stop` or :meth:`close` is called
+        the feed ends (``stop``, ``timeout``), or :meth:`stop` or :meth:`close` is called
         from another thread. A batch whose ``transaction()`` lost its connection comes
         again."""
         while True:
@@ -138,12 +114,10 @@ class Feed(FeedBase):
         super().stop()
         self._session.stop()
 
-    # -- positions --------------------------------------------------------------------------
     def position(self) -> Position:
         """Where the feed stands: after the last batch given, else the saved position (the
         beginning for a new consumer)."""
-        known = self._cursor.position
-        return known if known is not None else self._session.run(self._core.position)
+        return self._cursor.position or self._session.run(self._core.position)
 
     def seek(self, position: Start) -> Position:
         """Move the consumer: save ``position`` ("beginning", "end", a Position or its
@@ -158,12 +132,11 @@ class Feed(FeedBase):
         """Forget this consumer: its position goes, and prune no longer waits for it."""
         return self._session.run(self._core.drop)
 
-    # -- connections ------------------------------------------------------------------------
     def close(self) -> None:
         """Close the feed's connections (a later call reopens them); a :meth:`run` in
         another thread ends, after the batch in hand, and closes them itself."""
         if self._closing():
-            self._release()
+            self._session.close()
 
     def __enter__(self) -> Feed:
         return self
@@ -172,13 +145,15 @@ class Feed(FeedBase):
         self.close()
 
     # -- the face's I/O ---------------------------------------------------------------------
-    def _listen(self) -> Waker:
-        waker = self._new_waker(self._session.resolved if self._listens else None)
-        waker.start()
-        return self._started(waker)
+    def _sleep(self, seconds: float | None) -> bool:
+        if self._waker is None:
+            self._waker = self._new_waker(self._session.resolved if self._listens else None)
+            self._waker.start()
+            self._started()
+        return self._waker.wait(self._pace(seconds, self._waker))
 
     def _save(self, position: Position) -> None:
-        self._session.run(lambda: self._core.save(position))
+        self._session.run(functools.partial(self._core.save, position))
         self._after_ack()
 
     def _after_ack(self) -> None:
@@ -190,8 +165,4 @@ class Feed(FeedBase):
         if waker is not None:
             waker.stop()
         if self._ended():
-            self._release()
-
-    def _release(self) -> None:
-        self._stopping.clear()
-        self._session.close()
+            self._session.close()
