@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import psycopg
 import typer
@@ -16,11 +16,9 @@ from ..feed import consumers as _consumers
 from ..feed import prune as _prune
 from ..feed import track as _track
 from ..feed import untrack as _untrack
+from ..overview import Section
 from ..session import run
 from ._common import DsnOption, JsonOption, console, emit_json, wants_json
-
-if TYPE_CHECKING:
-    from .status import Section
 
 consumers_app = typer.Typer(help="List or drop the change feed's consumers.", no_args_is_help=True)
 
@@ -171,12 +169,7 @@ def consumers_drop(
 
 
 def _section(conn: psycopg.Connection[Any], title: str) -> Section | None:
-    from .status import Section
-
-    for found in run(conn, overview()):
-        if found.title == title:
-            return Section(found.title, found.columns, found.rows)
-    return None
+    return next((s for s in run(conn, overview()) if s.title == title), None)
 
 
 def consumers_section(conn: psycopg.Connection[Any]) -> Section | None:
