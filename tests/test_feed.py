@@ -81,7 +81,7 @@ def test_track_is_idempotent_and_validates(dsn: str) -> None:
     assert tracked(dsn=dsn)[0]["ops"] == ["insert"]
     with pytest.raises(pgtide.UnknownTable, match="does not exist"):
         pgtide.track("nope", dsn=dsn)
-    with pytest.raises(pgtide.UnknownTable, match=r"schema\.table"):
+    with pytest.raises(pgtide.InvalidName, match=r"schema\.table"):
         pgtide.track("a.b.c", dsn=dsn)
     with pytest.raises(pgtide.FeedError, match="choose from"):
         pgtide.track("sales.Orders", ops=["upsert"], dsn=dsn)

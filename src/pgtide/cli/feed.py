@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import psycopg
 import typer
@@ -11,17 +11,14 @@ from rich.live import Live
 from rich.table import Table
 
 from ..connect import resolve
-from ..feed import Change, Feed
+from ..feed import OPS, Change, Feed, drop_consumer, overview
+from ..feed import consumers as _consumers
 from ..feed import prune as _prune
 from ..feed import track as _track
 from ..feed import untrack as _untrack
-from ..feed.retention import consumers as _consumers
-from ..feed.retention import drop_consumer
-from ..feed.track import OPS
+from ..overview import Section
+from ..session import run
 from ._common import DsnOption, JsonOption, console, emit_json, wants_json
-
-if TYPE_CHECKING:
-    from .status import Section
 
 consumers_app = typer.Typer(help="List or drop the change feed's consumers.", no_args_is_help=True)
 
@@ -171,33 +168,15 @@ def consumers_drop(
         console.print(f"dropped consumer {name}" if dropped else f"no consumer named {name}")
 
 
-def _feed_installed(conn: psycopg.Connection[Any]) -> bool:
-    exists = conn.execute("SELECT to_regclass('pgtide.consumers') IS NOT NULL").fetchone()
-    return bool(exists and exists[0])
+def _section(conn: psycopg.Connection[Any], title: str) -> Section | None:
+    return next((s for s in run(conn, overview()) if s.title == title), None)
 
 
 def consumers_section(conn: psycopg.Connection[Any]) -> Section | None:
-    """``pgtide status``: the feed's consumers and their lag."""
-    from .status import Section
-
-    if not _feed_installed(conn):
-        return None
-    section = Section("consumers", ["consumer", "pending changes", "acked at", "tables"])
-    for c in _consumers(conn=conn):
-        section.rows.append(
-            [c["name"], c["pending"], c["acked_at"], ", ".join(c["tables"] or ["all"])]
-        )
-    if not section.rows:
-        section.rows.append(["(none)", "", "", ""])
-    return section
+    """``pgtide status``: the feed's consumers and their lag (see :func:`pgtide.feed.overview`)."""
+    return _section(conn, "consumers")
 
 
 def changes_section(conn: psycopg.Connection[Any]) -> Section | None:
-    """``pgtide status``: the size of pgtide.changes, which prune keeps in check."""
-    from ..feed.retention import size
-    from .status import Section
-
-    if not _feed_installed(conn):
-        return None
-    rows, bytes_, oldest = size(conn)
-    return Section("changes", ["rows", "kB", "oldest"], [[rows, bytes_ // 1024, oldest or "-"]])
+    """``pgtide status``: the size of pgtide.changes (see :func:`pgtide.feed.overview`)."""
+    return _section(conn, "changes")

@@ -1,18 +1,27 @@
-"""Follow: the change feed (capture with triggers, read by snapshot visibility)."""
+"""Follow: the change feed (capture with triggers, read by snapshot visibility).
+
+The public API of the feature: :class:`Feed` (blocking; ``pgtide.aio.Feed`` for asyncio),
+capture (:func:`track`, :func:`untrack`, :func:`tracked`), retention and inspection
+(:func:`prune`, :func:`consumers`, :func:`drop_consumer`, :func:`latest`), and
+:func:`overview`, the feed's sections of ``pgtide status``.
+"""
 
 from ._core import Change
 from ._sync import Batch, Feed
 from .position import Position
-from .retention import consumers, latest, prune
-from .track import track, tracked, untrack
+from .retention import consumers, drop_consumer, latest, overview, prune
+from .track import OPS, track, tracked, untrack
 
 __all__ = [
+    "OPS",
     "Batch",
     "Change",
     "Feed",
     "Position",
     "consumers",
+    "drop_consumer",
     "latest",
+    "overview",
     "prune",
     "track",
     "tracked",

@@ -7,9 +7,9 @@ one snapshot and stays visible, so nothing is skipped when transactions commit o
 order, and a transaction still open is delivered once it commits.
 
 Both faces (blocking :mod:`pgtide.feed._sync`, asyncio :mod:`pgtide.feed._async`) drive the
-same generators: each yields a :class:`Query`, receives its rows, and returns a result. The
-``batches()`` loop itself is :func:`plan`, which yields :class:`Run`, :class:`Wait` and
-:class:`Emit` steps for the face to carry out.
+same :data:`~pgtide.session.Io` generators through their session. The ``batches()`` loop
+itself is :func:`plan`, which yields :class:`Run`, :class:`Wait` and :class:`Emit` steps for
+the face to carry out.
 """
 
 from __future__ import annotations
@@ -17,29 +17,24 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, TypeAlias, overload
+from typing import Any, Literal, TypeAlias
 
 from psycopg import sql
 
+from .. import schema
 from ..errors import FeedError, InvalidPosition
+from ..names import TableName
+from ..session import Io, Query, one, query
 from .position import Position, Snapshot
+from .retention import drop_consumer_io, position_of
+from .track import require_tracked
 
 _loads = json.JSONDecoder().decode
 
-Rows: TypeAlias = list[tuple[Any, ...]]
 Start: TypeAlias = "Literal['saved', 'beginning', 'end'] | Position | str"
-
-
-@dataclass(frozen=True)
-class Query:
-    statement: sql.Composed | sql.SQL | str
-    params: Sequence[Any] | dict[str, Any] = ()
-
-
-Io: TypeAlias = Generator[Query, Rows, Any]
 
 
 @dataclass(frozen=True)
@@ -91,16 +86,6 @@ _LOCK = (
     "SELECT snapshot::text, target::text, after_xid::text FROM pgtide.consumers "
     "WHERE name = %s FOR UPDATE"
 )
-_DROP = "DELETE FROM pgtide.consumers WHERE name = %s RETURNING name"
-
-
-def _position(row: tuple[Any, ...] | None) -> Position | None:
-    if row is None:
-        return None
-    snap, target, after = row
-    if target is None:
-        return Position(Snapshot.parse(snap))
-    return Position(Snapshot.parse(snap), Snapshot.parse(target), int(after))
 
 
 def _save_params(consumer: str, pos: Position, tables: list[str] | None) -> tuple[Any, ...]:
@@ -113,10 +98,11 @@ def _save_params(consumer: str, pos: Position, tables: list[str] | None) -> tupl
     )
 
 
-def current() -> Io:
+def current() -> Io[Position]:
     """The current snapshot, as a complete position."""
-    rows = yield Query(_CURRENT)
-    return Position(Snapshot.parse(rows[0][0]))
+    row = yield from one(_CURRENT)
+    assert row is not None
+    return Position(Snapshot.parse(row[0]))
 
 
 def _to_change(row: tuple[Any, ...]) -> Change:
@@ -127,18 +113,44 @@ def _to_change(row: tuple[Any, ...]) -> Change:
 
 
 @dataclass
+class Cursor:
+    """Where a running feed stands (shared with the face so that position() can read it)."""
+
+    position: Position | None = None
+    stop: Position | None = None
+
+
+@dataclass
 class Core:
-    """What one consumer does, as queries: resolve a start, read a step, save progress."""
+    """What one consumer does, as queries: prepare, resolve a start, read a step, save.
+
+    ``tables`` are the followed tables as given (None: every table); :meth:`prepare` makes
+    them schema-qualified, found through the search_path, and checks that they are tracked.
+    """
 
     consumer: str
     tables: list[str] | None = None
+    cursor: Cursor = field(default_factory=Cursor)
 
-    def saved(self) -> Io:
+    def prepare(self) -> Io[None]:
+        """Run on each new connection: install the schema, check the followed tables."""
+        yield from schema.ensure_io()
+        if self.tables is None:
+            return
+        found: set[str] = set()
+        for table in self.tables:
+            found.add(str((yield from require_tracked(TableName.parse(table)))))
+        self.tables = sorted(found)
+
+    def wants(self, _channel: str, table: str) -> bool:
+        """Whether a wake-up NOTIFY for ``table`` concerns this feed."""
+        return self.tables is None or table in self.tables
+
+    def saved(self) -> Io[Position | None]:
         """The consumer's saved position, or None."""
-        rows = yield Query(_SAVED, (self.consumer,))
-        return _position(rows[0] if rows else None)
+        return position_of((yield from one(_SAVED, (self.consumer,))))
 
-    def resolve(self, where: Start, *, saved_default: str = "beginning") -> Io:
+    def resolve(self, where: Start, *, saved_default: str = "beginning") -> Io[Position]:
         """Turn "saved", "beginning", "end", a Position or its string into a Position."""
         if isinstance(where, Position):
             return where
@@ -157,39 +169,55 @@ class Core:
             f"cannot start or stop at {where!r}; use 'saved', 'beginning', 'end' or a Position"
         )
 
-    def register(self, pos: Position) -> Io:
+    def position(self) -> Io[Position]:
+        """The consumer's saved position (the beginning for a new consumer)."""
+        return (yield from self.resolve("saved"))
+
+    def register(self, pos: Position) -> Io[None]:
         """Record the consumer (at ``pos``) if it is new, so that prune keeps its changes."""
         yield Query(_REGISTER, _save_params(self.consumer, pos, self.tables))
-        return None
 
-    def save(self, pos: Position) -> Io:
+    def save(self, pos: Position) -> Io[None]:
         """Acknowledge: the consumer's saved position becomes ``pos``."""
         yield Query(_SAVE, _save_params(self.consumer, pos, self.tables))
-        return None
 
-    def save_once(self, start: Position, pos: Position) -> Io:
+    def seek(self, where: Start) -> Io[Position]:
+        """Save ``where`` as the consumer's position; the feed goes on from there."""
+        chosen = yield from self.resolve(where)
+        yield from self.save(chosen)
+        self.cursor.position = chosen
+        return chosen
+
+    def save_once(self, start: Position, pos: Position) -> Io[None]:
         """Save ``pos`` inside the caller's transaction, refusing if another process of this
         consumer already acknowledged past ``start`` (its effects would then be doubled)."""
-        rows = yield Query(_LOCK, (self.consumer,))
-        saved = _position(rows[0] if rows else None)
+        saved = position_of((yield from one(_LOCK, (self.consumer,))))
         if saved is not None and saved > start:
             raise FeedError(
                 f"consumer {self.consumer!r} already acknowledged up to {saved}, past this "
                 f"batch's start {start}; another process runs this consumer, or the feed "
                 "was started behind its saved position (start='saved' avoids that)"
             )
-        return (yield from self.save(pos))
+        yield from self.save(pos)
 
-    def drop(self) -> Io:
-        rows = yield Query(_DROP, (self.consumer,))
-        return bool(rows)
+    def resume(self, start: Position) -> Io[Position]:
+        """Where to go on after a batch from ``start`` was interrupted: the saved position
+        if the batch (or more) was acknowledged after all, else ``start`` (it comes again)."""
+        saved = yield from self.saved()
+        return saved if saved is not None and saved > start else start
+
+    def drop(self) -> Io[bool]:
+        """Forget this consumer."""
+        return (yield from drop_consumer_io(self.consumer))
 
     def _where(self, parts: list[sql.Composable]) -> sql.Composable:
         if self.tables is not None:
             parts = [*parts, _TABLES]
         return sql.SQL(" AND ").join(parts)
 
-    def read(self, pos: Position, stop: Position | None, max_changes: int) -> Io:
+    def read(
+        self, pos: Position, stop: Position | None, max_changes: int
+    ) -> Io[tuple[list[Change], Position]]:
         """One step from ``pos``: returns (changes, new position). Whole transactions only."""
         base, after = pos.snapshot, pos.after
         upper: int | None = None
@@ -223,7 +251,7 @@ class Core:
         if upper is not None:
             where.append(_UPPER)
             params["upper"] = str(upper)
-        rows = yield Query(sql.Composed([_COLUMNS, self._where(where), _ORDER]), params)
+        rows = yield from query(sql.Composed([_COLUMNS, self._where(where), _ORDER]), params)
         if len(rows) <= max_changes:
             done = Position(target) if upper is None else Position(base, target, upper)
             return [_to_change(r) for r in rows], done
@@ -231,7 +259,9 @@ class Core:
         if rows[0][1] == cut:
             # One transaction larger than max_changes: it comes whole, in one batch.
             rest = sql.Composed([_COLUMNS, self._where([_REST_OF]), sql.SQL(" ORDER BY id")])
-            more = yield Query(rest, {"xid": str(cut), "id": rows[-1][0], "tables": self.tables})
+            more = yield from query(
+                rest, {"xid": str(cut), "id": rows[-1][0], "tables": self.tables}
+            )
             return [_to_change(r) for r in rows + more], Position(base, target, cut)
         kept = [r for r in rows if r[1] < cut]
         return [_to_change(r) for r in kept], Position(base, target, kept[-1][1])
@@ -241,7 +271,7 @@ class Core:
 class Run:
     """Carry out an :data:`Io` generator (made afresh by ``make`` on each retry)."""
 
-    make: Callable[[], Io]
+    make: Callable[[], Io[Any]]
 
 
 @dataclass(frozen=True)
@@ -263,29 +293,23 @@ class Emit:
 Step: TypeAlias = Run | Wait | Emit
 
 
-@dataclass
-class Cursor:
-    """Where a running feed stands (shared with the face so that position() can read it)."""
-
-    position: Position | None = None
-    stop: Position | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 def plan(
     core: Core,
-    cursor: Cursor,
     start: Start,
     stop: Start | None,
     max_changes: int,
     timeout: float | None,
+    stopped: Callable[[], bool] = lambda: False,
     clock: Callable[[], float] = time.monotonic,
 ) -> Generator[Step, Any, None]:
-    """The ``batches()`` loop: resolve start and stop, read steps, emit batches, wait."""
+    """The ``batches()`` loop: resolve start and stop, read steps, emit batches, wait.
+
+    ``stopped()`` is asked before each read: True ends the loop (``Feed.stop()``)."""
     if max_changes < 1:
         raise FeedError(f"max_changes must be at least 1, not {max_changes}")
     if timeout is not None and timeout < 0:
         raise FeedError(f"timeout must be None or >= 0 seconds, not {timeout}")
+    cursor = core.cursor
     pos: Position = yield Run(functools.partial(core.resolve, start))
     if stop is None:
         # a running consumer holds its changes from now on; a bounded range is a replay
@@ -296,7 +320,7 @@ def plan(
         end = yield Run(lambda: core.resolve(stop, saved_default="end"))
     cursor.stop = end
     idle_since = clock()
-    while True:
+    while not stopped():
         if end is not None and pos >= end:
             return
         here = pos
@@ -316,36 +340,3 @@ def plan(
         if left is not None and left <= 0:
             return
         yield Wait(left)
-
-
-class BatchBase(Sequence[Change]):
-    """The changes of whole transactions between two positions (shared by both faces)."""
-
-    def __init__(self, changes: list[Change], start: Position, position: Position) -> None:
-        self.changes = changes
-        self.start = start
-        self.position = position
-
-    @overload
-    def __getitem__(self, index: int) -> Change: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[Change]: ...
-    def __getitem__(self, index: int | slice) -> Change | Sequence[Change]:
-        return self.changes[index]
-
-    def __len__(self) -> int:
-        return len(self.changes)
-
-    def __iter__(self) -> Iterator[Change]:
-        return iter(self.changes)
-
-    @property
-    def xids(self) -> list[int]:
-        """The transactions in this batch, in delivery order."""
-        return list(dict.fromkeys(c.xid for c in self.changes))
-
-    def __repr__(self) -> str:
-        return (
-            f"<{type(self).__name__} {len(self.changes)} changes, "
-            f"{len(self.xids)} transactions, to {self.position}>"
-        )

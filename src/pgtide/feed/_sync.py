@@ -1,163 +1,57 @@
-"""The blocking face of the change feed: :class:`Feed` and :class:`Batch`."""
+"""The blocking face of the change feed: :class:`Feed` and :class:`Batch` (the settings and
+everything free of I/O are in :mod:`pgtide.feed._face`, the database work in ``_core``)."""
 
 from __future__ import annotations
 
+import functools
 import logging
-import time
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 
-from .. import schema
-from ..connect import Backoff, Resolved, connect, resolve
-from ..errors import ConnectionFailed
-from ._core import (
-    BatchBase,
-    Core,
-    Cursor,
-    Emit,
-    Io,
-    Run,
-    Start,
-    Wait,
-    plan,
-)
-from ._feedconf import FeedConfig
-from ._wakeup import Signal
+from ..session import Session, Stopped, run
+from ._core import Run, Start, Wait
+from ._face import BatchBase, BatchInterrupted, FeedBase
 from .position import Position
+from .retention import prune_io
 
 log = logging.getLogger("pgtide.feed")
 
 
-def run_io(conn: psycopg.Connection[Any], io: Io) -> Any:
-    """Carry out one core generator on a blocking connection."""
-    try:
-        query = next(io)
-        while True:
-            cur = conn.execute(query.statement, query.params)
-            query = io.send(cur.fetchall() if cur.description else [])
-    except StopIteration as done:
-        return done.value
-
-
-class Batch(BatchBase):
+class Batch(BatchBase["Feed"]):
     """Whole transactions of changes. Iterate it; then :meth:`ack` or use :meth:`transaction`."""
-
-    def __init__(self, feed: Feed, emit: Emit) -> None:
-        super().__init__(emit.changes, emit.start, emit.end)
-        self._feed = feed
 
     def ack(self) -> None:
         """Save the consumer's position after this batch (at-least-once delivery)."""
-        self._feed._run(lambda: self._feed._core.save(self.position))
-        self._feed._after_ack()
+        self._feed._save(self.position)
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection[Any]]:
         """A connection in a transaction that also saves this batch's position: your writes
-        and the acknowledgement commit together, or neither does (exactly-once effects)."""
-        conn = self._feed._connection()
-        with conn.transaction():
-            yield conn
-            run_io(conn, self._feed._core.save_once(self.start, self.position))
+        and the acknowledgement commit together, or neither does (exactly-once effects).
+
+        If the connection is lost meanwhile, :class:`~pgtide.FeedError` says so: nothing was
+        committed, and the batch comes again (``feed.run()`` carries on by itself)."""
+        conn = self._feed._session.connection()
+        try:
+            with conn.transaction():
+                yield conn
+                run(conn, self._feed._core.save_once(self.start, self.position))
+        except Exception as exc:
+            raise self._feed._lost(exc, conn.closed, self)  # noqa: B904 (its cause is set)
         self._feed._after_ack()
 
 
-class Feed:
+class Feed(FeedBase[Session]):
     """A consumer's view of the change feed of some tracked tables (all when ``tables`` is
     None). See :meth:`batches`. ``wakeup="poll"`` reads every ``poll_interval`` seconds
-    without LISTEN, for servers behind a transaction-pooling proxy."""
+    without LISTEN, for servers behind a transaction-pooling proxy. Nothing connects (or
+    starts the embedded server) before the first read."""
 
-    def __init__(
-        self,
-        consumer: str,
-        tables: list[str] | None = None,
-        *,
-        dsn: str | Resolved | None = None,
-        wakeup: str = "notify",
-        poll_interval: float | None = None,
-        auto_prune: float | None = None,
-    ) -> None:
-        self._config = FeedConfig.make(consumer, tables, wakeup, poll_interval, auto_prune)
-        self._resolved = resolve(dsn)
-        self._core = Core(consumer, self._config.tables)
-        self._cursor = Cursor()
-        self._conn: psycopg.Connection[Any] | None = None
-        self._signal = Signal()
-        self._connected_once = False
-        self._wakeup: Any = None
-        self._last_prune = time.monotonic()
+    _session_class = Session
 
-    @property
-    def consumer(self) -> str:
-        """The consumer's name, under which its position is saved."""
-        return self._config.consumer
-
-    # -- connections ------------------------------------------------------------------------
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            conn = connect(self._resolved)
-            try:
-                schema.ensure(conn)
-                self._config.check_tables(conn)
-            except BaseException:
-                conn.close()
-                raise
-            self._conn = conn
-            self._connected_once = True
-        return self._conn
-
-    def _run(self, make: Callable[[], Io]) -> Any:
-        """Run a core generator, reconnecting with backoff while the server is away."""
-        backoff = Backoff()
-        while True:
-            try:
-                return run_io(self._connection(), make())
-            except (psycopg.OperationalError, psycopg.InterfaceError, ConnectionFailed) as exc:
-                conn = self._conn
-                if conn is not None and not conn.closed and not conn.broken:
-                    raise
-                if isinstance(exc, ConnectionFailed) and not self._connected_once:
-                    raise  # never reached: a configuration error, not an outage
-                self._drop_connection()
-                delay = backoff.next()
-                log.warning(
-                    "feed %s: connection lost (%s); retrying in %.2fs",
-                    self.consumer,
-                    type(exc).__name__,
-                    delay,
-                )
-                time.sleep(delay)
-                self._signal.set()  # a gap may have happened: read at once when back
-
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-        self._conn = None
-
-    def close(self) -> None:
-        """Close the feed's connections (a later call reopens them)."""
-        self._stop_wakeup()
-        self._drop_connection()
-
-    def __enter__(self) -> Feed:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- wake-up ----------------------------------------------------------------------------
-    def _start_wakeup(self) -> None:
-        self._wakeup = self._config.start_wakeup(self._resolved, self._signal)
-
-    def _stop_wakeup(self) -> None:
-        if self._wakeup is not None:
-            self._wakeup.stop()
-            self._wakeup = None
-
-    # -- reading ----------------------------------------------------------------------------
     def batches(
         self,
         start: Start = "saved",
@@ -170,31 +64,24 @@ class Feed:
         ``start``: "saved" (the consumer's acknowledged position; the beginning for a new
         consumer), "beginning", "end", or a Position. ``stop``: a Position (or "end": now) at
         which the feed ends; without it the feed waits for new changes forever, or until
-        ``timeout`` idle seconds pass. A transaction larger than ``max_changes`` comes whole.
+        ``timeout`` idle seconds pass, or :meth:`stop`. A transaction larger than
+        ``max_changes`` comes whole.
         """
-        steps = plan(self._core, self._cursor, start, stop, max_changes, timeout)
-        wake = stop is None and self._config.wakeup == "notify"
+        steps = self._plan(start, stop, max_changes, timeout)
         try:
             reply: Any = None
             while True:
-                try:
-                    step = steps.send(reply)
-                except StopIteration:
-                    return
+                step = steps.send(reply)
                 if isinstance(step, Run):
-                    reply = self._run(step.make)
+                    reply = self._session.run(step.make)
                 elif isinstance(step, Wait):
-                    if wake:  # LISTEN from the first wait on: a first read needs none
-                        wake = False
-                        self._start_wakeup()
-                    reply = self._signal.wait(
-                        self._config.wait_for(step.seconds, self._wakeup is not None)
-                    )
+                    reply = self._sleep(step.seconds)
                 else:
-                    reply = None
-                    yield Batch(self, step)
+                    reply = yield Batch(self, step)
+        except (StopIteration, Stopped):
+            return
         finally:
-            self._stop_wakeup()
+            self._end()
 
     def __iter__(self) -> Iterator[Batch]:
         return self.batches()
@@ -208,42 +95,74 @@ class Feed:
         max_changes: int = 1000,
         timeout: float | None = None,
     ) -> None:
-        """Call ``fn(batch)`` for each batch and acknowledge it once ``fn`` returns."""
-        for batch in self.batches(start, stop, max_changes, timeout):
-            fn(batch)
-            batch.ack()
+        """Call ``fn(batch)`` for each batch and acknowledge it once ``fn`` returns, until
+        the feed ends (``stop``, ``timeout``), or :meth:`stop` or :meth:`close` is called
+        from another thread. A batch whose ``transaction()`` lost its connection comes
+        again."""
+        while True:
+            try:
+                for batch in self.batches(start, stop, max_changes, timeout):
+                    fn(batch)
+                    batch.ack()
+                return
+            except BatchInterrupted as lost:
+                log.warning("%s; retrying the batch", lost)
+                start = self._session.run(functools.partial(self._core.resume, lost.start))
 
-    # -- positions --------------------------------------------------------------------------
+    def stop(self) -> None:
+        """End :meth:`run` (or :meth:`batches`) from any thread, after the batch in hand."""
+        super().stop()
+        self._session.stop()
+
     def position(self) -> Position:
         """Where the feed stands: after the last batch given, else the saved position (the
         beginning for a new consumer)."""
-        if self._cursor.position is not None:
-            return self._cursor.position
-        return self._run(lambda: self._core.resolve("saved"))  # type: ignore[no-any-return]
+        return self._cursor.position or self._session.run(self._core.position)
 
     def seek(self, position: Start) -> Position:
         """Move the consumer: save ``position`` ("beginning", "end", a Position or its
         string) as its acknowledged position. The next ``batches()`` starts there."""
-        chosen: Position = self._run(lambda: self._core.resolve(position))
-        self._run(lambda: self._core.save(chosen))
-        self._cursor.position = chosen
-        return chosen
+        return self._session.run(lambda: self._core.seek(position))
 
     def saved(self) -> Position | None:
         """The consumer's acknowledged position, or None for a consumer never saved."""
-        return self._run(self._core.saved)  # type: ignore[no-any-return]
+        return self._session.run(self._core.saved)
 
     def drop(self) -> bool:
         """Forget this consumer: its position goes, and prune no longer waits for it."""
-        return self._run(self._core.drop)  # type: ignore[no-any-return]
+        return self._session.run(self._core.drop)
+
+    def close(self) -> None:
+        """Close the feed's connections (a later call reopens them); a :meth:`run` in
+        another thread ends, after the batch in hand, and closes them itself."""
+        if self._closing():
+            self._session.close()
+
+    def __enter__(self) -> Feed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the face's I/O ---------------------------------------------------------------------
+    def _sleep(self, seconds: float | None) -> bool:
+        if self._waker is None:
+            self._waker = self._new_waker(self._session.resolved if self._listens else None)
+            self._waker.start()
+            self._started()
+        return self._waker.wait(self._pace(seconds, self._waker))
+
+    def _save(self, position: Position) -> None:
+        self._session.run(functools.partial(self._core.save, position))
+        self._after_ack()
 
     def _after_ack(self) -> None:
-        every = self._config.auto_prune
-        if every is not None and time.monotonic() - self._last_prune >= every:
-            from .retention import prune
+        if self._prune_due():
+            self._session.run(prune_io)
 
-            self._last_prune = time.monotonic()
-            prune(conn=self._connection())
-
-    def __repr__(self) -> str:
-        return f"<Feed consumer={self.consumer!r} tables={self._config.tables!r}>"
+    def _end(self) -> None:
+        waker, self._waker = self._waker, None
+        if waker is not None:
+            waker.stop()
+        if self._ended():
+            self._session.close()

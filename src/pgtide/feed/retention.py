@@ -1,4 +1,5 @@
-"""Retention and inspection: prune acknowledged changes, list consumers, the latest row."""
+"""Retention and inspection: prune acknowledged changes, list consumers, the latest row, and
+the feed's part of ``pgtide status`` (:func:`overview`)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ from typing import Any
 
 import psycopg
 
-from .. import schema
-from ..connect import Resolved, connect
+from ..connect import DsnLike
 from ..errors import FeedError
-from ._core import _position
-from .track import require_tracked
+from ..names import TableName
+from ..overview import Section
+from ..session import Io, one, query, run
+from .position import Position, Snapshot
+from .track import call, require_tracked
 
 _PRUNE = """
+WITH pruned AS (
 DELETE FROM pgtide.changes c
 WHERE c.xid < coalesce(
         (SELECT max(pg_snapshot_xmax(coalesce(target, snapshot))) FROM pgtide.consumers),
@@ -22,6 +26,8 @@ WHERE c.xid < coalesce(
         pg_visible_in_snapshot(c.xid, k.snapshot)
         OR coalesce(c.xid <= k.after_xid AND pg_visible_in_snapshot(c.xid, k.target), false)))
   AND (%(age)s::interval IS NULL OR c.at < now() - %(age)s::interval)
+RETURNING 1)
+SELECT count(*) FROM pruned
 """
 _CONSUMERS = """
 SELECT k.name, k.snapshot::text, k.target::text, k.after_xid::text, k.tables, k.acked_at,
@@ -33,6 +39,7 @@ SELECT k.name, k.snapshot::text, k.target::text, k.after_xid::text, k.tables, k.
           AND (k.tables IS NULL OR c.table_name = ANY(k.tables))) AS pending
 FROM pgtide.consumers k ORDER BY k.name
 """
+_DROP_CONSUMER = "DELETE FROM pgtide.consumers WHERE name = %s RETURNING name"
 _LATEST = """
 SELECT op, row FROM pgtide.changes
 WHERE table_name = %s AND op IN ('insert', 'update', 'truncate')
@@ -41,6 +48,17 @@ ORDER BY xid DESC, id DESC LIMIT 1
 _SIZE = """
 SELECT count(*), pg_total_relation_size('pgtide.changes'), min(at) FROM pgtide.changes
 """
+_INSTALLED = "SELECT to_regclass('pgtide.consumers') IS NOT NULL"
+
+
+def position_of(row: tuple[Any, ...] | None) -> Position | None:
+    """A position from its stored columns (snapshot, target, after_xid as text), or None."""
+    if row is None:
+        return None
+    snap, target, after = row
+    if target is None:
+        return Position(Snapshot.parse(snap))
+    return Position(Snapshot.parse(snap), Snapshot.parse(target), int(after))
 
 
 def _age(older_than: float | timedelta | None) -> timedelta | None:
@@ -52,10 +70,72 @@ def _age(older_than: float | timedelta | None) -> timedelta | None:
     return age
 
 
+def prune_io(age: timedelta | None = None) -> Io[int]:
+    """Delete the acknowledged changes (older than ``age``, if given); return how many."""
+    row = yield from one(_PRUNE, {"age": age})
+    return int(row[0]) if row else 0
+
+
+def consumers_io() -> Io[list[dict[str, Any]]]:
+    """Every registered consumer, as :func:`consumers` describes."""
+    rows = yield from query(_CONSUMERS)
+    return [
+        {
+            "name": name,
+            "position": position_of((snap, target, after)),
+            "tables": tables,
+            "acked_at": acked_at,
+            "pending": pending,
+        }
+        for name, snap, target, after, tables, acked_at, pending in rows
+    ]
+
+
+def drop_consumer_io(name: str) -> Io[bool]:
+    """Forget consumer ``name``; False if there was none."""
+    return bool((yield from query(_DROP_CONSUMER, (name,))))
+
+
+def latest_io(table: TableName) -> Io[dict[str, Any] | None]:
+    """The newest row written to tracked ``table``, as :func:`latest` describes."""
+    name = yield from require_tracked(table)
+    row = yield from one(_LATEST, (str(name),))
+    if row is None or row[0] == "truncate":
+        return None
+    found: dict[str, Any] = row[1]
+    return found
+
+
+def size_io() -> Io[tuple[int, int, Any]]:
+    """Rows in pgtide.changes, its size on disk in bytes, and its oldest change's time."""
+    row = yield from one(_SIZE)
+    assert row is not None
+    return int(row[0]), int(row[1]), row[2]
+
+
+def overview() -> Io[list[Section]]:
+    """The feed's sections of ``pgtide status``: "consumers" (each consumer's lag) and
+    "changes" (the size of pgtide.changes, which prune keeps in check). Empty when the feed's
+    tables are not installed."""
+    installed = yield from one(_INSTALLED)
+    if not installed or not installed[0]:
+        return []
+    listed = Section("consumers", ["consumer", "pending changes", "acked at", "tables"])
+    for c in (yield from consumers_io()):
+        listed.rows.append(
+            [c["name"], c["pending"], c["acked_at"], ", ".join(c["tables"] or ["all"])]
+        )
+    if not listed.rows:
+        listed.rows.append(["(none)", "", "", ""])
+    rows, bytes_, oldest = yield from size_io()
+    changes = Section("changes", ["rows", "kB", "oldest"], [[rows, bytes_ // 1024, oldest or "-"]])
+    return [listed, changes]
+
+
 def prune(
     older_than: float | timedelta | None = None,
     *,
-    dsn: str | Resolved | None = None,
+    dsn: DsnLike = None,
     conn: psycopg.Connection[Any] | None = None,
 ) -> int:
     """Delete the changes every registered consumer has acknowledged (and, with
@@ -65,68 +145,33 @@ def prune(
     removes a change it has not acknowledged. With no consumer registered, every committed
     change counts as acknowledged.
     """
-    age = _age(older_than)
-    if conn is None:
-        with connect(dsn) as own:
-            return prune(older_than, conn=own)
-    schema.ensure(conn)
-    return conn.execute(_PRUNE, {"age": age}).rowcount
+    return call(dsn, conn, prune_io(_age(older_than)))
 
 
 def consumers(
-    *, dsn: str | Resolved | None = None, conn: psycopg.Connection[Any] | None = None
+    *, dsn: DsnLike = None, conn: psycopg.Connection[Any] | None = None
 ) -> list[dict[str, Any]]:
     """Every registered consumer: name, position, tables, acked_at, and pending (lag in
     changes not yet acknowledged)."""
-    if conn is None:
-        with connect(dsn) as own:
-            return consumers(conn=own)
-    schema.ensure(conn)
-    found = []
-    for name, snap, target, after, tables, acked_at, pending in conn.execute(_CONSUMERS):
-        found.append(
-            {
-                "name": name,
-                "position": _position((snap, target, after)),
-                "tables": tables,
-                "acked_at": acked_at,
-                "pending": pending,
-            }
-        )
-    return found
+    return call(dsn, conn, consumers_io())
 
 
 def drop_consumer(
-    name: str, *, dsn: str | Resolved | None = None, conn: psycopg.Connection[Any] | None = None
+    name: str, *, dsn: DsnLike = None, conn: psycopg.Connection[Any] | None = None
 ) -> bool:
     """Forget consumer ``name`` (prune stops waiting for it); False if there was none."""
-    if conn is None:
-        with connect(dsn) as own:
-            return drop_consumer(name, conn=own)
-    schema.ensure(conn)
-    return conn.execute("DELETE FROM pgtide.consumers WHERE name = %s", (name,)).rowcount > 0
+    return call(dsn, conn, drop_consumer_io(name))
 
 
 def latest(
-    table: str, *, dsn: str | Resolved | None = None, conn: psycopg.Connection[Any] | None = None
+    table: str, *, dsn: DsnLike = None, conn: psycopg.Connection[Any] | None = None
 ) -> dict[str, Any] | None:
     """The newest row written to tracked ``table`` (the last insert or update of the newest
     transaction that wrote it), or None when it has none or was truncated since. Read from
     pgtide.changes, so no write is ever missed the way a single-row audit table misses them."""
-    if conn is None:
-        with connect(dsn) as own:
-            return latest(table, conn=own)
-    schema.ensure(conn)
-    name = require_tracked(conn, table)
-    row = conn.execute(_LATEST, (str(name),)).fetchone()
-    if row is None or row[0] == "truncate":
-        return None
-    found: dict[str, Any] = row[1]
-    return found
+    return call(dsn, conn, latest_io(TableName.parse(table)))
 
 
 def size(conn: psycopg.Connection[Any]) -> tuple[int, int, Any]:
     """Rows in pgtide.changes, its size on disk in bytes, and its oldest change's time."""
-    row = conn.execute(_SIZE).fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1]), row[2]
+    return run(conn, size_io())

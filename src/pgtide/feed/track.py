@@ -5,25 +5,32 @@ INSERT ... SELECT per statement, much faster than a trigger call per row); UPDAT
 row-level trigger (old and new rows come paired, whatever the key) plus a statement-level
 wake-up; TRUNCATE as one change. Everything happens in one transaction: a table is tracked
 completely or not at all.
+
+Table names are read by :mod:`pgtide.names`; a name without a schema is found through the
+connection's ``search_path`` (``orders`` is ``public.orders`` on a default path), and pgtide
+stores the schema-qualified name.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
 
 from .. import schema
-from ..connect import Resolved, connect
+from ..connect import DsnLike
 from ..errors import FeedError, UnknownTable
-from ._names import TableName, existing
+from ..names import TABLE_KINDS, TableName, lookup
+from ..session import Io, Query, one, query, run, using
 
 log = logging.getLogger("pgtide.feed")
+T = TypeVar("T")
 
 OPS = ("insert", "update", "delete", "truncate")
+"""The operations pgtide can capture, in the order it reports them."""
 TRIGGER_PREFIX = "pgtide_capture_"
 
 _CREATE = {
@@ -38,19 +45,34 @@ _CREATE = {
     "truncate": "CREATE TRIGGER {trigger} AFTER TRUNCATE ON {table} FOR EACH STATEMENT "
     "EXECUTE FUNCTION pgtide.capture_truncate({name}, {notify})",
 }
+_DROP_TRIGGER = "DROP TRIGGER {} ON {}"
 _TRIGGERS = """
 SELECT t.tgname FROM pg_trigger t
 JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relname = %s AND NOT t.tgisinternal AND t.tgname LIKE 'pgtide\\_%%'
 """
+_CURRENT_SCHEMA = "SELECT current_schema()"
 _TRACKED = "SELECT ops, notify FROM pgtide.tracked WHERE table_name = %s"
 _SAVE = """
 INSERT INTO pgtide.tracked (table_name, ops, notify) VALUES (%s, %s, %s)
 ON CONFLICT (table_name) DO UPDATE SET ops = excluded.ops, notify = excluded.notify,
     tracked_at = now()
 """
-_FORGET = "DELETE FROM pgtide.tracked WHERE table_name = %s"
+_FORGET = "DELETE FROM pgtide.tracked WHERE table_name = %s RETURNING table_name"
 _LIST = "SELECT table_name, ops, notify, tracked_at FROM pgtide.tracked ORDER BY table_name"
+
+
+def call(
+    dsn: DsnLike, conn: psycopg.Connection[Any] | None, io: Io[T], *, atomic: bool = False
+) -> T:
+    """Run ``io`` on the caller's connection (or one of ours) once the schema is there;
+    ``atomic``: in one transaction (a savepoint inside the caller's open transaction)."""
+    with using(dsn, conn) as c:
+        run(c, schema.ensure_io())
+        if not atomic:
+            return run(c, io)
+        with c.transaction():
+            return run(c, io)
 
 
 def _ops(ops: Iterable[str] | str) -> list[str]:
@@ -63,45 +85,57 @@ def _ops(ops: Iterable[str] | str) -> list[str]:
     return [o for o in OPS if o in chosen]
 
 
-def track(
-    table: str,
-    ops: Iterable[str] | str = OPS,
-    *,
-    notify: bool = True,
-    dsn: str | Resolved | None = None,
-    conn: psycopg.Connection[Any] | None = None,
-) -> bool:
-    """Capture ``table``'s changes into ``pgtide.changes``; return False if already so.
-
-    ``ops`` chooses among insert, update, delete and truncate (all by default). ``notify=False``
-    skips the wake-up NOTIFY (followers then poll): it saves a global lock at commit for
-    tables written by many sessions at once. Tracking again with other options replaces the
-    triggers, in one transaction.
-    """
-    chosen = _ops(ops)
-    if conn is None:
-        with connect(dsn) as own:
-            return _track(own, table, chosen, notify)
-    return _track(conn, table, chosen, notify)
+def qualified(name: TableName) -> Io[TableName]:
+    """``name`` with its schema: the table the search_path finds, else the current schema."""
+    if name.schema is not None:
+        return name
+    found = yield from lookup(name)
+    if found is not None:
+        return found[0]
+    row = yield from one(_CURRENT_SCHEMA)
+    return TableName(row[0] if row and row[0] else "public", name.name)
 
 
-def _track(conn: psycopg.Connection[Any], table: str, ops: list[str], notify: bool) -> bool:
-    schema.ensure(conn)
+def existing(name: TableName) -> Io[TableName]:
+    """The schema-qualified name of table ``name``, which must exist as a table."""
+    found = yield from lookup(name)
+    if found is None:
+        shown = yield from qualified(name)
+        raise UnknownTable(
+            f"table {shown} does not exist; create it first, or check the spelling "
+            "(names are case-sensitive; write 'schema.table' outside schema public)"
+        )
+    table, kind = found
+    if kind not in TABLE_KINDS:
+        raise UnknownTable(f"{table} is not a table (relkind {kind!r}); only tables can be tracked")
+    return table
+
+
+def require_tracked(name: TableName) -> Io[TableName]:
+    """The schema-qualified name of ``name``, which must be tracked (a clear error otherwise)."""
+    table = yield from qualified(name)
+    if (yield from one(_TRACKED, (str(table),))) is None:
+        raise UnknownTable(f"table {table} is not tracked; run `pgtide track {table}` first")
+    return table
+
+
+def track_io(table: TableName, ops: list[str], notify: bool) -> Io[bool]:
+    """Install the capture triggers of ``table`` (run it in one transaction: :func:`call`)."""
+    shown = table
     try:
-        with conn.transaction():
-            name = existing(conn, table)
-            row = conn.execute(_TRACKED, (str(name),)).fetchone()
-            if row is not None and list(row[0]) == ops and row[1] == notify:
-                return False
-            _drop_triggers(conn, name)
-            for op in ops:
-                _create(conn, name, op, notify)
-                if op == "update":
-                    _create(conn, name, "update_wakeup", notify)
-            conn.execute(_SAVE, (str(name), ops, notify))
+        name = shown = yield from existing(table)
+        row = yield from one(_TRACKED, (str(name),))
+        if row is not None and list(row[0]) == ops and row[1] == notify:
+            return False
+        yield from _drop_triggers(name)
+        for op in ops:
+            yield _create(name, op, notify)
+            if op == "update":
+                yield _create(name, "update_wakeup", notify)
+        yield Query(_SAVE, (str(name), ops, notify))
     except psycopg.errors.InsufficientPrivilege as exc:
         raise FeedError(
-            f"cannot track {TableName.parse(table)}: {exc.diag.message_primary or exc}; "
+            f"cannot track {shown}: {exc.diag.message_primary or exc}; "
             "the role needs to own the table (or hold the TRIGGER privilege on it) "
             "and to write schema pgtide"
         ) from None
@@ -109,72 +143,77 @@ def _track(conn: psycopg.Connection[Any], table: str, ops: list[str], notify: bo
     return True
 
 
-def _create(conn: psycopg.Connection[Any], name: TableName, op: str, notify: bool) -> None:
-    statement = sql.SQL(_CREATE[op]).format(
-        trigger=sql.Identifier(TRIGGER_PREFIX + op),
-        table=name.identifier,
-        name=sql.Literal(str(name)),
-        notify=sql.Literal("notify" if notify else "quiet"),
+def untrack_io(table: TableName) -> Io[bool]:
+    """Remove the capture triggers of ``table`` (in one transaction: :func:`call`)."""
+    shown = table
+    try:
+        name = shown = yield from existing(table)
+        was = bool((yield from query(_FORGET, (str(name),))))
+        dropped = yield from _drop_triggers(name)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise FeedError(
+            f"cannot untrack {shown}: {exc.diag.message_primary or exc}; "
+            "run it as the table's owner"
+        ) from None
+    if was or dropped:
+        log.info("no longer tracking %s", name)
+    return was or dropped
+
+
+def _create(name: TableName, op: str, notify: bool) -> Query:
+    return Query(
+        sql.SQL(_CREATE[op]).format(
+            trigger=sql.Identifier(TRIGGER_PREFIX + op),
+            table=name.identifier,
+            name=sql.Literal(str(name)),
+            notify=sql.Literal("notify" if notify else "quiet"),
+        )
     )
-    conn.execute(statement)
 
 
-def _drop_triggers(conn: psycopg.Connection[Any], name: TableName) -> None:
-    for (trigger,) in conn.execute(_TRIGGERS, (name.schema, name.name)).fetchall():
+def _drop_triggers(name: TableName) -> Io[bool]:
+    """Drop pgtide's triggers on ``name``; return whether there were any."""
+    rows = yield from query(_TRIGGERS, (name.schema, name.name))
+    for (trigger,) in rows:
         if trigger.startswith(TRIGGER_PREFIX):
-            conn.execute(
-                sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(trigger), name.identifier)
-            )
+            yield Query(sql.SQL(_DROP_TRIGGER).format(sql.Identifier(trigger), name.identifier))
+    return bool(rows)
+
+
+def tracked_io() -> Io[list[dict[str, Any]]]:
+    """The tracked tables: name, ops, notify and since when."""
+    rows = yield from query(_LIST)
+    return [{"table": t, "ops": list(o), "notify": n, "since": s} for t, o, n, s in rows]
+
+
+def track(
+    table: str,
+    ops: Iterable[str] | str = OPS,
+    *,
+    notify: bool = True,
+    dsn: DsnLike = None,
+    conn: psycopg.Connection[Any] | None = None,
+) -> bool:
+    """Capture ``table``'s changes into ``pgtide.changes``; return False if already so.
+
+    ``ops`` chooses among insert, update, delete and truncate (all by default). ``notify=False``
+    skips the wake-up NOTIFY (followers then poll): it saves a global lock at commit for
+    tables written by many sessions at once. Tracking again with other options replaces the
+    triggers, in one transaction. A name without a schema is found through the search_path.
+    """
+    chosen, name = _ops(ops), TableName.parse(table)
+    return call(dsn, conn, track_io(name, chosen, notify), atomic=True)
 
 
 def untrack(
-    table: str,
-    *,
-    dsn: str | Resolved | None = None,
-    conn: psycopg.Connection[Any] | None = None,
+    table: str, *, dsn: DsnLike = None, conn: psycopg.Connection[Any] | None = None
 ) -> bool:
     """Stop capturing ``table``; return False if it was not tracked. Its past changes stay."""
-    if conn is None:
-        with connect(dsn) as own:
-            return _untrack(own, table)
-    return _untrack(conn, table)
-
-
-def _untrack(conn: psycopg.Connection[Any], table: str) -> bool:
-    schema.ensure(conn)
-    try:
-        with conn.transaction():
-            name = existing(conn, table)
-            was = conn.execute(_FORGET, (str(name),)).rowcount > 0
-            triggers = conn.execute(_TRIGGERS, (name.schema, name.name)).fetchall()
-            _drop_triggers(conn, name)
-    except psycopg.errors.InsufficientPrivilege as exc:
-        raise FeedError(
-            f"cannot untrack {TableName.parse(table)}: {exc.diag.message_primary or exc}; "
-            "run it as the table's owner"
-        ) from None
-    if was or triggers:
-        log.info("no longer tracking %s", name)
-    return was or bool(triggers)
+    return call(dsn, conn, untrack_io(TableName.parse(table)), atomic=True)
 
 
 def tracked(
-    *, dsn: str | Resolved | None = None, conn: psycopg.Connection[Any] | None = None
+    *, dsn: DsnLike = None, conn: psycopg.Connection[Any] | None = None
 ) -> list[dict[str, Any]]:
     """The tracked tables: name, ops, notify and since when."""
-    if conn is None:
-        with connect(dsn) as own:
-            return tracked(conn=own)
-    schema.ensure(conn)
-    return [
-        {"table": t, "ops": list(o), "notify": n, "since": s}
-        for t, o, n, s in conn.execute(_LIST).fetchall()
-    ]
-
-
-def require_tracked(conn: psycopg.Connection[Any], table: str) -> TableName:
-    """The canonical name of ``table``, which must be tracked (a clear error otherwise)."""
-    name = TableName.parse(table)
-    if conn.execute(_TRACKED, (str(name),)).fetchone() is None:
-        raise UnknownTable(f"table {name} is not tracked; run `pgtide track {name}` first")
-    return name
+    return call(dsn, conn, tracked_io())

@@ -1,0 +1,213 @@
+"""What the blocking and asyncio faces of the feed share, free of I/O: the settings, checked
+once; the wake-up; the batch as a sequence; stopping; what an interrupted batch says."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from typing import Any, Generic, TypeVar, overload
+
+from ..channel import Waker
+from ..connect import DsnLike, Resolved
+from ..errors import FeedError
+from ..names import TableName
+from ..session import OUTAGES, AsyncSession, Session
+from ._core import Change, Core, Emit, Start, Step, plan
+from .position import Position
+
+CHANNEL = "pgtide_changes"
+"""The channel the capture triggers NOTIFY on, with the table name as payload."""
+
+DEFAULT_POLL = {"notify": 1.0, "poll": 0.1}
+"""Seconds between reads when no wake-up comes: a fallback with NOTIFY, the pace without."""
+
+
+class BatchInterrupted(FeedError):
+    """The connection was lost inside ``batch.transaction()``: nothing of it was committed."""
+
+    def __init__(self, consumer: str, start: Position) -> None:
+        super().__init__(
+            f"consumer {consumer!r}: the database connection was lost inside "
+            "batch.transaction(), so neither the writes nor the acknowledgement were committed; "
+            "the batch comes again from the saved position (feed.batches(start='saved')), and "
+            "feed.run() does that by itself"
+        )
+        self.start = start
+
+
+F = TypeVar("F")
+
+
+class BatchBase(Sequence[Change], Generic[F]):
+    """The changes of whole transactions between two positions (shared by both faces)."""
+
+    def __init__(self, feed: F, emit: Emit) -> None:
+        self._feed = feed
+        self.changes = emit.changes
+        self.start = emit.start
+        self.position = emit.end
+
+    @overload
+    def __getitem__(self, index: int) -> Change: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Change]: ...
+    def __getitem__(self, index: int | slice) -> Change | Sequence[Change]:
+        return self.changes[index]
+
+    def __len__(self) -> int:
+        return len(self.changes)
+
+    def __iter__(self) -> Iterator[Change]:
+        return iter(self.changes)
+
+    @property
+    def xids(self) -> list[int]:
+        """The transactions in this batch, in delivery order."""
+        return list(dict.fromkeys(c.xid for c in self.changes))
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {len(self.changes)} changes, "
+            f"{len(self.xids)} transactions, to {self.position}>"
+        )
+
+
+def _tables(tables: list[str] | str | None) -> list[str] | None:
+    if isinstance(tables, str):
+        tables = [tables]
+    if tables is None:
+        return None
+    names = sorted({str(TableName.parse(t)) for t in tables})  # InvalidName when unreadable
+    if not names:
+        raise FeedError("tables=[] follows nothing; leave it out to follow every table")
+    return names
+
+
+S = TypeVar("S", Session, AsyncSession)
+
+
+class FeedBase(Generic[S]):
+    """A consumer's settings and state; the faces add the I/O. Nothing resolves the database
+    or connects here: the session does, at the first read."""
+
+    _face = "Feed"
+    _session_class: Callable[..., S]
+
+    def __init__(
+        self,
+        consumer: str,
+        tables: list[str] | str | None = None,
+        *,
+        dsn: DsnLike = None,
+        wakeup: str = "notify",
+        poll_interval: float | None = None,
+        auto_prune: float | None = None,
+    ) -> None:
+        if not isinstance(consumer, str) or not consumer.strip():
+            raise FeedError("a feed needs a consumer name, e.g. Feed(consumer='indexer')")
+        if wakeup not in DEFAULT_POLL:
+            raise FeedError(f"wakeup must be 'notify' or 'poll', not {wakeup!r}")
+        interval = DEFAULT_POLL[wakeup] if poll_interval is None else poll_interval
+        if interval <= 0:
+            raise FeedError(f"poll_interval must be > 0 seconds, not {interval}")
+        if auto_prune is not None and auto_prune < 0:
+            raise FeedError(f"auto_prune must be None or >= 0 seconds, not {auto_prune}")
+        self._listens = wakeup == "notify"
+        self._poll_interval = interval
+        self._auto_prune = auto_prune
+        self._core = Core(consumer, _tables(tables))
+        self._cursor = self._core.cursor
+        self._waker: Waker | None = None
+        self._stopping = threading.Event()
+        self._runner: object = None  # the thread or task in batches(), if any
+        self._last_prune = time.monotonic()
+        self._session: S = self._session_class(
+            dsn, name=f"feed {consumer}", prepare=self._core.prepare, on_reconnect=self._wake
+        )
+
+    @property
+    def consumer(self) -> str:
+        """The consumer's name, under which its position is saved."""
+        return self._core.consumer
+
+    @property
+    def _wakeup(self) -> Waker | None:
+        """The waker while it LISTENs (None: the feed polls, or is not waiting)."""
+        waker = self._waker
+        return waker if waker is not None and waker.listening else None
+
+    def _plan(
+        self, start: Start, stop: Start | None, max_changes: int, timeout: float | None
+    ) -> Generator[Step, Any, None]:
+        self._runner = self._me()
+        return plan(self._core, start, stop, max_changes, timeout, self._stopping.is_set)
+
+    def _new_waker(self, resolved: Resolved | None) -> Waker:
+        """The waker of one ``batches()`` loop (it LISTENs from the first wait, if notify)."""
+        channels = (CHANNEL,) if resolved is not None else ()
+        return Waker(resolved, channels, on_notify=self._core.wants)
+
+    def _started(self) -> None:
+        if self._stopping.is_set():
+            self._wake()  # stop() came before the waker existed
+
+    def _pace(self, seconds: float | None, waker: Waker) -> float:
+        """How long to wait before the next read; without a running wake-up, the feed reads
+        at the polling pace."""
+        pace = self._poll_interval
+        if self._listens and not waker.listening:
+            pace = min(pace, DEFAULT_POLL["poll"])
+        return pace if seconds is None else min(seconds, pace)
+
+    def _wake(self) -> None:
+        waker = self._waker
+        if waker is not None:
+            waker.set()
+
+    def _prune_due(self) -> bool:
+        every = self._auto_prune
+        if every is None or time.monotonic() - self._last_prune < every:
+            return False
+        self._last_prune = time.monotonic()
+        return True
+
+    def _lost(self, exc: Exception, closed: bool, batch: BatchBase[Any]) -> Exception:
+        """What a failure inside ``batch.transaction()`` becomes: :class:`BatchInterrupted`
+        when the connection is gone (nothing was committed), else the failure itself."""
+        if isinstance(exc, OUTAGES) and closed:
+            lost = BatchInterrupted(self.consumer, batch.start)
+            lost.__cause__ = exc
+            return lost
+        return exc
+
+    def stop(self) -> None:
+        """End ``run()`` (or ``batches()``) from any thread, after the batch in hand."""
+        self._stopping.set()
+        self._wake()
+
+    @staticmethod
+    def _me() -> object:
+        """Who is calling: the current thread (the asyncio face: the current task)."""
+        return threading.get_ident()
+
+    def _ended(self) -> bool:
+        """A ``batches()`` loop ends: True when it was stopped (and is then reset)."""
+        self._runner = None
+        if not self._stopping.is_set():
+            return False
+        self._stopping.clear()
+        return True
+
+    def _closing(self) -> bool:
+        """``close()``: True to release the connections now; False when ``batches()`` runs
+        in another thread or task, which is then stopped and releases them as it ends."""
+        runner = self._runner
+        if runner is None or runner == self._me():
+            self._stopping.clear()
+            return True
+        self.stop()
+        return False
+
+    def __repr__(self) -> str:
+        return f"<{self._face} consumer={self.consumer!r} tables={self._core.tables!r}>"

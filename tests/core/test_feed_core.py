@@ -1,0 +1,205 @@
+"""The feed's core and its faces' shared part, without a database: the plan, settings, waits."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+import pgtide
+import pgtide.aio
+from pgtide.feed._core import Change, Core, Emit, Run, Wait, plan
+from pgtide.feed._face import BatchInterrupted, FeedBase
+from pgtide.feed.position import Position, Snapshot
+from pgtide.session import Io
+
+
+def _done(value: Any) -> Io[Any]:
+    """An Io that runs no query."""
+    return value
+    yield  # pragma: no cover
+
+
+def _change(i: int) -> Change:
+    return Change(i, "public.items", "insert", {"id": i}, None, 100 + i, datetime.now(UTC))
+
+
+class FakeCore(Core):
+    """A core whose reads come from a list: each read returns the next (changes, position)."""
+
+    def __init__(self, reads: list[tuple[list[Change], Position]]) -> None:
+        super().__init__("fake", ["public.items"])
+        self.reads: Iterator[tuple[list[Change], Position]] = iter(reads)
+        self.registered: list[Position] = []
+
+    def resolve(self, where: Any, *, saved_default: str = "beginning") -> Io[Position]:
+        return (yield from _done(Position.beginning()))
+
+    def register(self, pos: Position) -> Io[None]:
+        self.registered.append(pos)
+        return (yield from _done(None))
+
+    def read(
+        self, pos: Position, stop: Position | None, max_changes: int
+    ) -> Io[tuple[list[Change], Position]]:
+        return (yield from _done(next(self.reads)))
+
+
+def _drive(steps: Generator[Any, Any, None], now: list[float], wakes: int = 10) -> list[Any]:
+    """Carry out a plan: Run steps synchronously, Wait as 'not woken' (time passes)."""
+    seen: list[Any] = []
+    reply: Any = None
+    while True:
+        try:
+            step = steps.send(reply)
+        except StopIteration:
+            return seen
+        seen.append(step)
+        if isinstance(step, Run):
+            io = step.make()
+            try:
+                next(io)
+            except StopIteration as done:
+                reply = done.value
+            else:  # pragma: no cover
+                raise AssertionError("the fake core runs no query")
+        else:
+            reply = False
+            now[0] += step.seconds if isinstance(step, Wait) and step.seconds else 0.0
+            wakes -= 1
+            assert wakes > 0, "the plan never ended"
+
+
+def _pos(xmax: int) -> Position:
+    return Position(Snapshot(xmax, xmax))
+
+
+def test_plan_registers_emits_waits_and_ends_on_timeout() -> None:
+    core = FakeCore([([_change(1), _change(2)], _pos(5)), ([], _pos(6)), ([], _pos(7))])
+    now = [0.0]
+    steps = _drive(plan(core, "saved", None, 10, timeout=1.0, clock=lambda: now[0]), now)
+    emits = [s for s in steps if isinstance(s, Emit)]
+    assert [len(e.changes) for e in emits] == [2]
+    assert emits[0].start == Position.beginning() and emits[0].end == _pos(5)
+    assert core.registered == [Position.beginning()]
+    waits = [s.seconds for s in steps if isinstance(s, Wait)]
+    assert waits == [1.0]  # one idle second, then the timeout ends it
+    assert core.cursor.position == _pos(7)
+
+
+def test_a_stopped_plan_ends_before_its_next_read() -> None:
+    core = FakeCore([([_change(1)], _pos(5))])
+    stopped = False
+
+    def stop_now() -> bool:
+        return stopped
+
+    steps = plan(core, "saved", None, 10, None, stop_now)
+    seen = []
+    reply: Any = None
+    for _ in range(10):
+        try:
+            step = steps.send(reply)
+        except StopIteration:
+            break
+        seen.append(step)
+        if isinstance(step, Emit):
+            stopped = True  # Feed.stop() while the batch is in hand
+        reply = _run_fake(step)
+    assert [type(s) for s in seen] == [Run, Run, Run, Emit]
+
+
+def _run_fake(step: Any) -> Any:
+    if not isinstance(step, Run):
+        return None
+    try:
+        next(step.make())
+    except StopIteration as done:
+        return done.value
+    raise AssertionError("unexpected query")  # pragma: no cover
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"max_changes": 0}, "max_changes"), ({"timeout": -1.0}, "timeout")],
+)
+def test_plan_refuses_bad_limits(kwargs: dict[str, Any], match: str) -> None:
+    args: dict[str, Any] = {"max_changes": 10, "timeout": None, **kwargs}
+    with pytest.raises(pgtide.FeedError, match=match):
+        next(plan(FakeCore([]), "saved", None, args["max_changes"], args["timeout"]))
+
+
+# -- the faces' settings, checked without a database ------------------------------------------
+@pytest.mark.parametrize("face", [pgtide.Feed, pgtide.aio.Feed])
+def test_constructors_neither_resolve_nor_connect(
+    face: type[FeedBase], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*_a: Any, **_k: Any) -> Any:
+        raise AssertionError("resolved or connected in a constructor")
+
+    for target in ("pgtide.session.resolve", "pgtide.session.connect", "pgtide.connect.resolve"):
+        monkeypatch.setattr(target, refuse)
+    feed = face("lazy", ["orders", "sales.Orders"], dsn=None)
+    assert feed.consumer == "lazy" and "lazy" in repr(feed)
+    assert feed._core.tables == ["orders", "sales.Orders"]  # qualified at the first read
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"consumer": " "}, pgtide.FeedError, "consumer name"),
+        ({"tables": []}, pgtide.FeedError, "follows nothing"),
+        ({"tables": ["a.b.c"]}, pgtide.InvalidName, r"schema\.table"),
+        ({"wakeup": "push"}, pgtide.FeedError, "wakeup"),
+        ({"poll_interval": 0}, pgtide.FeedError, "poll_interval"),
+        ({"auto_prune": -1}, pgtide.FeedError, "auto_prune"),
+    ],
+)
+def test_settings_are_checked_at_once(kwargs: dict[str, Any], error: type, match: str) -> None:
+    consumer = kwargs.pop("consumer", "c")
+    for face in (pgtide.Feed, pgtide.aio.Feed):
+        with pytest.raises(error, match=match):
+            face(consumer, **kwargs)
+
+
+class _Waker:
+    def __init__(self, listening: bool) -> None:
+        self.listening = listening
+
+
+@pytest.mark.parametrize(
+    ("wakeup", "interval", "listening", "seconds", "pace"),
+    [
+        ("notify", 60.0, True, None, 60.0),  # NOTIFY wakes it: poll rarely
+        ("notify", 60.0, False, None, 0.1),  # LISTEN failed: poll at the polling pace
+        ("poll", 2.0, False, None, 2.0),  # poll mode keeps its own interval
+        ("poll", 2.0, False, 0.5, 0.5),  # a timeout closer than the interval
+    ],
+)
+def test_wait_pace(
+    wakeup: str, interval: float, listening: bool, seconds: float | None, pace: float
+) -> None:
+    feed = pgtide.Feed("pace", wakeup=wakeup, poll_interval=interval)
+    assert feed._pace(seconds, _Waker(listening)) == pace  # type: ignore[arg-type]
+
+
+def test_wake_up_filter_follows_the_tables() -> None:
+    assert Core("c", ["public.items"]).wants("pgtide_changes", "public.items")
+    assert not Core("c", ["public.items"]).wants("pgtide_changes", "public.other")
+    assert Core("c", None).wants("pgtide_changes", "anything")
+
+
+def test_stop_before_a_run_is_kept_and_close_resets_it() -> None:
+    feed = pgtide.Feed("stop")
+    feed.stop()
+    assert feed._stopping.is_set()
+    feed.close()  # nothing runs: releases now, and a later run is not stopped
+    assert not feed._stopping.is_set()
+
+
+def test_an_interrupted_batch_is_a_feed_error() -> None:
+    lost = BatchInterrupted("indexer", Position.beginning())
+    assert isinstance(lost, pgtide.FeedError)
+    assert "comes again" in str(lost) and lost.start == Position.beginning()
