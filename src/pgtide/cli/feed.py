@@ -10,6 +10,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
+from .._signals import stop_on_signals
 from ..connect import resolve
 from ..feed import OPS, Change, Feed, drop_consumer, overview
 from ..feed import consumers as _consumers
@@ -85,15 +86,14 @@ def follow(
     feed = Feed(consumer, tables=table, dsn=resolve(dsn), wakeup=wakeup)
     batches = feed.batches(start=start, max_changes=max_changes, timeout=timeout)
     try:
-        if wants_json(as_json):
-            for batch in batches:
-                for change in batch:
-                    emit_json(_record(change))
-                batch.ack()
-        else:
-            _live(feed, batches)
-    except KeyboardInterrupt:
-        pass
+        with stop_on_signals(feed.stop, "pgtide follow"):
+            if wants_json(as_json):
+                for batch in batches:
+                    for change in batch:
+                        emit_json(_record(change))
+                    batch.ack()
+            else:
+                _live(feed, batches)
     finally:
         batches.close()
         feed.close()

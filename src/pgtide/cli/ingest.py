@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from .._signals import stop_on_signals
 from ..ingest import FileWatcher, WatcherStatus
 from ._common import DsnOption, JsonOption, console, emit_json, wants_json
 
@@ -197,25 +198,23 @@ def _once(watcher: FileWatcher, machine: bool) -> None:
 
 def _forever(watcher: FileWatcher, machine: bool) -> None:
     watcher.start()
+    stopping = threading.Event()
     try:
-        if machine:
-            seen: tuple[int, int] | None = None
-            while True:
-                status = watcher.status()
-                if not status.running:
-                    break
-                if (status.rows_written, status.rejected) != seen:
-                    seen = (status.rows_written, status.rejected)
-                    emit_json(_summary(status))
-                time.sleep(_REFRESH)
-        else:
-            display = _Display()
-            with display.progress:
-                while watcher.status().running:
-                    display.update(watcher.status())
-                    time.sleep(_REFRESH)
-    except KeyboardInterrupt:
-        pass
+        with stop_on_signals(stopping.set, "pgtide ingest"):
+            if machine:
+                seen: tuple[int, int] | None = None
+                while watcher.status().running and not stopping.is_set():
+                    status = watcher.status()
+                    if (status.rows_written, status.rejected) != seen:
+                        seen = (status.rows_written, status.rejected)
+                        emit_json(_summary(status))
+                    stopping.wait(_REFRESH)
+            else:
+                display = _Display()
+                with display.progress:
+                    while watcher.status().running and not stopping.is_set():
+                        display.update(watcher.status())
+                        stopping.wait(_REFRESH)
     finally:
         watcher.stop()
     _report(watcher.status(), machine)

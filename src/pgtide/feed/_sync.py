@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 
+from .._signals import stop_on_signals
 from ..session import Session, Stopped, run
 from ._core import Run, Start, Wait
 from ._face import BatchBase, BatchInterrupted, FeedBase
@@ -96,18 +97,19 @@ class Feed(FeedBase[Session]):
         timeout: float | None = None,
     ) -> None:
         """Call ``fn(batch)`` for each batch and acknowledge it once ``fn`` returns, until
-        the feed ends (``stop``, ``timeout``), or :meth:`stop` or :meth:`close` is called
-        from another thread. A batch whose ``transaction()`` lost its connection comes
-        again."""
-        while True:
-            try:
-                for batch in self.batches(start, stop, max_changes, timeout):
-                    fn(batch)
-                    batch.ack()
-                return
-            except BatchInterrupted as lost:
-                log.warning("%s; retrying the batch", lost)
-                start = self._session.run(functools.partial(self._core.resume, lost.start))
+        the feed ends (``stop``, ``timeout``), :meth:`stop` or :meth:`close` is called from
+        another thread, or (in the main thread) SIGTERM or Ctrl-C arrives. A batch whose
+        ``transaction()`` lost its connection comes again."""
+        with stop_on_signals(self.stop, f"feed {self.consumer}"):
+            while True:
+                try:
+                    for batch in self.batches(start, stop, max_changes, timeout):
+                        fn(batch)
+                        batch.ack()
+                    return
+                except BatchInterrupted as lost:
+                    log.warning("%s; retrying the batch", lost)
+                    start = self._session.run(functools.partial(self._core.resume, lost.start))
 
     def stop(self) -> None:
         """End :meth:`run` (or :meth:`batches`) from any thread, after the batch in hand."""
