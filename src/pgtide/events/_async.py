@@ -19,56 +19,18 @@ import psycopg
 
 from ..connect import DsnLike
 from ..session import AsyncSession, Io, arun
-from ._core import UNSET, Core, EventRecord, Registry, _Unset, dsn_argument
-from ._model import HandlerSpec
+from ._core import EventRecord, EventsBase
 from ._worker import AsyncWorker
 
 T = TypeVar("T")
 
 
-class Events(Registry):
+class Events(EventsBase):
     """The asyncio face of :class:`pgtide.Events`: same handlers, same table, same options."""
 
-    def __init__(
-        self,
-        _dsn: DsnLike | _Unset = UNSET,
-        /,
-        *,
-        dsn: DsnLike = None,
-        table: str | None = None,
-        id_column: str | None = None,
-        name_column: str | None = None,
-        payload_column: str | None = None,
-        channel: str | None = None,
-        poll_interval: float | None = None,
-        lease: float = 30.0,
-        batch_size: int = 100,
-        retry_delay: float = 1.0,
-        max_retry_delay: float = 300.0,
-        listen: bool = True,
-    ) -> None:
-        self._core = Core(
-            table=table,
-            id_column=id_column,
-            name_column=name_column,
-            payload_column=payload_column,
-            channel=channel,
-            poll_interval=poll_interval,
-            lease=lease,
-            batch_size=batch_size,
-            retry_delay=retry_delay,
-            max_retry_delay=max_retry_delay,
-            listen=listen,
-        )
-        self._handlers: dict[str, HandlerSpec] = {}
-        self._session = AsyncSession(
-            dsn_argument(_dsn, dsn, "Events"), name="events", prepare=self._core.prepare
-        )
+    def _setup(self, dsn: DsnLike) -> None:
+        self._session = AsyncSession(dsn, name="events", prepare=self._core.prepare)
         self._workers: list[tuple[AsyncWorker, asyncio.Task[None]]] = []
-
-    def __repr__(self) -> str:
-        where = self._core.source.table if self._core.source else "pgtide.events"
-        return f"<aio.Events {where} handlers={sorted(self._handlers)}>"
 
     async def _run(
         self, make: Callable[[], Io[T]], conn: psycopg.AsyncConnection[Any] | None = None
@@ -89,7 +51,7 @@ class Events(Registry):
         key: str | None = None,
     ) -> int:
         """As :meth:`pgtide.Events.publish`, with an optional async connection."""
-        return await self._run(lambda: self._core.publish(name, payload, run_at, key), conn)
+        return await self._run(self._core.publish(name, payload, run_at, key), conn)
 
     async def publish_many(
         self,
@@ -101,33 +63,33 @@ class Events(Registry):
         key: str | None = None,
     ) -> list[int]:
         """As :meth:`pgtide.Events.publish_many`."""
-        return await self._run(lambda: self._core.publish_many(name, payloads, run_at, key), conn)
+        return await self._run(self._core.publish_many(name, payloads, run_at, key), conn)
 
     async def status(self) -> dict[str, int]:
         """As :meth:`pgtide.Events.status`."""
-        return await self._run(self._core.status)
+        return await self._run(self._core.status())
 
     async def unhandled(self) -> dict[str, int]:
         """As :meth:`pgtide.Events.unhandled`."""
-        return await self._run(self._core.unhandled)
+        return await self._run(self._core.unhandled())
 
     async def get(self, id: int) -> EventRecord | None:
         """As :meth:`pgtide.Events.get`."""
-        return await self._run(lambda: self._core.get(id))
+        return await self._run(self._core.get(id))
 
     async def recent(
         self, *, state: str | None = None, name: str | None = None, limit: int = 50
     ) -> list[EventRecord]:
         """As :meth:`pgtide.Events.recent`."""
-        return await self._run(lambda: self._core.recent(state, name, limit))
+        return await self._run(self._core.recent(state, name, limit))
 
     async def purge(self, older_than: timedelta, *, dead: bool = False) -> int:
         """As :meth:`pgtide.Events.purge`."""
-        return await self._run(lambda: self._core.purge(older_than, dead))
+        return await self._run(self._core.purge(older_than, dead))
 
     async def retry(self, id: int) -> bool:
         """As :meth:`pgtide.Events.retry`."""
-        return await self._run(lambda: self._core.retry(id))
+        return await self._run(self._core.retry(id))
 
     # -- workers -------------------------------------------------------------------------
 

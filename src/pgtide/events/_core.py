@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeAlias, TypeVar
 
 from .. import schema
 from ..connect import DsnLike
@@ -25,6 +25,10 @@ from ._source import Source, check, env_float, source_from
 from ._worker import Target, WorkerOptions
 
 F = TypeVar("F", bound=Handler)
+T = TypeVar("T")
+
+Work: TypeAlias = Callable[[], Io[T]]
+"""Database work ready to run (again from the start after an outage): ``session.run(work)``."""
 
 LIVE_WINDOW = 60.0
 """A worker seen within this many seconds counts as live (for "unhandled" counts)."""
@@ -64,7 +68,7 @@ def dsn_argument(positional: DsnLike | _Unset, dsn: DsnLike, cls: str) -> DsnLik
     warnings.warn(
         f"passing the dsn to {cls}() by position is deprecated; write {cls}(dsn=...)",
         DeprecationWarning,
-        stacklevel=3,
+        stacklevel=4,
     )
     if dsn is not None:
         raise ConfigError(f"{cls}() got the dsn both by position and by keyword")
@@ -117,15 +121,20 @@ class Core:
         return self.checked.key if self.checked else ""
 
     # -- publishing ------------------------------------------------------------------------
+    # Each method checks its arguments at once (before any connection) and returns the work,
+    # which a session may run again from the start after an outage.
 
     def publish(
         self, name: str, payload: Any, run_at: datetime | timedelta | None, key: str | None
-    ) -> Io[int]:
+    ) -> Work[int]:
         """Insert one event and wake the workers in one statement; its id."""
         check_name(name)
         encoded = to_json(payload, f"the payload of event {name!r}")
         when = _when(run_at)
         _check_key(key)
+        return lambda: self._publish(name, encoded, when, key)
+
+    def _publish(self, name: str, encoded: str, when: datetime | None, key: str | None) -> Io[int]:
         src = self.checked
         if src is None:
             row = yield from one(_sql.PUBLISH, (name, encoded, when, key))
@@ -143,9 +152,8 @@ class Core:
             statement = _sql.publish_own(
                 src.table, src.id_column, src.name_column, src.payload_column
             )
-            row = yield from one(
-                statement, {"name": name, "payload": encoded, "channel": src.channel}
-            )
+            params = {"name": name, "payload": encoded, "channel": src.channel}
+            row = yield from one(statement, params)
         assert row is not None
         return int(row[0])
 
@@ -155,51 +163,71 @@ class Core:
         payloads: Iterable[Any],
         run_at: datetime | timedelta | None,
         key: str | None,
-    ) -> Io[list[int]]:
+    ) -> Work[list[int]]:
         """Insert many events called ``name`` in one statement (one wake-up); their ids."""
         check_name(name)
         encoded = [to_json(p, f"payload #{i} of event {name!r}") for i, p in enumerate(payloads)]
         _check_key(key)
-        if self.checked is not None:
-            raise ConfigError(
-                "publish_many is for pgtide's own events table; with your own table, insert "
-                "the rows yourself (your trigger wakes the workers) or call publish() per event"
-            )
-        if not encoded:
-            return []
-        rows = yield from query(_sql.PUBLISH_MANY, (name, _when(run_at), key, encoded))
-        return [int(r[0]) for r in rows]
+        when = _when(run_at)
+
+        def work() -> Io[list[int]]:
+            if self.checked is not None:
+                raise ConfigError(
+                    "publish_many is for pgtide's own events table; with your own table, insert "
+                    "the rows yourself (your trigger wakes the workers) or call publish() per "
+                    "event"
+                )
+            if not encoded:
+                return []
+            rows = yield from query(_sql.PUBLISH_MANY, (name, when, key, encoded))
+            return [int(r[0]) for r in rows]
+
+        return work
 
     # -- inspection ------------------------------------------------------------------------
 
-    def status(self) -> Io[dict[str, int]]:
+    def status(self) -> Work[dict[str, int]]:
         """Events by state, plus ``unhandled``."""
+        return self._status
+
+    def _status(self) -> Io[dict[str, int]]:
         counts = dict.fromkeys(STATES, 0)
         rows = yield from query(_sql.COUNTS, (self.source_key,))
         counts.update({str(state): int(n) for state, n in rows})
-        counts["unhandled"] = sum((yield from self.unhandled()).values())
+        counts["unhandled"] = sum((yield from self._unhandled()).values())
         return counts
 
-    def unhandled(self) -> Io[dict[str, int]]:
+    def unhandled(self) -> Work[dict[str, int]]:
         """Waiting events whose name no live worker handles, counted by name."""
+        return self._unhandled
+
+    def _unhandled(self) -> Io[dict[str, int]]:
         rows = yield from query(_sql.UNHANDLED, {"source": self.source_key, "window": LIVE_WINDOW})
         return {str(name): int(n) for name, n in rows}
 
-    def get(self, id: int) -> Io[EventRecord | None]:
+    def get(self, id: int) -> Work[EventRecord | None]:
         """One event by pgtide id, or None."""
-        row = yield from one(_sql.GET, (id,))
-        return EventRecord(*row) if row else None
 
-    def recent(self, state: str | None, name: str | None, limit: int) -> Io[list[EventRecord]]:
+        def work() -> Io[EventRecord | None]:
+            row = yield from one(_sql.GET, (id,))
+            return EventRecord(*row) if row else None
+
+        return work
+
+    def recent(self, state: str | None, name: str | None, limit: int) -> Work[list[EventRecord]]:
         """The newest events (optionally of one state or name), newest first."""
         if state is not None and state not in STATES:
             raise ConfigError(f"unknown event state {state!r}; use one of {', '.join(STATES)}")
-        params = {"source": self.source_key, "state": state, "name": name, "limit": limit}
-        return [EventRecord(*r) for r in (yield from query(_sql.LIST, params))]
+
+        def work() -> Io[list[EventRecord]]:
+            params = {"source": self.source_key, "state": state, "name": name, "limit": limit}
+            return [EventRecord(*r) for r in (yield from query(_sql.LIST, params))]
+
+        return work
 
     # -- maintenance -----------------------------------------------------------------------
 
-    def purge(self, older_than: timedelta, dead: bool) -> Io[int]:
+    def purge(self, older_than: timedelta, dead: bool) -> Work[int]:
         """Delete finished events older than ``older_than``; how many."""
         if self.source is not None:
             raise ConfigError(
@@ -208,11 +236,15 @@ class Core:
             )
         if not isinstance(older_than, timedelta) or older_than.total_seconds() < 0:
             raise ConfigError("older_than must be a timedelta of zero or more")
-        states = ["done", "dead"] if dead else ["done"]
-        rows = yield from query(_sql.PURGE_COUNTED, (states, older_than.total_seconds()))
-        return int(rows[0][0]) if rows else 0
+        params = (["done", "dead"] if dead else ["done"], older_than.total_seconds())
 
-    def retry(self, id: int) -> Io[bool]:
+        def work() -> Io[int]:
+            rows = yield from query(_sql.PURGE_COUNTED, params)
+            return int(rows[0][0]) if rows else 0
+
+        return work
+
+    def retry(self, id: int) -> Work[bool]:
         """Make a finished event pending again and wake the workers, in one transaction."""
 
         def work() -> Io[bool]:
@@ -220,7 +252,7 @@ class Core:
             yield Query(_sql.WAKE, (_sql.CHANNEL,))
             return row is not None
 
-        return (yield from atomic(work()))
+        return lambda: atomic(work())
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -264,10 +296,52 @@ class Core:
         )
 
 
-class Registry:
-    """The handler registry both faces inherit (``handler``, ``register``, ``handlers``)."""
+class EventsBase:
+    """What both faces share: the constructor, the handler registry and the core.
 
-    _handlers: dict[str, HandlerSpec]
+    A face sets up its session in :meth:`_setup`; nothing resolves or connects here.
+    """
+
+    def __init__(
+        self,
+        _dsn: DsnLike | _Unset = UNSET,
+        /,
+        *,
+        dsn: DsnLike = None,
+        table: str | None = None,
+        id_column: str | None = None,
+        name_column: str | None = None,
+        payload_column: str | None = None,
+        channel: str | None = None,
+        poll_interval: float | None = None,
+        lease: float = 30.0,
+        batch_size: int = 100,
+        retry_delay: float = 1.0,
+        max_retry_delay: float = 300.0,
+        listen: bool = True,
+    ) -> None:
+        self._core = Core(
+            table=table,
+            id_column=id_column,
+            name_column=name_column,
+            payload_column=payload_column,
+            channel=channel,
+            poll_interval=poll_interval,
+            lease=lease,
+            batch_size=batch_size,
+            retry_delay=retry_delay,
+            max_retry_delay=max_retry_delay,
+            listen=listen,
+        )
+        self._handlers: dict[str, HandlerSpec] = {}
+        self._setup(dsn_argument(_dsn, dsn, "Events"))
+
+    def _setup(self, dsn: DsnLike) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        where = self._core.source.table if self._core.source else "pgtide.events"
+        return f"<{type(self).__name__} {where} handlers={sorted(self._handlers)}>"
 
     def handler(
         self,

@@ -14,14 +14,13 @@ import psycopg
 from ..connect import DsnLike
 from ..errors import ConfigError
 from ..session import Io, Session, run
-from ._core import UNSET, Core, EventRecord, Registry, _Unset, dsn_argument
-from ._model import HandlerSpec
+from ._core import EventRecord, EventsBase
 from ._worker import Worker
 
 T = TypeVar("T")
 
 
-class Events(Registry):
+class Events(EventsBase):
     """Events dispatched to handlers by name, with results, retries and many workers.
 
     ``Events(dsn=None)`` uses pgtide's own table ``pgtide.events``; ``table=`` (and
@@ -33,48 +32,11 @@ class Events(Registry):
     attempts. Nothing connects until first use.
     """
 
-    def __init__(
-        self,
-        _dsn: DsnLike | _Unset = UNSET,
-        /,
-        *,
-        dsn: DsnLike = None,
-        table: str | None = None,
-        id_column: str | None = None,
-        name_column: str | None = None,
-        payload_column: str | None = None,
-        channel: str | None = None,
-        poll_interval: float | None = None,
-        lease: float = 30.0,
-        batch_size: int = 100,
-        retry_delay: float = 1.0,
-        max_retry_delay: float = 300.0,
-        listen: bool = True,
-    ) -> None:
-        self._core = Core(
-            table=table,
-            id_column=id_column,
-            name_column=name_column,
-            payload_column=payload_column,
-            channel=channel,
-            poll_interval=poll_interval,
-            lease=lease,
-            batch_size=batch_size,
-            retry_delay=retry_delay,
-            max_retry_delay=max_retry_delay,
-            listen=listen,
-        )
-        self._handlers: dict[str, HandlerSpec] = {}
-        self._session = Session(
-            dsn_argument(_dsn, dsn, "Events"), name="events", prepare=self._core.prepare
-        )
+    def _setup(self, dsn: DsnLike) -> None:
+        self._session = Session(dsn, name="events", prepare=self._core.prepare)
         self._lock = threading.Lock()
         self._workers: list[tuple[Worker, threading.Thread]] = []
         self._loop: _LoopThread | None = None
-
-    def __repr__(self) -> str:
-        where = self._core.source.table if self._core.source else "pgtide.events"
-        return f"<Events {where} handlers={sorted(self._handlers)}>"
 
     def _run(self, make: Callable[[], Io[T]], conn: psycopg.Connection[Any] | None = None) -> T:
         """Run the core's work on our session, or on the caller's connection as it is."""
@@ -100,7 +62,7 @@ class Events(Registry):
         event and wakes nobody. ``run_at`` delays it; events with the same ``key`` run one
         at a time, in order.
         """
-        return self._run(lambda: self._core.publish(name, payload, run_at, key), conn)
+        return self._run(self._core.publish(name, payload, run_at, key), conn)
 
     def publish_many(
         self,
@@ -112,38 +74,38 @@ class Events(Registry):
         key: str | None = None,
     ) -> list[int]:
         """Insert many events called ``name`` in one statement (one wake-up); return ids."""
-        return self._run(lambda: self._core.publish_many(name, payloads, run_at, key), conn)
+        return self._run(self._core.publish_many(name, payloads, run_at, key), conn)
 
     # -- inspection ----------------------------------------------------------------------
 
     def status(self) -> dict[str, int]:
         """Events by state, plus ``unhandled``: waiting events no live worker has a handler for."""
-        return self._run(self._core.status)
+        return self._run(self._core.status())
 
     def unhandled(self) -> dict[str, int]:
         """Waiting events whose name no live worker handles, counted by name."""
-        return self._run(self._core.unhandled)
+        return self._run(self._core.unhandled())
 
     def get(self, id: int) -> EventRecord | None:
         """One event by pgtide id, or None."""
-        return self._run(lambda: self._core.get(id))
+        return self._run(self._core.get(id))
 
     def recent(
         self, *, state: str | None = None, name: str | None = None, limit: int = 50
     ) -> list[EventRecord]:
         """The newest events (optionally of one state or name), newest first."""
-        return self._run(lambda: self._core.recent(state, name, limit))
+        return self._run(self._core.recent(state, name, limit))
 
     def purge(self, older_than: timedelta, *, dead: bool = False) -> int:
         """Delete done (and, with ``dead``, dead) events finished before ``older_than`` ago.
 
         Returns how many were deleted. pgtide never deletes events by itself.
         """
-        return self._run(lambda: self._core.purge(older_than, dead))
+        return self._run(self._core.purge(older_than, dead))
 
     def retry(self, id: int) -> bool:
         """Run a done, failed or dead event again from attempt 1; False if there is none."""
-        return self._run(lambda: self._core.retry(id))
+        return self._run(self._core.retry(id))
 
     # -- workers -------------------------------------------------------------------------
 

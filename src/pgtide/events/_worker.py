@@ -621,11 +621,12 @@ class Worker(_Driver):
             plan = self.core.plan()
             reply: Any = None
             failure: Exception | None = None
+            interrupted: KeyboardInterrupt | None = None
             while True:
                 try:
                     step = plan.send(reply) if failure is None else plan.throw(failure)
                 except StopIteration:
-                    return
+                    break
                 reply, failure = None, None
                 try:
                     if isinstance(step, Db):
@@ -636,6 +637,11 @@ class Worker(_Driver):
                         self._waker.stop()
                 except Exception as exc:
                     failure = exc
+                except KeyboardInterrupt as exc:  # Ctrl-C: stop gracefully, then raise it
+                    self.stop()
+                    interrupted, failure = exc, Stopped("interrupted")
+            if interrupted is not None:
+                raise interrupted
         finally:
             self._waker.stop()
             self._session.close()
