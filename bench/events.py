@@ -35,7 +35,7 @@ def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def _pgtide_throughput(dsn: str, concurrency: int) -> float:
-    events = pgtide.Events(dsn, batch_size=500)
+    events = pgtide.Events(dsn=dsn, batch_size=500)
     seen = [0]
     events.register("noop", lambda e: seen.__setitem__(0, seen[0] + 1))
     events.publish_many("noop", [{"n": n} for n in range(BACKLOG)])
@@ -54,7 +54,7 @@ def _pgtide_throughput(dsn: str, concurrency: int) -> float:
 
 
 def _pgtide_publish(dsn: str) -> tuple[float, float]:
-    events = pgtide.Events(dsn)
+    events = pgtide.Events(dsn=dsn)
     events.publish("warm", None)
     began = time.perf_counter()
     for n in range(SINGLE):
@@ -85,7 +85,7 @@ def _latencies(publish: Callable[[], None], arrived: list[float]) -> list[float]
 
 
 def _pgtide_latency(dsn: str) -> dict[int, float]:
-    events = pgtide.Events(dsn)
+    events = pgtide.Events(dsn=dsn)
     arrived: list[float] = []
     events.register("ping", lambda e: arrived.append(time.perf_counter()))
     events.start(1)
