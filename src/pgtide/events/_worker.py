@@ -554,6 +554,30 @@ def _nothing() -> None:
     return None
 
 
+class _Steps:
+    """Walks a :data:`Plan` for a driver: the next step, given the last one's reply or error."""
+
+    def __init__(self, plan: Plan) -> None:
+        self._plan = plan
+        self._reply: Any = None
+        self._failure: Exception | None = None
+
+    def next(self) -> Step | None:
+        """The next step, or None when the plan is over (raising what it did not handle)."""
+        failure, self._failure = self._failure, None
+        reply, self._reply = self._reply, None
+        try:
+            return self._plan.send(reply) if failure is None else self._plan.throw(failure)
+        except StopIteration:
+            return None
+
+    def reply(self, value: Any) -> None:
+        self._reply = value
+
+    def fail(self, exc: Exception) -> None:
+        self._failure = exc
+
+
 class _Driver:
     """What both drivers share: the core, the waker, and the ``running`` flag."""
 
@@ -618,28 +642,22 @@ class Worker(_Driver):
         try:
             self._waker.start()  # LISTENing before the first claim: no wake-up falls between
             self._serving()
-            plan = self.core.plan()
-            reply: Any = None
-            failure: Exception | None = None
+            steps = _Steps(self.core.plan())
             interrupted: KeyboardInterrupt | None = None
-            while True:
-                try:
-                    step = plan.send(reply) if failure is None else plan.throw(failure)
-                except StopIteration:
-                    break
-                reply, failure = None, None
+            while (step := steps.next()) is not None:
                 try:
                     if isinstance(step, Db):
-                        reply = self._session.run(step.make)
+                        steps.reply(self._session.run(step.make))
                     elif isinstance(step, Sleep):
-                        reply = self._waker.wait(step.seconds)
+                        steps.reply(self._waker.wait(step.seconds))
                     else:
                         self._waker.stop()
                 except Exception as exc:
-                    failure = exc
+                    steps.fail(exc)
                 except KeyboardInterrupt as exc:  # Ctrl-C: stop gracefully, then raise it
                     self.stop()
-                    interrupted, failure = exc, Stopped("interrupted")
+                    interrupted = exc
+                    steps.fail(Stopped("interrupted"))
             if interrupted is not None:
                 raise interrupted
         finally:
@@ -687,24 +705,17 @@ class AsyncWorker(_Driver):
             # the waker's receiver is a thread of the channel layer: start it off the loop
             await asyncio.to_thread(self._waker.start)
             self._serving()
-            plan = self.core.plan()
-            reply: Any = None
-            failure: Exception | None = None
-            while True:
-                try:
-                    step = plan.send(reply) if failure is None else plan.throw(failure)
-                except StopIteration:
-                    return
-                reply, failure = None, None
+            steps = _Steps(self.core.plan())
+            while (step := steps.next()) is not None:
                 try:
                     if isinstance(step, Db):
-                        reply = await self._session.run(step.make)
+                        steps.reply(await self._session.run(step.make))
                     elif isinstance(step, Sleep):
-                        reply = await self._waker.wait_async(step.seconds)
+                        steps.reply(await self._waker.wait_async(step.seconds))
                     else:
                         await asyncio.to_thread(self._waker.stop)
                 except Exception as exc:
-                    failure = exc
+                    steps.fail(exc)
         finally:
             self._waker.stop()
             await self._session.close()
