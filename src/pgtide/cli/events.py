@@ -10,7 +10,7 @@ import logging
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import psycopg
 import typer
@@ -18,10 +18,12 @@ from rich.table import Table
 
 from .. import aio
 from ..errors import ConfigError
-from ..events import STATES, EventRecord, Events, _sql
-from ..events._core import LIVE_WINDOW
+from ..events import STATES, EventRecord, Events, overview
+from ..session import run
 from ._common import DsnOption, JsonOption, console, emit_json, wants_json
-from .status import Section
+
+if TYPE_CHECKING:
+    from .status import Section
 
 app = typer.Typer(
     help="Events: handlers by name, with retries and many workers.", no_args_is_help=True
@@ -103,7 +105,7 @@ def publish(
         value: Any = json.loads(payload)
     except ValueError:
         value = payload
-    with Events(dsn) as events:
+    with Events(dsn=dsn) as events:
         run_at = timedelta(seconds=delay) if delay is not None else None
         id_ = events.publish(name, value, key=key, run_at=run_at)
     if wants_json(as_json):
@@ -121,7 +123,7 @@ def ls(
     as_json: JsonOption = False,
 ) -> None:
     """List the newest events (of one state or name)."""
-    with Events(dsn) as events:
+    with Events(dsn=dsn) as events:
         records = events.recent(state=state, name=name, limit=limit)
     if wants_json(as_json):
         for rec in records:
@@ -150,7 +152,7 @@ def retry(
     as_json: JsonOption = False,
 ) -> None:
     """Run a done, failed or dead event again (from attempt 1)."""
-    with Events(dsn) as events:
+    with Events(dsn=dsn) as events:
         if not events.retry(id):
             raise ConfigError(f"no done, failed or dead event with id {id}; see `pgtide events ls`")
     if wants_json(as_json):
@@ -170,7 +172,7 @@ def purge(
 ) -> None:
     """Delete done (and, with --dead, dead) events finished longer ago than --older-than."""
     age = _duration(older_than)
-    with Events(dsn) as events:
+    with Events(dsn=dsn) as events:
         deleted = events.purge(age, dead=dead)
     if wants_json(as_json):
         emit_json({"deleted": deleted})
@@ -201,17 +203,8 @@ def _last_line(error: str | None) -> str:
 
 
 def status_section(conn: psycopg.Connection[Any]) -> Section | None:
-    """``pgtide status``: events by state for each source, waiting unhandled ones, workers."""
-    row = conn.execute("SELECT to_regclass('pgtide.events') IS NOT NULL").fetchone()
-    if not row or not row[0]:
-        return None
-    unhandled = dict(conn.execute(_sql.UNHANDLED_BY_SOURCE, (LIVE_WINDOW,)).fetchall())
-    workers = dict(conn.execute(_sql.LIVE_WORKERS, (LIVE_WINDOW,)).fetchall())
-    section = Section("events", ["table", *STATES, "unhandled", "workers"])
-    for source, *counts in conn.execute(_sql.BY_SOURCE).fetchall():
-        section.rows.append(
-            [source or "pgtide.events", *counts, unhandled.get(source, 0), workers.get(source, 0)]
-        )
-    if not section.rows:
-        section.rows.append(["pgtide.events", *([0] * len(STATES)), 0, workers.get("", 0)])
-    return section
+    """``pgtide status``: the events section of :func:`pgtide.events.overview`, or None."""
+    from .status import Section  # until status renders pgtide.overview.Section itself
+
+    sections = run(conn, overview())
+    return Section(sections[0].title, sections[0].columns, sections[0].rows) if sections else None

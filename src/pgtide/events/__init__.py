@@ -1,11 +1,12 @@
 """Events: rows dispatched to handlers by name, with results, retries and many workers.
 
 The blocking face is :class:`Events` (``pgtide.Events``); the asyncio face is
-``pgtide.aio.Events``. Both share one core (:mod:`._core`) and one worker (:mod:`._worker`).
+``pgtide.aio.Events``. Both run one core (:mod:`._core`, statements as ``Io``) and one worker
+(:mod:`._worker`). :func:`overview` is what ``pgtide status`` shows about events.
 """
 
-from ._core import EventRecord
+from ._core import LIVE_WINDOW, EventRecord, overview
 from ._model import STATES, Event, HandlerSpec
 from ._sync import Events
 
-__all__ = ["STATES", "Event", "EventRecord", "Events", "HandlerSpec"]
+__all__ = ["LIVE_WINDOW", "STATES", "Event", "EventRecord", "Events", "HandlerSpec", "overview"]

@@ -1,66 +1,45 @@
-"""The asyncio face: :class:`pgtide.aio.Events`.
+"""The asyncio face: :class:`pgtide.aio.Events` (each method awaits one of the core's Io).
 
-Publishing and inspection use an async connection and the core's statements; workers are
-the core's worker, run in a thread, with async handlers scheduled on the caller's loop.
+Its database work runs on an :class:`~pgtide.session.AsyncSession`: no blocking connection,
+no thread. Its workers run on the caller's loop: the dispatcher is a task, async handlers
+are tasks, and only plain handlers use a pool of threads.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterable
+import contextlib
+import warnings
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
-from .. import schema
-from .._blocking import run_in_thread
-from ..connect import aconnect, connect
-from . import _sql
-from ._core import LIVE_WINDOW, EventRecord, EventsBase, record
-from ._worker import Worker
+from ..connect import DsnLike
+from ..session import AsyncSession, Io, arun
+from ._core import EventRecord, EventsBase
+from ._worker import AsyncWorker
+
+T = TypeVar("T")
 
 
 class Events(EventsBase):
     """The asyncio face of :class:`pgtide.Events`: same handlers, same table, same options."""
 
-    def _setup(self) -> None:
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._alock = asyncio.Lock()
-        self._workers: list[tuple[Worker, asyncio.Task[None]]] = []
+    def _setup(self, dsn: DsnLike) -> None:
+        self._session = AsyncSession(dsn, name="events", prepare=self._core.prepare)
+        self._workers: list[tuple[AsyncWorker, asyncio.Task[None]]] = []
 
-    async def _connection(self) -> psycopg.AsyncConnection[Any]:
-        async with self._alock:
-            if self._conn is None or self._conn.closed:
-                await asyncio.to_thread(self._prepare)
-                self._conn = await aconnect(self._resolve())
-            return self._conn
-
-    def _prepare(self) -> None:
-        """Install the schema and check the user's table (once, on a short blocking connection)."""
-        with connect(self._resolve()) as conn:
-            schema.ensure(conn)
-            if self._source is not None and self._checked is None:
-                self._checked = self._source.checked(conn)
-
-    async def aclose(self) -> None:
-        """Stop background workers and close the publishing connection."""
-        await self.stop()
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
-
-    async def __aenter__(self) -> Events:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+    async def _run(
+        self, make: Callable[[], Io[T]], conn: psycopg.AsyncConnection[Any] | None = None
+    ) -> T:
+        """Run the core's work on our session, or on the caller's connection as it is."""
+        if conn is None:
+            return await self._session.run(make)
+        await self._session.connection()  # the schema installed, your table checked
+        return await arun(conn, make())
 
     async def publish(
         self,
@@ -72,14 +51,7 @@ class Events(EventsBase):
         key: str | None = None,
     ) -> int:
         """As :meth:`pgtide.Events.publish`, with an optional async connection."""
-        own = await self._connection()
-        statement, params = self._publish_statement(name, payload, run_at, key)
-        cursor = await (conn or own).execute(statement, params)
-        row = await cursor.fetchone()
-        assert row is not None
-        if self._checked is not None:
-            await (conn or own).execute(_sql.WAKE_ROW, (self._checked.channel, str(row[0])))
-        return int(row[0])
+        return await self._run(self._core.publish(name, payload, run_at, key), conn)
 
     async def publish_many(
         self,
@@ -91,12 +63,35 @@ class Events(EventsBase):
         key: str | None = None,
     ) -> list[int]:
         """As :meth:`pgtide.Events.publish_many`."""
-        own = await self._connection()
-        statement, params = self._publish_many_statement(name, payloads, run_at, key)
-        if not params[-1]:
-            return []
-        cursor = await (conn or own).execute(statement, params)
-        return [int(r[0]) for r in await cursor.fetchall()]
+        return await self._run(self._core.publish_many(name, payloads, run_at, key), conn)
+
+    async def status(self) -> dict[str, int]:
+        """As :meth:`pgtide.Events.status`."""
+        return await self._run(self._core.status())
+
+    async def unhandled(self) -> dict[str, int]:
+        """As :meth:`pgtide.Events.unhandled`."""
+        return await self._run(self._core.unhandled())
+
+    async def get(self, id: int) -> EventRecord | None:
+        """As :meth:`pgtide.Events.get`."""
+        return await self._run(self._core.get(id))
+
+    async def recent(
+        self, *, state: str | None = None, name: str | None = None, limit: int = 50
+    ) -> list[EventRecord]:
+        """As :meth:`pgtide.Events.recent`."""
+        return await self._run(self._core.recent(state, name, limit))
+
+    async def purge(self, older_than: timedelta, *, dead: bool = False) -> int:
+        """As :meth:`pgtide.Events.purge`."""
+        return await self._run(self._core.purge(older_than, dead))
+
+    async def retry(self, id: int) -> bool:
+        """As :meth:`pgtide.Events.retry`."""
+        return await self._run(self._core.retry(id))
+
+    # -- workers -------------------------------------------------------------------------
 
     async def run(
         self,
@@ -107,7 +102,18 @@ class Events(EventsBase):
     ) -> None:
         """Run a worker until :meth:`stop` or cancellation, then stop gracefully."""
         worker = await self._new_worker(concurrency, poll_interval, stop_timeout)
-        await run_in_thread(worker.run, worker.stop)
+        task = asyncio.ensure_future(worker.run())
+        self._workers.append((worker, task))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            worker.stop()
+            await asyncio.wait([task])  # running handlers finish first
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception() from None  # type: ignore[misc]
+            raise
+        finally:
+            self._workers = [(w, t) for w, t in self._workers if w is not worker]
 
     async def start(
         self,
@@ -116,26 +122,15 @@ class Events(EventsBase):
         poll_interval: float | None = None,
         stop_timeout: float = 30.0,
     ) -> None:
-        """Run a worker in the background; returns once it is serving."""
+        """Run a worker as a task on this loop; returns once it is serving."""
         worker = await self._new_worker(concurrency, poll_interval, stop_timeout)
-        task: asyncio.Task[None] = asyncio.ensure_future(asyncio.to_thread(worker.run))
+        task = asyncio.ensure_future(worker.run())
         while not worker.running.is_set():
             if task.done():
                 await task  # raises what stopped it
+                return
             await asyncio.sleep(0.01)
         self._workers.append((worker, task))
-
-    async def _new_worker(
-        self, concurrency: int | None, poll_interval: float | None, stop_timeout: float
-    ) -> Worker:
-        """A worker whose async handlers run on the running loop (awaited from pool threads)."""
-        await self._connection()
-        loop = asyncio.get_running_loop()
-
-        def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
-            return asyncio.run_coroutine_threadsafe(coro, loop).result()
-
-        return self._worker(run_async, concurrency, poll_interval, stop_timeout)
 
     async def stop(self) -> None:
         """Stop every background worker: running handlers finish, the rest go back."""
@@ -143,44 +138,46 @@ class Events(EventsBase):
         for worker, _ in workers:
             worker.stop()
         for _, task in workers:
-            await task
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
-    async def status(self) -> dict[str, int]:
-        """As :meth:`pgtide.Events.status`."""
-        conn = await self._connection()
-        rows = await (await conn.execute(_sql.COUNTS, (self._source_key,))).fetchall()
-        unhandled = await (
-            await conn.execute(_sql.UNHANDLED, {"source": self._source_key, "window": LIVE_WINDOW})
-        ).fetchall()
-        return self._counts(rows, unhandled)
+    async def close(self) -> None:
+        """Stop background workers and close the connection."""
+        await self.stop()
+        await self._session.close()
 
-    async def get(self, id: int) -> EventRecord | None:
-        """As :meth:`pgtide.Events.get`."""
-        conn = await self._connection()
-        row = await (await conn.execute(_sql.GET, (id,))).fetchone()
-        return record(row) if row else None
-
-    async def recent(
-        self, *, state: str | None = None, name: str | None = None, limit: int = 50
-    ) -> list[EventRecord]:
-        """As :meth:`pgtide.Events.recent`."""
-        self._check_state(state)
-        conn = await self._connection()
-        cursor = await conn.execute(
-            _sql.LIST, {"source": self._source_key, "state": state, "name": name, "limit": limit}
+    async def aclose(self) -> None:
+        """Deprecated alias of :meth:`close` (``await events.close()``)."""
+        warnings.warn(
+            "aio.Events.aclose() is deprecated; use await events.close()",
+            DeprecationWarning,
+            stacklevel=2,
         )
-        return [record(r) for r in await cursor.fetchall()]
+        await self.close()
 
-    async def purge(self, older_than: timedelta, *, dead: bool = False) -> int:
-        """As :meth:`pgtide.Events.purge`."""
-        states, seconds = self._purge_params(older_than, dead)
-        conn = await self._connection()
-        return (await conn.execute(_sql.PURGE, (states, seconds))).rowcount
+    async def __aenter__(self) -> Events:
+        return self
 
-    async def retry(self, id: int) -> bool:
-        """As :meth:`pgtide.Events.retry`."""
-        conn = await self._connection()
-        async with conn.transaction():
-            row = await (await conn.execute(_sql.RETRY, (id,))).fetchone()
-            await conn.execute(_sql.WAKE, (_sql.CHANNEL,))
-        return row is not None
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _new_worker(
+        self, concurrency: int | None, poll_interval: float | None, stop_timeout: float
+    ) -> AsyncWorker:
+        options = self._core.worker_options(
+            self._handlers, concurrency, poll_interval, stop_timeout
+        )
+        await self._session.connection()  # schema and your table checked before it starts
+        loop = asyncio.get_running_loop()
+        return AsyncWorker(
+            await self._session.resolved(),
+            self._core.target(),
+            self._handlers,
+            options,
+            lambda: loop,
+        )

@@ -3,7 +3,7 @@
 Each setting can be given in code or by environment variable (code wins), as seed 003's
 server could: ``PGTIDE_EVENTS_TABLE``, ``PGTIDE_EVENTS_ID_COLUMN``,
 ``PGTIDE_EVENTS_NAME_COLUMN``, ``PGTIDE_EVENTS_PAYLOAD_COLUMN``, ``PGTIDE_EVENTS_CHANNEL``
-and ``PGTIDE_EVENTS_POLL_INTERVAL``.
+and ``PGTIDE_EVENTS_POLL_INTERVAL``. Table names are read by :mod:`pgtide.names`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,15 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any
 
-import psycopg
-
-from ..errors import ConfigError
-from . import _sql
+from .. import names
+from ..errors import ConfigError, InvalidName
+from ..names import TableName
+from ..session import Io
 
 ENV_PREFIX = "PGTIDE_EVENTS_"
+
+RELATION_KINDS = frozenset({"r", "p", "v", "m", "f"})
+"""What a worker can read events from: tables, views, materialized views, foreign tables."""
 
 
 def env_setting(name: str, given: Any) -> Any:
@@ -45,54 +48,51 @@ def env_float(name: str, given: float | None, default: float) -> float:
 
 @dataclass(frozen=True)
 class Source:
-    """A user's events table: its (schema-qualified) name, id, name and payload columns."""
+    """A user's events table: its name (schema filled in once checked) and its columns."""
 
-    table: str
+    table: TableName
     id_column: str = "id"
     name_column: str = "name"
     payload_column: str | None = None
     channel: str = "events"
-    schema: str = ""
 
     @property
     def key(self) -> str:
-        """How pgtide.events tells this table's rows apart: ``schema.table``."""
-        return f"{self.schema}.{self.table}"
+        """How pgtide.events tells this table's rows apart: ``schema.table`` (once checked)."""
+        return f"{self.table.schema}.{self.table.name}"
 
-    def checked(self, conn: psycopg.Connection[Any]) -> Source:
-        """This source with its schema filled in, after checking the table and columns exist."""
-        schema, table = _split(self.table)
-        if not schema:
-            row = conn.execute(_sql.CURRENT_SCHEMA).fetchone()
-            schema = str(row[0]) if row and row[0] else "public"
-        found = {r[0] for r in conn.execute(_sql.COLUMNS, (schema, table)).fetchall()}
-        if not found:
+
+def check(source: Source) -> Io[Source]:
+    """``source`` with its schema filled in, after checking the table and columns exist."""
+    found = yield from names.lookup(source.table)
+    if found is None or found[1] not in RELATION_KINDS:
+        raise ConfigError(
+            f"events table {source.table} does not exist; create it, or set table= "
+            f"(or {ENV_PREFIX}TABLE) to your events table"
+        )
+    table = found[0]
+    columns = set((yield from names.columns(table)))
+    wanted = {
+        "id column": (source.id_column, "ID_COLUMN", "id_column"),
+        "name column": (source.name_column, "NAME_COLUMN", "name_column"),
+    }
+    if source.payload_column:
+        wanted["payload column"] = (source.payload_column, "PAYLOAD_COLUMN", "payload_column")
+    for what, (column, env, arg) in wanted.items():
+        if column not in columns:
             raise ConfigError(
-                f"events table {schema}.{table} does not exist; create it, or set table= "
-                f"(or {ENV_PREFIX}TABLE) to your events table"
+                f"events table {table} has no {what} {column!r} (columns: "
+                f"{', '.join(sorted(columns))}); set {arg}= (or {ENV_PREFIX}{env})"
             )
-        wanted = {
-            "id column": (self.id_column, "ID_COLUMN", "id_column"),
-            "name column": (self.name_column, "NAME_COLUMN", "name_column"),
-        }
-        if self.payload_column:
-            wanted["payload column"] = (self.payload_column, "PAYLOAD_COLUMN", "payload_column")
-        for what, (column, env, arg) in wanted.items():
-            if column not in found:
-                raise ConfigError(
-                    f"events table {schema}.{table} has no {what} {column!r} (columns: "
-                    f"{', '.join(sorted(found))}); set {arg}= (or {ENV_PREFIX}{env})"
-                )
-        return replace(self, table=table, schema=schema)
+    return replace(source, table=table)
 
 
-def _split(qualified: str) -> tuple[str, str]:
-    parts = qualified.split(".")
-    if len(parts) == 1 and parts[0]:
-        return "", parts[0]
-    if len(parts) == 2 and all(parts):
-        return parts[0], parts[1]
-    raise ConfigError(f"bad events table name {qualified!r}: use 'table' or 'schema.table'")
+def parse_table(text: str) -> TableName:
+    """The user's table name, or :class:`~pgtide.InvalidName` saying it is an events table."""
+    try:
+        return TableName.parse(text)
+    except InvalidName as exc:
+        raise InvalidName(f"bad events table name {text!r}: {exc}") from None
 
 
 def source_from(
@@ -106,9 +106,8 @@ def source_from(
     table = env_setting("table", table)
     if table is None:
         return None
-    _split(table)
     return Source(
-        table=table,
+        table=parse_table(table),
         id_column=env_setting("id_column", id_column) or "id",
         name_column=env_setting("name_column", name_column) or "name",
         payload_column=env_setting("payload_column", payload_column),

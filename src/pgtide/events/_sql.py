@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from psycopg import sql
 
+from ..names import TableName
+
 CHANNEL = "pgtide_events"
 """The channel every insert into pgtide.events notifies (see 003_events.sql)."""
 
@@ -74,9 +76,6 @@ WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s AND state = 'running'
 
 WAKE = "SELECT pg_notify(%s, '')"
 
-WAKE_ROW = "SELECT pg_notify(%s, %s)"
-"""On a user's channel, the payload is the new row's id, as seed 003's trigger sends it."""
-
 WORKER_SESSION = "SET plan_cache_mode = force_custom_plan"
 """The worker's session: a generic plan of the batch updates would ignore the arrays' sizes
 and scan the table. (Commits stay synchronous: a claim lost in a server crash could let a
@@ -137,24 +136,17 @@ WHERE id = %s AND state IN ('done', 'failed', 'dead')
 RETURNING id
 """
 
-PURGE = """
-DELETE FROM pgtide.events
-WHERE source = '' AND state = ANY(%s) AND finished_at < now() - %s * interval '1 second'
+PURGE_COUNTED = """
+WITH purged AS (
+    DELETE FROM pgtide.events
+    WHERE source = '' AND state = ANY(%s) AND finished_at < now() - %s * interval '1 second'
+    RETURNING 1)
+SELECT count(*) FROM purged
 """
-
-COLUMNS = """
-SELECT a.attname FROM pg_attribute a
-JOIN pg_class c ON c.oid = a.attrelid
-JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
-"""
-
-CURRENT_SCHEMA = "SELECT current_schema()"
 
 
 def mirror(
-    schema: str,
-    table: str,
+    table: TableName,
     id_column: str,
     name_column: str,
     payload_column: str | None,
@@ -176,7 +168,7 @@ def mirror(
         """
 INSERT INTO pgtide.events (name, payload, source, source_id)
 SELECT coalesce(u.{name}::text, ''), {payload}, %(source)s, u.{id}::text
-FROM {schema}.{table} u
+FROM {table} u
 WHERE {only} NOT EXISTS (
     SELECT 1 FROM pgtide.events e WHERE e.source = %(source)s AND e.source_id = u.{id}::text)
 ORDER BY u.{id}
@@ -186,29 +178,37 @@ ON CONFLICT (source, source_id) WHERE source_id IS NOT NULL DO NOTHING
         name=sql.Identifier(name_column),
         payload=payload,
         id=sql.Identifier(id_column),
-        schema=sql.Identifier(schema),
-        table=sql.Identifier(table),
+        table=table.identifier,
         only=sql.SQL("u.{} = %(id)s AND").format(sql.Identifier(id_column)) if one else sql.SQL(""),
     )
 
 
-def insert_own(
-    schema: str, table: str, id_column: str, name_column: str, payload_column: str | None
+def publish_own(
+    table: TableName, id_column: str, name_column: str, payload_column: str | None
 ) -> sql.Composed:
-    """Publish into a user's table: its name (and payload) columns, returning its id."""
+    """Publish into a user's table and notify its channel with the new id, in one statement.
+
+    One statement is one transaction on an autocommit connection, and part of the caller's
+    transaction on theirs: the row and its wake-up are committed or rolled back together.
+    Parameters: ``name``, ``payload`` (when there is a payload column) and ``channel``.
+    """
     columns = [sql.Identifier(name_column)]
-    values: list[sql.Composable] = [sql.Placeholder()]
+    values: list[sql.Composable] = [sql.Placeholder("name")]
     if payload_column:
         columns.append(sql.Identifier(payload_column))
-        values.append(sql.SQL("%s::jsonb"))
-    return sql.SQL("INSERT INTO {}.{} ({}) VALUES ({}) RETURNING {}::text").format(
-        sql.Identifier(schema),
-        sql.Identifier(table),
+        values.append(sql.SQL("{}::jsonb").format(sql.Placeholder("payload")))
+    return sql.SQL(
+        "WITH inserted AS (INSERT INTO {} ({}) VALUES ({}) RETURNING {}::text AS id) "
+        "SELECT id, pg_notify(%(channel)s, id) FROM inserted"
+    ).format(
+        table.identifier,
         sql.SQL(", ").join(columns),
         sql.SQL(", ").join(values),
         sql.Identifier(id_column),
     )
 
+
+EVENTS_INSTALLED = "SELECT to_regclass('pgtide.events') IS NOT NULL"
 
 BY_SOURCE = """
 SELECT source,

@@ -1,22 +1,23 @@
-"""The blocking face: :class:`pgtide.Events`."""
+"""The blocking face: :class:`pgtide.Events` (each method runs one of the core's Io)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
-from .. import schema
-from ..connect import connect
+from ..connect import DsnLike
 from ..errors import ConfigError
-from . import _sql
-from ._core import LIVE_WINDOW, EventRecord, EventsBase, record
+from ..session import Io, Session, run
+from ._core import EventRecord, EventsBase
 from ._worker import Worker
+
+T = TypeVar("T")
 
 
 class Events(EventsBase):
@@ -25,46 +26,24 @@ class Events(EventsBase):
     ``Events(dsn=None)`` uses pgtide's own table ``pgtide.events``; ``table=`` (and
     ``id_column=``, ``name_column=``, ``payload_column=``, ``channel=``, or the
     ``PGTIDE_EVENTS_*`` environment variables) points it at a table of yours instead.
+    ``poll_interval``: seconds between polls when no NOTIFY arrives; ``listen=False`` polls
+    only. ``lease``: seconds a claim lasts without a heartbeat. ``batch_size``: events
+    claimed at once. ``retry_delay`` and ``max_retry_delay``: the exponential backoff between
+    attempts. Nothing connects until first use.
     """
 
-    def _setup(self) -> None:
-        self._conn: psycopg.Connection[Any] | None = None
+    def _setup(self, dsn: DsnLike) -> None:
+        self._session = Session(dsn, name="events", prepare=self._core.prepare)
+        self._lock = threading.Lock()
         self._workers: list[tuple[Worker, threading.Thread]] = []
         self._loop: _LoopThread | None = None
 
-    # -- connections ---------------------------------------------------------------------
-
-    def _connection(self) -> psycopg.Connection[Any]:
-        with self._lock:
-            if self._conn is None or self._conn.closed:
-                conn = connect(self._resolve())
-                schema.ensure(conn)
-                if self._source is not None and self._checked is None:
-                    self._checked = self._source.checked(conn)
-                self._conn = conn
-            return self._conn
-
-    def close(self) -> None:
-        """Stop background workers and close the publishing connection."""
-        self.stop()
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-            if self._loop is not None:
-                self._loop.close()
-                self._loop = None
-
-    def __enter__(self) -> Events:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    def _run(self, make: Callable[[], Io[T]], conn: psycopg.Connection[Any] | None = None) -> T:
+        """Run the core's work on our session, or on the caller's connection as it is."""
+        if conn is None:
+            return self._session.run(make)
+        self._session.connection()  # the schema installed, your table checked
+        return run(conn, make())
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -83,13 +62,7 @@ class Events(EventsBase):
         event and wakes nobody. ``run_at`` delays it; events with the same ``key`` run one
         at a time, in order.
         """
-        own = self._connection()
-        statement, params = self._publish_statement(name, payload, run_at, key)
-        row = (conn or own).execute(statement, params).fetchone()
-        assert row is not None
-        if self._checked is not None:
-            (conn or own).execute(_sql.WAKE_ROW, (self._checked.channel, str(row[0])))
-        return int(row[0])
+        return self._run(self._core.publish(name, payload, run_at, key), conn)
 
     def publish_many(
         self,
@@ -101,11 +74,38 @@ class Events(EventsBase):
         key: str | None = None,
     ) -> list[int]:
         """Insert many events called ``name`` in one statement (one wake-up); return ids."""
-        own = self._connection()
-        statement, params = self._publish_many_statement(name, payloads, run_at, key)
-        if not params[-1]:
-            return []
-        return [int(r[0]) for r in (conn or own).execute(statement, params).fetchall()]
+        return self._run(self._core.publish_many(name, payloads, run_at, key), conn)
+
+    # -- inspection ----------------------------------------------------------------------
+
+    def status(self) -> dict[str, int]:
+        """Events by state, plus ``unhandled``: waiting events no live worker has a handler for."""
+        return self._run(self._core.status())
+
+    def unhandled(self) -> dict[str, int]:
+        """Waiting events whose name no live worker handles, counted by name."""
+        return self._run(self._core.unhandled())
+
+    def get(self, id: int) -> EventRecord | None:
+        """One event by pgtide id, or None."""
+        return self._run(self._core.get(id))
+
+    def recent(
+        self, *, state: str | None = None, name: str | None = None, limit: int = 50
+    ) -> list[EventRecord]:
+        """The newest events (optionally of one state or name), newest first."""
+        return self._run(self._core.recent(state, name, limit))
+
+    def purge(self, older_than: timedelta, *, dead: bool = False) -> int:
+        """Delete done (and, with ``dead``, dead) events finished before ``older_than`` ago.
+
+        Returns how many were deleted. pgtide never deletes events by itself.
+        """
+        return self._run(self._core.purge(older_than, dead))
+
+    def retry(self, id: int) -> bool:
+        """Run a done, failed or dead event again from attempt 1; False if there is none."""
+        return self._run(self._core.retry(id))
 
     # -- workers -------------------------------------------------------------------------
 
@@ -164,90 +164,55 @@ class Events(EventsBase):
             if thread is not threading.current_thread():
                 thread.join(timeout)
 
+    def close(self) -> None:
+        """Stop background workers and close the connection."""
+        self.stop()
+        self._session.close()
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.close()
+
+    def __enter__(self) -> Events:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
     def _new_worker(
         self, concurrency: int | None, poll_interval: float | None, stop_timeout: float
     ) -> Worker:
-        self._connection()  # schema and source checked before the worker starts
-        return self._worker(self._run_async, concurrency, poll_interval, stop_timeout)
+        options = self._core.worker_options(
+            self._handlers, concurrency, poll_interval, stop_timeout
+        )
+        self._session.connection()  # schema and your table checked before the worker starts
+        return Worker(
+            self._session.resolved, self._core.target(), self._handlers, options, self._event_loop
+        )
 
-    def _run_async(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        """Run an async handler on this object's event loop thread (started on first use)."""
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop async handlers run on (a daemon thread, started on first use)."""
         with self._lock:
             if self._loop is None:
                 self._loop = _LoopThread()
-            loop = self._loop
-        return loop.run(coro)
-
-    # -- inspection ----------------------------------------------------------------------
-
-    def status(self) -> dict[str, int]:
-        """Events by state, plus ``unhandled``: waiting events no live worker has a handler for."""
-        conn = self._connection()
-        rows = conn.execute(_sql.COUNTS, (self._source_key,)).fetchall()
-        unhandled = conn.execute(
-            _sql.UNHANDLED, {"source": self._source_key, "window": LIVE_WINDOW}
-        ).fetchall()
-        return self._counts(rows, unhandled)
-
-    def unhandled(self) -> dict[str, int]:
-        """Waiting events whose name no live worker handles, counted by name."""
-        rows = (
-            self._connection()
-            .execute(_sql.UNHANDLED, {"source": self._source_key, "window": LIVE_WINDOW})
-            .fetchall()
-        )
-        return {str(name): int(n) for name, n in rows}
-
-    def get(self, id: int) -> EventRecord | None:
-        """One event by pgtide id, or None."""
-        row = self._connection().execute(_sql.GET, (id,)).fetchone()
-        return record(row) if row else None
-
-    def recent(
-        self, *, state: str | None = None, name: str | None = None, limit: int = 50
-    ) -> list[EventRecord]:
-        """The newest events (optionally of one state or name), newest first."""
-        self._check_state(state)
-        rows = (
-            self._connection()
-            .execute(
-                _sql.LIST,
-                {"source": self._source_key, "state": state, "name": name, "limit": limit},
-            )
-            .fetchall()
-        )
-        return [record(r) for r in rows]
-
-    def purge(self, older_than: timedelta, *, dead: bool = False) -> int:
-        """Delete done (and, with ``dead``, dead) events finished before ``older_than`` ago.
-
-        Returns how many were deleted. pgtide never deletes events by itself.
-        """
-        states, seconds = self._purge_params(older_than, dead)
-        return self._connection().execute(_sql.PURGE, (states, seconds)).rowcount
-
-    def retry(self, id: int) -> bool:
-        """Run a done, failed or dead event again from attempt 1; False if there is none."""
-        conn = self._connection()
-        with conn.transaction():
-            row = conn.execute(_sql.RETRY, (id,)).fetchone()
-            conn.execute(_sql.WAKE, (_sql.CHANNEL,))
-        return row is not None
+            return self._loop.loop
 
 
 class _LoopThread:
     """An event loop in a daemon thread, for async handlers under the blocking face."""
 
     def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
+        self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
-            target=self._loop.run_forever, name="pgtide-events-loop", daemon=True
+            target=self.loop.run_forever, name="pgtide-events-loop", daemon=True
         )
         self._thread.start()
 
-    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
     def close(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)

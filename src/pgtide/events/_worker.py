@@ -1,11 +1,21 @@
-"""The worker: claims events in batches, runs their handlers on a fixed pool, records outcomes.
+"""The worker: claims events in batches, runs their handlers, records outcomes.
 
-One dispatcher thread owns the database connection: it claims (``FOR UPDATE SKIP LOCKED``, id
-order), writes results and failures in batches, and extends the leases of everything it holds
-(heartbeat). A fixed pool of ``concurrency`` threads runs the handlers; async handlers run on
-an event loop supplied by the face. A worker that dies stops heartbeating, its leases expire,
-and other workers claim its events again; outcomes are fenced by owner and attempt, so a
-worker that lost a lease cannot overwrite the event's newer state.
+Written once. :class:`WorkerCore` holds a worker's state and every decision: its statements
+are :data:`~pgtide.session.Io` (claim with ``FOR UPDATE SKIP LOCKED`` in id order, outcomes
+in batches, heartbeats that extend the leases it holds, the mirror of a user's table), and
+its dispatcher is one :data:`Plan`, a generator of :class:`Db`, :class:`Sleep` and
+:class:`Unlisten` steps. :class:`Worker` drives the plan from a thread on a
+:class:`~pgtide.session.Session`; :class:`AsyncWorker` from a task on an
+:class:`~pgtide.session.AsyncSession`. Either session is the one reconnect policy; a
+``channel.Waker`` shortens the waits.
+
+Handlers: at most ``concurrency`` at once in all. Plain functions run on a pool of threads
+(started only when a plain handler first runs); async ones run as tasks on one event loop
+(the caller's under ``pgtide.aio``, a loop thread under ``pgtide``), holding no thread.
+
+A worker that dies stops heartbeating, its leases expire, and other workers claim its events
+again; outcomes are fenced by owner and attempt, so a worker that lost a lease cannot
+overwrite the event's newer state.
 """
 
 from __future__ import annotations
@@ -19,20 +29,34 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections import deque
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import psycopg
 from psycopg import sql
 
 from .. import schema
-from ..connect import Backoff, Resolved, connect
+from ..channel import Waker
+from ..connect import Resolved
+from ..session import (
+    OUTAGES,
+    AsyncSession,
+    Io,
+    Query,
+    Session,
+    Stopped,
+    atomic,
+    query,
+)
 from . import _sql
 from ._model import Event, HandlerSpec, retry_delay, to_json
-from ._wake import make_waker
 
 log = logging.getLogger("pgtide.events")
+
+APPLICATION_NAME = "pgtide-events-listen"
+"""The wake-up connection's application_name (``pgtide status`` counts ``pgtide%listen%``)."""
 
 CATCH_UP = 30.0
 """With NOTIFY, a user's table is scanned whole this often (and at start and after a gap);
@@ -40,9 +64,6 @@ in between, each notified id is mirrored alone. Polling only, it is scanned ever
 
 MAX_NOTIFIED = 1000
 """Notified ids kept for one round; past that, one whole scan is cheaper."""
-
-AsyncRunner = Callable[[Coroutine[Any, Any, Any]], Any]
-"""Runs a coroutine to completion from a pool thread and returns its result (or raises)."""
 
 
 @dataclass(frozen=True)
@@ -70,165 +91,227 @@ class Target:
     mirror_one: sql.Composed | None = None
 
 
-class Worker:
-    """One worker: ``run()`` blocks until ``stop()``; both are thread-safe."""
+@dataclass(frozen=True, slots=True)
+class Db:
+    """Run this database work on the worker's session (again after an outage)."""
+
+    make: Callable[[], Io[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """Wait until woken (a NOTIFY, an outcome to record, a stop) or ``seconds`` pass."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Unlisten:
+    """Stop listening for wake-ups (the worker is stopping)."""
+
+
+Step: TypeAlias = Db | Sleep | Unlisten
+Plan: TypeAlias = Generator[Step, Any, None]
+LoopProvider: TypeAlias = Callable[[], asyncio.AbstractEventLoop]
+
+
+class WorkerCore:
+    """One worker's state and decisions, shared by both drivers (thread-safe)."""
 
     def __init__(
         self,
-        resolved: Resolved,
         target: Target,
         handlers: dict[str, HandlerSpec],
         options: WorkerOptions,
-        run_async: AsyncRunner,
+        loop: LoopProvider,
     ) -> None:
-        self._resolved = resolved
-        self._target = target
-        self._handlers = dict(handlers)
-        self._options = options
-        self._run_async = run_async
+        self.target = target
+        self.handlers = dict(handlers)
+        self.options = options
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._stop = threading.Event()
-        self._signal = threading.Event()
+        self.stop_requested = False
+        self.wake: Callable[[], None] = _nothing
+        self._loop = loop
         self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
+        self._stopping = False
+        self._abandoned = False
+        self._ready: deque[Event] = deque()
+        self._running = 0
+        self._limits = {n: s.concurrency for n, s in handlers.items() if s.concurrency}
+        self._by_name = dict.fromkeys(self._limits, 0)
+        self._inflight = 0
         self._done: list[tuple[Event, str | None]] = []
         self._failed: list[tuple[Event, str, float, bool]] = []
         self._unstarted: list[int] = []
-        self._inflight = 0
         self._max_inflight = options.concurrency + options.batch_size
         self._low_water = self._max_inflight // 2
         self._flush_at = max(1, options.batch_size // 2)
         self._mirror_due = True
         self._notified: list[str] = []
-        self._limits = {
-            name: threading.BoundedSemaphore(spec.concurrency)
-            for name, spec in handlers.items()
-            if spec.concurrency is not None
-        }
-        self.running = threading.Event()
+        self._pool: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        every = options.poll_interval
+        self._catch_up_every = max(every, CATCH_UP) if options.listen else every
+        now = time.monotonic()
+        self._next_beat = now + options.lease / 3
+        self._next_poll = now + every
+        self._next_catch_up = now + self._catch_up_every
 
-    # -- control -------------------------------------------------------------------------
+    # -- control and wake-ups --------------------------------------------------------------
 
-    def stop(self) -> None:
-        """Ask the worker to stop: no new claims; running handlers finish; the rest go back."""
-        self._stop.set()
-        self._signal.set()
+    def request_stop(self) -> None:
+        """No new claims; running handlers finish; the rest go back (see :meth:`plan`)."""
+        self.stop_requested = True
+        self.wake()
 
-    def run(self) -> None:
-        """Serve until :meth:`stop`; then finish running handlers (bounded) and release."""
-        pool = [
-            threading.Thread(target=self._serve, name=f"pgtide-events-{i}", daemon=True)
-            for i in range(self._options.concurrency)
-        ]
-        conn = self._connect()
-        waker = None
-        if self._options.listen:
-            waker = make_waker(self._resolved, self._target.channels, self._on_wake, self._on_gap)
-        try:
-            self._register(conn)
-            for thread in pool:
-                thread.start()
-            if waker is not None:
-                waker.start()  # LISTENing before the first claim: no wake-up falls between
-            self.running.set()
-            log.info(
-                "events worker %s serving %s with concurrency %d",
-                self.owner,
-                ", ".join(sorted(self._handlers)),
-                self._options.concurrency,
-            )
-            conn = self._dispatch(conn)
-        finally:
-            self._stop.set()
-            if waker is not None:
-                waker.stop()
-            self._shutdown(conn, pool)
-            self.running.clear()
-
-    # -- wake-ups --------------------------------------------------------------------------
-
-    def _on_wake(self, channel: str, payload: str) -> None:
-        if channel == self._target.source_channel:
+    def on_notify(self, channel: str, payload: str) -> bool:
+        """A NOTIFY: on the user's channel the payload is a new row's id."""
+        if channel == self.target.source_channel:
             with self._lock:
                 if payload and len(self._notified) < MAX_NOTIFIED:
                     self._notified.append(payload)
                 else:
                     self._mirror_due = True
-        self._signal.set()
+        return True
 
-    def _on_gap(self) -> None:
-        self._mirror_due = True
-        self._signal.set()
+    def on_gap(self) -> None:
+        """A NOTIFY may have been missed (a reconnect): scan the user's table whole."""
+        with self._lock:
+            self._mirror_due = True
 
-    # -- the dispatcher ----------------------------------------------------------------------
+    # -- the dispatcher, written once ------------------------------------------------------
 
-    def _connect(self) -> psycopg.Connection[Any]:
-        conn = connect(self._resolved)
-        schema.ensure(conn)
-        conn.execute(_sql.WORKER_SESSION)
-        return conn
+    def plan(self) -> Plan:
+        """Serve until a stop is requested; then finish running handlers and release."""
+        failure: Exception | None = None
+        try:
+            while not self.stop_requested:
+                more = yield Db(self.round)
+                if not more:
+                    yield Sleep(self.next_wait())
+        except Stopped:
+            pass
+        except Exception as exc:  # shut down cleanly, then raise it
+            failure = exc
+        yield Unlisten()
+        yield from self._shutdown()
+        if failure is not None:
+            raise failure
 
-    def _register(self, conn: psycopg.Connection[Any]) -> None:
-        with conn.transaction():
-            conn.execute(_sql.WORKERS_PRUNE)
-            conn.execute(
-                _sql.WORKER_REGISTER,
-                (
-                    self.owner,
-                    self._target.source,
-                    sorted(self._handlers),
-                    socket.gethostname(),
-                    os.getpid(),
-                ),
+    def _shutdown(self) -> Plan:
+        with self._lock:
+            self._stopping = True
+            self._unstarted.extend(e.id for e in self._ready)
+            self._inflight -= len(self._ready)
+            self._ready.clear()
+        self._close_pool()
+        deadline = time.monotonic() + self.options.stop_timeout
+        try:
+            while self.busy() and time.monotonic() < deadline:
+                yield Db(self.settle)
+                left = deadline - time.monotonic()
+                yield Sleep(max(0.0, min(self.options.lease / 3, left)))
+            self._abandon()
+            yield Db(self.settle)
+            yield Db(self.forget)
+        except (Stopped, psycopg.Error, *OUTAGES) as exc:
+            log.warning("events worker %s could not record its last outcomes: %s", self.owner, exc)
+        log.info("events worker %s stopped", self.owner)
+
+    def next_wait(self) -> float:
+        """How long to sleep when idle: briefly while handlers run, else until the next poll."""
+        with self._lock:
+            busy = self._inflight > 0
+        timeout = 0.01 if busy else max(0.0, self._next_poll - time.monotonic())
+        return min(timeout, self.options.lease / 3)
+
+    def busy(self) -> bool:
+        with self._lock:
+            return self._running > 0
+
+    def _abandon(self) -> None:
+        """Past the stop timeout: leave running handlers to their leases (async ones are
+        cancelled); their events run again when the leases expire."""
+        with self._lock:
+            still, self._abandoned = self._running, True
+            tasks = list(self._tasks)
+        for task in tasks:
+            task.get_loop().call_soon_threadsafe(task.cancel)
+        if still:
+            log.warning(
+                "events worker %s stopped with %d handler(s) still running after %.1f s; "
+                "their events will run again when the lease expires",
+                self.owner,
+                still,
+                self.options.stop_timeout,
             )
 
-    def _dispatch(self, conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
-        backoff = Backoff(initial=0.1, maximum=5.0)
-        next_beat = time.monotonic() + self._options.lease / 3
-        next_poll = time.monotonic() + self._options.poll_interval
-        every = self._options.poll_interval
-        catch_up_every = max(every, CATCH_UP) if self._options.listen else every
-        next_catch_up = time.monotonic() + catch_up_every
-        while not self._stop.is_set():
-            self._signal.clear()
-            try:
-                self._flush(conn)
-                now = time.monotonic()
-                if now >= next_beat:
-                    self._heartbeat(conn)
-                    next_beat = now + self._options.lease / 3
-                if now >= next_poll:
-                    next_poll = now + every
-                if now >= next_catch_up:
-                    self._mirror_due = True
-                    next_catch_up = now + catch_up_every
-                self._mirror(conn)
-                more = self._claim(conn)
-                backoff.reset()
-            except psycopg.OperationalError as exc:
-                delay = backoff.next()
-                log.warning(
-                    "events worker lost its connection (%s); retrying in %.1f s", exc, delay
-                )
-                conn.close()
-                self._stop.wait(delay)
-                try:
-                    conn = self._connect()
-                    self._register(conn)
-                except Exception as again:  # the server is still away: try again later
-                    log.warning("events worker cannot reconnect yet: %s", again)
-                continue
-            if more:
-                continue
-            with self._lock:
-                busy = self._inflight > 0
-            timeout = 0.01 if busy else max(0.0, next_poll - time.monotonic())
-            self._signal.wait(min(timeout, self._options.lease / 3))
-        return conn
+    # -- database work (Io) ----------------------------------------------------------------
 
-    def _mirror(self, conn: psycopg.Connection[Any]) -> None:
+    def setup(self) -> Io[None]:
+        """A new connection of the worker: schema, session settings, registration."""
+        yield from schema.ensure_io()
+        yield Query(_sql.WORKER_SESSION)
+        yield from atomic(self._register())
+
+    def _register(self) -> Io[None]:
+        yield Query(_sql.WORKERS_PRUNE)
+        names = sorted(self.handlers)
+        host = socket.gethostname()
+        yield Query(
+            _sql.WORKER_REGISTER, (self.owner, self.target.source, names, host, os.getpid())
+        )
+
+    def round(self) -> Io[bool]:
+        """Record outcomes, heartbeat when due, mirror, claim; True when more may be waiting."""
+        yield from self._flush()
+        now = time.monotonic()
+        if now >= self._next_beat:
+            yield from self._heartbeat()
+            self._next_beat = now + self.options.lease / 3
+        if now >= self._next_poll:
+            self._next_poll = now + self.options.poll_interval
+        if now >= self._next_catch_up:
+            self.on_gap()
+            self._next_catch_up = now + self._catch_up_every
+        yield from self._mirror()
+        return (yield from self._claim())
+
+    def settle(self) -> Io[None]:
+        """While stopping: release unstarted events, record outcomes, heartbeat when due."""
+        with self._lock:
+            ids, self._unstarted = self._unstarted, []
+        if ids:
+            try:
+                yield from atomic(self._release(ids))
+            except BaseException:
+                with self._lock:
+                    self._unstarted[:0] = ids
+                raise
+        yield from self._flush()
+        now = time.monotonic()
+        if now >= self._next_beat:
+            yield from self._heartbeat()
+            self._next_beat = now + self.options.lease / 3
+
+    def forget(self) -> Io[None]:
+        yield Query(_sql.WORKER_FORGET, (self.owner,))
+
+    def _release(self, ids: list[int]) -> Io[None]:
+        yield Query(_sql.RELEASE, {"ids": ids, "owner": self.owner})
+        yield Query(_sql.WAKE, (_sql.CHANNEL,))
+
+    def _heartbeat(self) -> Io[None]:
+        def beat() -> Io[None]:
+            yield Query(_sql.HEARTBEAT, {"owner": self.owner, "lease": self.options.lease})
+            yield Query(_sql.WORKER_SEEN, (self.owner,))
+
+        yield from atomic(beat())
+
+    def _mirror(self) -> Io[None]:
         """Copy new rows of the user's table into pgtide.events (bring your own table)."""
-        target = self._target
+        target = self.target
         if target.mirror is None or target.mirror_one is None:
             return
         with self._lock:
@@ -236,234 +319,404 @@ class Worker:
             ids, self._notified = self._notified, []
         try:
             if full:
-                conn.execute(target.mirror, {"source": target.source})
+                yield Query(target.mirror, {"source": target.source})
                 return
             for id_ in dict.fromkeys(ids):
                 try:
-                    conn.execute(target.mirror_one, {"source": target.source, "id": id_})
+                    yield Query(target.mirror_one, {"source": target.source, "id": id_})
                 except psycopg.DataError:  # not an id of that table: a wake-up all the same
                     log.debug("notified payload %r is not an id; scanning the table", id_)
-                    self._mirror_due = True
+                    self.on_gap()
         except BaseException:
-            with self._lock:  # not mirrored yet: scan the whole table next time
-                self._mirror_due = True
+            self.on_gap()  # not mirrored yet: scan the whole table next time
             raise
 
-    def _claim(self, conn: psycopg.Connection[Any]) -> bool:
-        """Claim what fits; True when the batch came back full (more may be waiting)."""
+    def _claim(self) -> Io[bool]:
+        """Claim what fits and start what may start; True when the batch came back full."""
         with self._lock:
             inflight = self._inflight
         if inflight > self._low_water:
             return False
-        asked = min(self._max_inflight - inflight, self._options.batch_size)
-        rows = conn.execute(
+        asked = min(self._max_inflight - inflight, self.options.batch_size)
+        rows = yield from query(
             _sql.CLAIM,
             {
-                "source": self._target.source,
-                "names": list(self._handlers),
+                "source": self.target.source,
+                "names": list(self.handlers),
                 "limit": asked,
                 "owner": self.owner,
-                "lease": self._options.lease,
+                "lease": self.options.lease,
             },
-        ).fetchall()
+        )
         if not rows:
             return False
         rows.sort(key=lambda r: r[0])
         with self._lock:
             self._inflight += len(rows)
-        for id_, name, payload, attempt, created_at, key, source_id in rows:
-            self._queue.put(Event(id_, name, payload, attempt, created_at, key, source_id))
+            self._ready.extend(Event(*row) for row in rows)
+        self._launch()
         return len(rows) == asked
 
-    def _flush(self, conn: psycopg.Connection[Any]) -> None:
+    def _flush(self) -> Io[None]:
         with self._lock:
             done, self._done = self._done, []
             failed, self._failed = self._failed, []
         if not done and not failed:
             return
         try:
-            with conn.transaction():
-                if done:
-                    conn.execute(
-                        _sql.COMPLETE,
-                        {
-                            "ids": [e.id for e, _ in done],
-                            "attempts": [e.attempt for e, _ in done],
-                            "results": [r for _, r in done],
-                            "owner": self.owner,
-                        },
-                    )
-                for event, error, delay, dead in failed:
-                    conn.execute(
-                        _sql.FAIL,
-                        {
-                            "state": "dead" if dead else "failed",
-                            "error": error,
-                            "delay": delay,
-                            "id": event.id,
-                            "attempt": event.attempt,
-                            "owner": self.owner,
-                        },
-                    )
+            yield from atomic(self._outcomes(done, failed))
         except BaseException:
             with self._lock:  # keep them for the next flush
                 self._done[:0] = done
                 self._failed[:0] = failed
             raise
 
-    def _heartbeat(self, conn: psycopg.Connection[Any]) -> None:
-        with conn.transaction():
-            conn.execute(_sql.HEARTBEAT, {"owner": self.owner, "lease": self._options.lease})
-            conn.execute(_sql.WORKER_SEEN, (self.owner,))
+    def _outcomes(
+        self, done: list[tuple[Event, str | None]], failed: list[tuple[Event, str, float, bool]]
+    ) -> Io[None]:
+        if done:
+            yield Query(
+                _sql.COMPLETE,
+                {
+                    "ids": [e.id for e, _ in done],
+                    "attempts": [e.attempt for e, _ in done],
+                    "results": [r for _, r in done],
+                    "owner": self.owner,
+                },
+            )
+        for event, error, delay, dead in failed:
+            yield Query(
+                _sql.FAIL,
+                {
+                    "state": "dead" if dead else "failed",
+                    "error": error,
+                    "delay": delay,
+                    "id": event.id,
+                    "attempt": event.attempt,
+                    "owner": self.owner,
+                },
+            )
 
-    def _shutdown(self, conn: psycopg.Connection[Any], pool: list[threading.Thread]) -> None:
-        """Release unstarted events, let running handlers finish (bounded), record outcomes."""
-        while True:
-            try:
-                event = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if event is not None:
-                with self._lock:
-                    self._unstarted.append(event.id)
-                    self._inflight -= 1
-        for _ in pool:
-            self._queue.put(None)
-        deadline = time.monotonic() + self._options.stop_timeout
-        next_beat = time.monotonic() + self._options.lease / 3
-        try:
-            while any(t.is_alive() for t in pool) and time.monotonic() < deadline:
-                self._release(conn)
-                self._flush(conn)
-                if time.monotonic() >= next_beat:
-                    self._heartbeat(conn)
-                    next_beat = time.monotonic() + self._options.lease / 3
-                for thread in pool:
-                    thread.join(0.02)
-            self._release(conn)
-            self._flush(conn)
-            still = sum(t.is_alive() for t in pool)
-            if still:
-                log.warning(
-                    "events worker %s stopped with %d handler(s) still running after %.1f s; "
-                    "their events will run again when the lease expires",
-                    self.owner,
-                    still,
-                    self._options.stop_timeout,
-                )
-            conn.execute(_sql.WORKER_FORGET, (self.owner,))
-        except psycopg.Error as exc:
-            log.warning("events worker %s could not record its last outcomes: %s", self.owner, exc)
-        finally:
-            conn.close()
-        log.info("events worker %s stopped", self.owner)
+    # -- running handlers ------------------------------------------------------------------
 
-    def _release(self, conn: psycopg.Connection[Any]) -> None:
+    def _launch(self) -> None:
+        """Start what may start now: plain handlers on the pool, async ones on the loop."""
+        for event in self._take():
+            spec = self.handlers[event.name]
+            if spec.is_async:
+                self._loop().call_soon_threadsafe(self._spawn, event, spec)
+            else:
+                self._start_pool()
+                self._pool.put(event)
+
+    def _take(self) -> list[Event]:
+        """Events to start (in id order), within the worker's and each handler's limit."""
         with self._lock:
-            ids, self._unstarted = self._unstarted, []
-        if ids:
-            with conn.transaction():
-                conn.execute(_sql.RELEASE, {"ids": ids, "owner": self.owner})
-                conn.execute(_sql.WAKE, (_sql.CHANNEL,))
+            free = self.options.concurrency - self._running
+            if self._stopping or free <= 0 or not self._ready:
+                return []
+            if not self._limits:
+                taken = [self._ready.popleft() for _ in range(min(free, len(self._ready)))]
+            else:
+                taken, kept = [], deque[Event]()
+                for event in self._ready:
+                    limit = self._limits.get(event.name)
+                    if len(taken) < free and (limit is None or self._by_name[event.name] < limit):
+                        taken.append(event)
+                        if limit is not None:
+                            self._by_name[event.name] += 1
+                    else:
+                        kept.append(event)
+                self._ready = kept
+            self._running += len(taken)
+            return taken
 
-    # -- the pool --------------------------------------------------------------------------
+    def _start_pool(self) -> None:
+        if self._threads:
+            return
+        with self._lock:
+            if self._threads or self._stopping:
+                return
+            self._threads = [
+                threading.Thread(target=self._serve, name=f"pgtide-events-{i}", daemon=True)
+                for i in range(self.options.concurrency)
+            ]
+        for thread in self._threads:
+            thread.start()
+
+    def _close_pool(self) -> None:
+        with self._lock:
+            threads = len(self._threads)
+        for _ in range(threads):
+            self._pool.put(None)
 
     def _serve(self) -> None:
-        while True:
-            event = self._queue.get()
-            if event is None:
-                return
-            limit = self._limits.get(event.name)
-            if not self._acquire(limit):
-                with self._lock:
-                    self._unstarted.append(event.id)
-                    self._inflight -= 1
-                continue
-            try:
-                self._handle(event)
-            finally:
-                if limit is not None:
-                    limit.release()
+        while (event := self._pool.get()) is not None:
+            self._run_plain(event, self.handlers[event.name])
 
-    def _acquire(self, limit: threading.BoundedSemaphore | None) -> bool:
-        """Wait for a handler's concurrency slot; False when stopping before it started."""
-        while not self._stop.is_set():
-            if limit is None or limit.acquire(timeout=0.05):
-                return True
-        return False
+    def _spawn(self, event: Event, spec: HandlerSpec) -> None:
+        task = asyncio.get_running_loop().create_task(self._run_async(event, spec))
+        with self._lock:
+            self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    def _handle(self, event: Event) -> None:
-        spec = self._handlers[event.name]
+    def _run_plain(self, event: Event, spec: HandlerSpec) -> None:
         began = time.perf_counter()
-        outcome = "done"
         try:
-            if spec.is_async:
-                coro = spec.fn(event)
-                assert asyncio.iscoroutine(coro)
-                result = self._run_async(_bounded(coro, spec.timeout))
-            else:
-                result = spec.fn(event)
-                elapsed = time.perf_counter() - began
-                if spec.timeout is not None and elapsed > spec.timeout:
-                    raise TimeoutError(
-                        f"handler {spec.name!r} ran {elapsed:.2f} s, over its {spec.timeout} s "
-                        "timeout (a plain function cannot be interrupted; its result was dropped)"
-                    )
+            result = spec.fn(event)
+            elapsed = time.perf_counter() - began
+            if spec.timeout is not None and elapsed > spec.timeout:
+                raise TimeoutError(
+                    f"handler {spec.name!r} ran {elapsed:.2f} s, over its {spec.timeout} s "
+                    "timeout (a plain function cannot be interrupted; its result was dropped)"
+                )
             encoded = None if result is None else to_json(result, f"result of {spec.name!r}")
-        except BaseException:  # even SystemExit or a stray cancellation: a failed attempt
-            error = traceback.format_exc()
-            dead = event.attempt >= spec.max_attempts
-            outcome = "dead" if dead else "failed"
-            delay = retry_delay(
-                event.attempt, self._options.retry_delay, self._options.max_retry_delay
-            )
-            self._record(event, outcome, began, failure=(error, delay, dead))
+        except BaseException:  # even SystemExit: a failed attempt
+            self._failure(event, spec, began)
             return
-        self._record(event, outcome, began, result=encoded)
+        self._finish(event, began, encoded, None)
 
-    def _record(
+    async def _run_async(self, event: Event, spec: HandlerSpec) -> None:
+        began = time.perf_counter()
+        try:
+            coro = spec.fn(event)
+            assert asyncio.iscoroutine(coro)
+            result = await _bounded(coro, spec.timeout)
+            encoded = None if result is None else to_json(result, f"result of {spec.name!r}")
+        except BaseException:  # a stray cancellation too: a failed attempt (unless abandoned)
+            self._failure(event, spec, began)
+            return
+        self._finish(event, began, encoded, None)
+
+    def _failure(self, event: Event, spec: HandlerSpec, began: float) -> None:
+        error = traceback.format_exc()
+        delay = retry_delay(event.attempt, self.options.retry_delay, self.options.max_retry_delay)
+        self._finish(event, began, None, (error, delay, event.attempt >= spec.max_attempts))
+
+    def _finish(
         self,
         event: Event,
-        outcome: str,
         began: float,
-        *,
-        result: str | None = None,
-        failure: tuple[str, float, bool] | None = None,
+        result: str | None,
+        failure: tuple[str, float, bool] | None,
     ) -> None:
         with self._lock:
+            self._running -= 1
+            if event.name in self._by_name:
+                self._by_name[event.name] -= 1
+            if self._abandoned:
+                return
             if failure is None:
                 self._done.append((event, result))
             else:
                 self._failed.append((event, *failure))
             self._inflight -= 1
-            if (
+            wake = (
                 failure is not None
                 or self._inflight in (0, self._low_water)
                 or len(self._done) >= self._flush_at
-            ):
-                self._signal.set()
-        if log.isEnabledFor(logging.INFO):
-            ms = (time.perf_counter() - began) * 1000
-            level = logging.INFO if failure is None else logging.WARNING
-            log.log(
-                level,
-                "event name=%s id=%d attempt=%d outcome=%s duration_ms=%.1f",
-                event.name,
-                event.id,
-                event.attempt,
-                outcome,
-                ms,
-                extra={
-                    "event_name": event.name,
-                    "event_id": event.id,
-                    "attempt": event.attempt,
-                    "outcome": outcome,
-                    "duration_ms": ms,
-                },
             )
+        if wake:
+            self.wake()
+        self._launch()
+        if log.isEnabledFor(logging.INFO):
+            _log_outcome(event, began, failure)
+
+
+def _log_outcome(event: Event, began: float, failure: tuple[str, float, bool] | None) -> None:
+    ms = (time.perf_counter() - began) * 1000
+    outcome = "done" if failure is None else "dead" if failure[2] else "failed"
+    log.log(
+        logging.INFO if failure is None else logging.WARNING,
+        "event name=%s id=%d attempt=%d outcome=%s duration_ms=%.1f",
+        event.name,
+        event.id,
+        event.attempt,
+        outcome,
+        ms,
+        extra={
+            "event_name": event.name,
+            "event_id": event.id,
+            "attempt": event.attempt,
+            "outcome": outcome,
+            "duration_ms": ms,
+        },
+    )
 
 
 async def _bounded(coro: Coroutine[Any, Any, Any], timeout: float | None) -> Any:
     if timeout is None:
         return await coro
     return await asyncio.wait_for(coro, timeout)
+
+
+def _nothing() -> None:
+    return None
+
+
+class _Steps:
+    """Walks a :data:`Plan` for a driver: the next step, given the last one's reply or error."""
+
+    def __init__(self, plan: Plan) -> None:
+        self._plan = plan
+        self._reply: Any = None
+        self._failure: Exception | None = None
+
+    def next(self) -> Step | None:
+        """The next step, or None when the plan is over (raising what it did not handle)."""
+        failure, self._failure = self._failure, None
+        reply, self._reply = self._reply, None
+        try:
+            return self._plan.send(reply) if failure is None else self._plan.throw(failure)
+        except StopIteration:
+            return None
+
+    def reply(self, value: Any) -> None:
+        self._reply = value
+
+    def fail(self, exc: Exception) -> None:
+        self._failure = exc
+
+
+class _Driver:
+    """What both drivers share: the core, the waker, and the ``running`` flag."""
+
+    def __init__(
+        self,
+        resolved: Resolved,
+        target: Target,
+        handlers: dict[str, HandlerSpec],
+        options: WorkerOptions,
+        loop: LoopProvider,
+    ) -> None:
+        self.core = WorkerCore(target, handlers, options, loop)
+        self.owner = self.core.owner
+        listen = options.listen
+        self._waker = Waker(
+            resolved if listen else None,
+            target.channels if listen else (),
+            on_notify=self.core.on_notify,
+            on_gap=self.core.on_gap,
+            application_name=APPLICATION_NAME,
+        )
+        self.core.wake = self._waker.set
+        self.running = threading.Event()
+
+    def _serving(self) -> None:
+        self.running.set()
+        log.info(
+            "events worker %s serving %s with concurrency %d",
+            self.owner,
+            ", ".join(sorted(self.core.handlers)),
+            self.core.options.concurrency,
+        )
+
+
+class Worker(_Driver):
+    """A worker driven from a thread: ``run()`` blocks until ``stop()``; both thread-safe."""
+
+    def __init__(
+        self,
+        resolved: Resolved,
+        target: Target,
+        handlers: dict[str, HandlerSpec],
+        options: WorkerOptions,
+        loop: LoopProvider,
+    ) -> None:
+        super().__init__(resolved, target, handlers, options, loop)
+        self._session = Session(
+            resolved,
+            name="events worker",
+            prepare=self.core.setup,
+            on_reconnect=self.core.on_gap,
+        )
+
+    def stop(self) -> None:
+        """Ask the worker to stop: no new claims; running handlers finish; the rest go back."""
+        self.core.request_stop()
+        self._session.stop()  # a wait to reconnect ends at once
+
+    def run(self) -> None:
+        """Serve until :meth:`stop`; then finish running handlers (bounded) and release."""
+        self._session.connection()  # registered before serving: a bad setup raises here
+        try:
+            self._waker.start()  # LISTENing before the first claim: no wake-up falls between
+            self._serving()
+            steps = _Steps(self.core.plan())
+            interrupted: KeyboardInterrupt | None = None
+            while (step := steps.next()) is not None:
+                try:
+                    if isinstance(step, Db):
+                        steps.reply(self._session.run(step.make))
+                    elif isinstance(step, Sleep):
+                        steps.reply(self._waker.wait(step.seconds))
+                    else:
+                        self._waker.stop()
+                except Exception as exc:
+                    steps.fail(exc)
+                except KeyboardInterrupt as exc:  # Ctrl-C: stop gracefully, then raise it
+                    self.stop()
+                    interrupted = exc
+                    steps.fail(Stopped("interrupted"))
+            if interrupted is not None:
+                raise interrupted
+        finally:
+            self._waker.stop()
+            self._session.close()
+            self.running.clear()
+
+
+class AsyncWorker(_Driver):
+    """A worker driven from an asyncio task: ``await run()`` until ``stop()``.
+
+    Its database work runs on an :class:`~pgtide.session.AsyncSession` (no thread); async
+    handlers run as tasks on the same loop.
+    """
+
+    def __init__(
+        self,
+        resolved: Resolved,
+        target: Target,
+        handlers: dict[str, HandlerSpec],
+        options: WorkerOptions,
+        loop: LoopProvider,
+    ) -> None:
+        super().__init__(resolved, target, handlers, options, loop)
+        self._session = AsyncSession(
+            resolved,
+            name="events worker",
+            prepare=self.core.setup,
+            on_reconnect=self._reconnecting,
+        )
+
+    def stop(self) -> None:
+        """Ask the worker to stop (a wait to reconnect ends after its current delay)."""
+        self.core.request_stop()
+
+    def _reconnecting(self) -> None:
+        self.core.on_gap()
+        if self.core.stop_requested:
+            raise Stopped("events worker stopped while reconnecting")
+
+    async def run(self) -> None:
+        """Serve until :meth:`stop`; then finish running handlers (bounded) and release."""
+        await self._session.connection()
+        try:
+            # the waker's receiver is a thread of the channel layer: start it off the loop
+            await asyncio.to_thread(self._waker.start)
+            self._serving()
+            steps = _Steps(self.core.plan())
+            while (step := steps.next()) is not None:
+                try:
+                    if isinstance(step, Db):
+                        steps.reply(await self._session.run(step.make))
+                    elif isinstance(step, Sleep):
+                        steps.reply(await self._waker.wait_async(step.seconds))
+                    else:
+                        await asyncio.to_thread(self._waker.stop)
+                except Exception as exc:
+                    steps.fail(exc)
+        finally:
+            self._waker.stop()
+            await self._session.close()
+            self.running.clear()

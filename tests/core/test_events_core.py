@@ -1,0 +1,124 @@
+"""The events core without a database: its statements, its scheduling, its arguments."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from psycopg import sql
+
+import pgtide
+from pgtide.events._core import UNSET, Core, dsn_argument
+from pgtide.events._model import Event, HandlerSpec
+from pgtide.events._source import Source, parse_table
+from pgtide.events._worker import Db, Sleep, Target, Unlisten, WorkerCore, WorkerOptions
+from pgtide.session import Query
+
+
+def _core(**kwargs: Any) -> Core:
+    options: dict[str, Any] = dict(
+        table=None,
+        id_column=None,
+        name_column=None,
+        payload_column=None,
+        channel=None,
+        poll_interval=None,
+        lease=30.0,
+        batch_size=100,
+        retry_delay=1.0,
+        max_retry_delay=300.0,
+        listen=True,
+    )
+    options.update(kwargs)
+    return Core(**options)
+
+
+def _queries(io: Any, replies: list[Any]) -> list[Query]:
+    """Drive an Io with canned rows; the queries it yielded."""
+    seen = [next(io)]
+    try:
+        for rows in replies:
+            seen.append(io.send(rows))
+    except StopIteration:
+        pass
+    return seen
+
+
+def test_publishing_to_your_table_is_one_statement_with_its_notify() -> None:
+    core = _core(table="app.jobs", payload_column="data", channel="wake")
+    assert core.source is not None
+    core.checked = Source(parse_table("app.jobs"), payload_column="data", channel="wake")
+    io = core.publish("job", {"n": 1}, None, None)()
+    (only,) = _queries(io, [])
+    assert isinstance(only.statement, sql.Composed)
+    text = only.statement.as_string(None)
+    assert text.startswith("WITH inserted AS (INSERT INTO") and "pg_notify(%(channel)s, id)" in text
+    assert only.params == {"name": "job", "payload": '{"n":1}', "channel": "wake"}
+    with pytest.raises(StopIteration) as done:
+        io.send([("7", None)])
+    assert done.value.value == 7
+
+
+def test_arguments_are_checked_before_any_connection() -> None:
+    core = _core()
+    with pytest.raises(pgtide.EventPayloadError):
+        core.publish("x", {"bad": object()}, None, None)
+    with pytest.raises(pgtide.ConfigError, match="timezone-aware"):
+        core.publish("x", None, datetime(2030, 1, 1), None)
+    with pytest.raises(pgtide.ConfigError, match="unknown event state"):
+        core.recent("sleeping", None, 5)
+    with pytest.raises(pgtide.ConfigError, match="own events table"):
+        _core(table="mine").purge(timedelta(0), False)
+    with pytest.raises(pgtide.InvalidName, match=r"bad events table name 'a\.b\.c'"):
+        _core(table="a.b.c")
+
+
+def test_positional_dsn_is_deprecated() -> None:
+    assert dsn_argument(UNSET, "x", "Events") == "x"
+    with pytest.warns(DeprecationWarning):
+        assert dsn_argument("y", None, "Events") == "y"
+
+
+def _worker(concurrency: int, limits: dict[str, int | None]) -> WorkerCore:
+    handlers = {n: HandlerSpec(n, lambda e: None, concurrency=c) for n, c in limits.items()}
+    options = WorkerOptions(concurrency=concurrency, batch_size=10)
+    return WorkerCore(Target("", None, ["pgtide_events"], None), handlers, options, _no_loop)
+
+
+def _no_loop() -> asyncio.AbstractEventLoop:
+    raise AssertionError("no async handler here")
+
+
+def _event(id_: int, name: str) -> Event:
+    return Event(id_, name, None, 1, datetime.now(UTC))
+
+
+def test_scheduling_keeps_id_order_within_both_limits() -> None:
+    core = _worker(3, {"a": 1, "b": None})
+    core._ready.extend(_event(i, n) for i, n in enumerate("aabab"))
+    taken = core._take()
+    assert [(e.id, e.name) for e in taken] == [(0, "a"), (2, "b"), (4, "b")]
+    assert core._take() == []  # three running: the worker's limit
+    core._running -= 1
+    core._by_name["a"] -= 1  # the first "a" finished
+    assert [e.id for e in core._take()] == [1]
+
+
+def test_plan_claims_sleeps_and_shuts_down_in_order() -> None:
+    core = _worker(2, {"a": None})
+    plan = core.plan()
+    step = next(plan)
+    assert isinstance(step, Db)
+    step = plan.send(False)  # nothing claimed
+    assert isinstance(step, Sleep) and step.seconds <= core.options.lease / 3
+    core.request_stop()
+    assert isinstance(plan.send(False), Unlisten)
+    steps = [plan.send(None)]
+    while True:
+        try:
+            steps.append(plan.send(None))
+        except StopIteration:
+            break
+    assert [type(s) for s in steps] == [Db, Db]  # settle, then forget: nothing ran
