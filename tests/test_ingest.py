@@ -661,8 +661,6 @@ def test_overview_is_database_work_returning_sections(dsn: str, table: str, data
             "t",
         )
         assert updated.microsecond == 0
-        with pytest.warns(DeprecationWarning, match="overview"):
-            assert pgtide.ingest.overview(conn) == [tuple(section.rows[0])]
 
 
 def test_overview_without_the_schema_has_no_section(bare_dsn: str) -> None:

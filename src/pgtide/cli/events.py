@@ -10,20 +10,15 @@ import logging
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
-import psycopg
 import typer
 from rich.table import Table
 
 from .. import aio
 from ..errors import ConfigError
-from ..events import STATES, EventRecord, Events, overview
-from ..session import run
+from ..events import STATES, EventRecord, Events
 from ._common import DsnOption, JsonOption, console, emit_json, wants_json
-
-if TYPE_CHECKING:
-    from .status import Section
 
 app = typer.Typer(
     help="Events: handlers by name, with retries and many workers.", no_args_is_help=True
@@ -200,11 +195,3 @@ def _as_dict(rec: EventRecord) -> dict[str, Any]:
 def _last_line(error: str | None) -> str:
     lines = [line for line in (error or "").splitlines() if line.strip()]
     return lines[-1] if lines else ""
-
-
-def status_section(conn: psycopg.Connection[Any]) -> Section | None:
-    """``pgtide status``: the events section of :func:`pgtide.events.overview`, or None."""
-    from .status import Section  # until status renders pgtide.overview.Section itself
-
-    sections = run(conn, overview())
-    return Section(sections[0].title, sections[0].columns, sections[0].rows) if sections else None

@@ -5,20 +5,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any
 
-import psycopg
 import typer
 from rich.live import Live
 from rich.table import Table
 
 from .._signals import stop_on_signals
 from ..connect import resolve
-from ..feed import OPS, Change, Feed, drop_consumer, overview
+from ..feed import OPS, Change, Feed, drop_consumer
 from ..feed import consumers as _consumers
 from ..feed import prune as _prune
 from ..feed import track as _track
 from ..feed import untrack as _untrack
-from ..overview import Section
-from ..session import run
 from ._common import DsnOption, JsonOption, console, emit_json, wants_json
 
 consumers_app = typer.Typer(help="List or drop the change feed's consumers.", no_args_is_help=True)
@@ -166,17 +163,3 @@ def consumers_drop(
         emit_json({"consumer": name, "dropped": dropped})
     else:
         console.print(f"dropped consumer {name}" if dropped else f"no consumer named {name}")
-
-
-def _section(conn: psycopg.Connection[Any], title: str) -> Section | None:
-    return next((s for s in run(conn, overview()) if s.title == title), None)
-
-
-def consumers_section(conn: psycopg.Connection[Any]) -> Section | None:
-    """``pgtide status``: the feed's consumers and their lag (see :func:`pgtide.feed.overview`)."""
-    return _section(conn, "consumers")
-
-
-def changes_section(conn: psycopg.Connection[Any]) -> Section | None:
-    """``pgtide status``: the size of pgtide.changes (see :func:`pgtide.feed.overview`)."""
-    return _section(conn, "changes")

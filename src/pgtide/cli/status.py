@@ -1,7 +1,7 @@
 """``pgtide status``: one screen with the state of every feature.
 
-Each feature contributes a section: a function that takes an open connection and returns a
-title and rows (or None when it has nothing to show). Register it in ``SECTIONS``.
+Each feature (and the shared layers) exports ``overview() -> Io[list[Section]]``; this face
+runs them on one connection and renders the sections, for people or as JSON.
 """
 
 from __future__ import annotations
@@ -17,70 +17,25 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .. import schema
+from .. import channel, events, feed, ingest, schema
 from ..connect import connect, resolve
-from ..overview import Section as Section
+from ..overview import Section
+from ..session import Io, run
 from ._common import DsnOption, JsonOption, console, emit_json
-from .feed import changes_section, consumers_section
 
-SectionFn = Callable[[psycopg.Connection[Any]], Section | None]
-
-
-def _database(conn: psycopg.Connection[Any]) -> Section:
-    version = schema.installed_version(conn)
-    server = conn.execute("SHOW server_version").fetchone()
-    return Section(
-        "database",
-        ["server", "schema pgtide", "listener connections"],
-        [[server[0] if server else "?", version or "not installed", _listeners(conn)]],
-    )
-
-
-def _listeners(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute(
-        "SELECT count(*) FROM pg_stat_activity"
-        " WHERE application_name LIKE 'pgtide%listen%' AND datname = current_database()"
-    ).fetchone()
-    return int(row[0]) if row else 0
-
-
-def _listen(conn: psycopg.Connection[Any]) -> Section | None:
-    from .. import channel
-    from ..session import run
-
-    sections = run(conn, channel.overview())
-    return sections[0] if sections else None
-
-
-def _events(conn: psycopg.Connection[Any]) -> Section | None:
-    from .events import status_section
-
-    return status_section(conn)
-
-
-def _ingested_files(conn: psycopg.Connection[Any]) -> Section | None:
-    from ..ingest import overview
-
-    rows = overview(conn)
-    if not rows:
-        return None
-    columns = ["watcher", "path", "offset", "lines", "rows", "rejected", "target", "updated"]
-    return Section("ingested files", columns, [list(r) for r in rows])
-
-
-SECTIONS: list[SectionFn] = [
-    _database,
-    _listen,
-    consumers_section,
-    changes_section,
-    _events,
-    _ingested_files,
+OVERVIEWS: list[Callable[[], Io[list[Section]]]] = [
+    schema.overview,
+    channel.overview,
+    feed.overview,
+    events.overview,
+    ingest.overview,
 ]
+"""Sections in the order shown: database, listeners, consumers, changes, events, files."""
 
 
 def collect(conn: psycopg.Connection[Any]) -> list[Section]:
-    """Every registered section that has something to show."""
-    return [s for s in (fn(conn) for fn in SECTIONS) if s is not None]
+    """Every section that has something to show."""
+    return [section for make in OVERVIEWS for section in run(conn, make())]
 
 
 def _render(target: str, sections: list[Section]) -> Group:
@@ -96,7 +51,7 @@ def _render(target: str, sections: list[Section]) -> Group:
 
 
 def _as_json(sections: list[Section]) -> dict[str, list[dict[str, Any]]]:
-    return {s.title: [dict(zip(s.columns, row, strict=True)) for row in s.rows] for s in sections}
+    return {s.title: s.as_dicts() for s in sections}
 
 
 def status(
