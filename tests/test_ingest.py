@@ -680,11 +680,12 @@ def test_close_stops_and_releases_and_the_watcher_can_start_again(
     watcher.close()
     assert not watcher.status().running
     connections = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgtide ingest'"
-    assert sql(dsn, connections) == [(0,)]
+    released = lambda: sql(dsn, connections) == [(0,)]  # noqa: E731 (a backend ends just after)
+    wait_for(released, what="the connection to be released")
     append(data / "a.txt", "2\n")
     with watcher:  # start() again after close()
         wait_for(lambda: floats(dsn) == [1.0, 2.0], what="the line after a restart")
-    assert sql(dsn, connections) == [(0,)]
+    wait_for(released, what="the connection to be released again")
 
 
 def test_async_close_and_schema_qualified_quoted_names(dsn: str, data: Path) -> None:
