@@ -24,7 +24,7 @@ from .errors import (
     UnknownTable,
 )
 from .events import Event, EventRecord, Events
-from .feed import Batch, Change, Feed, Position, latest, prune, track, untrack
+from .feed import Batch, Change, Feed, LatestFetcher, Position, latest, prune, track, untrack
 from .ingest import FileWatcher
 from .listen import Listener, Notification
 from .notify import notify, notify_many
@@ -48,6 +48,7 @@ __all__ = [
     "InvalidName",
     "InvalidPayload",
     "InvalidPosition",
+    "LatestFetcher",
     "Listener",
     "Notification",
     "PayloadTooLarge",

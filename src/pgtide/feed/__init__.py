@@ -8,6 +8,7 @@ capture (:func:`track`, :func:`untrack`, :func:`tracked`), retention and inspect
 
 from ._core import Change
 from ._sync import Batch, Feed
+from .fetcher import LatestFetcher
 from .position import Position
 from .retention import consumers, drop_consumer, latest, overview, prune
 from .track import OPS, track, tracked, untrack
@@ -17,6 +18,7 @@ __all__ = [
     "Batch",
     "Change",
     "Feed",
+    "LatestFetcher",
     "Position",
     "consumers",
     "drop_consumer",

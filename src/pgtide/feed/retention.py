@@ -41,7 +41,7 @@ FROM pgtide.consumers k ORDER BY k.name
 """
 _DROP_CONSUMER = "DELETE FROM pgtide.consumers WHERE name = %s RETURNING name"
 _LATEST = """
-SELECT op, row FROM pgtide.changes
+SELECT op, row, xid::text AS xid_text, id FROM pgtide.changes
 WHERE table_name = %s AND op IN ('insert', 'update', 'truncate')
 ORDER BY xid DESC, id DESC LIMIT 1
 """
@@ -98,12 +98,18 @@ def drop_consumer_io(name: str) -> Io[bool]:
 
 def latest_io(table: TableName) -> Io[dict[str, Any] | None]:
     """The newest row written to tracked ``table``, as :func:`latest` describes."""
+    return (yield from newest_io(table))[1]
+
+
+def newest_io(table: TableName) -> Io[tuple[tuple[str, int] | None, dict[str, Any] | None]]:
+    """The newest change that set ``table``'s newest row, as (its (xid, id), the row); the
+    row is None when there is none or a truncate came last."""
     name = yield from require_tracked(table)
-    row = yield from one(_LATEST, (str(name),))
-    if row is None or row[0] == "truncate":
-        return None
-    found: dict[str, Any] = row[1]
-    return found
+    found = yield from one(_LATEST, (str(name),))
+    if found is None:
+        return None, None
+    op, row, xid, id_ = found
+    return (xid, id_), (None if op == "truncate" else row)
 
 
 def size_io() -> Io[tuple[int, int, Any]]:
