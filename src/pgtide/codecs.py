@@ -13,6 +13,8 @@ import json
 from collections.abc import Callable
 from typing import Any, Literal, TypeAlias
 
+import orjson
+
 from .errors import ConfigError, InvalidPayload
 
 CodecName: TypeAlias = Literal["json", "text", "literal"]
@@ -20,10 +22,31 @@ Decoder: TypeAlias = Callable[[str], Any]
 Codec: TypeAlias = CodecName | Decoder
 
 _json_decode = json.JSONDecoder().decode
+_fast_decode = orjson.loads
+_DIGITS = bytes(0x30 if 0x30 <= i <= 0x39 else 0x20 for i in range(256))
+"""A ``bytes.translate`` table: each ASCII digit to ``0``, any other byte to a space."""
+_LONG_RUN = b"0" * 19
+"""19 digits in a row: the shortest integer orjson may read beyond 64 bits (as a float)."""
 
 
 def decode_json(raw: str) -> Any:
-    """JSON when the text parses as JSON, the text itself otherwise (never raises)."""
+    """JSON when the text parses as JSON, the text itself otherwise (never raises).
+
+    The value is exactly the one the standard ``json`` module gives. orjson does the common
+    work several times faster; ``json`` reads what orjson refuses or reads otherwise: ``NaN``,
+    ``Infinity``, numbers too large for a float, lone surrogate escapes, and integers beyond
+    64 bits (which orjson turns into floats).
+    """
+    try:
+        value = _fast_decode(raw)
+    except ValueError:
+        return _decode_json_exactly(raw)
+    if len(raw) < 19 or raw.encode().translate(_DIGITS).find(_LONG_RUN) < 0:
+        return value
+    return _decode_json_exactly(raw)
+
+
+def _decode_json_exactly(raw: str) -> Any:
     try:
         return _json_decode(raw)
     except (ValueError, RecursionError):
