@@ -138,10 +138,6 @@ class Receiver:
         if not self._thread.is_alive():
             self._close_pipe()
 
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
     def wake(self) -> None:
         with contextlib.suppress(OSError):  # already awake (pipe full), or closed
             os.write(self._wake_w, b"!")
