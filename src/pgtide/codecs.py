@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal, TypeAlias
 
 import orjson
@@ -37,13 +37,17 @@ def decode_json(raw: str) -> Any:
     ``Infinity``, numbers too large for a float, lone surrogate escapes, and integers beyond
     64 bits (which orjson turns into floats).
     """
+    if len(raw) < 19 or not _long_digit_run(raw.encode()):
+        return _decode_json_short(raw)
+    return _decode_json_exactly(raw)
+
+
+def _decode_json_short(raw: str) -> Any:
+    """:func:`decode_json` for a text known to hold no run of 19 digits."""
     try:
-        value = _fast_decode(raw)
+        return _fast_decode(raw)
     except ValueError:
         return _decode_json_exactly(raw)
-    if len(raw) < 19 or raw.encode().translate(_DIGITS).find(_LONG_RUN) < 0:
-        return value
-    return _decode_json_exactly(raw)
 
 
 def _decode_json_exactly(raw: str) -> Any:
@@ -51,6 +55,24 @@ def _decode_json_exactly(raw: str) -> Any:
         return _json_decode(raw)
     except (ValueError, RecursionError):
         return raw
+
+
+def _long_digit_run(data: bytes) -> bool:
+    """Whether ``data`` holds 19 ASCII digits in a row (in any ASCII-compatible encoding)."""
+    return data.translate(_DIGITS).find(_LONG_RUN) >= 0
+
+
+def for_batch(decode: Decoder | None, payloads: Iterable[bytes]) -> Decoder | None:
+    """``decode``, or a faster decoder that gives the same values for these payloads.
+
+    ``payloads`` are the raw bytes of a batch of notifications, in the connection's encoding
+    (only read for the json codec). :func:`decode_json` checks each text for an integer that
+    orjson would read as a float; this checks the whole batch at once instead, so that a
+    batch without one decodes by orjson alone.
+    """
+    if decode is decode_json and not _long_digit_run(b" ".join(payloads)):
+        return _decode_json_short
+    return decode
 
 
 def decode_literal(raw: str) -> Any:

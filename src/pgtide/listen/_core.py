@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextvars
 import itertools
 import logging
+import operator
 import warnings
 import weakref
 from collections.abc import Awaitable, Callable, Hashable, Iterator
@@ -60,6 +61,8 @@ END: Final = object()
 
 T = TypeVar("T")
 Pending = tuple[Awaitable[Any], Subscriber | None, Notification | None]
+_PAYLOAD = operator.itemgetter(2)
+"""The raw payload (``extra``) of a libpq notification (relname, be_pid, extra)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +229,7 @@ class ListenerCore:
             return
         received_at, enc, notes = item
         routes = self.registry  # .routes is re-read per notification: a mute applies at once
-        decode = self._decode
+        decode = codecs.for_batch(self._decode, map(_PAYLOAD, notes))
         make = Notification
         done = unrouted = 0
         try:
