@@ -341,7 +341,7 @@ def run(dsn: str) -> list[Figure]:
             continue
         value = rate(COUNT, best)
         raw_rate = value if name == RAW else raw_rate
-        ratio = f"{value / raw_rate:.2f}x the raw psycopg loop" if raw_rate else ""
+        ratio = f"{value / raw_rate:.2f}x the raw psycopg loop" if name != RAW and raw_rate else ""
         if ratio and name.startswith("pgtide"):
             ratio += f" (target >= {TARGET}x: {'met' if value >= TARGET * raw_rate else 'NOT met'})"
         figures.append(
