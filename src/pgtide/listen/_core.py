@@ -363,7 +363,7 @@ class Face:
 
     def __init__(
         self,
-        _dsn: Dsn = None,
+        deprecated_dsn: Dsn = None,
         /,
         *,
         dsn: Dsn = None,
@@ -377,7 +377,7 @@ class Face:
         stop_timeout: float = 10.0,
         application_name: str = APPLICATION_NAME,
     ) -> None:
-        if _dsn is not None:
+        if deprecated_dsn is not None:
             if dsn is not None:
                 raise TypeError(f"{self._name}() got the dsn both by position and as dsn=")
             warnings.warn(
@@ -386,7 +386,7 @@ class Face:
                 DeprecationWarning,
                 stacklevel=2,
             )
-            dsn = _dsn
+            dsn = deprecated_dsn
         self._core = ListenerCore(
             dsn,
             decode=decode,

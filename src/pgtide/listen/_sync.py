@@ -34,8 +34,9 @@ class Listener(Face):
     before :meth:`start`.
 
     ``dsn`` (keyword only): the database, as :func:`pgtide.connect.resolve` takes it; left
-    out, DESIGN section 6 decides (``PGTIDE_DSN``, ``DATABASE_URL``, ..., the embedded server).
-    Passing it by position still works for one release, with a ``DeprecationWarning``.
+    out, pgtide resolves it (``PGTIDE_DSN``, ``DATABASE_URL``, ..., the embedded server).
+    Passing it by position (``deprecated_dsn``) still works for one release, with a
+    ``DeprecationWarning``.
     ``decode``: ``"json"`` (default), ``"text"``, ``"literal"`` or a function of the raw text.
     ``on_reconnect``: called with no arguments after the connection was lost and restored,
     once every active channel is LISTENed again (notifications may have been missed).
