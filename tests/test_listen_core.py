@@ -10,13 +10,15 @@ from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg.pq.misc import PGnotify
 
 import pgtide
 import pgtide.aio
 from pgtide import codecs
-from pgtide.channel import RECONNECTED, Notification
+from pgtide.channel import RECONNECTED, BatchQueue, Marker, Notification, Receiver, Registry, Stats
+from pgtide.connect import Resolved
 from pgtide.listen._core import END, Face, ListenerCore
 
 AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -293,3 +295,66 @@ def test_a_batch_without_long_digit_runs_skips_the_per_payload_check() -> None:
     literal = codecs.decoder("literal")
     assert codecs.for_batch(literal, [b"1" * 30]) is literal
     assert codecs.for_batch(None, [b"x"]) is None
+
+
+# -- the receiver's batches ---------------------------------------------------------------
+
+
+class FakePG:
+    """libpq's side of _drain: parsed notifications, and more once input is consumed."""
+
+    def __init__(self, parsed: int, arriving: list[int], fail: bool = False) -> None:
+        self._parsed = [PGnotify(b"x", 1, b"%d" % i) for i in range(parsed)]
+        self._arriving = arriving
+        self._fail = fail
+        self._next = parsed
+        self.reads = 0
+
+    def notifies(self) -> PGnotify | None:
+        return self._parsed.pop(0) if self._parsed else None
+
+    def consume_input(self) -> None:
+        self.reads += 1
+        if self._fail:
+            raise psycopg.OperationalError("consuming input failed")
+        count = self._arriving.pop(0) if self._arriving else 0
+        self._parsed += [PGnotify(b"x", 1, b"%d" % (self._next + i)) for i in range(count)]
+        self._next += count
+
+
+@pytest.mark.parametrize(
+    ("parsed", "arriving", "fail", "sizes", "reads"),
+    [
+        (0, [], False, [], 0),  # nothing parsed: no read, no batch
+        (3, [], False, [3], 1),  # idle: one non-blocking read, one batch
+        (3, [2, 4], False, [9], 3),  # what arrives meanwhile joins the batch
+        (4000, [200, 5], False, [4200], 1),  # past BATCH: no more reading into it
+        (3, [2], True, [3], 1),  # a failing read: what was read is handed over
+    ],
+)
+def test_the_receiver_hands_over_what_the_socket_holds_as_one_batch(
+    parsed: int, arriving: list[int], fail: bool, sizes: list[int], reads: int
+) -> None:
+    queue = BatchQueue(100_000, "block")
+    receiver = Receiver(
+        Resolved("host=h dbname=d", "test"),
+        Registry(),
+        queue,
+        Stats(),
+        application_name="test",
+        probe_interval=5.0,
+        probe_timeout=5.0,
+    )
+    try:
+        pg = FakePG(parsed, arriving, fail)
+        receiver._drain(pg, "utf-8")  # type: ignore[arg-type]
+        receiver._drain(pg, "utf-8")  # type: ignore[arg-type]
+        got = []
+        while (item := queue.get(timeout=0)) is not None:
+            assert not isinstance(item, Marker)
+            got.append([int(n.extra) for n in item[2]])
+        assert [len(b) for b in got] == sizes
+        assert [i for b in got for i in b] == list(range(sum(sizes)))  # in order, no loss
+        assert pg.reads == reads
+    finally:
+        receiver.stop()
