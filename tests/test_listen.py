@@ -449,3 +449,15 @@ def test_close_is_the_closing_verb(dsn: str) -> None:
     with listener:  # and it starts again
         pgtide.notify("c", 2, dsn=dsn)
         assert got.wait_for(2) == [1, 2]
+
+
+def test_dsn_may_be_a_dict_of_libpq_keywords_or_a_psycopg_connection(dsn: str) -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    with psycopg.connect(dsn) as conn:
+        for given in (conninfo_to_dict(dsn), conn):
+            got = Collector()
+            with pgtide.Listener(dsn=given) as listener:
+                listener.subscribe("kinds", got)
+                pgtide.notify("kinds", {"from": type(given).__name__}, dsn=dsn)
+                assert got.wait_for(1) == [{"from": type(given).__name__}]

@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Hashable, Iterator
 from dataclasses import dataclass
 from inspect import isawaitable
-from typing import Any, ClassVar, Final, Generic, TypeAlias, TypeVar
+from typing import Any, ClassVar, Final, Generic, TypeVar
 
 from .. import codecs
 from ..channel import (
@@ -40,16 +40,13 @@ from ..channel import (
     Subscriber,
     WhenFull,
 )
-from ..connect import Resolved, resolve
+from ..connect import DsnLike, Resolved, resolve
 from ..errors import ConfigError
 
 logger = logging.getLogger("pgtide.listen")
 
 APPLICATION_NAME = "pgtide-listen"
 """The listener connection's application_name (``pgtide status`` counts these)."""
-
-Dsn: TypeAlias = str | Resolved | None
-"""What ``dsn=`` takes: anything :func:`pgtide.connect.resolve` takes, handed to it as it is."""
 
 IN_DISPATCH: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "pgtide_listen_in_dispatch", default=False
@@ -80,7 +77,7 @@ class ListenerCore:
 
     def __init__(
         self,
-        dsn: Dsn,
+        dsn: DsnLike,
         *,
         decode: codecs.Codec,
         on_reconnect: Callable[[], Any] | None,
@@ -363,10 +360,10 @@ class Face:
 
     def __init__(
         self,
-        deprecated_dsn: Dsn = None,
+        deprecated_dsn: DsnLike = None,
         /,
         *,
-        dsn: Dsn = None,
+        dsn: DsnLike = None,
         decode: codecs.Codec = "json",
         on_reconnect: Callable[[], Any] | None = None,
         queue_size: int = 10_000,
@@ -377,7 +374,7 @@ class Face:
         stop_timeout: float = 10.0,
         application_name: str = APPLICATION_NAME,
     ) -> None:
-        if deprecated_dsn is not None:
+        if deprecated_dsn is not None:  # the old spelling, for one release
             if dsn is not None:
                 raise TypeError(f"{self._name}() got the dsn both by position and as dsn=")
             warnings.warn(
