@@ -7,6 +7,7 @@ import asyncio
 import json
 import warnings
 from collections.abc import Awaitable
+from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -282,19 +283,33 @@ def _types(value: Any) -> Any:
 
 
 def test_a_batch_without_long_digit_runs_skips_the_per_payload_check() -> None:
-    short = codecs.for_batch(codecs.decode_json, [b'{"i": 123456789}', b"[1, 2]"])
-    assert short is not codecs.decode_json and short is not None
-    assert short('{"i": 1}') == {"i": 1} and short("text") == "text"
-    assert codecs.for_batch(codecs.decode_json, [b"1", b"1234567890123456789"]) is (
-        codecs.decode_json
+    fast, rescue = codecs.for_batch(codecs.decode_json, [b'{"i": 123456789}', b"[1, 2]"])
+    assert fast is not codecs.decode_json and fast is not None and rescue is not None
+    assert fast('{"i": 1}') == {"i": 1}
+    assert rescue("text") == "text" and rescue("NaN") != rescue("NaN")  # what orjson refuses
+    assert codecs.for_batch(codecs.decode_json, [b"1", b"1234567890123456789"]) == (
+        codecs.decode_json,
+        None,
     )
     # digits split by a payload boundary are not a run
-    assert codecs.for_batch(codecs.decode_json, [b"123456789", b"0123456789"]) is not (
-        codecs.decode_json
-    )
+    assert codecs.for_batch(codecs.decode_json, [b"123456789", b"0123456789"])[1] is not None
     literal = codecs.decoder("literal")
-    assert codecs.for_batch(literal, [b"1" * 30]) is literal
-    assert codecs.for_batch(None, [b"x"]) is None
+    assert codecs.for_batch(literal, [b"1" * 30]) == (literal, None)
+    assert codecs.for_batch(None, [b"x"]) == (None, None)
+
+
+def test_delivered_notifications_have_every_field_set() -> None:
+    """deliver fills notifications in without __init__: a new field must be set there too."""
+    for decode in ("json", "text", "literal"):
+        c = core(decode=decode)  # type: ignore[arg-type]
+        got: list[Notification] = []
+        c.subscribe("x", got.append, None)
+        run(c, batch(("x", "[1]"), ("x", "NaN"), ("x", "not a literal")))
+        for note in got:
+            built = Notification(**{f.name: getattr(note, f.name) for f in fields(Notification)})
+            assert built.to_dict() == note.to_dict()
+        strict = decode == "literal"
+        assert [n.error is None for n in got] == [True, not strict, not strict]
 
 
 # -- the receiver's batches ---------------------------------------------------------------

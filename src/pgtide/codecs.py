@@ -62,17 +62,21 @@ def _long_digit_run(data: bytes) -> bool:
     return data.translate(_DIGITS).find(_LONG_RUN) >= 0
 
 
-def for_batch(decode: Decoder | None, payloads: Iterable[bytes]) -> Decoder | None:
-    """``decode``, or a faster decoder that gives the same values for these payloads.
+def for_batch(
+    decode: Decoder | None, payloads: Iterable[bytes]
+) -> tuple[Decoder | None, Decoder | None]:
+    """The decoder for a batch of payloads, and its rescue (a decoder that never raises).
 
-    ``payloads`` are the raw bytes of a batch of notifications, in the connection's encoding
-    (only read for the json codec). :func:`decode_json` checks each text for an integer that
-    orjson would read as a float; this checks the whole batch at once instead, so that a
-    batch without one decodes by orjson alone.
+    When the batch decoder raises, the rescue gives the value; without a rescue, the payload
+    reaches subscribers as text with the error noted. ``payloads`` are the raw bytes of the
+    batch, in the connection's encoding (read only for the json codec): :func:`decode_json`
+    checks each text for an integer that orjson would read as a float, and this checks the
+    whole batch at once instead, so that such a batch decodes by orjson alone, with the exact
+    path of :func:`decode_json` as the rescue for what orjson refuses.
     """
     if decode is decode_json and not _long_digit_run(b" ".join(payloads)):
-        return _decode_json_short
-    return decode
+        return _fast_decode, _decode_json_exactly
+    return decode, None
 
 
 def decode_literal(raw: str) -> Any:
