@@ -42,7 +42,7 @@ def send(dsn: str, *messages: tuple[str, str]) -> None:
 )
 def test_bad_payloads_never_stop_the_listener(dsn: str, codec: str, expected: list[Any]) -> None:
     got = Collector()
-    with pgtide.Listener(dsn, decode=codec) as listener:  # type: ignore[arg-type]
+    with pgtide.Listener(dsn=dsn, decode=codec) as listener:  # type: ignore[arg-type]
         listener.subscribe("ch", got)
         send(dsn, ("ch", "plain text"), ("ch", '{"ok": true, "none": null}'), ("ch", "null"))
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -65,7 +65,7 @@ def test_seed_002_scenario_in_pgtide_form(dsn: str) -> None:
     def record(sub: Any) -> Any:
         return lambda note: by_sub.setdefault(sub, []).append((note.channel, note.payload))
 
-    with pgtide.Listener(dsn) as listener:
+    with pgtide.Listener(dsn=dsn) as listener:
         assert listener.subscribe("ch1", record(42), id=42) == 42
         listener.subscribe("ch2", record("an_id"), id="an_id")
         listener.subscribe("ch2", record((2, "another_id")), id=(2, "another_id"))
@@ -94,7 +94,7 @@ def test_seed_002_scenario_in_pgtide_form(dsn: str) -> None:
 
 def test_odd_channel_names_work_and_are_quoted(dsn: str) -> None:
     collectors = {name: Collector() for name in ODD_NAMES}
-    with pgtide.Listener(dsn) as listener:
+    with pgtide.Listener(dsn=dsn) as listener:
         for name, got in collectors.items():
             listener.subscribe(name, got)
         assert sorted(listener.status()["listening"]) == sorted(ODD_NAMES)
@@ -105,7 +105,7 @@ def test_odd_channel_names_work_and_are_quoted(dsn: str) -> None:
         # a name that differs only by case is another channel
         assert "mixedcase" not in listener.channels()
     with pytest.raises(pgtide.InvalidChannel, match="63 bytes"):
-        pgtide.Listener(dsn).subscribe("y" * 64, print)
+        pgtide.Listener(dsn=dsn).subscribe("y" * 64, print)
 
 
 def test_raising_callback_beside_a_healthy_one(dsn: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -114,7 +114,10 @@ def test_raising_callback_beside_a_healthy_one(dsn: str, caplog: pytest.LogCaptu
     def broken(note: pgtide.Notification) -> None:
         raise RuntimeError(f"boom {note.payload}")
 
-    with caplog.at_level(logging.ERROR, logger="pgtide.listen"), pgtide.Listener(dsn) as listener:
+    with (
+        caplog.at_level(logging.ERROR, logger="pgtide.listen"),
+        pgtide.Listener(dsn=dsn) as listener,
+    ):
         listener.subscribe("orders", broken, id="broken")
         listener.subscribe("orders", healthy, id="healthy")
         pgtide.notify_many([("orders", i) for i in range(3)], dsn=dsn)
@@ -131,7 +134,7 @@ def test_subscribing_while_thousands_stream_loses_nothing(dsn: str) -> None:
     total = 4000
     stream = Collector()
     extra: dict[str, Collector] = {}
-    with pgtide.Listener(dsn) as listener:
+    with pgtide.Listener(dsn=dsn) as listener:
         listener.subscribe("stream", stream)
         backend = listener.status()["backend_pid"]
 
@@ -164,7 +167,7 @@ def test_subscribing_while_thousands_stream_loses_nothing(dsn: str) -> None:
 
 def test_stop_is_prompt_and_leaves_no_thread(dsn: str) -> None:
     before = set(threading.enumerate())
-    listener = pgtide.Listener(dsn)
+    listener = pgtide.Listener(dsn=dsn)
     listener.subscribe("a", print)
     listener.start()
     assert len(pgtide_threads()) == 2
@@ -179,7 +182,7 @@ def test_stop_is_prompt_and_leaves_no_thread(dsn: str) -> None:
 
 
 def test_stop_from_inside_a_callback(dsn: str) -> None:
-    listener = pgtide.Listener(dsn)
+    listener = pgtide.Listener(dsn=dsn)
     listener.subscribe("quit", lambda note: listener.stop())
     listener.start()
     pgtide.notify("quit", "now", dsn=dsn)
@@ -188,7 +191,7 @@ def test_stop_from_inside_a_callback(dsn: str) -> None:
 
 
 def test_run_forever_returns_after_stop(dsn: str) -> None:
-    listener = pgtide.Listener(dsn)
+    listener = pgtide.Listener(dsn=dsn)
     got = Collector()
 
     def on_note(note: pgtide.Notification) -> None:
@@ -204,7 +207,7 @@ def test_run_forever_returns_after_stop(dsn: str) -> None:
 
 def test_mute_and_unmute_a_channel(dsn: str) -> None:
     got = Collector()
-    with pgtide.Listener(dsn) as listener:
+    with pgtide.Listener(dsn=dsn) as listener:
         listener.subscribe("news", got, id="reader")
         listener.mute("news")
         assert listener.channels() == ["news"] and listener.active_channels() == []
@@ -220,7 +223,7 @@ def test_mute_and_unmute_a_channel(dsn: str) -> None:
 
 def test_mute_subscriber_everywhere_and_unmute_on_one_channel(dsn: str) -> None:
     a, b, other = Collector(), Collector(), Collector()
-    with pgtide.Listener(dsn) as listener:
+    with pgtide.Listener(dsn=dsn) as listener:
         listener.subscribe("a", a, id=42)
         listener.subscribe("b", b, id=42)
         listener.subscribe("b", other, id=7)
@@ -242,7 +245,7 @@ def test_mute_subscriber_everywhere_and_unmute_on_one_channel(dsn: str) -> None:
 
 def test_unsubscribe_on_one_channel_keeps_the_others(dsn: str) -> None:
     a, b = Collector(), Collector()
-    with pgtide.Listener(dsn) as listener:
+    with pgtide.Listener(dsn=dsn) as listener:
         listener.subscribe("a", a, id="s")
         listener.subscribe("b", b, id="s")
         assert listener.unsubscribe("s", "a") is True
@@ -259,7 +262,7 @@ def test_unsubscribe_on_one_channel_keeps_the_others(dsn: str) -> None:
 def test_concurrent_subscribes_from_many_threads_lose_nothing(dsn: str) -> None:
     hits: list[tuple[int, int]] = []
     lock = threading.Lock()
-    with pgtide.Listener(dsn) as listener:
+    with pgtide.Listener(dsn=dsn) as listener:
         barrier = threading.Barrier(16)
 
         def worker(t: int) -> None:
@@ -287,7 +290,7 @@ def test_concurrent_subscribes_from_many_threads_lose_nothing(dsn: str) -> None:
 
 def test_subscribe_from_inside_a_callback(dsn: str) -> None:
     later = Collector()
-    with pgtide.Listener(dsn) as listener:
+    with pgtide.Listener(dsn=dsn) as listener:
 
         def on_hello(note: pgtide.Notification) -> None:
             listener.subscribe(note.payload["next"], later)
@@ -305,7 +308,7 @@ def test_async_callbacks_run_in_the_blocking_listener(dsn: str) -> None:
     async def on_note(note: pgtide.Notification) -> None:
         got.append(note.payload)
 
-    with pgtide.Listener(dsn) as listener:
+    with pgtide.Listener(dsn=dsn) as listener:
         listener.subscribe("a", on_note)
         pgtide.notify_many([("a", 1), ("a", 2)], dsn=dsn)
         wait_until(lambda: got == [1, 2])
@@ -328,7 +331,7 @@ def test_slow_callback_and_the_queue_policy(dsn: str, when_full: str, delivered:
         got(note)
         release.wait(10)
 
-    listener = pgtide.Listener(dsn, queue_size=9, when_full=when_full)  # type: ignore[arg-type]
+    listener = pgtide.Listener(dsn=dsn, queue_size=9, when_full=when_full)  # type: ignore[arg-type]
     with listener:
         listener.subscribe("slow", slow)
         pgtide.notify("slow", 0, dsn=dsn)
@@ -354,7 +357,7 @@ def test_slow_callback_and_the_queue_policy(dsn: str, when_full: str, delivered:
 
 def test_iter_pulls_beside_callbacks(dsn: str) -> None:
     pushed = Collector()
-    with pgtide.Listener(dsn) as listener:
+    with pgtide.Listener(dsn=dsn) as listener:
         listener.subscribe("feed", pushed)
         with listener.iter("feed", timeout=0.5) as notes:
             pgtide.notify_many([("feed", i) for i in range(3)], dsn=dsn)
@@ -365,7 +368,7 @@ def test_iter_pulls_beside_callbacks(dsn: str) -> None:
 
 
 def test_iter_ends_when_the_listener_stops(dsn: str) -> None:
-    listener = pgtide.Listener(dsn)
+    listener = pgtide.Listener(dsn=dsn)
     threading.Timer(0.3, listener.stop).start()
     began = time.monotonic()
     assert list(listener.iter("never")) == []
@@ -374,7 +377,7 @@ def test_iter_ends_when_the_listener_stops(dsn: str) -> None:
 
 def test_a_listener_can_start_again(dsn: str) -> None:
     got = Collector()
-    listener = pgtide.Listener(dsn)
+    listener = pgtide.Listener(dsn=dsn)
     listener.subscribe("again", got)
     for round in range(2):
         with listener:
@@ -385,7 +388,7 @@ def test_a_listener_can_start_again(dsn: str) -> None:
 
 
 def test_unreachable_database_fails_at_start(bare_dsn: str) -> None:
-    listener = pgtide.Listener("postgresql://nobody:secret@127.0.0.1:1/x")
+    listener = pgtide.Listener(dsn="postgresql://nobody:secret@127.0.0.1:1/x")
     with pytest.raises(pgtide.ConnectionFailed) as caught:
         listener.start()
     assert "secret" not in str(caught.value) and "127.0.0.1:1" in str(caught.value)
@@ -394,7 +397,7 @@ def test_unreachable_database_fails_at_start(bare_dsn: str) -> None:
 
 
 def test_status_counts_listener_connections(dsn: str, cli: Any) -> None:
-    with pgtide.Listener(dsn) as listener:
+    with pgtide.Listener(dsn=dsn) as listener:
         listener.subscribe("x", print)
         backend = listener.status()["backend_pid"]
         done = cli("status", "--json", "--dsn", dsn)
@@ -422,9 +425,39 @@ def test_bad_arguments_are_clear_errors(kwargs: dict[str, Any], named: str) -> N
 def test_a_dropped_iterator_unsubscribes(dsn: str) -> None:
     import gc
 
-    with pgtide.Listener(dsn) as listener:
+    with pgtide.Listener(dsn=dsn) as listener:
         notes = listener.iter("dropped", timeout=0.1)
         assert listener.channels() == ["dropped"]
         del notes
         gc.collect()
         assert listener.channels() == []
+
+
+def test_close_is_the_closing_verb(dsn: str) -> None:
+    got = Collector()
+    listener = pgtide.Listener(dsn=dsn)
+    listener.subscribe("c", got)
+    listener.start()
+    pgtide.notify("c", 1, dsn=dsn)
+    assert got.wait_for(1) == [1]
+    notes = listener.iter("c")
+    listener.close()
+    assert list(notes) == []  # open iterators end
+    assert not listener.running and not pgtide_threads()
+    listener.close()  # twice is fine
+    wait_until(lambda: not listener_backends(dsn), what="the connection to close")
+    with listener:  # and it starts again
+        pgtide.notify("c", 2, dsn=dsn)
+        assert got.wait_for(2) == [1, 2]
+
+
+def test_dsn_may_be_a_dict_of_libpq_keywords_or_a_psycopg_connection(dsn: str) -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    with psycopg.connect(dsn) as conn:
+        for given in (conninfo_to_dict(dsn), conn):
+            got = Collector()
+            with pgtide.Listener(dsn=given) as listener:
+                listener.subscribe("kinds", got)
+                pgtide.notify("kinds", {"from": type(given).__name__}, dsn=dsn)
+                assert got.wait_for(1) == [{"from": type(given).__name__}]

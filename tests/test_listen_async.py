@@ -34,7 +34,7 @@ def test_async_face_end_to_end(dsn: str) -> None:
         async def resync() -> None:
             gaps.append("gap")
 
-        async with pgtide.aio.Listener(dsn, on_reconnect=resync) as listener:
+        async with pgtide.aio.Listener(dsn=dsn, on_reconnect=resync) as listener:
             assert await listener.subscribe("orders", on_note, id=42) == 42
             await listener.subscribe("my-Channel", lambda note: plain.append(note.payload))
             assert listener.status()["listening"] == ["my-Channel", "orders"]
@@ -69,7 +69,7 @@ def test_async_face_end_to_end(dsn: str) -> None:
 
 def test_async_iter_yields_in_order_and_unsubscribes(dsn: str) -> None:
     async def main() -> None:
-        async with pgtide.aio.Listener(dsn) as listener:
+        async with pgtide.aio.Listener(dsn=dsn) as listener:
             async with listener.iter("feed", timeout=1.0) as notes:
                 assert listener.status()["listening"] == ["feed"]  # subscribed on entry
                 await pgtide.aio.notify_many([("feed", i) for i in range(5)], dsn=dsn)
@@ -97,7 +97,7 @@ def test_async_raising_callbacks_and_bad_payloads(dsn: str) -> None:
         async def broken(note: pgtide.Notification) -> None:
             raise ValueError("nope")
 
-        async with pgtide.aio.Listener(dsn, decode="literal") as listener:
+        async with pgtide.aio.Listener(dsn=dsn, decode="literal") as listener:
             await listener.subscribe("x", broken, id="broken")
             await listener.subscribe("x", lambda n: got.append((n.payload, n.error is None)))
             await pgtide.aio.notify_many([("x", "true"), ("x", "(1, 2)")], dsn=dsn)
@@ -110,7 +110,7 @@ def test_async_raising_callbacks_and_bad_payloads(dsn: str) -> None:
 
 def test_async_stop_from_a_callback_ends_run_forever(dsn: str) -> None:
     async def main() -> None:
-        listener = pgtide.aio.Listener(dsn)
+        listener = pgtide.aio.Listener(dsn=dsn)
 
         async def on_note(note: pgtide.Notification) -> None:
             await listener.stop()
@@ -128,7 +128,7 @@ def test_async_stop_from_a_callback_ends_run_forever(dsn: str) -> None:
 def test_async_unreachable_database(bare_dsn: str) -> None:
     async def main() -> None:
         with pytest.raises(pgtide.ConnectionFailed):
-            async with pgtide.aio.Listener("postgresql://u:secret@127.0.0.1:1/x"):
+            async with pgtide.aio.Listener(dsn="postgresql://u:secret@127.0.0.1:1/x"):
                 pass
 
     asyncio.run(main())
@@ -136,7 +136,7 @@ def test_async_unreachable_database(bare_dsn: str) -> None:
 
 def test_async_concurrent_starts_open_one_connection(dsn: str) -> None:
     async def main() -> None:
-        listener = pgtide.aio.Listener(dsn)
+        listener = pgtide.aio.Listener(dsn=dsn)
         await listener.subscribe("x", print)
         await asyncio.gather(*(listener.start() for _ in range(5)))
         assert len(listener_backends(dsn)) == 1
@@ -145,3 +145,23 @@ def test_async_concurrent_starts_open_one_connection(dsn: str) -> None:
 
     asyncio.run(main())
     assert not pgtide_threads()
+
+
+def test_async_close_is_the_closing_verb(dsn: str) -> None:
+    async def main() -> None:
+        got: list[Any] = []
+        listener = pgtide.aio.Listener(dsn=dsn)
+        await listener.subscribe("c", lambda note: got.append(note.payload))
+        await listener.start()
+        async with listener.iter("c") as notes:
+            await pgtide.aio.notify("c", 1, dsn=dsn)
+            await until(lambda: got == [1])
+            assert (await anext(notes)).payload == 1
+            await listener.close()
+            assert [n async for n in notes] == []  # open iterators end
+        assert not listener.running
+        await listener.close()  # twice is fine
+
+    asyncio.run(main())
+    assert not pgtide_threads()
+    assert not listener_backends(dsn)

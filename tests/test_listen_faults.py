@@ -45,7 +45,7 @@ def test_server_restart_then_reconnect_relisten_and_on_reconnect(
     restartable: RestartableServer,
 ) -> None:
     got, reconnects = Collector(), Reconnects()
-    with pgtide.Listener(restartable.dsn, on_reconnect=reconnects) as listener:
+    with pgtide.Listener(dsn=restartable.dsn, on_reconnect=reconnects) as listener:
         listener.subscribe("orders", got)
         listener.subscribe("my-Channel", got)
         pgtide.notify("orders", {"before": 1}, dsn=restartable.dsn)
@@ -62,7 +62,7 @@ def test_server_restart_then_reconnect_relisten_and_on_reconnect(
 
 def test_terminated_backend_then_reconnect_relisten_and_on_reconnect(dsn: str) -> None:
     got, reconnects = Collector(), Reconnects()
-    with pgtide.Listener(dsn, on_reconnect=reconnects) as listener:
+    with pgtide.Listener(dsn=dsn, on_reconnect=reconnects) as listener:
         listener.subscribe("orders", got)
         [backend] = listener_backends(dsn)
         assert backend == listener.status()["backend_pid"]
@@ -77,7 +77,7 @@ def test_terminated_backend_then_reconnect_relisten_and_on_reconnect(dsn: str) -
 
 def test_on_reconnect_comes_after_the_old_messages_and_before_the_new(dsn: str) -> None:
     events: list[object] = []
-    with pgtide.Listener(dsn, on_reconnect=lambda: events.append("gap")) as listener:
+    with pgtide.Listener(dsn=dsn, on_reconnect=lambda: events.append("gap")) as listener:
         listener.subscribe("orders", lambda note: events.append(note.payload))
         pgtide.notify("orders", 1, dsn=dsn)
         wait_until(lambda: events == [1])
@@ -94,7 +94,7 @@ def test_raising_on_reconnect_is_counted_and_delivery_goes_on(dsn: str) -> None:
     def broken() -> None:
         raise RuntimeError("resync failed")
 
-    with pgtide.Listener(dsn, on_reconnect=broken) as listener:
+    with pgtide.Listener(dsn=dsn, on_reconnect=broken) as listener:
         listener.subscribe("orders", got)
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("SELECT pg_terminate_backend(%s)", (listener.status()["backend_pid"],))
@@ -174,7 +174,7 @@ def proxy(dsn: str) -> Iterator[BlackHoleProxy]:
 def test_silent_network_cut_is_noticed_by_the_probe(dsn: str, proxy: BlackHoleProxy) -> None:
     got, reconnects = Collector(), Reconnects()
     listener = pgtide.Listener(
-        proxy.dsn, on_reconnect=reconnects, probe_interval=1.0, probe_timeout=1.0
+        dsn=proxy.dsn, on_reconnect=reconnects, probe_interval=1.0, probe_timeout=1.0
     )
     with listener:
         listener.subscribe("orders", got)
@@ -193,7 +193,7 @@ def test_silent_network_cut_is_noticed_by_the_probe(dsn: str, proxy: BlackHolePr
 
 
 def test_stop_is_prompt_while_reconnecting(restartable: RestartableServer) -> None:
-    listener = pgtide.Listener(restartable.dsn)
+    listener = pgtide.Listener(dsn=restartable.dsn)
     listener.subscribe("orders", print)
     listener.start()
     restartable.stop()

@@ -8,7 +8,6 @@ applies that set and reports the version it applied.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import threading
 from collections.abc import Callable, Hashable
@@ -28,7 +27,6 @@ class Subscriber:
     channel: str
     callback: Callback
     muted: bool = False
-    is_async: bool = False
 
 
 class Registry:
@@ -78,11 +76,7 @@ class Registry:
             subs = self._subs.setdefault(channel, {})
             previous = subs.get(sub_id)
             subs[sub_id] = Subscriber(
-                sub_id,
-                channel,
-                callback,
-                muted=previous.muted if previous else False,
-                is_async=inspect.iscoroutinefunction(callback),
+                sub_id, channel, callback, muted=previous.muted if previous else False
             )
             return sub_id, self._publish(channel)
 

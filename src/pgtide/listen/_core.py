@@ -1,22 +1,36 @@
 """The one listener core behind both faces (:class:`pgtide.Listener`, :class:`pgtide.aio.Listener`).
 
-It owns the registry, the bounded queue, the counters and the connection thread, and turns
-queued batches into calls (``deliver``). A face only decides where callbacks run (a dispatcher
-thread, or a task on the event loop) and how to wait (threads or asyncio): ``deliver`` yields
-the awaitables returned by async callbacks for the face to run, in order.
+Everything but "how to wait" lives here, written once:
+
+- :class:`ListenerCore` owns the registry, the bounded queue, the counters and the connection
+  thread; a registration returns a :class:`Change` (its result and the LISTEN set version it
+  made), and ``deliver`` turns a queued batch into calls, yielding the awaitables returned by
+  async callbacks for the face to run, in order.
+- :class:`Face` is the base of both faces: the constructor, the views and ``repr``.
+- :class:`Pull` is the state of one ``iter()``: its subscription and its end.
+
+A face only decides where callbacks run (a dispatcher thread, or a task on the event loop) and
+how it waits (blocking or with ``await``): each of its registration methods is one line that
+hands the core's :class:`Change` to the face's ``_settle``.
 """
 
 from __future__ import annotations
 
 import contextvars
+import itertools
 import logging
+import operator
+import warnings
+import weakref
 from collections.abc import Awaitable, Callable, Hashable, Iterator
+from dataclasses import dataclass
 from inspect import isawaitable
-from typing import Any
+from typing import Any, ClassVar, Final, Generic, TypeVar
 
 from .. import codecs
 from ..channel import (
     BatchQueue,
+    Callback,
     Item,
     Marker,
     Notification,
@@ -26,7 +40,7 @@ from ..channel import (
     Subscriber,
     WhenFull,
 )
-from ..connect import Resolved, resolve
+from ..connect import DsnLike, Resolved, resolve
 from ..errors import ConfigError
 
 logger = logging.getLogger("pgtide.listen")
@@ -39,7 +53,23 @@ IN_DISPATCH: contextvars.ContextVar[bool] = contextvars.ContextVar(
 )
 """True while callbacks run: registrations made there do not wait for the server."""
 
+END: Final = object()
+"""Put in an iterator's inbox to end it (the listener stopped, or it timed out)."""
+
+T = TypeVar("T")
 Pending = tuple[Awaitable[Any], Subscriber | None, Notification | None]
+_PAYLOAD = operator.itemgetter(2)
+"""The raw payload (``extra``) of a libpq notification (relname, be_pid, extra)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Change(Generic[T]):
+    """What a registration did: the value to return, the LISTEN set version it made, and
+    whether the caller waits until the server applied it (LISTEN: yes; UNLISTEN: no need)."""
+
+    result: T
+    version: int
+    confirm: bool
 
 
 class ListenerCore:
@@ -47,7 +77,7 @@ class ListenerCore:
 
     def __init__(
         self,
-        dsn: str | Resolved | None,
+        dsn: DsnLike,
         *,
         decode: codecs.Codec,
         on_reconnect: Callable[[], Any] | None,
@@ -76,6 +106,8 @@ class ListenerCore:
         self.sync_timeout = sync_timeout
         self._application_name = application_name
         self._receiver: Receiver | None = None
+        self._serial = itertools.count(1)
+        self.pulls: weakref.WeakSet[Pull] = weakref.WeakSet()
         self.closing = False
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -110,17 +142,60 @@ class ListenerCore:
         if receiver is not None:
             receiver.stop()
 
+    def end_pulls(self) -> None:
+        """End every open iterator (called by the face, in the context its inboxes expect)."""
+        for pull in list(self.pulls):
+            pull.put(END)
+
     # -- registrations --------------------------------------------------------------------
 
-    def changed(self, version: int, on_applied: Callable[[], None]) -> bool:
-        """After a registration: True if the caller should wait for ``on_applied``."""
+    def subscribe(self, channel: str, callback: Callback, id: Hashable | None) -> Change[Any]:
+        sub_id, version = self.registry.subscribe(channel, callback, id)
+        return Change(sub_id, version, confirm=True)
+
+    def unsubscribe(self, id: Hashable, channel: str | None) -> Change[bool]:
+        removed, version = self.registry.unsubscribe(id, channel)
+        return Change(removed, version, confirm=False)
+
+    def remove_channel(self, channel: str) -> Change[bool]:
+        removed, version = self.registry.remove_channel(channel)
+        return Change(removed, version, confirm=False)
+
+    def mute(self, channel: str) -> Change[None]:
+        return Change(None, self.registry.set_channel_muted(channel, True), confirm=False)
+
+    def unmute(self, channel: str) -> Change[None]:
+        return Change(None, self.registry.set_channel_muted(channel, False), confirm=True)
+
+    def mute_subscriber(self, id: Hashable, channel: str | None) -> Change[None]:
+        version = self.registry.set_subscriber_muted(id, channel, True)
+        return Change(None, version, confirm=False)
+
+    def unmute_subscriber(self, id: Hashable, channel: str | None) -> Change[None]:
+        version = self.registry.set_subscriber_muted(id, channel, False)
+        return Change(None, version, confirm=True)
+
+    def must_wait(self, change: Change[Any], on_applied: Callable[[], None]) -> bool:
+        """Have the connection apply ``change``; True if the face should wait for
+        ``on_applied`` (called from the connection thread once the server has it)."""
         receiver = self._receiver
         if receiver is None:
+            return False  # applied at start
+        if not change.confirm or IN_DISPATCH.get():
+            receiver.wake()  # a callback never waits for the connection it runs behind
             return False
-        if IN_DISPATCH.get():
-            receiver.wake()
-            return False
-        return receiver.when_applied(version, on_applied)
+        return receiver.when_applied(change.version, on_applied)
+
+    def late(self) -> None:
+        """Say that a LISTEN was not confirmed within ``sync_timeout``."""
+        logger.warning(
+            "LISTEN not confirmed within %g s; it is applied as soon as the server answers",
+            self.sync_timeout,
+        )
+
+    def pull(self, channel: str, timeout: float | None, put: Callable[[Any], None]) -> Pull:
+        """The state of a new ``iter(channel)`` whose inbox takes items through ``put``."""
+        return Pull(self, channel, timeout, put, ("iter", channel, next(self._serial)))
 
     # -- delivery -------------------------------------------------------------------------
 
@@ -142,50 +217,71 @@ class ListenerCore:
         )
 
     def deliver(self, item: Item) -> Iterator[Pending]:
-        """Decode and dispatch one queued item; yield awaitables for the face to run."""
+        """Decode and dispatch one queued item; yield awaitables for the face to run.
+
+        The hot path: everything a notification needs is bound to a local name once per batch,
+        and each :class:`Notification` is filled in without a call to its ``__init__`` (a
+        third of the cost of a message; ``test_listen_core`` checks that every field is set).
+        """
         if isinstance(item, Marker):
-            callback = self.on_reconnect
-            if callback is not None:
-                try:
-                    result = callback()
-                except Exception as exc:
-                    self.failed(None, None, exc)
-                else:
-                    if result is not None and isawaitable(result):
-                        yield result, None, None
+            yield from self._reconnected()
             return
         received_at, enc, notes = item
-        registry = self.registry
-        decode = self._decode
-        failed = self.failed
-        done = 0
-        for relname, pid, extra in notes:
-            if self.closing:
-                break
-            done += 1
-            channel = relname.decode(enc)
-            subs = registry.routes.get(channel)
-            if subs is None:
-                self.stats.unrouted += 1
-                continue
-            raw = extra.decode(enc)
-            if decode is None:
-                note = Notification(channel, raw, raw, pid, received_at)
-            else:
-                try:
-                    note = Notification(channel, decode(raw), raw, pid, received_at)
-                except Exception as exc:
-                    error = f"{type(exc).__name__}: {exc}"
-                    note = Notification(channel, raw, raw, pid, received_at, error)
-            for sub in subs:
-                try:
-                    result = sub.callback(note)
-                except Exception as exc:
-                    failed(sub, note, exc)
+        routes = self.registry  # .routes is re-read per notification: a mute applies at once
+        decode, rescue = codecs.for_batch(self._decode, map(_PAYLOAD, notes))
+        new = object.__new__
+        done = unrouted = 0
+        try:
+            for relname, pid, extra in notes:
+                if self.closing:
+                    break
+                done += 1
+                channel = relname.decode(enc)
+                subs = routes.routes.get(channel)
+                if subs is None:
+                    unrouted += 1
                     continue
-                if result is not None and isawaitable(result):
-                    yield result, sub, note
-        self.stats.dispatched += done
+                note = new(Notification)
+                note.channel = channel
+                note.raw = raw = extra.decode(enc)
+                note.pid = pid
+                note.received_at = received_at
+                note.error = None
+                if decode is None:
+                    note.payload = raw
+                else:
+                    try:
+                        note.payload = decode(raw)
+                    except Exception as exc:
+                        if rescue is not None:
+                            note.payload = rescue(raw)
+                        else:
+                            note.payload = raw
+                            note.error = f"{type(exc).__name__}: {exc}"
+                for sub in subs:
+                    try:
+                        result = sub.callback(note)
+                    except Exception as exc:
+                        self.failed(sub, note, exc)
+                        continue
+                    if result is not None and isawaitable(result):
+                        yield result, sub, note
+        finally:
+            stats = self.stats
+            stats.dispatched += done
+            stats.unrouted += unrouted
+
+    def _reconnected(self) -> Iterator[Pending]:
+        callback = self.on_reconnect
+        if callback is None:
+            return
+        try:
+            result = callback()
+        except Exception as exc:
+            self.failed(None, None, exc)
+        else:
+            if result is not None and isawaitable(result):
+                yield result, None, None
 
     # -- views ----------------------------------------------------------------------------
 
@@ -222,6 +318,124 @@ class ListenerCore:
         }
 
 
-def iter_id(channel: str, serial: int) -> Hashable:
-    """The subscriber id ``iter()`` registers under (visible in ``status()``)."""
-    return ("iter", channel, serial)
+class Pull:
+    """One ``iter()``: its subscriber id, its channel and timeout, whether it is open.
+
+    The face owns the inbox (a thread-safe queue, or an asyncio queue) and waits on it; the
+    subscription puts each notification in it through ``put``, and so does :meth:`end`.
+    """
+
+    def __init__(
+        self,
+        core: ListenerCore,
+        channel: str,
+        timeout: float | None,
+        put: Callable[[Any], None],
+        id: Hashable,
+    ) -> None:
+        self._core = core
+        self.channel = channel
+        self.timeout = timeout
+        self.put = put
+        self.id = id
+        self.state = "new"  # -> "open" -> "closed"
+
+    def subscribe(self) -> Change[Any]:
+        """Subscribe the inbox; the face settles the change (call it once, when "new")."""
+        change = self._core.subscribe(self.channel, self.put, self.id)
+        self.state = "open"
+        self._core.pulls.add(self)
+        return change
+
+    def take(self, item: object) -> Notification | None:
+        """The notification ``item`` holds, or None when the iteration is over (closed then)."""
+        if item is END or self.state == "closed":
+            self.close()
+            return None
+        note: Notification = item  # type: ignore[assignment]
+        return note
+
+    def close(self) -> None:
+        """Unsubscribe (UNLISTEN never needs waiting for); the iteration ends."""
+        if self.state == "open":
+            self._core.pulls.discard(self)
+            self._core.must_wait(self._core.unsubscribe(self.id, self.channel), _nothing)
+        self.state = "closed"
+
+
+class Face:
+    """What both faces share: the constructor, the views, ``repr``."""
+
+    _name: ClassVar[str]
+
+    def __init__(
+        self,
+        deprecated_dsn: DsnLike = None,
+        /,
+        *,
+        dsn: DsnLike = None,
+        decode: codecs.Codec = "json",
+        on_reconnect: Callable[[], Any] | None = None,
+        queue_size: int = 10_000,
+        when_full: WhenFull = "block",
+        probe_interval: float = 5.0,
+        probe_timeout: float = 5.0,
+        sync_timeout: float = 10.0,
+        stop_timeout: float = 10.0,
+        application_name: str = APPLICATION_NAME,
+    ) -> None:
+        if deprecated_dsn is not None:  # the old spelling, for one release
+            if dsn is not None:
+                raise TypeError(f"{self._name}() got the dsn both by position and as dsn=")
+            warnings.warn(
+                f"passing the dsn to {self._name}() by position is deprecated and will stop "
+                "working in the next release; pass it as dsn=...",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            dsn = deprecated_dsn
+        self._core = ListenerCore(
+            dsn,
+            decode=decode,
+            on_reconnect=on_reconnect,
+            queue_size=queue_size,
+            when_full=when_full,
+            probe_interval=probe_interval,
+            probe_timeout=probe_timeout,
+            sync_timeout=sync_timeout,
+            application_name=application_name,
+        )
+        self._stop_timeout = stop_timeout
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """The face's own state (no connection: nothing connects before ``start``)."""
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<{self._name} {state} channels={self.channels()!r}>"
+
+    @property
+    def running(self) -> bool:
+        """True between ``start()`` and ``close()`` (even while reconnecting)."""
+        return self._core.running
+
+    def channels(self) -> list[str]:
+        """Every channel with a subscriber, muted or not."""
+        return self._core.registry.channels()
+
+    def active_channels(self) -> list[str]:
+        """The channels that must be LISTENed: not muted, with a subscriber that is not muted."""
+        return sorted(self._core.registry.active()[1])
+
+    def subscribers(self) -> dict[str, dict[Hashable, bool]]:
+        """channel -> {subscriber id: muted}."""
+        return self._core.registry.subscribers()
+
+    def status(self) -> dict[str, Any]:
+        """Connection, channels, counters (received, dispatched, callback errors, dropped...)."""
+        return self._core.status()
+
+
+def _nothing() -> None:
+    return None
