@@ -21,7 +21,7 @@ from pgtide.cli.listen import print_note
 
 
 def test_notify_sends_and_reports(dsn: str, cli: CliRunner) -> None:
-    with pgtide.Listener(dsn) as listener:
+    with pgtide.Listener(dsn=dsn) as listener:
         got: list[object] = []
         listener.subscribe("my ch", lambda note: got.append(note.payload))
         done = cli("notify", "my ch", '{"a": 1}', "--dsn", dsn)

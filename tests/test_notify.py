@@ -69,7 +69,7 @@ def test_encode_sends_str_as_is_and_other_values_as_json() -> None:
 
 def test_oversized_payload_is_refused_before_sending(dsn: str) -> None:
     got = Collector()
-    with pgtide.Listener(dsn) as listener:
+    with pgtide.Listener(dsn=dsn) as listener:
         listener.subscribe("big", got)
         with pytest.raises(pgtide.PayloadTooLarge) as caught:
             pgtide.notify("big", "x" * MAX_PAYLOAD_BYTES, dsn=dsn)
@@ -95,7 +95,7 @@ def test_bad_channel_names_are_clear_errors(dsn: str) -> None:
 
 def test_notify_inside_the_callers_transaction(dsn: str) -> None:
     got = Collector()
-    with pgtide.Listener(dsn) as listener, psycopg.connect(dsn) as conn:
+    with pgtide.Listener(dsn=dsn) as listener, psycopg.connect(dsn) as conn:
         listener.subscribe("tx", got)
         pgtide.notify("tx", {"n": 1}, conn=conn)
         conn.rollback()  # never delivered
@@ -108,7 +108,7 @@ def test_notify_inside_the_callers_transaction(dsn: str) -> None:
 
 def test_notify_many_sends_in_order_in_one_transaction(dsn: str) -> None:
     got = Collector()
-    with pgtide.Listener(dsn) as listener:
+    with pgtide.Listener(dsn=dsn) as listener:
         listener.subscribe("many", got)
         sent = pgtide.notify_many([("many", {"i": i}) for i in range(500)], dsn=dsn)
         assert sent == 500

@@ -34,7 +34,7 @@ def test_status_shows_every_feature(cli: CliRunner, dsn: str, tmp_path: Path) ->
         conn.execute("INSERT INTO orders VALUES (3)")  # not yet read: a lag of one change
     events = pgtide.Events(dsn=dsn)
     events.publish("nobody_handles_this", {"n": 1})
-    with pgtide.Listener(dsn) as listener:
+    with pgtide.Listener(dsn=dsn) as listener:
         listener.subscribe("anything", print)
         done = cli("status", "--json", "--dsn", dsn)
     events.close()

@@ -1,8 +1,9 @@
 """The asyncio faces of pgtide's features (same cores as the blocking API in :mod:`pgtide`)."""
 
-from .events._async import Events
-from .feed._async import Batch, Feed
-from .ingest._aio import FileWatcher
+from .events import AsyncEvents as Events
+from .feed import AsyncBatch as Batch
+from .feed import AsyncFeed as Feed
+from .ingest import AsyncFileWatcher as FileWatcher
 from .listen import AsyncListener as Listener
 from .listen import Notification
 from .notify import anotify as notify

@@ -5,8 +5,18 @@ The blocking face is :class:`Events` (``pgtide.Events``); the asyncio face is
 (:mod:`._worker`). :func:`overview` is what ``pgtide status`` shows about events.
 """
 
+from ._async import Events as AsyncEvents
 from ._core import LIVE_WINDOW, EventRecord, overview
 from ._model import STATES, Event, HandlerSpec
 from ._sync import Events
 
-__all__ = ["LIVE_WINDOW", "STATES", "Event", "EventRecord", "Events", "HandlerSpec", "overview"]
+__all__ = [
+    "LIVE_WINDOW",
+    "STATES",
+    "AsyncEvents",
+    "Event",
+    "EventRecord",
+    "Events",
+    "HandlerSpec",
+    "overview",
+]

@@ -6,6 +6,8 @@ capture (:func:`track`, :func:`untrack`, :func:`tracked`), retention and inspect
 :func:`overview`, the feed's sections of ``pgtide status``.
 """
 
+from ._async import Batch as AsyncBatch
+from ._async import Feed as AsyncFeed
 from ._core import Change
 from ._sync import Batch, Feed
 from .fetcher import LatestFetcher
@@ -15,6 +17,8 @@ from .track import OPS, track, tracked, untrack
 
 __all__ = [
     "OPS",
+    "AsyncBatch",
+    "AsyncFeed",
     "Batch",
     "Change",
     "Feed",

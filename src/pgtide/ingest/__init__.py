@@ -7,8 +7,9 @@ shows about ingest.
 
 from __future__ import annotations
 
+from ._aio import FileWatcher as AsyncFileWatcher
 from ._core import FileStatus, WatcherStatus
 from ._store import overview
 from .watcher import FileWatcher
 
-__all__ = ["FileStatus", "FileWatcher", "WatcherStatus", "overview"]
+__all__ = ["AsyncFileWatcher", "FileStatus", "FileWatcher", "WatcherStatus", "overview"]
