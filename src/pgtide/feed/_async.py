@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 
+from .._lifecycle import AsyncClosable
 from ..session import AsyncSession, arun
 from ._core import Run, Start, Wait
 from ._face import BatchBase, BatchInterrupted, FeedBase
@@ -44,7 +45,7 @@ class Batch(BatchBase["Feed"]):
         await self._feed._after_ack()
 
 
-class Feed(FeedBase[AsyncSession]):
+class Feed(FeedBase[AsyncSession], AsyncClosable):
     """The asyncio :class:`pgtide.Feed`: ``async for batch in feed.batches(): ...``."""
 
     _face = "aio.Feed"
@@ -122,12 +123,6 @@ class Feed(FeedBase[AsyncSession]):
         another task ends, after the batch in hand, and closes them itself."""
         if self._closing():
             await self._session.close()
-
-    async def __aenter__(self) -> Feed:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     # -- the face's I/O ---------------------------------------------------------------------
     @staticmethod

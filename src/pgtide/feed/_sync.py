@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 
+from .._lifecycle import Closable
 from .._signals import stop_on_signals
 from ..session import Session, Stopped, run
 from ._core import Run, Start, Wait
@@ -45,7 +46,7 @@ class Batch(BatchBase["Feed"]):
         self._feed._after_ack()
 
 
-class Feed(FeedBase[Session]):
+class Feed(FeedBase[Session], Closable):
     """A consumer's view of the change feed of some tracked tables (all when ``tables`` is
     None). See :meth:`batches`. ``wakeup="poll"`` reads every ``poll_interval`` seconds
     without LISTEN, for servers behind a transaction-pooling proxy. Nothing connects (or
@@ -139,12 +140,6 @@ class Feed(FeedBase[Session]):
         another thread ends, after the batch in hand, and closes them itself."""
         if self._closing():
             self._session.close()
-
-    def __enter__(self) -> Feed:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- the face's I/O ---------------------------------------------------------------------
     def _sleep(self, seconds: float | None) -> bool:

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .._lifecycle import Runnable
 from .._signals import stop_on_signals
 from ..channel import Waker
 from ..connect import DsnLike
@@ -31,7 +32,7 @@ log = logging.getLogger("pgtide.feed")
 Process = Callable[[dict[str, Any] | None], Any]
 
 
-class LatestFetcher:
+class LatestFetcher(Runnable):
     """Call ``process(row)`` with the newest row of tracked ``table`` after each change.
 
     ``process`` may be given, or a subclass may override :meth:`process`. It is called once
@@ -135,11 +136,6 @@ class LatestFetcher:
             thread.join(timeout)
             self._thread = None
 
-    close = stop
-
-    def __enter__(self) -> LatestFetcher:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
+        """Stop (as :meth:`stop`); ``start()`` may follow."""
         self.stop()

@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Hashable
-from types import TracebackType
 from typing import Any, TypeVar
 
+from .._lifecycle import AsyncRunnable
 from ..channel import Callback, Notification
 from ._core import END, IN_DISPATCH, Change, Face
 
@@ -22,7 +22,7 @@ logger = logging.getLogger("pgtide.listen")
 T = TypeVar("T")
 
 
-class Listener(Face):
+class Listener(Face, AsyncRunnable):
     """The asyncio listener: ``async with pgtide.aio.Listener() as listener: ...``.
 
     Takes the same arguments as :class:`pgtide.Listener` (``dsn`` keyword only). Methods that
@@ -81,18 +81,6 @@ class Listener(Face):
         except asyncio.CancelledError:
             await self.close()
             raise
-
-    async def __aenter__(self) -> Listener:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def _dispatch(self, wake: asyncio.Event) -> None:
         IN_DISPATCH.set(True)

@@ -12,9 +12,9 @@ import logging
 import queue
 import threading
 from collections.abc import Awaitable, Hashable, Iterator
-from types import TracebackType
 from typing import Any, TypeVar
 
+from .._lifecycle import Runnable
 from ..channel import Callback, Notification
 from ._core import END, IN_DISPATCH, Change, Face
 
@@ -23,7 +23,7 @@ logger = logging.getLogger("pgtide.listen")
 T = TypeVar("T")
 
 
-class Listener(Face):
+class Listener(Face, Runnable):
     """Calls your functions on PostgreSQL NOTIFY, on any number of channels, over one connection.
 
     Use it as a context manager (``with pgtide.Listener() as listener:``), or call
@@ -101,18 +101,6 @@ class Listener(Face):
                 pass
         except KeyboardInterrupt:
             self.close()
-
-    def __enter__(self) -> Listener:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _dispatch(self) -> None:
         IN_DISPATCH.set(True)
