@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pgtide_testing import CliRunner
@@ -66,24 +69,30 @@ def test_status_reports_the_database(cli: CliRunner, dsn: str) -> None:
     done = cli("status", "--dsn", dsn, "--json")
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
-    assert data["database"][0]["schema pgtide"] >= 1
+    assert data["database"][0]["schema_pgtide"] >= 1
 
 
-def test_status_watch_refreshes_until_interrupted(
-    dsn: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_status_watch_refreshes_until_stopped(
+    dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    sig: signal.Signals,
 ) -> None:
     from pgtide.cli import status
 
-    refreshes: list[float] = []
+    collected: list[int] = []
+    real = status.collect
 
-    def fake_sleep(seconds: float) -> None:
-        refreshes.append(seconds)
-        if len(refreshes) == 3:
-            raise KeyboardInterrupt
+    def collect(conn: Any) -> Any:
+        collected.append(1)
+        if len(collected) == 3:
+            os.kill(os.getpid(), sig)  # Ctrl-C, or a service manager's SIGTERM
+        return real(conn)
 
-    monkeypatch.setattr(status.time, "sleep", fake_sleep)
-    status.status(dsn=dsn, watch=True, interval=0.25)  # returns quietly on Ctrl-C
-    assert refreshes == [0.25, 0.25, 0.25]
+    monkeypatch.setattr(status, "collect", collect)
+    status.status(dsn=dsn, watch=True, interval=0.01)  # returns quietly when stopped
+    assert len(collected) == 3
     assert "schema pgtide" in capsys.readouterr().out
 
 

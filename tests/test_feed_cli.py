@@ -30,12 +30,14 @@ def test_track_follow_prune_status(dsn: str, cli: CliRunner) -> None:
     status = cli("status", "--json", "--dsn", dsn)
     sections = json.loads(status.stdout)
     feed = sections["consumers"]
-    assert {row["consumer"]: row["pending changes"] for row in feed} == {"cli": 0, "other": 0}
+    assert {row["consumer"]: row["pending_changes"] for row in feed} == {"cli": 0, "other": 0}
     pruned = cli("prune", "--json", "--dsn", dsn)
     assert json.loads(pruned.stdout) == {"deleted": 3}
     listed = cli("consumers", "ls", "--json", "--dsn", dsn)
     assert [json.loads(x)["name"] for x in listed.stdout.splitlines()] == ["cli", "other"]
     assert "dropped" in cli("consumers", "drop", "other", "--dsn", dsn).stdout
+    unknown = cli("consumers", "drop", "other", "--dsn", dsn)
+    assert unknown.returncode == 1 and "no consumer named 'other'" in unknown.stderr
     assert "no longer tracking" in cli("untrack", "orders", "--dsn", dsn).stdout
 
 

@@ -65,8 +65,8 @@ def test_overview_sections(dsn: str, bare_dsn: str) -> None:
     _setup(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
         consumers, changes = run(conn, overview())
-        assert (consumers.title, consumers.rows) == ("consumers", [["(none)", "", "", ""]])
-        assert changes.title == "changes" and changes.rows[0][::2] == [0, "-"]
+        assert (consumers.title, consumers.rows) == ("consumers", [])
+        assert changes.title == "changes" and changes.rows[0][::2] == [0, None]
         conn.execute("INSERT INTO items VALUES (1, 'x'), (2, 'y')")
         feed = pgtide.Feed("ov", ["items"], dsn=dsn)
         it = feed.batches(max_changes=1, timeout=0.2)

@@ -509,7 +509,7 @@ def test_cli_ingest_once_and_status(dsn: str, table: str, data: Path, cli: Any) 
 
     status = cli("status", "--json", "--dsn", dsn)
     assert status.returncode == 0, status.stderr
-    files = json.loads(status.stdout)["ingested files"]
+    files = json.loads(status.stdout)["ingested_files"]
     assert [
         (Path(f["path"]).name, f["offset"], f["lines"], f["rows"], f["rejected"]) for f in files
     ] == [("a.txt", 8, 3, 2, 1)]

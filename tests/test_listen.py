@@ -403,9 +403,9 @@ def test_status_counts_listener_connections(dsn: str, cli: Any) -> None:
         done = cli("status", "--json", "--dsn", dsn)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert report["database"][0]["listener connections"] >= 1  # counted server-wide
+    assert report["database"][0]["listener_connections"] >= 1  # counted server-wide
     [row] = report["listeners"]
-    assert row["backend pid"] == backend and row["application"] == "pgtide-listen"
+    assert row["backend_pid"] == backend and row["application"] == "pgtide-listen"
 
 
 @pytest.mark.parametrize(

@@ -40,14 +40,14 @@ def test_status_shows_every_feature(cli: CliRunner, dsn: str, tmp_path: Path) ->
     events.close()
     assert done.returncode == 0, done.stderr
     status = json.loads(done.stdout)
-    assert status["database"][0]["listener connections"] == 1  # in this database only
+    assert status["database"][0]["listener_connections"] == 1  # in this database only
     assert len(status["listeners"]) == 1
     assert status["changes"][0]["rows"] == 3
     (consumer,) = status["consumers"]
-    assert consumer["consumer"] == "status-indexer" and consumer["pending changes"] == 1
+    assert consumer["consumer"] == "status-indexer" and consumer["pending_changes"] == 1
     (own,) = [row for row in status["events"] if row["table"] == "pgtide.events"]
     assert own["pending"] == 1 and own["unhandled"] == 1
-    (file,) = status["ingested files"]
+    (file,) = status["ingested_files"]
     assert file["watcher"] == "status-test" and file["path"].endswith("a.txt")
     assert (file["lines"], file["rows"], file["rejected"]) == (3, 2, 1)
     assert file["offset"] == len("1\n2\nnot a number\n")

@@ -181,6 +181,6 @@ def overview() -> Io[list[Section]]:
         Section(
             "database",
             ["server", "schema pgtide", "listener connections"],
-            [[server[0] if server else "?", version or "not installed", len(listeners)]],
+            [[server[0] if server else None, version or None, len(listeners)]],
         )
     ]

@@ -38,3 +38,24 @@ def test_renamed_alias_warns() -> None:
 
     with pytest.warns(DeprecationWarning, match=r"call close\(\) instead"):
         assert Thing().aclose() == "closed"
+
+
+def test_one_duration_syntax() -> None:
+    import typer
+
+    from pgtide.cli._common import age, parse_duration
+
+    assert [parse_duration(x) for x in ("30s", "5m", "2h", "7d", "250ms", "1.5", ".5s")] == [
+        30.0,
+        300.0,
+        7200.0,
+        604800.0,
+        0.25,
+        1.5,
+        0.5,
+    ]
+    with pytest.raises(typer.BadParameter, match="250ms, 30s, 5m, 2h, 7d"):
+        parse_duration("soon")
+    from datetime import timedelta
+
+    assert age(timedelta(seconds=5)) == "5 s ago" and age(timedelta(hours=50)) == "2 d ago"

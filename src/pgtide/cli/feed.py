@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Annotated, Any
 
 import typer
@@ -11,12 +12,13 @@ from rich.table import Table
 
 from .._signals import stop_on_signals
 from ..connect import resolve
+from ..errors import FeedError
 from ..feed import OPS, Change, Feed, drop_consumer
 from ..feed import consumers as _consumers
 from ..feed import prune as _prune
 from ..feed import track as _track
 from ..feed import untrack as _untrack
-from ._common import DsnOption, JsonOption, console, emit_json, wants_json
+from ._common import DsnOption, JsonOption, cell, console, duration, emit_json, wants_json
 
 consumers_app = typer.Typer(help="List or drop the change feed's consumers.", no_args_is_help=True)
 
@@ -70,7 +72,7 @@ def follow(
         list[str] | None, typer.Option("--table", "-t", help="Follow only this table (repeatable).")
     ] = None,
     timeout: Annotated[
-        float | None, typer.Option(help="Stop after this many idle seconds (default: never).")
+        float | None, duration("--timeout", help="Stop after so long idle (default: never).")
     ] = None,
     max_changes: Annotated[
         int, typer.Option(help="Changes per batch (transactions stay whole).")
@@ -96,6 +98,11 @@ def follow(
         feed.close()
 
 
+def _json(row: dict[str, Any] | None) -> str:
+    """A row as compact JSON, its columns in table order."""
+    return "" if row is None else json.dumps(row, ensure_ascii=False, default=str)
+
+
 def _live(feed: Feed, batches: Any) -> None:
     recent: list[Change] = []
     counts: dict[str, int] = {}
@@ -105,10 +112,12 @@ def _live(feed: Feed, batches: Any) -> None:
             ", ".join(f"{op} {n}" for op, n in sorted(counts.items())) or "waiting for changes"
         )
         table = Table(title=title, title_justify="left")
-        for column in ("id", "table", "op", "row", "old"):
-            table.add_column(column, overflow="ellipsis", no_wrap=True)
+        for column in ("op", "table", "id"):  # always whole, at any width
+            table.add_column(column, no_wrap=True, min_width=len(column))
+        for column in ("row", "old"):  # what does not fit is cut, not the columns above
+            table.add_column(column, overflow="ellipsis", no_wrap=True, ratio=1)
         for c in recent[-20:]:
-            table.add_row(str(c.id), c.table, c.op, str(c.row or ""), str(c.old or ""))
+            table.add_row(c.op, c.table, str(c.id), _json(c.row), _json(c.old))
         return table
 
     with Live(view(), console=console, refresh_per_second=8) as live:
@@ -123,7 +132,7 @@ def _live(feed: Feed, batches: Any) -> None:
 
 def prune(
     older_than: Annotated[
-        float | None, typer.Option(help="Also only changes older than this many seconds.")
+        float | None, duration("--older-than", help="Also only changes older than this (7d).")
     ] = None,
     dsn: DsnOption = None,
     as_json: JsonOption = False,
@@ -144,10 +153,10 @@ def consumers_ls(dsn: DsnOption = None, as_json: JsonOption = False) -> None:
         for c in found:
             emit_json({**c, "position": str(c["position"])})
         return
-    table = Table("name", "pending", "acked at", "tables", "position")
+    table = Table("name", "pending", "acked", "tables", "position")
     for c in found:
         tables = ", ".join(c["tables"] or ["all"])
-        table.add_row(c["name"], str(c["pending"]), str(c["acked_at"]), tables, str(c["position"]))
+        table.add_row(c["name"], str(c["pending"]), cell(c["acked_at"]), tables, str(c["position"]))
     console.print(table)
 
 
@@ -158,8 +167,9 @@ def consumers_drop(
     as_json: JsonOption = False,
 ) -> None:
     """Forget a consumer: its position goes, and prune stops waiting for it."""
-    dropped = drop_consumer(name, dsn=dsn)
+    if not drop_consumer(name, dsn=dsn):
+        raise FeedError(f"no consumer named {name!r}; `pgtide consumers ls` lists them")
     if as_json:
-        emit_json({"consumer": name, "dropped": dropped})
+        emit_json({"consumer": name, "dropped": True})
     else:
-        console.print(f"dropped consumer {name}" if dropped else f"no consumer named {name}")
+        console.print(f"dropped consumer {name}", highlight=False)

@@ -131,10 +131,8 @@ def overview() -> Io[list[Section]]:
         listed.rows.append(
             [c["name"], c["pending"], c["acked_at"], ", ".join(c["tables"] or ["all"])]
         )
-    if not listed.rows:
-        listed.rows.append(["(none)", "", "", ""])
     rows, bytes_, oldest = yield from size_io()
-    changes = Section("changes", ["rows", "kB", "oldest"], [[rows, bytes_ // 1024, oldest or "-"]])
+    changes = Section("changes", ["rows", "kB", "oldest"], [[rows, bytes_ // 1024, oldest]])
     return [listed, changes]
 
 
