@@ -14,12 +14,19 @@ PAGES = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
-def test_examples_run(page: Path, dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_examples_run_twice(
+    page: Path, dsn: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Each page runs as a reader would run it, then again on the same database (a reader
+    trying it a second time must not meet DuplicateTable)."""
     monkeypatch.setenv("PGTIDE_DSN", dsn)
-    monkeypatch.chdir(page.parent)
     if not examples(page):
         return  # a page without Python examples has nothing to run
-    assert run_examples(page) > 0
+    for attempt in ("first", "second"):
+        workdir = tmp_path / attempt
+        workdir.mkdir()
+        monkeypatch.chdir(workdir)
+        assert run_examples(page) > 0, attempt
 
 
 CONSOLE = [(page, *example) for page in PAGES for example in console_examples(page)]
