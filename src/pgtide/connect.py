@@ -1,7 +1,7 @@
 """Where the database is, and how pgtide connects to it.
 
 This module is the only place that opens connections. It resolves the database from the
-sources listed in DESIGN section 6 (first match wins), masks passwords wherever a DSN is shown,
+sources listed in :func:`resolve` (first match wins), masks passwords wherever a DSN is shown,
 and turns connection failures into one clear :class:`~pgtide.errors.ConnectionFailed` that names
 the source and the host.
 """

@@ -84,7 +84,8 @@ def notify(
     """Send one NOTIFY; non-str payloads are sent as JSON.
 
     With ``conn`` the message joins the caller's transaction (it is delivered when that commits);
-    otherwise a connection to ``dsn`` (section 6 when None) is opened for it.
+    otherwise a connection to ``dsn`` (resolved as everywhere in pgtide when None) is opened
+    for it.
     """
     params = prepare(channel, payload)
     with using(dsn, conn) as c:
