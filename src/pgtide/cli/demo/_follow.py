@@ -11,24 +11,17 @@ import psycopg
 
 from ... import Feed, latest, track, untrack
 from ...connect import connect
-from ._part import Line, Meter, Part
+from ._part import Part
 
 FORGET_CHANGES = "DELETE FROM pgtide.changes WHERE table_name = %s"
 
 
-class FollowPart(Part):
-    feature = "follow"
-    doing = "table changes -> feed"
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.written = 0
-        self.changes = Meter()
+class FollowPart(Part, feature="follow", doing="table changes -> feed"):
+    def setup(self) -> None:
         self.lags_ms: list[float] = []
         self.table = ""
         self.newest: dict[str, Any] | None = None
         self.error = ""
-        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._feed: Feed | None = None
         self._thread: threading.Thread | None = None
@@ -56,7 +49,7 @@ class FollowPart(Part):
                         for change in batch:
                             self.lags_ms.append((now - change.at).total_seconds() * 1000)
                     batch.ack()
-                    self.changes.add(len(batch))
+                    self.seen.add(len(batch))
                     if self._stop.is_set():
                         break
         except Exception as exc:  # shown in the summary; the tour goes on
@@ -66,7 +59,7 @@ class FollowPart(Part):
         self.written += 1  # the shop's INSERT itself is the change
 
     def settled(self) -> bool:
-        return self.changes.count >= self.written or bool(self.error)
+        return self.seen.count >= self.written or bool(self.error)
 
     def stop(self) -> None:
         self._stop.set()
@@ -81,12 +74,11 @@ class FollowPart(Part):
         with self._lock:
             return statistics.median(self.lags_ms[-200:]) if self.lags_ms else 0.0
 
-    def line(self) -> Line:
-        detail = f"lag {self._lag():.0f} ms, {self.written - self.changes.count} behind"
-        return Line(self.feature, self.doing, self.changes.count, self.changes.rate(), detail)
+    def detail(self) -> str:
+        return f"lag {self._lag():.0f} ms, {self.written - self.seen.count} behind"
 
     def summary(self) -> dict[str, Any]:
-        seen = self.changes.count
+        seen = self.seen.count
         newest = self.newest or {}
         text = f"{seen} of {self.written} changes, lag p50 {self._lag():.0f} ms"
         return {

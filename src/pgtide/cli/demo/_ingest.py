@@ -10,7 +10,7 @@ from psycopg import sql
 
 from ... import FileWatcher
 from ...connect import connect
-from ._part import Line, Meter, Part
+from ._part import Part
 
 LINES_PER_TICK = 5
 BAD_LINE_AT = 3  # the tick whose last line is garbage, to show pgtide.rejects
@@ -18,14 +18,8 @@ FORGET_FILES = "DELETE FROM pgtide.file_offsets WHERE watcher = %s"
 FORGET_REJECTS = "DELETE FROM pgtide.rejects WHERE watcher = %s"
 
 
-class IngestPart(Part):
-    feature = "ingest"
-    doing = "file lines -> table"
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.written = 0
-        self.landed = Meter()
+class IngestPart(Part, feature="ingest", doing="file lines -> table"):
+    def setup(self) -> None:
         self._random = random.Random(7)
         self._watcher: FileWatcher | None = None
         self._file = self.shop.folder / "sensor.txt"
@@ -62,8 +56,8 @@ class IngestPart(Part):
             return 0, 0
         status = self._watcher.status()
         rows, rejected = status.rows_written, status.rejected
-        if rows > self.landed.count:
-            self.landed.add(rows - self.landed.count)
+        if rows > self.seen.count:
+            self.seen.add(rows - self.seen.count)
         return rows, rejected
 
     def settled(self) -> bool:
@@ -75,15 +69,9 @@ class IngestPart(Part):
             self._seen()
             self._watcher.stop()
 
-    def line(self) -> Line:
-        rows, rejected = self._seen()
-        return Line(
-            self.feature,
-            self.doing,
-            rows,
-            self.landed.rate(),
-            f"{self.written} written, {rejected} rejected",
-        )
+    def detail(self) -> str:
+        _rows, rejected = self._seen()
+        return f"{self.written} written, {rejected} rejected"
 
     def summary(self) -> dict[str, Any]:
         rows, rejected = self._seen()

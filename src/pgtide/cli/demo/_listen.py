@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 from typing import Any
 
 import psycopg
 
 from ... import Listener, Notification, notify
-from ._part import Line, Meter, Part
+from ._part import Part
 
 
-class ListenPart(Part):
-    feature = "listen"
-    doing = "NOTIFY -> callback"
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.sent = 0
-        self.heard = Meter()
+class ListenPart(Part, feature="listen", doing="NOTIFY -> callback"):
+    def setup(self) -> None:
         self.latencies_ms: list[float] = []
-        self._lock = threading.Lock()
         self._listener: Listener | None = None
 
     def start(self) -> None:
@@ -36,14 +28,11 @@ class ListenPart(Part):
         if isinstance(sent, float):
             with self._lock:
                 self.latencies_ms.append((note.received_at.timestamp() - sent) * 1000)
-        self.heard.add()
+        self.seen.add()
 
     def write(self, conn: psycopg.Connection[Any], tick: int) -> None:
         notify(self.shop.channel, {"order": tick, "sent": time.time()}, conn=conn)
-        self.sent += 1
-
-    def settled(self) -> bool:
-        return self.heard.count >= self.sent
+        self.written += 1
 
     def stop(self) -> None:
         if self._listener is not None:
@@ -53,18 +42,17 @@ class ListenPart(Part):
         with self._lock:
             return statistics.median(self.latencies_ms) if self.latencies_ms else 0.0
 
-    def line(self) -> Line:
-        detail = f"{self.sent} sent, p50 {self._p50():.1f} ms"
-        return Line(self.feature, self.doing, self.heard.count, self.heard.rate(), detail)
+    def detail(self) -> str:
+        return f"{self.written} sent, p50 {self._p50():.1f} ms"
 
     def summary(self) -> dict[str, Any]:
-        heard = self.heard.count
+        heard = self.seen.count
         return {
-            "sent": self.sent,
+            "sent": self.written,
             "received": heard,
             "latency_p50_ms": round(self._p50(), 2),
-            "ok": heard == self.sent and heard > 0,
-            "text": f"{heard} of {self.sent} heard, p50 {self._p50():.1f} ms after commit",
+            "ok": heard == self.written and heard > 0,
+            "text": f"{heard} of {self.written} heard, p50 {self._p50():.1f} ms after commit",
         }
 
     def cleanup(self, conn: psycopg.Connection[Any]) -> None:

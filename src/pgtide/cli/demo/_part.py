@@ -89,8 +89,20 @@ class Part(ABC):
     feature = ""
     doing = ""
 
+    def __init_subclass__(cls, *, feature: str, doing: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.feature, cls.doing = feature, doing
+
     def __init__(self, shop: Shop) -> None:
         self.shop = shop
+        self.written = 0  # what the shop produced for this stage
+        self.seen = Meter()  # what the stage's consumer received of it
+        self._lock = threading.Lock()
+        self.setup()
+
+    @abstractmethod
+    def setup(self) -> None:
+        """The stage's own state (called by the constructor)."""
 
     @abstractmethod
     def start(self) -> None:
@@ -104,17 +116,22 @@ class Part(ABC):
         """Work outside the database transaction (for example, appending to a file)."""
         return None
 
-    @abstractmethod
     def settled(self) -> bool:
         """True when everything written so far has been seen by the stage's consumer."""
+        return self.seen.count >= self.written
 
     @abstractmethod
     def stop(self) -> None:
         """Stop background work (idempotent)."""
 
-    @abstractmethod
     def line(self) -> Line:
         """The stage's line in the live view."""
+        detail = self.detail()  # may bring the meter up to date first
+        return Line(self.feature, self.doing, self.seen.count, self.seen.rate(), detail)
+
+    @abstractmethod
+    def detail(self) -> str:
+        """The end of the stage's line: what it wrote, what is late."""
 
     @abstractmethod
     def summary(self) -> dict[str, Any]:
