@@ -50,6 +50,8 @@ def test_listen_prints_json_lines_and_exits_0_on_ctrl_c(dsn: str, tmp_path: Path
     )
     try:
         assert proc.stderr is not None
+        warning = proc.stderr.readline()  # a name with capitals: a warning, once
+        assert "'My-Channel' has capital letters" in warning and "'my-channel'" in warning
         assert "listening on orders, My-Channel" in proc.stderr.readline()  # LISTEN is active
         assert len(listener_backends(dsn)) == 1
         pgtide.notify("orders", {"id": 7}, dsn=dsn)

@@ -133,7 +133,9 @@ def test_deliver_decodes_routes_and_counts() -> None:
         ("orders", "plain", "plain", 7, AT),
         ("orders", "plain", "plain", 7, AT),
     ]
-    assert got[0] is got[1]  # one Notification per message, shared by its subscribers
+    # each subscriber gets its own Notification (note.subscriber differs); the payload is shared
+    assert got[0] is not got[1] and got[0].payload is got[1].payload
+    assert [n.subscriber for n in got] == [1, 2, 1, 2]
     assert (c.stats.dispatched, c.stats.unrouted) == (3, 1)
 
 
