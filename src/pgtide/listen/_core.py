@@ -23,12 +23,10 @@ import operator
 import warnings
 import weakref
 from collections import Counter
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from inspect import isawaitable
 from typing import Any, ClassVar, Final, Generic, TypeAlias, TypeVar
-
-import psycopg
 
 from .. import codecs
 from ..channel import (
@@ -63,8 +61,6 @@ T = TypeVar("T")
 Pending = tuple[Awaitable[Any], Subscriber | None, Notification | None]
 _PAYLOAD = operator.itemgetter(2)
 """The raw payload (``extra``) of a libpq notification (relname, be_pid, extra)."""
-_DSN_KINDS = (str, Mapping, psycopg.Connection, psycopg.AsyncConnection, Resolved, type(None))
-"""The kinds ``dsn=`` takes, checked in the constructor (resolving them waits for start)."""
 Names: TypeAlias = tuple[str | Iterable[str], ...]
 """What ``mute``, ``unmute``, ``remove_channel`` and ``add_channel`` take: names, iterables."""
 _UPPER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -120,10 +116,10 @@ class ListenerCore:
             )
         if on_reconnect is not None and not callable(on_reconnect):
             raise TypeError("on_reconnect must be a callable taking no arguments")
-        if not isinstance(dsn, _DSN_KINDS):
-            resolve(dsn)  # raises the ConfigError that names the kinds dsn= takes
         self._dsn = dsn
-        self._resolved: Resolved | None = None
+        # an explicit dsn is checked now (a clear ConfigError for a wrong kind or a dict key
+        # libpq does not know); None is resolved at start (it may start the embedded server)
+        self._resolved: Resolved | None = None if dsn is None else resolve(dsn)
         self._decode = codecs.decoder(decode)
         self.on_reconnect = on_reconnect
         self.registry = Registry()
