@@ -396,7 +396,9 @@ def test_mute_unmute_and_remove_take_one_name_several_an_iterable_or_none() -> N
     listener = pgtide.Listener(dsn="postgresql://u@127.0.0.1:1/x")
     for name in ("a", "b", "c", "d"):
         listener.subscribe(name, print)
-    listener.mute("a")  # the one-name call of before
+    listener.mute("a")  # the one-name calls of before
+    listener.unmute(channel="a")
+    listener.mute(channel="a")
     listener.mute("b", "c")
     assert listener.muted_channels() == ["a", "b", "c"] and listener.active_channels() == ["d"]
     listener.unmute(["a", "b"])

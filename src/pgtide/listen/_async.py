@@ -146,14 +146,20 @@ class Listener(Face, AsyncRunnable):
     async def add_channel(self, *channels: str | Iterable[str]) -> None:
         return await self._settle(self._core.add_channel(channels))
 
-    async def remove_channel(self, *channels: str | Iterable[str]) -> bool:
-        return await self._settle(self._core.remove_channel(channels))
+    async def remove_channel(
+        self, channel: str | Iterable[str] | None = None, *channels: str | Iterable[str]
+    ) -> bool:
+        return await self._settle(self._core.remove_channel((channel, *channels)))
 
-    async def mute(self, *channels: str | Iterable[str]) -> None:
-        return await self._settle(self._core.mute(channels))
+    async def mute(
+        self, channel: str | Iterable[str] | None = None, *channels: str | Iterable[str]
+    ) -> None:
+        return await self._settle(self._core.mute((channel, *channels)))
 
-    async def unmute(self, *channels: str | Iterable[str]) -> None:
-        return await self._settle(self._core.unmute(channels))
+    async def unmute(
+        self, channel: str | Iterable[str] | None = None, *channels: str | Iterable[str]
+    ) -> None:
+        return await self._settle(self._core.unmute((channel, *channels)))
 
     async def mute_subscriber(self, id: Hashable, channel: str | None = None) -> None:
         return await self._settle(self._core.mute_subscriber(id, channel))

@@ -61,7 +61,7 @@ T = TypeVar("T")
 Pending = tuple[Awaitable[Any], Subscriber | None, Notification | None]
 _PAYLOAD = operator.itemgetter(2)
 """The raw payload (``extra``) of a libpq notification (relname, be_pid, extra)."""
-Names: TypeAlias = tuple[str | Iterable[str], ...]
+Names: TypeAlias = tuple[str | Iterable[str] | None, ...]
 """What ``mute``, ``unmute``, ``remove_channel`` and ``add_channel`` take: names, iterables."""
 _UPPER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
@@ -69,10 +69,12 @@ _UPPER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz
 def flatten(channels: Names) -> list[str] | None:
     """The channel names of ``*channels`` (a name, several, or iterables of names); None
     when none is given (meaning every channel)."""
-    if not channels:
+    if not channels or channels == (None,):
         return None
     names: list[str] = []
     for item in channels:
+        if item is None and not names:  # mute(None, ...): the first, optional, name
+            continue
         if isinstance(item, str):
             names.append(item)
         elif isinstance(item, Iterable) and not isinstance(item, bytes | bytearray):

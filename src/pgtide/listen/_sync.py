@@ -183,20 +183,26 @@ class Listener(Face, Runnable):
         """
         return self._settle(self._core.add_channel(channels))
 
-    def remove_channel(self, *channels: str | Iterable[str]) -> bool:
+    def remove_channel(
+        self, channel: str | Iterable[str] | None = None, *channels: str | Iterable[str]
+    ) -> bool:
         """Remove ``channels`` (every channel when none is given) with all their subscribers
         and mute states; UNLISTEN them. Returns whether any of them was known."""
-        return self._settle(self._core.remove_channel(channels))
+        return self._settle(self._core.remove_channel((channel, *channels)))
 
-    def mute(self, *channels: str | Iterable[str]) -> None:
+    def mute(
+        self, channel: str | Iterable[str] | None = None, *channels: str | Iterable[str]
+    ) -> None:
         """Stop delivering ``channels`` (every channel when none is given): UNLISTEN;
         subscribers keep their own mute states."""
-        return self._settle(self._core.mute(channels))
+        return self._settle(self._core.mute((channel, *channels)))
 
-    def unmute(self, *channels: str | Iterable[str]) -> None:
+    def unmute(
+        self, channel: str | Iterable[str] | None = None, *channels: str | Iterable[str]
+    ) -> None:
         """Deliver ``channels`` again (every muted channel when none is given): LISTEN, if
         they have a subscriber that is not muted or were added."""
-        return self._settle(self._core.unmute(channels))
+        return self._settle(self._core.unmute((channel, *channels)))
 
     def mute_subscriber(self, id: Hashable, channel: str | None = None) -> None:
         """Stop calling subscriber ``id`` on ``channel`` (every channel when None).
