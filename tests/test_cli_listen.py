@@ -50,6 +50,8 @@ def test_listen_prints_json_lines_and_exits_0_on_ctrl_c(dsn: str, tmp_path: Path
     )
     try:
         assert proc.stderr is not None
+        warning = proc.stderr.readline()  # a name with capitals: a warning, once
+        assert "'My-Channel' has capital letters" in warning and "'my-channel'" in warning
         assert "listening on orders, My-Channel" in proc.stderr.readline()  # LISTEN is active
         assert len(listener_backends(dsn)) == 1
         pgtide.notify("orders", {"id": 7}, dsn=dsn)
@@ -86,3 +88,30 @@ def test_listen_on_a_terminal_prints_readable_lines(
     )
     text = console.export_text()
     assert "orders" in text and '{"id": 1}' in text and "ValueError: bad" in text
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_listen_stops_gracefully_on_sigterm_as_on_ctrl_c(
+    dsn: str, tmp_path: Path, sig: signal.Signals
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgtide", "listen", "orders", "--json", "--dsn", dsn],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        assert "listening on orders" in proc.stderr.readline()
+        pgtide.notify("orders", {"id": 1}, dsn=dsn)
+        assert json.loads(proc.stdout.readline())["payload"] == {"id": 1}
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err  # not 143 (killed by SIGTERM) nor 130
+        assert "Traceback" not in err and out == ""
+        wait_until(lambda: not listener_backends(dsn), what="the connection to close")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -461,3 +461,77 @@ def test_dsn_may_be_a_dict_of_libpq_keywords_or_a_psycopg_connection(dsn: str) -
                 listener.subscribe("kinds", got)
                 pgtide.notify("kinds", {"from": type(given).__name__}, dsn=dsn)
                 assert got.wait_for(1) == [{"from": type(given).__name__}]
+
+
+# -- pgnotifier parity --------------------------------------------------------------------
+
+
+def test_an_added_channel_is_listened_counted_and_reaches_iter(dsn: str) -> None:
+    with pgtide.Listener(dsn=dsn) as listener:
+        listener.add_channel("audit", ["jobs", "Jobs"])  # no subscriber on any of them
+        assert listener.status()["listening"] == ["Jobs", "audit", "jobs"]
+        assert listener.channels() == ["audit", "jobs", "Jobs"]
+        send(dsn, ("audit", "1"), ("audit", "2"))
+        wait_until(lambda: listener.status()["without_subscriber"] == {"audit": 2})
+        assert listener.status()["unrouted"] == 0
+        with listener.iter("jobs", timeout=5.0) as notes:
+            send(dsn, ("jobs", '{"id": 1}'))
+            assert next(notes).payload == {"id": 1}
+        assert "jobs" in listener.status()["listening"]  # the iterator left; the channel stays
+        listener.remove_channel("audit", "jobs", "Jobs")
+        assert listener.channels() == []
+        wait_until(lambda: listener.status()["listening"] == [], what="UNLISTEN")
+
+
+def test_mute_and_remove_several_or_all_on_the_live_connection(dsn: str) -> None:
+    got = Collector()
+    with pgtide.Listener(dsn=dsn) as listener:
+        for name in ("a", "b", "c"):
+            listener.subscribe(name, got)
+        listener.mute(["a", "b"])  # UNLISTEN: applied without waiting
+        wait_until(lambda: listener.status()["listening"] == ["c"], what="UNLISTEN")
+        listener.unmute()
+        assert listener.status()["listening"] == ["a", "b", "c"]
+        listener.mute()
+        send(dsn, ("a", "1"), ("b", "2"), ("c", "3"))
+        listener.unmute("c")
+        send(dsn, ("c", "4"))
+        assert got.wait_for(1) == [4]  # nothing of what was sent while all were muted
+        assert listener.remove_channel() is True and listener.muted_channels() == []
+        wait_until(lambda: listener.status()["listening"] == [], what="UNLISTEN")
+
+
+def test_note_subscriber_tells_a_shared_callback_which_subscription(dsn: str) -> None:
+    got = Collector()
+    with pgtide.Listener(dsn=dsn) as listener:
+        listener.subscribe("ch1", got, id=42)
+        listener.subscribe("ch2", got, id="an_id")
+        listener.subscribe("ch2", got, id=(2, "another_id"))
+        send(dsn, ("ch1", "1"), ("ch2", "2"))
+        got.wait_for(3)
+    assert sorted((repr(n.subscriber), n.channel) for n in got.notes) == [
+        ("'an_id'", "ch2"),
+        ("(2, 'another_id')", "ch2"),
+        ("42", "ch1"),
+    ]
+
+
+def test_restart_reconnects_listens_again_and_calls_on_reconnect(dsn: str) -> None:
+    got, gaps = Collector(), threading.Event()
+    listener = pgtide.Listener(dsn=dsn, on_reconnect=gaps.set)
+    listener.subscribe("orders", got)
+    assert not listener.is_running()
+    listener.restart()  # not running: the same as start()
+    assert listener.is_running() and not gaps.is_set()
+    old = listener.status()["backend_pid"]
+    with listener, listener.iter("orders", timeout=5.0) as notes:
+        listener.restart()  # returns once the new connection listens
+        assert listener.is_running()
+        status = listener.status()
+        assert status["backend_pid"] not in (None, old) and status["listening"] == ["orders"]
+        wait_until(lambda: listener_backends(dsn) == [status["backend_pid"]], what="old gone")
+        assert gaps.wait(5) and status["reconnects"] == 1
+        pgtide.notify("orders", "after", dsn=dsn)
+        assert got.wait_for(1) == ["after"]
+        assert next(notes).payload == "after"  # open iterators are kept
+    assert not listener.is_running() and not pgtide_threads()

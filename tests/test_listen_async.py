@@ -165,3 +165,32 @@ def test_async_close_is_the_closing_verb(dsn: str) -> None:
     asyncio.run(main())
     assert not pgtide_threads()
     assert not listener_backends(dsn)
+
+
+def test_async_parity_add_channel_names_restart(dsn: str) -> None:
+    async def main() -> None:
+        gaps: list[str] = []
+        seen: list[Any] = []
+        async with pgtide.aio.Listener(dsn=dsn, on_reconnect=lambda: gaps.append("gap")) as lis:
+            await lis.add_channel(["quiet", "loud"])
+            await lis.subscribe("loud", lambda note: seen.append(note.subscriber), id="x")
+            await lis.subscribe("other", print)
+            assert lis.status()["listening"] == ["loud", "other", "quiet"]
+            await lis.mute("loud", "other")
+            assert lis.muted_channels() == ["loud", "other"]
+            await until(lambda: lis.status()["listening"] == ["quiet"])  # UNLISTEN
+            await lis.unmute()
+            old = lis.status()["backend_pid"]
+            await lis.restart()
+            assert lis.is_running() and lis.status()["backend_pid"] != old
+            await until(lambda: gaps == ["gap"])
+            assert lis.status()["listening"] == ["loud", "other", "quiet"]
+            await pgtide.aio.notify("loud", 1, dsn=dsn)
+            await pgtide.aio.notify("quiet", 2, dsn=dsn)
+            await until(lambda: lis.status()["without_subscriber"] == {"quiet": 1})
+            assert seen == ["x"]
+            assert await lis.remove_channel() is True
+            await until(lambda: lis.status()["listening"] == [])
+        assert not lis.is_running()
+
+    asyncio.run(main())

@@ -133,7 +133,9 @@ def test_deliver_decodes_routes_and_counts() -> None:
         ("orders", "plain", "plain", 7, AT),
         ("orders", "plain", "plain", 7, AT),
     ]
-    assert got[0] is got[1]  # one Notification per message, shared by its subscribers
+    # each subscriber gets its own Notification (note.subscriber differs); the payload is shared
+    assert got[0] is not got[1] and got[0].payload is got[1].payload
+    assert [n.subscriber for n in got] == [1, 2, 1, 2]
     assert (c.stats.dispatched, c.stats.unrouted) == (3, 1)
 
 
@@ -304,12 +306,15 @@ def test_delivered_notifications_have_every_field_set() -> None:
         c = core(decode=decode)  # type: ignore[arg-type]
         got: list[Notification] = []
         c.subscribe("x", got.append, None)
+        c.subscribe("x", got.append, None)  # a second subscriber: a copy each
         run(c, batch(("x", "[1]"), ("x", "NaN"), ("x", "not a literal")))
         for note in got:
             built = Notification(**{f.name: getattr(note, f.name) for f in fields(Notification)})
-            assert built.to_dict() == note.to_dict()
+            assert built.to_dict() == note.to_dict() and built.subscriber == note.subscriber
+        assert [n.subscriber for n in got] == [1, 2] * 3
         strict = decode == "literal"
-        assert [n.error is None for n in got] == [True, not strict, not strict]
+        assert [n.error is None for n in got[::2]] == [True, not strict, not strict]
+        assert [n.error for n in got[::2]] == [n.error for n in got[1::2]]
 
 
 # -- the receiver's batches ---------------------------------------------------------------
@@ -373,3 +378,120 @@ def test_the_receiver_hands_over_what_the_socket_holds_as_one_batch(
         assert pg.reads == reads
     finally:
         receiver.stop()
+
+
+# -- pgnotifier parity: names, all channels, added channels, note.subscriber ---------------
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_a_dsn_of_another_kind_is_a_clear_config_error_at_once(face: type[Face]) -> None:
+    for bad in (42, b"host=h", ["host=h"], object()):
+        with pytest.raises(pgtide.ConfigError, match="dict of libpq keywords"):
+            face(dsn=bad)  # type: ignore[arg-type]
+    with pytest.raises(pgtide.ConfigError, match="libpq does not know"):
+        face(dsn={"host": "h", "nope": 1})
+
+
+def test_mute_unmute_and_remove_take_one_name_several_an_iterable_or_none() -> None:
+    listener = pgtide.Listener(dsn="postgresql://u@127.0.0.1:1/x")
+    for name in ("a", "b", "c", "d"):
+        listener.subscribe(name, print)
+    listener.mute("a")  # the one-name calls of before
+    listener.unmute(channel="a")
+    listener.mute(channel="a")
+    listener.mute("b", "c")
+    assert listener.muted_channels() == ["a", "b", "c"] and listener.active_channels() == ["d"]
+    listener.unmute(["a", "b"])
+    listener.unmute({"c"}, "d")
+    assert listener.muted_channels() == []
+    listener.mute()  # every channel
+    assert listener.muted_channels() == ["a", "b", "c", "d"] and listener.active_channels() == []
+    listener.unmute()  # every muted channel
+    assert listener.active_channels() == ["a", "b", "c", "d"]
+    assert listener.remove_channel(("a", "b")) is True
+    assert listener.remove_channel("zz") is False
+    assert listener.channels() == ["c", "d"]
+    assert listener.remove_channel() is True and listener.channels() == []
+    with pytest.raises(TypeError, match="not bytes"):
+        listener.mute(b"a")  # type: ignore[arg-type]
+    assert not listener.is_running()
+
+
+def test_the_asyncio_face_takes_names_the_same_way() -> None:
+    async def main() -> None:
+        listener = pgtide.aio.Listener(dsn="postgresql://u@127.0.0.1:1/x")
+        await listener.add_channel(["a", "b"], "c")
+        await listener.mute("a", "b")
+        assert listener.muted_channels() == ["a", "b"]
+        await listener.unmute()
+        assert listener.active_channels() == ["a", "b", "c"]
+        await listener.mute()
+        assert listener.active_channels() == []
+        assert await listener.remove_channel() is True and listener.channels() == []
+        assert not listener.is_running()
+
+    asyncio.run(main())
+
+
+def test_an_added_channel_is_listened_without_subscribers_and_counted() -> None:
+    c = core()
+    change = c.add_channel(("quiet", ["loud"]))
+    assert change.confirm and change.version == 1
+    assert c.registry.channels() == ["quiet", "loud"]
+    assert c.registry.active() == (1, frozenset({"quiet", "loud"}))
+    got: list[Notification] = []
+    c.subscribe("loud", got.append, "s")
+    assert c.subscribe("loud", got.append, "s").version == 1  # already LISTENed
+    run(c, batch(("quiet", "1"), ("quiet", "2"), ("loud", "3"), ("other", "4")))
+    assert [n.payload for n in got] == [3]
+    status = c.status()
+    assert status["without_subscriber"] == {"quiet": 2} and status["unrouted"] == 1
+    assert status["added_channels"] == ["quiet", "loud"] and status["subscribers"]["quiet"] == []
+    c.unsubscribe("s", None)  # an added channel outlives its last subscriber
+    assert c.registry.channels() == ["quiet", "loud"] and "loud" in c.registry.active()[1]
+    c.mute(("quiet",))
+    assert c.registry.active()[1] == {"loud"}
+    c.remove_channel(("loud",))
+    assert c.registry.channels() == ["quiet"] and c.registry.active()[1] == frozenset()
+
+
+def test_note_subscriber_names_the_subscription_a_shared_callback_serves() -> None:
+    c = core()
+    got: list[tuple[Any, Any]] = []
+
+    def shared(note: Notification) -> None:
+        got.append((note.subscriber, note.payload))
+
+    async def later(note: Notification) -> None:
+        got.append((note.subscriber, note.payload))
+
+    c.subscribe("one", shared, "only")
+    c.subscribe("many", shared, 42)
+    c.subscribe("many", later, (2, "another_id"))
+    c.subscribe("many", shared, "an_id")
+    pending = run(c, batch(("one", "1"), ("many", "2")))
+    assert got == [("only", 1), (42, 2), ("an_id", 2)]
+    [(awaitable, sub, note)] = pending
+    assert sub.id == note.subscriber == (2, "another_id")  # read after the others ran
+    asyncio.run(awaitable)  # type: ignore[arg-type]
+    assert got[-1] == ((2, "another_id"), 2)
+    assert Notification("c", 1, "1", 1, AT).subscriber is None
+
+
+def test_a_channel_name_with_capitals_warns_once_per_listener(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("WARNING", logger="pgtide.listen")
+    listener = pgtide.Listener(dsn="postgresql://u@127.0.0.1:1/x")
+    listener.subscribe("MyChannel", print)
+    listener.subscribe("MyChannel", print)
+    listener.add_channel("MyChannel", "lower_case", "ünïcødé")
+    listener.iter  # noqa: B018 (iter() would start the listener)
+    [record] = caplog.records
+    message = record.getMessage()
+    assert "'MyChannel' has capital letters" in message
+    assert "NOTIFY MyChannel" in message and "'mychannel'" in message
+    assert 'NOTIFY "MyChannel"' in message  # what to write instead
+    other = pgtide.Listener(dsn="postgresql://u@127.0.0.1:1/x")
+    other.add_channel("MyChannel")  # once per listener: another listener says it again
+    assert len(caplog.records) == 2

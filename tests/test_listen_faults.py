@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import select
 import socket
 import threading
@@ -203,3 +204,40 @@ def test_stop_is_prompt_while_reconnecting(restartable: RestartableServer) -> No
     listener.stop()
     assert time.monotonic() - began < 1.0
     assert not pgtide_threads()
+
+
+@pytest.mark.slow
+def test_an_outage_logs_one_sentence_per_attempt_at_most(
+    restartable: RestartableServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="pgtide")
+    reconnects = Reconnects()
+    with pgtide.Listener(dsn=restartable.dsn, on_reconnect=reconnects) as listener:
+        listener.subscribe("orders", print)
+        caplog.clear()
+        restartable.stop()
+        wait_until(lambda: not listener.status()["connected"], what="the loss to be noticed")
+        wait_until(  # a few backoff steps, the last ones longer than a second
+            lambda: sum("still cannot reconnect" in r.getMessage() for r in caplog.records) >= 5,
+            timeout=20,
+            what="several reconnect attempts",
+        )
+        restartable.start()
+        wait_until(lambda: reconnects.calls == 1, timeout=20, what="on_reconnect")
+    records = [r for r in caplog.records if r.name.startswith("pgtide")]
+    messages = [r.getMessage() for r in records]
+    for record, message in zip(records, messages, strict=True):
+        assert record.exc_info is None and "\n" not in message, message  # no traceback
+        assert message[0].isupper() and message.endswith("."), message  # a whole sentence
+    lost = [m for m in messages if "lost its connection" in m]
+    first = [m for m in messages if "cannot reconnect to" in m]
+    again = [m for m in messages if "still cannot reconnect" in m]
+    back = [m for m in messages if "reconnected after" in m]
+    assert len(lost) == 1 and len(back) == 1 and "on_reconnect" in lost[0]
+    assert 1 <= len(first) <= 2  # the reason in full once (again only if it changes)
+    assert "next attempt in" in again[0] and "check that" not in " ".join(messages)
+    warnings = [r for r in records if r.levelno >= logging.WARNING]
+    assert len(warnings) <= 3  # lost, cannot reconnect (+ a changed reason): not a flood
+    attempts = len(first) + len(again)
+    assert len(messages) <= attempts + 2  # one line per attempt at most, plus lost and back
+    assert f"({attempts + 1} attempts)" in back[0]

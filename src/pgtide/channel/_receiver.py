@@ -69,6 +69,15 @@ class _Dead(Exception):
     """The connection is gone or unresponsive."""
 
 
+class _Restart(Exception):
+    """``restart()`` asked for a new connection."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
+
+
 @dataclass(slots=True)
 class _Query:
     deadline: float
@@ -109,6 +118,9 @@ class Receiver:
         self._applied = -1
         self._waiters: list[tuple[int, Callable[[], None]]] = []
         self._outbox: deque[Item] = deque()  # what the full queue could not take yet
+        self._generation = 0  # connections opened so far
+        self._restart = False
+        self._restarted: list[tuple[int, Callable[[], None]]] = []
         queue.set_on_room(self.wake)
         self._thread = threading.Thread(target=self._run, name="pgtide-listen-conn", daemon=True)
 
@@ -157,6 +169,28 @@ class Receiver:
         self.wake()
         return True
 
+    def restart(self, on_ready: Callable[[], None]) -> bool:
+        """Close the connection and open a new one now (LISTEN again, then "reconnected").
+
+        ``on_ready`` is called once a connection opened after this call LISTENs; returns
+        False (and never calls it) when the receiver is not running.
+        """
+        with self._lock:
+            if self._stopping or not self._thread.is_alive():
+                return False
+            self._restart = True
+            self._restarted.append((self._generation, on_ready))
+        self.wake()
+        return True
+
+    def _restarts_done(self, generation: int | None) -> None:
+        """Call the restart waiters that a connection of ``generation`` satisfies (all: None)."""
+        with self._lock:
+            due = [w for w in self._restarted if generation is None or w[0] < generation]
+            self._restarted = [w for w in self._restarted if w not in due]
+        for _, callback in due:
+            callback()
+
     def _release(self, version: int | None) -> None:
         with self._lock:
             if version is not None:
@@ -177,10 +211,17 @@ class Receiver:
 
     def _run(self) -> None:
         first = True
+        delay = 0.0
+        failures = 0
+        said = ""  # the reason last logged as a warning, so that an outage is not a flood
+        lost_at = 0.0
         try:
             while not self._stopping:
-                if not first and self._sleep(self._backoff.next()):
+                if delay and self._sleep(delay):
                     break
+                with self._lock:
+                    self._generation += 1
+                    self._restart = False
                 try:
                     conn = connect(self._resolved, **self._connect_kwargs)
                 except (PgtideError, psycopg.Error) as exc:
@@ -188,32 +229,70 @@ class Receiver:
                         self._startup_error = exc
                         return
                     self._stats.last_error = str(exc)
-                    logger.warning("listener cannot reconnect yet: %s", exc)
+                    failures += 1
+                    delay = self._backoff.next()
+                    reason = self._reason(exc)
+                    if reason != said:  # the first failure, or a new reason: say it whole
+                        said = reason
+                        logger.warning(
+                            "The listener cannot reconnect to %s yet (%s); it tries again in "
+                            "%.1f s, and keeps trying with a growing delay.",
+                            self._resolved.target,
+                            reason,
+                            delay,
+                        )
+                    else:
+                        logger.info(
+                            "The listener still cannot reconnect (attempt %d failed the same "
+                            "way); next attempt in %.1f s.",
+                            failures,
+                            delay,
+                        )
                     continue
                 try:
-                    self._serve(conn, first)
+                    self._serve(conn, first, lost_at, failures)
+                except _Restart:
+                    logger.info("The listener reopens its connection, as restart() asked.")
+                    delay = 0.0
                 except (_Dead, psycopg.Error, OSError) as exc:
-                    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                    reason = _first_line(exc)
                     self._stats.last_error = reason
                     if not self._ready.is_set():
                         self._startup_error = PgtideError(f"listener could not LISTEN: {reason}")
                         return
                     if not self._stopping:
-                        logger.warning("listener connection lost (%s); reconnecting", reason)
+                        logger.warning(
+                            "The listener lost its connection to %s (%s); it reconnects with "
+                            "backoff and calls on_reconnect once it listens again.",
+                            self._resolved.target,
+                            reason,
+                        )
+                    delay = self._backoff.next()
                 finally:
                     self._disconnected()
                     conn.close()
                 first = False
+                failures, said, lost_at = 0, "", time.monotonic()
         finally:
             self._ready.set()
             self._release(None)
+            self._restarts_done(None)
+
+    def _reason(self, exc: BaseException) -> str:
+        """Why a connection attempt failed, in one line, without the advice or a password."""
+        cause = exc.__context__ if isinstance(exc.__context__, psycopg.Error) else exc
+        reason = _first_line(cause)
+        for secret in self._resolved.secrets:
+            if secret:
+                reason = reason.replace(secret, "***")
+        return reason
 
     def _sleep(self, seconds: float) -> bool:
         """Wait ``seconds`` or until woken; True if the listener is stopping."""
         deadline = time.monotonic() + seconds
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)
-        while not self._stopping:
+        while not self._stopping and not self._restart:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -235,7 +314,9 @@ class Receiver:
         self._stats.listening = frozenset()
         self._release(None)
 
-    def _serve(self, conn: psycopg.Connection[Any], first: bool) -> None:
+    def _serve(
+        self, conn: psycopg.Connection[Any], first: bool, lost_at: float, failures: int
+    ) -> None:
         pg = conn.pgconn
         enc = conn.info.encoding
         fd = pg.socket
@@ -250,7 +331,7 @@ class Receiver:
         pending = self._send_sync(conn, listening)
         reported = pending is None
         if reported:
-            self._became_ready(first)
+            self._became_ready(first, lost_at, failures)
         last_io = time.monotonic()
         reading = True
         while not self._stopping:
@@ -278,6 +359,8 @@ class Receiver:
                     self._clear_wake()
             if self._stopping:
                 return
+            if self._restart:
+                raise _Restart
             if readable:
                 pg.consume_input()
                 if pg.status != pq.ConnStatus.OK:
@@ -295,7 +378,7 @@ class Receiver:
                         self._release(pending.version)
                         if not reported:
                             reported = True
-                            self._became_ready(first)
+                            self._became_ready(first, lost_at, failures)
                     pending = None
             now = time.monotonic()
             if pending is not None and now >= pending.deadline:
@@ -318,17 +401,23 @@ class Receiver:
                 outbox.appendleft(rest)
                 return
 
-    def _became_ready(self, first: bool) -> None:
+    def _became_ready(self, first: bool, lost_at: float, failures: int) -> None:
         self._backoff.reset()
         if first:
             self._ready.set()
             return
         self._stats.reconnects += 1
+        channels = len(self._stats.listening)
         logger.info(
-            "listener reconnected; listening again on %d channel(s)", len(self._stats.listening)
+            "The listener reconnected after %.1f s%s and listens again on %d channel%s.",
+            time.monotonic() - lost_at,
+            f" ({failures + 1} attempts)" if failures else "",
+            channels,
+            "" if channels == 1 else "s",
         )
         self._outbox.append(RECONNECTED)
         self._flush_outbox()
+        self._restarts_done(self._generation)
 
     def _send_sync(self, conn: psycopg.Connection[Any], listening: frozenset[str]) -> _Query | None:
         """Send the LISTEN/UNLISTEN that make the server match the registry, if any."""

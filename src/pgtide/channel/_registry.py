@@ -1,5 +1,8 @@
 """Who listens to what: channels, subscribers and their mute states.
 
+A channel is known once it has a subscriber or was added (``add_channels``); an added channel
+is LISTENed even without a subscriber (its notifications are counted and reach ``iter()``).
+
 Every change happens under one lock and publishes a new immutable ``routes`` mapping
 (channel -> subscribers to call), so the receive path reads it without a lock. ``version``
 grows whenever the set of channels that must be LISTENed changes; the connection thread
@@ -36,6 +39,7 @@ class Registry:
         self._lock = threading.RLock()
         self._subs: dict[str, dict[Hashable, Subscriber]] = {}
         self._muted: set[str] = set()
+        self._added: set[str] = set()  # LISTENed even without a subscriber
         self._auto = itertools.count(1)
         self.routes: dict[str, tuple[Subscriber, ...]] = {}
         self.version = 0
@@ -46,14 +50,13 @@ class Registry:
         """Rebuild the routes of ``channels``; bump the version if the LISTEN set changed."""
         routes = dict(self.routes)
         for channel in channels:
-            live: tuple[Subscriber, ...] = ()
             subs = self._subs.get(channel)
-            if subs and channel not in self._muted:
+            if subs is not None and channel not in self._muted:
                 live = tuple(s for s in subs.values() if not s.muted)
-            if live:
-                routes[channel] = live
-            else:
-                routes.pop(channel, None)
+                if live or channel in self._added:
+                    routes[channel] = live  # () for an added channel: counted, nobody called
+                    continue
+            routes.pop(channel, None)
         if routes.keys() != self.routes.keys():
             self.version += 1
         self.routes = routes
@@ -88,24 +91,45 @@ class Registry:
                 subs = self._subs.get(name)
                 if subs and subs.pop(id, None) is not None:
                     touched.append(name)
-                    if not subs:
+                    if not subs and name not in self._added:
                         del self._subs[name]
             return bool(touched), self._publish(*touched)
 
-    def remove_channel(self, channel: str) -> tuple[bool, int]:
+    def add_channels(self, channels: list[str]) -> int:
+        """Know and LISTEN ``channels``, with or without subscribers."""
+        for channel in channels:
+            check_channel(channel)
         with self._lock:
-            existed = self._subs.pop(channel, None) is not None
-            self._muted.discard(channel)
-            return existed, self._publish(channel)
+            for channel in channels:
+                self._subs.setdefault(channel, {})
+                self._added.add(channel)
+            return self._publish(*channels)
 
-    def set_channel_muted(self, channel: str, muted: bool) -> int:
-        check_channel(channel)
+    def remove_channels(self, channels: list[str] | None) -> tuple[bool, int]:
+        """Forget ``channels`` (every channel when None): subscribers, mute state, added."""
         with self._lock:
-            if muted:
-                self._muted.add(channel)
-            else:
+            if channels is None:
+                channels = list(self._subs)
+            existed = False
+            for channel in channels:
+                existed = self._subs.pop(channel, None) is not None or existed
                 self._muted.discard(channel)
-            return self._publish(channel)
+                self._added.discard(channel)
+            return existed, self._publish(*channels)
+
+    def set_channels_muted(self, channels: list[str] | None, muted: bool) -> int:
+        """Mute or unmute ``channels``; None means every known channel (and, to unmute,
+        every muted name, known or not)."""
+        for channel in channels or ():
+            check_channel(channel)
+        with self._lock:
+            if channels is None:
+                channels = list(self._subs) + (list(self._muted) if not muted else [])
+            if muted:
+                self._muted.update(channels)
+            else:
+                self._muted.difference_update(channels)
+            return self._publish(*channels)
 
     def set_subscriber_muted(self, id: Hashable, channel: str | None, muted: bool) -> int:
         with self._lock:
@@ -124,7 +148,7 @@ class Registry:
     # -- views ----------------------------------------------------------------------------
 
     def channels(self) -> list[str]:
-        """Every channel with at least one subscriber (muted or not)."""
+        """Every known channel: with a subscriber (muted or not), or added."""
         with self._lock:
             return list(self._subs)
 
@@ -136,6 +160,10 @@ class Registry:
     def muted_channels(self) -> list[str]:
         with self._lock:
             return sorted(self._muted)
+
+    def added_channels(self) -> list[str]:
+        with self._lock:
+            return [c for c in self._subs if c in self._added]
 
     def subscribers(self) -> dict[str, dict[Hashable, bool]]:
         """channel -> {subscriber id: muted}."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import sys
 import time
 from typing import Annotated, Any, cast
 
@@ -32,14 +34,16 @@ def listen(
     as_json: JsonOption = False,
     decode: DecodeOption = "json",
 ) -> None:
-    """Show notifications on CHANNELS as they arrive; Ctrl-C stops.
+    """Show notifications on CHANNELS as they arrive; Ctrl-C or SIGTERM stops (exit 0).
 
     On a terminal, one readable line each; piped or with --json, one JSON object per line
-    (the "listening on" line goes to stderr once the channels are LISTENed).
+    (the "listening on" line goes to stderr once the channels are LISTENed, and so does one
+    line per reconnect attempt when the server goes away).
     """
     if decode not in ("json", "text", "literal"):
         raise typer.BadParameter(f"{decode!r}; use json, text or literal", param_hint="--decode")
     machine = wants_json(as_json)
+    _log_to_stderr()
     chosen = resolve(dsn)
     codec = cast(CodecName, decode)
     listener = Listener(dsn=chosen, decode=codec, on_reconnect=_gap_warning)
@@ -52,11 +56,25 @@ def listen(
         err_console.print(
             f"listening on {names} at {chosen.target}; Ctrl-C to stop", highlight=False
         )
-        listener.run_forever()
-    except KeyboardInterrupt:
+        listener.run_forever()  # returns on Ctrl-C or SIGTERM, after closing
+    except KeyboardInterrupt:  # pressed before run_forever took over the signals
         pass
     finally:
         listener.stop()
+
+
+def _log_to_stderr() -> None:
+    """The listener's own lines (lost connection, reconnect attempts, a channel name with
+    capitals) as plain lines on stderr; stdout stays for notifications."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("pgtide listen: %(message)s"))
+    handler.setLevel(logging.INFO)
+    for name in ("pgtide.channel", "pgtide.listen"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
 
 
 def _gap_warning() -> None:

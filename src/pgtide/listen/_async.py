@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Hashable, Iterable
 from typing import Any, TypeVar
 
 from .._lifecycle import AsyncRunnable
@@ -72,6 +72,24 @@ class Listener(Face, AsyncRunnable):
 
     stop = close
 
+    async def restart(self) -> None:
+        """Close the connection and open a new one; see :meth:`pgtide.Listener.restart`."""
+        if not self._core.running:
+            await self.start()
+            return
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def ready() -> None:  # called from the connection thread
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(_resolve, done)
+
+        if self._core.restart(ready):
+            try:
+                await asyncio.wait_for(done, self._core.sync_timeout)
+            except TimeoutError:
+                self._core.restart_late()
+
     async def run_forever(self) -> None:
         """Start if needed, then wait until :meth:`close` (or cancellation)."""
         await self.start()
@@ -125,14 +143,23 @@ class Listener(Face, AsyncRunnable):
     async def unsubscribe(self, id: Hashable, channel: str | None = None) -> bool:
         return await self._settle(self._core.unsubscribe(id, channel))
 
-    async def remove_channel(self, channel: str) -> bool:
-        return await self._settle(self._core.remove_channel(channel))
+    async def add_channel(self, *channels: str | Iterable[str]) -> None:
+        return await self._settle(self._core.add_channel(channels))
 
-    async def mute(self, channel: str) -> None:
-        return await self._settle(self._core.mute(channel))
+    async def remove_channel(
+        self, channel: str | Iterable[str] | None = None, *channels: str | Iterable[str]
+    ) -> bool:
+        return await self._settle(self._core.remove_channel((channel, *channels)))
 
-    async def unmute(self, channel: str) -> None:
-        return await self._settle(self._core.unmute(channel))
+    async def mute(
+        self, channel: str | Iterable[str] | None = None, *channels: str | Iterable[str]
+    ) -> None:
+        return await self._settle(self._core.mute((channel, *channels)))
+
+    async def unmute(
+        self, channel: str | Iterable[str] | None = None, *channels: str | Iterable[str]
+    ) -> None:
+        return await self._settle(self._core.unmute((channel, *channels)))
 
     async def mute_subscriber(self, id: Hashable, channel: str | None = None) -> None:
         return await self._settle(self._core.mute_subscriber(id, channel))

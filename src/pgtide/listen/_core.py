@@ -22,10 +22,11 @@ import logging
 import operator
 import warnings
 import weakref
-from collections.abc import Awaitable, Callable, Hashable, Iterator
+from collections import Counter
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from inspect import isawaitable
-from typing import Any, ClassVar, Final, Generic, TypeVar
+from typing import Any, ClassVar, Final, Generic, TypeAlias, TypeVar
 
 from .. import codecs
 from ..channel import (
@@ -60,6 +61,29 @@ T = TypeVar("T")
 Pending = tuple[Awaitable[Any], Subscriber | None, Notification | None]
 _PAYLOAD = operator.itemgetter(2)
 """The raw payload (``extra``) of a libpq notification (relname, be_pid, extra)."""
+Names: TypeAlias = tuple[str | Iterable[str] | None, ...]
+"""What ``mute``, ``unmute``, ``remove_channel`` and ``add_channel`` take: names, iterables."""
+_UPPER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def flatten(channels: Names) -> list[str] | None:
+    """The channel names of ``*channels`` (a name, several, or iterables of names); None
+    when none is given (meaning every channel)."""
+    if not channels or channels == (None,):
+        return None
+    names: list[str] = []
+    for item in channels:
+        if item is None and not names:  # mute(None, ...): the first, optional, name
+            continue
+        if isinstance(item, str):
+            names.append(item)
+        elif isinstance(item, Iterable) and not isinstance(item, bytes | bytearray):
+            names.extend(item)
+        else:
+            raise TypeError(
+                f"channel names must be str or an iterable of str, not {type(item).__name__}"
+            )
+    return list(dict.fromkeys(names))
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +119,9 @@ class ListenerCore:
         if on_reconnect is not None and not callable(on_reconnect):
             raise TypeError("on_reconnect must be a callable taking no arguments")
         self._dsn = dsn
-        self._resolved: Resolved | None = None
+        # an explicit dsn is checked now (a clear ConfigError for a wrong kind or a dict key
+        # libpq does not know); None is resolved at start (it may start the embedded server)
+        self._resolved: Resolved | None = None if dsn is None else resolve(dsn)
         self._decode = codecs.decoder(decode)
         self.on_reconnect = on_reconnect
         self.registry = Registry()
@@ -109,6 +135,8 @@ class ListenerCore:
         self._serial = itertools.count(1)
         self.pulls: weakref.WeakSet[Pull] = weakref.WeakSet()
         self.closing = False
+        self.without_subscriber: Counter[str] = Counter()  # added channel -> notifications
+        self._case_warned: set[str] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -151,21 +179,49 @@ class ListenerCore:
 
     def subscribe(self, channel: str, callback: Callback, id: Hashable | None) -> Change[Any]:
         sub_id, version = self.registry.subscribe(channel, callback, id)
+        self._check_case(channel)
         return Change(sub_id, version, confirm=True)
+
+    def add_channel(self, channels: Names) -> Change[None]:
+        names = flatten(channels) or []
+        version = self.registry.add_channels(names)
+        for name in names:
+            self._check_case(name)
+        return Change(None, version, confirm=True)
 
     def unsubscribe(self, id: Hashable, channel: str | None) -> Change[bool]:
         removed, version = self.registry.unsubscribe(id, channel)
         return Change(removed, version, confirm=False)
 
-    def remove_channel(self, channel: str) -> Change[bool]:
-        removed, version = self.registry.remove_channel(channel)
+    def remove_channel(self, channels: Names) -> Change[bool]:
+        removed, version = self.registry.remove_channels(flatten(channels))
         return Change(removed, version, confirm=False)
 
-    def mute(self, channel: str) -> Change[None]:
-        return Change(None, self.registry.set_channel_muted(channel, True), confirm=False)
+    def mute(self, channels: Names) -> Change[None]:
+        version = self.registry.set_channels_muted(flatten(channels), True)
+        return Change(None, version, confirm=False)
 
-    def unmute(self, channel: str) -> Change[None]:
-        return Change(None, self.registry.set_channel_muted(channel, False), confirm=True)
+    def unmute(self, channels: Names) -> Change[None]:
+        version = self.registry.set_channels_muted(flatten(channels), False)
+        return Change(None, version, confirm=True)
+
+    def _check_case(self, channel: str) -> None:
+        """Warn once per name: an unquoted ``NOTIFY MyChannel`` in SQL is sent on "mychannel"."""
+        folded = channel.translate(_UPPER)
+        if folded == channel or channel in self._case_warned:
+            return
+        self._case_warned.add(channel)
+        logger.warning(
+            "Channel %r has capital letters. pgtide listens to it as written (pgtide.notify "
+            "quotes names), but PostgreSQL folds an unquoted name to lower case: NOTIFY %s in "
+            'SQL is sent on %r and never arrives here; quote it in SQL (NOTIFY "%s") or '
+            "use pg_notify(%s, ...).",
+            channel,
+            channel,
+            folded,
+            channel.replace('"', '""'),
+            "'" + channel.replace("'", "''") + "'",
+        )
 
     def mute_subscriber(self, id: Hashable, channel: str | None) -> Change[None]:
         version = self.registry.set_subscriber_muted(id, channel, True)
@@ -190,6 +246,20 @@ class ListenerCore:
         """Say that a LISTEN was not confirmed within ``sync_timeout``."""
         logger.warning(
             "LISTEN not confirmed within %g s; it is applied as soon as the server answers",
+            self.sync_timeout,
+        )
+
+    def restart(self, on_ready: Callable[[], None]) -> bool:
+        """Have the connection thread reopen its connection; True if the face should wait
+        for ``on_ready`` (called once the new connection LISTENs, before on_reconnect)."""
+        receiver = self._receiver
+        if receiver is None or self.closing:
+            return False
+        return receiver.restart(on_ready) and not IN_DISPATCH.get()
+
+    def restart_late(self) -> None:
+        logger.warning(
+            "restart(): no new connection within %g s; the listener keeps trying with backoff",
             self.sync_timeout,
         )
 
@@ -238,8 +308,11 @@ class ListenerCore:
                 done += 1
                 channel = relname.decode(enc)
                 subs = routes.routes.get(channel)
-                if subs is None:
-                    unrouted += 1
+                if not subs:
+                    if subs is None:
+                        unrouted += 1
+                    else:  # an added channel that has no subscriber (yet)
+                        self.without_subscriber[channel] += 1
                     continue
                 note = new(Notification)
                 note.channel = channel
@@ -247,6 +320,7 @@ class ListenerCore:
                 note.pid = pid
                 note.received_at = received_at
                 note.error = None
+                note.subscriber = None
                 if decode is None:
                     note.payload = raw
                 else:
@@ -259,6 +333,10 @@ class ListenerCore:
                             note.payload = raw
                             note.error = f"{type(exc).__name__}: {exc}"
                 for sub in subs:
+                    if note.subscriber is None:  # the first subscriber: the note itself
+                        note.subscriber = sub.id
+                    else:  # the others: a copy each (an async callback reads it later)
+                        note = note.copy_for(sub.id)
                     try:
                         result = sub.callback(note)
                     except Exception as exc:
@@ -294,6 +372,7 @@ class ListenerCore:
             "connected": stats.connected,
             "backend_pid": stats.backend_pid,
             "channels": list(subscribers),
+            "added_channels": self.registry.added_channels(),
             "active_channels": sorted(active),
             "listening": sorted(stats.listening),
             "muted_channels": self.registry.muted_channels(),
@@ -304,6 +383,7 @@ class ListenerCore:
                 if any(subs.values())
             },
             "received": stats.received,
+            "without_subscriber": dict(self.without_subscriber),
             "dispatched": stats.dispatched,
             "unrouted": stats.unrouted,
             "callback_errors": stats.callback_errors,
@@ -420,9 +500,17 @@ class Face:
         """True between ``start()`` and ``close()`` (even while reconnecting)."""
         return self._core.running
 
+    def is_running(self) -> bool:
+        """True between ``start()`` and ``close()`` (even while reconnecting): ``running``."""
+        return self._core.running
+
     def channels(self) -> list[str]:
-        """Every channel with a subscriber, muted or not."""
+        """Every channel with a subscriber (muted or not), and every added channel."""
         return self._core.registry.channels()
+
+    def muted_channels(self) -> list[str]:
+        """The muted channel names, sorted (a name may be muted before it is subscribed)."""
+        return self._core.registry.muted_channels()
 
     def active_channels(self) -> list[str]:
         """The channels that must be LISTENed: not muted, with a subscriber that is not muted."""

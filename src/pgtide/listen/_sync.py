@@ -11,10 +11,11 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Awaitable, Hashable, Iterator
+from collections.abc import Awaitable, Hashable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from .._lifecycle import Runnable
+from .._signals import stop_on_signals
 from ..channel import Callback, Notification
 from ._core import END, IN_DISPATCH, Change, Face
 
@@ -93,14 +94,39 @@ class Listener(Face, Runnable):
 
     stop = close
 
+    def restart(self) -> None:
+        """Close the connection and open a new one; LISTEN again on every active channel.
+
+        Returns once the new connection listens (or after ``sync_timeout``, with a warning,
+        while the server cannot be reached; it keeps trying). Notifications sent meanwhile
+        may be missed, so ``on_reconnect`` is called, as after a lost connection, and
+        ``status()["reconnects"]`` counts it. Queued notifications, subscribers and open
+        iterators are kept. On a listener that is not running, the same as :meth:`start`.
+        """
+        if not self._core.running:
+            self.start()
+            return
+        done = threading.Event()
+        if self._core.restart(done.set) and not done.wait(self._core.sync_timeout):
+            self._core.restart_late()
+
     def run_forever(self) -> None:
-        """Start if needed, then block until :meth:`close` is called or Ctrl-C is pressed."""
+        """Start if needed, then block until :meth:`close` is called, Ctrl-C is pressed, or
+        (in the main thread) SIGTERM arrives; then close, and return normally."""
         self.start()
-        try:
-            while not self._stopped.wait(0.25):
+        signalled = False
+
+        def on_signal() -> None:  # in a signal handler: only a flag, no lock
+            nonlocal signalled
+            signalled = True
+
+        with stop_on_signals(on_signal, "pgtide listener"):
+            try:
+                while not self._stopped.wait(0.1) and not signalled:
+                    pass
+            except KeyboardInterrupt:
                 pass
-        except KeyboardInterrupt:
-            self.close()
+        self.close()
 
     def _dispatch(self) -> None:
         IN_DISPATCH.set(True)
@@ -148,17 +174,35 @@ class Listener(Face, Runnable):
         """
         return self._settle(self._core.unsubscribe(id, channel))
 
-    def remove_channel(self, channel: str) -> bool:
-        """Remove ``channel`` with all its subscribers and its mute state; UNLISTEN it."""
-        return self._settle(self._core.remove_channel(channel))
+    def add_channel(self, *channels: str | Iterable[str]) -> None:
+        """LISTEN on ``channels`` (names, or iterables of names) even without a subscriber.
 
-    def mute(self, channel: str) -> None:
-        """Stop delivering ``channel`` (UNLISTEN); subscribers keep their own mute states."""
-        return self._settle(self._core.mute(channel))
+        Their notifications are counted (``status()["without_subscriber"]``) and reach
+        :meth:`iter`; subscribers may come later. The channel stays until
+        :meth:`remove_channel`, even when its last subscriber leaves.
+        """
+        return self._settle(self._core.add_channel(channels))
 
-    def unmute(self, channel: str) -> None:
-        """Deliver ``channel`` again (LISTEN, if it has a subscriber that is not muted)."""
-        return self._settle(self._core.unmute(channel))
+    def remove_channel(
+        self, channel: str | Iterable[str] | None = None, *channels: str | Iterable[str]
+    ) -> bool:
+        """Remove ``channels`` (every channel when none is given) with all their subscribers
+        and mute states; UNLISTEN them. Returns whether any of them was known."""
+        return self._settle(self._core.remove_channel((channel, *channels)))
+
+    def mute(
+        self, channel: str | Iterable[str] | None = None, *channels: str | Iterable[str]
+    ) -> None:
+        """Stop delivering ``channels`` (every channel when none is given): UNLISTEN;
+        subscribers keep their own mute states."""
+        return self._settle(self._core.mute((channel, *channels)))
+
+    def unmute(
+        self, channel: str | Iterable[str] | None = None, *channels: str | Iterable[str]
+    ) -> None:
+        """Deliver ``channels`` again (every muted channel when none is given): LISTEN, if
+        they have a subscriber that is not muted or were added."""
+        return self._settle(self._core.unmute((channel, *channels)))
 
     def mute_subscriber(self, id: Hashable, channel: str | None = None) -> None:
         """Stop calling subscriber ``id`` on ``channel`` (every channel when None).
