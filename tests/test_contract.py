@@ -27,6 +27,19 @@ CONTRACT: dict[str, dict[str, set[str]]] = {
         "iter": {"channel", "timeout"},
         "start": set(),
         "stop": set(),
+        "close": set(),
+        "run_forever": set(),
+        "add_channel": set(),
+        "muted_channels": set(),
+        "restart": set(),
+        "is_running": set(),
+    },
+    "LatestFetcher": {
+        "__init__": {"table", "process", "dsn"},
+        "process": {"row"},
+        "run": set(),
+        "start": set(),
+        "stop": set(),
     },
     "Feed": {
         "__init__": {"consumer", "tables", "dsn"},
@@ -34,6 +47,8 @@ CONTRACT: dict[str, dict[str, set[str]]] = {
         "position": set(),
         "seek": {"position"},
         "run": {"fn"},
+        "stop": set(),
+        "close": set(),
     },
     "Events": {
         "__init__": {"dsn"},
@@ -86,7 +101,7 @@ def test_functions_take_the_designed_keywords(name: str) -> None:
 
 def test_records_carry_the_designed_fields() -> None:
     fields = {
-        pgtide.Notification: {"channel", "payload", "raw", "pid", "received_at"},
+        pgtide.Notification: {"channel", "payload", "raw", "pid", "received_at", "subscriber"},
         pgtide.Change: {"id", "table", "op", "row", "old", "xid"},
         pgtide.Event: {"id", "name", "payload", "attempt", "created_at"},
     }
