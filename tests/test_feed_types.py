@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import threading
 from decimal import Decimal
 from typing import Any
 
@@ -139,6 +140,24 @@ def test_latest_equals_select_star(dsn: str) -> None:
         conn.execute(UPDATE + " WHERE id = 1")
         want = _select(conn)[0]
     _same(pgtide.latest("everything", dsn=dsn), want)
+
+
+def test_latest_fetcher_gets_typed_rows(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE gauge (id int PRIMARY KEY, value numeric, raw bytea)")
+    pgtide.track("gauge", dsn=dsn)
+    rows: list[Any] = []
+    done = threading.Event()
+
+    def process(row: dict[str, Any] | None) -> None:
+        rows.append(row)
+        done.set()
+
+    with pgtide.LatestFetcher("gauge", process, dsn=dsn, poll_interval=0.05):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO gauge VALUES (1, 0.1000000001, '\\x01')")
+        assert done.wait(20)
+    assert rows == [{"id": 1, "value": Decimal("0.1000000001"), "raw": b"\x01"}]
 
 
 def test_old_changes_decode_after_the_table_is_altered(dsn: str) -> None:

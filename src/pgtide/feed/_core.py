@@ -38,10 +38,7 @@ Start: TypeAlias = "Literal['saved', 'beginning', 'end'] | Position | str"
 @dataclass(frozen=True)
 class Change:
     """One captured change: ``row`` is the new row (insert, update), ``old`` the old row
-    (update, delete); a truncate has neither. ``xid`` is the writing transaction.
-
-    Rows hold the values psycopg returns for ``SELECT *`` of the row, in column order
-    (numeric as Decimal, timestamps as datetime, bytea as bytes...)."""
+    (update, delete); a truncate has neither. ``xid`` is the writing transaction."""
 
     id: int
     table: str

@@ -38,7 +38,6 @@ from ..names import TableName
 from ..session import Io, one, query
 
 Convert: TypeAlias = Callable[[Any], Any]
-Columns: TypeAlias = list[tuple[str, Convert | None]]
 
 _exact_loads = json.JSONDecoder(parse_float=Decimal).decode
 _plain_loads = json.JSONDecoder().decode
@@ -106,10 +105,20 @@ def _array_text(value: Any) -> str:
         return "{" + ",".join(_array_text(v) for v in value) + "}"
     if isinstance(value, bool):
         return "t" if value else "f"
-    text = value if isinstance(value, str) else str(value)
+    text = format(value, "f") if isinstance(value, Decimal) else str(value)
     if not text or text.upper() == "NULL" or any(c in text for c in '{}",\\ \t\n\r\v\f'):
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return text
+
+
+@dataclass(frozen=True)
+class _Table:
+    """How to type one table's rows: its JSON decoder (exact numbers when it has numeric
+    columns), its columns in order, and the columns whose JSON value needs converting."""
+
+    loads: Callable[[str], Any]
+    names: tuple[str, ...]
+    convert: tuple[tuple[str, Convert], ...]
 
 
 @dataclass
@@ -128,15 +137,16 @@ class RowTypes:
     row. ``adapters``: the psycopg adapters whose loaders type the values (the global
     ``psycopg.adapters`` by default, so that types registered there apply)."""
 
-    adapters: AdaptersMap = field(default_factory=lambda: psycopg.adapters)
-    tables: dict[str, Columns | None] = field(default_factory=dict)
+    adapters: AdaptersMap = field(default_factory=lambda: psycopg.adapters, repr=False)
+    tables: dict[str, _Table | None] = field(default_factory=dict, repr=False)
     fingerprint: int | None = None
     zone: tzinfo = UTC
     fetches: int = 0
+    _known: list[str] = field(default_factory=list, repr=False)
 
     def params(self) -> dict[str, Any]:
         """The parameter of :data:`FINGERPRINT`: the known tables, quoted."""
-        return {"known": [TableName.parse(t).quoted() for t in self.tables]}
+        return {"known": self._known}
 
     def update(self, tables: Iterable[str], fingerprint: int | None) -> Io[None]:
         """Look the column types up again if a table is new or the fingerprint changed."""
@@ -151,10 +161,11 @@ class RowTypes:
         assert settings is not None
         rows = yield from query(_COLUMNS, {"names": names, "known": known})
         types = {r[4]: _Type(r[5], r[6], r[7]) for r in rows if r[0] == "type"}
-        found: dict[str, Columns | None] = {n: None for n in names}
+        columns: dict[str, list[tuple[str, int]]] = {}
         for _kind, name, _num, column, oid, *_ in (r for r in rows if r[0] == "column"):
-            found[name] = [*(found[name] or []), (column, self._converter(oid, types))]
-        self.tables, self.fingerprint = found, settings[0]
+            columns.setdefault(name, []).append((column, oid))
+        found = {n: self._table(columns[n], types) if n in columns else None for n in names}
+        self.tables, self.fingerprint, self._known = found, settings[0], known
         self.zone = _zone(settings[1])
         self.fetches += 1
 
@@ -162,51 +173,62 @@ class RowTypes:
         """The typed row of ``table`` from its captured JSON text (None stays None)."""
         if text is None:
             return None
-        columns = self.tables.get(table)
-        if columns is None:  # a table dropped since: its values as JSON gives them
-            value: dict[str, Any] = _plain_loads(text)
-            return value
-        raw = _exact_loads(text)
-        row: dict[str, Any] = {}
-        for name, convert in columns:
-            value = raw.get(name)
-            if convert is not None and value is not None:
+        typed = self.tables.get(table)
+        if typed is None:  # a table dropped since: its values as JSON gives them
+            plain: dict[str, Any] = _plain_loads(text)
+            return plain
+        get = typed.loads(text).get
+        row = {name: get(name) for name in typed.names}  # column order; added since: None
+        for name, convert in typed.convert:
+            value = row[name]
+            if value is not None:
                 try:
-                    value = convert(value)
+                    row[name] = convert(value)
                 except Exception:
-                    value = json_value(value)  # no longer fits the column's (altered) type
-            row[name] = value
+                    row[name] = json_value(value)  # no longer fits its (altered) type
         return row
 
     # -- converters: one per column, built once -------------------------------------------
-    def _converter(self, oid: int, types: dict[int, _Type]) -> Convert | None:
+    def _table(self, columns: list[tuple[str, int]], types: dict[int, _Type]) -> _Table:
+        # Numbers are parsed exactly (as Decimal) only for a table with numeric columns:
+        # float parsing is faster, and exact for every other type.
+        exact = any(_NUMERIC in (_base(o, types), _element(o, types)) for _, o in columns)
+        convert = [(n, self._converter(o, types, exact)) for n, o in columns]
+        return _Table(
+            _exact_loads if exact else _plain_loads,
+            tuple(n for n, _ in columns),
+            tuple((n, c) for n, c in convert if c is not None),
+        )
+
+    def _converter(self, oid: int, types: dict[int, _Type], exact: bool) -> Convert | None:
         oid = _base(oid, types)
         found = types.get(oid)
         if found is not None and found.elem:
-            return self._array(oid, _base(found.elem, types), types)
-        return self._scalar(oid, found)
+            return self._array(oid, _base(found.elem, types), types, exact)
+        return self._scalar(oid, exact)
 
-    def _scalar(self, oid: int, found: _Type | None) -> Convert | None:
+    def _scalar(self, oid: int, exact: bool) -> Convert | None:
         if oid in _AS_IS:
             return None
         if oid == _NUMERIC:
             return Decimal
         if oid in (_FLOAT4, _FLOAT8):
             return float
+        plain = json_value if exact else None  # exact numbers back to JSON's floats
         if oid in (_JSON, _JSONB):
-            return json_value
+            return plain
         loader = self.adapters.get_loader(oid, Format.TEXT)
         if loader is None:
-            return None  # psycopg returns the text (enums, unregistered types)
+            return plain  # psycopg returns the text (enums, unregistered types)
         load = loader(oid, None).load
         if oid == _TIMESTAMPTZ:
             return lambda v: load(v.encode()).astimezone(self.zone)
-        return lambda v: load(v.encode()) if isinstance(v, str) else v
+        return lambda v: load(v.encode()) if isinstance(v, str) else json_value(v)
 
-    def _array(self, oid: int, elem: int, types: dict[int, _Type]) -> Convert | None:
+    def _array(self, oid: int, elem: int, types: dict[int, _Type], exact: bool) -> Convert | None:
         if self.adapters.get_loader(oid, Format.TEXT) is None:
             return _array_text  # psycopg has no loader for it: it returns the literal
-        convert = self._converter(elem, types)
+        convert = self._converter(elem, types, exact)
         if convert is None:
             return None
         if elem in (_JSON, _JSONB):
@@ -228,6 +250,12 @@ def _base(oid: int, types: dict[int, _Type]) -> int:
     return oid
 
 
+def _element(oid: int, types: dict[int, _Type]) -> int | None:
+    """The element type of array type ``oid`` (through domains), or None."""
+    found = types.get(_base(oid, types))
+    return None if found is None or not found.elem else _base(found.elem, types)
+
+
 def _zone(name: str | None) -> tzinfo:
     """The session's TimeZone as psycopg reads it (UTC when Python does not know it)."""
     try:
@@ -247,7 +275,7 @@ def to_json(value: Any) -> str:
 def _encode(value: Any) -> str:
     if isinstance(value, Decimal):
         if value.is_finite():
-            return str(value)
+            return format(value, "f")  # the digits PostgreSQL wrote, never 1E-7
         return json.dumps(str(value))  # NaN, Infinity: JSON has no such number
     if isinstance(value, dict):
         return "{" + ",".join(f"{_string(str(k))}:{_encode(v)}" for k, v in value.items()) + "}"
