@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -13,7 +12,7 @@ from rich.table import Table
 from .._signals import stop_on_signals
 from ..connect import resolve
 from ..errors import FeedError
-from ..feed import OPS, Change, Feed, drop_consumer
+from ..feed import OPS, Change, Feed, drop_consumer, to_json
 from ..feed import consumers as _consumers
 from ..feed import prune as _prune
 from ..feed import track as _track
@@ -58,8 +57,10 @@ def untrack(table: TableArg, dsn: DsnOption = None, as_json: JsonOption = False)
         console.print(f"no longer tracking {table}" if changed else f"{table} was not tracked")
 
 
-def _record(change: Change) -> dict[str, Any]:
-    return dataclasses.asdict(change)
+def _record(change: Change) -> str:
+    """A change as one line of JSON: numbers exact, bytes in base64, times in ISO 8601."""
+    fields = ("id", "table", "op", "row", "old", "xid", "at")
+    return to_json({f: getattr(change, f) for f in fields})
 
 
 def follow(
@@ -88,8 +89,8 @@ def follow(
         with stop_on_signals(feed.stop, "pgtide follow"):
             if wants_json(as_json):
                 for batch in batches:
-                    for change in batch:
-                        emit_json(_record(change))
+                    sys.stdout.write("".join(_record(c) + "\n" for c in batch))
+                    sys.stdout.flush()
                     batch.ack()
             else:
                 _live(feed, batches)
@@ -100,7 +101,7 @@ def follow(
 
 def _json(row: dict[str, Any] | None) -> str:
     """A row as compact JSON, its columns in table order."""
-    return "" if row is None else json.dumps(row, ensure_ascii=False, default=str)
+    return "" if row is None else to_json(row)
 
 
 def _live(feed: Feed, batches: Any) -> None:

@@ -3,7 +3,8 @@
 The public API of the feature: :class:`Feed` (blocking; ``pgtide.aio.Feed`` for asyncio),
 capture (:func:`track`, :func:`untrack`, :func:`tracked`), retention and inspection
 (:func:`prune`, :func:`consumers`, :func:`drop_consumer`, :func:`latest`), and
-:func:`overview`, the feed's sections of ``pgtide status``.
+:func:`overview`, the feed's sections of ``pgtide status``, and :func:`to_json` (rows as
+JSON with exact numbers, as ``pgtide follow`` prints them).
 """
 
 from ._async import Batch as AsyncBatch
@@ -13,6 +14,7 @@ from ._sync import Batch, Feed
 from .fetcher import LatestFetcher
 from .position import Position
 from .retention import consumers, drop_consumer, latest, overview, prune
+from .rows import to_json
 from .track import OPS, track, tracked, untrack
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "latest",
     "overview",
     "prune",
+    "to_json",
     "track",
     "tracked",
     "untrack",

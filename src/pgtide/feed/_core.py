@@ -15,7 +15,6 @@ the face to carry out.
 from __future__ import annotations
 
 import functools
-import json
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -30,9 +29,8 @@ from ..names import TableName
 from ..session import Io, Query, one, query
 from .position import Position, Snapshot
 from .retention import drop_consumer_io, position_of
+from .rows import FINGERPRINT, RowTypes
 from .track import require_tracked
-
-_loads = json.JSONDecoder().decode
 
 Start: TypeAlias = "Literal['saved', 'beginning', 'end'] | Position | str"
 
@@ -53,10 +51,15 @@ class Change:
 
 _CURRENT = "SELECT pg_current_snapshot()::text"
 # The xid column is returned as bigint under another name, so that ORDER BY xid sorts by
-# the indexed xid8 column (an ordered index scan that stops at the LIMIT).
-_COLUMNS = sql.SQL(
-    "SELECT id, xid::text::bigint AS txid, table_name, op, row::text, old::text, at "
-    "FROM pgtide.changes WHERE "
+# the indexed xid8 column (an ordered index scan that stops at the LIMIT). The last column is
+# the fingerprint of the known tables' columns (computed once per query): rows are typed
+# with the column types it vouches for.
+_COLUMNS = sql.Composed(
+    [
+        sql.SQL("SELECT id, xid::text::bigint AS txid, table_name, op, row::text, old::text, at, "),
+        FINGERPRINT,
+        sql.SQL(" FROM pgtide.changes WHERE "),
+    ]
 )
 _STEP = sql.SQL(
     "xid >= %(lower)s::text::xid8 AND xid < %(target_xmax)s::text::xid8 "
@@ -105,11 +108,16 @@ def current() -> Io[Position]:
     return Position(Snapshot.parse(row[0]))
 
 
-def _to_change(row: tuple[Any, ...]) -> Change:
-    # jsonb comes as text and is decoded here: about twice as fast as psycopg's jsonb loader
-    new = None if row[4] is None else _loads(row[4])
-    old = None if row[5] is None else _loads(row[5])
-    return Change(row[0], row[2], row[3], new, old, row[1], row[6])
+def _to_changes(rows: list[tuple[Any, ...]], types: RowTypes) -> Io[list[Change]]:
+    """Changes from their rows, typed (looking column types up only when they changed)."""
+    if not rows:
+        return []
+    yield from types.update({r[2] for r in rows}, rows[0][7])
+    # jsonb comes as text and is decoded by `types`, with exact numbers
+    decode = types.decode
+    return [
+        Change(r[0], r[2], r[3], decode(r[2], r[4]), decode(r[2], r[5]), r[1], r[6]) for r in rows
+    ]
 
 
 @dataclass
@@ -131,6 +139,7 @@ class Core:
     consumer: str
     tables: list[str] | None = None
     cursor: Cursor = field(default_factory=Cursor)
+    types: RowTypes = field(default_factory=RowTypes)
 
     def prepare(self) -> Io[None]:
         """Run on each new connection: install the schema, check the followed tables."""
@@ -243,6 +252,7 @@ class Core:
             "target": str(target),
             "tables": self.tables,
             "limit": max_changes + 1,
+            **self.types.params(),
         }
         where: list[sql.Composable] = [_STEP]
         if after is not None:
@@ -254,17 +264,19 @@ class Core:
         rows = yield from query(sql.Composed([_COLUMNS, self._where(where), _ORDER]), params)
         if len(rows) <= max_changes:
             done = Position(target) if upper is None else Position(base, target, upper)
-            return [_to_change(r) for r in rows], done
+            return (yield from _to_changes(rows, self.types)), done
         cut = rows[max_changes][1]
         if rows[0][1] == cut:
             # One transaction larger than max_changes: it comes whole, in one batch.
             rest = sql.Composed([_COLUMNS, self._where([_REST_OF]), sql.SQL(" ORDER BY id")])
             more = yield from query(
-                rest, {"xid": str(cut), "id": rows[-1][0], "tables": self.tables}
+                rest,
+                {"xid": str(cut), "id": rows[-1][0], "tables": self.tables, **self.types.params()},
             )
-            return [_to_change(r) for r in rows + more], Position(base, target, cut)
+            changes = yield from _to_changes(rows + more, self.types)
+            return changes, Position(base, target, cut)
         kept = [r for r in rows if r[1] < cut]
-        return [_to_change(r) for r in kept], Position(base, target, kept[-1][1])
+        return (yield from _to_changes(kept, self.types)), Position(base, target, kept[-1][1])
 
 
 @dataclass(frozen=True)

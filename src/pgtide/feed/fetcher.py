@@ -25,6 +25,7 @@ from ..schema import ensure_io
 from ..session import Session, Stopped
 from ._face import CHANNEL
 from .retention import newest_io
+from .rows import RowTypes
 from .track import require_tracked
 
 log = logging.getLogger("pgtide.feed")
@@ -63,6 +64,7 @@ class LatestFetcher(Runnable):
         self._waker: Waker | None = None
         self._thread: threading.Thread | None = None
         self._seen: tuple[str, int] | None = None
+        self._types = RowTypes()
         self.calls = 0
 
     def __repr__(self) -> str:
@@ -104,7 +106,7 @@ class LatestFetcher(Runnable):
             self._session.close()
 
     def _fetch(self) -> None:
-        seen, row = self._session.run(lambda: newest_io(self.table))
+        seen, row = self._session.run(lambda: newest_io(self.table, self._types))
         if seen is None or seen == self._seen:
             return
         self._seen = seen

@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from ..connect import DsnLike
 from ..errors import FeedError
@@ -14,6 +15,7 @@ from ..names import TableName
 from ..overview import Section
 from ..session import Io, one, query, run
 from .position import Position, Snapshot
+from .rows import FINGERPRINT, RowTypes
 from .track import call, require_tracked
 
 _PRUNE = """
@@ -40,11 +42,16 @@ SELECT k.name, k.snapshot::text, k.target::text, k.after_xid::text, k.tables, k.
 FROM pgtide.consumers k ORDER BY k.name
 """
 _DROP_CONSUMER = "DELETE FROM pgtide.consumers WHERE name = %s RETURNING name"
-_LATEST = """
-SELECT op, row, xid::text AS xid_text, id FROM pgtide.changes
-WHERE table_name = %s AND op IN ('insert', 'update', 'truncate')
-ORDER BY xid DESC, id DESC LIMIT 1
-"""
+_LATEST = sql.Composed(
+    [
+        sql.SQL("SELECT op, row::text, xid::text AS xid_text, id, "),
+        FINGERPRINT,
+        sql.SQL(
+            " FROM pgtide.changes WHERE table_name = %(table)s "
+            "AND op IN ('insert', 'update', 'truncate') ORDER BY xid DESC, id DESC LIMIT 1"
+        ),
+    ]
+)
 _SIZE = """
 SELECT count(*), pg_total_relation_size('pgtide.changes'), min(at) FROM pgtide.changes
 """
@@ -101,15 +108,22 @@ def latest_io(table: TableName) -> Io[dict[str, Any] | None]:
     return (yield from newest_io(table))[1]
 
 
-def newest_io(table: TableName) -> Io[tuple[tuple[str, int] | None, dict[str, Any] | None]]:
+def newest_io(
+    table: TableName, types: RowTypes | None = None
+) -> Io[tuple[tuple[str, int] | None, dict[str, Any] | None]]:
     """The newest change that set ``table``'s newest row, as (its (xid, id), the row); the
-    row is None when there is none or a truncate came last."""
-    name = yield from require_tracked(table)
-    found = yield from one(_LATEST, (str(name),))
+    row is None when there is none or a truncate came last. ``types``: the column types
+    known from an earlier call (looked up again only when the table changed)."""
+    types = RowTypes() if types is None else types
+    name = str((yield from require_tracked(table)))
+    found = yield from one(_LATEST, {"table": name, **types.params()})
     if found is None:
         return None, None
-    op, row, xid, id_ = found
-    return (xid, id_), (None if op == "truncate" else row)
+    op, row, xid, id_, fingerprint = found
+    if op == "truncate":
+        return (xid, id_), None
+    yield from types.update([name], fingerprint)
+    return (xid, id_), types.decode(name, row)
 
 
 def size_io() -> Io[tuple[int, int, Any]]:
