@@ -32,6 +32,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeAlias
 
 import psycopg
@@ -115,6 +116,35 @@ Plan: TypeAlias = Generator[Step, Any, None]
 LoopProvider: TypeAlias = Callable[[], asyncio.AbstractEventLoop]
 
 
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """An event this worker claimed and has not started: no attempt is counted for it yet."""
+
+    id: int
+    name: str
+    payload: Any
+    created_at: datetime
+    key: str | None
+    source_id: str | None
+
+    def started(self, attempt: int) -> Event:
+        return Event(
+            self.id, self.name, self.payload, attempt, self.created_at, self.key, self.source_id
+        )
+
+
+@dataclass(slots=True)
+class _Hold:
+    """A lease this worker holds: the fencing token of its claim, and whether it started."""
+
+    token: int
+    started: bool = False
+
+
+FLUSH_EVERY = 0.01
+"""While handlers run, outcomes are recorded at least this often (else in batches)."""
+
+
 class WorkerCore:
     """One worker's state and decisions, shared by both drivers (thread-safe)."""
 
@@ -135,7 +165,9 @@ class WorkerCore:
         self._lock = threading.Lock()
         self._stopping = False
         self._abandoned = False
-        self._ready: deque[Event] = deque()
+        self._ready: deque[Claimed] = deque()
+        self._held: dict[int, _Hold] = {}  # every lease held: claimed until settled
+        self._active: set[int] = set()  # handlers running now
         self._running = 0
         self._limits = {n: s.concurrency for n, s in handlers.items() if s.concurrency}
         self._by_name = dict.fromkeys(self._limits, 0)
@@ -157,11 +189,13 @@ class WorkerCore:
         self._next_beat = now + options.lease / 3
         self._next_poll = now + every
         self._next_catch_up = now + self._catch_up_every
+        self._next_flush = now
+        self._next_due: float | None = None  # the earliest retry this worker scheduled
 
     # -- control and wake-ups --------------------------------------------------------------
 
     def request_stop(self) -> None:
-        """No new claims; running handlers finish; the rest go back (see :meth:`plan`)."""
+        """No new claims nor starts; running handlers finish; the rest go back (:meth:`plan`)."""
         self.stop_requested = True
         self.wake()
 
@@ -179,6 +213,11 @@ class WorkerCore:
         """A NOTIFY may have been missed (a reconnect): scan the user's table whole."""
         with self._lock:
             self._mirror_due = True
+
+    def on_reconnect(self) -> None:
+        """The connection was lost: renew (or learn that we lost) our leases first thing."""
+        self.on_gap()
+        self._next_beat = 0.0
 
     # -- the dispatcher, written once ------------------------------------------------------
 
@@ -202,7 +241,7 @@ class WorkerCore:
     def _shutdown(self) -> Plan:
         with self._lock:
             self._stopping = True
-            self._unstarted.extend(e.id for e in self._ready)
+            self._unstarted.extend(c.id for c in self._ready)
             self._inflight -= len(self._ready)
             self._ready.clear()
         self._close_pool()
@@ -220,10 +259,14 @@ class WorkerCore:
         log.info("events worker %s stopped", self.owner)
 
     def next_wait(self) -> float:
-        """How long to sleep when idle: briefly while handlers run, else until the next poll."""
+        """How long to sleep when idle: briefly while handlers run, else until the next poll
+        or the earliest retry this worker scheduled, whichever comes first."""
+        now = time.monotonic()
         with self._lock:
             busy = self._inflight > 0
-        timeout = 0.01 if busy else max(0.0, self._next_poll - time.monotonic())
+        timeout = 0.01 if busy else max(0.0, self._next_poll - now)
+        if self._next_due is not None:
+            timeout = min(timeout, max(0.0, self._next_due - now))
         return min(timeout, self.options.lease / 3)
 
     def busy(self) -> bool:
@@ -231,17 +274,20 @@ class WorkerCore:
             return self._running > 0
 
     def _abandon(self) -> None:
-        """Past the stop timeout: leave running handlers to their leases (async ones are
-        cancelled); their events run again when the leases expire."""
+        """Past the stop timeout: give the events of handlers still running back at once
+        (async ones are cancelled; a plain function cannot be interrupted, and its outcome
+        is dropped)."""
         with self._lock:
             still, self._abandoned = self._running, True
+            self._unstarted.extend(self._active)
+            self._active.clear()
             tasks = list(self._tasks)
         for task in tasks:
             task.get_loop().call_soon_threadsafe(task.cancel)
         if still:
             log.warning(
                 "events worker %s stopped with %d handler(s) still running after %.1f s; "
-                "their events will run again when the lease expires",
+                "their events are given back to run again",
                 self.owner,
                 still,
                 self.options.stop_timeout,
@@ -264,19 +310,38 @@ class WorkerCore:
         )
 
     def round(self) -> Io[bool]:
-        """Record outcomes, heartbeat when due, mirror, claim; True when more may be waiting."""
-        yield from self._flush()
+        """Record outcomes, heartbeat when due, mirror, claim, start what may start; True
+        when more may be waiting."""
         now = time.monotonic()
+        if self._flush_due(now):
+            yield from self._flush()
+            self._next_flush = now + FLUSH_EVERY
         if now >= self._next_beat:
             yield from self._heartbeat()
             self._next_beat = now + self.options.lease / 3
         if now >= self._next_poll:
             self._next_poll = now + self.options.poll_interval
+        if self._next_due is not None and now >= self._next_due:
+            self._next_due = None
         if now >= self._next_catch_up:
             self.on_gap()
             self._next_catch_up = now + self._catch_up_every
         yield from self._mirror()
-        return (yield from self._claim())
+        more = yield from self._claim()
+        yield from self._start()
+        return more
+
+    def _flush_due(self, now: float) -> bool:
+        with self._lock:
+            return bool(self._failed) or (
+                bool(self._done)
+                and (
+                    len(self._done) >= self._flush_at
+                    or self._running == 0
+                    or now >= self._next_flush
+                    or self.stop_requested
+                )
+            )
 
     def settle(self) -> Io[None]:
         """While stopping: release unstarted events, record outcomes, heartbeat when due."""
@@ -289,6 +354,9 @@ class WorkerCore:
                 with self._lock:
                     self._unstarted[:0] = ids
                 raise
+            with self._lock:
+                for id_ in ids:
+                    self._held.pop(id_, None)
         yield from self._flush()
         now = time.monotonic()
         if now >= self._next_beat:
@@ -299,15 +367,66 @@ class WorkerCore:
         yield Query(_sql.WORKER_FORGET, (self.owner,))
 
     def _release(self, ids: list[int]) -> Io[None]:
-        yield Query(_sql.RELEASE, {"ids": ids, "owner": self.owner})
-        yield Query(_sql.WAKE, (_sql.CHANNEL,))
+        with self._lock:
+            held = [(i, self._held[i].token) for i in ids if i in self._held]
+        if held:
+            params = {"ids": [i for i, _ in held], "tokens": [t for _, t in held]}
+            yield Query(_sql.RELEASE, {**params, "owner": self.owner})
+            yield Query(_sql.WAKE, (_sql.CHANNEL,))
 
     def _heartbeat(self) -> Io[None]:
-        def beat() -> Io[None]:
-            yield Query(_sql.HEARTBEAT, {"owner": self.owner, "lease": self.options.lease})
-            yield Query(_sql.WORKER_SEEN, (self.owner,))
+        """Renew the leases held; give up those the server says are no longer ours."""
+        with self._lock:
+            held = [(i, h.token, h.started) for i, h in self._held.items()]
 
-        yield from atomic(beat())
+        def beat() -> Io[set[int]]:
+            renewed: set[int] = set()
+            if held:
+                rows = yield from query(
+                    _sql.HEARTBEAT,
+                    {
+                        "ids": [i for i, _, _ in held],
+                        "tokens": [t for _, t, _ in held],
+                        "started": [s for _, _, s in held],
+                        "owner": self.owner,
+                        "lease": self.options.lease,
+                    },
+                )
+                renewed = {int(r[0]) for r in rows}
+            yield Query(_sql.WORKER_SEEN, (self.owner,))
+            return renewed
+
+        renewed = yield from atomic(beat())
+        lost = [(i, s) for i, _, s in held if i not in renewed]
+        if lost:
+            self._lose([i for i, s in lost if not s], [i for i, s in lost if s])
+
+    def _lose(self, unstarted: list[int], started: list[int]) -> None:
+        """Leases that are no longer ours: never start those events, never record them."""
+        with self._lock:
+            gone = set(unstarted)
+            for id_ in (*unstarted, *started):
+                self._held.pop(id_, None)
+            if gone:
+                kept = deque(c for c in self._ready if c.id not in gone)
+                self._inflight -= len(self._ready) - len(kept)
+                self._ready = kept
+        if unstarted:
+            log.warning(
+                "events worker %s: the lease of %d claimed event(s) lapsed or was taken over "
+                "before they started; they are left to other workers (ids %s)",
+                self.owner,
+                len(unstarted),
+                _ids(unstarted),
+            )
+        if started:
+            log.warning(
+                "events worker %s: lost the lease of %d running event(s) (the database was out "
+                "of reach longer than the lease); their outcomes will not be recorded (ids %s)",
+                self.owner,
+                len(started),
+                _ids(started),
+            )
 
     def _mirror(self) -> Io[None]:
         """Copy new rows of the user's table into pgtide.events (bring your own table)."""
@@ -332,7 +451,9 @@ class WorkerCore:
             raise
 
     def _claim(self) -> Io[bool]:
-        """Claim what fits and start what may start; True when the batch came back full."""
+        """Claim what fits (no attempt counted yet); True when the batch came back full."""
+        if self.stop_requested:
+            return False
         with self._lock:
             inflight = self._inflight
         if inflight > self._low_water:
@@ -352,39 +473,103 @@ class WorkerCore:
             return False
         rows.sort(key=lambda r: r[0])
         with self._lock:
-            self._inflight += len(rows)
-            self._ready.extend(Event(*row) for row in rows)
-        self._launch()
+            for *fields, token in rows:
+                hold = self._held.get(fields[0])
+                if hold is not None:  # ours already (its lease had lapsed): one copy, new token
+                    hold.token = token
+                    continue
+                self._held[fields[0]] = _Hold(token)
+                self._ready.append(Claimed(*fields))
+                self._inflight += 1
         return len(rows) == asked
+
+    def _start(self) -> Io[None]:
+        """Count an attempt for what may start now, and start it: only the events whose
+        lease the server confirms (same owner and token, not expired) start."""
+        taken = self._take()
+        if not taken:
+            return
+        with self._lock:
+            tokens = [self._held[c.id].token for c in taken]
+        try:
+            rows = yield from query(
+                _sql.START,
+                {
+                    "ids": [c.id for c in taken],
+                    "tokens": tokens,
+                    "owner": self.owner,
+                    "lease": self.options.lease,
+                },
+            )
+        except BaseException:
+            self._untake(taken)
+            raise
+        attempts = {int(i): int(a) for i, a in rows}
+        started = [c.started(attempts[c.id]) for c in taken if c.id in attempts]
+        lost = [c for c in taken if c.id not in attempts]
+        with self._lock:
+            for event in started:
+                self._held[event.id].started = True
+                self._active.add(event.id)
+        if lost:
+            self._untake(lost, keep=False)
+            self._lose([c.id for c in lost], [])
+        self._launch(started)
+
+    def _untake(self, taken: list[Claimed], keep: bool = True) -> None:
+        """Undo :meth:`_take`: free the slots, and put the events back in front (``keep``)."""
+        with self._lock:
+            self._running -= len(taken)
+            for claimed in taken:
+                if claimed.name in self._by_name:
+                    self._by_name[claimed.name] -= 1
+            if keep:
+                self._ready.extendleft(reversed(taken))
 
     def _flush(self) -> Io[None]:
         with self._lock:
             done, self._done = self._done, []
             failed, self._failed = self._failed, []
+            finished = [e for e, _ in done] + [f[0] for f in failed]
+            tokens = {e.id: h.token for e in finished if (h := self._held.get(e.id))}
         if not done and not failed:
             return
         try:
-            yield from atomic(self._outcomes(done, failed))
+            yield from atomic(self._outcomes(done, failed, tokens))
         except BaseException:
             with self._lock:  # keep them for the next flush
                 self._done[:0] = done
                 self._failed[:0] = failed
             raise
+        retry_at = [time.monotonic() + delay + 0.001 for _, _, delay, dead in failed if not dead]
+        with self._lock:
+            for event in finished:
+                self._held.pop(event.id, None)
+            if retry_at:
+                soonest = min(retry_at)
+                if self._next_due is None or soonest < self._next_due:
+                    self._next_due = soonest
 
     def _outcomes(
-        self, done: list[tuple[Event, str | None]], failed: list[tuple[Event, str, float, bool]]
+        self,
+        done: list[tuple[Event, str | None]],
+        failed: list[tuple[Event, str, float, bool]],
+        tokens: dict[int, int],
     ) -> Io[None]:
+        done = [(e, r) for e, r in done if e.id in tokens]  # a lost lease records nothing
         if done:
             yield Query(
                 _sql.COMPLETE,
                 {
                     "ids": [e.id for e, _ in done],
-                    "attempts": [e.attempt for e, _ in done],
+                    "tokens": [tokens[e.id] for e, _ in done],
                     "results": [r for _, r in done],
                     "owner": self.owner,
                 },
             )
         for event, error, delay, dead in failed:
+            if event.id not in tokens:
+                continue
             yield Query(
                 _sql.FAIL,
                 {
@@ -392,16 +577,16 @@ class WorkerCore:
                     "error": error,
                     "delay": delay,
                     "id": event.id,
-                    "attempt": event.attempt,
+                    "token": tokens[event.id],
                     "owner": self.owner,
                 },
             )
 
     # -- running handlers ------------------------------------------------------------------
 
-    def _launch(self) -> None:
-        """Start what may start now: plain handlers on the pool, async ones on the loop."""
-        for event in self._take():
+    def _launch(self, events: list[Event]) -> None:
+        """Start these events: plain handlers on the pool, async ones on the loop."""
+        for event in events:
             spec = self.handlers[event.name]
             if spec.is_async:
                 self._loop().call_soon_threadsafe(self._spawn, event, spec)
@@ -409,24 +594,24 @@ class WorkerCore:
                 self._start_pool()
                 self._pool.put(event)
 
-    def _take(self) -> list[Event]:
+    def _take(self) -> list[Claimed]:
         """Events to start (in id order), within the worker's and each handler's limit."""
         with self._lock:
             free = self.options.concurrency - self._running
-            if self._stopping or free <= 0 or not self._ready:
+            if self._stopping or self.stop_requested or free <= 0 or not self._ready:
                 return []
             if not self._limits:
                 taken = [self._ready.popleft() for _ in range(min(free, len(self._ready)))]
             else:
-                taken, kept = [], deque[Event]()
-                for event in self._ready:
-                    limit = self._limits.get(event.name)
-                    if len(taken) < free and (limit is None or self._by_name[event.name] < limit):
-                        taken.append(event)
+                taken, kept = [], deque[Claimed]()
+                for claimed in self._ready:
+                    limit = self._limits.get(claimed.name)
+                    if len(taken) < free and (limit is None or self._by_name[claimed.name] < limit):
+                        taken.append(claimed)
                         if limit is not None:
-                            self._by_name[event.name] += 1
+                            self._by_name[claimed.name] += 1
                     else:
-                        kept.append(event)
+                        kept.append(claimed)
                 self._ready = kept
             self._running += len(taken)
             return taken
@@ -489,7 +674,7 @@ class WorkerCore:
         self._finish(event, began, encoded, None)
 
     def _failure(self, event: Event, spec: HandlerSpec, began: float) -> None:
-        error = traceback.format_exc()
+        error = traceback.format_exc().replace("\x00", "\\x00")  # text cannot hold NUL
         delay = retry_delay(event.attempt, self.options.retry_delay, self.options.max_retry_delay)
         self._finish(event, began, None, (error, delay, event.attempt >= spec.max_attempts))
 
@@ -502,6 +687,7 @@ class WorkerCore:
     ) -> None:
         with self._lock:
             self._running -= 1
+            self._active.discard(event.id)
             if event.name in self._by_name:
                 self._by_name[event.name] -= 1
             if self._abandoned:
@@ -513,14 +699,19 @@ class WorkerCore:
             self._inflight -= 1
             wake = (
                 failure is not None
+                or bool(self._ready)  # a slot is free: the dispatcher starts the next
                 or self._inflight in (0, self._low_water)
                 or len(self._done) >= self._flush_at
             )
         if wake:
             self.wake()
-        self._launch()
         if log.isEnabledFor(logging.INFO):
             _log_outcome(event, began, failure)
+
+
+def _ids(ids: list[int]) -> str:
+    shown = ", ".join(map(str, ids[:10]))
+    return shown + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
 
 
 def _log_outcome(event: Event, began: float, failure: tuple[str, float, bool] | None) -> None:
@@ -628,7 +819,7 @@ class Worker(_Driver):
             resolved,
             name="events worker",
             prepare=self.core.setup,
-            on_reconnect=self.core.on_gap,
+            on_reconnect=self.core.on_reconnect,
         )
 
     def stop(self) -> None:
@@ -694,7 +885,7 @@ class AsyncWorker(_Driver):
         self.core.request_stop()
 
     def _reconnecting(self) -> None:
-        self.core.on_gap()
+        self.core.on_reconnect()
         if self.core.stop_requested:
             raise Stopped("events worker stopped while reconnecting")
 
