@@ -13,7 +13,7 @@ import psycopg
 
 from ..connect import DsnLike
 from ..errors import ConfigError
-from ..session import Io, Session, run
+from ..session import Io, Session, run, using
 from ._core import EventRecord, EventsBase
 from ._worker import Worker
 
@@ -43,7 +43,8 @@ class Events(EventsBase):
         if conn is None:
             return self._session.run(make)
         self._session.connection()  # the schema installed, your table checked
-        return run(conn, make())
+        with using(conn=conn) as caller:  # a missing privilege is a PermissionDenied
+            return run(caller, make())
 
     # -- publishing ----------------------------------------------------------------------
 
