@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from .._signals import stop_on_signals
 from ..connect import DsnLike
 from ..errors import ConfigError
 from ..session import Io, Session, run, using
@@ -117,13 +118,19 @@ class Events(EventsBase):
         poll_interval: float | None = None,
         stop_timeout: float = 30.0,
     ) -> None:
-        """Run a worker in this thread until :meth:`stop` or Ctrl-C, then stop gracefully."""
+        """Run a worker in this thread until :meth:`stop`, then stop gracefully.
+
+        In the main thread, SIGTERM and Ctrl-C (SIGINT) stop it the same way: no new claims,
+        running handlers finish (up to ``stop_timeout`` seconds), claimed events not started
+        and handlers still running then are given back at once; ``run()`` then returns.
+        """
         worker = self._new_worker(concurrency, poll_interval, stop_timeout)
         with self._lock:
             self._workers.append((worker, threading.current_thread()))
         try:
-            worker.run()
-        except KeyboardInterrupt:
+            with stop_on_signals(worker.stop, "events worker"):
+                worker.run()
+        except KeyboardInterrupt:  # a second Ctrl-C while stopping, or a signal elsewhere
             worker.stop()
         finally:
             with self._lock:
