@@ -877,17 +877,13 @@ class AsyncWorker(_Driver):
             resolved,
             name="events worker",
             prepare=self.core.setup,
-            on_reconnect=self._reconnecting,
+            on_reconnect=self.core.on_reconnect,
         )
 
     def stop(self) -> None:
-        """Ask the worker to stop (a wait to reconnect ends after its current delay)."""
+        """Ask the worker to stop: no new claims; running handlers finish; the rest go back."""
         self.core.request_stop()
-
-    def _reconnecting(self) -> None:
-        self.core.on_reconnect()
-        if self.core.stop_requested:
-            raise Stopped("events worker stopped while reconnecting")
+        self._session.stop()  # a wait to reconnect ends at once
 
     async def run(self) -> None:
         """Serve until :meth:`stop`; then finish running handlers (bounded) and release."""
