@@ -337,7 +337,7 @@ class WorkerCore:
                 bool(self._done)
                 and (
                     len(self._done) >= self._flush_at
-                    or self._running == 0
+                    or (self._running == 0 and not self._ready)  # idle: record it now
                     or now >= self._next_flush
                     or self.stop_requested
                 )
