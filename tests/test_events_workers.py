@@ -219,6 +219,8 @@ def test_a_killed_worker_burns_no_attempt_of_the_events_it_never_started(
     doomed = killable.start(batch_worker, dsn, 1.0)
     held = "SELECT count(*) FROM pgtide.events WHERE lease_owner IS NOT NULL"
     wait_for(lambda: count(dsn, "SELECT count(*) FROM handler_runs") == 1, what="one start")
+    counted = "SELECT count(*) FROM pgtide.events WHERE attempts > 0"
+    wait_for(lambda: count(dsn, counted) == 1, what="the start counted")
     assert count(dsn, held) == 10
     killable.kill(doomed)
     with psycopg.connect(dsn, autocommit=True) as conn:

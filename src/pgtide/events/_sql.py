@@ -43,30 +43,26 @@ UPDATE pgtide.events e
 SET state = 'running', lease_owner = %(owner)s, lease_token = e.lease_token + 1,
     lease_expires = now() + %(lease)s * interval '1 second', started_at = NULL
 WHERE e.id = ANY(ARRAY(SELECT id FROM candidates))
-RETURNING e.id, e.name, e.payload, e.created_at, e.key, e.source_id, e.lease_token
+RETURNING e.id, e.name, e.payload, e.created_at, e.key, e.source_id, e.lease_token, e.attempts
 """
 """A claim reserves events (a new fencing token each, a lease) but counts no attempt."""
 
-# Every statement below is fenced: it touches a row only while it still carries this
-# worker's owner and the token of its claim, so a worker whose lease was taken over (after
-# an outage longer than the lease, say) can neither start, renew, complete, fail nor release
-# an event that another worker now owns. (id = ANY(...) lets the planner use the primary key
-# whatever its statistics say.)
+# The outcomes, renewals and releases below are fenced: each touches a row only while it
+# still carries this worker's owner and the token of its claim, so a worker whose lease was
+# taken over (after an outage longer than the lease, say) can neither renew, complete, fail
+# nor release an event that another worker now owns. (id = ANY(...) lets the planner use
+# the primary key whatever its statistics say.)
 
-START = """
+STARTED = """
 UPDATE pgtide.events e
-SET attempts = e.attempts + 1, started_at = now(),
-    lease_expires = greatest(e.lease_expires, now() + %(lease)s * interval '1 second')
-FROM unnest(%(ids)s::bigint[], %(tokens)s::integer[]) AS v(id, token),
+SET attempts = e.attempts + v.n, started_at = now()
+FROM unnest(%(ids)s::bigint[], %(counts)s::integer[]) AS v(id, n),
      (SELECT set_config('synchronous_commit', 'off', true)) AS quick
-WHERE e.id = ANY(%(ids)s::bigint[]) AND e.id = v.id AND e.lease_token = v.token
-  AND e.lease_owner = %(owner)s AND e.state = 'running' AND e.lease_expires > now()
-RETURNING e.id, e.attempts
+WHERE e.id = ANY(%(ids)s::bigint[]) AND e.id = v.id
 """
-"""Count an attempt for each claimed event whose lease is still valid: only those returned
-may start. Its commit does not wait for the disk: a server crash may forget an attempt (the
-lease of the claim, committed durably, still fences the event), and it costs no flush per
-handler start."""
+"""Count the attempts whose handlers started (a counter of what really happened, so not
+fenced: a start is counted even if another worker owns the event by the time it is
+written). Its commit does not wait for the disk: a server crash may forget a start."""
 
 COMPLETE = """
 UPDATE pgtide.events e

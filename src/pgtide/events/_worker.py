@@ -29,7 +29,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -135,10 +135,19 @@ class Claimed:
 
 @dataclass(slots=True)
 class _Hold:
-    """A lease this worker holds: the fencing token of its claim, and whether it started."""
+    """A lease this worker holds: the fencing token of its claim, the attempts counted before
+    it, until when (this process's monotonic clock) the lease is surely valid, and whether
+    its handler started."""
 
     token: int
+    attempts: int
+    valid_until: float
     started: bool = False
+
+
+SURELY_VALID = 0.9
+"""A lease counts as valid here for this share of its length, from the moment the statement
+that granted or renewed it was sent (the server's clock starts later; the rest is margin)."""
 
 
 FLUSH_EVERY = 0.01
@@ -175,6 +184,7 @@ class WorkerCore:
         self._done: list[tuple[Event, str | None]] = []
         self._failed: list[tuple[Event, str, float, bool]] = []
         self._unstarted: list[int] = []
+        self._starts: list[int] = []  # started, not yet counted in the database
         self._max_inflight = options.concurrency + options.batch_size
         self._low_water = self._max_inflight // 2
         self._flush_at = max(1, options.batch_size // 2)
@@ -326,9 +336,10 @@ class WorkerCore:
         if now >= self._next_catch_up:
             self.on_gap()
             self._next_catch_up = now + self._catch_up_every
+        yield from self._count_starts()
         yield from self._mirror()
         more = yield from self._claim()
-        yield from self._start()
+        self._launch()
         return more
 
     def _flush_due(self, now: float) -> bool:
@@ -357,6 +368,7 @@ class WorkerCore:
             with self._lock:
                 for id_ in ids:
                     self._held.pop(id_, None)
+        yield from self._count_starts()
         yield from self._flush()
         now = time.monotonic()
         if now >= self._next_beat:
@@ -378,6 +390,7 @@ class WorkerCore:
         """Renew the leases held; give up those the server says are no longer ours."""
         with self._lock:
             held = [(i, h.token, h.started) for i, h in self._held.items()]
+        sent = time.monotonic()
 
         def beat() -> Io[set[int]]:
             renewed: set[int] = set()
@@ -397,6 +410,11 @@ class WorkerCore:
             return renewed
 
         renewed = yield from atomic(beat())
+        valid_until = sent + self.options.lease * SURELY_VALID
+        with self._lock:
+            for id_ in renewed:
+                if (hold := self._held.get(id_)) is not None:
+                    hold.valid_until = max(hold.valid_until, valid_until)
         lost = [(i, s) for i, _, s in held if i not in renewed]
         if lost:
             self._lose([i for i, s in lost if not s], [i for i, s in lost if s])
@@ -459,6 +477,7 @@ class WorkerCore:
         if inflight > self._low_water:
             return False
         asked = min(self._max_inflight - inflight, self.options.batch_size)
+        sent = time.monotonic()
         rows = yield from query(
             _sql.CLAIM,
             {
@@ -472,59 +491,31 @@ class WorkerCore:
         if not rows:
             return False
         rows.sort(key=lambda r: r[0])
+        valid_until = sent + self.options.lease * SURELY_VALID
         with self._lock:
-            for *fields, token in rows:
+            for *fields, token, attempts in rows:
                 hold = self._held.get(fields[0])
                 if hold is not None:  # ours already (its lease had lapsed): one copy, new token
-                    hold.token = token
+                    hold.token, hold.valid_until = token, valid_until
                     continue
-                self._held[fields[0]] = _Hold(token)
+                self._held[fields[0]] = _Hold(token, attempts, valid_until)
                 self._ready.append(Claimed(*fields))
                 self._inflight += 1
         return len(rows) == asked
 
-    def _start(self) -> Io[None]:
-        """Count an attempt for what may start now, and start it: only the events whose
-        lease the server confirms (same owner and token, not expired) start."""
-        taken = self._take()
-        if not taken:
+    def _count_starts(self) -> Io[None]:
+        """Count in the database the attempts whose handlers started since the last time."""
+        with self._lock:
+            starts, self._starts = self._starts, []
+        if not starts:
             return
-        with self._lock:
-            tokens = [self._held[c.id].token for c in taken]
+        counts = Counter(starts)
         try:
-            rows = yield from query(
-                _sql.START,
-                {
-                    "ids": [c.id for c in taken],
-                    "tokens": tokens,
-                    "owner": self.owner,
-                    "lease": self.options.lease,
-                },
-            )
+            yield Query(_sql.STARTED, {"ids": list(counts), "counts": list(counts.values())})
         except BaseException:
-            self._untake(taken)
+            with self._lock:  # count them next time
+                self._starts[:0] = starts
             raise
-        attempts = {int(i): int(a) for i, a in rows}
-        started = [c.started(attempts[c.id]) for c in taken if c.id in attempts]
-        lost = [c for c in taken if c.id not in attempts]
-        with self._lock:
-            for event in started:
-                self._held[event.id].started = True
-                self._active.add(event.id)
-        if lost:
-            self._untake(lost, keep=False)
-            self._lose([c.id for c in lost], [])
-        self._launch(started)
-
-    def _untake(self, taken: list[Claimed], keep: bool = True) -> None:
-        """Undo :meth:`_take`: free the slots, and put the events back in front (``keep``)."""
-        with self._lock:
-            self._running -= len(taken)
-            for claimed in taken:
-                if claimed.name in self._by_name:
-                    self._by_name[claimed.name] -= 1
-            if keep:
-                self._ready.extendleft(reversed(taken))
 
     def _flush(self) -> Io[None]:
         with self._lock:
@@ -584,8 +575,12 @@ class WorkerCore:
 
     # -- running handlers ------------------------------------------------------------------
 
-    def _launch(self, events: list[Event]) -> None:
-        """Start these events: plain handlers on the pool, async ones on the loop."""
+    def _launch(self) -> None:
+        """Start what may start now: plain handlers on the pool, async ones on the loop."""
+        events = self._take()
+        if not events:
+            return
+        self.wake()  # the dispatcher counts these attempts at once
         for event in events:
             spec = self.handlers[event.name]
             if spec.is_async:
@@ -594,27 +589,59 @@ class WorkerCore:
                 self._start_pool()
                 self._pool.put(event)
 
-    def _take(self) -> list[Claimed]:
-        """Events to start (in id order), within the worker's and each handler's limit."""
+    def _take(self) -> list[Event]:
+        """Events to start (in id order), within the worker's and each handler's limit, and
+        only while their leases are surely valid: a claimed event whose lease may have lapsed
+        (the database was out of reach, say) is dropped, never started."""
+        now = time.monotonic()
         with self._lock:
             free = self.options.concurrency - self._running
             if self._stopping or self.stop_requested or free <= 0 or not self._ready:
                 return []
+            taken: list[Claimed] = []
+            lapsed: list[int] = []
             if not self._limits:
-                taken = [self._ready.popleft() for _ in range(min(free, len(self._ready)))]
+                while len(taken) < free and self._ready:
+                    claimed = self._ready.popleft()
+                    if self._held[claimed.id].valid_until <= now:
+                        lapsed.append(claimed.id)
+                    else:
+                        taken.append(claimed)
             else:
-                taken, kept = [], deque[Claimed]()
+                kept = deque[Claimed]()
                 for claimed in self._ready:
                     limit = self._limits.get(claimed.name)
-                    if len(taken) < free and (limit is None or self._by_name[claimed.name] < limit):
+                    if self._held[claimed.id].valid_until <= now:
+                        lapsed.append(claimed.id)
+                    elif len(taken) < free and (
+                        limit is None or self._by_name[claimed.name] < limit
+                    ):
                         taken.append(claimed)
                         if limit is not None:
                             self._by_name[claimed.name] += 1
                     else:
                         kept.append(claimed)
                 self._ready = kept
+            self._inflight -= len(lapsed)
             self._running += len(taken)
-            return taken
+            events = []
+            for claimed in taken:
+                hold = self._held[claimed.id]
+                hold.started = True
+                events.append(claimed.started(hold.attempts + 1))
+                self._active.add(claimed.id)
+                self._starts.append(claimed.id)
+            for id_ in lapsed:
+                del self._held[id_]
+        if lapsed:
+            log.warning(
+                "events worker %s: the lease of %d claimed event(s) may have lapsed before they "
+                "started; they are left to other workers (ids %s)",
+                self.owner,
+                len(lapsed),
+                _ids(lapsed),
+            )
+        return events
 
     def _start_pool(self) -> None:
         if self._threads:
@@ -699,12 +726,12 @@ class WorkerCore:
             self._inflight -= 1
             wake = (
                 failure is not None
-                or bool(self._ready)  # a slot is free: the dispatcher starts the next
                 or self._inflight in (0, self._low_water)
                 or len(self._done) >= self._flush_at
             )
         if wake:
             self.wake()
+        self._launch()
         if log.isEnabledFor(logging.INFO):
             _log_outcome(event, began, failure)
 
