@@ -14,8 +14,10 @@ Handlers: at most ``concurrency`` at once in all. Plain functions run on a pool 
 (the caller's under ``pgtide.aio``, a loop thread under ``pgtide``), holding no thread.
 
 A worker that dies stops heartbeating, its leases expire, and other workers claim its events
-again; outcomes are fenced by owner and attempt, so a worker that lost a lease cannot
-overwrite the event's newer state.
+again. Each claim carries a fencing token: renewals, outcomes and releases are fenced by
+owner and token, so a worker that lost a lease cannot overwrite the event's newer state; a
+claimed event starts only while its lease is surely valid on the worker's own clock, and
+its attempt is counted when it starts (written right after, in batches), not at the claim.
 """
 
 from __future__ import annotations
