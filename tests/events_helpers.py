@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -78,6 +79,58 @@ def blocking_worker(dsn: str, lease: float) -> None:
 
     @events.handler("stuck")
     def stuck(event: pgtide.Event) -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO handler_runs (event_id, worker) VALUES (%s, 'doomed')", (event.id,)
+            )
+        time.sleep(3600)
+
+    events.run(concurrency=1)
+
+
+def log_line(path: str, *fields: object) -> None:
+    """Append one line to ``path`` in one write (O_APPEND: safe across processes)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (" ".join(map(str, fields)) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def read_runs(path: str) -> list[tuple[int, str, int, float, float | None]]:
+    """The runs logged by :func:`logging_worker`: (event, worker, attempt, began, ended)."""
+    began: dict[tuple[int, str, int], float] = {}
+    ended: dict[tuple[int, str, int], float] = {}
+    with open(path) as lines:
+        for line in lines:
+            what, event, worker, attempt, at = line.split()
+            run = (int(event), worker, int(attempt))
+            (began if what == "start" else ended)[run] = float(at)
+    return [(*run, at, ended.get(run)) for run, at in sorted(began.items(), key=lambda r: r[1])]
+
+
+def logging_worker(
+    dsn: str, worker: str, path: str, lease: float, sleep: float, batch_size: int
+) -> None:
+    """A worker process (concurrency 1) that logs each handler's start and end with the
+    system-wide monotonic clock, outside the database (it may be down)."""
+    events = pgtide.Events(dsn=dsn, lease=lease, poll_interval=0.1, batch_size=batch_size)
+
+    @events.handler("job", retries=20)
+    def job(event: pgtide.Event) -> None:
+        log_line(path, "start", event.id, worker, event.attempt, time.monotonic())
+        time.sleep(sleep)
+        log_line(path, "end", event.id, worker, event.attempt, time.monotonic())
+
+    events.run(concurrency=1)
+
+
+def batch_worker(dsn: str, lease: float) -> None:
+    """A worker process that claims a batch of 10 and starts one handler that never returns."""
+    events = pgtide.Events(dsn=dsn, lease=lease, poll_interval=0.1, batch_size=10)
+
+    @events.handler("job", retries=1)
+    def job(event: pgtide.Event) -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(
                 "INSERT INTO handler_runs (event_id, worker) VALUES (%s, 'doomed')", (event.id,)

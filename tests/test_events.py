@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from typing import Any
 
 import psycopg
 import pytest
 from events_helpers import count, wait_for
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 import pgtide
 
@@ -509,3 +512,97 @@ def test_purge_deletes_only_old_finished_events(events: pgtide.Events, dsn: str)
     assert events.get(waiting) is not None  # never a waiting event
     with pytest.raises(pgtide.ConfigError, match="own events table"):
         pgtide.Events(dsn, table="anything").purge(timedelta(0))
+
+
+def test_a_nul_character_is_a_clear_payload_error_before_anything_is_sent(
+    events: pgtide.Events, dsn: str
+) -> None:
+    """jsonb cannot hold NUL: pgtide says so itself (psycopg would raise
+    UntranslatableCharacter after a round trip)."""
+    unreachable = pgtide.Events(dsn="postgresql://nobody@127.0.0.1:1/none")
+    for publisher in (events, unreachable):  # refused before any connection
+        with pytest.raises(pgtide.EventPayloadError) as info:
+            publisher.publish("note", {"text": ["ok", "a\x00b"]})
+        assert "payload of event 'note' holds a NUL character" in str(info.value)
+        assert "['text'][1]" in str(info.value)
+    with pytest.raises(pgtide.EventPayloadError, match="payload #1 of event 'many'"):
+        events.publish_many("many", ["fine", "bad\x00"])
+    with pytest.raises(pgtide.EventPayloadError, match="NUL character"):
+        events.publish("note", "\x00")
+    with pytest.raises(pgtide.ConfigError, match="NUL"):
+        events.publish("note", "x", key="k\x00")
+    with pytest.raises(pgtide.ConfigError, match="NUL"):
+        events.publish("no\x00te", "x")
+    # the text "\u0000" (a backslash, not a NUL) is a fine payload
+    id_ = events.publish("note", {"text": "\\u0000"})
+    assert events.get(id_).payload == {"text": "\\u0000"}  # type: ignore[union-attr]
+    assert count(dsn, "SELECT count(*) FROM pgtide.events") == 1
+
+
+def test_a_nul_in_a_result_or_an_error_is_a_recorded_failure(events: pgtide.Events) -> None:
+    @events.handler("nul_result", retries=0)
+    def nul_result(event: pgtide.Event) -> str:
+        return "a\x00b"
+
+    @events.handler("nul_error", retries=0)
+    def nul_error(event: pgtide.Event) -> None:
+        raise ValueError("bad \x00 byte")
+
+    first = events.publish("nul_result")
+    second = events.publish("nul_error")
+    events.start(concurrency=2)
+    for id_ in (first, second):
+        wait_for(lambda i=id_: events.get(i).state == "dead", what="dead")  # type: ignore[union-attr,misc]
+    assert "NUL character" in (events.get(first).error or "")  # type: ignore[union-attr]
+    assert "bad \\x00 byte" in (events.get(second).error or "")  # type: ignore[union-attr]
+
+
+def test_a_role_without_grants_gets_permission_denied_on_every_path(dsn: str) -> None:
+    role = f"pgtide_events_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    as_role = make_conninfo(dsn, user=role)
+    try:
+        plain = pgtide.Events(dsn=as_role)
+        plain.register("x", lambda e: None)
+        calls: list[Any] = [
+            lambda: plain.publish("x"),
+            lambda: plain.status(),
+            lambda: plain.start(concurrency=1),
+        ]
+        for call in calls:
+            with pytest.raises(pgtide.PermissionDenied, match=f"pgtide grant {role}"):
+                call()
+        plain.close()
+        # the caller's connection: the statement itself is refused
+        with (
+            psycopg.connect(as_role, autocommit=True) as conn,
+            pytest.raises(pgtide.PermissionDenied, match=f"pgtide grant {role}"),
+        ):
+            pgtide.Events(dsn=dsn).publish("x", conn=conn)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_a_retry_runs_at_its_time_not_at_the_next_poll(dsn: str) -> None:
+    """retry_delay=0.05 with a 5 s poll: the worker sleeps until the retry is due."""
+    events = pgtide.Events(dsn=dsn, poll_interval=5, retry_delay=0.05, max_retry_delay=0.05)
+    runs: list[float] = []
+
+    @events.handler("flaky", retries=5)
+    def flaky(event: pgtide.Event) -> str:
+        runs.append(time.monotonic())
+        if event.attempt < 3:
+            raise RuntimeError(f"attempt {event.attempt} fails")
+        return "third time"
+
+    events.start(concurrency=1)
+    began = time.monotonic()
+    id_ = events.publish("flaky")
+    wait_for(lambda: events.get(id_).state == "done", timeout=20, what="done")  # type: ignore[union-attr]
+    elapsed = time.monotonic() - began
+    events.close()
+    assert len(runs) == 3
+    assert elapsed < 1.0, f"three attempts took {elapsed:.2f} s"

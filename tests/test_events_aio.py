@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
+import pgtide_testing
 import psycopg
 import pytest
 
@@ -97,3 +99,24 @@ def test_async_run_stops_gracefully_on_cancel(dsn: str) -> None:
         await events.aclose()
 
     asyncio.run(main())
+
+
+def test_async_stop_ends_a_wait_to_reconnect_at_once(
+    restartable: pgtide_testing.RestartableServer,
+) -> None:
+    """As the blocking worker: stop() during an outage does not wait out the backoff."""
+    pgtide.install(dsn=restartable.dsn)
+
+    async def main() -> float:
+        events = pgtide.aio.Events(dsn=restartable.dsn, poll_interval=0.05)
+        events.register("x", lambda e: None)
+        await events.start(concurrency=1)
+        await asyncio.to_thread(restartable.stop)
+        await asyncio.sleep(4)  # the outage: the reconnect backoff grows to seconds
+        began = time.monotonic()
+        await asyncio.wait_for(events.stop(), 10)
+        took = time.monotonic() - began
+        await events.close()
+        return took
+
+    assert asyncio.run(main()) < 0.5

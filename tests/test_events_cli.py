@@ -7,9 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
+import pytest
 from events_helpers import wait_for
 from pgtide_testing import CliRunner
 
@@ -162,4 +164,70 @@ def test_purge_command(cli: CliRunner, dsn: str) -> None:
     assert json.loads(out.stdout) == {"deleted": 1}
     out = cli("events", "purge", "--older-than", "soon", env={"PGTIDE_DSN": dsn})
     assert out.returncode == 1 and "bad duration 'soon'" in out.stderr
+    events.close()
+
+
+SLOW_APP = """
+import asyncio, pathlib, time
+import pgtide{aio}
+
+events = pgtide{aio}.Events(poll_interval=0.05)
+
+
+@events.handler("slow")
+{prefix}def slow(event):
+    pathlib.Path(f"started-{{event.id}}").touch()
+    {sleep}(1.0)
+    return "finished"
+"""
+
+
+@pytest.mark.parametrize(
+    ("flavour", "sig"),
+    [("blocking", signal.SIGTERM), ("blocking", signal.SIGINT), ("asyncio", signal.SIGTERM)],
+    ids=["blocking-SIGTERM", "blocking-SIGINT", "asyncio-SIGTERM"],
+)
+def test_work_stops_on_sigterm_finishing_the_running_event_and_giving_back_the_rest(
+    tmp_path: Path, dsn: str, flavour: str, sig: signal.Signals
+) -> None:
+    """As systemd, Docker or Kubernetes stop it: exit 0, the running event done, the claimed
+    ones not started pending again at once (not left to the 30 s lease), no attempt counted."""
+    fill = (
+        {"aio": ".aio", "prefix": "async ", "sleep": "await asyncio.sleep"}
+        if flavour == "asyncio"
+        else {"aio": "", "prefix": "", "sleep": "time.sleep"}
+    )
+    (tmp_path / "slowapp.py").write_text(SLOW_APP.format(**fill))
+    events = pgtide.Events(dsn=dsn)
+    first, *rest = events.publish_many("slow", list(range(5)))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "pgtide", "events", "work", "slowapp:events", "-c", "1"],
+        cwd=tmp_path,
+        env={**os.environ, "PGTIDE_DSN": dsn},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: (tmp_path / f"started-{first}").exists(), what="the first handler")
+        assert events.get(rest[0]).state == "running"  # type: ignore[union-attr]  # claimed
+        began = time.monotonic()
+        worker.send_signal(sig)
+        _, err = worker.communicate(timeout=20)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 0, err
+    assert "Traceback" not in err
+    assert time.monotonic() - began < 10
+    done = events.get(first)
+    assert done is not None and (done.state, done.attempts, done.result) == ("done", 1, "finished")
+    with psycopg.connect(dsn) as conn:
+        back = conn.execute(
+            "SELECT state, attempts, lease_owner, lease_expires, run_after <= now() "
+            "FROM pgtide.events WHERE id = ANY(%s)",
+            (rest,),
+        ).fetchall()
+        assert back == [("pending", 0, None, None, True)] * 4
+        assert conn.execute("SELECT count(*) FROM pgtide.event_workers").fetchone() == (0,)
+    assert not any((tmp_path / f"started-{i}").exists() for i in rest)
     events.close()

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
+import os
+import time
+from pathlib import Path
+
 import pgtide_testing
 import psycopg
-from events_helpers import RUNS_TABLE, blocking_worker, count, recording_worker, wait_for
+import pytest
+from events_helpers import (
+    RUNS_TABLE,
+    batch_worker,
+    blocking_worker,
+    count,
+    logging_worker,
+    read_runs,
+    recording_worker,
+    wait_for,
+)
 
 import pgtide
 
@@ -130,3 +145,114 @@ def test_competing_workers_never_claim_the_same_event(dsn: str) -> None:
         worker.close()
     publisher.close()
     assert sorted(runs) == [(i, 1) for i in ids]
+
+
+LEASE = 2.0
+
+
+@pytest.mark.slow
+def test_an_outage_longer_than_the_lease_never_runs_an_event_twice_at_once(
+    restartable: pgtide_testing.RestartableServer, killable: pgtide_testing.Killable, tmp_path: Path
+) -> None:
+    """Three workers; the server stops for twice the lease while handlers run and claimed
+    events wait. No two runs of one event overlap, and events of one key run one at a time
+    in publish order (a worker starts nothing whose lease it cannot confirm)."""
+    dsn = restartable.dsn
+    pgtide.install(dsn=dsn)
+    log = str(tmp_path / "runs.log")
+    publisher = pgtide.Events(dsn=dsn)
+    for round_ in range(4):
+        for key in ("a", "b", "c", "d"):
+            publisher.publish("job", {"key": key, "n": round_}, key=key)
+    publisher.publish_many("job", [{"n": n} for n in range(20)])
+    total = 36
+    for worker in "ABC":
+        killable.start(logging_worker, dsn, worker, log, LEASE, 0.6, 10)
+    wait_for(lambda: os.path.exists(log) and len(read_runs(log)) >= 4, what="handlers running")
+    publisher.close()
+    restartable.stop()
+    stopped = time.monotonic()  # no lease can be renewed after this
+    time.sleep(2 * LEASE)  # the outage itself: every lease lapses while the server is down
+    restarted = time.monotonic()
+    restartable.start()
+    done = "SELECT count(*) FROM pgtide.events WHERE state = 'done'"
+    wait_for(lambda: count(dsn, done) == total, timeout=90, what="every event done")
+
+    runs = read_runs(log)
+    assert all(ended is not None for *_, ended in runs)
+    # a handler starts only while its lease is valid: none once every lease had lapsed
+    lapsed = [run for run in runs if stopped + LEASE < run[3] < restarted]
+    assert lapsed == []
+    by_event: dict[int, list[tuple[float, float]]] = {}
+    for event, _, _, began, ended in runs:
+        assert ended is not None
+        by_event.setdefault(event, []).append((began, ended))
+    overlaps = [
+        (event, a, b)
+        for event, spans in by_event.items()
+        for a, b in itertools.pairwise(spans)
+        if b[0] < a[1]
+    ]
+    assert overlaps == []
+    with psycopg.connect(dsn) as conn:
+        keys = dict(conn.execute("SELECT id, key FROM pgtide.events WHERE key IS NOT NULL"))
+        attempts = dict(conn.execute("SELECT id, attempts FROM pgtide.events"))
+    for key in set(keys.values()):
+        keyed = [(event, b, e) for event, _, _, b, e in runs if keys.get(event) == key]
+        for (event_a, _, end_a), (event_b, began_b, _) in itertools.pairwise(keyed):
+            assert began_b >= end_a and event_b >= event_a, f"key {key}: {keyed}"
+    # every attempt counted is a handler that really started
+    started: dict[int, int] = {}
+    for event, *_ in runs:
+        started[event] = started.get(event, 0) + 1
+    assert attempts == started
+
+
+def test_a_killed_worker_burns_no_attempt_of_the_events_it_never_started(
+    dsn: str, killable: pgtide_testing.Killable
+) -> None:
+    """A worker claims a batch of 10, starts one, and is SIGKILLed: with retries=1 the nine
+    others still get their two real runs; attempts count the handlers that really started."""
+    _setup(dsn)
+    publisher = pgtide.Events(dsn=dsn)
+    ids = publisher.publish_many("job", list(range(10)))
+    doomed = killable.start(batch_worker, dsn, 1.0)
+    held = "SELECT count(*) FROM pgtide.events WHERE lease_owner IS NOT NULL"
+    wait_for(lambda: count(dsn, "SELECT count(*) FROM handler_runs") == 1, what="one start")
+    counted = "SELECT count(*) FROM pgtide.events WHERE attempts > 0"
+    wait_for(lambda: count(dsn, counted) == 1, what="the start counted")
+    assert count(dsn, held) == 10
+    killable.kill(doomed)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE handler_runs SET ended = clock_timestamp()")
+
+    failed_once: set[int] = set()
+
+    def flaky(event: pgtide.Event) -> str:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO handler_runs (event_id, worker, ended) "
+                "VALUES (%s, 'rescuer', clock_timestamp())",
+                (event.id,),
+            )
+        if event.id not in failed_once:
+            failed_once.add(event.id)
+            raise RuntimeError("first run fails")
+        return "ok"
+
+    rescuer = pgtide.Events(dsn=dsn, poll_interval=0.05, retry_delay=0.01)
+    rescuer.register("job", flaky, retries=1)
+    rescuer.start(concurrency=2)
+    settled = "SELECT count(*) FROM pgtide.events WHERE state IN ('done', 'dead')"
+    wait_for(lambda: count(dsn, settled) == 10, timeout=30, what="every event settled")
+    rescuer.close()
+    publisher.close()
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT e.id, e.state, e.attempts, count(r.event_id) FROM pgtide.events e "
+            "LEFT JOIN handler_runs r ON r.event_id = e.id GROUP BY e.id ORDER BY e.id"
+        ).fetchall()
+    assert all(attempts == runs for _, _, attempts, runs in rows), rows
+    first, *others = rows
+    assert first[0] == ids[0] and first[1:] == ("dead", 2, 2)  # the doomed run, then one more
+    assert [(state, attempts) for _, state, attempts, _ in others] == [("done", 2)] * 9

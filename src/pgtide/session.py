@@ -15,6 +15,7 @@ pgtide has a reconnect loop. :func:`using` is "the caller's connection, or one o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import (
@@ -341,6 +342,8 @@ class AsyncSession(_Base):
         super().__init__(dsn, **options)
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._lock: asyncio.Lock | None = None
+        self._stop = threading.Event()
+        self._waiting: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
 
     async def resolved(self) -> Resolved:
         """The database, resolved on first use (this may start the embedded server)."""
@@ -384,11 +387,24 @@ class AsyncSession(_Base):
             except Exception as exc:
                 delay = self._retry_delay(exc, before)
                 await self.reset()
-                await asyncio.sleep(delay)
+                if await self._stopped_within(delay):
+                    raise Stopped(f"{self._policy.name} stopped while reconnecting") from exc
                 self._reconnected()
                 continue
             self._policy.succeeded()
             return result
+
+    async def _stopped_within(self, delay: float) -> bool:
+        """Wait ``delay`` seconds unless :meth:`stop` comes first; whether it did."""
+        woken = asyncio.Event()
+        self._waiting = (asyncio.get_running_loop(), woken)
+        try:
+            if not self._stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), delay)
+        finally:
+            self._waiting = None
+        return self._stop.is_set()
 
     async def reset(self) -> None:
         """Drop the connection (the next use opens a new one)."""
@@ -396,6 +412,15 @@ class AsyncSession(_Base):
         if conn is not None:
             await conn.close()
 
+    def stop(self) -> None:
+        """Interrupt a wait to reconnect (the work then raises :class:`Stopped`); any thread."""
+        self._stop.set()
+        waiting = self._waiting
+        if waiting is not None:
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nothing waits
+                waiting[0].call_soon_threadsafe(waiting[1].set)
+
     async def close(self) -> None:
         """Close the connection; the session can be used again (it reconnects)."""
         await self.reset()
+        self._stop.clear()

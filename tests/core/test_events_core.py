@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,9 +12,18 @@ from psycopg import sql
 
 import pgtide
 from pgtide.events._core import UNSET, Core, dsn_argument
-from pgtide.events._model import Event, HandlerSpec
+from pgtide.events._model import HandlerSpec
 from pgtide.events._source import Source, parse_table
-from pgtide.events._worker import Db, Sleep, Target, Unlisten, WorkerCore, WorkerOptions
+from pgtide.events._worker import (
+    Claimed,
+    Db,
+    Sleep,
+    Target,
+    Unlisten,
+    WorkerCore,
+    WorkerOptions,
+    _Hold,
+)
 from pgtide.session import Query
 
 
@@ -91,19 +101,39 @@ def _no_loop() -> asyncio.AbstractEventLoop:
     raise AssertionError("no async handler here")
 
 
-def _event(id_: int, name: str) -> Event:
-    return Event(id_, name, None, 1, datetime.now(UTC))
+def _claim(core: WorkerCore, id_: int, name: str, valid_for: float = 60.0) -> None:
+    """As a claim would: the event ready to start, its lease valid for ``valid_for`` s."""
+    core._ready.append(Claimed(id_, name, None, datetime.now(UTC), None, None))
+    core._held[id_] = _Hold(token=1, attempts=0, valid_until=time.monotonic() + valid_for)
+    core._inflight += 1
 
 
 def test_scheduling_keeps_id_order_within_both_limits() -> None:
     core = _worker(3, {"a": 1, "b": None})
-    core._ready.extend(_event(i, n) for i, n in enumerate("aabab"))
+    for i, n in enumerate("aabab"):
+        _claim(core, i, n)
     taken = core._take()
     assert [(e.id, e.name) for e in taken] == [(0, "a"), (2, "b"), (4, "b")]
     assert core._take() == []  # three running: the worker's limit
     core._running -= 1
     core._by_name["a"] -= 1  # the first "a" finished
     assert [e.id for e in core._take()] == [1]
+
+
+def test_a_claimed_event_whose_lease_may_have_lapsed_is_never_started() -> None:
+    """Fencing at start: the worker starts a handler only while the lease is surely valid
+    (counted from when the claim was sent); the attempt is counted when it starts."""
+    core = _worker(4, {"a": None})
+    _claim(core, 1, "a")
+    _claim(core, 2, "a", valid_for=-0.001)  # lapsed: the database was out of reach
+    _claim(core, 3, "a")
+    taken = core._take()
+    assert [(e.id, e.attempt) for e in taken] == [(1, 1), (3, 1)]
+    assert 2 not in core._held and core._inflight == 2 and not core._ready
+    assert core._starts == [1, 3]  # counted in the database by the next round
+    io = core._count_starts()
+    (query,) = _queries(io, [])
+    assert query.params == {"ids": [1, 3], "counts": [1, 1]}
 
 
 def test_plan_claims_sleeps_and_shuts_down_in_order() -> None:

@@ -16,6 +16,7 @@ import typer
 from rich.table import Table
 
 from .. import aio
+from .._signals import stop_on_signals
 from ..errors import ConfigError
 from ..events import STATES, EventRecord, Events
 from ._common import DsnOption, JsonOption, console, emit_json, wants_json
@@ -68,7 +69,8 @@ def work(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log only failures.")] = False,
 ) -> None:
-    """Run a worker for the handlers of TARGET until Ctrl-C (then stop gracefully)."""
+    """Run a worker for the handlers of TARGET until Ctrl-C or SIGTERM (then stop gracefully:
+    running handlers finish, claimed events not started go back at once)."""
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -77,9 +79,18 @@ def work(
     events = load(target)
     if isinstance(events, aio.Events):
         with contextlib.suppress(KeyboardInterrupt):  # run() stops gracefully first
-            asyncio.run(events.run(concurrency, poll_interval=poll_interval))
+            asyncio.run(_work_async(events, concurrency, poll_interval))
         return
-    events.run(concurrency, poll_interval=poll_interval)
+    events.run(concurrency, poll_interval=poll_interval)  # SIGTERM and Ctrl-C stop it
+
+
+async def _work_async(events: aio.Events, concurrency: int, poll_interval: float | None) -> None:
+    """Run the asyncio worker; SIGTERM and Ctrl-C cancel it (it then stops gracefully)."""
+    task = asyncio.ensure_future(events.run(concurrency, poll_interval=poll_interval))
+    loop = asyncio.get_running_loop()
+    cancel = lambda: loop.call_soon_threadsafe(task.cancel)  # noqa: E731
+    with stop_on_signals(cancel, "pgtide events work"), contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 @app.command()

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from ..connect import DsnLike
-from ..session import AsyncSession, Io, arun
+from ..session import AsyncSession, Io, arun, ausing
 from ._core import EventRecord, EventsBase
 from ._worker import AsyncWorker
 
@@ -39,7 +39,8 @@ class Events(EventsBase):
         if conn is None:
             return await self._session.run(make)
         await self._session.connection()  # the schema installed, your table checked
-        return await arun(conn, make())
+        async with ausing(conn=conn) as caller:  # a missing privilege is a PermissionDenied
+            return await arun(caller, make())
 
     async def publish(
         self,

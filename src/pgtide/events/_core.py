@@ -409,6 +409,8 @@ def overview() -> Io[list[Section]]:
 def _check_key(key: object) -> None:
     if key is not None and not isinstance(key, str):
         raise ConfigError(f"key must be a string or None, not {type(key).__name__}")
+    if key is not None and "\x00" in key:
+        raise ConfigError(f"bad key {key!r}: a key cannot hold a NUL character (\\x00)")
 
 
 def _when(run_at: datetime | timedelta | None) -> datetime | None:

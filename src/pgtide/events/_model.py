@@ -67,10 +67,10 @@ class HandlerSpec:
 
 def check_name(name: object) -> str:
     """An event name: a non-empty string of at most 200 characters, no outer whitespace."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.match(name) or "\x00" in name:
         raise ConfigError(
             f"bad event name {name!r}: use a non-empty string of at most 200 characters "
-            "without leading or trailing whitespace"
+            "without leading or trailing whitespace or NUL characters"
         )
     return name
 
@@ -78,12 +78,37 @@ def check_name(name: object) -> str:
 def to_json(value: Any, what: str) -> str:
     """Encode ``value`` as JSON text, or raise a clear :class:`EventPayloadError`."""
     try:
-        return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise EventPayloadError(
             f"{what} is not JSON-serialisable ({exc}); pass dicts, lists, strings, numbers, "
             "booleans or None (convert dates, decimals and objects to strings or numbers first)"
         ) from None
+    if "\\u0000" in text and (where := _nul_at(value, "")) is not None:
+        raise EventPayloadError(
+            f"{what} holds a NUL character (\\x00) in {where or 'the value'}: PostgreSQL's "
+            "jsonb cannot store it; remove it, or encode binary data (e.g. base64) first"
+        )
+    return text
+
+
+def _nul_at(value: Any, path: str) -> str | None:
+    """Where a NUL character is in ``value`` (a path such as ``['a'][2]``, keys included)."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and "\x00" in key:
+                return f"the key {key!r}" + (f" in {path}" if path else "")
+            found = _nul_at(item, f"{path}[{key!r}]")
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = _nul_at(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
 
 
 def retry_delay(attempt: int, base: float, maximum: float) -> float:

@@ -40,22 +40,38 @@ WITH candidates AS (
     FOR UPDATE OF e SKIP LOCKED
 )
 UPDATE pgtide.events e
-SET state = 'running', attempts = e.attempts + 1, lease_owner = %(owner)s,
-    lease_expires = now() + %(lease)s * interval '1 second', started_at = now()
+SET state = 'running', lease_owner = %(owner)s, lease_token = e.lease_token + 1,
+    lease_expires = now() + %(lease)s * interval '1 second', started_at = NULL
 WHERE e.id = ANY(ARRAY(SELECT id FROM candidates))
-RETURNING e.id, e.name, e.payload, e.attempts, e.created_at, e.key, e.source_id
+RETURNING e.id, e.name, e.payload, e.created_at, e.key, e.source_id, e.lease_token, e.attempts
 """
+"""A claim reserves events (a new fencing token each, a lease) but counts no attempt."""
 
-# Fenced by owner and attempt: a worker whose lease was taken over cannot overwrite.
-# (id = ANY(...) lets the planner use the primary key whatever its statistics say.)
+# The outcomes, renewals and releases below are fenced: each touches a row only while it
+# still carries this worker's owner and the token of its claim, so a worker whose lease was
+# taken over (after an outage longer than the lease, say) can neither renew, complete, fail
+# nor release an event that another worker now owns. (id = ANY(...) lets the planner use
+# the primary key whatever its statistics say.)
+
+STARTED = """
+UPDATE pgtide.events e
+SET attempts = e.attempts + v.n, started_at = now()
+FROM unnest(%(ids)s::bigint[], %(counts)s::integer[]) AS v(id, n),
+     (SELECT set_config('synchronous_commit', 'off', true)) AS quick
+WHERE e.id = ANY(%(ids)s::bigint[]) AND e.id = v.id
+"""
+"""Count the attempts whose handlers started (a counter of what really happened, so not
+fenced: a start is counted even if another worker owns the event by the time it is
+written). Its commit does not wait for the disk: a server crash may forget a start."""
+
 COMPLETE = """
 UPDATE pgtide.events e
 SET state = 'done', result = v.result::jsonb, finished_at = now(),
     lease_owner = NULL, lease_expires = NULL
-FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(results)s::text[])
-     AS v(id, attempt, result)
-WHERE e.id = ANY(%(ids)s::bigint[]) AND e.id = v.id AND e.attempts = v.attempt
-  AND e.lease_owner = %(owner)s
+FROM unnest(%(ids)s::bigint[], %(tokens)s::integer[], %(results)s::text[])
+     AS v(id, token, result)
+WHERE e.id = ANY(%(ids)s::bigint[]) AND e.id = v.id AND e.lease_token = v.token
+  AND e.lease_owner = %(owner)s AND e.state = 'running'
 """
 
 FAIL = """
@@ -64,27 +80,38 @@ SET state = %(state)s, error = %(error)s,
     run_after = now() + %(delay)s * interval '1 second',
     finished_at = CASE WHEN %(state)s = 'dead' THEN now() END,
     lease_owner = NULL, lease_expires = NULL
-WHERE id = %(id)s AND attempts = %(attempt)s AND lease_owner = %(owner)s
+WHERE id = %(id)s AND lease_token = %(token)s AND lease_owner = %(owner)s AND state = 'running'
 """
 
 RELEASE = """
-UPDATE pgtide.events
-SET state = CASE WHEN error IS NULL THEN 'pending' ELSE 'failed' END,
-    attempts = attempts - 1, lease_owner = NULL, lease_expires = NULL, started_at = NULL
-WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s AND state = 'running'
+UPDATE pgtide.events e
+SET state = CASE WHEN e.error IS NULL THEN 'pending' ELSE 'failed' END,
+    lease_owner = NULL, lease_expires = NULL, started_at = NULL
+FROM unnest(%(ids)s::bigint[], %(tokens)s::integer[]) AS v(id, token)
+WHERE e.id = ANY(%(ids)s::bigint[]) AND e.id = v.id AND e.lease_token = v.token
+  AND e.lease_owner = %(owner)s AND e.state = 'running'
 """
+"""Give events back at once (a stopping worker): pending again, attempts as they are."""
 
 WAKE = "SELECT pg_notify(%s, '')"
 
 WORKER_SESSION = "SET plan_cache_mode = force_custom_plan"
 """The worker's session: a generic plan of the batch updates would ignore the arrays' sizes
-and scan the table. (Commits stay synchronous: a claim lost in a server crash could let a
-second worker start an event that a live worker is still running.)"""
+and scan the table. (Claims, heartbeats and outcomes commit synchronously: a claim lost in a
+server crash could let a second worker start an event that a live worker is still running.)"""
 
 HEARTBEAT = """
-UPDATE pgtide.events SET lease_expires = now() + %(lease)s * interval '1 second'
-WHERE lease_owner = %(owner)s AND state = 'running'
+UPDATE pgtide.events e SET lease_expires = now() + %(lease)s * interval '1 second'
+FROM unnest(%(ids)s::bigint[], %(tokens)s::integer[], %(started)s::boolean[])
+     AS v(id, token, started)
+WHERE e.id = ANY(%(ids)s::bigint[]) AND e.id = v.id AND e.lease_token = v.token
+  AND e.lease_owner = %(owner)s AND e.state = 'running'
+  AND (v.started OR e.lease_expires > now())
+RETURNING e.id
 """
+"""Renew the leases this worker holds; those not returned are lost. A lease that lapsed is
+renewed only for a handler already running (nobody took it over: stealing it now would run
+the event twice at once); a claimed event not started yet whose lease lapsed is given up."""
 
 WORKER_SEEN = "UPDATE pgtide.event_workers SET seen_at = now() WHERE id = %s"
 

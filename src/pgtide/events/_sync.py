@@ -11,9 +11,10 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from .._signals import stop_on_signals
 from ..connect import DsnLike
 from ..errors import ConfigError
-from ..session import Io, Session, run
+from ..session import Io, Session, run, using
 from ._core import EventRecord, EventsBase
 from ._worker import Worker
 
@@ -43,7 +44,8 @@ class Events(EventsBase):
         if conn is None:
             return self._session.run(make)
         self._session.connection()  # the schema installed, your table checked
-        return run(conn, make())
+        with using(conn=conn) as caller:  # a missing privilege is a PermissionDenied
+            return run(caller, make())
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -116,13 +118,19 @@ class Events(EventsBase):
         poll_interval: float | None = None,
         stop_timeout: float = 30.0,
     ) -> None:
-        """Run a worker in this thread until :meth:`stop` or Ctrl-C, then stop gracefully."""
+        """Run a worker in this thread until :meth:`stop`, then stop gracefully.
+
+        In the main thread, SIGTERM and Ctrl-C (SIGINT) stop it the same way: no new claims,
+        running handlers finish (up to ``stop_timeout`` seconds), claimed events not started
+        and handlers still running then are given back at once; ``run()`` then returns.
+        """
         worker = self._new_worker(concurrency, poll_interval, stop_timeout)
         with self._lock:
             self._workers.append((worker, threading.current_thread()))
         try:
-            worker.run()
-        except KeyboardInterrupt:
+            with stop_on_signals(worker.stop, "events worker"):
+                worker.run()
+        except KeyboardInterrupt:  # a second Ctrl-C while stopping, or a signal elsewhere
             worker.stop()
         finally:
             with self._lock:

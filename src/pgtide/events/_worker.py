@@ -14,8 +14,10 @@ Handlers: at most ``concurrency`` at once in all. Plain functions run on a pool 
 (the caller's under ``pgtide.aio``, a loop thread under ``pgtide``), holding no thread.
 
 A worker that dies stops heartbeating, its leases expire, and other workers claim its events
-again; outcomes are fenced by owner and attempt, so a worker that lost a lease cannot
-overwrite the event's newer state.
+again. Each claim carries a fencing token: renewals, outcomes and releases are fenced by
+owner and token, so a worker that lost a lease cannot overwrite the event's newer state; a
+claimed event starts only while its lease is surely valid on the worker's own clock, and
+its attempt is counted when it starts (written right after, in batches), not at the claim.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ import threading
 import time
 import traceback
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeAlias
 
 import psycopg
@@ -115,6 +118,44 @@ Plan: TypeAlias = Generator[Step, Any, None]
 LoopProvider: TypeAlias = Callable[[], asyncio.AbstractEventLoop]
 
 
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """An event this worker claimed and has not started: no attempt is counted for it yet."""
+
+    id: int
+    name: str
+    payload: Any
+    created_at: datetime
+    key: str | None
+    source_id: str | None
+
+    def started(self, attempt: int) -> Event:
+        return Event(
+            self.id, self.name, self.payload, attempt, self.created_at, self.key, self.source_id
+        )
+
+
+@dataclass(slots=True)
+class _Hold:
+    """A lease this worker holds: the fencing token of its claim, the attempts counted before
+    it, until when (this process's monotonic clock) the lease is surely valid, and whether
+    its handler started."""
+
+    token: int
+    attempts: int
+    valid_until: float
+    started: bool = False
+
+
+SURELY_VALID = 0.9
+"""A lease counts as valid here for this share of its length, from the moment the statement
+that granted or renewed it was sent (the server's clock starts later; the rest is margin)."""
+
+
+FLUSH_EVERY = 0.01
+"""While handlers run, outcomes are recorded at least this often (else in batches)."""
+
+
 class WorkerCore:
     """One worker's state and decisions, shared by both drivers (thread-safe)."""
 
@@ -135,7 +176,9 @@ class WorkerCore:
         self._lock = threading.Lock()
         self._stopping = False
         self._abandoned = False
-        self._ready: deque[Event] = deque()
+        self._ready: deque[Claimed] = deque()
+        self._held: dict[int, _Hold] = {}  # every lease held: claimed until settled
+        self._active: set[int] = set()  # handlers running now
         self._running = 0
         self._limits = {n: s.concurrency for n, s in handlers.items() if s.concurrency}
         self._by_name = dict.fromkeys(self._limits, 0)
@@ -143,6 +186,7 @@ class WorkerCore:
         self._done: list[tuple[Event, str | None]] = []
         self._failed: list[tuple[Event, str, float, bool]] = []
         self._unstarted: list[int] = []
+        self._starts: list[int] = []  # started, not yet counted in the database
         self._max_inflight = options.concurrency + options.batch_size
         self._low_water = self._max_inflight // 2
         self._flush_at = max(1, options.batch_size // 2)
@@ -157,11 +201,13 @@ class WorkerCore:
         self._next_beat = now + options.lease / 3
         self._next_poll = now + every
         self._next_catch_up = now + self._catch_up_every
+        self._next_flush = now
+        self._next_due: float | None = None  # the earliest retry this worker scheduled
 
     # -- control and wake-ups --------------------------------------------------------------
 
     def request_stop(self) -> None:
-        """No new claims; running handlers finish; the rest go back (see :meth:`plan`)."""
+        """No new claims nor starts; running handlers finish; the rest go back (:meth:`plan`)."""
         self.stop_requested = True
         self.wake()
 
@@ -179,6 +225,11 @@ class WorkerCore:
         """A NOTIFY may have been missed (a reconnect): scan the user's table whole."""
         with self._lock:
             self._mirror_due = True
+
+    def on_reconnect(self) -> None:
+        """The connection was lost: renew (or learn that we lost) our leases first thing."""
+        self.on_gap()
+        self._next_beat = 0.0
 
     # -- the dispatcher, written once ------------------------------------------------------
 
@@ -202,7 +253,7 @@ class WorkerCore:
     def _shutdown(self) -> Plan:
         with self._lock:
             self._stopping = True
-            self._unstarted.extend(e.id for e in self._ready)
+            self._unstarted.extend(c.id for c in self._ready)
             self._inflight -= len(self._ready)
             self._ready.clear()
         self._close_pool()
@@ -220,10 +271,14 @@ class WorkerCore:
         log.info("events worker %s stopped", self.owner)
 
     def next_wait(self) -> float:
-        """How long to sleep when idle: briefly while handlers run, else until the next poll."""
+        """How long to sleep when idle: briefly while handlers run, else until the next poll
+        or the earliest retry this worker scheduled, whichever comes first."""
+        now = time.monotonic()
         with self._lock:
             busy = self._inflight > 0
-        timeout = 0.01 if busy else max(0.0, self._next_poll - time.monotonic())
+        timeout = 0.01 if busy else max(0.0, self._next_poll - now)
+        if self._next_due is not None:
+            timeout = min(timeout, max(0.0, self._next_due - now))
         return min(timeout, self.options.lease / 3)
 
     def busy(self) -> bool:
@@ -231,17 +286,20 @@ class WorkerCore:
             return self._running > 0
 
     def _abandon(self) -> None:
-        """Past the stop timeout: leave running handlers to their leases (async ones are
-        cancelled); their events run again when the leases expire."""
+        """Past the stop timeout: give the events of handlers still running back at once
+        (async ones are cancelled; a plain function cannot be interrupted, and its outcome
+        is dropped)."""
         with self._lock:
             still, self._abandoned = self._running, True
+            self._unstarted.extend(self._active)
+            self._active.clear()
             tasks = list(self._tasks)
         for task in tasks:
             task.get_loop().call_soon_threadsafe(task.cancel)
         if still:
             log.warning(
                 "events worker %s stopped with %d handler(s) still running after %.1f s; "
-                "their events will run again when the lease expires",
+                "their events are given back to run again",
                 self.owner,
                 still,
                 self.options.stop_timeout,
@@ -264,19 +322,39 @@ class WorkerCore:
         )
 
     def round(self) -> Io[bool]:
-        """Record outcomes, heartbeat when due, mirror, claim; True when more may be waiting."""
-        yield from self._flush()
+        """Record outcomes, heartbeat when due, mirror, claim, start what may start; True
+        when more may be waiting."""
         now = time.monotonic()
+        if self._flush_due(now):
+            yield from self._flush()
+            self._next_flush = now + FLUSH_EVERY
         if now >= self._next_beat:
             yield from self._heartbeat()
             self._next_beat = now + self.options.lease / 3
         if now >= self._next_poll:
             self._next_poll = now + self.options.poll_interval
+        if self._next_due is not None and now >= self._next_due:
+            self._next_due = None
         if now >= self._next_catch_up:
             self.on_gap()
             self._next_catch_up = now + self._catch_up_every
+        yield from self._count_starts()
         yield from self._mirror()
-        return (yield from self._claim())
+        more = yield from self._claim()
+        self._launch()
+        return more
+
+    def _flush_due(self, now: float) -> bool:
+        with self._lock:
+            return bool(self._failed) or (
+                bool(self._done)
+                and (
+                    len(self._done) >= self._flush_at
+                    or (self._running == 0 and not self._ready)  # idle: record it now
+                    or now >= self._next_flush
+                    or self.stop_requested
+                )
+            )
 
     def settle(self) -> Io[None]:
         """While stopping: release unstarted events, record outcomes, heartbeat when due."""
@@ -289,6 +367,10 @@ class WorkerCore:
                 with self._lock:
                     self._unstarted[:0] = ids
                 raise
+            with self._lock:
+                for id_ in ids:
+                    self._held.pop(id_, None)
+        yield from self._count_starts()
         yield from self._flush()
         now = time.monotonic()
         if now >= self._next_beat:
@@ -299,15 +381,72 @@ class WorkerCore:
         yield Query(_sql.WORKER_FORGET, (self.owner,))
 
     def _release(self, ids: list[int]) -> Io[None]:
-        yield Query(_sql.RELEASE, {"ids": ids, "owner": self.owner})
-        yield Query(_sql.WAKE, (_sql.CHANNEL,))
+        with self._lock:
+            held = [(i, self._held[i].token) for i in ids if i in self._held]
+        if held:
+            params = {"ids": [i for i, _ in held], "tokens": [t for _, t in held]}
+            yield Query(_sql.RELEASE, {**params, "owner": self.owner})
+            yield Query(_sql.WAKE, (_sql.CHANNEL,))
 
     def _heartbeat(self) -> Io[None]:
-        def beat() -> Io[None]:
-            yield Query(_sql.HEARTBEAT, {"owner": self.owner, "lease": self.options.lease})
-            yield Query(_sql.WORKER_SEEN, (self.owner,))
+        """Renew the leases held; give up those the server says are no longer ours."""
+        with self._lock:
+            held = [(i, h.token, h.started) for i, h in self._held.items()]
+        sent = time.monotonic()
 
-        yield from atomic(beat())
+        def beat() -> Io[set[int]]:
+            renewed: set[int] = set()
+            if held:
+                rows = yield from query(
+                    _sql.HEARTBEAT,
+                    {
+                        "ids": [i for i, _, _ in held],
+                        "tokens": [t for _, t, _ in held],
+                        "started": [s for _, _, s in held],
+                        "owner": self.owner,
+                        "lease": self.options.lease,
+                    },
+                )
+                renewed = {int(r[0]) for r in rows}
+            yield Query(_sql.WORKER_SEEN, (self.owner,))
+            return renewed
+
+        renewed = yield from atomic(beat())
+        valid_until = sent + self.options.lease * SURELY_VALID
+        with self._lock:
+            for id_ in renewed:
+                if (hold := self._held.get(id_)) is not None:
+                    hold.valid_until = max(hold.valid_until, valid_until)
+        lost = [(i, s) for i, _, s in held if i not in renewed]
+        if lost:
+            self._lose([i for i, s in lost if not s], [i for i, s in lost if s])
+
+    def _lose(self, unstarted: list[int], started: list[int]) -> None:
+        """Leases that are no longer ours: never start those events, never record them."""
+        with self._lock:
+            gone = set(unstarted)
+            for id_ in (*unstarted, *started):
+                self._held.pop(id_, None)
+            if gone:
+                kept = deque(c for c in self._ready if c.id not in gone)
+                self._inflight -= len(self._ready) - len(kept)
+                self._ready = kept
+        if unstarted:
+            log.warning(
+                "events worker %s: the lease of %d claimed event(s) lapsed or was taken over "
+                "before they started; they are left to other workers (ids %s)",
+                self.owner,
+                len(unstarted),
+                _ids(unstarted),
+            )
+        if started:
+            log.warning(
+                "events worker %s: lost the lease of %d running event(s) (the database was out "
+                "of reach longer than the lease); their outcomes will not be recorded (ids %s)",
+                self.owner,
+                len(started),
+                _ids(started),
+            )
 
     def _mirror(self) -> Io[None]:
         """Copy new rows of the user's table into pgtide.events (bring your own table)."""
@@ -332,12 +471,15 @@ class WorkerCore:
             raise
 
     def _claim(self) -> Io[bool]:
-        """Claim what fits and start what may start; True when the batch came back full."""
+        """Claim what fits (no attempt counted yet); True when the batch came back full."""
+        if self.stop_requested:
+            return False
         with self._lock:
             inflight = self._inflight
         if inflight > self._low_water:
             return False
         asked = min(self._max_inflight - inflight, self.options.batch_size)
+        sent = time.monotonic()
         rows = yield from query(
             _sql.CLAIM,
             {
@@ -351,40 +493,76 @@ class WorkerCore:
         if not rows:
             return False
         rows.sort(key=lambda r: r[0])
+        valid_until = sent + self.options.lease * SURELY_VALID
         with self._lock:
-            self._inflight += len(rows)
-            self._ready.extend(Event(*row) for row in rows)
-        self._launch()
+            for *fields, token, attempts in rows:
+                hold = self._held.get(fields[0])
+                if hold is not None:  # ours already (its lease had lapsed): one copy, new token
+                    hold.token, hold.valid_until = token, valid_until
+                    continue
+                self._held[fields[0]] = _Hold(token, attempts, valid_until)
+                self._ready.append(Claimed(*fields))
+                self._inflight += 1
         return len(rows) == asked
+
+    def _count_starts(self) -> Io[None]:
+        """Count in the database the attempts whose handlers started since the last time."""
+        with self._lock:
+            starts, self._starts = self._starts, []
+        if not starts:
+            return
+        counts = Counter(starts)
+        try:
+            yield Query(_sql.STARTED, {"ids": list(counts), "counts": list(counts.values())})
+        except BaseException:
+            with self._lock:  # count them next time
+                self._starts[:0] = starts
+            raise
 
     def _flush(self) -> Io[None]:
         with self._lock:
             done, self._done = self._done, []
             failed, self._failed = self._failed, []
+            finished = [e for e, _ in done] + [f[0] for f in failed]
+            tokens = {e.id: h.token for e in finished if (h := self._held.get(e.id))}
         if not done and not failed:
             return
         try:
-            yield from atomic(self._outcomes(done, failed))
+            yield from atomic(self._outcomes(done, failed, tokens))
         except BaseException:
             with self._lock:  # keep them for the next flush
                 self._done[:0] = done
                 self._failed[:0] = failed
             raise
+        retry_at = [time.monotonic() + delay + 0.001 for _, _, delay, dead in failed if not dead]
+        with self._lock:
+            for event in finished:
+                self._held.pop(event.id, None)
+            if retry_at:
+                soonest = min(retry_at)
+                if self._next_due is None or soonest < self._next_due:
+                    self._next_due = soonest
 
     def _outcomes(
-        self, done: list[tuple[Event, str | None]], failed: list[tuple[Event, str, float, bool]]
+        self,
+        done: list[tuple[Event, str | None]],
+        failed: list[tuple[Event, str, float, bool]],
+        tokens: dict[int, int],
     ) -> Io[None]:
+        done = [(e, r) for e, r in done if e.id in tokens]  # a lost lease records nothing
         if done:
             yield Query(
                 _sql.COMPLETE,
                 {
                     "ids": [e.id for e, _ in done],
-                    "attempts": [e.attempt for e, _ in done],
+                    "tokens": [tokens[e.id] for e, _ in done],
                     "results": [r for _, r in done],
                     "owner": self.owner,
                 },
             )
         for event, error, delay, dead in failed:
+            if event.id not in tokens:
+                continue
             yield Query(
                 _sql.FAIL,
                 {
@@ -392,7 +570,7 @@ class WorkerCore:
                     "error": error,
                     "delay": delay,
                     "id": event.id,
-                    "attempt": event.attempt,
+                    "token": tokens[event.id],
                     "owner": self.owner,
                 },
             )
@@ -401,7 +579,11 @@ class WorkerCore:
 
     def _launch(self) -> None:
         """Start what may start now: plain handlers on the pool, async ones on the loop."""
-        for event in self._take():
+        events = self._take()
+        if not events:
+            return
+        self.wake()  # the dispatcher counts these attempts at once
+        for event in events:
             spec = self.handlers[event.name]
             if spec.is_async:
                 self._loop().call_soon_threadsafe(self._spawn, event, spec)
@@ -410,26 +592,58 @@ class WorkerCore:
                 self._pool.put(event)
 
     def _take(self) -> list[Event]:
-        """Events to start (in id order), within the worker's and each handler's limit."""
+        """Events to start (in id order), within the worker's and each handler's limit, and
+        only while their leases are surely valid: a claimed event whose lease may have lapsed
+        (the database was out of reach, say) is dropped, never started."""
+        now = time.monotonic()
         with self._lock:
             free = self.options.concurrency - self._running
-            if self._stopping or free <= 0 or not self._ready:
+            if self._stopping or self.stop_requested or free <= 0 or not self._ready:
                 return []
+            taken: list[Claimed] = []
+            lapsed: list[int] = []
             if not self._limits:
-                taken = [self._ready.popleft() for _ in range(min(free, len(self._ready)))]
-            else:
-                taken, kept = [], deque[Event]()
-                for event in self._ready:
-                    limit = self._limits.get(event.name)
-                    if len(taken) < free and (limit is None or self._by_name[event.name] < limit):
-                        taken.append(event)
-                        if limit is not None:
-                            self._by_name[event.name] += 1
+                while len(taken) < free and self._ready:
+                    claimed = self._ready.popleft()
+                    if self._held[claimed.id].valid_until <= now:
+                        lapsed.append(claimed.id)
                     else:
-                        kept.append(event)
+                        taken.append(claimed)
+            else:
+                kept = deque[Claimed]()
+                for claimed in self._ready:
+                    limit = self._limits.get(claimed.name)
+                    if self._held[claimed.id].valid_until <= now:
+                        lapsed.append(claimed.id)
+                    elif len(taken) < free and (
+                        limit is None or self._by_name[claimed.name] < limit
+                    ):
+                        taken.append(claimed)
+                        if limit is not None:
+                            self._by_name[claimed.name] += 1
+                    else:
+                        kept.append(claimed)
                 self._ready = kept
+            self._inflight -= len(lapsed)
             self._running += len(taken)
-            return taken
+            events = []
+            for claimed in taken:
+                hold = self._held[claimed.id]
+                hold.started = True
+                events.append(claimed.started(hold.attempts + 1))
+                self._active.add(claimed.id)
+                self._starts.append(claimed.id)
+            for id_ in lapsed:
+                del self._held[id_]
+        if lapsed:
+            log.warning(
+                "events worker %s: the lease of %d claimed event(s) may have lapsed before they "
+                "started; they are left to other workers (ids %s)",
+                self.owner,
+                len(lapsed),
+                _ids(lapsed),
+            )
+        return events
 
     def _start_pool(self) -> None:
         if self._threads:
@@ -489,7 +703,7 @@ class WorkerCore:
         self._finish(event, began, encoded, None)
 
     def _failure(self, event: Event, spec: HandlerSpec, began: float) -> None:
-        error = traceback.format_exc()
+        error = traceback.format_exc().replace("\x00", "\\x00")  # text cannot hold NUL
         delay = retry_delay(event.attempt, self.options.retry_delay, self.options.max_retry_delay)
         self._finish(event, began, None, (error, delay, event.attempt >= spec.max_attempts))
 
@@ -502,6 +716,7 @@ class WorkerCore:
     ) -> None:
         with self._lock:
             self._running -= 1
+            self._active.discard(event.id)
             if event.name in self._by_name:
                 self._by_name[event.name] -= 1
             if self._abandoned:
@@ -521,6 +736,11 @@ class WorkerCore:
         self._launch()
         if log.isEnabledFor(logging.INFO):
             _log_outcome(event, began, failure)
+
+
+def _ids(ids: list[int]) -> str:
+    shown = ", ".join(map(str, ids[:10]))
+    return shown + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
 
 
 def _log_outcome(event: Event, began: float, failure: tuple[str, float, bool] | None) -> None:
@@ -628,7 +848,7 @@ class Worker(_Driver):
             resolved,
             name="events worker",
             prepare=self.core.setup,
-            on_reconnect=self.core.on_gap,
+            on_reconnect=self.core.on_reconnect,
         )
 
     def stop(self) -> None:
@@ -686,17 +906,13 @@ class AsyncWorker(_Driver):
             resolved,
             name="events worker",
             prepare=self.core.setup,
-            on_reconnect=self._reconnecting,
+            on_reconnect=self.core.on_reconnect,
         )
 
     def stop(self) -> None:
-        """Ask the worker to stop (a wait to reconnect ends after its current delay)."""
+        """Ask the worker to stop: no new claims; running handlers finish; the rest go back."""
         self.core.request_stop()
-
-    def _reconnecting(self) -> None:
-        self.core.on_gap()
-        if self.core.stop_requested:
-            raise Stopped("events worker stopped while reconnecting")
+        self._session.stop()  # a wait to reconnect ends at once
 
     async def run(self) -> None:
         """Serve until :meth:`stop`; then finish running handlers (bounded) and release."""
