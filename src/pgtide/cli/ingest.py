@@ -182,15 +182,18 @@ def _once(watcher: FileWatcher, machine: bool) -> None:
 
     worker = threading.Thread(target=work, name="pgtide-ingest-once", daemon=True)
     worker.start()
-    if machine:
-        worker.join()
-    else:
-        display = _Display()
-        with display.progress:
+    # SIGTERM or Ctrl-C: stop after the current batch (committed with its offset), report
+    with stop_on_signals(watcher.stop, "pgtide ingest --once"):
+        if machine:
             while worker.is_alive():
-                display.update(watcher.status())
                 worker.join(_REFRESH)
-            display.update(watcher.status())
+        else:
+            display = _Display()
+            with display.progress:
+                while worker.is_alive():
+                    display.update(watcher.status())
+                    worker.join(_REFRESH)
+                display.update(watcher.status())
     if failure:
         raise failure[0]
     _report(watcher.status(), machine)
