@@ -229,7 +229,7 @@ def test_run_stops_gracefully_on_ctrl_c_and_sigterm(
 SLOW_TABLE = """
 CREATE TABLE big (v text);
 CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS
-    $$ BEGIN PERFORM pg_sleep(0.001); RETURN NEW; END $$;
+    $$ BEGIN PERFORM pg_sleep(0.004); RETURN NEW; END $$;
 CREATE TRIGGER slow BEFORE INSERT ON big FOR EACH ROW EXECUTE FUNCTION slow();
 """
 
@@ -238,9 +238,9 @@ CREATE TRIGGER slow BEFORE INSERT ON big FOR EACH ROW EXECUTE FUNCTION slow();
 def test_ingest_once_stops_gracefully_on_a_signal(
     dsn: str, data: Path, cli: Any, sig: signal.Signals
 ) -> None:
-    sql(dsn, SLOW_TABLE)  # about 1 s per 4 MB batch of 4 kB lines: slow enough to interrupt
-    total = 3_000
-    (data / "a.txt").write_text("".join(f"{i:08}{'x' * 4000}\n" for i in range(total)))
+    sql(dsn, SLOW_TABLE)  # about 1 s per 16 MB batch of 64 kB lines: slow enough to interrupt
+    total = 800
+    (data / "a.txt").write_text("".join(f"{i:08}{'x' * 65_000}\n" for i in range(total)))
     command = [sys.executable, "-m", "pgtide", "ingest", str(data), "-t", "big", "--once"]
     proc = subprocess.Popen(
         [*command, "--dsn", dsn], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

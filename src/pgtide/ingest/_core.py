@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -634,6 +634,23 @@ class Engine:
             tracked.rotated_from,
         )
 
+    def _next_state(self, chunk: Chunk) -> _store.Saved:
+        """The file's state once ``chunk`` is committed."""
+        t = chunk.tracked
+        return _store.Saved(
+            t.path,
+            t.device,
+            t.inode,
+            chunk.fingerprint,
+            chunk.fingerprint_len,
+            chunk.offset,
+            t.line_count + chunk.lines,
+            t.rows_written,
+            t.rejected,
+            t.version,
+            t.rotated_from,
+        )
+
     def _restart_file(self, tracked: _files.Tracked) -> None:
         log.info("%s was truncated or rewritten; reading it again from the start", tracked.path)
         tracked.offset = tracked.line_count = 0
@@ -728,17 +745,7 @@ class Engine:
             ]
             self._do(_store.add_rejects(self.s.name, rejects))
             states = [
-                (
-                    replace(
-                        self._state(c.tracked),
-                        fingerprint=c.fingerprint,
-                        fingerprint_len=c.fingerprint_len,
-                        offset=c.offset,
-                        line_count=c.tracked.line_count + c.lines,
-                    ),
-                    landed,
-                    len(refused),
-                )
+                (self._next_state(c), landed, len(refused))
                 for c, (landed, refused) in zip(chunks, results, strict=True)
             ]
             versions = self._do(_store.save_many(self.s.name, self.s.target.label, states))

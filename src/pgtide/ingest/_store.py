@@ -7,6 +7,7 @@ the file's new offset commit together or not at all.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,23 +31,23 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (watcher, path) DO NOTHING
 RETURNING version
 """
-_STATES = """unnest(%s::text[], %s::numeric[], %s::numeric[], %s::bytea[], %s::integer[],
-            %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::text[])
-     AS u (path, device, inode, fingerprint, fingerprint_len, byte_offset, line_count,
-           added_rows, added_rejects, version, rotated_from)"""
+_STATES = """json_to_recordset(%s::json)
+     AS u (path text, device numeric, inode numeric, fingerprint text, fingerprint_len integer,
+           byte_offset bigint, line_count bigint, added_rows bigint, added_rejects bigint,
+           version bigint, rotated_from text)"""
 INSERT_OFFSETS = f"""
 INSERT INTO pgtide.file_offsets AS f (watcher, path, device, inode, fingerprint,
                                       fingerprint_len, byte_offset, line_count, rows_written,
                                       rejected, target, rotated_from)
-SELECT %s, u.path, u.device, u.inode, u.fingerprint, u.fingerprint_len, u.byte_offset,
-       u.line_count, u.added_rows, u.added_rejects, %s, u.rotated_from
+SELECT %s, u.path, u.device, u.inode, decode(u.fingerprint, 'hex'), u.fingerprint_len,
+       u.byte_offset, u.line_count, u.added_rows, u.added_rejects, %s, u.rotated_from
 FROM {_STATES}
 ON CONFLICT (watcher, path) DO NOTHING
 RETURNING f.path, f.version
 """
 UPDATE_OFFSETS = f"""
 UPDATE pgtide.file_offsets AS f
-SET device = u.device, inode = u.inode, fingerprint = u.fingerprint,
+SET device = u.device, inode = u.inode, fingerprint = decode(u.fingerprint, 'hex'),
     fingerprint_len = u.fingerprint_len, byte_offset = u.byte_offset,
     line_count = u.line_count, rows_written = f.rows_written + u.added_rows,
     rejected = f.rejected + u.added_rejects, version = f.version + 1, updated_at = now()
@@ -173,24 +174,29 @@ def save_many(
         chosen = [s for s in states if (s[0].version == 0) == fresh]
         if not chosen:
             continue
-        arrays = (
-            [s.path for s, _, _ in chosen],
-            [s.device for s, _, _ in chosen],
-            [s.inode for s, _, _ in chosen],
-            [s.fingerprint for s, _, _ in chosen],
-            [s.fingerprint_len for s, _, _ in chosen],
-            [s.offset for s, _, _ in chosen],
-            [s.line_count for s, _, _ in chosen],
-            [rows for _, rows, _ in chosen],
-            [rejects for _, _, rejects in chosen],
-            [s.version for s, _, _ in chosen],
-            [s.rotated_from for s, _, _ in chosen],
+        records = json.dumps(  # one parameter, however many files: quick to send and parse
+            [
+                {
+                    "path": s.path,
+                    "device": s.device,
+                    "inode": s.inode,
+                    "fingerprint": s.fingerprint.hex(),
+                    "fingerprint_len": s.fingerprint_len,
+                    "byte_offset": s.offset,
+                    "line_count": s.line_count,
+                    "added_rows": rows,
+                    "added_rejects": rejects,
+                    "version": s.version,
+                    "rotated_from": s.rotated_from,
+                }
+                for s, rows, rejects in chosen
+            ]
         )
         if fresh:
-            rows = yield from query(INSERT_OFFSETS, (watcher, target, *arrays))
+            found = yield from query(INSERT_OFFSETS, (watcher, target, records))
         else:
-            rows = yield from query(UPDATE_OFFSETS, (*arrays, watcher))
-        done = {str(r[0]): int(r[1]) for r in rows}
+            found = yield from query(UPDATE_OFFSETS, (records, watcher))
+        done = {str(r[0]): int(r[1]) for r in found}
         missing = [s.path for s, _, _ in chosen if s.path not in done]
         if missing:
             raise Conflict(missing[0])

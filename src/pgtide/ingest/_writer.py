@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -27,6 +27,7 @@ from ._formats import (
     Format,
     Reject,
     Row,
+    complete_end,
     line_text,
     parse_csv,
     parse_jsonl,
@@ -102,6 +103,14 @@ def describe(
 def _name_of(fn: Transform) -> str:
     module = getattr(fn, "__module__", None) or "?"
     return f"{module}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+COPY_PIECE = 1 << 20
+"""COPY data is sent in pieces of about this size (cut at record ends)."""
+
+
+class _NotRaw(Exception):
+    """A piece of a block cannot go to COPY unchanged: the block is parsed instead."""
 
 
 RETRY_ROWS = 1024
@@ -188,11 +197,9 @@ class Writer:
         with self._refusals():
             if self.target.table is not None and self.transform is None:
                 assert columns is not None
-                raw = raw_copy_payload(payload, self.fmt, first_line, self.csv)
-                if raw is not None:
-                    landed = self._copy_raw(conn, raw, columns)
-                    if landed is not None:
-                        return landed, []
+                landed = self._copy_raw(conn, self._raw_pieces(payload, first_line), columns)
+                if landed is not None:
+                    return landed, []
             rows, rejects = self._parse(payload, first_line, columns, path)
             landed, refused = self._land(conn, rows, columns)
             return landed, sorted(rejects + refused, key=lambda r: r.line_no)
@@ -215,7 +222,7 @@ class Writer:
                 if len(members) < 2:
                     continue
                 with self._refusals():
-                    landed = self._copy_raw(conn, b"".join(m[1] for m in members), columns)
+                    landed = self._copy_raw(conn, [b"".join(m[1] for m in members)], columns)
                 if landed is None:
                     continue  # a bad row somewhere: part by part finds it
                 for i, _, rows in members:
@@ -237,16 +244,39 @@ class Writer:
         return raw.count(b"\n")
 
     def _copy_raw(
-        self, conn: psycopg.Connection[Any], raw: bytes, columns: Sequence[str]
+        self, conn: psycopg.Connection[Any], pieces: Iterable[bytes], columns: Sequence[str]
     ) -> int | None:
+        """COPY blocks as they are, in one statement under a savepoint; None when the server
+        refuses a row, or when a piece turns out to need parsing (``pieces`` raises
+        :class:`_NotRaw`)."""
         try:
             with conn.transaction(), conn.cursor() as cur:
                 with cur.copy(self._copy(columns, csv_format=self.fmt == "csv")) as copy:
-                    copy.write(raw)
+                    for piece in pieces:
+                        copy.write(piece)
                 return cur.rowcount
+        except _NotRaw:
+            return None
         except ROW_ERRORS as exc:
             log.debug("batch refused as a whole (%s); finding the bad rows", _message(exc))
             return None
+
+    def _raw_pieces(self, payload: bytes, first_line: int) -> Iterator[bytes]:
+        """``payload`` as COPY data, in pieces of about COPY_PIECE bytes cut at record ends,
+        each checked just before it is sent, so that checking overlaps the server's work;
+        raises :class:`_NotRaw` at the first piece that needs parsing."""
+        pos, size = 0, len(payload)
+        while pos < size:
+            piece = payload[pos:] if pos == 0 and size <= COPY_PIECE else b""
+            if not piece:
+                window = payload[pos : pos + COPY_PIECE]
+                end = complete_end(window, self.fmt, self.csv) if len(window) == COPY_PIECE else 0
+                piece = window[:end] if end else payload[pos:]
+            raw = raw_copy_payload(piece, self.fmt, first_line if pos == 0 else 0, self.csv)
+            if raw is None:
+                raise _NotRaw
+            yield raw
+            pos += len(piece)
 
     def _parse(
         self, payload: bytes, first_line: int, columns: Sequence[str] | None, path: str
