@@ -39,6 +39,9 @@ Start = Literal["beginning", "end"]
 SET_UTF8 = "SET client_encoding TO 'UTF8'"
 MAX_OPEN_FILES = 200
 """Files kept open at once; the least recently read are closed (and reopened by path)."""
+ROUND_RESCAN = 0.05
+"""Within a pass, rounds rescan (refreshing the size of closed files) at most this often in
+seconds; a pass always starts with a scan."""
 
 
 @dataclass(frozen=True)
@@ -369,16 +372,18 @@ class Engine:
         one transaction."""
         self._conn = conn
         landed = 0
+        scanned = -ROUND_RESCAN
         while not self.stop_event.is_set():
-            self._scan()
-            self._first_scan = False
-            with self._lock:
-                self._loaded = True
+            if time.monotonic() - scanned >= ROUND_RESCAN:
+                scanned = time.monotonic()
+                self._scan()
+                self._first_scan = False
+                with self._lock:
+                    self._loaded = True
             rows = self._round()
             if rows is None:
                 break
             landed += rows
-        self._take_snapshot()
         return landed
 
     def _round(self) -> int | None:
@@ -713,11 +718,12 @@ class Engine:
         tracked.partial = None
         offset = tracked.offset + advance
         fp_len = min(_files.FINGERPRINT_BYTES, offset)
-        fp = (
-            tracked.fingerprint
-            if fp_len == tracked.fingerprint_len
-            else _files.fingerprint_of(tracked.fd, fp_len)
-        )
+        if fp_len == tracked.fingerprint_len:
+            fp = tracked.fingerprint
+        elif tracked.offset == 0 and len(data) >= fp_len:
+            fp = _files.fingerprint(data[:fp_len])  # the first bytes are in hand
+        else:
+            fp = _files.fingerprint_of(tracked.fd, fp_len)
         return Chunk(tracked, payload, offset, payload.count(b"\n"), columns, fp, fp_len)
 
     def _describe(self, columns: tuple[str, ...] | None) -> str:

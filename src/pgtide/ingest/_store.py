@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
+
 from ..errors import IngestError
 from ..names import TableName, columns, lookup
 from ..overview import Section
@@ -42,7 +44,6 @@ INSERT INTO pgtide.file_offsets AS f (watcher, path, device, inode, fingerprint,
 SELECT %s, u.path, u.device, u.inode, decode(u.fingerprint, 'hex'), u.fingerprint_len,
        u.byte_offset, u.line_count, u.added_rows, u.added_rejects, %s, u.rotated_from
 FROM {_STATES}
-ON CONFLICT (watcher, path) DO NOTHING
 RETURNING f.path, f.version
 """
 UPDATE_OFFSETS = f"""
@@ -193,7 +194,10 @@ def save_many(
             ]
         )
         if fresh:
-            found = yield from query(INSERT_OFFSETS, (watcher, target, records))
+            try:  # a row there already: another watcher of this name got there first
+                found = yield from query(INSERT_OFFSETS, (watcher, target, records))
+            except psycopg.errors.UniqueViolation:
+                raise Conflict(chosen[0][0].path) from None
         else:
             found = yield from query(UPDATE_OFFSETS, (records, watcher))
         done = {str(r[0]): int(r[1]) for r in found}

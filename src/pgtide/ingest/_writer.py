@@ -212,20 +212,19 @@ class Writer:
         per set of columns; the rest (and a set the server refuses) go part by part."""
         results: list[tuple[int, list[Reject]] | None] = [None] * len(parts)
         if self.target.table is not None and self.transform is None and len(parts) > 1:
-            groups: dict[tuple[str, ...], list[tuple[int, bytes, int]]] = {}
+            groups: dict[tuple[str, ...], list[int]] = {}
             for i, part in enumerate(parts):
-                raw = raw_copy_payload(part.payload, self.fmt, part.first_line, self.csv)
-                rows = self._row_count(raw)
-                if raw is not None and rows is not None and part.columns is not None:
-                    groups.setdefault(tuple(part.columns), []).append((i, raw, rows))
+                if part.columns is not None:
+                    groups.setdefault(tuple(part.columns), []).append(i)
             for columns, members in groups.items():
                 if len(members) < 2:
                     continue
+                merged: list[tuple[int, int]] = []  # (part, rows) sent in the one COPY
                 with self._refusals():
-                    landed = self._copy_raw(conn, [b"".join(m[1] for m in members)], columns)
+                    landed = self._copy_raw(conn, self._merged(parts, members, merged), columns)
                 if landed is None:
                     continue  # a bad row somewhere: part by part finds it
-                for i, _, rows in members:
+                for i, rows in merged:
                     results[i] = (rows, [])
         done: list[tuple[int, list[Reject]]] = []
         for part, result in zip(parts, results, strict=True):
@@ -233,6 +232,29 @@ class Writer:
                 result = self.write(conn, part.payload, part.first_line, part.columns, part.path)
             done.append(result)
         return done
+
+    def _merged(
+        self, parts: Sequence[Part], members: list[int], merged: list[tuple[int, int]]
+    ) -> Iterator[bytes]:
+        """The blocks of several parts as COPY data, in pieces of about COPY_PIECE bytes,
+        checked as they go; a part that needs parsing (or whose rows cannot be counted) is
+        left out (for :meth:`write`); ``merged`` records the parts sent, with their rows."""
+        pieces: list[bytes] = []
+        size = 0
+        for i in members:
+            part = parts[i]
+            raw = raw_copy_payload(part.payload, self.fmt, part.first_line, self.csv)
+            rows = self._row_count(raw)
+            if raw is None or rows is None:
+                continue
+            merged.append((i, rows))
+            pieces.append(raw)
+            size += len(raw)
+            if size >= COPY_PIECE:
+                yield b"".join(pieces)
+                pieces, size = [], 0
+        if pieces:
+            yield b"".join(pieces)
 
     def _row_count(self, raw: bytes | None) -> int | None:
         """Rows in a block COPY takes unchanged, when counting newlines tells (not for CSV
