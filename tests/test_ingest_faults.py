@@ -149,6 +149,31 @@ def test_every_file_is_served_while_writing_goes_on_beyond_the_open_file_limit(
     assert sql(dsn, "SELECT count(*), count(DISTINCT v) FROM t") == [(total, total)]
 
 
+def test_many_files_in_one_transaction_a_bad_line_and_csv_headers(
+    dsn: str, table: str, data: Path
+) -> None:
+    for i in range(6):
+        (data / f"f{i}.txt").write_text("".join(f"{i}{j}\n" for j in range(3)))
+    append(data / "f3.txt", "oops\n4\n")  # one bad line: the others still go in bulk
+    watcher = pgtide.FileWatcher(data, table=table, columns=["v"], dsn=dsn)
+    assert watcher.catch_up() == 19
+    assert sql(dsn, "SELECT line_no, line FROM pgtide.rejects") == [(4, "oops")]
+    assert offsets(dsn)["f3.txt"] == (len((data / "f3.txt").read_bytes()), 5)
+
+    sql(dsn, "CREATE TABLE m (a int, b text)")
+    csvdir = data / "csv"
+    csvdir.mkdir()
+    (csvdir / "x.csv").write_text("a,b\n1,x\n2,y\n")
+    (csvdir / "y.csv").write_text("b,a\nz,3\n")  # other columns, other order
+    (csvdir / "z.csv").write_text('a,b\n4,"q\nr"\n')  # a quoted newline: rows counted apart
+    pgtide.FileWatcher(
+        csvdir, table="m", pattern="*.csv", format="csv", header=True, name="csv", dsn=dsn
+    ).catch_up()
+    assert sql(dsn, "SELECT a, b FROM m ORDER BY a") == [(1, "x"), (2, "y"), (3, "z"), (4, "q\nr")]
+    rows = sql(dsn, "SELECT path, rows_written FROM pgtide.file_offsets WHERE watcher = 'csv'")
+    assert sorted((Path(p).name, n) for p, n in rows) == [("x.csv", 2), ("y.csv", 1), ("z.csv", 1)]
+
+
 # -- status never goes backwards -----------------------------------------------------------------
 
 
