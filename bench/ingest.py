@@ -166,7 +166,7 @@ def _jumbo_pattern(dsn: str, path: Path) -> float:
 
 
 def _sql_template(dsn: str, path: Path, directory: Path) -> float:
-    """pgtide's sql= mode (seed 004's template), pipelined executemany, on 100k lines."""
+    """pgtide's sql= mode (jumbo's INSERT template), pipelined executemany, on 100k lines."""
     n = 100_000
     part = directory / "part"
     part.mkdir()

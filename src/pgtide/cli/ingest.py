@@ -7,7 +7,7 @@ import logging
 import sys
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +21,7 @@ from rich.table import Table
 from .._signals import stop_on_signals
 from ..errors import ConfigError
 from ..ingest import FileWatcher, WatcherStatus, rejects
-from ._common import DsnOption, JsonOption, console, emit_json, wants_json
+from ._common import DsnOption, JsonOption, cell, console, duration, emit_json, wants_json
 
 _REFRESH = 0.25
 
@@ -255,30 +255,10 @@ PathOption = Annotated[
     Path | None, typer.Option("--path", "-p", help="Only the rejects of this file.")
 ]
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _duration(text: str) -> timedelta:
-    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
-    try:
-        return timedelta(seconds=float(number) * _UNITS[unit])
-    except (ValueError, OverflowError):
-        raise ConfigError(
-            f"bad duration {text!r}: use seconds or a number with s, m, h or d, e.g. 7d"
-        ) from None
-
 
 def _file(path: Path | None) -> str | None:
     """A file as pgtide stores it: its absolute path."""
     return str(path.expanduser().absolute()) if path is not None else None
-
-
-def _age(at: datetime) -> str:
-    seconds = max(0.0, (datetime.now(UTC) - at).total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit} ago"
-    return f"{seconds:.0f}s ago"
 
 
 def _reject_json(r: rejects.Rejected) -> dict[str, Any]:
@@ -328,7 +308,7 @@ def list_rejects(
             str(r.line_no),
             escape(r.error),
             escape(r.printable),
-            _age(r.at),
+            cell(r.at),
         )
     console.print(table)
 
@@ -351,7 +331,7 @@ def show_reject(
         f"file     {r.path}, line {r.line_no}",
         f"target   {rejects.describe_target(r)}",
         f"error    {r.error}",
-        f"when     {r.at:%Y-%m-%d %H:%M:%S} ({_age(r.at)})",
+        f"when     {r.at:%Y-%m-%d %H:%M:%S} ({cell(r.at)})",
         f"bytes    {len(data)}: {data!r}",
     ]
     lines += [
@@ -400,8 +380,7 @@ def retry_rejects(
 @rejects_app.command("purge")
 def purge_rejects(
     older_than: Annotated[
-        str | None,
-        typer.Option("--older-than", help="Only those older than this: 30s, 12h, 7d."),
+        float | None, duration("--older-than", help="Only those older than this: 30s, 12h, 7d.")
     ] = None,
     watcher: WatcherOption = None,
     path: PathOption = None,
@@ -409,7 +388,7 @@ def purge_rejects(
     as_json: JsonOption = False,
 ) -> None:
     """Delete rejects: all of them, or those older than --older-than (of one watcher or file)."""
-    age = _duration(older_than) if older_than is not None else None
+    age = timedelta(seconds=older_than) if older_than is not None else None
     deleted = rejects.purge(older_than=age, watcher=watcher, path=_file(path), dsn=dsn)
     if wants_json(as_json):
         emit_json({"deleted": deleted})
