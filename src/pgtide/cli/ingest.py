@@ -345,7 +345,7 @@ def show_reject(
 @rejects_app.command("retry")
 def retry_rejects(
     ids: Annotated[
-        list[int] | None, typer.Argument(metavar="[ID]...", help="Rejects to retry.")
+        list[int] | None, typer.Argument(metavar="ID", help="Rejects to retry.", show_default=False)
     ] = None,
     all_: Annotated[
         bool, typer.Option("--all", help="Every reject (of --watcher or --path, if given).")

@@ -182,7 +182,9 @@ def purge(
         return run(c, purge_io(older_than=older_than, watcher=watcher, path=path, ids=ids))
 
 
-def _writer(target: dict[str, Any] | None, transform: Transform | None) -> tuple[Writer, Any]:
+def _writer(
+    target: dict[str, Any] | None, transform: Transform | None
+) -> tuple[Writer, list[str] | None]:
     """The writer a reject's watcher used, and the columns of its rows."""
     if target is None:
         raise ValueError(
