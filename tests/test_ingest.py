@@ -219,7 +219,8 @@ def test_truncate_and_rewrite_starts_over(dsn: str, table: str, data: Path) -> N
 def test_rotation_finishes_old_tail_then_reads_new_file(dsn: str, table: str, data: Path) -> None:
     path = data / "a.txt"
     path.write_text("1\n2\n")
-    watcher = pgtide.FileWatcher(data, table=table, columns=["v"], dsn=dsn)
+    # rotated_grace=0: the rotated file is let go at once (by default it is read on for a while)
+    watcher = pgtide.FileWatcher(data, table=table, columns=["v"], dsn=dsn, rotated_grace=0)
     watcher.catch_up()
     append(path, "3\n4\n")  # written before the rotation, never read yet
     path.rename(data / "a.txt.1")  # not a watched name any more

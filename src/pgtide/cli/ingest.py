@@ -1,4 +1,5 @@
-"""``pgtide ingest DIR``: stream the lines appended to files into a table, exactly once."""
+"""``pgtide ingest DIR``: stream the lines appended to files into a table, exactly once;
+``pgtide rejects``: list, show, retry and purge the lines that could not land."""
 
 from __future__ import annotations
 
@@ -6,17 +7,21 @@ import logging
 import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from .._signals import stop_on_signals
-from ..ingest import FileWatcher, WatcherStatus
-from ._common import DsnOption, JsonOption, console, emit_json, wants_json
+from ..errors import ConfigError
+from ..ingest import FileWatcher, WatcherStatus, rejects
+from ._common import DsnOption, JsonOption, cell, console, duration, emit_json, wants_json
 
 _REFRESH = 0.25
 
@@ -182,15 +187,18 @@ def _once(watcher: FileWatcher, machine: bool) -> None:
 
     worker = threading.Thread(target=work, name="pgtide-ingest-once", daemon=True)
     worker.start()
-    if machine:
-        worker.join()
-    else:
-        display = _Display()
-        with display.progress:
+    # SIGTERM or Ctrl-C: stop after the current batch (committed with its offset), report
+    with stop_on_signals(watcher.stop, "pgtide ingest --once"):
+        if machine:
             while worker.is_alive():
-                display.update(watcher.status())
                 worker.join(_REFRESH)
-            display.update(watcher.status())
+        else:
+            display = _Display()
+            with display.progress:
+                while worker.is_alive():
+                    display.update(watcher.status())
+                    worker.join(_REFRESH)
+                display.update(watcher.status())
     if failure:
         raise failure[0]
     _report(watcher.status(), machine)
@@ -230,3 +238,159 @@ def _report(status: WatcherStatus, machine: bool) -> None:
         + (" (see pgtide.rejects)" if status.rejected else ""),
         highlight=False,
     )
+
+
+# -- pgtide rejects ------------------------------------------------------------------------------
+
+rejects_app = typer.Typer(
+    help="Lines ingest could not land: list, show, retry into their table, purge.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+WatcherOption = Annotated[
+    str | None, typer.Option("--watcher", "-w", help="Only this watcher's rejects.")
+]
+PathOption = Annotated[
+    Path | None, typer.Option("--path", "-p", help="Only the rejects of this file.")
+]
+
+
+def _file(path: Path | None) -> str | None:
+    """A file as pgtide stores it: its absolute path."""
+    return str(path.expanduser().absolute()) if path is not None else None
+
+
+def _reject_json(r: rejects.Rejected) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "watcher": r.watcher,
+        "path": r.path,
+        "line_no": r.line_no,
+        "line": r.printable,
+        "raw_hex": r.data.hex(),
+        "error": r.error,
+        "at": r.at.isoformat(),
+        "target": rejects.describe_target(r),
+    }
+
+
+@rejects_app.callback()
+def list_rejects(
+    ctx: typer.Context,
+    watcher: WatcherOption = None,
+    path: PathOption = None,
+    limit: Annotated[int, typer.Option(help="Show at most this many (oldest first).")] = 1000,
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List rejected lines: file, line number, error and the line (escaped where needed).
+
+    `pgtide rejects show ID` prints a line's exact bytes, `retry` lands lines again once
+    fixed, `purge` deletes them."""
+    if ctx.invoked_subcommand is not None:
+        return
+    found = rejects.find(watcher=watcher, path=_file(path), limit=limit, dsn=dsn)
+    if wants_json(as_json):
+        emit_json([_reject_json(r) for r in found])
+        return
+    if not found:
+        console.print("no rejects", highlight=False)
+        return
+    table = Table(title="rejected lines", title_justify="left")
+    for column in ("id", "watcher", "file", "line", "error", "text", "when"):
+        table.add_column(column, overflow="fold")
+    for r in found:
+        table.add_row(
+            str(r.id),
+            r.watcher,
+            escape(r.path),
+            str(r.line_no),
+            escape(r.error),
+            escape(r.printable),
+            cell(r.at),
+        )
+    console.print(table)
+
+
+@rejects_app.command("show")
+def show_reject(
+    reject_id: Annotated[int, typer.Argument(metavar="ID", help="The reject's id.")],
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one rejected line: where it was, why, and its exact bytes (escaped and in hex)."""
+    r = rejects.get(reject_id, dsn=dsn)
+    if wants_json(as_json):
+        emit_json(_reject_json(r))
+        return
+    data = r.data
+    lines = [
+        f"id       {r.id}",
+        f"watcher  {r.watcher}",
+        f"file     {r.path}, line {r.line_no}",
+        f"target   {rejects.describe_target(r)}",
+        f"error    {r.error}",
+        f"when     {r.at:%Y-%m-%d %H:%M:%S} ({cell(r.at)})",
+        f"bytes    {len(data)}: {data!r}",
+    ]
+    lines += [
+        f"  {i:06x}  {data[i : i + 16].hex(' '):<47}  "
+        + "".join(chr(b) if 32 <= b < 127 else "." for b in data[i : i + 16])
+        for i in range(0, len(data), 16)
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+@rejects_app.command("retry")
+def retry_rejects(
+    ids: Annotated[
+        list[int] | None, typer.Argument(metavar="ID", help="Rejects to retry.", show_default=False)
+    ] = None,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Every reject (of --watcher or --path, if given).")
+    ] = False,
+    watcher: WatcherOption = None,
+    path: PathOption = None,
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Land rejected lines again into their watcher's table (after fixing the table or the
+    line); those that land leave the rejects, the others keep their new error."""
+    if not ids and not all_:
+        raise ConfigError("name the rejects to retry (their ids), or give --all")
+    done = rejects.retry(ids or None, watcher=watcher, path=_file(path), dsn=dsn)
+    if wants_json(as_json):
+        emit_json(
+            {
+                "landed": done.landed,
+                "failed": [{"id": r.id, "error": r.error} for r in done.failed],
+            }
+        )
+    else:
+        console.print(
+            f"{len(done.landed)} landed, {len(done.failed)} still rejected", highlight=False
+        )
+        for r in done.failed:
+            console.print(f"  {r.id}: {escape(r.error)}", highlight=False)
+    if done.failed:
+        raise typer.Exit(1)
+
+
+@rejects_app.command("purge")
+def purge_rejects(
+    older_than: Annotated[
+        float | None, duration("--older-than", help="Only those older than this: 30s, 12h, 7d.")
+    ] = None,
+    watcher: WatcherOption = None,
+    path: PathOption = None,
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete rejects: all of them, or those older than --older-than (of one watcher or file)."""
+    age = timedelta(seconds=older_than) if older_than is not None else None
+    deleted = rejects.purge(older_than=age, watcher=watcher, path=_file(path), dsn=dsn)
+    if wants_json(as_json):
+        emit_json({"deleted": deleted})
+    else:
+        console.print(f"deleted {deleted} rejects", highlight=False)

@@ -1,9 +1,10 @@
 """The ingest engine: find files, read their complete lines, land them, commit the offsets.
 
 One engine serves both faces (:class:`pgtide.FileWatcher` and :class:`pgtide.aio.FileWatcher`).
-It keeps one connection and the files it reads open. Each step reads one batch of complete
-lines from one file and commits, in one transaction, the rows, the rejects and the file's
-new offset in ``pgtide.file_offsets``. All state is reloaded from that table whenever the
+It keeps one connection and the files it reads open (at most MAX_OPEN_FILES). Each round
+rescans, then reads one batch of complete lines from every file that has some, and commits,
+in one transaction for many files, the rows, the rejects and each file's new offset in
+``pgtide.file_offsets``. All state is reloaded from that table whenever the
 engine (re)connects (its session's prepare step), so a crash, a lost connection or a second
 engine under the same name can neither skip nor repeat a line.
 """
@@ -16,7 +17,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -29,7 +30,7 @@ from ..errors import ConfigError, IngestError
 from ..session import Io, Query, Session, Stopped, atomic, run
 from . import _files, _store
 from ._formats import CsvOptions, Format, complete_end, csv_header
-from ._writer import Target, Writer
+from ._writer import Part, Target, Transform, Writer, describe
 
 log = logging.getLogger("pgtide.ingest")
 
@@ -38,6 +39,9 @@ Start = Literal["beginning", "end"]
 SET_UTF8 = "SET client_encoding TO 'UTF8'"
 MAX_OPEN_FILES = 200
 """Files kept open at once; the least recently read are closed (and reopened by path)."""
+ROUND_RESCAN = 0.05
+"""Within a pass, rounds rescan (refreshing the size of closed files) at most this often in
+seconds; a pass always starts with a scan."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,22 @@ class Settings:
     rescan_every: float
     flush_after: float | None
     batch_bytes: int
+    rotated_grace: float = 5.0
+    transform: Transform | None = None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A batch of complete lines read from one file, not committed yet: where its file's
+    offset, line count and fingerprint will be once it is."""
+
+    tracked: _files.Tracked
+    payload: bytes
+    offset: int
+    lines: int
+    columns: tuple[str, ...] | None
+    fingerprint: bytes
+    fingerprint_len: int
 
 
 @dataclass(frozen=True)
@@ -76,19 +96,25 @@ class FileStatus:
 
 @dataclass(frozen=True)
 class WatcherStatus:
-    """What a watcher has done: its files, and totals (``lines_read`` counts this run only)."""
+    """What a watcher has done: its files, and totals (``lines_read`` counts this run only).
+
+    ``finished_rows`` and ``finished_rejects`` count the files this watcher finished and
+    let go (deleted, or rotated away and quiet), so that ``rows_written`` and ``rejected``
+    never go backwards while a watcher lives."""
 
     running: bool
     files: tuple[FileStatus, ...]
     lines_read: int
+    finished_rows: int = 0
+    finished_rejects: int = 0
 
     @property
     def rows_written(self) -> int:
-        return sum(f.rows_written for f in self.files)
+        return self.finished_rows + sum(f.rows_written for f in self.files)
 
     @property
     def rejected(self) -> int:
-        return sum(f.rejected for f in self.files)
+        return self.finished_rejects + sum(f.rejected for f in self.files)
 
     @property
     def bytes_behind(self) -> int:
@@ -113,7 +139,8 @@ class Engine:
             application_name="pgtide ingest",
         )
         self._conn: psycopg.Connection[Any] | None = None  # the connection of the pass
-        self._writer = Writer(settings.target, settings.fmt, settings.csv)
+        self._writer = Writer(settings.target, settings.fmt, settings.csv, settings.transform)
+        self._described: dict[tuple[str, ...] | None, str] = {}
         self._columns: tuple[str, ...] | None = None
         self._files: dict[str, _files.Tracked] = {}
         self._saved: dict[str, _store.Saved] = {}
@@ -122,6 +149,8 @@ class Engine:
         self._first_scan = True
         self._loaded = False  # whether _files reflects the database (else: _snapshot)
         self._lines_read = 0
+        self._finished_rows = 0  # of files finished and forgotten (status never goes back)
+        self._finished_rejects = 0
         self._snapshot: tuple[FileStatus, ...] = ()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -142,9 +171,11 @@ class Engine:
         saved = yield from _store.load_all(self.s.name)
         self._release_files()
         self._columns = columns
-        self._saved = {p: v for p, v in saved.items() if self._watches(p)}
-        with self._lock:
-            self._loaded = True
+        self._saved = {
+            p: v
+            for p, v in saved.items()
+            if self._watches(v.rotated_from if v.rotated_from is not None else p)
+        }
 
     def _check_target(self) -> Io[tuple[str, ...] | None]:
         target = self.s.target
@@ -159,6 +190,8 @@ class Engine:
                     f"its columns are {', '.join(available)} (names are case-sensitive)"
                 )
             return target.columns
+        if self.s.transform is not None:
+            return tuple(available)  # the transform's rows fill the table's columns
         if self.s.fmt == "csv" and self.s.csv.header:
             return None  # each file's header names its columns
         if self.s.fmt == "lines" and len(available) != 1:
@@ -333,22 +366,48 @@ class Engine:
             self._poll_loop()
 
     def _pass(self, conn: psycopg.Connection[Any]) -> int:
+        """Rounds until one finds nothing to land. Each round rescans (the size of every file,
+        renames, rotations, new files), then gives every file with new lines one batch, so
+        no file waits for others however many there are; the batches of many files share
+        one transaction."""
         self._conn = conn
-        self._scan()
         landed = 0
-        progress = True
-        while progress and not self.stop_event.is_set():
-            progress = False
-            for tracked in list(self._files.values()):
-                if self.stop_event.is_set():
-                    break
-                rows = self._step(tracked)
-                if rows is not None:
-                    progress = True
-                    landed += rows
-        self._first_scan = False
-        self._take_snapshot()
+        scanned = -ROUND_RESCAN
+        while not self.stop_event.is_set():
+            if time.monotonic() - scanned >= ROUND_RESCAN:
+                scanned = time.monotonic()
+                self._scan()
+                self._first_scan = False
+                with self._lock:
+                    self._loaded = True
+            rows = self._round()
+            if rows is None:
+                break
+            landed += rows
         return landed
+
+    def _round(self) -> int | None:
+        """One batch of every file that has complete lines, committed in transactions of
+        about ``batch_bytes``; None when no file had anything."""
+        chunks: list[Chunk] = []
+        size = 0
+        landed = 0
+        progress = False
+        for tracked in list(self._files.values()):
+            if self.stop_event.is_set():
+                break
+            chunk = self._read(tracked)
+            if chunk is None:
+                continue
+            chunks.append(chunk)
+            size += len(chunk.payload)
+            if size >= self.s.batch_bytes:
+                landed += self._commit(chunks)
+                chunks, size, progress = [], 0, True
+        if chunks:
+            landed += self._commit(chunks)
+            progress = True
+        return landed if progress else None
 
     # -- which files, and who they are ------------------------------------------------------
 
@@ -357,7 +416,11 @@ class Engine:
         by_identity = {(st.st_dev, st.st_ino): path for path, st in found.items()}
         for path, saved in list(self._saved.items()):
             self._resume(path, saved, found, by_identity)
+        for tracked in [t for t in self._files.values() if t.rotated_from is not None]:
+            self._check_rotated(tracked)  # first: a new rotation may take one of their names
         for path, tracked in list(self._files.items()):
+            if tracked.rotated_from is not None or self._files.get(path) is not tracked:
+                continue
             st = found.get(path)
             if st is not None and (st.st_dev, st.st_ino) == (tracked.device, tracked.inode):
                 if tracked.fd < 0:
@@ -367,7 +430,7 @@ class Engine:
             if moved_to is not None and moved_to not in self._files:
                 self._move(tracked, moved_to)
             else:
-                self._finish(tracked)
+                self._leave(tracked)
         for path, st in found.items():
             if path not in self._files:
                 self._track(path, st)
@@ -419,6 +482,7 @@ class Engine:
             rows_written=saved.rows_written,
             rejected=saved.rejected,
             version=saved.version,
+            rotated_from=saved.rotated_from,
         )
 
     def _resume(
@@ -431,6 +495,11 @@ class Engine:
         """Match a committed offset to the file it belongs to, wherever that file is now."""
         del self._saved[path]
         tracked = self._from_saved(path, saved)
+        if saved.rotated_from is not None:  # a rotated file still read when we stopped
+            with self._lock:
+                self._files[path] = tracked
+            self._check_rotated(tracked)
+            return
         st = found.get(path)
         if st is not None and (st.st_dev, st.st_ino) == (saved.device, saved.inode):
             tracked.size = st.st_size  # still there: opened when it has something to read
@@ -443,14 +512,17 @@ class Engine:
                 self._files[path] = tracked
             self._move(tracked, moved_to)  # renamed to another watched name while we were away
             return
-        if not self._reopen_moved(tracked):
+        if self._where(tracked) is None:
             log.warning("%s is gone since the last run; forgetting it", path)
             self._forget(path)
+            with self._lock:
+                self._finished_rows += saved.rows_written
+                self._finished_rejects += saved.rejected
             self._reborn.add(path)
             return
         with self._lock:
             self._files[path] = tracked
-        self._finish(tracked)  # rotated away while we were away: land its tail
+        self._leave(tracked)  # rotated away while we were away
 
     def _track(self, path: str, st: os.stat_result) -> None:
         tracked = _files.Tracked(path, st.st_dev, st.st_ino, -1, size=st.st_size)
@@ -473,29 +545,78 @@ class Engine:
         log.info("watching %s from byte %d", path, tracked.offset)
 
     def _move(self, tracked: _files.Tracked, new_path: str) -> None:
-        """A file renamed to another watched name: same file, same offset, new name."""
+        """A file renamed: same file, same offset, new name (its row follows it)."""
         log.info("%s was renamed to %s; following it", tracked.path, new_path)
         old = tracked.path
         if tracked.version:
             tracked.version = self._do(
-                atomic(_store.move(self.s.name, old, new_path, tracked.version))
+                atomic(
+                    _store.move(self.s.name, old, new_path, tracked.version, tracked.rotated_from)
+                )
             )
         with self._lock:
             self._files.pop(old, None)
             tracked.path = new_path
             self._files[new_path] = tracked
 
+    def _where(self, tracked: _files.Tracked) -> str | None:
+        """Where a file is now, by its identity, in the directory it was in."""
+        return _files.find_inode(str(Path(tracked.path).parent), tracked.device, tracked.inode)
+
+    def _leave(self, tracked: _files.Tracked) -> None:
+        """A file whose watched name now holds another file or nothing. Rotated away (found
+        under another name): read on under that name until it has been quiet for
+        ``rotated_grace`` seconds, as its writer may still hold it open. Deleted: land what
+        its open descriptor still holds, then forget it."""
+        where = self._where(tracked)
+        if where is None or self.s.rotated_grace <= 0:
+            self._finish(tracked)
+            return
+        log.info(
+            "%s was rotated to %s; reading it until it is quiet for %.1f s",
+            tracked.path,
+            where,
+            self.s.rotated_grace,
+        )
+        old = tracked.path
+        tracked.rotated_from = old
+        self._move(tracked, where)
+        self._reborn.add(old)
+
+    def _check_rotated(self, tracked: _files.Tracked) -> None:
+        """A rotated file: follow a further rename, finish it once deleted or quiet."""
+        try:
+            st: os.stat_result | None = os.stat(tracked.path)
+        except OSError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != (tracked.device, tracked.inode):
+            where = self._where(tracked)
+            if where is None:
+                self._finish(tracked)  # deleted: what its descriptor still holds
+                return
+            self._move(tracked, where)  # rotated once more (x.log.1 -> x.log.2)
+            try:
+                st = os.stat(where)
+            except OSError:
+                return  # moving under our feet: the next scan sees where it went
+        if tracked.fd < 0:
+            tracked.size = st.st_size
+        if time.time() - st.st_mtime >= self.s.rotated_grace:
+            self._finish(tracked)  # quiet: its last lines (even unterminated), then let go
+
     def _finish(self, tracked: _files.Tracked) -> None:
-        """A file that left the watched set (rotated away or deleted): land its tail (through
-        the open descriptor, or found again by its identity), then forget it."""
+        """A file that left the watched set for good: land its tail (through the open
+        descriptor, or found again by its identity), then forget it."""
         if self._reopen_moved(tracked):
-            while self._step(tracked, final=True) is not None:
-                pass
+            while (chunk := self._read(tracked, final=True)) is not None:
+                self._commit([chunk])
         self._forget(tracked.path)
         self._close_file(tracked)
         with self._lock:
             self._files.pop(tracked.path, None)
-        self._reborn.add(tracked.path)
+            self._finished_rows += tracked.rows_written
+            self._finished_rejects += tracked.rejected
+        self._reborn.add(tracked.rotated_from or tracked.path)
         log.info("finished %s at line %d", tracked.path, tracked.line_count)
 
     def _forget(self, path: str) -> None:
@@ -515,6 +636,24 @@ class Engine:
             tracked.rows_written,
             tracked.rejected,
             tracked.version,
+            tracked.rotated_from,
+        )
+
+    def _next_state(self, chunk: Chunk) -> _store.Saved:
+        """The file's state once ``chunk`` is committed."""
+        t = chunk.tracked
+        return _store.Saved(
+            t.path,
+            t.device,
+            t.inode,
+            chunk.fingerprint,
+            chunk.fingerprint_len,
+            chunk.offset,
+            t.line_count + chunk.lines,
+            t.rows_written,
+            t.rejected,
+            t.version,
+            t.rotated_from,
         )
 
     def _restart_file(self, tracked: _files.Tracked) -> None:
@@ -546,8 +685,8 @@ class Engine:
             tracked.columns = tuple(names)
         return tracked.columns
 
-    def _step(self, tracked: _files.Tracked, *, final: bool = False) -> int | None:
-        """Land one batch of complete lines of one file; None when there was nothing to land."""
+    def _read(self, tracked: _files.Tracked, *, final: bool = False) -> Chunk | None:
+        """The next batch of complete lines of one file; None when there is none yet."""
         if tracked.fd < 0:
             if final or tracked.size == tracked.offset:
                 return None  # closed and nothing new since the last scan
@@ -577,54 +716,67 @@ class Engine:
         if columns is False:
             return None
         tracked.partial = None
-        return self._commit(tracked, payload, advance, columns)
-
-    def _commit(
-        self,
-        tracked: _files.Tracked,
-        payload: bytes,
-        advance: int,
-        columns: tuple[str, ...] | None,
-    ) -> int:
-        lines = payload.count(b"\n")
         offset = tracked.offset + advance
         fp_len = min(_files.FINGERPRINT_BYTES, offset)
-        fp = (
-            tracked.fingerprint
-            if fp_len == tracked.fingerprint_len
-            else _files.fingerprint_of(tracked.fd, fp_len)
-        )
-        state = replace(
-            self._state(tracked),
-            fingerprint=fp,
-            fingerprint_len=fp_len,
-            offset=offset,
-            line_count=tracked.line_count + lines,
-        )
+        if fp_len == tracked.fingerprint_len:
+            fp = tracked.fingerprint
+        elif tracked.offset == 0 and len(data) >= fp_len:
+            fp = _files.fingerprint(data[:fp_len])  # the first bytes are in hand
+        else:
+            fp = _files.fingerprint_of(tracked.fd, fp_len)
+        return Chunk(tracked, payload, offset, payload.count(b"\n"), columns, fp, fp_len)
+
+    def _describe(self, columns: tuple[str, ...] | None) -> str:
+        """How rows of these columns are written (kept with each reject, for a retry)."""
+        described = self._described.get(columns)
+        if described is None:
+            s = self.s
+            described = describe(s.target, s.fmt, s.csv, columns, s.transform)
+            self._described[columns] = described
+        return described
+
+    def _commit(self, chunks: list[Chunk]) -> int:
+        """Land the chunks (of different files) and their files' new offsets in one
+        transaction; return the rows landed."""
+        parts = [
+            Part(c.payload, c.tracked.line_count + 1, c.columns, c.tracked.path) for c in chunks
+        ]
         conn = self.conn
         with conn.transaction():
-            landed, rejects = self._writer.write(conn, payload, tracked.line_count + 1, columns)
-            self._do(_store.add_rejects(self.s.name, tracked.path, rejects))
-            version = self._do(
-                _store.save(self.s.name, self.s.target.label, state, landed, len(rejects))
-            )
+            results = self._writer.write_many(conn, parts)
+            rejects = [
+                (c.tracked.path, r, self._describe(c.columns))
+                for c, (_, refused) in zip(chunks, results, strict=True)
+                for r in refused
+            ]
+            self._do(_store.add_rejects(self.s.name, rejects))
+            states = [
+                (self._next_state(c), landed, len(refused))
+                for c, (landed, refused) in zip(chunks, results, strict=True)
+            ]
+            versions = self._do(_store.save_many(self.s.name, self.s.target.label, states))
+        total = 0
         with self._lock:
-            tracked.offset, tracked.line_count = offset, state.line_count
-            tracked.fingerprint, tracked.fingerprint_len = fp, fp_len
-            tracked.version = version
-            tracked.rows_written += landed
-            tracked.rejected += len(rejects)
-            self._lines_read += lines
-        if rejects:
-            first = rejects[0]
-            log.warning(
-                "%s: %d line(s) rejected, kept in pgtide.rejects (line %d: %s)",
-                tracked.path,
-                len(rejects),
-                first.line_no,
-                first.error,
-            )
-        return landed
+            for c, (landed, refused) in zip(chunks, results, strict=True):
+                t = c.tracked
+                t.offset, t.line_count = c.offset, t.line_count + c.lines
+                t.fingerprint, t.fingerprint_len = c.fingerprint, c.fingerprint_len
+                t.version = versions[t.path]
+                t.rows_written += landed
+                t.rejected += len(refused)
+                self._lines_read += c.lines
+                total += landed
+        for c, (_, refused) in zip(chunks, results, strict=True):
+            if refused:
+                first = refused[0]
+                log.warning(
+                    "%s: %d line(s) rejected, kept in pgtide.rejects (line %d: %s)",
+                    c.tracked.path,
+                    len(refused),
+                    first.line_no,
+                    first.error,
+                )
+        return total
 
     # -- status ---------------------------------------------------------------------------
 
@@ -644,4 +796,10 @@ class Engine:
     def status(self) -> WatcherStatus:
         """Files, offsets, rows written and rejects."""
         with self._lock:
-            return WatcherStatus(self.running, self._files_now(), self._lines_read)
+            return WatcherStatus(
+                self.running,
+                self._files_now(),
+                self._lines_read,
+                self._finished_rows,
+                self._finished_rejects,
+            )

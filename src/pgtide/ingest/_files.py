@@ -34,6 +34,7 @@ class Tracked:
     size: int = 0
     partial: tuple[int, float] | None = None  # (size, since) of an unfinished last line
     columns: tuple[str, ...] | None = None  # from a CSV header, when columns come from it
+    rotated_from: str | None = None  # the watched name of a rotated file still being read
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -57,9 +57,25 @@ class Reject:
 NUL_ERROR = "holds a NUL byte (0x00), which PostgreSQL text cannot store"
 
 
-def _lines(payload: bytes) -> list[bytes]:
+def split_lines(payload: bytes) -> list[bytes]:
+    """The lines of a block of complete lines, without their newline (nor a carriage return
+    before it)."""
     lines = payload.split(b"\n")
     return [line[:-1] if line.endswith(b"\r") else line for line in lines[:-1]]
+
+
+_lines = split_lines
+
+
+def line_text(raw: bytes) -> str | Reject:
+    """A line's text, or why it cannot be text in PostgreSQL (a reject numbered 0)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Reject(0, raw, f"not UTF-8: {exc.reason}")
+    if "\x00" in text:
+        return Reject(0, raw, NUL_ERROR)
+    return text
 
 
 def parse_lines(payload: bytes, first_line: int) -> tuple[list[Row], list[Reject]]:
@@ -71,13 +87,9 @@ def parse_lines(payload: bytes, first_line: int) -> tuple[list[Row], list[Reject
     for number, raw in enumerate(_lines(payload), first_line):
         if not raw:
             continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            rejects.append(Reject(number, raw, f"not UTF-8: {exc.reason}"))
-            continue
-        if "\x00" in text:
-            rejects.append(Reject(number, raw, NUL_ERROR))
+        text = line_text(raw)
+        if isinstance(text, Reject):
+            rejects.append(Reject(number, raw, text.error))
             continue
         rows.append(Row(number, raw, (text,)))
     return rows, rejects

@@ -7,9 +7,12 @@ the file's new offset commit together or not at all.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import psycopg
 
 from ..errors import IngestError
 from ..names import TableName, columns, lookup
@@ -19,15 +22,39 @@ from ._formats import Reject
 
 LOAD_OFFSETS = """
 SELECT path, device, inode, fingerprint, fingerprint_len, byte_offset, line_count,
-       rows_written, rejected, version
+       rows_written, rejected, version, rotated_from
 FROM pgtide.file_offsets WHERE watcher = %s
 """
 INSERT_OFFSET = """
 INSERT INTO pgtide.file_offsets (watcher, path, device, inode, fingerprint, fingerprint_len,
-                                 byte_offset, line_count, rows_written, rejected, target)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                                 byte_offset, line_count, rows_written, rejected, target,
+                                 rotated_from)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (watcher, path) DO NOTHING
 RETURNING version
+"""
+_STATES = """json_to_recordset(%s::json)
+     AS u (path text, device numeric, inode numeric, fingerprint text, fingerprint_len integer,
+           byte_offset bigint, line_count bigint, added_rows bigint, added_rejects bigint,
+           version bigint, rotated_from text)"""
+INSERT_OFFSETS = f"""
+INSERT INTO pgtide.file_offsets AS f (watcher, path, device, inode, fingerprint,
+                                      fingerprint_len, byte_offset, line_count, rows_written,
+                                      rejected, target, rotated_from)
+SELECT %s, u.path, u.device, u.inode, decode(u.fingerprint, 'hex'), u.fingerprint_len,
+       u.byte_offset, u.line_count, u.added_rows, u.added_rejects, %s, u.rotated_from
+FROM {_STATES}
+RETURNING f.path, f.version
+"""
+UPDATE_OFFSETS = f"""
+UPDATE pgtide.file_offsets AS f
+SET device = u.device, inode = u.inode, fingerprint = decode(u.fingerprint, 'hex'),
+    fingerprint_len = u.fingerprint_len, byte_offset = u.byte_offset,
+    line_count = u.line_count, rows_written = f.rows_written + u.added_rows,
+    rejected = f.rejected + u.added_rejects, version = f.version + 1, updated_at = now()
+FROM {_STATES}
+WHERE f.watcher = %s AND f.path = u.path AND f.version = u.version
+RETURNING f.path, f.version
 """
 UPDATE_OFFSET = """
 UPDATE pgtide.file_offsets
@@ -38,15 +65,17 @@ WHERE watcher = %s AND path = %s AND version = %s
 RETURNING version
 """
 MOVE_OFFSET = """
-UPDATE pgtide.file_offsets SET path = %s, version = version + 1, updated_at = now()
+UPDATE pgtide.file_offsets
+SET path = %s, rotated_from = %s, version = version + 1, updated_at = now()
 WHERE watcher = %s AND path = %s AND version = %s
 RETURNING version
 """
 DROP_OFFSET = "DELETE FROM pgtide.file_offsets WHERE watcher = %s AND path = %s"
 INSERT_REJECTS = """
-INSERT INTO pgtide.rejects (watcher, path, line_no, line, raw, error)
-SELECT %s, %s, r.line_no, r.line, r.raw, r.error
-FROM unnest(%s::bigint[], %s::text[], %s::bytea[], %s::text[]) AS r (line_no, line, raw, error)
+INSERT INTO pgtide.rejects (watcher, path, line_no, line, raw, error, target)
+SELECT %s, r.path, r.line_no, r.line, r.raw, r.error, r.target::jsonb
+FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::bytea[], %s::text[], %s::text[])
+     AS r (path, line_no, line, raw, error, target)
 """
 INGEST_INSTALLED = "SELECT to_regclass('pgtide.file_offsets') IS NOT NULL"
 OVERVIEW = """
@@ -71,6 +100,7 @@ class Saved:
     rows_written: int
     rejected: int
     version: int
+    rotated_from: str | None = None
 
 
 class Conflict(Exception):
@@ -78,7 +108,20 @@ class Conflict(Exception):
 
 
 def _saved(row: tuple[Any, ...]) -> Saved:
-    return Saved(row[0], int(row[1]), int(row[2]), bytes(row[3]), *(int(v) for v in row[4:]))
+    fp_len, offset, lines, rows, rejected, version = (int(v) for v in row[4:10])
+    return Saved(
+        row[0],
+        int(row[1]),
+        int(row[2]),
+        bytes(row[3]),
+        fp_len,
+        offset,
+        lines,
+        rows,
+        rejected,
+        version,
+        row[10],
+    )
 
 
 def load_all(watcher: str) -> Io[dict[str, Saved]]:
@@ -112,6 +155,7 @@ def save(watcher: str, target: str, state: Saved, added_rows: int, added_rejects
             added_rows,
             added_rejects,
             target,
+            state.rotated_from,
         )
         row = yield from one(INSERT_OFFSET, params)
     else:
@@ -120,10 +164,55 @@ def save(watcher: str, target: str, state: Saved, added_rows: int, added_rejects
     return _version(row, state.path)
 
 
-def move(watcher: str, old: str, new: str, version: int) -> Io[int]:
-    """The offset of ``old`` now belongs to ``new`` (a rename); return the new version."""
+def save_many(
+    watcher: str, target: str, states: Sequence[tuple[Saved, int, int]]
+) -> Io[dict[str, int]]:
+    """:func:`save` for many files in two statements at most: each ``(state, added_rows,
+    added_rejects)``; return the new version of each path. Raises Conflict (and the caller's
+    transaction is rolled back) when any file was moved by someone else."""
+    versions: dict[str, int] = {}
+    for fresh in (True, False):
+        chosen = [s for s in states if (s[0].version == 0) == fresh]
+        if not chosen:
+            continue
+        records = json.dumps(  # one parameter, however many files: quick to send and parse
+            [
+                {
+                    "path": s.path,
+                    "device": s.device,
+                    "inode": s.inode,
+                    "fingerprint": s.fingerprint.hex(),
+                    "fingerprint_len": s.fingerprint_len,
+                    "byte_offset": s.offset,
+                    "line_count": s.line_count,
+                    "added_rows": rows,
+                    "added_rejects": rejects,
+                    "version": s.version,
+                    "rotated_from": s.rotated_from,
+                }
+                for s, rows, rejects in chosen
+            ]
+        )
+        if fresh:
+            try:  # a row there already: another watcher of this name got there first
+                found = yield from query(INSERT_OFFSETS, (watcher, target, records))
+            except psycopg.errors.UniqueViolation:
+                raise Conflict(chosen[0][0].path) from None
+        else:
+            found = yield from query(UPDATE_OFFSETS, (records, watcher))
+        done = {str(r[0]): int(r[1]) for r in found}
+        missing = [s.path for s, _, _ in chosen if s.path not in done]
+        if missing:
+            raise Conflict(missing[0])
+        versions.update(done)
+    return versions
+
+
+def move(watcher: str, old: str, new: str, version: int, rotated_from: str | None) -> Io[int]:
+    """The offset of ``old`` now belongs to ``new`` (a rename; ``rotated_from`` is the watched
+    name of a file rotated away, else None); return the new version."""
     yield from query(DROP_OFFSET, (watcher, new))
-    row = yield from one(MOVE_OFFSET, (new, watcher, old, version))
+    row = yield from one(MOVE_OFFSET, (new, rotated_from, watcher, old, version))
     return _version(row, old)
 
 
@@ -131,15 +220,17 @@ def forget(watcher: str, path: str) -> Io[None]:
     yield from query(DROP_OFFSET, (watcher, path))
 
 
-def add_rejects(watcher: str, path: str, rejects: Sequence[Reject]) -> Io[None]:
-    """Keep the lines that did not land, with their exact bytes (one statement, whatever
-    their number)."""
+def add_rejects(watcher: str, rejects: Sequence[tuple[str, Reject, str]]) -> Io[None]:
+    """Keep the lines that did not land, each ``(path, reject, target as JSON)``, with their
+    exact bytes (one statement, whatever their number)."""
     if rejects:
-        numbers = [r.line_no for r in rejects]
-        lines = [r.line for r in rejects]
-        raw = [r.raw for r in rejects]
-        errors = [r.error for r in rejects]
-        yield from query(INSERT_REJECTS, (watcher, path, numbers, lines, raw, errors))
+        paths = [p for p, _, _ in rejects]
+        numbers = [r.line_no for _, r, _ in rejects]
+        lines = [r.line for _, r, _ in rejects]
+        raw = [r.raw for _, r, _ in rejects]
+        errors = [r.error for _, r, _ in rejects]
+        targets = [t for _, _, t in rejects]
+        yield from query(INSERT_REJECTS, (watcher, paths, numbers, lines, raw, errors, targets))
 
 
 def overview() -> Io[list[Section]]:

@@ -9,11 +9,13 @@ The round trips grow with the number of bad rows, not with the size of the batch
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import psycopg
 from psycopg import sql
@@ -25,10 +27,13 @@ from ._formats import (
     Format,
     Reject,
     Row,
+    complete_end,
+    line_text,
     parse_csv,
     parse_jsonl,
     parse_lines,
     raw_copy_payload,
+    split_lines,
 )
 
 log = logging.getLogger("pgtide.ingest")
@@ -54,6 +59,58 @@ class Target:
     @property
     def label(self) -> str:
         return str(self.table) if self.table is not None else "sql template"
+
+
+Transform: TypeAlias = Callable[[str, str], Any]
+"""``fn(line, path)``: a row (tuple or dict), a list of rows, or None to skip the line."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """A block of complete lines of one file, to land: its first line's number, the columns
+    of its rows (None for an ``sql=`` template without columns) and the file's path."""
+
+    payload: bytes
+    first_line: int
+    columns: Sequence[str] | None
+    path: str
+
+
+def describe(
+    target: Target,
+    fmt: Format,
+    csv_options: CsvOptions,
+    columns: Sequence[str] | None,
+    transform: Transform | None,
+) -> str:
+    """How a line is written, as JSON (kept with each reject, read back by a retry)."""
+    table = target.table
+    return json.dumps(
+        {
+            "schema": table.schema if table is not None else None,
+            "table": table.name if table is not None else None,
+            "columns": list(columns) if columns is not None else None,
+            "sql": target.template,
+            "format": fmt,
+            "header": csv_options.header,
+            "delimiter": csv_options.delimiter,
+            "quote": csv_options.quote,
+            "transform": _name_of(transform) if transform is not None else None,
+        }
+    )
+
+
+def _name_of(fn: Transform) -> str:
+    module = getattr(fn, "__module__", None) or "?"
+    return f"{module}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+COPY_PIECE = 1 << 20
+"""COPY data is sent in pieces of about this size (cut at record ends)."""
+
+
+class _NotRaw(Exception):
+    """A piece of a block cannot go to COPY unchanged: the block is parsed instead."""
 
 
 RETRY_ROWS = 1024
@@ -87,10 +144,17 @@ def _message(exc: Exception) -> str:
 class Writer:
     """Lands the rows of a block of complete lines; returns how many landed and the rejects."""
 
-    def __init__(self, target: Target, fmt: Format, csv_options: CsvOptions) -> None:
+    def __init__(
+        self,
+        target: Target,
+        fmt: Format,
+        csv_options: CsvOptions,
+        transform: Transform | None = None,
+    ) -> None:
         self.target = target
         self.fmt = fmt
         self.csv = csv_options
+        self.transform = transform
 
     def _copy(self, columns: Sequence[str], *, csv_format: bool) -> sql.Composed:
         assert self.target.table is not None
@@ -105,26 +169,11 @@ class Writer:
             options,
         )
 
-    def write(
-        self,
-        conn: psycopg.Connection[Any],
-        payload: bytes,
-        first_line: int,
-        columns: Sequence[str] | None,
-    ) -> tuple[int, list[Reject]]:
-        """Land ``payload`` (complete lines, the first numbered ``first_line``) inside the
-        caller's transaction."""
+    @contextmanager
+    def _refusals(self) -> Iterator[None]:
+        """A refusal of the whole statement (not of one row) is a setup problem: say so."""
         try:
-            if self.target.table is not None:
-                assert columns is not None
-                raw = raw_copy_payload(payload, self.fmt, first_line, self.csv)
-                if raw is not None:
-                    landed = self._copy_raw(conn, raw, columns)
-                    if landed is not None:
-                        return landed, []
-            rows, rejects = self._parse(payload, first_line, columns)
-            landed, refused = self._land(conn, rows, columns)
-            return landed, rejects + refused
+            yield
         except ROW_ERRORS:
             raise
         except (psycopg.OperationalError, psycopg.InterfaceError):
@@ -135,26 +184,189 @@ class Writer:
                 "check the table, the columns and the sql template"
             ) from None
 
+    def write(
+        self,
+        conn: psycopg.Connection[Any],
+        payload: bytes,
+        first_line: int,
+        columns: Sequence[str] | None,
+        path: str = "",
+    ) -> tuple[int, list[Reject]]:
+        """Land ``payload`` (complete lines, the first numbered ``first_line``, read from
+        ``path``) inside the caller's transaction."""
+        with self._refusals():
+            if self.target.table is not None and self.transform is None:
+                assert columns is not None
+                landed = self._copy_raw(conn, self._raw_pieces(payload, first_line), columns)
+                if landed is not None:
+                    return landed, []
+            rows, rejects = self._parse(payload, first_line, columns, path)
+            landed, refused = self._land(conn, rows, columns)
+            return landed, sorted(rejects + refused, key=lambda r: r.line_no)
+
+    def write_many(
+        self, conn: psycopg.Connection[Any], parts: Sequence[Part]
+    ) -> list[tuple[int, list[Reject]]]:
+        """Land the blocks of several files inside the caller's transaction; one result per
+        part. Blocks that COPY can take unchanged, whose row count is known, go in one COPY
+        per set of columns; the rest (and a set the server refuses) go part by part."""
+        results: list[tuple[int, list[Reject]] | None] = [None] * len(parts)
+        if self.target.table is not None and self.transform is None and len(parts) > 1:
+            groups: dict[tuple[str, ...], list[int]] = {}
+            for i, part in enumerate(parts):
+                if part.columns is not None:
+                    groups.setdefault(tuple(part.columns), []).append(i)
+            for columns, members in groups.items():
+                if len(members) < 2:
+                    continue
+                merged: list[tuple[int, int]] = []  # (part, rows) sent in the one COPY
+                with self._refusals():
+                    landed = self._copy_raw(conn, self._merged(parts, members, merged), columns)
+                if landed is None:
+                    continue  # a bad row somewhere: part by part finds it
+                for i, rows in merged:
+                    results[i] = (rows, [])
+        done: list[tuple[int, list[Reject]]] = []
+        for part, result in zip(parts, results, strict=True):
+            if result is None:
+                result = self.write(conn, part.payload, part.first_line, part.columns, part.path)
+            done.append(result)
+        return done
+
+    def _merged(
+        self, parts: Sequence[Part], members: list[int], merged: list[tuple[int, int]]
+    ) -> Iterator[bytes]:
+        """The blocks of several parts as COPY data, in pieces of about COPY_PIECE bytes,
+        checked as they go; a part that needs parsing (or whose rows cannot be counted) is
+        left out (for :meth:`write`); ``merged`` records the parts sent, with their rows."""
+        pieces: list[bytes] = []
+        size = 0
+        for i in members:
+            part = parts[i]
+            raw = raw_copy_payload(part.payload, self.fmt, part.first_line, self.csv)
+            rows = self._row_count(raw)
+            if raw is None or rows is None:
+                continue
+            merged.append((i, rows))
+            pieces.append(raw)
+            size += len(raw)
+            if size >= COPY_PIECE:
+                yield b"".join(pieces)
+                pieces, size = [], 0
+        if pieces:
+            yield b"".join(pieces)
+
+    def _row_count(self, raw: bytes | None) -> int | None:
+        """Rows in a block COPY takes unchanged, when counting newlines tells (not for CSV
+        with quotes, whose fields may hold newlines)."""
+        if raw is None:
+            return None
+        if self.fmt == "csv" and self.csv.quote.encode() in raw:
+            return None
+        return raw.count(b"\n")
+
     def _copy_raw(
-        self, conn: psycopg.Connection[Any], raw: bytes, columns: Sequence[str]
+        self, conn: psycopg.Connection[Any], pieces: Iterable[bytes], columns: Sequence[str]
     ) -> int | None:
+        """COPY blocks as they are, in one statement under a savepoint; None when the server
+        refuses a row, or when a piece turns out to need parsing (``pieces`` raises
+        :class:`_NotRaw`)."""
         try:
             with conn.transaction(), conn.cursor() as cur:
                 with cur.copy(self._copy(columns, csv_format=self.fmt == "csv")) as copy:
-                    copy.write(raw)
+                    for piece in pieces:
+                        copy.write(piece)
                 return cur.rowcount
+        except _NotRaw:
+            return None
         except ROW_ERRORS as exc:
             log.debug("batch refused as a whole (%s); finding the bad rows", _message(exc))
             return None
 
+    def _raw_pieces(self, payload: bytes, first_line: int) -> Iterator[bytes]:
+        """``payload`` as COPY data, in pieces of about COPY_PIECE bytes cut at record ends,
+        each checked just before it is sent, so that checking overlaps the server's work;
+        raises :class:`_NotRaw` at the first piece that needs parsing."""
+        pos, size = 0, len(payload)
+        while pos < size:
+            piece = payload[pos:] if pos == 0 and size <= COPY_PIECE else b""
+            if not piece:
+                window = payload[pos : pos + COPY_PIECE]
+                end = complete_end(window, self.fmt, self.csv) if len(window) == COPY_PIECE else 0
+                piece = window[:end] if end else payload[pos:]
+            raw = raw_copy_payload(piece, self.fmt, first_line if pos == 0 else 0, self.csv)
+            if raw is None:
+                raise _NotRaw
+            yield raw
+            pos += len(piece)
+
     def _parse(
-        self, payload: bytes, first_line: int, columns: Sequence[str] | None
+        self, payload: bytes, first_line: int, columns: Sequence[str] | None, path: str
     ) -> tuple[list[Row], list[Reject]]:
+        if self.transform is not None:
+            return self._transformed(payload, first_line, columns, path)
         if self.fmt == "lines":
             return parse_lines(payload, first_line)
         if self.fmt == "csv":
             return parse_csv(payload, first_line, self.csv)
         return parse_jsonl(payload, first_line, columns)
+
+    def _transformed(
+        self, payload: bytes, first_line: int, columns: Sequence[str] | None, path: str
+    ) -> tuple[list[Row], list[Reject]]:
+        """Each non-empty line through ``transform(line, path)``: its rows, or a reject when
+        it raises or returns something that is not rows."""
+        assert self.transform is not None
+        rows: list[Row] = []
+        rejects: list[Reject] = []
+        for number, raw in enumerate(split_lines(payload), first_line):
+            if not raw:
+                continue
+            text = line_text(raw)
+            if isinstance(text, Reject):
+                rejects.append(Reject(number, raw, text.error))
+                continue
+            try:
+                out = self.transform(text, path)
+            except Exception as exc:
+                rejects.append(Reject(number, raw, f"transform raised {type(exc).__name__}: {exc}"))
+                continue
+            if out is None:
+                continue
+            try:
+                values = [
+                    self._values(item, columns)
+                    for item in (out if isinstance(out, list) else [out])
+                ]
+            except ValueError as exc:
+                rejects.append(Reject(number, raw, str(exc)))
+                continue
+            rows.extend(Row(number, raw, v) for v in values)
+        return rows, rejects
+
+    def _values(self, item: Any, columns: Sequence[str] | None) -> tuple[Any, ...] | dict[str, Any]:
+        """One row returned by a transform, checked against the columns."""
+        if isinstance(item, tuple):
+            if columns is not None and len(item) != len(columns):
+                raise ValueError(
+                    f"transform returned {len(item)} values for {len(columns)} columns "
+                    f"({', '.join(columns)})"
+                )
+            return item
+        if isinstance(item, dict):
+            if columns is None:
+                return item
+            unknown = [k for k in item if k not in columns]
+            if unknown:
+                raise ValueError(
+                    f"transform returned unknown column {', '.join(map(repr, unknown))}; "
+                    f"the columns are {', '.join(columns)}"
+                )
+            return tuple(item.get(c) for c in columns)
+        raise ValueError(
+            f"transform returned {type(item).__name__}; return a tuple, a dict, a list of "
+            "them, or None to skip the line"
+        )
 
     def _attempt(
         self, conn: psycopg.Connection[Any], rows: Sequence[Row], columns: Sequence[str] | None

@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from ..names import TableName
 from ._core import Engine, Settings, Start, WatcherStatus
 from ._formats import FORMATS, CsvOptions, Format
-from ._writer import Target
+from ._writer import Target, Transform
 
 log = logging.getLogger("pgtide.ingest")
 
@@ -23,13 +23,15 @@ _ONCE_POSITIONAL = ("table", "columns", "pattern", "format", "sql", "start", "re
 """The parameters after ``path`` that could be given by position before they became keyword-only."""
 
 
-def _columns(columns: Sequence[str] | str | None, fmt: Format) -> tuple[str, ...] | None:
+def _columns(
+    columns: Sequence[str] | str | None, fmt: Format, transform: bool
+) -> tuple[str, ...] | None:
     if isinstance(columns, str):
         columns = [c.strip() for c in columns.split(",") if c.strip()]
     cols = tuple(columns) if columns is not None else None
     if cols is not None and (not cols or not all(cols)):
         raise ConfigError("columns= names no column; give names such as ['id', 'value']")
-    if fmt == "lines" and cols is not None and len(cols) != 1:
+    if fmt == "lines" and cols is not None and len(cols) != 1 and not transform:
         raise ConfigError(
             f"format 'lines' carries one value per line, but {len(cols)} columns were given; "
             "use format='csv' for several values per line"
@@ -38,7 +40,11 @@ def _columns(columns: Sequence[str] | str | None, fmt: Format) -> tuple[str, ...
 
 
 def _target(
-    table: str | None, columns: Sequence[str] | str | None, sql: str | None, fmt: Format
+    table: str | None,
+    columns: Sequence[str] | str | None,
+    sql: str | None,
+    fmt: Format,
+    transform: bool,
 ) -> Target:
     if (table is None) == (sql is None):
         raise ConfigError(
@@ -48,7 +54,7 @@ def _target(
     if sql is not None and not sql.strip():
         raise ConfigError("sql= is empty; give a statement such as 'INSERT INTO t (v) VALUES (%s)'")
     name = TableName.parse(table) if table is not None else None
-    return Target(name, _columns(columns, fmt), sql)
+    return Target(name, _columns(columns, fmt, transform), sql)
 
 
 class Watcher:
@@ -77,7 +83,9 @@ class Watcher:
         poll: bool = False,
         rescan_every: float = 1.0,
         flush_after: float | None = None,
-        batch_bytes: int = 4 << 20,
+        batch_bytes: int = 16 << 20,
+        rotated_grace: float = 5.0,
+        transform: Transform | None = None,
     ) -> None:
         root = Path(path).expanduser().absolute()
         if not root.exists():
@@ -95,12 +103,22 @@ class Watcher:
             raise ConfigError("batch_bytes must be at least 1024")
         if rescan_every <= 0 or (flush_after is not None and flush_after <= 0):
             raise ConfigError("rescan_every and flush_after must be positive numbers of seconds")
+        if rotated_grace < 0:
+            raise ConfigError("rotated_grace must be a number of seconds, 0 or more")
+        if transform is not None:
+            if not callable(transform):
+                raise ConfigError("transform= must be a function fn(line, path)")
+            if fmt != "lines":
+                raise ConfigError(
+                    "transform= receives each line as text: use format='lines' and parse the "
+                    "line in the function (json.loads, csv.reader, ...)"
+                )
         self.settings = Settings(
             root=root,
             pattern=pattern,
             fmt=fmt,
             csv=CsvOptions(header=header, delimiter=delimiter, quote=quote),
-            target=_target(table, columns, sql, fmt),
+            target=_target(table, columns, sql, fmt, transform is not None),
             start=cast(Start, start),
             recursive=recursive,
             name=name,
@@ -108,6 +126,8 @@ class Watcher:
             rescan_every=rescan_every,
             flush_after=flush_after,
             batch_bytes=batch_bytes,
+            rotated_grace=rotated_grace,
+            transform=transform,
         )
         self._engine = Engine(self.settings, dsn)
 
@@ -137,8 +157,17 @@ class FileWatcher(Watcher):
     File-system events wake the watcher; it also rescans every ``rescan_every`` seconds, and
     ``poll=True`` relies on rescans alone (for mounts where events do not arrive).
     ``name`` separates the offsets of watchers that read the same files into different
-    targets. ``dsn`` is resolved when the watcher first connects, never in the constructor;
-    an unreachable database then is an error, a later outage is waited out.
+    targets. A file rotated away (renamed to a name ``pattern`` does not match) is read on
+    under its new name, as its writer may still hold it open, until it has not changed for
+    ``rotated_grace`` seconds (0: land what it holds and let it go at once).
+
+    ``transform=fn`` calls ``fn(line, path)`` for each non-empty line (``format="lines"``):
+    it returns a row (a tuple, or a dict keyed by column), a list of rows, or None to skip
+    the line; a line whose ``fn`` raises goes to the rejects with the error. Rows still land
+    by COPY (into ``columns``, or every column of ``table``), or through ``sql``, in the
+    transaction that moves the offset. ``dsn`` is resolved when the watcher first connects,
+    never in the constructor; an unreachable database then is an error, a later outage is
+    waited out.
 
     ``run()`` blocks; ``start()`` runs in a background thread until ``stop()``; ``close()``
     (or leaving a ``with`` block) stops it and releases the connection; ``catch_up()`` lands
