@@ -105,17 +105,24 @@ class NatsSink(Sink):
         return self.subject.render(change, key)
 
     async def _connect(self) -> None:
-        async def quiet(exc: Exception) -> None:  # failures surface in _deliver
-            pass
+        failures: list[Exception] = []
 
-        self._nc = await nats.connect(
-            self.url,
-            allow_reconnect=False,
-            connect_timeout=self._timeout,
-            max_reconnect_attempts=0,
-            error_cb=quiet,
-            name="pgtide sink",
-        )
+        async def note(exc: Exception) -> None:  # what failed surfaces in the error raised
+            failures.append(exc)
+
+        try:
+            self._nc = await nats.connect(
+                self.url,
+                allow_reconnect=False,
+                connect_timeout=self._timeout,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.05,
+                error_cb=note,
+                name="pgtide sink",
+            )
+        except nats.errors.NoServersError:
+            reason = failures[-1] if failures else "no server answered"
+            raise OSError(str(reason)) from None
         self._js = self._nc.jetstream(timeout=self._timeout, publish_async_max_pending=20_000)
         if self.stream is not None:
             await self._ensure_stream()

@@ -145,7 +145,7 @@ class WebhookSink(Sink):
             self.delivered += len(messages)
             return
         if status >= 500 or status in RETRY_STATUS:
-            raise WebhookRefused(f"{mask_url(self.url)} answered HTTP {status}")
+            raise WebhookRefused(f"answered HTTP {status}")
         raise SinkError(
             f"webhook {mask_url(self.url)} answered HTTP {status} "
             f"({answer.text[:200].strip()!r}); the batch stays unacknowledged"
