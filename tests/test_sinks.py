@@ -330,7 +330,7 @@ def test_webhook_gives_up_and_leaves_the_batch_unacked(dsn: str, receiver: Recei
     receiver.fail = 10
     feed = pgtide.Feed("give-up", ["items"], dsn=dsn)
     with (
-        pytest.raises(sinks.SinkError, match="gave up after 3 tries.*HTTP 503"),
+        pytest.raises(sinks.SinkError, match=r"gave up after 3 tries.*HTTP 503"),
         sinks.webhook(receiver.url, retries=2, backoff_max=0.05) as hook,
     ):
         feed.run(hook, stop="end")

@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from pgtide_testing import Killable
 from sink_servers import (
     MACHINE_REDIS,
     Broker,
@@ -26,7 +27,6 @@ from sink_servers import (
 )
 
 import pgtide
-from pgtide_testing import Killable
 
 WRITERS = 4
 PER_TX = 5
@@ -100,9 +100,7 @@ def test_exactly_once_across_kills_and_a_broker_restart(
     name = f"S{kind}"
     with psycopg.connect(dsn, autocommit=True) as conn:
         for table in TABLES:
-            conn.execute(
-                f"CREATE TABLE {table} (id bigserial PRIMARY KEY, writer int, seq int)"
-            )
+            conn.execute(f"CREATE TABLE {table} (id bigserial PRIMARY KEY, writer int, seq int)")
     for table in TABLES:
         pgtide.track(table, dsn=dsn)
     stop = threading.Event()
