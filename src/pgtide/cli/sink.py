@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -126,10 +127,9 @@ def _serve(
             if live is not None:
                 live.start()
             reporter.start()
-            try:
+            # stopped while the broker was away: that batch stays unacknowledged
+            with contextlib.suppress(SinkStopped):
                 feed.run(sink, max_changes=max_changes)
-            except SinkStopped:
-                pass  # stopped while the broker was away: the batch stays unacknowledged
     finally:
         done.set()
         if reporter.is_alive():
