@@ -29,7 +29,7 @@ import pgtide.aio
 from pgtide import sinks
 from pgtide.errors import ConfigError
 from pgtide.feed import Change
-from pgtide.sinks._webhook import verify
+from pgtide.sinks.signature import sign, verify
 
 
 def make_table(dsn: str, name: str = "items", rows: int = 0) -> None:
@@ -342,8 +342,6 @@ def test_webhook_gives_up_and_leaves_the_batch_unacked(dsn: str, receiver: Recei
 
 
 def test_webhook_signature_verification_snippet() -> None:
-    from pgtide.sinks._webhook import sign
-
     body = b'{"changes":[]}'
     header = sign("k", body, 1_700_000_000)
     assert verify("k", body, header, tolerance=None)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import time
 from collections.abc import Iterable
 from typing import Any, ClassVar
@@ -20,6 +19,7 @@ from ..errors import ConfigError
 from ..feed import Change
 from ._base import BatchLike, Message, Sink, SinkError, check_url, mask_url
 from ._encode import dumps
+from .signature import sign
 
 SCHEMES = ("http", "https")
 SIGNATURE = "Pgtide-Signature"
@@ -35,28 +35,6 @@ def idempotency_key(batch: BatchLike) -> str:
     """The key of a batch: the same for every retry of it, different for another batch."""
     digest = hashlib.sha256(f"{batch.start}|{batch.position}".encode()).hexdigest()
     return f"pgtide-{digest[:40]}"
-
-
-def sign(secret: str | bytes, body: bytes, timestamp: int) -> str:
-    """The ``Pgtide-Signature`` header value of ``body`` sent at ``timestamp``."""
-    key = secret.encode() if isinstance(secret, str) else secret
-    mac = hmac.new(key, str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
-
-
-def verify(secret: str | bytes, body: bytes, header: str, tolerance: float | None = 300.0) -> bool:
-    """Whether ``header`` (``Pgtide-Signature``) signs ``body`` with ``secret`` (and, with a
-    ``tolerance``, was made within that many seconds of now)."""
-    fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
-    try:
-        timestamp = int(fields["t"])
-    except (KeyError, ValueError):
-        return False
-    if tolerance is not None and abs(time.time() - timestamp) > tolerance:
-        return False
-    return hmac.compare_digest(
-        sign(secret, body, timestamp), f"t={timestamp},v1={fields.get('v1', '')}"
-    )
 
 
 class WebhookSink(Sink):
