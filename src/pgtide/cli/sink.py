@@ -148,7 +148,14 @@ def _serve(
 def nats(
     consumer: Consumer,
     url: Annotated[str, typer.Argument(help="NATS server URL.")] = "nats://127.0.0.1:4222",
-    subject: Annotated[str, typer.Option(help="Subject template.")] = "pg.{table}.{op}",
+    subject: Annotated[
+        str,
+        typer.Option(
+            help="Subject template; default: pg.TABLE.OP (placeholders table, schema, name, "
+            "op in curly braces, as in docs/sinks.md).",
+            show_default=False,
+        ),
+    ] = "pg.{table}.{op}",
     stream: Annotated[
         str | None, typer.Option(help="JetStream stream that must take the messages.")
     ] = None,
@@ -170,7 +177,13 @@ def nats(
 def redis(
     consumer: Consumer,
     url: Annotated[str, typer.Argument(help="Redis URL.")] = "redis://127.0.0.1:6379",
-    stream: Annotated[str, typer.Option(help="Stream key template.")] = "pg:{table}",
+    stream: Annotated[
+        str,
+        typer.Option(
+            help="Stream key template; default: pg:TABLE (placeholders as in docs/sinks.md).",
+            show_default=False,
+        ),
+    ] = "pg:{table}",
     maxlen: Annotated[
         int | None, typer.Option(help="Trim each stream to about this many entries.")
     ] = None,
