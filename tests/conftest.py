@@ -22,6 +22,7 @@ from pgtide_testing import (
     TestServer,
     start_test_server,
 )
+from sink_servers import nats_server, receiver, redis_server, unique  # noqa: F401 (fixtures)
 
 from pgtide import embedded
 

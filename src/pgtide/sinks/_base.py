@@ -1,0 +1,462 @@
+"""What every sink shares: filters, the message of a change, the destination template, the
+delivery loop with backoff, the private event loop of the blocking face, and masking."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import string
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from ..connect import Backoff
+from ..errors import ConfigError, PgtideError
+from ..feed import OPS, Change, Position
+from ..names import TableName
+from ._encode import change_key, encode
+
+log = logging.getLogger("pgtide.sinks")
+
+T = TypeVar("T")
+
+
+class SinkError(PgtideError):
+    """A sink could not deliver: the batch stays unacknowledged and comes again."""
+
+
+class BrokerUnreachable(SinkError):
+    """The broker (or endpoint) could not be reached when the sink started."""
+
+
+class SinkStopped(SinkError):
+    """``sink.stop()`` ended a delivery that was waiting for the broker to come back."""
+
+
+class BatchLike(Protocol):
+    """What a sink needs of a batch: its changes in order and its start and end positions
+    (:class:`pgtide.Batch` and :class:`pgtide.aio.Batch` are such batches)."""
+
+    @property
+    def start(self) -> Position: ...
+    @property
+    def position(self) -> Position: ...
+    def __iter__(self) -> Iterator[Change]: ...
+    def __len__(self) -> int: ...
+
+
+@dataclass(slots=True)
+class Message:
+    """One change ready to send: ``key`` is :func:`change_key`, ``dest`` the subject, stream
+    or key it goes to, ``body`` its encoded JSON (or what ``transform`` made of it)."""
+
+    change: Change
+    key: str
+    body: bytes
+    dest: str
+
+
+def mask_url(url: str) -> str:
+    """``url`` for logs and errors: the password (or a token) and the query string masked."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unreadable url>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, sep, _password = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if sep else f"***@{host}"
+    query = "***" if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def check_url(url: str, schemes: Iterable[str], what: str) -> str:
+    """``url`` if it is a URL of one of ``schemes`` with a host; :class:`ConfigError` else."""
+    allowed = tuple(schemes)
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError(f"{what} needs a URL such as {allowed[0]}://127.0.0.1; got {url!r}")
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError as exc:
+        raise ConfigError(f"{what}: {mask_url(url)!r} is not a valid URL ({exc})") from None
+    if parts.scheme not in allowed:
+        raise ConfigError(
+            f"{what}: {mask_url(url)!r} is not a {'/'.join(allowed)} URL "
+            f"(expected e.g. {allowed[0]}://127.0.0.1)"
+        )
+    if not parts.hostname and parts.scheme != "unix":
+        raise ConfigError(f"{what}: {mask_url(url)!r} names no host")
+    return url.strip()
+
+
+class Template:
+    """A destination such as ``"pg.{table}.{op}"``: ``{table}`` (``schema.name``),
+    ``{schema}``, ``{name}``, ``{op}`` and ``{key}`` (what ``key=`` returns)."""
+
+    FIELDS: ClassVar[frozenset[str]] = frozenset({"table", "schema", "name", "op", "key"})
+
+    def __init__(self, text: str, what: str, clean: Callable[[str], str] = str) -> None:
+        if not isinstance(text, str) or not text:
+            raise ConfigError(f"{what} must be a non-empty string such as 'pg.{{table}}'")
+        try:
+            fields = {f for _, f, spec, conv in string.Formatter().parse(text) if f is not None}
+        except ValueError as exc:
+            raise ConfigError(f"{what} {text!r} is not a template: {exc}") from None
+        unknown = fields - self.FIELDS
+        if unknown:
+            raise ConfigError(
+                f"{what} {text!r} uses {', '.join(sorted('{' + u + '}' for u in unknown))}; "
+                f"a template may use {{table}}, {{schema}}, {{name}}, {{op}} and {{key}}"
+            )
+        self.text = text
+        self.fields = fields
+        self._clean = clean
+        self._cache: dict[tuple[str, str, str | None], str] = {}
+
+    def render(self, change: Change, key: str | None) -> str:
+        found = self._cache.get((change.table, change.op, key))
+        if found is not None:
+            return found
+        schema, _, name = change.table.rpartition(".")
+        values = {"table": change.table, "schema": schema, "name": name, "op": change.op}
+        values["key"] = "" if key is None else key
+        rendered = self.text.format(**{k: self._clean(v) for k, v in values.items()})
+        if len(self._cache) < 100_000:
+            self._cache[(change.table, change.op, key)] = rendered
+        return rendered
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class _Portal:
+    """The private event loop, in a thread, on which a sink runs for the blocking face."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise SinkStopped("the sink was closed during a delivery") from None
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+def _tables(tables: Iterable[str] | str | None) -> tuple[set[str], set[str]] | None:
+    """The table filter as (qualified names, bare names that match in any schema)."""
+    if tables is None:
+        return None
+    if isinstance(tables, str):
+        tables = [tables]
+    qualified: set[str] = set()
+    bare: set[str] = set()
+    for text in tables:
+        name = TableName.parse(text)  # InvalidName for an unreadable name
+        if name.schema is None:
+            bare.add(name.name)
+        else:
+            qualified.add(f"{name.schema}.{name.name}")
+    if not qualified and not bare:
+        raise ConfigError("tables=[] lets nothing through; leave it out to send every table")
+    return qualified, bare
+
+
+def _ops(ops: Iterable[str] | str | None) -> frozenset[str] | None:
+    if ops is None:
+        return None
+    chosen = frozenset([ops] if isinstance(ops, str) else ops)
+    unknown = chosen - set(OPS) - {"read"}
+    if unknown or not chosen:
+        raise ConfigError(
+            f"ops={sorted(chosen)!r}: each op must be one of {', '.join(sorted({*OPS, 'read'}))}"
+        )
+    return chosen
+
+
+class Sink:
+    """A callable that delivers each batch of a feed somewhere, then returns, so that
+    ``feed.run(sink)`` acknowledges the batch only once it was delivered.
+
+    Subclasses implement :meth:`_connect`, :meth:`_disconnect` and :meth:`_deliver`, and
+    list their transient errors in ``_outages``. Call the sink (blocking face) or await
+    :meth:`send` (asyncio face, e.g. ``await pgtide.aio.Feed(...).run(sink.send)``).
+    """
+
+    kind: ClassVar[str] = "sink"
+    _raw_bodies: ClassVar[bool] = True
+    """Whether bytes and str from ``transform`` are message bodies as they are."""
+    _wants_empty: ClassVar[bool] = False
+    """Whether a batch with no message (all filtered out) is delivered anyway."""
+    _outages: ClassVar[tuple[type[BaseException], ...]] = (OSError, asyncio.TimeoutError)
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        tables: Iterable[str] | str | None = None,
+        ops: Iterable[str] | str | None = None,
+        where: Callable[[Change], bool] | None = None,
+        transform: Callable[[Change], Any] | None = None,
+        key: Callable[[Change], Any] | None = None,
+        attempts: int | None = None,
+        backoff_max: float = 5.0,
+    ) -> None:
+        for name, fn in (("where", where), ("transform", transform), ("key", key)):
+            if fn is not None and not callable(fn):
+                raise ConfigError(f"{name}= must be a callable taking a Change, not {fn!r}")
+        if attempts is not None and attempts < 1:
+            raise ConfigError(f"retries must be >= 0, not {attempts - 1}")
+        if backoff_max <= 0:
+            raise ConfigError(f"backoff_max must be > 0 seconds, not {backoff_max}")
+        self.url = url
+        self._tables = _tables(tables)
+        self._table_ok: dict[str, bool] = {}
+        self._ops = _ops(ops)
+        self._where = where
+        self._transform = transform
+        self._key = key
+        self._attempts = attempts
+        self._backoff_max = backoff_max
+        self._connected = False
+        self._ever_connected = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._stopping = threading.Event()
+        self._portal: _Portal | None = None
+        self._lock = threading.Lock()
+        # what progress reports read (from any thread)
+        self.delivered = 0
+        """Messages the broker accepted."""
+        self.duplicates = 0
+        """Messages the broker already held (sent before a crash): not stored twice."""
+        self.batches = 0
+        self.retries = 0
+        self.last_delivery: float | None = None
+
+    # -- the message of each change ------------------------------------------------------
+    def wanted(self, change: Change) -> bool:
+        """Whether ``change`` passes the ``tables``, ``ops`` and ``where`` filters."""
+        if self._ops is not None and change.op not in self._ops:
+            return False
+        if self._tables is not None:
+            ok = self._table_ok.get(change.table)
+            if ok is None:
+                qualified, bare = self._tables
+                ok = change.table in qualified or change.table.rpartition(".")[2] in bare
+                self._table_ok[change.table] = ok
+            if not ok:
+                return False
+        return self._where is None or bool(self._where(change))
+
+    def _destination(self, change: Change, key: str | None) -> str:
+        raise NotImplementedError
+
+    def messages(self, batch: Iterable[Change]) -> list[Message]:
+        """The messages to send for ``batch``: filtered, transformed, encoded, addressed."""
+        out: list[Message] = []
+        keyfn, transform = self._key, self._transform
+        for change in batch:
+            if not self.wanted(change):
+                continue
+            body = encode(change, transform, raw=self._raw_bodies)
+            if body is None:
+                continue
+            key = None if keyfn is None else str(keyfn(change))
+            out.append(Message(change, change_key(change), body, self._destination(change, key)))
+        return out
+
+    # -- delivery ------------------------------------------------------------------------
+    async def send(self, batch: BatchLike) -> None:
+        """Deliver ``batch``; return once the broker has acknowledged every message.
+
+        While the broker is unreachable, retry with backoff (for ever, or ``retries``
+        times); :meth:`stop` ends the wait with :class:`SinkStopped`. Nothing is
+        acknowledged meanwhile, so nothing is lost."""
+        self._bind()
+        messages = self.messages(batch)
+        if not messages and not self._wants_empty:
+            self.batches += 1
+            return
+        backoff = Backoff(initial=0.1, maximum=self._backoff_max)
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                if not self._connected:
+                    await self._open()
+                await self._deliver(batch, messages)
+                break
+            except SinkError:
+                raise
+            except self._outages as exc:
+                if self._attempts is not None and tries >= self._attempts:
+                    raise SinkError(
+                        f"{self}: gave up after {tries} tries ({self._reason(exc)}); "
+                        "the batch stays unacknowledged"
+                    ) from None
+                self.retries += 1
+                delay = backoff.next()
+                log.warning(
+                    "%s: %s; retrying in %.1f s (try %d); nothing is acknowledged meanwhile",
+                    self,
+                    self._reason(exc),
+                    delay,
+                    tries,
+                )
+                await self._drop()
+                await self._pause(delay)
+        self.batches += 1
+        self.last_delivery = time.time()
+
+    async def _open(self) -> None:
+        try:
+            await self._connect()
+        except SinkError:
+            raise
+        except self._outages as exc:
+            if not self._ever_connected:
+                await self._drop()
+                raise BrokerUnreachable(
+                    f"cannot reach {self.kind} at {mask_url(self.url)}: {self._reason(exc)}"
+                ) from None
+            raise
+        self._connected = True
+        self._ever_connected = True
+
+    async def _drop(self) -> None:
+        self._connected = False
+        try:
+            await self._disconnect()
+        except Exception as exc:  # a broken connection may fail to close: it is gone anyway
+            log.debug("%s: closing after a failure: %s", self, self._reason(exc))
+
+    async def _pause(self, seconds: float) -> None:
+        wakeup = self._wakeup
+        assert wakeup is not None
+        if not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wakeup.wait(), seconds)
+        if self._stopping.is_set():
+            raise SinkStopped(f"{self}: stopped while waiting to retry; the batch stays unacked")
+
+    def _reason(self, exc: BaseException) -> str:
+        text = str(exc) or type(exc).__name__
+        for secret in self._secrets():
+            if secret:
+                text = text.replace(secret, "***")
+        return text.replace(self.url, mask_url(self.url))
+
+    def _secrets(self) -> tuple[str, ...]:
+        parts = urlsplit(self.url)
+        return tuple(s for s in (parts.password, parts.username if not parts.password else "") if s)
+
+    def _bind(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+            self._wakeup = asyncio.Event()
+            if self._stopping.is_set():
+                self._wakeup.set()
+        elif self._loop is not loop:
+            raise SinkError(
+                f"{self}: a sink serves one event loop; make one sink per loop (or per feed)"
+            )
+
+    # -- what subclasses do --------------------------------------------------------------
+    async def _connect(self) -> None:
+        """Open the connection to the broker (raise one of ``_outages`` when unreachable)."""
+
+    async def _disconnect(self) -> None:
+        """Close the connection (after a failure, or at close)."""
+
+    async def _deliver(self, batch: BatchLike, messages: list[Message]) -> None:
+        raise NotImplementedError
+
+    # -- the blocking face ---------------------------------------------------------------
+    def __call__(self, batch: BatchLike) -> None:
+        """Deliver ``batch`` (blocking): the callable that ``pgtide.Feed.run`` takes."""
+        with self._lock:
+            if self._portal is None:
+                self._portal = _Portal(f"pgtide {self.kind} sink")
+            portal = self._portal
+        portal.call(self.send(batch))
+
+    def open(self) -> None:
+        """Connect now (blocking face): :class:`BrokerUnreachable` names the broker if it
+        cannot be reached. Without it, the first batch connects."""
+        with self._lock:
+            if self._portal is None:
+                self._portal = _Portal(f"pgtide {self.kind} sink")
+        self._portal.call(self.aopen())
+
+    async def aopen(self) -> None:
+        """Connect now (asyncio face); see :meth:`open`."""
+        self._bind()
+        if not self._connected:
+            await self._open()
+
+    def stop(self) -> None:
+        """End a delivery that waits for the broker to come back (it raises
+        :class:`SinkStopped`, and its batch stays unacknowledged). Any thread."""
+        self._stopping.set()
+        loop, wakeup = self._loop, self._wakeup
+        if loop is not None and wakeup is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(wakeup.set)
+
+    async def aclose(self) -> None:
+        """Close the connection to the broker (asyncio face)."""
+        await self._drop()
+
+    def close(self) -> None:
+        """Close the connection to the broker and the sink's thread (blocking face)."""
+        portal, self._portal = self._portal, None
+        if portal is not None:
+            try:
+                portal.call(self.aclose())
+            finally:
+                portal.close()
+            self._loop = None
+            self._wakeup = None
+
+    def __enter__(self: SinkT) -> SinkT:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {mask_url(self.url)} {self._describe()}>"
+
+    def _describe(self) -> str:
+        return ""
+
+    def __str__(self) -> str:
+        return f"{self.kind} sink {mask_url(self.url)}"
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for progress reports: batches, delivered, duplicates, retries."""
+        return {
+            "batches": self.batches,
+            "delivered": self.delivered,
+            "duplicates": self.duplicates,
+            "retries": self.retries,
+        }
+
+
+SinkT = TypeVar("SinkT", bound=Sink)

@@ -1,0 +1,349 @@
+"""Sinks with the real brokers: NATS JetStream, Redis Streams and a local webhook receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+from sink_servers import (
+    MACHINE_NATS,
+    MACHINE_REDIS,
+    Broker,
+    Receiver,
+    free_port,
+    jetstream_messages,
+    redis_entries,
+    wait_for,
+)
+
+import pgtide
+import pgtide.aio
+from pgtide import sinks
+from pgtide.errors import ConfigError
+from pgtide.feed import Change
+from pgtide.sinks.signature import sign, verify
+
+
+def make_table(dsn: str, name: str = "items", rows: int = 0) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {name} (id bigint PRIMARY KEY, v text)")
+    pgtide.track(name, dsn=dsn)
+    insert(dsn, name, range(rows))
+
+
+def insert(dsn: str, table: str, ids: range, per_tx: int = 10) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for at in range(ids.start, ids.stop, per_tx):
+            chunk = range(at, min(at + per_tx, ids.stop))
+            with conn.transaction():
+                conn.cursor().executemany(
+                    f"INSERT INTO {table} (id, v) VALUES (%s, %s)", [(i, f"v{i}") for i in chunk]
+                )
+
+
+def change(row: dict[str, Any], op: str = "insert", table: str = "public.t") -> Change:
+    return Change(7, table, op, row, None, 1234, datetime(2024, 5, 1, 12, 0, 0, 250000, UTC))
+
+
+# -- the one encoder ------------------------------------------------------------------------
+def test_encoder_keeps_exact_types() -> None:
+    row = {
+        "n": Decimal("12345678901234567890.000000000000000001"),
+        "small": Decimal("0.1"),
+        "nan": Decimal("NaN"),
+        "at": datetime(2024, 5, 1, 12, 0, 0, 123456, UTC),
+        "b": b"\x00\xffbytes",
+        "u": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        "d": timedelta(days=1, hours=2, seconds=3.5),
+        "big": 2**70,
+        "j": {"nested": [1, Decimal("2.50")]},
+    }
+    body = sinks.encode(change(row))
+    assert body is not None
+    text = body.decode()
+    assert '"n":12345678901234567890.000000000000000001' in text
+    assert '"small":0.1' in text and '"nan":"NaN"' in text
+    assert '"big":1180591620717411303424' in text
+    decoded = json.loads(text, parse_float=Decimal)
+    assert decoded["row"]["n"] == row["n"]
+    assert decoded["row"]["at"] == "2024-05-01T12:00:00.123456+00:00"
+    assert base64.b64decode(decoded["row"]["b"]) == row["b"]
+    assert decoded["row"]["u"] == str(row["u"])
+    assert decoded["row"]["d"] == "P1DT2H3.5S"
+    assert decoded["row"]["j"] == {"nested": [1, Decimal("2.50")]}
+    assert decoded["key"] == "1234-7" == sinks.change_key(change(row))
+    assert decoded["at"] == "2024-05-01T12:00:00.250000+00:00"
+    assert {"id", "xid", "table", "op", "row", "old", "at", "key"} == set(decoded)
+
+
+def test_bad_input_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="not a nats/tls/ws/wss URL"):
+        sinks.nats("http://x")
+    with pytest.raises(ConfigError, match="not a valid URL"):
+        sinks.redis("redis://h:notaport")
+    with pytest.raises(ConfigError, match=r"\{tabel\}"):
+        sinks.redis(stream="pg:{tabel}")
+    with pytest.raises(ConfigError, match="each op must be one of"):
+        sinks.nats(ops=["upsert"])
+    with pytest.raises(ConfigError, match="callable"):
+        sinks.nats(where="x > 1")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'maxlength'"):
+        sinks.redis(maxlength=5)  # type: ignore[call-arg]
+    with pytest.raises(ConfigError, match="retries"):
+        sinks.webhook("http://127.0.0.1/x", retries=-1)
+    with pytest.raises(ConfigError, match="needs a stream name"):
+        sinks.nats(create_stream=True)
+
+
+def test_secrets_never_shown() -> None:
+    nats_sink = sinks.nats("nats://alice:s3cret@127.0.0.1:4222")
+    redis_sink = sinks.redis("redis://:hunter2@127.0.0.1:6379/0")
+    hook = sinks.webhook("https://example.com/hook?token=abc123", secret="topsecret")
+    shown = " ".join(map(str, [nats_sink, redis_sink, hook])) + repr((nats_sink, redis_sink, hook))
+    for secret in ("s3cret", "hunter2", "abc123", "topsecret"):
+        assert secret not in shown
+    assert "alice:***@" in shown and "token" not in shown
+
+
+def test_unreachable_broker_at_start_is_one_clear_line() -> None:
+    port = free_port()
+    for sink in (
+        sinks.nats(f"nats://u:pw@127.0.0.1:{port}"),
+        sinks.redis(f"redis://127.0.0.1:{port}"),
+    ):
+        with pytest.raises(sinks.BrokerUnreachable) as caught, sink:
+            sink.open()
+        message = str(caught.value)
+        assert f"127.0.0.1:{port}" in message and "\n" not in message and "pw" not in message
+
+
+# -- NATS JetStream -------------------------------------------------------------------------
+def test_nats_publishes_each_change_once_with_its_key(dsn: str, unique: str) -> None:
+    make_table(dsn, rows=25)
+    sink = sinks.nats(
+        MACHINE_NATS, subject=f"{unique}.{{table}}.{{op}}", stream=unique, create_stream=True
+    )
+    feed = pgtide.Feed("to-nats", ["items"], dsn=dsn)
+    batches: list[Any] = []
+
+    def keep(batch: Any) -> None:
+        batches.append(batch)
+        sink(batch)
+
+    with sink:
+        feed.run(keep, stop="end", max_changes=10)
+        got = jetstream_messages(MACHINE_NATS, unique)
+        assert [m[2]["row"]["id"] for m in got] == list(range(25))
+        assert all(m[0] == f"{unique}.public.items.insert" for m in got)
+        assert [m[1] for m in got] == [m[2]["key"] for m in got]
+        assert len({m[1] for m in got}) == 25
+        # the same batches again (a crash before the acknowledgement): nothing new
+        for batch in batches:
+            sink(batch)
+        assert sink.duplicates == 25 and sink.delivered == 25
+    assert len(jetstream_messages(MACHINE_NATS, unique)) == 25
+    assert feed.saved() is not None
+
+
+def test_nats_missing_stream_is_a_clear_error(unique: str) -> None:
+    with (
+        pytest.raises(sinks.SinkError, match=f"no stream '{unique}'.*create_stream"),
+        sinks.nats(MACHINE_NATS, stream=unique) as sink,
+    ):
+        sink.open()
+
+
+# -- Redis Streams --------------------------------------------------------------------------
+def test_redis_adds_each_change_once_in_order(dsn: str, unique: str) -> None:
+    make_table(dsn, rows=30)
+    make_table(dsn, "other", rows=5)
+    sink = sinks.redis(MACHINE_REDIS, stream=f"{unique}:{{table}}", state_key=f"{unique}:s")
+    batches: list[Any] = []
+
+    def keep(batch: Any) -> None:
+        batches.append(batch)
+        sink(batch)
+
+    with sink:
+        pgtide.Feed("to-redis", ["items", "other"], dsn=dsn).run(keep, stop="end", max_changes=7)
+        for batch in batches:  # sent again: refused, counted as already delivered
+            sink(batch)
+        assert sink.delivered == 35 and sink.duplicates == 35
+    items = redis_entries(MACHINE_REDIS, f"{unique}:public.items")
+    assert [c["row"]["id"] for _, c in items] == list(range(30))
+    assert len(redis_entries(MACHINE_REDIS, f"{unique}:public.other")) == 5
+    ids = [eid for eid, _ in items]
+    assert ids == sorted(ids, key=lambda e: tuple(map(int, e.split("-"))))
+
+
+def test_redis_resend_in_another_order_adds_only_the_new(dsn: str, unique: str) -> None:
+    """After a crash the feed may re-read from the saved position up to a newer snapshot,
+    so that the batch sent again holds more changes, in another order: only those not yet
+    delivered are added, after the others."""
+    make_table(dsn, rows=0)
+    url, stream = MACHINE_REDIS, f"{unique}:{{table}}"
+    with psycopg.connect(dsn) as early:  # a transaction that commits late, with a low xid
+        early.execute("INSERT INTO items (id, v) VALUES (1000, 'late')")
+        insert(dsn, "items", range(5))
+        feed = pgtide.Feed("again", ["items"], dsn=dsn)
+        with sinks.redis(url, stream=stream, state_key=f"{unique}:s") as sink:
+            first = next(iter(feed.batches(max_changes=100)))
+            sink(first)  # delivered, never acknowledged: a crash
+        early.commit()
+    insert(dsn, "items", range(5, 8))
+    with sinks.redis(url, stream=stream, state_key=f"{unique}:s") as sink:
+        pgtide.Feed("again", ["items"], dsn=dsn).run(sink, stop="end")
+    ids = [c["row"]["id"] for _, c in redis_entries(url, f"{unique}:public.items")]
+    assert sorted(ids) == [*range(8), 1000] and ids[:5] == list(range(5))
+
+
+def test_redis_waits_while_down_and_loses_nothing(dsn: str, redis_server: Broker) -> None:
+    make_table(dsn, rows=20)
+    feed = pgtide.Feed("down", ["items"], dsn=dsn)
+    sink = sinks.redis(redis_server.url, backoff_max=0.3)
+    sink.open()
+    redis_server.stop()
+    runner = threading.Thread(target=feed.run, args=(sink,), kwargs={"max_changes": 5})
+    runner.start()
+    try:
+        wait_for(lambda: sink.retries >= 3, what="retries against the stopped server")
+        assert feed.saved() is None or feed.saved() == pgtide.Position.beginning()
+        redis_server.start()
+        wait_for(lambda: sink.delivered == 20, what="delivery after the restart")
+    finally:
+        feed.stop()
+        runner.join(20)
+        sink.close()
+    assert [c["row"]["id"] for _, c in redis_entries(redis_server.url, "pg:public.items")] == list(
+        range(20)
+    )
+
+
+def test_stop_ends_a_delivery_that_waits_for_the_broker(dsn: str, redis_server: Broker) -> None:
+    make_table(dsn, rows=3)
+    sink = sinks.redis(redis_server.url, backoff_max=0.2)
+    sink.open()
+    redis_server.stop()
+    feed = pgtide.Feed("stopping", ["items"], dsn=dsn)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            feed.run(sink)
+        except sinks.SinkStopped as exc:
+            errors.append(exc)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    wait_for(lambda: sink.retries >= 1, what="a retry")
+    sink.stop()
+    feed.stop()
+    runner.join(10)
+    sink.close()
+    assert not runner.is_alive() and len(errors) == 1
+    assert feed.saved() in (None, pgtide.Position.beginning())
+
+
+# -- filters, transform, key ----------------------------------------------------------------
+def test_filters_transform_and_key(dsn: str, unique: str) -> None:
+    make_table(dsn, rows=10)
+    make_table(dsn, "other", rows=3)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE items SET v = 'x' WHERE id < 4")
+        conn.execute("DELETE FROM items WHERE id = 9")
+    sink = sinks.redis(
+        MACHINE_REDIS,
+        stream=f"{unique}:{{name}}:{{key}}",
+        state_key=f"{unique}:s",
+        tables=["public.items"],
+        ops=["insert", "update"],
+        where=lambda c: c.row is not None and c.row["id"] % 2 == 0,
+        transform=lambda c: {"id": c.row["id"] if c.row else None, "op": c.op},
+        key=lambda c: "low" if c.row and c.row["id"] < 5 else "high",
+    )
+    with sink:
+        pgtide.Feed("shaped", dsn=dsn).run(sink, stop="end")
+    low = [c for _, c in redis_entries(MACHINE_REDIS, f"{unique}:items:low")]
+    high = [c for _, c in redis_entries(MACHINE_REDIS, f"{unique}:items:high")]
+    assert low == [{"id": i, "op": "insert"} for i in (0, 2, 4)] + [
+        {"id": i, "op": "update"} for i in (0, 2)
+    ]
+    assert high == [{"id": i, "op": "insert"} for i in (6, 8)]
+
+
+def test_own_sink_is_a_callable(dsn: str) -> None:
+    make_table(dsn, rows=4)
+    seen: list[bytes] = []
+
+    def my_sink(batch: pgtide.Batch) -> None:
+        seen.extend(body for c in batch if (body := sinks.encode(c)) is not None)
+
+    pgtide.Feed("mine", ["items"], dsn=dsn).run(my_sink, stop="end")
+    assert [json.loads(b)["row"]["id"] for b in seen] == [0, 1, 2, 3]
+
+
+def test_async_face(dsn: str, unique: str) -> None:
+    make_table(dsn, rows=6)
+    sink = sinks.redis(MACHINE_REDIS, stream=f"{unique}:{{table}}", state_key=f"{unique}:s")
+
+    async def main() -> None:
+        await pgtide.aio.Feed("aio", ["items"], dsn=dsn).run(sink.send, stop="end")
+        await sink.aclose()
+
+    asyncio.run(main())
+    assert len(redis_entries(MACHINE_REDIS, f"{unique}:public.items")) == 6
+
+
+# -- webhooks -------------------------------------------------------------------------------
+def test_webhook_retries_with_the_same_key_and_a_valid_signature(
+    dsn: str, receiver: Receiver
+) -> None:
+    make_table(dsn, rows=30)
+    receiver.fail = 2
+    hook = sinks.webhook(receiver.url, secret="s3cret", backoff_max=0.05, retries=3)
+    with hook:
+        pgtide.Feed("hooks", ["items"], dsn=dsn).run(hook, stop="end", max_changes=10)
+    assert len(receiver.accepted) == 3 and len(receiver.requests) == 9
+    assert all(n == 3 for n in receiver.tries.values())
+    ids = []
+    for headers, body in receiver.requests:
+        assert verify("s3cret", body, headers["Pgtide-Signature"])
+        assert not verify("other", body, headers["Pgtide-Signature"])
+        assert headers["Idempotency-Key"].startswith("pgtide-")
+    for body in receiver.accepted.values():
+        data = json.loads(body)
+        assert set(data) == {"start", "end", "changes"}
+        ids += [c["row"]["id"] for c in data["changes"]]
+    assert sorted(ids) == list(range(30))
+
+
+def test_webhook_gives_up_and_leaves_the_batch_unacked(dsn: str, receiver: Receiver) -> None:
+    make_table(dsn, rows=5)
+    receiver.fail = 10
+    feed = pgtide.Feed("give-up", ["items"], dsn=dsn)
+    with (
+        pytest.raises(sinks.SinkError, match=r"gave up after 3 tries.*HTTP 503"),
+        sinks.webhook(receiver.url, retries=2, backoff_max=0.05) as hook,
+    ):
+        feed.run(hook, stop="end")
+    assert feed.saved() in (None, pgtide.Position.beginning())
+    receiver.fail, receiver.status, receiver.tries = 1, 400, {}
+    with pytest.raises(sinks.SinkError, match="HTTP 400"), sinks.webhook(receiver.url) as hook:
+        feed.run(hook, stop="end")
+    assert len(receiver.tries) == 1  # one batch, the same key on every try
+
+
+def test_webhook_signature_verification_snippet() -> None:
+    body = b'{"changes":[]}'
+    header = sign("k", body, 1_700_000_000)
+    assert verify("k", body, header, tolerance=None)
+    assert not verify("k", body + b" ", header, tolerance=None)
+    assert not verify("k", body, header)  # too old
