@@ -137,10 +137,9 @@ UPDATE pgtide.wal SET relayed_lsn = %(lsn)s::pg_lsn, relayed_at = now(),
 WHERE slot = %(slot)s AND relayed_lsn = %(expected)s::pg_lsn
 """
 _NOTIFY = "SELECT pg_notify('pgtide_changes', t) FROM unnest(%s::text[]) AS t"
-_HEARTBEAT = (
-    "UPDATE pgtide.wal SET checked_at = now() WHERE slot = %s; "
-    "SELECT pg_logical_emit_message(true, 'pgtide', 'heartbeat')"
-)
+_CHECKED = "UPDATE pgtide.wal SET checked_at = now() WHERE slot = %s"
+_HEARTBEAT = "SELECT pg_logical_emit_message(true, 'pgtide', 'heartbeat')"
+_DURABLE = "SET synchronous_commit = on"
 _TRY_LOCK = "SELECT pg_try_advisory_lock(%s, %s)"
 _UNLOCK = "SELECT pg_advisory_unlock(%s, %s)"
 _OVERVIEW = """
@@ -358,18 +357,23 @@ _FAST: dict[int, Callable[[str], str]] = {
 @dataclass
 class _Shape:
     """How to write one relation's rows: its canonical name, and per column the JSON key
-    and converter (all None: the server types the row)."""
+    and converter; ``slow``: the server types the row (its values go as JSON strings, but
+    json and jsonb values as they are)."""
 
     table: str
     keys: tuple[str, ...]
-    convert: tuple[Callable[[str], str], ...] | None
+    convert: tuple[Callable[[str], str], ...]
+    slow: bool
 
     @classmethod
     def of(cls, relation: Relation) -> _Shape:
         keys = tuple(_STRING(c.name) + ":" for c in relation.columns)
         fast = [_FAST.get(c.type_oid) for c in relation.columns]
-        convert = None if any(f is None for f in fast) else tuple(f for f in fast if f)
-        return cls(str(TableName(relation.schema, relation.name)), keys, convert)
+        slow = any(f is None for f in fast)
+        if slow:
+            fast = [str if c.type_oid in (114, 3802) else _STRING for c in relation.columns]
+        convert = tuple(f or _STRING for f in fast)
+        return cls(str(TableName(relation.schema, relation.name)), keys, convert, slow)
 
     def json(self, values: list[Any] | None) -> tuple[str | None, str | None]:
         """The row as JSON text, and a patch for unchanged TOAST values (or None)."""
@@ -383,11 +387,9 @@ class _Shape:
                 parts.append(key + "null")
             elif value is UNCHANGED:
                 patch.append(key + _UNCHANGED_JSON)
-            elif convert is not None:
-                parts.append(key + convert[i](value))
             else:
-                parts.append(key + _STRING(value))
-        if patch and convert is not None:
+                parts.append(key + convert[i](value))
+        if patch and not self.slow:
             return "{" + ",".join(parts + patch) + "}", None
         return "{" + ",".join(parts) + "}", ("{" + ",".join(patch) + "}") if patch else None
 
@@ -459,6 +461,7 @@ class Relay:
     decoder: Decoder = field(default_factory=Decoder, repr=False)
     relayed: int = 0
     _lock_conn: int | None = None
+    _flush: bool = False
     _warned_at: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -470,6 +473,12 @@ class Relay:
             return StepResult()  # no table is captured from the WAL
         slot, publication, relayed_text, confirmed_text, *_rest = state
         self._check(state)
+        if self._flush:
+            # everything committed so far is flushed (read by the slot) once this commits
+            self._flush = False
+            with conn.transaction():
+                conn.execute(_CHECKED, (slot,))
+                conn.execute(_HEARTBEAT)
         relayed, confirmed = lsn_int(relayed_text), lsn_int(confirmed_text)
         if confirmed < relayed:  # a crash came between the commit and the advance
             conn.execute(_ADVANCE, (slot, relayed_text))
@@ -527,7 +536,7 @@ class Relay:
                     continue
                 if want[1]:
                     b.notify.add(shape.table)
-                if shape.convert is None:
+                if shape.slow:
                     b.slow.add(shape.table)
                 row, row_patch = shape.json(change.new)
                 old, old_patch = shape.json(change.old)
@@ -604,7 +613,8 @@ class Relay:
         stale = checked_age is None or checked_age >= self.heartbeat
         if lag >= HEARTBEAT_BYTES or (lag > 0 and stale):
             with conn.transaction():
-                conn.execute(_HEARTBEAT, (state[0],))
+                conn.execute(_CHECKED, (state[0],))
+                conn.execute(_HEARTBEAT)
 
     # the loop ------------------------------------------------------------------------------
     def _locked(self, conn: psycopg.Connection[Any]) -> bool:
@@ -613,6 +623,9 @@ class Relay:
         row = conn.execute(_TRY_LOCK, _LOCK_KEY).fetchone()
         if row is not None and row[0]:
             self._lock_conn = id(conn)
+            # the relay's commits are durable whatever the server's default: a commit lost
+            # in a crash after the slot moved would lose its changes
+            conn.execute(_DURABLE)
             return True
         return False
 
@@ -631,6 +644,7 @@ class Relay:
         """Relay until ``stop`` is set (or, ``until_idle``, until the slot is drained).
         Another relay holding the lock: wait, and take over when it goes away."""
         stop = stop or self._stop
+        self._flush = until_idle
         session = Session(self.dsn, name=f"pgtide {self.name}", application_name="pgtide relay")
         session._stop = stop  # a stop interrupts a reconnect wait too
         try:
