@@ -395,11 +395,19 @@ class _Shape:
 
 
 _INSERT_HEAD = sql.SQL("INSERT INTO pgtide.changes (table_name, op, row, old) SELECT c.t, c.op, ")
-_INSERT_TAIL = sql.SQL(
-    " FROM unnest(%(t)s::text[], %(op)s::text[], %(r)s::text[], %(o)s::text[], "
-    "%(rp)s::text[], %(op_)s::text[]) WITH ORDINALITY AS c(t, op, r, o, rp, opatch, n) "
-    "ORDER BY c.n"
+_INSERT_TAIL = sql.SQL(" FROM pg_temp.pgtide_relay AS c ORDER BY c.n")
+_STAGE = (
+    "CREATE TEMP TABLE IF NOT EXISTS pgtide_relay (n int, t text, op text, r text, o text, "
+    "rp text, opatch text) ON COMMIT DELETE ROWS"
 )
+_COPY_STAGE = "COPY pg_temp.pgtide_relay (n, t, op, r, o, rp, opatch) FROM STDIN"
+_COPY_DIRECT = "COPY pgtide.changes (table_name, op, row, old) FROM STDIN"
+_ESCAPE = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+def _line(*fields: object) -> str:
+    """One line of COPY text: fields escaped, None as \\N."""
+    return "\t".join("\\N" if f is None else str(f).translate(_ESCAPE) for f in fields) + "\n"
 
 
 def _value(column: str, patch: str, slow: list[str]) -> sql.Composable:
@@ -457,7 +465,7 @@ class Relay:
     heartbeat: float = 5.0
     lag_warning_bytes: int = LAG_WARNING_BYTES
     name: str = "relay"
-    shapes: dict[tuple[int, Relation], _Shape] = field(default_factory=dict, repr=False)
+    shapes: dict[int, tuple[Relation, _Shape]] = field(default_factory=dict, repr=False)
     decoder: Decoder = field(default_factory=Decoder, repr=False)
     relayed: int = 0
     _lock_conn: int | None = None
@@ -528,9 +536,12 @@ class Relay:
         for txn in txns:
             for change in txn.changes:
                 rel = change.relation
-                shape = shapes.get((rel.oid, rel))
-                if shape is None:
-                    shape = shapes[(rel.oid, rel)] = _Shape.of(rel)
+                known = shapes.get(rel.oid)
+                if known is not None and (known[0] is rel or known[0] == rel):
+                    shape = known[1]
+                else:
+                    shape = _Shape.of(rel)
+                    shapes[rel.oid] = (rel, shape)
                 want = wanted.get(shape.table)
                 if want is None or change.op not in want[0]:
                     continue
@@ -551,26 +562,29 @@ class Relay:
 
     @staticmethod
     def _write(conn: psycopg.Connection[Any], b: _Batch) -> None:
+        """COPY the changes in, in order: straight into pgtide.changes when every row is
+        already JSON, else through a staging table that the server types from."""
+        if not b.slow:
+            lines = map(_line, b.t, b.ops, b.rows, b.olds)
+            with conn.cursor().copy(_COPY_DIRECT) as copy:
+                copy.write("".join(lines).encode())
+            return
+        conn.execute(_STAGE)
+        numbered = range(len(b.t))
+        lines = map(_line, numbered, b.t, b.ops, b.rows, b.olds, b.row_patches, b.old_patches)
+        with conn.cursor().copy(_COPY_STAGE) as copy:
+            copy.write("".join(lines).encode())
         chosen = sorted(b.slow)
-        statement = sql.Composed(
-            [
-                _INSERT_HEAD,
-                _value("r", "rp", chosen),
-                sql.SQL(", "),
-                _value("o", "opatch", chosen),
-                _INSERT_TAIL,
-            ]
-        )
         conn.execute(
-            statement,
-            {
-                "t": b.t,
-                "op": b.ops,
-                "r": b.rows,
-                "o": b.olds,
-                "rp": b.row_patches,
-                "op_": b.old_patches,
-            },
+            sql.Composed(
+                [
+                    _INSERT_HEAD,
+                    _value("r", "rp", chosen),
+                    sql.SQL(", "),
+                    _value("o", "opatch", chosen),
+                    _INSERT_TAIL,
+                ]
+            )
         )
 
     def _check(self, state: tuple[Any, ...]) -> None:
