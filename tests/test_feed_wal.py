@@ -117,7 +117,8 @@ def test_feed_relays_by_itself_and_batches_hold_whole_transactions(wal_dsn: str)
         for n in range(5):
             with conn.transaction():
                 conn.execute(
-                    "INSERT INTO t SELECT g, %s, repeat('x', 5000) FROM generate_series(%s::int, %s::int) g",
+                    "INSERT INTO t SELECT g, %s, repeat('x', 5000) "
+                    "FROM generate_series(%s::int, %s::int) g",
                     (f"tx{n}", n * 10, n * 10 + 9),
                 )
         conn.execute("UPDATE t SET v = 'changed' WHERE id = 0")
@@ -196,7 +197,7 @@ def test_wal_level_replica_is_a_clear_error(embedded_home: Path) -> None:
     pgtide.install(dsn=server.dsn)
     with psycopg.connect(server.dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE t (id int)")
-    with pytest.raises(WalUnavailable, match="wal_level = logical.*wal_level = replica"):
+    with pytest.raises(WalUnavailable, match=r"wal_level = logical.*wal_level = replica"):
         pgtide.track("t", capture="wal", dsn=server.dsn)
     assert pgtide.track("t", dsn=server.dsn)  # triggers still work
 

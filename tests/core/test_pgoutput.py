@@ -67,7 +67,8 @@ def test_messages_parse() -> None:
     assert isinstance(commit, Commit) and commit.end_lsn == 0x20
     rel = parse(RELATION)
     assert isinstance(rel, Relation) and rel.schema == "public" and rel.name == "t"
-    assert [(c.name, c.type_oid, c.key) for c in rel.columns] == [("id", 23, True), ("big", 25, False)]
+    got = [(c.name, c.type_oid, c.key) for c in rel.columns]
+    assert got == [("id", 23, True), ("big", 25, False)]
     ins = parse(b"I" + struct.pack(">I", 7) + b"N" + _tuple(1, "é"))
     assert isinstance(ins, Insert) and ins.new == ["1", "é"]
     upd = parse(b"U" + struct.pack(">I", 7) + b"O" + _tuple(1, "a") + b"N" + _tuple(1, UNCHANGED))
