@@ -367,10 +367,156 @@ def _read_rate(dsn: str) -> list[Figure]:
     ]
 
 
+WAL_TABLES = ("t_wal", "e2e_wal", "relay_wal")
+_BARE = (
+    "SELECT count(*) FROM pg_logical_slot_get_binary_changes(%s, NULL, NULL, 'proto_version', "
+    "'1', 'publication_names', 'pgtide_wal', 'messages', 'true')"
+)
+
+
+def _wal(dsn: str) -> list[Figure]:
+    """WAL capture beside the figures above: write overhead (the relay not running), end to
+    end with the relay inside the feed, and the relay against a bare read of its slot."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        level = conn.execute("SHOW wal_level").fetchone()
+        if level is None or level[0] != "logical":
+            return []
+        for table in WAL_TABLES:
+            conn.execute(
+                sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, v text, at float8)").format(
+                    sql.Identifier(table)
+                )
+            )
+    for table in WAL_TABLES:
+        pgtide.track(table, capture="wal", dsn=dsn)
+    figures = []
+    try:
+        n = 20
+        plain_label = "INSERT 1,000-row statements, untracked"
+        plain = best_of(3, _bulk(dsn, "t_plain", n))
+        wal = best_of(3, _bulk(dsn, "t_wal", n))
+        figures.append(Figure(SUITE, plain_label + " (WAL run)", rate(n * 1000, plain), "rows/s"))
+        figures.append(
+            Figure(
+                SUITE,
+                "INSERT 1,000-row statements, WAL capture",
+                rate(n * 1000, wal),
+                "rows/s",
+                baseline=plain_label + " (WAL run)",
+            )
+        )
+        _truncate(dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("TRUNCATE t_wal")
+        _drain(dsn)
+        single = 500
+        best = {"plain": float("inf"), "wal": float("inf")}
+        for _ in range(4):
+            best["plain"] = min(best["plain"], best_of(1, _single(dsn, "t_plain", single)))
+            best["wal"] = min(best["wal"], best_of(1, _single(dsn, "t_wal", single)))
+            _truncate(dsn)
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("TRUNCATE t_wal")
+        figures.append(
+            Figure(SUITE, "single-row tx, untracked (WAL run)", rate(single, best["plain"]), "tx/s")
+        )
+        figures.append(
+            Figure(
+                SUITE,
+                "single-row tx, WAL capture",
+                rate(single, best["wal"]),
+                "tx/s",
+                baseline="single-row tx, untracked (WAL run)",
+            )
+        )
+        _drain(dsn)
+        figures.append(_end_to_end_wal(dsn))
+        figures.extend(_relay_vs_bare(dsn))
+    finally:
+        for table in WAL_TABLES:
+            pgtide.untrack(table, dsn=dsn)  # the last one drops the slot
+    return figures
+
+
+def _drain(dsn: str) -> int:
+    from pgtide.feed import Relay
+
+    relay = Relay(dsn)
+    relay.run(until_idle=True)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE pgtide.changes, pgtide.consumers")
+    return relay.relayed
+
+
+def _end_to_end_wal(dsn: str) -> Figure:
+    total = 100_000
+    feed = pgtide.Feed("bench-e2e-wal", ["e2e_wal"], dsn=dsn)  # relays by itself
+    feed.seek("end")
+    writer = threading.Thread(target=_bulk(dsn, "e2e_wal", total // 1000))
+    began = time.perf_counter()
+    writer.start()
+    seen = 0
+    for batch in feed.batches(max_changes=5000, timeout=60):
+        seen += len(batch)
+        batch.ack()
+        if seen >= total:
+            break
+    elapsed = time.perf_counter() - began
+    writer.join()
+    feed.close()
+    return Figure(
+        SUITE,
+        "end to end: insert -> batch, WAL capture (100k rows, 1,000-row tx)",
+        rate(seen, elapsed),
+        "changes/s",
+        note="writer, relay (in the feed) and follower at once",
+    )
+
+
+def _relay_vs_bare(dsn: str) -> list[Figure]:
+    """The same 100k changes read by a bare slot read (the decoding limit) and relayed."""
+    from pgtide.feed import Relay
+
+    _drain(dsn)
+    bare_slot = f"pgtide_bench_bare_{uuid.uuid4().hex[:8]}"
+    total = 100_000
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (bare_slot,))
+        try:
+            _bulk(dsn, "relay_wal", total // 1000)()
+            conn.execute("SET synchronous_commit = on")
+            conn.execute("SELECT pg_logical_emit_message(true, 'bench', 'flush')")
+            began = time.perf_counter()
+            conn.execute(_BARE, (bare_slot,))
+            bare = time.perf_counter() - began
+        finally:
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (bare_slot,))
+    relay = Relay(dsn)
+    began = time.perf_counter()
+    relay.run(until_idle=True)
+    relayed = time.perf_counter() - began
+    return [
+        Figure(
+            SUITE,
+            "bare pg_logical_slot_get_binary_changes (decoding limit)",
+            rate(total, bare),
+            "changes/s",
+        ),
+        Figure(
+            SUITE,
+            "relay: slot -> pgtide.changes",
+            rate(relay.relayed, relayed),
+            "changes/s",
+            baseline="bare pg_logical_slot_get_binary_changes (decoding limit)",
+        ),
+    ]
+
+
 def run(dsn: str) -> list[Figure]:
     with scratch_database(dsn, "pgtide_bench_feed") as db:
         _prepare(db)
         figures = _capture(db)
+        figures.extend(_wal(db))
         figures.append(_end_to_end(db))
         figures.append(_latency(db, "notify"))
         figures.append(_latency(db, "poll"))

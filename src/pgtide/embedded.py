@@ -200,11 +200,21 @@ def _initdb(server: Server) -> None:
     )
 
 
+WAL_SETTINGS = {
+    "wal_level": "logical",
+    "max_replication_slots": "20",
+    "max_wal_senders": "20",
+}
+"""Server settings for WAL capture (logical decoding), on every start of the embedded server;
+``settings`` given to :func:`ensure_running` override them."""
+
+
 def ensure_running(where: Path | None = None, *, settings: dict[str, str] | None = None) -> Server:
     """Start the embedded server if it is not running; return it. Safe across processes.
 
     ``settings`` are extra server settings (``-c name=value``) used only when this call starts
-    the server.
+    the server; it always runs with :data:`WAL_SETTINGS` (``wal_level=logical``) unless
+    ``settings`` say otherwise.
     """
     import fasteners
 
@@ -226,7 +236,8 @@ def ensure_running(where: Path | None = None, *, settings: dict[str, str] | None
         sock = _socket_dir(server.data_dir)
         _owner(sock)
         options = ["-c", "listen_addresses=", "-k", str(sock), "-p", str(SOCKET_PORT)]
-        for name, value in (settings or {}).items():
+        # given on each start, so an existing data directory gets them too
+        for name, value in {**WAL_SETTINGS, **(settings or {})}.items():
             options += ["-c", f"{name}={value}"]
         try:
             _pg(

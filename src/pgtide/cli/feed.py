@@ -17,6 +17,7 @@ from ..feed import consumers as _consumers
 from ..feed import prune as _prune
 from ..feed import track as _track
 from ..feed import untrack as _untrack
+from ..feed.wal import Relay, SlotLost, reset_slot
 from ._common import DsnOption, JsonOption, cell, console, duration, emit_json, wants_json
 
 consumers_app = typer.Typer(help="List or drop the change feed's consumers.", no_args_is_help=True)
@@ -33,11 +34,28 @@ def track(
     no_notify: Annotated[
         bool, typer.Option("--no-notify", help="No wake-up NOTIFY: followers poll.")
     ] = False,
+    wal: Annotated[
+        bool,
+        typer.Option(
+            "--wal", help="Capture from the write-ahead log (logical decoding), not triggers."
+        ),
+    ] = False,
+    old_full: Annotated[
+        bool,
+        typer.Option("--old-full", help="With --wal: REPLICA IDENTITY FULL (whole old rows)."),
+    ] = False,
     dsn: DsnOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Capture a table's changes into pgtide.changes (installs triggers)."""
-    changed = _track(table, ops=op or OPS, notify=not no_notify, dsn=dsn)
+    """Capture a table's changes into pgtide.changes (triggers; --wal: the write-ahead log)."""
+    changed = _track(
+        table,
+        ops=op or OPS,
+        notify=not no_notify,
+        capture="wal" if wal else "trigger",
+        old="full" if old_full else None,
+        dsn=dsn,
+    )
     if as_json:
         emit_json({"table": table, "tracked": True, "changed": changed})
     else:
@@ -46,6 +64,34 @@ def track(
             if changed
             else f"{table} is already tracked that way; nothing changed"
         )
+
+
+def capture(
+    reset: Annotated[
+        bool,
+        typer.Option(
+            "--reset",
+            help="Drop and re-create the replication slot (the recovery from a lost slot), "
+            "then exit.",
+        ),
+    ] = False,
+    once: Annotated[bool, typer.Option("--once", help="Relay what is pending, then exit.")] = False,
+    dsn: DsnOption = None,
+) -> None:
+    """Run the relay: drain the database's replication slot into pgtide.changes (WAL
+    capture), until SIGTERM or Ctrl-C. One relay runs per database; another one waits."""
+    if reset:
+        slot = reset_slot(dsn=dsn)
+        console.print(f"re-created replication slot {slot}; backfill the WAL-captured tables")
+        return
+    relay = Relay(resolve(dsn), name="pgtide capture")
+    try:
+        with stop_on_signals(relay.stop, "pgtide capture"):
+            relay.run(until_idle=once)
+    except SlotLost as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"relayed {relay.relayed} changes")
 
 
 def untrack(table: TableArg, dsn: DsnOption = None, as_json: JsonOption = False) -> None:

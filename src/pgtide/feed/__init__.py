@@ -16,6 +16,7 @@ from .position import Position
 from .retention import consumers, drop_consumer, latest, overview, prune
 from .rows import to_json
 from .track import OPS, track, tracked, untrack
+from .wal import Relay, SlotLost, WalUnavailable, reset_slot
 
 __all__ = [
     "OPS",
@@ -26,11 +27,15 @@ __all__ = [
     "Feed",
     "LatestFetcher",
     "Position",
+    "Relay",
+    "SlotLost",
+    "WalUnavailable",
     "consumers",
     "drop_consumer",
     "latest",
     "overview",
     "prune",
+    "reset_slot",
     "to_json",
     "track",
     "tracked",

@@ -66,6 +66,7 @@ class Feed(FeedBase[AsyncSession], AsyncClosable):
                 step = steps.send(reply)
                 if isinstance(step, Run):
                     reply = await self._session.run(step.make)
+                    self._relay_check(await self._session.resolved())
                 elif isinstance(step, Wait):
                     reply = await self._sleep(step.seconds)
                 else:
@@ -146,6 +147,7 @@ class Feed(FeedBase[AsyncSession], AsyncClosable):
             await self._session.run(prune_io)
 
     async def _end(self) -> None:
+        await asyncio.to_thread(self._relay_stop)
         waker, self._waker = self._waker, None
         if waker is not None:
             await asyncio.to_thread(waker.stop)

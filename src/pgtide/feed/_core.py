@@ -31,6 +31,7 @@ from .position import Position, Snapshot
 from .retention import drop_consumer_io, position_of
 from .rows import FINGERPRINT, RowTypes
 from .track import require_tracked
+from .wal import follows_wal_io
 
 Start: TypeAlias = "Literal['saved', 'beginning', 'end'] | Position | str"
 
@@ -140,16 +141,17 @@ class Core:
     tables: list[str] | None = None
     cursor: Cursor = field(default_factory=Cursor)
     types: RowTypes = field(default_factory=RowTypes)
+    wal: bool = False  # a followed table is captured from the WAL: the feed may relay
 
     def prepare(self) -> Io[None]:
         """Run on each new connection: install the schema, check the followed tables."""
         yield from schema.ensure_io()
-        if self.tables is None:
-            return
-        found: set[str] = set()
-        for table in self.tables:
-            found.add(str((yield from require_tracked(TableName.parse(table)))))
-        self.tables = sorted(found)
+        if self.tables is not None:
+            found: set[str] = set()
+            for table in self.tables:
+                found.add(str((yield from require_tracked(TableName.parse(table)))))
+            self.tables = sorted(found)
+        self.wal = yield from follows_wal_io(self.tables)
 
     def wants(self, _channel: str, table: str) -> bool:
         """Whether a wake-up NOTIFY for ``table`` concerns this feed."""

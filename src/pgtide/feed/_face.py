@@ -15,6 +15,7 @@ from ..names import TableName
 from ..session import OUTAGES, AsyncSession, Session
 from ._core import Change, Core, Emit, Start, Step, plan
 from .position import Position
+from .wal import RelayThread
 
 CHANNEL = "pgtide_changes"
 """The channel the capture triggers NOTIFY on, with the table name as payload."""
@@ -103,6 +104,7 @@ class FeedBase(Generic[S]):
         wakeup: str = "notify",
         poll_interval: float | None = None,
         auto_prune: float | None = None,
+        relay: bool = True,
     ) -> None:
         if not isinstance(consumer, str) or not consumer.strip():
             raise FeedError("a feed needs a consumer name, e.g. Feed(consumer='indexer')")
@@ -122,6 +124,8 @@ class FeedBase(Generic[S]):
         self._stopping = threading.Event()
         self._runner: object = None  # the thread or task in batches(), if any
         self._last_prune = time.monotonic()
+        self._relays = relay
+        self._relay: RelayThread | None = None
         self._session: S = self._session_class(
             dsn, name=f"feed {consumer}", prepare=self._core.prepare, on_reconnect=self._wake
         )
@@ -159,6 +163,21 @@ class FeedBase(Generic[S]):
         if self._listens and not waker.listening:
             pace = min(pace, DEFAULT_POLL["poll"])
         return pace if seconds is None else min(seconds, pace)
+
+    def _relay_check(self, resolved: Resolved) -> None:
+        """After a read: start the relay thread when the feed follows a table captured from
+        the WAL (it relays only while it holds the database's relay lock); raise what stopped
+        it (a lost slot)."""
+        relay = self._relay
+        if relay is not None:
+            relay.check()
+        elif self._relays and self._core.wal:
+            self._relay = RelayThread(resolved, self.consumer)
+
+    def _relay_stop(self) -> None:
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            relay.stop()
 
     def _wake(self) -> None:
         waker = self._waker

@@ -76,6 +76,7 @@ class Feed(FeedBase[Session], Closable):
                 step = steps.send(reply)
                 if isinstance(step, Run):
                     reply = self._session.run(step.make)
+                    self._relay_check(self._session.resolved)
                 elif isinstance(step, Wait):
                     reply = self._sleep(step.seconds)
                 else:
@@ -158,6 +159,7 @@ class Feed(FeedBase[Session], Closable):
             self._session.run(prune_io)
 
     def _end(self) -> None:
+        self._relay_stop()
         waker, self._waker = self._waker, None
         if waker is not None:
             waker.stop()

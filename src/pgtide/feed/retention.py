@@ -147,7 +147,9 @@ def overview() -> Io[list[Section]]:
         )
     rows, bytes_, oldest = yield from size_io()
     changes = Section("changes", ["rows", "kB", "oldest"], [[rows, bytes_ // 1024, oldest]])
-    return [listed, changes]
+    from .wal import overview_io
+
+    return [listed, changes, *(yield from overview_io())]
 
 
 def prune(

@@ -179,9 +179,10 @@ class RowTypes:
             return plain
         get = typed.loads(text).get
         row = {name: get(name) for name in typed.names}  # column order; added since: None
+        marked = _MARK in text and _unchanged(row)
         for name, convert in typed.convert:
             value = row[name]
-            if value is not None:
+            if value is not None and not (marked and name in marked):
                 try:
                     row[name] = convert(value)
                 except Exception:
@@ -240,6 +241,20 @@ class RowTypes:
             ]
 
         return each
+
+
+_MARK = '"$pgtide": "unchanged-toast"'
+
+
+def _unchanged(row: dict[str, Any]) -> set[str]:
+    """Put :data:`~pgtide.feed.pgoutput.UNCHANGED` for the columns WAL capture marked as an
+    unchanged TOAST value it could not read; return their names."""
+    from .pgoutput import UNCHANGED
+
+    found = {k for k, v in row.items() if isinstance(v, dict) and v.get("$pgtide")}
+    for name in found:
+        row[name] = UNCHANGED
+    return found
 
 
 def _base(oid: int, types: dict[int, _Type]) -> int:

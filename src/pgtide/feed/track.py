@@ -56,10 +56,15 @@ _TRACKED = "SELECT ops, notify FROM pgtide.tracked WHERE table_name = %s"
 _SAVE = """
 INSERT INTO pgtide.tracked (table_name, ops, notify) VALUES (%s, %s, %s)
 ON CONFLICT (table_name) DO UPDATE SET ops = excluded.ops, notify = excluded.notify,
-    tracked_at = now()
+    capture = 'trigger', old_full = false, tracked_at = now()
 """
 _FORGET = "DELETE FROM pgtide.tracked WHERE table_name = %s RETURNING table_name"
-_LIST = "SELECT table_name, ops, notify, tracked_at FROM pgtide.tracked ORDER BY table_name"
+_LIST = (
+    "SELECT table_name, ops, notify, tracked_at, capture, old_full FROM pgtide.tracked "
+    "ORDER BY table_name"
+)
+CAPTURES = ("trigger", "wal")
+"""How a table's changes are captured: pgtide's triggers, or the write-ahead log."""
 
 
 def call(
@@ -121,12 +126,17 @@ def require_tracked(name: TableName) -> Io[TableName]:
 
 def track_io(table: TableName, ops: list[str], notify: bool) -> Io[bool]:
     """Install the capture triggers of ``table`` (run it in one transaction: :func:`call`)."""
+    from .wal import leave_publication_io, was_wal_io
+
     shown = table
     try:
         name = shown = yield from existing(table)
         row = yield from one(_TRACKED, (str(name),))
-        if row is not None and list(row[0]) == ops and row[1] == notify:
+        from_wal = yield from was_wal_io(name)
+        if from_wal is None and row is not None and list(row[0]) == ops and row[1] == notify:
             return False
+        if from_wal is not None:
+            yield from leave_publication_io(name, from_wal)
         yield from _drop_triggers(name)
         for op in ops:
             yield _create(name, op, notify)
@@ -145,9 +155,14 @@ def track_io(table: TableName, ops: list[str], notify: bool) -> Io[bool]:
 
 def untrack_io(table: TableName) -> Io[bool]:
     """Remove the capture triggers of ``table`` (in one transaction: :func:`call`)."""
+    from .wal import leave_publication_io, was_wal_io
+
     shown = table
     try:
         name = shown = yield from existing(table)
+        from_wal = yield from was_wal_io(name)
+        if from_wal is not None:
+            yield from leave_publication_io(name, from_wal)
         was = bool((yield from query(_FORGET, (str(name),))))
         dropped = yield from _drop_triggers(name)
     except psycopg.errors.InsufficientPrivilege as exc:
@@ -183,7 +198,11 @@ def _drop_triggers(name: TableName) -> Io[bool]:
 def tracked_io() -> Io[list[dict[str, Any]]]:
     """The tracked tables: name, ops, notify and since when."""
     rows = yield from query(_LIST)
-    return [{"table": t, "ops": list(o), "notify": n, "since": s} for t, o, n, s in rows]
+    return [
+        {"table": t, "ops": list(o), "notify": n, "since": s, "capture": c, "old": old}
+        for t, o, n, s, c, f in rows
+        for old in ["full" if f else "default"]
+    ]
 
 
 def track(
@@ -191,6 +210,8 @@ def track(
     ops: Iterable[str] | str = OPS,
     *,
     notify: bool = True,
+    capture: str = "trigger",
+    old: str | None = None,
     dsn: DsnLike = None,
     conn: psycopg.Connection[Any] | None = None,
 ) -> bool:
@@ -200,20 +221,64 @@ def track(
     skips the wake-up NOTIFY (followers then poll): it saves a global lock at commit for
     tables written by many sessions at once. Tracking again with other options replaces the
     triggers, in one transaction. A name without a schema is found through the search_path.
+
+    ``capture="wal"`` captures from the write-ahead log instead of triggers (writers pay
+    nothing extra): the table joins the publication read through the database's replication
+    slot, which a relay drains into the change log (``pgtide capture``, or any Feed that
+    follows the table). It needs ``wal_level = logical``; the first one creates the slot, so
+    it runs outside a transaction. ``old="full"`` (WAL capture) sets ``REPLICA IDENTITY
+    FULL``, so that updates and deletes carry the whole old row (else only its key).
     """
     chosen, name = _ops(ops), TableName.parse(table)
-    return call(dsn, conn, track_io(name, chosen, notify), atomic=True)
+    if capture not in CAPTURES:
+        raise FeedError(f"capture must be 'trigger' or 'wal', not {capture!r}")
+    if old not in (None, "full", "default"):
+        raise FeedError(f"old must be None, 'default' or 'full', not {old!r}")
+    if capture == "trigger":
+        if old == "full":
+            raise FeedError("old='full' is for capture='wal' (triggers always see the old row)")
+        changed = call(dsn, conn, track_io(name, chosen, notify), atomic=True)
+        _drop_unused_slot(dsn, conn)
+        return changed
+    from .wal import track_wal
+
+    with using(dsn, conn) as c:
+        run(c, schema.ensure_io())
+        try:
+            return track_wal(c, name, chosen, notify, old == "full")
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise FeedError(
+                f"cannot track {name} from the WAL: {exc.diag.message_primary or exc}; the "
+                "role needs to own the table, and the REPLICATION attribute (or to be a "
+                "superuser) to create the database's replication slot"
+            ) from None
+
+
+def _drop_unused_slot(dsn: DsnLike, conn: psycopg.Connection[Any] | None) -> None:
+    """Drop the replication slot once no table is captured from the WAL (outside any
+    transaction of the caller's: then the next call of ours does it)."""
+    from .wal import drop_slot_if_unused_io, wal_in_use_io
+
+    with using(dsn, conn) as c:
+        if c.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            return
+        if run(c, wal_in_use_io()):
+            run(c, drop_slot_if_unused_io())
 
 
 def untrack(
     table: str, *, dsn: DsnLike = None, conn: psycopg.Connection[Any] | None = None
 ) -> bool:
-    """Stop capturing ``table``; return False if it was not tracked. Its past changes stay."""
-    return call(dsn, conn, untrack_io(TableName.parse(table)), atomic=True)
+    """Stop capturing ``table``; return False if it was not tracked. Its past changes stay.
+    Untracking the last table captured from the WAL drops the replication slot."""
+    changed = call(dsn, conn, untrack_io(TableName.parse(table)), atomic=True)
+    _drop_unused_slot(dsn, conn)
+    return changed
 
 
 def tracked(
     *, dsn: DsnLike = None, conn: psycopg.Connection[Any] | None = None
 ) -> list[dict[str, Any]]:
-    """The tracked tables: name, ops, notify and since when."""
+    """The tracked tables: name, ops, notify, since when, capture ("trigger" or "wal") and
+    old ("full" when REPLICA IDENTITY FULL was set by pgtide, else "default")."""
     return call(dsn, conn, tracked_io())

@@ -1,0 +1,753 @@
+"""WAL capture: a publication and one logical replication slot per database, and the relay
+that drains the slot into ``pgtide.changes``.
+
+Psycopg 3 speaks no replication protocol, so the relay reads the slot through SQL functions:
+``pg_logical_slot_peek_binary_changes`` (pgoutput, protocol 1) to read, and
+``pg_replication_slot_advance`` to confirm. One relay step:
+
+1. reads up to ``batch_rows`` messages after the slot's confirmed position (a peek: the slot
+   does not move), and groups them into whole source transactions (:mod:`.pgoutput`);
+2. writes their changes, in source commit order, and the end LSN of the last one into
+   ``pgtide.wal.relayed_lsn``, in ONE transaction (with one wake-up NOTIFY per table);
+3. only after that commit, advances the slot to that LSN.
+
+A crash before 2 commits leaves nothing written and the slot where it was: the same changes
+are read again. A crash between 2 and 3 leaves the slot behind what is recorded: the next
+step first advances the slot to ``relayed_lsn``, and skips any transaction that ends at or
+before it. So a ``kill -9`` anywhere neither loses nor repeats a change.
+
+The changes of a step share the relay transaction's xid, which the feed reads by snapshot
+visibility like any other: they become visible when the relay commits, a step holds whole
+source transactions only (the slot gives them whole, at their commit), and within it their
+ids follow source commit order. So a batch never splits a source transaction, and changes
+come in source commit order; ``change.xid`` is the relay transaction's.
+
+Rows are stored as ``to_jsonb`` writes them (the form :mod:`.rows` types): the text values
+pgoutput sends are turned into JSON in Python for the types whose text form is already
+their JSON form (integers, numeric, floats, bool, text, uuid, jsonb), and by the server
+(``to_jsonb(jsonb_populate_record(NULL::table, ...))``, the column types' own input
+functions) for a table with any other type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from .. import schema
+from ..connect import DsnLike, Resolved
+from ..errors import FeedError
+from ..names import TableName
+from ..overview import Section
+from ..session import OUTAGES, Io, Query, Session, Stopped, one, query, run, using
+from .pgoutput import UNCHANGED, Decoder, Relation, Transaction, lsn_int, lsn_text
+from .track import _drop_triggers, existing, log
+
+PUBLICATION = "pgtide_wal"
+"""The publication of the WAL-captured tables (one per database)."""
+HEARTBEAT_PREFIX = "pgtide"
+UNCHANGED_TOAST = {"$pgtide": "unchanged-toast"}
+"""Stored for an unchanged TOASTed value whose old value the WAL does not hold; typed rows
+give :data:`pgtide.feed.pgoutput.UNCHANGED` for it."""
+_UNCHANGED_JSON = json.dumps(UNCHANGED_TOAST)
+_LOCK_KEY = (0x70677469, 0x57414C)  # advisory lock: one relay per database
+HEARTBEAT_BYTES = 1024 * 1024
+"""Idle, the relay moves the slot as soon as this much WAL piles up behind it."""
+LAG_WARNING_BYTES = 256 * 1024 * 1024
+"""The slot lag (bytes of WAL retained) above which the relay logs a warning."""
+
+RECOVERY = (
+    "recover with `pgtide capture --reset` (or pgtide.feed.reset_slot()), which drops and "
+    "re-creates the slot: changes written while the slot was lost are not in the feed, so "
+    "re-read the WAL-captured tables (backfill) if consumers need them"
+)
+
+
+class SlotLost(FeedError):
+    """The database's replication slot is gone or invalidated: changes were lost."""
+
+
+class WalUnavailable(FeedError):
+    """The server cannot do WAL capture (``wal_level`` is not ``logical``, no free slot)."""
+
+
+# -- SQL ----------------------------------------------------------------------------------
+_SETTINGS = (
+    "SELECT current_setting('wal_level'), current_database(), "
+    "current_setting('max_replication_slots')::int"
+)
+_PUBLICATION_EXISTS = "SELECT 1 FROM pg_publication WHERE pubname = %s"
+_CREATE_PUBLICATION = "CREATE PUBLICATION {}"
+_DROP_PUBLICATION = "DROP PUBLICATION IF EXISTS {}"
+_IN_PUBLICATION = (
+    "SELECT 1 FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s AND tablename = %s"
+)
+_ADD_TABLE = "ALTER PUBLICATION {} ADD TABLE {}"
+_DROP_TABLE = "ALTER PUBLICATION {} DROP TABLE {}"
+_IDENTITY = "ALTER TABLE {} REPLICA IDENTITY {}"
+_SLOT = "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s"
+_CREATE_SLOT = "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')"
+_DROP_SLOT = (
+    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s"
+)
+_WAL_ROW = "SELECT slot, publication, relayed_lsn::text FROM pgtide.wal"
+_SAVE_WAL = """
+INSERT INTO pgtide.wal (slot, publication, relayed_lsn) VALUES (%s, %s, %s::pg_lsn)
+ON CONFLICT (slot) DO UPDATE SET publication = excluded.publication,
+    relayed_lsn = excluded.relayed_lsn, checked_at = NULL, created_at = now()
+"""
+_FORGET_WAL = "DELETE FROM pgtide.wal"
+_TRACKED_ROW = "SELECT ops, notify, capture, old_full FROM pgtide.tracked WHERE table_name = %s"
+_SAVE_TRACKED = """
+INSERT INTO pgtide.tracked (table_name, ops, notify, capture, old_full)
+VALUES (%s, %s, %s, 'wal', %s)
+ON CONFLICT (table_name) DO UPDATE SET ops = excluded.ops, notify = excluded.notify,
+    capture = 'wal', old_full = excluded.old_full, tracked_at = now()
+"""
+_WAL_TABLES = "SELECT table_name, ops, notify FROM pgtide.tracked WHERE capture = 'wal'"
+_ANY_WAL = "SELECT count(*) FROM pgtide.tracked WHERE capture = 'wal'"
+_STATE = """
+SELECT w.slot, w.publication, w.relayed_lsn::text, s.confirmed_flush_lsn::text,
+       s.wal_status, to_jsonb(s) ->> 'invalidation_reason', to_jsonb(s) ->> 'conflicting',
+       s.safe_wal_size, pg_current_wal_insert_lsn()::text,
+       pg_wal_lsn_diff(pg_current_wal_insert_lsn(), s.confirmed_flush_lsn)::int8,
+       extract(epoch FROM now() - w.checked_at)::float8, s.slot_name IS NOT NULL
+FROM pgtide.wal w LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot
+"""
+_PEEK = (
+    "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, %s, 'proto_version', '1', "
+    "'publication_names', %s, 'messages', 'true')"
+)
+_ADVANCE = "SELECT pg_replication_slot_advance(%s, %s::pg_lsn)"
+_RECORD = """
+UPDATE pgtide.wal SET relayed_lsn = %(lsn)s::pg_lsn, relayed_at = now(),
+    source_commit_at = coalesce(%(commit_at)s, source_commit_at),
+    checked_at = CASE WHEN %(drained)s THEN now() ELSE checked_at END
+WHERE slot = %(slot)s AND relayed_lsn = %(expected)s::pg_lsn
+"""
+_NOTIFY = "SELECT pg_notify('pgtide_changes', t) FROM unnest(%s::text[]) AS t"
+_CHECKED = "UPDATE pgtide.wal SET checked_at = now() WHERE slot = %s"
+_HEARTBEAT = "SELECT pg_logical_emit_message(true, 'pgtide', 'heartbeat')"
+_DURABLE = "SET synchronous_commit = on"
+_TRY_LOCK = "SELECT pg_try_advisory_lock(%s, %s)"
+_UNLOCK = "SELECT pg_advisory_unlock(%s, %s)"
+_OVERVIEW = """
+SELECT w.slot, coalesce(s.active, false), s.wal_status,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::int8,
+       extract(epoch FROM now() - greatest(w.checked_at, w.source_commit_at))::float8,
+       w.relayed_at, s.slot_name IS NOT NULL
+FROM pgtide.wal w LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot
+"""
+_WAL_INSTALLED = "SELECT to_regclass('pgtide.wal') IS NOT NULL"
+
+
+def slot_name(database: str) -> str:
+    """The replication slot of ``database`` (slot names are cluster-wide: a-z, 0-9, _)."""
+    plain = re.sub(r"[^a-z0-9_]", "_", database.lower())
+    name = f"pgtide_{plain}"
+    if plain != database or len(name) > 63:
+        digest = hashlib.sha1(database.encode()).hexdigest()[:8]
+        name = f"{name[:54]}_{digest}"
+    return name
+
+
+# -- tracking -----------------------------------------------------------------------------
+def check_server() -> Io[str]:
+    """The database's slot name; a clear error when the server cannot do WAL capture."""
+    row = yield from one(_SETTINGS)
+    assert row is not None
+    level, database, slots = row
+    if level != "logical":
+        raise WalUnavailable(
+            f"capture='wal' needs the server setting wal_level = logical, and this server has "
+            f"wal_level = {level}; set it (ALTER SYSTEM SET wal_level = logical, or in "
+            "postgresql.conf) and restart the server, or track the table with triggers "
+            "(capture='trigger')"
+        )
+    if slots < 1:
+        raise WalUnavailable(
+            "capture='wal' needs a replication slot, and max_replication_slots = 0; raise it "
+            "and restart the server"
+        )
+    return slot_name(str(database))
+
+
+def ensure_slot_io() -> Io[str]:
+    """Create the publication, then the slot (in that order: the slot must never start
+    before its publication exists), and record them; return the slot name. Run it in
+    autocommit: a slot cannot be created in a transaction that wrote."""
+    slot = yield from check_server()
+    if (yield from one(_PUBLICATION_EXISTS, (PUBLICATION,))) is None:
+        with contextlib.suppress(psycopg.errors.DuplicateObject):
+            yield Query(sql.SQL(_CREATE_PUBLICATION).format(sql.Identifier(PUBLICATION)))
+    found = yield from one(_SLOT, (slot,))
+    if found is None:
+        try:
+            found = yield from one(_CREATE_SLOT, (slot,))
+        except psycopg.errors.DuplicateObject:
+            found = yield from one(_SLOT, (slot,))
+        except psycopg.errors.ActiveSqlTransaction as exc:
+            raise FeedError(
+                "the first track(..., capture='wal') of a database creates its replication "
+                "slot, which cannot happen inside a transaction: call it in autocommit"
+            ) from exc
+        except psycopg.errors.ConfigurationLimitExceeded as exc:
+            raise WalUnavailable(
+                f"cannot create replication slot {slot}: {exc.diag.message_primary}; raise "
+                "max_replication_slots (and restart the server) or drop unused slots"
+            ) from None
+        assert found is not None
+        rows = yield from query(_WAL_ROW)
+        if not rows or rows[0][0] != slot:
+            yield Query(_FORGET_WAL)
+            yield Query(_SAVE_WAL, (slot, PUBLICATION, found[0]))
+        else:
+            # the slot was re-created: the relay starts from its new position
+            yield Query(_SAVE_WAL, (slot, PUBLICATION, found[0]))
+        log.info("created replication slot %s (publication %s)", slot, PUBLICATION)
+    elif not (yield from query(_WAL_ROW)):
+        yield Query(_SAVE_WAL, (slot, PUBLICATION, found[0]))
+    return slot
+
+
+def track_wal_io(table: TableName, ops: list[str], notify: bool, old_full: bool) -> Io[bool]:
+    """Capture ``table`` from the WAL (in one transaction, after :func:`ensure_slot_io`)."""
+    name = yield from existing(table)
+    row = yield from one(_TRACKED_ROW, (str(name),))
+    if row is not None and (list(row[0]), row[1], row[2], row[3]) == (
+        ops,
+        notify,
+        "wal",
+        old_full,
+    ):
+        return False
+    yield from _drop_triggers(name)  # it was captured by triggers
+    member = yield from one(_IN_PUBLICATION, (PUBLICATION, name.schema, name.name))
+    if member is None:
+        yield Query(sql.SQL(_ADD_TABLE).format(sql.Identifier(PUBLICATION), name.identifier))
+    if old_full or (row is not None and row[3]):
+        identity = sql.SQL("FULL" if old_full else "DEFAULT")
+        yield Query(sql.SQL(_IDENTITY).format(name.identifier, identity))
+    yield Query(_SAVE_TRACKED, (str(name), ops, notify, old_full))
+    log.info("tracking %s from the WAL (%s)", name, ", ".join(ops))
+    return True
+
+
+def leave_publication_io(name: TableName, old_full: bool) -> Io[None]:
+    """Take ``name`` out of the publication (its WAL capture ends)."""
+    member = yield from one(_IN_PUBLICATION, (PUBLICATION, name.schema, name.name))
+    if member is not None:
+        yield Query(sql.SQL(_DROP_TABLE).format(sql.Identifier(PUBLICATION), name.identifier))
+    if old_full:
+        yield Query(sql.SQL(_IDENTITY).format(name.identifier, sql.SQL("DEFAULT")))
+
+
+def was_wal_io(name: TableName) -> Io[bool | None]:
+    """None if ``name`` is not tracked, else whether it is captured from the WAL with
+    ``REPLICA IDENTITY FULL`` set by pgtide (True) or not (False)... as (capture, old_full)."""
+    row = yield from one(_TRACKED_ROW, (str(name),))
+    if row is None or row[2] != "wal":
+        return None
+    return bool(row[3])
+
+
+def drop_slot_if_unused_io() -> Io[bool]:
+    """Drop the slot and publication when no table is captured from the WAL any more."""
+    count = yield from one(_ANY_WAL)
+    if count is not None and count[0]:
+        return False
+    rows = yield from query(_WAL_ROW)
+    slot = rows[0][0] if rows else (yield from check_server_quiet())
+    for attempt in range(100):
+        try:
+            yield Query(_DROP_SLOT, (slot,))
+            break
+        except psycopg.errors.ObjectInUse:
+            if attempt == 99:
+                raise
+            time.sleep(0.05)  # a relay's read holds it for a moment
+    yield Query(sql.SQL(_DROP_PUBLICATION).format(sql.Identifier(PUBLICATION)))
+    yield Query(_FORGET_WAL)
+    log.info("dropped replication slot %s: no table is captured from the WAL", slot)
+    return True
+
+
+def wal_in_use_io() -> Io[bool]:
+    """Whether the database has a WAL slot recorded (so it may need dropping)."""
+    installed = yield from one(_WAL_INSTALLED)
+    if not installed or not installed[0]:
+        return False
+    return bool((yield from query(_WAL_ROW)))
+
+
+def check_server_quiet() -> Io[str]:
+    row = yield from one(_SETTINGS)
+    assert row is not None
+    return slot_name(str(row[1]))
+
+
+def track_wal(
+    conn: psycopg.Connection[Any], table: TableName, ops: list[str], notify: bool, old_full: bool
+) -> bool:
+    """Set up WAL capture of ``table`` on ``conn`` (the slot first, then one transaction)."""
+    run(conn, ensure_slot_io())
+    with conn.transaction():
+        return run(conn, track_wal_io(table, ops, notify, old_full))
+
+
+def reset_slot(*, dsn: DsnLike = None, conn: psycopg.Connection[Any] | None = None) -> str:
+    """Drop and re-create the database's replication slot (the recovery from a lost slot);
+    return its name. Changes written meanwhile are not in the feed: backfill if needed."""
+    with using(dsn, conn) as c:
+        run(c, schema.ensure_io())
+        slot = run(c, check_server())
+        run(c, _drop_slot_io(slot))
+        return run(c, ensure_slot_io())
+
+
+def _drop_slot_io(slot: str) -> Io[None]:
+    yield Query(_DROP_SLOT, (slot,))
+    yield Query(_FORGET_WAL)
+
+
+# -- typing rows as to_jsonb writes them ----------------------------------------------------
+def _number(text: str) -> str:
+    try:
+        float(text)
+    except ValueError:
+        return json.dumps(text)
+    if text in ("NaN", "Infinity", "-Infinity") or "n" in text.lower():
+        return json.dumps(text)
+    return text
+
+
+_BOOL = {"t": "true", "f": "false"}
+_STRING = json.JSONEncoder(ensure_ascii=False).encode
+_FAST: dict[int, Callable[[str], str]] = {
+    16: _BOOL.__getitem__,
+    20: str,
+    21: str,
+    23: str,
+    26: str,
+    700: _number,
+    701: _number,
+    1700: _number,
+    18: _STRING,
+    19: _STRING,
+    25: _STRING,
+    1042: _STRING,
+    1043: _STRING,
+    2950: _STRING,
+    3802: str,
+}
+"""Types whose text output gives their to_jsonb value directly (else the server converts)."""
+
+
+@dataclass
+class _Shape:
+    """How to write one relation's rows: its canonical name, and per column the JSON key
+    and converter; ``slow``: the server types the row (its values go as JSON strings, but
+    json and jsonb values as they are)."""
+
+    table: str
+    keys: tuple[str, ...]
+    convert: tuple[Callable[[str], str], ...]
+    slow: bool
+
+    @classmethod
+    def of(cls, relation: Relation) -> _Shape:
+        keys = tuple(_STRING(c.name) + ":" for c in relation.columns)
+        fast = [_FAST.get(c.type_oid) for c in relation.columns]
+        slow = any(f is None for f in fast)
+        if slow:
+            fast = [str if c.type_oid in (114, 3802) else _STRING for c in relation.columns]
+        convert = tuple(f or _STRING for f in fast)
+        return cls(str(TableName(relation.schema, relation.name)), keys, convert, slow)
+
+    def json(self, values: list[Any] | None) -> tuple[str | None, str | None]:
+        """The row as JSON text, and a patch for unchanged TOAST values (or None)."""
+        if values is None:
+            return None, None
+        parts = []
+        patch = []
+        convert = self.convert
+        for i, (key, value) in enumerate(zip(self.keys, values, strict=False)):
+            if value is None:
+                parts.append(key + "null")
+            elif value is UNCHANGED:
+                patch.append(key + _UNCHANGED_JSON)
+            else:
+                parts.append(key + convert[i](value))
+        if patch and not self.slow:
+            return "{" + ",".join(parts + patch) + "}", None
+        return "{" + ",".join(parts) + "}", ("{" + ",".join(patch) + "}") if patch else None
+
+
+_INSERT_HEAD = sql.SQL("INSERT INTO pgtide.changes (table_name, op, row, old) SELECT c.t, c.op, ")
+_INSERT_TAIL = sql.SQL(" FROM pg_temp.pgtide_relay AS c ORDER BY c.n")
+_STAGE = (
+    "CREATE TEMP TABLE IF NOT EXISTS pgtide_relay (n int, t text, op text, r text, o text, "
+    "rp text, opatch text) ON COMMIT DELETE ROWS"
+)
+_COPY_STAGE = "COPY pg_temp.pgtide_relay (n, t, op, r, o, rp, opatch) FROM STDIN"
+_COPY_DIRECT = "COPY pgtide.changes (table_name, op, row, old) FROM STDIN"
+_ESCAPE = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+def _line(*fields: object) -> str:
+    """One line of COPY text: fields escaped, None as \\N."""
+    return "\t".join("\\N" if f is None else str(f).translate(_ESCAPE) for f in fields) + "\n"
+
+
+def _value(column: str, patch: str, slow: list[str]) -> sql.Composable:
+    """The SQL for a stored row from its JSON text column (server-typed for ``slow``)."""
+    plain = sql.SQL("c.{}::jsonb").format(sql.SQL(column))
+    if not slow:
+        return plain
+    whens = [
+        sql.SQL("WHEN {} THEN to_jsonb(jsonb_populate_record(NULL::{}, c.{}::jsonb))").format(
+            sql.Literal(t), TableName.parse(t).identifier, sql.SQL(column)
+        )
+        for t in slow
+    ]
+    typed = sql.SQL(
+        "CASE WHEN c.{col} IS NULL THEN NULL ELSE CASE c.t {whens} ELSE {plain} END END"
+    ).format(col=sql.SQL(column), whens=sql.SQL(" ").join(whens), plain=plain)
+    return sql.SQL("CASE WHEN c.{p} IS NULL THEN {typed} ELSE {typed} || c.{p}::jsonb END").format(
+        p=sql.SQL(patch), typed=typed
+    )
+
+
+# -- the relay ----------------------------------------------------------------------------
+@dataclass
+class _Batch:
+    """The changes of one relay step, as the insert's parameter arrays."""
+
+    t: list[str] = field(default_factory=list)
+    ops: list[str] = field(default_factory=list)
+    rows: list[str | None] = field(default_factory=list)
+    olds: list[str | None] = field(default_factory=list)
+    row_patches: list[str | None] = field(default_factory=list)
+    old_patches: list[str | None] = field(default_factory=list)
+    slow: set[str] = field(default_factory=set)
+    notify: set[str] = field(default_factory=set)
+    count: int = 0
+
+
+@dataclass
+class StepResult:
+    changes: int = 0
+    transactions: int = 0
+    more: bool = False  # the read was full: read again at once
+
+
+@dataclass
+class Relay:
+    """Drains the database's slot into ``pgtide.changes`` (see the module docstring).
+
+    :meth:`step` runs one step on a blocking autocommit connection; :meth:`run` loops,
+    reconnecting, under the advisory lock that keeps one relay per database."""
+
+    dsn: DsnLike = None
+    batch_rows: int = 20000
+    poll_interval: float = 0.05
+    heartbeat: float = 5.0
+    lag_warning_bytes: int = LAG_WARNING_BYTES
+    name: str = "relay"
+    shapes: dict[int, tuple[Relation, _Shape]] = field(default_factory=dict, repr=False)
+    decoder: Decoder = field(default_factory=Decoder, repr=False)
+    relayed: int = 0
+    _lock_conn: int | None = None
+    _flush: bool = False
+    _warned_at: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    # one step ------------------------------------------------------------------------------
+    def step(self, conn: psycopg.Connection[Any]) -> StepResult:
+        """Relay what the slot holds (up to ``batch_rows`` messages); see the module doc."""
+        state = conn.execute(_STATE).fetchone()
+        if state is None:
+            return StepResult()  # no table is captured from the WAL
+        slot, publication, relayed_text, confirmed_text, *_rest = state
+        self._check(state)
+        if self._flush:
+            # everything committed so far is flushed (read by the slot) once this commits
+            self._flush = False
+            with conn.transaction():
+                conn.execute(_CHECKED, (slot,))
+                conn.execute(_HEARTBEAT)
+        relayed, confirmed = lsn_int(relayed_text), lsn_int(confirmed_text)
+        if confirmed < relayed:  # a crash came between the commit and the advance
+            conn.execute(_ADVANCE, (slot, relayed_text))
+        rows = conn.execute(_PEEK, (slot, self.batch_rows, publication), binary=True).fetchall()
+        full = len(rows) >= self.batch_rows
+        decoder = self.decoder
+        decoder.current = None
+        done: list[Transaction] = []
+        for (data,) in rows:
+            txn = decoder.feed(data)
+            if txn is not None and txn.end_lsn > relayed:
+                done.append(txn)
+        if not done:
+            if not full:
+                self._idle(conn, state)
+            return StepResult(more=full)
+        end = done[-1].end_lsn
+        wanted = {t: (set(ops), notify) for t, ops, notify in conn.execute(_WAL_TABLES)}
+        batch = self._collect(done, wanted)
+        if batch.count:
+            with conn.transaction():
+                self._write(conn, batch)
+                cur = conn.execute(
+                    _RECORD,
+                    {
+                        "lsn": lsn_text(end),
+                        "commit_at": _last_commit(done),
+                        "drained": not full,
+                        "slot": slot,
+                        "expected": relayed_text,
+                    },
+                )
+                if cur.rowcount != 1:
+                    raise FeedError(
+                        f"another relay moved slot {slot} meanwhile; this one stops its step"
+                    )
+                if batch.notify:
+                    conn.execute(_NOTIFY, (sorted(batch.notify),))
+        conn.execute(_ADVANCE, (slot, lsn_text(end)))
+        self.relayed += batch.count
+        return StepResult(batch.count, len(done), full)
+
+    def _collect(self, txns: list[Transaction], wanted: dict[str, tuple[set[str], bool]]) -> _Batch:
+        """The changes to write, as the insert's parameters (free of I/O)."""
+        b = _Batch()
+        shapes = self.shapes
+        for txn in txns:
+            for change in txn.changes:
+                rel = change.relation
+                known = shapes.get(rel.oid)
+                if known is not None and (known[0] is rel or known[0] == rel):
+                    shape = known[1]
+                else:
+                    shape = _Shape.of(rel)
+                    shapes[rel.oid] = (rel, shape)
+                want = wanted.get(shape.table)
+                if want is None or change.op not in want[0]:
+                    continue
+                if want[1]:
+                    b.notify.add(shape.table)
+                if shape.slow:
+                    b.slow.add(shape.table)
+                row, row_patch = shape.json(change.new)
+                old, old_patch = shape.json(change.old)
+                b.t.append(shape.table)
+                b.ops.append(change.op)
+                b.rows.append(row)
+                b.olds.append(old)
+                b.row_patches.append(row_patch)
+                b.old_patches.append(old_patch)
+        b.count = len(b.t)
+        return b
+
+    @staticmethod
+    def _write(conn: psycopg.Connection[Any], b: _Batch) -> None:
+        """COPY the changes in, in order: straight into pgtide.changes when every row is
+        already JSON, else through a staging table that the server types from."""
+        if not b.slow:
+            lines = map(_line, b.t, b.ops, b.rows, b.olds)
+            with conn.cursor().copy(_COPY_DIRECT) as copy:
+                copy.write("".join(lines).encode())
+            return
+        conn.execute(_STAGE)
+        numbered = range(len(b.t))
+        lines = map(_line, numbered, b.t, b.ops, b.rows, b.olds, b.row_patches, b.old_patches)
+        with conn.cursor().copy(_COPY_STAGE) as copy:
+            copy.write("".join(lines).encode())
+        chosen = sorted(b.slow)
+        conn.execute(
+            sql.Composed(
+                [
+                    _INSERT_HEAD,
+                    _value("r", "rp", chosen),
+                    sql.SQL(", "),
+                    _value("o", "opatch", chosen),
+                    _INSERT_TAIL,
+                ]
+            )
+        )
+
+    def _check(self, state: tuple[Any, ...]) -> None:
+        """Raise :class:`SlotLost` for a lost slot; warn about lag and a slot at risk."""
+        slot, _pub, _relayed, _confirmed, status, reason, conflicting, safe, *_x = state
+        lag, exists = state[9], state[11]
+        if not exists:
+            raise SlotLost(f"replication slot {slot} does not exist any more; {RECOVERY}")
+        if status == "lost" or reason or conflicting == "true":
+            why = reason or ("conflict" if conflicting == "true" else "wal_status lost")
+            raise SlotLost(
+                f"replication slot {slot} was invalidated ({why}: the server removed WAL it "
+                f"still needed, e.g. max_slot_wal_keep_size was reached); {RECOVERY}"
+            )
+        now = time.monotonic()
+        if now - self._warned_at < 30:
+            return
+        if status == "unreserved":
+            self._warned_at = now
+            log.error(
+                "replication slot %s is about to be lost: it holds more WAL than "
+                "max_slot_wal_keep_size allows (%s bytes left); is the relay running?",
+                slot,
+                safe,
+            )
+        elif lag is not None and lag > self.lag_warning_bytes:
+            self._warned_at = now
+            log.warning(
+                "replication slot %s lags %d MB behind the WAL (threshold %d MB); "
+                "is the relay keeping up? (pgtide status shows the lag)",
+                slot,
+                lag // 2**20,
+                self.lag_warning_bytes // 2**20,
+            )
+
+    def _idle(self, conn: psycopg.Connection[Any], state: tuple[Any, ...]) -> None:
+        """Nothing pending: keep the slot moving (a heartbeat transaction, whose end the
+        next step confirms) when WAL piles up behind it or the last check is old."""
+        lag, checked_age = state[9] or 0, state[10]
+        stale = checked_age is None or checked_age >= self.heartbeat
+        if lag >= HEARTBEAT_BYTES or (lag > 0 and stale):
+            with conn.transaction():
+                conn.execute(_CHECKED, (state[0],))
+                conn.execute(_HEARTBEAT)
+
+    # the loop ------------------------------------------------------------------------------
+    def _locked(self, conn: psycopg.Connection[Any]) -> bool:
+        if self._lock_conn == id(conn):
+            return True
+        row = conn.execute(_TRY_LOCK, _LOCK_KEY).fetchone()
+        if row is not None and row[0]:
+            self._lock_conn = id(conn)
+            # the relay's commits are durable whatever the server's default: a commit lost
+            # in a crash after the slot moved would lose its changes
+            conn.execute(_DURABLE)
+            return True
+        return False
+
+    def _turn(self, conn: psycopg.Connection[Any]) -> StepResult | None:
+        if not self._locked(conn):
+            return None
+        return self.step(conn)
+
+    def run(
+        self,
+        stop: threading.Event | None = None,
+        *,
+        until_idle: bool = False,
+        on_step: Callable[[StepResult], Any] | None = None,
+    ) -> None:
+        """Relay until ``stop`` is set (or, ``until_idle``, until the slot is drained).
+        Another relay holding the lock: wait, and take over when it goes away."""
+        stop = stop or self._stop
+        self._flush = until_idle
+        session = Session(self.dsn, name=f"pgtide {self.name}", application_name="pgtide relay")
+        session._stop = stop  # a stop interrupts a reconnect wait too
+        try:
+            while not stop.is_set():
+                try:
+                    result = session.call(self._turn)
+                except Stopped:
+                    return
+                if on_step is not None and result is not None:
+                    on_step(result)
+                if result is not None and result.more:
+                    continue
+                if until_idle and result is not None:
+                    return
+                stop.wait(self.poll_interval if result is not None else 1.0)
+        finally:
+            self._lock_conn = None
+            session.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _last_commit(txns: Iterable[Transaction]) -> datetime | None:
+    last = None
+    for txn in txns:
+        if txn.changes:
+            last = txn.commit_time
+    return last
+
+
+class RelayThread:
+    """The relay inside a Feed process: a daemon thread running :meth:`Relay.run`; an error
+    it cannot recover from (a lost slot) is kept for the feed to raise."""
+
+    def __init__(self, resolved: Resolved, consumer: str) -> None:
+        self.relay = Relay(resolved, name=f"relay of feed {consumer}")
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="pgtide-relay", daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        try:
+            self.relay.run(self._stop)
+        except BaseException as exc:  # kept for the feed to raise
+            if not isinstance(exc, OUTAGES):
+                log.error("%s stopped: %s", self.relay.name, exc)
+            self.error = exc
+
+    def check(self) -> None:
+        """Raise the relay's error, if it stopped on one."""
+        if self.error is not None and isinstance(self.error, FeedError):
+            raise self.error
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def follows_wal_io(tables: list[str] | None) -> Io[bool]:
+    """Whether a feed of ``tables`` (None: all) follows a table captured from the WAL."""
+    rows = yield from query(_WAL_TABLES)
+    return any(tables is None or t in tables for t, _o, _n in rows)
+
+
+def overview_io() -> Io[list[Section]]:
+    """The "capture" section of ``pgtide status``: the slot, whether a relay reads it, its
+    WAL status, lag in bytes (WAL the slot retains) and seconds (since the relay last knew it
+    had relayed everything), and when the relay last wrote."""
+    installed = yield from one(_WAL_INSTALLED)
+    if not installed or not installed[0]:
+        return []
+    rows = yield from query(_OVERVIEW)
+    if not rows:
+        return []
+    section = Section(
+        "capture",
+        ["slot", "active", "wal status", "lag bytes", "lag seconds", "last relayed at"],
+    )
+    for slot, active, status, lag, lag_s, relayed_at, exists in rows:
+        section.rows.append(
+            [
+                slot,
+                bool(active),
+                status if exists else "missing",
+                lag,
+                None if lag_s is None else round(max(lag_s, 0.0), 3),
+                relayed_at,
+            ]
+        )
+    return [section]

@@ -1,0 +1,305 @@
+"""WAL capture: track(capture="wal"), the relay, its exactly-once promise and its guardrails.
+
+These tests run on an embedded server with wal_level=logical, even when PGTIDE_TEST_DSN
+names another server (CI's service runs with wal_level=replica)."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from pgtide_testing import TEST_SETTINGS, Killable, RestartableServer, _unique
+from pgtide_testing import TestServer as _Server
+from psycopg import sql
+from test_feed_types import FULL, SCHEMA, UPDATE, _check, _select
+
+import pgtide
+from pgtide import embedded, schema
+from pgtide.feed import Relay, SlotLost, WalUnavailable, reset_slot
+from pgtide.feed.pgoutput import UNCHANGED
+from pgtide.feed.retention import overview
+from pgtide.session import run
+
+_SLOTS = "SELECT slot_name FROM pg_replication_slots WHERE database = current_database()"
+
+
+@pytest.fixture(scope="module")
+def wal_server(pg_server: _Server) -> Iterator[str]:
+    """An admin DSN of a server with wal_level=logical: the session's embedded one, or one of
+    this module's own when the session uses an external server."""
+    if pg_server.kind == "embedded":
+        yield pg_server.admin_dsn
+        return
+    home = Path(tempfile.mkdtemp(prefix="pgtide-wal-"))
+    try:
+        yield embedded.ensure_running(home, settings=TEST_SETTINGS).dsn
+    finally:
+        embedded.stop(home, mode="immediate")
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _fresh(admin: str) -> Iterator[str]:
+    name = _unique("pgtide_w")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = psycopg.conninfo.make_conninfo(admin, dbname=name)
+    schema.install(dsn=url)
+    try:
+        yield url
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            for (slot,) in conn.execute(_SLOTS).fetchall():
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture
+def wal_dsn(wal_server: str) -> Iterator[str]:
+    yield from _fresh(wal_server)
+
+
+def _relay(dsn: str) -> int:
+    relay = Relay(dsn)
+    relay.run(until_idle=True)
+    return relay.relayed
+
+
+def _changes(dsn: str, consumer: str, tables: list[str] | None = None) -> list[Any]:
+    feed = pgtide.Feed(consumer, tables, dsn=dsn, relay=False)
+    try:
+        return [c for b in feed.batches(start="beginning", stop="end") for c in b]
+    finally:
+        feed.close()
+
+
+def test_typed_rows_through_wal_equal_select_star(wal_dsn: str) -> None:
+    with psycopg.connect(wal_dsn, autocommit=True) as conn:
+        conn.execute(SCHEMA)
+    assert pgtide.track("everything", capture="wal", old="full", dsn=wal_dsn)
+    assert not pgtide.track("everything", capture="wal", old="full", dsn=wal_dsn)
+    with (
+        psycopg.connect(wal_dsn, autocommit=True) as conn,
+        psycopg.connect(wal_dsn, autocommit=True) as reader,
+    ):
+        conn.execute("SET TimeZone = 'America/St_Johns'")
+        conn.execute("SET DateStyle = 'SQL, DMY'")
+        conn.execute(FULL)
+        inserted = _select(reader)
+        conn.execute(UPDATE)
+        updated = _select(reader)
+        conn.execute("DELETE FROM everything")
+    assert _relay(wal_dsn) == 6
+    changes = _changes(wal_dsn, "typed", ["everything"])
+    _check(changes, inserted, updated)
+    assert str(changes[0].row["num"]) == "0.1000000001"
+    # nothing twice: a second relay finds nothing
+    assert _relay(wal_dsn) == 0
+
+
+def test_feed_relays_by_itself_and_batches_hold_whole_transactions(wal_dsn: str) -> None:
+    with psycopg.connect(wal_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text, big text)")
+        conn.execute("ALTER TABLE t ALTER COLUMN big SET STORAGE EXTERNAL")
+    pgtide.track("t", capture="wal", dsn=wal_dsn)
+    feed = pgtide.Feed("lone", ["t"], dsn=wal_dsn)
+    with psycopg.connect(wal_dsn, autocommit=True) as conn:
+        for n in range(5):
+            with conn.transaction():
+                conn.execute(
+                    "INSERT INTO t SELECT g, %s, repeat('x', 5000) "
+                    "FROM generate_series(%s::int, %s::int) g",
+                    (f"tx{n}", n * 10, n * 10 + 9),
+                )
+        conn.execute("UPDATE t SET v = 'changed' WHERE id = 0")
+    got: list[Any] = []
+    for batch in feed.batches(max_changes=7, timeout=None):
+        txs = {c.row["v"] for c in batch if c.op == "insert"}
+        # whole source transactions: each one's 10 rows come in one batch
+        assert all(sum(1 for c in batch if c.row["v"] == t) == 10 for t in txs)
+        got.extend(batch)
+        batch.ack()
+        if len(got) >= 51:
+            break
+    feed.close()
+    assert [c.row["v"] for c in got[:50]] == [f"tx{n}" for n in range(5) for _ in range(10)]
+    assert got[50].op == "update" and got[50].row["big"] is UNCHANGED
+    sections = {s.title: s for s in _overview(wal_dsn)}
+    capture = sections["capture"].as_dicts()[0]
+    assert capture["wal status"] in ("reserved", "extended") and capture["lag bytes"] >= 0
+
+
+def _overview(dsn: str) -> list[Any]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return run(conn, overview())
+
+
+def test_untrack_of_the_last_wal_table_drops_the_slot(wal_dsn: str) -> None:
+    with psycopg.connect(wal_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY)")
+    pgtide.track("a", capture="wal", dsn=wal_dsn)
+    pgtide.track("b", capture="wal", old="full", dsn=wal_dsn)
+    with psycopg.connect(wal_dsn, autocommit=True) as conn:
+        assert len(conn.execute(_SLOTS).fetchall()) == 1
+        pgtide.untrack("a", dsn=wal_dsn)
+        assert len(conn.execute(_SLOTS).fetchall()) == 1
+        # switching a table to triggers leaves the publication too
+        pgtide.track("b", dsn=wal_dsn)
+        assert conn.execute(_SLOTS).fetchall() == []
+        assert conn.execute("SELECT count(*) FROM pg_publication").fetchone() == (0,)
+        ident = "SELECT relreplident FROM pg_class WHERE relname = 'b'"
+        assert conn.execute(ident).fetchone() == ("d",)
+
+
+def test_idle_database_does_not_grow_retained_wal(wal_dsn: str) -> None:
+    with psycopg.connect(wal_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE captured (id int); CREATE TABLE other (id int, pad text)")
+    pgtide.track("captured", capture="wal", dsn=wal_dsn)
+    stop = threading.Event()
+    relay = Relay(wal_dsn, heartbeat=0.5)
+    thread = threading.Thread(target=relay.run, args=(stop,))
+    thread.start()
+    lag = (
+        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn) "
+        "FROM pg_replication_slots WHERE database = current_database()"
+    )
+    try:
+        with psycopg.connect(wal_dsn, autocommit=True) as conn:
+            for _ in range(5):
+                conn.execute(
+                    "INSERT INTO other SELECT g, repeat('p', 200) FROM generate_series(1, 20000) g"
+                )
+            grown = conn.execute(lag).fetchone()
+            assert grown is not None and grown[0] > 4 * 2**20
+            deadline = time.monotonic() + 20
+            while (row := conn.execute(lag).fetchone()) and row[0] > 2**20:
+                assert time.monotonic() < deadline, f"slot still {row[0]} bytes behind"
+                time.sleep(0.1)
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_wal_level_replica_is_a_clear_error(embedded_home: Path) -> None:
+    server = embedded.ensure_running(
+        embedded_home, settings={**TEST_SETTINGS, "wal_level": "replica"}
+    )
+    pgtide.install(dsn=server.dsn)
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int)")
+    with pytest.raises(WalUnavailable, match=r"wal_level = logical.*wal_level = replica"):
+        pgtide.track("t", capture="wal", dsn=server.dsn)
+    assert pgtide.track("t", dsn=server.dsn)  # triggers still work
+
+
+@pytest.mark.slow
+def test_invalidated_slot_is_the_documented_error(embedded_home: Path) -> None:
+    server = embedded.ensure_running(
+        embedded_home, settings={**TEST_SETTINGS, "max_slot_wal_keep_size": "1MB"}
+    )
+    dsn = server.dsn
+    pgtide.install(dsn=dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE other (pad text)")
+    pgtide.track("t", capture="wal", dsn=dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO t VALUES (1)")
+        deadline = time.monotonic() + 30
+        status = "SELECT wal_status FROM pg_replication_slots"
+        while conn.execute(status).fetchone() != ("lost",):
+            assert time.monotonic() < deadline
+            conn.execute("INSERT INTO other SELECT repeat('w', 500) FROM generate_series(1, 5000)")
+            conn.execute("SELECT pg_switch_wal()")
+            conn.execute("CHECKPOINT")
+    with pytest.raises(SlotLost, match=r"invalidated.*pgtide capture --reset.*backfill"):
+        Relay(dsn).run(until_idle=True)
+    reset_slot(dsn=dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO t VALUES (2)")
+    assert _relay(dsn) == 1
+
+
+# -- exactly once across relay kill -9 and a server restart -------------------------------
+def relay_forever(dsn: str) -> None:
+    """A relay process (killed by the test)."""
+    Relay(dsn, poll_interval=0.01, batch_rows=500).run()
+
+
+def _writer(dsn: str, n: int, stop: threading.Event, done: list[int]) -> None:
+    rng = random.Random(n)
+    ops = 0
+    while not stop.is_set():
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                while not stop.is_set():
+                    with conn.transaction():
+                        for _ in range(rng.randint(1, 5)):
+                            key = n * 1000 + rng.randint(0, 49)
+                            roll = rng.random()
+                            if roll < 0.6:
+                                conn.execute(
+                                    "INSERT INTO acct VALUES (%s, %s) ON CONFLICT (id) "
+                                    "DO UPDATE SET v = excluded.v",
+                                    (key, f"{n}-{ops}"),
+                                )
+                            else:
+                                conn.execute("DELETE FROM acct WHERE id = %s", (key,))
+                            ops += 1
+        except psycopg.OperationalError:
+            time.sleep(0.05)  # the server restarts: reconnect
+    done.append(ops)
+
+
+@pytest.mark.slow
+def test_relay_kill_9_and_server_restart_lose_and_repeat_nothing(
+    restartable: RestartableServer, killable: Killable
+) -> None:
+    dsn = restartable.dsn
+    pgtide.install(dsn=dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE acct (id int PRIMARY KEY, v text)")
+    pgtide.track("acct", capture="wal", dsn=dsn)
+    stop = threading.Event()
+    done: list[int] = []
+    writers = [threading.Thread(target=_writer, args=(dsn, n, stop, done)) for n in range(4)]
+    for w in writers:
+        w.start()
+    rng = random.Random(13)
+    try:
+        for round_ in range(8):
+            process = killable.start(relay_forever, dsn)
+            time.sleep(rng.uniform(0.2, 1.0))  # kill -9 at a random point of its work
+            killable.kill(process)
+            if round_ == 4:
+                restartable.restart(mode="immediate")
+    finally:
+        stop.set()
+        for w in writers:
+            w.join()
+    assert sum(done) > 0
+    _relay(dsn)
+    copy: dict[int, str] = {}
+    seen: set[tuple[str, Any]] = set()
+    for change in _changes(dsn, "copy", ["acct"]):
+        row = change.row if change.op != "delete" else change.old
+        token = (change.op, row["v"] if row and row.get("v") else (change.id,))
+        if change.op == "insert" or change.op == "update":
+            assert (change.op, row["v"]) not in seen, f"repeated change {change}"
+            seen.add((change.op, row["v"]))
+            copy[row["id"]] = row["v"]
+        elif change.op == "delete":
+            copy.pop(row["id"], None)
+        del token
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        source = dict(conn.execute("SELECT id, v FROM acct").fetchall())
+    assert copy == source
