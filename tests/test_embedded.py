@@ -67,3 +67,14 @@ def test_home_follows_pgtide_home(monkeypatch: object, tmp_path: Path) -> None:
 
     os.environ["PGTIDE_HOME"] = str(tmp_path / "x")
     assert embedded.home() == (tmp_path / "x").resolve()
+
+
+def test_a_server_whose_binaries_were_deleted_is_restarted(
+    embedded_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = embedded.ensure_running(embedded_home)
+    assert not embedded._orphaned(first)
+    # as if the environment that started it had been removed since
+    monkeypatch.setattr(embedded, "_orphaned", lambda server: server.pid == first.pid)
+    again = embedded.ensure_running(embedded_home)
+    assert again.running and again.pid != first.pid

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import shlex
 import subprocess
@@ -22,6 +23,8 @@ from urllib.parse import quote
 import platformdirs
 
 from .errors import EmbeddedError
+
+log = logging.getLogger("pgtide.embedded")
 
 SYSTEM_USER = "embedded_postgres"
 """When pgtide runs as root, PostgreSQL (which refuses root) runs as this system user."""
@@ -132,6 +135,15 @@ def status(where: Path | None = None) -> Server:
     return Server(where, running=True, pid=found[0], socket_dir=found[1])
 
 
+def _orphaned(server: Server) -> bool:
+    """True when the running server's program file was deleted (its environment was removed
+    or reinstalled): it then fails on the first query that loads a library."""
+    try:
+        return os.readlink(f"/proc/{server.pid}/exe").endswith(" (deleted)")
+    except OSError:
+        return False  # no /proc, or not ours to read: assume it is fine
+
+
 def _socket_dir(data_dir: Path) -> Path:
     if len(str(data_dir / f".s.PGSQL.{SOCKET_PORT}")) <= _SOCKET_MAX:
         return data_dir
@@ -220,11 +232,19 @@ def ensure_running(where: Path | None = None, *, settings: dict[str, str] | None
 
     where = where or home()
     current = status(where)
-    if current.running:
+    if current.running and not _orphaned(current):
         return current
     where.mkdir(parents=True, exist_ok=True)
     with _thread_lock, fasteners.InterProcessLock(str(where / "embedded.lock")):
         current = status(where)
+        if current.running and _orphaned(current):
+            log.warning(
+                "the embedded PostgreSQL runs from binaries that were deleted (a removed or "
+                "reinstalled environment); restarting it from %s",
+                bin_dir(),
+            )
+            stop(where, mode="fast")
+            current = status(where)
         if current.running:
             return current
         server = Server(where, running=False)
