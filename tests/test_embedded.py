@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import psycopg
+import pytest
 from pgtide_testing import Killable
 
 from pgtide import embedded
