@@ -47,3 +47,19 @@ def renamed(old: str, new: str, method: Callable[..., Any]) -> Callable[..., Any
         return method(*args, **kwargs)
 
     return alias
+
+
+def positional_dsn(positional: Any, dsn: Any, owner: str, *, stacklevel: int = 3) -> Any:
+    """The ``dsn`` keyword, or (for one release, with a warning) a dsn given by position to
+    ``owner`` (for example ``"pgtide.Listener"``), for faces whose first parameter it was."""
+    if positional is None:
+        return dsn
+    if dsn is not None:
+        raise TypeError(f"{owner}() got the dsn both by position and as dsn=")
+    warnings.warn(
+        f"passing the dsn to {owner}() by position is deprecated; write {owner}(dsn=...) "
+        "(keyword-only from the next release)",
+        DeprecationWarning,
+        stacklevel=stacklevel,
+    )
+    return positional

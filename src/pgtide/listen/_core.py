@@ -20,7 +20,6 @@ import contextvars
 import itertools
 import logging
 import operator
-import warnings
 import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator
@@ -29,6 +28,7 @@ from inspect import isawaitable
 from typing import Any, ClassVar, Final, Generic, TypeAlias, TypeVar
 
 from .. import codecs
+from .._compat import positional_dsn
 from ..channel import (
     BatchQueue,
     Callback,
@@ -464,16 +464,7 @@ class Face:
         stop_timeout: float = 10.0,
         application_name: str = APPLICATION_NAME,
     ) -> None:
-        if deprecated_dsn is not None:  # the old spelling, for one release
-            if dsn is not None:
-                raise TypeError(f"{self._name}() got the dsn both by position and as dsn=")
-            warnings.warn(
-                f"passing the dsn to {self._name}() by position is deprecated and will stop "
-                "working in the next release; pass it as dsn=...",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            dsn = deprecated_dsn
+        dsn = positional_dsn(deprecated_dsn, dsn, self._name)
         self._core = ListenerCore(
             dsn,
             decode=decode,
