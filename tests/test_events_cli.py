@@ -72,6 +72,7 @@ def test_publish_ls_retry_and_status(cli: CliRunner, dsn: str) -> None:
             "done": 0,
             "failed": 0,
             "dead": 0,
+            "cancelled": 0,
             "unhandled": 2,
             "workers": 0,
         }
