@@ -552,6 +552,7 @@ def test_a_nul_in_a_result_is_kept_as_repr_and_in_an_error_is_recorded(
     events: pgtide.Events,
 ) -> None:
     """(Issue 12: a result JSON cannot hold is kept as its repr with a note, not a failure.)"""
+
     @events.handler("nul_result", retries=0)
     def nul_result(event: pgtide.Event) -> str:
         return "a\x00b"

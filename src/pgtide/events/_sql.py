@@ -80,7 +80,8 @@ UPDATE pgtide.events e
 SET state = 'running', lease_owner = %(owner)s, lease_token = e.lease_token + 1,
     lease_expires = now() + %(lease)s * interval '1 second', started_at = NULL
 WHERE e.id = ANY(ARRAY(SELECT id FROM candidates ORDER BY priority, id LIMIT %(limit)s))
-RETURNING e.id, e.name, e.payload, e.created_at, e.key, e.source_id, e.lease_token, e.attempts
+RETURNING e.id, e.name, e.payload, e.created_at, e.key, e.source_id, e.lease_token, e.attempts,
+          e.priority
 """
 """A claim reserves events (a new fencing token each, a lease) but counts no attempt. It
 reads, for each name served that is neither paused nor limited, the waiting events in

@@ -187,6 +187,8 @@ class WorkerCore:
         self._running = 0
         self._limits = {n: s.concurrency for n, s in handlers.items() if s.concurrency}
         self._limited = sorted(n for n, s in handlers.items() if s.limited)
+        self._limited_set = frozenset(self._limited)
+        self._yield_limited = False  # just freed a limited slot: let the others try first
         self._events: dict[int, Event] = {}  # running handlers' events (to cancel them)
         self._task_of: dict[int, asyncio.Task[None]] = {}
         self._cancel_asked: set[int] = set()  # claimed, not started, cancel asked
@@ -583,7 +585,9 @@ class WorkerCore:
         }
         rows = yield from query(_sql.CLAIM, params)
         full = len(rows) == asked
-        for name in self._limited:
+        limited = [] if self._yield_limited else self._limited
+        self._yield_limited = False
+        for name in limited:
             spec = self.handlers[name]
             want = min(asked, spec.concurrency or asked)
             got = yield from query(_sql.CLAIM_LIMITED, {**params, "name": name, "limit": want})
@@ -591,10 +595,10 @@ class WorkerCore:
             full = full or len(got) == want
         if not rows:
             return False
-        rows.sort(key=lambda r: r[0])
+        rows.sort(key=lambda r: (r[-1], r[0]))  # priority, then id
         valid_until = sent + self.options.lease * SURELY_VALID
         with self._lock:
-            for *fields, token, attempts in rows:
+            for *fields, token, attempts, _priority in rows:
                 hold = self._held.get(fields[0])
                 if hold is not None:  # ours already (its lease had lapsed): one copy, new token
                     hold.token, hold.valid_until = token, valid_until
@@ -626,8 +630,9 @@ class WorkerCore:
             tokens = {e.id: h.token for e in finished if (h := self._held.get(e.id))}
         if not done and not failed:
             return
+        freed = any(e.name in self._limited_set for e in finished)
         try:
-            yield from atomic(self._outcomes(done, failed, tokens))
+            yield from atomic(self._outcomes(done, failed, tokens, freed))
         except BaseException:
             with self._lock:  # keep them for the next flush
                 self._done[:0] = done
@@ -647,6 +652,7 @@ class WorkerCore:
         done: list[tuple[Event, str | None]],
         failed: list[tuple[Event, str, float, bool]],
         tokens: dict[int, int],
+        freed: bool = False,
     ) -> Io[None]:
         done = [(e, r) for e, r in done if e.id in tokens]  # a lost lease records nothing
         if done:
@@ -673,6 +679,9 @@ class WorkerCore:
                     "owner": self.owner,
                 },
             )
+        if freed:  # a slot of a limited name is free: every worker may claim it, not only us
+            yield Query(_sql.WAKE, (_sql.CHANNEL,))
+            self._yield_limited = True
 
     # -- running handlers ------------------------------------------------------------------
 

@@ -62,7 +62,7 @@ CREATE TABLE IF NOT EXISTS pgtide.event_schedules (
 CREATE OR REPLACE FUNCTION pgtide.events_claim_limited(
     p_source text, p_name text, p_want integer, p_owner text, p_lease double precision)
 RETURNS TABLE (id bigint, name text, payload jsonb, created_at timestamptz, key text,
-               source_id text, lease_token integer, attempts integer)
+               source_id text, lease_token integer, attempts integer, priority integer)
 LANGUAGE plpgsql SET jit = off AS $$
 #variable_conflict use_column
 DECLARE
@@ -120,7 +120,7 @@ BEGIN
         lease_expires = now() + p_lease * interval '1 second', started_at = NULL
     WHERE e.id = ANY(ARRAY(SELECT c.id FROM candidates c ORDER BY c.priority, c.id LIMIT allowed))
     RETURNING e.id, e.name, e.payload, e.created_at, e.key, e.source_id, e.lease_token,
-              e.attempts;
+              e.attempts, e.priority;
     GET DIAGNOSTICS got = ROW_COUNT;
     IF q.rate_count IS NOT NULL AND got > 0 THEN
         UPDATE pgtide.event_queues u
