@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pgtide_testing
 import psycopg
 import pytest
-import pgtide_testing
 from events_helpers import count, limited_worker, most_at_once, read_runs, wait_for
 
 import pgtide
