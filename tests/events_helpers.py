@@ -138,3 +138,29 @@ def batch_worker(dsn: str, lease: float) -> None:
         time.sleep(3600)
 
     events.run(concurrency=1)
+
+
+def limited_worker(
+    dsn: str, worker: str, path: str, concurrency: int, rate: str | None, sleep: float
+) -> None:
+    """A worker process (local concurrency 8) whose handler ``limited`` has global limits;
+    each run's start and end are logged with the system-wide monotonic clock."""
+    events = pgtide.Events(dsn=dsn, poll_interval=0.05)
+
+    @events.handler("limited", concurrency=concurrency, rate=rate)
+    def limited(event: pgtide.Event) -> None:
+        log_line(path, "start", event.id, worker, event.attempt, time.monotonic())
+        time.sleep(sleep)
+        log_line(path, "end", event.id, worker, event.attempt, time.monotonic())
+
+    events.run(concurrency=8)
+
+
+def most_at_once(runs: list[tuple[int, str, int, float, float | None]]) -> int:
+    """The largest number of runs in progress at one moment."""
+    edges = sorted([(b, 1) for *_, b, _ in runs] + [(e, -1) for *_, e in runs if e is not None])
+    most = now = 0
+    for _, step in edges:  # at equal times an end (-1) sorts first: touching runs don't overlap
+        now += step
+        most = max(most, now)
+    return most

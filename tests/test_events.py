@@ -188,15 +188,24 @@ def test_bad_names_and_options_are_refused(events: pgtide.Events) -> None:
         events.run()
 
 
-def test_unserialisable_result_is_a_failure(events: pgtide.Events) -> None:
+def test_unserialisable_result_is_kept_as_its_repr(events: pgtide.Events) -> None:
+    """(Issue 12 changed this: a result JSON cannot hold is stored as its repr with a note,
+    never turned into a failure.)"""
+
+    class Junk:
+        def __repr__(self) -> str:
+            return "<junk 42>"
+
     @events.handler("returns_junk", retries=0)
     def junk(event: pgtide.Event) -> object:
-        return object()
+        return Junk()
 
     id_ = events.publish("returns_junk")
     events.start(concurrency=1)
-    rec = wait_for(lambda: (r := events.get(id_)) and r.state == "dead" and r, what="dead")
-    assert "result of 'returns_junk' is not JSON-serialisable" in rec.error
+    rec = wait_for(lambda: (r := events.get(id_)) and r.state == "done" and r, what="done")
+    assert rec.result["repr"] == "<junk 42>"
+    assert "result of 'returns_junk' is not JSON-serialisable" in rec.result["note"]
+    assert rec.error is None
 
 
 def test_run_at_delays_an_event(events: pgtide.Events) -> None:
@@ -539,7 +548,11 @@ def test_a_nul_character_is_a_clear_payload_error_before_anything_is_sent(
     assert count(dsn, "SELECT count(*) FROM pgtide.events") == 1
 
 
-def test_a_nul_in_a_result_or_an_error_is_a_recorded_failure(events: pgtide.Events) -> None:
+def test_a_nul_in_a_result_is_kept_as_repr_and_in_an_error_is_recorded(
+    events: pgtide.Events,
+) -> None:
+    """(Issue 12: a result JSON cannot hold is kept as its repr with a note, not a failure.)"""
+
     @events.handler("nul_result", retries=0)
     def nul_result(event: pgtide.Event) -> str:
         return "a\x00b"
@@ -551,9 +564,10 @@ def test_a_nul_in_a_result_or_an_error_is_a_recorded_failure(events: pgtide.Even
     first = events.publish("nul_result")
     second = events.publish("nul_error")
     events.start(concurrency=2)
-    for id_ in (first, second):
-        wait_for(lambda i=id_: events.get(i).state == "dead", what="dead")  # type: ignore[union-attr,misc]
-    assert "NUL character" in (events.get(first).error or "")  # type: ignore[union-attr]
+    done = events.wait(first, timeout=20)
+    assert done.state == "done" and "NUL character" in done.result["note"]
+    assert done.result["repr"] == repr("a\x00b")
+    assert events.wait(second, timeout=20).state == "dead"
     assert "bad \\x00 byte" in (events.get(second).error or "")  # type: ignore[union-attr]
 
 

@@ -72,6 +72,7 @@ def test_publish_ls_retry_and_status(cli: CliRunner, dsn: str) -> None:
             "done": 0,
             "failed": 0,
             "dead": 0,
+            "cancelled": 0,
             "unhandled": 2,
             "workers": 0,
         }
@@ -163,7 +164,8 @@ def test_purge_command(cli: CliRunner, dsn: str) -> None:
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"deleted": 1}
     out = cli("events", "purge", "--older-than", "soon", env={"PGTIDE_DSN": dsn})
-    assert out.returncode == 1 and "bad duration 'soon'" in out.stderr
+    # (issue 12: durations use the one syntax of every pgtide command)
+    assert out.returncode != 0 and "is not a duration" in out.stderr
     events.close()
 
 
@@ -231,3 +233,52 @@ def test_work_stops_on_sigterm_finishing_the_running_event_and_giving_back_the_r
         assert conn.execute("SELECT count(*) FROM pgtide.event_workers").fetchone() == (0,)
     assert not any((tmp_path / f"started-{i}").exists() for i in rest)
     events.close()
+
+
+def test_show_cancel_pause_resume_schedule_and_retry_dead(cli: CliRunner, dsn: str) -> None:
+    env = {"PGTIDE_DSN": dsn}
+    with pgtide.Events(dsn=dsn) as events:
+        dead = events.publish("boom")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE pgtide.events SET state = 'dead', attempts = 1, "
+                "error = E'Traceback (most recent call last):\\n  File x\\nValueError: nope' "
+                "WHERE id = %s",
+                (dead,),
+            )
+        out = cli("events", "show", str(dead), env=env)
+        assert out.returncode == 0, out.stderr
+        assert "Traceback" in out.stdout and "ValueError: nope" in out.stdout
+        out = cli("events", "retry", "--dead", "--json", env=env)
+        assert json.loads(out.stdout) == {"retried": 1}
+
+        waiting = events.publish("later")
+        out = cli("events", "cancel", str(waiting), "--json", env=env)
+        assert json.loads(out.stdout) == {"id": waiting, "state": "cancelled"}
+        out = cli("events", "cancel", str(waiting), env=env)
+        assert out.returncode == 1 and "already ended" in out.stderr
+
+        assert cli("events", "pause", "report", env=env).returncode == 0
+        assert events.status()["paused"] == ["report"]
+        assert cli("events", "resume", "report", env=env).returncode == 0
+        assert events.status()["paused"] == []
+
+        out = cli(
+            "events",
+            "schedule",
+            "add",
+            "report",
+            "0 3 * * *",
+            "--tz",
+            "Europe/Paris",
+            "--id",
+            "nightly",
+            env=env,
+        )
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["next_at"].endswith(("01:00:00+00:00", "02:00:00+00:00"))
+        out = cli("events", "schedule", "ls", "--json", env=env)
+        assert json.loads(out.stdout)["cron"] == "0 3 * * *"
+        assert cli("events", "schedule", "rm", "nightly", env=env).returncode == 0
+        out = cli("events", "schedule", "rm", "nightly", env=env)
+        assert out.returncode == 1 and "no schedule 'nightly'" in out.stderr

@@ -18,8 +18,8 @@ from rich.table import Table
 from .. import aio
 from .._signals import stop_on_signals
 from ..errors import ConfigError
-from ..events import STATES, EventRecord, Events
-from ._common import DsnOption, JsonOption, console, emit_json, wants_json
+from ..events import STATES, EventRecord, Events, Schedule
+from ._common import DsnOption, JsonOption, cell, console, duration, emit_json, wants_json
 
 app = typer.Typer(
     help="Events: handlers by name, with retries and many workers.", no_args_is_help=True
@@ -101,7 +101,12 @@ def publish(
     ] = "null",
     key: Annotated[str | None, typer.Option("--key", help="Run in order with its key.")] = None,
     delay: Annotated[
-        float | None, typer.Option("--delay", help="Run after so many seconds.")
+        float | None, duration("--delay", help="Run after this long (30s, 5m, 250ms).")
+    ] = None,
+    priority: Annotated[int, typer.Option("--priority", help="Smaller runs first.")] = 0,
+    dedupe_key: Annotated[
+        str | None,
+        typer.Option("--dedupe-key", help="Insert nothing while an event with it is unfinished."),
     ] = None,
     dsn: DsnOption = None,
     as_json: JsonOption = False,
@@ -113,7 +118,9 @@ def publish(
         value = payload
     with Events(dsn=dsn) as events:
         run_at = timedelta(seconds=delay) if delay is not None else None
-        id_ = events.publish(name, value, key=key, run_at=run_at)
+        id_ = events.publish(
+            name, value, key=key, run_at=run_at, priority=priority, dedupe_key=dedupe_key
+        )
     if wants_json(as_json):
         emit_json({"id": id_, "name": name, "payload": value})
     else:
@@ -153,14 +160,29 @@ def ls(
 
 @app.command()
 def retry(
-    id: Annotated[int, typer.Argument(help="The event id.")],
+    id: Annotated[int | None, typer.Argument(help="The event id.")] = None,
+    dead: Annotated[bool, typer.Option("--dead", help="Every dead event (or of --name).")] = False,
+    name: Annotated[str | None, typer.Option("--name", help="With --dead: this name.")] = None,
     dsn: DsnOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Run a done, failed or dead event again (from attempt 1)."""
+    """Run a done, failed, dead or cancelled event again (from attempt 1); --dead: all dead."""
+    if (id is None) == (not dead):
+        raise ConfigError("give an event id, or --dead (optionally with --name), not both")
     with Events(dsn=dsn) as events:
+        if dead:
+            revived = events.retry_dead(name)
+            if wants_json(as_json):
+                emit_json({"retried": revived})
+            else:
+                console.print(f"{revived} dead events will run again", highlight=False)
+            return
+        assert id is not None
         if not events.retry(id):
-            raise ConfigError(f"no done, failed or dead event with id {id}; see `pgtide events ls`")
+            raise ConfigError(
+                f"no done, failed or dead event with id {id} (nor a cancelled one whose dedupe "
+                "key is free); see `pgtide events ls`"
+            )
     if wants_json(as_json):
         emit_json({"id": id, "state": "pending"})
     else:
@@ -168,16 +190,137 @@ def retry(
 
 
 @app.command()
+def show(
+    id: Annotated[int, typer.Argument(help="The event id.")],
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """One event, all of it: payload, result, and the error with its traceback."""
+    with Events(dsn=dsn) as events:
+        rec = events.get(id)
+    if rec is None:
+        raise ConfigError(f"no event with id {id}; see `pgtide events ls`")
+    if wants_json(as_json):
+        emit_json(_as_dict(rec))
+        return
+    for field, value in vars(rec).items():
+        if field in ("error",) or value is None:
+            continue
+        shown = json.dumps(value) if field in ("payload", "result") else cell(value)
+        console.print(f"[bold]{field}[/]: {shown}", highlight=False, markup=True)
+    if rec.error:
+        console.print("[bold]error[/]:", markup=True)
+        console.print(rec.error, highlight=False, markup=False)
+
+
+@app.command()
+def cancel(
+    id: Annotated[int, typer.Argument(help="The event id.")],
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Cancel an event: waiting, it ends cancelled; running, its handler is asked to stop."""
+    with Events(dsn=dsn) as events:
+        state = events.cancel(id)
+    if state is None:
+        raise ConfigError(f"event {id} has already ended, or does not exist")
+    if wants_json(as_json):
+        emit_json({"id": id, "state": state})
+    elif state == "running":
+        console.print(f"event {id}: its handler is asked to stop", highlight=False)
+    else:
+        console.print(f"event {id} cancelled", highlight=False)
+
+
+@app.command()
+def pause(
+    name: Annotated[str, typer.Argument(help="The event name.")],
+    dsn: DsnOption = None,
+) -> None:
+    """No worker claims events called NAME until `resume` (running ones finish)."""
+    with Events(dsn=dsn) as events:
+        events.pause(name)
+    console.print(f"{name} paused", highlight=False)
+
+
+@app.command()
+def resume(
+    name: Annotated[str, typer.Argument(help="The event name.")],
+    dsn: DsnOption = None,
+) -> None:
+    """Workers claim events called NAME again."""
+    with Events(dsn=dsn) as events:
+        events.resume(name)
+    console.print(f"{name} resumed", highlight=False)
+
+
+schedule_app = typer.Typer(help="Cron schedules: each tick enqueued once.", no_args_is_help=True)
+app.add_typer(schedule_app, name="schedule")
+
+
+@schedule_app.command("add")
+def schedule_add(
+    name: Annotated[str, typer.Argument(help="The event name.")],
+    cron: Annotated[str, typer.Argument(help="Cron expression, e.g. '0 3 * * *'.")],
+    payload: Annotated[str, typer.Option("--payload", help="JSON payload.")] = "null",
+    tz: Annotated[str, typer.Option("--tz", help="Time zone (IANA).")] = "UTC",
+    id: Annotated[str | None, typer.Option("--id", help="Schedule id (default: NAME).")] = None,
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Publish NAME at each tick of CRON (replacing the schedule with the same id)."""
+    try:
+        value: Any = json.loads(payload)
+    except ValueError:
+        value = payload
+    with Events(dsn=dsn) as events:
+        ident = events.schedule(name, cron, value, tz=tz, id=id)
+        found = next(s for s in events.schedules() if s.id == ident)
+    if wants_json(as_json):
+        emit_json(_as_dict(found))
+    else:
+        console.print(f"schedule {ident}: next at {found.next_at.isoformat()}", highlight=False)
+
+
+@schedule_app.command("ls")
+def schedule_ls(dsn: DsnOption = None, as_json: JsonOption = False) -> None:
+    """Every schedule."""
+    with Events(dsn=dsn) as events:
+        found = events.schedules()
+    if wants_json(as_json):
+        for item in found:
+            emit_json(_as_dict(item))
+        return
+    table = Table(title="schedules", title_justify="left")
+    for column in ("id", "name", "cron", "tz", "next", "last"):
+        table.add_column(column)
+    for item in found:
+        last = item.last_at.isoformat() if item.last_at else "-"
+        table.add_row(item.id, item.name, item.cron, item.tz, item.next_at.isoformat(), last)
+    console.print(table)
+
+
+@schedule_app.command("rm")
+def schedule_rm(
+    id: Annotated[str, typer.Argument(help="The schedule id.")],
+    dsn: DsnOption = None,
+) -> None:
+    """Remove a schedule."""
+    with Events(dsn=dsn) as events:
+        if not events.unschedule(id):
+            raise ConfigError(f"no schedule {id!r}; see `pgtide events schedule ls`")
+    console.print(f"schedule {id} removed", highlight=False)
+
+
+@app.command()
 def purge(
-    older_than: Annotated[
-        str, typer.Option("--older-than", help="Age: seconds, or with s, m, h or d (7d).")
-    ],
+    older_than: Annotated[float, duration("--older-than", help="Age: 30s, 5m, 2h, 7d.")],
     dead: Annotated[bool, typer.Option("--dead", help="Dead events too.")] = False,
     dsn: DsnOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Delete done (and, with --dead, dead) events finished longer ago than --older-than."""
-    age = _duration(older_than)
+    age = timedelta(seconds=older_than)
     with Events(dsn=dsn) as events:
         deleted = events.purge(age, dead=dead)
     if wants_json(as_json):
@@ -186,20 +329,7 @@ def purge(
         console.print(f"deleted {deleted} events", highlight=False)
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _duration(text: str) -> timedelta:
-    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
-    try:
-        return timedelta(seconds=float(number) * _UNITS[unit])
-    except (ValueError, OverflowError):
-        raise ConfigError(
-            f"bad duration {text!r}: use seconds or a number with s, m, h or d, e.g. 7d"
-        ) from None
-
-
-def _as_dict(rec: EventRecord) -> dict[str, Any]:
+def _as_dict(rec: EventRecord | Schedule) -> dict[str, Any]:
     return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in vars(rec).items()}
 
 

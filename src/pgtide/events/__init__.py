@@ -6,7 +6,7 @@ The blocking face is :class:`Events` (``pgtide.Events``); the asyncio face is
 """
 
 from ._async import Events as AsyncEvents
-from ._core import LIVE_WINDOW, EventRecord, overview
+from ._core import LIVE_WINDOW, EventRecord, Schedule, overview
 from ._model import STATES, Event, HandlerSpec
 from ._sync import Events
 
@@ -18,5 +18,6 @@ __all__ = [
     "EventRecord",
     "Events",
     "HandlerSpec",
+    "Schedule",
     "overview",
 ]

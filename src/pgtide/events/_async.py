@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
@@ -17,9 +18,9 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from ..connect import DsnLike
-from ..session import AsyncSession, Io, arun, ausing
-from ._core import EventRecord, EventsBase
+from ..connect import DsnLike, aconnect
+from ..session import AsyncSession, Io, aresolve, arun, ausing
+from ._core import EventRecord, EventsBase, Schedule, _conninfo, _safety, _waker_for, _where
 from ._worker import AsyncWorker
 
 T = TypeVar("T")
@@ -31,6 +32,7 @@ class Events(EventsBase):
     def _setup(self, dsn: DsnLike) -> None:
         self._session = AsyncSession(dsn, name="events", prepare=self._core.prepare)
         self._workers: list[tuple[AsyncWorker, asyncio.Task[None]]] = []
+        self._ready: set[tuple[str, ...]] = set()
 
     async def _run(
         self, make: Callable[[], Io[T]], conn: psycopg.AsyncConnection[Any] | None = None
@@ -38,8 +40,14 @@ class Events(EventsBase):
         """Run the core's work on our session, or on the caller's connection as it is."""
         if conn is None:
             return await self._session.run(make)
-        await self._session.connection()  # the schema installed, your table checked
         async with ausing(conn=conn) as caller:  # a missing privilege is a PermissionDenied
+            where = _where(caller)
+            if where not in self._ready:  # in the caller's database, as the blocking face
+                if not await arun(caller, self._core.schema_ready()):
+                    async with await aconnect(await aresolve(_conninfo(caller))) as own:
+                        await arun(own, self._core.prepare())
+                await arun(caller, self._core.prepare_checked())
+                self._ready.add(where)
             return await arun(caller, make())
 
     async def publish(
@@ -50,9 +58,12 @@ class Events(EventsBase):
         conn: psycopg.AsyncConnection[Any] | None = None,
         run_at: datetime | timedelta | None = None,
         key: str | None = None,
+        priority: int = 0,
+        dedupe_key: str | None = None,
     ) -> int:
         """As :meth:`pgtide.Events.publish`, with an optional async connection."""
-        return await self._run(self._core.publish(name, payload, run_at, key), conn)
+        work = self._core.publish(name, payload, run_at, key, priority, dedupe_key)
+        return await self._run(work, conn)
 
     async def publish_many(
         self,
@@ -62,11 +73,71 @@ class Events(EventsBase):
         conn: psycopg.AsyncConnection[Any] | None = None,
         run_at: datetime | timedelta | None = None,
         key: str | None = None,
+        priority: int = 0,
+        dedupe_key: str | Iterable[str | None] | None = None,
     ) -> list[int]:
         """As :meth:`pgtide.Events.publish_many`."""
-        return await self._run(self._core.publish_many(name, payloads, run_at, key), conn)
+        work = self._core.publish_many(name, payloads, run_at, key, priority, dedupe_key)
+        return await self._run(work, conn)
 
-    async def status(self) -> dict[str, int]:
+    async def cancel(self, id: int) -> str | None:
+        """As :meth:`pgtide.Events.cancel`."""
+        return await self._run(self._core.cancel(id))
+
+    async def pause(self, name: str) -> None:
+        """As :meth:`pgtide.Events.pause`."""
+        await self._run(self._core.pause(name, True))
+
+    async def resume(self, name: str) -> None:
+        """As :meth:`pgtide.Events.resume`."""
+        await self._run(self._core.pause(name, False))
+
+    async def paused(self) -> list[str]:
+        """As :meth:`pgtide.Events.paused`."""
+        return await self._run(self._core.paused())
+
+    async def wait(self, id: int, timeout: float | None = None) -> EventRecord:
+        """As :meth:`pgtide.Events.wait`: woken by the NOTIFY sent when the event ends."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        waker = _waker_for(await self._session.resolved(), id)
+        await asyncio.to_thread(waker.start)
+        try:
+            record = await self._run(self._core.watch(id))
+            while record is None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"event {id} did not end within {timeout} s")
+                await waker.wait_async(_safety(left, waker.listening))
+                record = await self._run(self._core.ended(id))
+            return record
+        finally:
+            await asyncio.to_thread(waker.stop)
+
+    async def retry_dead(self, name: str | None = None) -> int:
+        """As :meth:`pgtide.Events.retry_dead`."""
+        return await self._run(self._core.retry_dead(name))
+
+    async def schedule(
+        self,
+        name: str,
+        cron: str,
+        payload: Any = None,
+        *,
+        tz: str = "UTC",
+        id: str | None = None,
+    ) -> str:
+        """As :meth:`pgtide.Events.schedule`."""
+        return await self._run(self._core.schedule(name, cron, payload, tz, id))
+
+    async def unschedule(self, id: str) -> bool:
+        """As :meth:`pgtide.Events.unschedule`."""
+        return await self._run(self._core.unschedule(id))
+
+    async def schedules(self) -> list[Schedule]:
+        """As :meth:`pgtide.Events.schedules`."""
+        return await self._run(self._core.schedules())
+
+    async def status(self) -> dict[str, Any]:
         """As :meth:`pgtide.Events.status`."""
         return await self._run(self._core.status())
 

@@ -13,14 +13,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeAlias, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import psycopg
+from croniter import croniter
+from psycopg.conninfo import make_conninfo
 
 from .. import schema
-from ..connect import DsnLike
-from ..errors import ConfigError
+from ..channel import Waker
+from ..connect import DsnLike, Resolved
+from ..errors import ConfigError, PgtideError
 from ..overview import Section
 from ..session import Io, Query, atomic, one, query
 from . import _sql
-from ._model import STATES, Handler, HandlerSpec, check_name, to_json
+from ._model import ENDED, STATES, Handler, HandlerSpec, check_name, to_json
 from ._source import Source, check, env_float, source_from
 from ._worker import Target, WorkerOptions
 
@@ -51,6 +57,21 @@ class EventRecord:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    priority: int = 0
+    dedupe_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A cron schedule: each tick enqueues one event ``name`` with ``payload``."""
+
+    id: str
+    name: str
+    cron: str
+    tz: str
+    payload: Any
+    next_at: datetime
+    last_at: datetime | None
 
 
 class _Unset:
@@ -92,6 +113,7 @@ class Core:
         retry_delay: float,
         max_retry_delay: float,
         listen: bool,
+        keep_done: timedelta | None = None,
     ) -> None:
         self.source = source_from(table, id_column, name_column, payload_column, channel)
         self.checked: Source | None = None
@@ -106,13 +128,30 @@ class Core:
             listen=listen,
             retry_delay=retry_delay,
             max_retry_delay=max_retry_delay,
+            keep_done=_seconds(keep_done),
         )
+        if keep_done is not None and self.source is not None:
+            raise ConfigError("keep_done is for pgtide's own events table, not a table of yours")
 
     # -- preparing a connection ------------------------------------------------------------
 
     def prepare(self) -> Io[None]:
         """Install the schema, and check the user's table the first time (a session's prepare)."""
         yield from schema.ensure_io()
+        if self.source is not None and self.checked is None:
+            self.checked = yield from check(self.source)
+
+    def schema_ready(self) -> Io[bool]:
+        """Whether every migration of this package is installed (read only: safe inside the
+        caller's transaction)."""
+        row = yield from one(_sql.SCHEMA_EXISTS)
+        if not row or not row[0]:
+            return False
+        applied = {r[0] for r in (yield from query(_sql.SCHEMA_APPLIED))}
+        return all(m.version in applied for m in schema.migrations())
+
+    def prepare_checked(self) -> Io[None]:
+        """Check the user's table the first time (catalog reads only)."""
         if self.source is not None and self.checked is None:
             self.checked = yield from check(self.source)
 
@@ -125,35 +164,55 @@ class Core:
     # which a session may run again from the start after an outage.
 
     def publish(
-        self, name: str, payload: Any, run_at: datetime | timedelta | None, key: str | None
+        self,
+        name: str,
+        payload: Any,
+        run_at: datetime | timedelta | None,
+        key: str | None,
+        priority: int = 0,
+        dedupe_key: str | None = None,
     ) -> Work[int]:
-        """Insert one event and wake the workers in one statement; its id."""
+        """Insert one event and wake the workers in one statement; its id (or the id of the
+        unfinished event that holds ``dedupe_key``: then nothing is inserted)."""
         check_name(name)
         encoded = to_json(payload, f"the payload of event {name!r}")
         when = _when(run_at)
         _check_key(key)
-        return lambda: self._publish(name, encoded, when, key)
+        _check_key(dedupe_key, "dedupe_key")
+        _check_priority(priority)
+        return lambda: self._publish(name, encoded, when, key, priority, dedupe_key)
 
-    def _publish(self, name: str, encoded: str, when: datetime | None, key: str | None) -> Io[int]:
+    def _publish(
+        self,
+        name: str,
+        encoded: str,
+        when: datetime | None,
+        key: str | None,
+        priority: int,
+        dedupe_key: str | None,
+    ) -> Io[int]:
         src = self.checked
         if src is None:
-            row = yield from one(_sql.PUBLISH, (name, encoded, when, key))
-        else:
-            if when is not None or key is not None:
-                raise ConfigError(
-                    "run_at and key need pgtide's own events table; your table "
-                    f"{src.key} has no such columns"
-                )
-            if src.payload_column is None and encoded != "null":
-                raise ConfigError(
-                    f"your events table {src.key} has no payload column: publish with "
-                    "payload=None, or set payload_column= (or PGTIDE_EVENTS_PAYLOAD_COLUMN)"
-                )
-            statement = _sql.publish_own(
-                src.table, src.id_column, src.name_column, src.payload_column
+            for _ in range(10):  # the key's holder may end between the two statements
+                row = yield from one(_sql.PUBLISH, (name, encoded, when, key, priority, dedupe_key))
+                if row is None and dedupe_key is not None:
+                    row = yield from one(_sql.DEDUPED, (dedupe_key,))
+                if row is not None:
+                    return int(row[0])
+            raise PgtideError(f"could not publish {name!r} with dedupe_key {dedupe_key!r}")
+        if when is not None or key is not None or priority or dedupe_key is not None:
+            raise ConfigError(
+                "run_at, key, priority and dedupe_key need pgtide's own events table; your "
+                f"table {src.key} has no such columns"
             )
-            params = {"name": name, "payload": encoded, "channel": src.channel}
-            row = yield from one(statement, params)
+        if src.payload_column is None and encoded != "null":
+            raise ConfigError(
+                f"your events table {src.key} has no payload column: publish with "
+                "payload=None, or set payload_column= (or PGTIDE_EVENTS_PAYLOAD_COLUMN)"
+            )
+        statement = _sql.publish_own(src.table, src.id_column, src.name_column, src.payload_column)
+        own = {"name": name, "payload": encoded, "channel": src.channel}
+        row = yield from one(statement, own)
         assert row is not None
         return int(row[0])
 
@@ -163,12 +222,31 @@ class Core:
         payloads: Iterable[Any],
         run_at: datetime | timedelta | None,
         key: str | None,
+        priority: int = 0,
+        dedupe_key: str | Iterable[str | None] | None = None,
     ) -> Work[list[int]]:
-        """Insert many events called ``name`` in one statement (one wake-up); their ids."""
+        """Insert many events called ``name`` in one statement (one wake-up); their ids, one
+        per payload. ``dedupe_key``: one key for all (one event at most), or one per payload
+        (None for none)."""
         check_name(name)
         encoded = [to_json(p, f"payload #{i} of event {name!r}") for i, p in enumerate(payloads)]
         _check_key(key)
+        _check_priority(priority)
         when = _when(run_at)
+        keys: list[str | None] | None
+        if dedupe_key is None:
+            keys = None
+        elif isinstance(dedupe_key, str):
+            keys = [dedupe_key] * len(encoded)
+        else:
+            keys = list(dedupe_key)
+            if len(keys) != len(encoded):
+                raise ConfigError(
+                    f"dedupe_key has {len(keys)} keys for {len(encoded)} payloads: give one "
+                    "key per payload (None for none), or one string for all"
+                )
+        for k in keys or ():
+            _check_key(k, "dedupe_key")
 
         def work() -> Io[list[int]]:
             if self.checked is not None:
@@ -179,22 +257,150 @@ class Core:
                 )
             if not encoded:
                 return []
-            rows = yield from query(_sql.PUBLISH_MANY, (name, when, key, encoded))
-            return [int(r[0]) for r in rows]
+            if keys is None:
+                params = (name, when, key, priority, encoded)
+                rows = yield from query(_sql.PUBLISH_MANY_PLAIN, params)
+                return [int(r[0]) for r in rows]
+            params2 = (name, when, key, priority, encoded, keys)
+            rows = yield from query(_sql.PUBLISH_MANY, params2)
+            by_key = {k: int(i) for i, k in rows if k is not None}
+            plain = sorted(int(i) for i, k in rows if k is None)
+            missing = sorted({k for k in keys if k is not None and k not in by_key})
+            if missing:
+                found = yield from query(_sql.DEDUPED_MANY, (missing,))
+                by_key.update({k: int(i) for k, i in found})
+            ids: list[int] = []
+            plain_at = 0
+            for k, payload in zip(keys, encoded, strict=True):
+                if k is None:
+                    ids.append(plain[plain_at])
+                    plain_at += 1
+                elif k in by_key:
+                    ids.append(by_key[k])
+                else:  # its holder ended meanwhile: publish it alone
+                    by_key[k] = yield from self._publish(name, payload, when, key, priority, k)
+                    ids.append(by_key[k])
+            return ids
+
+        return work
+
+    # -- control ---------------------------------------------------------------------------
+
+    def cancel(self, id: int) -> Work[str | None]:
+        """Cancel an event: its state after (``cancelled``, or ``running`` while its handler
+        is being asked to stop), or None when it had already ended or does not exist."""
+
+        def work() -> Io[str | None]:
+            row = yield from one(_sql.CANCEL, (id,))
+            return None if row is None else str(row[0])
+
+        return work
+
+    def pause(self, name: str, paused: bool) -> Work[None]:
+        """Pause (or resume) every worker's claims of events called ``name``."""
+        check_name(name)
+
+        def work() -> Io[None]:
+            yield Query(_sql.QUEUE_PAUSE, (self.source_key, name, paused))
+            if not paused:
+                yield Query(_sql.WAKE, (_sql.CHANNEL,))
+
+        return work
+
+    def paused(self) -> Work[list[str]]:
+        """The paused event names."""
+
+        def work() -> Io[list[str]]:
+            return [str(r[0]) for r in (yield from query(_sql.PAUSED, (self.source_key,)))]
+
+        return work
+
+    def watch(self, id: int) -> Work[EventRecord | None]:
+        """Ask for the end of ``id`` to be notified; the record if it has already ended."""
+
+        def work() -> Io[EventRecord | None]:
+            row = yield from one(_sql.WATCH, (id,))
+            if row is None:
+                raise ConfigError(f"there is no event {id}")
+            if row[0] not in ENDED:
+                return None
+            found = yield from one(_sql.GET, (id,))
+            return EventRecord(*found) if found else None
+
+        return work
+
+    def ended(self, id: int) -> Work[EventRecord | None]:
+        """The record of ``id`` if it has ended (done, dead or cancelled), else None."""
+
+        def work() -> Io[EventRecord | None]:
+            found = yield from one(_sql.GET, (id,))
+            if found is None:
+                raise ConfigError(f"there is no event {id} (purged?)")
+            record = EventRecord(*found)
+            return record if record.state in ENDED else None
+
+        return work
+
+    def retry_dead(self, name: str | None) -> Work[int]:
+        """Dead events (of ``name``, or all) back to pending; how many."""
+        if name is not None:
+            check_name(name)
+
+        def work() -> Io[int]:
+            rows = yield from query(_sql.RETRY_DEAD, {"source": self.source_key, "name": name})
+            yield Query(_sql.WAKE, (_sql.CHANNEL,))
+            return int(rows[0][0]) if rows else 0
+
+        return lambda: atomic(work())
+
+    # -- schedules -------------------------------------------------------------------------
+
+    def schedule(self, name: str, cron: str, payload: Any, tz: str, id: str | None) -> Work[str]:
+        """Create or replace the schedule ``id`` (default: ``name``); its id."""
+        if self.source is not None:
+            raise ConfigError("schedules are for pgtide's own events table")
+        check_name(name)
+        ident = name if id is None else id
+        if not isinstance(ident, str) or not ident.strip():
+            raise ConfigError(f"a schedule id must be a non-empty string, not {ident!r}")
+        encoded = to_json(payload, f"the payload of schedule {ident!r}")
+        first = next_tick(cron, tz, datetime.now(UTC))
+
+        def work() -> Io[str]:
+            yield Query(_sql.SCHEDULE_SET, (ident, name, cron, tz, encoded, first))
+            yield Query(_sql.WAKE_SCHEDULES, (_sql.CHANNEL,))
+            return ident
+
+        return lambda: atomic(work())
+
+    def unschedule(self, id: str) -> Work[bool]:
+        """Remove a schedule; False if there was none."""
+
+        def work() -> Io[bool]:
+            return (yield from one(_sql.UNSCHEDULE, (id,))) is not None
+
+        return work
+
+    def schedules(self) -> Work[list[Schedule]]:
+        """Every schedule, by id."""
+
+        def work() -> Io[list[Schedule]]:
+            return [Schedule(*r) for r in (yield from query(_sql.SCHEDULES))]
 
         return work
 
     # -- inspection ------------------------------------------------------------------------
 
-    def status(self) -> Work[dict[str, int]]:
-        """Events by state, plus ``unhandled``."""
+    def status(self) -> Work[dict[str, Any]]:
+        """Events by state, ``unhandled``, and ``paused`` (the paused names, a list)."""
         return self._status
 
-    def _status(self) -> Io[dict[str, int]]:
-        counts = dict.fromkeys(STATES, 0)
+    def _status(self) -> Io[dict[str, Any]]:
+        counts: dict[str, Any] = dict.fromkeys(STATES, 0)
         rows = yield from query(_sql.COUNTS, (self.source_key,))
         counts.update({str(state): int(n) for state, n in rows})
         counts["unhandled"] = sum((yield from self._unhandled()).values())
+        counts["paused"] = [str(r[0]) for r in (yield from query(_sql.PAUSED, (self.source_key,)))]
         return counts
 
     def unhandled(self) -> Work[dict[str, int]]:
@@ -260,12 +466,12 @@ class Core:
         """What a worker serves (after :meth:`prepare` checked the user's table)."""
         src = self.checked
         if src is None:
-            return Target("", None, [_sql.CHANNEL], None)
+            return Target("", None, [_sql.CHANNEL, _sql.CANCEL_CHANNEL], None)
         columns = (src.table, src.id_column, src.name_column, src.payload_column)
         return Target(
             src.key,
             _sql.mirror(*columns),
-            [_sql.CHANNEL, src.channel],
+            [_sql.CHANNEL, _sql.CANCEL_CHANNEL, src.channel],
             src.channel,
             _sql.mirror(*columns, one=True),
         )
@@ -319,6 +525,7 @@ class EventsBase:
         retry_delay: float = 1.0,
         max_retry_delay: float = 300.0,
         listen: bool = True,
+        keep_done: timedelta | None = None,
     ) -> None:
         self._core = Core(
             table=table,
@@ -332,6 +539,7 @@ class EventsBase:
             retry_delay=retry_delay,
             max_retry_delay=max_retry_delay,
             listen=listen,
+            keep_done=keep_done,
         )
         self._handlers: dict[str, HandlerSpec] = {}
         self._setup(dsn_argument(_dsn, dsn, "Events"))
@@ -350,15 +558,20 @@ class EventsBase:
         retries: int = 5,
         timeout: float | None = 30.0,
         concurrency: int | None = None,
+        rate: str | None = None,
     ) -> Callable[[F], F]:
         """Decorate a plain or async function to handle events called ``name``.
 
         ``retries``: attempts after the first before the event goes dead; ``timeout``:
-        seconds an attempt may take; ``concurrency``: at most this many at once per worker.
+        seconds an attempt may take. Global limits, across every worker on every machine
+        (enforced in the claim): ``concurrency``: at most this many running at once;
+        ``rate``: at most so many starts per period (``"100/s"``, ``"10/m"``, ``"5/2s"``).
         """
 
         def decorate(fn: F) -> F:
-            self.register(name, fn, retries=retries, timeout=timeout, concurrency=concurrency)
+            self.register(
+                name, fn, retries=retries, timeout=timeout, concurrency=concurrency, rate=rate
+            )
             return fn
 
         return decorate
@@ -371,12 +584,16 @@ class EventsBase:
         retries: int = 5,
         timeout: float | None = 30.0,
         concurrency: int | None = None,
+        rate: str | None = None,
     ) -> None:
         """Register ``fn`` for events called ``name`` (replacing an earlier handler)."""
         check_name(name)
         if not callable(fn):
             raise ConfigError(f"the handler for {name!r} must be callable, not {fn!r}")
-        self._handlers[name] = HandlerSpec(name, fn, retries, timeout, concurrency)
+        spec = HandlerSpec(name, fn, retries, timeout, concurrency, rate)
+        if spec.limited and self._core.source is not None:
+            raise ConfigError("global limits (concurrency=, rate=) need pgtide's own events table")
+        self._handlers[name] = spec
 
     @property
     def handlers(self) -> dict[str, HandlerSpec]:
@@ -406,11 +623,75 @@ def overview() -> Io[list[Section]]:
     return [section]
 
 
-def _check_key(key: object) -> None:
+def _conninfo(conn: psycopg.BaseConnection[Any]) -> str:
+    """Where the caller's connection goes (its password included), to install the schema in
+    that same database."""
+    password = conn.info.password
+    return make_conninfo(conn.info.dsn, **({"password": password} if password else {}))
+
+
+def _where(conn: psycopg.BaseConnection[Any]) -> tuple[str, ...]:
+    info = conn.info
+    return (info.host, str(info.port), info.dbname, info.user)
+
+
+def _safety(left: float | None, listening: bool) -> float:
+    """How long a waiter sleeps before looking again although no NOTIFY came: a safety net
+    (a long one while LISTENing), or the poll when the wake-up connection is down."""
+    step = 5.0 if listening else 0.5
+    return step if left is None else max(0.0, min(left, step))
+
+
+def _waker_for(resolved: Resolved, id: int) -> Waker:
+    """A waker woken when event ``id`` ends (the worker notifies ``pgtide_events_done``)."""
+    wanted = str(id)
+
+    def mine(_channel: str, payload: str) -> bool:
+        return payload == "" or wanted in payload.split(",")
+
+    return Waker(
+        resolved, [_sql.DONE_CHANNEL], on_notify=mine, application_name="pgtide-events-wait"
+    )
+
+
+def _check_key(key: object, what: str = "key") -> None:
     if key is not None and not isinstance(key, str):
-        raise ConfigError(f"key must be a string or None, not {type(key).__name__}")
+        raise ConfigError(f"{what} must be a string or None, not {type(key).__name__}")
     if key is not None and "\x00" in key:
-        raise ConfigError(f"bad key {key!r}: a key cannot hold a NUL character (\\x00)")
+        raise ConfigError(f"bad {what} {key!r}: it cannot hold a NUL character (\\x00)")
+
+
+def _check_priority(priority: object) -> None:
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise ConfigError(f"priority must be an integer, not {priority!r}")
+    if not -(2**31) <= priority < 2**31:
+        raise ConfigError(f"priority {priority} is out of range (a 32-bit integer)")
+
+
+def _seconds(delta: timedelta | None) -> float | None:
+    if delta is None:
+        return None
+    if not isinstance(delta, timedelta) or delta.total_seconds() < 0:
+        raise ConfigError("keep_done must be a timedelta of zero or more, or None")
+    return delta.total_seconds()
+
+
+def next_tick(cron: str, tz: str, after: datetime) -> datetime:
+    """The first tick of ``cron`` in time zone ``tz`` strictly after ``after`` (aware, UTC)."""
+    if not isinstance(cron, str) or not croniter.is_valid(cron):
+        raise ConfigError(
+            f"bad cron expression {cron!r}: five fields (minute hour day month weekday), or "
+            "six with seconds last, e.g. '0 3 * * *'"
+        )
+    try:
+        zone = ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ConfigError(
+            f"unknown time zone {tz!r}: use an IANA name such as 'Europe/Paris'"
+        ) from None
+    tick = croniter(cron, after.astimezone(zone)).get_next(datetime)
+    assert isinstance(tick, datetime)
+    return tick.astimezone(UTC)
 
 
 def _when(run_at: datetime | timedelta | None) -> datetime | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -13,8 +14,24 @@ from typing import Any
 from ..connect import backoff_delay
 from ..errors import ConfigError, EventPayloadError
 
-STATES = ("pending", "running", "done", "failed", "dead")
-"""Every state an event can be in: failed means "will retry", dead means "gave up"."""
+STATES = ("pending", "running", "done", "failed", "dead", "cancelled")
+"""Every state an event can be in: failed means "will retry", dead means "gave up",
+cancelled means ``cancel()`` stopped it (never retried)."""
+
+ENDED = frozenset({"done", "dead", "cancelled"})
+"""The states an event ends in (what ``wait()`` waits for)."""
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*(?:\.\d+)?)\s*(s|sec|second|m|min|minute|h|hour)s?\s*$")
+_PERIODS = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+}
 
 _NAME = re.compile(r"^\S(?:.{0,198}\S)?$", re.S)
 
@@ -34,6 +51,15 @@ class Event:
     created_at: datetime
     key: str | None = None
     source_id: str | None = None
+    _cancel: threading.Event = field(
+        default_factory=threading.Event, repr=False, compare=False, kw_only=True
+    )
+
+    @property
+    def cancelled(self) -> bool:
+        """True once ``events.cancel(id)`` asked this running handler to stop: a plain
+        function should check it and return; the event then ends ``cancelled``."""
+        return self._cancel.is_set()
 
 
 Handler = Callable[[Event], Any] | Callable[[Event], Awaitable[Any]]
@@ -48,7 +74,9 @@ class HandlerSpec:
     retries: int = 5
     timeout: float | None = 30.0
     concurrency: int | None = None
+    rate: str | None = None
     is_async: bool = field(init=False)
+    rate_limit: tuple[int, float] | None = field(init=False)
 
     def __post_init__(self) -> None:
         call = getattr(self.fn, "__call__", None)  # noqa: B004 (an object with async __call__)
@@ -59,10 +87,39 @@ class HandlerSpec:
             raise ConfigError(f"timeout for {self.name!r} must be positive seconds or None")
         if self.concurrency is not None and self.concurrency < 1:
             raise ConfigError(f"concurrency for {self.name!r} must be 1 or more, or None")
+        self.rate_limit = None if self.rate is None else parse_rate(self.rate, self.name)
+
+    @property
+    def limited(self) -> bool:
+        """Whether this handler has a global limit (enforced in the claim, for every worker)."""
+        return self.concurrency is not None or self.rate_limit is not None
 
     @property
     def max_attempts(self) -> int:
         return self.retries + 1
+
+
+def parse_rate(rate: object, name: str = "") -> tuple[int, float]:
+    """``"100/s"``, ``"10/m"``, ``"5/2s"`` or ``"3/h"``: (starts, seconds)."""
+    match = _RATE.match(rate) if isinstance(rate, str) else None
+    if match is None or int(match[1]) < 1 or (match[2] and not float(match[2]) > 0):
+        raise ConfigError(
+            f"bad rate {rate!r}{f' for {name!r}' if name else ''}: write starts per period, "
+            "such as '100/s', '10/m', '5/2s' or '3/h'"
+        )
+    return int(match[1]), float(match[2] or 1) * _PERIODS[match[3]]
+
+
+def result_json(value: Any, name: str) -> str | None:
+    """A handler's return value as JSON; a value JSON cannot hold is kept as its ``repr``
+    with a note, never a failure."""
+    if value is None:
+        return None
+    try:
+        return to_json(value, f"result of {name!r}")
+    except EventPayloadError as exc:
+        kept = {"repr": repr(value).replace("\x00", "\\x00"), "note": str(exc)}
+        return json.dumps(kept, ensure_ascii=False)
 
 
 def check_name(name: object) -> str:

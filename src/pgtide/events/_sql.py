@@ -10,42 +10,112 @@ CHANNEL = "pgtide_events"
 """The channel every insert into pgtide.events notifies (see 003_events.sql)."""
 
 PUBLISH = """
-INSERT INTO pgtide.events (name, payload, run_after, key)
-VALUES (%s, %s::jsonb, coalesce(%s::timestamptz, now()), %s)
+INSERT INTO pgtide.events (name, payload, run_after, key, priority, dedupe_key)
+VALUES (%s, %s::jsonb, coalesce(%s::timestamptz, now()), %s, %s, %s)
+ON CONFLICT (source, dedupe_key)
+    WHERE dedupe_key IS NOT NULL AND state IN ('pending', 'failed', 'running') DO NOTHING
 RETURNING id
+"""
+"""Nothing is inserted (no row comes back) while an event with the same dedupe key is
+pending, failed or running: the unique index decides, so concurrent publishers agree."""
+
+DEDUPED = """
+SELECT id FROM pgtide.events
+WHERE source = '' AND dedupe_key = %s AND state IN ('pending', 'failed', 'running')
+"""
+"""The unfinished event that holds a dedupe key."""
+
+DEDUPED_MANY = """
+SELECT dedupe_key, id FROM pgtide.events
+WHERE source = '' AND dedupe_key = ANY(%s::text[]) AND state IN ('pending', 'failed', 'running')
 """
 
 PUBLISH_MANY = """
-INSERT INTO pgtide.events (name, payload, run_after, key)
-SELECT %s, p::jsonb, coalesce(%s::timestamptz, now()), %s
+INSERT INTO pgtide.events (name, payload, run_after, key, priority, dedupe_key)
+SELECT %s, p::jsonb, coalesce(%s::timestamptz, now()), %s, %s, d
+FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS t(p, d, n)
+ORDER BY n
+ON CONFLICT (source, dedupe_key)
+    WHERE dedupe_key IS NOT NULL AND state IN ('pending', 'failed', 'running') DO NOTHING
+RETURNING id, dedupe_key
+"""
+
+PUBLISH_MANY_PLAIN = """
+INSERT INTO pgtide.events (name, payload, run_after, key, priority)
+SELECT %s, p::jsonb, coalesce(%s::timestamptz, now()), %s, %s
 FROM unnest(%s::text[]) WITH ORDINALITY AS t(p, n)
 ORDER BY n
 RETURNING id
 """
 
 CLAIM = """
-WITH candidates AS (
-    SELECT e.id FROM pgtide.events e
-    WHERE e.source = %(source)s
-      AND e.state IN ('pending', 'failed', 'running')
-      AND e.name = ANY(%(names)s)
-      AND CASE WHEN e.state = 'running' THEN e.lease_expires < now()
-               ELSE e.run_after <= now() END
-      AND (e.key IS NULL OR NOT EXISTS (
-            SELECT 1 FROM pgtide.events p
-            WHERE p.key = e.key AND p.source = e.source AND p.id < e.id
-              AND p.state IN ('pending', 'failed', 'running')))
-    ORDER BY e.source, e.id  -- the order of events_claim, so that index (not the pkey) is used
-    LIMIT %(limit)s
-    FOR UPDATE OF e SKIP LOCKED
+WITH served AS (
+    SELECT n.name FROM unnest(%(names)s::text[]) AS n(name)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM pgtide.event_queues q
+        WHERE q.source = %(source)s AND q.name = n.name
+          AND (q.paused OR q.concurrency IS NOT NULL OR q.rate_count IS NOT NULL))
+),
+candidates AS (
+    SELECT c.id, c.priority FROM served CROSS JOIN LATERAL (
+        SELECT e.id, e.priority FROM pgtide.events e
+        WHERE e.source = %(source)s AND e.name = served.name
+          AND e.state IN ('pending', 'failed') AND e.run_after <= now()
+          AND (e.key IS NULL OR NOT EXISTS (
+                SELECT 1 FROM pgtide.events p
+                WHERE p.key = e.key AND p.source = e.source AND p.id < e.id
+                  AND p.state IN ('pending', 'failed', 'running')))
+        ORDER BY e.priority, e.id
+        LIMIT %(limit)s
+        FOR UPDATE OF e SKIP LOCKED) c
+    UNION ALL
+    SELECT c.id, c.priority FROM served CROSS JOIN LATERAL (
+        SELECT e.id, e.priority FROM pgtide.events e
+        WHERE e.source = %(source)s AND e.name = served.name AND e.state = 'running'
+          AND e.lease_expires < now() AND NOT e.cancel_requested
+        LIMIT %(limit)s
+        FOR UPDATE OF e SKIP LOCKED) c
 )
 UPDATE pgtide.events e
 SET state = 'running', lease_owner = %(owner)s, lease_token = e.lease_token + 1,
     lease_expires = now() + %(lease)s * interval '1 second', started_at = NULL
-WHERE e.id = ANY(ARRAY(SELECT id FROM candidates))
-RETURNING e.id, e.name, e.payload, e.created_at, e.key, e.source_id, e.lease_token, e.attempts
+WHERE e.id = ANY(ARRAY(SELECT id FROM candidates ORDER BY priority, id LIMIT %(limit)s))
+RETURNING e.id, e.name, e.payload, e.created_at, e.key, e.source_id, e.lease_token, e.attempts,
+          e.priority
 """
-"""A claim reserves events (a new fencing token each, a lease) but counts no attempt."""
+"""A claim reserves events (a new fencing token each, a lease) but counts no attempt. It
+reads, for each name served that is neither paused nor limited, the waiting events in
+(priority, id) order (index ``events_ready``) and the lapsed leases (``events_running``):
+finished events, names nobody serves and paused names cost it nothing."""
+
+CLAIM_LIMITED = """
+SELECT * FROM pgtide.events_claim_limited(%(source)s, %(name)s, %(limit)s, %(owner)s, %(lease)s)
+"""
+"""A claim of one name with global limits (see 011_events_queue.sql): the name's queue row
+is locked, so the limits hold across every worker."""
+
+QUEUES_DECLARE = """
+INSERT INTO pgtide.event_queues (source, name, concurrency, rate_count, rate_period)
+SELECT %(source)s, n, c, r, p
+FROM unnest(%(names)s::text[], %(concurrency)s::integer[], %(rate_count)s::integer[],
+            %(rate_period)s::float8[]) AS v(n, c, r, p)
+ON CONFLICT (source, name) DO UPDATE
+SET concurrency = EXCLUDED.concurrency, rate_count = EXCLUDED.rate_count,
+    rate_period = EXCLUDED.rate_period, updated_at = now()
+WHERE (event_queues.concurrency, event_queues.rate_count, event_queues.rate_period)
+      IS DISTINCT FROM (EXCLUDED.concurrency, EXCLUDED.rate_count, EXCLUDED.rate_period)
+"""
+"""A worker declares its handlers' limits (the last worker started wins)."""
+
+QUEUE_PAUSE = """
+INSERT INTO pgtide.event_queues (source, name, paused) VALUES (%s, %s, %s)
+ON CONFLICT (source, name) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now()
+"""
+
+QUEUES_LIST = """
+SELECT name, paused, concurrency, rate_count, rate_period FROM pgtide.event_queues
+WHERE source = %s ORDER BY name
+"""
 
 # The outcomes, renewals and releases below are fenced: each touches a row only while it
 # still carries this worker's owner and the token of its claim, so a worker whose lease was
@@ -64,28 +134,55 @@ WHERE e.id = ANY(%(ids)s::bigint[]) AND e.id = v.id
 fenced: a start is counted even if another worker owns the event by the time it is
 written). Its commit does not wait for the disk: a server crash may forget a start."""
 
-COMPLETE = """
-UPDATE pgtide.events e
-SET state = 'done', result = v.result::jsonb, finished_at = now(),
-    lease_owner = NULL, lease_expires = NULL
-FROM unnest(%(ids)s::bigint[], %(tokens)s::integer[], %(results)s::text[])
-     AS v(id, token, result)
-WHERE e.id = ANY(%(ids)s::bigint[]) AND e.id = v.id AND e.lease_token = v.token
-  AND e.lease_owner = %(owner)s AND e.state = 'running'
+DONE_CHANNEL = "pgtide_events_done"
+"""Where the end (done, dead or cancelled) of an event someone waits for is notified: the
+payload is the ids, comma-separated ('' when too many: every waiter looks)."""
+
+CANCEL_CHANNEL = "pgtide_events_cancel"
+"""Where a cancel of a running event is notified (the payload is its id)."""
+
+_NOTIFY_ENDED = """
+SELECT pg_notify('pgtide_events_done',
+                 CASE WHEN count(*) > 500 THEN '' ELSE string_agg(id::text, ',') END)
+FROM ended WHERE watched HAVING count(*) > 0
 """
 
-FAIL = """
-UPDATE pgtide.events
-SET state = %(state)s, error = %(error)s,
-    run_after = now() + %(delay)s * interval '1 second',
-    finished_at = CASE WHEN %(state)s = 'dead' THEN now() END,
-    lease_owner = NULL, lease_expires = NULL
-WHERE id = %(id)s AND lease_token = %(token)s AND lease_owner = %(owner)s AND state = 'running'
-"""
+COMPLETE = (
+    """
+WITH ended AS (
+    UPDATE pgtide.events e
+    SET state = CASE WHEN e.cancel_requested THEN 'cancelled' ELSE 'done' END,
+        result = v.result::jsonb, finished_at = now(), lease_owner = NULL, lease_expires = NULL
+    FROM unnest(%(ids)s::bigint[], %(tokens)s::integer[], %(results)s::text[])
+         AS v(id, token, result)
+    WHERE e.id = ANY(%(ids)s::bigint[]) AND e.id = v.id AND e.lease_token = v.token
+      AND e.lease_owner = %(owner)s AND e.state = 'running'
+    RETURNING e.id, e.watched)"""
+    + _NOTIFY_ENDED
+)
+"""Record handlers' results (an event whose cancel was asked ends ``cancelled``); wake whoever
+waits for them, in the same transaction."""
+
+FAIL = (
+    """
+WITH ended AS (
+    UPDATE pgtide.events
+    SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE %(state)s END,
+        error = %(error)s,
+        run_after = now() + %(delay)s * interval '1 second',
+        finished_at = CASE WHEN cancel_requested OR %(state)s = 'dead' THEN now() END,
+        lease_owner = NULL, lease_expires = NULL
+    WHERE id = %(id)s AND lease_token = %(token)s AND lease_owner = %(owner)s
+      AND state = 'running'
+    RETURNING id, watched AND state IN ('dead', 'cancelled') AS watched)"""
+    + _NOTIFY_ENDED
+)
 
 RELEASE = """
 UPDATE pgtide.events e
-SET state = CASE WHEN e.error IS NULL THEN 'pending' ELSE 'failed' END,
+SET state = CASE WHEN e.cancel_requested THEN 'cancelled'
+                 WHEN e.error IS NULL THEN 'pending' ELSE 'failed' END,
+    finished_at = CASE WHEN e.cancel_requested THEN now() END,
     lease_owner = NULL, lease_expires = NULL, started_at = NULL
 FROM unnest(%(ids)s::bigint[], %(tokens)s::integer[]) AS v(id, token)
 WHERE e.id = ANY(%(ids)s::bigint[]) AND e.id = v.id AND e.lease_token = v.token
@@ -93,10 +190,44 @@ WHERE e.id = ANY(%(ids)s::bigint[]) AND e.id = v.id AND e.lease_token = v.token
 """
 """Give events back at once (a stopping worker): pending again, attempts as they are."""
 
+CANCEL = """
+WITH asked AS (
+    UPDATE pgtide.events
+    SET cancel_requested = true,
+        state = CASE WHEN state = 'running' AND lease_expires >= now() THEN state
+                     ELSE 'cancelled' END,
+        finished_at = CASE WHEN state = 'running' AND lease_expires >= now() THEN finished_at
+                           ELSE now() END
+    WHERE id = %s AND state IN ('pending', 'failed', 'running')
+    RETURNING id, state)
+SELECT state, pg_notify(CASE WHEN state = 'running' THEN 'pgtide_events_cancel'
+                             ELSE 'pgtide_events_done' END, id::text)
+FROM asked
+"""
+"""Cancel: a waiting event (or one whose lease lapsed) ends ``cancelled`` at once; a running
+one is flagged, and its worker told by NOTIFY (heartbeats tell it too, if that is missed)."""
+
+SWEEP_CANCELLED = """
+UPDATE pgtide.events SET state = 'cancelled', finished_at = now(),
+    lease_owner = NULL, lease_expires = NULL
+WHERE source = %s AND state = 'running' AND cancel_requested AND lease_expires < now()
+  AND name = ANY(%s::text[])
+"""
+"""Cancelled running events whose worker died: they end ``cancelled``, never run again."""
+
+WATCH = "UPDATE pgtide.events SET watched = true WHERE id = %s RETURNING state"
+"""A waiter's interest: from now on, the event's end is notified."""
+
+ENDED_STATES = ("done", "dead", "cancelled")
+
 WAKE = "SELECT pg_notify(%s, '')"
 
-WORKER_SESSION = "SET plan_cache_mode = force_custom_plan"
-"""The worker's session: a generic plan of the batch updates would ignore the arrays' sizes
+WAKE_SCHEDULES = "SELECT pg_notify(%s, 'schedule')"
+"""Workers look at the schedules again (one was added or changed)."""
+
+WORKER_SESSION = "SET plan_cache_mode = force_custom_plan; SET jit = off"
+"""The worker's session: no JIT compilation (a claim's estimate on a large table would
+compile every claim for nothing); a generic plan of the batch updates would ignore the arrays' sizes
 and scan the table. (Claims, heartbeats and outcomes commit synchronously: a claim lost in a
 server crash could let a second worker start an event that a live worker is still running.)"""
 
@@ -107,7 +238,7 @@ FROM unnest(%(ids)s::bigint[], %(tokens)s::integer[], %(started)s::boolean[])
 WHERE e.id = ANY(%(ids)s::bigint[]) AND e.id = v.id AND e.lease_token = v.token
   AND e.lease_owner = %(owner)s AND e.state = 'running'
   AND (v.started OR e.lease_expires > now())
-RETURNING e.id
+RETURNING e.id, e.cancel_requested
 """
 """Renew the leases this worker holds; those not returned are lost. A lease that lapsed is
 renewed only for a handler already running (nobody took it over: stealing it now would run
@@ -126,6 +257,8 @@ WORKERS_PRUNE = "DELETE FROM pgtide.event_workers WHERE seen_at < now() - interv
 
 COUNTS = "SELECT state, count(*) FROM pgtide.events WHERE source = %s GROUP BY state"
 
+PAUSED = "SELECT name FROM pgtide.event_queues WHERE source = %s AND paused ORDER BY name"
+
 # Waiting events whose name no live worker (heartbeat within the window) handles.
 UNHANDLED = """
 SELECT e.name, count(*) FROM pgtide.events e
@@ -139,7 +272,7 @@ GROUP BY e.name ORDER BY e.name
 
 _ROW = """
 SELECT id, name, state, attempts, payload, result, error, key, source_id,
-       run_after, created_at, started_at, finished_at
+       run_after, created_at, started_at, finished_at, priority, dedupe_key
 FROM pgtide.events
 """
 
@@ -157,10 +290,82 @@ LIMIT %(limit)s
 GET = _ROW + "WHERE id = %s"
 
 RETRY = """
-UPDATE pgtide.events
-SET state = 'pending', attempts = 0, run_after = now(), finished_at = NULL
-WHERE id = %s AND state IN ('done', 'failed', 'dead')
+UPDATE pgtide.events e
+SET state = 'pending', attempts = 0, run_after = now(), finished_at = NULL,
+    cancel_requested = false
+WHERE e.id = %s AND e.state IN ('done', 'failed', 'dead', 'cancelled')
+  AND (e.dedupe_key IS NULL OR NOT EXISTS (
+        SELECT 1 FROM pgtide.events p
+        WHERE p.source = e.source AND p.dedupe_key = e.dedupe_key AND p.id <> e.id
+          AND p.state IN ('pending', 'failed', 'running')))
 RETURNING id
+"""
+"""(An event whose dedupe key another unfinished event holds stays as it is.)"""
+
+RETRY_DEAD = """
+WITH revived AS (
+    UPDATE pgtide.events e
+    SET state = 'pending', attempts = 0, run_after = now(), finished_at = NULL,
+        cancel_requested = false
+    WHERE e.source = %(source)s AND e.state = 'dead'
+      AND (%(name)s::text IS NULL OR e.name = %(name)s)
+      AND (e.dedupe_key IS NULL OR (
+            NOT EXISTS (
+                SELECT 1 FROM pgtide.events p
+                WHERE p.source = e.source AND p.dedupe_key = e.dedupe_key
+                  AND p.state IN ('pending', 'failed', 'running'))
+            AND e.id = (SELECT max(d.id) FROM pgtide.events d
+                        WHERE d.source = e.source AND d.dedupe_key = e.dedupe_key
+                          AND d.state = 'dead')))
+    RETURNING 1)
+SELECT count(*) FROM revived
+"""
+"""Dead events back to pending (of one name or all); of dead events sharing a dedupe key,
+only the newest, and none whose key an unfinished event holds."""
+
+PURGE_KEPT = """
+WITH purged AS (
+    DELETE FROM pgtide.events WHERE id = ANY(ARRAY(
+        SELECT id FROM pgtide.events
+        WHERE source = '' AND state IN ('done', 'cancelled')
+          AND finished_at < now() - %s * interval '1 second'
+        LIMIT 5000))
+    RETURNING 1)
+SELECT count(*) FROM purged
+"""
+"""A worker's retention round (``keep_done``): at most 5,000 finished events at a time."""
+
+SCHEDULE_SET = """
+INSERT INTO pgtide.event_schedules (id, name, cron, tz, payload, next_at)
+VALUES (%s, %s, %s, %s, %s::jsonb, %s)
+ON CONFLICT (id) DO UPDATE
+SET name = EXCLUDED.name, cron = EXCLUDED.cron, tz = EXCLUDED.tz, payload = EXCLUDED.payload,
+    next_at = EXCLUDED.next_at
+"""
+
+UNSCHEDULE = "DELETE FROM pgtide.event_schedules WHERE id = %s RETURNING id"
+
+SCHEDULES = """
+SELECT id, name, cron, tz, payload, next_at, last_at FROM pgtide.event_schedules ORDER BY id
+"""
+
+SCHEDULES_DUE = """
+SELECT id, name, cron, tz, payload, next_at, now() FROM pgtide.event_schedules
+WHERE next_at <= now() ORDER BY next_at LIMIT 100
+FOR UPDATE SKIP LOCKED
+"""
+"""Due schedules, locked: the worker that holds one enqueues its tick and moves it on."""
+
+SCHEDULE_TICK = """
+INSERT INTO pgtide.events (name, payload, dedupe_key) VALUES (%s, %s::jsonb, %s)
+ON CONFLICT (source, dedupe_key)
+    WHERE dedupe_key IS NOT NULL AND state IN ('pending', 'failed', 'running') DO NOTHING
+"""
+
+SCHEDULE_ADVANCE = "UPDATE pgtide.event_schedules SET next_at = %s, last_at = %s WHERE id = %s"
+
+SCHEDULE_SOONEST = """
+SELECT extract(epoch FROM min(next_at) - now())::float8 FROM pgtide.event_schedules
 """
 
 PURGE_COUNTED = """
@@ -235,6 +440,10 @@ def publish_own(
     )
 
 
+SCHEMA_EXISTS = "SELECT to_regclass('pgtide.schema_version') IS NOT NULL"
+
+SCHEMA_APPLIED = "SELECT version FROM pgtide.schema_version"
+
 EVENTS_INSTALLED = "SELECT to_regclass('pgtide.events') IS NOT NULL"
 
 BY_SOURCE = """
@@ -243,7 +452,8 @@ SELECT source,
        count(*) FILTER (WHERE state = 'running'),
        count(*) FILTER (WHERE state = 'done'),
        count(*) FILTER (WHERE state = 'failed'),
-       count(*) FILTER (WHERE state = 'dead')
+       count(*) FILTER (WHERE state = 'dead'),
+       count(*) FILTER (WHERE state = 'cancelled')
 FROM pgtide.events GROUP BY source ORDER BY source
 """
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -12,10 +13,10 @@ from typing import Any, TypeVar
 import psycopg
 
 from .._signals import stop_on_signals
-from ..connect import DsnLike
+from ..connect import DsnLike, connect, resolve
 from ..errors import ConfigError
 from ..session import Io, Session, run, using
-from ._core import EventRecord, EventsBase
+from ._core import EventRecord, EventsBase, Schedule, _conninfo, _safety, _waker_for, _where
 from ._worker import Worker
 
 T = TypeVar("T")
@@ -38,14 +39,28 @@ class Events(EventsBase):
         self._lock = threading.Lock()
         self._workers: list[tuple[Worker, threading.Thread]] = []
         self._loop: _LoopThread | None = None
+        self._ready: set[tuple[str, ...]] = set()
 
     def _run(self, make: Callable[[], Io[T]], conn: psycopg.Connection[Any] | None = None) -> T:
         """Run the core's work on our session, or on the caller's connection as it is."""
         if conn is None:
             return self._session.run(make)
-        self._session.connection()  # the schema installed, your table checked
         with using(conn=conn) as caller:  # a missing privilege is a PermissionDenied
+            self._ready_on(caller)
             return run(caller, make())
+
+    def _ready_on(self, conn: psycopg.Connection[Any]) -> None:
+        """The schema installed in the caller's database (never another one), their table
+        checked: read on their connection; an install runs on a connection of ours to the
+        same database, outside their transaction."""
+        where = _where(conn)
+        if where in self._ready:
+            return
+        if not run(conn, self._core.schema_ready()):
+            with connect(resolve(_conninfo(conn))) as own:
+                run(own, self._core.prepare())
+        run(conn, self._core.prepare_checked())
+        self._ready.add(where)
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -57,14 +72,19 @@ class Events(EventsBase):
         conn: psycopg.Connection[Any] | None = None,
         run_at: datetime | timedelta | None = None,
         key: str | None = None,
+        priority: int = 0,
+        dedupe_key: str | None = None,
     ) -> int:
         """Insert one event and wake the workers, in one transaction; return its id.
 
         With ``conn``, both happen inside the caller's transaction: a rollback leaves no
         event and wakes nobody. ``run_at`` delays it; events with the same ``key`` run one
-        at a time, in order.
+        at a time, in order. Smaller ``priority`` runs first (equal ones in id order). While
+        an event with the same ``dedupe_key`` is pending, failed or running, nothing is
+        inserted and that event's id is returned.
         """
-        return self._run(self._core.publish(name, payload, run_at, key), conn)
+        work = self._core.publish(name, payload, run_at, key, priority, dedupe_key)
+        return self._run(work, conn)
 
     def publish_many(
         self,
@@ -74,14 +94,91 @@ class Events(EventsBase):
         conn: psycopg.Connection[Any] | None = None,
         run_at: datetime | timedelta | None = None,
         key: str | None = None,
+        priority: int = 0,
+        dedupe_key: str | Iterable[str | None] | None = None,
     ) -> list[int]:
-        """Insert many events called ``name`` in one statement (one wake-up); return ids."""
-        return self._run(self._core.publish_many(name, payloads, run_at, key), conn)
+        """Insert many events called ``name`` in one statement (one wake-up); return their
+        ids, one per payload. ``dedupe_key``: one per payload (None for none), or one string
+        for all; a payload whose key an unfinished event holds gets that event's id."""
+        work = self._core.publish_many(name, payloads, run_at, key, priority, dedupe_key)
+        return self._run(work, conn)
+
+    # -- control -------------------------------------------------------------------------
+
+    def cancel(self, id: int) -> str | None:
+        """Cancel event ``id``: pending or failed, it ends ``cancelled`` at once; running, its
+        handler is asked to stop (``event.cancelled`` turns True; an async handler's task
+        is cancelled) and it ends ``cancelled``, never retried. Returns the state after
+        (``cancelled`` or ``running``), or None if it had already ended or does not exist."""
+        return self._run(self._core.cancel(id))
+
+    def pause(self, name: str) -> None:
+        """No worker claims events called ``name`` until :meth:`resume` (running ones finish)."""
+        self._run(self._core.pause(name, True))
+
+    def resume(self, name: str) -> None:
+        """Workers claim events called ``name`` again."""
+        self._run(self._core.pause(name, False))
+
+    def paused(self) -> list[str]:
+        """The paused event names."""
+        return self._run(self._core.paused())
+
+    def wait(self, id: int, timeout: float | None = None) -> EventRecord:
+        """Block until event ``id`` ends (done, dead or cancelled); return its record.
+
+        Woken by a NOTIFY sent when it ends (no polling); raises :class:`TimeoutError` after
+        ``timeout`` seconds (None: no limit).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        waker = _waker_for(self._session.resolved, id)
+        waker.start()
+        try:
+            record = self._run(self._core.watch(id))
+            while record is None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"event {id} did not end within {timeout} s")
+                waker.wait(_safety(left, waker.listening))
+                record = self._run(self._core.ended(id))
+            return record
+        finally:
+            waker.stop()
+
+    def retry_dead(self, name: str | None = None) -> int:
+        """Dead events (of ``name``, or every name) back to pending from attempt 1; how many."""
+        return self._run(self._core.retry_dead(name))
+
+    # -- schedules -----------------------------------------------------------------------
+
+    def schedule(
+        self,
+        name: str,
+        cron: str,
+        payload: Any = None,
+        *,
+        tz: str = "UTC",
+        id: str | None = None,
+    ) -> str:
+        """Publish ``name`` with ``payload`` at each tick of ``cron`` (in time zone ``tz``),
+        once per tick whatever the number of workers; after downtime, a missed tick is
+        published once. ``id`` (default: ``name``) names the schedule; setting it again
+        replaces it. Returns the id."""
+        return self._run(self._core.schedule(name, cron, payload, tz, id))
+
+    def unschedule(self, id: str) -> bool:
+        """Remove schedule ``id``; False if there was none."""
+        return self._run(self._core.unschedule(id))
+
+    def schedules(self) -> list[Schedule]:
+        """Every schedule, by id."""
+        return self._run(self._core.schedules())
 
     # -- inspection ----------------------------------------------------------------------
 
-    def status(self) -> dict[str, int]:
-        """Events by state, plus ``unhandled``: waiting events no live worker has a handler for."""
+    def status(self) -> dict[str, Any]:
+        """Events by state, ``unhandled`` (waiting events no live worker has a handler for)
+        and ``paused`` (the paused names)."""
         return self._run(self._core.status())
 
     def unhandled(self) -> dict[str, int]:

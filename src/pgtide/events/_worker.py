@@ -23,6 +23,7 @@ its attempt is counted when it starts (written right after, in batches), not at 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import queue
@@ -34,7 +35,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 
 import psycopg
@@ -54,7 +55,7 @@ from ..session import (
     query,
 )
 from . import _sql
-from ._model import Event, HandlerSpec, retry_delay, to_json
+from ._model import Event, HandlerSpec, result_json, retry_delay, to_json
 
 log = logging.getLogger("pgtide.events")
 
@@ -81,6 +82,7 @@ class WorkerOptions:
     listen: bool = True
     retry_delay: float = 1.0
     max_retry_delay: float = 300.0
+    keep_done: float | None = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,9 @@ that granted or renewed it was sent (the server's clock starts later; the rest i
 FLUSH_EVERY = 0.01
 """While handlers run, outcomes are recorded at least this often (else in batches)."""
 
+PURGE_EVERY = 60.0
+"""With ``keep_done``, a worker deletes finished events this often (and when it starts)."""
+
 
 class WorkerCore:
     """One worker's state and decisions, shared by both drivers (thread-safe)."""
@@ -181,6 +186,14 @@ class WorkerCore:
         self._active: set[int] = set()  # handlers running now
         self._running = 0
         self._limits = {n: s.concurrency for n, s in handlers.items() if s.concurrency}
+        self._limited = sorted(n for n, s in handlers.items() if s.limited)
+        self._limited_set = frozenset(self._limited)
+        self._yield_limited = False  # just freed a limited slot: let the others try first
+        self._events: dict[int, Event] = {}  # running handlers' events (to cancel them)
+        self._task_of: dict[int, asyncio.Task[None]] = {}
+        self._cancel_asked: set[int] = set()  # claimed, not started, cancel asked
+        self._next_schedule = 0.0 if target.source == "" else float("inf")
+        self._next_purge = 0.0 if options.keep_done is not None else float("inf")
         self._by_name = dict.fromkeys(self._limits, 0)
         self._inflight = 0
         self._done: list[tuple[Event, str | None]] = []
@@ -213,6 +226,12 @@ class WorkerCore:
 
     def on_notify(self, channel: str, payload: str) -> bool:
         """A NOTIFY: on the user's channel the payload is a new row's id."""
+        if channel == _sql.CANCEL_CHANNEL:
+            with contextlib.suppress(ValueError):
+                self.cancel_asked(int(payload))
+            return False
+        if channel == _sql.CHANNEL and payload == "schedule":
+            self._next_schedule = min(self._next_schedule, 0.0)
         if channel == self.target.source_channel:
             with self._lock:
                 if payload and len(self._notified) < MAX_NOTIFIED:
@@ -220,6 +239,27 @@ class WorkerCore:
                 else:
                     self._mirror_due = True
         return True
+
+    def cancel_asked(self, id_: int) -> None:
+        """``cancel(id)`` of an event this worker holds: a running handler is asked to stop
+        (``event.cancelled``; an async one's task is cancelled); a claimed one never starts."""
+        with self._lock:
+            if id_ not in self._held:
+                return
+            event = self._events.get(id_)
+            task = self._task_of.get(id_)
+            if event is None:
+                self._cancel_asked.add(id_)
+        if event is not None:
+            event._cancel.set()
+            log.info(
+                "events worker %s: event %d is cancelled; its handler is asked to stop",
+                self.owner,
+                id_,
+            )
+        if task is not None:
+            task.get_loop().call_soon_threadsafe(task.cancel)
+        self.wake()
 
     def on_gap(self) -> None:
         """A NOTIFY may have been missed (a reconnect): scan the user's table whole."""
@@ -277,6 +317,7 @@ class WorkerCore:
         with self._lock:
             busy = self._inflight > 0
         timeout = 0.01 if busy else max(0.0, self._next_poll - now)
+        timeout = min(timeout, max(0.0, self._next_schedule - now))
         if self._next_due is not None:
             timeout = min(timeout, max(0.0, self._next_due - now))
         return min(timeout, self.options.lease / 3)
@@ -312,6 +353,18 @@ class WorkerCore:
         yield from schema.ensure_io()
         yield Query(_sql.WORKER_SESSION)
         yield from atomic(self._register())
+        if self.target.source == "":
+            specs = [self.handlers[n] for n in sorted(self.handlers)]
+            yield Query(
+                _sql.QUEUES_DECLARE,
+                {
+                    "source": "",
+                    "names": [s.name for s in specs],
+                    "concurrency": [s.concurrency for s in specs],
+                    "rate_count": [s.rate_limit[0] if s.rate_limit else None for s in specs],
+                    "rate_period": [s.rate_limit[1] if s.rate_limit else None for s in specs],
+                },
+            )
 
     def _register(self) -> Io[None]:
         yield Query(_sql.WORKERS_PRUNE)
@@ -338,11 +391,49 @@ class WorkerCore:
         if now >= self._next_catch_up:
             self.on_gap()
             self._next_catch_up = now + self._catch_up_every
+        if now >= self._next_schedule:
+            yield from self._schedules(now)
+        if now >= self._next_purge:
+            yield from self._purge(now)
         yield from self._count_starts()
         yield from self._mirror()
         more = yield from self._claim()
         self._launch()
         return more
+
+    def _schedules(self, now: float) -> Io[None]:
+        """Enqueue the due ticks of every schedule (each once: the schedule row is locked and
+        moved on in the same transaction), then sleep until the soonest next one."""
+        from ._core import next_tick  # the cron rules live with the public API
+
+        def due() -> Io[float | None]:
+            for id_, name, cron, tz, payload, tick, db_now in (
+                yield from query(_sql.SCHEDULES_DUE)
+            ):
+                try:
+                    following = next_tick(cron, tz, db_now)
+                except Exception as exc:  # a bad row: say so, try again later
+                    log.warning("schedule %r cannot be computed (%s); skipped", id_, exc)
+                    following = db_now + timedelta(minutes=1)
+                key = f"schedule:{id_}:{tick.astimezone(UTC).isoformat()}"
+                yield Query(_sql.SCHEDULE_TICK, (name, to_json(payload, "payload"), key))
+                yield Query(_sql.SCHEDULE_ADVANCE, (following, tick, id_))
+            row = yield from query(_sql.SCHEDULE_SOONEST)
+            return None if not row or row[0][0] is None else float(row[0][0])
+
+        soonest = yield from atomic(due())
+        wait = self.options.poll_interval * 5 if soonest is None else max(0.0, soonest)
+        self._next_schedule = now + min(wait, 60.0) + (0.001 if soonest is not None else 0.0)
+
+    def _purge(self, now: float) -> Io[None]:
+        """Retention (``keep_done``): delete done and cancelled events older than that."""
+        keep = self.options.keep_done
+        assert keep is not None
+        rows = yield from query(_sql.PURGE_KEPT, (keep,))
+        deleted = int(rows[0][0]) if rows else 0
+        self._next_purge = now + (0.1 if deleted >= 5000 else min(PURGE_EVERY, max(keep, 1.0)))
+        if deleted:
+            log.info("events worker %s purged %d finished event(s)", self.owner, deleted)
 
     def _flush_due(self, now: float) -> bool:
         with self._lock:
@@ -408,10 +499,15 @@ class WorkerCore:
                     },
                 )
                 renewed = {int(r[0]) for r in rows}
+                cancels.extend(int(r[0]) for r in rows if r[1])
             yield Query(_sql.WORKER_SEEN, (self.owner,))
+            yield Query(_sql.SWEEP_CANCELLED, (self.target.source, sorted(self.handlers)))
             return renewed
 
+        cancels: list[int] = []
         renewed = yield from atomic(beat())
+        for id_ in cancels:
+            self.cancel_asked(id_)
         valid_until = sent + self.options.lease * SURELY_VALID
         with self._lock:
             for id_ in renewed:
@@ -480,22 +576,29 @@ class WorkerCore:
             return False
         asked = min(self._max_inflight - inflight, self.options.batch_size)
         sent = time.monotonic()
-        rows = yield from query(
-            _sql.CLAIM,
-            {
-                "source": self.target.source,
-                "names": list(self.handlers),
-                "limit": asked,
-                "owner": self.owner,
-                "lease": self.options.lease,
-            },
-        )
+        params = {
+            "source": self.target.source,
+            "names": list(self.handlers),
+            "limit": asked,
+            "owner": self.owner,
+            "lease": self.options.lease,
+        }
+        rows = yield from query(_sql.CLAIM, params)
+        full = len(rows) == asked
+        limited = [] if self._yield_limited else self._limited
+        self._yield_limited = False
+        for name in limited:
+            spec = self.handlers[name]
+            want = min(asked, spec.concurrency or asked)
+            got = yield from query(_sql.CLAIM_LIMITED, {**params, "name": name, "limit": want})
+            rows.extend(got)
+            full = full or len(got) == want
         if not rows:
             return False
-        rows.sort(key=lambda r: r[0])
+        rows.sort(key=lambda r: (r[-1], r[0]))  # priority, then id
         valid_until = sent + self.options.lease * SURELY_VALID
         with self._lock:
-            for *fields, token, attempts in rows:
+            for *fields, token, attempts, _priority in rows:
                 hold = self._held.get(fields[0])
                 if hold is not None:  # ours already (its lease had lapsed): one copy, new token
                     hold.token, hold.valid_until = token, valid_until
@@ -503,7 +606,7 @@ class WorkerCore:
                 self._held[fields[0]] = _Hold(token, attempts, valid_until)
                 self._ready.append(Claimed(*fields))
                 self._inflight += 1
-        return len(rows) == asked
+        return full
 
     def _count_starts(self) -> Io[None]:
         """Count in the database the attempts whose handlers started since the last time."""
@@ -527,8 +630,9 @@ class WorkerCore:
             tokens = {e.id: h.token for e in finished if (h := self._held.get(e.id))}
         if not done and not failed:
             return
+        freed = any(e.name in self._limited_set for e in finished)
         try:
-            yield from atomic(self._outcomes(done, failed, tokens))
+            yield from atomic(self._outcomes(done, failed, tokens, freed))
         except BaseException:
             with self._lock:  # keep them for the next flush
                 self._done[:0] = done
@@ -548,6 +652,7 @@ class WorkerCore:
         done: list[tuple[Event, str | None]],
         failed: list[tuple[Event, str, float, bool]],
         tokens: dict[int, int],
+        freed: bool = False,
     ) -> Io[None]:
         done = [(e, r) for e, r in done if e.id in tokens]  # a lost lease records nothing
         if done:
@@ -574,6 +679,9 @@ class WorkerCore:
                     "owner": self.owner,
                 },
             )
+        if freed:  # a slot of a limited name is free: every worker may claim it, not only us
+            yield Query(_sql.WAKE, (_sql.CHANNEL,))
+            self._yield_limited = True
 
     # -- running handlers ------------------------------------------------------------------
 
@@ -629,8 +737,19 @@ class WorkerCore:
             events = []
             for claimed in taken:
                 hold = self._held[claimed.id]
+                if claimed.id in self._cancel_asked:  # never started: it ends cancelled
+                    self._cancel_asked.discard(claimed.id)
+                    self._running -= 1
+                    if claimed.name in self._by_name:
+                        self._by_name[claimed.name] -= 1
+                    self._inflight -= 1
+                    event = claimed.started(hold.attempts)
+                    self._failed.append((event, "cancelled before it started", 0.0, True))
+                    continue
                 hold.started = True
-                events.append(claimed.started(hold.attempts + 1))
+                event = claimed.started(hold.attempts + 1)
+                events.append(event)
+                self._events[claimed.id] = event
                 self._active.add(claimed.id)
                 self._starts.append(claimed.id)
             for id_ in lapsed:
@@ -672,7 +791,10 @@ class WorkerCore:
         task = asyncio.get_running_loop().create_task(self._run_async(event, spec))
         with self._lock:
             self._tasks.add(task)
+            self._task_of[event.id] = task
         task.add_done_callback(self._tasks.discard)
+        if event.cancelled:  # asked before its task existed
+            task.cancel()
 
     def _run_plain(self, event: Event, spec: HandlerSpec) -> None:
         began = time.perf_counter()
@@ -684,10 +806,10 @@ class WorkerCore:
                     f"handler {spec.name!r} ran {elapsed:.2f} s, over its {spec.timeout} s "
                     "timeout (a plain function cannot be interrupted; its result was dropped)"
                 )
-            encoded = None if result is None else to_json(result, f"result of {spec.name!r}")
         except BaseException:  # even SystemExit: a failed attempt
             self._failure(event, spec, began)
             return
+        encoded = result_json(result, spec.name)
         self._finish(event, began, encoded, None)
 
     async def _run_async(self, event: Event, spec: HandlerSpec) -> None:
@@ -696,11 +818,10 @@ class WorkerCore:
             coro = spec.fn(event)
             assert asyncio.iscoroutine(coro)
             result = await _bounded(coro, spec.timeout)
-            encoded = None if result is None else to_json(result, f"result of {spec.name!r}")
         except BaseException:  # a stray cancellation too: a failed attempt (unless abandoned)
             self._failure(event, spec, began)
             return
-        self._finish(event, began, encoded, None)
+        self._finish(event, began, result_json(result, spec.name), None)
 
     def _failure(self, event: Event, spec: HandlerSpec, began: float) -> None:
         error = traceback.format_exc().replace("\x00", "\\x00")  # text cannot hold NUL
@@ -717,6 +838,8 @@ class WorkerCore:
         with self._lock:
             self._running -= 1
             self._active.discard(event.id)
+            self._events.pop(event.id, None)
+            self._task_of.pop(event.id, None)
             if event.name in self._by_name:
                 self._by_name[event.name] -= 1
             if self._abandoned:
@@ -738,6 +861,12 @@ class WorkerCore:
             _log_outcome(event, began, failure)
 
 
+def _last_line(text: str) -> str:
+    """The exception line of a traceback (what a log line shows)."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else text
+
+
 def _ids(ids: list[int]) -> str:
     shown = ", ".join(map(str, ids[:10]))
     return shown + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
@@ -746,14 +875,18 @@ def _ids(ids: list[int]) -> str:
 def _log_outcome(event: Event, began: float, failure: tuple[str, float, bool] | None) -> None:
     ms = (time.perf_counter() - began) * 1000
     outcome = "done" if failure is None else "dead" if failure[2] else "failed"
+    if event.cancelled:
+        outcome = "cancelled"
+    error = "" if failure is None else f" error={_last_line(failure[0])!r}"
     log.log(
-        logging.INFO if failure is None else logging.WARNING,
-        "event name=%s id=%d attempt=%d outcome=%s duration_ms=%.1f",
+        logging.INFO if failure is None or event.cancelled else logging.WARNING,
+        "event name=%s id=%d attempt=%d outcome=%s duration_ms=%.1f%s",
         event.name,
         event.id,
         event.attempt,
         outcome,
         ms,
+        error,
         extra={
             "event_name": event.name,
             "event_id": event.id,
