@@ -78,3 +78,19 @@ def test_grant_dry_run_and_features(cli: CliRunner, dsn: str) -> None:
     assert '"granted": false' in done.stdout and "pgtide.changes" not in done.stdout
     bad = cli("grant", "someone", "--feature", "nope", "--dsn", dsn)
     assert bad.returncode == 1 and "unknown feature nope" in bad.stderr
+
+
+def test_every_table_of_schema_pgtide_belongs_to_a_feature(dsn: str) -> None:
+    from pgtide.grants import FEATURE_TABLES
+
+    with psycopg.connect(dsn) as conn:
+        tables = {
+            r[0]
+            for r in conn.execute(
+                "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = 'pgtide' AND c.relkind IN ('r', 'p')"
+                " AND NOT c.relispartition"
+            )
+        }
+    granted = {t for names in FEATURE_TABLES.values() for t in names}
+    assert tables - {"schema_version"} == granted

@@ -23,7 +23,7 @@ from .errors import (
     UnknownSubscriber,
     UnknownTable,
 )
-from .events import Event, EventRecord, Events
+from .events import Event, EventRecord, Events, Schedule
 from .feed import Batch, Change, Feed, LatestFetcher, Position, latest, prune, track, untrack
 from .ingest import FileWatcher
 from .listen import Listener, Notification
@@ -55,6 +55,7 @@ __all__ = [
     "PermissionDenied",
     "PgtideError",
     "Position",
+    "Schedule",
     "SchemaError",
     "UnknownSubscriber",
     "UnknownTable",

@@ -17,8 +17,8 @@ from .session import Io, Query, atomic
 
 FEATURE_TABLES: dict[str, tuple[str, ...]] = {
     "listen": (),
-    "feed": ("changes", "tracked", "consumers"),
-    "events": ("events", "event_workers"),
+    "feed": ("changes", "tracked", "consumers", "wal"),
+    "events": ("events", "event_workers", "event_queues", "event_schedules"),
     "ingest": ("file_offsets", "rejects"),
 }
 """The tables of schema pgtide each feature reads and writes (listen needs only the schema)."""
