@@ -66,7 +66,7 @@ def test_dsn_keyword_gives_no_warning_and_twice_is_an_error(face: type[Face]) ->
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert face(dsn="postgresql://u@127.0.0.1:1/x")._core._dsn == "postgresql://u@127.0.0.1:1/x"
-    with pytest.raises(TypeError, match="dsn"):
+    with pytest.raises(pgtide.ConfigError, match="dsn"):
         face("postgresql://a@h/x", dsn="postgresql://b@h/x")
 
 

@@ -55,7 +55,9 @@ def positional_dsn(positional: Any, dsn: Any, owner: str, *, stacklevel: int = 3
     if positional is None:
         return dsn
     if dsn is not None:
-        raise TypeError(f"{owner}() got the dsn both by position and as dsn=")
+        from .errors import ConfigError
+
+        raise ConfigError(f"{owner}() got the dsn both by position and by keyword; keep dsn=")
     warnings.warn(
         f"passing the dsn to {owner}() by position is deprecated; write {owner}(dsn=...) "
         "(keyword-only from the next release)",

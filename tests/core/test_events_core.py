@@ -11,7 +11,8 @@ import pytest
 from psycopg import sql
 
 import pgtide
-from pgtide.events._core import UNSET, Core, dsn_argument
+from pgtide._compat import positional_dsn
+from pgtide.events._core import Core
 from pgtide.events._model import HandlerSpec
 from pgtide.events._source import Source, parse_table
 from pgtide.events._worker import (
@@ -86,9 +87,9 @@ def test_arguments_are_checked_before_any_connection() -> None:
 
 
 def test_positional_dsn_is_deprecated() -> None:
-    assert dsn_argument(UNSET, "x", "Events") == "x"
+    assert positional_dsn(None, "x", "Events") == "x"
     with pytest.warns(DeprecationWarning):
-        assert dsn_argument("y", None, "Events") == "y"
+        assert positional_dsn("y", None, "Events") == "y"
 
 
 def _worker(concurrency: int, limits: dict[str, int | None]) -> WorkerCore:

@@ -13,11 +13,11 @@ import time
 import warnings
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
-from types import TracebackType
 from typing import Any, TypeVar
 
 import psycopg
 
+from .._lifecycle import AsyncClosable
 from ..connect import DsnLike, aconnect
 from ..session import AsyncSession, Io, aresolve, arun, ausing
 from ._core import EventRecord, EventsBase, Schedule, _conninfo, _safety, _waker_for, _where
@@ -26,7 +26,7 @@ from ._worker import AsyncWorker
 T = TypeVar("T")
 
 
-class Events(EventsBase):
+class Events(EventsBase, AsyncClosable):
     """The asyncio face of :class:`pgtide.Events`: same handlers, same table, same options."""
 
     def _setup(self, dsn: DsnLike) -> None:
@@ -225,17 +225,6 @@ class Events(EventsBase):
             DeprecationWarning,
             stacklevel=2,
         )
-        await self.close()
-
-    async def __aenter__(self) -> Events:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
         await self.close()
 
     async def _new_worker(

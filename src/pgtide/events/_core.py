@@ -8,11 +8,11 @@ caller's connection. The worker's core lives in :mod:`._worker`.
 
 from __future__ import annotations
 
-import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
@@ -20,6 +20,7 @@ from croniter import croniter
 from psycopg.conninfo import make_conninfo
 
 from .. import schema
+from .._compat import positional_dsn
 from ..channel import Waker
 from ..connect import DsnLike, Resolved
 from ..errors import ConfigError, PgtideError
@@ -72,28 +73,6 @@ class Schedule:
     payload: Any
     next_at: datetime
     last_at: datetime | None
-
-
-class _Unset:
-    def __repr__(self) -> str:
-        return "<unset>"
-
-
-UNSET: Final = _Unset()
-
-
-def dsn_argument(positional: DsnLike | _Unset, dsn: DsnLike, cls: str) -> DsnLike:
-    """The ``dsn`` keyword, or (deprecated for one release) the positional one."""
-    if isinstance(positional, _Unset):
-        return dsn
-    warnings.warn(
-        f"passing the dsn to {cls}() by position is deprecated; write {cls}(dsn=...)",
-        DeprecationWarning,
-        stacklevel=4,
-    )
-    if dsn is not None:
-        raise ConfigError(f"{cls}() got the dsn both by position and by keyword")
-    return positional
 
 
 class Core:
@@ -502,7 +481,7 @@ class Core:
         )
 
 
-class EventsBase:
+class EventsBase(ABC):
     """What both faces share: the constructor, the handler registry and the core.
 
     A face sets up its session in :meth:`_setup`; nothing resolves or connects here.
@@ -510,7 +489,7 @@ class EventsBase:
 
     def __init__(
         self,
-        _dsn: DsnLike | _Unset = UNSET,
+        _dsn: DsnLike = None,
         /,
         *,
         dsn: DsnLike = None,
@@ -542,10 +521,11 @@ class EventsBase:
             keep_done=keep_done,
         )
         self._handlers: dict[str, HandlerSpec] = {}
-        self._setup(dsn_argument(_dsn, dsn, "Events"))
+        self._setup(positional_dsn(_dsn, dsn, "Events"))
 
+    @abstractmethod
     def _setup(self, dsn: DsnLike) -> None:
-        raise NotImplementedError
+        """Set up the face's session (nothing connects here)."""
 
     def __repr__(self) -> str:
         where = self._core.source.table if self._core.source else "pgtide.events"

@@ -7,11 +7,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
-from types import TracebackType
 from typing import Any, TypeVar
 
 import psycopg
 
+from .._lifecycle import Closable
 from .._signals import stop_on_signals
 from ..connect import DsnLike, connect, resolve
 from ..errors import ConfigError
@@ -22,7 +22,7 @@ from ._worker import Worker
 T = TypeVar("T")
 
 
-class Events(EventsBase):
+class Events(EventsBase, Closable):
     """Events dispatched to handlers by name, with results, retries and many workers.
 
     ``Events(dsn=None)`` uses pgtide's own table ``pgtide.events``; ``table=`` (and
@@ -277,17 +277,6 @@ class Events(EventsBase):
             loop, self._loop = self._loop, None
         if loop is not None:
             loop.close()
-
-    def __enter__(self) -> Events:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _new_worker(
         self, concurrency: int | None, poll_interval: float | None, stop_timeout: float

@@ -9,13 +9,13 @@ I/O has no asyncio API. So the engine runs in a thread, through
 from __future__ import annotations
 
 import asyncio
-from types import TracebackType
 
 from .._blocking import run_in_thread
+from .._lifecycle import AsyncRunnable
 from .watcher import Watcher
 
 
-class FileWatcher(Watcher):
+class FileWatcher(Watcher, AsyncRunnable):
     """``pgtide.FileWatcher`` for asyncio, with the same arguments (its signature is the
     blocking one's): ``await run()``, ``await start()`` / ``await stop()``, ``await close()``,
     ``await catch_up()``, ``status()``, and ``async with``.
@@ -44,15 +44,3 @@ class FileWatcher(Watcher):
     async def close(self) -> None:
         """Stop (as :meth:`stop`) and release the connection."""
         await asyncio.to_thread(self._engine.close)
-
-    async def __aenter__(self) -> FileWatcher:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

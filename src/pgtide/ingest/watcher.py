@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import cast
 
 from .._compat import now_keyword_only
+from .._lifecycle import Runnable
 from .._signals import stop_on_signals
 from ..connect import DsnLike
 from ..errors import ConfigError
@@ -140,7 +140,7 @@ class Watcher:
         return self._engine.status()
 
 
-class FileWatcher(Watcher):
+class FileWatcher(Watcher, Runnable):
     """Stream the lines appended to files into a table, each complete line exactly once.
 
     ``path`` is a directory (files matching ``pattern``, in sub-directories too with
@@ -195,15 +195,3 @@ class FileWatcher(Watcher):
     def close(self) -> None:
         """Stop (as :meth:`stop`) and release the connection; ``start()`` may follow."""
         self._engine.close()
-
-    def __enter__(self) -> FileWatcher:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
