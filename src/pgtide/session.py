@@ -344,9 +344,6 @@ class Policy:
         self.failures, self._said, self._lost_at = 0, "", time.monotonic()
 
 
-_Policy = Policy
-
-
 C = TypeVar("C")
 
 

@@ -127,7 +127,7 @@ class Receiver:
         """Start the thread; return once every active channel is LISTENed, or raise."""
         try:
             self._keeper.start()
-        except BaseException:
+        except Exception:  # the startup error: the thread has ended
             self._close_pipe()
             raise
 
