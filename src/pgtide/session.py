@@ -8,8 +8,10 @@ the blocking and asyncio faces of a feature share every statement and every deci
 A :class:`Session` (blocking) or :class:`AsyncSession` (asyncio) resolves the database once,
 opens its connection lazily (never in a constructor), runs the feature's ``prepare`` work on
 each new connection (installing the schema, checking tables), and retries work when the
-server goes away, with the one backoff rule of :mod:`pgtide.connect`. No other module of
-pgtide has a reconnect loop. :func:`using` is "the caller's connection, or one of ours".
+server goes away, with the one backoff rule of :mod:`pgtide.connect`. A :class:`Reconnector`
+keeps a long-lived connection open from a thread (the channel's LISTEN connection) with the
+same :class:`Policy`. No other module of pgtide has a reconnect loop. :func:`using` is "the
+caller's connection, or one of ours".
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -29,7 +32,7 @@ from collections.abc import (
 )
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -178,23 +181,64 @@ class Stopped(PgtideError):
     """The session was stopped while waiting to reconnect."""
 
 
-class _Policy:
-    """The reconnect rule: which failures are outages, and how long to wait before retrying.
+UNREACHABLE = (PgtideError, psycopg.Error)
+"""What opening a kept connection raises when the server cannot be reached (or refuses)."""
+
+
+class Lost(Exception):
+    """A kept connection is gone or unresponsive (raised by what serves it)."""
+
+
+LOST = (Lost, psycopg.Error, OSError)
+"""What serving a kept connection raises when the connection is gone: an outage."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's text without its final full stop, or its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
+
+
+class Policy:
+    """The reconnect rule: which failures are outages, how long to wait, and what to log.
 
     A connection that never succeeded fails at once (a configuration error, not an outage);
     an error on a connection that is still healthy is the work's own error and is raised.
+    :class:`Session` asks it about work retried on outage (:meth:`delay`, one log line per
+    retry); a :class:`Reconnector` about a connection it keeps open (:meth:`unreachable`,
+    :meth:`lost`, :meth:`reopen`, :meth:`back`: one warning per outage or new reason, then
+    quieter lines). ``name`` names the user of the connection in those lines, ``target`` the
+    database, ``then`` what the user does once connected again.
     """
 
-    def __init__(self, name: str, backoff: Backoff | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        backoff: Backoff | None = None,
+        *,
+        logger: logging.Logger | None = None,
+        target: str = "the database",
+        secrets: Sequence[str] = (),
+        then: str = "resumes",
+    ) -> None:
         self.name = name
         self.backoff = backoff or Backoff(initial=0.05, maximum=5.0)
         self.connected_once = False
+        self.log = logger or log
+        self.target = target
+        self.secrets = tuple(s for s in secrets if s)
+        self.then = then
+        self.failures = 0  # failed attempts to reconnect in the current outage
+        self._said = ""  # the reason last logged as a warning, so that an outage is no flood
+        self._lost_at = 0.0
 
     def connected(self) -> None:
         self.connected_once = True
 
     def succeeded(self) -> None:
         self.backoff.reset()
+
+    # -- work retried on outage (Session) -----------------------------------------------------
 
     def delay(self, exc: Exception, conn: psycopg.BaseConnection[Any] | None) -> float:
         """Seconds to wait before retrying after ``exc``; re-raises what is not an outage."""
@@ -212,7 +256,7 @@ class _Policy:
         delay = self.backoff.next()
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         # one line per outage, then quieter lines while it lasts
-        log.log(
+        self.log.log(
             logging.WARNING if first else logging.INFO,
             "%s: database connection lost (%s); retrying in %.2f s",
             self.name,
@@ -220,6 +264,244 @@ class _Policy:
             delay,
         )
         return delay
+
+    # -- a kept connection (Reconnector) ------------------------------------------------------
+
+    def fatal(self, exc: BaseException, *, connecting: bool, purpose: str) -> BaseException | None:
+        """What to raise instead of retrying: any failure before the first success, or None.
+
+        After that, failing to connect (:data:`UNREACHABLE`) or losing the connection
+        (:data:`LOST`) is an outage; other errors are not caught at all (they are bugs).
+        """
+        if self.connected_once:
+            return None
+        if connecting:
+            return exc
+        return PgtideError(f"{self.name} could not {purpose}: {first_line(exc)}")
+
+    def unreachable(self, exc: BaseException) -> float:
+        """A connection attempt failed during an outage: log it, and return the delay."""
+        self.failures += 1
+        delay = self.backoff.next()
+        reason = self.reason(exc)
+        if reason != self._said:  # the first failure, or a new reason: say it whole
+            self._said = reason
+            self.log.warning(
+                "The %s cannot reconnect to %s yet (%s); it tries again in %.1f s, and keeps "
+                "trying with a growing delay.",
+                self.name,
+                self.target,
+                reason,
+                delay,
+            )
+        else:
+            self.log.info(
+                "The %s still cannot reconnect (attempt %d failed the same way); next attempt "
+                "in %.1f s.",
+                self.name,
+                self.failures,
+                delay,
+            )
+        return delay
+
+    def lost(self, exc: BaseException, *, quiet: bool = False) -> float:
+        """The kept connection was lost (``quiet``: on purpose); return the delay."""
+        if not quiet:
+            self.log.warning(
+                "The %s lost its connection to %s (%s); it reconnects with backoff and %s.",
+                self.name,
+                self.target,
+                first_line(exc),
+                self.then,
+            )
+        self._down()
+        return self.backoff.next()
+
+    def reopen(self) -> None:
+        """The kept connection is closed to open a new one at once (no backoff)."""
+        self.log.info("The %s reopens its connection, as restart() asked.", self.name)
+        self._down()
+
+    def back(self, doing: str) -> None:
+        """A kept connection is usable again after an outage or a reopen; ``doing`` says how."""
+        self.log.info(
+            "The %s reconnected after %.1f s%s and %s.",
+            self.name,
+            time.monotonic() - self._lost_at,
+            f" ({self.failures + 1} attempts)" if self.failures else "",
+            doing,
+        )
+
+    def reason(self, exc: BaseException) -> str:
+        """Why a connection attempt failed, in one line, without the advice or a password."""
+        cause = exc.__context__ if isinstance(exc.__context__, psycopg.Error) else exc
+        reason = first_line(cause)
+        for secret in self.secrets:
+            reason = reason.replace(secret, "***")
+        return reason
+
+    def _down(self) -> None:
+        self.failures, self._said, self._lost_at = 0, "", time.monotonic()
+
+
+C = TypeVar("C")
+
+
+class Served(Protocol[C]):
+    """What a :class:`Reconnector` keeps a connection open for (the channel's LISTEN)."""
+
+    def open(self) -> C:
+        """Open a new connection (raising one of :data:`UNREACHABLE` when it cannot)."""
+        ...
+
+    def serve(self, conn: C) -> None:
+        """Use ``conn``, calling :meth:`Reconnector.ready` once it is usable; return when
+        the reconnector is ``stopping`` or ``due``; raise one of :data:`LOST` if it is gone."""
+        ...
+
+    def close(self, conn: C) -> None:
+        """Close ``conn`` after :meth:`serve` ended, however it ended."""
+        ...
+
+    def failed(self, reason: str) -> None:
+        """Record why the last attempt or connection failed (for a status)."""
+        ...
+
+    def resumed(self) -> str:
+        """A new connection is ready after a loss or a reopen; what it does again (to log)."""
+        ...
+
+    def pause(self, seconds: float) -> None:
+        """Wait at most ``seconds``; return sooner once :meth:`wake` is called."""
+        ...
+
+    def wake(self) -> None:
+        """Interrupt :meth:`pause` or :meth:`serve`'s wait, from any thread."""
+        ...
+
+
+class Reconnector(Generic[C]):
+    """Keeps one long-lived connection open from a thread of its own (pgtide's one such loop).
+
+    Connect, serve until lost, wait with the policy's backoff, connect again. The first
+    connection failing, or failing before it is ready, is raised by :meth:`start`;
+    :meth:`reconnect_now` closes the connection and opens a new one without backoff;
+    :meth:`stop` ends a wait at once. Each connection attempt is a new ``generation``.
+    """
+
+    def __init__(
+        self, served: Served[C], policy: Policy, *, thread_name: str, purpose: str
+    ) -> None:
+        self.policy = policy
+        self.stopping = False
+        self.due = False  # reconnect now: what serve() and a wait watch, with ``stopping``
+        self.generation = 0  # connection attempts so far
+        self._served = served
+        self._purpose = purpose
+        self._lock = threading.Lock()
+        self._waiters: list[tuple[int, Callable[[], None]]] = []
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the thread; return once the first connection is ready, or raise why not."""
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            self._thread.join()
+            raise self._error
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop the thread (within ``timeout``); whether it has ended."""
+        self.stopping = True
+        self._served.wake()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def reconnect_now(self, on_ready: Callable[[], None]) -> bool:
+        """Close the connection and open a new one now, with no backoff.
+
+        ``on_ready`` is called once a connection opened after this call is ready (or when
+        the thread ends); returns False (and never calls it) when the thread is not running.
+        """
+        with self._lock:
+            if self.stopping or not self._thread.is_alive():
+                return False
+            self.due = True
+            self._waiters.append((self.generation, on_ready))
+        self._served.wake()
+        return True
+
+    def ready(self) -> None:
+        """Called by :meth:`Served.serve` in the thread once its connection is usable."""
+        self.policy.succeeded()
+        if not self._ready.is_set():
+            self.policy.connected()
+            self._ready.set()
+            return
+        self.policy.back(self._served.resumed())
+        self._call_waiters(self.generation)
+
+    def _call_waiters(self, generation: int | None) -> None:
+        """Call the waiters that a connection of ``generation`` satisfies (all: None)."""
+        with self._lock:
+            due = [w for w in self._waiters if generation is None or w[0] < generation]
+            self._waiters = [w for w in self._waiters if w not in due]
+        for _, callback in due:
+            callback()
+
+    def _wait(self, seconds: float) -> bool:
+        """Wait ``seconds``, or less if stopped or due; True if stopping."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping and not self.due:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._served.pause(left)
+        return self.stopping
+
+    def _run(self) -> None:
+        policy, served = self.policy, self._served
+        delay = 0.0
+        try:
+            while not self.stopping:
+                if delay and self._wait(delay):
+                    break
+                with self._lock:
+                    self.generation += 1
+                    self.due = False
+                try:
+                    conn = served.open()
+                except UNREACHABLE as exc:
+                    self._error = policy.fatal(exc, connecting=True, purpose=self._purpose)
+                    if self._error is not None:
+                        return
+                    served.failed(str(exc))
+                    delay = policy.unreachable(exc)
+                    continue
+                try:
+                    served.serve(conn)
+                except LOST as exc:
+                    served.failed(first_line(exc))
+                    self._error = policy.fatal(exc, connecting=False, purpose=self._purpose)
+                    if self._error is not None:
+                        return
+                    delay = policy.lost(exc, quiet=self.stopping)
+                else:
+                    if not self.stopping:
+                        policy.reopen()
+                    delay = 0.0
+                finally:
+                    served.close(conn)
+        finally:
+            self._ready.set()
+            self._call_waiters(None)
 
 
 class _Base:
@@ -239,7 +521,7 @@ class _Base:
             {"application_name": application_name} if application_name else {}
         )
         self._prepare = prepare
-        self._policy = _Policy(name, backoff)
+        self._policy = Policy(name, backoff)
         self._on_reconnect = on_reconnect
 
     @property

@@ -9,8 +9,9 @@ notification on another channel waits or is lost while a channel is added or rem
 A dead connection is noticed at once when the server closes it (restart,
 ``pg_terminate_backend``), and within seconds when the network silently drops it (TCP
 keepalives, plus a ``SELECT 1`` probe after ``probe_interval`` seconds without traffic that
-must be answered within ``probe_timeout``). Then it reconnects with jittered backoff, LISTENs
-again on every active channel, and queues the "reconnected" marker for ``on_reconnect``.
+must be answered within ``probe_timeout``). Then it reconnects (the loop, its backoff and its
+log lines are :class:`pgtide.session.Reconnector`'s), LISTENs again on every active channel,
+and queues the "reconnected" marker for ``on_reconnect``.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ import psycopg
 from psycopg import conninfo as _conninfo
 from psycopg import pq, sql
 
-from ..connect import Backoff, Resolved, connect
-from ..errors import PgtideError
+from ..connect import Resolved, connect
+from ..session import Lost, Policy, Reconnector
 from ._queue import RECONNECTED, Batch, Item, Marker
 from ._registry import Registry
 from ._stats import Stats
@@ -65,19 +66,6 @@ class Sink(Protocol):
     def set_on_room(self, on_room: Callable[[], None] | None) -> None: ...
 
 
-class _Dead(Exception):
-    """The connection is gone or unresponsive."""
-
-
-class _Restart(Exception):
-    """``restart()`` asked for a new connection."""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
-
-
 @dataclass(slots=True)
 class _Query:
     deadline: float
@@ -87,7 +75,7 @@ class _Query:
 
 
 class Receiver:
-    """Runs the connection thread of one listener."""
+    """Serves the LISTEN connection of one listener, kept open by a :class:`Reconnector`."""
 
     def __init__(
         self,
@@ -107,10 +95,6 @@ class Receiver:
         self._probe_interval = probe_interval
         self._probe_timeout = probe_timeout
         self._connect_kwargs = self._kwargs(resolved, application_name)
-        self._backoff = Backoff()
-        self._stopping = False
-        self._ready = threading.Event()
-        self._startup_error: BaseException | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -118,11 +102,15 @@ class Receiver:
         self._applied = -1
         self._waiters: list[tuple[int, Callable[[], None]]] = []
         self._outbox: deque[Item] = deque()  # what the full queue could not take yet
-        self._generation = 0  # connections opened so far
-        self._restart = False
-        self._restarted: list[tuple[int, Callable[[], None]]] = []
         queue.set_on_room(self.wake)
-        self._thread = threading.Thread(target=self._run, name="pgtide-listen-conn", daemon=True)
+        policy = Policy(
+            "listener",
+            logger=logger,
+            target=resolved.target,
+            secrets=resolved.secrets,
+            then="calls on_reconnect once it listens again",
+        )
+        self._keeper = Reconnector(self, policy, thread_name="pgtide-listen-conn", purpose="LISTEN")
 
     @staticmethod
     def _kwargs(resolved: Resolved, application_name: str) -> dict[str, Any]:
@@ -137,19 +125,14 @@ class Receiver:
 
     def start(self) -> None:
         """Start the thread; return once every active channel is LISTENed, or raise."""
-        self._thread.start()
-        self._ready.wait()
-        if self._startup_error is not None:
-            self._thread.join()
+        try:
+            self._keeper.start()
+        except Exception:  # the startup error: the thread has ended
             self._close_pipe()
-            raise self._startup_error
+            raise
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stopping = True
-        self.wake()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-        if not self._thread.is_alive():
+        if self._keeper.stop(timeout):
             self._close_pipe()
 
     def wake(self) -> None:
@@ -163,7 +146,7 @@ class Receiver:
         or not connected (the set is applied on reconnection, and ``on_reconnect`` follows).
         """
         with self._lock:
-            if self._applied >= version or not self._stats.connected or self._stopping:
+            if self._applied >= version or not self._stats.connected or self._keeper.stopping:
                 return False
             self._waiters.append((version, callback))
         self.wake()
@@ -175,21 +158,7 @@ class Receiver:
         ``on_ready`` is called once a connection opened after this call LISTENs; returns
         False (and never calls it) when the receiver is not running.
         """
-        with self._lock:
-            if self._stopping or not self._thread.is_alive():
-                return False
-            self._restart = True
-            self._restarted.append((self._generation, on_ready))
-        self.wake()
-        return True
-
-    def _restarts_done(self, generation: int | None) -> None:
-        """Call the restart waiters that a connection of ``generation`` satisfies (all: None)."""
-        with self._lock:
-            due = [w for w in self._restarted if generation is None or w[0] < generation]
-            self._restarted = [w for w in self._restarted if w not in due]
-        for _, callback in due:
-            callback()
+        return self._keeper.reconnect_now(on_ready)
 
     def _release(self, version: int | None) -> None:
         with self._lock:
@@ -207,99 +176,32 @@ class Receiver:
                 with contextlib.suppress(OSError):
                     os.close(fd)
 
-    # -- the thread -----------------------------------------------------------------------
+    # -- what the Reconnector calls, in the thread -------------------------------------------
 
-    def _run(self) -> None:
-        first = True
-        delay = 0.0
-        failures = 0
-        said = ""  # the reason last logged as a warning, so that an outage is not a flood
-        lost_at = 0.0
-        try:
-            while not self._stopping:
-                if delay and self._sleep(delay):
-                    break
-                with self._lock:
-                    self._generation += 1
-                    self._restart = False
-                try:
-                    conn = connect(self._resolved, **self._connect_kwargs)
-                except (PgtideError, psycopg.Error) as exc:
-                    if first:
-                        self._startup_error = exc
-                        return
-                    self._stats.last_error = str(exc)
-                    failures += 1
-                    delay = self._backoff.next()
-                    reason = self._reason(exc)
-                    if reason != said:  # the first failure, or a new reason: say it whole
-                        said = reason
-                        logger.warning(
-                            "The listener cannot reconnect to %s yet (%s); it tries again in "
-                            "%.1f s, and keeps trying with a growing delay.",
-                            self._resolved.target,
-                            reason,
-                            delay,
-                        )
-                    else:
-                        logger.info(
-                            "The listener still cannot reconnect (attempt %d failed the same "
-                            "way); next attempt in %.1f s.",
-                            failures,
-                            delay,
-                        )
-                    continue
-                try:
-                    self._serve(conn, first, lost_at, failures)
-                except _Restart:
-                    logger.info("The listener reopens its connection, as restart() asked.")
-                    delay = 0.0
-                except (_Dead, psycopg.Error, OSError) as exc:
-                    reason = _first_line(exc)
-                    self._stats.last_error = reason
-                    if not self._ready.is_set():
-                        self._startup_error = PgtideError(f"listener could not LISTEN: {reason}")
-                        return
-                    if not self._stopping:
-                        logger.warning(
-                            "The listener lost its connection to %s (%s); it reconnects with "
-                            "backoff and calls on_reconnect once it listens again.",
-                            self._resolved.target,
-                            reason,
-                        )
-                    delay = self._backoff.next()
-                finally:
-                    self._disconnected()
-                    conn.close()
-                first = False
-                failures, said, lost_at = 0, "", time.monotonic()
-        finally:
-            self._ready.set()
-            self._release(None)
-            self._restarts_done(None)
+    def open(self) -> psycopg.Connection[Any]:
+        return connect(self._resolved, **self._connect_kwargs)
 
-    def _reason(self, exc: BaseException) -> str:
-        """Why a connection attempt failed, in one line, without the advice or a password."""
-        cause = exc.__context__ if isinstance(exc.__context__, psycopg.Error) else exc
-        reason = _first_line(cause)
-        for secret in self._resolved.secrets:
-            if secret:
-                reason = reason.replace(secret, "***")
-        return reason
+    def close(self, conn: psycopg.Connection[Any]) -> None:
+        self._disconnected()
+        conn.close()
 
-    def _sleep(self, seconds: float) -> bool:
-        """Wait ``seconds`` or until woken; True if the listener is stopping."""
-        deadline = time.monotonic() + seconds
+    def failed(self, reason: str) -> None:
+        self._stats.last_error = reason
+
+    def resumed(self) -> str:
+        self._stats.reconnects += 1
+        channels = len(self._stats.listening)
+        self._outbox.append(RECONNECTED)
+        self._flush_outbox()
+        return f"listens again on {channels} channel{'' if channels == 1 else 's'}"
+
+    def pause(self, seconds: float) -> None:
+        """Wait ``seconds`` or until woken, handing over what the queue can take meanwhile."""
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)
-        while not self._stopping and not self._restart:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            if poller.poll(math.ceil(left * 1000)):
-                self._clear_wake()
-            self._flush_outbox()
-        return self._stopping
+        if poller.poll(math.ceil(seconds * 1000)):
+            self._clear_wake()
+        self._flush_outbox()
 
     def _clear_wake(self) -> None:
         try:
@@ -314,9 +216,8 @@ class Receiver:
         self._stats.listening = frozenset()
         self._release(None)
 
-    def _serve(
-        self, conn: psycopg.Connection[Any], first: bool, lost_at: float, failures: int
-    ) -> None:
+    def serve(self, conn: psycopg.Connection[Any]) -> None:
+        """LISTEN and read until the connection is lost (raise) or stop/restart asks (return)."""
         pg = conn.pgconn
         enc = conn.info.encoding
         fd = pg.socket
@@ -328,13 +229,14 @@ class Receiver:
         listening: frozenset[str] = frozenset()
         with self._lock:
             self._applied = -1
+        keeper = self._keeper
         pending = self._send_sync(conn, listening)
         reported = pending is None
         if reported:
-            self._became_ready(first, lost_at, failures)
+            keeper.ready()
         last_io = time.monotonic()
         reading = True
-        while not self._stopping:
+        while not keeper.stopping:
             if self._outbox:
                 self._flush_outbox()
             if not self._outbox:
@@ -357,14 +259,12 @@ class Receiver:
                     readable = True
                 else:
                     self._clear_wake()
-            if self._stopping:
+            if keeper.stopping or keeper.due:
                 return
-            if self._restart:
-                raise _Restart
             if readable:
                 pg.consume_input()
                 if pg.status != pq.ConnStatus.OK:
-                    raise _Dead("the server closed the connection")
+                    raise Lost("the server closed the connection")
                 last_io = time.monotonic()
                 if not self._outbox:
                     self._drain(pg, enc)  # hand the batch over before anything else
@@ -378,11 +278,11 @@ class Receiver:
                         self._release(pending.version)
                         if not reported:
                             reported = True
-                            self._became_ready(first, lost_at, failures)
+                            keeper.ready()
                     pending = None
             now = time.monotonic()
             if pending is not None and now >= pending.deadline:
-                raise _Dead(f"no answer from the server within {self._probe_timeout:g} s")
+                raise Lost(f"no answer from the server within {self._probe_timeout:g} s")
             if pending is None:
                 pending = self._send_sync(conn, listening)
                 if pending is None and not paused and now - last_io >= self._probe_interval:
@@ -400,24 +300,6 @@ class Receiver:
             if rest is not None:
                 outbox.appendleft(rest)
                 return
-
-    def _became_ready(self, first: bool, lost_at: float, failures: int) -> None:
-        self._backoff.reset()
-        if first:
-            self._ready.set()
-            return
-        self._stats.reconnects += 1
-        channels = len(self._stats.listening)
-        logger.info(
-            "The listener reconnected after %.1f s%s and listens again on %d channel%s.",
-            time.monotonic() - lost_at,
-            f" ({failures + 1} attempts)" if failures else "",
-            channels,
-            "" if channels == 1 else "s",
-        )
-        self._outbox.append(RECONNECTED)
-        self._flush_outbox()
-        self._restarts_done(self._generation)
 
     def _send_sync(self, conn: psycopg.Connection[Any], listening: frozenset[str]) -> _Query | None:
         """Send the LISTEN/UNLISTEN that make the server match the registry, if any."""
@@ -446,7 +328,7 @@ class Receiver:
         while pg.flush():
             left = query.deadline - time.monotonic()
             if left <= 0:
-                raise _Dead("cannot send to the server")
+                raise Lost("cannot send to the server")
             for _, event in poller.poll(math.ceil(left * 1000)):
                 if event & _POLLIN:
                     pg.consume_input()
