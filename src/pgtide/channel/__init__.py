@@ -1,9 +1,10 @@
 """The LISTEN channel: one connection that LISTENs live, and the waker features sleep on.
 
-A shared mechanism below the features. :class:`Receiver` owns one connection (live
-LISTEN/UNLISTEN, keepalive and probe, reconnect with backoff) and hands what it reads to a
-sink: the listener's bounded :class:`BatchQueue`, or a :class:`Waker`, which the feed, events
-and ingest use to sleep until a NOTIFY, a deadline or a poll interval.
+A shared mechanism below the features. :class:`Receiver` serves one connection (live
+LISTEN/UNLISTEN, keepalive and probe; the session's one reconnect loop reopens it) and hands
+what it reads to a sink: the listener's bounded :class:`BatchQueue`, or a :class:`Waker`,
+which the feed, event workers and the latest-row fetcher sleep on until a NOTIFY, a deadline
+or a poll interval.
 """
 
 from ._notification import Notification
