@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import platform
+import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 
 import psycopg
 
@@ -39,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         figures.extend(module.run(chosen.dsn))
     command = "make bench" if args.suites == SUITES else f"python -m bench {' '.join(args.suites)}"
     header = (
-        f"PostgreSQL {version} ({chosen.source}), Python {platform.python_version()}, "
-        f"{platform.machine()}, run took {time.perf_counter() - began:.0f} s. "
-        f"Command: `{command}`."
+        f"Run on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC at commit {_commit()}, on {_machine()}; "
+        f"PostgreSQL {version} ({chosen.source}), Python {platform.python_version()}; "
+        f"the run took {time.perf_counter() - began:.0f} s. Command: `{command}`."
     )
     if args.suites != SUITES:
         # a partial run must not replace the committed full report
@@ -49,6 +52,39 @@ def main(argv: list[str] | None = None) -> int:
     report = write_report(figures, header)
     print(report.read_text())
     return 0
+
+
+def _commit() -> str:
+    """The commit measured (with "+changes" when the work tree differs from it)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"{head}+changes" if dirty else head
+
+
+def _machine() -> str:
+    """Cores, memory and processor, as the report needs them to be compared."""
+    model = ""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):  # noqa: SIM115 (read once)
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores, {memory:.0f} GiB, {platform.machine()}" + (
+        f" ({model})" if model else ""
+    )
 
 
 if __name__ == "__main__":
