@@ -27,6 +27,7 @@ from .. import schema
 from ..errors import FeedError, InvalidPosition
 from ..names import TableName
 from ..session import Io, Query, one, query
+from .backfill import pending_io
 from .position import Position, Snapshot
 from .retention import drop_consumer_io, position_of
 from .rows import FINGERPRINT, RowTypes
@@ -38,8 +39,9 @@ Start: TypeAlias = "Literal['saved', 'beginning', 'end'] | Position | str"
 
 @dataclass(frozen=True)
 class Change:
-    """One captured change: ``row`` is the new row (insert, update), ``old`` the old row
-    (update, delete); a truncate has neither. ``xid`` is the writing transaction."""
+    """One captured change: ``row`` is the new row (insert, update, read), ``old`` the old
+    row (update, delete); a truncate has neither. ``op`` is "read" for a row emitted by a
+    backfill. ``xid`` is the writing transaction."""
 
     id: int
     table: str
@@ -144,6 +146,7 @@ class Core:
     cursor: Cursor = field(default_factory=Cursor)
     types: RowTypes = field(default_factory=RowTypes)
     wal: bool = False  # a followed table is captured from the WAL: the feed may relay
+    backfill: bool = False  # a followed table has a backfill to run: the feed may run it
     # the rest of a step delivered in several batches: its transactions, by position key
     _summary: dict[tuple[Any, ...], Summary] = field(default_factory=dict, repr=False)
 
@@ -156,6 +159,7 @@ class Core:
                 found.add(str((yield from require_tracked(TableName.parse(table)))))
             self.tables = sorted(found)
         self.wal = yield from follows_wal_io(self.tables)
+        self.backfill = yield from pending_io(self.tables)
 
     def wants(self, _channel: str, table: str) -> bool:
         """Whether a wake-up NOTIFY for ``table`` concerns this feed."""
