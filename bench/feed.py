@@ -512,6 +512,73 @@ def _relay_vs_bare(dsn: str) -> list[Figure]:
     ]
 
 
+BACKFILL_ROWS = 1_000_000
+
+
+def _backfill(dsn: str) -> list[Figure]:
+    """Backfill of 1M rows while 2 writers keep updating the table, for each capture."""
+    from pgtide.feed.backfill import Backfiller
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SHOW wal_level").fetchone()
+    captures = ["trigger", "wal"] if row and row[0] == "logical" else ["trigger"]
+    figures = []
+    for capture in captures:
+        table = f"bf_{capture}"
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, v text, n int NOT NULL)").format(
+                    sql.Identifier(table)
+                )
+            )
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} SELECT g, 'row ' || g, 0 FROM generate_series(1, %s) g"
+                ).format(sql.Identifier(table)),
+                (BACKFILL_ROWS,),
+            )
+            conn.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(table)))
+        pgtide.track(table, capture=capture, backfill=True, dsn=dsn)
+        stop = threading.Event()
+        writes = [0, 0]
+        update = sql.SQL("UPDATE {} SET n = n + 1 WHERE id = %s").format(sql.Identifier(table))
+
+        def write(
+            w: int,
+            update: sql.Composed = update,
+            stop: threading.Event = stop,
+            writes: list[int] = writes,
+        ) -> None:
+            rng = random.Random(w)
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                while not stop.is_set():
+                    conn.execute(update, (rng.randint(1, BACKFILL_ROWS),))
+                    writes[w] += 1
+
+        writers = [threading.Thread(target=write, args=(w,)) for w in range(2)]
+        for t in writers:
+            t.start()
+        filler = Backfiller(dsn)
+        began = time.perf_counter()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            filler.run_pending(conn, wait=True)
+        elapsed = time.perf_counter() - began
+        stop.set()
+        for t in writers:
+            t.join()
+        pgtide.untrack(table, dsn=dsn)
+        figures.append(
+            Figure(
+                SUITE,
+                f"backfill of 1M rows ({capture} capture), 2 writers updating",
+                rate(filler.emitted, elapsed),
+                "rows/s",
+                note=f"writers meanwhile: {rate(sum(writes), elapsed):,.0f} updates/s",
+            )
+        )
+    return figures
+
+
 def run(dsn: str) -> list[Figure]:
     with scratch_database(dsn, "pgtide_bench_feed") as db:
         _prepare(db)
@@ -522,6 +589,7 @@ def run(dsn: str) -> list[Figure]:
         figures.append(_latency(db, "poll"))
         figures.extend(_race(db))
         figures.extend(_read_rate(db))
+        figures.extend(_backfill(db))
     return figures
 
 

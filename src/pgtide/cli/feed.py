@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Annotated, Any
 
 import typer
@@ -17,6 +18,7 @@ from ..feed import consumers as _consumers
 from ..feed import prune as _prune
 from ..feed import track as _track
 from ..feed import untrack as _untrack
+from ..feed.backfill import Backfiller
 from ..feed.wal import Relay, SlotLost, reset_slot
 from ._common import DsnOption, JsonOption, cell, console, duration, emit_json, wants_json
 
@@ -44,6 +46,17 @@ def track(
         bool,
         typer.Option("--old-full", help="With --wal: REPLICA IDENTITY FULL (whole old rows)."),
     ] = False,
+    backfill: Annotated[
+        bool,
+        typer.Option(
+            "--backfill",
+            help="Also emit the existing rows as 'read' changes (run by the feeds, "
+            "pgtide capture, or here with --wait).",
+        ),
+    ] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="With --backfill: run it here, to its end.")
+    ] = False,
     dsn: DsnOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -54,6 +67,8 @@ def track(
         notify=not no_notify,
         capture="wal" if wal else "trigger",
         old="full" if old_full else None,
+        backfill=backfill,
+        wait=wait,
         dsn=dsn,
     )
     if as_json:
@@ -79,19 +94,34 @@ def capture(
     dsn: DsnOption = None,
 ) -> None:
     """Run the relay: drain the database's replication slot into pgtide.changes (WAL
-    capture), until SIGTERM or Ctrl-C. One relay runs per database; another one waits."""
+    capture), and run pending backfills, until SIGTERM or Ctrl-C. One relay (and one
+    backfill) runs per database; another one waits."""
     if reset:
         slot = reset_slot(dsn=dsn)
         console.print(f"re-created replication slot {slot}; backfill the WAL-captured tables")
         return
-    relay = Relay(resolve(dsn), name="pgtide capture")
+    resolved = resolve(dsn)
+    relay = Relay(resolved, name="pgtide capture")
+    backfiller = Backfiller(resolved, name="pgtide capture")
+    filler = threading.Thread(target=backfiller.run, name="pgtide-backfill", daemon=True)
+
+    def stop() -> None:
+        relay.stop()
+        backfiller.stop()
+
     try:
-        with stop_on_signals(relay.stop, "pgtide capture"):
+        with stop_on_signals(stop, "pgtide capture"):
+            filler.start()  # pending backfills run beside the relay
             relay.run(until_idle=once)
+            if once:
+                filler.join()
     except SlotLost as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
-    console.print(f"relayed {relay.relayed} changes")
+    finally:
+        backfiller.stop()
+        filler.join(10)
+    console.print(f"relayed {relay.relayed} changes; backfilled {backfiller.emitted} rows")
 
 
 def untrack(table: TableArg, dsn: DsnOption = None, as_json: JsonOption = False) -> None:

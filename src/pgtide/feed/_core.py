@@ -27,6 +27,7 @@ from .. import schema
 from ..errors import FeedError, InvalidPosition
 from ..names import TableName
 from ..session import Io, Query, one, query
+from .backfill import pending_io
 from .position import Position, Snapshot
 from .retention import drop_consumer_io, position_of
 from .rows import FINGERPRINT, RowTypes
@@ -38,8 +39,9 @@ Start: TypeAlias = "Literal['saved', 'beginning', 'end'] | Position | str"
 
 @dataclass(frozen=True)
 class Change:
-    """One captured change: ``row`` is the new row (insert, update), ``old`` the old row
-    (update, delete); a truncate has neither. ``xid`` is the writing transaction."""
+    """One captured change: ``row`` is the new row (insert, update, read), ``old`` the old
+    row (update, delete); a truncate has neither. ``op`` is "read" for a row emitted by a
+    backfill. ``xid`` is the writing transaction."""
 
     id: int
     table: str
@@ -70,8 +72,10 @@ _STEP = sql.SQL(
 _AFTER = sql.SQL("xid > %(after)s::text::xid8")
 _UPPER = sql.SQL("xid <= %(upper)s::text::xid8")
 _TABLES = sql.SQL("table_name = ANY(%(tables)s)")
-_REST_OF = sql.SQL("xid = %(xid)s::text::xid8 AND id > %(id)s")
+_CUT = sql.SQL("xid <= %(cut)s::text::xid8")
 _ORDER = sql.SQL(" ORDER BY xid, id LIMIT %(limit)s")
+_ORDER_ALL = sql.SQL(" ORDER BY xid, id")
+_SUMMARY = sql.SQL("SELECT xid::text::bigint, max(id), count(*)::int FROM pgtide.changes WHERE ")
 _SAVED = """
 SELECT snapshot::text, target::text, after_xid::text FROM pgtide.consumers WHERE name = %s
 """
@@ -142,6 +146,9 @@ class Core:
     cursor: Cursor = field(default_factory=Cursor)
     types: RowTypes = field(default_factory=RowTypes)
     wal: bool = False  # a followed table is captured from the WAL: the feed may relay
+    backfill: bool = False  # a followed table has a backfill to run: the feed may run it
+    # the rest of a step delivered in several batches: its transactions, by position key
+    _summary: dict[tuple[Any, ...], Summary] = field(default_factory=dict, repr=False)
 
     def prepare(self) -> Io[None]:
         """Run on each new connection: install the schema, check the followed tables."""
@@ -152,6 +159,7 @@ class Core:
                 found.add(str((yield from require_tracked(TableName.parse(table)))))
             self.tables = sorted(found)
         self.wal = yield from follows_wal_io(self.tables)
+        self.backfill = yield from pending_io(self.tables)
 
     def wants(self, _channel: str, table: str) -> bool:
         """Whether a wake-up NOTIFY for ``table`` concerns this feed."""
@@ -229,7 +237,8 @@ class Core:
     def read(
         self, pos: Position, stop: Position | None, max_changes: int
     ) -> Io[tuple[list[Change], Position]]:
-        """One step from ``pos``: returns (changes, new position). Whole transactions only."""
+        """One step from ``pos``: returns (changes, new position). Whole transactions only,
+        in commit order (see :func:`_commit_order`)."""
         base, after = pos.snapshot, pos.after
         upper: int | None = None
         if pos.target is not None:
@@ -266,19 +275,69 @@ class Core:
         rows = yield from query(sql.Composed([_COLUMNS, self._where(where), _ORDER]), params)
         if len(rows) <= max_changes:
             done = Position(target) if upper is None else Position(base, target, upper)
-            return (yield from _to_changes(rows, self.types)), done
-        cut = rows[max_changes][1]
-        if rows[0][1] == cut:
-            # One transaction larger than max_changes: it comes whole, in one batch.
-            rest = sql.Composed([_COLUMNS, self._where([_REST_OF]), sql.SQL(" ORDER BY id")])
-            more = yield from query(
-                rest,
-                {"xid": str(cut), "id": rows[-1][0], "tables": self.tables, **self.types.params()},
+            return (yield from _to_changes(_commit_order(rows), self.types)), done
+        # More than a batch: choose whole transactions, in commit order, up to a cut that
+        # a position can say ("every transaction of the step up to xid `cut`").
+        key = (str(base), str(target), after, upper, tuple(self.tables or ()))
+        summary = self._summary.get(key)
+        if summary is None:
+            found = yield from query(
+                sql.Composed([_SUMMARY, self._where(where), sql.SQL(" GROUP BY xid")]), params
             )
-            changes = yield from _to_changes(rows + more, self.types)
-            return changes, Position(base, target, cut)
-        kept = [r for r in rows if r[1] < cut]
-        return (yield from _to_changes(kept, self.types)), Position(base, target, kept[-1][1])
+            summary = sorted(((last, xid, n) for xid, last, n in found), key=lambda s: s[0])
+        cut, rest = choose_cut(summary, max_changes)
+        self._summary = {(str(base), str(target), cut, upper, key[4]): rest} if rest else {}
+        params["cut"] = str(cut)
+        rows = yield from query(
+            sql.Composed([_COLUMNS, self._where([*where, _CUT]), _ORDER_ALL]), params
+        )
+        changes = yield from _to_changes(_commit_order(rows), self.types)
+        if not rest:
+            done = Position(target) if upper is None else Position(base, target, upper)
+            return changes, done
+        return changes, Position(base, target, cut)
+
+
+Summary: TypeAlias = "list[tuple[int, int, int]]"
+"""A step's transactions as (last change id, xid, number of changes), by last change id."""
+
+
+def choose_cut(summary: Summary, max_changes: int) -> tuple[int, Summary]:
+    """Where to end a batch of a step larger than ``max_changes``: returns (cut, rest).
+
+    The batch is the first transactions in commit order (by last change id) and must be
+    "every transaction of the step with xid <= cut" (what a position can say), so a cut
+    is possible only where the transactions taken so far are the ones of smallest xids.
+    The largest such batch of at most ``max_changes`` changes is taken, else the smallest
+    possible (a large transaction, or one interleaved with many, comes whole)."""
+    xids = sorted(s[1] for s in summary)
+    best: int | None = None
+    taken = highest = 0
+    for k, (_last, xid, n) in enumerate(summary, 1):
+        taken += n
+        highest = max(highest, xid)
+        if highest != xids[k - 1]:
+            continue  # a transaction of a smaller xid is still to come
+        if taken <= max_changes or best is None:
+            best = highest
+        if taken >= max_changes:
+            break
+    assert best is not None
+    return best, [s for s in summary if s[1] > best]
+
+
+def _commit_order(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Rows of whole transactions (given by xid, id) in commit order: transactions by their
+    last change id, each one's changes by id.
+
+    Two transactions that wrote the same row committed in the order of their last change
+    ids: the second one's write waited for the first one's commit (a row lock), so it, and
+    its last change, come after every change of the first. Xid order does not say that (a
+    transaction draws its xid at its first write, wherever that is)."""
+    last: dict[int, int] = {}
+    for r in rows:
+        last[r[1]] = r[0]  # by (xid, id): the last row of a transaction has its largest id
+    return sorted(rows, key=lambda r: (last[r[1]], r[0]))
 
 
 @dataclass(frozen=True)

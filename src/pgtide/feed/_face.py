@@ -14,6 +14,7 @@ from ..errors import FeedError
 from ..names import TableName
 from ..session import OUTAGES, AsyncSession, Session
 from ._core import Change, Core, Emit, Start, Step, plan
+from .backfill import BackfillThread
 from .position import Position
 from .wal import RelayThread
 
@@ -126,6 +127,7 @@ class FeedBase(Generic[S]):
         self._last_prune = time.monotonic()
         self._relays = relay
         self._relay: RelayThread | None = None
+        self._backfill: BackfillThread | None = None
         self._session: S = self._session_class(
             dsn, name=f"feed {consumer}", prepare=self._core.prepare, on_reconnect=self._wake
         )
@@ -173,11 +175,20 @@ class FeedBase(Generic[S]):
             relay.check()
         elif self._relays and self._core.wal:
             self._relay = RelayThread(resolved, self.consumer)
+        backfill = self._backfill
+        if backfill is not None:
+            backfill.check()
+        elif self._relays and self._core.backfill:
+            # pending backfills of the followed tables run here too (one runner at a time)
+            self._backfill = BackfillThread(resolved, self.consumer)
 
     def _relay_stop(self) -> None:
         relay, self._relay = self._relay, None
         if relay is not None:
             relay.stop()
+        backfill, self._backfill = self._backfill, None
+        if backfill is not None:
+            backfill.stop()
 
     def _wake(self) -> None:
         waker = self._waker

@@ -48,7 +48,7 @@ _LATEST = sql.Composed(
         FINGERPRINT,
         sql.SQL(
             " FROM pgtide.changes WHERE table_name = %(table)s "
-            "AND op IN ('insert', 'update', 'truncate') ORDER BY xid DESC, id DESC LIMIT 1"
+            "AND op IN ('insert', 'update', 'read', 'truncate') ORDER BY xid DESC, id DESC LIMIT 1"
         ),
     ]
 )

@@ -212,6 +212,8 @@ def track(
     notify: bool = True,
     capture: str = "trigger",
     old: str | None = None,
+    backfill: bool = False,
+    wait: bool = False,
     dsn: DsnLike = None,
     conn: psycopg.Connection[Any] | None = None,
 ) -> bool:
@@ -228,6 +230,12 @@ def track(
     follows the table). It needs ``wal_level = logical``; the first one creates the slot, so
     it runs outside a transaction. ``old="full"`` (WAL capture) sets ``REPLICA IDENTITY
     FULL``, so that updates and deletes carry the whole old row (else only its key).
+
+    ``backfill=True`` also emits the table's existing rows as changes of op "read" (in
+    primary key chunks, resumable, consistent with concurrent writes; the table needs a
+    primary key). Any Feed process of the database that follows the table runs it, as
+    does ``pgtide capture``; ``wait=True`` runs it here and returns when it is done (or
+    waits for the process running it). A backfill recorded again starts over.
     """
     chosen, name = _ops(ops), TableName.parse(table)
     if capture not in CAPTURES:
@@ -237,21 +245,60 @@ def track(
     if capture == "trigger":
         if old == "full":
             raise FeedError("old='full' is for capture='wal' (triggers always see the old row)")
-        changed = call(dsn, conn, track_io(name, chosen, notify), atomic=True)
+        changed = call(
+            dsn, conn, _and_backfill(track_io(name, chosen, notify), name, backfill), atomic=True
+        )
         _drop_unused_slot(dsn, conn)
-        return changed
+    else:
+        changed = _track_wal(name, chosen, notify, old == "full", backfill, dsn, conn)
+    if backfill and wait:
+        from .backfill import Backfiller
+
+        with using(dsn, conn) as c:
+            Backfiller(dsn).run_pending(c, wait=True)
+    return changed
+
+
+def _and_backfill(io: Io[bool], table: TableName, backfill: bool) -> Io[bool]:
+    """``io``, then (``backfill``) the record of a backfill of ``table``."""
+    from .backfill import start_io
+
+    changed = yield from io
+    if backfill:
+        yield from start_io((yield from existing(table)))
+    return changed or backfill
+
+
+def _track_wal(
+    name: TableName,
+    chosen: list[str],
+    notify: bool,
+    old_full: bool,
+    backfill: bool,
+    dsn: DsnLike,
+    conn: psycopg.Connection[Any] | None,
+) -> bool:
     from .wal import track_wal
 
     with using(dsn, conn) as c:
         run(c, schema.ensure_io())
         try:
-            return track_wal(c, name, chosen, notify, old == "full")
+            changed = track_wal(c, name, chosen, notify, old_full)
+            if backfill:
+                with c.transaction():
+                    run(c, _and_backfill(_nothing(), name, backfill))
+            return changed or backfill
         except psycopg.errors.InsufficientPrivilege as exc:
             raise FeedError(
                 f"cannot track {name} from the WAL: {exc.diag.message_primary or exc}; the "
                 "role needs to own the table, and the REPLICATION attribute (or to be a "
                 "superuser) to create the database's replication slot"
             ) from None
+
+
+def _nothing() -> Io[bool]:
+    return False
+    yield  # a generator
 
 
 def _drop_unused_slot(dsn: DsnLike, conn: psycopg.Connection[Any] | None) -> None:

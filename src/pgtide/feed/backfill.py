@@ -1,0 +1,269 @@
+"""Backfill: a tracked table's existing rows, emitted as changes of op ``read``.
+
+The rows are read in primary key order, in chunks. One chunk is ONE transaction that reads
+the next rows ``FOR SHARE``, writes them to ``pgtide.changes`` as ``read`` changes and saves
+the chunk's last key in ``pgtide.backfills``: a crash (``kill -9``) anywhere loses or
+repeats no chunk, and the next runner goes on after the last saved key.
+
+Consistency with concurrent writes (a consumer applying the feed in order ends equal to the
+table) is what DBLog's and Debezium's watermarks give, obtained here from the chunk's own
+transaction, since the change log lives in the same database:
+
+- The chunk's ``read`` changes get ids when the chunk is read, and the chunk transaction
+  holds share locks on its rows until it commits.
+- A write to one of those rows before the chunk: the lock waits for the writer's commit
+  and then reads the row as the writer left it; the writer's changes, drawn before the
+  writer committed, have smaller ids and so come first in the feed (the feed orders the
+  transactions of a step by their last change id, and a transaction committed earlier is in
+  an earlier step or earlier in the same one).
+- A write to one of those rows after the chunk waits for the chunk's commit: its change
+  comes after the ``read``.
+- A row deleted before the chunk is not read; a row inserted concurrently and not yet
+  committed is not read, and its insert change is in the feed anyway.
+
+With WAL capture, the relay writes a source transaction's changes after it committed, so a
+``read`` may come before changes that the row already holds; these changes are then applied
+again, in commit order, up to the last one, and the copy ends equal all the same.
+
+Who runs it: any Feed process of the database (a thread, under an advisory lock, as the
+relay), ``pgtide capture``, or ``track(..., backfill=True, wait=True)`` itself, which waits
+for the lock: so a backfill started by a short-lived ``pgtide track`` goes on in the
+consumers' processes, and a crash of one runner is taken over by the next.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ..connect import DsnLike, Resolved
+from ..errors import FeedError
+from ..names import TableName
+from ..session import OUTAGES, Io, Query, Session, Stopped, one, query
+
+log = logging.getLogger("pgtide.feed")
+
+CHUNK_ROWS = 10000
+"""Rows per backfill chunk (one transaction each)."""
+_LOCK_KEY = (0x70677469, 0x42464C)  # advisory lock: one backfill runner per database
+
+_PRIMARY_KEY = """
+SELECT a.attname FROM pg_index i
+JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+WHERE n.nspname = %s AND c.relname = %s AND i.indisprimary ORDER BY k.ord
+"""
+_START = """
+INSERT INTO pgtide.backfills (table_name, key_columns) VALUES (%s, %s)
+ON CONFLICT (table_name) DO UPDATE SET key_columns = excluded.key_columns, last_key = NULL,
+    rows = 0, chunks = 0, started_at = now(), updated_at = NULL, done_at = NULL
+"""
+_PENDING = (
+    "SELECT table_name, key_columns, last_key::text FROM pgtide.backfills "
+    "WHERE done_at IS NULL ORDER BY started_at, table_name"
+)
+_ANY_PENDING = "SELECT to_regclass('pgtide.backfills') IS NOT NULL AND EXISTS (" + (
+    "SELECT 1 FROM pgtide.backfills WHERE done_at IS NULL AND table_name = ANY(%s))"
+)
+_ANY_PENDING_ALL = "SELECT to_regclass('pgtide.backfills') IS NOT NULL AND EXISTS (" + (
+    "SELECT 1 FROM pgtide.backfills WHERE done_at IS NULL)"
+)
+_STATUS = (
+    "SELECT table_name, rows, chunks, started_at, done_at FROM pgtide.backfills ORDER BY table_name"
+)
+_FORGET = "DELETE FROM pgtide.backfills WHERE table_name = %s"
+_TRY_LOCK = "SELECT pg_try_advisory_lock(%s, %s)"
+_LOCK = "SELECT pg_advisory_lock(%s, %s)"
+_UNLOCK = "SELECT pg_advisory_unlock(%s, %s)"
+_NOTIFY = "SELECT pg_notify('pgtide_changes', %s)"
+
+# One chunk: read the next rows FOR SHARE, write them as 'read' changes, save the last key,
+# all in one statement (one snapshot) of the chunk's transaction.
+_CHUNK = """
+WITH chunk AS (
+    SELECT * FROM {table} AS t {where} ORDER BY {keys} LIMIT %(n)s FOR SHARE
+), written AS (
+    INSERT INTO pgtide.changes (table_name, op, row)
+    SELECT %(name)s, 'read', to_jsonb(c) FROM chunk AS c ORDER BY {ckeys}
+    RETURNING 1
+), last AS (
+    SELECT jsonb_build_object({pairs}) AS k FROM chunk AS c ORDER BY {ckeys} DESC LIMIT 1
+), counted AS (
+    SELECT count(*) AS n FROM written
+)
+UPDATE pgtide.backfills SET last_key = coalesce((SELECT k FROM last), last_key),
+    rows = rows + (SELECT n FROM counted), chunks = chunks + 1, updated_at = now(),
+    done_at = CASE WHEN (SELECT n FROM counted) < %(n)s THEN now() END
+WHERE table_name = %(name)s AND last_key IS NOT DISTINCT FROM %(last)s::jsonb
+RETURNING (SELECT n FROM counted), done_at IS NOT NULL, last_key::text
+"""
+_AFTER = "WHERE ({keys}) > (SELECT {keys} FROM jsonb_populate_record(NULL::{table}, %(last)s))"
+
+
+def primary_key_io(table: TableName) -> Io[list[str]]:
+    """The primary key columns of ``table``; a clear error if it has none."""
+    rows = yield from query(_PRIMARY_KEY, (table.schema, table.name))
+    if not rows:
+        raise FeedError(
+            f"cannot backfill {table}: it has no primary key, and a backfill reads the table "
+            "in primary key order (chunks resumable after a crash); add a primary key, or "
+            "track it without backfill"
+        )
+    return [r[0] for r in rows]
+
+
+def start_io(table: TableName) -> Io[None]:
+    """Record a backfill of ``table`` (from its first row; an earlier one starts over)."""
+    keys = yield from primary_key_io(table)
+    yield Query(_START, (str(table), keys))
+    log.info("backfill of %s recorded (key %s)", table, ", ".join(keys))
+
+
+def pending_io(tables: list[str] | None) -> Io[bool]:
+    """Whether a backfill of one of ``tables`` (None: any) is still to run."""
+    if tables is None:
+        row = yield from one(_ANY_PENDING_ALL)
+    else:
+        row = yield from one(_ANY_PENDING, (tables,))
+    return bool(row and row[0])
+
+
+def status_io() -> Io[list[dict[str, Any]]]:
+    """Each backfill: table, rows emitted, chunks, started and done times."""
+    rows = yield from query(_STATUS)
+    return [
+        {"table": t, "rows": r, "chunks": c, "started_at": s, "done_at": d}
+        for t, r, c, s, d in rows
+    ]
+
+
+def forget_io(table: TableName) -> Io[None]:
+    yield Query(_FORGET, (str(table),))
+
+
+def _chunk_sql(table: TableName, keys: list[str], first: bool) -> sql.Composed:
+    cols = sql.SQL(", ").join(sql.Identifier(k) for k in keys)
+    ccols = sql.SQL(", ").join(sql.Identifier("c", k) for k in keys)
+    pairs = sql.SQL(", ").join(
+        sql.SQL("{}, {}").format(sql.Literal(k), sql.Identifier("c", k)) for k in keys
+    )
+    where = sql.SQL("") if first else sql.SQL(_AFTER).format(keys=cols, table=table.identifier)
+    return sql.SQL(_CHUNK).format(
+        table=table.identifier, where=where, keys=cols, ckeys=ccols, pairs=pairs
+    )
+
+
+@dataclass
+class Backfiller:
+    """Runs the database's pending backfills, one chunk per transaction, under an advisory
+    lock (one runner per database; another one waits, or does something else)."""
+
+    dsn: DsnLike = None
+    chunk_rows: int = CHUNK_ROWS
+    name: str = "backfill"
+    emitted: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def run_pending(self, conn: psycopg.Connection[Any], *, wait: bool = False) -> bool:
+        """Run every pending backfill to its end on ``conn`` (autocommit). Returns False
+        when another runner holds the lock (``wait``: wait for it, then go on)."""
+        if wait:
+            conn.execute(_LOCK, _LOCK_KEY)
+        else:
+            row = conn.execute(_TRY_LOCK, _LOCK_KEY).fetchone()
+            if row is None or not row[0]:
+                return False
+        try:
+            while not self._stop.is_set():
+                pending = conn.execute(_PENDING).fetchall()
+                if not pending:
+                    return True
+                name, keys, last = pending[0]
+                self._table(conn, TableName.parse(name), list(keys), last)
+            return True
+        finally:
+            if not conn.closed:
+                conn.execute(_UNLOCK, _LOCK_KEY)
+
+    def _table(
+        self, conn: psycopg.Connection[Any], table: TableName, keys: list[str], last: str | None
+    ) -> None:
+        first, after = _chunk_sql(table, keys, True), _chunk_sql(table, keys, False)
+        n = self.chunk_rows
+        while not self._stop.is_set():
+            with conn.transaction():
+                try:
+                    row = conn.execute(
+                        first if last is None else after,
+                        {"n": n, "name": str(table), "last": last},
+                    ).fetchone()
+                except psycopg.errors.UndefinedTable:
+                    raise FeedError(
+                        f"cannot backfill {table}: the table is gone; untrack it"
+                    ) from None
+                if row is None:
+                    raise FeedError(f"another backfill of {table} moved on meanwhile")
+                count, done, last = row
+                if count:
+                    conn.execute(_NOTIFY, (str(table),))
+            self.emitted += count
+            if done:
+                log.info("backfill of %s done", table)
+                return
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Run pending backfills (reconnecting after an outage) until none is left."""
+        if stop is not None:
+            self._stop = stop
+        session = Session(self.dsn, name=f"pgtide {self.name}", application_name="pgtide backfill")
+        session._stop = self._stop
+        try:
+            while not self._stop.is_set():
+                try:
+                    if session.call(self.run_pending):
+                        return
+                except Stopped:
+                    return
+                self._stop.wait(1.0)  # another runner holds the lock: look again later
+        finally:
+            session.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class BackfillThread:
+    """Pending backfills run inside a Feed process: a daemon thread that ends when none is
+    left; an error it cannot recover from is kept for the feed to raise."""
+
+    def __init__(self, resolved: Resolved, consumer: str) -> None:
+        self.backfiller = Backfiller(resolved, name=f"backfill of feed {consumer}")
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="pgtide-backfill", daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        try:
+            self.backfiller.run()
+        except BaseException as exc:  # kept for the feed to raise
+            if not isinstance(exc, OUTAGES):
+                log.error("%s stopped: %s", self.backfiller.name, exc)
+            self.error = exc
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def check(self) -> None:
+        if self.error is not None and isinstance(self.error, FeedError):
+            raise self.error
+
+    def stop(self) -> None:
+        self.backfiller.stop()
+        self._thread.join(10)

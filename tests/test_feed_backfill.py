@@ -1,0 +1,167 @@
+"""Backfill: existing rows as 'read' changes, consistent with concurrent writes, resumable
+after a kill -9, and visible as such to `pgtide follow` and the sinks."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import psycopg
+import pytest
+import test_feed_order
+from pgtide_testing import CliRunner, Killable
+from test_feed_order import apply, table_rows
+from test_feed_wal import _relay, wal_server  # noqa: F401 (fixture)
+
+import pgtide
+from pgtide.errors import FeedError
+from pgtide.feed.backfill import Backfiller
+from pgtide.sinks._encode import record
+
+ROWS = 5000
+capture_dsn = test_feed_order.capture_dsn  # the fixture: both captures
+
+
+def _make(dsn: str, rows: int = ROWS) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, v text, n int NOT NULL)")
+        conn.execute(
+            "INSERT INTO items SELECT g, 'v' || g, 0 FROM generate_series(1, %s) g", (rows,)
+        )
+
+
+def _progress(dsn: str) -> tuple[int, bool]:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT chunks, done_at IS NOT NULL FROM pgtide.backfills").fetchone()
+    return (0, False) if row is None else (row[0], row[1])
+
+
+def _copy(dsn: str, consumer: str) -> tuple[dict[Any, Any], list[pgtide.Change]]:
+    copy: dict[Any, Any] = {}
+    seen: list[pgtide.Change] = []
+    feed = pgtide.Feed(consumer, dsn=dsn, relay=False)
+    try:
+        for batch in feed.batches(start="beginning", stop="end", max_changes=700):
+            for change in batch:
+                apply(copy, change)
+                seen.append(change)
+    finally:
+        feed.close()
+    return copy, seen
+
+
+def _writer(dsn: str, seed: int, stop: threading.Event, errors: list[BaseException]) -> None:
+    rng = random.Random(seed)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while not stop.is_set():
+                key = rng.randint(1, ROWS + 200)
+                r = rng.random()
+                if r < 0.2:
+                    conn.execute("DELETE FROM items WHERE id = %s", (key,))
+                elif r < 0.4:
+                    conn.execute(
+                        "INSERT INTO items VALUES (%s, 'new', 0) ON CONFLICT (id) DO NOTHING",
+                        (key,),
+                    )
+                else:
+                    with conn.transaction():
+                        conn.execute("UPDATE items SET n = n + 1, v = 'u' WHERE id = %s", (key,))
+                        conn.execute(
+                            "UPDATE items SET n = n + 1 WHERE id = %s", (rng.randint(1, ROWS),)
+                        )
+    except psycopg.errors.DeadlockDetected:
+        pass
+    except BaseException as exc:
+        errors.append(exc)
+
+
+def test_backfill_under_concurrent_updates_and_deletes_ends_equal(
+    capture_dsn: tuple[str, str],
+) -> None:
+    url, capture = capture_dsn
+    _make(url)
+    pgtide.track("items", capture=capture, backfill=True, dsn=url)
+    stop, errors = threading.Event(), []
+    writers = [threading.Thread(target=_writer, args=(url, s, stop, errors)) for s in range(3)]
+    for t in writers:
+        t.start()
+    filler = Backfiller(url, chunk_rows=250)
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert filler.run_pending(conn)
+    stop.set()
+    for t in writers:
+        t.join()
+    assert not errors
+    if capture == "wal":
+        _relay(url)
+    assert _progress(url)[1]
+    copy, seen = _copy(url, "copy")
+    assert copy == table_rows(url, "items")
+    reads = Counter(c.row["id"] for c in seen if c.op == "read" and c.row)
+    assert reads and max(reads.values()) == 1
+    assert filler.emitted == sum(reads.values())
+
+
+def test_backfill_needs_a_primary_key(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE nokey (v text)")
+    with pytest.raises(FeedError, match="no primary key"):
+        pgtide.track("nokey", backfill=True, dsn=dsn)
+    assert pgtide.feed.tracked(dsn=dsn) == []  # nothing half done
+
+
+def backfill_forever(dsn: str) -> None:
+    """The runner killed by the crash test: small chunks, one after the other."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        Backfiller(dsn, chunk_rows=50).run_pending(conn)
+
+
+def test_kill_9_mid_backfill_resumes_without_losing_or_repeating_chunks(
+    dsn: str, killable: Killable
+) -> None:
+    _make(dsn)
+    pgtide.track("items", backfill=True, dsn=dsn)
+    process = killable.start(backfill_forever, dsn)
+    deadline = time.monotonic() + 30
+    while _progress(dsn)[0] < 5:  # a few chunks committed: kill it mid-way
+        assert time.monotonic() < deadline and process.is_alive()
+        time.sleep(0.01)
+    killable.kill(process)
+    chunks, done = _progress(dsn)
+    assert not done and chunks < ROWS // 50
+    # the next runner (a feed of the table) takes over from the last saved key
+    feed = pgtide.Feed("taker", "items", dsn=dsn)
+    for batch in feed.batches(start="end", timeout=0.2):
+        batch.ack()
+        if _progress(dsn)[1]:
+            break
+    while feed._backfill is not None and feed._backfill.running:
+        feed._backfill._thread.join(0.1)
+    feed.close()
+    assert _progress(dsn)[1]
+    copy, seen = _copy(dsn, "copy")
+    reads = Counter(c.row["id"] for c in seen if c.op == "read" and c.row)
+    assert sorted(reads) == list(range(1, ROWS + 1))
+    assert set(reads.values()) == {1}
+    assert copy == table_rows(dsn, "items")
+
+
+def test_read_reaches_follow_and_sinks_json_unchanged(dsn: str, cli: CliRunner) -> None:
+    _make(dsn, 3)
+    out = cli("track", "items", "--backfill", "--wait", "--dsn", dsn)
+    assert out.returncode == 0, out.stderr
+    out = cli("follow", "--consumer", "cli", "--timeout", "0.5", "--dsn", dsn)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [(c["op"], c["row"]) for c in lines] == [
+        ("read", {"id": i, "v": f"v{i}", "n": 0}) for i in (1, 2, 3)
+    ]
+    _, seen = _copy(dsn, "sink")
+    assert [record(c)["op"] for c in seen] == ["read"] * 3
+    assert record(seen[0])["row"] == {"id": 1, "v": "v1", "n": 0}
+    assert pgtide.latest("items", dsn=dsn) == {"id": 3, "v": "v3", "n": 0}
