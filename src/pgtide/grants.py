@@ -17,7 +17,7 @@ from .session import Io, Query, atomic
 
 FEATURE_TABLES: dict[str, tuple[str, ...]] = {
     "listen": (),
-    "feed": ("changes", "tracked", "consumers", "wal"),
+    "feed": ("changes", "tracked", "consumers", "wal", "backfills"),
     "events": ("events", "event_workers", "event_queues", "event_schedules"),
     "ingest": ("file_offsets", "rejects"),
 }
