@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -24,23 +25,31 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="markdown",
 )
-app.add_typer(db.app, name="db")
-app.add_typer(events.app, name="events")
-app.command("install")(install.install)
-app.command("grant")(grant.grant)
-app.command("demo")(demo.demo)
-app.command("status")(status.status)
-app.command("listen")(listen.listen)
-app.command("notify")(listen.notify)
-app.command("ingest")(ingest.ingest)
-app.add_typer(ingest.rejects_app, name="rejects")
-app.command("track")(feed.track)
-app.command("untrack")(feed.untrack)
-app.command("capture")(feed.capture)
-app.command("follow")(feed.follow)
-app.command("prune")(feed.prune)
-app.add_typer(feed.consumers_app, name="consumers")
-app.add_typer(sink.app, name="sink")
+# the commands and groups, in the order help lists them
+_COMMANDS: tuple[tuple[str, typer.Typer | Callable[..., Any]], ...] = (
+    ("db", db.app),
+    ("events", events.app),
+    ("install", install.install),
+    ("grant", grant.grant),
+    ("demo", demo.demo),
+    ("status", status.status),
+    ("listen", listen.listen),
+    ("notify", listen.notify),
+    ("ingest", ingest.ingest),
+    ("rejects", ingest.rejects_app),
+    ("track", feed.track),
+    ("untrack", feed.untrack),
+    ("capture", feed.capture),
+    ("follow", feed.follow),
+    ("prune", feed.prune),
+    ("consumers", feed.consumers_app),
+    ("sink", sink.app),
+)
+for _name, _target in _COMMANDS:
+    if isinstance(_target, typer.Typer):
+        app.add_typer(_target, name=_name)
+    else:
+        app.command(_name)(_target)
 
 
 def _version(value: bool) -> None:

@@ -8,9 +8,10 @@ import importlib
 import json
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.table import Table
@@ -28,6 +29,10 @@ app = typer.Typer(
 StateOption = Annotated[
     str | None, typer.Option("--state", help=f"Only this state ({', '.join(STATES)}).")
 ]
+R = TypeVar("R", EventRecord, Schedule)
+
+EventId = Annotated[int, typer.Argument(help="The event id.")]
+EventName = Annotated[str, typer.Argument(help="The event name.")]
 
 
 def load(spec: str) -> Events | aio.Events:
@@ -95,7 +100,7 @@ async def _work_async(events: aio.Events, concurrency: int, poll_interval: float
 
 @app.command()
 def publish(
-    name: Annotated[str, typer.Argument(help="The event name.")],
+    name: EventName,
     payload: Annotated[
         str, typer.Argument(help="JSON (or plain text, sent as a string).")
     ] = "null",
@@ -112,19 +117,13 @@ def publish(
     as_json: JsonOption = False,
 ) -> None:
     """Publish one event called NAME with PAYLOAD."""
-    try:
-        value: Any = json.loads(payload)
-    except ValueError:
-        value = payload
+    value = _json_or_text(payload)
     with Events(dsn=dsn) as events:
         run_at = timedelta(seconds=delay) if delay is not None else None
         id_ = events.publish(
             name, value, key=key, run_at=run_at, priority=priority, dedupe_key=dedupe_key
         )
-    if wants_json(as_json):
-        emit_json({"id": id_, "name": name, "payload": value})
-    else:
-        console.print(f"published event {id_} ({name})", highlight=False)
+    _report(as_json, {"id": id_, "name": name, "payload": value}, f"published event {id_} ({name})")
 
 
 @app.command("ls")
@@ -138,24 +137,13 @@ def ls(
     """List the newest events (of one state or name)."""
     with Events(dsn=dsn) as events:
         records = events.recent(state=state, name=name, limit=limit)
-    if wants_json(as_json):
-        for rec in records:
-            emit_json(_as_dict(rec))
-        return
-    table = Table(title=f"events{f' ({state})' if state else ''}", title_justify="left")
-    for column in ("id", "name", "state", "attempts", "created", "result / error"):
-        table.add_column(column)
-    for rec in records:
-        outcome = _last_line(rec.error) if rec.state in ("failed", "dead") else rec.result
-        table.add_row(
-            str(rec.id),
-            rec.name,
-            rec.state,
-            str(rec.attempts),
-            rec.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-            "" if outcome is None else str(outcome),
-        )
-    console.print(table)
+    _listing(
+        as_json,
+        records,
+        f"events{f' ({state})' if state else ''}",
+        ("id", "name", "state", "attempts", "created", "result / error"),
+        _event_row,
+    )
 
 
 @app.command()
@@ -172,10 +160,7 @@ def retry(
     with Events(dsn=dsn) as events:
         if dead:
             revived = events.retry_dead(name)
-            if wants_json(as_json):
-                emit_json({"retried": revived})
-            else:
-                console.print(f"{revived} dead events will run again", highlight=False)
+            _report(as_json, {"retried": revived}, f"{revived} dead events will run again")
             return
         assert id is not None
         if not events.retry(id):
@@ -183,15 +168,12 @@ def retry(
                 f"no done, failed or dead event with id {id} (nor a cancelled one whose dedupe "
                 "key is free); see `pgtide events ls`"
             )
-    if wants_json(as_json):
-        emit_json({"id": id, "state": "pending"})
-    else:
-        console.print(f"event {id} will run again", highlight=False)
+    _report(as_json, {"id": id, "state": "pending"}, f"event {id} will run again")
 
 
 @app.command()
 def show(
-    id: Annotated[int, typer.Argument(help="The event id.")],
+    id: EventId,
     dsn: DsnOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -215,7 +197,7 @@ def show(
 
 @app.command()
 def cancel(
-    id: Annotated[int, typer.Argument(help="The event id.")],
+    id: EventId,
     dsn: DsnOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -224,34 +206,27 @@ def cancel(
         state = events.cancel(id)
     if state is None:
         raise ConfigError(f"event {id} has already ended, or does not exist")
-    if wants_json(as_json):
-        emit_json({"id": id, "state": state})
-    elif state == "running":
-        console.print(f"event {id}: its handler is asked to stop", highlight=False)
-    else:
-        console.print(f"event {id} cancelled", highlight=False)
+    asked = state == "running"
+    said = f"event {id}: its handler is asked to stop" if asked else f"event {id} cancelled"
+    _report(as_json, {"id": id, "state": state}, said)
 
 
-@app.command()
-def pause(
-    name: Annotated[str, typer.Argument(help="The event name.")],
-    dsn: DsnOption = None,
-) -> None:
-    """No worker claims events called NAME until `resume` (running ones finish)."""
-    with Events(dsn=dsn) as events:
-        events.pause(name)
-    console.print(f"{name} paused", highlight=False)
+def _pausing(paused: bool, doc: str) -> Callable[..., None]:
+    """The ``pause`` or ``resume`` command: the same call, either way."""
+
+    def command(name: EventName, dsn: DsnOption = None) -> None:
+        with Events(dsn=dsn) as events:
+            (events.pause if paused else events.resume)(name)
+        console.print(f"{name} {'paused' if paused else 'resumed'}", highlight=False)
+
+    command.__doc__ = doc
+    return command
 
 
-@app.command()
-def resume(
-    name: Annotated[str, typer.Argument(help="The event name.")],
-    dsn: DsnOption = None,
-) -> None:
-    """Workers claim events called NAME again."""
-    with Events(dsn=dsn) as events:
-        events.resume(name)
-    console.print(f"{name} resumed", highlight=False)
+app.command("pause")(
+    _pausing(True, "No worker claims events called NAME until `resume` (running ones finish).")
+)
+app.command("resume")(_pausing(False, "Workers claim events called NAME again."))
 
 
 schedule_app = typer.Typer(help="Cron schedules: each tick enqueued once.", no_args_is_help=True)
@@ -260,7 +235,7 @@ app.add_typer(schedule_app, name="schedule")
 
 @schedule_app.command("add")
 def schedule_add(
-    name: Annotated[str, typer.Argument(help="The event name.")],
+    name: EventName,
     cron: Annotated[str, typer.Argument(help="Cron expression, e.g. '0 3 * * *'.")],
     payload: Annotated[str, typer.Option("--payload", help="JSON payload.")] = "null",
     tz: Annotated[str, typer.Option("--tz", help="Time zone (IANA).")] = "UTC",
@@ -269,17 +244,11 @@ def schedule_add(
     as_json: JsonOption = False,
 ) -> None:
     """Publish NAME at each tick of CRON (replacing the schedule with the same id)."""
-    try:
-        value: Any = json.loads(payload)
-    except ValueError:
-        value = payload
+    value = _json_or_text(payload)
     with Events(dsn=dsn) as events:
         ident = events.schedule(name, cron, value, tz=tz, id=id)
         found = next(s for s in events.schedules() if s.id == ident)
-    if wants_json(as_json):
-        emit_json(_as_dict(found))
-    else:
-        console.print(f"schedule {ident}: next at {found.next_at.isoformat()}", highlight=False)
+    _report(as_json, _as_dict(found), f"schedule {ident}: next at {found.next_at.isoformat()}")
 
 
 @schedule_app.command("ls")
@@ -287,17 +256,9 @@ def schedule_ls(dsn: DsnOption = None, as_json: JsonOption = False) -> None:
     """Every schedule."""
     with Events(dsn=dsn) as events:
         found = events.schedules()
-    if wants_json(as_json):
-        for item in found:
-            emit_json(_as_dict(item))
-        return
-    table = Table(title="schedules", title_justify="left")
-    for column in ("id", "name", "cron", "tz", "next", "last"):
-        table.add_column(column)
-    for item in found:
-        last = item.last_at.isoformat() if item.last_at else "-"
-        table.add_row(item.id, item.name, item.cron, item.tz, item.next_at.isoformat(), last)
-    console.print(table)
+    _listing(
+        as_json, found, "schedules", ("id", "name", "cron", "tz", "next", "last"), _schedule_row
+    )
 
 
 @schedule_app.command("rm")
@@ -323,10 +284,60 @@ def purge(
     age = timedelta(seconds=older_than)
     with Events(dsn=dsn) as events:
         deleted = events.purge(age, dead=dead)
+    _report(as_json, {"deleted": deleted}, f"deleted {deleted} events")
+
+
+def _json_or_text(payload: str) -> Any:
+    """The payload as JSON, or as the plain string when it is not JSON."""
+    try:
+        return json.loads(payload)
+    except ValueError:
+        return payload
+
+
+def _report(as_json: bool, data: dict[str, Any], message: str) -> None:
+    """One result: ``data`` as JSON, or ``message`` for a person."""
     if wants_json(as_json):
-        emit_json({"deleted": deleted})
+        emit_json(data)
     else:
-        console.print(f"deleted {deleted} events", highlight=False)
+        console.print(message, highlight=False)
+
+
+def _listing(
+    as_json: bool,
+    items: Sequence[R],
+    title: str,
+    columns: Sequence[str],
+    row: Callable[[R], Sequence[str]],
+) -> None:
+    """Records as JSON lines, or as a table with ``row`` giving each one's cells."""
+    if wants_json(as_json):
+        for item in items:
+            emit_json(_as_dict(item))
+        return
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for item in items:
+        table.add_row(*row(item))
+    console.print(table)
+
+
+def _event_row(rec: EventRecord) -> Sequence[str]:
+    outcome = _last_line(rec.error) if rec.state in ("failed", "dead") else rec.result
+    return (
+        str(rec.id),
+        rec.name,
+        rec.state,
+        str(rec.attempts),
+        rec.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+        "" if outcome is None else str(outcome),
+    )
+
+
+def _schedule_row(item: Schedule) -> Sequence[str]:
+    last = item.last_at.isoformat() if item.last_at else "-"
+    return (item.id, item.name, item.cron, item.tz, item.next_at.isoformat(), last)
 
 
 def _as_dict(rec: EventRecord | Schedule) -> dict[str, Any]:

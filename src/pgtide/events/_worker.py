@@ -36,7 +36,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeAlias
+from typing import Any, Generic, TypeAlias, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -931,8 +931,16 @@ class _Steps:
         self._failure = exc
 
 
-class _Driver:
-    """What both drivers share: the core, the waker, and the ``running`` flag."""
+_S = TypeVar("_S", Session, AsyncSession)
+
+
+class _Driver(Generic[_S]):
+    """What both drivers share: the core, the waker, the session, and the ``running`` flag.
+
+    A driver class names its session class; only ``run`` (blocking or awaited) differs.
+    """
+
+    _session_class: type[_S]
 
     def __init__(
         self,
@@ -954,30 +962,7 @@ class _Driver:
         )
         self.core.wake = self._waker.set
         self.running = threading.Event()
-
-    def _serving(self) -> None:
-        self.running.set()
-        log.info(
-            "events worker %s serving %s with concurrency %d",
-            self.owner,
-            ", ".join(sorted(self.core.handlers)),
-            self.core.options.concurrency,
-        )
-
-
-class Worker(_Driver):
-    """A worker driven from a thread: ``run()`` blocks until ``stop()``; both thread-safe."""
-
-    def __init__(
-        self,
-        resolved: Resolved,
-        target: Target,
-        handlers: dict[str, HandlerSpec],
-        options: WorkerOptions,
-        loop: LoopProvider,
-    ) -> None:
-        super().__init__(resolved, target, handlers, options, loop)
-        self._session = Session(
+        self._session: _S = self._session_class(
             resolved,
             name="events worker",
             prepare=self.core.setup,
@@ -989,13 +974,29 @@ class Worker(_Driver):
         self.core.request_stop()
         self._session.stop()  # a wait to reconnect ends at once
 
+    def _serving(self) -> _Steps:
+        """Mark the worker serving, and walk the core's plan."""
+        self.running.set()
+        log.info(
+            "events worker %s serving %s with concurrency %d",
+            self.owner,
+            ", ".join(sorted(self.core.handlers)),
+            self.core.options.concurrency,
+        )
+        return _Steps(self.core.plan())
+
+
+class Worker(_Driver[Session]):
+    """A worker driven from a thread: ``run()`` blocks until ``stop()``; both thread-safe."""
+
+    _session_class = Session
+
     def run(self) -> None:
         """Serve until :meth:`stop`; then finish running handlers (bounded) and release."""
         self._session.connection()  # registered before serving: a bad setup raises here
         try:
             self._waker.start()  # LISTENing before the first claim: no wake-up falls between
-            self._serving()
-            steps = _Steps(self.core.plan())
+            steps = self._serving()
             interrupted: KeyboardInterrupt | None = None
             while (step := steps.next()) is not None:
                 try:
@@ -1019,33 +1020,14 @@ class Worker(_Driver):
             self.running.clear()
 
 
-class AsyncWorker(_Driver):
+class AsyncWorker(_Driver[AsyncSession]):
     """A worker driven from an asyncio task: ``await run()`` until ``stop()``.
 
     Its database work runs on an :class:`~pgtide.session.AsyncSession` (no thread); async
     handlers run as tasks on the same loop.
     """
 
-    def __init__(
-        self,
-        resolved: Resolved,
-        target: Target,
-        handlers: dict[str, HandlerSpec],
-        options: WorkerOptions,
-        loop: LoopProvider,
-    ) -> None:
-        super().__init__(resolved, target, handlers, options, loop)
-        self._session = AsyncSession(
-            resolved,
-            name="events worker",
-            prepare=self.core.setup,
-            on_reconnect=self.core.on_reconnect,
-        )
-
-    def stop(self) -> None:
-        """Ask the worker to stop: no new claims; running handlers finish; the rest go back."""
-        self.core.request_stop()
-        self._session.stop()  # a wait to reconnect ends at once
+    _session_class = AsyncSession
 
     async def run(self) -> None:
         """Serve until :meth:`stop`; then finish running handlers (bounded) and release."""
@@ -1053,8 +1035,7 @@ class AsyncWorker(_Driver):
         try:
             # the waker's receiver is a thread of the channel layer: start it off the loop
             await asyncio.to_thread(self._waker.start)
-            self._serving()
-            steps = _Steps(self.core.plan())
+            steps = self._serving()
             while (step := steps.next()) is not None:
                 try:
                     if isinstance(step, Db):

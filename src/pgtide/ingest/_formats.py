@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -82,8 +82,18 @@ def parse_lines(payload: bytes, first_line: int) -> tuple[list[Row], list[Reject
     """One value per line; the newline (and a carriage return before it) is not part of it.
 
     Empty lines are skipped."""
-    rows: list[Row] = []
     rejects: list[Reject] = []
+    rows = [
+        Row(number, raw, (text,)) for number, raw, text in text_lines(payload, first_line, rejects)
+    ]
+    return rows, rejects
+
+
+def text_lines(
+    payload: bytes, first_line: int, rejects: list[Reject]
+) -> Iterator[tuple[int, bytes, str]]:
+    """Each non-empty line as (number, raw, text); one that is not text is added to
+    ``rejects`` instead."""
     for number, raw in enumerate(_lines(payload), first_line):
         if not raw:
             continue
@@ -91,8 +101,7 @@ def parse_lines(payload: bytes, first_line: int) -> tuple[list[Row], list[Reject
         if isinstance(text, Reject):
             rejects.append(Reject(number, raw, text.error))
             continue
-        rows.append(Row(number, raw, (text,)))
-    return rows, rejects
+        yield number, raw, text
 
 
 def _json_value(value: Any) -> Any:

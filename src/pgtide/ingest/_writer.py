@@ -28,12 +28,11 @@ from ._formats import (
     Reject,
     Row,
     complete_end,
-    line_text,
     parse_csv,
     parse_jsonl,
     parse_lines,
     raw_copy_payload,
-    split_lines,
+    text_lines,
 )
 
 log = logging.getLogger("pgtide.ingest")
@@ -319,13 +318,7 @@ class Writer:
         assert self.transform is not None
         rows: list[Row] = []
         rejects: list[Reject] = []
-        for number, raw in enumerate(split_lines(payload), first_line):
-            if not raw:
-                continue
-            text = line_text(raw)
-            if isinstance(text, Reject):
-                rejects.append(Reject(number, raw, text.error))
-                continue
+        for number, raw, text in text_lines(payload, first_line, rejects):
             try:
                 out = self.transform(text, path)
             except Exception as exc:

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypedDict, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ..connect import Backoff
@@ -187,6 +187,19 @@ def _ops(ops: Iterable[str] | str | None) -> frozenset[str] | None:
             f"ops={sorted(chosen)!r}: each op must be one of {', '.join(sorted({*OPS, 'read'}))}"
         )
     return chosen
+
+
+class SinkOptions(TypedDict, total=False):
+    """The options every sink takes, checked by :class:`Sink`: which changes it sends
+    (``tables``, ``ops``, ``where``), as what (``transform``, ``key``), and the longest
+    wait between retries (``backoff_max``, seconds)."""
+
+    tables: Iterable[str] | str | None
+    ops: Iterable[str] | str | None
+    where: Callable[[Change], bool] | None
+    transform: Callable[[Change], Any] | None
+    key: Callable[[Change], Any] | None
+    backoff_max: float
 
 
 class Sink:

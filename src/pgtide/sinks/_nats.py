@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import ClassVar, Unpack
 
 import nats
 import nats.errors
@@ -17,7 +16,16 @@ from nats.js.api import StreamConfig
 
 from ..errors import ConfigError
 from ..feed import Change
-from ._base import BatchLike, Message, Sink, SinkError, Template, check_url, mask_url
+from ._base import (
+    BatchLike,
+    Message,
+    Sink,
+    SinkError,
+    SinkOptions,
+    Template,
+    check_url,
+    mask_url,
+)
 
 SCHEMES = ("nats", "tls", "ws", "wss")
 _BAD = re.compile(r"[\s*>]")
@@ -34,11 +42,7 @@ class NatsSink(Sink):
 
     kind: ClassVar[str] = "NATS"
     # nats.errors.Error covers JetStream's API errors too; _deliver sorts those out
-    _outages: ClassVar[tuple[type[BaseException], ...]] = (
-        OSError,
-        asyncio.TimeoutError,
-        nats.errors.Error,
-    )
+    _outages: ClassVar[tuple[type[BaseException], ...]] = (*Sink._outages, nats.errors.Error)
 
     def __init__(
         self,
@@ -50,22 +54,9 @@ class NatsSink(Sink):
         subjects: list[str] | None = None,
         duplicate_window: float = 120.0,
         timeout: float = 10.0,
-        tables: Iterable[str] | str | None = None,
-        ops: Iterable[str] | str | None = None,
-        where: Any = None,
-        transform: Any = None,
-        key: Any = None,
-        backoff_max: float = 5.0,
+        **options: Unpack[SinkOptions],
     ) -> None:
-        super().__init__(
-            check_url(url, SCHEMES, "the NATS sink"),
-            tables=tables,
-            ops=ops,
-            where=where,
-            transform=transform,
-            key=key,
-            backoff_max=backoff_max,
-        )
+        super().__init__(check_url(url, SCHEMES, "the NATS sink"), **options)
         self.subject = Template(subject, "subject", _clean)
         if create_stream and not stream:
             raise ConfigError("create_stream=True needs a stream name: stream='PG'")

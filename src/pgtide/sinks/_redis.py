@@ -11,10 +11,8 @@ alone could not tell). A call that fails half-way changed nothing.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Unpack
 
 import orjson
 import redis.asyncio as aioredis
@@ -25,7 +23,7 @@ from redis.commands.core import AsyncScript
 
 from ..errors import ConfigError
 from ..feed import Change, Position
-from ._base import BatchLike, Message, Sink, SinkError, Template, check_url
+from ._base import BatchLike, Message, Sink, SinkError, SinkOptions, Template, check_url
 
 SCHEMES = ("redis", "rediss", "unix")
 FIELD = "change"
@@ -110,8 +108,7 @@ class RedisSink(Sink):
 
     kind: ClassVar[str] = "Redis"
     _outages: ClassVar[tuple[type[BaseException], ...]] = (
-        OSError,
-        asyncio.TimeoutError,
+        *Sink._outages,
         redis.exceptions.ConnectionError,
         redis.exceptions.TimeoutError,
     )
@@ -124,22 +121,9 @@ class RedisSink(Sink):
         *,
         state_key: str = "pgtide:sink-state",
         timeout: float = 10.0,
-        tables: Iterable[str] | str | None = None,
-        ops: Iterable[str] | str | None = None,
-        where: Any = None,
-        transform: Any = None,
-        key: Any = None,
-        backoff_max: float = 5.0,
+        **options: Unpack[SinkOptions],
     ) -> None:
-        super().__init__(
-            check_url(url, SCHEMES, "the Redis sink"),
-            tables=tables,
-            ops=ops,
-            where=where,
-            transform=transform,
-            key=key,
-            backoff_max=backoff_max,
-        )
+        super().__init__(check_url(url, SCHEMES, "the Redis sink"), **options)
         self.stream = Template(stream, "stream")
         if maxlen is not None and (not isinstance(maxlen, int) or maxlen < 1):
             raise ConfigError(f"maxlen must be None or a positive number of entries, not {maxlen}")

@@ -7,17 +7,15 @@ where ``v1`` is HMAC-SHA256 with the secret over ``"<t>." + body``.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
-from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import ClassVar, Unpack
 
 import httpx
 
 from ..errors import ConfigError
 from ..feed import Change
-from ._base import BatchLike, Message, Sink, SinkError, check_url, mask_url
+from ._base import BatchLike, Message, Sink, SinkError, SinkOptions, check_url, mask_url
 from ._encode import dumps
 from .signature import sign
 
@@ -43,8 +41,7 @@ class WebhookSink(Sink):
     kind: ClassVar[str] = "webhook"
     _raw_bodies: ClassVar[bool] = False
     _outages: ClassVar[tuple[type[BaseException], ...]] = (
-        OSError,
-        asyncio.TimeoutError,
+        *Sink._outages,
         httpx.TransportError,
         WebhookRefused,
     )
@@ -57,24 +54,13 @@ class WebhookSink(Sink):
         timeout: float = 10.0,
         retries: int = 5,
         headers: dict[str, str] | None = None,
-        tables: Iterable[str] | str | None = None,
-        ops: Iterable[str] | str | None = None,
-        where: Any = None,
-        transform: Any = None,
-        key: Any = None,
-        backoff_max: float = 30.0,
+        **options: Unpack[SinkOptions],
     ) -> None:
         if not isinstance(retries, int) or retries < 0:
             raise ConfigError(f"retries must be a number >= 0, not {retries!r}")
+        options.setdefault("backoff_max", 30.0)  # an endpoint may well be slow to come back
         super().__init__(
-            check_url(url, SCHEMES, "the webhook sink"),
-            tables=tables,
-            ops=ops,
-            where=where,
-            transform=transform,
-            key=key,
-            attempts=retries + 1,
-            backoff_max=backoff_max,
+            check_url(url, SCHEMES, "the webhook sink"), attempts=retries + 1, **options
         )
         if timeout <= 0:
             raise ConfigError(f"timeout must be > 0 seconds, not {timeout}")
