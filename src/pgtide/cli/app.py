@@ -12,7 +12,7 @@ import typer
 from .. import __version__
 from ..connect import ENV_FILE_VARIABLE
 from ..errors import ConnectionFailed, PgtideError
-from . import _help, db, demo, events, feed, grant, ingest, install, listen, status
+from . import _help, db, demo, events, feed, grant, ingest, install, listen, status, web
 
 _help.install()
 
@@ -38,6 +38,7 @@ app.command("untrack")(feed.untrack)
 app.command("follow")(feed.follow)
 app.command("prune")(feed.prune)
 app.add_typer(feed.consumers_app, name="consumers")
+app.command("web")(web.web)
 
 
 def _version(value: bool) -> None:
