@@ -70,7 +70,7 @@ async def live_client(dsn: str, **options: Any) -> AsyncIterator[httpx.AsyncClie
 
 
 def csrf_of(html: str) -> str:
-    found = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+    found = re.search(r'name="csrf-token" content="([0-9a-f]+)"', html)
     assert found, "no CSRF token in the page"
     return found[1]
 

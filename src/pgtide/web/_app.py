@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import jinja2
 from prometheus_client import CollectorRegistry, generate_latest
@@ -31,7 +31,7 @@ from starlette.types import ASGIApp
 from .. import aio, events
 from ..connect import DsnLike
 from ..errors import InvalidChannel, InvalidName, InvalidPosition, PgtideError, UnknownTable
-from ..feed import track
+from ..feed.track import qualified, require_tracked
 from ..names import TableName
 from ..notify import check_channel
 from . import _plots
@@ -86,7 +86,7 @@ class Console:
                 return
             await self.hub.start()
             for name in self.expose:
-                self.exposed.add(str(await self.hub.run(lambda n=name: track.require_tracked(n))))
+                self.exposed.add(str(await self.hub.run(lambda n=name: require_tracked(n))))
             self._events = aio.Events(dsn=self.hub.resolved)
             self._started = True
 
@@ -239,10 +239,19 @@ async def console_stream(request: Request) -> Response:
 # -- actions ------------------------------------------------------------------------------------
 
 
+async def _form(request: Request) -> dict[str, str]:
+    """An urlencoded form's fields (the only kind the console's forms send)."""
+    if not request.headers.get("content-type", "").startswith(
+        "application/x-www-form-urlencoded"
+    ):
+        return {}
+    body = (await request.body()).decode("utf-8", "replace")
+    return {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
+
+
 async def _checked_form(request: Request) -> dict[str, str]:
     console: Console = request.app.state.console
-    form = await request.form()
-    values = {k: str(v) for k, v in form.items()}
+    values = await _form(request)
     if console.guard.read_only:
         raise HTTPException(403, "pgtide web runs --read-only: actions are refused")
     origin = request.headers.get("origin")
@@ -287,7 +296,7 @@ async def login(request: Request) -> Response:
     error = ""
     target = request.query_params.get("next", base + "/")
     if request.method == "POST":
-        form = await request.form()
+        form = await _form(request)
         target = str(form.get("next") or target)
         if console.guard.check_token(str(form.get("token", ""))):
             if not target.startswith("/") or target.startswith("//"):
@@ -310,8 +319,8 @@ async def login(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     console: Console = request.app.state.console
     base = request.scope.get("root_path", "")
-    form = await request.form()
-    if not console.guard.check_csrf(str(form.get("csrf", ""))):
+    form = await _form(request)
+    if not console.guard.check_csrf(form.get("csrf", "")):
         raise HTTPException(403, "missing or wrong CSRF token")
     response = RedirectResponse(base + "/login", status_code=303)
     response.delete_cookie(COOKIE, path=base + "/" if base else "/")
@@ -375,12 +384,14 @@ async def feed_sse(request: Request) -> Response:
     for text in asked or sorted(console.exposed):
         try:
             name = TableName.parse(text.strip())
-            qualified = str(await console.hub.run(lambda n=name: track.qualified(n)))
+            full = str(await console.hub.run(lambda n=name: qualified(n)))
         except InvalidName as exc:
             raise HTTPException(400, str(exc)) from None
-        if qualified not in console.exposed:
+        except UnknownTable:
+            full = ""
+        if full not in console.exposed:
             raise HTTPException(403, f"table {text.strip()!r} is not exposed")
-        tables.append(qualified)
+        tables.append(full)
     start = request.query_params.get("start", "saved")
     if start not in ("saved", "end", "beginning"):
         raise HTTPException(400, "start is saved, end or beginning")
