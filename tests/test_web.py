@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from web_helpers import LOCAL, SseParser, csrf_of, live_client, until, web_client
+from web_helpers import LOCAL, SseParser, csrf_of, live_client, web_client
 
 import pgtide
 import pgtide.web

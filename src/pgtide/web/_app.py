@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
@@ -86,7 +87,7 @@ class Console:
                 return
             await self.hub.start()
             for name in self.expose:
-                self.exposed.add(str(await self.hub.run(lambda n=name: require_tracked(n))))
+                self.exposed.add(str(await self.hub.run(functools.partial(require_tracked, name))))
             self._events = aio.Events(dsn=self.hub.resolved)
             self._started = True
 
@@ -241,9 +242,7 @@ async def console_stream(request: Request) -> Response:
 
 async def _form(request: Request) -> dict[str, str]:
     """An urlencoded form's fields (the only kind the console's forms send)."""
-    if not request.headers.get("content-type", "").startswith(
-        "application/x-www-form-urlencoded"
-    ):
+    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
         return {}
     body = (await request.body()).decode("utf-8", "replace")
     return {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
@@ -359,7 +358,9 @@ async def channel_sse(request: Request) -> Response:
         raise HTTPException(400, str(exc)) from None
     body = channel_stream(console.hub, name, console.stopping)
     first = await anext(body)  # subscribed before the response starts
-    return StreamingResponse(_prepend(first, body), media_type="text/event-stream", headers=SSE_HEADERS)
+    return StreamingResponse(
+        _prepend(first, body), media_type="text/event-stream", headers=SSE_HEADERS
+    )
 
 
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -374,8 +375,9 @@ async def feed_sse(request: Request) -> Response:
     consumer = request.path_params["consumer"]
     if not CONSUMER.match(consumer):
         raise HTTPException(
-            400, "a consumer name is 1 to 100 letters, digits and _.:@- (starting with one of "
-            "the first two)"
+            400,
+            "a consumer name is 1 to 100 letters, digits and _.:@- (starting with one of "
+            "the first two)",
         )
     if not console.exposed:
         raise HTTPException(403, "no table is exposed: start pgtide web with --expose TABLE")
@@ -384,7 +386,7 @@ async def feed_sse(request: Request) -> Response:
     for text in asked or sorted(console.exposed):
         try:
             name = TableName.parse(text.strip())
-            full = str(await console.hub.run(lambda n=name: qualified(n)))
+            full = str(await console.hub.run(functools.partial(qualified, name)))
         except InvalidName as exc:
             raise HTTPException(400, str(exc)) from None
         except UnknownTable:
@@ -414,7 +416,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     detail = scrub(str(exc.detail), console.hub.resolved)
     if "text/html" in request.headers.get("accept", ""):
         html = console.render(
-            "error.html", base=request.scope.get("root_path", ""), status=exc.status_code,
+            "error.html",
+            base=request.scope.get("root_path", ""),
+            status=exc.status_code,
             detail=detail,
         )
         return HTMLResponse(html, status_code=exc.status_code)
@@ -475,12 +479,12 @@ def build(
     ]
 
     def guarded(app: ASGIApp) -> ASGIApp:
-        return guard.middleware(app)  # type: ignore[arg-type, return-value]
+        return guard.middleware(app)
 
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(guarded)],  # type: ignore[arg-type]
+        middleware=[Middleware(guarded)],
         exception_handlers={
             HTTPException: _http_error,
             PgtideError: _pgtide_error,

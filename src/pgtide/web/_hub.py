@@ -89,9 +89,7 @@ class Point:
 class Hub:
     """Samples the database for the console, relays NOTIFY channels; one per app."""
 
-    def __init__(
-        self, dsn: DsnLike = None, *, interval: float = 1.0, history: int = 300
-    ) -> None:
+    def __init__(self, dsn: DsnLike = None, *, interval: float = 1.0, history: int = 300) -> None:
         self._dsn = dsn
         self.interval = interval
         self.resolved: Resolved | None = None
@@ -286,9 +284,7 @@ class Hub:
 
     # -- NOTIFY relay -------------------------------------------------------------------------
 
-    async def follow_channel(
-        self, name: str, deliver: Callable[[Notification], None]
-    ) -> Hashable:
+    async def follow_channel(self, name: str, deliver: Callable[[Notification], None]) -> Hashable:
         """Subscribe ``deliver`` to channel ``name`` on the hub's listener; its subscriber id."""
         assert self.listener is not None
         sid = f"web-sse-{next(self._ids)}"

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 
 from ..aio import Feed
 from ..connect import Resolved
+from ..errors import InvalidPosition
 from ..feed import Change, Position, to_json
 from ..listen import Notification
 from ._hub import Hub
@@ -29,6 +30,7 @@ PING_EVERY = 15.0
 """Seconds between keep-alive comments on an idle stream (proxies close silent ones)."""
 QUEUE = 10_000
 """NOTIFY payloads held for one slow browser; past that the oldest are dropped (counted)."""
+
 
 class ResumeToken:
     """Where a feed stream resumes: a position, or a range to finish first."""
@@ -41,10 +43,8 @@ class ResumeToken:
         """Read a ``Last-Event-ID``; :class:`pgtide.InvalidPosition` when it is not one."""
         if "|" not in text:
             return cls(Position.parse(text))
-        start, end, skip = (text.split("|") + ["", ""])[:3]
+        start, end, skip = [*text.split("|"), "", ""][:3]
         if not skip.isdigit():
-            from ..errors import InvalidPosition
-
             raise InvalidPosition(f"{text!r} is not an event id this stream sent")
         return cls(Position.parse(start), Position.parse(end), int(skip) + 1)
 
@@ -121,9 +121,7 @@ def _chunk(changes: list[Change], first: int, start: Position, end: Position) ->
     ).encode()
 
 
-async def channel_stream(
-    hub: Hub, channel: str, stopping: asyncio.Event
-) -> AsyncIterator[bytes]:
+async def channel_stream(hub: Hub, channel: str, stopping: asyncio.Event) -> AsyncIterator[bytes]:
     """The SSE body of ``/sse/channels/{channel}``: one ``message`` per NOTIFY payload (its
     text as sent). The first chunk comes once the channel is LISTENed to."""
     queue: asyncio.Queue[Notification] = asyncio.Queue(QUEUE)

@@ -129,7 +129,9 @@ class ConsoleCollector(Collector):
             "pgtide_ingest_rejects", "Lines rejected from each file", labels=["watcher", "path"]
         )
         offset = GaugeMetricFamily(
-            "pgtide_ingest_offset_bytes", "Committed offset in each file", labels=["watcher", "path"]
+            "pgtide_ingest_offset_bytes",
+            "Committed offset in each file",
+            labels=["watcher", "path"],
         )
         behind = GaugeMetricFamily(
             "pgtide_ingest_lag_bytes",
