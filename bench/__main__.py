@@ -21,7 +21,7 @@ from pgtide.connect import resolve
 from . import _harness
 from ._harness import Figure, write_report
 
-SUITES = ["foundation", "listen", "feed", "events", "ingest"]
+SUITES = ["foundation", "listen", "feed", "events", "ingest", "web"]
 
 
 def main(argv: list[str] | None = None) -> int:

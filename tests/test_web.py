@@ -229,7 +229,7 @@ def test_retry_needs_post_csrf_and_is_refused_read_only(dsn: str) -> None:
                 f"/events/{dead}/retry", data={"csrf": csrf_of(page.text), "next": "//evil"}
             )
             assert r.status_code == 303 and r.headers["location"] == f"/events/{dead}"
-            assert (await http.post("/events/1/explode", data={})).status_code in (403, 404)
+            assert (await http.post("/events/1/explode", data={})).status_code == 404
         rec = pgtide.Events(dsn=dsn).get(dead)
         assert rec is not None and rec.state == "pending"
 

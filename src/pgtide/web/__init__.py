@@ -12,10 +12,10 @@ from collections.abc import Iterable
 from starlette.applications import Starlette
 
 from ..connect import DsnLike
-from ._app import EVENT_ACTIONS, Console
+from ._app import Console
 from ._app import build as _build
 
-__all__ = ["EVENT_ACTIONS", "Console", "app"]
+__all__ = ["Console", "app"]
 
 
 def app(

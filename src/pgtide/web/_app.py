@@ -38,14 +38,12 @@ from ..notify import check_channel
 from . import _plots
 from ._hub import Hub, scrub
 from ._security import COOKIE, Guard
-from ._streams import CONSUMER, ResumeToken, channel_stream, feed_stream, sse
+from ._streams import CONSUMER, ResumeToken, SharedReads, channel_stream, feed_stream, sse
 from .metrics import ConsoleCollector
 
 log = logging.getLogger("pgtide.web")
 
 PAGES = ("overview", "listeners", "feed", "events", "event", "ingest")
-EVENT_ACTIONS = tuple(a for a in ("cancel", "pause", "resume") if hasattr(aio.Events, a))
-"""Actions on events beyond retry, offered when this pgtide's Events has them."""
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -77,6 +75,7 @@ class Console:
         self._started = False
         self._starting = asyncio.Lock()
         self.stopping = asyncio.Event()
+        self._reads: SharedReads | None = None
 
     async def ready(self) -> None:
         """Start the hub on first use (a mounted app gets no lifespan of its own)."""
@@ -89,10 +88,19 @@ class Console:
             for name in self.expose:
                 self.exposed.add(str(await self.hub.run(functools.partial(require_tracked, name))))
             self._events = aio.Events(dsn=self.hub.resolved)
+            assert self.hub.resolved is not None
+            self._reads = SharedReads(self.hub.resolved)
             self._started = True
+
+    @property
+    def reads(self) -> SharedReads:
+        assert self._reads is not None
+        return self._reads
 
     async def close(self) -> None:
         self.stopping.set()
+        if self._reads is not None:
+            await self._reads.close()
         if self._events is not None:
             await self._events.close()
         await self.hub.close()
@@ -151,7 +159,6 @@ async def _context(console: Console, request: Request, page: str) -> dict[str, A
         "read_only": console.guard.read_only,
         "has_token": console.guard.token is not None,
         "states": events.STATES,
-        "actions": EVENT_ACTIONS,
         "stream": f"/sse/console?{urlencode({'page': page, **params})}",
         "history": list(hub.history),
         "plot": _plots.plot,
@@ -269,15 +276,12 @@ def _back(request: Request, values: dict[str, str], fallback: str) -> RedirectRe
     return RedirectResponse(base + target, status_code=303)
 
 
-async def event_action(request: Request) -> Response:
+async def retry_event(request: Request) -> Response:
     console: Console = request.app.state.console
     await console.ready()
     values = await _checked_form(request)
-    action = request.path_params["action"]
-    if action != "retry" and action not in EVENT_ACTIONS:
-        raise HTTPException(404, f"no action {action!r} on events")
     id_ = int(request.path_params["id"])
-    done = bool(await getattr(console.events, action)(id_))
+    done = await console.events.retry(id_)
     await console.hub.refresh()
     if "application/json" in request.headers.get("accept", ""):
         return Response(f'{{"ok": {str(done).lower()}}}', media_type="application/json")
@@ -403,7 +407,9 @@ async def feed_sse(request: Request) -> Response:
     except InvalidPosition as exc:
         raise HTTPException(400, f"bad Last-Event-ID: {exc}") from None
     assert console.hub.resolved is not None
-    body = feed_stream(console.hub.resolved, consumer, tables, resume, start, console.stopping)
+    body = feed_stream(
+        console.hub, console.reads, consumer, tables, resume, start, console.stopping
+    )
     return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
@@ -466,7 +472,7 @@ def build(
         Route("/feed", page_route("feed")),
         Route("/events", page_route("events")),
         Route("/events/{id:int}", page_route("event")),
-        Route("/events/{id:int}/{action:str}", event_action, methods=["POST"]),
+        Route("/events/{id:int}/retry", retry_event, methods=["POST"]),
         Route("/ingest", page_route("ingest")),
         Route("/login", login, methods=["GET", "POST"]),
         Route("/logout", logout, methods=["POST"]),

@@ -106,6 +106,8 @@ class Hub:
         self._task: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
         self.notifications = 0
+        self.change_version = 0
+        self._change_event = asyncio.Event()
         self._stopping = False
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -144,6 +146,20 @@ class Hub:
     def _woken(self, note: Notification) -> None:
         self.notifications += 1
         self._poke.set()
+        if note.channel == "pgtide_changes":
+            self.change_version += 1
+            self._change_event.set()
+            self._change_event = asyncio.Event()
+
+    async def changes_after(self, version: int, timeout: float) -> bool:
+        """Wait until a change was captured after ``change_version`` was ``version`` (its
+        NOTIFY arrived), or ``timeout`` seconds; whether one was."""
+        if self.change_version != version:
+            return True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._change_event.wait()
+        return self.change_version != version
 
     # -- database work ----------------------------------------------------------------------
 
