@@ -24,7 +24,7 @@ from pgtide.connect import resolve
 from . import _harness
 from ._harness import Figure, write_report
 
-SUITES = ["foundation", "listen", "feed", "events", "ingest", "sinks"]
+SUITES = ["foundation", "listen", "feed", "events", "ingest", "sinks", "web"]
 
 
 def main(argv: list[str] | None = None) -> int:

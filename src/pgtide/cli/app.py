@@ -13,7 +13,7 @@ import typer
 from .. import __version__
 from ..connect import ENV_FILE_VARIABLE
 from ..errors import ConnectionFailed, PgtideError
-from . import _help, db, demo, events, feed, grant, ingest, install, listen, sink, status
+from . import _help, db, demo, events, feed, grant, ingest, install, listen, sink, status, web
 
 _help.install()
 
@@ -44,6 +44,7 @@ _COMMANDS: tuple[tuple[str, typer.Typer | Callable[..., Any]], ...] = (
     ("prune", feed.prune),
     ("consumers", feed.consumers_app),
     ("sink", sink.app),
+    ("web", web.web),
 )
 for _name, _target in _COMMANDS:
     if isinstance(_target, typer.Typer):

@@ -33,13 +33,16 @@ SELECT count(*) FROM pruned
 """
 _CONSUMERS = """
 SELECT k.name, k.snapshot::text, k.target::text, k.after_xid::text, k.tables, k.acked_at,
-       (SELECT count(*) FROM pgtide.changes c
-        WHERE (c.xid >= pg_snapshot_xmax(k.snapshot)
-               OR c.xid = ANY(ARRAY(SELECT pg_snapshot_xip(k.snapshot))))
-          AND NOT coalesce(c.xid <= k.after_xid AND pg_visible_in_snapshot(c.xid, k.target),
-                           false)
-          AND (k.tables IS NULL OR c.table_name = ANY(k.tables))) AS pending
-FROM pgtide.consumers k ORDER BY k.name
+       p.pending, p.oldest
+FROM pgtide.consumers k
+CROSS JOIN LATERAL (
+    SELECT count(*) AS pending, min(c.at) AS oldest FROM pgtide.changes c
+    WHERE (c.xid >= pg_snapshot_xmax(k.snapshot)
+           OR c.xid = ANY(ARRAY(SELECT pg_snapshot_xip(k.snapshot))))
+      AND NOT coalesce(c.xid <= k.after_xid AND pg_visible_in_snapshot(c.xid, k.target),
+                       false)
+      AND (k.tables IS NULL OR c.table_name = ANY(k.tables))) p
+ORDER BY k.name
 """
 _DROP_CONSUMER = "DELETE FROM pgtide.consumers WHERE name = %s RETURNING name"
 _LATEST = sql.Composed(
@@ -93,8 +96,9 @@ def consumers_io() -> Io[list[dict[str, Any]]]:
             "tables": tables,
             "acked_at": acked_at,
             "pending": pending,
+            "oldest_pending": oldest,
         }
-        for name, snap, target, after, tables, acked_at, pending in rows
+        for name, snap, target, after, tables, acked_at, pending, oldest in rows
     ]
 
 
@@ -171,8 +175,9 @@ def prune(
 def consumers(
     *, dsn: DsnLike = None, conn: psycopg.Connection[Any] | None = None
 ) -> list[dict[str, Any]]:
-    """Every registered consumer: name, position, tables, acked_at, and pending (lag in
-    changes not yet acknowledged)."""
+    """Every registered consumer: name, position, tables, acked_at, pending (lag in
+    changes not yet acknowledged) and oldest_pending (when the oldest of them was written, or
+    None: the consumer's lag in time is ``now - oldest_pending``)."""
     return call(dsn, conn, consumers_io())
 
 

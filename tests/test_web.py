@@ -1,0 +1,436 @@
+"""``pgtide web``: pages, metrics, health, actions, security, and the browser streams."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from web_helpers import LOCAL, SseParser, csrf_of, live_client, web_client
+
+import pgtide
+import pgtide.web
+from pgtide.web.metrics import FileWatcherCollector, ListenerCollector
+
+
+def _dead_event(dsn: str, name: str = "breaks") -> int:
+    """Publish an event and let a worker fail it for good; its id."""
+    events = pgtide.Events(dsn=dsn, poll_interval=0.05)
+
+    @events.handler(name, retries=0)
+    def breaks(event: pgtide.Event) -> None:
+        raise RuntimeError("the handler broke on purpose")
+
+    id_ = events.publish(name, {"n": 1})
+    events.start()
+    try:
+        deadline = time.monotonic() + 10
+        while (rec := events.get(id_)) is None or rec.state != "dead":
+            assert time.monotonic() < deadline, rec
+            time.sleep(0.02)
+    finally:
+        events.close()
+    return id_
+
+
+def test_pages_show_every_feature(dsn: str, tmp_path: Path) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+        conn.execute("CREATE TABLE readings (value float8)")
+    pgtide.track("orders", dsn=dsn)
+    feed = pgtide.Feed("indexer", ["orders"], dsn=dsn)
+    for batch in feed.batches(timeout=0.1):
+        batch.ack()
+    feed.close()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO orders VALUES (1), (2)")
+    (tmp_path / "a.txt").write_text("1\nnot a number\n")
+    pgtide.FileWatcher(tmp_path, table="readings", dsn=dsn, name="w1").catch_up()
+    dead = _dead_event(dsn)
+
+    async def main() -> None:
+        async with live_client(dsn) as http:
+            pages = {p: (await http.get(p)) for p in ("/", "/listeners", "/feed", "/events")}
+            pages["/ingest"] = await http.get("/ingest")
+            pages["event"] = await http.get(f"/events/{dead}")
+            for name, r in pages.items():
+                assert r.status_code == 200, (name, r.text)
+            assert 'data-testid="events-dead">1<' in pages["/"].text
+            assert "<svg" in pages["/"].text
+            assert 'data-testid="pending-indexer">2<' in pages["/feed"].text
+            assert "breaks" in pages["/events"].text
+            assert "the handler broke on purpose" in pages["event"].text
+            assert "Traceback" in pages["event"].text or "RuntimeError" in pages["event"].text
+            assert "a.txt" in pages["/ingest"].text and "not a number" in pages["/ingest"].text
+            assert "pgtide listen (web)" in pages["/listeners"].text
+            assert (await http.get("/events/999999")).status_code == 404
+            assert (await http.get("/events/abc")).status_code == 404
+
+    asyncio.run(main())
+
+
+def test_metrics_cover_every_feature(dsn: str, tmp_path: Path) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+        conn.execute("CREATE TABLE readings (value float8)")
+    pgtide.track("orders", dsn=dsn)
+    pgtide.Feed("slow", ["orders"], dsn=dsn).seek("beginning")
+    feed = pgtide.Feed("slow", ["orders"], dsn=dsn)
+    for batch in feed.batches(timeout=0.05):
+        batch.ack()
+    feed.close()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO orders VALUES (1), (2), (3)")
+    (tmp_path / "a.txt").write_text("1\nx\n")
+    pgtide.FileWatcher(tmp_path, table="readings", dsn=dsn, name="w").catch_up()
+    _dead_event(dsn)
+
+    async def main() -> None:
+        async with live_client(dsn) as http:
+            began = time.perf_counter()
+            r = await http.get("/metrics")
+            took = time.perf_counter() - began
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+            text = r.text
+            assert took < 0.5  # served from the sample; bench/web.py measures it properly
+            for line in (
+                "pgtide_up 1.0",
+                'pgtide_feed_consumer_pending_changes{consumer="slow"} 3.0',
+                'pgtide_events{name="breaks",state="dead"} 1.0',
+                "pgtide_feed_changes_rows 3.0",
+                "pgtide_listen_connections",
+                "pgtide_web_listener_received_total",
+                'pgtide_event_duration_seconds{name="breaks",quantile="0.5"}',
+            ):
+                assert line in text, line
+            assert 'pgtide_ingest_rejects_total{path="' in text
+            lag = [x for x in text.splitlines() if x.startswith("pgtide_feed_consumer_lag_seconds")]
+            assert lag and float(lag[0].split()[-1]) >= 0
+            assert (await http.get("/healthz")).status_code == 200
+
+    asyncio.run(main())
+
+
+def test_healthz_is_503_without_database_and_shows_no_password(pg_server: Any) -> None:
+    secret = "s3cret-pw-xyz"
+    dsn = f"postgresql://nobody:{secret}@127.0.0.1:1/nothing?connect_timeout=1"
+
+    async def main() -> None:
+        async with web_client(dsn) as http:
+            r = await http.get("/healthz")
+            assert r.status_code == 503
+            assert secret not in r.text
+            page = await http.get("/", headers={"accept": "text/html"})
+            assert secret not in page.text
+            metrics = await http.get("/metrics")
+            assert secret not in metrics.text
+
+    asyncio.run(main())
+
+
+def test_password_never_in_pages(pg_server: Any, dsn: str) -> None:
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE ROLE webby LOGIN PASSWORD 'Pa55-wOrd-web'")
+        conn.execute("GRANT ALL ON SCHEMA pgtide TO webby")
+        conn.execute("GRANT ALL ON ALL TABLES IN SCHEMA pgtide TO webby")
+        conn.execute("GRANT ALL ON ALL SEQUENCES IN SCHEMA pgtide TO webby")
+    info.update(user="webby", password="Pa55-wOrd-web")
+    with_password = psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items()})
+
+    async def main() -> None:
+        async with web_client(with_password) as http:
+            for path in ("/", "/feed", "/events", "/listeners", "/ingest", "/metrics", "/x"):
+                r = await http.get(path, headers={"accept": "text/html"})
+                assert "Pa55-wOrd-web" not in r.text, path
+
+    try:
+        asyncio.run(main())
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("DROP OWNED BY webby")
+            conn.execute("DROP ROLE webby")
+
+
+def test_localhost_only_without_a_token(dsn: str) -> None:
+    async def main() -> None:
+        async with web_client(dsn, client=("10.1.2.3", 4000)) as remote:
+            r = await remote.get("/")
+            assert r.status_code == 403 and "--token" in r.text
+            assert (await remote.get("/metrics")).status_code == 403
+        async with web_client(dsn, host="evil.example:8484") as rebound:
+            assert (await rebound.get("/")).status_code == 403  # DNS rebinding
+        async with web_client(dsn) as local:
+            assert (await local.get("/")).status_code == 200
+
+    asyncio.run(main())
+
+
+def test_token_by_bearer_or_login_cookie(dsn: str) -> None:
+    async def main() -> None:
+        async with web_client(dsn, token="t0k-en", client=("10.1.2.3", 4000)) as http:
+            r = await http.get("/metrics")
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+            r = await http.get("/events", headers={"accept": "text/html"})
+            assert r.status_code == 303 and "/login?next=" in r.headers["location"]
+            ok = await http.get("/metrics", headers={"authorization": "Bearer t0k-en"})
+            assert ok.status_code == 200
+            bad = await http.get("/metrics", headers={"authorization": "Bearer nope"})
+            assert bad.status_code == 401
+            assert (await http.get("/healthz")).status_code == 200  # no data, always open
+            assert (await http.get("/login")).status_code == 200
+            wrong = await http.post("/login", data={"token": "nope", "next": "/events"})
+            assert wrong.status_code == 401 and "wrong token" in wrong.text
+            right = await http.post("/login", data={"token": "t0k-en", "next": "/events"})
+            assert right.status_code == 303 and right.headers["location"] == "/events"
+            cookie = right.headers["set-cookie"]
+            assert "HttpOnly" in cookie and "t0k-en" not in cookie
+            assert (await http.get("/events")).status_code == 200  # the cookie is kept
+            page = await http.get("/")
+            out = await http.post("/logout", data={"csrf": csrf_of(page.text)})
+            assert out.status_code == 303
+            http.cookies.clear()
+            assert (await http.get("/metrics")).status_code == 401
+
+    asyncio.run(main())
+
+
+def test_retry_needs_post_csrf_and_is_refused_read_only(dsn: str) -> None:
+    dead = _dead_event(dsn)
+
+    async def main() -> None:
+        async with web_client(dsn, read_only=True) as ro:
+            page = await ro.get(f"/events/{dead}")
+            assert 'data-testid="retry-' not in page.text
+            r = await ro.post(f"/events/{dead}/retry", data={"csrf": csrf_of(page.text)})
+            assert r.status_code == 403 and "read-only" in r.text
+        async with web_client(dsn) as http:
+            page = await http.get(f"/events/{dead}")
+            assert f'data-testid="retry-{dead}"' in page.text
+            assert (await http.get(f"/events/{dead}/retry")).status_code == 405
+            r = await http.post(f"/events/{dead}/retry", data={"csrf": "forged"})
+            assert r.status_code == 403
+            r = await http.post(
+                f"/events/{dead}/retry",
+                data={"csrf": csrf_of(page.text)},
+                headers={"origin": "http://evil.example"},
+            )
+            assert r.status_code == 403
+            r = await http.post(
+                f"/events/{dead}/retry", data={"csrf": csrf_of(page.text), "next": "//evil"}
+            )
+            assert r.status_code == 303 and r.headers["location"] == f"/events/{dead}"
+            assert (await http.post("/events/1/explode", data={})).status_code == 404
+        rec = pgtide.Events(dsn=dsn).get(dead)
+        assert rec is not None and rec.state == "pending"
+
+    asyncio.run(main())
+
+
+def test_bad_names_are_4xx(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int)")
+        conn.execute("CREATE TABLE secrets (id int)")
+    pgtide.track("orders", dsn=dsn)
+    pgtide.track("secrets", dsn=dsn)
+
+    async def main() -> None:
+        async with live_client(dsn, expose=["orders"]) as http:
+            cases = {
+                "/sse/channels/" + "x" * 80: 400,
+                "/sse/feed/bad%20name?tables=orders": 400,
+                "/sse/feed/ok?tables=secrets": 403,
+                "/sse/feed/ok?tables=a.b.c": 400,
+                "/sse/feed/ok?tables=orders&start=yesterday": 400,
+                "/sse/console?page=nope": 400,
+            }
+            for path, status in cases.items():
+                r = await http.get(path)
+                assert r.status_code == status, (path, r.status_code, r.text)
+            r = await http.get("/sse/feed/ok?tables=orders", headers={"last-event-id": "bogus"})
+            assert r.status_code == 400
+        async with live_client(dsn) as http:
+            assert (await http.get("/sse/feed/ok")).status_code == 403  # nothing exposed
+
+    asyncio.run(main())
+
+
+def test_channel_stream_relays_notify(dsn: str) -> None:
+    async def main() -> None:
+        async with (
+            live_client(dsn) as http,
+            http.stream("GET", "/sse/channels/My Channel") as r,
+        ):
+            assert r.status_code == 200
+            assert r.headers["content-type"].startswith("text/event-stream")
+            chunks = r.aiter_text()
+            parser = SseParser()
+            parser.feed(await anext(chunks))  # listening
+            await pgtide.aio.notify("My Channel", {"order": 7}, dsn=dsn)
+            await pgtide.aio.notify("My Channel", "line one\nline two", dsn=dsn)
+            got: list[str] = []
+            async with asyncio.timeout(10):
+                while len(got) < 2:
+                    got += [e.data for e in parser.feed(await anext(chunks))]
+            assert json.loads(got[0]) == {"order": 7}
+            assert got[1] == "line one\nline two"
+
+    asyncio.run(main())
+
+
+def _write_orders(dsn: str, transactions: int, per: int, first: int = 0) -> list[int]:
+    ids = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for t in range(transactions):
+            with conn.transaction():
+                batch = [first + t * per + i for i in range(per)]
+                conn.execute("INSERT INTO orders SELECT unnest(%s::int[])", (batch,))
+                ids += batch
+    return ids
+
+
+def test_feed_stream_resumes_after_a_killed_connection(dsn: str) -> None:
+    """Kill the connection mid-stream (inside a batch, and between batches), reconnect with
+    Last-Event-ID: the union of the changes received is what was written, none twice."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+    pgtide.track("orders", dsn=dsn)
+    written = _write_orders(dsn, transactions=20, per=7)
+
+    async def main() -> None:
+        received: list[int] = []
+        async with live_client(dsn, expose=["public.orders"]) as http:
+            last: str | None = None
+            cut_after = [5, 23, 49, 50, 91]  # inside batches and at their ends
+            more_written = False
+            while len(received) < len(written) + 30:
+                headers = {"last-event-id": last} if last else {}
+                parser = SseParser()
+                async with http.stream(
+                    "GET", "/sse/feed/browser-1?tables=orders&start=beginning", headers=headers
+                ) as r:
+                    assert r.status_code == 200, await r.aread()
+                    limit = cut_after.pop(0) if cut_after else None
+                    async for chunk in r.aiter_text():
+                        for event in parser.feed(chunk):
+                            assert event.event == "change"
+                            change = json.loads(event.data)
+                            assert change["table"] == "public.orders" and change["op"] == "insert"
+                            received.append(change["row"]["id"])
+                            last = event.id
+                            if limit is not None and len(received) >= limit:
+                                break
+                        else:
+                            if len(received) >= len(written) and not more_written:
+                                more_written = True
+                                await asyncio.to_thread(
+                                    _write_orders, dsn, 5, 6, 10_000
+                                )  # written while streaming
+                            if len(received) >= len(written) + 30:
+                                break
+                            continue
+                        break  # the connection is dropped here, mid-stream
+        assert len(received) == len(set(received)), "a change came twice"
+        assert sorted(received) == sorted(written + list(range(10_000, 10_030)))
+        assert received[: len(written)] == written  # feed order
+
+    asyncio.run(main())
+
+
+def test_collectors_for_your_own_registry(dsn: str, tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE readings (value float8)")
+    (tmp_path / "a.txt").write_text("1\n2\nbad\n")
+    watcher = pgtide.FileWatcher(tmp_path, table="readings", dsn=dsn, name="w")
+    watcher.catch_up()
+    registry = CollectorRegistry()
+    with pgtide.Listener(dsn=dsn) as listener:
+        listener.subscribe("c", lambda note: 1 / 0)
+        got = listener.iter("c", timeout=5)
+        pgtide.notify("c", "x", dsn=dsn)
+        next(iter(got))
+        registry.register(ListenerCollector(listener, name="orders"))
+        registry.register(FileWatcherCollector(watcher, name="w"))
+        deadline = time.monotonic() + 5
+        while listener.status()["callback_errors"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        text = generate_latest(registry).decode()
+    assert 'pgtide_listener_received_total{listener="orders"} 1.0' in text
+    assert 'pgtide_listener_callback_errors_total{listener="orders"} 1.0' in text
+    assert 'pgtide_watcher_rows_total{path="' in text and "pgtide_watcher_rejects_total" in text
+
+
+def test_cli_web_serves_and_stops_on_sigterm(dsn: str, tmp_path: Path) -> None:
+    refused = subprocess.run(
+        [sys.executable, "-m", "pgtide", "web", "--host", "0.0.0.0", "--dsn", dsn],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PGTIDE_WEB_TOKEN": ""},
+    )
+    assert refused.returncode != 0 and "--token" in refused.stderr
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgtide", "web", "--port", str(port), "--dsn", dsn],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                if r.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+            time.sleep(0.05)
+        with httpx.stream("GET", f"http://127.0.0.1:{port}/sse/console?page=overview") as live:
+            next(live.iter_raw())  # a browser is connected
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert "pgtide web on http://127.0.0.1" in (proc.stderr.read() if proc.stderr else "")
+
+
+@pytest.mark.parametrize("prefix", ["/console"])
+def test_mounts_in_another_app(dsn: str, prefix: str) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    console = pgtide.web.app(dsn)
+    outer = Starlette(routes=[Mount(prefix, app=console)])
+
+    async def main() -> None:
+        transport = httpx.ASGITransport(app=outer, client=LOCAL)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            r = await http.get(f"{prefix}/events")
+            assert r.status_code == 200
+            assert f'href="{prefix}/static/console.css"' in r.text
+            assert f'data-stream="{prefix}/sse/console?page=events"' in r.text
+            assert (await http.get(f"{prefix}/static/console.js")).status_code == 200
+            assert (await http.get(f"{prefix}/metrics")).status_code == 200
+        await console.state.console.close()
+
+    asyncio.run(main())

@@ -1,0 +1,230 @@
+"""The console in a real headless browser (Debian's chromium + chromedriver, via selenium).
+
+Marked ``browser``; CI installs chromium (.ci/run). The screenshots go to the test's own
+directory, or to ``docs/img`` with ``PGTIDE_SCREENSHOTS=docs/img`` (how docs/web.md's were
+taken).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from web_helpers import served
+
+import pgtide
+import pgtide.web
+
+pytestmark = pytest.mark.browser
+
+CHROMEDRIVER = shutil.which("chromedriver")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+if not (CHROMEDRIVER and CHROMIUM):
+    pytest.skip(
+        "needs chromium and chromedriver (apt-get install chromium chromium-driver)",
+        allow_module_level=True,
+    )
+
+from selenium import webdriver  # noqa: E402 (after the skip: only needed with a browser)
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+class Served:
+    """The app served by uvicorn in a thread of its own (selenium blocks)."""
+
+    def __init__(self, **options: Any) -> None:
+        self.app = pgtide.web.app(**options)
+        self.url = ""
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with served(self.app) as url:
+            self.url = url
+            self._ready.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> Served:
+        self._thread.start()
+        assert self._ready.wait(30), "the console did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(15)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _shots(tmp_path: Path) -> Path:
+    where = Path(os.environ.get("PGTIDE_SCREENSHOTS") or tmp_path / "shots")
+    where.mkdir(parents=True, exist_ok=True)
+    return where
+
+
+def _text(driver: webdriver.Chrome, testid: str) -> str:
+    """The text of an element, read in one go (live updates replace elements at any time)."""
+    script = "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';"
+    return str(driver.execute_script(script, f'[data-testid="{testid}"]')).strip()
+
+
+def _live_text(driver: webdriver.Chrome) -> str:
+    return str(driver.execute_script("return document.getElementById('live').innerText"))
+
+
+def test_counter_changes_without_reload(dsn: str, browser: webdriver.Chrome) -> None:
+    with Served(dsn=dsn, interval=0.5) as web:
+        browser.get(web.url + "/events")
+        assert _text(browser, "events-pending") == "0"
+        browser.execute_script("window.__sameDocument = 42")
+        WebDriverWait(browser, 10).until(
+            lambda d: "on" in d.find_element(By.ID, "live-dot").get_attribute("class")
+        )
+        events = pgtide.Events(dsn=dsn)
+        events.publish("hello", {"n": 1})
+        events.publish("hello", {"n": 2})
+        events.close()
+        WebDriverWait(browser, 10).until(lambda d: _text(d, "events-pending") == "2")
+        assert browser.execute_script("return window.__sameDocument") == 42  # no reload
+        assert "hello" in _live_text(browser)
+
+
+def test_retry_a_dead_event_and_see_it_done(
+    dsn: str, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    fixed = threading.Event()
+    events = pgtide.Events(dsn=dsn, poll_interval=0.05)
+
+    @events.handler("send_invoice", retries=0)
+    def send_invoice(event: pgtide.Event) -> dict[str, Any]:
+        if not fixed.is_set():
+            raise ConnectionError("the mail server refused the connection")
+        return {"sent": True}
+
+    dead = events.publish("send_invoice", {"invoice": 1042})
+    events.start()
+    try:
+        deadline = time.monotonic() + 10
+        while (rec := events.get(dead)) is None or rec.state != "dead":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        with Served(dsn=dsn, interval=0.5) as web:
+            browser.get(f"{web.url}/events/{dead}")
+            assert _text(browser, "event-state") == "dead"
+            assert "the mail server refused" in _text(browser, "traceback")
+            browser.save_screenshot(str(_shots(tmp_path) / "web-event-dead.png"))
+            fixed.set()
+            browser.find_element(By.CSS_SELECTOR, f'[data-testid="retry-{dead}"]').click()
+            WebDriverWait(browser, 15).until(lambda d: _text(d, "event-state") == "done")
+            assert '"sent": true' in _live_text(browser)
+    finally:
+        events.close()
+
+
+def _demo_data(dsn: str, tmp_path: Path) -> None:
+    """A bit of everything, as the docs' screenshots show it."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY, total numeric)")
+        conn.execute("CREATE TABLE readings (value float8)")
+    pgtide.track("orders", dsn=dsn)
+    for name in ("search-indexer", "cache"):
+        feed = pgtide.Feed(name, ["orders"], dsn=dsn)
+        for batch in feed.batches(timeout=0.05):
+            batch.ack()
+        feed.close()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO orders SELECT g, g * 1.5 FROM generate_series(1, 40) g")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "instrument-1.txt").write_text("1.5\n2.5\noops\n3.5\n")
+    (tmp_path / "data" / "instrument-2.txt").write_text("4\n5\n")
+    pgtide.FileWatcher(tmp_path / "data", table="readings", dsn=dsn, name="lab").catch_up()
+    events = pgtide.Events(dsn=dsn, poll_interval=0.05)
+
+    @events.handler("order_created")
+    def created(event: pgtide.Event) -> None:
+        return None
+
+    @events.handler("send_invoice", retries=0)
+    def invoice(event: pgtide.Event) -> None:
+        raise ConnectionError("the mail server refused the connection")
+
+    events.publish_many("order_created", [{"order": n} for n in range(25)])
+    events.publish("send_invoice", {"invoice": 1042})
+    events.start()
+    deadline = time.monotonic() + 10
+    while events.status()["done"] < 25 or events.status()["dead"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    events.close()
+    events = pgtide.Events(dsn=dsn)
+    events.publish_many("order_created", [{"order": n} for n in range(25, 31)])
+    events.publish("nightly_report", None)
+    events.close()
+
+
+@pytest.mark.slow
+def test_screenshots_of_each_page(dsn: str, browser: webdriver.Chrome, tmp_path: Path) -> None:
+    _demo_data(dsn, tmp_path)
+    shots = _shots(tmp_path)
+    with Served(dsn=dsn, interval=0.25) as web, pgtide.Listener(dsn=dsn) as listener:
+        listener.subscribe("orders", lambda note: None)
+        browser.get(web.url + "/")
+        for n in range(12):  # a few points for the plots, written as they come
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(
+                    "INSERT INTO orders SELECT g, g FROM generate_series(%s::int, %s::int) g",
+                    (100 + n * 100, 100 + n * 100 + 5 + 3 * n),
+                )
+            pgtide.Events(dsn=dsn).publish("order_created", {"order": n})
+            time.sleep(0.25)  # pace the writes so that the plots show a slope over time
+        WebDriverWait(browser, 10).until(
+            lambda d: int(d.find_element(By.ID, "live").get_attribute("data-updates") or 0) > 3
+        )
+        for page in ("overview", "listeners", "feed", "events", "ingest"):
+            browser.get(web.url + ("/" if page == "overview" else f"/{page}"))
+            WebDriverWait(browser, 10).until(
+                lambda d: "on" in d.find_element(By.ID, "live-dot").get_attribute("class")
+            )
+            assert browser.find_elements(By.TAG_NAME, "table") or page == "overview"
+            browser.save_screenshot(str(shots / f"web-{page}.png"))
+        assert (shots / "web-overview.png").stat().st_size > 10_000
