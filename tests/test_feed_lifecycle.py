@@ -165,3 +165,15 @@ def test_iterating_a_restart_inside_batch_transaction_is_a_feed_error(
     assert _sunk(dsn) == []
     again = [c.row for b in feed.batches(timeout=0.2) for c in b]  # reconnects by itself
     assert again == [{"id": 1, "v": "a"}]
+
+
+def test_track_again_after_the_table_was_dropped_and_created_reinstalls_capture(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE again (id int PRIMARY KEY)")
+        assert pgtide.track("again", dsn=dsn)
+        assert not pgtide.track("again", dsn=dsn)  # already in place: nothing to do
+        conn.execute("DROP TABLE again")
+        conn.execute("CREATE TABLE again (id int PRIMARY KEY)")
+        assert pgtide.track("again", dsn=dsn)  # its triggers went with the old table
+        conn.execute("INSERT INTO again VALUES (1)")
+    assert pgtide.latest("again", dsn=dsn) == {"id": 1}

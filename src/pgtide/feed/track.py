@@ -133,8 +133,9 @@ def track_io(table: TableName, ops: list[str], notify: bool) -> Io[bool]:
         name = shown = yield from existing(table)
         row = yield from one(_TRACKED, (str(name),))
         from_wal = yield from was_wal_io(name)
-        if from_wal is None and row is not None and list(row[0]) == ops and row[1] == notify:
-            return False
+        settled = row is not None and list(row[0]) == ops and row[1] == notify
+        if from_wal is None and settled and (yield from _installed(name)) == _expected(ops):
+            return False  # a table dropped and created again has lost its triggers: not here
         if from_wal is not None:
             yield from leave_publication_io(name, from_wal)
         yield from _drop_triggers(name)
@@ -184,6 +185,18 @@ def _create(name: TableName, op: str, notify: bool) -> Query:
             notify=sql.Literal("notify" if notify else "quiet"),
         )
     )
+
+
+def _expected(ops: list[str]) -> set[str]:
+    """The names of the capture triggers ``ops`` need."""
+    names = {TRIGGER_PREFIX + op for op in ops}
+    return names | ({TRIGGER_PREFIX + "update_wakeup"} if "update" in ops else set())
+
+
+def _installed(name: TableName) -> Io[set[str]]:
+    """The names of pgtide's capture triggers on ``name`` now."""
+    rows = yield from query(_TRIGGERS, (name.schema, name.name))
+    return {t for (t,) in rows if t.startswith(TRIGGER_PREFIX)}
 
 
 def _drop_triggers(name: TableName) -> Io[bool]:
