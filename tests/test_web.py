@@ -15,10 +15,13 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from web_helpers import LOCAL, SseParser, csrf_of, live_client, web_client
+from test_feed_wal import wal_dsn, wal_server  # noqa: F401 (fixtures: wal_level=logical)
+from web_helpers import LOCAL, SseParser, csrf_of, live_client, until, web_client
 
 import pgtide
 import pgtide.web
+from pgtide.feed import Relay
+from pgtide.feed.wal import slot_name
 from pgtide.web.metrics import FileWatcherCollector, ListenerCollector
 
 
@@ -116,6 +119,7 @@ def test_metrics_cover_every_feature(dsn: str, tmp_path: Path) -> None:
             lag = [x for x in text.splitlines() if x.startswith("pgtide_feed_consumer_lag_seconds")]
             assert lag and float(lag[0].split()[-1]) >= 0
             assert (await http.get("/healthz")).status_code == 200
+            assert "pgtide_slot_lag_bytes{" not in text  # no table is captured from the WAL
 
     asyncio.run(main())
 
@@ -434,3 +438,184 @@ def test_mounts_in_another_app(dsn: str, prefix: str) -> None:
         await console.state.console.close()
 
     asyncio.run(main())
+
+
+def test_cancel_action_cancels_a_pending_event(dsn: str) -> None:
+    events = pgtide.Events(dsn=dsn)
+    id_ = events.publish("later", {"n": 1})
+
+    async def main() -> None:
+        async with web_client(dsn) as http:
+            page = await http.get(f"/events/{id_}")
+            assert f'data-testid="cancel-{id_}"' in page.text
+            assert f'data-testid="retry-{id_}"' not in page.text
+            r = await http.post(f"/events/{id_}/cancel", data={"csrf": "forged"})
+            assert r.status_code == 403
+            r = await http.post(f"/events/{id_}/cancel", data={"csrf": csrf_of(page.text)})
+            assert r.status_code == 303 and r.headers["location"] == f"/events/{id_}"
+            page = await http.get(f"/events/{id_}")
+            assert 'data-testid="event-state">cancelled<' in page.text
+            assert f'data-testid="cancel-{id_}"' not in page.text
+            assert f'data-testid="retry-{id_}"' not in page.text
+            again = await http.post(
+                f"/events/{id_}/cancel",
+                data={"csrf": csrf_of(page.text)},
+                headers={"accept": "application/json"},
+            )
+            assert again.json() == {"state": None}  # it had already ended
+            listed = await http.get("/events?state=cancelled")
+            assert f'data-testid="state-{id_}">cancelled<' in listed.text
+
+    asyncio.run(main())
+    rec = events.get(id_)
+    assert rec is not None and rec.state == "cancelled"
+
+
+def test_pause_holds_a_name_back_from_workers_and_resume_releases_it(dsn: str) -> None:
+    events = pgtide.Events(dsn=dsn, poll_interval=0.05)
+    handled: list[str] = []
+
+    @events.handler("later")
+    def later(event: pgtide.Event) -> None:
+        handled.append(event.name)
+
+    @events.handler("now")
+    def now(event: pgtide.Event) -> None:
+        handled.append(event.name)
+
+    async def main() -> None:
+        async with (
+            live_client(dsn) as http,
+            http.stream("GET", "/sse/console?page=events") as live,
+        ):
+            chunks, parser = live.aiter_text(), SseParser()
+
+            async def update_with(text: str) -> str:
+                async with asyncio.timeout(10):
+                    while True:
+                        for e in parser.feed(await anext(chunks)):
+                            if e.event == "update" and text in e.data:
+                                return e.data
+
+            page = await http.get("/events")
+            csrf = csrf_of(page.text)
+            r = await http.post("/events/pause", data={"csrf": csrf, "name": "later"})
+            assert r.status_code == 303 and r.headers["location"] == "/events?name=later"
+            # the open page shows it without a reload, with a resume button
+            html = await update_with('data-testid="paused-later"')
+            assert 'data-testid="resume-later"' in html
+            held = await asyncio.to_thread(events.publish, "later", {"n": 1})
+            other = await asyncio.to_thread(events.publish, "now", {"n": 2})
+            events.start()
+            # a worker claimed and ran "now", published after "later": it skipped "later"
+            assert (await asyncio.to_thread(events.wait, other, 10)).state == "done"
+            rec = await asyncio.to_thread(events.get, held)
+            assert rec is not None and rec.state == "pending" and handled == ["now"]
+            page = await http.get(f"/events/{held}")
+            assert 'data-testid="paused-later"' in page.text
+            r = await http.post(
+                "/events/resume", data={"csrf": csrf, "name": "later", "next": f"/events/{held}"}
+            )
+            assert r.status_code == 303 and r.headers["location"] == f"/events/{held}"
+            assert (await asyncio.to_thread(events.wait, held, 10)).state == "done"
+            html = await update_with('data-testid="pause-later"')
+            assert 'data-testid="paused-later"' not in html
+            assert (await http.post("/events/pause", data={"csrf": csrf})).status_code == 400
+
+    try:
+        asyncio.run(main())
+    finally:
+        events.close()
+    assert sorted(handled) == ["later", "now"]
+    assert pgtide.Events(dsn=dsn).status()["paused"] == []
+
+
+def test_read_only_refuses_cancel_pause_and_resume(dsn: str) -> None:
+    events = pgtide.Events(dsn=dsn)
+    id_ = events.publish("later", {"n": 1})
+    events.pause("held")
+
+    async def main() -> None:
+        async with web_client(dsn, read_only=True) as ro:
+            page = await ro.get(f"/events/{id_}")
+            listing = await ro.get("/events")
+            for html in (page.text, listing.text):
+                for action in ("cancel-", "pause-", "resume-"):
+                    assert f'data-testid="{action}' not in html, action
+            assert 'data-testid="paused-held"' in listing.text  # still shown
+            csrf = csrf_of(page.text)
+            for path, data in (
+                (f"/events/{id_}/cancel", {"csrf": csrf}),
+                ("/events/pause", {"csrf": csrf, "name": "later"}),
+                ("/events/resume", {"csrf": csrf, "name": "held"}),
+            ):
+                r = await ro.post(path, data=data)
+                assert r.status_code == 403 and "read-only" in r.text, path
+
+    asyncio.run(main())
+    rec = events.get(id_)
+    assert rec is not None and rec.state == "pending"
+    assert events.status()["paused"] == ["held"]
+
+
+def test_schedules_page_lists_a_schedule(dsn: str) -> None:
+    async def main() -> None:
+        async with web_client(dsn) as http:
+            empty = await http.get("/schedules")
+            assert empty.status_code == 200 and "no schedule" in empty.text
+            events = pgtide.Events(dsn=dsn)
+            events.schedule(
+                "report", "0 3 * * *", {"kind": "daily"}, tz="Europe/Paris", id="nightly"
+            )
+            page = await http.get("/schedules")
+            assert page.status_code == 200
+            assert 'data-testid="schedule-nightly"' in page.text
+            for text in ("report", "0 3 * * *", "Europe/Paris", "never", "daily"):
+                assert text in page.text, text
+            assert 'href="/schedules" class="current"' in page.text
+
+    asyncio.run(main())
+
+
+def test_slot_lag_on_the_feed_page_and_in_metrics(wal_dsn: str) -> None:  # noqa: F811
+    with psycopg.connect(wal_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+    pgtide.track("orders", capture="wal", dsn=wal_dsn)
+    with psycopg.connect(wal_dsn, autocommit=True) as conn:
+        conn.execute("SET synchronous_commit = on")  # the tests' server defers WAL writes
+        conn.execute("INSERT INTO orders SELECT generate_series(1, 1000)")  # not relayed yet
+        slot = slot_name(conn.info.dbname)
+
+    async def main() -> None:
+        async with web_client(wal_dsn) as http:
+            text = (await http.get("/metrics")).text
+            assert float(_metric(text, f'pgtide_slot_lag_bytes{{slot="{slot}"}}')) > 0, text
+            assert f'pgtide_slot_active{{slot="{slot}"}} 0.0' in text  # no relay runs
+            # the relay never ran: how late it is in time is not known yet
+            assert f'pgtide_slot_lag_seconds{{slot="{slot}"}}' not in text
+            page = await http.get("/feed")
+            assert "WAL capture" in page.text and f'data-testid="slot-lag-{slot}"' in page.text
+            assert "not running" in page.text
+            relay = Relay(wal_dsn)
+            await asyncio.to_thread(relay.run, until_idle=True)
+            assert relay.relayed == 1000
+            # its changes' NOTIFY wakes the console's sampler
+            text = await until(
+                lambda: _relayed_metrics(http, slot), what="a sample after the relay"
+            )
+            assert float(_metric(text, f'pgtide_slot_lag_seconds{{slot="{slot}"}}')) >= 0
+            assert f'pgtide_slot_last_relayed_timestamp_seconds{{slot="{slot}"}}' in text
+
+    asyncio.run(main())
+
+
+def _metric(text: str, series: str) -> str:
+    """The value of one series in a Prometheus exposition."""
+    found = [x.rsplit(" ", 1)[-1] for x in text.splitlines() if x.startswith(series + " ")]
+    assert found, f"no {series} in\n{text}"
+    return found[0]
+
+
+async def _relayed_metrics(http: httpx.AsyncClient, slot: str) -> str | None:
+    text = (await http.get("/metrics")).text
+    return text if f'pgtide_slot_lag_seconds{{slot="{slot}"}}' in text else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
@@ -43,7 +44,7 @@ from .metrics import ConsoleCollector
 
 log = logging.getLogger("pgtide.web")
 
-PAGES = ("overview", "listeners", "feed", "events", "event", "ingest")
+PAGES = ("overview", "listeners", "feed", "events", "event", "schedules", "ingest")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -187,6 +188,10 @@ async def _context(console: Console, request: Request, page: str) -> dict[str, A
             state = None
         ctx["filter_state"], ctx["filter_name"] = state, params.get("name")
         ctx["recent"] = await console.events.recent(state=state, name=params.get("name"), limit=50)
+    if page in ("events", "event") and s.ok:
+        ctx["paused"] = set(await console.events.paused())
+    if page == "schedules" and s.ok:
+        ctx["schedules"] = await console.events.schedules()
     if page == "event":
         try:
             ctx["event"] = await console.events.get(int(params["id"]))
@@ -286,6 +291,42 @@ async def retry_event(request: Request) -> Response:
     if "application/json" in request.headers.get("accept", ""):
         return Response(f'{{"ok": {str(done).lower()}}}', media_type="application/json")
     return _back(request, values, f"/events/{id_}")
+
+
+async def cancel_event(request: Request) -> Response:
+    """Cancel one event: pending or failed, it ends ``cancelled``; running, its handler is
+    asked to stop (see :meth:`pgtide.Events.cancel`)."""
+    console: Console = request.app.state.console
+    await console.ready()
+    values = await _checked_form(request)
+    id_ = int(request.path_params["id"])
+    state = await console.events.cancel(id_)
+    await console.hub.refresh()
+    if "application/json" in request.headers.get("accept", ""):
+        return Response(json.dumps({"state": state}), media_type="application/json")
+    return _back(request, values, f"/events/{id_}")
+
+
+def pause_route(paused: bool) -> Any:
+    """Pause (or resume) the workers' claims of the events called the form's ``name``."""
+
+    async def endpoint(request: Request) -> Response:
+        console: Console = request.app.state.console
+        await console.ready()
+        values = await _checked_form(request)
+        name = values.get("name", "")
+        if not name:
+            raise HTTPException(400, "which event name? (the form's name field is empty)")
+        if paused:
+            await console.events.pause(name)
+        else:
+            await console.events.resume(name)
+        await console.hub.refresh()
+        if "application/json" in request.headers.get("accept", ""):
+            return Response(json.dumps({"paused": paused}), media_type="application/json")
+        return _back(request, values, "/events?" + urlencode({"name": name}))
+
+    return endpoint
 
 
 # -- login --------------------------------------------------------------------------------------
@@ -473,6 +514,10 @@ def build(
         Route("/events", page_route("events")),
         Route("/events/{id:int}", page_route("event")),
         Route("/events/{id:int}/retry", retry_event, methods=["POST"]),
+        Route("/events/{id:int}/cancel", cancel_event, methods=["POST"]),
+        Route("/events/pause", pause_route(True), methods=["POST"]),
+        Route("/events/resume", pause_route(False), methods=["POST"]),
+        Route("/schedules", page_route("schedules")),
         Route("/ingest", page_route("ingest")),
         Route("/login", login, methods=["GET", "POST"]),
         Route("/logout", logout, methods=["POST"]),

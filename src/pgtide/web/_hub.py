@@ -30,7 +30,7 @@ from .. import channel, events, ingest, schema
 from ..aio import Listener
 from ..connect import DsnLike, Resolved, aconnect, resolve
 from ..errors import PgtideError
-from ..feed import retention
+from ..feed import retention, wal
 from ..listen import Notification
 from ..overview import Section
 from ..session import Io, arun
@@ -60,6 +60,13 @@ class Sample:
     rejects_total: int = 0
     published: int = 0
     captured: int = 0
+
+    @property
+    def capture(self) -> list[dict[str, Any]]:
+        """The relay's slots (WAL capture): slot, active, wal status, lag bytes, lag
+        seconds, last relayed at; empty when no table is captured from the WAL."""
+        section = self.sections.get("capture")
+        return section.as_dicts() if section else []
 
     @property
     def event_states(self) -> dict[str, int]:
@@ -256,6 +263,9 @@ class Hub:
                 )
             rows, size, oldest_change = yield from retention.size_io()
             sample.changes = {"rows": rows, "bytes": size, "oldest": oldest_change}
+            # WAL capture's relay: its slot and lag (no section when no table uses the WAL)
+            for section in (yield from wal.overview_io()):
+                sample.sections[section.title] = section
         if has_events:
             sample.events_by_name = yield from _queries.events_by_name()
             sample.durations = yield from _queries.recent_durations()

@@ -19,6 +19,7 @@ import os
 import statistics
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -85,6 +86,8 @@ class ConsoleCollector(Collector):
             yield CounterMetricFamily(
                 "pgtide_feed_changes_captured", "Changes ever captured (sequence)", s.captured
             )
+        if s.capture:
+            yield from slot_metrics(s.capture)
         # events
         by = GaugeMetricFamily(
             "pgtide_events", "Events of pgtide.events by name and state", labels=["name", "state"]
@@ -150,6 +153,36 @@ class ConsoleCollector(Collector):
         yield rejected
         yield offset
         yield behind
+
+
+def slot_metrics(slots: list[dict[str, Any]]) -> Iterator[Metric]:
+    """The WAL relay's slots (the feed's "capture" section) as metrics labelled ``slot``."""
+    lag_bytes = GaugeMetricFamily(
+        "pgtide_slot_lag_bytes", "WAL the relay's slot retains (not yet relayed)", labels=["slot"]
+    )
+    lag_seconds = GaugeMetricFamily(
+        "pgtide_slot_lag_seconds",
+        "Seconds since the relay last knew it had relayed everything",
+        labels=["slot"],
+    )
+    active = GaugeMetricFamily(
+        "pgtide_slot_active", "1 while a relay reads the slot", labels=["slot"]
+    )
+    relayed = GaugeMetricFamily(
+        "pgtide_slot_last_relayed_timestamp_seconds",
+        "When the relay last wrote to the change log (Unix time)",
+        labels=["slot"],
+    )
+    for c in slots:
+        key = [str(c["slot"])]
+        active.add_metric(key, int(bool(c["active"])))
+        if c["lag bytes"] is not None:
+            lag_bytes.add_metric(key, int(c["lag bytes"]))
+        if c["lag seconds"] is not None:
+            lag_seconds.add_metric(key, float(c["lag seconds"]))
+        if isinstance(c["last relayed at"], datetime):
+            relayed.add_metric(key, c["last relayed at"].timestamp())
+    yield from (lag_bytes, lag_seconds, active, relayed)
 
 
 def _quantiles(values: list[float]) -> list[tuple[str, float]]:
