@@ -878,7 +878,8 @@ class Engine:
                 raise psycopg.Rollback from None
             offset = t.offset + pieces.sent
             fp, fp_len = self._fingerprint(t, offset, pieces.first)
-            chunk = Chunk(t, b"", offset, pieces.lines, pending.columns, fp, fp_len)
+            lines = pieces.lines_in(landed)
+            chunk = Chunk(t, b"", offset, lines, pending.columns, fp, fp_len)
             versions = self._do(
                 _store.save_many(
                     self.s.name, self.s.target.label, [(self._next_state(chunk), landed, 0)]

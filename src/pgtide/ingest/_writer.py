@@ -125,7 +125,8 @@ class Stream:
     piece by piece while COPY sends them: reading overlaps the server's work, and each byte
     is checked and counted once, just before it is sent. ``first`` holds the bytes already
     read from ``start``. Once the pieces are spent, ``sent`` bytes holding ``lines`` newlines
-    went to COPY; :class:`NotRaw` is raised at the first piece that needs parsing."""
+    went to COPY (see :meth:`lines_in`); :class:`NotRaw` is raised at the first piece that
+    needs parsing."""
 
     def __init__(
         self,
@@ -147,6 +148,12 @@ class Stream:
         self.sent = 0
         self.lines = 0
 
+    def lines_in(self, rows: int) -> int:
+        """The lines sent, given the rows COPY made of them: in the ``lines`` format a piece
+        COPY takes as it is holds no empty line, so each line is one row (no second pass
+        over the bytes to count them); CSV lines are counted as they are sent."""
+        return self.lines if self.fmt == "csv" else rows
+
     def pieces(self) -> Iterator[bytes]:
         stop = self.start + self.limit
         pos, window = self.start, self.first
@@ -160,7 +167,8 @@ class Stream:
             if raw is None:
                 raise NotRaw
             self.sent += cut
-            self.lines += piece.count(b"\n")
+            if self.fmt == "csv":  # a quoted field may hold newlines: count them
+                self.lines += piece.count(b"\n")
             yield raw
             pos += cut
             window = os.pread(self.fd, min(COPY_PIECE, stop - pos), pos) if pos < stop else b""
