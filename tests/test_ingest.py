@@ -761,3 +761,69 @@ def test_jsonl_nul_escapes_and_the_sql_template_reject_cleanly(dsn: str, data: P
     assert sorted(r[0] for r in sql(dsn, "SELECT a FROM j")) == ["w", "x", "x", "y"]
     rejects = sql(dsn, "SELECT raw FROM pgtide.rejects ORDER BY path, line_no")
     assert [r[0] for r in rejects] == [escaped, b"\xff", b"\x00z", b"\xfe"]
+
+
+# -- large batches streamed into COPY ----------------------------------------------------------
+
+
+@pytest.fixture
+def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stream batches in tiny pieces, so that a small file takes many of them."""
+    monkeypatch.setattr(_core, "FIRST_PIECE", 512)
+    monkeypatch.setattr(_writer, "COPY_PIECE", 2048)
+
+
+def test_streamed_batch_lands_complete_lines_once(
+    dsn: str, table: str, data: Path, small_pieces: None
+) -> None:
+    values = [f"{i}.5" for i in range(3000)]
+    body = "".join(f"{v}\n" for v in values)
+    (data / "a.txt").write_text(body + "3000")  # the last line is not complete yet
+    watcher = pgtide.FileWatcher(data, table=table, columns=["v"], dsn=dsn)
+    streamed = []
+    original = _writer.Writer.stream
+
+    def spying(self: _writer.Writer, conn: Any, stream: Any, columns: Any) -> int:
+        streamed.append(stream.limit)
+        return original(self, conn, stream, columns)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_writer.Writer, "stream", spying)
+        assert watcher.catch_up() == 3000
+    assert streamed  # the batch went through the streaming path
+    assert floats(dsn) == [float(v) for v in values]
+    assert offsets(dsn) == {"a.txt": (len(body), 3000)}
+    append(data / "a.txt", ".5\n")
+    assert watcher.catch_up() == 1
+    assert offsets(dsn) == {"a.txt": (len(body) + 7, 3001)}
+    assert len(floats(dsn)) == 3001
+
+
+def test_streamed_batch_with_bad_and_odd_lines_rejects_only_the_bad(
+    dsn: str, table: str, data: Path, small_pieces: None
+) -> None:
+    lines = [str(i) for i in range(3000)]
+    lines[2500] = "oops"  # refused by the server, late in the stream
+    lines[2700] = ""  # skipped: this piece cannot go to COPY unchanged
+    (data / "a.txt").write_text("\n".join(lines) + "\n")
+    watcher = pgtide.FileWatcher(data, table=table, columns=["v"], dsn=dsn)
+    assert watcher.catch_up() == 2998
+    assert floats(dsn) == [float(v) for v in lines if v not in ("oops", "")]
+    assert sql(dsn, "SELECT line_no, line FROM pgtide.rejects") == [(2501, "oops")]
+    assert offsets(dsn)["a.txt"][1] == 3000
+    assert (watcher.status().rows_written, watcher.status().rejected) == (2998, 1)
+
+
+def test_streamed_csv_with_header_and_quoted_newlines(
+    dsn: str, data: Path, small_pieces: None
+) -> None:
+    sql(dsn, "CREATE TABLE m (id int, note text)")
+    rows = [(i, f"line\nbreak {i}" if i % 97 == 0 else f"note {i}") for i in range(2000)]
+    text = "id,note\n" + "".join(f'{i},"{note}"\n' for i, note in rows)
+    (data / "m.csv").write_text(text)
+    watcher = pgtide.FileWatcher(
+        data, table="m", pattern="*.csv", format="csv", header=True, dsn=dsn
+    )
+    assert watcher.catch_up() == 2000
+    assert sql(dsn, "SELECT id, note FROM m ORDER BY id") == rows
+    assert offsets(dsn) == {"m.csv": (len(text), text.count("\n"))}

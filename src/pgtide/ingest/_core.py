@@ -12,11 +12,13 @@ engine under the same name can neither skip nor repeat a line.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -29,8 +31,17 @@ from ..connect import DsnLike
 from ..errors import ConfigError, IngestError
 from ..session import Io, Query, Session, Stopped, atomic, run
 from . import _files, _store
-from ._formats import CsvOptions, Format, complete_end, csv_header
-from ._writer import Part, Target, Transform, Writer, describe
+from ._formats import CsvOptions, Format, Reject, complete_end, csv_header
+from ._writer import (
+    FIRST_PIECE,
+    STREAM_REFUSALS,
+    Part,
+    Stream,
+    Target,
+    Transform,
+    Writer,
+    describe,
+)
 
 log = logging.getLogger("pgtide.ingest")
 
@@ -79,6 +90,15 @@ class Chunk:
 
 
 @dataclass(frozen=True)
+class Pending:
+    """A batch of one file not read yet: its lines are read while COPY sends them."""
+
+    tracked: _files.Tracked
+    stream: Stream
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class FileStatus:
     """One watched file: how far it has been committed and what came of it."""
 
@@ -121,6 +141,12 @@ class WatcherStatus:
         return sum(f.bytes_behind for f in self.files)
 
 
+@functools.cache
+def _shipped() -> frozenset[int]:
+    """The versions of the schema migrations this package ships (read once)."""
+    return frozenset(m.version for m in schema.migrations())
+
+
 class Engine:
     """The single core behind both faces. Not thread-safe except for :meth:`status` and
     :meth:`stop`.
@@ -161,14 +187,29 @@ class Engine:
     # -- connection -------------------------------------------------------------------
 
     def _prepare(self) -> Io[None]:
-        """Run on each new connection: everything in memory is reloaded from the database."""
-        yield Query(SET_UTF8)  # lines are read as UTF-8 whatever the server's default
-        yield from schema.ensure_io()
-        columns = yield from self._check_target()
-        yield from self._load(columns)
+        """Run on each new connection: everything in memory is reloaded from the database.
+
+        One round trip when all is in place (UTF-8, the schema complete, the target there);
+        otherwise the careful path, which installs what is missing or says what is wrong."""
+        fast = yield from _store.prepared(self.s.name, self.s.target.table)
+        if (
+            fast is None
+            or fast.encoding.upper() != "UTF8"
+            or not _shipped() <= fast.applied
+            or (self.s.target.table is not None and fast.columns is None)
+        ):
+            yield Query(SET_UTF8)  # lines are read as UTF-8 whatever the server's default
+            yield from schema.ensure_io()
+            columns = yield from self._check_target()
+            yield from self._load(columns)
+            return
+        self._reloaded(self._target_columns(fast.columns or []), fast.saved)
 
     def _load(self, columns: tuple[str, ...] | None) -> Io[None]:
         saved = yield from _store.load_all(self.s.name)
+        self._reloaded(columns, saved)
+
+    def _reloaded(self, columns: tuple[str, ...] | None, saved: dict[str, _store.Saved]) -> None:
         self._release_files()
         self._columns = columns
         self._saved = {
@@ -178,10 +219,16 @@ class Engine:
         }
 
     def _check_target(self) -> Io[tuple[str, ...] | None]:
+        if self.s.target.table is None:
+            return self.s.target.columns
+        available = yield from _store.target_columns(self.s.target.table)
+        return self._target_columns(available)
+
+    def _target_columns(self, available: list[str]) -> tuple[str, ...] | None:
+        """The columns rows are written to, given the target table's columns."""
         target = self.s.target
         if target.table is None:
             return target.columns
-        available = yield from _store.target_columns(target.table)
         if target.columns is not None:
             missing = [c for c in target.columns if c not in available]
             if missing:
@@ -389,7 +436,7 @@ class Engine:
     def _round(self) -> int | None:
         """One batch of every file that has complete lines, committed in transactions of
         about ``batch_bytes``; None when no file had anything."""
-        chunks: list[Chunk] = []
+        chunks: list[Chunk | Pending] = []
         size = 0
         landed = 0
         progress = False
@@ -400,7 +447,7 @@ class Engine:
             if chunk is None:
                 continue
             chunks.append(chunk)
-            size += len(chunk.payload)
+            size += len(chunk.payload) if isinstance(chunk, Chunk) else chunk.stream.limit
             if size >= self.s.batch_bytes:
                 landed += self._commit(chunks)
                 chunks, size, progress = [], 0, True
@@ -685,8 +732,44 @@ class Engine:
             tracked.columns = tuple(names)
         return tracked.columns
 
-    def _read(self, tracked: _files.Tracked, *, final: bool = False) -> Chunk | None:
-        """The next batch of complete lines of one file; None when there is none yet."""
+    def _read(
+        self, tracked: _files.Tracked, *, final: bool = False, stream: bool = True
+    ) -> Chunk | Pending | None:
+        """The next batch of complete lines of one file; None when there is none yet. A batch
+        larger than a first piece that COPY can take as it is stays :class:`Pending`: it is
+        read while it is sent."""
+        available = self._available(tracked, final=final)
+        if available is None:
+            return None
+        limit = min(available, self.s.batch_bytes)
+        if stream and not final and limit > FIRST_PIECE and self._streams():
+            first = os.pread(tracked.fd, FIRST_PIECE, tracked.offset)
+            if complete_end(first, self.s.fmt, self.s.csv) > 0:
+                columns = self._columns_for(tracked)
+                if not columns:
+                    return None  # False: a CSV header still incomplete
+                tracked.partial = None
+                pieces = Stream(
+                    tracked.fd,
+                    tracked.offset,
+                    limit,
+                    first,
+                    tracked.line_count + 1,
+                    self.s.fmt,
+                    self.s.csv,
+                )
+                return Pending(tracked, pieces, columns)
+        return self._chunk(tracked, available, final=final)
+
+    def _streams(self) -> bool:
+        """Whether batches can be streamed into COPY as they are (a table, no transform)."""
+        return (
+            self.s.target.table is not None and self.s.transform is None and (self.s.fmt != "jsonl")
+        )
+
+    def _available(self, tracked: _files.Tracked, *, final: bool) -> int | None:
+        """How many bytes a file holds past its offset (opening it, and starting over when it
+        was truncated or rewritten); None when there is nothing to read."""
         if tracked.fd < 0:
             if final or tracked.size == tracked.offset:
                 return None  # closed and nothing new since the last scan
@@ -702,6 +785,15 @@ class Engine:
         if available <= 0:
             tracked.partial = None
             return None
+        return available
+
+    def _eager(self, tracked: _files.Tracked) -> Chunk | None:
+        """The next batch of one file, read whole."""
+        available = self._available(tracked, final=False)
+        return None if available is None else self._chunk(tracked, available, final=False)
+
+    def _chunk(self, tracked: _files.Tracked, available: int, *, final: bool) -> Chunk | None:
+        """The batch of complete lines in the ``available`` bytes past a file's offset."""
         data = os.pread(tracked.fd, min(available, self.s.batch_bytes), tracked.offset)
         end = complete_end(data, self.s.fmt, self.s.csv)
         if end == 0 and len(data) < available:  # one line longer than a batch
@@ -709,7 +801,7 @@ class Engine:
             end = complete_end(data, self.s.fmt, self.s.csv)
         payload, advance = data[:end], end
         if end == 0:
-            if not (final or self._flush_due(tracked, size)):
+            if not (final or self._flush_due(tracked, tracked.size)):
                 return None
             payload, advance = data + b"\n", len(data)
         columns = self._columns_for(tracked)
@@ -717,14 +809,18 @@ class Engine:
             return None
         tracked.partial = None
         offset = tracked.offset + advance
+        fp, fp_len = self._fingerprint(tracked, offset, data)
+        return Chunk(tracked, payload, offset, payload.count(b"\n"), columns, fp, fp_len)
+
+    def _fingerprint(self, tracked: _files.Tracked, offset: int, head: bytes) -> tuple[bytes, int]:
+        """The fingerprint a file will have once committed up to ``offset`` (``head``: bytes
+        read from its offset, used when they are the file's first bytes)."""
         fp_len = min(_files.FINGERPRINT_BYTES, offset)
         if fp_len == tracked.fingerprint_len:
-            fp = tracked.fingerprint
-        elif tracked.offset == 0 and len(data) >= fp_len:
-            fp = _files.fingerprint(data[:fp_len])  # the first bytes are in hand
-        else:
-            fp = _files.fingerprint_of(tracked.fd, fp_len)
-        return Chunk(tracked, payload, offset, payload.count(b"\n"), columns, fp, fp_len)
+            return tracked.fingerprint, fp_len
+        if tracked.offset == 0 and len(head) >= fp_len:
+            return _files.fingerprint(head[:fp_len]), fp_len  # the first bytes are in hand
+        return _files.fingerprint_of(tracked.fd, fp_len), fp_len
 
     def _describe(self, columns: tuple[str, ...] | None) -> str:
         """How rows of these columns are written (kept with each reject, for a retry)."""
@@ -735,15 +831,21 @@ class Engine:
             self._described[columns] = described
         return described
 
-    def _commit(self, chunks: list[Chunk]) -> int:
+    def _commit(self, batch: Sequence[Chunk | Pending], *, raw: bool = True) -> int:
         """Land the chunks (of different files) and their files' new offsets in one
-        transaction; return the rows landed."""
+        transaction; return the rows landed. A pending batch alone is streamed; among others
+        it is read whole first."""
+        if len(batch) == 1 and isinstance(batch[0], Pending):
+            return self._commit_stream(batch[0])
+        chunks = [c for c in (self._ready(c) for c in batch) if c is not None]
+        if not chunks:
+            return 0
         parts = [
             Part(c.payload, c.tracked.line_count + 1, c.columns, c.tracked.path) for c in chunks
         ]
         conn = self.conn
         with conn.transaction():
-            results = self._writer.write_many(conn, parts)
+            results = self._writer.write_many(conn, parts, raw=raw)
             rejects = [
                 (c.tracked.path, r, self._describe(c.columns))
                 for c, (_, refused) in zip(chunks, results, strict=True)
@@ -755,6 +857,46 @@ class Engine:
                 for c, (landed, refused) in zip(chunks, results, strict=True)
             ]
             versions = self._do(_store.save_many(self.s.name, self.s.target.label, states))
+        return self._committed(chunks, results, versions)
+
+    def _ready(self, item: Chunk | Pending) -> Chunk | None:
+        return item if isinstance(item, Chunk) else self._eager(item.tracked)
+
+    def _commit_stream(self, pending: Pending) -> int:
+        """Stream one file's batch into COPY, then its new offset, in one transaction. The
+        COPY is the transaction's first statement, so it needs no savepoint: when a row is
+        refused or a piece needs parsing, the whole transaction is rolled back and the batch
+        is read whole and parsed (each bad line becomes a reject, the rest lands)."""
+        t, pieces = pending.tracked, pending.stream
+        conn = self.conn
+        landed: int | None = None
+        with conn.transaction():
+            try:
+                landed = self._writer.stream(conn, pieces, pending.columns)
+            except STREAM_REFUSALS as exc:
+                log.debug("%s: the batch cannot be streamed as is (%s)", t.path, exc or "parsed")
+                raise psycopg.Rollback from None
+            offset = t.offset + pieces.sent
+            fp, fp_len = self._fingerprint(t, offset, pieces.first)
+            lines = pieces.lines_in(landed)
+            chunk = Chunk(t, b"", offset, lines, pending.columns, fp, fp_len)
+            versions = self._do(
+                _store.save_many(
+                    self.s.name, self.s.target.label, [(self._next_state(chunk), landed, 0)]
+                )
+            )
+        if landed is None:
+            whole = self._eager(t)
+            return 0 if whole is None else self._commit([whole], raw=False)
+        return self._committed([chunk], [(landed, [])], versions)
+
+    def _committed(
+        self,
+        chunks: Sequence[Chunk],
+        results: Sequence[tuple[int, list[Reject]]],
+        versions: dict[str, int],
+    ) -> int:
+        """Advance the files of committed chunks; return the rows landed."""
         total = 0
         with self._lock:
             for c, (landed, refused) in zip(chunks, results, strict=True):

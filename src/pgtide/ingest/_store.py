@@ -25,6 +25,18 @@ SELECT path, device, inode, fingerprint, fingerprint_len, byte_offset, line_coun
        rows_written, rejected, version, rotated_from
 FROM pgtide.file_offsets WHERE watcher = %s
 """
+PREPARED = """
+SELECT current_setting('client_encoding'),
+       ARRAY(SELECT version FROM pgtide.schema_version),
+       to_regclass(%(table)s) IS NOT NULL,
+       ARRAY(SELECT a.attname::text FROM pg_attribute a
+             WHERE a.attrelid = to_regclass(%(table)s) AND a.attnum > 0 AND NOT a.attisdropped
+             ORDER BY a.attnum),
+       o.path, o.device, o.inode, o.fingerprint, o.fingerprint_len, o.byte_offset,
+       o.line_count, o.rows_written, o.rejected, o.version, o.rotated_from
+FROM (VALUES (1)) AS one (x)
+LEFT JOIN pgtide.file_offsets o ON o.watcher = %(watcher)s
+"""
 INSERT_OFFSET = """
 INSERT INTO pgtide.file_offsets (watcher, path, device, inode, fingerprint, fingerprint_len,
                                  byte_offset, line_count, rows_written, rejected, target,
@@ -128,6 +140,36 @@ def load_all(watcher: str) -> Io[dict[str, Saved]]:
     """Every file this watcher has committed an offset for, by path."""
     rows = yield from query(LOAD_OFFSETS, (watcher,))
     return {row[0]: _saved(row) for row in rows}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a new connection needs, read in one round trip: the client encoding, the schema
+    migrations applied, the target table's columns (None when there is no such table) and
+    every committed offset of the watcher."""
+
+    encoding: str
+    applied: frozenset[int]
+    columns: list[str] | None
+    saved: dict[str, Saved]
+
+
+def prepared(watcher: str, table: TableName | None) -> Io[Prepared | None]:
+    """:class:`Prepared` in one statement; None when it cannot be read that way (no schema
+    yet, or one this role cannot read): the caller then takes the careful path, which
+    installs what is missing or says what is wrong."""
+    params = {"watcher": watcher, "table": table.quoted() if table is not None else None}
+    try:
+        rows = yield from query(PREPARED, params)
+    except psycopg.errors.ProgrammingError:
+        return None
+    encoding, applied, found, names = rows[0][:4]
+    return Prepared(
+        str(encoding),
+        frozenset(int(v) for v in applied),
+        list(names) if found else None,
+        {row[4]: _saved(row[4:]) for row in rows if row[4] is not None},
+    )
 
 
 def _version(row: tuple[Any, ...] | None, path: str) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -108,8 +109,69 @@ COPY_PIECE = 1 << 20
 """COPY data is sent in pieces of about this size (cut at record ends)."""
 
 
-class _NotRaw(Exception):
+class NotRaw(Exception):
     """A piece of a block cannot go to COPY unchanged: the block is parsed instead."""
+
+
+STREAM_REFUSALS: tuple[type[Exception], ...] = (NotRaw, *ROW_ERRORS)
+"""What makes a streamed batch fall back to being read whole and parsed."""
+
+FIRST_PIECE = 1 << 18
+"""A stream's first piece is smaller, so that COPY starts as soon as possible."""
+
+
+class Stream:
+    """The complete records of one file from byte ``start`` (at most ``limit`` bytes), read
+    piece by piece while COPY sends them: reading overlaps the server's work, and each byte
+    is checked and counted once, just before it is sent. ``first`` holds the bytes already
+    read from ``start``. Once the pieces are spent, ``sent`` bytes holding ``lines`` newlines
+    went to COPY (see :meth:`lines_in`); :class:`NotRaw` is raised at the first piece that
+    needs parsing."""
+
+    def __init__(
+        self,
+        fd: int,
+        start: int,
+        limit: int,
+        first: bytes,
+        first_line: int,
+        fmt: Format,
+        csv_options: CsvOptions,
+    ) -> None:
+        self.fd = fd
+        self.start = start
+        self.limit = limit
+        self.first = first
+        self.first_line = first_line
+        self.fmt = fmt
+        self.csv = csv_options
+        self.sent = 0
+        self.lines = 0
+
+    def lines_in(self, rows: int) -> int:
+        """The lines sent, given the rows COPY made of them: in the ``lines`` format a piece
+        COPY takes as it is holds no empty line, so each line is one row (no second pass
+        over the bytes to count them); CSV lines are counted as they are sent."""
+        return self.lines if self.fmt == "csv" else rows
+
+    def pieces(self) -> Iterator[bytes]:
+        stop = self.start + self.limit
+        pos, window = self.start, self.first
+        while window:
+            cut = complete_end(window, self.fmt, self.csv)
+            if cut == 0:
+                return  # a record longer than a piece: the next batch reads it whole
+            piece = window[:cut] if cut < len(window) else window
+            first_line = self.first_line if pos == self.start else 0
+            raw = raw_copy_payload(piece, self.fmt, first_line, self.csv)
+            if raw is None:
+                raise NotRaw
+            self.sent += cut
+            if self.fmt == "csv":  # a quoted field may hold newlines: count them
+                self.lines += piece.count(b"\n")
+            yield raw
+            pos += cut
+            window = os.pread(self.fd, min(COPY_PIECE, stop - pos), pos) if pos < stop else b""
 
 
 RETRY_ROWS = 1024
@@ -190,11 +252,14 @@ class Writer:
         first_line: int,
         columns: Sequence[str] | None,
         path: str = "",
+        *,
+        raw: bool = True,
     ) -> tuple[int, list[Reject]]:
         """Land ``payload`` (complete lines, the first numbered ``first_line``, read from
-        ``path``) inside the caller's transaction."""
+        ``path``) inside the caller's transaction; ``raw=False`` when COPY is known to refuse
+        it unchanged (it is parsed at once)."""
         with self._refusals():
-            if self.target.table is not None and self.transform is None:
+            if raw and self.target.table is not None and self.transform is None:
                 assert columns is not None
                 landed = self._copy_raw(conn, self._raw_pieces(payload, first_line), columns)
                 if landed is not None:
@@ -204,13 +269,13 @@ class Writer:
             return landed, sorted(rejects + refused, key=lambda r: r.line_no)
 
     def write_many(
-        self, conn: psycopg.Connection[Any], parts: Sequence[Part]
+        self, conn: psycopg.Connection[Any], parts: Sequence[Part], *, raw: bool = True
     ) -> list[tuple[int, list[Reject]]]:
         """Land the blocks of several files inside the caller's transaction; one result per
         part. Blocks that COPY can take unchanged, whose row count is known, go in one COPY
         per set of columns; the rest (and a set the server refuses) go part by part."""
         results: list[tuple[int, list[Reject]] | None] = [None] * len(parts)
-        if self.target.table is not None and self.transform is None and len(parts) > 1:
+        if raw and self.target.table is not None and self.transform is None and len(parts) > 1:
             groups: dict[tuple[str, ...], list[int]] = {}
             for i, part in enumerate(parts):
                 if part.columns is not None:
@@ -228,7 +293,9 @@ class Writer:
         done: list[tuple[int, list[Reject]]] = []
         for part, result in zip(parts, results, strict=True):
             if result is None:
-                result = self.write(conn, part.payload, part.first_line, part.columns, part.path)
+                result = self.write(
+                    conn, part.payload, part.first_line, part.columns, part.path, raw=raw
+                )
             done.append(result)
         return done
 
@@ -269,23 +336,33 @@ class Writer:
     ) -> int | None:
         """COPY blocks as they are, in one statement under a savepoint; None when the server
         refuses a row, or when a piece turns out to need parsing (``pieces`` raises
-        :class:`_NotRaw`)."""
+        :class:`NotRaw`)."""
         try:
             with conn.transaction(), conn.cursor() as cur:
                 with cur.copy(self._copy(columns, csv_format=self.fmt == "csv")) as copy:
                     for piece in pieces:
                         copy.write(piece)
                 return cur.rowcount
-        except _NotRaw:
+        except NotRaw:
             return None
         except ROW_ERRORS as exc:
             log.debug("batch refused as a whole (%s); finding the bad rows", _message(exc))
             return None
 
+    def stream(self, conn: psycopg.Connection[Any], stream: Stream, columns: Sequence[str]) -> int:
+        """COPY a stream's pieces in the caller's transaction, without a savepoint: a refused
+        row (one of ROW_ERRORS) or a piece that needs parsing (:class:`NotRaw`) is raised,
+        and the caller rolls the whole transaction back."""
+        with self._refusals(), conn.cursor() as cur:
+            with cur.copy(self._copy(columns, csv_format=self.fmt == "csv")) as copy:
+                for piece in stream.pieces():
+                    copy.write(piece)
+            return cur.rowcount
+
     def _raw_pieces(self, payload: bytes, first_line: int) -> Iterator[bytes]:
         """``payload`` as COPY data, in pieces of about COPY_PIECE bytes cut at record ends,
         each checked just before it is sent, so that checking overlaps the server's work;
-        raises :class:`_NotRaw` at the first piece that needs parsing."""
+        raises :class:`NotRaw` at the first piece that needs parsing."""
         pos, size = 0, len(payload)
         while pos < size:
             piece = payload[pos:] if pos == 0 and size <= COPY_PIECE else b""
@@ -295,7 +372,7 @@ class Writer:
                 piece = window[:end] if end else payload[pos:]
             raw = raw_copy_payload(piece, self.fmt, first_line if pos == 0 else 0, self.csv)
             if raw is None:
-                raise _NotRaw
+                raise NotRaw
             yield raw
             pos += len(piece)
 
