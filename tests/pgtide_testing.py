@@ -162,3 +162,15 @@ class CliRunner:
             timeout=timeout,
             input=input,
         )
+
+
+def missing(what: str) -> None:
+    """A test's outside program is missing: skip on a laptop, fail in CI (where .ci/run
+    installs or starts it), so that CI never passes by skipping."""
+    import os
+
+    import pytest
+
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must provide {what}; see .ci/run")
+    pytest.skip(f"needs {what}", allow_module_level=True)

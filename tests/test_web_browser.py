@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from pgtide_testing import missing
 from web_helpers import served
 
 import pgtide
@@ -29,10 +30,7 @@ CHROMEDRIVER = shutil.which("chromedriver")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 if not (CHROMEDRIVER and CHROMIUM):
-    pytest.skip(
-        "needs chromium and chromedriver (apt-get install chromium chromium-driver)",
-        allow_module_level=True,
-    )
+    missing("chromium and chromedriver (apt-get install chromium chromium-driver)")
 
 from selenium import webdriver  # noqa: E402 (after the skip: only needed with a browser)
 from selenium.webdriver.chrome.service import Service  # noqa: E402

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, TypeAlias
+from typing import Any, ClassVar, Literal, TypeAlias
 
 from psycopg import sql
 
@@ -42,6 +42,9 @@ class Change:
     """One captured change: ``row`` is the new row (insert, update, read), ``old`` the old
     row (update, delete); a truncate has neither. ``op`` is "read" for a row emitted by a
     backfill. ``xid`` is the writing transaction."""
+
+    OPS: ClassVar[tuple[str, ...]] = ("insert", "update", "delete", "truncate", "read")
+    """Every ``op`` a change can carry."""
 
     id: int
     table: str

@@ -10,14 +10,15 @@ import logging
 import string
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypedDict, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from .. import Change, Position
 from ..connect import Backoff
 from ..errors import ConfigError, PgtideError
-from ..feed import OPS, Change, Position
 from ..names import TableName
 from ._encode import change_key, encode
 
@@ -181,10 +182,10 @@ def _ops(ops: Iterable[str] | str | None) -> frozenset[str] | None:
     if ops is None:
         return None
     chosen = frozenset([ops] if isinstance(ops, str) else ops)
-    unknown = chosen - set(OPS) - {"read"}
+    unknown = chosen - set(Change.OPS)
     if unknown or not chosen:
         raise ConfigError(
-            f"ops={sorted(chosen)!r}: each op must be one of {', '.join(sorted({*OPS, 'read'}))}"
+            f"ops={sorted(chosen)!r}: each op must be one of {', '.join(sorted(Change.OPS))}"
         )
     return chosen
 
@@ -202,7 +203,7 @@ class SinkOptions(TypedDict, total=False):
     backoff_max: float
 
 
-class Sink:
+class Sink(ABC):
     """A callable that delivers each batch of a feed somewhere, then returns, so that
     ``feed.run(sink)`` acknowledges the batch only once it was delivered.
 
@@ -277,8 +278,9 @@ class Sink:
                 return False
         return self._where is None or bool(self._where(change))
 
+    @abstractmethod
     def _destination(self, change: Change, key: str | None) -> str:
-        raise NotImplementedError
+        """Where ``change`` goes: a subject, a stream key, or a URL."""
 
     def messages(self, batch: Iterable[Change]) -> list[Message]:
         """The messages to send for ``batch``: filtered, transformed, encoded, addressed."""
@@ -392,14 +394,15 @@ class Sink:
             )
 
     # -- what subclasses do --------------------------------------------------------------
-    async def _connect(self) -> None:
+    async def _connect(self) -> None:  # noqa: B027 (a hook; a sink without one needs none)
         """Open the connection to the broker (raise one of ``_outages`` when unreachable)."""
 
-    async def _disconnect(self) -> None:
+    async def _disconnect(self) -> None:  # noqa: B027 (a hook, as _connect)
         """Close the connection (after a failure, or at close)."""
 
+    @abstractmethod
     async def _deliver(self, batch: BatchLike, messages: list[Message]) -> None:
-        raise NotImplementedError
+        """Send ``messages`` and return once the broker acknowledged every one."""
 
     # -- the blocking face ---------------------------------------------------------------
     def __call__(self, batch: BatchLike) -> None:

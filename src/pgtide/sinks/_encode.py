@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from ..feed import Change
+from .. import Change
 
 
 def _duration(value: timedelta) -> str:

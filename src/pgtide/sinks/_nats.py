@@ -14,8 +14,8 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 
+from .. import Change
 from ..errors import ConfigError
-from ..feed import Change
 from ._base import (
     BatchLike,
     Message,

@@ -21,8 +21,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
+from .. import Change, Position
 from ..errors import ConfigError
-from ..feed import Change, Position
 from ._base import BatchLike, Message, Sink, SinkError, SinkOptions, Template, check_url
 
 SCHEMES = ("redis", "rediss", "unix")

@@ -13,8 +13,8 @@ from typing import ClassVar, Unpack
 
 import httpx
 
+from .. import Change
 from ..errors import ConfigError
-from ..feed import Change
 from ._base import BatchLike, Message, Sink, SinkError, SinkOptions, check_url, mask_url
 from ._encode import dumps
 from .signature import sign
