@@ -67,11 +67,12 @@ def _same(got: dict[str, Any] | None, want: dict[str, Any]) -> None:
             assert mine.utcoffset() == value.utcoffset(), column  # the reader's time zone
 
 
-def _write(dsn: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Insert, update and delete every row; return the rows after insert and after update."""
+def _write(dsn: str, **capture: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Insert, update and delete every row (tracked with ``capture`` options); return the rows
+    after insert and after update."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(SCHEMA)
-    pgtide.track("everything", dsn=dsn)
+    assert pgtide.track("everything", dsn=dsn, **capture)
     with (
         psycopg.connect(dsn, autocommit=True) as conn,
         psycopg.connect(dsn, autocommit=True) as reader,

@@ -19,7 +19,7 @@ import pytest
 from pgtide_testing import TEST_SETTINGS, Killable, RestartableServer, _unique
 from pgtide_testing import TestServer as _Server
 from psycopg import sql
-from test_feed_types import FULL, SCHEMA, UPDATE, _check, _select
+from test_feed_types import _check, _write
 
 import pgtide
 from pgtide import embedded, schema
@@ -84,21 +84,8 @@ def _changes(dsn: str, consumer: str, tables: list[str] | None = None) -> list[A
 
 
 def test_typed_rows_through_wal_equal_select_star(wal_dsn: str) -> None:
-    with psycopg.connect(wal_dsn, autocommit=True) as conn:
-        conn.execute(SCHEMA)
-    assert pgtide.track("everything", capture="wal", old="full", dsn=wal_dsn)
+    inserted, updated = _write(wal_dsn, capture="wal", old="full")
     assert not pgtide.track("everything", capture="wal", old="full", dsn=wal_dsn)
-    with (
-        psycopg.connect(wal_dsn, autocommit=True) as conn,
-        psycopg.connect(wal_dsn, autocommit=True) as reader,
-    ):
-        conn.execute("SET TimeZone = 'America/St_Johns'")
-        conn.execute("SET DateStyle = 'SQL, DMY'")
-        conn.execute(FULL)
-        inserted = _select(reader)
-        conn.execute(UPDATE)
-        updated = _select(reader)
-        conn.execute("DELETE FROM everything")
     assert _relay(wal_dsn) == 6
     changes = _changes(wal_dsn, "typed", ["everything"])
     _check(changes, inserted, updated)
