@@ -66,8 +66,9 @@ PACED_EVENTS = 2_000
 PACED_WARMUP = 200
 FINISHED = 2_000_000
 UNHANDLED = 100_000
+SCALE_ROUNDS = 2
 LIMITS = {"concurrency": 100_000, "rate": "1000000/s"}
-PEER_BUDGET = 30.0
+PEER_BUDGET = 20.0
 """Seconds a peer may run the backlog; a slower one is stopped and rated on what it ran."""
 
 C32 = "pgtide worker, concurrency 32"
@@ -79,13 +80,13 @@ ALTER TABLE pgtide.events SET (autovacuum_enabled = false, toast.autovacuum_enab
 """
 HISTORY_FINISHED = """
 INSERT INTO pgtide.events (name, payload, state, attempts, started_at, finished_at)
-SELECT 'noop', jsonb_build_object('n', g), 'done', 1, now(), now()
+SELECT 'noop', '{"n": 0}'::jsonb, 'done', 1, now(), now()
 FROM generate_series(1, %s) AS g
 """
 """Finished events of the very name the worker handles (the worst case for a claim)."""
 HISTORY_UNHANDLED = """
 INSERT INTO pgtide.events (name, payload)
-SELECT 'nobody', jsonb_build_object('n', g) FROM generate_series(1, %s) AS g
+SELECT 'nobody', '{"n": 0}'::jsonb FROM generate_series(1, %s)
 """
 """Pending events of a name no worker handles."""
 DONE_OF = "SELECT count(*) FROM pgtide.events WHERE id = ANY(%s) AND state = 'done'"
@@ -97,9 +98,15 @@ def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def _pgtide_throughput(
-    dsn: str, concurrency: int, *, analyze: bool = True, limits: dict[str, Any] | None = None
+    dsn: str,
+    concurrency: int,
+    *,
+    analyze: bool = True,
+    keep: bool = False,
+    limits: dict[str, Any] | None = None,
 ) -> float:
-    """BACKLOG no-op events published in batches, then one worker until all are done."""
+    """BACKLOG no-op events published in batches, then one worker until all are done; the
+    table is emptied afterwards unless ``keep`` (the finished events then join the history)."""
     events = pgtide.Events(dsn=dsn, batch_size=500)
     seen = [0]
     events.register("noop", lambda e: seen.__setitem__(0, seen[0] + 1), **(limits or {}))
@@ -118,7 +125,8 @@ def _pgtide_throughput(
         row = conn.execute(DONE_OF, (ids,)).fetchone()
         if row is None or row[0] != BACKLOG:
             raise RuntimeError(f"{row[0] if row else 0} of {BACKLOG} events are recorded done")
-        conn.execute("TRUNCATE pgtide.events")
+        if not keep:
+            conn.execute("TRUNCATE pgtide.events")
     events.close()
     return rate(BACKLOG, elapsed)
 
@@ -194,24 +202,32 @@ def _pgtide_paced(dsn: str) -> dict[int, float]:
 
 
 def _scale(dsn: str) -> tuple[float, float, str]:
-    """The concurrency-32 throughput in an empty table, then with the history added; both
-    with the table's autovacuum off and without ANALYZE (the statistics stay stale)."""
-    with scratch_database(dsn) as db:
-        pgtide.install(dsn=db)
-        with psycopg.connect(db, autocommit=True) as conn:
-            conn.execute(AUTOVACUUM_OFF)
-            jit = conn.execute("SHOW jit").fetchone()
-        empty = _pgtide_throughput(db, CONCURRENCY, analyze=False)
+    """The concurrency-32 throughput in an empty table and in one holding the history, each
+    in a database of its own with the table's autovacuum off and no ANALYZE (statistics
+    stale); measured in turns, SCALE_ROUNDS times each, the best of each kept."""
+    with scratch_database(dsn) as empty_db, scratch_database(dsn) as loaded_db:
+        for db in (empty_db, loaded_db):
+            pgtide.install(dsn=db)
+            with psycopg.connect(db, autocommit=True) as conn:
+                conn.execute(AUTOVACUUM_OFF)
         began = time.perf_counter()
-        with psycopg.connect(db, autocommit=True) as conn:
+        with psycopg.connect(loaded_db, autocommit=True) as conn:
             conn.execute(HISTORY_FINISHED, (FINISHED,))
             conn.execute(HISTORY_UNHANDLED, (UNHANDLED,))
+            conn.execute("CHECKPOINT")  # the bulk load's writes are not the queue's cost
+            jit = conn.execute("SHOW jit").fetchone()
         filled = time.perf_counter() - began
-        loaded = _pgtide_throughput(db, CONCURRENCY, analyze=False)
+        empty, loaded = 0.0, 0.0
+        for _ in range(SCALE_ROUNDS):
+            empty = max(empty, _pgtide_throughput(empty_db, CONCURRENCY, analyze=False, keep=True))
+            loaded = max(
+                loaded, _pgtide_throughput(loaded_db, CONCURRENCY, analyze=False, keep=True)
+            )
     note = (
         f"{FINISHED:,} finished events of the handled name and {UNHANDLED:,} pending events of "
-        f"a name no worker handles, added in SQL in {filled:.0f} s; autovacuum off for the "
-        f"table, no ANALYZE, server jit = {jit[0] if jit else '?'}; target >= 0.9x"
+        f"a name no worker handles, added in SQL in {filled:.0f} s (then CHECKPOINT); "
+        f"autovacuum off for the table, no ANALYZE, server jit = {jit[0] if jit else '?'}; "
+        f"best of {SCALE_ROUNDS}, in turns with the empty table; target >= 0.9x"
     )
     return empty, loaded, note
 
