@@ -43,7 +43,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,7 @@ from ._harness import Figure, percentiles, rate, scratch_database, wait_until
 SUITE = "events"
 BACKLOG = 20_000
 CONCURRENCY = 32
-SINGLE = 2_000
+SINGLE = 1_000
 LATENCY_SAMPLES = 200
 NOTIFIED_EVENTS = 2_000
 PACED_RATE = 1000.0
@@ -487,13 +487,23 @@ def _oban(dsn: str) -> PeerRun:
 
 def _attempt(label: str, dsn: str, measure: Callable[[str], Any]) -> Any:
     """Run one reference in a database of its own; its exception is returned, not raised."""
-    print(f"  {label} ...", file=sys.stderr, flush=True)
-    with scratch_database(dsn) as db:
+    with _phase(label), scratch_database(dsn) as db:
         try:
             return measure(db)
         except Exception as exc:  # reported as such, never faked
             print(f"events: {label} did not run: {exc!r}", file=sys.stderr)
             return exc
+
+
+@contextlib.contextmanager
+def _phase(label: str) -> Iterator[None]:
+    """Say on stderr what runs, and how long it took (the suite's time, part by part)."""
+    print(f"  {label} ...", file=sys.stderr, flush=True)
+    began = time.perf_counter()
+    try:
+        yield
+    finally:
+        print(f"  {label}: {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
 
 
 def _missing(name: str, exc: BaseException) -> Figure:
@@ -551,12 +561,15 @@ def run(dsn: str) -> list[Figure]:
     figures: list[Figure] = []
     with scratch_database(dsn) as db:
         pgtide.install(dsn=db)
-        measured = {c: _pgtide_throughput(db, c) for c in (1, 8, CONCURRENCY)}
-        limited = _pgtide_throughput(db, CONCURRENCY, limits=LIMITS)
-        single, batch = _pgtide_publish(db)
-        latency = _pgtide_latency(db)
-        paced = _pgtide_paced(db)
-    empty, loaded, scale_note = _scale(dsn)
+        with _phase("pgtide throughput (concurrency 1, 8, 32; limits)"):
+            measured = {c: _pgtide_throughput(db, c) for c in (1, 8, CONCURRENCY)}
+            limited = _pgtide_throughput(db, CONCURRENCY, limits=LIMITS)
+        with _phase("pgtide publish and latencies"):
+            single, batch = _pgtide_publish(db)
+            latency = _pgtide_latency(db)
+            paced = _pgtide_paced(db)
+    with _phase("pgtide with 2M finished and 100k unhandled events"):
+        empty, loaded, scale_note = _scale(dsn)
     peers, latencies = _peers(dsn)
     running = [f for f in peers if f.value > 0 and f.name != NOTIFIED]
     fastest = max(running, key=lambda f: f.value, default=None)

@@ -41,6 +41,7 @@ PENDING_ROWS = """
 INSERT INTO pgtide.events (name, payload)
 SELECT %s, jsonb_build_object('n', g) FROM generate_series(1, %s) AS g
 """
+CLAIMED_BY = "SELECT count(*) FROM pgtide.events WHERE state = 'running' AND lease_owner = %s"
 FINISH_CLAIMED = "UPDATE pgtide.events SET state = 'done' WHERE state = 'running'"
 EXPLAINABLE = ("select", "with", "update", "insert", "delete")
 
@@ -97,9 +98,9 @@ def _claim_cost(dsn: str, events: pgtide.Events) -> Cost:
     core = worker.core
     with psycopg.connect(dsn, autocommit=True) as conn:
         _explained(conn, core.setup())
-        inflight = core._inflight
         _, cost = _explained(conn, core._claim())
-        cost.claimed = core._inflight - inflight
+        row = conn.execute(CLAIMED_BY, (worker.owner,)).fetchone()
+        cost.claimed = row[0] if row else 0
     return cost
 
 
