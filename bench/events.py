@@ -445,7 +445,7 @@ class NotRun(Exception):
 
 def _oban_python() -> str:
     """The interpreter of the oban environment (.venv/oban-bench), made on first use."""
-    home = Path(sys.prefix) / "oban-bench"
+    home = Path(__file__).resolve().parent.parent / ".venv" / "oban-bench"
     python = home / "bin" / "python"
     requirement = _oban_requirement()
     if python.exists():
