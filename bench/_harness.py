@@ -81,7 +81,7 @@ def percentiles(samples: Iterable[float], points: Iterable[int] = (50, 95, 99)) 
 TIME_UNITS = ("ms", "s", "us", "µs")
 # Words that mark a figure as a reference (a raw driver, psql, an older library, no pgtide).
 REFERENCES = ("raw ", "psycopg", "asyncpg", "psql", "pgnotifier", "notified", "jumbo", "newt")
-REFERENCES += ("pgqueuer", "untracked", "row-level trigger")
+REFERENCES += ("pgqueuer", "procrastinate", "oban", "untracked", "row-level trigger")
 
 
 def is_pgtide(figure: Figure) -> bool:
@@ -115,7 +115,7 @@ def _ratio(figure: Figure, by_name: dict[str, Figure]) -> float | None:
 
 
 def _value(figure: Figure) -> str:
-    if figure.value == 0 and figure.note.startswith("failed"):
+    if figure.value == 0 and figure.note.startswith(("failed", "not run")):
         return "not run"
     return f"{figure.value:,.0f}" if figure.value >= 100 else f"{figure.value:.3g}"
 
