@@ -35,11 +35,13 @@ import contextlib
 import hashlib
 import json
 import re
+import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from json.encoder import encode_basestring
 from typing import Any
 
 import psycopg
@@ -51,7 +53,16 @@ from ..errors import FeedError
 from ..names import TableName
 from ..overview import Section
 from ..session import OUTAGES, Io, Query, Session, Stopped, one, query, run, using
-from .pgoutput import UNCHANGED, Decoder, Relation, Transaction, lsn_int, lsn_text
+from .pgoutput import (
+    RELATION,
+    Decoder,
+    ProtocolError,
+    Relation,
+    Tuple,
+    lsn_int,
+    lsn_text,
+    read_relation,
+)
 from .track import _drop_triggers, existing, log
 
 PUBLICATION = "pgtide_wal"
@@ -60,7 +71,6 @@ HEARTBEAT_PREFIX = "pgtide"
 UNCHANGED_TOAST = {"$pgtide": "unchanged-toast"}
 """Stored for an unchanged TOASTed value whose old value the WAL does not hold; typed rows
 give :data:`pgtide.feed.pgoutput.UNCHANGED` for it."""
-_UNCHANGED_JSON = json.dumps(UNCHANGED_TOAST)
 _LOCK_KEY = (0x70677469, 0x57414C)  # advisory lock: one relay per database
 HEARTBEAT_BYTES = 1024 * 1024
 """Idle, the relay moves the slot as soon as this much WAL piles up behind it."""
@@ -321,102 +331,123 @@ def _drop_slot_io(slot: str) -> Io[None]:
     yield Query(_FORGET_WAL)
 
 
-# -- typing rows as to_jsonb writes them ----------------------------------------------------
-def _number(text: str) -> str:
-    try:
-        float(text)
-    except ValueError:
-        return json.dumps(text)
-    if text in ("NaN", "Infinity", "-Infinity") or "n" in text.lower():
-        return json.dumps(text)
-    return text
+# -- rows as to_jsonb writes them, in COPY's binary format ---------------------------------
+def _number(text: bytes) -> bytes:
+    """A number's JSON: its text, but NaN and the infinities as strings (as to_jsonb)."""
+    return text if 0x30 <= text[-1] <= 0x39 else b'"' + text + b'"'
 
 
-_BOOL = {"t": "true", "f": "false"}
-_STRING = json.JSONEncoder(ensure_ascii=False).encode
-_FAST: dict[int, Callable[[str], str]] = {
+def _string(text: bytes) -> bytes:
+    return encode_basestring(text.decode()).encode()
+
+
+_BOOL = {b"t": b"true", b"f": b"false"}
+_FAST: dict[int, Callable[[bytes], bytes] | None] = {
     16: _BOOL.__getitem__,
-    20: str,
-    21: str,
-    23: str,
-    26: str,
+    20: None,  # int8, int2, int4, oid: the text is the JSON
+    21: None,
+    23: None,
+    26: None,
     700: _number,
     701: _number,
     1700: _number,
-    18: _STRING,
-    19: _STRING,
-    25: _STRING,
-    1042: _STRING,
-    1043: _STRING,
-    2950: _STRING,
-    3802: str,
+    18: _string,
+    19: _string,
+    25: _string,
+    1042: _string,
+    1043: _string,
+    2950: _string,
+    3802: None,  # jsonb
 }
-"""Types whose text output gives their to_jsonb value directly (else the server converts)."""
+"""Types whose text output gives their to_jsonb value directly (else the server converts);
+None: the text as it is."""
+_AS_JSON = (114, 3802)  # json, jsonb: given to the server as JSON, not as a string
+
+_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # COPY binary header: no flags, no extension
+_TRAILER = b"\xff\xff"
+_NULL_FIELD = b"\xff\xff\xff\xff"
+_SIZE = struct.Struct(">i")
+_JSONB_SIZE = struct.Struct(">ib")  # a jsonb field: its size, and jsonb's format version 1
+_UNCHANGED_JSON = json.dumps(UNCHANGED_TOAST).encode()
+
+
+def _text_field(text: str) -> bytes:
+    data = text.encode()
+    return _SIZE.pack(len(data)) + data
+
+
+def _jsonb_field(doc: bytes | None) -> bytes:
+    return _NULL_FIELD if doc is None else _JSONB_SIZE.pack(len(doc) + 1, 1) + doc
+
+
+_OPS = {op: _text_field(op) for op in ("insert", "update", "delete", "truncate")}
 
 
 @dataclass
 class _Shape:
-    """How to write one relation's rows: its canonical name, and per column the JSON key
-    and converter; ``slow``: the server types the row (its values go as JSON strings, but
-    json and jsonb values as they are)."""
+    """How to write one relation's rows: its canonical name (and as a COPY field), and per
+    column the JSON key and converter; ``slow``: the server types the row (its values go as
+    JSON strings, but json and jsonb values as they are)."""
 
     table: str
-    keys: tuple[str, ...]
-    convert: tuple[Callable[[str], str], ...]
+    field: bytes
+    keys: tuple[bytes, ...]
+    convert: tuple[Callable[[bytes], bytes] | None, ...]
     slow: bool
 
     @classmethod
     def of(cls, relation: Relation) -> _Shape:
-        keys = tuple(_STRING(c.name) + ":" for c in relation.columns)
-        fast = [_FAST.get(c.type_oid) for c in relation.columns]
-        slow = any(f is None for f in fast)
+        types = [c.type_oid for c in relation.columns]
+        slow = any(t not in _FAST for t in types)
+        convert: tuple[Callable[[bytes], bytes] | None, ...]
         if slow:
-            fast = [str if c.type_oid in (114, 3802) else _STRING for c in relation.columns]
-        convert = tuple(f or _STRING for f in fast)
-        return cls(str(TableName(relation.schema, relation.name)), keys, convert, slow)
+            convert = tuple(None if t in _AS_JSON else _string for t in types)
+        else:
+            convert = tuple(_FAST[t] for t in types)
+        keys = tuple(encode_basestring(c.name).encode() + b":" for c in relation.columns)
+        table = str(TableName(relation.schema, relation.name))
+        return cls(table, _text_field(table), keys, convert, slow)
 
-    def json(self, values: list[Any] | None) -> tuple[str | None, str | None]:
-        """The row as JSON text, and a patch for unchanged TOAST values (or None)."""
+    def json(self, values: Tuple | None) -> tuple[bytes | None, bytes | None]:
+        """The row as JSON, and a patch for unchanged TOAST values (or None)."""
         if values is None:
             return None, None
         parts = []
         patch = []
-        convert = self.convert
-        for i, (key, value) in enumerate(zip(self.keys, values, strict=False)):
+        for key, convert, value in zip(self.keys, self.convert, values, strict=False):
             if value is None:
-                parts.append(key + "null")
-            elif value is UNCHANGED:
+                parts.append(key + b"null")
+            elif isinstance(value, bytes):
+                parts.append(key + (value if convert is None else convert(value)))
+            else:  # UNCHANGED
                 patch.append(key + _UNCHANGED_JSON)
-            else:
-                parts.append(key + convert[i](value))
         if patch and not self.slow:
-            return "{" + ",".join(parts + patch) + "}", None
-        return "{" + ",".join(parts) + "}", ("{" + ",".join(patch) + "}") if patch else None
+            return b"{" + b",".join(parts + patch) + b"}", None
+        return b"{" + b",".join(parts) + b"}", (b"{" + b",".join(patch) + b"}") if patch else None
 
 
-_INSERT_HEAD = sql.SQL("INSERT INTO pgtide.changes (table_name, op, row, old) SELECT c.t, c.op, ")
-_INSERT_TAIL = sql.SQL(" FROM pg_temp.pgtide_relay AS c ORDER BY c.n")
+# The relay's writes into pgtide.changes: COPY straight in when every row of a step is
+# already JSON; else COPY into a staging table and one INSERT ... SELECT that has the server
+# type the rows (``to_jsonb(jsonb_populate_record(NULL::table, ...))``, the column types' own
+# input functions). Both name the change log's columns through _CHANGE_COLUMNS.
+_CHANGE_COLUMNS = "table_name, op, row, old"
+_COPY_CHANGES = f"COPY pgtide.changes ({_CHANGE_COLUMNS}) FROM STDIN (FORMAT binary)"
+_INSERT_TYPED_HEAD = sql.SQL(f"INSERT INTO pgtide.changes ({_CHANGE_COLUMNS}) SELECT c.t, c.op, ")
+_INSERT_TYPED_TAIL = sql.SQL(" FROM pg_temp.pgtide_relay AS c ORDER BY c.n")
 _STAGE = (
-    "CREATE TEMP TABLE IF NOT EXISTS pgtide_relay (n int, t text, op text, r text, o text, "
-    "rp text, opatch text) ON COMMIT DELETE ROWS"
+    "CREATE TEMP TABLE IF NOT EXISTS pgtide_relay (t text, op text, r jsonb, o jsonb, "
+    "rp jsonb, opatch jsonb, n int8 GENERATED ALWAYS AS IDENTITY) ON COMMIT DELETE ROWS"
 )
-_COPY_STAGE = "COPY pg_temp.pgtide_relay (n, t, op, r, o, rp, opatch) FROM STDIN"
-_COPY_DIRECT = "COPY pgtide.changes (table_name, op, row, old) FROM STDIN"
-_ESCAPE = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
-
-
-def _line(*fields: object) -> str:
-    """One line of COPY text: fields escaped, None as \\N."""
-    return "\t".join("\\N" if f is None else str(f).translate(_ESCAPE) for f in fields) + "\n"
+_COPY_STAGE = "COPY pg_temp.pgtide_relay (t, op, r, o, rp, opatch) FROM STDIN (FORMAT binary)"
+_FIELDS = {False: struct.pack(">h", 4), True: struct.pack(">h", 6)}  # fields of a record
+_CHUNK = 3000  # parts of records encoded before they go to the server
 
 
 def _value(column: str, patch: str, slow: list[str]) -> sql.Composable:
-    """The SQL for a stored row from its JSON text column (server-typed for ``slow``)."""
-    plain = sql.SQL("c.{}::jsonb").format(sql.SQL(column))
-    if not slow:
-        return plain
+    """The SQL for a stored row from its staged JSON (server-typed for ``slow`` tables)."""
+    plain = sql.SQL("c.{}").format(sql.SQL(column))
     whens = [
-        sql.SQL("WHEN {} THEN to_jsonb(jsonb_populate_record(NULL::{}, c.{}::jsonb))").format(
+        sql.SQL("WHEN {} THEN to_jsonb(jsonb_populate_record(NULL::{}, c.{}))").format(
             sql.Literal(t), TableName.parse(t).identifier, sql.SQL(column)
         )
         for t in slow
@@ -424,27 +455,27 @@ def _value(column: str, patch: str, slow: list[str]) -> sql.Composable:
     typed = sql.SQL(
         "CASE WHEN c.{col} IS NULL THEN NULL ELSE CASE c.t {whens} ELSE {plain} END END"
     ).format(col=sql.SQL(column), whens=sql.SQL(" ").join(whens), plain=plain)
-    return sql.SQL("CASE WHEN c.{p} IS NULL THEN {typed} ELSE {typed} || c.{p}::jsonb END").format(
+    return sql.SQL("CASE WHEN c.{p} IS NULL THEN {typed} ELSE {typed} || c.{p} END").format(
         p=sql.SQL(patch), typed=typed
     )
 
 
-# -- the relay ----------------------------------------------------------------------------
 @dataclass
-class _Batch:
-    """The changes of one relay step, as the insert's parameter arrays."""
+class _Plan:
+    """What one step relays, filled in while its changes are encoded (free of I/O)."""
 
-    t: list[str] = field(default_factory=list)
-    ops: list[str] = field(default_factory=list)
-    rows: list[str | None] = field(default_factory=list)
-    olds: list[str | None] = field(default_factory=list)
-    row_patches: list[str | None] = field(default_factory=list)
-    old_patches: list[str | None] = field(default_factory=list)
+    relayed: int  # the end LSN already relayed: transactions ending at or before it are skipped
+    wanted: dict[str, tuple[set[str], bool]]  # table -> (ops, notify)
+    staged: bool = False  # some rows need the server to type them: COPY into the stage
+    end: int | None = None  # the end LSN of the last transaction read
+    commit_at: datetime | None = None  # the commit time of the last one with changes
+    transactions: int = 0
+    count: int = 0
     slow: set[str] = field(default_factory=set)
     notify: set[str] = field(default_factory=set)
-    count: int = 0
 
 
+# -- the relay ----------------------------------------------------------------------------
 @dataclass
 class StepResult:
     changes: int = 0
@@ -492,28 +523,18 @@ class Relay:
             conn.execute(_ADVANCE, (slot, relayed_text))
         rows = conn.execute(_PEEK, (slot, self.batch_rows, publication), binary=True).fetchall()
         full = len(rows) >= self.batch_rows
-        decoder = self.decoder
-        decoder.current = None
-        done: list[Transaction] = []
-        for (data,) in rows:
-            txn = decoder.feed(data)
-            if txn is not None and txn.end_lsn > relayed:
-                done.append(txn)
-        if not done:
-            if not full:
-                self._idle(conn, state)
-            return StepResult(more=full)
-        end = done[-1].end_lsn
         wanted = {t: (set(ops), notify) for t, ops, notify in conn.execute(_WAL_TABLES)}
-        batch = self._collect(done, wanted)
-        if batch.count:
+        plan = _Plan(relayed, wanted, staged=self._needs_stage(rows, wanted))
+        chunks = self._encode(rows, plan)
+        first = next(chunks, None)  # encoding goes on while the server takes the first ones
+        if first is not None:
             with conn.transaction():
-                self._write(conn, batch)
+                self._write(conn, plan, first, chunks)
                 cur = conn.execute(
                     _RECORD,
                     {
-                        "lsn": lsn_text(end),
-                        "commit_at": _last_commit(done),
+                        "lsn": lsn_text(plan.end or relayed),
+                        "commit_at": plan.commit_at,
                         "drained": not full,
                         "slot": slot,
                         "expected": relayed_text,
@@ -523,69 +544,93 @@ class Relay:
                     raise FeedError(
                         f"another relay moved slot {slot} meanwhile; this one stops its step"
                     )
-                if batch.notify:
-                    conn.execute(_NOTIFY, (sorted(batch.notify),))
-        conn.execute(_ADVANCE, (slot, lsn_text(end)))
-        self.relayed += batch.count
-        return StepResult(batch.count, len(done), full)
+                if plan.notify:
+                    conn.execute(_NOTIFY, (sorted(plan.notify),))
+        if plan.end is None:  # no whole transaction past what is relayed
+            if not full:
+                self._idle(conn, state)
+            return StepResult(more=full)
+        conn.execute(_ADVANCE, (slot, lsn_text(plan.end)))
+        self.relayed += plan.count
+        return StepResult(plan.count, plan.transactions, full)
 
-    def _collect(self, txns: list[Transaction], wanted: dict[str, tuple[set[str], bool]]) -> _Batch:
-        """The changes to write, as the insert's parameters (free of I/O)."""
-        b = _Batch()
-        shapes = self.shapes
-        for txn in txns:
+    def _shape(self, relation: Relation) -> _Shape:
+        known = self.shapes.get(relation.oid)
+        if known is not None and (known[0] is relation or known[0] == relation):
+            if known[0] is not relation:  # sent again by a new read: compare once
+                self.shapes[relation.oid] = (relation, known[1])
+            return known[1]
+        shape = _Shape.of(relation)
+        self.shapes[relation.oid] = (relation, shape)
+        return shape
+
+    def _needs_stage(self, rows: list[Any], wanted: dict[str, tuple[set[str], bool]]) -> bool:
+        """Whether a captured table in this read needs the server to type its rows (each
+        read sends the Relation of every table before its first change)."""
+        for (data,) in rows:
+            if data[0] == RELATION:
+                shape = self._shape(read_relation(data))
+                if shape.slow and shape.table in wanted:
+                    return True
+        return False
+
+    def _encode(self, rows: list[Any], plan: _Plan) -> Iterator[bytes]:
+        """The changes to write, in source commit order, as COPY binary records in chunks;
+        fills in ``plan`` as it goes (free of I/O)."""
+        decoder = self.decoder
+        decoder.current = None  # a transaction a previous read cut short is read again
+        wanted, staged = plan.wanted, plan.staged
+        head = _FIELDS[staged]
+        out: list[bytes] = []
+        for (data,) in rows:
+            txn = decoder.feed(data)
+            if txn is None or txn.end_lsn <= plan.relayed:
+                continue
+            plan.end = txn.end_lsn
+            plan.transactions += 1
+            if txn.changes:
+                plan.commit_at = txn.commit_time
             for change in txn.changes:
-                rel = change.relation
-                known = shapes.get(rel.oid)
-                if known is not None and (known[0] is rel or known[0] == rel):
-                    shape = known[1]
-                else:
-                    shape = _Shape.of(rel)
-                    shapes[rel.oid] = (rel, shape)
+                shape = self._shape(change.relation)
                 want = wanted.get(shape.table)
                 if want is None or change.op not in want[0]:
                     continue
                 if want[1]:
-                    b.notify.add(shape.table)
+                    plan.notify.add(shape.table)
                 if shape.slow:
-                    b.slow.add(shape.table)
+                    if not staged:
+                        raise ProtocolError(f"a change of {shape.table} came without its Relation")
+                    plan.slow.add(shape.table)
                 row, row_patch = shape.json(change.new)
                 old, old_patch = shape.json(change.old)
-                b.t.append(shape.table)
-                b.ops.append(change.op)
-                b.rows.append(row)
-                b.olds.append(old)
-                b.row_patches.append(row_patch)
-                b.old_patches.append(old_patch)
-        b.count = len(b.t)
-        return b
+                out.append(head + shape.field + _OPS[change.op])
+                out.append(_jsonb_field(row) + _jsonb_field(old))
+                if staged:
+                    out.append(_jsonb_field(row_patch) + _jsonb_field(old_patch))
+                plan.count += 1
+            if len(out) >= _CHUNK:
+                yield b"".join(out)
+                out = []
+        if out:
+            yield b"".join(out)
 
     @staticmethod
-    def _write(conn: psycopg.Connection[Any], b: _Batch) -> None:
-        """COPY the changes in, in order: straight into pgtide.changes when every row is
-        already JSON, else through a staging table that the server types from."""
-        if not b.slow:
-            lines = map(_line, b.t, b.ops, b.rows, b.olds)
-            with conn.cursor().copy(_COPY_DIRECT) as copy:
-                copy.write("".join(lines).encode())
-            return
-        conn.execute(_STAGE)
-        numbered = range(len(b.t))
-        lines = map(_line, numbered, b.t, b.ops, b.rows, b.olds, b.row_patches, b.old_patches)
-        with conn.cursor().copy(_COPY_STAGE) as copy:
-            copy.write("".join(lines).encode())
-        chosen = sorted(b.slow)
-        conn.execute(
-            sql.Composed(
-                [
-                    _INSERT_HEAD,
-                    _value("r", "rp", chosen),
-                    sql.SQL(", "),
-                    _value("o", "opatch", chosen),
-                    _INSERT_TAIL,
-                ]
-            )
-        )
+    def _write(
+        conn: psycopg.Connection[Any], plan: _Plan, first: bytes, chunks: Iterator[bytes]
+    ) -> None:
+        """COPY the changes in, in order, while the rest are encoded: straight into
+        pgtide.changes when every row is already JSON, else through the staging table."""
+        if plan.staged:
+            conn.execute(_STAGE)
+        with conn.cursor().copy(_COPY_STAGE if plan.staged else _COPY_CHANGES) as copy:
+            copy.write(_SIGNATURE + first)
+            for chunk in chunks:
+                copy.write(chunk)
+            copy.write(_TRAILER)
+        if plan.staged:
+            chosen = sorted(plan.slow)
+            typed = [_value("r", "rp", chosen), sql.SQL(", "), _value("o", "opatch", chosen)]
+            conn.execute(sql.Composed([_INSERT_TYPED_HEAD, *typed, _INSERT_TYPED_TAIL]))
 
     def _check(self, state: tuple[Any, ...]) -> None:
         """Raise :class:`SlotLost` for a lost slot; warn about lag and a slot at risk."""
@@ -680,14 +725,6 @@ class Relay:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def _last_commit(txns: Iterable[Transaction]) -> datetime | None:
-    last = None
-    for txn in txns:
-        if txn.changes:
-            last = txn.commit_time
-    return last
 
 
 class RelayThread:
