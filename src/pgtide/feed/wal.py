@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from json.encoder import encode_basestring
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg import sql
@@ -52,9 +52,11 @@ from ..connect import DsnLike, Resolved
 from ..errors import FeedError
 from ..names import TableName
 from ..overview import Section
-from ..session import OUTAGES, Io, Query, Session, Stopped, one, query, run, using
+from ..session import Io, Query, Session, Stopped, one, query, run, using
+from ._worker import WorkerThread
 from .pgoutput import (
     RELATION,
+    UNCHANGED,
     Decoder,
     ProtocolError,
     Relation,
@@ -132,7 +134,9 @@ SELECT w.slot, w.publication, w.relayed_lsn::text, s.confirmed_flush_lsn::text,
        s.wal_status, to_jsonb(s) ->> 'invalidation_reason', to_jsonb(s) ->> 'conflicting',
        s.safe_wal_size, pg_current_wal_insert_lsn()::text,
        pg_wal_lsn_diff(pg_current_wal_insert_lsn(), s.confirmed_flush_lsn)::int8,
-       extract(epoch FROM now() - w.checked_at)::float8, s.slot_name IS NOT NULL
+       extract(epoch FROM now() - w.checked_at)::float8, s.slot_name IS NOT NULL,
+       (SELECT coalesce(json_agg(json_build_array(table_name, ops, notify)), '[]')
+        FROM pgtide.tracked WHERE capture = 'wal')
 FROM pgtide.wal w LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot
 """
 _PEEK = (
@@ -141,24 +145,30 @@ _PEEK = (
 )
 _ADVANCE = "SELECT pg_replication_slot_advance(%s, %s::pg_lsn)"
 _RECORD = """
-UPDATE pgtide.wal SET relayed_lsn = %(lsn)s::pg_lsn, relayed_at = now(),
-    source_commit_at = coalesce(%(commit_at)s, source_commit_at),
-    checked_at = CASE WHEN %(drained)s THEN now() ELSE checked_at END
-WHERE slot = %(slot)s AND relayed_lsn = %(expected)s::pg_lsn
+WITH recorded AS (
+    UPDATE pgtide.wal SET relayed_lsn = %(lsn)s::pg_lsn, relayed_at = now(),
+        source_commit_at = coalesce(%(commit_at)s, source_commit_at),
+        checked_at = CASE WHEN %(drained)s THEN now() ELSE checked_at END
+    WHERE slot = %(slot)s AND relayed_lsn = %(expected)s::pg_lsn RETURNING 1
+)
+SELECT (SELECT count(*) FROM recorded),
+       (SELECT count(pg_notify('pgtide_changes', t)) FROM unnest(%(notify)s::text[]) AS t)
 """
-_NOTIFY = "SELECT pg_notify('pgtide_changes', t) FROM unnest(%s::text[]) AS t"
 _CHECKED = "UPDATE pgtide.wal SET checked_at = now() WHERE slot = %s"
 _HEARTBEAT = "SELECT pg_logical_emit_message(true, 'pgtide', 'heartbeat')"
 _DURABLE = "SET synchronous_commit = on"
 _TRY_LOCK = "SELECT pg_try_advisory_lock(%s, %s)"
 _UNLOCK = "SELECT pg_advisory_unlock(%s, %s)"
 _OVERVIEW = """
-SELECT w.slot, coalesce(s.active, false), s.wal_status,
+SELECT w.slot, coalesce(s.active, false),
+       CASE WHEN s.slot_name IS NULL THEN 'missing' ELSE s.wal_status END,
        pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::int8,
-       extract(epoch FROM now() - greatest(w.checked_at, w.source_commit_at))::float8,
-       w.relayed_at, s.slot_name IS NOT NULL
+       round(CASE WHEN a.age < 0 THEN 0 ELSE a.age END, 3)::float8, w.relayed_at
 FROM pgtide.wal w LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot
+CROSS JOIN LATERAL (SELECT extract(epoch FROM now() - greatest(w.checked_at, w.source_commit_at)))
+    AS a (age)
 """
+_OVERVIEW_COLUMNS = ("slot", "active", "wal status", "lag bytes", "lag seconds", "last relayed at")
 _WAL_INSTALLED = "SELECT to_regclass('pgtide.wal') IS NOT NULL"
 
 
@@ -293,12 +303,17 @@ def drop_slot_if_unused_io() -> Io[bool]:
     return True
 
 
-def wal_in_use_io() -> Io[bool]:
-    """Whether the database has a WAL slot recorded (so it may need dropping)."""
+def _wal_rows(statement: str) -> Io[list[tuple[Any, ...]]]:
+    """The rows of ``statement`` over pgtide.wal (none where WAL capture is not installed)."""
     installed = yield from one(_WAL_INSTALLED)
     if not installed or not installed[0]:
-        return False
-    return bool((yield from query(_WAL_ROW)))
+        return []
+    return (yield from query(statement))
+
+
+def wal_in_use_io() -> Io[bool]:
+    """Whether the database has a WAL slot recorded (so it may need dropping)."""
+    return bool((yield from _wal_rows(_WAL_ROW)))
 
 
 def check_server_quiet() -> Io[str]:
@@ -408,10 +423,15 @@ class _Shape:
         table = str(TableName(relation.schema, relation.name))
         return cls(table, _text_field(table), keys, convert, slow)
 
-    def json(self, values: Tuple | None) -> tuple[bytes | None, bytes | None]:
-        """The row as JSON, and a patch for unchanged TOAST values (or None)."""
+    def fields(self, values: Tuple | None) -> tuple[bytes, bytes]:
+        """The row as a jsonb COPY field, and the patch for its unchanged TOAST values (a
+        NULL field when there is none: a fast shape keeps their marker in the row)."""
         if values is None:
-            return None, None
+            return _NULL_FIELD, _NULL_FIELD
+        if None not in values and UNCHANGED not in values:  # the common case
+            plain = zip(self.keys, self.convert, cast("list[bytes]", values), strict=False)
+            parts = [k + (v if c is None else c(v)) for k, c, v in plain]
+            return _jsonb_field(b"{" + b",".join(parts) + b"}"), _NULL_FIELD
         parts = []
         patch = []
         for key, convert, value in zip(self.keys, self.convert, values, strict=False):
@@ -422,8 +442,15 @@ class _Shape:
             else:  # UNCHANGED
                 patch.append(key + _UNCHANGED_JSON)
         if patch and not self.slow:
-            return b"{" + b",".join(parts + patch) + b"}", None
-        return b"{" + b",".join(parts) + b"}", (b"{" + b",".join(patch) + b"}") if patch else None
+            return _jsonb_field(b"{" + b",".join(parts + patch) + b"}"), _NULL_FIELD
+        return (
+            _jsonb_field(b"{" + b",".join(parts) + b"}"),
+            _jsonb_field(b"{" + b",".join(patch) + b"}") if patch else _NULL_FIELD,
+        )
+
+    def heads(self, staged: bool) -> dict[str, bytes]:
+        """Per op, the start of a COPY record: the field count, table name and op."""
+        return {op: _FIELDS[staged] + self.field + field for op, field in _OPS.items()}
 
 
 # The relay's writes into pgtide.changes: COPY straight in when every row of a step is
@@ -488,11 +515,15 @@ class Relay:
     """Drains the database's slot into ``pgtide.changes`` (see the module docstring).
 
     :meth:`step` runs one step on a blocking autocommit connection; :meth:`run` loops,
-    reconnecting, under the advisory lock that keeps one relay per database."""
+    reconnecting, under the advisory lock that keeps one relay per database. It reads the
+    slot again after ``busy_interval`` seconds when the last step relayed something, after
+    ``poll_interval`` when it found nothing, and at once when the read was full
+    (``batch_rows`` messages)."""
 
     dsn: DsnLike = None
     batch_rows: int = 20000
     poll_interval: float = 0.05
+    busy_interval: float = 0.002
     heartbeat: float = 5.0
     lag_warning_bytes: int = LAG_WARNING_BYTES
     name: str = "relay"
@@ -523,14 +554,15 @@ class Relay:
             conn.execute(_ADVANCE, (slot, relayed_text))
         rows = conn.execute(_PEEK, (slot, self.batch_rows, publication), binary=True).fetchall()
         full = len(rows) >= self.batch_rows
-        wanted = {t: (set(ops), notify) for t, ops, notify in conn.execute(_WAL_TABLES)}
+        wanted = {t: (set(ops), notify) for t, ops, notify in state[12]}
         plan = _Plan(relayed, wanted, staged=self._needs_stage(rows, wanted))
         chunks = self._encode(rows, plan)
         first = next(chunks, None)  # encoding goes on while the server takes the first ones
         if first is not None:
             with conn.transaction():
                 self._write(conn, plan, first, chunks)
-                cur = conn.execute(
+                # the position, and the wake-up NOTIFYs (sent at commit), in one statement
+                recorded = conn.execute(
                     _RECORD,
                     {
                         "lsn": lsn_text(plan.end or relayed),
@@ -538,14 +570,13 @@ class Relay:
                         "drained": not full,
                         "slot": slot,
                         "expected": relayed_text,
+                        "notify": sorted(plan.notify),
                     },
-                )
-                if cur.rowcount != 1:
+                ).fetchone()
+                if recorded is None or recorded[0] != 1:
                     raise FeedError(
                         f"another relay moved slot {slot} meanwhile; this one stops its step"
                     )
-                if plan.notify:
-                    conn.execute(_NOTIFY, (sorted(plan.notify),))
         if plan.end is None:  # no whole transaction past what is relayed
             if not full:
                 self._idle(conn, state)
@@ -580,7 +611,7 @@ class Relay:
         decoder = self.decoder
         decoder.current = None  # a transaction a previous read cut short is read again
         wanted, staged = plan.wanted, plan.staged
-        head = _FIELDS[staged]
+        relation: Relation | None = None
         out: list[bytes] = []
         for (data,) in rows:
             txn = decoder.feed(data)
@@ -590,23 +621,24 @@ class Relay:
             plan.transactions += 1
             if txn.changes:
                 plan.commit_at = txn.commit_time
-            for change in txn.changes:
-                shape = self._shape(change.relation)
-                want = wanted.get(shape.table)
-                if want is None or change.op not in want[0]:
+            for rel, op, new, old in txn.changes:
+                if rel is not relation:  # changes come in runs of one table: look it up once
+                    relation, shape = rel, self._shape(rel)
+                    ops, notify = wanted.get(shape.table, (set(), False))
+                    heads = shape.heads(staged)
+                    if shape.slow and ops and not staged:
+                        raise ProtocolError(f"a change of {shape.table} came without its Relation")
+                if op not in ops:
                     continue
-                if want[1]:
+                if notify:
                     plan.notify.add(shape.table)
                 if shape.slow:
-                    if not staged:
-                        raise ProtocolError(f"a change of {shape.table} came without its Relation")
                     plan.slow.add(shape.table)
-                row, row_patch = shape.json(change.new)
-                old, old_patch = shape.json(change.old)
-                out.append(head + shape.field + _OPS[change.op])
-                out.append(_jsonb_field(row) + _jsonb_field(old))
+                row, row_patch = shape.fields(new)
+                old_row, old_patch = shape.fields(old)
+                out.append(heads[op] + row + old_row)
                 if staged:
-                    out.append(_jsonb_field(row_patch) + _jsonb_field(old_patch))
+                    out.append(row_patch + old_patch)
                 plan.count += 1
             if len(out) >= _CHUNK:
                 yield b"".join(out)
@@ -718,7 +750,10 @@ class Relay:
                     continue
                 if until_idle and result is not None:
                     return
-                stop.wait(self.poll_interval if result is not None else 1.0)
+                if result is None:
+                    stop.wait(1.0)
+                else:  # changes keep coming: look again soon (commit -> batch latency)
+                    stop.wait(self.busy_interval if result.transactions else self.poll_interval)
         finally:
             self._lock_conn = None
             session.close()
@@ -727,33 +762,11 @@ class Relay:
         self._stop.set()
 
 
-class RelayThread:
-    """The relay inside a Feed process: a daemon thread running :meth:`Relay.run`; an error
-    it cannot recover from (a lost slot) is kept for the feed to raise."""
+class RelayThread(WorkerThread[Relay]):
+    """The relay inside a Feed process (:class:`~._worker.WorkerThread`)."""
 
     def __init__(self, resolved: Resolved, consumer: str) -> None:
-        self.relay = Relay(resolved, name=f"relay of feed {consumer}")
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._main, name="pgtide-relay", daemon=True)
-        self._thread.start()
-
-    def _main(self) -> None:
-        try:
-            self.relay.run(self._stop)
-        except BaseException as exc:  # kept for the feed to raise
-            if not isinstance(exc, OUTAGES):
-                log.error("%s stopped: %s", self.relay.name, exc)
-            self.error = exc
-
-    def check(self) -> None:
-        """Raise the relay's error, if it stopped on one."""
-        if self.error is not None and isinstance(self.error, FeedError):
-            raise self.error
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
+        super().__init__(Relay(resolved, name=f"relay of feed {consumer}"), "pgtide-relay")
 
 
 def follows_wal_io(tables: list[str] | None) -> Io[bool]:
@@ -766,25 +779,5 @@ def overview_io() -> Io[list[Section]]:
     """The "capture" section of ``pgtide status``: the slot, whether a relay reads it, its
     WAL status, lag in bytes (WAL the slot retains) and seconds (since the relay last knew it
     had relayed everything), and when the relay last wrote."""
-    installed = yield from one(_WAL_INSTALLED)
-    if not installed or not installed[0]:
-        return []
-    rows = yield from query(_OVERVIEW)
-    if not rows:
-        return []
-    section = Section(
-        "capture",
-        ["slot", "active", "wal status", "lag bytes", "lag seconds", "last relayed at"],
-    )
-    for slot, active, status, lag, lag_s, relayed_at, exists in rows:
-        section.rows.append(
-            [
-                slot,
-                bool(active),
-                status if exists else "missing",
-                lag,
-                None if lag_s is None else round(max(lag_s, 0.0), 3),
-                relayed_at,
-            ]
-        )
-    return [section]
+    rows = yield from _wal_rows(_OVERVIEW)
+    return [Section("capture", list(_OVERVIEW_COLUMNS), [list(r) for r in rows])] if rows else []
