@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import random
 import shutil
+import struct
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +21,13 @@ import pytest
 from pgtide_testing import TEST_SETTINGS, Killable, RestartableServer, _unique
 from pgtide_testing import TestServer as _Server
 from psycopg import sql
-from test_feed_types import _check, _write
+from psycopg.rows import dict_row
+from test_feed_types import _check, _same, _write
 
 import pgtide
 from pgtide import embedded, schema
 from pgtide.feed import Relay, SlotLost, WalUnavailable, reset_slot
-from pgtide.feed.pgoutput import UNCHANGED
+from pgtide.feed.pgoutput import UNCHANGED, Decoder, ProtocolError
 from pgtide.feed.retention import overview
 from pgtide.session import run
 
@@ -124,6 +127,87 @@ def test_feed_relays_by_itself_and_batches_hold_whole_transactions(wal_dsn: str)
     sections = {s.title: s for s in _overview(wal_dsn)}
     capture = sections["capture"].as_dicts()[0]
     assert capture["wal status"] in ("reserved", "extended") and capture["lag bytes"] >= 0
+
+
+AWKWARD = """
+CREATE TABLE plain (
+    id int PRIMARY KEY, i2 int2, i8 int8, o oid, f4 float4, f8 float8, num numeric, b bool,
+    t text, vc varchar(40), ch char(3), nm name, u uuid, jb jsonb
+);
+INSERT INTO plain VALUES
+    (1, -32768, -9223372036854775808, 4294967295, 'Infinity', '1e+300', 'NaN', true,
+     E'quote " backslash \\ tab \t newline \n cr \r bell \x07 é ✓', E'\\\\x', 'a"b', E'n\\m',
+     'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{"s": "\\u00e9\\n", "n": 1e-7, "a": [true]}'),
+    (2, 0, 0, 0, '-Infinity', 'Infinity', '-0.000000000000000001', false, '', '', '', '',
+     NULL, 'null'),
+    (3, NULL, NULL, NULL, '1.5e-10', '-2.2250738585072014e-308', '123456789012345678901234567890',
+     NULL, NULL, NULL, NULL, NULL, NULL, NULL)
+"""
+
+
+def test_rows_of_plain_types_are_written_without_the_server_typing_them(wal_dsn: str) -> None:
+    """Text, numbers, bool, uuid and jsonb go straight from pgoutput's text to JSON: quotes,
+    backslashes and control characters, NaN and the infinities, NULLs end as SELECT * has
+    them."""
+    with psycopg.connect(wal_dsn, autocommit=True) as conn:
+        conn.execute(AWKWARD.split(";")[0])
+    pgtide.track("plain", capture="wal", old="full", dsn=wal_dsn)
+    with psycopg.connect(wal_dsn, autocommit=True) as conn:
+        conn.execute(AWKWARD.split(";", 1)[1])
+        inserted = _select_plain(conn)
+        conn.execute("UPDATE plain SET t = t || E'\\t\"', f8 = -f8, b = NOT b")
+        updated = _select_plain(conn)
+        conn.execute("DELETE FROM plain")
+    relay = Relay(wal_dsn)
+    relay.run(until_idle=True)
+    assert relay.relayed == 9
+    assert not any(shape.slow for _rel, shape in relay.shapes.values())  # no server typing
+    changes = _changes(wal_dsn, "plain", ["plain"])
+    rows = {op: [c.row or c.old for c in changes if c.op == op] for op in ("insert", "update")}
+    for got, want in zip(rows["insert"], inserted, strict=True):
+        _same(got, want)
+    for got, want in zip(rows["update"], updated, strict=True):
+        _same(got, want)
+    for change, want in zip([c for c in changes if c.op == "update"], inserted, strict=True):
+        _same(change.old, want)
+    for change, want in zip([c for c in changes if c.op == "delete"], updated, strict=True):
+        _same(change.old, want)
+
+
+def _select_plain(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    cur = conn.cursor(row_factory=dict_row)
+    return cur.execute("SELECT * FROM plain ORDER BY id").fetchall()
+
+
+def test_a_step_mixing_server_typed_and_plain_tables_keeps_order_and_unchanged_toast(
+    wal_dsn: str,
+) -> None:
+    with psycopg.connect(wal_dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE fast (id int PRIMARY KEY, v text, big text); "
+            "CREATE TABLE typed (id int PRIMARY KEY, at timestamptz, big text); "
+            "ALTER TABLE fast ALTER COLUMN big SET STORAGE EXTERNAL; "
+            "ALTER TABLE typed ALTER COLUMN big SET STORAGE EXTERNAL"
+        )
+    pgtide.track("fast", capture="wal", dsn=wal_dsn)
+    pgtide.track("typed", capture="wal", dsn=wal_dsn)
+    at = datetime(2024, 2, 29, 12, 34, 56, 123456, tzinfo=UTC)
+    with psycopg.connect(wal_dsn, autocommit=True) as conn, conn.transaction():
+        for n in range(3):
+            conn.execute("INSERT INTO fast VALUES (%s, 'v', repeat('f', 5000))", (n,))
+            conn.execute("INSERT INTO typed VALUES (%s, %s, repeat('t', 5000))", (n, at))
+        conn.execute("UPDATE fast SET v = 'w' WHERE id = 1")
+        conn.execute("UPDATE typed SET at = at + interval '1 day' WHERE id = 1")
+    assert _relay(wal_dsn) == 8
+    changes = _changes(wal_dsn, "mixed")
+    assert [(c.table, c.op, (c.row or {}).get("id")) for c in changes] == [
+        *[(t, "insert", n) for n in range(3) for t in ("public.fast", "public.typed")],
+        ("public.fast", "update", 1),
+        ("public.typed", "update", 1),
+    ]
+    assert changes[1].row == {"id": 0, "at": at, "big": "t" * 5000}
+    assert changes[6].row == {"id": 1, "v": "w", "big": UNCHANGED}
+    assert changes[7].row == {"id": 1, "at": at + timedelta(days=1), "big": UNCHANGED}
 
 
 def _overview(dsn: str) -> list[Any]:
@@ -290,3 +374,77 @@ def test_relay_kill_9_and_server_restart_lose_and_repeat_nothing(
     with psycopg.connect(dsn, autocommit=True) as conn:
         source = dict(conn.execute("SELECT id, v FROM acct").fetchall())
     assert copy == source
+
+
+def _tuple_bytes(*values: bytes | str | None) -> bytes:
+    out = struct.pack(">H", len(values))
+    for v in values:
+        if v is None:
+            out += b"n"
+        elif v == "u":
+            out += b"u"
+        else:
+            assert isinstance(v, bytes)
+            out += b"t" + struct.pack(">i", len(v)) + v
+    return out
+
+
+def test_decoder_reads_every_message_kind_into_whole_transactions() -> None:
+    columns = [(1, b"id", 23), (0, b"big", 25)]
+    relation = b"R" + struct.pack(">I", 7) + b"public\0t\0f" + struct.pack(">H", 2)
+    for flags, name, oid in columns:
+        relation += struct.pack(">B", flags) + name + b"\0" + struct.pack(">Ii", oid, -1)
+    stream = [
+        b"M" + struct.pack(">BQ", 0, 5) + b"loose\0" + struct.pack(">i", 1) + b"x",
+        b"B" + struct.pack(">QqI", 100, 0, 42),
+        relation,
+        b"I" + struct.pack(">I", 7) + b"N" + _tuple_bytes(b"1", b"big"),
+        b"U"
+        + struct.pack(">I", 7)
+        + b"O"
+        + _tuple_bytes(b"1", b"big")
+        + b"N"
+        # REPLICA IDENTITY FULL: the unchanged TOAST value comes from the old row
+        + _tuple_bytes(b"2", "u"),
+        b"D" + struct.pack(">I", 7) + b"K" + _tuple_bytes(b"2", None),
+        b"T" + struct.pack(">IB", 1, 1) + struct.pack(">I", 7),
+        b"M" + struct.pack(">BQ", 1, 6) + b"pgtide\0" + struct.pack(">i", 2) + b"hi",
+        b"C" + struct.pack(">BQQq", 0, 100, 108, 86_400_000_000),
+    ]
+    decoder = Decoder()
+    done = [t for t in map(decoder.feed, stream) if t is not None]
+    assert len(done) == 1
+    txn = done[0]
+    assert (txn.xid, txn.end_lsn, txn.commit_time) == (42, 108, datetime(2000, 1, 2, tzinfo=UTC))
+    rel = decoder.relations[7]
+    assert (rel.schema, rel.name, rel.identity) == ("public", "t", "f")
+    assert [(c.name, c.type_oid, c.key) for c in rel.columns] == [
+        ("id", 23, True),
+        ("big", 25, False),
+    ]
+    assert [(c.op, c.new, c.old) for c in txn.changes] == [
+        ("insert", [b"1", b"big"], None),
+        ("update", [b"2", b"big"], [b"1", b"big"]),
+        ("delete", None, [b"2", None]),
+        ("truncate", None, None),
+    ]
+    assert [(m.prefix, m.content) for m in txn.messages] == [("pgtide", b"hi")]
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        (b"", "empty"),
+        (b"X", "unknown pgoutput message 'X'"),
+        (b"I" + struct.pack(">I", 9) + b"N" + _tuple_bytes(b"1"), "relation 9 before its"),
+        (b"I" + struct.pack(">I", 7) + b"N" + b"\0\1t\0\0\0\x09ab", "ends inside a tuple"),
+        (b"I" + struct.pack(">I", 7) + b"N" + b"\0\1b\0\0\0\1a", "column kind 'b'"),
+        (b"C" + struct.pack(">BQ", 0, 1), "cannot read pgoutput 'C'"),
+    ],
+)
+def test_decoder_names_what_it_cannot_read(message: bytes, error: str) -> None:
+    decoder = Decoder()
+    decoder.feed(b"B" + struct.pack(">QqI", 1, 0, 1))
+    decoder.feed(b"R" + struct.pack(">I", 7) + b"public\0t\0d" + struct.pack(">H", 0))
+    with pytest.raises(ProtocolError, match=error):
+        decoder.feed(message)
