@@ -29,6 +29,7 @@ from pgtide import embedded, schema
 from pgtide.feed import Relay, SlotLost, WalUnavailable, reset_slot
 from pgtide.feed.pgoutput import UNCHANGED, Decoder, ProtocolError
 from pgtide.feed.retention import overview
+from pgtide.feed.wal import RESTART_LAG_BYTES
 from pgtide.session import run
 
 _SLOTS = "SELECT slot_name FROM pg_replication_slots WHERE database = current_database()"
@@ -259,6 +260,38 @@ def test_idle_database_does_not_grow_retained_wal(wal_dsn: str) -> None:
     finally:
         stop.set()
         thread.join()
+
+
+def test_the_relay_moves_the_slots_restart_point_on(wal_dsn: str) -> None:
+    """Each read decodes from the slot's restart point: after a backlog the relay has the
+    server log a running-transactions record so that the point moves on, without waiting
+    for the server's own (every 15 s)."""
+    with psycopg.connect(wal_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE captured (id int PRIMARY KEY, pad text)")
+    pgtide.track("captured", capture="wal", dsn=wal_dsn)
+    restart_lag = (
+        "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn) "
+        "FROM pg_replication_slots WHERE database = current_database()"
+    )
+    with psycopg.connect(wal_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO captured SELECT g, repeat('p', 100) FROM generate_series(1, 30000) g"
+        )
+        assert _relay(wal_dsn) == 30000
+        lag = conn.execute(restart_lag).fetchone()
+        assert lag is not None and lag[0] > RESTART_LAG_BYTES
+        stop = threading.Event()
+        relay = Relay(wal_dsn, heartbeat=0.2)
+        thread = threading.Thread(target=relay.run, args=(stop,))
+        thread.start()
+        try:
+            deadline = time.monotonic() + 10
+            while (row := conn.execute(restart_lag).fetchone()) and row[0] > RESTART_LAG_BYTES:
+                assert time.monotonic() < deadline, f"restart point still {row[0]} bytes behind"
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            thread.join()
 
 
 def test_wal_level_replica_is_a_clear_error(embedded_home: Path) -> None:

@@ -78,6 +78,11 @@ HEARTBEAT_BYTES = 1024 * 1024
 """Idle, the relay moves the slot as soon as this much WAL piles up behind it."""
 LAG_WARNING_BYTES = 256 * 1024 * 1024
 """The slot lag (bytes of WAL retained) above which the relay logs a warning."""
+RESTART_LAG_BYTES = 2 * 1024 * 1024
+"""Each read of the slot decodes the WAL from its restart point, which moves only past a
+running-transactions record (the server writes one every 15 s): beyond this much WAL between
+the restart point and the confirmed position, the relay asks for one (PostgreSQL 16+,
+``pg_log_standby_snapshot()``, when the relay's role may call it)."""
 
 RECOVERY = (
     "recover with `pgtide capture --reset` (or pgtide.feed.reset_slot()), which drops and "
@@ -136,7 +141,8 @@ SELECT w.slot, w.publication, w.relayed_lsn::text, s.confirmed_flush_lsn::text,
        pg_wal_lsn_diff(pg_current_wal_insert_lsn(), s.confirmed_flush_lsn)::int8,
        extract(epoch FROM now() - w.checked_at)::float8, s.slot_name IS NOT NULL,
        (SELECT coalesce(json_agg(json_build_array(table_name, ops, notify)), '[]')
-        FROM pgtide.tracked WHERE capture = 'wal')
+        FROM pgtide.tracked WHERE capture = 'wal'),
+       pg_wal_lsn_diff(s.confirmed_flush_lsn, s.restart_lsn)::int8
 FROM pgtide.wal w LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot
 """
 _PEEK = (
@@ -155,6 +161,7 @@ SELECT (SELECT count(*) FROM recorded),
        (SELECT count(pg_notify('pgtide_changes', t)) FROM unnest(%(notify)s::text[]) AS t)
 """
 _CHECKED = "UPDATE pgtide.wal SET checked_at = now() WHERE slot = %s"
+_SNAPSHOT = "SELECT pg_log_standby_snapshot()"
 _HEARTBEAT = "SELECT pg_logical_emit_message(true, 'pgtide', 'heartbeat')"
 _DURABLE = "SET synchronous_commit = on"
 _TRY_LOCK = "SELECT pg_try_advisory_lock(%s, %s)"
@@ -521,7 +528,7 @@ class Relay:
     (``batch_rows`` messages)."""
 
     dsn: DsnLike = None
-    batch_rows: int = 20000
+    batch_rows: int = 100_000
     poll_interval: float = 0.05
     busy_interval: float = 0.002
     heartbeat: float = 5.0
@@ -533,6 +540,8 @@ class Relay:
     _lock_conn: int | None = None
     _flush: bool = False
     _warned_at: float = 0.0
+    _snapshots: bool = True  # pg_log_standby_snapshot() is there and allowed
+    _snapshot_at: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
     # one step ------------------------------------------------------------------------------
@@ -549,6 +558,7 @@ class Relay:
             with conn.transaction():
                 conn.execute(_CHECKED, (slot,))
                 conn.execute(_HEARTBEAT)
+        self._unpin(conn, state[13])
         relayed, confirmed = lsn_int(relayed_text), lsn_int(confirmed_text)
         if confirmed < relayed:  # a crash came between the commit and the advance
             conn.execute(_ADVANCE, (slot, relayed_text))
@@ -695,6 +705,25 @@ class Relay:
                 slot,
                 lag // 2**20,
                 self.lag_warning_bytes // 2**20,
+            )
+
+    def _unpin(self, conn: psycopg.Connection[Any], restart_lag: int | None) -> None:
+        """Move the slot's restart point on (see :data:`RESTART_LAG_BYTES`): at most once a
+        second, and never again once the server refuses."""
+        now = time.monotonic()
+        if not self._snapshots or (restart_lag or 0) < RESTART_LAG_BYTES:
+            return
+        if now - self._snapshot_at < 1.0:
+            return
+        self._snapshot_at = now
+        try:
+            conn.execute(_SNAPSHOT)
+        except (psycopg.errors.UndefinedFunction, psycopg.errors.InsufficientPrivilege) as exc:
+            self._snapshots = False
+            log.info(
+                "the relay cannot call pg_log_standby_snapshot() (%s): each read of the slot "
+                "decodes the WAL since the server's last running-transactions record",
+                exc.diag.message_primary,
             )
 
     def _idle(self, conn: psycopg.Connection[Any], state: tuple[Any, ...]) -> None:
