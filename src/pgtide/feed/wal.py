@@ -23,10 +23,16 @@ ids follow source commit order. So a batch never splits a source transaction, an
 come in source commit order; ``change.xid`` is the relay transaction's.
 
 Rows are stored as ``to_jsonb`` writes them (the form :mod:`.rows` types): the text values
-pgoutput sends are turned into JSON in Python for the types whose text form is already
-their JSON form (integers, numeric, floats, bool, text, uuid, jsonb), and by the server
-(``to_jsonb(jsonb_populate_record(NULL::table, ...))``, the column types' own input
-functions) for a table with any other type.
+pgoutput sends are turned into JSON in Python, as bytes, for the types whose text form is
+already their JSON form (integers, numeric, floats, bool, text, uuid, jsonb), and by the
+server (``to_jsonb(jsonb_populate_record(NULL::table, ...))``, the column types' own input
+functions) for a table with any other type. They go in with a binary COPY that the relay
+feeds while it decodes the rest of the step, so the server writes while Python decodes.
+
+What bounds the relay is that write: a COPY of the same rows into ``pgtide.changes`` costs
+several times a bare read of the slot. Reading through the SQL functions costs one peek a
+step, which decodes from the slot's restart point; the relay keeps that point close (see
+:data:`RESTART_LAG_BYTES`).
 """
 
 from __future__ import annotations
