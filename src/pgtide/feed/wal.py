@@ -404,8 +404,8 @@ def _text_field(text: str) -> bytes:
     return _SIZE.pack(len(data)) + data
 
 
-def _jsonb_field(doc: bytes | None) -> bytes:
-    return _NULL_FIELD if doc is None else _JSONB_SIZE.pack(len(doc) + 1, 1) + doc
+def _jsonb_field(doc: bytes) -> bytes:
+    return _JSONB_SIZE.pack(len(doc) + 1, 1) + doc
 
 
 _OPS = {op: _text_field(op) for op in ("insert", "update", "delete", "truncate")}
