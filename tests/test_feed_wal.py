@@ -27,7 +27,7 @@ from test_feed_types import _check, _same, _write
 import pgtide
 from pgtide import embedded, schema
 from pgtide.feed import Relay, SlotLost, WalUnavailable, reset_slot
-from pgtide.feed.pgoutput import UNCHANGED, Decoder, ProtocolError
+from pgtide.feed.pgoutput import UNCHANGED, Decoder, ProtocolError, read_relation
 from pgtide.feed.retention import overview
 from pgtide.feed.wal import RESTART_LAG_BYTES
 from pgtide.session import run
@@ -473,6 +473,7 @@ def test_decoder_reads_every_message_kind_into_whole_transactions() -> None:
         (b"I" + struct.pack(">I", 7) + b"N" + b"\0\1t\0\0\0\x09ab", "ends inside a tuple"),
         (b"I" + struct.pack(">I", 7) + b"N" + b"\0\1b\0\0\0\1a", "column kind 'b'"),
         (b"C" + struct.pack(">BQ", 0, 1), "cannot read pgoutput 'C'"),
+        (b"R" + struct.pack(">I", 7) + b"public\0", "cannot read pgoutput 'R'"),
     ],
 )
 def test_decoder_names_what_it_cannot_read(message: bytes, error: str) -> None:
@@ -481,3 +482,6 @@ def test_decoder_names_what_it_cannot_read(message: bytes, error: str) -> None:
     decoder.feed(b"R" + struct.pack(">I", 7) + b"public\0t\0d" + struct.pack(">H", 0))
     with pytest.raises(ProtocolError, match=error):
         decoder.feed(message)
+    if message[:1] == b"R":  # the relay's look-ahead at the tables of a read says the same
+        with pytest.raises(ProtocolError, match=error):
+            read_relation(message)

@@ -159,8 +159,23 @@ RELATION: Final = _R
 """The kind byte of a Relation message (a table's name and columns)."""
 
 
+_READ_ERRORS = (struct.error, ValueError, IndexError, UnicodeDecodeError)
+
+
+def _unreadable(data: bytes, exc: Exception) -> ProtocolError:
+    kind = chr(data[0]) if data else "empty"
+    return ProtocolError(f"cannot read pgoutput {kind!r} message: {exc}")
+
+
 def read_relation(data: bytes) -> Relation:
     """A Relation message."""
+    try:
+        return _relation(data)
+    except _READ_ERRORS as exc:
+        raise _unreadable(data, exc) from None
+
+
+def _relation(data: bytes) -> Relation:
     (oid,) = _OID.unpack_from(data, 1)
     schema, pos = _string(data, 5)
     name, pos = _string(data, pos)
@@ -190,9 +205,8 @@ class Decoder:
         """Read one message; return the transaction it completes (at Commit), else None."""
         try:
             return self._feed(data)
-        except (struct.error, ValueError, IndexError, UnicodeDecodeError) as exc:
-            kind = chr(data[0]) if data else "empty"
-            raise ProtocolError(f"cannot read pgoutput {kind!r} message: {exc}") from None
+        except _READ_ERRORS as exc:
+            raise _unreadable(data, exc) from None
 
     def _feed(self, data: bytes) -> Transaction | None:
         kind = data[0]
@@ -229,7 +243,7 @@ class Decoder:
             self.current = None
             return txn
         if kind == _R:
-            relation = read_relation(data)
+            relation = _relation(data)
             self.relations[relation.oid] = relation
             return None
         if kind == _T:
