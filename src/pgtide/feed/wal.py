@@ -84,7 +84,7 @@ HEARTBEAT_BYTES = 1024 * 1024
 """Idle, the relay moves the slot as soon as this much WAL piles up behind it."""
 LAG_WARNING_BYTES = 256 * 1024 * 1024
 """The slot lag (bytes of WAL retained) above which the relay logs a warning."""
-RESTART_LAG_BYTES = 2 * 1024 * 1024
+RESTART_LAG_BYTES = 256 * 1024
 """Each read of the slot decodes the WAL from its restart point, which moves only past a
 running-transactions record (the server writes one every 15 s): beyond this much WAL between
 the restart point and the confirmed position, the relay asks for one (PostgreSQL 16+,
