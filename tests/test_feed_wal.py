@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import random
 import shutil
-import struct
 import tempfile
 import threading
 import time
@@ -27,7 +26,7 @@ from test_feed_types import _check, _same, _write
 import pgtide
 from pgtide import embedded, schema
 from pgtide.feed import Relay, SlotLost, WalUnavailable, reset_slot
-from pgtide.feed.pgoutput import UNCHANGED, Decoder, ProtocolError, read_relation
+from pgtide.feed.pgoutput import UNCHANGED
 from pgtide.feed.retention import overview
 from pgtide.feed.wal import RESTART_LAG_BYTES
 from pgtide.session import run
@@ -407,81 +406,3 @@ def test_relay_kill_9_and_server_restart_lose_and_repeat_nothing(
     with psycopg.connect(dsn, autocommit=True) as conn:
         source = dict(conn.execute("SELECT id, v FROM acct").fetchall())
     assert copy == source
-
-
-def _tuple_bytes(*values: bytes | str | None) -> bytes:
-    out = struct.pack(">H", len(values))
-    for v in values:
-        if v is None:
-            out += b"n"
-        elif v == "u":
-            out += b"u"
-        else:
-            assert isinstance(v, bytes)
-            out += b"t" + struct.pack(">i", len(v)) + v
-    return out
-
-
-def test_decoder_reads_every_message_kind_into_whole_transactions() -> None:
-    columns = [(1, b"id", 23), (0, b"big", 25)]
-    relation = b"R" + struct.pack(">I", 7) + b"public\0t\0f" + struct.pack(">H", 2)
-    for flags, name, oid in columns:
-        relation += struct.pack(">B", flags) + name + b"\0" + struct.pack(">Ii", oid, -1)
-    stream = [
-        b"M" + struct.pack(">BQ", 0, 5) + b"loose\0" + struct.pack(">i", 1) + b"x",
-        b"B" + struct.pack(">QqI", 100, 0, 42),
-        relation,
-        b"I" + struct.pack(">I", 7) + b"N" + _tuple_bytes(b"1", b"big"),
-        b"U"
-        + struct.pack(">I", 7)
-        + b"O"
-        + _tuple_bytes(b"1", b"big")
-        + b"N"
-        # REPLICA IDENTITY FULL: the unchanged TOAST value comes from the old row
-        + _tuple_bytes(b"2", "u"),
-        b"D" + struct.pack(">I", 7) + b"K" + _tuple_bytes(b"2", None),
-        b"T" + struct.pack(">IB", 1, 1) + struct.pack(">I", 7),
-        b"M" + struct.pack(">BQ", 1, 6) + b"pgtide\0" + struct.pack(">i", 2) + b"hi",
-        b"C" + struct.pack(">BQQq", 0, 100, 108, 86_400_000_000),
-    ]
-    decoder = Decoder()
-    done = [t for t in map(decoder.feed, stream) if t is not None]
-    assert len(done) == 1
-    txn = done[0]
-    assert (txn.xid, txn.end_lsn, txn.commit_time) == (42, 108, datetime(2000, 1, 2, tzinfo=UTC))
-    rel = decoder.relations[7]
-    assert (rel.schema, rel.name, rel.identity) == ("public", "t", "f")
-    assert [(c.name, c.type_oid, c.key) for c in rel.columns] == [
-        ("id", 23, True),
-        ("big", 25, False),
-    ]
-    assert [(c.op, c.new, c.old) for c in txn.changes] == [
-        ("insert", [b"1", b"big"], None),
-        ("update", [b"2", b"big"], [b"1", b"big"]),
-        ("delete", None, [b"2", None]),
-        ("truncate", None, None),
-    ]
-    assert [(m.prefix, m.content) for m in txn.messages] == [("pgtide", b"hi")]
-
-
-@pytest.mark.parametrize(
-    ("message", "error"),
-    [
-        (b"", "empty"),
-        (b"X", "unknown pgoutput message 'X'"),
-        (b"I" + struct.pack(">I", 9) + b"N" + _tuple_bytes(b"1"), "relation 9 before its"),
-        (b"I" + struct.pack(">I", 7) + b"N" + b"\0\1t\0\0\0\x09ab", "ends inside a tuple"),
-        (b"I" + struct.pack(">I", 7) + b"N" + b"\0\1b\0\0\0\1a", "column kind 'b'"),
-        (b"C" + struct.pack(">BQ", 0, 1), "cannot read pgoutput 'C'"),
-        (b"R" + struct.pack(">I", 7) + b"public\0", "cannot read pgoutput 'R'"),
-    ],
-)
-def test_decoder_names_what_it_cannot_read(message: bytes, error: str) -> None:
-    decoder = Decoder()
-    decoder.feed(b"B" + struct.pack(">QqI", 1, 0, 1))
-    decoder.feed(b"R" + struct.pack(">I", 7) + b"public\0t\0d" + struct.pack(">H", 0))
-    with pytest.raises(ProtocolError, match=error):
-        decoder.feed(message)
-    if message[:1] == b"R":  # the relay's look-ahead at the tables of a read says the same
-        with pytest.raises(ProtocolError, match=error):
-            read_relation(message)
