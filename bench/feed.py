@@ -367,7 +367,7 @@ def _read_rate(dsn: str) -> list[Figure]:
     ]
 
 
-WAL_TABLES = ("t_wal", "e2e_wal", "relay_wal")
+WAL_TABLES = ("t_wal", "e2e_wal", "relay_wal", "lat_wal")
 _BARE = (
     "SELECT count(*) FROM pg_logical_slot_get_binary_changes(%s, NULL, NULL, 'proto_version', "
     "'1', 'publication_names', 'pgtide_wal', 'messages', 'true')"
@@ -431,6 +431,7 @@ def _wal(dsn: str) -> list[Figure]:
         )
         _drain(dsn)
         figures.append(_end_to_end_wal(dsn))
+        figures.append(_latency_wal(dsn))
         figures.extend(_relay_vs_bare(dsn))
     finally:
         for table in WAL_TABLES:
@@ -470,6 +471,54 @@ def _end_to_end_wal(dsn: str) -> Figure:
         rate(seen, elapsed),
         "changes/s",
         note="writer, relay (in the feed) and follower at once",
+    )
+
+
+def _latency_wal(dsn: str) -> Figure:
+    """Commit -> delivery at 1,000 single-row tx/s, the relay running inside the feed."""
+    per_second, seconds = 1000, 3
+    count = per_second * seconds
+    committed: dict[int, float] = {}
+    delivered: dict[int, float] = {}
+    feed = pgtide.Feed("bench-lat-wal", ["lat_wal"], dsn=dsn, poll_interval=None)
+    start = feed.seek("end")
+    ready = threading.Event()
+
+    def follow() -> None:
+        for batch in feed.batches(start=start, timeout=10):
+            ready.set()
+            now = time.perf_counter()
+            for change in batch:
+                assert change.row is not None
+                delivered[change.row["id"]] = now
+            batch.ack()
+            if len(delivered) >= count:
+                return
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO lat_wal VALUES (-1, 'warm', 0)")
+        ready.wait(10)
+        delivered.clear()
+        began = time.perf_counter()
+        for i in range(count):
+            pause = began + i / per_second - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            conn.execute("INSERT INTO lat_wal VALUES (%s, 'v', 0)", (i,))
+            committed[i] = time.perf_counter()
+    thread.join(30)
+    feed.close()
+    lags = [(delivered[i] - committed[i]) * 1000 for i in committed if i in delivered]
+    p = percentiles(lags)
+    return Figure(
+        SUITE,
+        "commit -> delivery p99 at 1,000 tx/s, WAL capture (relay in the feed)",
+        p[99],
+        "ms",
+        higher_is_better=False,
+        note=f"p50 {p[50]:.1f} ms, p95 {p[95]:.1f} ms, {len(lags)}/{count} delivered",
     )
 
 

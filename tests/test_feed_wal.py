@@ -11,6 +11,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,15 @@ import pytest
 from pgtide_testing import TEST_SETTINGS, Killable, RestartableServer, _unique
 from pgtide_testing import TestServer as _Server
 from psycopg import sql
-from test_feed_types import _check, _write
+from psycopg.rows import dict_row
+from test_feed_types import _check, _same, _write
 
 import pgtide
 from pgtide import embedded, schema
 from pgtide.feed import Relay, SlotLost, WalUnavailable, reset_slot
 from pgtide.feed.pgoutput import UNCHANGED
 from pgtide.feed.retention import overview
+from pgtide.feed.wal import RESTART_LAG_BYTES
 from pgtide.session import run
 
 _SLOTS = "SELECT slot_name FROM pg_replication_slots WHERE database = current_database()"
@@ -126,6 +129,87 @@ def test_feed_relays_by_itself_and_batches_hold_whole_transactions(wal_dsn: str)
     assert capture["wal status"] in ("reserved", "extended") and capture["lag bytes"] >= 0
 
 
+AWKWARD = """
+CREATE TABLE plain (
+    id int PRIMARY KEY, i2 int2, i8 int8, o oid, f4 float4, f8 float8, num numeric, b bool,
+    t text, vc varchar(40), ch char(3), nm name, u uuid, jb jsonb
+);
+INSERT INTO plain VALUES
+    (1, -32768, -9223372036854775808, 4294967295, 'Infinity', '1e+300', 'NaN', true,
+     E'quote " backslash \\ tab \t newline \n cr \r bell \x07 é ✓', E'\\\\x', 'a"b', E'n\\m',
+     'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{"s": "\\u00e9\\n", "n": 1e-7, "a": [true]}'),
+    (2, 0, 0, 0, '-Infinity', 'Infinity', '-0.000000000000000001', false, '', '', '', '',
+     NULL, 'null'),
+    (3, NULL, NULL, NULL, '1.5e-10', '-2.2250738585072014e-308', '123456789012345678901234567890',
+     NULL, NULL, NULL, NULL, NULL, NULL, NULL)
+"""
+
+
+def test_rows_of_plain_types_are_written_without_the_server_typing_them(wal_dsn: str) -> None:
+    """Text, numbers, bool, uuid and jsonb go straight from pgoutput's text to JSON: quotes,
+    backslashes and control characters, NaN and the infinities, NULLs end as SELECT * has
+    them."""
+    with psycopg.connect(wal_dsn, autocommit=True) as conn:
+        conn.execute(AWKWARD.split(";")[0])
+    pgtide.track("plain", capture="wal", old="full", dsn=wal_dsn)
+    with psycopg.connect(wal_dsn, autocommit=True) as conn:
+        conn.execute(AWKWARD.split(";", 1)[1])
+        inserted = _select_plain(conn)
+        conn.execute("UPDATE plain SET t = t || E'\\t\"', f8 = -f8, b = NOT b")
+        updated = _select_plain(conn)
+        conn.execute("DELETE FROM plain")
+    relay = Relay(wal_dsn)
+    relay.run(until_idle=True)
+    assert relay.relayed == 9
+    assert not any(shape.slow for _rel, shape in relay.shapes.values())  # no server typing
+    changes = _changes(wal_dsn, "plain", ["plain"])
+    rows = {op: [c.row or c.old for c in changes if c.op == op] for op in ("insert", "update")}
+    for got, want in zip(rows["insert"], inserted, strict=True):
+        _same(got, want)
+    for got, want in zip(rows["update"], updated, strict=True):
+        _same(got, want)
+    for change, want in zip([c for c in changes if c.op == "update"], inserted, strict=True):
+        _same(change.old, want)
+    for change, want in zip([c for c in changes if c.op == "delete"], updated, strict=True):
+        _same(change.old, want)
+
+
+def _select_plain(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    cur = conn.cursor(row_factory=dict_row)
+    return cur.execute("SELECT * FROM plain ORDER BY id").fetchall()
+
+
+def test_a_step_mixing_server_typed_and_plain_tables_keeps_order_and_unchanged_toast(
+    wal_dsn: str,
+) -> None:
+    with psycopg.connect(wal_dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE fast (id int PRIMARY KEY, v text, big text); "
+            "CREATE TABLE typed (id int PRIMARY KEY, at timestamptz, big text); "
+            "ALTER TABLE fast ALTER COLUMN big SET STORAGE EXTERNAL; "
+            "ALTER TABLE typed ALTER COLUMN big SET STORAGE EXTERNAL"
+        )
+    pgtide.track("fast", capture="wal", dsn=wal_dsn)
+    pgtide.track("typed", capture="wal", dsn=wal_dsn)
+    at = datetime(2024, 2, 29, 12, 34, 56, 123456, tzinfo=UTC)
+    with psycopg.connect(wal_dsn, autocommit=True) as conn, conn.transaction():
+        for n in range(3):
+            conn.execute("INSERT INTO fast VALUES (%s, 'v', repeat('f', 5000))", (n,))
+            conn.execute("INSERT INTO typed VALUES (%s, %s, repeat('t', 5000))", (n, at))
+        conn.execute("UPDATE fast SET v = 'w' WHERE id = 1")
+        conn.execute("UPDATE typed SET at = at + interval '1 day' WHERE id = 1")
+    assert _relay(wal_dsn) == 8
+    changes = _changes(wal_dsn, "mixed")
+    assert [(c.table, c.op, (c.row or {}).get("id")) for c in changes] == [
+        *[(t, "insert", n) for n in range(3) for t in ("public.fast", "public.typed")],
+        ("public.fast", "update", 1),
+        ("public.typed", "update", 1),
+    ]
+    assert changes[1].row == {"id": 0, "at": at, "big": "t" * 5000}
+    assert changes[6].row == {"id": 1, "v": "w", "big": UNCHANGED}
+    assert changes[7].row == {"id": 1, "at": at + timedelta(days=1), "big": UNCHANGED}
+
+
 def _overview(dsn: str) -> list[Any]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         return run(conn, overview())
@@ -175,6 +259,38 @@ def test_idle_database_does_not_grow_retained_wal(wal_dsn: str) -> None:
     finally:
         stop.set()
         thread.join()
+
+
+def test_the_relay_moves_the_slots_restart_point_on(wal_dsn: str) -> None:
+    """Each read decodes from the slot's restart point: after a backlog the relay has the
+    server log a running-transactions record so that the point moves on, without waiting
+    for the server's own (every 15 s)."""
+    with psycopg.connect(wal_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE captured (id int PRIMARY KEY, pad text)")
+    pgtide.track("captured", capture="wal", dsn=wal_dsn)
+    restart_lag = (
+        "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn) "
+        "FROM pg_replication_slots WHERE database = current_database()"
+    )
+    with psycopg.connect(wal_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO captured SELECT g, repeat('p', 100) FROM generate_series(1, 30000) g"
+        )
+        assert _relay(wal_dsn) == 30000
+        lag = conn.execute(restart_lag).fetchone()
+        assert lag is not None and lag[0] > RESTART_LAG_BYTES
+        stop = threading.Event()
+        relay = Relay(wal_dsn, heartbeat=0.2)
+        thread = threading.Thread(target=relay.run, args=(stop,))
+        thread.start()
+        try:
+            deadline = time.monotonic() + 10
+            while (row := conn.execute(restart_lag).fetchone()) and row[0] > RESTART_LAG_BYTES:
+                assert time.monotonic() < deadline, f"restart point still {row[0]} bytes behind"
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            thread.join()
 
 
 def test_wal_level_replica_is_a_clear_error(embedded_home: Path) -> None:

@@ -1,26 +1,19 @@
-"""The pgoutput parser: messages built byte by byte, as the server sends them (no database)."""
+"""The pgoutput decoder: messages built byte by byte, as the server sends them (no database)."""
 
 from __future__ import annotations
 
 import struct
+from datetime import UTC, datetime
 
 import pytest
 
 from pgtide.feed.pgoutput import (
     UNCHANGED,
-    Begin,
-    Commit,
     Decoder,
-    Delete,
-    Insert,
-    Message,
     ProtocolError,
-    Relation,
-    Truncate,
-    Update,
     lsn_int,
     lsn_text,
-    parse,
+    read_relation,
 )
 
 
@@ -41,14 +34,14 @@ def _tuple(*values: object) -> bytes:
     return out
 
 
-BEGIN = b"B" + struct.pack(">QqI", 0x10, 1_000_000, 42)
-COMMIT = b"C" + struct.pack(">BQQq", 0, 0x10, 0x20, 1_000_000)
+BEGIN = b"B" + struct.pack(">QqI", 0x10, 86_400_000_000, 42)
+COMMIT = b"C" + struct.pack(">BQQq", 0, 0x10, 0x20, 86_400_000_000)
 RELATION = (
     b"R"
     + struct.pack(">I", 7)
     + _s("public")
     + _s("t")
-    + b"d"
+    + b"f"
     + struct.pack(">H", 2)
     + b"\x01"
     + _s("id")
@@ -59,57 +52,77 @@ RELATION = (
 )
 
 
-def test_messages_parse() -> None:
-    begin = parse(BEGIN)
-    assert isinstance(begin, Begin) and begin.xid == 42 and begin.final_lsn == 0x10
-    assert begin.commit_time.year == 2000
-    commit = parse(COMMIT)
-    assert isinstance(commit, Commit) and commit.end_lsn == 0x20
-    rel = parse(RELATION)
-    assert isinstance(rel, Relation) and rel.schema == "public" and rel.name == "t"
-    got = [(c.name, c.type_oid, c.key) for c in rel.columns]
-    assert got == [("id", 23, True), ("big", 25, False)]
-    ins = parse(b"I" + struct.pack(">I", 7) + b"N" + _tuple(1, "é"))
-    assert isinstance(ins, Insert) and ins.new == ["1", "é"]
-    upd = parse(b"U" + struct.pack(">I", 7) + b"O" + _tuple(1, "a") + b"N" + _tuple(1, UNCHANGED))
-    assert isinstance(upd, Update) and upd.old == ["1", "a"] and upd.new == ["1", UNCHANGED]
-    dele = parse(b"D" + struct.pack(">I", 7) + b"K" + _tuple(1, None))
-    assert isinstance(dele, Delete) and dele.old == ["1", None] and dele.old_kind == "K"
-    trunc = parse(b"T" + struct.pack(">IB", 2, 1) + struct.pack(">II", 7, 8))
-    assert isinstance(trunc, Truncate) and trunc.relations == (7, 8) and trunc.cascade
-    msg = parse(b"M\x01" + struct.pack(">Q", 5) + _s("pgtide") + struct.pack(">I", 2) + b"hb")
-    assert isinstance(msg, Message) and msg.transactional and msg.content == b"hb"
+def _insert(*values: object) -> bytes:
+    return b"I" + struct.pack(">I", 7) + b"N" + _tuple(*values)
 
 
-def test_decoder_groups_whole_transactions_and_fills_unchanged_toast() -> None:
+def test_decoder_reads_every_message_kind_into_whole_transactions() -> None:
     d = Decoder()
+    # a message outside any transaction (not transactional) is not relayed
+    assert (
+        d.feed(b"M\x00" + struct.pack(">Q", 5) + _s("loose") + struct.pack(">i", 1) + b"x") is None
+    )
     assert d.feed(BEGIN) is None
     d.feed(RELATION)
-    d.feed(b"I" + struct.pack(">I", 7) + b"N" + _tuple(1, "x"))
+    d.feed(_insert(1, "é"))
     # REPLICA IDENTITY FULL: the unchanged TOAST value comes from the old row
-    d.feed(b"U" + struct.pack(">I", 7) + b"O" + _tuple(1, "x") + b"N" + _tuple(1, UNCHANGED))
+    d.feed(b"U" + struct.pack(">I", 7) + b"O" + _tuple(1, "x") + b"N" + _tuple(2, UNCHANGED))
     # default identity: no old row, the value stays UNCHANGED
-    d.feed(b"U" + struct.pack(">I", 7) + b"N" + _tuple(1, UNCHANGED))
-    d.feed(b"T" + struct.pack(">IB", 1, 0) + struct.pack(">I", 7))
+    d.feed(b"U" + struct.pack(">I", 7) + b"N" + _tuple(2, UNCHANGED))
+    d.feed(b"D" + struct.pack(">I", 7) + b"K" + _tuple(2, None))
+    d.feed(b"T" + struct.pack(">IB", 1, 1) + struct.pack(">I", 7))
+    d.feed(b"M\x01" + struct.pack(">Q", 6) + _s("pgtide") + struct.pack(">i", 2) + b"hb")
+    d.feed(b"O" + struct.pack(">Q", 1) + _s("origin"))  # Origin: not needed
     txn = d.feed(COMMIT)
-    assert txn is not None and txn.xid == 42 and txn.end_lsn == 0x20
-    assert [c.op for c in txn.changes] == ["insert", "update", "update", "truncate"]
-    assert txn.changes[1].new == ["1", "x"]
-    assert txn.changes[2].new == ["1", UNCHANGED] and txn.changes[2].old is None
+    assert txn is not None and (txn.xid, txn.end_lsn) == (42, 0x20)
+    assert txn.commit_time == datetime(2000, 1, 2, tzinfo=UTC)
+    rel = d.relations[7]
+    assert (rel.schema, rel.name, rel.identity) == ("public", "t", "f")
+    assert [(c.name, c.type_oid, c.key) for c in rel.columns] == [
+        ("id", 23, True),
+        ("big", 25, False),
+    ]
+    assert [(c.op, c.new, c.old) for c in txn.changes] == [
+        ("insert", [b"1", "é".encode()], None),
+        ("update", [b"2", b"x"], [b"1", b"x"]),
+        ("update", [b"2", UNCHANGED], None),
+        ("delete", None, [b"2", None]),
+        ("truncate", None, None),
+    ]
+    assert all(c.relation is rel for c in txn.changes)
+    assert [(m.prefix, m.content) for m in txn.messages] == [("pgtide", b"hb")]
     assert repr(UNCHANGED) == "UNCHANGED"
 
 
-def test_bad_messages_are_clear_errors() -> None:
-    with pytest.raises(ProtocolError, match="unknown pgoutput message"):
-        parse(b"Z")
-    with pytest.raises(ProtocolError):
-        parse(b"I" + struct.pack(">I", 7) + b"N" + struct.pack(">H", 1) + b"t\x00\x00\x00\x09ab")
-    with pytest.raises(ProtocolError, match="before its Relation"):
-        d = Decoder()
-        d.feed(BEGIN)
-        d.feed(b"I" + struct.pack(">I", 99) + b"N" + _tuple(1))
-    with pytest.raises(ProtocolError, match="outside a transaction"):
-        Decoder().feed(COMMIT)
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        (b"", "cannot read pgoutput 'empty'"),
+        (b"Z", "unknown pgoutput message 'Z'"),
+        (b"I" + struct.pack(">I", 99) + b"N" + _tuple(1), "relation 99 before its Relation"),
+        (_insert()[:-2] + struct.pack(">H", 1) + b"t\x00\x00\x00\x09ab", "ends inside a tuple"),
+        (_insert()[:-2] + struct.pack(">H", 1) + b"b\x00\x00\x00\x01a", "column kind 'b'"),
+        (b"C" + struct.pack(">BQ", 0, 1), "cannot read pgoutput 'C'"),
+        (RELATION[:10], "cannot read pgoutput 'R'"),
+    ],
+)
+def test_what_the_decoder_cannot_read_is_a_clear_error(message: bytes, error: str) -> None:
+    d = Decoder()
+    d.feed(BEGIN)
+    d.feed(RELATION)
+    with pytest.raises(ProtocolError, match=error):
+        d.feed(message)
+    if message[:1] == b"R":  # the relay's look-ahead at the tables of a read says the same
+        with pytest.raises(ProtocolError, match=error):
+            read_relation(message)
+
+
+def test_changes_outside_a_transaction_are_errors() -> None:
+    d = Decoder()
+    d.feed(RELATION)
+    for message in (COMMIT, _insert(1, "x"), b"T" + struct.pack(">IB", 1, 0) + b"\0\0\0\7"):
+        with pytest.raises(ProtocolError, match="outside a transaction"):
+            d.feed(message)
 
 
 def test_lsn_text_round_trip() -> None:

@@ -44,7 +44,8 @@ from psycopg import sql
 from ..connect import DsnLike, Resolved
 from ..errors import FeedError
 from ..names import TableName
-from ..session import OUTAGES, Io, Query, Session, Stopped, one, query
+from ..session import Io, Query, Session, Stopped, one, query
+from ._worker import WorkerThread
 
 log = logging.getLogger("pgtide.feed")
 
@@ -238,32 +239,11 @@ class Backfiller:
         self._stop.set()
 
 
-class BackfillThread:
-    """Pending backfills run inside a Feed process: a daemon thread that ends when none is
-    left; an error it cannot recover from is kept for the feed to raise."""
+class BackfillThread(WorkerThread[Backfiller]):
+    """Pending backfills run inside a Feed process (:class:`~._worker.WorkerThread`): the
+    thread ends when none is left."""
 
     def __init__(self, resolved: Resolved, consumer: str) -> None:
-        self.backfiller = Backfiller(resolved, name=f"backfill of feed {consumer}")
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name="pgtide-backfill", daemon=True)
-        self._thread.start()
-
-    def _main(self) -> None:
-        try:
-            self.backfiller.run()
-        except BaseException as exc:  # kept for the feed to raise
-            if not isinstance(exc, OUTAGES):
-                log.error("%s stopped: %s", self.backfiller.name, exc)
-            self.error = exc
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def check(self) -> None:
-        if self.error is not None and isinstance(self.error, FeedError):
-            raise self.error
-
-    def stop(self) -> None:
-        self.backfiller.stop()
-        self._thread.join(10)
+        super().__init__(
+            Backfiller(resolved, name=f"backfill of feed {consumer}"), "pgtide-backfill"
+        )

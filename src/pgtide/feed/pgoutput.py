@@ -1,13 +1,15 @@
-"""The pgoutput logical decoding messages (protocol version 1), parsed; no I/O.
+"""The pgoutput logical decoding messages (protocol version 1), decoded; no I/O.
 
 A replication slot read through ``pg_logical_slot_peek_binary_changes(..., 'proto_version',
-'1', 'publication_names', ...)`` returns one message per row. :func:`parse` reads one;
-:class:`Decoder` follows a stream of them and groups the changes into whole source
-transactions (:class:`Transaction`), each with the LSN to confirm once it is relayed.
+'1', 'publication_names', ...)`` returns one message per row. :class:`Decoder` follows a
+stream of them and groups the changes into whole source transactions (:class:`Transaction`),
+each with the LSN to confirm once it is relayed.
 
-Column values come as PostgreSQL's text output (pgoutput sends text in protocol 1); a NULL is
-None, and a TOASTed value that an UPDATE left unchanged (and so was not logged) is
-:data:`UNCHANGED` unless the old row (``REPLICA IDENTITY FULL``) carries it.
+Decoding is the relay's hot loop, so it reads each message in place (one dispatch on its
+kind byte, offsets into the buffer, no object per message but the change it yields) and
+keeps column values as the bytes pgoutput sends: PostgreSQL's text output, UTF-8 (protocol 1
+sends text). A NULL is None, and a TOASTed value that an UPDATE left unchanged (and so was
+not logged) is :data:`UNCHANGED` unless the old row (``REPLICA IDENTITY FULL``) carries it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, TypeAlias
+from typing import Final, NamedTuple, TypeAlias
 
 from ..errors import FeedError
 
@@ -37,18 +39,24 @@ class _Unchanged:
 UNCHANGED: Final = _Unchanged()
 """The value of an unchanged TOASTed column whose old value the WAL does not carry."""
 
-Value: TypeAlias = "str | bytes | _Unchanged | None"
+Value: TypeAlias = "bytes | _Unchanged | None"
 Tuple: TypeAlias = "list[Value]"
 
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-_U8 = struct.Struct(">B")
-_U16 = struct.Struct(">H")
-_U32 = struct.Struct(">I")
-_I32 = struct.Struct(">i")
-_U64 = struct.Struct(">Q")
-_I64 = struct.Struct(">q")
-_BEGIN = struct.Struct(">QqI")
-_COMMIT = struct.Struct(">BQQq")
+# the fixed parts of messages, after the kind byte
+_BEGIN = struct.Struct(">QqI")  # final LSN, commit time, xid
+_COMMIT = struct.Struct(">BQQq")  # flags, commit LSN, end LSN, commit time
+_CHANGE = struct.Struct(">Ic")  # relation oid, tuple marker (Insert, Update, Delete)
+_SIZE = struct.Struct(">i")  # a text value's length
+_COLUMN = struct.Struct(">BH")  # a Relation's identity and column count
+_TYPE = struct.Struct(">Ii")  # a column's type oid and typmod
+_TRUNCATE = struct.Struct(">IB")  # relation count, options
+_OID = struct.Struct(">I")
+_MESSAGE = struct.Struct(">BQ")  # flags, LSN
+
+# kind bytes
+_B, _C, _I, _U, _D, _R, _T, _M, _O, _Y = b"BCIUDRTMOY"
+_TEXT, _NULL, _TOAST = b"tnu"
 
 
 class ProtocolError(FeedError):
@@ -72,20 +80,6 @@ def timestamp(micros: int) -> datetime:
 
 
 @dataclass(frozen=True)
-class Begin:
-    final_lsn: int
-    commit_time: datetime
-    xid: int
-
-
-@dataclass(frozen=True)
-class Commit:
-    commit_lsn: int
-    end_lsn: int
-    commit_time: datetime
-
-
-@dataclass(frozen=True)
 class Column:
     name: str
     type_oid: int
@@ -101,184 +95,22 @@ class Relation:
     columns: tuple[Column, ...]
 
 
-@dataclass(frozen=True)
-class Insert:
-    relation: int
-    new: Tuple
-
-
-@dataclass(frozen=True)
-class Update:
-    relation: int
-    new: Tuple
-    old: Tuple | None  # the key ('K') or the whole old row ('O'), as the identity gives
-    old_kind: str | None
-
-
-@dataclass(frozen=True)
-class Delete:
-    relation: int
-    old: Tuple
-    old_kind: str
-
-
-@dataclass(frozen=True)
-class Truncate:
-    relations: tuple[int, ...]
-    cascade: bool
-    restart_identity: bool
-
-
-@dataclass(frozen=True)
-class Message:
-    transactional: bool
-    lsn: int
-    prefix: str
-    content: bytes
-
-
-@dataclass(frozen=True)
-class Other:
-    """A message pgtide does not need (Origin, Type): its kind byte."""
-
-    kind: str
-
-
-Parsed: TypeAlias = (
-    Begin | Commit | Relation | Insert | Update | Delete | Truncate | Message | Other
-)
-
-
-class _Reader:
-    __slots__ = ("data", "pos")
-
-    def __init__(self, data: bytes | memoryview) -> None:
-        self.data = bytes(data)
-        self.pos = 0
-
-    def take(self, fmt: struct.Struct) -> Any:
-        (value,) = fmt.unpack_from(self.data, self.pos)
-        self.pos += fmt.size
-        return value
-
-    def string(self) -> str:
-        end = self.data.index(0, self.pos)
-        text = self.data[self.pos : end].decode()
-        self.pos = end + 1
-        return text
-
-    def raw(self, n: int) -> bytes:
-        if self.pos + n > len(self.data):
-            raise ProtocolError("pgoutput message ends inside a value")
-        value = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return value
-
-    def tuple(self) -> Tuple:
-        data = self.data
-        (count,) = _U16.unpack_from(data, self.pos)
-        pos = self.pos + 2
-        values: Tuple = []
-        append = values.append
-        for _ in range(count):
-            kind = data[pos]
-            pos += 1
-            if kind == 0x74:  # 't': text
-                (size,) = _I32.unpack_from(data, pos)
-                pos += 4
-                append(data[pos : pos + size].decode())
-                pos += size
-            elif kind == 0x6E:  # 'n': NULL
-                append(None)
-            elif kind == 0x75:  # 'u': unchanged TOAST value
-                append(UNCHANGED)
-            elif kind == 0x62:  # 'b': binary (not asked for; kept as bytes)
-                (size,) = _I32.unpack_from(data, pos)
-                pos += 4
-                append(data[pos : pos + size])
-                pos += size
-            else:
-                raise ProtocolError(f"unknown pgoutput column kind {chr(kind)!r}")
-        if pos > len(data):
-            raise ProtocolError("pgoutput message ends inside a tuple")
-        self.pos = pos
-        return values
-
-
-def parse(data: bytes | memoryview) -> Parsed:
-    """One pgoutput message (protocol version 1)."""
-    r = _Reader(data)
-    if not r.data:
-        raise ProtocolError("empty pgoutput message")
-    kind = chr(r.data[0])
-    r.pos = 1
-    try:
-        if kind == "B":
-            final, ts, xid = _BEGIN.unpack_from(r.data, 1)
-            return Begin(final, timestamp(ts), xid)
-        if kind == "C":
-            _flags, commit, end, ts = _COMMIT.unpack_from(r.data, 1)
-            return Commit(commit, end, timestamp(ts))
-        if kind == "I":
-            oid = r.take(_U32)
-            if r.take(_U8) != 0x4E:
-                raise ProtocolError("pgoutput Insert without its new tuple")
-            return Insert(oid, r.tuple())
-        if kind == "U":
-            oid = r.take(_U32)
-            marker = chr(r.take(_U8))
-            old: Tuple | None = None
-            old_kind: str | None = None
-            if marker in ("K", "O"):
-                old, old_kind = r.tuple(), marker
-                marker = chr(r.take(_U8))
-            if marker != "N":
-                raise ProtocolError("pgoutput Update without its new tuple")
-            return Update(oid, r.tuple(), old, old_kind)
-        if kind == "D":
-            oid = r.take(_U32)
-            marker = chr(r.take(_U8))
-            if marker not in ("K", "O"):
-                raise ProtocolError("pgoutput Delete without its old tuple")
-            return Delete(oid, r.tuple(), marker)
-        if kind == "R":
-            oid = r.take(_U32)
-            schema, name = r.string(), r.string()
-            identity = chr(r.take(_U8))
-            columns = []
-            for _ in range(r.take(_U16)):
-                flags = r.take(_U8)
-                column = r.string()
-                type_oid = r.take(_U32)
-                r.take(_I32)  # typmod
-                columns.append(Column(column, type_oid, bool(flags & 1)))
-            return Relation(oid, schema, name, identity, tuple(columns))
-        if kind == "T":
-            count = r.take(_U32)
-            options = r.take(_U8)
-            oids = tuple(r.take(_U32) for _ in range(count))
-            return Truncate(oids, bool(options & 1), bool(options & 2))
-        if kind == "M":
-            flags = r.take(_U8)
-            lsn = r.take(_U64)
-            prefix = r.string()
-            content = r.raw(r.take(_U32))
-            return Message(bool(flags & 1), lsn, prefix, content)
-    except (struct.error, ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"cannot read pgoutput {kind!r} message: {exc}") from None
-    if kind in ("O", "Y"):
-        return Other(kind)
-    raise ProtocolError(f"unknown pgoutput message {kind!r}")
-
-
-@dataclass
-class RowChange:
+class RowChange(NamedTuple):
     """One row change of a source transaction, with its table's relation."""
 
     relation: Relation
     op: str  # insert, update, delete, truncate
     new: Tuple | None = None
     old: Tuple | None = None
+
+
+@dataclass
+class Message:
+    """A transactional ``pg_logical_emit_message`` of the transaction."""
+
+    lsn: int
+    prefix: str
+    content: bytes
 
 
 @dataclass
@@ -292,6 +124,73 @@ class Transaction:
     messages: list[Message] = field(default_factory=list)
 
 
+def _tuple(data: bytes, pos: int) -> tuple[Tuple, int]:
+    """The column values of the tuple at ``pos``, and the offset after it."""
+    count = (data[pos] << 8) | data[pos + 1]
+    pos += 2
+    values: Tuple = []
+    append = values.append
+    size = _SIZE.unpack_from
+    for _ in range(count):
+        kind = data[pos]
+        if kind == _TEXT:
+            start = pos + 5
+            pos = start + size(data, pos + 1)[0]
+            append(data[start:pos])
+        elif kind == _NULL:
+            append(None)
+            pos += 1
+        elif kind == _TOAST:
+            append(UNCHANGED)
+            pos += 1
+        else:  # 'b' (binary) is sent only when asked for, and pgtide does not ask
+            raise ProtocolError(f"unexpected pgoutput column kind {chr(kind)!r}")
+    if pos > len(data):
+        raise ProtocolError("pgoutput message ends inside a tuple")
+    return values, pos
+
+
+def _string(data: bytes, pos: int) -> tuple[str, int]:
+    end = data.index(0, pos)
+    return data[pos:end].decode(), end + 1
+
+
+RELATION: Final = _R
+"""The kind byte of a Relation message (a table's name and columns)."""
+
+
+_READ_ERRORS = (struct.error, ValueError, IndexError, UnicodeDecodeError)
+
+
+def _unreadable(data: bytes, exc: Exception) -> ProtocolError:
+    kind = chr(data[0]) if data else "empty"
+    return ProtocolError(f"cannot read pgoutput {kind!r} message: {exc}")
+
+
+def read_relation(data: bytes) -> Relation:
+    """A Relation message."""
+    try:
+        return _relation(data)
+    except _READ_ERRORS as exc:
+        raise _unreadable(data, exc) from None
+
+
+def _relation(data: bytes) -> Relation:
+    (oid,) = _OID.unpack_from(data, 1)
+    schema, pos = _string(data, 5)
+    name, pos = _string(data, pos)
+    identity, count = _COLUMN.unpack_from(data, pos)
+    pos += _COLUMN.size
+    columns = []
+    for _ in range(count):
+        flags = data[pos]
+        column, pos = _string(data, pos + 1)
+        type_oid, _typmod = _TYPE.unpack_from(data, pos)
+        pos += _TYPE.size
+        columns.append(Column(column, type_oid, bool(flags & 1)))
+    return Relation(oid, schema, name, chr(identity), tuple(columns))
+
+
 @dataclass
 class Decoder:
     """Follows pgoutput messages and gives whole transactions (:meth:`feed`).
@@ -302,45 +201,73 @@ class Decoder:
     relations: dict[int, Relation] = field(default_factory=dict)
     current: Transaction | None = None
 
-    def feed(self, data: bytes | memoryview) -> Transaction | None:
+    def feed(self, data: bytes) -> Transaction | None:
         """Read one message; return the transaction it completes (at Commit), else None."""
-        msg = parse(data)
+        try:
+            return self._feed(data)
+        except _READ_ERRORS as exc:
+            raise _unreadable(data, exc) from None
+
+    def _feed(self, data: bytes) -> Transaction | None:
+        kind = data[0]
         txn = self.current
-        if isinstance(msg, Begin):
-            self.current = Transaction(msg.xid, msg.commit_time)
+        if kind in (_I, _U, _D):  # the hot path: one row change
+            if txn is None:
+                raise ProtocolError(f"pgoutput {chr(kind)!r} change outside a transaction")
+            oid, marker = _CHANGE.unpack_from(data, 1)
+            relation = self._relation(oid)
+            values, pos = _tuple(data, 6)
+            if kind == _I:
+                change = RowChange(relation, "insert", values)
+            elif kind == _D:
+                change = RowChange(relation, "delete", None, values)
+            elif marker == b"N":
+                change = RowChange(relation, "update", values)
+            else:  # the key ('K') or the whole old row ('O'), then the new one
+                new, _end = _tuple(data, pos + 1)
+                if marker == b"O" and UNCHANGED in new:
+                    # REPLICA IDENTITY FULL: the old row holds the unchanged values
+                    new = [o if n is UNCHANGED else n for n, o in zip(new, values, strict=False)]
+                change = RowChange(relation, "update", new, values)
+            txn.changes.append(change)
             return None
-        if isinstance(msg, Relation):
-            self.relations[msg.oid] = msg
+        if kind == _B:
+            _final, micros, xid = _BEGIN.unpack_from(data, 1)
+            self.current = Transaction(xid, timestamp(micros))
             return None
-        if isinstance(msg, Other):
-            return None
-        if txn is None:
-            if isinstance(msg, Message) and not msg.transactional:
-                return None
-            raise ProtocolError(f"pgoutput {type(msg).__name__} outside a transaction")
-        if isinstance(msg, Commit):
-            txn.end_lsn, txn.commit_time = msg.end_lsn, msg.commit_time
+        if kind == _C:
+            if txn is None:
+                raise ProtocolError("pgoutput Commit outside a transaction")
+            _flags, _commit, end, micros = _COMMIT.unpack_from(data, 1)
+            txn.end_lsn, txn.commit_time = end, timestamp(micros)
             self.current = None
             return txn
-        if isinstance(msg, Insert):
-            txn.changes.append(RowChange(self._relation(msg.relation), "insert", new=msg.new))
-        elif isinstance(msg, Update):
-            old = msg.old if msg.old_kind == "O" else None
-            new = msg.new
-            if UNCHANGED in new and old is not None:
-                # REPLICA IDENTITY FULL: the old row holds the unchanged values
-                new = [o if n is UNCHANGED else n for n, o in zip(new, old, strict=False)]
-            txn.changes.append(
-                RowChange(self._relation(msg.relation), "update", new=new, old=msg.old)
-            )
-        elif isinstance(msg, Delete):
-            txn.changes.append(RowChange(self._relation(msg.relation), "delete", old=msg.old))
-        elif isinstance(msg, Truncate):
-            for oid in msg.relations:
+        if kind == _R:
+            relation = _relation(data)
+            self.relations[relation.oid] = relation
+            return None
+        if kind == _T:
+            if txn is None:
+                raise ProtocolError("pgoutput Truncate outside a transaction")
+            count, _options = _TRUNCATE.unpack_from(data, 1)
+            for i in range(count):
+                (oid,) = _OID.unpack_from(data, 6 + 4 * i)
                 txn.changes.append(RowChange(self._relation(oid), "truncate"))
-        elif isinstance(msg, Message):
-            txn.messages.append(msg)
-        return None
+            return None
+        if kind == _M:
+            flags, lsn = _MESSAGE.unpack_from(data, 1)
+            prefix, pos = _string(data, 1 + _MESSAGE.size)
+            (size,) = _SIZE.unpack_from(data, pos)
+            content = data[pos + 4 : pos + 4 + size]
+            if not flags & 1:
+                return None  # not transactional: nothing to relay
+            if txn is None:
+                raise ProtocolError("pgoutput transactional Message outside a transaction")
+            txn.messages.append(Message(lsn, prefix, content))
+            return None
+        if kind in (_O, _Y):  # Origin, Type: not needed
+            return None
+        raise ProtocolError(f"unknown pgoutput message {chr(kind)!r}")
 
     def _relation(self, oid: int) -> Relation:
         found = self.relations.get(oid)

@@ -23,10 +23,16 @@ ids follow source commit order. So a batch never splits a source transaction, an
 come in source commit order; ``change.xid`` is the relay transaction's.
 
 Rows are stored as ``to_jsonb`` writes them (the form :mod:`.rows` types): the text values
-pgoutput sends are turned into JSON in Python for the types whose text form is already
-their JSON form (integers, numeric, floats, bool, text, uuid, jsonb), and by the server
-(``to_jsonb(jsonb_populate_record(NULL::table, ...))``, the column types' own input
-functions) for a table with any other type.
+pgoutput sends are turned into JSON in Python, as bytes, for the types whose text form is
+already their JSON form (integers, numeric, floats, bool, text, uuid, jsonb), and by the
+server (``to_jsonb(jsonb_populate_record(NULL::table, ...))``, the column types' own input
+functions) for a table with any other type. They go in with a binary COPY that the relay
+feeds while it decodes the rest of the step, so the server writes while Python decodes.
+
+What bounds the relay is that write: a COPY of the same rows into ``pgtide.changes`` costs
+several times a bare read of the slot. Reading through the SQL functions costs one peek a
+step, which decodes from the slot's restart point; the relay keeps that point close (see
+:data:`RESTART_LAG_BYTES`).
 """
 
 from __future__ import annotations
@@ -35,12 +41,14 @@ import contextlib
 import hashlib
 import json
 import re
+import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from json.encoder import encode_basestring
+from typing import Any, cast
 
 import psycopg
 from psycopg import sql
@@ -50,8 +58,19 @@ from ..connect import DsnLike, Resolved
 from ..errors import FeedError
 from ..names import TableName
 from ..overview import Section
-from ..session import OUTAGES, Io, Query, Session, Stopped, one, query, run, using
-from .pgoutput import UNCHANGED, Decoder, Relation, Transaction, lsn_int, lsn_text
+from ..session import Io, Query, Session, Stopped, one, query, run, using
+from ._worker import WorkerThread
+from .pgoutput import (
+    RELATION,
+    UNCHANGED,
+    Decoder,
+    ProtocolError,
+    Relation,
+    Tuple,
+    lsn_int,
+    lsn_text,
+    read_relation,
+)
 from .track import _drop_triggers, existing, log
 
 PUBLICATION = "pgtide_wal"
@@ -60,12 +79,16 @@ HEARTBEAT_PREFIX = "pgtide"
 UNCHANGED_TOAST = {"$pgtide": "unchanged-toast"}
 """Stored for an unchanged TOASTed value whose old value the WAL does not hold; typed rows
 give :data:`pgtide.feed.pgoutput.UNCHANGED` for it."""
-_UNCHANGED_JSON = json.dumps(UNCHANGED_TOAST)
 _LOCK_KEY = (0x70677469, 0x57414C)  # advisory lock: one relay per database
 HEARTBEAT_BYTES = 1024 * 1024
 """Idle, the relay moves the slot as soon as this much WAL piles up behind it."""
 LAG_WARNING_BYTES = 256 * 1024 * 1024
 """The slot lag (bytes of WAL retained) above which the relay logs a warning."""
+RESTART_LAG_BYTES = 256 * 1024
+"""Each read of the slot decodes the WAL from its restart point, which moves only past a
+running-transactions record (the server writes one every 15 s): beyond this much WAL between
+the restart point and the confirmed position, the relay asks for one (PostgreSQL 16+,
+``pg_log_standby_snapshot()``, when the relay's role may call it)."""
 
 RECOVERY = (
     "recover with `pgtide capture --reset` (or pgtide.feed.reset_slot()), which drops and "
@@ -122,7 +145,10 @@ SELECT w.slot, w.publication, w.relayed_lsn::text, s.confirmed_flush_lsn::text,
        s.wal_status, to_jsonb(s) ->> 'invalidation_reason', to_jsonb(s) ->> 'conflicting',
        s.safe_wal_size, pg_current_wal_insert_lsn()::text,
        pg_wal_lsn_diff(pg_current_wal_insert_lsn(), s.confirmed_flush_lsn)::int8,
-       extract(epoch FROM now() - w.checked_at)::float8, s.slot_name IS NOT NULL
+       extract(epoch FROM now() - w.checked_at)::float8, s.slot_name IS NOT NULL,
+       (SELECT coalesce(json_agg(json_build_array(table_name, ops, notify)), '[]')
+        FROM pgtide.tracked WHERE capture = 'wal'),
+       pg_wal_lsn_diff(s.confirmed_flush_lsn, s.restart_lsn)::int8
 FROM pgtide.wal w LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot
 """
 _PEEK = (
@@ -131,24 +157,31 @@ _PEEK = (
 )
 _ADVANCE = "SELECT pg_replication_slot_advance(%s, %s::pg_lsn)"
 _RECORD = """
-UPDATE pgtide.wal SET relayed_lsn = %(lsn)s::pg_lsn, relayed_at = now(),
-    source_commit_at = coalesce(%(commit_at)s, source_commit_at),
-    checked_at = CASE WHEN %(drained)s THEN now() ELSE checked_at END
-WHERE slot = %(slot)s AND relayed_lsn = %(expected)s::pg_lsn
+WITH recorded AS (
+    UPDATE pgtide.wal SET relayed_lsn = %(lsn)s::pg_lsn, relayed_at = now(),
+        source_commit_at = coalesce(%(commit_at)s, source_commit_at),
+        checked_at = CASE WHEN %(drained)s THEN now() ELSE checked_at END
+    WHERE slot = %(slot)s AND relayed_lsn = %(expected)s::pg_lsn RETURNING 1
+)
+SELECT (SELECT count(*) FROM recorded),
+       (SELECT count(pg_notify('pgtide_changes', t)) FROM unnest(%(notify)s::text[]) AS t)
 """
-_NOTIFY = "SELECT pg_notify('pgtide_changes', t) FROM unnest(%s::text[]) AS t"
 _CHECKED = "UPDATE pgtide.wal SET checked_at = now() WHERE slot = %s"
+_SNAPSHOT = "SELECT pg_log_standby_snapshot()"
 _HEARTBEAT = "SELECT pg_logical_emit_message(true, 'pgtide', 'heartbeat')"
 _DURABLE = "SET synchronous_commit = on"
 _TRY_LOCK = "SELECT pg_try_advisory_lock(%s, %s)"
 _UNLOCK = "SELECT pg_advisory_unlock(%s, %s)"
 _OVERVIEW = """
-SELECT w.slot, coalesce(s.active, false), s.wal_status,
+SELECT w.slot, coalesce(s.active, false),
+       CASE WHEN s.slot_name IS NULL THEN 'missing' ELSE s.wal_status END,
        pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::int8,
-       extract(epoch FROM now() - greatest(w.checked_at, w.source_commit_at))::float8,
-       w.relayed_at, s.slot_name IS NOT NULL
+       round(CASE WHEN a.age < 0 THEN 0 ELSE a.age END, 3)::float8, w.relayed_at
 FROM pgtide.wal w LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot
+CROSS JOIN LATERAL (SELECT extract(epoch FROM now() - greatest(w.checked_at, w.source_commit_at)))
+    AS a (age)
 """
+_OVERVIEW_COLUMNS = ("slot", "active", "wal status", "lag bytes", "lag seconds", "last relayed at")
 _WAL_INSTALLED = "SELECT to_regclass('pgtide.wal') IS NOT NULL"
 
 
@@ -283,12 +316,17 @@ def drop_slot_if_unused_io() -> Io[bool]:
     return True
 
 
-def wal_in_use_io() -> Io[bool]:
-    """Whether the database has a WAL slot recorded (so it may need dropping)."""
+def _wal_rows(statement: str) -> Io[list[tuple[Any, ...]]]:
+    """The rows of ``statement`` over pgtide.wal (none where WAL capture is not installed)."""
     installed = yield from one(_WAL_INSTALLED)
     if not installed or not installed[0]:
-        return False
-    return bool((yield from query(_WAL_ROW)))
+        return []
+    return (yield from query(statement))
+
+
+def wal_in_use_io() -> Io[bool]:
+    """Whether the database has a WAL slot recorded (so it may need dropping)."""
+    return bool((yield from _wal_rows(_WAL_ROW)))
 
 
 def check_server_quiet() -> Io[str]:
@@ -321,102 +359,135 @@ def _drop_slot_io(slot: str) -> Io[None]:
     yield Query(_FORGET_WAL)
 
 
-# -- typing rows as to_jsonb writes them ----------------------------------------------------
-def _number(text: str) -> str:
-    try:
-        float(text)
-    except ValueError:
-        return json.dumps(text)
-    if text in ("NaN", "Infinity", "-Infinity") or "n" in text.lower():
-        return json.dumps(text)
-    return text
+# -- rows as to_jsonb writes them, in COPY's binary format ---------------------------------
+def _number(text: bytes) -> bytes:
+    """A number's JSON: its text, but NaN and the infinities as strings (as to_jsonb)."""
+    return text if 0x30 <= text[-1] <= 0x39 else b'"' + text + b'"'
 
 
-_BOOL = {"t": "true", "f": "false"}
-_STRING = json.JSONEncoder(ensure_ascii=False).encode
-_FAST: dict[int, Callable[[str], str]] = {
+def _string(text: bytes) -> bytes:
+    return encode_basestring(text.decode()).encode()
+
+
+_BOOL = {b"t": b"true", b"f": b"false"}
+_FAST: dict[int, Callable[[bytes], bytes] | None] = {
     16: _BOOL.__getitem__,
-    20: str,
-    21: str,
-    23: str,
-    26: str,
+    20: None,  # int8, int2, int4, oid: the text is the JSON
+    21: None,
+    23: None,
+    26: None,
     700: _number,
     701: _number,
     1700: _number,
-    18: _STRING,
-    19: _STRING,
-    25: _STRING,
-    1042: _STRING,
-    1043: _STRING,
-    2950: _STRING,
-    3802: str,
+    18: _string,
+    19: _string,
+    25: _string,
+    1042: _string,
+    1043: _string,
+    2950: _string,
+    3802: None,  # jsonb
 }
-"""Types whose text output gives their to_jsonb value directly (else the server converts)."""
+"""Types whose text output gives their to_jsonb value directly (else the server converts);
+None: the text as it is."""
+_AS_JSON = (114, 3802)  # json, jsonb: given to the server as JSON, not as a string
+
+_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # COPY binary header: no flags, no extension
+_TRAILER = b"\xff\xff"
+_NULL_FIELD = b"\xff\xff\xff\xff"
+_SIZE = struct.Struct(">i")
+_JSONB_SIZE = struct.Struct(">ib")  # a jsonb field: its size, and jsonb's format version 1
+_UNCHANGED_JSON = json.dumps(UNCHANGED_TOAST).encode()
+
+
+def _text_field(text: str) -> bytes:
+    data = text.encode()
+    return _SIZE.pack(len(data)) + data
+
+
+def _jsonb_field(doc: bytes) -> bytes:
+    return _JSONB_SIZE.pack(len(doc) + 1, 1) + doc
+
+
+_OPS = {op: _text_field(op) for op in ("insert", "update", "delete", "truncate")}
 
 
 @dataclass
 class _Shape:
-    """How to write one relation's rows: its canonical name, and per column the JSON key
-    and converter; ``slow``: the server types the row (its values go as JSON strings, but
-    json and jsonb values as they are)."""
+    """How to write one relation's rows: its canonical name (and as a COPY field), and per
+    column the JSON key and converter; ``slow``: the server types the row (its values go as
+    JSON strings, but json and jsonb values as they are)."""
 
     table: str
-    keys: tuple[str, ...]
-    convert: tuple[Callable[[str], str], ...]
+    field: bytes
+    keys: tuple[bytes, ...]
+    convert: tuple[Callable[[bytes], bytes] | None, ...]
     slow: bool
 
     @classmethod
     def of(cls, relation: Relation) -> _Shape:
-        keys = tuple(_STRING(c.name) + ":" for c in relation.columns)
-        fast = [_FAST.get(c.type_oid) for c in relation.columns]
-        slow = any(f is None for f in fast)
+        types = [c.type_oid for c in relation.columns]
+        slow = any(t not in _FAST for t in types)
+        convert: tuple[Callable[[bytes], bytes] | None, ...]
         if slow:
-            fast = [str if c.type_oid in (114, 3802) else _STRING for c in relation.columns]
-        convert = tuple(f or _STRING for f in fast)
-        return cls(str(TableName(relation.schema, relation.name)), keys, convert, slow)
+            convert = tuple(None if t in _AS_JSON else _string for t in types)
+        else:
+            convert = tuple(_FAST[t] for t in types)
+        keys = tuple(encode_basestring(c.name).encode() + b":" for c in relation.columns)
+        table = str(TableName(relation.schema, relation.name))
+        return cls(table, _text_field(table), keys, convert, slow)
 
-    def json(self, values: list[Any] | None) -> tuple[str | None, str | None]:
-        """The row as JSON text, and a patch for unchanged TOAST values (or None)."""
+    def fields(self, values: Tuple | None) -> tuple[bytes, bytes]:
+        """The row as a jsonb COPY field, and the patch for its unchanged TOAST values (a
+        NULL field when there is none: a fast shape keeps their marker in the row)."""
         if values is None:
-            return None, None
+            return _NULL_FIELD, _NULL_FIELD
+        if None not in values and UNCHANGED not in values:  # the common case
+            plain = zip(self.keys, self.convert, cast("list[bytes]", values), strict=False)
+            parts = [k + (v if c is None else c(v)) for k, c, v in plain]
+            return _jsonb_field(b"{" + b",".join(parts) + b"}"), _NULL_FIELD
         parts = []
         patch = []
-        convert = self.convert
-        for i, (key, value) in enumerate(zip(self.keys, values, strict=False)):
+        for key, convert, value in zip(self.keys, self.convert, values, strict=False):
             if value is None:
-                parts.append(key + "null")
-            elif value is UNCHANGED:
+                parts.append(key + b"null")
+            elif isinstance(value, bytes):
+                parts.append(key + (value if convert is None else convert(value)))
+            else:  # UNCHANGED
                 patch.append(key + _UNCHANGED_JSON)
-            else:
-                parts.append(key + convert[i](value))
         if patch and not self.slow:
-            return "{" + ",".join(parts + patch) + "}", None
-        return "{" + ",".join(parts) + "}", ("{" + ",".join(patch) + "}") if patch else None
+            return _jsonb_field(b"{" + b",".join(parts + patch) + b"}"), _NULL_FIELD
+        return (
+            _jsonb_field(b"{" + b",".join(parts) + b"}"),
+            _jsonb_field(b"{" + b",".join(patch) + b"}") if patch else _NULL_FIELD,
+        )
+
+    def heads(self, staged: bool) -> dict[str, bytes]:
+        """Per op, the start of a COPY record: the field count, table name and op."""
+        return {op: _FIELDS[staged] + self.field + field for op, field in _OPS.items()}
 
 
-_INSERT_HEAD = sql.SQL("INSERT INTO pgtide.changes (table_name, op, row, old) SELECT c.t, c.op, ")
-_INSERT_TAIL = sql.SQL(" FROM pg_temp.pgtide_relay AS c ORDER BY c.n")
+# The relay's writes into pgtide.changes: COPY straight in when every row of a step is
+# already JSON; else COPY into a staging table and one INSERT ... SELECT that has the server
+# type the rows (``to_jsonb(jsonb_populate_record(NULL::table, ...))``, the column types' own
+# input functions). Both name the change log's columns through _CHANGE_COLUMNS.
+_CHANGE_COLUMNS = "table_name, op, row, old"
+_COPY_CHANGES = f"COPY pgtide.changes ({_CHANGE_COLUMNS}) FROM STDIN (FORMAT binary)"
+_INSERT_TYPED_HEAD = sql.SQL(f"INSERT INTO pgtide.changes ({_CHANGE_COLUMNS}) SELECT c.t, c.op, ")
+_INSERT_TYPED_TAIL = sql.SQL(" FROM pg_temp.pgtide_relay AS c ORDER BY c.n")
 _STAGE = (
-    "CREATE TEMP TABLE IF NOT EXISTS pgtide_relay (n int, t text, op text, r text, o text, "
-    "rp text, opatch text) ON COMMIT DELETE ROWS"
+    "CREATE TEMP TABLE IF NOT EXISTS pgtide_relay (t text, op text, r jsonb, o jsonb, "
+    "rp jsonb, opatch jsonb, n int8 GENERATED ALWAYS AS IDENTITY) ON COMMIT DELETE ROWS"
 )
-_COPY_STAGE = "COPY pg_temp.pgtide_relay (n, t, op, r, o, rp, opatch) FROM STDIN"
-_COPY_DIRECT = "COPY pgtide.changes (table_name, op, row, old) FROM STDIN"
-_ESCAPE = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
-
-
-def _line(*fields: object) -> str:
-    """One line of COPY text: fields escaped, None as \\N."""
-    return "\t".join("\\N" if f is None else str(f).translate(_ESCAPE) for f in fields) + "\n"
+_COPY_STAGE = "COPY pg_temp.pgtide_relay (t, op, r, o, rp, opatch) FROM STDIN (FORMAT binary)"
+_FIELDS = {False: struct.pack(">h", 4), True: struct.pack(">h", 6)}  # fields of a record
+_CHUNK = 3000  # parts of records encoded before they go to the server
 
 
 def _value(column: str, patch: str, slow: list[str]) -> sql.Composable:
-    """The SQL for a stored row from its JSON text column (server-typed for ``slow``)."""
-    plain = sql.SQL("c.{}::jsonb").format(sql.SQL(column))
-    if not slow:
-        return plain
+    """The SQL for a stored row from its staged JSON (server-typed for ``slow`` tables)."""
+    plain = sql.SQL("c.{}").format(sql.SQL(column))
     whens = [
-        sql.SQL("WHEN {} THEN to_jsonb(jsonb_populate_record(NULL::{}, c.{}::jsonb))").format(
+        sql.SQL("WHEN {} THEN to_jsonb(jsonb_populate_record(NULL::{}, c.{}))").format(
             sql.Literal(t), TableName.parse(t).identifier, sql.SQL(column)
         )
         for t in slow
@@ -424,27 +495,27 @@ def _value(column: str, patch: str, slow: list[str]) -> sql.Composable:
     typed = sql.SQL(
         "CASE WHEN c.{col} IS NULL THEN NULL ELSE CASE c.t {whens} ELSE {plain} END END"
     ).format(col=sql.SQL(column), whens=sql.SQL(" ").join(whens), plain=plain)
-    return sql.SQL("CASE WHEN c.{p} IS NULL THEN {typed} ELSE {typed} || c.{p}::jsonb END").format(
+    return sql.SQL("CASE WHEN c.{p} IS NULL THEN {typed} ELSE {typed} || c.{p} END").format(
         p=sql.SQL(patch), typed=typed
     )
 
 
-# -- the relay ----------------------------------------------------------------------------
 @dataclass
-class _Batch:
-    """The changes of one relay step, as the insert's parameter arrays."""
+class _Plan:
+    """What one step relays, filled in while its changes are encoded (free of I/O)."""
 
-    t: list[str] = field(default_factory=list)
-    ops: list[str] = field(default_factory=list)
-    rows: list[str | None] = field(default_factory=list)
-    olds: list[str | None] = field(default_factory=list)
-    row_patches: list[str | None] = field(default_factory=list)
-    old_patches: list[str | None] = field(default_factory=list)
+    relayed: int  # the end LSN already relayed: transactions ending at or before it are skipped
+    wanted: dict[str, tuple[set[str], bool]]  # table -> (ops, notify)
+    staged: bool = False  # some rows need the server to type them: COPY into the stage
+    end: int | None = None  # the end LSN of the last transaction read
+    commit_at: datetime | None = None  # the commit time of the last one with changes
+    transactions: int = 0
+    count: int = 0
     slow: set[str] = field(default_factory=set)
     notify: set[str] = field(default_factory=set)
-    count: int = 0
 
 
+# -- the relay ----------------------------------------------------------------------------
 @dataclass
 class StepResult:
     changes: int = 0
@@ -457,11 +528,15 @@ class Relay:
     """Drains the database's slot into ``pgtide.changes`` (see the module docstring).
 
     :meth:`step` runs one step on a blocking autocommit connection; :meth:`run` loops,
-    reconnecting, under the advisory lock that keeps one relay per database."""
+    reconnecting, under the advisory lock that keeps one relay per database. It reads the
+    slot again after ``busy_interval`` seconds when the last step relayed something, after
+    ``poll_interval`` when it found nothing, and at once when the read was full
+    (``batch_rows`` messages)."""
 
     dsn: DsnLike = None
-    batch_rows: int = 20000
+    batch_rows: int = 100_000
     poll_interval: float = 0.05
+    busy_interval: float = 0.002
     heartbeat: float = 5.0
     lag_warning_bytes: int = LAG_WARNING_BYTES
     name: str = "relay"
@@ -471,6 +546,8 @@ class Relay:
     _lock_conn: int | None = None
     _flush: bool = False
     _warned_at: float = 0.0
+    _snapshots: bool = True  # pg_log_standby_snapshot() is there and allowed
+    _snapshot_at: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
     # one step ------------------------------------------------------------------------------
@@ -487,105 +564,121 @@ class Relay:
             with conn.transaction():
                 conn.execute(_CHECKED, (slot,))
                 conn.execute(_HEARTBEAT)
+        self._unpin(conn, state[13])
         relayed, confirmed = lsn_int(relayed_text), lsn_int(confirmed_text)
         if confirmed < relayed:  # a crash came between the commit and the advance
             conn.execute(_ADVANCE, (slot, relayed_text))
         rows = conn.execute(_PEEK, (slot, self.batch_rows, publication), binary=True).fetchall()
         full = len(rows) >= self.batch_rows
-        decoder = self.decoder
-        decoder.current = None
-        done: list[Transaction] = []
-        for (data,) in rows:
-            txn = decoder.feed(data)
-            if txn is not None and txn.end_lsn > relayed:
-                done.append(txn)
-        if not done:
-            if not full:
-                self._idle(conn, state)
-            return StepResult(more=full)
-        end = done[-1].end_lsn
-        wanted = {t: (set(ops), notify) for t, ops, notify in conn.execute(_WAL_TABLES)}
-        batch = self._collect(done, wanted)
-        if batch.count:
+        wanted = {t: (set(ops), notify) for t, ops, notify in state[12]}
+        plan = _Plan(relayed, wanted, staged=self._needs_stage(rows, wanted))
+        chunks = self._encode(rows, plan)
+        first = next(chunks, None)  # encoding goes on while the server takes the first ones
+        if first is not None:
             with conn.transaction():
-                self._write(conn, batch)
-                cur = conn.execute(
+                self._write(conn, plan, first, chunks)
+                # the position, and the wake-up NOTIFYs (sent at commit), in one statement
+                recorded = conn.execute(
                     _RECORD,
                     {
-                        "lsn": lsn_text(end),
-                        "commit_at": _last_commit(done),
+                        "lsn": lsn_text(plan.end or relayed),
+                        "commit_at": plan.commit_at,
                         "drained": not full,
                         "slot": slot,
                         "expected": relayed_text,
+                        "notify": sorted(plan.notify),
                     },
-                )
-                if cur.rowcount != 1:
+                ).fetchone()
+                if recorded is None or recorded[0] != 1:
                     raise FeedError(
                         f"another relay moved slot {slot} meanwhile; this one stops its step"
                     )
-                if batch.notify:
-                    conn.execute(_NOTIFY, (sorted(batch.notify),))
-        conn.execute(_ADVANCE, (slot, lsn_text(end)))
-        self.relayed += batch.count
-        return StepResult(batch.count, len(done), full)
+        if plan.end is None:  # no whole transaction past what is relayed
+            if not full:
+                self._idle(conn, state)
+            return StepResult(more=full)
+        conn.execute(_ADVANCE, (slot, lsn_text(plan.end)))
+        self.relayed += plan.count
+        return StepResult(plan.count, plan.transactions, full)
 
-    def _collect(self, txns: list[Transaction], wanted: dict[str, tuple[set[str], bool]]) -> _Batch:
-        """The changes to write, as the insert's parameters (free of I/O)."""
-        b = _Batch()
-        shapes = self.shapes
-        for txn in txns:
-            for change in txn.changes:
-                rel = change.relation
-                known = shapes.get(rel.oid)
-                if known is not None and (known[0] is rel or known[0] == rel):
-                    shape = known[1]
-                else:
-                    shape = _Shape.of(rel)
-                    shapes[rel.oid] = (rel, shape)
-                want = wanted.get(shape.table)
-                if want is None or change.op not in want[0]:
+    def _shape(self, relation: Relation) -> _Shape:
+        known = self.shapes.get(relation.oid)
+        if known is not None and (known[0] is relation or known[0] == relation):
+            if known[0] is not relation:  # sent again by a new read: compare once
+                self.shapes[relation.oid] = (relation, known[1])
+            return known[1]
+        shape = _Shape.of(relation)
+        self.shapes[relation.oid] = (relation, shape)
+        return shape
+
+    def _needs_stage(self, rows: list[Any], wanted: dict[str, tuple[set[str], bool]]) -> bool:
+        """Whether a captured table in this read needs the server to type its rows (each
+        read sends the Relation of every table before its first change)."""
+        for (data,) in rows:
+            if data[0] == RELATION:
+                shape = self._shape(read_relation(data))
+                if shape.slow and shape.table in wanted:
+                    return True
+        return False
+
+    def _encode(self, rows: list[Any], plan: _Plan) -> Iterator[bytes]:
+        """The changes to write, in source commit order, as COPY binary records in chunks;
+        fills in ``plan`` as it goes (free of I/O)."""
+        decoder = self.decoder
+        decoder.current = None  # a transaction a previous read cut short is read again
+        wanted, staged = plan.wanted, plan.staged
+        relation: Relation | None = None
+        out: list[bytes] = []
+        for (data,) in rows:
+            txn = decoder.feed(data)
+            if txn is None or txn.end_lsn <= plan.relayed:
+                continue
+            plan.end = txn.end_lsn
+            plan.transactions += 1
+            if txn.changes:
+                plan.commit_at = txn.commit_time
+            for rel, op, new, old in txn.changes:
+                if rel is not relation:  # changes come in runs of one table: look it up once
+                    relation, shape = rel, self._shape(rel)
+                    ops, notify = wanted.get(shape.table, (set(), False))
+                    heads = shape.heads(staged)
+                    if shape.slow and ops and not staged:
+                        raise ProtocolError(f"a change of {shape.table} came without its Relation")
+                if op not in ops:
                     continue
-                if want[1]:
-                    b.notify.add(shape.table)
+                if notify:
+                    plan.notify.add(shape.table)
                 if shape.slow:
-                    b.slow.add(shape.table)
-                row, row_patch = shape.json(change.new)
-                old, old_patch = shape.json(change.old)
-                b.t.append(shape.table)
-                b.ops.append(change.op)
-                b.rows.append(row)
-                b.olds.append(old)
-                b.row_patches.append(row_patch)
-                b.old_patches.append(old_patch)
-        b.count = len(b.t)
-        return b
+                    plan.slow.add(shape.table)
+                row, row_patch = shape.fields(new)
+                old_row, old_patch = shape.fields(old)
+                out.append(heads[op] + row + old_row)
+                if staged:
+                    out.append(row_patch + old_patch)
+                plan.count += 1
+            if len(out) >= _CHUNK:
+                yield b"".join(out)
+                out = []
+        if out:
+            yield b"".join(out)
 
     @staticmethod
-    def _write(conn: psycopg.Connection[Any], b: _Batch) -> None:
-        """COPY the changes in, in order: straight into pgtide.changes when every row is
-        already JSON, else through a staging table that the server types from."""
-        if not b.slow:
-            lines = map(_line, b.t, b.ops, b.rows, b.olds)
-            with conn.cursor().copy(_COPY_DIRECT) as copy:
-                copy.write("".join(lines).encode())
-            return
-        conn.execute(_STAGE)
-        numbered = range(len(b.t))
-        lines = map(_line, numbered, b.t, b.ops, b.rows, b.olds, b.row_patches, b.old_patches)
-        with conn.cursor().copy(_COPY_STAGE) as copy:
-            copy.write("".join(lines).encode())
-        chosen = sorted(b.slow)
-        conn.execute(
-            sql.Composed(
-                [
-                    _INSERT_HEAD,
-                    _value("r", "rp", chosen),
-                    sql.SQL(", "),
-                    _value("o", "opatch", chosen),
-                    _INSERT_TAIL,
-                ]
-            )
-        )
+    def _write(
+        conn: psycopg.Connection[Any], plan: _Plan, first: bytes, chunks: Iterator[bytes]
+    ) -> None:
+        """COPY the changes in, in order, while the rest are encoded: straight into
+        pgtide.changes when every row is already JSON, else through the staging table."""
+        if plan.staged:
+            conn.execute(_STAGE)
+        with conn.cursor().copy(_COPY_STAGE if plan.staged else _COPY_CHANGES) as copy:
+            copy.write(_SIGNATURE + first)
+            for chunk in chunks:
+                copy.write(chunk)
+            copy.write(_TRAILER)
+        if plan.staged:
+            chosen = sorted(plan.slow)
+            typed = [_value("r", "rp", chosen), sql.SQL(", "), _value("o", "opatch", chosen)]
+            conn.execute(sql.Composed([_INSERT_TYPED_HEAD, *typed, _INSERT_TYPED_TAIL]))
 
     def _check(self, state: tuple[Any, ...]) -> None:
         """Raise :class:`SlotLost` for a lost slot; warn about lag and a slot at risk."""
@@ -618,6 +711,25 @@ class Relay:
                 slot,
                 lag // 2**20,
                 self.lag_warning_bytes // 2**20,
+            )
+
+    def _unpin(self, conn: psycopg.Connection[Any], restart_lag: int | None) -> None:
+        """Move the slot's restart point on (see :data:`RESTART_LAG_BYTES`): at most once a
+        second, and never again once the server refuses."""
+        now = time.monotonic()
+        if not self._snapshots or (restart_lag or 0) < RESTART_LAG_BYTES:
+            return
+        if now - self._snapshot_at < 1.0:
+            return
+        self._snapshot_at = now
+        try:
+            conn.execute(_SNAPSHOT)
+        except (psycopg.errors.UndefinedFunction, psycopg.errors.InsufficientPrivilege) as exc:
+            self._snapshots = False
+            log.info(
+                "the relay cannot call pg_log_standby_snapshot() (%s): each read of the slot "
+                "decodes the WAL since the server's last running-transactions record",
+                exc.diag.message_primary,
             )
 
     def _idle(self, conn: psycopg.Connection[Any], state: tuple[Any, ...]) -> None:
@@ -673,7 +785,10 @@ class Relay:
                     continue
                 if until_idle and result is not None:
                     return
-                stop.wait(self.poll_interval if result is not None else 1.0)
+                if result is None:
+                    stop.wait(1.0)
+                else:  # changes keep coming: look again soon (commit -> batch latency)
+                    stop.wait(self.busy_interval if result.transactions else self.poll_interval)
         finally:
             self._lock_conn = None
             session.close()
@@ -682,41 +797,11 @@ class Relay:
         self._stop.set()
 
 
-def _last_commit(txns: Iterable[Transaction]) -> datetime | None:
-    last = None
-    for txn in txns:
-        if txn.changes:
-            last = txn.commit_time
-    return last
-
-
-class RelayThread:
-    """The relay inside a Feed process: a daemon thread running :meth:`Relay.run`; an error
-    it cannot recover from (a lost slot) is kept for the feed to raise."""
+class RelayThread(WorkerThread[Relay]):
+    """The relay inside a Feed process (:class:`~._worker.WorkerThread`)."""
 
     def __init__(self, resolved: Resolved, consumer: str) -> None:
-        self.relay = Relay(resolved, name=f"relay of feed {consumer}")
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._main, name="pgtide-relay", daemon=True)
-        self._thread.start()
-
-    def _main(self) -> None:
-        try:
-            self.relay.run(self._stop)
-        except BaseException as exc:  # kept for the feed to raise
-            if not isinstance(exc, OUTAGES):
-                log.error("%s stopped: %s", self.relay.name, exc)
-            self.error = exc
-
-    def check(self) -> None:
-        """Raise the relay's error, if it stopped on one."""
-        if self.error is not None and isinstance(self.error, FeedError):
-            raise self.error
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
+        super().__init__(Relay(resolved, name=f"relay of feed {consumer}"), "pgtide-relay")
 
 
 def follows_wal_io(tables: list[str] | None) -> Io[bool]:
@@ -729,25 +814,5 @@ def overview_io() -> Io[list[Section]]:
     """The "capture" section of ``pgtide status``: the slot, whether a relay reads it, its
     WAL status, lag in bytes (WAL the slot retains) and seconds (since the relay last knew it
     had relayed everything), and when the relay last wrote."""
-    installed = yield from one(_WAL_INSTALLED)
-    if not installed or not installed[0]:
-        return []
-    rows = yield from query(_OVERVIEW)
-    if not rows:
-        return []
-    section = Section(
-        "capture",
-        ["slot", "active", "wal status", "lag bytes", "lag seconds", "last relayed at"],
-    )
-    for slot, active, status, lag, lag_s, relayed_at, exists in rows:
-        section.rows.append(
-            [
-                slot,
-                bool(active),
-                status if exists else "missing",
-                lag,
-                None if lag_s is None else round(max(lag_s, 0.0), 3),
-                relayed_at,
-            ]
-        )
-    return [section]
+    rows = yield from _wal_rows(_OVERVIEW)
+    return [Section("capture", list(_OVERVIEW_COLUMNS), [list(r) for r in rows])] if rows else []
