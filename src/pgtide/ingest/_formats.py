@@ -213,6 +213,8 @@ def complete_end(data: bytes, fmt: Format, options: CsvOptions) -> int:
     if fmt != "csv" or end == 0:
         return end
     quote = options.quote.encode()
+    if quote not in data:  # a quick scan: most CSV has no quoted field at all
+        return end
     while end and data.count(quote, 0, end) % 2:
         end = data.rfind(b"\n", 0, end - 1) + 1
     return end
@@ -238,8 +240,8 @@ def raw_copy_payload(
         if b"\\" in payload or b"\t" in payload or b"\r" in payload:
             return None
         return payload
-    if b"\r\n\r\n" in payload or payload.startswith(b"\r\n"):
-        return None
+    if b"\r" in payload and (b"\r\n\r\n" in payload or payload.startswith(b"\r\n")):
+        return None  # an empty line ending with CRLF (looked for only when there is a CR)
     if options.header and first_line == 1:
         cut = complete_end(payload[: payload.find(b"\n") + 1], fmt, options)
         if cut == 0:

@@ -120,33 +120,24 @@ FIRST_PIECE = 1 << 18
 """A stream's first piece is smaller, so that COPY starts as soon as possible."""
 
 
+@dataclass
 class Stream:
     """The complete records of one file from byte ``start`` (at most ``limit`` bytes), read
     piece by piece while COPY sends them: reading overlaps the server's work, and each byte
     is checked and counted once, just before it is sent. ``first`` holds the bytes already
-    read from ``start``. Once the pieces are spent, ``sent`` bytes holding ``lines`` newlines
-    went to COPY (see :meth:`lines_in`); :class:`NotRaw` is raised at the first piece that
-    needs parsing."""
+    read from ``start``, and ``fd`` is the file's open descriptor. Once the pieces are spent,
+    ``sent`` bytes holding ``lines`` newlines went to COPY (see :meth:`lines_in`);
+    :class:`NotRaw` is raised at the first piece that needs parsing."""
 
-    def __init__(
-        self,
-        fd: int,
-        start: int,
-        limit: int,
-        first: bytes,
-        first_line: int,
-        fmt: Format,
-        csv_options: CsvOptions,
-    ) -> None:
-        self.fd = fd
-        self.start = start
-        self.limit = limit
-        self.first = first
-        self.first_line = first_line
-        self.fmt = fmt
-        self.csv = csv_options
-        self.sent = 0
-        self.lines = 0
+    fd: int
+    start: int
+    limit: int
+    first: bytes
+    first_line: int
+    fmt: Format
+    csv: CsvOptions
+    sent: int = 0
+    lines: int = 0
 
     def lines_in(self, rows: int) -> int:
         """The lines sent, given the rows COPY made of them: in the ``lines`` format a piece
