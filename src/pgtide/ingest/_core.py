@@ -50,10 +50,6 @@ Start = Literal["beginning", "end"]
 SET_UTF8 = "SET client_encoding TO 'UTF8'"
 MAX_OPEN_FILES = 200
 """Files kept open at once; the least recently read are closed (and reopened by path)."""
-STREAMED_BATCHES = 4
-"""A batch streamed into COPY (one file's lines taken as they are, never held in memory) may
-be this many times ``batch_bytes``, which bounds what is read whole: fewer commits for a
-large backlog."""
 ROUND_RESCAN = 0.05
 """Within a pass, rounds rescan (refreshing the size of closed files) at most this often in
 seconds; a pass always starts with a scan."""
@@ -745,7 +741,7 @@ class Engine:
         available = self._available(tracked, final=final)
         if available is None:
             return None
-        limit = min(available, STREAMED_BATCHES * self.s.batch_bytes)
+        limit = min(available, self.s.batch_bytes)
         if stream and not final and limit > FIRST_PIECE and self._streams():
             first = os.pread(tracked.fd, FIRST_PIECE, tracked.offset)
             if complete_end(first, self.s.fmt, self.s.csv) > 0:

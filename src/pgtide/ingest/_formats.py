@@ -227,24 +227,39 @@ _EMPTY_LINE = re.compile(b"\n\n")
 def raw_copy_payload(
     payload: bytes, fmt: Format, first_line: int, options: CsvOptions
 ) -> bytes | None:
-    """The block itself when the server can take it as COPY data unchanged (the fast path).
+    """The block itself when the server can take it as COPY data unchanged (the fast path);
+    see :func:`copyable`."""
+    span = copyable(payload, len(payload), fmt, first_line, options)
+    if span is None:
+        return None
+    return payload if span == (0, len(payload)) else payload[span[0] : span[1]]
+
+
+def copyable(
+    data: bytes, end: int, fmt: Format, first_line: int, options: CsvOptions
+) -> tuple[int, int] | None:
+    """The span of ``data[:end]`` (complete lines, the first numbered ``first_line``) that the
+    server can take as COPY data unchanged, or None when it must be parsed. Each check is
+    one scan of the bytes in place (no copy), the quick ones (a byte looked for) first.
 
     ``lines`` qualifies when no line needs escaping (no backslash, tab or carriage return)
-    and none is empty; ``csv`` when no line is empty (its header line is cut off here).
-    ``jsonl`` always goes row by row."""
-    if fmt == "jsonl" or not payload or payload.startswith(b"\n") or _EMPTY_LINE.search(payload):
+    and none is empty; ``csv`` when no line is empty (its header line is left out of the
+    span). ``jsonl`` always goes row by row. A NUL anywhere sends the block to the parser,
+    which rejects that line alone (COPY would refuse the whole block)."""
+    if fmt == "jsonl" or end == 0 or data.find(b"\x00", 0, end) >= 0:
         return None
-    if b"\x00" in payload:
-        return None  # COPY would refuse the whole block: find the line first
     if fmt == "lines":
-        if b"\\" in payload or b"\t" in payload or b"\r" in payload:
-            return None
-        return payload
-    if b"\r" in payload and (b"\r\n\r\n" in payload or payload.startswith(b"\r\n")):
+        for special in (b"\\", b"\t", b"\r"):
+            if data.find(special, 0, end) >= 0:
+                return None
+    elif data.find(b"\r", 0, end) >= 0 and (
+        data.find(b"\r\n\r\n", 0, end) >= 0 or data.startswith(b"\r\n", 0, end)
+    ):
         return None  # an empty line ending with CRLF (looked for only when there is a CR)
-    if options.header and first_line == 1:
-        cut = complete_end(payload[: payload.find(b"\n") + 1], fmt, options)
-        if cut == 0:
-            return None
-        return payload[cut:]
-    return payload
+    if data.startswith(b"\n", 0, end) or _EMPTY_LINE.search(data, 0, end):
+        return None  # an empty line, which is no row
+    if fmt == "csv" and options.header and first_line == 1:
+        head = data[: data.find(b"\n", 0, end) + 1]
+        cut = complete_end(head, fmt, options)
+        return None if cut == 0 else (cut, end)
+    return 0, end

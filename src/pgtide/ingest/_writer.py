@@ -29,6 +29,7 @@ from ._formats import (
     Reject,
     Row,
     complete_end,
+    copyable,
     parse_csv,
     parse_jsonl,
     parse_lines,
@@ -145,22 +146,22 @@ class Stream:
         over the bytes to count them); CSV lines are counted as they are sent."""
         return self.lines if self.fmt == "csv" else rows
 
-    def pieces(self) -> Iterator[bytes]:
+    def pieces(self) -> Iterator[memoryview]:
+        """The pieces, each a view of the bytes read (COPY sends them without a copy)."""
         stop = self.start + self.limit
         pos, window = self.start, self.first
         while window:
             cut = complete_end(window, self.fmt, self.csv)
             if cut == 0:
                 return  # a record longer than a piece: the next batch reads it whole
-            piece = window[:cut] if cut < len(window) else window
             first_line = self.first_line if pos == self.start else 0
-            raw = raw_copy_payload(piece, self.fmt, first_line, self.csv)
-            if raw is None:
+            span = copyable(window, cut, self.fmt, first_line, self.csv)
+            if span is None:
                 raise NotRaw
             self.sent += cut
             if self.fmt == "csv":  # a quoted field may hold newlines: count them
-                self.lines += piece.count(b"\n")
-            yield raw
+                self.lines += window.count(b"\n", 0, cut)
+            yield memoryview(window)[span[0] : span[1]]
             pos += cut
             window = os.pread(self.fd, min(COPY_PIECE, stop - pos), pos) if pos < stop else b""
 
