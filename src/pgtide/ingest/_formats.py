@@ -236,7 +236,13 @@ def raw_copy_payload(
 
 
 def copyable(
-    data: bytes, end: int, fmt: Format, first_line: int, options: CsvOptions
+    data: bytes,
+    end: int,
+    fmt: Format,
+    first_line: int,
+    options: CsvOptions,
+    *,
+    columns: int = 1,
 ) -> tuple[int, int] | None:
     """The span of ``data[:end]`` (complete lines, the first numbered ``first_line``) that the
     server can take as COPY data unchanged, or None when it must be parsed. Each check is
@@ -245,19 +251,21 @@ def copyable(
     ``lines`` qualifies when no line needs escaping (no backslash, tab or carriage return)
     and none is empty; ``csv`` when no line is empty (its header line is left out of the
     span). ``jsonl`` always goes row by row. A NUL anywhere sends the block to the parser,
-    which rejects that line alone (COPY would refuse the whole block)."""
+    which rejects that line alone (COPY would refuse the whole block). CSV rows of two
+    ``columns`` or more are not searched for empty lines: COPY refuses one itself ("missing
+    data for column"), and the block is then parsed, which skips it."""
     if fmt == "jsonl" or end == 0 or data.find(b"\x00", 0, end) >= 0:
         return None
     if fmt == "lines":
         for special in (b"\\", b"\t", b"\r"):
             if data.find(special, 0, end) >= 0:
                 return None
-    elif data.find(b"\r", 0, end) >= 0 and (
-        data.find(b"\r\n\r\n", 0, end) >= 0 or data.startswith(b"\r\n", 0, end)
-    ):
-        return None  # an empty line ending with CRLF (looked for only when there is a CR)
-    if data.startswith(b"\n", 0, end) or _EMPTY_LINE.search(data, 0, end):
-        return None  # an empty line, which is no row
+    if fmt == "lines" or columns < 2:  # else COPY refuses an empty CSV line itself
+        if data.startswith(b"\n", 0, end) or _EMPTY_LINE.search(data, 0, end):
+            return None  # an empty line, which is no row
+        crlf = fmt == "csv" and data.find(b"\r", 0, end) >= 0  # the quick scan first
+        if crlf and (data.find(b"\r\n\r\n", 0, end) >= 0 or data.startswith(b"\r\n", 0, end)):
+            return None  # an empty line ending with CRLF
     if fmt == "csv" and options.header and first_line == 1:
         head = data[: data.find(b"\n", 0, end) + 1]
         cut = complete_end(head, fmt, options)

@@ -126,7 +126,8 @@ class Stream:
     """The complete records of one file from byte ``start`` (at most ``limit`` bytes), read
     piece by piece while COPY sends them: reading overlaps the server's work, and each byte
     is checked and counted once, just before it is sent. ``first`` holds the bytes already
-    read from ``start``, and ``fd`` is the file's open descriptor. Once the pieces are spent,
+    read from ``start``, ``fd`` is the file's open descriptor and ``columns`` the number of
+    columns its rows go to. Once the pieces are spent,
     ``sent`` bytes holding ``lines`` newlines went to COPY (see :meth:`lines_in`);
     :class:`NotRaw` is raised at the first piece that needs parsing."""
 
@@ -137,6 +138,7 @@ class Stream:
     first_line: int
     fmt: Format
     csv: CsvOptions
+    columns: int = 1
     sent: int = 0
     lines: int = 0
 
@@ -155,7 +157,7 @@ class Stream:
             if cut == 0:
                 return  # a record longer than a piece: the next batch reads it whole
             first_line = self.first_line if pos == self.start else 0
-            span = copyable(window, cut, self.fmt, first_line, self.csv)
+            span = copyable(window, cut, self.fmt, first_line, self.csv, columns=self.columns)
             if span is None:
                 raise NotRaw
             self.sent += cut
