@@ -12,9 +12,11 @@ landed from one file and from 1,000 files, side by side.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,6 +41,7 @@ MANY_FILES = 1_000
 MANY_RATE = 5_000  # lines per second over MANY_FILES files
 BURST = 200_000
 BLOCK = 1 << 20
+ROUNDS = 5  # interleaved rounds of every contender in a comparison
 
 FLOATS_TABLE = "CREATE TABLE bench_floats (v float8)"
 CSV_TABLE = (
@@ -72,9 +75,54 @@ def _generate(directory: Path) -> tuple[Path, Path]:
 
 
 def _reset(dsn: str, table: str) -> None:
+    """The same start for every run: an empty table, no offsets, and a checkpoint just done
+    (so that none falls inside a timed run by chance)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"TRUNCATE {table}".encode())
         conn.execute("DELETE FROM pgtide.file_offsets WHERE watcher LIKE 'bench%'")
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CHECKPOINT")  # (a role without pg_checkpoint skips it)
+
+
+def _rounds(
+    dsn: str, table: str, n: int, contenders: dict[str, Callable[[], object]]
+) -> dict[str, list[float]]:
+    """Each contender's times over ROUNDS rounds, measured the same way: in each round every
+    contender runs once from the same start (:func:`_reset`), in an order rotated from round
+    to round, so that a disturbance from other processes falls on any of them alike."""
+    names = list(contenders)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(ROUNDS):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            _reset(dsn, table)
+            times[name].append(timed(contenders[name]))
+            assert _count(dsn, table) == n, f"{name} did not load every row"
+    return times
+
+
+def _figures(
+    n: int, times: dict[str, list[float]], base: str, unit: str = "rows/s"
+) -> list[Figure]:
+    """A figure per contender from its best round (the least disturbed), each compared with
+    ``base``; the note gives the median of the per-round ratios, which a single disturbed
+    round cannot move."""
+    figures = []
+    for name, seconds in times.items():
+        note = f"best of {len(seconds)} interleaved rounds"
+        if name != base:
+            per_round = [b / s for b, s in zip(times[base], seconds, strict=True)]
+            note += f"; median ratio of the rounds {statistics.median(per_round):.2f}x"
+        figures.append(
+            Figure(
+                SUITE,
+                name,
+                rate(n, min(seconds)),
+                unit,
+                baseline=None if name == base else base,
+                note=note,
+            )
+        )
+    return figures
 
 
 def _count(dsn: str, table: str) -> int:
@@ -118,38 +166,16 @@ def _loads(dsn: str, table: str, path: Path, columns: list[str], fmt: str) -> li
     psql_options = "" if fmt == "lines" else " with (format csv)"
     copy_options = "" if fmt == "lines" else "(FORMAT csv)"
     base = f"psql \\copy ({what})"
-
-    def measured(fn: Callable[[], object]) -> float:
-        times = []
-        for _ in range(2):  # the better of two runs: the least disturbed by other processes
-            _reset(dsn, table)
-            times.append(timed(fn))
-            assert _count(dsn, table) == n, f"{fn} did not load every row"
-        return rate(n, min(times))
-
-    figures = [
-        Figure(
-            SUITE,
-            base,
-            measured(lambda: _psql_copy(dsn, table, cols, path, psql_options)),
-            "rows/s",
+    contenders: dict[str, Callable[[], object]] = {
+        base: lambda: _psql_copy(dsn, table, cols, path, psql_options),
+        f"psycopg COPY by 1 MB blocks ({what})": lambda: _psycopg_copy(
+            dsn, table, cols, path, copy_options
         ),
-        Figure(
-            SUITE,
-            f"psycopg COPY by 1 MB blocks ({what})",
-            measured(lambda: _psycopg_copy(dsn, table, cols, path, copy_options)),
-            "rows/s",
-            baseline=base,
+        f"pgtide FileWatcher, exactly-once offsets ({what})": lambda: _pgtide(
+            dsn, table, columns, path, fmt
         ),
-        Figure(
-            SUITE,
-            f"pgtide FileWatcher, exactly-once offsets ({what})",
-            measured(lambda: _pgtide(dsn, table, columns, path, fmt)),
-            "rows/s",
-            baseline=base,
-        ),
-    ]
-    return figures
+    }
+    return _figures(n, _rounds(dsn, table, n, contenders), base)
 
 
 def _jumbo_pattern(dsn: str, path: Path) -> float:
@@ -257,28 +283,21 @@ def _bursts(dsn: str, floats: Path, directory: Path) -> list[Figure]:
     for i in range(MANY_FILES):
         (many / f"part{i:04}.txt").write_text("".join(lines[i * per_file : (i + 1) * per_file]))
 
-    def measured(where: Path) -> float:
-        times = []
-        for _ in range(3):  # the best of three runs
-            _reset(dsn, "bench_floats")
+    def burst(where: Path) -> Callable[[], object]:
+        def land() -> object:
             watcher = pgtide.FileWatcher(
                 where, table="bench_floats", columns=["v"], name="bench-burst", dsn=dsn
             )
-            times.append(timed(watcher.catch_up))
-            assert _count(dsn, "bench_floats") == BURST, f"{where} did not land every line"
-        return rate(BURST, min(times))
+            return watcher.catch_up()
+
+        return land
 
     base = f"pgtide burst, one file ({BURST // 1000}k floats)"
-    return [
-        Figure(SUITE, base, measured(one), "rows/s"),
-        Figure(
-            SUITE,
-            f"pgtide burst, {MANY_FILES:,} files ({BURST // 1000}k floats)",
-            measured(many),
-            "rows/s",
-            baseline=base,
-        ),
-    ]
+    contenders = {
+        base: burst(one),
+        f"pgtide burst, {MANY_FILES:,} files ({BURST // 1000}k floats)": burst(many),
+    }
+    return _figures(BURST, _rounds(dsn, "bench_floats", BURST, contenders), base)
 
 
 def _jumbo_library() -> str:

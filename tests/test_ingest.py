@@ -827,3 +827,31 @@ def test_streamed_csv_with_header_and_quoted_newlines(
     assert watcher.catch_up() == 2000
     assert sql(dsn, "SELECT id, note FROM m ORDER BY id") == rows
     assert offsets(dsn) == {"m.csv": (len(text), text.count("\n"))}
+
+
+def test_streamed_csv_with_empty_lines_left_to_copy(
+    dsn: str, data: Path, small_pieces: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sql(dsn, "CREATE TABLE m (id int, note text)")
+    lines = [f"{i},note {i}" for i in range(2000)]
+    lines[1500] = ""  # COPY refuses it (missing data for column note): parsed, skipped
+    text = "\n".join(lines) + "\n"
+    streamed: list[int] = []
+    original = _writer.Writer.stream
+
+    def spying(self: _writer.Writer, conn: Any, stream: Any, columns: Any) -> int:
+        streamed.append(stream.limit)
+        return original(self, conn, stream, columns)
+
+    monkeypatch.setattr(_writer.Writer, "stream", spying)
+    for name, body in (("m.csv", text.encode()), ("w.csv", text.replace("\n", "\r\n").encode())):
+        (data / name).write_bytes(body)  # one file at a time: each batch is streamed
+        watcher = pgtide.FileWatcher(
+            data / name, table="m", columns=["id", "note"], format="csv", name=name, dsn=dsn
+        )
+        assert watcher.catch_up() == 1999
+        assert offsets(dsn)[name] == (len(body), 2000)
+    assert len(streamed) >= 2
+    expected = sorted(2 * [(i, f"note {i}") for i in range(2000) if i != 1500])
+    assert sql(dsn, "SELECT id, note FROM m ORDER BY id") == expected
+    assert sql(dsn, "SELECT count(*) FROM pgtide.rejects")[0][0] == 0

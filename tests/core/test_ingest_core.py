@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,14 +13,17 @@ import pytest
 import pgtide
 import pgtide.aio
 from pgtide import session
+from pgtide.ingest import _writer
 from pgtide.ingest._formats import (
     CsvOptions,
     complete_end,
+    copyable,
     parse_csv,
     parse_jsonl,
     parse_lines,
     raw_copy_payload,
 )
+from pgtide.ingest._writer import NotRaw, Stream
 from pgtide.names import TableName
 
 
@@ -97,6 +101,50 @@ def test_complete_end_and_the_copy_fast_path() -> None:
     assert raw_copy_payload(b"1\n\n2\n", "lines", 1, csv) is None
     assert raw_copy_payload(b"a\tb\n", "lines", 1, csv) is None
     assert raw_copy_payload(b"h\n1\n", "csv", 1, CsvOptions(header=True)) == b"1\n"
+
+
+def test_copyable_looks_at_the_complete_lines_only() -> None:
+    csv, header = CsvOptions(), CsvOptions(header=True)
+    block = b"1\n2\n\n3"  # an empty line past ``end`` does not count
+    assert copyable(block, 4, "lines", 1, csv) == (0, 4)
+    assert copyable(block, 7, "lines", 1, csv) is None
+    assert copyable(b"a,b\r\n1,2\r\n", 10, "csv", 1, csv) == (0, 10)  # CRLF alone is fine
+    assert copyable(b"a,b\r\n\r\n1,2\r\n", 15, "csv", 1, csv) is None  # an empty CRLF line
+    assert copyable(b"x\r\n", 3, "lines", 1, csv) is None  # lines: a CR needs escaping
+    assert copyable(b"id,v\n1,2\n", 9, "csv", 1, header) == (5, 9)  # the header is left out
+    assert copyable(b"1,2\n", 4, "csv", 2, header) == (0, 4)  # not the file's first line
+    assert copyable(b"1\x00\n", 3, "csv", 1, csv) is None
+    assert copyable(b"", 0, "lines", 1, csv) is None
+    assert copyable(b'{"a": 1}\n', 9, "jsonl", 1, csv) is None
+
+
+def _stream(path: Path, data: bytes, fmt: Any, options: CsvOptions) -> Stream:
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    return Stream(fd, 0, len(data), os.pread(fd, 8, 0), 1, fmt, options)
+
+
+def test_a_stream_sends_views_of_its_pieces_and_counts_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_writer, "COPY_PIECE", 8)
+    data = b'id,v\n1,"a\nb"\n2,c\n3,d\n4'  # a header, a quoted newline, an unfinished line
+    stream = _stream(tmp_path / "a.csv", data, "csv", CsvOptions(header=True))
+    try:
+        pieces = list(stream.pieces())
+    finally:
+        os.close(stream.fd)
+    assert all(isinstance(p, memoryview) for p in pieces)
+    assert b"".join(pieces) == b'1,"a\nb"\n2,c\n3,d\n'  # no header, no unfinished line
+    assert (stream.sent, stream.lines) == (len(data) - 1, 5)
+    assert stream.lines_in(3) == 5  # CSV: the lines counted, not the rows
+
+    stream = _stream(tmp_path / "b.txt", b"1\n2\n3\tx\n", "lines", CsvOptions())
+    try:
+        with pytest.raises(NotRaw):  # the piece with a tab needs escaping: parsed instead
+            list(stream.pieces())
+    finally:
+        os.close(stream.fd)
 
 
 def test_bad_bytes_are_rejected_with_their_exact_bytes() -> None:

@@ -7,6 +7,9 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,7 +24,8 @@ from rich.table import Table
 from .._signals import stop_on_signals
 from ..errors import ConfigError
 from ..ingest import FileWatcher, WatcherStatus, rejects
-from ._common import DsnOption, JsonOption, cell, console, duration, emit_json, wants_json
+from ._common import cell, console, duration, emit_json
+from ._options import Common, bundle, takes
 
 _REFRESH = 0.25
 
@@ -75,6 +79,26 @@ class _Display:
         self._last = (time.monotonic(), 0)
         self._rate = 0.0
 
+    @contextmanager
+    def shown(self, watcher: FileWatcher) -> Iterator[None]:
+        """The watcher's progress while the block runs, refreshed from a thread."""
+        done = threading.Event()
+
+        def refresh() -> None:
+            while not done.wait(_REFRESH):
+                self.update(watcher.status())
+
+        with self.progress:
+            self.update(watcher.status())
+            thread = threading.Thread(target=refresh, name="pgtide-ingest-progress", daemon=True)
+            thread.start()
+            try:
+                yield
+            finally:
+                done.set()
+                thread.join()
+                self.update(watcher.status())
+
     def update(self, status: WatcherStatus) -> None:
         now = time.monotonic()
         then, lines = self._last
@@ -95,6 +119,7 @@ class _Display:
         )
 
 
+@takes
 def ingest(
     directory: Annotated[Path, typer.Argument(help="Directory (or one file) to watch.")],
     table: Annotated[
@@ -131,8 +156,8 @@ def ingest(
     once: Annotated[
         bool, typer.Option("--once", help="Land what is there now, then exit (a backfill).")
     ] = False,
-    dsn: DsnOption = None,
-    as_json: JsonOption = False,
+    *,
+    common: Common,
 ) -> None:
     """Stream lines appended to files into a table: exactly once, bad lines kept in rejects."""
     watcher = FileWatcher(
@@ -144,7 +169,7 @@ def ingest(
         sql=sql,
         start=start,
         recursive=recursive,
-        dsn=dsn,
+        dsn=common.dsn,
         header=header,
         delimiter=delimiter,
         quote=quote,
@@ -152,7 +177,7 @@ def ingest(
         poll=poll,
         flush_after=flush_after,
     )
-    machine = wants_json(as_json)
+    machine = common.json
     _log_to(machine)
     if once:
         _once(watcher, machine)
@@ -177,30 +202,13 @@ def _log_to(machine: bool) -> None:
 
 
 def _once(watcher: FileWatcher, machine: bool) -> None:
-    failure: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            watcher.catch_up()
-        except BaseException as exc:
-            failure.append(exc)
-
-    worker = threading.Thread(target=work, name="pgtide-ingest-once", daemon=True)
-    worker.start()
     # SIGTERM or Ctrl-C: stop after the current batch (committed with its offset), report
     with stop_on_signals(watcher.stop, "pgtide ingest --once"):
         if machine:
-            while worker.is_alive():
-                worker.join(_REFRESH)
+            watcher.catch_up()
         else:
-            display = _Display()
-            with display.progress:
-                while worker.is_alive():
-                    display.update(watcher.status())
-                    worker.join(_REFRESH)
-                display.update(watcher.status())
-    if failure:
-        raise failure[0]
+            with _Display().shown(watcher):
+                watcher.catch_up()
     _report(watcher.status(), machine)
 
 
@@ -256,9 +264,19 @@ PathOption = Annotated[
 ]
 
 
-def _file(path: Path | None) -> str | None:
-    """A file as pgtide stores it: its absolute path."""
-    return str(path.expanduser().absolute()) if path is not None else None
+@bundle
+@dataclass(frozen=True)
+class Scope(Common):
+    """The options of the rejects commands: ``--watcher`` and ``--path`` (the rejects of one
+    watcher, or of one file), then ``--dsn`` and ``--json``."""
+
+    watcher: WatcherOption = None
+    path: PathOption = None
+
+    @property
+    def file(self) -> str | None:
+        """The file as pgtide stores it: its absolute path."""
+        return str(self.path.expanduser().absolute()) if self.path is not None else None
 
 
 def _reject_json(r: rejects.Rejected) -> dict[str, Any]:
@@ -276,13 +294,12 @@ def _reject_json(r: rejects.Rejected) -> dict[str, Any]:
 
 
 @rejects_app.callback()
+@takes
 def list_rejects(
     ctx: typer.Context,
-    watcher: WatcherOption = None,
-    path: PathOption = None,
     limit: Annotated[int, typer.Option(help="Show at most this many (oldest first).")] = 1000,
-    dsn: DsnOption = None,
-    as_json: JsonOption = False,
+    *,
+    scope: Scope,
 ) -> None:
     """List rejected lines: file, line number, error and the line (escaped where needed).
 
@@ -290,8 +307,8 @@ def list_rejects(
     fixed, `purge` deletes them."""
     if ctx.invoked_subcommand is not None:
         return
-    found = rejects.find(watcher=watcher, path=_file(path), limit=limit, dsn=dsn)
-    if wants_json(as_json):
+    found = rejects.find(watcher=scope.watcher, path=scope.file, limit=limit, dsn=scope.dsn)
+    if scope.json:
         emit_json([_reject_json(r) for r in found])
         return
     if not found:
@@ -314,14 +331,15 @@ def list_rejects(
 
 
 @rejects_app.command("show")
+@takes
 def show_reject(
     reject_id: Annotated[int, typer.Argument(metavar="ID", help="The reject's id.")],
-    dsn: DsnOption = None,
-    as_json: JsonOption = False,
+    *,
+    common: Common,
 ) -> None:
     """Show one rejected line: where it was, why, and its exact bytes (escaped and in hex)."""
-    r = rejects.get(reject_id, dsn=dsn)
-    if wants_json(as_json):
+    r = rejects.get(reject_id, dsn=common.dsn)
+    if common.json:
         emit_json(_reject_json(r))
         return
     data = r.data
@@ -343,6 +361,7 @@ def show_reject(
 
 
 @rejects_app.command("retry")
+@takes
 def retry_rejects(
     ids: Annotated[
         list[int] | None, typer.Argument(metavar="ID", help="Rejects to retry.", show_default=False)
@@ -350,17 +369,15 @@ def retry_rejects(
     all_: Annotated[
         bool, typer.Option("--all", help="Every reject (of --watcher or --path, if given).")
     ] = False,
-    watcher: WatcherOption = None,
-    path: PathOption = None,
-    dsn: DsnOption = None,
-    as_json: JsonOption = False,
+    *,
+    scope: Scope,
 ) -> None:
     """Land rejected lines again into their watcher's table (after fixing the table or the
     line); those that land leave the rejects, the others keep their new error."""
     if not ids and not all_:
         raise ConfigError("name the rejects to retry (their ids), or give --all")
-    done = rejects.retry(ids or None, watcher=watcher, path=_file(path), dsn=dsn)
-    if wants_json(as_json):
+    done = rejects.retry(ids or None, watcher=scope.watcher, path=scope.file, dsn=scope.dsn)
+    if scope.json:
         emit_json(
             {
                 "landed": done.landed,
@@ -378,19 +395,18 @@ def retry_rejects(
 
 
 @rejects_app.command("purge")
+@takes
 def purge_rejects(
     older_than: Annotated[
         float | None, duration("--older-than", help="Only those older than this: 30s, 12h, 7d.")
     ] = None,
-    watcher: WatcherOption = None,
-    path: PathOption = None,
-    dsn: DsnOption = None,
-    as_json: JsonOption = False,
+    *,
+    scope: Scope,
 ) -> None:
     """Delete rejects: all of them, or those older than --older-than (of one watcher or file)."""
     age = timedelta(seconds=older_than) if older_than is not None else None
-    deleted = rejects.purge(older_than=age, watcher=watcher, path=_file(path), dsn=dsn)
-    if wants_json(as_json):
+    deleted = rejects.purge(older_than=age, watcher=scope.watcher, path=scope.file, dsn=scope.dsn)
+    if scope.json:
         emit_json({"deleted": deleted})
     else:
         console.print(f"deleted {deleted} rejects", highlight=False)

@@ -757,6 +757,7 @@ class Engine:
                     tracked.line_count + 1,
                     self.s.fmt,
                     self.s.csv,
+                    len(columns),
                 )
                 return Pending(tracked, pieces, columns)
         return self._chunk(tracked, available, final=final)

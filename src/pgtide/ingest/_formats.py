@@ -213,6 +213,8 @@ def complete_end(data: bytes, fmt: Format, options: CsvOptions) -> int:
     if fmt != "csv" or end == 0:
         return end
     quote = options.quote.encode()
+    if quote not in data:  # a quick scan: most CSV has no quoted field at all
+        return end
     while end and data.count(quote, 0, end) % 2:
         end = data.rfind(b"\n", 0, end - 1) + 1
     return end
@@ -225,24 +227,47 @@ _EMPTY_LINE = re.compile(b"\n\n")
 def raw_copy_payload(
     payload: bytes, fmt: Format, first_line: int, options: CsvOptions
 ) -> bytes | None:
-    """The block itself when the server can take it as COPY data unchanged (the fast path).
+    """The block itself when the server can take it as COPY data unchanged (the fast path);
+    see :func:`copyable`."""
+    span = copyable(payload, len(payload), fmt, first_line, options)
+    if span is None:
+        return None
+    return payload if span == (0, len(payload)) else payload[span[0] : span[1]]
+
+
+def copyable(
+    data: bytes,
+    end: int,
+    fmt: Format,
+    first_line: int,
+    options: CsvOptions,
+    *,
+    columns: int = 1,
+) -> tuple[int, int] | None:
+    """The span of ``data[:end]`` (complete lines, the first numbered ``first_line``) that the
+    server can take as COPY data unchanged, or None when it must be parsed. Each check is
+    one scan of the bytes in place (no copy), the quick ones (a byte looked for) first.
 
     ``lines`` qualifies when no line needs escaping (no backslash, tab or carriage return)
-    and none is empty; ``csv`` when no line is empty (its header line is cut off here).
-    ``jsonl`` always goes row by row."""
-    if fmt == "jsonl" or not payload or payload.startswith(b"\n") or _EMPTY_LINE.search(payload):
+    and none is empty; ``csv`` when no line is empty (its header line is left out of the
+    span). ``jsonl`` always goes row by row. A NUL anywhere sends the block to the parser,
+    which rejects that line alone (COPY would refuse the whole block). CSV rows of two
+    ``columns`` or more are not searched for empty lines: COPY refuses one itself ("missing
+    data for column"), and the block is then parsed, which skips it."""
+    if fmt == "jsonl" or end == 0 or data.find(b"\x00", 0, end) >= 0:
         return None
-    if b"\x00" in payload:
-        return None  # COPY would refuse the whole block: find the line first
     if fmt == "lines":
-        if b"\\" in payload or b"\t" in payload or b"\r" in payload:
-            return None
-        return payload
-    if b"\r\n\r\n" in payload or payload.startswith(b"\r\n"):
-        return None
-    if options.header and first_line == 1:
-        cut = complete_end(payload[: payload.find(b"\n") + 1], fmt, options)
-        if cut == 0:
-            return None
-        return payload[cut:]
-    return payload
+        for special in (b"\\", b"\t", b"\r"):
+            if data.find(special, 0, end) >= 0:
+                return None
+    if fmt == "lines" or columns < 2:  # else COPY refuses an empty CSV line itself
+        if data.startswith(b"\n", 0, end) or _EMPTY_LINE.search(data, 0, end):
+            return None  # an empty line, which is no row
+        crlf = fmt == "csv" and data.find(b"\r", 0, end) >= 0  # the quick scan first
+        if crlf and (data.find(b"\r\n\r\n", 0, end) >= 0 or data.startswith(b"\r\n", 0, end)):
+            return None  # an empty line ending with CRLF
+    if fmt == "csv" and options.header and first_line == 1:
+        head = data[: data.find(b"\n", 0, end) + 1]
+        cut = complete_end(head, fmt, options)
+        return None if cut == 0 else (cut, end)
+    return 0, end

@@ -275,16 +275,18 @@ def add_rejects(watcher: str, rejects: Sequence[tuple[str, Reject, str]]) -> Io[
         yield from query(INSERT_REJECTS, (watcher, paths, numbers, lines, raw, errors, targets))
 
 
+def installed() -> Io[bool]:
+    """Whether ingest's tables (file offsets and rejects, made by one migration) exist."""
+    row = yield from one(INGEST_INSTALLED)
+    return bool(row and row[0])
+
+
 def overview() -> Io[list[Section]]:
     """The "ingested files" section: every watched file of every watcher (no section when
     ingest was never used)."""
-    row = yield from one(INGEST_INSTALLED)
-    if not row or not row[0]:
-        return []
-    rows = yield from query(OVERVIEW)
-    if not rows:
-        return []
-    return [Section("ingested files", list(OVERVIEW_COLUMNS), [list(r) for r in rows])]
+    files = (yield from query(OVERVIEW)) if (yield from installed()) else []
+    section = Section("ingested files", list(OVERVIEW_COLUMNS), [list(r) for r in files])
+    return [section] if files else []
 
 
 def target_columns(name: TableName) -> Io[list[str]]:

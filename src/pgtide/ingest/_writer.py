@@ -29,6 +29,7 @@ from ._formats import (
     Reject,
     Row,
     complete_end,
+    copyable,
     parse_csv,
     parse_jsonl,
     parse_lines,
@@ -120,33 +121,26 @@ FIRST_PIECE = 1 << 18
 """A stream's first piece is smaller, so that COPY starts as soon as possible."""
 
 
+@dataclass
 class Stream:
     """The complete records of one file from byte ``start`` (at most ``limit`` bytes), read
     piece by piece while COPY sends them: reading overlaps the server's work, and each byte
     is checked and counted once, just before it is sent. ``first`` holds the bytes already
-    read from ``start``. Once the pieces are spent, ``sent`` bytes holding ``lines`` newlines
-    went to COPY (see :meth:`lines_in`); :class:`NotRaw` is raised at the first piece that
-    needs parsing."""
+    read from ``start``, ``fd`` is the file's open descriptor and ``columns`` the number of
+    columns its rows go to. Once the pieces are spent,
+    ``sent`` bytes holding ``lines`` newlines went to COPY (see :meth:`lines_in`);
+    :class:`NotRaw` is raised at the first piece that needs parsing."""
 
-    def __init__(
-        self,
-        fd: int,
-        start: int,
-        limit: int,
-        first: bytes,
-        first_line: int,
-        fmt: Format,
-        csv_options: CsvOptions,
-    ) -> None:
-        self.fd = fd
-        self.start = start
-        self.limit = limit
-        self.first = first
-        self.first_line = first_line
-        self.fmt = fmt
-        self.csv = csv_options
-        self.sent = 0
-        self.lines = 0
+    fd: int
+    start: int
+    limit: int
+    first: bytes
+    first_line: int
+    fmt: Format
+    csv: CsvOptions
+    columns: int = 1
+    sent: int = 0
+    lines: int = 0
 
     def lines_in(self, rows: int) -> int:
         """The lines sent, given the rows COPY made of them: in the ``lines`` format a piece
@@ -154,22 +148,22 @@ class Stream:
         over the bytes to count them); CSV lines are counted as they are sent."""
         return self.lines if self.fmt == "csv" else rows
 
-    def pieces(self) -> Iterator[bytes]:
+    def pieces(self) -> Iterator[memoryview]:
+        """The pieces, each a view of the bytes read (COPY sends them without a copy)."""
         stop = self.start + self.limit
         pos, window = self.start, self.first
         while window:
             cut = complete_end(window, self.fmt, self.csv)
             if cut == 0:
                 return  # a record longer than a piece: the next batch reads it whole
-            piece = window[:cut] if cut < len(window) else window
             first_line = self.first_line if pos == self.start else 0
-            raw = raw_copy_payload(piece, self.fmt, first_line, self.csv)
-            if raw is None:
+            span = copyable(window, cut, self.fmt, first_line, self.csv, columns=self.columns)
+            if span is None:
                 raise NotRaw
             self.sent += cut
             if self.fmt == "csv":  # a quoted field may hold newlines: count them
-                self.lines += piece.count(b"\n")
-            yield raw
+                self.lines += window.count(b"\n", 0, cut)
+            yield memoryview(window)[span[0] : span[1]]
             pos += cut
             window = os.pread(self.fd, min(COPY_PIECE, stop - pos), pos) if pos < stop else b""
 

@@ -22,11 +22,11 @@ from .. import schema
 from ..connect import DsnLike
 from ..errors import IngestError
 from ..names import TableName
-from ..session import Io, one, query, run, using
+from ..session import Io, query, run, using
 from ._formats import CsvOptions, Format
+from ._store import installed
 from ._writer import Target, Transform, Writer
 
-INSTALLED = "SELECT to_regclass('pgtide.rejects') IS NOT NULL"
 _FILTER = """
 WHERE (%(watcher)s::text IS NULL OR watcher = %(watcher)s)
   AND (%(path)s::text IS NULL OR path = %(path)s)
@@ -84,9 +84,10 @@ def _params(
     watcher: str | None,
     path: str | None,
     ids: Iterable[int] | None,
-    older_than: timedelta | None,
-    limit: int | None,
+    older_than: timedelta | None = None,
+    limit: int | None = None,
 ) -> dict[str, Any]:
+    """The parameters of :data:`SELECT` and :data:`DELETE`: what narrows the choice."""
     return {
         "watcher": watcher,
         "path": path,
@@ -98,8 +99,7 @@ def _params(
 
 def _installed() -> Io[bool]:
     """Whether ingest's tables exist (then the schema is brought up to date)."""
-    row = yield from one(INSTALLED)
-    if not row or not row[0]:
+    if not (yield from installed()):
         return False
     yield from schema.ensure_io()
     return True
@@ -111,18 +111,11 @@ def _rejected(row: tuple[Any, ...]) -> Rejected:
     return Rejected(int(row[0]), row[1], row[2], int(row[3]), row[4], raw, row[6], row[7], target)
 
 
-def find_io(
-    *,
-    watcher: str | None = None,
-    path: str | None = None,
-    ids: Iterable[int] | None = None,
-    older_than: timedelta | None = None,
-    limit: int | None = None,
-) -> Io[list[Rejected]]:
-    """:func:`find` as database work (run it with :func:`pgtide.session.run`)."""
+def _find(selected: dict[str, Any]) -> Io[list[Rejected]]:
+    """The rejects chosen by :func:`_params`, oldest first."""
     if not (yield from _installed()):
         return []
-    rows = yield from query(SELECT, _params(watcher, path, ids, older_than, limit))
+    rows = yield from query(SELECT, selected)
     return [_rejected(r) for r in rows]
 
 
@@ -138,9 +131,7 @@ def find(
 ) -> list[Rejected]:
     """The rejects (oldest first), of one watcher, one file, some ids, or older than an age."""
     with using(dsn, conn) as c:
-        return run(
-            c, find_io(watcher=watcher, path=path, ids=ids, older_than=older_than, limit=limit)
-        )
+        return run(c, _find(_params(watcher, path, ids, older_than, limit)))
 
 
 def get(
@@ -151,20 +142,6 @@ def get(
     if not found:
         raise IngestError(f"there is no reject with id {reject_id} (see pgtide rejects)")
     return found[0]
-
-
-def purge_io(
-    *,
-    older_than: timedelta | None = None,
-    watcher: str | None = None,
-    path: str | None = None,
-    ids: Iterable[int] | None = None,
-) -> Io[int]:
-    """:func:`purge` as database work."""
-    if not (yield from _installed()):
-        return 0
-    rows = yield from query(DELETE + " RETURNING id", _params(watcher, path, ids, older_than, None))
-    return len(rows)
 
 
 def purge(
@@ -179,7 +156,9 @@ def purge(
     """Delete rejects (all of them, or those older than ``older_than``, of one watcher, one
     file, or some ids); return how many were deleted."""
     with using(dsn, conn) as c:
-        return run(c, purge_io(older_than=older_than, watcher=watcher, path=path, ids=ids))
+        if not run(c, _installed()):
+            return 0
+        return len(run(c, query(DELETE + " RETURNING id", _params(watcher, path, ids, older_than))))
 
 
 def _writer(
@@ -230,7 +209,7 @@ def retry(
     error. ``transform`` is needed for lines of a watcher that had one. Retried rows are
     not added to the watcher's counts (``rows_written``)."""
     with using(dsn, conn) as c:
-        chosen = run(c, find_io(watcher=watcher, path=path, ids=ids))
+        chosen = run(c, _find(_params(watcher, path, ids)))
         landed: list[int] = []
         failed: list[Rejected] = []
         for reject in chosen:
