@@ -195,6 +195,32 @@ def test_a_mute_from_a_callback_applies_to_the_rest_of_the_batch() -> None:
     assert got == [1] and c.stats.unrouted == 1
 
 
+def test_route_changes_from_a_callback_apply_to_the_next_notification() -> None:
+    """deliver looks a channel up again only when the channel or the routes change."""
+    c = core()
+    got: list[Any] = []
+
+    def first(note: Notification) -> None:
+        got.append(("first", note.payload))
+        if note.payload == 1:  # one subscriber -> two
+            c.subscribe("x", lambda n: got.append(("second", n.payload)), "second")
+        if note.payload == 2:  # two -> one (the other one)
+            c.unsubscribe("first", "x")
+
+    c.subscribe("x", first, "first")
+    c.subscribe("y", lambda n: got.append(("y", n.payload)), None)
+    run(c, batch(("x", "1"), ("y", "10"), ("x", "2"), ("x", "3"), ("y", "11"), ("z", "0")))
+    assert got == [
+        ("first", 1),
+        ("y", 10),
+        ("first", 2),
+        ("second", 2),
+        ("second", 3),
+        ("y", 11),
+    ]
+    assert (c.stats.dispatched, c.stats.unrouted) == (6, 1)
+
+
 def test_closing_stops_delivery_mid_batch() -> None:
     c = core()
     got: list[Any] = []

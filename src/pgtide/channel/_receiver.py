@@ -352,24 +352,20 @@ class Receiver:
         waiting) into the same batch, up to ``BATCH``: fewer, larger hand-offs to the
         dispatcher under load, and nothing more than one non-blocking read when idle.
         """
-        n = pg.notifies()
-        if n is None:
-            return
-        notes = [n]
-        append = notes.append
-        notifies = pg.notifies
+        notes: list[Any] = []
+        more = notes.extend
+        parsed = pg.notifies
         while True:
-            while (n := notifies()) is not None:
-                append(n)
-            if len(notes) >= BATCH:
+            before = len(notes)
+            more(iter(parsed, None))  # every parsed notification, without a Python loop
+            if len(notes) == before or len(notes) >= BATCH:
                 break
             try:
                 pg.consume_input()
             except psycopg.Error:
-                break  # the connection is failing: hand over what was read; _serve notices
-            if (n := notifies()) is None:
-                break
-            append(n)
+                break  # the connection is failing: hand over what was read; serve notices
+        if not notes:
+            return
         self._stats.received += len(notes)
         rest = self._queue.offer((datetime.now(UTC), enc, notes))
         if rest is not None:
