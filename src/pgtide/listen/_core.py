@@ -294,7 +294,7 @@ class ListenerCore:
         when the channel changes or the routes do (a mute or an unsubscribe from a callback
         applies to the very next notification); each :class:`Notification` is filled in
         without a call to its ``__init__`` (``test_listen_core`` checks that every field is
-        set); a channel with one subscriber (the common case) calls it without a loop.
+        set); only a second subscriber of a channel costs a copy.
         """
         if isinstance(item, Marker):
             yield from self._reconnected()
@@ -307,7 +307,6 @@ class ListenerCore:
         relname_was = b""
         channel = ""
         subs: tuple[Subscriber, ...] | None = None
-        only: Subscriber | None = None  # the one subscriber, when there is exactly one
         done = unrouted = 0
         try:
             for relname, pid, extra in notes:
@@ -318,7 +317,8 @@ class ListenerCore:
                     relname_was = relname
                     channel = relname.decode(enc)
                     subs = routes.get(channel)
-                    only = subs[0] if subs is not None and len(subs) == 1 else None
+                    if subs:
+                        first = subs[0]  # the one the notification itself goes to
                 done += 1
                 if not subs:
                     if subs is None:
@@ -343,22 +343,10 @@ class ListenerCore:
                         else:
                             note.payload = raw
                             note.error = f"{type(exc).__name__}: {exc}"
-                if only is not None:
-                    note.subscriber = only.id
-                    try:
-                        result = only.callback(note)
-                    except Exception as exc:
-                        self.failed(only, note, exc)
-                        continue
-                    if result is not None and isawaitable(result):
-                        yield result, only, note
-                    continue
-                note.subscriber = None
+                note.subscriber = first.id
                 for sub in subs:
-                    if note.subscriber is None:  # the first subscriber: the note itself
-                        note.subscriber = sub.id
-                    else:  # the others: a copy each (an async callback reads it later)
-                        note = note.copy_for(sub.id)
+                    if sub is not first:  # the others get a copy each (an async callback
+                        note = note.copy_for(sub.id)  # reads its own later)
                     try:
                         result = sub.callback(note)
                     except Exception as exc:
