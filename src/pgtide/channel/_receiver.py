@@ -17,6 +17,7 @@ and queues the "reconnected" marker for ``on_reconnect``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -34,6 +35,7 @@ from psycopg import conninfo as _conninfo
 from psycopg import pq, sql
 
 from ..connect import Resolved, connect
+from ..errors import ConfigError
 from ..session import Lost, Policy, Reconnector
 from ._queue import RECONNECTED, Batch, Item, Marker
 from ._registry import Registry
@@ -66,6 +68,60 @@ class Sink(Protocol):
     def set_on_room(self, on_room: Callable[[], None] | None) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """How a receiver opens and watches its connection (checked when made).
+
+    After ``probe_interval`` idle seconds the connection is probed, and declared dead when
+    the answer takes longer than ``probe_timeout``.
+    """
+
+    application_name: str
+    probe_interval: float = 5.0
+    probe_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not (self.probe_interval > 0 and self.probe_timeout > 0):
+            raise ConfigError(
+                "probe_interval and probe_timeout must be positive numbers of seconds"
+            )
+
+    def connect_kwargs(self, resolved: Resolved) -> dict[str, Any]:
+        """libpq settings for ``resolved``: keepalives and a connect timeout unless it sets
+        its own, and the application_name."""
+        params = dict(resolved.params) or _conninfo.conninfo_to_dict(resolved.dsn)
+        kwargs: dict[str, Any] = {k: v for k, v in KEEPALIVES.items() if k not in params}
+        kwargs["application_name"] = self.application_name
+        if "connect_timeout" not in params:
+            kwargs["connect_timeout"] = 5
+        return kwargs
+
+
+class WakePipe:
+    """Wakes a ``poll()`` from any thread: ``wake`` writes a byte, ``clear`` reads them all."""
+
+    def __init__(self) -> None:
+        self.fd, self._write = os.pipe()
+        os.set_blocking(self.fd, False)
+        os.set_blocking(self._write, False)
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):  # already awake (pipe full), or closed
+            os.write(self._write, b"!")
+
+    def clear(self) -> None:
+        with contextlib.suppress(OSError):  # empty (BlockingIOError), or closed
+            while os.read(self.fd, 4096):
+                pass
+
+    def close(self) -> None:
+        fds, (self.fd, self._write) = (self.fd, self._write), (-1, -1)
+        for fd in fds:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
 @dataclass(slots=True)
 class _Query:
     deadline: float
@@ -78,26 +134,14 @@ class Receiver:
     """Serves the LISTEN connection of one listener, kept open by a :class:`Reconnector`."""
 
     def __init__(
-        self,
-        resolved: Resolved,
-        registry: Registry,
-        queue: Sink,
-        stats: Stats,
-        *,
-        application_name: str,
-        probe_interval: float,
-        probe_timeout: float,
+        self, resolved: Resolved, registry: Registry, queue: Sink, stats: Stats, settings: Settings
     ) -> None:
-        self._resolved = resolved
         self._registry = registry
         self._queue = queue
         self._stats = stats
-        self._probe_interval = probe_interval
-        self._probe_timeout = probe_timeout
-        self._connect_kwargs = self._kwargs(resolved, application_name)
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._settings = settings
+        self._open = functools.partial(connect, resolved, **settings.connect_kwargs(resolved))
+        self._pipe = WakePipe()
         self._lock = threading.Lock()
         self._applied = -1
         self._waiters: list[tuple[int, Callable[[], None]]] = []
@@ -112,15 +156,6 @@ class Receiver:
         )
         self._keeper = Reconnector(self, policy, thread_name="pgtide-listen-conn", purpose="LISTEN")
 
-    @staticmethod
-    def _kwargs(resolved: Resolved, application_name: str) -> dict[str, Any]:
-        params = dict(resolved.params) or _conninfo.conninfo_to_dict(resolved.dsn)
-        kwargs: dict[str, Any] = {k: v for k, v in KEEPALIVES.items() if k not in params}
-        kwargs["application_name"] = application_name
-        if "connect_timeout" not in params:
-            kwargs["connect_timeout"] = 5
-        return kwargs
-
     # -- control (any thread) -------------------------------------------------------------
 
     def start(self) -> None:
@@ -128,16 +163,15 @@ class Receiver:
         try:
             self._keeper.start()
         except Exception:  # the startup error: the thread has ended
-            self._close_pipe()
+            self._pipe.close()
             raise
 
     def stop(self, timeout: float = 5.0) -> None:
         if self._keeper.stop(timeout):
-            self._close_pipe()
+            self._pipe.close()
 
     def wake(self) -> None:
-        with contextlib.suppress(OSError):  # already awake (pipe full), or closed
-            os.write(self._wake_w, b"!")
+        self._pipe.wake()
 
     def when_applied(self, version: int, callback: Callable[[], None]) -> bool:
         """Call ``callback`` once the LISTEN set of ``version`` is on the server.
@@ -169,17 +203,10 @@ class Receiver:
         for _, callback in due:
             callback()
 
-    def _close_pipe(self) -> None:
-        fds, (self._wake_r, self._wake_w) = (self._wake_r, self._wake_w), (-1, -1)
-        for fd in fds:
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-
     # -- what the Reconnector calls, in the thread -------------------------------------------
 
     def open(self) -> psycopg.Connection[Any]:
-        return connect(self._resolved, **self._connect_kwargs)
+        return self._open()
 
     def close(self, conn: psycopg.Connection[Any]) -> None:
         self._disconnected()
@@ -189,7 +216,7 @@ class Receiver:
         self._stats.last_error = reason
 
     def resumed(self) -> str:
-        self._stats.reconnects += 1
+        self._stats.counts["reconnects"] += 1
         channels = len(self._stats.listening)
         self._outbox.append(RECONNECTED)
         self._flush_outbox()
@@ -198,20 +225,12 @@ class Receiver:
     def pause(self, seconds: float) -> None:
         """Wait ``seconds`` or until woken, handing over what the queue can take meanwhile."""
         poller = select.poll()
-        poller.register(self._wake_r, select.POLLIN)
+        poller.register(self._pipe.fd, select.POLLIN)
         if poller.poll(math.ceil(seconds * 1000)):
-            self._clear_wake()
+            self._pipe.clear()
         self._flush_outbox()
 
-    def _clear_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
-
     def _disconnected(self) -> None:
-        self._stats.connected = False
         self._stats.backend_pid = None
         self._stats.listening = frozenset()
         self._release(None)
@@ -223,8 +242,7 @@ class Receiver:
         fd = pg.socket
         poller = select.poll()
         poller.register(fd, _POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
-        self._stats.connected = True
+        poller.register(self._pipe.fd, select.POLLIN)
         self._stats.backend_pid = pg.backend_pid
         listening: frozenset[str] = frozenset()
         with self._lock:
@@ -251,14 +269,14 @@ class Receiver:
             elif paused:
                 deadline = now + 1.0  # no probe while paused; the dispatcher wakes us
             else:
-                deadline = last_io + self._probe_interval
+                deadline = last_io + self._settings.probe_interval
             events = poller.poll(max(0, math.ceil((deadline - now) * 1000)))
             readable = False
             for efd, _ in events:
                 if efd == fd:
                     readable = True
                 else:
-                    self._clear_wake()
+                    self._pipe.clear()
             if keeper.stopping or keeper.due:
                 return
             if readable:
@@ -282,11 +300,17 @@ class Receiver:
                     pending = None
             now = time.monotonic()
             if pending is not None and now >= pending.deadline:
-                raise Lost(f"no answer from the server within {self._probe_timeout:g} s")
+                raise Lost(f"no answer from the server within {self._settings.probe_timeout:g} s")
             if pending is None:
                 pending = self._send_sync(conn, listening)
-                if pending is None and not paused and now - last_io >= self._probe_interval:
-                    pending = self._send(pg, fd, PROBE_SQL, _Query(now + self._probe_timeout))
+                if (
+                    pending is None
+                    and not paused
+                    and now - last_io >= self._settings.probe_interval
+                ):
+                    pending = self._send(
+                        pg, fd, PROBE_SQL, _Query(now + self._settings.probe_timeout)
+                    )
 
     def _flush_outbox(self) -> None:
         """Hand what waits in the outbox to the queue, in order, as far as it takes it."""
@@ -313,7 +337,7 @@ class Receiver:
         statements = [
             sql.SQL("UNLISTEN {}").format(sql.Identifier(ch)) for ch in listening - desired
         ] + [sql.SQL("LISTEN {}").format(sql.Identifier(ch)) for ch in desired - listening]
-        query = _Query(time.monotonic() + self._probe_timeout, version, desired)
+        query = _Query(time.monotonic() + self._settings.probe_timeout, version, desired)
         if not statements:
             self._stats.listening = desired
             self._release(version)
@@ -366,7 +390,7 @@ class Receiver:
                 break  # the connection is failing: hand over what was read; serve notices
         if not notes:
             return
-        self._stats.received += len(notes)
+        self._stats.counts["received"] += len(notes)
         rest = self._queue.offer((datetime.now(UTC), enc, notes))
         if rest is not None:
             self._outbox.append(rest)

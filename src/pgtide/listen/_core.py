@@ -37,12 +37,12 @@ from ..channel import (
     Notification,
     Receiver,
     Registry,
+    Settings,
     Stats,
     Subscriber,
     WhenFull,
 )
 from ..connect import DsnLike, Resolved, resolve
-from ..errors import ConfigError
 
 logger = logging.getLogger("pgtide.listen")
 
@@ -107,15 +107,9 @@ class ListenerCore:
         on_reconnect: Callable[[], Any] | None,
         queue_size: int,
         when_full: WhenFull,
-        probe_interval: float,
-        probe_timeout: float,
+        settings: Settings,
         sync_timeout: float,
-        application_name: str,
     ) -> None:
-        if probe_interval <= 0 or probe_timeout <= 0:
-            raise ConfigError(
-                "probe_interval and probe_timeout must be positive numbers of seconds"
-            )
         if on_reconnect is not None and not callable(on_reconnect):
             raise TypeError("on_reconnect must be a callable taking no arguments")
         self._dsn = dsn
@@ -127,10 +121,8 @@ class ListenerCore:
         self.registry = Registry()
         self.queue = BatchQueue(queue_size, when_full)
         self.stats = Stats()
-        self._probe_interval = probe_interval
-        self._probe_timeout = probe_timeout
+        self._settings = settings
         self.sync_timeout = sync_timeout
-        self._application_name = application_name
         self._receiver: Receiver | None = None
         self._serial = itertools.count(1)
         self.pulls: weakref.WeakSet[Pull] = weakref.WeakSet()
@@ -150,15 +142,7 @@ class ListenerCore:
             self._resolved = resolve(self._dsn)
         self.closing = False
         self.queue.reopen()
-        receiver = Receiver(
-            self._resolved,
-            self.registry,
-            self.queue,
-            self.stats,
-            application_name=self._application_name,
-            probe_interval=self._probe_interval,
-            probe_timeout=self._probe_timeout,
-        )
+        receiver = Receiver(self._resolved, self.registry, self.queue, self.stats, self._settings)
         receiver.start()
         self._receiver = receiver
 
@@ -272,7 +256,7 @@ class ListenerCore:
     def failed(self, sub: Subscriber | None, note: Notification | None, exc: BaseException) -> None:
         """Log and count a callback that raised; delivery goes on."""
         stats = self.stats
-        stats.callback_errors += 1
+        stats.counts["callback_errors"] += 1
         if sub is None:
             stats.errors_by_subscriber["on_reconnect"] += 1
             logger.error("on_reconnect callback raised %r", exc, exc_info=exc)
@@ -355,9 +339,9 @@ class ListenerCore:
                     if result is not None and isawaitable(result):
                         yield result, sub, note
         finally:
-            stats = self.stats
-            stats.dispatched += done
-            stats.unrouted += unrouted
+            counts = self.stats.counts
+            counts["dispatched"] += done
+            counts["unrouted"] += unrouted
 
     def _reconnected(self) -> Iterator[Pending]:
         callback = self.on_reconnect
@@ -392,22 +376,23 @@ class ListenerCore:
                 for ch, subs in subscribers.items()
                 if any(subs.values())
             },
-            "received": stats.received,
+            "received": stats.counts["received"],
             "without_subscriber": dict(self.without_subscriber),
-            "dispatched": stats.dispatched,
-            "unrouted": stats.unrouted,
-            "callback_errors": stats.callback_errors,
+            "dispatched": stats.counts["dispatched"],
+            "unrouted": stats.counts["unrouted"],
+            "callback_errors": stats.counts["callback_errors"],
             "errors_by_subscriber": dict(stats.errors_by_subscriber),
             "queued": len(self.queue),
             "queue_size": self.queue.maxsize,
             "queue_high_water": self.queue.high_water,
             "when_full": self.queue.when_full,
             "dropped": self.queue.dropped,
-            "reconnects": stats.reconnects,
+            "reconnects": stats.counts["reconnects"],
             "last_error": stats.last_error,
         }
 
 
+@dataclass(eq=False)
 class Pull:
     """One ``iter()``: its subscriber id, its channel and timeout, whether it is open.
 
@@ -415,26 +400,18 @@ class Pull:
     subscription puts each notification in it through ``put``, and so does :meth:`end`.
     """
 
-    def __init__(
-        self,
-        core: ListenerCore,
-        channel: str,
-        timeout: float | None,
-        put: Callable[[Any], None],
-        id: Hashable,
-    ) -> None:
-        self._core = core
-        self.channel = channel
-        self.timeout = timeout
-        self.put = put
-        self.id = id
-        self.state = "new"  # -> "open" -> "closed"
+    core: ListenerCore
+    channel: str
+    timeout: float | None
+    put: Callable[[Any], None]
+    id: Hashable
+    state = "new"  # -> "open" -> "closed"
 
     def subscribe(self) -> Change[Any]:
         """Subscribe the inbox; the face settles the change (call it once, when "new")."""
-        change = self._core.subscribe(self.channel, self.put, self.id)
+        change = self.core.subscribe(self.channel, self.put, self.id)
         self.state = "open"
-        self._core.pulls.add(self)
+        self.core.pulls.add(self)
         return change
 
     def take(self, item: object) -> Notification | None:
@@ -448,8 +425,8 @@ class Pull:
     def close(self) -> None:
         """Unsubscribe (UNLISTEN never needs waiting for); the iteration ends."""
         if self.state == "open":
-            self._core.pulls.discard(self)
-            self._core.must_wait(self._core.unsubscribe(self.id, self.channel), _nothing)
+            self.core.pulls.discard(self)
+            self.core.must_wait(self.core.unsubscribe(self.id, self.channel), _nothing)
         self.state = "closed"
 
 
@@ -481,10 +458,8 @@ class Face:
             on_reconnect=on_reconnect,
             queue_size=queue_size,
             when_full=when_full,
-            probe_interval=probe_interval,
-            probe_timeout=probe_timeout,
+            settings=Settings(application_name, probe_interval, probe_timeout),
             sync_timeout=sync_timeout,
-            application_name=application_name,
         )
         self._stop_timeout = stop_timeout
         self._prepare()
