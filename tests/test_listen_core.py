@@ -411,6 +411,38 @@ def test_the_receiver_hands_over_what_the_socket_holds_as_one_batch(
         receiver.stop()
 
 
+def _receiver(queue: BatchQueue) -> Receiver:
+    return Receiver(Resolved("host=h dbname=d", "test"), Registry(), queue, Stats(), Settings("t"))
+
+
+def test_the_dispatcher_reads_the_socket_itself_only_when_nothing_is_queued() -> None:
+    queue = BatchQueue(100_000, "block")
+    receiver = _receiver(queue)
+    try:
+        pg = FakePG(0, [3, 2])
+        assert receiver.take_now(queue) is None  # not serving a connection: no direct lane
+        receiver._live = pg  # type: ignore[assignment]  # as serve() sets it between polls
+        queue.put_marker(RECONNECTED)
+        assert receiver.take_now(queue) is None and pg.reads == 0  # the queued item goes first
+        assert queue.get(timeout=0) is RECONNECTED
+        first = receiver.take_now(queue)
+        assert first is not None and [int(n.extra) for n in first[2]] == [0, 1, 2, 3, 4]
+        assert receiver._direct and receiver._stats.counts["received"] == 5
+        assert receiver.take_now(queue) is None  # nothing more: the receiver reads again
+        assert not receiver._direct
+        with receiver._reading:  # the receiver is using the connection: never waits for it
+            assert receiver.take_now(queue) is None
+    finally:
+        receiver.stop()
+    dropping = BatchQueue(10, "drop_oldest")
+    dropper = _receiver(dropping)
+    dropper._live = FakePG(2, [])  # type: ignore[assignment]
+    try:
+        assert dropper.take_now(dropping) is None  # drop policies: only the thread reads
+    finally:
+        dropper.stop()
+
+
 # -- pgnotifier parity: names, all channels, added channels, note.subscriber ---------------
 
 

@@ -37,7 +37,7 @@ from psycopg import pq, sql
 from ..connect import Resolved, connect
 from ..errors import ConfigError
 from ..session import Lost, Policy, Reconnector
-from ._queue import RECONNECTED, Batch, Item, Marker
+from ._queue import RECONNECTED, Batch, BatchQueue, Item, Marker
 from ._registry import Registry
 from ._stats import Stats
 
@@ -146,6 +146,15 @@ class Receiver:
         self._applied = -1
         self._waiters: list[tuple[int, Callable[[], None]]] = []
         self._outbox: deque[Item] = deque()  # what the full queue could not take yet
+        # the direct lane (see take_now): libpq is used under _reading; _live is the
+        # connection the dispatcher may read, _direct says that it does, _lane is the queue
+        # of a dispatcher that reads (this thread then reads only while it waits)
+        self._reading = threading.Lock()
+        self._live: pq.abc.PGconn | None = None
+        self._direct = False
+        self._lane: BatchQueue | None = None
+        self._read_at = 0.0  # when the dispatcher last read something (no probe needed)
+        self._enc = "utf-8"
         queue.set_on_room(self.wake)
         policy = Policy(
             "listener",
@@ -254,63 +263,116 @@ class Receiver:
             keeper.ready()
         last_io = time.monotonic()
         reading = True
-        while not keeper.stopping:
-            if self._outbox:
-                self._flush_outbox()
-            if not self._outbox:
-                self._drain(pg, enc)
-            paused = bool(self._outbox)  # the queue is full: leave the rest to the server
-            if reading != (not paused or pending is not None):
-                reading = not reading
-                poller.modify(fd, _POLLIN if reading else 0)
-            now = time.monotonic()
-            if pending is not None:
-                deadline = pending.deadline
-            elif paused:
-                deadline = now + 1.0  # no probe while paused; the dispatcher wakes us
-            else:
-                deadline = last_io + self._settings.probe_interval
-            events = poller.poll(max(0, math.ceil((deadline - now) * 1000)))
-            readable = False
-            for efd, _ in events:
-                if efd == fd:
-                    readable = True
-                else:
-                    self._pipe.clear()
-            if keeper.stopping or keeper.due:
-                return
-            if readable:
-                pg.consume_input()
-                if pg.status != pq.ConnStatus.OK:
-                    raise Lost("the server closed the connection")
-                last_io = time.monotonic()
+        self._enc = enc
+        lock = self._reading
+        lock.acquire()
+        try:
+            while not keeper.stopping:
+                if self._outbox:
+                    self._flush_outbox()
                 if not self._outbox:
-                    self._drain(pg, enc)  # hand the batch over before anything else
-                if pending is not None and self._collect(pg, pending, enc):
-                    if pending.target is not None:
-                        listening = pending.target
-                        self._stats.listening = listening
-                        if pending.error:
-                            self._stats.last_error = pending.error
-                            logger.error("LISTEN/UNLISTEN failed: %s", pending.error)
-                        self._release(pending.version)
-                        if not reported:
-                            reported = True
-                            keeper.ready()
-                    pending = None
-            now = time.monotonic()
-            if pending is not None and now >= pending.deadline:
-                raise Lost(f"no answer from the server within {self._settings.probe_timeout:g} s")
-            if pending is None:
-                pending = self._send_sync(conn, listening)
-                if (
-                    pending is None
-                    and not paused
-                    and now - last_io >= self._settings.probe_interval
-                ):
-                    pending = self._send(
-                        pg, fd, PROBE_SQL, _Query(now + self._settings.probe_timeout)
+                    self._drain(pg, enc)
+                paused = bool(self._outbox)  # the queue is full: leave the rest to the server
+                lane = self._lane  # the dispatcher reads the socket, or will once it is done
+                direct = lane is not None and (self._direct or not lane.empty())
+                if reading != ((not paused and not direct) or pending is not None):
+                    reading = not reading
+                    poller.modify(fd, _POLLIN if reading else 0)
+                now = time.monotonic()
+                last_io = max(last_io, self._read_at)
+                if pending is not None:
+                    deadline = pending.deadline
+                elif paused:
+                    deadline = now + 1.0  # no probe while paused; the dispatcher wakes us
+                else:
+                    deadline = last_io + self._settings.probe_interval
+                self._live = pg if pending is None and not self._outbox else None
+                lock.release()
+                try:
+                    events = poller.poll(max(0, math.ceil((deadline - now) * 1000)))
+                finally:
+                    lock.acquire()
+                self._live = None
+                readable = False
+                for efd, _ in events:
+                    if efd == fd:
+                        readable = True
+                    else:
+                        self._pipe.clear()
+                if keeper.stopping or keeper.due:
+                    return
+                if readable:
+                    pg.consume_input()
+                    if pg.status != pq.ConnStatus.OK:
+                        raise Lost("the server closed the connection")
+                    last_io = time.monotonic()
+                    if not self._outbox:
+                        self._drain(pg, enc)  # hand the batch over before anything else
+                    if pending is not None and self._collect(pg, pending, enc):
+                        if pending.target is not None:
+                            listening = pending.target
+                            self._stats.listening = listening
+                            if pending.error:
+                                self._stats.last_error = pending.error
+                                logger.error("LISTEN/UNLISTEN failed: %s", pending.error)
+                            self._release(pending.version)
+                            if not reported:
+                                reported = True
+                                keeper.ready()
+                        pending = None
+                now = time.monotonic()
+                if pending is not None and now >= pending.deadline:
+                    raise Lost(
+                        f"no answer from the server within {self._settings.probe_timeout:g} s"
                     )
+                if pending is None:
+                    pending = self._send_sync(conn, listening)
+                    if (
+                        pending is None
+                        and not paused
+                        and now - last_io >= self._settings.probe_interval
+                    ):
+                        pending = self._send(
+                            pg, fd, PROBE_SQL, _Query(now + self._settings.probe_timeout)
+                        )
+        finally:
+            self._live = None
+            self._direct = False
+            lock.release()
+
+    def take_now(self, queue: BatchQueue) -> Batch | None:
+        """The direct lane: what the socket holds, read by the dispatcher itself.
+
+        The dispatcher of ``queue`` calls it whenever the queue is empty, so that under a
+        steady stream it reads and delivers in one thread, as a plain driver loop does,
+        instead of this thread handing every batch over (two threads taking turns on the
+        GIL). While it does, and while anything is queued, this thread leaves the socket to
+        it; it reads again as soon as this returns None: nothing to read, this thread busy
+        with the connection (a LISTEN or a probe in flight, a reconnect), anything queued
+        meanwhile (it goes first). The drop policies are left to this thread (they need it
+        reading while a callback is slow). Never blocks.
+        """
+        if queue.when_full != "block":
+            return None
+        self._lane = queue
+        notes: list[Any] = []
+        if self._reading.acquire(blocking=False):
+            try:
+                pg = self._live
+                if pg is not None and queue.empty():
+                    with contextlib.suppress(psycopg.Error):  # failing: this thread notices
+                        pg.consume_input()
+                        notes = self._read(pg)
+                if notes:
+                    self._direct = True
+                    self._read_at = time.monotonic()
+                    self._stats.counts["received"] += len(notes)
+                    return datetime.now(UTC), self._enc, notes
+            finally:
+                self._reading.release()
+        self._direct = False
+        self.wake()  # this thread may be leaving the socket to the dispatcher: read again
+        return None
 
     def _flush_outbox(self) -> None:
         """Hand what waits in the outbox to the queue, in order, as far as it takes it."""
@@ -369,13 +431,10 @@ class Receiver:
                 query.error = (result.error_message or b"").decode(enc, "replace").strip()
         return False
 
-    def _drain(self, pg: pq.abc.PGconn, enc: str) -> None:
-        """Move every notification libpq has parsed into the queue, as one batch.
-
-        While notifications keep coming, it reads what the socket holds meanwhile (without
-        waiting) into the same batch, up to ``BATCH``: fewer, larger hand-offs to the
-        dispatcher under load, and nothing more than one non-blocking read when idle.
-        """
+    @staticmethod
+    def _read(pg: pq.abc.PGconn) -> list[Any]:
+        """Every notification libpq has parsed, and what the socket holds meanwhile (read
+        without waiting) while more keep coming, up to ``BATCH``."""
         notes: list[Any] = []
         more = notes.extend
         parsed = pg.notifies
@@ -383,11 +442,20 @@ class Receiver:
             before = len(notes)
             more(iter(parsed, None))  # every parsed notification, without a Python loop
             if len(notes) == before or len(notes) >= BATCH:
-                break
+                return notes
             try:
                 pg.consume_input()
             except psycopg.Error:
-                break  # the connection is failing: hand over what was read; serve notices
+                return notes  # the connection is failing: hand over what was read
+
+    def _drain(self, pg: pq.abc.PGconn, enc: str) -> None:
+        """Move every notification libpq has parsed into the queue, as one batch.
+
+        While notifications keep coming, it reads what the socket holds meanwhile (without
+        waiting) into the same batch, up to ``BATCH``: fewer, larger hand-offs to the
+        dispatcher under load, and nothing more than one non-blocking read when idle.
+        """
+        notes = self._read(pg)
         if not notes:
             return
         self._stats.counts["received"] += len(notes)

@@ -154,6 +154,15 @@ class ListenerCore:
         if receiver is not None:
             receiver.stop()
 
+    def next_item(self) -> Item | None:
+        """The next item to deliver without waiting: the queue's, else what the socket holds
+        (read by the dispatcher itself: see :meth:`Receiver.take_now`); None when there is
+        nothing (then the queue's wakeup or ``get`` tells when there is)."""
+        item = self.queue.get_nowait()
+        if item is None and (receiver := self._receiver) is not None:
+            item = receiver.take_now(self.queue)
+        return item
+
     def end_pulls(self) -> None:
         """End every open iterator (called by the face, in the context its inboxes expect)."""
         for pull in list(self.pulls):
