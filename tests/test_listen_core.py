@@ -18,7 +18,16 @@ from psycopg.pq.misc import PGnotify
 import pgtide
 import pgtide.aio
 from pgtide import codecs
-from pgtide.channel import RECONNECTED, BatchQueue, Marker, Notification, Receiver, Registry, Stats
+from pgtide.channel import (
+    RECONNECTED,
+    BatchQueue,
+    Marker,
+    Notification,
+    Receiver,
+    Registry,
+    Settings,
+    Stats,
+)
 from pgtide.connect import Resolved
 from pgtide.listen._core import END, Face, ListenerCore
 
@@ -33,10 +42,8 @@ def core(decode: codecs.Codec = "json", on_reconnect: Any = None) -> ListenerCor
         on_reconnect=on_reconnect,
         queue_size=100,
         when_full="block",
-        probe_interval=5.0,
-        probe_timeout=5.0,
+        settings=Settings("test"),
         sync_timeout=1.0,
-        application_name="test",
     )
 
 
@@ -136,7 +143,7 @@ def test_deliver_decodes_routes_and_counts() -> None:
     # each subscriber gets its own Notification (note.subscriber differs); the payload is shared
     assert got[0] is not got[1] and got[0].payload is got[1].payload
     assert [n.subscriber for n in got] == [1, 2, 1, 2]
-    assert (c.stats.dispatched, c.stats.unrouted) == (3, 1)
+    assert (c.stats.counts["dispatched"], c.stats.counts["unrouted"]) == (3, 1)
 
 
 def test_a_strict_codec_hands_over_the_raw_text_with_the_error() -> None:
@@ -159,7 +166,7 @@ def test_a_raising_callback_is_counted_and_the_others_still_run() -> None:
     c.subscribe("x", lambda n: got.append(n.payload), "fine")
     run(c, batch(("x", "1"), ("x", "2")))
     assert got == [1, 2]
-    assert c.stats.callback_errors == 2 and c.stats.errors_by_subscriber == {"broken": 2}
+    assert c.stats.counts["callback_errors"] == 2 and c.stats.errors_by_subscriber == {"broken": 2}
 
 
 def test_async_callbacks_are_yielded_in_order_for_the_face_to_await() -> None:
@@ -192,7 +199,33 @@ def test_a_mute_from_a_callback_applies_to_the_rest_of_the_batch() -> None:
 
     c.subscribe("x", first, None)
     run(c, batch(("x", "1"), ("x", "2")))
-    assert got == [1] and c.stats.unrouted == 1
+    assert got == [1] and c.stats.counts["unrouted"] == 1
+
+
+def test_route_changes_from_a_callback_apply_to_the_next_notification() -> None:
+    """deliver looks a channel up again only when the channel or the routes change."""
+    c = core()
+    got: list[Any] = []
+
+    def first(note: Notification) -> None:
+        got.append(("first", note.payload))
+        if note.payload == 1:  # one subscriber -> two
+            c.subscribe("x", lambda n: got.append(("second", n.payload)), "second")
+        if note.payload == 2:  # two -> one (the other one)
+            c.unsubscribe("first", "x")
+
+    c.subscribe("x", first, "first")
+    c.subscribe("y", lambda n: got.append(("y", n.payload)), None)
+    run(c, batch(("x", "1"), ("y", "10"), ("x", "2"), ("x", "3"), ("y", "11"), ("z", "0")))
+    assert got == [
+        ("first", 1),
+        ("y", 10),
+        ("first", 2),
+        ("second", 2),
+        ("second", 3),
+        ("y", 11),
+    ]
+    assert (c.stats.counts["dispatched"], c.stats.counts["unrouted"]) == (6, 1)
 
 
 def test_closing_stops_delivery_mid_batch() -> None:
@@ -205,7 +238,7 @@ def test_closing_stops_delivery_mid_batch() -> None:
 
     c.subscribe("x", stop_after_first, None)
     run(c, batch(("x", "1"), ("x", "2"), ("x", "3")))
-    assert got == [1] and c.stats.dispatched == 1
+    assert got == [1] and c.stats.counts["dispatched"] == 1
 
 
 def test_the_reconnected_marker_calls_on_reconnect_and_counts_its_errors() -> None:
@@ -361,9 +394,7 @@ def test_the_receiver_hands_over_what_the_socket_holds_as_one_batch(
         Registry(),
         queue,
         Stats(),
-        application_name="test",
-        probe_interval=5.0,
-        probe_timeout=5.0,
+        Settings("test"),
     )
     try:
         pg = FakePG(parsed, arriving, fail)
@@ -378,6 +409,38 @@ def test_the_receiver_hands_over_what_the_socket_holds_as_one_batch(
         assert pg.reads == reads
     finally:
         receiver.stop()
+
+
+def _receiver(queue: BatchQueue) -> Receiver:
+    return Receiver(Resolved("host=h dbname=d", "test"), Registry(), queue, Stats(), Settings("t"))
+
+
+def test_the_dispatcher_reads_the_socket_itself_only_when_nothing_is_queued() -> None:
+    queue = BatchQueue(100_000, "block")
+    receiver = _receiver(queue)
+    try:
+        pg = FakePG(0, [3, 2])
+        assert receiver.take_now(queue) is None  # not serving a connection: no direct lane
+        receiver._live = pg  # type: ignore[assignment]  # as serve() sets it between polls
+        queue.put_marker(RECONNECTED)
+        assert receiver.take_now(queue) is None and pg.reads == 0  # the queued item goes first
+        assert queue.get(timeout=0) is RECONNECTED
+        first = receiver.take_now(queue)
+        assert first is not None and [int(n.extra) for n in first[2]] == [0, 1, 2, 3, 4]
+        assert receiver._direct and receiver._stats.counts["received"] == 5
+        assert receiver.take_now(queue) is None  # nothing more: the receiver reads again
+        assert not receiver._direct
+        with receiver._reading:  # the receiver is using the connection: never waits for it
+            assert receiver.take_now(queue) is None
+    finally:
+        receiver.stop()
+    dropping = BatchQueue(10, "drop_oldest")
+    dropper = _receiver(dropping)
+    dropper._live = FakePG(2, [])  # type: ignore[assignment]
+    try:
+        assert dropper.take_now(dropping) is None  # drop policies: only the thread reads
+    finally:
+        dropper.stop()
 
 
 # -- pgnotifier parity: names, all channels, added channels, note.subscriber ---------------

@@ -30,7 +30,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
@@ -88,38 +88,67 @@ def atomic(io: Io[T]) -> Io[T]:
     return result
 
 
+class Steps(Generic[T]):
+    """Carries an :data:`Io` forward for a driver: the one loop :func:`run` and :func:`arun`
+    share (each only says how to execute a query).
+
+    Iterating gives the queries to execute, one at a time; the driver executes each inside
+    ``with steps.outcome():`` and sets ``rows``. An error raised there is thrown into the
+    generator (which may handle it and go on); an error it does not handle ends the
+    iteration by propagating. After the loop, ``result`` holds what the generator returned.
+    """
+
+    def __init__(self, io: Io[T]) -> None:
+        self._io = io
+        self._error: Exception | None = None
+        self.rows: Rows = []
+        self.result: T
+
+    def __iter__(self) -> Iterator[Query]:
+        io = self._io
+        try:
+            step = next(io)
+            while True:
+                yield step
+                error, self._error = self._error, None
+                step = io.send(self.rows) if error is None else io.throw(error)
+        except StopIteration as done:
+            self.result = done.value
+
+    @contextmanager
+    def outcome(self) -> Iterator[None]:
+        """Where the driver executes the current query: its error goes to the generator."""
+        self.rows = []
+        try:
+            yield
+        except Exception as exc:
+            self._error = exc
+
+
 def run(conn: psycopg.Connection[Any], io: Io[T]) -> T:
     """Carry out ``io`` on a blocking connection; errors are thrown into the generator."""
-    try:
-        step = next(io)
-        while True:
-            try:
-                cur = conn.execute(step.statement, step.params)
-                rows = cur.fetchall() if cur.description else []
-            except Exception as exc:
-                step = io.throw(exc)
-            else:
-                step = io.send(rows)
-    except StopIteration as done:
-        result: T = done.value
-        return result
+    steps = Steps(io)
+    for step in steps:
+        with steps.outcome():
+            steps.rows = _rows(conn.execute(step.statement, step.params))
+    return steps.result
 
 
 async def arun(conn: psycopg.AsyncConnection[Any], io: Io[T]) -> T:
     """Carry out ``io`` on an asyncio connection (the twin of :func:`run`)."""
-    try:
-        step = next(io)
-        while True:
-            try:
-                cur = await conn.execute(step.statement, step.params)
-                rows = await cur.fetchall() if cur.description else []
-            except Exception as exc:
-                step = io.throw(exc)
-            else:
-                step = io.send(rows)
-    except StopIteration as done:
-        result: T = done.value
-        return result
+    steps = Steps(io)
+    for step in steps:
+        with steps.outcome():
+            steps.rows = await _arows(await conn.execute(step.statement, step.params))
+    return steps.result
+
+
+def _rows(cur: psycopg.Cursor[Any]) -> Rows:
+    return cur.fetchall() if cur.description else []
+
+
+async def _arows(cur: psycopg.AsyncCursor[Any]) -> Rows:
+    return await cur.fetchall() if cur.description else []
 
 
 def translate(exc: Exception, conn: psycopg.BaseConnection[Any] | None) -> Exception:
@@ -136,12 +165,9 @@ def using(
     dsn: DsnLike = None, conn: psycopg.Connection[Any] | None = None
 ) -> Iterator[psycopg.Connection[Any]]:
     """The caller's connection as it is, or a new autocommit one closed afterwards."""
-    if conn is not None:
-        with _translated(conn):
-            yield conn
-        return
-    with connect(resolve(dsn)) as own, _translated(own):
-        yield own
+    own = connect(resolve(dsn)) if conn is None else nullcontext(conn)
+    with own as used, _translated(used):
+        yield used
 
 
 @contextmanager
@@ -157,13 +183,10 @@ async def ausing(
     dsn: DsnLike = None, conn: psycopg.AsyncConnection[Any] | None = None
 ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     """The asyncio twin of :func:`using`."""
-    if conn is not None:
-        with _translated(conn):
-            yield conn
-        return
-    async with await aconnect(await aresolve(dsn)) as own:
-        with _translated(own):
-            yield own
+    own = await aconnect(await aresolve(dsn)) if conn is None else nullcontext(conn)
+    async with own as used:
+        with _translated(used):
+            yield used
 
 
 async def aresolve(dsn: DsnLike) -> Resolved:

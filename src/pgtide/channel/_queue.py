@@ -72,6 +72,10 @@ class BatchQueue:
     def __len__(self) -> int:
         return self._count
 
+    def empty(self) -> bool:
+        """Whether nothing (no batch, no marker) is queued."""
+        return not self._items
+
     def set_wakeup(self, wakeup: Callable[[], None] | None) -> None:
         """Have ``put`` call ``wakeup`` (any thread) instead of notifying a waiting thread."""
         self._wakeup = wakeup

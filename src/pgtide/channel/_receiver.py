@@ -17,6 +17,7 @@ and queues the "reconnected" marker for ``on_reconnect``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -34,8 +35,9 @@ from psycopg import conninfo as _conninfo
 from psycopg import pq, sql
 
 from ..connect import Resolved, connect
+from ..errors import ConfigError
 from ..session import Lost, Policy, Reconnector
-from ._queue import RECONNECTED, Batch, Item, Marker
+from ._queue import RECONNECTED, Batch, BatchQueue, Item, Marker
 from ._registry import Registry
 from ._stats import Stats
 
@@ -66,6 +68,60 @@ class Sink(Protocol):
     def set_on_room(self, on_room: Callable[[], None] | None) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """How a receiver opens and watches its connection (checked when made).
+
+    After ``probe_interval`` idle seconds the connection is probed, and declared dead when
+    the answer takes longer than ``probe_timeout``.
+    """
+
+    application_name: str
+    probe_interval: float = 5.0
+    probe_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not (self.probe_interval > 0 and self.probe_timeout > 0):
+            raise ConfigError(
+                "probe_interval and probe_timeout must be positive numbers of seconds"
+            )
+
+    def connect_kwargs(self, resolved: Resolved) -> dict[str, Any]:
+        """libpq settings for ``resolved``: keepalives and a connect timeout unless it sets
+        its own, and the application_name."""
+        params = dict(resolved.params) or _conninfo.conninfo_to_dict(resolved.dsn)
+        kwargs: dict[str, Any] = {k: v for k, v in KEEPALIVES.items() if k not in params}
+        kwargs["application_name"] = self.application_name
+        if "connect_timeout" not in params:
+            kwargs["connect_timeout"] = 5
+        return kwargs
+
+
+class WakePipe:
+    """Wakes a ``poll()`` from any thread: ``wake`` writes a byte, ``clear`` reads them all."""
+
+    def __init__(self) -> None:
+        self.fd, self._write = os.pipe()
+        os.set_blocking(self.fd, False)
+        os.set_blocking(self._write, False)
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):  # already awake (pipe full), or closed
+            os.write(self._write, b"!")
+
+    def clear(self) -> None:
+        with contextlib.suppress(OSError):  # empty (BlockingIOError), or closed
+            while os.read(self.fd, 4096):
+                pass
+
+    def close(self) -> None:
+        fds, (self.fd, self._write) = (self.fd, self._write), (-1, -1)
+        for fd in fds:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
 @dataclass(slots=True)
 class _Query:
     deadline: float
@@ -78,30 +134,27 @@ class Receiver:
     """Serves the LISTEN connection of one listener, kept open by a :class:`Reconnector`."""
 
     def __init__(
-        self,
-        resolved: Resolved,
-        registry: Registry,
-        queue: Sink,
-        stats: Stats,
-        *,
-        application_name: str,
-        probe_interval: float,
-        probe_timeout: float,
+        self, resolved: Resolved, registry: Registry, queue: Sink, stats: Stats, settings: Settings
     ) -> None:
-        self._resolved = resolved
         self._registry = registry
         self._queue = queue
         self._stats = stats
-        self._probe_interval = probe_interval
-        self._probe_timeout = probe_timeout
-        self._connect_kwargs = self._kwargs(resolved, application_name)
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._settings = settings
+        self._open = functools.partial(connect, resolved, **settings.connect_kwargs(resolved))
+        self._pipe = WakePipe()
         self._lock = threading.Lock()
         self._applied = -1
         self._waiters: list[tuple[int, Callable[[], None]]] = []
         self._outbox: deque[Item] = deque()  # what the full queue could not take yet
+        # the direct lane (see take_now): libpq is used under _reading; _live is the
+        # connection the dispatcher may read, _direct says that it does, _lane is the queue
+        # of a dispatcher that reads (this thread then reads only while it waits)
+        self._reading = threading.Lock()
+        self._live: pq.abc.PGconn | None = None
+        self._direct = False
+        self._lane: BatchQueue | None = None
+        self._read_at = 0.0  # when the dispatcher last read something (no probe needed)
+        self._enc = "utf-8"
         queue.set_on_room(self.wake)
         policy = Policy(
             "listener",
@@ -112,15 +165,6 @@ class Receiver:
         )
         self._keeper = Reconnector(self, policy, thread_name="pgtide-listen-conn", purpose="LISTEN")
 
-    @staticmethod
-    def _kwargs(resolved: Resolved, application_name: str) -> dict[str, Any]:
-        params = dict(resolved.params) or _conninfo.conninfo_to_dict(resolved.dsn)
-        kwargs: dict[str, Any] = {k: v for k, v in KEEPALIVES.items() if k not in params}
-        kwargs["application_name"] = application_name
-        if "connect_timeout" not in params:
-            kwargs["connect_timeout"] = 5
-        return kwargs
-
     # -- control (any thread) -------------------------------------------------------------
 
     def start(self) -> None:
@@ -128,16 +172,15 @@ class Receiver:
         try:
             self._keeper.start()
         except Exception:  # the startup error: the thread has ended
-            self._close_pipe()
+            self._pipe.close()
             raise
 
     def stop(self, timeout: float = 5.0) -> None:
         if self._keeper.stop(timeout):
-            self._close_pipe()
+            self._pipe.close()
 
     def wake(self) -> None:
-        with contextlib.suppress(OSError):  # already awake (pipe full), or closed
-            os.write(self._wake_w, b"!")
+        self._pipe.wake()
 
     def when_applied(self, version: int, callback: Callable[[], None]) -> bool:
         """Call ``callback`` once the LISTEN set of ``version`` is on the server.
@@ -169,17 +212,10 @@ class Receiver:
         for _, callback in due:
             callback()
 
-    def _close_pipe(self) -> None:
-        fds, (self._wake_r, self._wake_w) = (self._wake_r, self._wake_w), (-1, -1)
-        for fd in fds:
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-
     # -- what the Reconnector calls, in the thread -------------------------------------------
 
     def open(self) -> psycopg.Connection[Any]:
-        return connect(self._resolved, **self._connect_kwargs)
+        return self._open()
 
     def close(self, conn: psycopg.Connection[Any]) -> None:
         self._disconnected()
@@ -189,7 +225,7 @@ class Receiver:
         self._stats.last_error = reason
 
     def resumed(self) -> str:
-        self._stats.reconnects += 1
+        self._stats.counts["reconnects"] += 1
         channels = len(self._stats.listening)
         self._outbox.append(RECONNECTED)
         self._flush_outbox()
@@ -198,20 +234,12 @@ class Receiver:
     def pause(self, seconds: float) -> None:
         """Wait ``seconds`` or until woken, handing over what the queue can take meanwhile."""
         poller = select.poll()
-        poller.register(self._wake_r, select.POLLIN)
+        poller.register(self._pipe.fd, select.POLLIN)
         if poller.poll(math.ceil(seconds * 1000)):
-            self._clear_wake()
+            self._pipe.clear()
         self._flush_outbox()
 
-    def _clear_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
-
     def _disconnected(self) -> None:
-        self._stats.connected = False
         self._stats.backend_pid = None
         self._stats.listening = frozenset()
         self._release(None)
@@ -223,8 +251,7 @@ class Receiver:
         fd = pg.socket
         poller = select.poll()
         poller.register(fd, _POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
-        self._stats.connected = True
+        poller.register(self._pipe.fd, select.POLLIN)
         self._stats.backend_pid = pg.backend_pid
         listening: frozenset[str] = frozenset()
         with self._lock:
@@ -236,57 +263,116 @@ class Receiver:
             keeper.ready()
         last_io = time.monotonic()
         reading = True
-        while not keeper.stopping:
-            if self._outbox:
-                self._flush_outbox()
-            if not self._outbox:
-                self._drain(pg, enc)
-            paused = bool(self._outbox)  # the queue is full: leave the rest to the server
-            if reading != (not paused or pending is not None):
-                reading = not reading
-                poller.modify(fd, _POLLIN if reading else 0)
-            now = time.monotonic()
-            if pending is not None:
-                deadline = pending.deadline
-            elif paused:
-                deadline = now + 1.0  # no probe while paused; the dispatcher wakes us
-            else:
-                deadline = last_io + self._probe_interval
-            events = poller.poll(max(0, math.ceil((deadline - now) * 1000)))
-            readable = False
-            for efd, _ in events:
-                if efd == fd:
-                    readable = True
-                else:
-                    self._clear_wake()
-            if keeper.stopping or keeper.due:
-                return
-            if readable:
-                pg.consume_input()
-                if pg.status != pq.ConnStatus.OK:
-                    raise Lost("the server closed the connection")
-                last_io = time.monotonic()
+        self._enc = enc
+        lock = self._reading
+        lock.acquire()
+        try:
+            while not keeper.stopping:
+                if self._outbox:
+                    self._flush_outbox()
                 if not self._outbox:
-                    self._drain(pg, enc)  # hand the batch over before anything else
-                if pending is not None and self._collect(pg, pending, enc):
-                    if pending.target is not None:
-                        listening = pending.target
-                        self._stats.listening = listening
-                        if pending.error:
-                            self._stats.last_error = pending.error
-                            logger.error("LISTEN/UNLISTEN failed: %s", pending.error)
-                        self._release(pending.version)
-                        if not reported:
-                            reported = True
-                            keeper.ready()
-                    pending = None
-            now = time.monotonic()
-            if pending is not None and now >= pending.deadline:
-                raise Lost(f"no answer from the server within {self._probe_timeout:g} s")
-            if pending is None:
-                pending = self._send_sync(conn, listening)
-                if pending is None and not paused and now - last_io >= self._probe_interval:
-                    pending = self._send(pg, fd, PROBE_SQL, _Query(now + self._probe_timeout))
+                    self._drain(pg, enc)
+                paused = bool(self._outbox)  # the queue is full: leave the rest to the server
+                lane = self._lane  # the dispatcher reads the socket, or will once it is done
+                direct = lane is not None and (self._direct or not lane.empty())
+                if reading != ((not paused and not direct) or pending is not None):
+                    reading = not reading
+                    poller.modify(fd, _POLLIN if reading else 0)
+                now = time.monotonic()
+                last_io = max(last_io, self._read_at)
+                if pending is not None:
+                    deadline = pending.deadline
+                elif paused:
+                    deadline = now + 1.0  # no probe while paused; the dispatcher wakes us
+                else:
+                    deadline = last_io + self._settings.probe_interval
+                self._live = pg if pending is None and not self._outbox else None
+                lock.release()
+                try:
+                    events = poller.poll(max(0, math.ceil((deadline - now) * 1000)))
+                finally:
+                    lock.acquire()
+                self._live = None
+                readable = False
+                for efd, _ in events:
+                    if efd == fd:
+                        readable = True
+                    else:
+                        self._pipe.clear()
+                if keeper.stopping or keeper.due:
+                    return
+                if readable:
+                    pg.consume_input()
+                    if pg.status != pq.ConnStatus.OK:
+                        raise Lost("the server closed the connection")
+                    last_io = time.monotonic()
+                    if not self._outbox:
+                        self._drain(pg, enc)  # hand the batch over before anything else
+                    if pending is not None and self._collect(pg, pending, enc):
+                        if pending.target is not None:
+                            listening = pending.target
+                            self._stats.listening = listening
+                            if pending.error:
+                                self._stats.last_error = pending.error
+                                logger.error("LISTEN/UNLISTEN failed: %s", pending.error)
+                            self._release(pending.version)
+                            if not reported:
+                                reported = True
+                                keeper.ready()
+                        pending = None
+                now = time.monotonic()
+                if pending is not None and now >= pending.deadline:
+                    raise Lost(
+                        f"no answer from the server within {self._settings.probe_timeout:g} s"
+                    )
+                if pending is None:
+                    pending = self._send_sync(conn, listening)
+                    if (
+                        pending is None
+                        and not paused
+                        and now - last_io >= self._settings.probe_interval
+                    ):
+                        pending = self._send(
+                            pg, fd, PROBE_SQL, _Query(now + self._settings.probe_timeout)
+                        )
+        finally:
+            self._live = None
+            self._direct = False
+            lock.release()
+
+    def take_now(self, queue: BatchQueue) -> Batch | None:
+        """The direct lane: what the socket holds, read by the dispatcher itself.
+
+        The dispatcher of ``queue`` calls it whenever the queue is empty, so that under a
+        steady stream it reads and delivers in one thread, as a plain driver loop does,
+        instead of this thread handing every batch over (two threads taking turns on the
+        GIL). While it does, and while anything is queued, this thread leaves the socket to
+        it; it reads again as soon as this returns None: nothing to read, this thread busy
+        with the connection (a LISTEN or a probe in flight, a reconnect), anything queued
+        meanwhile (it goes first). The drop policies are left to this thread (they need it
+        reading while a callback is slow). Never blocks.
+        """
+        if queue.when_full != "block":
+            return None
+        self._lane = queue
+        notes: list[Any] = []
+        if self._reading.acquire(blocking=False):
+            try:
+                pg = self._live
+                if pg is not None and queue.empty():
+                    with contextlib.suppress(psycopg.Error):  # failing: this thread notices
+                        pg.consume_input()
+                        notes = self._read(pg)
+                if notes:
+                    self._direct = True
+                    self._read_at = time.monotonic()
+                    self._stats.counts["received"] += len(notes)
+                    return datetime.now(UTC), self._enc, notes
+            finally:
+                self._reading.release()
+        self._direct = False
+        self.wake()  # this thread may be leaving the socket to the dispatcher: read again
+        return None
 
     def _flush_outbox(self) -> None:
         """Hand what waits in the outbox to the queue, in order, as far as it takes it."""
@@ -313,7 +399,7 @@ class Receiver:
         statements = [
             sql.SQL("UNLISTEN {}").format(sql.Identifier(ch)) for ch in listening - desired
         ] + [sql.SQL("LISTEN {}").format(sql.Identifier(ch)) for ch in desired - listening]
-        query = _Query(time.monotonic() + self._probe_timeout, version, desired)
+        query = _Query(time.monotonic() + self._settings.probe_timeout, version, desired)
         if not statements:
             self._stats.listening = desired
             self._release(version)
@@ -345,6 +431,23 @@ class Receiver:
                 query.error = (result.error_message or b"").decode(enc, "replace").strip()
         return False
 
+    @staticmethod
+    def _read(pg: pq.abc.PGconn) -> list[Any]:
+        """Every notification libpq has parsed, and what the socket holds meanwhile (read
+        without waiting) while more keep coming, up to ``BATCH``."""
+        notes: list[Any] = []
+        more = notes.extend
+        parsed = pg.notifies
+        while True:
+            before = len(notes)
+            more(iter(parsed, None))  # every parsed notification, without a Python loop
+            if len(notes) == before or len(notes) >= BATCH:
+                return notes
+            try:
+                pg.consume_input()
+            except psycopg.Error:
+                return notes  # the connection is failing: hand over what was read
+
     def _drain(self, pg: pq.abc.PGconn, enc: str) -> None:
         """Move every notification libpq has parsed into the queue, as one batch.
 
@@ -352,25 +455,10 @@ class Receiver:
         waiting) into the same batch, up to ``BATCH``: fewer, larger hand-offs to the
         dispatcher under load, and nothing more than one non-blocking read when idle.
         """
-        n = pg.notifies()
-        if n is None:
+        notes = self._read(pg)
+        if not notes:
             return
-        notes = [n]
-        append = notes.append
-        notifies = pg.notifies
-        while True:
-            while (n := notifies()) is not None:
-                append(n)
-            if len(notes) >= BATCH:
-                break
-            try:
-                pg.consume_input()
-            except psycopg.Error:
-                break  # the connection is failing: hand over what was read; _serve notices
-            if (n := notifies()) is None:
-                break
-            append(n)
-        self._stats.received += len(notes)
+        self._stats.counts["received"] += len(notes)
         rest = self._queue.offer((datetime.now(UTC), enc, notes))
         if rest is not None:
             self._outbox.append(rest)

@@ -20,7 +20,7 @@ from typing import Any
 from ..connect import Resolved
 from ..errors import PgtideError
 from ._queue import Batch, Marker
-from ._receiver import Receiver
+from ._receiver import Receiver, Settings
 from ._registry import Registry
 from ._stats import Stats
 
@@ -96,8 +96,7 @@ class Waker:
         self._channels = tuple(dict.fromkeys(channels))
         self._on_notify = on_notify
         self._on_gap = on_gap
-        self._application_name = application_name
-        self._probe_interval = probe_interval
+        self._settings = Settings(application_name, probe_interval, probe_interval)
         self._receiver: Receiver | None = None
         self.signal = Signal()
         self.stats = Stats()
@@ -116,15 +115,7 @@ class Waker:
         registry = Registry()
         for channel in self._channels:
             registry.subscribe(channel, _ignore, None)
-        receiver = Receiver(
-            self._resolved,
-            registry,
-            self,
-            self.stats,
-            application_name=self._application_name,
-            probe_interval=self._probe_interval,
-            probe_timeout=self._probe_interval,
-        )
+        receiver = Receiver(self._resolved, registry, self, self.stats, self._settings)
         try:
             receiver.start()
         except (PgtideError, OSError) as exc:

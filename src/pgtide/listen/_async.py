@@ -106,7 +106,7 @@ class Listener(Face, AsyncRunnable):
         items = core.queue
         while not core.closing:
             wake.clear()
-            item = items.get_nowait()
+            item = core.next_item()
             if item is None:
                 if items.closed:
                     return

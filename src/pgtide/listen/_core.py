@@ -37,12 +37,12 @@ from ..channel import (
     Notification,
     Receiver,
     Registry,
+    Settings,
     Stats,
     Subscriber,
     WhenFull,
 )
 from ..connect import DsnLike, Resolved, resolve
-from ..errors import ConfigError
 
 logger = logging.getLogger("pgtide.listen")
 
@@ -107,15 +107,9 @@ class ListenerCore:
         on_reconnect: Callable[[], Any] | None,
         queue_size: int,
         when_full: WhenFull,
-        probe_interval: float,
-        probe_timeout: float,
+        settings: Settings,
         sync_timeout: float,
-        application_name: str,
     ) -> None:
-        if probe_interval <= 0 or probe_timeout <= 0:
-            raise ConfigError(
-                "probe_interval and probe_timeout must be positive numbers of seconds"
-            )
         if on_reconnect is not None and not callable(on_reconnect):
             raise TypeError("on_reconnect must be a callable taking no arguments")
         self._dsn = dsn
@@ -127,10 +121,8 @@ class ListenerCore:
         self.registry = Registry()
         self.queue = BatchQueue(queue_size, when_full)
         self.stats = Stats()
-        self._probe_interval = probe_interval
-        self._probe_timeout = probe_timeout
+        self._settings = settings
         self.sync_timeout = sync_timeout
-        self._application_name = application_name
         self._receiver: Receiver | None = None
         self._serial = itertools.count(1)
         self.pulls: weakref.WeakSet[Pull] = weakref.WeakSet()
@@ -150,15 +142,7 @@ class ListenerCore:
             self._resolved = resolve(self._dsn)
         self.closing = False
         self.queue.reopen()
-        receiver = Receiver(
-            self._resolved,
-            self.registry,
-            self.queue,
-            self.stats,
-            application_name=self._application_name,
-            probe_interval=self._probe_interval,
-            probe_timeout=self._probe_timeout,
-        )
+        receiver = Receiver(self._resolved, self.registry, self.queue, self.stats, self._settings)
         receiver.start()
         self._receiver = receiver
 
@@ -169,6 +153,15 @@ class ListenerCore:
         self.queue.close()
         if receiver is not None:
             receiver.stop()
+
+    def next_item(self) -> Item | None:
+        """The next item to deliver without waiting: the queue's, else what the socket holds
+        (read by the dispatcher itself: see :meth:`Receiver.take_now`); None when there is
+        nothing (then the queue's wakeup or ``get`` tells when there is)."""
+        item = self.queue.get_nowait()
+        if item is None and (receiver := self._receiver) is not None:
+            item = receiver.take_now(self.queue)
+        return item
 
     def end_pulls(self) -> None:
         """End every open iterator (called by the face, in the context its inboxes expect)."""
@@ -272,7 +265,7 @@ class ListenerCore:
     def failed(self, sub: Subscriber | None, note: Notification | None, exc: BaseException) -> None:
         """Log and count a callback that raised; delivery goes on."""
         stats = self.stats
-        stats.callback_errors += 1
+        stats.counts["callback_errors"] += 1
         if sub is None:
             stats.errors_by_subscriber["on_reconnect"] += 1
             logger.error("on_reconnect callback raised %r", exc, exc_info=exc)
@@ -289,25 +282,37 @@ class ListenerCore:
     def deliver(self, item: Item) -> Iterator[Pending]:
         """Decode and dispatch one queued item; yield awaitables for the face to run.
 
-        The hot path: everything a notification needs is bound to a local name once per batch,
-        and each :class:`Notification` is filled in without a call to its ``__init__`` (a
-        third of the cost of a message; ``test_listen_core`` checks that every field is set).
+        The hot path. Everything a notification needs is bound to a local name once per
+        batch; the channel name, its subscribers and the callback are looked up again only
+        when the channel changes or the routes do (a mute or an unsubscribe from a callback
+        applies to the very next notification); each :class:`Notification` is filled in
+        without a call to its ``__init__`` (``test_listen_core`` checks that every field is
+        set); only a second subscriber of a channel costs a copy.
         """
         if isinstance(item, Marker):
             yield from self._reconnected()
             return
         received_at, enc, notes = item
-        routes = self.registry  # .routes is re-read per notification: a mute applies at once
+        registry = self.registry
         decode, rescue = codecs.for_batch(self._decode, map(_PAYLOAD, notes))
         new = object.__new__
+        routes: dict[str, tuple[Subscriber, ...]] | None = None  # what the lookup below used
+        relname_was = b""
+        channel = ""
+        subs: tuple[Subscriber, ...] | None = None
         done = unrouted = 0
         try:
             for relname, pid, extra in notes:
                 if self.closing:
                     break
+                if relname != relname_was or registry.routes is not routes:
+                    routes = registry.routes
+                    relname_was = relname
+                    channel = relname.decode(enc)
+                    subs = routes.get(channel)
+                    if subs:
+                        first = subs[0]  # the one the notification itself goes to
                 done += 1
-                channel = relname.decode(enc)
-                subs = routes.routes.get(channel)
                 if not subs:
                     if subs is None:
                         unrouted += 1
@@ -320,7 +325,6 @@ class ListenerCore:
                 note.pid = pid
                 note.received_at = received_at
                 note.error = None
-                note.subscriber = None
                 if decode is None:
                     note.payload = raw
                 else:
@@ -332,11 +336,10 @@ class ListenerCore:
                         else:
                             note.payload = raw
                             note.error = f"{type(exc).__name__}: {exc}"
+                note.subscriber = first.id
                 for sub in subs:
-                    if note.subscriber is None:  # the first subscriber: the note itself
-                        note.subscriber = sub.id
-                    else:  # the others: a copy each (an async callback reads it later)
-                        note = note.copy_for(sub.id)
+                    if sub is not first:  # the others get a copy each (an async callback
+                        note = note.copy_for(sub.id)  # reads its own later)
                     try:
                         result = sub.callback(note)
                     except Exception as exc:
@@ -345,9 +348,9 @@ class ListenerCore:
                     if result is not None and isawaitable(result):
                         yield result, sub, note
         finally:
-            stats = self.stats
-            stats.dispatched += done
-            stats.unrouted += unrouted
+            counts = self.stats.counts
+            counts["dispatched"] += done
+            counts["unrouted"] += unrouted
 
     def _reconnected(self) -> Iterator[Pending]:
         callback = self.on_reconnect
@@ -382,22 +385,23 @@ class ListenerCore:
                 for ch, subs in subscribers.items()
                 if any(subs.values())
             },
-            "received": stats.received,
+            "received": stats.counts["received"],
             "without_subscriber": dict(self.without_subscriber),
-            "dispatched": stats.dispatched,
-            "unrouted": stats.unrouted,
-            "callback_errors": stats.callback_errors,
+            "dispatched": stats.counts["dispatched"],
+            "unrouted": stats.counts["unrouted"],
+            "callback_errors": stats.counts["callback_errors"],
             "errors_by_subscriber": dict(stats.errors_by_subscriber),
             "queued": len(self.queue),
             "queue_size": self.queue.maxsize,
             "queue_high_water": self.queue.high_water,
             "when_full": self.queue.when_full,
             "dropped": self.queue.dropped,
-            "reconnects": stats.reconnects,
+            "reconnects": stats.counts["reconnects"],
             "last_error": stats.last_error,
         }
 
 
+@dataclass(eq=False)
 class Pull:
     """One ``iter()``: its subscriber id, its channel and timeout, whether it is open.
 
@@ -405,26 +409,18 @@ class Pull:
     subscription puts each notification in it through ``put``, and so does :meth:`end`.
     """
 
-    def __init__(
-        self,
-        core: ListenerCore,
-        channel: str,
-        timeout: float | None,
-        put: Callable[[Any], None],
-        id: Hashable,
-    ) -> None:
-        self._core = core
-        self.channel = channel
-        self.timeout = timeout
-        self.put = put
-        self.id = id
-        self.state = "new"  # -> "open" -> "closed"
+    core: ListenerCore
+    channel: str
+    timeout: float | None
+    put: Callable[[Any], None]
+    id: Hashable
+    state = "new"  # -> "open" -> "closed"
 
     def subscribe(self) -> Change[Any]:
         """Subscribe the inbox; the face settles the change (call it once, when "new")."""
-        change = self._core.subscribe(self.channel, self.put, self.id)
+        change = self.core.subscribe(self.channel, self.put, self.id)
         self.state = "open"
-        self._core.pulls.add(self)
+        self.core.pulls.add(self)
         return change
 
     def take(self, item: object) -> Notification | None:
@@ -438,8 +434,8 @@ class Pull:
     def close(self) -> None:
         """Unsubscribe (UNLISTEN never needs waiting for); the iteration ends."""
         if self.state == "open":
-            self._core.pulls.discard(self)
-            self._core.must_wait(self._core.unsubscribe(self.id, self.channel), _nothing)
+            self.core.pulls.discard(self)
+            self.core.must_wait(self.core.unsubscribe(self.id, self.channel), _nothing)
         self.state = "closed"
 
 
@@ -471,10 +467,8 @@ class Face:
             on_reconnect=on_reconnect,
             queue_size=queue_size,
             when_full=when_full,
-            probe_interval=probe_interval,
-            probe_timeout=probe_timeout,
+            settings=Settings(application_name, probe_interval, probe_timeout),
             sync_timeout=sync_timeout,
-            application_name=application_name,
         )
         self._stop_timeout = stop_timeout
         self._prepare()

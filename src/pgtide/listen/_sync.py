@@ -135,7 +135,7 @@ class Listener(Face, Runnable):
         loop: asyncio.AbstractEventLoop | None = None
         try:
             while not core.closing:
-                item = items.get()
+                item = core.next_item() or items.get()
                 if item is None:
                     break
                 for awaitable, sub, note in core.deliver(item):
