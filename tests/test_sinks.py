@@ -232,6 +232,31 @@ def test_redis_reply_lost_after_the_script_ran(dsn: str, unique: str) -> None:
     assert [c["row"]["id"] for _, c in items] == list(range(30))
 
 
+class OldBatch(list[Change]):
+    """A batch of another history: a feed position that has seen every xid below 10**9."""
+
+    start = pgtide.Position.beginning()
+    position = pgtide.Position.parse("1000000000:1000000000:")
+
+
+def test_redis_record_of_another_history_is_forgotten(dsn: str, unique: str) -> None:
+    """A database reset starts its xids again, so that the record's positions (of the old
+    history) would cover the new changes: a change newer than any entry the record added
+    shows that, and the record's positions are forgotten instead of the changes."""
+    make_table(dsn, rows=5)
+    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    old = [
+        Change(i, "public.items", "insert", {"id": 100 + i}, None, 999_000_000 + i, hour_ago)
+        for i in range(3)
+    ]
+    with sinks.redis(MACHINE_REDIS, stream=f"{unique}:{{table}}", state_key=f"{unique}:s") as sink:
+        sink(OldBatch(old))
+        pgtide.Feed("reset", ["items"], dsn=dsn).run(sink, stop="end")
+        assert sink.counts.delivered == 8 and sink.counts.duplicates == 0
+    items = redis_entries(MACHINE_REDIS, f"{unique}:public.items")
+    assert [c["row"]["id"] for _, c in items] == [100, 101, 102, 0, 1, 2, 3, 4]
+
+
 def test_redis_waits_while_down_and_loses_nothing(dsn: str, redis_server: Broker) -> None:
     make_table(dsn, rows=20)
     feed = pgtide.Feed("down", ["items"], dsn=dsn)

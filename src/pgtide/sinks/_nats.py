@@ -43,6 +43,17 @@ def _clean(part: str) -> str:
     return _BAD.sub("_", part) or "_"
 
 
+def _check_subject(template: str) -> None:
+    """Refuse a subject template whose own text makes no valid subject (each value put in
+    is cleaned by :func:`_clean`), so that no subject needs checking per message."""
+    sample = re.sub(r"\{[^{}]*\}", "x", template)
+    if _BAD.search(sample) or any(not token for token in sample.split(".")):
+        raise ConfigError(
+            f"subject {template!r} is not a NATS subject to publish to: no spaces, no * or > "
+            "wildcards, no empty token (e.g. 'pg.{table}.{op}')"
+        )
+
+
 class NatsSink(Sink):
     """Publishes each change to JetStream and returns once every publish is acknowledged."""
 
@@ -64,6 +75,7 @@ class NatsSink(Sink):
     ) -> None:
         super().__init__(check_url(url, SCHEMES, "the NATS sink"), **options)
         self.subject = Template(subject, "subject", _clean)
+        _check_subject(subject)
         if create_stream and not stream:
             raise ConfigError("create_stream=True needs a stream name: stream='PG'")
         if stream is not None and (not stream or re.search(r"[\s.*>/\\]", stream)):
@@ -72,7 +84,7 @@ class NatsSink(Sink):
             raise ConfigError("timeout and duplicate_window must be > 0 seconds")
         self.stream = stream
         self._create = create_stream
-        self._subjects = subjects or [self._filter(subject)]
+        self._subjects = subjects or ([self._filter(subject)] if create_stream else [])
         self._window = duplicate_window
         self._timeout = timeout
         self._nc: NatsClient | None = None
@@ -117,6 +129,7 @@ class NatsSink(Sink):
                 reconnect_time_wait=0.05,
                 error_cb=note,
                 name="pgtide sink",
+                skip_subject_validation=True,  # checked once: _check_subject
             )
         except nats.errors.NoServersError:
             reason = failures[-1] if failures else "no server answered"
