@@ -125,19 +125,17 @@ class _Plan:
         change = message.change
         at = int(change.at.timestamp() * 1000)
         xid = change.xid
-        done = self.known.get(xid)
-        if done is None:
-            done = not self.forget and self.state.delivered(xid)
-            if done and at > self.state.last[0]:
-                # a change newer than every entry the record added cannot have been sent:
-                # the record's positions come from another history (the database was reset
-                # or restored), so they no longer tell what was delivered
-                self.forget, done = True, False
-                self.known.clear()
-            self.known[xid] = done
-        if done:
-            self.skipped += 1
-            return
+        seen = self.known.get(xid)
+        if seen is None:
+            seen = self.known[xid] = self.state.delivered(xid)
+        if seen:
+            if at <= self.state.last[0]:
+                self.skipped += 1
+                return
+            # covered by the record's positions, yet newer than every entry the record
+            # added: those positions come from another history (the database was reset or
+            # restored), so they do not tell what was delivered, and are forgotten
+            self.forget = True
         ms, seq = self.last
         self.last = ms, seq = (ms, seq + 1) if at <= ms else (at, 0)
         self.ids.append(f"{ms}-{seq}")
