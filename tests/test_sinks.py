@@ -232,6 +232,32 @@ def test_redis_reply_lost_after_the_script_ran(dsn: str, unique: str) -> None:
     assert [c["row"]["id"] for _, c in items] == list(range(30))
 
 
+def test_redis_resend_with_a_repeat_first_keeps_each_stream_its_own(dsn: str, unique: str) -> None:
+    """A batch sent again whose first change of one table is a repeat: each table's new
+    changes still go to its own stream, and the next batches find every stream where its
+    record says (the restart race of issue 15: they went to each other's stream, and the
+    next batch stopped with "already has entries ... past what this sink recorded")."""
+    make_table(dsn, "aa", rows=1)
+    make_table(dsn, "bb")
+    url, stream, state = MACHINE_REDIS, f"{unique}:{{table}}", f"{unique}:s"
+    feed = pgtide.Feed("mixed", ["aa", "bb"], dsn=dsn)
+    with sinks.redis(url, stream=stream, state_key=state) as sink:
+        sink(next(iter(feed.batches())))  # delivered, never acknowledged: a crash
+    feed.close()
+    insert(dsn, "bb", range(1))
+    insert(dsn, "aa", range(1, 2))
+    with sinks.redis(url, stream=stream, state_key=state) as sink:
+        pgtide.Feed("mixed", ["aa", "bb"], dsn=dsn).run(sink, stop="end")  # aa0 bb0 aa1
+        insert(dsn, "bb", range(1, 3))
+        insert(dsn, "aa", range(2, 3))
+        pgtide.Feed("mixed", ["aa", "bb"], dsn=dsn).run(sink, stop="end")
+    for table, ids in (("aa", [0, 1, 2]), ("bb", [0, 1, 2])):
+        held = redis_entries(url, f"{unique}:public.{table}")
+        assert [(c["table"], c["row"]["id"]) for _, c in held] == [
+            (f"public.{table}", i) for i in ids
+        ]
+
+
 class OldBatch(list[Change]):
     """A batch of another history: a feed position that has seen every xid below 10**9."""
 
