@@ -234,9 +234,10 @@ def test_redis_reply_lost_after_the_script_ran(dsn: str, unique: str) -> None:
 
 def test_redis_resend_with_a_repeat_first_keeps_each_stream_its_own(dsn: str, unique: str) -> None:
     """A batch sent again whose first change of one table is a repeat: each table's new
-    changes still go to its own stream, and the next batches find every stream where its
-    record says (the restart race of issue 15: they went to each other's stream, and the
-    next batch stopped with "already has entries ... past what this sink recorded")."""
+    changes still go to its own stream, and a later batch finds every stream where its
+    record says. (The restart race of issue 15: they went into each other's stream, and a
+    change captured earlier but committed later then stopped the sink with "already has
+    entries ... past what this sink recorded".)"""
     make_table(dsn, "aa", rows=1)
     make_table(dsn, "bb")
     url, stream, state = MACHINE_REDIS, f"{unique}:{{table}}", f"{unique}:s"
@@ -244,14 +245,23 @@ def test_redis_resend_with_a_repeat_first_keeps_each_stream_its_own(dsn: str, un
     with sinks.redis(url, stream=stream, state_key=state) as sink:
         sink(next(iter(feed.batches())))  # delivered, never acknowledged: a crash
     feed.close()
-    insert(dsn, "bb", range(1))
-    insert(dsn, "aa", range(1, 2))
-    with sinks.redis(url, stream=stream, state_key=state) as sink:
-        pgtide.Feed("mixed", ["aa", "bb"], dsn=dsn).run(sink, stop="end")  # aa0 bb0 aa1
-        insert(dsn, "bb", range(1, 3))
-        insert(dsn, "aa", range(2, 3))
-        pgtide.Feed("mixed", ["aa", "bb"], dsn=dsn).run(sink, stop="end")
-    for table, ids in (("aa", [0, 1, 2]), ("bb", [0, 1, 2])):
+    with psycopg.connect(dsn) as early, psycopg.connect(dsn, autocommit=True) as clock:
+        early.execute("INSERT INTO bb (id, v) VALUES (9, 'captured first, committed last')")
+        began = early.execute("SELECT now()").fetchone()
+        wait_for(  # the next changes are captured in a later millisecond
+            lambda: bool(
+                clock.execute("SELECT clock_timestamp() > %s + interval '2 ms'", began).fetchone()[
+                    0
+                ]  # type: ignore[index]
+            )
+        )
+        insert(dsn, "bb", range(1))
+        insert(dsn, "aa", range(1, 2))
+        with sinks.redis(url, stream=stream, state_key=state) as sink:
+            pgtide.Feed("mixed", ["aa", "bb"], dsn=dsn).run(sink, stop="end")  # aa0 bb0 aa1
+            early.commit()
+            pgtide.Feed("mixed", ["aa", "bb"], dsn=dsn).run(sink, stop="end")  # bb9
+    for table, ids in (("aa", [0, 1]), ("bb", [0, 9])):
         held = redis_entries(url, f"{unique}:public.{table}")
         assert [(c["table"], c["row"]["id"]) for _, c in held] == [
             (f"public.{table}", i) for i in ids
