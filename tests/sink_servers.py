@@ -269,3 +269,66 @@ def run_sink(dsn: str, consumer: str, tables: list[str], kind: str, url: str, na
         sink = sinks.redis(url, stream=f"{name}:{{table}}", state_key=f"{name}:state")
     feed = pgtide.Feed(consumer, tables, dsn=dsn)
     feed.run(sink, max_changes=500)
+
+
+# -- a proxy that loses a reply -------------------------------------------------------------
+@dataclass
+class LossyProxy:
+    """A TCP proxy on 127.0.0.1 in front of a broker. While ``lose`` is set, the next request
+    that contains ``marker`` reaches the broker (which runs it) but its reply is swallowed and
+    both connections are cut: the client sees a broken connection, the broker has applied
+    the request. ``lost`` counts the replies swallowed."""
+
+    target: int
+    marker: bytes
+    lose: threading.Event = field(default_factory=threading.Event)
+    lost: int = 0
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        start = asyncio.start_server(self._pipe, "127.0.0.1", 0)
+        self._server = asyncio.run_coroutine_threadsafe(start, self._loop).result(10)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    async def _pipe(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target)
+        cut = asyncio.Event()
+        swallow = False
+
+        async def upstream() -> None:
+            nonlocal swallow
+            while not cut.is_set() and (data := await client_r.read(65536)):
+                if self.lose.is_set() and self.marker in data:
+                    self.lose.clear()
+                    swallow = True  # the reply to this request never reaches the client
+                server_w.write(data)
+                await server_w.drain()
+            cut.set()
+
+        async def downstream() -> None:
+            while not cut.is_set() and (data := await server_r.read(65536)):
+                if swallow:
+                    self.lost += 1
+                    break
+                client_w.write(data)
+                await client_w.drain()
+            cut.set()
+
+        tasks = [asyncio.ensure_future(upstream()), asyncio.ensure_future(downstream())]
+        await cut.wait()
+        for task in tasks:
+            task.cancel()
+        for writer in (client_w, server_w):
+            writer.close()
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._server.close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)

@@ -17,6 +17,7 @@ from sink_servers import (
     MACHINE_NATS,
     MACHINE_REDIS,
     Broker,
+    LossyProxy,
     Receiver,
     free_port,
     jetstream_messages,
@@ -148,7 +149,7 @@ def test_nats_publishes_each_change_once_with_its_key(dsn: str, unique: str) -> 
         # the same batches again (a crash before the acknowledgement): nothing new
         for batch in batches:
             sink(batch)
-        assert sink.duplicates == 25 and sink.delivered == 25
+        assert sink.counts.duplicates == 25 and sink.counts.delivered == 25
     assert len(jetstream_messages(MACHINE_NATS, unique)) == 25
     assert feed.saved() is not None
 
@@ -176,7 +177,7 @@ def test_redis_adds_each_change_once_in_order(dsn: str, unique: str) -> None:
         pgtide.Feed("to-redis", ["items", "other"], dsn=dsn).run(keep, stop="end", max_changes=7)
         for batch in batches:  # sent again: refused, counted as already delivered
             sink(batch)
-        assert sink.delivered == 35 and sink.duplicates == 35
+        assert sink.counts.delivered == 35 and sink.counts.duplicates == 35
     items = redis_entries(MACHINE_REDIS, f"{unique}:public.items")
     assert [c["row"]["id"] for _, c in items] == list(range(30))
     assert len(redis_entries(MACHINE_REDIS, f"{unique}:public.other")) == 5
@@ -205,6 +206,93 @@ def test_redis_resend_in_another_order_adds_only_the_new(dsn: str, unique: str) 
     assert sorted(ids) == [*range(8), 1000] and ids[:5] == list(range(5))
 
 
+def test_redis_reply_lost_after_the_script_ran(dsn: str, unique: str) -> None:
+    """The broker applies a batch but its reply is lost (the connection breaks): the retry
+    finds the batch already there, adds nothing twice and goes on."""
+    make_table(dsn, rows=30)
+    proxy = LossyProxy(int(MACHINE_REDIS.rsplit(":", 1)[1]), b"EVALSHA")
+    sink = sinks.redis(proxy.url, stream=f"{unique}:{{table}}", state_key=f"{unique}:s")
+    sent = 0
+
+    def lossy(batch: Any) -> None:
+        nonlocal sent
+        sent += 1
+        if sent == 2:
+            proxy.lose.set()
+        sink(batch)
+
+    try:
+        with sink:
+            pgtide.Feed("lossy", ["items"], dsn=dsn).run(lossy, stop="end", max_changes=10)
+    finally:
+        proxy.close()
+    assert proxy.lost == 1 and sink.counts.retries == 1
+    assert sink.counts.delivered == 20 and sink.counts.duplicates == 10
+    items = redis_entries(MACHINE_REDIS, f"{unique}:public.items")
+    assert [c["row"]["id"] for _, c in items] == list(range(30))
+
+
+def test_redis_resend_with_a_repeat_first_keeps_each_stream_its_own(dsn: str, unique: str) -> None:
+    """A batch sent again whose first change of one table is a repeat: each table's new
+    changes still go to its own stream, and a later batch finds every stream where its
+    record says. (The restart race of issue 15: they went into each other's stream, and a
+    change captured earlier but committed later then stopped the sink with "already has
+    entries ... past what this sink recorded".)"""
+    make_table(dsn, "aa", rows=1)
+    make_table(dsn, "bb")
+    url, stream, state = MACHINE_REDIS, f"{unique}:{{table}}", f"{unique}:s"
+    feed = pgtide.Feed("mixed", ["aa", "bb"], dsn=dsn)
+    with sinks.redis(url, stream=stream, state_key=state) as sink:
+        sink(next(iter(feed.batches())))  # delivered, never acknowledged: a crash
+    feed.close()
+    with psycopg.connect(dsn) as early, psycopg.connect(dsn, autocommit=True) as clock:
+        early.execute("INSERT INTO bb (id, v) VALUES (9, 'captured first, committed last')")
+        began = early.execute("SELECT now()").fetchone()
+        wait_for(  # the next changes are captured in a later millisecond
+            lambda: bool(
+                clock.execute("SELECT clock_timestamp() > %s + interval '2 ms'", began).fetchone()[
+                    0
+                ]  # type: ignore[index]
+            )
+        )
+        insert(dsn, "bb", range(1))
+        insert(dsn, "aa", range(1, 2))
+        with sinks.redis(url, stream=stream, state_key=state) as sink:
+            pgtide.Feed("mixed", ["aa", "bb"], dsn=dsn).run(sink, stop="end")  # aa0 bb0 aa1
+            early.commit()
+            pgtide.Feed("mixed", ["aa", "bb"], dsn=dsn).run(sink, stop="end")  # bb9
+    for table, ids in (("aa", [0, 1]), ("bb", [0, 9])):
+        held = redis_entries(url, f"{unique}:public.{table}")
+        assert [(c["table"], c["row"]["id"]) for _, c in held] == [
+            (f"public.{table}", i) for i in ids
+        ]
+
+
+class OldBatch(list[Change]):
+    """A batch of another history: a feed position that has seen every xid below 10**9."""
+
+    start = pgtide.Position.beginning()
+    position = pgtide.Position.parse("1000000000:1000000000:")
+
+
+def test_redis_record_of_another_history_is_forgotten(dsn: str, unique: str) -> None:
+    """A database reset starts its xids again, so that the record's positions (of the old
+    history) would cover the new changes: a change newer than any entry the record added
+    shows that, and the record's positions are forgotten instead of the changes."""
+    make_table(dsn, rows=5)
+    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    old = [
+        Change(i, "public.items", "insert", {"id": 100 + i}, None, 999_000_000 + i, hour_ago)
+        for i in range(3)
+    ]
+    with sinks.redis(MACHINE_REDIS, stream=f"{unique}:{{table}}", state_key=f"{unique}:s") as sink:
+        sink(OldBatch(old))
+        pgtide.Feed("reset", ["items"], dsn=dsn).run(sink, stop="end")
+        assert sink.counts.delivered == 8 and sink.counts.duplicates == 0
+    items = redis_entries(MACHINE_REDIS, f"{unique}:public.items")
+    assert [c["row"]["id"] for _, c in items] == [100, 101, 102, 0, 1, 2, 3, 4]
+
+
 def test_redis_waits_while_down_and_loses_nothing(dsn: str, redis_server: Broker) -> None:
     make_table(dsn, rows=20)
     feed = pgtide.Feed("down", ["items"], dsn=dsn)
@@ -214,10 +302,10 @@ def test_redis_waits_while_down_and_loses_nothing(dsn: str, redis_server: Broker
     runner = threading.Thread(target=feed.run, args=(sink,), kwargs={"max_changes": 5})
     runner.start()
     try:
-        wait_for(lambda: sink.retries >= 3, what="retries against the stopped server")
+        wait_for(lambda: sink.counts.retries >= 3, what="retries against the stopped server")
         assert feed.saved() is None or feed.saved() == pgtide.Position.beginning()
         redis_server.start()
-        wait_for(lambda: sink.delivered == 20, what="delivery after the restart")
+        wait_for(lambda: sink.counts.delivered == 20, what="delivery after the restart")
     finally:
         feed.stop()
         runner.join(20)
@@ -243,7 +331,7 @@ def test_stop_ends_a_delivery_that_waits_for_the_broker(dsn: str, redis_server: 
 
     runner = threading.Thread(target=run)
     runner.start()
-    wait_for(lambda: sink.retries >= 1, what="a retry")
+    wait_for(lambda: sink.counts.retries >= 1, what="a retry")
     sink.stop()
     feed.stop()
     runner.join(10)

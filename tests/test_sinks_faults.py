@@ -90,19 +90,9 @@ def _held(kind: str, url: str, name: str) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-REDIS_RACE = (
-    "known bug, open in issue 15: under load (seen against the PostgreSQL 15 service with other "
-    "tests running), a restarted Redis sink can find its stream ahead of its delivery record "
-    "and stops with SinkError('... already has entries ... past what this sink recorded'); it "
-    "never loses or repeats a change, but it stops. Passes when run alone."
-)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize(
-    "kind", ["nats", pytest.param("redis", marks=pytest.mark.xfail(reason=REDIS_RACE))]
-)
+@pytest.mark.parametrize("kind", ["nats", "redis"])
 def test_exactly_once_across_kills_and_a_broker_restart(
     dsn: str, kind: str, killable: Killable, request: pytest.FixtureRequest
 ) -> None:

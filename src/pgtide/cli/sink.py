@@ -6,7 +6,9 @@ import contextlib
 import os
 import threading
 import time
-from typing import Annotated, Any
+from collections.abc import Callable
+from inspect import Parameter, Signature, signature
+from typing import Annotated, Any, get_type_hints
 
 import typer
 from rich.live import Live
@@ -144,9 +146,55 @@ def _serve(
         feed.close()
 
 
-@app.command("nats")
+def _command(name: str) -> Callable[[Callable[..., Sink]], Callable[..., Sink]]:
+    """Register ``make`` (the sink's own options, and ``**options`` for the sink's filters,
+    -> the sink) as ``pgtide sink NAME``, with
+    the options every sink command takes (consumer, tables, ops, start, batch size,
+    progress, database, JSON) added to its signature: one declaration for all three."""
+
+    def register(make: Callable[..., Sink]) -> Callable[..., Sink]:
+        hints = get_type_hints(make, include_extras=True)
+        own = [
+            p.replace(annotation=hints[p.name])
+            for p in signature(make).parameters.values()
+            if p.kind is not Parameter.VAR_KEYWORD  # the filters, from the common options
+        ]
+
+        def command(**values: Any) -> None:
+            common = {name: values.pop(name) for name in COMMON}
+            consumer = common.pop("consumer")
+            sink = make(**values, ops=common.pop("op"))
+            _serve(sink, consumer, common.pop("table"), **common)
+
+        command.__signature__ = Signature([*own, *COMMON.values()])  # type: ignore[attr-defined]
+        command.__doc__ = make.__doc__
+        app.command(name)(command)
+        return make
+
+    return register
+
+
+def _option(name: str, annotation: Any, default: Any = Parameter.empty) -> Parameter:
+    return Parameter(name, Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+COMMON = {
+    p.name: p
+    for p in (
+        _option("consumer", Consumer),
+        _option("table", Tables, None),
+        _option("op", Ops, None),
+        _option("start", Start, "saved"),
+        _option("max_changes", MaxChanges, 1000),
+        _option("every", Every, 1.0),
+        _option("dsn", DsnOption, None),
+        _option("as_json", JsonOption, False),
+    )
+}
+
+
+@_command("nats")
 def nats(
-    consumer: Consumer,
     url: Annotated[str, typer.Argument(help="NATS server URL.")] = "nats://127.0.0.1:4222",
     subject: Annotated[
         str,
@@ -160,22 +208,14 @@ def nats(
         str | None, typer.Option(help="JetStream stream that must take the messages.")
     ] = None,
     create_stream: Annotated[bool, typer.Option(help="Create the stream if missing.")] = False,
-    table: Tables = None,
-    op: Ops = None,
-    start: Start = "saved",
-    max_changes: MaxChanges = 1000,
-    every: Every = 1.0,
-    dsn: DsnOption = None,
-    as_json: JsonOption = False,
-) -> None:
+    **options: Any,
+) -> Sink:
     """Publish each change to NATS JetStream (Nats-Msg-Id = its key: no duplicate)."""
-    sink = nats_sink(url, subject, stream, create_stream=create_stream, ops=op)
-    _serve(sink, consumer, table, start, max_changes, every, dsn, as_json)
+    return nats_sink(url, subject, stream, create_stream=create_stream, **options)
 
 
-@app.command("redis")
+@_command("redis")
 def redis(
-    consumer: Consumer,
     url: Annotated[str, typer.Argument(help="Redis URL.")] = "redis://127.0.0.1:6379",
     stream: Annotated[
         str,
@@ -187,38 +227,23 @@ def redis(
     maxlen: Annotated[
         int | None, typer.Option(help="Trim each stream to about this many entries.")
     ] = None,
-    table: Tables = None,
-    op: Ops = None,
-    start: Start = "saved",
-    max_changes: MaxChanges = 1000,
-    every: Every = 1.0,
-    dsn: DsnOption = None,
-    as_json: JsonOption = False,
-) -> None:
+    **options: Any,
+) -> Sink:
     """Add each change to a Redis stream (XADD with explicit ids: no duplicate)."""
-    sink = redis_sink(url, stream, maxlen, ops=op)
-    _serve(sink, consumer, table, start, max_changes, every, dsn, as_json)
+    return redis_sink(url, stream, maxlen, **options)
 
 
-@app.command("webhook")
+@_command("webhook")
 def webhook(
     url: Annotated[str, typer.Argument(help="The endpoint to POST batches to.")],
-    consumer: Consumer,
     secret_env: Annotated[
         str,
         typer.Option(help="Environment variable holding the signing secret (never on argv)."),
     ] = "PGTIDE_WEBHOOK_SECRET",
     timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 10.0,
     retries: Annotated[int, typer.Option(help="Retries per batch before giving up.")] = 5,
-    table: Tables = None,
-    op: Ops = None,
-    start: Start = "saved",
-    max_changes: MaxChanges = 1000,
-    every: Every = 1.0,
-    dsn: DsnOption = None,
-    as_json: JsonOption = False,
-) -> None:
+    **options: Any,
+) -> Sink:
     """POST each batch as signed JSON with an Idempotency-Key; retry, then stop unacked."""
     secret = os.environ.get(secret_env) or None
-    sink = webhook_sink(url, secret, timeout=timeout, retries=retries, ops=op)
-    _serve(sink, consumer, table, start, max_changes, every, dsn, as_json)
+    return webhook_sink(url, secret, timeout=timeout, retries=retries, **options)

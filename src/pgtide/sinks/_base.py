@@ -12,7 +12,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypedDict, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,7 +20,7 @@ from .. import Change, Position
 from ..connect import Backoff
 from ..errors import ConfigError, PgtideError
 from ..names import TableName
-from ._encode import change_key, encode
+from ._encode import change_key, dumps, encode, record
 
 log = logging.getLogger("pgtide.sinks")
 
@@ -190,6 +190,69 @@ def _ops(ops: Iterable[str] | str | None) -> frozenset[str] | None:
     return chosen
 
 
+@dataclass(slots=True)
+class Selection:
+    """Which changes a sink sends, and as what: the ``tables``, ``ops`` and ``where``
+    filters, the ``transform`` of each change and its ``key`` (for ``{key}`` templates)."""
+
+    tables: tuple[set[str], set[str]] | None = None
+    ops: frozenset[str] | None = None
+    where: Callable[[Change], bool] | None = None
+    transform: Callable[[Change], Any] | None = None
+    key: Callable[[Change], Any] | None = None
+    _table_ok: dict[str, bool] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        tables: Iterable[str] | str | None = None,
+        ops: Iterable[str] | str | None = None,
+        where: Callable[[Change], bool] | None = None,
+        transform: Callable[[Change], Any] | None = None,
+        key: Callable[[Change], Any] | None = None,
+    ) -> Selection:
+        """The selection of these options, checked (:class:`ConfigError` names a bad one)."""
+        for name, fn in (("where", where), ("transform", transform), ("key", key)):
+            if fn is not None and not callable(fn):
+                raise ConfigError(f"{name}= must be a callable taking a Change, not {fn!r}")
+        return cls(_tables(tables), _ops(ops), where, transform, key)
+
+    @property
+    def plain(self) -> bool:
+        """Whether every change goes, as its own record, with no key."""
+        return all(
+            option is None
+            for option in (self.tables, self.ops, self.where, self.transform, self.key)
+        )
+
+    def wanted(self, change: Change) -> bool:
+        """Whether ``change`` passes the ``tables``, ``ops`` and ``where`` filters."""
+        if self.ops is not None and change.op not in self.ops:
+            return False
+        if self.tables is not None:
+            ok = self._table_ok.get(change.table)
+            if ok is None:
+                qualified, bare = self.tables
+                ok = change.table in qualified or change.table.rpartition(".")[2] in bare
+                self._table_ok[change.table] = ok
+            if not ok:
+                return False
+        return self.where is None or bool(self.where(change))
+
+
+@dataclass(slots=True)
+class Counts:
+    """What a sink did: batches delivered, messages the broker accepted (``delivered``) or
+    already held (``duplicates``: sent before a crash, not stored twice), retries after an
+    outage, and the time of the last delivery."""
+
+    batches: int = 0
+    delivered: int = 0
+    duplicates: int = 0
+    retries: int = 0
+    last_delivery: float | None = None
+
+
 class SinkOptions(TypedDict, total=False):
     """The options every sink takes, checked by :class:`Sink`: which changes it sends
     (``tables``, ``ops``, ``where``), as what (``transform``, ``key``), and the longest
@@ -231,52 +294,27 @@ class Sink(ABC):
         attempts: int | None = None,
         backoff_max: float = 5.0,
     ) -> None:
-        for name, fn in (("where", where), ("transform", transform), ("key", key)):
-            if fn is not None and not callable(fn):
-                raise ConfigError(f"{name}= must be a callable taking a Change, not {fn!r}")
         if attempts is not None and attempts < 1:
             raise ConfigError(f"retries must be >= 0, not {attempts - 1}")
         if backoff_max <= 0:
             raise ConfigError(f"backoff_max must be > 0 seconds, not {backoff_max}")
         self.url = url
-        self._tables = _tables(tables)
-        self._table_ok: dict[str, bool] = {}
-        self._ops = _ops(ops)
-        self._where = where
-        self._transform = transform
-        self._key = key
-        self._attempts = attempts
-        self._backoff_max = backoff_max
-        self._connected = False
-        self._ever_connected = False
+        self.selection = Selection.of(tables, ops, where, transform, key)
+        self.counts = Counts()
+        """What the sink did, for progress reports (read from any thread)."""
+        self._attempts, self._backoff_max = attempts, backoff_max
+        self._connected = self._ever_connected = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
         self._stopping = threading.Event()
         self._portal: _Portal | None = None
         self._lock = threading.Lock()
-        # what progress reports read (from any thread)
-        self.delivered = 0
-        """Messages the broker accepted."""
-        self.duplicates = 0
-        """Messages the broker already held (sent before a crash): not stored twice."""
-        self.batches = 0
-        self.retries = 0
-        self.last_delivery: float | None = None
+        self._routes: dict[tuple[str, str], str] = {}
 
     # -- the message of each change ------------------------------------------------------
     def wanted(self, change: Change) -> bool:
         """Whether ``change`` passes the ``tables``, ``ops`` and ``where`` filters."""
-        if self._ops is not None and change.op not in self._ops:
-            return False
-        if self._tables is not None:
-            ok = self._table_ok.get(change.table)
-            if ok is None:
-                qualified, bare = self._tables
-                ok = change.table in qualified or change.table.rpartition(".")[2] in bare
-                self._table_ok[change.table] = ok
-            if not ok:
-                return False
-        return self._where is None or bool(self._where(change))
+        return self.selection.wanted(change)
 
     @abstractmethod
     def _destination(self, change: Change, key: str | None) -> str:
@@ -284,15 +322,30 @@ class Sink(ABC):
 
     def messages(self, batch: Iterable[Change]) -> list[Message]:
         """The messages to send for ``batch``: filtered, transformed, encoded, addressed."""
+        select = self.selection
+        if not select.plain:
+            return self._shaped(batch)
+        # the common case, kept lean: every change, as its record, to its table's destination
+        routes, route = self._routes, self._destination
         out: list[Message] = []
-        keyfn, transform = self._key, self._transform
         for change in batch:
-            if not self.wanted(change):
+            key = f"{change.xid}-{change.id}"
+            dest = routes.get((change.table, change.op))
+            if dest is None:
+                dest = routes[(change.table, change.op)] = route(change, None)
+            out.append(Message(change, key, dumps(record(change, key)), dest))
+        return out
+
+    def _shaped(self, batch: Iterable[Change]) -> list[Message]:
+        select, raw = self.selection, self._raw_bodies
+        out: list[Message] = []
+        for change in batch:
+            if not select.wanted(change):
                 continue
-            body = encode(change, transform, raw=self._raw_bodies)
+            body = encode(change, select.transform, raw=raw)
             if body is None:
                 continue
-            key = None if keyfn is None else str(keyfn(change))
+            key = None if select.key is None else str(select.key(change))
             out.append(Message(change, change_key(change), body, self._destination(change, key)))
         return out
 
@@ -305,8 +358,9 @@ class Sink(ABC):
         acknowledged meanwhile, so nothing is lost."""
         self._bind()
         messages = self.messages(batch)
+        counts = self.counts
         if not messages and not self._wants_empty:
-            self.batches += 1
+            counts.batches += 1
             return
         backoff = Backoff(initial=0.1, maximum=self._backoff_max)
         tries = 0
@@ -325,7 +379,7 @@ class Sink(ABC):
                         f"{self}: gave up after {tries} tries ({self._reason(exc)}); "
                         "the batch stays unacknowledged"
                     ) from None
-                self.retries += 1
+                counts.retries += 1
                 delay = backoff.next()
                 log.warning(
                     "%s: %s; retrying in %.1f s (try %d); nothing is acknowledged meanwhile",
@@ -336,8 +390,8 @@ class Sink(ABC):
                 )
                 await self._drop()
                 await self._pause(delay)
-        self.batches += 1
-        self.last_delivery = time.time()
+        counts.batches += 1
+        counts.last_delivery = time.time()
 
     async def _open(self) -> None:
         try:
@@ -467,11 +521,12 @@ class Sink(ABC):
 
     def stats(self) -> dict[str, Any]:
         """Counters for progress reports: batches, delivered, duplicates, retries."""
+        counts = self.counts
         return {
-            "batches": self.batches,
-            "delivered": self.delivered,
-            "duplicates": self.duplicates,
-            "retries": self.retries,
+            "batches": counts.batches,
+            "delivered": counts.delivered,
+            "duplicates": counts.duplicates,
+            "retries": counts.retries,
         }
 
 

@@ -82,11 +82,12 @@ def change_key(change: Change) -> str:
     return f"{change.xid}-{change.id}"
 
 
-def record(change: Change) -> dict[str, Any]:
-    """The change as the dict that sinks send (before encoding): ``key``, ``id``, ``xid``,
-    ``table``, ``op``, ``row``, ``old``, ``at``."""
+def record(change: Change, key: str | None = None) -> dict[str, Any]:
+    """The change as the dict that sinks send (before encoding): ``key`` (its
+    :func:`change_key`, unless given), ``id``, ``xid``, ``table``, ``op``, ``row``, ``old``,
+    ``at``."""
     return {
-        "key": change_key(change),
+        "key": change_key(change) if key is None else key,
         "id": change.id,
         "xid": change.xid,
         "table": change.table,

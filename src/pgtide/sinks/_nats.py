@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import ClassVar, Unpack
+from typing import ClassVar, NoReturn, Unpack
 
 import nats
 import nats.errors
@@ -30,11 +30,28 @@ from ._base import (
 SCHEMES = ("nats", "tls", "ws", "wss")
 _BAD = re.compile(r"[\s*>]")
 MSG_ID = "Nats-Msg-Id"
+LAST_ID = "Nats-Expected-Last-Msg-Id"
+WRONG_LAST_ID = 10070
+"""JetStream's error code for a message whose ``Nats-Expected-Last-Msg-Id`` is not the
+stream's last message id."""
+CHAIN_PAUSE = 20
+"""Batches acknowledged message by message after a chain broke."""
 
 
 def _clean(part: str) -> str:
     """A template value as subject tokens: spaces and wildcards become ``_``."""
     return _BAD.sub("_", part) or "_"
+
+
+def _check_subject(template: str) -> None:
+    """Refuse a subject template whose own text makes no valid subject (each value put in
+    is cleaned by :func:`_clean`), so that no subject needs checking per message."""
+    sample = re.sub(r"\{[^{}]*\}", "x", template)
+    if _BAD.search(sample) or any(not token for token in sample.split(".")):
+        raise ConfigError(
+            f"subject {template!r} is not a NATS subject to publish to: no spaces, no * or > "
+            "wildcards, no empty token (e.g. 'pg.{table}.{op}')"
+        )
 
 
 class NatsSink(Sink):
@@ -58,6 +75,7 @@ class NatsSink(Sink):
     ) -> None:
         super().__init__(check_url(url, SCHEMES, "the NATS sink"), **options)
         self.subject = Template(subject, "subject", _clean)
+        _check_subject(subject)
         if create_stream and not stream:
             raise ConfigError("create_stream=True needs a stream name: stream='PG'")
         if stream is not None and (not stream or re.search(r"[\s.*>/\\]", stream)):
@@ -66,11 +84,12 @@ class NatsSink(Sink):
             raise ConfigError("timeout and duplicate_window must be > 0 seconds")
         self.stream = stream
         self._create = create_stream
-        self._subjects = subjects or [self._filter(subject)]
+        self._subjects = subjects or ([self._filter(subject)] if create_stream else [])
         self._window = duplicate_window
         self._timeout = timeout
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
+        self._chain_after = 0
 
     @staticmethod
     def _filter(subject: str) -> str:
@@ -110,6 +129,7 @@ class NatsSink(Sink):
                 reconnect_time_wait=0.05,
                 error_cb=note,
                 name="pgtide sink",
+                skip_subject_validation=True,  # checked once: _check_subject
             )
         except nats.errors.NoServersError:
             reason = failures[-1] if failures else "no server answered"
@@ -147,24 +167,65 @@ class NatsSink(Sink):
         assert js is not None and nc is not None
         if nc.is_closed:
             raise nats.errors.ConnectionClosedError
+        if len(messages) > 1 and self.counts.batches >= self._chain_after:
+            if await self._chained(nc, js, messages):
+                return
+            # the chain broke: another publisher writes to the stream, or this is a batch
+            # sent again; every message is acknowledged on its own for a while
+            self._chain_after = self.counts.batches + CHAIN_PAUSE
+        await self._acked(js, messages)
+
+    async def _chained(self, nc: NatsClient, js: JetStreamContext, messages: list[Message]) -> bool:
+        """Publish ``messages`` as a chain: each after the first names the one before it
+        (``Nats-Expected-Last-Msg-Id``), so JetStream stores it only right after that one,
+        and only the last asks for an acknowledgement. That one acknowledgement proves the
+        whole chain was stored, in order; False when the chain broke (nothing is lost: the
+        caller sends the batch again with an acknowledgement per message)."""
+        publish = nc.publish
+        first, *middle, last = messages
+        await publish(first.dest, first.body, headers={MSG_ID: first.key})
+        before = first.key
+        for m in middle:
+            await publish(m.dest, m.body, headers={MSG_ID: m.key, LAST_ID: before})
+            before = m.key
+        headers = {MSG_ID: last.key, LAST_ID: before}
+        try:
+            ack = await js.publish(last.dest, last.body, timeout=self._timeout, headers=headers)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == WRONG_LAST_ID:
+                return False
+            self._refused(exc, last)
+        except nats.js.errors.NoStreamResponseError as exc:
+            self._refused(exc, last)
+        if ack.duplicate:  # a batch sent again: each message's own ack tells what was new
+            return False
+        self.counts.delivered += len(messages)
+        return True
+
+    async def _acked(self, js: JetStreamContext, messages: list[Message]) -> None:
         publish = js.publish_async
         futures = [await publish(m.dest, m.body, headers={MSG_ID: m.key}) for m in messages]
         try:
             acks = await asyncio.wait_for(asyncio.gather(*futures), self._timeout)
-        except nats.js.errors.NoStreamResponseError:
-            raise nats.errors.NoRespondersError(
-                f"no JetStream stream takes subject {messages[0].dest!r} (yet?)"
-            ) from None
-        except nats.js.errors.APIError as exc:
-            if exc.code is not None and exc.code >= 500:
-                raise
-            raise SinkError(f"JetStream refused a message: {exc}") from None
+        except (nats.js.errors.APIError, nats.js.errors.NoStreamResponseError) as exc:
+            self._refused(exc, messages[0])
         finally:
             for future in futures:
                 future.cancel()
         duplicates = sum(1 for ack in acks if ack.duplicate)
-        self.duplicates += duplicates
-        self.delivered += len(acks) - duplicates
+        self.counts.duplicates += duplicates
+        self.counts.delivered += len(acks) - duplicates
+
+    @staticmethod
+    def _refused(exc: nats.js.errors.Error, message: Message) -> NoReturn:
+        """Raise what a JetStream error means: an outage to retry, or a refusal."""
+        if not isinstance(exc, nats.js.errors.APIError):  # no stream answered
+            raise nats.errors.NoRespondersError(
+                f"no JetStream stream takes subject {message.dest!r} (yet?)"
+            ) from None
+        if exc.code is not None and exc.code >= 500:
+            raise exc
+        raise SinkError(f"JetStream refused a message: {exc}") from None
 
     def _describe(self) -> str:
         return f"subject={self.subject.text!r} stream={self.stream!r}"

@@ -2,15 +2,17 @@
 delivered, so that a batch sent again after a crash adds nothing twice.
 
 Each batch goes in one Lua script call (one round trip, atomic): it checks that the sink's
-record of each stream is the one the sink read, adds the entries with explicit, strictly
-increasing ids, and records the batch's feed position for each stream it touched. A change
-whose transaction that recorded position has seen was delivered before and is not sent
-again (the feed can re-read a batch in a different order after a crash, so the entry id
-alone could not tell). A call that fails half-way changed nothing.
+record of each stream is the one the sink read and that nothing else added to the stream
+since, adds the entries with explicit, strictly increasing ids, and records the batch's
+feed position for each stream it touched. The checks come before the first write, so a
+call that is refused changed nothing. A change whose transaction that recorded position
+has seen was delivered before and is not sent again (the feed can re-read a batch in a
+different order after a crash, so the entry id alone could not tell).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Unpack
 
@@ -25,21 +27,20 @@ from .. import Change, Position
 from ..errors import ConfigError
 from ._base import BatchLike, Message, Sink, SinkError, SinkOptions, Template, check_url
 
+log = logging.getLogger("pgtide.sinks")
+
 SCHEMES = ("redis", "rediss", "unix")
 FIELD = "change"
 """The entry field that holds the change's JSON."""
 
 DELIVER = """
+-- KEYS[1] the delivery record (a hash), KEYS[2..n+1] the streams. ARGV[1] maxlen or '';
+-- then for each stream i, at 1 + 4 * (i - 1): the record read, the record to write, the
+-- entry ids (space separated) and their bodies' lengths; last, every body end to end.
 local n = #KEYS - 1
 for i = 1, n do
   local cur = redis.call('HGET', KEYS[1], KEYS[i + 1]) or ''
-  if cur ~= ARGV[1 + i] then return {'stale', KEYS[i + 1]} end
-end
-local base = 2 + 2 * n
-local first = {}
-for j = base, #ARGV, 3 do
-  local s = tonumber(ARGV[j])
-  if first[s] == nil then first[s] = ARGV[j + 1] end
+  if cur ~= ARGV[4 * i - 2] then return {'stale', KEYS[i + 1]} end
 end
 local function parts(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
@@ -54,21 +55,26 @@ for i = 1, n do
       if info[k] == 'last-generated-id' then last = info[k + 1] end
     end
     local lms, lseq = parts(last)
-    local fms, fseq = parts(first[i])
+    local fms, fseq = parts(string.match(ARGV[4 * i], '^%S+'))
     if fms < lms or (fms == lms and fseq <= lseq) then return {'behind', KEYS[i + 1], last} end
   elseif kind ~= 'none' then
     return {'type', KEYS[i + 1], kind}
   end
 end
-for j = base, #ARGV, 3 do
-  local key = KEYS[tonumber(ARGV[j]) + 1]
-  if ARGV[1] == '' then
-    redis.call('XADD', key, ARGV[j + 1], 'change', ARGV[j + 2])
-  else
-    redis.call('XADD', key, 'MAXLEN', '~', ARGV[1], ARGV[j + 1], 'change', ARGV[j + 2])
+local blob, at = ARGV[#ARGV], 1
+for i = 1, n do
+  local key, lengths = KEYS[i + 1], string.gmatch(ARGV[4 * i + 1], '%d+')
+  for id in string.gmatch(ARGV[4 * i], '%S+') do
+    local stop = at + tonumber(lengths())
+    if ARGV[1] == '' then
+      redis.call('XADD', key, id, 'change', string.sub(blob, at, stop - 1))
+    else
+      redis.call('XADD', key, 'MAXLEN', '~', ARGV[1], id, 'change', string.sub(blob, at, stop - 1))
+    end
+    at = stop
   end
+  redis.call('HSET', KEYS[1], key, ARGV[4 * i - 1])
 end
-for i = 1, n do redis.call('HSET', KEYS[1], KEYS[i + 1], ARGV[1 + n + i]) end
 return {'ok'}
 """
 
@@ -91,16 +97,49 @@ class StreamState:
     def delivered(self, xid: int) -> bool:
         return any(p.seen(xid) for p in self.seen)
 
-    def after(self, position: Position, last: tuple[int, int]) -> str:
-        """The record once a batch ending at ``position`` was added, up to id ``last``."""
-        seen = [p for p in self.seen if not p <= position] + [position]
+    def after(self, position: Position, last: tuple[int, int], forget: bool = False) -> str:
+        """The record once a batch ending at ``position`` was added, up to id ``last``
+        (``forget``: the positions recorded before belong to another history)."""
+        seen = [] if forget else [p for p in self.seen if not p <= position]
         return orjson.dumps(
-            {"last": f"{last[0]}-{last[1]}", "seen": [str(p) for p in seen]}
+            {"last": f"{last[0]}-{last[1]}", "seen": [str(p) for p in [*seen, position]]}
         ).decode()
 
 
-def _ms(change: Change) -> int:
-    return int(change.at.timestamp() * 1000)
+class _Plan:
+    """The entries one stream gets in a batch: ids (increasing from the record's last),
+    bodies, and the changes skipped as delivered before."""
+
+    __slots__ = ("bodies", "forget", "ids", "known", "last", "skipped", "state")
+
+    def __init__(self, state: StreamState) -> None:
+        self.state = state
+        self.last = state.last
+        self.ids: list[str] = []
+        self.bodies: list[bytes] = []
+        self.known: dict[int, bool] = {}
+        self.skipped = 0
+        self.forget = False
+
+    def add(self, message: Message) -> None:
+        change = message.change
+        at = int(change.at.timestamp() * 1000)
+        xid = change.xid
+        seen = self.known.get(xid)
+        if seen is None:
+            seen = self.known[xid] = self.state.delivered(xid)
+        if seen:
+            if at <= self.state.last[0]:
+                self.skipped += 1
+                return
+            # covered by the record's positions, yet newer than every entry the record
+            # added: those positions come from another history (the database was reset or
+            # restored), so they do not tell what was delivered, and are forgotten
+            self.forget = True
+        ms, seq = self.last
+        self.last = ms, seq = (ms, seq + 1) if at <= ms else (at, 0)
+        self.ids.append(f"{ms}-{seq}")
+        self.bodies.append(message.body)
 
 
 class RedisSink(Sink):
@@ -196,57 +235,47 @@ class RedisSink(Sink):
     async def _try(self, batch: BatchLike, messages: list[Message], streams: list[str]) -> bool:
         script = self._script
         assert script is not None
-        index = {s: i for i, s in enumerate(streams, 1)}
         states = self._states
-        last = {s: states[s].last for s in streams}
-        known: dict[tuple[str, int], bool] = {}
-        entries: list[Any] = []
-        touched: dict[str, None] = {}
+        plans = {s: _Plan(states[s]) for s in streams}
         for m in messages:
-            stream, xid = m.dest, m.change.xid
-            done = known.get((stream, xid))
-            if done is None:
-                done = known[(stream, xid)] = states[stream].delivered(xid)
-            if done:
-                continue
-            ms, seq = last[stream]
-            at = _ms(m.change)
-            ms, seq = (ms, seq + 1) if at <= ms else (at, 0)
-            last[stream] = (ms, seq)
-            entries += (index[stream], f"{ms}-{seq}", m.body)
-            touched[stream] = None
-        already = len(messages) - len(entries) // 3
+            plans[m.dest].add(m)
+        skipped = sum(p.skipped for p in plans.values())
+        touched = {s: p for s, p in plans.items() if p.ids}
         if not touched:
-            self.duplicates += already
+            self.counts.duplicates += skipped
             return True
-        keys = list(touched)
-        renumber = {s: i for i, s in enumerate(keys, 1)}
-        if len(keys) != len(streams):
-            for j in range(0, len(entries), 3):
-                entries[j] = renumber[streams[entries[j] - 1]]
         args: list[Any] = ["" if self.maxlen is None else self.maxlen]
-        args += [states[s].raw for s in keys]
-        new = {s: states[s].after(batch.position, last[s]) for s in keys}
-        args += [new[s] for s in keys]
-        args += entries
-        reply = await script(keys=[self.state_key, *keys], args=args)
+        new: dict[str, str] = {}
+        for stream, plan in touched.items():
+            if plan.forget:
+                log.warning(
+                    "%s: the record of stream %r holds feed positions of another history "
+                    "(the database was reset or restored); they are forgotten",
+                    self,
+                    stream,
+                )
+            new[stream] = plan.state.after(batch.position, plan.last, plan.forget)
+            lengths = " ".join([str(len(b)) for b in plan.bodies])
+            args += (plan.state.raw, new[stream], " ".join(plan.ids), lengths)
+        args.append(b"".join([b for p in touched.values() for b in p.bodies]))
+        reply = await script(keys=[self.state_key, *touched], args=args)
         status = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
         if status == "stale":
             return False
         if status == "behind":
             raise SinkError(
                 f"Redis stream {reply[1].decode()!r} already has entries up to id "
-                f"{reply[2].decode()}, past what this sink recorded; another program adds to "
-                "it (give the sink its own stream), or the record was reset"
+                f"{reply[2].decode()}, past what this sink recorded in {self.state_key!r}: "
+                "another program adds to it; give this sink a stream of its own"
             )
         if status == "type":
             raise SinkError(
                 f"Redis key {reply[1].decode()!r} is a {reply[2].decode()}, not a stream"
             )
-        for s in keys:
-            states[s] = StreamState.parse(new[s])
-        self.delivered += len(entries) // 3
-        self.duplicates += already
+        for stream, text in new.items():
+            states[stream] = StreamState.parse(text)
+        self.counts.delivered += sum(len(p.ids) for p in touched.values())
+        self.counts.duplicates += skipped
         return True
 
     def _describe(self) -> str:

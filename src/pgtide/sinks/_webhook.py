@@ -106,7 +106,7 @@ class WebhookSink(Sink):
         answer = await client.post(self.url, content=body, headers=headers)
         status = answer.status_code
         if 200 <= status < 300:
-            self.delivered += len(messages)
+            self.counts.delivered += len(messages)
             return
         if status >= 500 or status in RETRY_STATUS:
             raise WebhookRefused(f"answered HTTP {status}")
