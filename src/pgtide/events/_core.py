@@ -27,7 +27,7 @@ from ..errors import ConfigError, PgtideError
 from ..overview import Section
 from ..session import Io, Query, atomic, one, query
 from . import _sql
-from ._model import ENDED, STATES, Handler, HandlerSpec, check_name, to_json
+from ._model import ENDED, STATES, Handler, HandlerSpec, check_name, encode_array, to_json
 from ._source import Source, check, env_float, source_from
 from ._worker import Target, WorkerOptions
 
@@ -208,7 +208,7 @@ class Core:
         per payload. ``dedupe_key``: one key for all (one event at most), or one per payload
         (None for none)."""
         check_name(name)
-        encoded = [to_json(p, f"payload #{i} of event {name!r}") for i, p in enumerate(payloads)]
+        values = list(payloads)
         _check_key(key)
         _check_priority(priority)
         when = _when(run_at)
@@ -216,16 +216,17 @@ class Core:
         if dedupe_key is None:
             keys = None
         elif isinstance(dedupe_key, str):
-            keys = [dedupe_key] * len(encoded)
+            keys = [dedupe_key] * len(values)
         else:
             keys = list(dedupe_key)
-            if len(keys) != len(encoded):
+            if len(keys) != len(values):
                 raise ConfigError(
-                    f"dedupe_key has {len(keys)} keys for {len(encoded)} payloads: give one "
+                    f"dedupe_key has {len(keys)} keys for {len(values)} payloads: give one "
                     "key per payload (None for none), or one string for all"
                 )
         for k in keys or ():
             _check_key(k, "dedupe_key")
+        array = encode_array(values, name)  # one value to encode, send and parse
 
         def work() -> Io[list[int]]:
             if self.checked is not None:
@@ -234,13 +235,13 @@ class Core:
                     "the rows yourself (your trigger wakes the workers) or call publish() per "
                     "event"
                 )
-            if not encoded:
+            if not values:
                 return []
             if keys is None:
-                params = (name, when, key, priority, encoded)
+                params = (name, when, key, priority, array)
                 rows = yield from query(_sql.PUBLISH_MANY_PLAIN, params)
                 return [int(r[0]) for r in rows]
-            params2 = (name, when, key, priority, encoded, keys)
+            params2 = (name, when, key, priority, array, keys)
             rows = yield from query(_sql.PUBLISH_MANY, params2)
             by_key = {k: int(i) for i, k in rows if k is not None}
             plain = sorted(int(i) for i, k in rows if k is None)
@@ -250,14 +251,15 @@ class Core:
                 by_key.update({k: int(i) for k, i in found})
             ids: list[int] = []
             plain_at = 0
-            for k, payload in zip(keys, encoded, strict=True):
+            for k, payload in zip(keys, values, strict=True):
                 if k is None:
                     ids.append(plain[plain_at])
                     plain_at += 1
                 elif k in by_key:
                     ids.append(by_key[k])
                 else:  # its holder ended meanwhile: publish it alone
-                    by_key[k] = yield from self._publish(name, payload, when, key, priority, k)
+                    encoded = to_json(payload, f"the payload of event {name!r}")
+                    by_key[k] = yield from self._publish(name, encoded, when, key, priority, k)
                     ids.append(by_key[k])
             return ids
 
