@@ -456,7 +456,9 @@ class WorkerCore:
         sent = time.monotonic()
 
         def recorded(results: list[Rows]) -> bool:
-            retry_at = [sent + delay + 0.001 for _, _, delay, dead in failed if not dead]
+            # due on the server's clock from its transaction's start: surely past it from now
+            back = time.monotonic()
+            retry_at = [back + delay + 0.001 for _, _, delay, dead in failed if not dead]
             with self._lock:
                 for event in finished:
                     self._held.pop(event.id, None)
