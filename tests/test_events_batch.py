@@ -4,6 +4,8 @@ one JSON array, and payloads decoded in one call."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import threading
 from collections import Counter
 from typing import Any
@@ -13,7 +15,8 @@ import pytest
 from events_helpers import count, wait_for
 
 import pgtide
-from pgtide.errors import EventPayloadError
+import pgtide.aio
+from pgtide.errors import ConfigError, EventPayloadError
 from pgtide.events import _sql
 from pgtide.events._model import decode_payloads, encode_array
 
@@ -179,3 +182,20 @@ def test_payloads_decode_in_one_call_exactly_as_one_by_one() -> None:
     ]
     assert decode_payloads([]) == []
     assert encode_array([{"a": "é"}, None, [1]], "job") == '[{"a":"é"},null,[1]]'
+
+
+def test_both_faces_share_one_signature_and_check_the_connection_kind(dsn: str) -> None:
+    for method in ("publish", "publish_many", "schedule", "run", "start"):
+        blocking = inspect.signature(getattr(pgtide.Events, method))
+        awaited = inspect.signature(getattr(pgtide.aio.Events, method))
+        assert list(blocking.parameters) == list(awaited.parameters)
+        assert inspect.iscoroutinefunction(getattr(pgtide.aio.Events, method))
+        assert not inspect.iscoroutinefunction(getattr(pgtide.Events, method))
+    assert "AsyncConnection" in str(inspect.signature(pgtide.aio.Events.publish))
+    aio = pgtide.aio.Events(dsn=dsn)
+    with (
+        psycopg.connect(dsn) as blocking_conn,
+        pytest.raises(ConfigError, match=r"conn must be a psycopg\.AsyncConnection"),
+    ):
+        asyncio.run(aio.publish("job", conn=blocking_conn))
+    asyncio.run(aio.close())

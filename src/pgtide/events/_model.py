@@ -77,7 +77,7 @@ class Event:
         return self._cancel.asked
 
     @classmethod
-    def claimed(cls, row: tuple[Any, ...], payload: Any) -> Event:
+    def _claimed(cls, row: tuple[Any, ...], payload: Any) -> Event:
         """The event of a claimed row (``id, name, _, created_at, key, source_id, _,
         attempts, ...``) as its handler will get it, attempt included: the same object the
         constructor makes, built for the worker's hot path without the frozen dataclass's

@@ -74,17 +74,20 @@ MAX_NOTIFIED = 1000
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    """How a worker runs. Leases last ``lease`` seconds and are renewed every third of it."""
+    """How a worker runs. Leases last ``lease`` seconds and are renewed every third of it.
 
-    concurrency: int = 8
-    batch_size: int = 100
-    poll_interval: float = 1.0
-    lease: float = 30.0
-    stop_timeout: float = 30.0
-    listen: bool = True
-    retry_delay: float = 1.0
-    max_retry_delay: float = 300.0
-    keep_done: float | None = None
+    No defaults here: they are those of the public signatures (``Events(...)`` and
+    ``run``/``start``), written once there."""
+
+    concurrency: int
+    batch_size: int
+    poll_interval: float
+    lease: float
+    stop_timeout: float
+    listen: bool
+    retry_delay: float
+    max_retry_delay: float
+    keep_done: float | None
 
 
 @dataclass(frozen=True)
@@ -686,7 +689,7 @@ class WorkerCore:
                     hold.token, hold.valid_until = row[6], valid_until
                     continue
                 held[row[0]] = _Hold(row[6], row[7], valid_until)
-                ready.append(Event.claimed(row, payload))
+                ready.append(Event._claimed(row, payload))
                 self._inflight += 1
         return any(len(got) == want for got, want in zip(results, wanted, strict=True))
 
@@ -1028,6 +1031,7 @@ class _Driver(Generic[_S]):
         )
         self.core.wake = self._waker.set
         self.running = threading.Event()
+        self.failure: list[BaseException] = []  # what ended run(), if it raised
         self._session: _S = self._session_class(
             resolved,
             name="events worker",
@@ -1059,6 +1063,13 @@ class Worker(_Driver[Session]):
 
     def run(self) -> None:
         """Serve until :meth:`stop`; then finish running handlers (bounded) and release."""
+        try:
+            self._serve()
+        except BaseException as exc:
+            self.failure.append(exc)
+            raise
+
+    def _serve(self) -> None:
         self._session.connection()  # registered before serving: a bad setup raises here
         try:
             self._waker.start()  # LISTENing before the first claim: no wake-up falls between
