@@ -976,8 +976,11 @@ def _run_batch(conn: psycopg.Connection[Any], make: Callable[[], Batch]) -> Any:
     if not batch.queries:
         return batch.done([])
     try:
-        with conn.pipeline(), conn.transaction():
-            cursors = [conn.execute(q.statement, q.params) for q in batch.queries]
+        if len(batch.queries) == 1:  # one statement is one transaction: no pipeline needed
+            cursors = [conn.execute(batch.queries[0].statement, batch.queries[0].params)]
+        else:
+            with conn.pipeline(), conn.transaction():
+                cursors = [conn.execute(q.statement, q.params) for q in batch.queries]
         rows = [c.fetchall() if c.description else [] for c in cursors]
     except BaseException:
         batch.undo()
@@ -991,8 +994,11 @@ async def _arun_batch(conn: psycopg.AsyncConnection[Any], make: Callable[[], Bat
     if not batch.queries:
         return batch.done([])
     try:
-        async with conn.pipeline(), conn.transaction():
-            cursors = [await conn.execute(q.statement, q.params) for q in batch.queries]
+        if len(batch.queries) == 1:  # one statement is one transaction: no pipeline needed
+            cursors = [await conn.execute(batch.queries[0].statement, batch.queries[0].params)]
+        else:
+            async with conn.pipeline(), conn.transaction():
+                cursors = [await conn.execute(q.statement, q.params) for q in batch.queries]
         rows = [await c.fetchall() if c.description else [] for c in cursors]
     except BaseException:
         batch.undo()
