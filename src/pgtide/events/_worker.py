@@ -1,23 +1,27 @@
 """The worker: claims events in batches, runs their handlers, records outcomes.
 
 Written once. :class:`WorkerCore` holds a worker's state and every decision: its statements
-are :data:`~pgtide.session.Io` (claim with ``FOR UPDATE SKIP LOCKED`` in id order, outcomes
-in batches, heartbeats that extend the leases it holds, the mirror of a user's table), and
-its dispatcher is one :data:`Plan`, a generator of :class:`Db`, :class:`Sleep` and
-:class:`Unlisten` steps. :class:`Worker` drives the plan from a thread on a
-:class:`~pgtide.session.Session`; :class:`AsyncWorker` from a task on an
-:class:`~pgtide.session.AsyncSession`. Either session is the one reconnect policy; a
-``channel.Waker`` shortens the waits.
+are :data:`~pgtide.session.Io` and :class:`Batch` es (claims with ``FOR UPDATE SKIP LOCKED``
+in priority and id order; outcomes and starts a batch at a time, in one round trip and one
+transaction; heartbeats that extend the leases it holds; the mirror of a user's table), and
+its dispatcher is one :data:`Plan`, a generator of :class:`Db`, :class:`Pipe`,
+:class:`Record`, :class:`Sleep` and :class:`Unlisten` steps. :class:`Worker` drives the plan
+from a thread on a :class:`~pgtide.session.Session`, with a :class:`_Writer` that records
+outcomes on a second session meanwhile; :class:`AsyncWorker` from a task on an
+:class:`~pgtide.session.AsyncSession` (outcomes in turn). Either session is the one
+reconnect policy; a ``channel.Waker`` shortens the waits.
 
 Handlers: at most ``concurrency`` at once in all. Plain functions run on a pool of threads
-(started only when a plain handler first runs); async ones run as tasks on one event loop
-(the caller's under ``pgtide.aio``, a loop thread under ``pgtide``), holding no thread.
+(started only when a plain handler first runs), each taking the next claimed event itself;
+async ones run as tasks on one event loop (the caller's under ``pgtide.aio``, a loop thread
+under ``pgtide``), holding no thread.
 
 A worker that dies stops heartbeating, its leases expire, and other workers claim its events
 again. Each claim carries a fencing token: renewals, outcomes and releases are fenced by
 owner and token, so a worker that lost a lease cannot overwrite the event's newer state; a
 claimed event starts only while its lease is surely valid on the worker's own clock, and
-its attempt is counted when it starts (written right after, in batches), not at the claim.
+its attempt is counted when it starts (written with its outcome when the handler ended by
+the next round, else on its own), not at the claim.
 """
 
 from __future__ import annotations
@@ -141,7 +145,15 @@ class Pipe:
     make: Callable[[], Batch]
 
 
-Step: TypeAlias = Db | Pipe | Sleep | Unlisten
+@dataclass(frozen=True, slots=True)
+class Record:
+    """Have the worker's writer (a second connection) build and run this :class:`Batch`
+    soon, without waiting for it: outcomes are written while the next claim runs."""
+
+    make: Callable[[], Batch]
+
+
+Step: TypeAlias = Db | Pipe | Record | Sleep | Unlisten
 Plan: TypeAlias = Generator[Step, Any, None]
 LoopProvider: TypeAlias = Callable[[], asyncio.AbstractEventLoop]
 
@@ -222,6 +234,7 @@ class WorkerCore:
         self._notified: list[str] = []
         self._threads: list[threading.Thread] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._recording: set[int] = set()  # outcomes being written by the writer now
         every = options.poll_interval
         self._catch_up_every = max(every, CATCH_UP) if options.listen else every
         now = time.monotonic()
@@ -293,7 +306,9 @@ class WorkerCore:
         try:
             while not self.stop_requested:
                 yield Db(self.chores)
-                more = yield Pipe(self.round)
+                if self._record_due(time.monotonic()):
+                    yield Record(self.records)
+                more = yield Pipe(self.claims)
                 if not more:
                     yield Sleep(self.next_wait())
         except Stopped:
@@ -383,6 +398,10 @@ class WorkerCore:
                 },
             )
 
+    def writer_setup(self) -> Io[None]:
+        """A new connection of the worker's writer: the same session settings."""
+        yield Query(_sql.WORKER_SESSION)
+
     def _register(self) -> Io[None]:
         yield Query(_sql.WORKERS_PRUNE)
         names = sorted(self.handlers)
@@ -410,7 +429,15 @@ class WorkerCore:
             yield from self._purge(now)
         yield from self._mirror()
 
-    def round(self) -> Batch:
+    def claims(self) -> Batch:
+        """The claims of a round (on the worker's connection)."""
+        return self.round(record=False)
+
+    def records(self) -> Batch:
+        """The outcomes and starts of a round (on the writer's connection)."""
+        return self.round(claim=False)
+
+    def round(self, *, claim: bool = True, record: bool = True) -> Batch:
         """One round trip, one transaction: count the attempts started, record the outcomes
         due, and claim what fits; the reply is True when more may be waiting.
 
@@ -419,13 +446,17 @@ class WorkerCore:
         """
         now = time.monotonic()
         with self._lock:
-            flush = self._flush_due(now)
+            flush = record and self._flush_due(now)
             done, failed = (self._done, self._failed) if flush else ([], [])
             if flush:
                 self._done, self._failed = [], []
-            starts, self._starts = self._starts, []
+            starts = self._starts if record else []
+            if record:
+                self._starts = []
+                self._next_flush = now + FLUSH_EVERY
             finished = [e for e, _ in done] + [f[0] for f in failed]
             tokens = {e.id: h.token for e in finished if (h := self._held.get(e.id))}
+            self._recording.update(tokens)
         uncounted = Counter(starts)
         queries: list[Query] = []
         done = [(e, r) for e, r in done if e.id in tokens]  # a lost lease records nothing
@@ -454,7 +485,7 @@ class WorkerCore:
             queries.append(Query(_sql.WAKE, (_sql.CHANNEL,)))
             self._yield_limited = True
         outcomes = len(queries)
-        claims = self._claims()
+        claims = self._claims() if claim else []
         queries.extend(q for q, _ in claims)
         sent = time.monotonic()
 
@@ -463,20 +494,23 @@ class WorkerCore:
             back = time.monotonic()
             retry_at = [back + delay + 0.001 for _, _, delay, dead in failed if not dead]
             with self._lock:
-                for event in finished:
-                    self._held.pop(event.id, None)
+                for id_, token in tokens.items():  # not a new claim of it (a retry) since
+                    if (hold := self._held.get(id_)) is not None and hold.token == token:
+                        del self._held[id_]
+                self._recording.difference_update(tokens)
                 if retry_at:
                     soonest = min(retry_at)
                     if self._next_due is None or soonest < self._next_due:
                         self._next_due = soonest
-            if flush:
-                self._next_flush = now + FLUSH_EVERY
+            if retry_at:  # the dispatcher sleeps until the first retry is due (not the poll)
+                self.wake()
             more = self._claimed(results[outcomes:], [want for _, want in claims], sent)
             self._launch()
             return more
 
         def undo() -> None:
             with self._lock:  # kept for the next round
+                self._recording.difference_update(tokens)
                 self._done[:0] = [(e, r) for e, r in done]
                 self._failed[:0] = failed
                 self._starts[:0] = starts
@@ -516,6 +550,12 @@ class WorkerCore:
         self._next_purge = now + (0.1 if deleted >= 5000 else min(PURGE_EVERY, max(keep, 1.0)))
         if deleted:
             log.info("events worker %s purged %d finished event(s)", self.owner, deleted)
+
+    def _record_due(self, now: float) -> bool:
+        """Whether the writer has something to record now: outcomes due, or starts not
+        counted for a while (a quick handler's start waits to be written with its outcome)."""
+        with self._lock:
+            return self._flush_due(now) or (bool(self._starts) and now >= self._next_flush)
 
     def _flush_due(self, now: float) -> bool:
         """Whether outcomes are to be recorded now (the caller holds the lock)."""
@@ -593,7 +633,9 @@ class WorkerCore:
             for id_ in renewed:
                 if (hold := self._held.get(id_)) is not None:
                     hold.valid_until = max(hold.valid_until, valid_until)
-        lost = [(i, s) for i, _, s in held if i not in renewed]
+        with self._lock:  # an event settled meanwhile (by the writer) is not lost
+            still = self._held.keys() - self._recording
+            lost = [(i, s) for i, _, s in held if i not in renewed and i in still]
         if lost:
             self._lose([i for i, s in lost if not s], [i for i, s in lost if s])
 
@@ -685,7 +727,8 @@ class WorkerCore:
             held, ready = self._held, self._ready
             for row, payload in zip(rows, payloads, strict=True):
                 hold = held.get(row[0])
-                if hold is not None:  # ours already (its lease had lapsed): one copy, new token
+                if hold is not None and row[0] not in self._recording:
+                    # ours already (its lease had lapsed): one copy, new token
                     hold.token, hold.valid_until = row[6], valid_until
                     continue
                 held[row[0]] = _Hold(row[6], row[7], valid_until)
@@ -1062,10 +1105,80 @@ class _Driver(Generic[_S]):
         return _Steps(self.core.plan())
 
 
+class _Writer:
+    """A blocking worker's second connection: a thread that writes outcomes and starts
+    (:class:`Record` steps) while the worker's own connection claims, so that the database
+    works on both at once. A step asked while one is waiting is the same step (it takes all
+    that is due when it runs)."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._ready = threading.Condition()
+        self._pending: Callable[[], Batch] | None = None
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self.error: Exception | None = None  # what stopped it (the worker raises it)
+
+    def submit(self, make: Callable[[], Batch]) -> None:
+        with self._ready:
+            self._pending = make
+            self._ready.notify()
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._serve, name="pgtide-events-writer", daemon=True
+                )
+                self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            with self._ready:
+                while self._pending is None and not self._closing:
+                    self._ready.wait()
+                make, self._pending = self._pending, None
+            if make is None:
+                return
+            try:
+                self._session.call(partial(_run_batch, make=make))
+            except Stopped:
+                return  # stopping while the database is away: the worker records the rest
+            except Exception as exc:
+                self.error = exc
+                return
+
+    def failed(self) -> Exception | None:
+        """What stopped the writer, once (the worker raises it, and shuts down)."""
+        error, self.error = self.error, None
+        return error
+
+    def stop(self) -> None:
+        self._session.stop()
+
+    def close(self) -> None:
+        """Write what is pending, then close the connection."""
+        with self._ready:
+            self._closing = True
+            self._ready.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+        self._session.close()
+
+
 class Worker(_Driver[Session]):
-    """A worker driven from a thread: ``run()`` blocks until ``stop()``; both thread-safe."""
+    """A worker driven from a thread: ``run()`` blocks until ``stop()``; both thread-safe.
+
+    Outcomes are written by a :class:`_Writer` on a second connection."""
 
     _session_class = Session
+
+    def __init__(self, resolved: Resolved, *args: Any) -> None:
+        super().__init__(resolved, *args)
+        writer = Session(resolved, name="events worker (outcomes)", prepare=self.core.writer_setup)
+        self._writer = _Writer(writer)
+
+    def stop(self) -> None:
+        super().stop()
+        self._writer.stop()
 
     def run(self) -> None:
         """Serve until :meth:`stop`; then finish running handlers (bounded) and release."""
@@ -1083,10 +1196,14 @@ class Worker(_Driver[Session]):
             interrupted: KeyboardInterrupt | None = None
             while (step := steps.next()) is not None:
                 try:
+                    if (failed := self._writer.failed()) is not None:
+                        raise failed
                     if isinstance(step, Db):
                         steps.reply(self._session.run(step.make))
                     elif isinstance(step, Pipe):
                         steps.reply(self._session.call(partial(_run_batch, make=step.make)))
+                    elif isinstance(step, Record):
+                        self._writer.submit(step.make)
                     elif isinstance(step, Sleep):
                         steps.reply(self._waker.wait(step.seconds))
                     else:
@@ -1101,6 +1218,7 @@ class Worker(_Driver[Session]):
                 raise interrupted
         finally:
             self._waker.stop()
+            self._writer.close()
             self._session.close()
             self.running.clear()
 
@@ -1108,8 +1226,9 @@ class Worker(_Driver[Session]):
 class AsyncWorker(_Driver[AsyncSession]):
     """A worker driven from an asyncio task: ``await run()`` until ``stop()``.
 
-    Its database work runs on an :class:`~pgtide.session.AsyncSession` (no thread); async
-    handlers run as tasks on the same loop.
+    Its database work runs on an :class:`~pgtide.session.AsyncSession` (no thread), outcomes
+    included (a :class:`Record` step is awaited in turn); async handlers run as tasks on the
+    same loop.
     """
 
     _session_class = AsyncSession
@@ -1125,7 +1244,7 @@ class AsyncWorker(_Driver[AsyncSession]):
                 try:
                     if isinstance(step, Db):
                         steps.reply(await self._session.run(step.make))
-                    elif isinstance(step, Pipe):
+                    elif isinstance(step, Pipe | Record):
                         steps.reply(await self._session.call(partial(_arun_batch, make=step.make)))
                     elif isinstance(step, Sleep):
                         steps.reply(await self._waker.wait_async(step.seconds))
