@@ -154,6 +154,7 @@ def test_a_claimed_event_whose_lease_may_have_lapsed_is_never_started() -> None:
     assert complete.params["results"] is None  # no handler returned anything
     assert batch.done([[], [("", None)]] + [[] for _ in batch.queries[2:]]) is False
     assert core._held.keys() == {3}
+    assert not core._threads  # nothing was ready: no pool thread started
 
 
 def test_plan_claims_sleeps_and_shuts_down_in_order() -> None:

@@ -742,9 +742,10 @@ class WorkerCore:
         """Start what may start now. With plain handlers, the pool's threads take the events
         themselves (one is woken here); with async handlers only, they become tasks here."""
         if self._plain:
-            self._start_pool()
-            with self._lock:
-                self._wake_one()
+            if self._ready:
+                self._start_pool()
+                with self._lock:
+                    self._wake_one()
             return
         with self._lock:
             events, lapsed = self._take(self.options.concurrency)
