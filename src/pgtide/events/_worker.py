@@ -570,7 +570,8 @@ class WorkerCore:
         )
 
     def settle(self) -> Io[None]:
-        """While stopping: release unstarted events, record outcomes, heartbeat when due."""
+        """While stopping: release unstarted events, heartbeat when due (outcomes follow, in
+        a :class:`Pipe` of :meth:`round`)."""
         with self._lock:
             ids, self._unstarted = self._unstarted, []
         if ids:
