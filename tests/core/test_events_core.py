@@ -13,11 +13,13 @@ from psycopg import sql
 import pgtide
 from pgtide._compat import positional_dsn
 from pgtide.events._core import Core
-from pgtide.events._model import HandlerSpec
+from pgtide.events._model import Event, HandlerSpec
+from pgtide.events._signatures import publish_args
 from pgtide.events._source import Source, parse_table
 from pgtide.events._worker import (
-    Claimed,
+    Batch,
     Db,
+    Pipe,
     Sleep,
     Target,
     Unlisten,
@@ -61,7 +63,7 @@ def test_publishing_to_your_table_is_one_statement_with_its_notify() -> None:
     core = _core(table="app.jobs", payload_column="data", channel="wake")
     assert core.source is not None
     core.checked = Source(parse_table("app.jobs"), payload_column="data", channel="wake")
-    io = core.publish("job", {"n": 1}, None, None)()
+    io = core.publish(publish_args("job", {"n": 1}))()
     (only,) = _queries(io, [])
     assert isinstance(only.statement, sql.Composed)
     text = only.statement.as_string(None)
@@ -75,9 +77,9 @@ def test_publishing_to_your_table_is_one_statement_with_its_notify() -> None:
 def test_arguments_are_checked_before_any_connection() -> None:
     core = _core()
     with pytest.raises(pgtide.EventPayloadError):
-        core.publish("x", {"bad": object()}, None, None)
+        core.publish(publish_args("x", {"bad": object()}))
     with pytest.raises(pgtide.ConfigError, match="timezone-aware"):
-        core.publish("x", None, datetime(2030, 1, 1), None)
+        core.publish(publish_args("x", None, run_at=datetime(2030, 1, 1)))
     with pytest.raises(pgtide.ConfigError, match="unknown event state"):
         core.recent("sleeping", None, 5)
     with pytest.raises(pgtide.ConfigError, match="own events table"):
@@ -94,7 +96,17 @@ def test_positional_dsn_is_deprecated() -> None:
 
 def _worker(concurrency: int, limits: dict[str, int | None]) -> WorkerCore:
     handlers = {n: HandlerSpec(n, lambda e: None, concurrency=c) for n, c in limits.items()}
-    options = WorkerOptions(concurrency=concurrency, batch_size=10)
+    options = WorkerOptions(
+        concurrency=concurrency,
+        batch_size=10,
+        poll_interval=1.0,
+        lease=30.0,
+        stop_timeout=30.0,
+        listen=True,
+        retry_delay=1.0,
+        max_retry_delay=300.0,
+        keep_done=None,
+    )
     return WorkerCore(Target("", None, ["pgtide_events"], None), handlers, options, _no_loop)
 
 
@@ -104,7 +116,7 @@ def _no_loop() -> asyncio.AbstractEventLoop:
 
 def _claim(core: WorkerCore, id_: int, name: str, valid_for: float = 60.0) -> None:
     """As a claim would: the event ready to start, its lease valid for ``valid_for`` s."""
-    core._ready.append(Claimed(id_, name, None, datetime.now(UTC), None, None))
+    core._ready.append(Event(id_, name, None, 1, datetime.now(UTC)))
     core._held[id_] = _Hold(token=1, attempts=0, valid_until=time.monotonic() + valid_for)
     core._inflight += 1
 
@@ -113,12 +125,13 @@ def test_scheduling_keeps_id_order_within_both_limits() -> None:
     core = _worker(3, {"a": 1, "b": None})
     for i, n in enumerate("aabab"):
         _claim(core, i, n)
-    taken = core._take()
+    taken, _ = core._take(10)
     assert [(e.id, e.name) for e in taken] == [(0, "a"), (2, "b"), (4, "b")]
-    assert core._take() == []  # three running: the worker's limit
+    assert core._take(10) == ([], [])  # three running: the worker's limit
     core._running -= 1
     core._by_name["a"] -= 1  # the first "a" finished
-    assert [e.id for e in core._take()] == [1]
+    assert [e.id for e in core._take(10)[0]] == [1]
+    assert [e.id for e in core._ready] == [3]  # a blocked event keeps its place
 
 
 def test_a_claimed_event_whose_lease_may_have_lapsed_is_never_started() -> None:
@@ -128,21 +141,31 @@ def test_a_claimed_event_whose_lease_may_have_lapsed_is_never_started() -> None:
     _claim(core, 1, "a")
     _claim(core, 2, "a", valid_for=-0.001)  # lapsed: the database was out of reach
     _claim(core, 3, "a")
-    taken = core._take()
-    assert [(e.id, e.attempt) for e in taken] == [(1, 1), (3, 1)]
+    taken, lapsed = core._take(10)
+    assert [(e.id, e.attempt) for e in taken] == [(1, 1), (3, 1)] and lapsed == [2]
     assert 2 not in core._held and core._inflight == 2 and not core._ready
     assert core._starts == [1, 3]  # counted in the database by the next round
-    io = core._count_starts()
-    (query,) = _queries(io, [])
-    assert query.params == {"ids": [1, 3], "counts": [1, 1]}
+    core._finish(taken[0], time.perf_counter(), None, None)  # 1 ended: counted with it
+    batch = core.round()
+    started, complete = batch.queries[:2]
+    assert started.params == {"ids": [3], "counts": [1]}
+    assert isinstance(complete.params, dict)
+    assert (complete.params["ids"], complete.params["starts"]) == ("1", "1")
+    assert complete.params["results"] is None  # no handler returned anything
+    assert batch.done([[], [("", None)]] + [[] for _ in batch.queries[2:]]) is False
+    assert core._held.keys() == {3}
+    assert not core._threads  # nothing was ready: no pool thread started
 
 
 def test_plan_claims_sleeps_and_shuts_down_in_order() -> None:
     core = _worker(2, {"a": None})
     plan = core.plan()
-    step = next(plan)
-    assert isinstance(step, Db)
-    step = plan.send(False)  # nothing claimed
+    assert isinstance(next(plan), Db)  # chores
+    step = plan.send(None)
+    assert isinstance(step, Pipe)  # claims (and outcomes), in one round trip
+    batch = step.make()
+    assert isinstance(batch, Batch) and len(batch.queries) == 1
+    step = plan.send(batch.done([[]]))  # nothing claimed
     assert isinstance(step, Sleep) and step.seconds <= core.options.lease / 3
     core.request_stop()
     assert isinstance(plan.send(False), Unlisten)
@@ -152,4 +175,4 @@ def test_plan_claims_sleeps_and_shuts_down_in_order() -> None:
             steps.append(plan.send(None))
         except StopIteration:
             break
-    assert [type(s) for s in steps] == [Db, Db]  # settle, then forget: nothing ran
+    assert [type(s) for s in steps] == [Db, Pipe, Db]  # settle, record, forget: nothing ran

@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 import time
 import warnings
-from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import psycopg
@@ -20,10 +20,13 @@ import psycopg
 from .._lifecycle import AsyncClosable
 from ..connect import DsnLike, aconnect
 from ..session import AsyncSession, Io, aresolve, arun, ausing
+from . import _signatures as sig
 from ._core import EventRecord, EventsBase, Schedule, _conninfo, _safety, _waker_for, _where
 from ._worker import AsyncWorker
 
 T = TypeVar("T")
+_CONN = "psycopg.AsyncConnection[Any] | None"
+"""How ``conn`` shows in this face's signatures."""
 
 
 class Events(EventsBase, AsyncClosable):
@@ -50,35 +53,15 @@ class Events(EventsBase, AsyncClosable):
                 self._ready.add(where)
             return await arun(caller, make())
 
-    async def publish(
-        self,
-        name: str,
-        payload: Any = None,
-        *,
-        conn: psycopg.AsyncConnection[Any] | None = None,
-        run_at: datetime | timedelta | None = None,
-        key: str | None = None,
-        priority: int = 0,
-        dedupe_key: str | None = None,
-    ) -> int:
+    @sig.takes(sig.publish_args, conn=_CONN)
+    async def publish(self, args: sig.PublishArgs) -> int:
         """As :meth:`pgtide.Events.publish`, with an optional async connection."""
-        work = self._core.publish(name, payload, run_at, key, priority, dedupe_key)
-        return await self._run(work, conn)
+        return await self._run(self._core.publish(args), args.on(psycopg.AsyncConnection))
 
-    async def publish_many(
-        self,
-        name: str,
-        payloads: Iterable[Any],
-        *,
-        conn: psycopg.AsyncConnection[Any] | None = None,
-        run_at: datetime | timedelta | None = None,
-        key: str | None = None,
-        priority: int = 0,
-        dedupe_key: str | Iterable[str | None] | None = None,
-    ) -> list[int]:
+    @sig.takes(sig.publish_many_args, conn=_CONN)
+    async def publish_many(self, args: sig.PublishArgs) -> list[int]:
         """As :meth:`pgtide.Events.publish_many`."""
-        work = self._core.publish_many(name, payloads, run_at, key, priority, dedupe_key)
-        return await self._run(work, conn)
+        return await self._run(self._core.publish_many(args), args.on(psycopg.AsyncConnection))
 
     async def cancel(self, id: int) -> str | None:
         """As :meth:`pgtide.Events.cancel`."""
@@ -117,17 +100,10 @@ class Events(EventsBase, AsyncClosable):
         """As :meth:`pgtide.Events.retry_dead`."""
         return await self._run(self._core.retry_dead(name))
 
-    async def schedule(
-        self,
-        name: str,
-        cron: str,
-        payload: Any = None,
-        *,
-        tz: str = "UTC",
-        id: str | None = None,
-    ) -> str:
+    @sig.takes(sig.schedule_args)
+    async def schedule(self, args: sig.ScheduleArgs) -> str:
         """As :meth:`pgtide.Events.schedule`."""
-        return await self._run(self._core.schedule(name, cron, payload, tz, id))
+        return await self._run(self._core.schedule(args))
 
     async def unschedule(self, id: str) -> bool:
         """As :meth:`pgtide.Events.unschedule`."""
@@ -165,15 +141,10 @@ class Events(EventsBase, AsyncClosable):
 
     # -- workers -------------------------------------------------------------------------
 
-    async def run(
-        self,
-        concurrency: int | None = None,
-        *,
-        poll_interval: float | None = None,
-        stop_timeout: float = 30.0,
-    ) -> None:
+    @sig.takes(sig.run_args)
+    async def run(self, args: sig.RunArgs) -> None:
         """Run a worker until :meth:`stop` or cancellation, then stop gracefully."""
-        worker = await self._new_worker(concurrency, poll_interval, stop_timeout)
+        worker = await self._new_worker(args)
         task = asyncio.ensure_future(worker.run())
         self._workers.append((worker, task))
         try:
@@ -187,15 +158,10 @@ class Events(EventsBase, AsyncClosable):
         finally:
             self._workers = [(w, t) for w, t in self._workers if w is not worker]
 
-    async def start(
-        self,
-        concurrency: int | None = None,
-        *,
-        poll_interval: float | None = None,
-        stop_timeout: float = 30.0,
-    ) -> None:
+    @sig.takes(sig.run_args)
+    async def start(self, args: sig.RunArgs) -> None:
         """Run a worker as a task on this loop; returns once it is serving."""
-        worker = await self._new_worker(concurrency, poll_interval, stop_timeout)
+        worker = await self._new_worker(args)
         task = asyncio.ensure_future(worker.run())
         while not worker.running.is_set():
             if task.done():
@@ -227,12 +193,8 @@ class Events(EventsBase, AsyncClosable):
         )
         await self.close()
 
-    async def _new_worker(
-        self, concurrency: int | None, poll_interval: float | None, stop_timeout: float
-    ) -> AsyncWorker:
-        options = self._core.worker_options(
-            self._handlers, concurrency, poll_interval, stop_timeout
-        )
+    async def _new_worker(self, args: sig.RunArgs) -> AsyncWorker:
+        options = self._core.worker_options(self._handlers, args)
         await self._session.connection()  # schema and your table checked before it starts
         loop = asyncio.get_running_loop()
         return AsyncWorker(

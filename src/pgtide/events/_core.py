@@ -9,7 +9,7 @@ caller's connection. The worker's core lives in :mod:`._worker`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias, TypeVar
@@ -27,7 +27,8 @@ from ..errors import ConfigError, PgtideError
 from ..overview import Section
 from ..session import Io, Query, atomic, one, query
 from . import _sql
-from ._model import ENDED, STATES, Handler, HandlerSpec, check_name, to_json
+from ._model import ENDED, STATES, Handler, HandlerSpec, check_name, encode_array, to_json
+from ._signatures import PublishArgs, RunArgs, ScheduleArgs
 from ._source import Source, check, env_float, source_from
 from ._worker import Target, WorkerOptions
 
@@ -101,6 +102,8 @@ class Core:
                 "lease and retry_delay must be positive seconds and batch_size at least 1"
             )
         self.options = WorkerOptions(
+            concurrency=8,  # run()/start() set it (and stop_timeout) for each worker
+            stop_timeout=30.0,
             poll_interval=env_float("poll_interval", poll_interval, 1.0),
             lease=lease,
             batch_size=batch_size,
@@ -142,17 +145,17 @@ class Core:
     # Each method checks its arguments at once (before any connection) and returns the work,
     # which a session may run again from the start after an outage.
 
-    def publish(
-        self,
-        name: str,
-        payload: Any,
-        run_at: datetime | timedelta | None,
-        key: str | None,
-        priority: int = 0,
-        dedupe_key: str | None = None,
-    ) -> Work[int]:
+    def publish(self, args: PublishArgs) -> Work[int]:
         """Insert one event and wake the workers in one statement; its id (or the id of the
         unfinished event that holds ``dedupe_key``: then nothing is inserted)."""
+        name, payload, key, priority, dedupe_key = (
+            args.name,
+            args.payload,
+            args.key,
+            args.priority,
+            args.dedupe_key,
+        )
+        run_at = args.run_at
         check_name(name)
         encoded = to_json(payload, f"the payload of event {name!r}")
         when = _when(run_at)
@@ -195,20 +198,14 @@ class Core:
         assert row is not None
         return int(row[0])
 
-    def publish_many(
-        self,
-        name: str,
-        payloads: Iterable[Any],
-        run_at: datetime | timedelta | None,
-        key: str | None,
-        priority: int = 0,
-        dedupe_key: str | Iterable[str | None] | None = None,
-    ) -> Work[list[int]]:
+    def publish_many(self, args: PublishArgs) -> Work[list[int]]:
         """Insert many events called ``name`` in one statement (one wake-up); their ids, one
         per payload. ``dedupe_key``: one key for all (one event at most), or one per payload
         (None for none)."""
+        name, key, priority, dedupe_key = args.name, args.key, args.priority, args.dedupe_key
+        run_at = args.run_at
         check_name(name)
-        encoded = [to_json(p, f"payload #{i} of event {name!r}") for i, p in enumerate(payloads)]
+        values = list(args.payload)
         _check_key(key)
         _check_priority(priority)
         when = _when(run_at)
@@ -216,16 +213,17 @@ class Core:
         if dedupe_key is None:
             keys = None
         elif isinstance(dedupe_key, str):
-            keys = [dedupe_key] * len(encoded)
+            keys = [dedupe_key] * len(values)
         else:
             keys = list(dedupe_key)
-            if len(keys) != len(encoded):
+            if len(keys) != len(values):
                 raise ConfigError(
-                    f"dedupe_key has {len(keys)} keys for {len(encoded)} payloads: give one "
+                    f"dedupe_key has {len(keys)} keys for {len(values)} payloads: give one "
                     "key per payload (None for none), or one string for all"
                 )
         for k in keys or ():
             _check_key(k, "dedupe_key")
+        array = encode_array(values, name)  # one value to encode, send and parse
 
         def work() -> Io[list[int]]:
             if self.checked is not None:
@@ -234,13 +232,13 @@ class Core:
                     "the rows yourself (your trigger wakes the workers) or call publish() per "
                     "event"
                 )
-            if not encoded:
+            if not values:
                 return []
             if keys is None:
-                params = (name, when, key, priority, encoded)
+                params = (name, when, key, priority, array)
                 rows = yield from query(_sql.PUBLISH_MANY_PLAIN, params)
                 return [int(r[0]) for r in rows]
-            params2 = (name, when, key, priority, encoded, keys)
+            params2 = (name, when, key, priority, array, keys)
             rows = yield from query(_sql.PUBLISH_MANY, params2)
             by_key = {k: int(i) for i, k in rows if k is not None}
             plain = sorted(int(i) for i, k in rows if k is None)
@@ -250,14 +248,15 @@ class Core:
                 by_key.update({k: int(i) for k, i in found})
             ids: list[int] = []
             plain_at = 0
-            for k, payload in zip(keys, encoded, strict=True):
+            for k, payload in zip(keys, values, strict=True):
                 if k is None:
                     ids.append(plain[plain_at])
                     plain_at += 1
                 elif k in by_key:
                     ids.append(by_key[k])
                 else:  # its holder ended meanwhile: publish it alone
-                    by_key[k] = yield from self._publish(name, payload, when, key, priority, k)
+                    encoded = to_json(payload, f"the payload of event {name!r}")
+                    by_key[k] = yield from self._publish(name, encoded, when, key, priority, k)
                     ids.append(by_key[k])
             return ids
 
@@ -301,24 +300,20 @@ class Core:
             row = yield from one(_sql.WATCH, (id,))
             if row is None:
                 raise ConfigError(f"there is no event {id}")
-            if row[0] not in ENDED:
-                return None
-            found = yield from one(_sql.GET, (id,))
-            return EventRecord(*found) if found else None
+            return (yield from self._ended(id)) if row[0] in ENDED else None
 
         return work
 
     def ended(self, id: int) -> Work[EventRecord | None]:
         """The record of ``id`` if it has ended (done, dead or cancelled), else None."""
+        return lambda: self._ended(id)
 
-        def work() -> Io[EventRecord | None]:
-            found = yield from one(_sql.GET, (id,))
-            if found is None:
-                raise ConfigError(f"there is no event {id} (purged?)")
-            record = EventRecord(*found)
-            return record if record.state in ENDED else None
-
-        return work
+    def _ended(self, id: int) -> Io[EventRecord | None]:
+        found = yield from one(_sql.GET, (id,))
+        if found is None:
+            raise ConfigError(f"there is no event {id} (purged?)")
+        record = EventRecord(*found)
+        return record if record.state in ENDED else None
 
     def retry_dead(self, name: str | None) -> Work[int]:
         """Dead events (of ``name``, or all) back to pending; how many."""
@@ -334,8 +329,9 @@ class Core:
 
     # -- schedules -------------------------------------------------------------------------
 
-    def schedule(self, name: str, cron: str, payload: Any, tz: str, id: str | None) -> Work[str]:
+    def schedule(self, args: ScheduleArgs) -> Work[str]:
         """Create or replace the schedule ``id`` (default: ``name``); its id."""
+        name, cron, payload, tz, id = args
         if self.source is not None:
             raise ConfigError("schedules are for pgtide's own events table")
         check_name(name)
@@ -455,14 +451,9 @@ class Core:
             _sql.mirror(*columns, one=True),
         )
 
-    def worker_options(
-        self,
-        handlers: dict[str, HandlerSpec],
-        concurrency: int | None,
-        poll_interval: float | None,
-        stop_timeout: float,
-    ) -> WorkerOptions:
+    def worker_options(self, handlers: dict[str, HandlerSpec], args: RunArgs) -> WorkerOptions:
         """The options of a new worker, checked."""
+        concurrency, poll_interval = args.concurrency, args.poll_interval
         if not handlers:
             raise ConfigError(
                 "no handlers registered: add one with @events.handler('name') or "
@@ -477,7 +468,7 @@ class Core:
             self.options,
             concurrency=concurrency,
             poll_interval=poll_interval or self.options.poll_interval,
-            stop_timeout=stop_timeout,
+            stop_timeout=args.stop_timeout,
         )
 
 

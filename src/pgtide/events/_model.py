@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import re
-import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
+
+from ..codecs import decode_json
 from ..connect import backoff_delay
 from ..errors import ConfigError, EventPayloadError
 
@@ -33,7 +36,21 @@ _PERIODS = {
     "hour": 3600.0,
 }
 
+_LONG_DIGITS = re.compile(r"[0-9]{19}")
 _NAME = re.compile(r"^\S(?:.{0,198}\S)?$", re.S)
+
+
+class CancelFlag:
+    """Whether a cancel was asked: one flag set by the worker, read by the handler (a plain
+    attribute: set once, never cleared, so no lock is needed)."""
+
+    __slots__ = ("asked",)
+
+    def __init__(self) -> None:
+        self.asked = False
+
+    def set(self) -> None:
+        self.asked = True
 
 
 @dataclass(frozen=True)
@@ -51,15 +68,32 @@ class Event:
     created_at: datetime
     key: str | None = None
     source_id: str | None = None
-    _cancel: threading.Event = field(
-        default_factory=threading.Event, repr=False, compare=False, kw_only=True
-    )
+    _cancel: CancelFlag = field(default_factory=CancelFlag, repr=False, compare=False, kw_only=True)
 
     @property
     def cancelled(self) -> bool:
         """True once ``events.cancel(id)`` asked this running handler to stop: a plain
         function should check it and return; the event then ends ``cancelled``."""
-        return self._cancel.is_set()
+        return self._cancel.asked
+
+    @classmethod
+    def _claimed(cls, row: tuple[Any, ...], payload: Any) -> Event:
+        """The event of a claimed row (``id, name, _, created_at, key, source_id, _,
+        attempts, ...``) as its handler will get it, attempt included: the same object the
+        constructor makes, built for the worker's hot path without the frozen dataclass's
+        per-field ``object.__setattr__`` calls."""
+        event = object.__new__(cls)
+        event.__dict__.update(
+            id=row[0],
+            name=row[1],
+            payload=payload,
+            attempt=row[7] + 1,
+            created_at=row[3],
+            key=row[4],
+            source_id=row[5],
+            _cancel=CancelFlag(),
+        )
+        return event
 
 
 Handler = Callable[[Event], Any] | Callable[[Event], Awaitable[Any]]
@@ -122,6 +156,18 @@ def result_json(value: Any, name: str) -> str | None:
         return json.dumps(kept, ensure_ascii=False)
 
 
+def decode_payloads(texts: list[str]) -> list[Any]:
+    """JSON texts (as jsonb prints them) decoded, as :func:`~pgtide.codecs.decode_json` does
+    one by one, in a single orjson call for the lot when that gives the same values (no
+    integer of 19 digits or more, which orjson would read otherwise)."""
+    if texts and not _LONG_DIGITS.search(joined := "[" + ",".join(texts) + "]"):
+        with contextlib.suppress(ValueError):
+            values = orjson.loads(joined)
+            if len(values) == len(texts):
+                return list(values)
+    return [decode_json(t) for t in texts]
+
+
 def check_name(name: object) -> str:
     """An event name: a non-empty string of at most 200 characters, no outer whitespace."""
     if not isinstance(name, str) or not _NAME.match(name) or "\x00" in name:
@@ -146,6 +192,19 @@ def to_json(value: Any, what: str) -> str:
             f"{what} holds a NUL character (\\x00) in {where or 'the value'}: PostgreSQL's "
             "jsonb cannot store it; remove it, or encode binary data (e.g. base64) first"
         )
+    return text
+
+
+def encode_array(payloads: list[Any], name: str) -> str:
+    """The payloads as one JSON array text, each encoded as :func:`to_json` does, in one
+    encoder call for the lot; when that call fails, each one alone names the faulty one."""
+    try:
+        text = json.dumps(payloads, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError):
+        text = None
+    if text is None or "\\u0000" in text:
+        items = [to_json(p, f"payload #{i} of event {name!r}") for i, p in enumerate(payloads)]
+        text = "[" + ",".join(items) + "]"
     return text
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from psycopg import sql
 
 from ..names import TableName
@@ -32,8 +34,8 @@ WHERE source = '' AND dedupe_key = ANY(%s::text[]) AND state IN ('pending', 'fai
 
 PUBLISH_MANY = """
 INSERT INTO pgtide.events (name, payload, run_after, key, priority, dedupe_key)
-SELECT %s, p::jsonb, coalesce(%s::timestamptz, now()), %s, %s, d
-FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS t(p, d, n)
+SELECT %s, p, coalesce(%s::timestamptz, now()), %s, %s, d
+FROM ROWS FROM (jsonb_array_elements(%s::jsonb), unnest(%s::text[])) WITH ORDINALITY AS t(p, d, n)
 ORDER BY n
 ON CONFLICT (source, dedupe_key)
     WHERE dedupe_key IS NOT NULL AND state IN ('pending', 'failed', 'running') DO NOTHING
@@ -42,11 +44,13 @@ RETURNING id, dedupe_key
 
 PUBLISH_MANY_PLAIN = """
 INSERT INTO pgtide.events (name, payload, run_after, key, priority)
-SELECT %s, p::jsonb, coalesce(%s::timestamptz, now()), %s, %s
-FROM unnest(%s::text[]) WITH ORDINALITY AS t(p, n)
+SELECT %s, p, coalesce(%s::timestamptz, now()), %s, %s
+FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS t(p, n)
 ORDER BY n
 RETURNING id
 """
+"""Payloads arrive as one JSON array (one value to send and parse, not one per event); the
+ids come back in the payloads' order."""
 
 CLAIM = """
 WITH served AS (
@@ -80,16 +84,18 @@ UPDATE pgtide.events e
 SET state = 'running', lease_owner = %(owner)s, lease_token = e.lease_token + 1,
     lease_expires = now() + %(lease)s * interval '1 second', started_at = NULL
 WHERE e.id = ANY(ARRAY(SELECT id FROM candidates ORDER BY priority, id LIMIT %(limit)s))
-RETURNING e.id, e.name, e.payload, e.created_at, e.key, e.source_id, e.lease_token, e.attempts,
-          e.priority
+RETURNING e.id, e.name, e.payload::text, e.created_at, e.key, e.source_id, e.lease_token,
+          e.attempts, e.priority
 """
 """A claim reserves events (a new fencing token each, a lease) but counts no attempt. It
 reads, for each name served that is neither paused nor limited, the waiting events in
 (priority, id) order (index ``events_ready``) and the lapsed leases (``events_running``):
-finished events, names nobody serves and paused names cost it nothing."""
+finished events, names nobody serves and paused names cost it nothing. Payloads come back as
+text: the worker decodes them (faster than the driver's JSON loader)."""
 
 CLAIM_LIMITED = """
-SELECT * FROM pgtide.events_claim_limited(%(source)s, %(name)s, %(limit)s, %(owner)s, %(lease)s)
+SELECT id, name, payload::text, created_at, key, source_id, lease_token, attempts, priority
+FROM pgtide.events_claim_limited(%(source)s, %(name)s, %(limit)s, %(owner)s, %(lease)s)
 """
 """A claim of one name with global limits (see 011_events_queue.sql): the name's queue row
 is locked, so the limits hold across every worker."""
@@ -126,13 +132,13 @@ WHERE source = %s ORDER BY name
 STARTED = """
 UPDATE pgtide.events e
 SET attempts = e.attempts + v.n, started_at = now()
-FROM unnest(%(ids)s::bigint[], %(counts)s::integer[]) AS v(id, n),
-     (SELECT set_config('synchronous_commit', 'off', true)) AS quick
+FROM unnest(%(ids)s::bigint[], %(counts)s::integer[]) AS v(id, n)
 WHERE e.id = ANY(%(ids)s::bigint[]) AND e.id = v.id
 """
-"""Count the attempts whose handlers started (a counter of what really happened, so not
-fenced: a start is counted even if another worker owns the event by the time it is
-written). Its commit does not wait for the disk: a server crash may forget a start."""
+"""Count the attempts whose handlers started and have not ended by the worker's next round
+(a counter of what really happened, so not fenced: a start is counted even if another
+worker owns the event by the time it is written). The worker sends it in the transaction
+of its round (see :data:`COMPLETE` for the attempts of handlers that already ended)."""
 
 DONE_CHANNEL = "pgtide_events_done"
 """Where the end (done, dead or cancelled) of an event someone waits for is notified: the
@@ -152,16 +158,39 @@ COMPLETE = (
 WITH ended AS (
     UPDATE pgtide.events e
     SET state = CASE WHEN e.cancel_requested THEN 'cancelled' ELSE 'done' END,
-        result = v.result::jsonb, finished_at = now(), lease_owner = NULL, lease_expires = NULL
-    FROM unnest(%(ids)s::bigint[], %(tokens)s::integer[], %(results)s::text[])
-         AS v(id, token, result)
-    WHERE e.id = ANY(%(ids)s::bigint[]) AND e.id = v.id AND e.lease_token = v.token
-      AND e.lease_owner = %(owner)s AND e.state = 'running'
-    RETURNING e.id, e.watched)"""
+        result = v.result::jsonb, finished_at = now(), lease_owner = NULL, lease_expires = NULL,
+        attempts = e.attempts + v.n,
+        started_at = CASE WHEN v.n > 0 THEN now() ELSE e.started_at END
+    FROM unnest(string_to_array(%(ids)s, ',')::bigint[],
+                string_to_array(%(tokens)s, ',')::integer[], %(results)s::text[],
+                string_to_array(%(starts)s, ',')::integer[]) AS v(id, token, result, n)
+    WHERE e.id = ANY(string_to_array(%(ids)s, ',')::bigint[]) AND e.id = v.id
+      AND e.lease_token = v.token AND e.lease_owner = %(owner)s AND e.state = 'running'
+    RETURNING e.id, e.watched),
+refused AS (
+    UPDATE pgtide.events e SET attempts = e.attempts + v.n, started_at = now()
+    FROM unnest(string_to_array(%(ids)s, ',')::bigint[],
+                string_to_array(%(starts)s, ',')::integer[]) AS v(id, n)
+    WHERE e.id = ANY(ARRAY(SELECT v.id FROM unnest(string_to_array(%(ids)s, ',')::bigint[],
+                                                   string_to_array(%(starts)s, ',')::integer[])
+                                            AS v(id, n)
+                           WHERE v.n > 0 AND v.id NOT IN (SELECT id FROM ended)))
+      AND e.id = v.id)"""
     + _NOTIFY_ENDED
 )
-"""Record handlers' results (an event whose cancel was asked ends ``cancelled``); wake whoever
-waits for them, in the same transaction."""
+"""Record handlers' results, fenced (an event whose cancel was asked ends ``cancelled``);
+wake whoever waits for them, in the same transaction. ``starts`` counts, per event, the
+attempts started and not counted yet (a quick handler's start is written with its outcome:
+one row version, not two); a start is counted even when the outcome is refused (the lease
+was taken over), as :data:`STARTED` does. ``ids``, ``tokens`` and ``starts`` are
+comma-separated integers (:func:`csv`: far cheaper to send than arrays); ``results`` is a
+text array, or None when no handler returned anything."""
+
+
+def csv(numbers: Iterable[int]) -> str:
+    """Integers as one comma-separated text (``string_to_array(%s, ',')::bigint[]`` reads it)."""
+    return ",".join(map(str, numbers))
+
 
 FAIL = (
     """

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import psycopg
@@ -16,10 +16,13 @@ from .._signals import stop_on_signals
 from ..connect import DsnLike, connect, resolve
 from ..errors import ConfigError
 from ..session import Io, Session, run, using
+from . import _signatures as sig
 from ._core import EventRecord, EventsBase, Schedule, _conninfo, _safety, _waker_for, _where
 from ._worker import Worker
 
 T = TypeVar("T")
+_CONN = "psycopg.Connection[Any] | None"
+"""How ``conn`` shows in this face's signatures."""
 
 
 class Events(EventsBase, Closable):
@@ -64,17 +67,8 @@ class Events(EventsBase, Closable):
 
     # -- publishing ----------------------------------------------------------------------
 
-    def publish(
-        self,
-        name: str,
-        payload: Any = None,
-        *,
-        conn: psycopg.Connection[Any] | None = None,
-        run_at: datetime | timedelta | None = None,
-        key: str | None = None,
-        priority: int = 0,
-        dedupe_key: str | None = None,
-    ) -> int:
+    @sig.takes(sig.publish_args, conn=_CONN)
+    def publish(self, args: sig.PublishArgs) -> int:
         """Insert one event and wake the workers, in one transaction; return its id.
 
         With ``conn``, both happen inside the caller's transaction: a rollback leaves no
@@ -83,25 +77,14 @@ class Events(EventsBase, Closable):
         an event with the same ``dedupe_key`` is pending, failed or running, nothing is
         inserted and that event's id is returned.
         """
-        work = self._core.publish(name, payload, run_at, key, priority, dedupe_key)
-        return self._run(work, conn)
+        return self._run(self._core.publish(args), args.on(psycopg.Connection))
 
-    def publish_many(
-        self,
-        name: str,
-        payloads: Iterable[Any],
-        *,
-        conn: psycopg.Connection[Any] | None = None,
-        run_at: datetime | timedelta | None = None,
-        key: str | None = None,
-        priority: int = 0,
-        dedupe_key: str | Iterable[str | None] | None = None,
-    ) -> list[int]:
+    @sig.takes(sig.publish_many_args, conn=_CONN)
+    def publish_many(self, args: sig.PublishArgs) -> list[int]:
         """Insert many events called ``name`` in one statement (one wake-up); return their
         ids, one per payload. ``dedupe_key``: one per payload (None for none), or one string
         for all; a payload whose key an unfinished event holds gets that event's id."""
-        work = self._core.publish_many(name, payloads, run_at, key, priority, dedupe_key)
-        return self._run(work, conn)
+        return self._run(self._core.publish_many(args), args.on(psycopg.Connection))
 
     # -- control -------------------------------------------------------------------------
 
@@ -151,20 +134,13 @@ class Events(EventsBase, Closable):
 
     # -- schedules -----------------------------------------------------------------------
 
-    def schedule(
-        self,
-        name: str,
-        cron: str,
-        payload: Any = None,
-        *,
-        tz: str = "UTC",
-        id: str | None = None,
-    ) -> str:
+    @sig.takes(sig.schedule_args)
+    def schedule(self, args: sig.ScheduleArgs) -> str:
         """Publish ``name`` with ``payload`` at each tick of ``cron`` (in time zone ``tz``),
         once per tick whatever the number of workers; after downtime, a missed tick is
         published once. ``id`` (default: ``name``) names the schedule; setting it again
         replaces it. Returns the id."""
-        return self._run(self._core.schedule(name, cron, payload, tz, id))
+        return self._run(self._core.schedule(args))
 
     def unschedule(self, id: str) -> bool:
         """Remove schedule ``id``; False if there was none."""
@@ -208,20 +184,15 @@ class Events(EventsBase, Closable):
 
     # -- workers -------------------------------------------------------------------------
 
-    def run(
-        self,
-        concurrency: int | None = None,
-        *,
-        poll_interval: float | None = None,
-        stop_timeout: float = 30.0,
-    ) -> None:
+    @sig.takes(sig.run_args)
+    def run(self, args: sig.RunArgs) -> None:
         """Run a worker in this thread until :meth:`stop`, then stop gracefully.
 
         In the main thread, SIGTERM and Ctrl-C (SIGINT) stop it the same way: no new claims,
         running handlers finish (up to ``stop_timeout`` seconds), claimed events not started
         and handlers still running then are given back at once; ``run()`` then returns.
         """
-        worker = self._new_worker(concurrency, poll_interval, stop_timeout)
+        worker = self._new_worker(args)
         with self._lock:
             self._workers.append((worker, threading.current_thread()))
         try:
@@ -233,25 +204,12 @@ class Events(EventsBase, Closable):
             with self._lock:
                 self._workers = [(w, t) for w, t in self._workers if w is not worker]
 
-    def start(
-        self,
-        concurrency: int | None = None,
-        *,
-        poll_interval: float | None = None,
-        stop_timeout: float = 30.0,
-    ) -> None:
+    @sig.takes(sig.run_args)
+    def start(self, args: sig.RunArgs) -> None:
         """Run a worker in a background thread; returns once it is serving."""
-        worker = self._new_worker(concurrency, poll_interval, stop_timeout)
-        failure: list[BaseException] = []
-
-        def serve() -> None:
-            try:
-                worker.run()
-            except BaseException as exc:
-                failure.append(exc)
-                raise
-
-        thread = threading.Thread(target=serve, name="pgtide-events-worker", daemon=True)
+        worker = self._new_worker(args)
+        thread = threading.Thread(target=worker.run, name="pgtide-events-worker", daemon=True)
+        failure = worker.failure
         thread.start()
         while not worker.running.wait(0.05):
             if not thread.is_alive():
@@ -278,12 +236,8 @@ class Events(EventsBase, Closable):
         if loop is not None:
             loop.close()
 
-    def _new_worker(
-        self, concurrency: int | None, poll_interval: float | None, stop_timeout: float
-    ) -> Worker:
-        options = self._core.worker_options(
-            self._handlers, concurrency, poll_interval, stop_timeout
-        )
+    def _new_worker(self, args: sig.RunArgs) -> Worker:
+        options = self._core.worker_options(self._handlers, args)
         self._session.connection()  # schema and your table checked before the worker starts
         return Worker(
             self._session.resolved, self._core.target(), self._handlers, options, self._event_loop

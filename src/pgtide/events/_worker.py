@@ -1,23 +1,27 @@
 """The worker: claims events in batches, runs their handlers, records outcomes.
 
 Written once. :class:`WorkerCore` holds a worker's state and every decision: its statements
-are :data:`~pgtide.session.Io` (claim with ``FOR UPDATE SKIP LOCKED`` in id order, outcomes
-in batches, heartbeats that extend the leases it holds, the mirror of a user's table), and
-its dispatcher is one :data:`Plan`, a generator of :class:`Db`, :class:`Sleep` and
-:class:`Unlisten` steps. :class:`Worker` drives the plan from a thread on a
-:class:`~pgtide.session.Session`; :class:`AsyncWorker` from a task on an
-:class:`~pgtide.session.AsyncSession`. Either session is the one reconnect policy; a
-``channel.Waker`` shortens the waits.
+are :data:`~pgtide.session.Io` and :class:`Batch` es (claims with ``FOR UPDATE SKIP LOCKED``
+in priority and id order; outcomes and starts a batch at a time, in one round trip and one
+transaction; heartbeats that extend the leases it holds; the mirror of a user's table), and
+its dispatcher is one :data:`Plan`, a generator of :class:`Db`, :class:`Pipe`,
+:class:`Record`, :class:`Sleep` and :class:`Unlisten` steps. :class:`Worker` drives the plan
+from a thread on a :class:`~pgtide.session.Session`, with a :class:`_Writer` that records
+outcomes on a second session meanwhile; :class:`AsyncWorker` from a task on an
+:class:`~pgtide.session.AsyncSession` (outcomes in turn). Either session is the one
+reconnect policy; a ``channel.Waker`` shortens the waits.
 
 Handlers: at most ``concurrency`` at once in all. Plain functions run on a pool of threads
-(started only when a plain handler first runs); async ones run as tasks on one event loop
-(the caller's under ``pgtide.aio``, a loop thread under ``pgtide``), holding no thread.
+(started only when a plain handler first runs), each taking the next claimed event itself;
+async ones run as tasks on one event loop (the caller's under ``pgtide.aio``, a loop thread
+under ``pgtide``), holding no thread.
 
 A worker that dies stops heartbeating, its leases expire, and other workers claim its events
 again. Each claim carries a fencing token: renewals, outcomes and releases are fenced by
 owner and token, so a worker that lost a lease cannot overwrite the event's newer state; a
 claimed event starts only while its lease is surely valid on the worker's own clock, and
-its attempt is counted when it starts (written right after, in batches), not at the claim.
+its attempt is counted when it starts (written with its outcome when the handler ended by
+the next round, else on its own), not at the claim.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import queue
 import socket
 import threading
 import time
@@ -34,8 +37,10 @@ import traceback
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Generator, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, timedelta
+from functools import partial
+from operator import itemgetter
 from typing import Any, Generic, TypeAlias, TypeVar
 
 import psycopg
@@ -49,13 +54,14 @@ from ..session import (
     AsyncSession,
     Io,
     Query,
+    Rows,
     Session,
     Stopped,
     atomic,
     query,
 )
 from . import _sql
-from ._model import Event, HandlerSpec, result_json, retry_delay, to_json
+from ._model import Event, HandlerSpec, decode_payloads, result_json, retry_delay, to_json
 
 log = logging.getLogger("pgtide.events")
 
@@ -72,17 +78,20 @@ MAX_NOTIFIED = 1000
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    """How a worker runs. Leases last ``lease`` seconds and are renewed every third of it."""
+    """How a worker runs. Leases last ``lease`` seconds and are renewed every third of it.
 
-    concurrency: int = 8
-    batch_size: int = 100
-    poll_interval: float = 1.0
-    lease: float = 30.0
-    stop_timeout: float = 30.0
-    listen: bool = True
-    retry_delay: float = 1.0
-    max_retry_delay: float = 300.0
-    keep_done: float | None = None
+    No defaults here: they are those of the public signatures (``Events(...)`` and
+    ``run``/``start``), written once there."""
+
+    concurrency: int
+    batch_size: int
+    poll_interval: float
+    lease: float
+    stop_timeout: float
+    listen: bool
+    retry_delay: float
+    max_retry_delay: float
+    keep_done: float | None
 
 
 @dataclass(frozen=True)
@@ -115,26 +124,38 @@ class Unlisten:
     """Stop listening for wake-ups (the worker is stopping)."""
 
 
-Step: TypeAlias = Db | Sleep | Unlisten
-Plan: TypeAlias = Generator[Step, Any, None]
-LoopProvider: TypeAlias = Callable[[], asyncio.AbstractEventLoop]
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Statements sent together in one round trip (pipeline mode) and run in one transaction.
+
+    ``done`` gets each statement's rows and makes the step's reply; ``undo`` puts back what
+    building the batch took from the worker's state, when the batch failed (its transaction
+    then changed nothing).
+    """
+
+    queries: list[Query]
+    done: Callable[[list[Rows]], Any]
+    undo: Callable[[], None]
 
 
 @dataclass(frozen=True, slots=True)
-class Claimed:
-    """An event this worker claimed and has not started: no attempt is counted for it yet."""
+class Pipe:
+    """Build a :class:`Batch` and run it (again, rebuilt, after an outage)."""
 
-    id: int
-    name: str
-    payload: Any
-    created_at: datetime
-    key: str | None
-    source_id: str | None
+    make: Callable[[], Batch]
 
-    def started(self, attempt: int) -> Event:
-        return Event(
-            self.id, self.name, self.payload, attempt, self.created_at, self.key, self.source_id
-        )
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """Have the worker's writer (a second connection) build and run this :class:`Batch`
+    soon, without waiting for it: outcomes are written while the next claim runs."""
+
+    make: Callable[[], Batch]
+
+
+Step: TypeAlias = Db | Pipe | Record | Sleep | Unlisten
+Plan: TypeAlias = Generator[Step, Any, None]
+LoopProvider: TypeAlias = Callable[[], asyncio.AbstractEventLoop]
 
 
 @dataclass(slots=True)
@@ -181,7 +202,12 @@ class WorkerCore:
         self._lock = threading.Lock()
         self._stopping = False
         self._abandoned = False
-        self._ready: deque[Claimed] = deque()
+        self._work = threading.Condition(self._lock)  # pool threads wait here for events
+        self._idle = 0  # pool threads waiting for an event
+        self._waking = False  # a pool thread was woken and has not taken its event yet
+        self._pool_closed = False
+        self._plain = any(not s.is_async for s in handlers.values())
+        self._ready: deque[Event] = deque()  # claimed, not started (attempt: if it starts)
         self._held: dict[int, _Hold] = {}  # every lease held: claimed until settled
         self._active: set[int] = set()  # handlers running now
         self._running = 0
@@ -200,14 +226,15 @@ class WorkerCore:
         self._failed: list[tuple[Event, str, float, bool]] = []
         self._unstarted: list[int] = []
         self._starts: list[int] = []  # started, not yet counted in the database
+        self._concurrency = options.concurrency
         self._max_inflight = options.concurrency + options.batch_size
         self._low_water = self._max_inflight // 2
         self._flush_at = max(1, options.batch_size // 2)
         self._mirror_due = True
         self._notified: list[str] = []
-        self._pool: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._recording: set[int] = set()  # outcomes being written by the writer now
         every = options.poll_interval
         self._catch_up_every = max(every, CATCH_UP) if options.listen else every
         now = time.monotonic()
@@ -278,7 +305,10 @@ class WorkerCore:
         failure: Exception | None = None
         try:
             while not self.stop_requested:
-                more = yield Db(self.round)
+                yield Db(self.chores)
+                if self._record_due(time.monotonic()):
+                    yield Record(self.records)
+                more = yield Pipe(self.claims)
                 if not more:
                     yield Sleep(self.next_wait())
         except Stopped:
@@ -301,10 +331,12 @@ class WorkerCore:
         try:
             while self.busy() and time.monotonic() < deadline:
                 yield Db(self.settle)
+                yield Pipe(self.round)
                 left = deadline - time.monotonic()
                 yield Sleep(max(0.0, min(self.options.lease / 3, left)))
             self._abandon()
             yield Db(self.settle)
+            yield Pipe(self.round)
             yield Db(self.forget)
         except (Stopped, psycopg.Error, *OUTAGES) as exc:
             log.warning("events worker %s could not record its last outcomes: %s", self.owner, exc)
@@ -366,6 +398,10 @@ class WorkerCore:
                 },
             )
 
+    def writer_setup(self) -> Io[None]:
+        """A new connection of the worker's writer: the same session settings."""
+        yield Query(_sql.WORKER_SESSION)
+
     def _register(self) -> Io[None]:
         yield Query(_sql.WORKERS_PRUNE)
         names = sorted(self.handlers)
@@ -374,13 +410,9 @@ class WorkerCore:
             _sql.WORKER_REGISTER, (self.owner, self.target.source, names, host, os.getpid())
         )
 
-    def round(self) -> Io[bool]:
-        """Record outcomes, heartbeat when due, mirror, claim, start what may start; True
-        when more may be waiting."""
+    def chores(self) -> Io[None]:
+        """What is due besides claims and outcomes: heartbeat, schedules, retention, mirror."""
         now = time.monotonic()
-        if self._flush_due(now):
-            yield from self._flush()
-            self._next_flush = now + FLUSH_EVERY
         if now >= self._next_beat:
             yield from self._heartbeat()
             self._next_beat = now + self.options.lease / 3
@@ -395,11 +427,95 @@ class WorkerCore:
             yield from self._schedules(now)
         if now >= self._next_purge:
             yield from self._purge(now)
-        yield from self._count_starts()
         yield from self._mirror()
-        more = yield from self._claim()
-        self._launch()
-        return more
+
+    def claims(self) -> Batch:
+        """The claims of a round (on the worker's connection)."""
+        return self.round(record=False)
+
+    def records(self) -> Batch:
+        """The outcomes and starts of a round (on the writer's connection)."""
+        return self.round(claim=False)
+
+    def round(self, *, claim: bool = True, record: bool = True) -> Batch:
+        """One round trip, one transaction: count the attempts started, record the outcomes
+        due, and claim what fits; the reply is True when more may be waiting.
+
+        An attempt whose handler has already ended is counted by the statement that records
+        its outcome (one row version, not two); the others by :data:`~._sql.STARTED`.
+        """
+        now = time.monotonic()
+        with self._lock:
+            flush = record and self._flush_due(now)
+            done, failed = (self._done, self._failed) if flush else ([], [])
+            if flush:
+                self._done, self._failed = [], []
+            starts = self._starts if record else []
+            if record:
+                self._starts = []
+                self._next_flush = now + FLUSH_EVERY
+            finished = [e for e, _ in done] + [f[0] for f in failed]
+            tokens = {e.id: h.token for e in finished if (h := self._held.get(e.id))}
+            self._recording.update(tokens)
+        uncounted = Counter(starts)
+        queries: list[Query] = []
+        done = [(e, r) for e, r in done if e.id in tokens]  # a lost lease records nothing
+        folded = [uncounted.pop(e.id, 0) for e, _ in done]
+        if uncounted:  # a failure's start too: FAIL below is fenced, a start is not
+            ids = list(uncounted)
+            queries.append(Query(_sql.STARTED, {"ids": ids, "counts": list(uncounted.values())}))
+        if done:
+            ids = [e.id for e, _ in done]
+            results = [r for _, r in done]
+            complete = {
+                "ids": _sql.csv(ids),
+                "tokens": _sql.csv([tokens[i] for i in ids]),
+                "results": results if any(r is not None for r in results) else None,
+                "starts": _sql.csv(folded),
+                "owner": self.owner,
+            }
+            queries.append(Query(_sql.COMPLETE, complete))
+        for event, error, delay, dead in failed:
+            if event.id in tokens:
+                fail: dict[str, Any] = {"state": "dead" if dead else "failed", "error": error}
+                fail.update(delay=delay, id=event.id, token=tokens[event.id], owner=self.owner)
+                queries.append(Query(_sql.FAIL, fail))
+        if any(e.name in self._limited_set for e in finished):
+            # a slot of a limited name is free: every worker may claim it, not only us
+            queries.append(Query(_sql.WAKE, (_sql.CHANNEL,)))
+            self._yield_limited = True
+        outcomes = len(queries)
+        claims = self._claims() if claim else []
+        queries.extend(q for q, _ in claims)
+        sent = time.monotonic()
+
+        def recorded(results: list[Rows]) -> bool:
+            # due on the server's clock from its transaction's start: surely past it from now
+            back = time.monotonic()
+            retry_at = [back + delay + 0.001 for _, _, delay, dead in failed if not dead]
+            with self._lock:
+                for id_, token in tokens.items():  # not a new claim of it (a retry) since
+                    if (hold := self._held.get(id_)) is not None and hold.token == token:
+                        del self._held[id_]
+                self._recording.difference_update(tokens)
+                if retry_at:
+                    soonest = min(retry_at)
+                    if self._next_due is None or soonest < self._next_due:
+                        self._next_due = soonest
+            if retry_at:  # the dispatcher sleeps until the first retry is due (not the poll)
+                self.wake()
+            more = self._claimed(results[outcomes:], [want for _, want in claims], sent)
+            self._launch()
+            return more
+
+        def undo() -> None:
+            with self._lock:  # kept for the next round
+                self._recording.difference_update(tokens)
+                self._done[:0] = [(e, r) for e, r in done]
+                self._failed[:0] = failed
+                self._starts[:0] = starts
+
+        return Batch(queries, recorded, undo)
 
     def _schedules(self, now: float) -> Io[None]:
         """Enqueue the due ticks of every schedule (each once: the schedule row is locked and
@@ -435,20 +551,27 @@ class WorkerCore:
         if deleted:
             log.info("events worker %s purged %d finished event(s)", self.owner, deleted)
 
-    def _flush_due(self, now: float) -> bool:
+    def _record_due(self, now: float) -> bool:
+        """Whether the writer has something to record now: outcomes due, or starts not
+        counted for a while (a quick handler's start waits to be written with its outcome)."""
         with self._lock:
-            return bool(self._failed) or (
-                bool(self._done)
-                and (
-                    len(self._done) >= self._flush_at
-                    or (self._running == 0 and not self._ready)  # idle: record it now
-                    or now >= self._next_flush
-                    or self.stop_requested
-                )
+            return self._flush_due(now) or (bool(self._starts) and now >= self._next_flush)
+
+    def _flush_due(self, now: float) -> bool:
+        """Whether outcomes are to be recorded now (the caller holds the lock)."""
+        return bool(self._failed) or (
+            bool(self._done)
+            and (
+                len(self._done) >= self._flush_at
+                or (self._running == 0 and not self._ready)  # idle: record it now
+                or now >= self._next_flush
+                or self.stop_requested
             )
+        )
 
     def settle(self) -> Io[None]:
-        """While stopping: release unstarted events, record outcomes, heartbeat when due."""
+        """While stopping: release unstarted events, heartbeat when due (outcomes follow, in
+        a :class:`Pipe` of :meth:`round`)."""
         with self._lock:
             ids, self._unstarted = self._unstarted, []
         if ids:
@@ -461,8 +584,6 @@ class WorkerCore:
             with self._lock:
                 for id_ in ids:
                     self._held.pop(id_, None)
-        yield from self._count_starts()
-        yield from self._flush()
         now = time.monotonic()
         if now >= self._next_beat:
             yield from self._heartbeat()
@@ -513,7 +634,9 @@ class WorkerCore:
             for id_ in renewed:
                 if (hold := self._held.get(id_)) is not None:
                     hold.valid_until = max(hold.valid_until, valid_until)
-        lost = [(i, s) for i, _, s in held if i not in renewed]
+        with self._lock:  # an event settled meanwhile (by the writer) is not lost
+            still = self._held.keys() - self._recording
+            lost = [(i, s) for i, _, s in held if i not in renewed and i in still]
         if lost:
             self._lose([i for i, s in lost if not s], [i for i, s in lost if s])
 
@@ -566,16 +689,16 @@ class WorkerCore:
             self.on_gap()  # not mirrored yet: scan the whole table next time
             raise
 
-    def _claim(self) -> Io[bool]:
-        """Claim what fits (no attempt counted yet); True when the batch came back full."""
+    def _claims(self) -> list[tuple[Query, int]]:
+        """The claims to send now (each with how many it asks for): none while stopping or
+        while enough is claimed already."""
         if self.stop_requested:
-            return False
+            return []
         with self._lock:
             inflight = self._inflight
         if inflight > self._low_water:
-            return False
+            return []
         asked = min(self._max_inflight - inflight, self.options.batch_size)
-        sent = time.monotonic()
         params = {
             "source": self.target.source,
             "names": list(self.handlers),
@@ -583,177 +706,112 @@ class WorkerCore:
             "owner": self.owner,
             "lease": self.options.lease,
         }
-        rows = yield from query(_sql.CLAIM, params)
-        full = len(rows) == asked
+        claims = [(Query(_sql.CLAIM, params), asked)]
         limited = [] if self._yield_limited else self._limited
         self._yield_limited = False
         for name in limited:
-            spec = self.handlers[name]
-            want = min(asked, spec.concurrency or asked)
-            got = yield from query(_sql.CLAIM_LIMITED, {**params, "name": name, "limit": want})
-            rows.extend(got)
-            full = full or len(got) == want
+            want = min(asked, self.handlers[name].concurrency or asked)
+            limited_params = {**params, "name": name, "limit": want}
+            claims.append((Query(_sql.CLAIM_LIMITED, limited_params), want))
+        return claims
+
+    def _claimed(self, results: list[Rows], wanted: list[int], sent: float) -> bool:
+        """Hold what the claims returned (no attempt counted yet); True when one came back
+        full (more may be waiting)."""
+        rows = [row for got in results for row in got]
         if not rows:
             return False
-        rows.sort(key=lambda r: (r[-1], r[0]))  # priority, then id
+        rows.sort(key=itemgetter(8, 0))  # priority, then id
         valid_until = sent + self.options.lease * SURELY_VALID
+        payloads = decode_payloads([r[2] for r in rows])
         with self._lock:
-            for *fields, token, attempts, _priority in rows:
-                hold = self._held.get(fields[0])
-                if hold is not None:  # ours already (its lease had lapsed): one copy, new token
-                    hold.token, hold.valid_until = token, valid_until
+            held, ready = self._held, self._ready
+            for row, payload in zip(rows, payloads, strict=True):
+                hold = held.get(row[0])
+                if hold is not None and row[0] not in self._recording:
+                    # ours already (its lease had lapsed): one copy, new token
+                    hold.token, hold.valid_until = row[6], valid_until
                     continue
-                self._held[fields[0]] = _Hold(token, attempts, valid_until)
-                self._ready.append(Claimed(*fields))
+                held[row[0]] = _Hold(row[6], row[7], valid_until)
+                ready.append(Event._claimed(row, payload))
                 self._inflight += 1
-        return full
-
-    def _count_starts(self) -> Io[None]:
-        """Count in the database the attempts whose handlers started since the last time."""
-        with self._lock:
-            starts, self._starts = self._starts, []
-        if not starts:
-            return
-        counts = Counter(starts)
-        try:
-            yield Query(_sql.STARTED, {"ids": list(counts), "counts": list(counts.values())})
-        except BaseException:
-            with self._lock:  # count them next time
-                self._starts[:0] = starts
-            raise
-
-    def _flush(self) -> Io[None]:
-        with self._lock:
-            done, self._done = self._done, []
-            failed, self._failed = self._failed, []
-            finished = [e for e, _ in done] + [f[0] for f in failed]
-            tokens = {e.id: h.token for e in finished if (h := self._held.get(e.id))}
-        if not done and not failed:
-            return
-        freed = any(e.name in self._limited_set for e in finished)
-        try:
-            yield from atomic(self._outcomes(done, failed, tokens, freed))
-        except BaseException:
-            with self._lock:  # keep them for the next flush
-                self._done[:0] = done
-                self._failed[:0] = failed
-            raise
-        retry_at = [time.monotonic() + delay + 0.001 for _, _, delay, dead in failed if not dead]
-        with self._lock:
-            for event in finished:
-                self._held.pop(event.id, None)
-            if retry_at:
-                soonest = min(retry_at)
-                if self._next_due is None or soonest < self._next_due:
-                    self._next_due = soonest
-
-    def _outcomes(
-        self,
-        done: list[tuple[Event, str | None]],
-        failed: list[tuple[Event, str, float, bool]],
-        tokens: dict[int, int],
-        freed: bool = False,
-    ) -> Io[None]:
-        done = [(e, r) for e, r in done if e.id in tokens]  # a lost lease records nothing
-        if done:
-            yield Query(
-                _sql.COMPLETE,
-                {
-                    "ids": [e.id for e, _ in done],
-                    "tokens": [tokens[e.id] for e, _ in done],
-                    "results": [r for _, r in done],
-                    "owner": self.owner,
-                },
-            )
-        for event, error, delay, dead in failed:
-            if event.id not in tokens:
-                continue
-            yield Query(
-                _sql.FAIL,
-                {
-                    "state": "dead" if dead else "failed",
-                    "error": error,
-                    "delay": delay,
-                    "id": event.id,
-                    "token": tokens[event.id],
-                    "owner": self.owner,
-                },
-            )
-        if freed:  # a slot of a limited name is free: every worker may claim it, not only us
-            yield Query(_sql.WAKE, (_sql.CHANNEL,))
-            self._yield_limited = True
+        return any(len(got) == want for got, want in zip(results, wanted, strict=True))
 
     # -- running handlers ------------------------------------------------------------------
 
     def _launch(self) -> None:
-        """Start what may start now: plain handlers on the pool, async ones on the loop."""
-        events = self._take()
-        if not events:
-            return
-        self.wake()  # the dispatcher counts these attempts at once
-        for event in events:
-            spec = self.handlers[event.name]
-            if spec.is_async:
-                self._loop().call_soon_threadsafe(self._spawn, event, spec)
-            else:
+        """Start what may start now. With plain handlers, the pool's threads take the events
+        themselves (one is woken here); with async handlers only, they become tasks here."""
+        if self._plain:
+            if self._ready:
                 self._start_pool()
-                self._pool.put(event)
-
-    def _take(self) -> list[Event]:
-        """Events to start (in id order), within the worker's and each handler's limit, and
-        only while their leases are surely valid: a claimed event whose lease may have lapsed
-        (the database was out of reach, say) is dropped, never started."""
-        now = time.monotonic()
+                with self._lock:
+                    self._wake_one()
+            return
         with self._lock:
-            free = self.options.concurrency - self._running
-            if self._stopping or self.stop_requested or free <= 0 or not self._ready:
-                return []
-            taken: list[Claimed] = []
-            lapsed: list[int] = []
-            if not self._limits:
-                while len(taken) < free and self._ready:
-                    claimed = self._ready.popleft()
-                    if self._held[claimed.id].valid_until <= now:
-                        lapsed.append(claimed.id)
-                    else:
-                        taken.append(claimed)
+            events, lapsed = self._take(self.options.concurrency)
+        self._lapsed(lapsed)
+        for event in events:
+            self._loop().call_soon_threadsafe(self._spawn, event, self.handlers[event.name])
+
+    def _wake_one(self) -> None:
+        """Wake an idle pool thread when an event may start and none is being woken (the
+        caller holds the lock). Woken threads wake the next one in turn, so only as many
+        threads run as there are events for them: a thread that finishes a quick handler
+        takes the next event itself, without any hand-off."""
+        if self._idle and not self._waking and self._ready and self._running < self._concurrency:
+            self._waking = True
+            self._work.notify()
+
+    def _take(self, n: int) -> tuple[list[Event], list[int]]:
+        """Up to ``n`` events to start (in claim order), within the worker's and each
+        handler's limit, and only while their leases are surely valid; and the ids of those
+        whose lease may have lapsed (the database was out of reach, say), dropped, never
+        started. The caller holds the lock."""
+        free = min(n, self._concurrency - self._running)
+        if self._stopping or self.stop_requested or free <= 0 or not self._ready:
+            return [], []
+        now = time.monotonic()
+        ready, held = self._ready, self._held
+        taken: list[Event] = []
+        lapsed: list[int] = []
+        skipped: list[Event] = []
+        while ready and len(taken) < free:
+            event = ready.popleft()
+            limit = self._limits.get(event.name) if self._limits else None
+            if held[event.id].valid_until <= now:
+                lapsed.append(event.id)
+            elif limit is None:
+                taken.append(event)
+            elif self._by_name[event.name] < limit:
+                self._by_name[event.name] += 1
+                taken.append(event)
             else:
-                kept = deque[Claimed]()
-                for claimed in self._ready:
-                    limit = self._limits.get(claimed.name)
-                    if self._held[claimed.id].valid_until <= now:
-                        lapsed.append(claimed.id)
-                    elif len(taken) < free and (
-                        limit is None or self._by_name[claimed.name] < limit
-                    ):
-                        taken.append(claimed)
-                        if limit is not None:
-                            self._by_name[claimed.name] += 1
-                    else:
-                        kept.append(claimed)
-                self._ready = kept
-            self._inflight -= len(lapsed)
-            self._running += len(taken)
-            events = []
-            for claimed in taken:
-                hold = self._held[claimed.id]
-                if claimed.id in self._cancel_asked:  # never started: it ends cancelled
-                    self._cancel_asked.discard(claimed.id)
-                    self._running -= 1
-                    if claimed.name in self._by_name:
-                        self._by_name[claimed.name] -= 1
-                    self._inflight -= 1
-                    event = claimed.started(hold.attempts)
-                    self._failed.append((event, "cancelled before it started", 0.0, True))
-                    continue
-                hold.started = True
-                event = claimed.started(hold.attempts + 1)
-                events.append(event)
-                self._events[claimed.id] = event
-                self._active.add(claimed.id)
-                self._starts.append(claimed.id)
-            for id_ in lapsed:
-                del self._held[id_]
+                skipped.append(event)
+        ready.extendleft(reversed(skipped))
+        self._inflight -= len(lapsed)
+        for id_ in lapsed:
+            del held[id_]
+        self._running += len(taken)
+        events = []
+        for event in taken:
+            if event.id in self._cancel_asked:  # never started: it ends cancelled
+                self._cancel_asked.discard(event.id)
+                self._running -= 1
+                if event.name in self._by_name:
+                    self._by_name[event.name] -= 1
+                self._inflight -= 1
+                unstarted = replace(event, attempt=event.attempt - 1)
+                self._failed.append((unstarted, "cancelled before it started", 0.0, True))
+                continue
+            held[event.id].started = True
+            events.append(event)
+            self._events[event.id] = event
+            self._active.add(event.id)
+            self._starts.append(event.id)
+        return events, lapsed
+
+    def _lapsed(self, lapsed: list[int]) -> None:
         if lapsed:
             log.warning(
                 "events worker %s: the lease of %d claimed event(s) may have lapsed before they "
@@ -762,7 +820,6 @@ class WorkerCore:
                 len(lapsed),
                 _ids(lapsed),
             )
-        return events
 
     def _start_pool(self) -> None:
         if self._threads:
@@ -779,13 +836,36 @@ class WorkerCore:
 
     def _close_pool(self) -> None:
         with self._lock:
-            threads = len(self._threads)
-        for _ in range(threads):
-            self._pool.put(None)
+            self._pool_closed = True
+            self._work.notify_all()
 
     def _serve(self) -> None:
-        while (event := self._pool.get()) is not None:
-            self._run_plain(event, self.handlers[event.name])
+        """A pool thread: take the next event that may start, run it, again."""
+        while (event := self._next()) is not None:
+            spec = self.handlers[event.name]
+            if spec.is_async:
+                self._loop().call_soon_threadsafe(self._spawn, event, spec)
+            else:
+                self._run_plain(event, spec)
+
+    def _next(self) -> Event | None:
+        """The next event for a pool thread (waiting for one), or None once the pool closes."""
+        with self._lock:
+            while not self._pool_closed:
+                events, lapsed = self._take(1)
+                if events:
+                    self._wake_one()  # more to start: let another thread help
+                    break
+                if lapsed:
+                    continue
+                self._idle += 1
+                self._work.wait()
+                self._idle -= 1
+                self._waking = False
+            else:
+                return None
+        self._lapsed(lapsed)
+        return events[0]
 
     def _spawn(self, event: Event, spec: HandlerSpec) -> None:
         task = asyncio.get_running_loop().create_task(self._run_async(event, spec))
@@ -856,7 +936,11 @@ class WorkerCore:
             )
         if wake:
             self.wake()
-        self._launch()
+        if self._plain and self._limits:
+            with self._lock:  # a slot of a limited name is free: an idle thread may take it
+                self._wake_one()
+        elif not self._plain:
+            self._launch()
         if log.isEnabledFor(logging.INFO):
             _log_outcome(event, began, failure)
 
@@ -931,6 +1015,42 @@ class _Steps:
         self._failure = exc
 
 
+def _run_batch(conn: psycopg.Connection[Any], make: Callable[[], Batch]) -> Any:
+    """Send a batch's statements in one round trip, run them in one transaction."""
+    batch = make()
+    if not batch.queries:
+        return batch.done([])
+    try:
+        if len(batch.queries) == 1:  # one statement is one transaction: no pipeline needed
+            cursors = [conn.execute(batch.queries[0].statement, batch.queries[0].params)]
+        else:
+            with conn.pipeline(), conn.transaction():
+                cursors = [conn.execute(q.statement, q.params) for q in batch.queries]
+        rows = [c.fetchall() if c.description else [] for c in cursors]
+    except BaseException:
+        batch.undo()
+        raise
+    return batch.done(rows)
+
+
+async def _arun_batch(conn: psycopg.AsyncConnection[Any], make: Callable[[], Batch]) -> Any:
+    """The asyncio twin of :func:`_run_batch`."""
+    batch = make()
+    if not batch.queries:
+        return batch.done([])
+    try:
+        if len(batch.queries) == 1:  # one statement is one transaction: no pipeline needed
+            cursors = [await conn.execute(batch.queries[0].statement, batch.queries[0].params)]
+        else:
+            async with conn.pipeline(), conn.transaction():
+                cursors = [await conn.execute(q.statement, q.params) for q in batch.queries]
+        rows = [await c.fetchall() if c.description else [] for c in cursors]
+    except BaseException:
+        batch.undo()
+        raise
+    return batch.done(rows)
+
+
 _S = TypeVar("_S", Session, AsyncSession)
 
 
@@ -962,6 +1082,7 @@ class _Driver(Generic[_S]):
         )
         self.core.wake = self._waker.set
         self.running = threading.Event()
+        self.failure: list[BaseException] = []  # what ended run(), if it raised
         self._session: _S = self._session_class(
             resolved,
             name="events worker",
@@ -986,13 +1107,90 @@ class _Driver(Generic[_S]):
         return _Steps(self.core.plan())
 
 
+class _Writer:
+    """A blocking worker's second connection: a thread that writes outcomes and starts
+    (:class:`Record` steps) while the worker's own connection claims, so that the database
+    works on both at once. A step asked while one is waiting is the same step (it takes all
+    that is due when it runs)."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._ready = threading.Condition()
+        self._pending: Callable[[], Batch] | None = None
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self.error: Exception | None = None  # what stopped it (the worker raises it)
+
+    def submit(self, make: Callable[[], Batch]) -> None:
+        with self._ready:
+            self._pending = make
+            self._ready.notify()
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._serve, name="pgtide-events-writer", daemon=True
+                )
+                self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            with self._ready:
+                while self._pending is None and not self._closing:
+                    self._ready.wait()
+                make, self._pending = self._pending, None
+            if make is None:
+                return
+            try:
+                self._session.call(partial(_run_batch, make=make))
+            except Stopped:
+                return  # stopping while the database is away: the worker records the rest
+            except Exception as exc:
+                self.error = exc
+                return
+
+    def failed(self) -> Exception | None:
+        """What stopped the writer, once (the worker raises it, and shuts down)."""
+        error, self.error = self.error, None
+        return error
+
+    def stop(self) -> None:
+        self._session.stop()
+
+    def close(self) -> None:
+        """Write what is pending, then close the connection."""
+        with self._ready:
+            self._closing = True
+            self._ready.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+        self._session.close()
+
+
 class Worker(_Driver[Session]):
-    """A worker driven from a thread: ``run()`` blocks until ``stop()``; both thread-safe."""
+    """A worker driven from a thread: ``run()`` blocks until ``stop()``; both thread-safe.
+
+    Outcomes are written by a :class:`_Writer` on a second connection."""
 
     _session_class = Session
 
+    def __init__(self, resolved: Resolved, *args: Any) -> None:
+        super().__init__(resolved, *args)
+        writer = Session(resolved, name="events worker (outcomes)", prepare=self.core.writer_setup)
+        self._writer = _Writer(writer)
+
+    def stop(self) -> None:
+        super().stop()
+        self._writer.stop()
+
     def run(self) -> None:
         """Serve until :meth:`stop`; then finish running handlers (bounded) and release."""
+        try:
+            self._serve()
+        except BaseException as exc:
+            self.failure.append(exc)
+            raise
+
+    def _serve(self) -> None:
         self._session.connection()  # registered before serving: a bad setup raises here
         try:
             self._waker.start()  # LISTENing before the first claim: no wake-up falls between
@@ -1000,8 +1198,14 @@ class Worker(_Driver[Session]):
             interrupted: KeyboardInterrupt | None = None
             while (step := steps.next()) is not None:
                 try:
+                    if (failed := self._writer.failed()) is not None:
+                        raise failed
                     if isinstance(step, Db):
                         steps.reply(self._session.run(step.make))
+                    elif isinstance(step, Pipe):
+                        steps.reply(self._session.call(partial(_run_batch, make=step.make)))
+                    elif isinstance(step, Record):
+                        self._writer.submit(step.make)
                     elif isinstance(step, Sleep):
                         steps.reply(self._waker.wait(step.seconds))
                     else:
@@ -1016,6 +1220,7 @@ class Worker(_Driver[Session]):
                 raise interrupted
         finally:
             self._waker.stop()
+            self._writer.close()
             self._session.close()
             self.running.clear()
 
@@ -1023,8 +1228,9 @@ class Worker(_Driver[Session]):
 class AsyncWorker(_Driver[AsyncSession]):
     """A worker driven from an asyncio task: ``await run()`` until ``stop()``.
 
-    Its database work runs on an :class:`~pgtide.session.AsyncSession` (no thread); async
-    handlers run as tasks on the same loop.
+    Its database work runs on an :class:`~pgtide.session.AsyncSession` (no thread), outcomes
+    included (a :class:`Record` step is awaited in turn); async handlers run as tasks on the
+    same loop.
     """
 
     _session_class = AsyncSession
@@ -1040,6 +1246,8 @@ class AsyncWorker(_Driver[AsyncSession]):
                 try:
                     if isinstance(step, Db):
                         steps.reply(await self._session.run(step.make))
+                    elif isinstance(step, Pipe | Record):
+                        steps.reply(await self._session.call(partial(_arun_batch, make=step.make)))
                     elif isinstance(step, Sleep):
                         steps.reply(await self._waker.wait_async(step.seconds))
                     else:

@@ -1,0 +1,201 @@
+"""Events in batches: one round trip and one transaction per worker round (claims, outcomes
+and starts together), fenced batch outcomes, attempts folded into outcomes, publish_many as
+one JSON array, and payloads decoded in one call."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+from collections import Counter
+from typing import Any
+
+import psycopg
+import pytest
+from events_helpers import count, wait_for
+
+import pgtide
+import pgtide.aio
+from pgtide.errors import ConfigError, EventPayloadError
+from pgtide.events import _sql
+from pgtide.events._model import decode_payloads, encode_array
+
+
+@pytest.fixture
+def events(dsn: str) -> Any:
+    ev = pgtide.Events(dsn=dsn, poll_interval=0.05, retry_delay=0.01, max_retry_delay=0.05)
+    yield ev
+    ev.close()
+
+
+def _claim(conn: psycopg.Connection[Any], owner: str) -> dict[int, int]:
+    """Claim every waiting ``job`` (and lapsed lease) as ``owner``: id -> fencing token."""
+    params = {"source": "", "names": ["job"], "limit": 100, "owner": owner, "lease": 30.0}
+    return {int(r[0]): int(r[6]) for r in conn.execute(_sql.CLAIM, params).fetchall()}
+
+
+def _complete(
+    conn: psycopg.Connection[Any], owner: str, held: dict[int, int], starts: int = 1
+) -> None:
+    ids = sorted(held)
+    params = {
+        "ids": _sql.csv(ids),
+        "tokens": _sql.csv(held[i] for i in ids),
+        "results": [f'{{"by": "{owner}"}}' for _ in ids],
+        "starts": _sql.csv(starts for _ in ids),
+        "owner": owner,
+    }
+    conn.execute(_sql.COMPLETE, params)
+
+
+def test_a_stale_workers_batch_complete_is_refused_and_its_starts_still_count(
+    events: pgtide.Events, dsn: str
+) -> None:
+    ids = events.publish_many("job", [1, 2, 3])
+    with psycopg.connect(dsn, autocommit=True) as a, psycopg.connect(dsn, autocommit=True) as b:
+        stale = _claim(a, "A")
+        assert sorted(stale) == ids
+        # A's leases lapse (an outage, say) and B takes the events over with new tokens
+        a.execute("UPDATE pgtide.events SET lease_expires = now() - interval '1 s'")
+        fresh = _claim(b, "B")
+        assert sorted(fresh) == ids
+        assert all(fresh[i] == stale[i] + 1 for i in ids)
+        _complete(a, "A", stale)  # refused: the rows carry B's owner and tokens
+        assert count(dsn, "SELECT count(*) FROM pgtide.events WHERE state = 'running'") == 3
+        # A's handlers did start: those attempts count although their outcomes do not
+        assert count(dsn, "SELECT sum(attempts) FROM pgtide.events") == 3
+        _complete(a, "A", fresh, starts=0)  # B's tokens but A's name: refused as well
+        assert count(dsn, "SELECT count(*) FROM pgtide.events WHERE state = 'done'") == 0
+        _complete(b, "B", fresh)
+    for id_ in ids:
+        record = events.get(id_)
+        assert record is not None
+        assert (record.state, record.attempts, record.result) == ("done", 2, {"by": "B"})
+        assert record.started_at is not None and record.finished_at is not None
+
+
+def test_each_start_counts_once_whether_written_with_its_outcome_or_before(
+    events: pgtide.Events, dsn: str
+) -> None:
+    calls: Counter[int] = Counter()
+    lock = threading.Lock()
+    gate = threading.Event()
+
+    def handler(event: pgtide.Event) -> None:
+        with lock:
+            calls[event.id] += 1
+        if event.payload == "slow":
+            gate.wait(20)
+
+    events.register("job", handler)
+    quick = events.publish_many("job", list(range(300)))
+    slow = events.publish("job", "slow")
+    events.start(concurrency=8)
+    # the slow handler's start is written while it runs (not with its outcome)
+    wait_for(
+        lambda: count(dsn, "SELECT attempts FROM pgtide.events WHERE id = %s", slow) == 1,
+        what="the running handler's attempt counted",
+    )
+    assert events.get(slow).state == "running"  # type: ignore[union-attr]
+    gate.set()
+    events.wait(slow, timeout=20)
+    wait_for(lambda: events.status()["done"] == 301, what="every event done")
+    assert calls == Counter({i: 1 for i in [*quick, slow]})
+    assert count(dsn, "SELECT count(*) FROM pgtide.events WHERE attempts <> 1") == 0
+    assert (
+        count(
+            dsn,
+            "SELECT count(*) FROM pgtide.events "
+            "WHERE started_at IS NULL OR started_at > finished_at",
+        )
+        == 0
+    )
+
+
+def test_a_large_backlog_runs_each_event_once_with_batched_rounds(dsn: str) -> None:
+    events = pgtide.Events(dsn=dsn, batch_size=500)
+    seen: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    def handler(event: pgtide.Event) -> dict[str, int]:
+        with lock:
+            seen[event.payload["n"]] += 1
+        return {"double": event.payload["n"] * 2}
+
+    events.register("job", handler)
+    try:
+        ids = events.publish_many("job", [{"n": n} for n in range(5000)])
+        events.start(concurrency=32)
+        wait_for(lambda: events.status()["done"] == 5000, timeout=60, what="5000 events done")
+    finally:
+        events.close()
+    assert seen == Counter(range(5000))
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT id, (payload->>'n')::int, (result->>'double')::int, attempts "
+            "FROM pgtide.events ORDER BY id"
+        ).fetchall()
+    assert [r[0] for r in rows] == ids
+    assert all(double == 2 * n and attempts == 1 for _, n, double, attempts in rows)
+
+
+def test_publish_many_keeps_order_values_and_names_the_bad_payload(
+    events: pgtide.Events, dsn: str
+) -> None:
+    payloads: list[Any] = [{"n": n, "text": 'tab\tquote"back\\slash é'} for n in range(2000)]
+    payloads[7] = None
+    payloads[8] = [1, 2.5, True, "x"]
+    payloads[9] = 123456789012345678901234567890  # beyond 64 bits: kept exactly
+    ids = events.publish_many("job", payloads)
+    assert ids == sorted(ids) and len(set(ids)) == 2000
+    assert events.get(ids[9]).payload == payloads[9]  # type: ignore[union-attr]
+    with psycopg.connect(dsn) as conn:
+        stored = [r[0] for r in conn.execute("SELECT payload FROM pgtide.events ORDER BY id")]
+    assert stored == payloads
+    with pytest.raises(EventPayloadError, match="payload #3 of event 'job'"):
+        events.publish_many("job", [1, 2, 3, {"when": object()}])
+    with pytest.raises(EventPayloadError, match=r"payload #1 .*NUL"):
+        events.publish_many("job", ["fine", {"a": "x\x00y"}])
+    with pytest.raises(EventPayloadError, match="payload #0"):
+        events.publish_many("job", [float("nan")])
+    assert events.status()["pending"] == 2000  # nothing of the refused batches was inserted
+
+
+def test_publish_many_with_dedupe_keys_uses_the_same_array(events: pgtide.Events) -> None:
+    first = events.publish_many(
+        "job", [{"a": 1}, {"b": 2}, {"c": 3}], dedupe_key=["k1", None, "k2"]
+    )
+    again = events.publish_many("job", [{"x": 1}, {"y": 2}], dedupe_key=["k2", "k3"])
+    assert again[0] == first[2]
+    assert events.get(again[1]).payload == {"y": 2}  # type: ignore[union-attr]
+    assert events.get(first[1]).payload == {"b": 2}  # type: ignore[union-attr]
+
+
+def test_payloads_decode_in_one_call_exactly_as_one_by_one() -> None:
+    texts = ['{"n": 1}', "null", '"x"', "[1.5, 2]", '{"big": 12345678901234567890123}']
+    assert decode_payloads(texts) == [
+        {"n": 1},
+        None,
+        "x",
+        [1.5, 2],
+        {"big": 12345678901234567890123},
+    ]
+    assert decode_payloads([]) == []
+    assert encode_array([{"a": "é"}, None, [1]], "job") == '[{"a":"é"},null,[1]]'
+
+
+def test_both_faces_share_one_signature_and_check_the_connection_kind(dsn: str) -> None:
+    for method in ("publish", "publish_many", "schedule", "run", "start"):
+        blocking = inspect.signature(getattr(pgtide.Events, method))
+        awaited = inspect.signature(getattr(pgtide.aio.Events, method))
+        assert list(blocking.parameters) == list(awaited.parameters)
+        assert inspect.iscoroutinefunction(getattr(pgtide.aio.Events, method))
+        assert not inspect.iscoroutinefunction(getattr(pgtide.Events, method))
+    assert "AsyncConnection" in str(inspect.signature(pgtide.aio.Events.publish))
+    aio = pgtide.aio.Events(dsn=dsn)
+    with (
+        psycopg.connect(dsn) as blocking_conn,
+        pytest.raises(ConfigError, match=r"conn must be a psycopg\.AsyncConnection"),
+    ):
+        asyncio.run(aio.publish("job", conn=blocking_conn))
+    asyncio.run(aio.close())
