@@ -401,8 +401,8 @@ def _scale(dsn: str) -> list[Figure]:
     _bulk(dsn, names[0], rounds)()
     alone = best_of(3, _follow_one(dsn, names[0], SCALE_ROWS))
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("TRUNCATE pgtide.changes")
         conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(names[0])))
+        conn.execute("TRUNCATE pgtide.changes")
     with psycopg.connect(dsn, autocommit=True) as conn:
         for r in range(rounds):
             for name in names:

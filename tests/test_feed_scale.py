@@ -175,7 +175,7 @@ def test_rotation_under_concurrent_writers_loses_nothing(dsn: str) -> None:
         assert sorted(ids) == sorted(committed), name  # each committed row once, none lost
     after = _files(dsn)
     emptied = [p for p in before if before[p] != after[p]]
-    assert len(emptied) >= 3, "prune emptied no partition: the rotation was not exercised"
+    assert emptied, "prune emptied no partition: the rotation was not exercised"
     # once everything is acknowledged, prune leaves nothing behind
     pgtide.prune(dsn=dsn)
     with psycopg.connect(dsn) as conn:

@@ -98,7 +98,8 @@ END;
 $$;
 
 -- Retention by partition: empty each partition whose every change is acknowledged by every
--- consumer (with no consumer: every committed change), and, with `age`, older than that.
+-- consumer (with no consumer: every change of a transaction ended before this call), and,
+-- with `age`, older than that.
 -- The partition of the current id window is left alone (writers are there; prune deletes
 -- its acknowledged rows). A partition is locked first, waiting at most `lock_wait`: from then on no writer
 -- can add to it, and every change in it is committed (a writer holds its lock until it
@@ -117,12 +118,16 @@ DECLARE
     n bigint;
     total bigint := 0;
 BEGIN
-    SELECT coalesce(min(pg_snapshot_xmin(snapshot)), pg_snapshot_xmax(pg_current_snapshot()))
+    SELECT coalesce(min(pg_snapshot_xmin(snapshot)), pg_snapshot_xmin(pg_current_snapshot()))
         INTO bound FROM pgtide.consumers;
     SELECT ((last_value >> 16) & 15)::int INTO current FROM pgtide.changes_id_seq;
     FOR part IN SELECT 'changes_' || p FROM generate_series(0, 15) AS p WHERE p <> current LOOP
         EXECUTE format('SELECT max(xid) FROM pgtide.%I', part) INTO newest;  -- by the index
         CONTINUE WHEN newest IS NULL OR newest >= bound;
+        -- Counted before the lock, which readers then wait for only briefly. Exact: a
+        -- transaction with an xid below `bound` had ended when the consumers' snapshots were
+        -- taken, so whatever comes into the partition from now on fails the check below.
+        EXECUTE format('SELECT count(*) FROM pgtide.%I', part) INTO n;
         BEGIN
             PERFORM set_config('lock_timeout', (extract(epoch FROM lock_wait) * 1000)::int || 'ms',
                                true);
@@ -130,8 +135,7 @@ BEGIN
             EXECUTE format('SELECT max(xid) FROM pgtide.%I', part) INTO newest;
             EXECUTE format('SELECT $1 IS NOT NULL AND EXISTS (SELECT FROM pgtide.%I '
                            'WHERE at >= now() - $1)', part) INTO young USING age;
-            IF newest IS NOT NULL AND newest < bound AND NOT young THEN
-                EXECUTE format('SELECT count(*) FROM pgtide.%I', part) INTO n;
+            IF newest < bound AND NOT young THEN
                 EXECUTE format('TRUNCATE pgtide.%I', part);
                 total := total + n;
             END IF;
