@@ -229,9 +229,9 @@ def test_a_held_partition_is_deleted_from_not_waited_for(dsn: str) -> None:
         assert _files(dsn)["changes_1"] != files["changes_1"]  # emptied at once
 
 
-def test_rows_are_stored_as_json_and_typed_on_read(dsn: str) -> None:
-    """The log stores what to_json writes; a value orjson refuses (an integer beyond 64
-    bits in a json column) still comes back as SELECT * gives it."""
+def test_values_orjson_refuses_are_still_typed(dsn: str) -> None:
+    """Rows are decoded with orjson; a value it refuses (an integer beyond 64 bits in a json
+    column) still comes back as SELECT * gives it, as does a table with numeric columns."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body json, n numeric)")
     pgtide.track("docs", dsn=dsn)
@@ -241,11 +241,6 @@ def test_rows_are_stored_as_json_and_typed_on_read(dsn: str) -> None:
             "(2, '[1, 2.5, \"x\"]', NULL)"
         )
         expected = conn.execute("SELECT * FROM docs ORDER BY id").fetchall()
-        kind = conn.execute(
-            "SELECT atttypid::regtype::text FROM pg_attribute "
-            "WHERE attrelid = 'pgtide.changes'::regclass AND attname = 'row'"
-        ).fetchone()
-    assert kind == ("json",)
     feed = pgtide.Feed("docs", ["docs"], dsn=dsn)
     got = _read(feed)
     feed.close()

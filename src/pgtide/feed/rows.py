@@ -158,7 +158,7 @@ class _Table:
                 row: dict[str, Any] = loads(text)
             except ValueError:  # what orjson refuses (integers beyond 64 bits...)
                 row = _json_loads(text)
-            if tuple(row) != names:  # to_json writes the columns in order: rarely taken
+            if tuple(row) != names:  # jsonb orders keys by length, then bytes
                 get = row.get
                 row = {name: get(name) for name in names}  # added since: None
             # columns WAL capture marked as unchanged (TOAST it could not read) stay so

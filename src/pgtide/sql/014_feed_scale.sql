@@ -1,5 +1,5 @@
--- The change log at scale: rotating partitions (retention by TRUNCATE), rows stored as json,
--- and an index by table for consumers that follow some tables only.
+-- The change log at scale: rotating partitions (retention by TRUNCATE), and an index by
+-- table for consumers that follow some tables only.
 --
 -- pgtide.changes keeps its columns and its insert interface (the capture triggers, the WAL
 -- relay and backfill insert (table_name, op, row, old) and let the rest default); it becomes
@@ -10,8 +10,8 @@
 -- to its partition after 16 windows (1M changes); a partition not yet emptied then holds
 -- both.
 --
--- Rows are stored as json (the text to_json writes), not jsonb: smaller, cheaper to write,
--- and read back without conversion (readers type the values themselves, see feed/rows.py).
+-- The columns keep their types (row and old stay jsonb): the relay writes them with a binary
+-- COPY of jsonb fields.
 
 ALTER TABLE pgtide.changes RENAME TO changes_013;
 ALTER SEQUENCE pgtide.changes_id_seq RENAME TO changes_013_id_seq;
@@ -22,8 +22,8 @@ CREATE TABLE pgtide.changes (
     table_name text        NOT NULL,
     op         text        NOT NULL
                CHECK (op IN ('insert', 'update', 'delete', 'truncate', 'read')),
-    row        json,
-    old        json,
+    row        jsonb,
+    old        jsonb,
     at         timestamptz NOT NULL DEFAULT now()
 ) PARTITION BY LIST (((id >> 16) & 15));
 
@@ -44,16 +44,15 @@ CREATE INDEX changes_xid_id ON pgtide.changes (xid, id);
 CREATE INDEX changes_table_xid_id ON pgtide.changes (hashtext(table_name), xid, id);
 
 INSERT INTO pgtide.changes (id, xid, table_name, op, row, old, at) OVERRIDING SYSTEM VALUE
-    SELECT id, xid, table_name, op, row::json, old::json, at FROM pgtide.changes_013;
+    SELECT id, xid, table_name, op, row, old, at FROM pgtide.changes_013;
 SELECT setval('pgtide.changes_id_seq', s.last_value, s.is_called)
     FROM pgtide.changes_013_id_seq AS s;
 DROP TABLE pgtide.changes_013;
 
--- Capture writes json (to_json: no conversion to jsonb's binary form). TG_ARGV[0] is the
--- canonical table name, TG_ARGV[1] 'notify' or 'quiet'; one wake-up NOTIFY per statement
--- (PostgreSQL folds equal ones within a transaction). Triggers installed before this migration
--- keep the functions of migration 002 (capture_insert, capture_delete, capture_truncate,
--- capture_wakeup), which write jsonb, stored as json; tracking a table again moves it here.
+-- Capture. TG_ARGV[0] is the canonical table name, TG_ARGV[1] 'notify' or 'quiet'; one
+-- wake-up NOTIFY per statement (PostgreSQL folds equal ones within a transaction). Triggers
+-- installed before this migration keep the functions of migration 002 (capture_insert, capture_delete, capture_truncate,
+-- capture_wakeup), which do the same; tracking a table again moves it here.
 
 -- INSERT and DELETE, per statement, from the transition table (which one depends on TG_OP).
 CREATE FUNCTION pgtide.capture_rows() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -62,10 +61,10 @@ DECLARE
 BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO pgtide.changes (table_name, op, row)
-            SELECT TG_ARGV[0], 'insert', to_json(r) FROM pgtide_new AS r;
+            SELECT TG_ARGV[0], 'insert', to_jsonb(r) FROM pgtide_new AS r;
     ELSE
         INSERT INTO pgtide.changes (table_name, op, old)
-            SELECT TG_ARGV[0], 'delete', to_json(r) FROM pgtide_old AS r;
+            SELECT TG_ARGV[0], 'delete', to_jsonb(r) FROM pgtide_old AS r;
     END IF;
     GET DIAGNOSTICS n = ROW_COUNT;
     IF n > 0 AND TG_ARGV[1] = 'notify' THEN
@@ -79,7 +78,7 @@ $$;
 CREATE OR REPLACE FUNCTION pgtide.capture_update() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO pgtide.changes (table_name, op, row, old)
-        VALUES (TG_ARGV[0], 'update', to_json(NEW), to_json(OLD));
+        VALUES (TG_ARGV[0], 'update', to_jsonb(NEW), to_jsonb(OLD));
     RETURN NULL;
 END;
 $$;
