@@ -61,8 +61,11 @@ _LATEST = sql.Composed(
         ),
     ]
 )
+# The size of every partition of pgtide.changes (the parent itself holds nothing).
 _SIZE = """
-SELECT count(*), pg_total_relation_size('pgtide.changes'), min(at) FROM pgtide.changes
+SELECT count(*), (SELECT coalesce(sum(pg_total_relation_size(relid)), 0)::bigint
+                  FROM pg_partition_tree('pgtide.changes')), min(at)
+FROM pgtide.changes
 """
 _INSTALLED = "SELECT to_regclass('pgtide.consumers') IS NOT NULL"
 
