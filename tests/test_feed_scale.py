@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 import psycopg
-import pytest
 
 import pgtide
 from pgtide.feed.retention import size
@@ -105,7 +104,6 @@ def _files(dsn: str) -> dict[str, int]:
         return dict(conn.execute(_FILES).fetchall())  # type: ignore[arg-type]
 
 
-@pytest.mark.slow
 def test_rotation_under_concurrent_writers_loses_nothing(dsn: str) -> None:
     """Writers (some holding their transaction open across rotations), a fast and a slow
     consumer, and prune() emptying partitions while the ids move through their windows:
@@ -183,7 +181,6 @@ def test_rotation_under_concurrent_writers_loses_nothing(dsn: str) -> None:
         assert conn.execute("SELECT count(*) FROM pgtide.changes").fetchone() == (0,)
 
 
-@pytest.mark.slow
 def test_prune_returns_the_space_of_whole_partitions(dsn: str) -> None:
     """200k acknowledged changes over several id windows: prune empties their partitions
     (TRUNCATE: the space comes back at once, no VACUUM needed) and counts them."""
