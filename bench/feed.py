@@ -367,6 +367,191 @@ def _read_rate(dsn: str) -> list[Figure]:
     ]
 
 
+SCALE_TABLES, SCALE_ROWS = 100, 10_000
+
+
+def _follow_one(dsn: str, table: str, expected: int) -> Callable[[], None]:
+    """A backlog read of one table's changes (1,000-change batches), as a consumer of it."""
+
+    def go() -> None:
+        feed = pgtide.Feed(f"bench-scale-{uuid.uuid4().hex[:6]}", [table], dsn=dsn)
+        n = sum(len(b) for b in feed.batches(start="beginning", stop="end", max_changes=1000))
+        assert n == expected, (n, expected)
+        feed.drop()
+        feed.close()
+
+    return go
+
+
+def _scale(dsn: str) -> list[Figure]:
+    """Following one table when the log holds only its changes, then when it holds 100
+    tables' (10k rows each, written in 1,000-row statements, interleaved)."""
+    names = [f"scale_{k}" for k in range(SCALE_TABLES)]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE pgtide.changes, pgtide.consumers")
+        for name in names:
+            conn.execute(
+                sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, v text, at float8)").format(
+                    sql.Identifier(name)
+                )
+            )
+    for name in names:
+        pgtide.track(name, notify=False, dsn=dsn)
+    rounds = SCALE_ROWS // 1000
+    _bulk(dsn, names[0], rounds)()
+    alone = best_of(3, _follow_one(dsn, names[0], SCALE_ROWS))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(names[0])))
+        conn.execute("TRUNCATE pgtide.changes")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for r in range(rounds):
+            for name in names:
+                conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {} SELECT g, 'value', 0 FROM generate_series(%s::bigint, "
+                        "%s::bigint) g"
+                    ).format(sql.Identifier(name)),
+                    (r * 1000, r * 1000 + 999),
+                )
+        conn.execute("VACUUM ANALYZE pgtide.changes")
+    among = best_of(3, _follow_one(dsn, names[0], SCALE_ROWS))
+    for name in names:
+        pgtide.untrack(name, dsn=dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE pgtide.changes, pgtide.consumers")
+    label = "follow 1 table of 10k changes, the log holding only its changes"
+    return [
+        Figure(SUITE, label, rate(SCALE_ROWS, alone), "changes/s"),
+        Figure(
+            SUITE,
+            "follow 1 table of 10k changes among 100 tracked tables (1M changes in the log)",
+            rate(SCALE_ROWS, among),
+            "changes/s",
+            baseline=label,
+        ),
+    ]
+
+
+RETAINED = 1_000_000
+_FILL = """
+INSERT INTO pgtide.changes (table_name, op, row)
+SELECT 'public.t_plain', 'insert', json_build_object('id', g, 'v', 'value', 'at', 0)
+FROM generate_series(1, %s) g
+"""
+_LOG_SIZE = "SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('pgtide.changes')"
+
+
+def _writer_around(dsn: str, action: Callable[[], Any], before: float = 2.0) -> tuple[float, float]:
+    """A writer of 1,000-row statements into a tracked table runs ``before`` seconds, then
+    while ``action`` runs (started from another thread): returns its rows/s in each part."""
+    insert = "INSERT INTO t_tracked SELECT g, 'v', 0 FROM generate_series(%s::bigint, %s::bigint) g"
+    done = threading.Event()
+    marks: list[float] = []
+
+    def act() -> None:
+        marks.append(time.perf_counter())
+        action()
+        marks.append(time.perf_counter())
+        done.set()
+
+    spans: list[tuple[float, float]] = []  # each statement's start and end
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE t_tracked")
+        began = time.perf_counter()
+        acting = threading.Thread(target=act)
+        n = 0
+        while not done.is_set():
+            if not marks and not acting.is_alive() and time.perf_counter() - began >= before:
+                acting.start()
+            start = time.perf_counter()
+            conn.execute(insert, (n * 1000, n * 1000 + 999))
+            spans.append((start, time.perf_counter()))
+            n += 1
+    acting.join()
+    first, last = marks
+
+    def rows_per_second(chosen: list[tuple[float, float]]) -> float:
+        return rate(1000 * len(chosen), chosen[-1][1] - chosen[0][0])
+
+    alone = [s for s in spans if s[1] <= first]
+    during = [s for s in spans if s[1] > first and s[0] < last]  # ran while the action did
+    return rows_per_second(alone), rows_per_second(during)
+
+
+def _retention(dsn: str) -> list[Figure]:
+    """prune() of 1M acknowledged changes while a writer writes (its rate just before and
+    while prune runs, best of 2 rounds); the log's size before and after."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE pgtide.changes, pgtide.consumers")
+        conn.execute("TRUNCATE t_tracked")
+    _bulk(dsn, "t_tracked", 20)()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        per_row = _log_size(conn) / 20_000
+    took: list[float] = []
+    rates: list[tuple[float, float]] = []
+    for _ in range(2):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("TRUNCATE pgtide.changes, pgtide.consumers")
+            conn.execute(_FILL, (RETAINED,))
+            conn.execute("VACUUM ANALYZE pgtide.changes")
+            before = _log_size(conn)
+        feed = pgtide.Feed("bench-retention", dsn=dsn)
+        feed.seek("end")  # a consumer that acknowledged every change
+        feed.close()
+
+        def prune() -> None:
+            began = time.perf_counter()
+            pruned = pgtide.prune(dsn=dsn)
+            took.append(time.perf_counter() - began)
+            assert pruned >= RETAINED, pruned
+
+        rates.append(_writer_around(dsn, prune))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        after = _log_size(conn)
+        live = int(conn.execute("SELECT count(*) FROM pgtide.changes").fetchone()[0])  # type: ignore[index]
+        conn.execute("TRUNCATE pgtide.changes, pgtide.consumers")
+    label = "writer of 1,000-row statements, tracked, just before prune()"
+    mib = 2**20
+    return [
+        Figure(
+            SUITE,
+            "captured row size (1,000-row inserts, id/text/float8 row)",
+            per_row,
+            "bytes",
+            higher_is_better=False,
+        ),
+        Figure(SUITE, label, max(r[0] for r in rates), "rows/s"),
+        Figure(
+            SUITE,
+            "writer of 1,000-row statements, tracked, while prune() removes 1M acked changes",
+            max(r[1] for r in rates),
+            "rows/s",
+            baseline=label,
+            note=f"prune took {min(took):.2f} s",
+        ),
+        Figure(
+            SUITE,
+            "pgtide.changes size before prune (1M acked changes)",
+            before / mib,
+            "MiB",
+            higher_is_better=False,
+        ),
+        Figure(
+            SUITE,
+            "pgtide.changes size after prune",
+            after / mib,
+            "MiB",
+            higher_is_better=False,
+            note=f"{live:,} changes left (the writer's, unacknowledged)",
+        ),
+    ]
+
+
+def _log_size(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute(_LOG_SIZE).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
 WAL_TABLES = ("t_wal", "e2e_wal", "relay_wal", "lat_wal")
 _BARE = (
     "SELECT count(*) FROM pg_logical_slot_get_binary_changes(%s, NULL, NULL, 'proto_version', "
@@ -638,6 +823,8 @@ def run(dsn: str) -> list[Figure]:
         figures.append(_latency(db, "poll"))
         figures.extend(_race(db))
         figures.extend(_read_rate(db))
+        figures.extend(_scale(db))
+        figures.extend(_retention(db))
         figures.extend(_backfill(db))
     return figures
 

@@ -15,7 +15,7 @@ import psycopg
 
 from .._lifecycle import AsyncClosable
 from ..session import AsyncSession, arun
-from ._core import Run, Start, Wait
+from ._core import Emit, Run, Start, Wait
 from ._face import BatchBase, BatchInterrupted, FeedBase
 from .position import Position
 from .retention import prune_io
@@ -62,18 +62,12 @@ class Feed(FeedBase[AsyncSession], AsyncClosable):
         steps = self._plan(start, stop, max_changes, timeout)
         try:
             reply: Any = None
-            while True:
-                step = steps.send(reply)
-                if isinstance(step, Run):
-                    reply = await self._session.run(step.make)
-                    self._relay_check(await self._session.resolved())
-                elif isinstance(step, Wait):
-                    reply = await self._sleep(step.seconds)
-                else:
+            while (step := self._advance(steps, reply)) is not None:
+                if isinstance(step, Emit):
                     yield Batch(self, step)
                     reply = None
-        except StopIteration:
-            return
+                else:
+                    reply = await self._carry_out(step)
         finally:
             await self._end()
 
@@ -126,6 +120,13 @@ class Feed(FeedBase[AsyncSession], AsyncClosable):
             await self._session.close()
 
     # -- the face's I/O ---------------------------------------------------------------------
+    async def _carry_out(self, step: Run | Wait) -> Any:
+        if isinstance(step, Wait):
+            return await self._sleep(step.seconds)
+        done = await self._session.run(step.make)
+        self._relay_check(await self._session.resolved())
+        return done
+
     @staticmethod
     def _me() -> object:
         return asyncio.current_task()

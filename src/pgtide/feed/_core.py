@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import functools
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import chain, groupby
+from operator import itemgetter
 from typing import Any, ClassVar, Literal, TypeAlias
 
 from psycopg import sql
@@ -30,7 +33,7 @@ from ..session import Io, Query, one, query
 from .backfill import pending_io
 from .position import Position, Snapshot
 from .retention import drop_consumer_io, position_of
-from .rows import FINGERPRINT, RowTypes
+from .rows import FINGERPRINT, Decode, RowTypes
 from .track import require_tracked
 from .wal import follows_wal_io
 
@@ -57,15 +60,27 @@ class Change:
 
 _CURRENT = "SELECT pg_current_snapshot()::text"
 # The xid column is returned as bigint under another name, so that ORDER BY xid sorts by
-# the indexed xid8 column (an ordered index scan that stops at the LIMIT). The last column is
+# the indexed xid8 column (an ordered index scan that stops at the LIMIT). The time comes as
+# microseconds since the epoch: one transaction's changes share it, and it is made a
+# datetime once per transaction (parsing a timestamptz per row cost more than the rest of
+# the row). The last column is
 # the fingerprint of the known tables' columns (computed once per query): rows are typed
 # with the column types it vouches for.
 _COLUMNS = sql.Composed(
     [
-        sql.SQL("SELECT id, xid::text::bigint AS txid, table_name, op, row::text, old::text, at, "),
+        sql.SQL(
+            "SELECT id, xid::text::bigint AS txid, table_name, op, row::text, old::text, "
+            "(extract(epoch FROM at) * 1000000)::int8, "
+        ),
         FINGERPRINT,
-        sql.SQL(" FROM pgtide.changes WHERE "),
     ]
+)
+_ALL = sql.SQL(" FROM pgtide.changes WHERE ")
+# A consumer of some tables reads each table's changes through the index by table (a hash
+# of its name), merged in read order: its reads cost its own tables' changes, not the log's.
+_TABLE = sql.SQL(
+    "SELECT * FROM pgtide.changes WHERE hashtext(table_name) = hashtext({name}) "
+    "AND table_name = {name}"
 )
 _STEP = sql.SQL(
     "xid >= %(lower)s::text::xid8 AND xid < %(target_xmax)s::text::xid8 "
@@ -74,11 +89,10 @@ _STEP = sql.SQL(
 )
 _AFTER = sql.SQL("xid > %(after)s::text::xid8")
 _UPPER = sql.SQL("xid <= %(upper)s::text::xid8")
-_TABLES = sql.SQL("table_name = ANY(%(tables)s)")
 _CUT = sql.SQL("xid <= %(cut)s::text::xid8")
 _ORDER = sql.SQL(" ORDER BY xid, id LIMIT %(limit)s")
 _ORDER_ALL = sql.SQL(" ORDER BY xid, id")
-_SUMMARY = sql.SQL("SELECT xid::text::bigint, max(id), count(*)::int FROM pgtide.changes WHERE ")
+_SUMMARY = sql.SQL("SELECT xid::text::bigint, max(id), count(*)::int")
 _SAVED = """
 SELECT snapshot::text, target::text, after_xid::text FROM pgtide.consumers WHERE name = %s
 """
@@ -121,11 +135,31 @@ def _to_changes(rows: list[tuple[Any, ...]], types: RowTypes) -> Io[list[Change]
     if not rows:
         return []
     yield from types.update({r[2] for r in rows}, rows[0][7])
-    # jsonb comes as text and is decoded by `types`, with exact numbers
-    decode = types.decode
-    return [
-        Change(r[0], r[2], r[3], decode(r[2], r[4]), decode(r[2], r[5]), r[1], r[6]) for r in rows
-    ]
+    # rows come as JSON text, typed by `types` (numbers exact). Each Change is made
+    # without its frozen __init__ (7 object.__setattr__ calls): the read path's largest cost.
+    decoders: dict[str, Decode] = {}
+    times: dict[int, datetime] = {}
+    changes: list[Change] = []
+    append, new = changes.append, object.__new__
+    for id_, xid, table, op, row, old, micros, _ in rows:
+        decode = decoders.get(table)
+        if decode is None:
+            decode = decoders[table] = types.decoder(table)
+        at = times.get(micros)
+        if at is None:
+            at = times[micros] = types.instant(micros)
+        change = new(Change)
+        change.__dict__.update(
+            id=id_,
+            table=table,
+            op=op,
+            row=None if row is None else decode(row),
+            old=None if old is None else decode(old),
+            xid=xid,
+            at=at,
+        )
+        append(change)
+    return changes
 
 
 @dataclass
@@ -232,10 +266,15 @@ class Core:
         """Forget this consumer."""
         return (yield from drop_consumer_io(self.consumer))
 
-    def _where(self, parts: list[sql.Composable]) -> sql.Composable:
-        if self.tables is not None:
-            parts = [*parts, _TABLES]
-        return sql.SQL(" AND ").join(parts)
+    def _from(self, parts: list[sql.Composable]) -> sql.Composable:
+        """FROM the changes of the followed tables, WHERE ``parts`` all hold."""
+        where = sql.SQL(" AND ").join(parts)
+        if self.tables is None:
+            return sql.Composed([_ALL, where])
+        tables = sql.SQL(" UNION ALL ").join(
+            _TABLE.format(name=sql.Placeholder(f"t{i}")) for i in range(len(self.tables))
+        )
+        return sql.Composed([sql.SQL(" FROM ("), tables, sql.SQL(") AS c WHERE "), where])
 
     def read(
         self, pos: Position, stop: Position | None, max_changes: int
@@ -264,7 +303,7 @@ class Core:
             "base_xip": [str(x) for x in base.xip],
             "target_xmax": str(target.xmax),
             "target": str(target),
-            "tables": self.tables,
+            **{f"t{i}": t for i, t in enumerate(self.tables or ())},
             "limit": max_changes + 1,
             **self.types.params(),
         }
@@ -275,30 +314,33 @@ class Core:
         if upper is not None:
             where.append(_UPPER)
             params["upper"] = str(upper)
-        rows = yield from query(sql.Composed([_COLUMNS, self._where(where), _ORDER]), params)
-        if len(rows) <= max_changes:
-            done = Position(target) if upper is None else Position(base, target, upper)
-            return (yield from _to_changes(_commit_order(rows), self.types)), done
-        # More than a batch: choose whole transactions, in commit order, up to a cut that
-        # a position can say ("every transaction of the step up to xid `cut`").
+        done = Position(target) if upper is None else Position(base, target, upper)
+        # A step larger than a batch is delivered in whole transactions, in commit order, up
+        # to a cut that a position can say ("every transaction of the step up to xid
+        # `cut`"), chosen from the step's summary; its rest is kept for the next batches.
         key = (str(base), str(target), after, upper, tuple(self.tables or ()))
         summary = self._summary.get(key)
+        rows: list[tuple[Any, ...]] = []
         if summary is None:
+            rows = yield from query(sql.Composed([_COLUMNS, self._from(where), _ORDER]), params)
+            if len(rows) <= max_changes:
+                return (yield from _to_changes(_commit_order(rows), self.types)), done
             found = yield from query(
-                sql.Composed([_SUMMARY, self._where(where), sql.SQL(" GROUP BY xid")]), params
+                sql.Composed([_SUMMARY, self._from(where), sql.SQL(" GROUP BY xid")]), params
             )
             summary = sorted(((last, xid, n) for xid, last, n in found), key=lambda s: s[0])
         cut, rest = choose_cut(summary, max_changes)
         self._summary = {(str(base), str(target), cut, upper, key[4]): rest} if rest else {}
-        params["cut"] = str(cut)
-        rows = yield from query(
-            sql.Composed([_COLUMNS, self._where([*where, _CUT]), _ORDER_ALL]), params
-        )
+        if rows and rows[-1][1] > cut:
+            # the rows in hand, in (xid, id) order, hold every change up to the cut
+            rows = rows[: bisect_right(rows, cut, key=_XID)]
+        else:
+            params["cut"] = str(cut)
+            rows = yield from query(
+                sql.Composed([_COLUMNS, self._from([*where, _CUT]), _ORDER_ALL]), params
+            )
         changes = yield from _to_changes(_commit_order(rows), self.types)
-        if not rest:
-            done = Position(target) if upper is None else Position(base, target, upper)
-            return changes, done
-        return changes, Position(base, target, cut)
+        return changes, (Position(base, target, cut) if rest else done)
 
 
 Summary: TypeAlias = "list[tuple[int, int, int]]"
@@ -337,10 +379,18 @@ def _commit_order(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     ids: the second one's write waited for the first one's commit (a row lock), so it, and
     its last change, come after every change of the first. Xid order does not say that (a
     transaction draws its xid at its first write, wherever that is)."""
-    last: dict[int, int] = {}
-    for r in rows:
-        last[r[1]] = r[0]  # by (xid, id): the last row of a transaction has its largest id
-    return sorted(rows, key=lambda r: (last[r[1]], r[0]))
+    transactions = [list(group) for _, group in groupby(rows, _XID)]  # each one by id
+    if len(transactions) < 2:
+        return rows
+    transactions.sort(key=_last_id)
+    return list(chain.from_iterable(transactions))
+
+
+_XID = itemgetter(1)
+
+
+def _last_id(transaction: list[tuple[Any, ...]]) -> int:
+    return int(transaction[-1][0])
 
 
 @dataclass(frozen=True)

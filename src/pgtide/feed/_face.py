@@ -149,6 +149,16 @@ class FeedBase(Generic[S]):
         self._runner = self._me()
         return plan(self._core, start, stop, max_changes, timeout, self._stopping.is_set)
 
+    @staticmethod
+    def _advance(steps: Generator[Step, Any, None], reply: Any) -> Step | None:
+        """The next step of a ``batches()`` loop, given the last one's reply (None: the
+        loop is over). Each face carries the steps out: :class:`Run` and :class:`Wait` with
+        its own I/O, :class:`Emit` by yielding a batch."""
+        try:
+            return steps.send(reply)
+        except StopIteration:
+            return None
+
     def _new_waker(self, resolved: Resolved | None) -> Waker:
         """The waker of one ``batches()`` loop (it LISTENs from the first wait, if notify)."""
         channels = (CHANNEL,) if resolved is not None else ()

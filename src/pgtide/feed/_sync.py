@@ -14,7 +14,7 @@ import psycopg
 from .._lifecycle import Closable
 from .._signals import stop_on_signals
 from ..session import Session, Stopped, run
-from ._core import Run, Start, Wait
+from ._core import Emit, Run, Start, Wait
 from ._face import BatchBase, BatchInterrupted, FeedBase
 from .position import Position
 from .retention import prune_io
@@ -72,16 +72,12 @@ class Feed(FeedBase[Session], Closable):
         steps = self._plan(start, stop, max_changes, timeout)
         try:
             reply: Any = None
-            while True:
-                step = steps.send(reply)
-                if isinstance(step, Run):
-                    reply = self._session.run(step.make)
-                    self._relay_check(self._session.resolved)
-                elif isinstance(step, Wait):
-                    reply = self._sleep(step.seconds)
-                else:
+            while (step := self._advance(steps, reply)) is not None:
+                if isinstance(step, Emit):
                     reply = yield Batch(self, step)
-        except (StopIteration, Stopped):
+                else:
+                    reply = self._carry_out(step)
+        except Stopped:
             return
         finally:
             self._end()
@@ -143,6 +139,13 @@ class Feed(FeedBase[Session], Closable):
             self._session.close()
 
     # -- the face's I/O ---------------------------------------------------------------------
+    def _carry_out(self, step: Run | Wait) -> Any:
+        if isinstance(step, Wait):
+            return self._sleep(step.seconds)
+        done = self._session.run(step.make)
+        self._relay_check(self._session.resolved)
+        return done
+
     def _sleep(self, seconds: float | None) -> bool:
         if self._waker is None:
             self._waker = self._new_waker(self._session.resolved if self._listens else None)

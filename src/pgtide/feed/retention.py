@@ -31,6 +31,11 @@ WHERE c.xid < coalesce(
 RETURNING 1)
 SELECT count(*) FROM pruned
 """
+# Whole partitions first (TRUNCATE: nothing for VACUUM, writers elsewhere unhindered), then
+# the acknowledged rest of the partitions writers are in (see migration 014).
+_TRUNCATE = "SELECT pgtide.truncate_acked(%(age)s::interval, %(wait)s::interval)"
+LOCK_WAIT = timedelta(milliseconds=50)
+"""How long prune waits for the lock of a partition to empty (else it tries next time)."""
 _CONSUMERS = """
 SELECT k.name, k.snapshot::text, k.target::text, k.after_xid::text, k.tables, k.acked_at,
        p.pending, p.oldest
@@ -50,13 +55,17 @@ _LATEST = sql.Composed(
         sql.SQL("SELECT op, row::text, xid::text AS xid_text, id, "),
         FINGERPRINT,
         sql.SQL(
-            " FROM pgtide.changes WHERE table_name = %(table)s "
+            " FROM pgtide.changes WHERE hashtext(table_name) = hashtext(%(table)s) "
+            "AND table_name = %(table)s "
             "AND op IN ('insert', 'update', 'read', 'truncate') ORDER BY xid DESC, id DESC LIMIT 1"
         ),
     ]
 )
+# The size of every partition of pgtide.changes (the parent itself holds nothing).
 _SIZE = """
-SELECT count(*), pg_total_relation_size('pgtide.changes'), min(at) FROM pgtide.changes
+SELECT count(*), (SELECT coalesce(sum(pg_total_relation_size(relid)), 0)::bigint
+                  FROM pg_partition_tree('pgtide.changes')), min(at)
+FROM pgtide.changes
 """
 _INSTALLED = "SELECT to_regclass('pgtide.consumers') IS NOT NULL"
 
@@ -82,8 +91,9 @@ def _age(older_than: float | timedelta | None) -> timedelta | None:
 
 def prune_io(age: timedelta | None = None) -> Io[int]:
     """Delete the acknowledged changes (older than ``age``, if given); return how many."""
+    emptied = yield from one(_TRUNCATE, {"age": age, "wait": LOCK_WAIT})
     row = yield from one(_PRUNE, {"age": age})
-    return int(row[0]) if row else 0
+    return (int(emptied[0]) if emptied else 0) + (int(row[0]) if row else 0)
 
 
 def consumers_io() -> Io[list[dict[str, Any]]]:

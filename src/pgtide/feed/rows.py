@@ -29,6 +29,7 @@ from decimal import Decimal
 from typing import Any, TypeAlias
 from zoneinfo import ZoneInfo
 
+import orjson
 import psycopg
 from psycopg import sql
 from psycopg.adapt import AdaptersMap
@@ -39,8 +40,31 @@ from ..session import Io, one, query
 
 Convert: TypeAlias = Callable[[Any], Any]
 
-_exact_loads = json.JSONDecoder(parse_float=Decimal).decode
-_plain_loads = json.JSONDecoder().decode
+_exact = json.JSONDecoder(parse_float=Decimal)
+_exact_scan: Callable[[str, int], tuple[Any, int]] = _exact.scan_once  # type: ignore[attr-defined]
+_json_loads = json.JSONDecoder().decode
+_fast_loads = orjson.loads
+
+
+def _exact_loads(text: str) -> Any:
+    """JSON with numbers as Decimal: an object straight from the scanner (no whitespace
+    checks: to_json writes none around it), anything else through the full decoder."""
+    if text[:1] == "{":
+        try:
+            return _exact_scan(text, 0)[0]
+        except StopIteration:
+            pass  # not JSON after all: the decoder names the error
+    return _exact.decode(text)
+
+
+def _plain_loads(text: str) -> Any:
+    """JSON as :func:`json.loads` reads it, through orjson (several times faster); json
+    itself for what orjson refuses (integers beyond 64 bits, lone surrogates)."""
+    try:
+        return _fast_loads(text)
+    except orjson.JSONDecodeError:
+        return _json_loads(text)
+
 
 # The fingerprint of the columns of the tables a reader knows, as one bigint: a read query
 # selects it (evaluated once per query, as an InitPlan) with the parameter %(known)s, the
@@ -82,6 +106,7 @@ ORDER BY 1, 2, 3
 
 # Types whose JSON value (from to_jsonb) is already what psycopg returns.
 _AS_IS = frozenset({16, 18, 19, 20, 21, 23, 25, 1042, 1043})  # bool "char" name int text
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NUMERIC, _FLOAT4, _FLOAT8, _JSON, _JSONB, _TIMESTAMPTZ = 1700, 700, 701, 114, 3802, 1184
 
 
@@ -111,6 +136,9 @@ def _array_text(value: Any) -> str:
     return text
 
 
+Decode: TypeAlias = Callable[[str], dict[str, Any]]
+
+
 @dataclass(frozen=True)
 class _Table:
     """How to type one table's rows: its JSON decoder (exact numbers when it has numeric
@@ -119,6 +147,39 @@ class _Table:
     loads: Callable[[str], Any]
     names: tuple[str, ...]
     convert: tuple[tuple[str, Convert], ...]
+
+    def decoder(self) -> Decode:
+        """The typed row from its captured JSON text, as one function (the read path runs
+        it for every change: everything it needs is bound once, here)."""
+        loads, names, convert = self.loads, self.names, self.convert
+
+        def decode(text: str) -> dict[str, Any]:
+            try:
+                row: dict[str, Any] = loads(text)
+            except ValueError:  # what orjson refuses (integers beyond 64 bits...)
+                row = _json_loads(text)
+            if tuple(row) != names:  # jsonb orders keys by length, then bytes
+                get = row.get
+                row = {name: get(name) for name in names}  # added since: None
+            # columns WAL capture marked as unchanged (TOAST it could not read) stay so
+            for name, conv in convert if _MARK not in text else _converting(row, convert):
+                value = row[name]
+                if value is not None:
+                    try:
+                        row[name] = conv(value)
+                    except Exception:
+                        row[name] = json_value(value)  # no longer fits its (altered) type
+            return row
+
+        return decode
+
+
+def _converting(
+    row: dict[str, Any], convert: tuple[tuple[str, Convert], ...]
+) -> list[tuple[str, Convert]]:
+    """The conversions of a row with columns marked unchanged, which stay unconverted."""
+    marked = _unchanged(row)
+    return [(name, conv) for name, conv in convert if name not in marked]
 
 
 @dataclass
@@ -143,6 +204,7 @@ class RowTypes:
     zone: tzinfo = UTC
     fetches: int = 0
     _known: list[str] = field(default_factory=list, repr=False)
+    _decoders: dict[str, tuple[_Table, Decode]] = field(default_factory=dict, repr=False)
 
     def params(self) -> dict[str, Any]:
         """The parameter of :data:`FINGERPRINT`: the known tables, quoted."""
@@ -169,25 +231,25 @@ class RowTypes:
         self.zone = _zone(settings[1])
         self.fetches += 1
 
+    def decoder(self, table: str) -> Decode:
+        """The function typing ``table``'s rows from their captured JSON text (a table
+        dropped since: its values as JSON gives them)."""
+        typed = self.tables.get(table)
+        if typed is None:
+            return _plain_loads
+        found = self._decoders.get(table)
+        if found is None or found[0] is not typed:
+            found = self._decoders[table] = (typed, typed.decoder())
+        return found[1]
+
+    def instant(self, micros: int) -> datetime:
+        """A time given in microseconds since the epoch, in the session's time zone (as
+        psycopg returns a timestamptz)."""
+        return (_EPOCH + timedelta(microseconds=micros)).astimezone(self.zone)
+
     def decode(self, table: str, text: str | None) -> dict[str, Any] | None:
         """The typed row of ``table`` from its captured JSON text (None stays None)."""
-        if text is None:
-            return None
-        typed = self.tables.get(table)
-        if typed is None:  # a table dropped since: its values as JSON gives them
-            plain: dict[str, Any] = _plain_loads(text)
-            return plain
-        get = typed.loads(text).get
-        row = {name: get(name) for name in typed.names}  # column order; added since: None
-        marked = _MARK in text and _unchanged(row)
-        for name, convert in typed.convert:
-            value = row[name]
-            if value is not None and not (marked and name in marked):
-                try:
-                    row[name] = convert(value)
-                except Exception:
-                    row[name] = json_value(value)  # no longer fits its (altered) type
-        return row
+        return None if text is None else self.decoder(table)(text)
 
     # -- converters: one per column, built once -------------------------------------------
     def _table(self, columns: list[tuple[str, int]], types: dict[int, _Type]) -> _Table:
@@ -196,7 +258,7 @@ class RowTypes:
         exact = any(_NUMERIC in (_base(o, types), _element(o, types)) for _, o in columns)
         convert = [(n, self._converter(o, types, exact)) for n, o in columns]
         return _Table(
-            _exact_loads if exact else _plain_loads,
+            _exact_loads if exact else _fast_loads,
             tuple(n for n, _ in columns),
             tuple((n, c) for n, c in convert if c is not None),
         )

@@ -35,15 +35,15 @@ TRIGGER_PREFIX = "pgtide_capture_"
 
 _CREATE = {
     "insert": "CREATE TRIGGER {trigger} AFTER INSERT ON {table} REFERENCING NEW TABLE AS "
-    "pgtide_new FOR EACH STATEMENT EXECUTE FUNCTION pgtide.capture_insert({name}, {notify})",
+    "pgtide_new FOR EACH STATEMENT EXECUTE FUNCTION pgtide.capture_rows({name}, {notify})",
     "delete": "CREATE TRIGGER {trigger} AFTER DELETE ON {table} REFERENCING OLD TABLE AS "
-    "pgtide_old FOR EACH STATEMENT EXECUTE FUNCTION pgtide.capture_delete({name}, {notify})",
+    "pgtide_old FOR EACH STATEMENT EXECUTE FUNCTION pgtide.capture_rows({name}, {notify})",
     "update": "CREATE TRIGGER {trigger} AFTER UPDATE ON {table} FOR EACH ROW "
     "EXECUTE FUNCTION pgtide.capture_update({name}, {notify})",
     "update_wakeup": "CREATE TRIGGER {trigger} AFTER UPDATE ON {table} FOR EACH STATEMENT "
-    "EXECUTE FUNCTION pgtide.capture_wakeup({name}, {notify})",
+    "EXECUTE FUNCTION pgtide.capture_statement({name}, {notify})",
     "truncate": "CREATE TRIGGER {trigger} AFTER TRUNCATE ON {table} FOR EACH STATEMENT "
-    "EXECUTE FUNCTION pgtide.capture_truncate({name}, {notify})",
+    "EXECUTE FUNCTION pgtide.capture_statement({name}, {notify})",
 }
 _DROP_TRIGGER = "DROP TRIGGER {} ON {}"
 _TRIGGERS = """

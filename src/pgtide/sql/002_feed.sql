@@ -36,60 +36,7 @@ CREATE TABLE pgtide.consumers (
 );
 
 -- Capture functions. TG_ARGV[0] is the canonical table name, TG_ARGV[1] 'notify' or 'quiet'.
--- One wake-up NOTIFY per statement (PostgreSQL folds equal ones within a transaction).
-CREATE FUNCTION pgtide.capture_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    n bigint;
-BEGIN
-    INSERT INTO pgtide.changes (table_name, op, row)
-        SELECT TG_ARGV[0], 'insert', to_jsonb(r) FROM pgtide_new AS r;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    IF n > 0 AND TG_ARGV[1] = 'notify' THEN
-        PERFORM pg_notify('pgtide_changes', TG_ARGV[0]);
-    END IF;
-    RETURN NULL;
-END;
-$$;
-
-CREATE FUNCTION pgtide.capture_delete() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    n bigint;
-BEGIN
-    INSERT INTO pgtide.changes (table_name, op, old)
-        SELECT TG_ARGV[0], 'delete', to_jsonb(r) FROM pgtide_old AS r;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    IF n > 0 AND TG_ARGV[1] = 'notify' THEN
-        PERFORM pg_notify('pgtide_changes', TG_ARGV[0]);
-    END IF;
-    RETURN NULL;
-END;
-$$;
-
--- UPDATE is captured per row: OLD and NEW come paired, whatever the key (or a changed key).
-CREATE FUNCTION pgtide.capture_update() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO pgtide.changes (table_name, op, row, old)
-        VALUES (TG_ARGV[0], 'update', to_jsonb(NEW), to_jsonb(OLD));
-    RETURN NULL;
-END;
-$$;
-
-CREATE FUNCTION pgtide.capture_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO pgtide.changes (table_name, op) VALUES (TG_ARGV[0], 'truncate');
-    IF TG_ARGV[1] = 'notify' THEN
-        PERFORM pg_notify('pgtide_changes', TG_ARGV[0]);
-    END IF;
-    RETURN NULL;
-END;
-$$;
-
--- The statement-level wake-up for row-level captures (UPDATE).
-CREATE FUNCTION pgtide.capture_wakeup() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_ARGV[1] = 'notify' THEN
-        PERFORM pg_notify('pgtide_changes', TG_ARGV[0]);
-    END IF;
-    RETURN NULL;
-END;
-$$;
+-- They are created by migration 014 (pgtide.capture_rows, capture_update, capture_statement).
+-- Databases installed before it also hold capture_insert, capture_delete, capture_truncate and
+-- capture_wakeup, which earlier versions of this file created (and 014 replaced for new
+-- triggers); triggers installed then still use them.
