@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 from pgtide_testing import missing
-from web_helpers import served
+from web_helpers import LIVE, served
 
 import pgtide
 import pgtide.web
@@ -120,14 +120,14 @@ def test_counter_changes_without_reload(dsn: str, browser: webdriver.Chrome) -> 
         browser.get(web.url + "/events")
         assert _text(browser, "events-pending") == "0"
         browser.execute_script("window.__sameDocument = 42")
-        WebDriverWait(browser, 10).until(
+        WebDriverWait(browser, LIVE).until(
             lambda d: "on" in d.find_element(By.ID, "live-dot").get_attribute("class")
         )
         events = pgtide.Events(dsn=dsn)
         events.publish("hello", {"n": 1})
         events.publish("hello", {"n": 2})
         events.close()
-        WebDriverWait(browser, 10).until(lambda d: _text(d, "events-pending") == "2")
+        WebDriverWait(browser, LIVE).until(lambda d: _text(d, "events-pending") == "2")
         assert browser.execute_script("return window.__sameDocument") == 42  # no reload
         assert "hello" in _live_text(browser)
 
@@ -155,7 +155,7 @@ def test_retry_a_dead_event_and_see_it_done(
             browser.save_screenshot(str(_shots(tmp_path) / "web-event-dead.png"))
             fixed.set()
             browser.find_element(By.CSS_SELECTOR, f'[data-testid="retry-{dead}"]').click()
-            WebDriverWait(browser, 15).until(lambda d: _text(d, "event-state") == "done")
+            WebDriverWait(browser, LIVE).until(lambda d: _text(d, "event-state") == "done")
             assert '"sent": true' in _live_text(browser)
     finally:
         events.close()
@@ -218,10 +218,10 @@ def test_screenshots_of_each_page(dsn: str, browser: webdriver.Chrome, tmp_path:
                         (100 + n * 100, 100 + n * 100 + 5 + 3 * n),
                     )
                 events.publish("order_created", {"order": n})
-                WebDriverWait(browser, 10).until(lambda d, seen=shown: _updates(d) > seen)
+                WebDriverWait(browser, LIVE).until(lambda d, seen=shown: _updates(d) > seen)
         for page in ("overview", "listeners", "feed", "events", "schedules", "ingest"):
             browser.get(web.url + ("/" if page == "overview" else f"/{page}"))
-            WebDriverWait(browser, 10).until(
+            WebDriverWait(browser, LIVE).until(
                 lambda d: "on" in d.find_element(By.ID, "live-dot").get_attribute("class")
             )
             assert browser.find_elements(By.TAG_NAME, "table") or page == "overview"

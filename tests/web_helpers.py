@@ -17,6 +17,11 @@ import pgtide.web
 
 LOCAL = ("127.0.0.1", 51234)
 
+LIVE = 30.0
+"""Seconds a test waits for the console to show a change. Usually well under one: the hub
+samples at once when a NOTIFY arrives, but spaces its samples by 20 times their cost, and on a
+loaded machine a sample that takes 0.5 s puts the next one 10 s away."""
+
 
 @contextlib.asynccontextmanager
 async def web_client(
@@ -94,7 +99,7 @@ class SseEvent:
 
 
 async def next_update(
-    chunks: AsyncIterator[str], parser: SseParser, text: str, timeout: float = 10.0
+    chunks: AsyncIterator[str], parser: SseParser, text: str, timeout: float = LIVE
 ) -> str:
     """The data of the next ``update`` event that holds ``text`` (earlier events are read
     and passed over; later ones parsed from the same chunk wait for the next call)."""
@@ -139,7 +144,7 @@ class SseParser:
         return out
 
 
-async def until(check: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+async def until(check: Callable[[], Any], timeout: float = LIVE, what: str = "") -> Any:
     """Await ``check()`` (plain or async) until it is truthy; its value."""
     async with asyncio.timeout(timeout):
         while True:
