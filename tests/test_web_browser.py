@@ -105,6 +105,13 @@ def _text(driver: webdriver.Chrome, testid: str) -> str:
     return str(driver.execute_script(script, f'[data-testid="{testid}"]')).strip()
 
 
+def _click(driver: webdriver.Chrome, testid: str) -> None:
+    """Click an element found and clicked in one go: a live update may replace it at any
+    time, so a click on an element found earlier may land on one no longer in the page."""
+    script = "const e = document.querySelector(arguments[0]); if (e) e.click(); return !!e;"
+    assert driver.execute_script(script, f'[data-testid="{testid}"]'), f"no {testid} to click"
+
+
 def _updates(driver: webdriver.Chrome) -> int:
     """How many live updates the page has applied (console.js counts them)."""
     script = "return Number(document.getElementById('live').dataset.updates || 0);"
@@ -154,7 +161,7 @@ def test_retry_a_dead_event_and_see_it_done(
             assert "the mail server refused" in _text(browser, "traceback")
             browser.save_screenshot(str(_shots(tmp_path) / "web-event-dead.png"))
             fixed.set()
-            browser.find_element(By.CSS_SELECTOR, f'[data-testid="retry-{dead}"]').click()
+            _click(browser, f"retry-{dead}")
             WebDriverWait(browser, LIVE).until(lambda d: _text(d, "event-state") == "done")
             assert '"sent": true' in _live_text(browser)
     finally:
