@@ -16,7 +16,16 @@ import httpx
 import psycopg
 import pytest
 from test_feed_wal import wal_dsn, wal_server  # noqa: F401 (fixtures: wal_level=logical)
-from web_helpers import LOCAL, SseParser, csrf_of, live_client, until, web_client
+from web_helpers import (
+    LOCAL,
+    SseParser,
+    csrf_of,
+    live_client,
+    live_console,
+    next_update,
+    until,
+    web_client,
+)
 
 import pgtide
 import pgtide.web
@@ -36,10 +45,7 @@ def _dead_event(dsn: str, name: str = "breaks") -> int:
     id_ = events.publish(name, {"n": 1})
     events.start()
     try:
-        deadline = time.monotonic() + 10
-        while (rec := events.get(id_)) is None or rec.state != "dead":
-            assert time.monotonic() < deadline, rec
-            time.sleep(0.02)
+        assert events.wait(id_, timeout=10).state == "dead"
     finally:
         events.close()
     return id_
@@ -99,12 +105,9 @@ def test_metrics_cover_every_feature(dsn: str, tmp_path: Path) -> None:
 
     async def main() -> None:
         async with live_client(dsn) as http:
-            began = time.perf_counter()
-            r = await http.get("/metrics")
-            took = time.perf_counter() - began
+            r = await http.get("/metrics")  # served from the sample (bench/web.py times it)
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
             text = r.text
-            assert took < 0.5  # served from the sample; bench/web.py measures it properly
             for line in (
                 "pgtide_up 1.0",
                 'pgtide_feed_consumer_pending_changes{consumer="slow"} 3.0',
@@ -112,7 +115,7 @@ def test_metrics_cover_every_feature(dsn: str, tmp_path: Path) -> None:
                 "pgtide_feed_changes_rows 3.0",
                 "pgtide_listen_connections",
                 "pgtide_web_listener_received_total",
-                'pgtide_event_duration_seconds{name="breaks",quantile="0.5"}',
+                "# TYPE pgtide_event_duration_seconds histogram",
             ):
                 assert line in text, line
             assert 'pgtide_ingest_rejects_total{path="' in text
@@ -153,7 +156,8 @@ def test_password_never_in_pages(pg_server: Any, dsn: str) -> None:
 
     async def main() -> None:
         async with web_client(with_password) as http:
-            for path in ("/", "/feed", "/events", "/listeners", "/ingest", "/metrics", "/x"):
+            paths = ("/", "/feed", "/events", "/events/1", "/schedules", "/listeners", "/ingest")
+            for path in (*paths, "/metrics", "/healthz", "/x"):
                 r = await http.get(path, headers={"accept": "text/html"})
                 assert "Pa55-wOrd-web" not in r.text, path
 
@@ -397,25 +401,28 @@ def test_cli_web_serves_and_stops_on_sigterm(dsn: str, tmp_path: Path) -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                if r.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
-            time.sleep(0.05)
+        deadline = time.monotonic() + 60  # a loaded machine starts a Python process slowly
+        while not _answers(f"http://127.0.0.1:{port}/healthz"):
+            assert proc.poll() is None, f"pgtide web exited: {proc.communicate()[1]}"
+            assert time.monotonic() < deadline, "pgtide web did not answer /healthz in 60 s"
+            time.sleep(0.05)  # polls a server in another process (nothing to await)
         with httpx.stream("GET", f"http://127.0.0.1:{port}/sse/console?page=overview") as live:
             next(live.iter_raw())  # a browser is connected
             proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=10) == 0
+            assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
     assert "pgtide web on http://127.0.0.1" in (proc.stderr.read() if proc.stderr else "")
+
+
+def _answers(url: str) -> bool:
+    """Whether ``url`` answers 200 now."""
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 @pytest.mark.parametrize("prefix", ["/console"])
@@ -491,11 +498,7 @@ def test_pause_holds_a_name_back_from_workers_and_resume_releases_it(dsn: str) -
             chunks, parser = live.aiter_text(), SseParser()
 
             async def update_with(text: str) -> str:
-                async with asyncio.timeout(10):
-                    while True:
-                        for e in parser.feed(await anext(chunks)):
-                            if e.event == "update" and text in e.data:
-                                return e.data
+                return await next_update(chunks, parser, text)
 
             page = await http.get("/events")
             csrf = csrf_of(page.text)
@@ -619,3 +622,121 @@ def _metric(text: str, series: str) -> str:
 async def _relayed_metrics(http: httpx.AsyncClient, slot: str) -> str | None:
     text = (await http.get("/metrics")).text
     return text if f'pgtide_slot_lag_seconds{{slot="{slot}"}}' in text else None
+
+
+def _series(text: str, prefix: str) -> dict[str, float]:
+    """Every series of a Prometheus exposition starting with ``prefix``, by its labels."""
+    found = {}
+    for line in text.splitlines():
+        if line.startswith(prefix) and not line.startswith("#"):
+            series, value = line.rsplit(" ", 1)
+            found[series[len(prefix) :]] = float(value)
+    return found
+
+
+def test_event_duration_is_a_histogram_counting_each_finish_once(dsn: str) -> None:
+    from pgtide.web.metrics import BUCKETS
+
+    _dead_event(dsn, "before")  # finished before the console started: not counted
+    events = pgtide.Events(dsn=dsn, poll_interval=0.05)
+
+    @events.handler("resize")
+    def resize(event: pgtide.Event) -> None:
+        time.sleep(0.05 * event.payload["n"])  # the handler's work: what the histogram measures
+
+    async def main() -> None:
+        async with live_console(dsn, interval=0.2) as (http, console):
+            ids = [await asyncio.to_thread(events.publish, "resize", {"n": n}) for n in range(3)]
+            events.start()
+            for id_ in ids:
+                assert (await asyncio.to_thread(events.wait, id_, 10)).state == "done"
+
+            async def counted() -> str | None:
+                text = (await http.get("/metrics")).text
+                done = 'pgtide_event_duration_seconds_count{name="resize"} 3.0' in text
+                return text if done else None
+
+            text = await until(counted, what="the three finishes counted")
+            # what the events table records, bucketed by hand
+            with psycopg.connect(dsn) as conn:
+                recorded = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT extract(epoch FROM finished_at - started_at)::float8 "
+                        "FROM pgtide.events WHERE name = 'resize'"
+                    )
+                ]
+            expected = {
+                f'{{le="{le}",name="resize"}}': float(sum(d <= le for d in recorded))
+                for le in BUCKETS
+            }
+            expected['{le="+Inf",name="resize"}'] = 3.0
+            buckets = _series(text, "pgtide_event_duration_seconds_bucket")
+            assert {k: v for k, v in buckets.items() if 'name="resize"' in k} == expected
+            total = _series(text, "pgtide_event_duration_seconds_sum")['{name="resize"}']
+            assert total == pytest.approx(sum(recorded))
+            assert not [k for k in buckets if 'name="before"' in k], console.hub.finished.by_name
+            for _ in range(3):  # more samples see the same finished events: no count twice
+                await console.hub.wait(console.hub.version, 5.0)
+                await console.hub.refresh()
+            text = (await http.get("/metrics")).text
+            assert 'pgtide_event_duration_seconds_count{name="resize"} 3.0' in text
+
+    try:
+        asyncio.run(main())
+    finally:
+        events.close()
+
+
+def test_histogram_buckets_are_cumulative_and_inclusive() -> None:
+    from pgtide.web.metrics import BUCKETS, Histogram
+
+    h = Histogram()
+    for seconds in (0.005, 0.0051, 0.1, 400.0):
+        h.observe(seconds)
+    got = dict(h.cumulative())
+    assert got["0.005"] == 1 and got["0.01"] == 2 and got["0.1"] == 3 and got["300.0"] == 3
+    assert got["+Inf"] == 4 and len(got) == len(BUCKETS) + 1
+    assert h.total == pytest.approx(400.1101)
+
+
+def test_events_collector_for_your_own_registry(dsn: str) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from pgtide.web.metrics import EventsCollector
+
+    events = pgtide.Events(dsn=dsn)
+    events.publish("later", None)
+    events.pause("later")  # status() also lists the paused names: not a number to expose
+    registry = CollectorRegistry()
+    registry.register(EventsCollector(events, name="shop"))
+    text = generate_latest(registry).decode()
+    events.close()
+    assert 'pgtide_events_state{events="shop",state="pending"} 1.0' in text
+    assert "paused" not in text
+
+
+def test_refused_connection_shows_the_password_in_no_page_or_log(
+    pg_server: Any, dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server answers but refuses the connection (no such database), with a password in
+    the DSN: every page, stream, action, health and metrics answer says why, without the
+    password, and so does the log."""
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    info.update(dbname="no_such_db_web", password="Wr0ng-Pa55-xyz")
+    refused = psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items()})
+    paths = ("/", "/feed", "/events", "/events/1", "/schedules", "/listeners", "/ingest")
+
+    async def main() -> None:
+        async with web_client(refused) as http:
+            for path in (*paths, "/metrics", "/healthz", "/sse/console?page=events"):
+                r = await http.get(path, headers={"accept": "text/html"})
+                assert r.status_code == 503, (path, r.status_code)
+                assert "no_such_db_web" in r.text or path == "/metrics", path
+                assert "Wr0ng-Pa55-xyz" not in r.text, path
+            r = await http.post("/events/1/retry", data={"csrf": "x"})
+            assert r.status_code == 503 and "Wr0ng-Pa55-xyz" not in r.text
+
+    with caplog.at_level("DEBUG"):
+        asyncio.run(main())
+    assert "Wr0ng-Pa55-xyz" not in caplog.text

@@ -11,7 +11,6 @@ import asyncio
 import os
 import shutil
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 from pgtide_testing import missing
-from web_helpers import served
+from web_helpers import LIVE, served
 
 import pgtide
 import pgtide.web
@@ -106,6 +105,19 @@ def _text(driver: webdriver.Chrome, testid: str) -> str:
     return str(driver.execute_script(script, f'[data-testid="{testid}"]')).strip()
 
 
+def _click(driver: webdriver.Chrome, testid: str) -> None:
+    """Click an element found and clicked in one go: a live update may replace it at any
+    time, so a click on an element found earlier may land on one no longer in the page."""
+    script = "const e = document.querySelector(arguments[0]); if (e) e.click(); return !!e;"
+    assert driver.execute_script(script, f'[data-testid="{testid}"]'), f"no {testid} to click"
+
+
+def _updates(driver: webdriver.Chrome) -> int:
+    """How many live updates the page has applied (console.js counts them)."""
+    script = "return Number(document.getElementById('live').dataset.updates || 0);"
+    return int(driver.execute_script(script))
+
+
 def _live_text(driver: webdriver.Chrome) -> str:
     return str(driver.execute_script("return document.getElementById('live').innerText"))
 
@@ -115,14 +127,14 @@ def test_counter_changes_without_reload(dsn: str, browser: webdriver.Chrome) -> 
         browser.get(web.url + "/events")
         assert _text(browser, "events-pending") == "0"
         browser.execute_script("window.__sameDocument = 42")
-        WebDriverWait(browser, 10).until(
+        WebDriverWait(browser, LIVE).until(
             lambda d: "on" in d.find_element(By.ID, "live-dot").get_attribute("class")
         )
         events = pgtide.Events(dsn=dsn)
         events.publish("hello", {"n": 1})
         events.publish("hello", {"n": 2})
         events.close()
-        WebDriverWait(browser, 10).until(lambda d: _text(d, "events-pending") == "2")
+        WebDriverWait(browser, LIVE).until(lambda d: _text(d, "events-pending") == "2")
         assert browser.execute_script("return window.__sameDocument") == 42  # no reload
         assert "hello" in _live_text(browser)
 
@@ -142,18 +154,15 @@ def test_retry_a_dead_event_and_see_it_done(
     dead = events.publish("send_invoice", {"invoice": 1042})
     events.start()
     try:
-        deadline = time.monotonic() + 10
-        while (rec := events.get(dead)) is None or rec.state != "dead":
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        assert events.wait(dead, timeout=10).state == "dead"
         with Served(dsn=dsn, interval=0.5) as web:
             browser.get(f"{web.url}/events/{dead}")
             assert _text(browser, "event-state") == "dead"
             assert "the mail server refused" in _text(browser, "traceback")
             browser.save_screenshot(str(_shots(tmp_path) / "web-event-dead.png"))
             fixed.set()
-            browser.find_element(By.CSS_SELECTOR, f'[data-testid="retry-{dead}"]').click()
-            WebDriverWait(browser, 15).until(lambda d: _text(d, "event-state") == "done")
+            _click(browser, f"retry-{dead}")
+            WebDriverWait(browser, LIVE).until(lambda d: _text(d, "event-state") == "done")
             assert '"sent": true' in _live_text(browser)
     finally:
         events.close()
@@ -186,18 +195,18 @@ def _demo_data(dsn: str, tmp_path: Path) -> None:
     def invoice(event: pgtide.Event) -> None:
         raise ConnectionError("the mail server refused the connection")
 
-    events.publish_many("order_created", [{"order": n} for n in range(25)])
-    events.publish("send_invoice", {"invoice": 1042})
+    order_ids = events.publish_many("order_created", [{"order": n} for n in range(25)])
+    invoice_id = events.publish("send_invoice", {"invoice": 1042})
     events.start()
-    deadline = time.monotonic() + 10
-    while events.status()["done"] < 25 or events.status()["dead"] < 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    events.wait(invoice_id, timeout=10)
+    for id_ in order_ids:
+        events.wait(id_, timeout=10)
     events.close()
-    events = pgtide.Events(dsn=dsn)
-    events.publish_many("order_created", [{"order": n} for n in range(25, 31)])
-    events.publish("nightly_report", None)
-    events.close()
+    with pgtide.Events(dsn=dsn) as events:
+        events.publish_many("order_created", [{"order": n} for n in range(25, 31)])
+        events.publish("nightly_report", None)
+        events.schedule("nightly_report", "0 3 * * *", {"kind": "daily"}, tz="Europe/Paris")
+        events.schedule("purge_carts", "*/15 * * * *", {"older_than": "2h"}, id="carts")
 
 
 @pytest.mark.slow
@@ -207,20 +216,19 @@ def test_screenshots_of_each_page(dsn: str, browser: webdriver.Chrome, tmp_path:
     with Served(dsn=dsn, interval=0.25) as web, pgtide.Listener(dsn=dsn) as listener:
         listener.subscribe("orders", lambda note: None)
         browser.get(web.url + "/")
-        for n in range(12):  # a few points for the plots, written as they come
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute(
-                    "INSERT INTO orders SELECT g, g FROM generate_series(%s::int, %s::int) g",
-                    (100 + n * 100, 100 + n * 100 + 5 + 3 * n),
-                )
-            pgtide.Events(dsn=dsn).publish("order_created", {"order": n})
-            time.sleep(0.25)  # pace the writes so that the plots show a slope over time
-        WebDriverWait(browser, 10).until(
-            lambda d: int(d.find_element(By.ID, "live").get_attribute("data-updates") or 0) > 3
-        )
-        for page in ("overview", "listeners", "feed", "events", "ingest"):
+        with pgtide.Events(dsn=dsn) as events:
+            for n in range(12):  # a few points for the plots: one write per sample shown
+                shown = _updates(browser)
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    conn.execute(
+                        "INSERT INTO orders SELECT g, g FROM generate_series(%s::int, %s::int) g",
+                        (100 + n * 100, 100 + n * 100 + 5 + 3 * n),
+                    )
+                events.publish("order_created", {"order": n})
+                WebDriverWait(browser, LIVE).until(lambda d, seen=shown: _updates(d) > seen)
+        for page in ("overview", "listeners", "feed", "events", "schedules", "ingest"):
             browser.get(web.url + ("/" if page == "overview" else f"/{page}"))
-            WebDriverWait(browser, 10).until(
+            WebDriverWait(browser, LIVE).until(
                 lambda d: "on" in d.find_element(By.ID, "live-dot").get_attribute("class")
             )
             assert browser.find_elements(By.TAG_NAME, "table") or page == "overview"

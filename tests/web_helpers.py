@@ -17,6 +17,11 @@ import pgtide.web
 
 LOCAL = ("127.0.0.1", 51234)
 
+LIVE = 30.0
+"""Seconds a test waits for the console to show a change. Usually well under one: the hub
+samples at once when a NOTIFY arrives, but spaces its samples by 20 times their cost, and on a
+loaded machine a sample that takes 0.5 s puts the next one 10 s away."""
+
 
 @contextlib.asynccontextmanager
 async def web_client(
@@ -59,13 +64,23 @@ async def served(application: Starlette) -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def live_client(dsn: str, **options: Any) -> AsyncIterator[httpx.AsyncClient]:
+async def live_console(
+    dsn: str, **options: Any
+) -> AsyncIterator[tuple[httpx.AsyncClient, pgtide.web.Console]]:
     """An httpx client on ``pgtide.web.app(dsn, **options)`` served by uvicorn (streams
-    arrive as they are written, as in a browser)."""
+    arrive as they are written, as in a browser), and the app's console."""
+    application = pgtide.web.app(dsn, **options)
     async with (
-        served(pgtide.web.app(dsn, **options)) as base,
+        served(application) as base,
         httpx.AsyncClient(base_url=base, timeout=10.0) as http,
     ):
+        yield http, application.state.console
+
+
+@contextlib.asynccontextmanager
+async def live_client(dsn: str, **options: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """As :func:`live_console`, the client alone."""
+    async with live_console(dsn, **options) as (http, _console):
         yield http
 
 
@@ -83,12 +98,27 @@ class SseEvent:
         return f"SseEvent({self.event!r}, {self.data[:40]!r}, id={self.id!r})"
 
 
+async def next_update(
+    chunks: AsyncIterator[str], parser: SseParser, text: str, timeout: float = LIVE
+) -> str:
+    """The data of the next ``update`` event that holds ``text`` (earlier events are read
+    and passed over; later ones parsed from the same chunk wait for the next call)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            while parser.ready:
+                event = parser.ready.pop(0)
+                if event.event == "update" and text in event.data:
+                    return event.data
+            parser.ready.extend(parser.feed(await anext(chunks)))
+
+
 class SseParser:
     """Server-sent events from chunks of text, as a browser parses them."""
 
     def __init__(self) -> None:
         self._buffer = ""
         self.last_id: str | None = None
+        self.ready: list[SseEvent] = []  # parsed, not yet consumed (see next_update)
 
     def feed(self, text: str) -> list[SseEvent]:
         self._buffer += text
@@ -114,7 +144,7 @@ class SseParser:
         return out
 
 
-async def until(check: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+async def until(check: Callable[[], Any], timeout: float = LIVE, what: str = "") -> Any:
     """Await ``check()`` (plain or async) until it is truthy; its value."""
     async with asyncio.timeout(timeout):
         while True:

@@ -1,4 +1,5 @@
-"""What every command shares: the --dsn and --json options, output to people and programs."""
+"""What every command shares: the --dsn and --json options (and the feed consumers' options),
+output to people and programs."""
 
 from __future__ import annotations
 
@@ -21,6 +22,15 @@ DsnOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for programs.")]
+
+# The options of every command that reads the change feed as a consumer (follow, sink ...).
+ConsumerOption = Annotated[
+    str, typer.Option("--consumer", "-c", help="Consumer name (it keeps its position).")
+]
+TablesOption = Annotated[
+    list[str] | None, typer.Option("--table", "-t", help="Follow only this table (repeatable).")
+]
+MaxChangesOption = Annotated[int, typer.Option(help="Changes per batch (transactions stay whole).")]
 
 
 def wants_json(flag: bool) -> bool:

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, overload
 
 import typer
 from rich.table import Table
@@ -30,6 +30,7 @@ StateOption = Annotated[
     str | None, typer.Option("--state", help=f"Only this state ({', '.join(STATES)}).")
 ]
 R = TypeVar("R", EventRecord, Schedule)
+T = TypeVar("T")
 
 EventId = Annotated[int, typer.Argument(help="The event id.")]
 EventName = Annotated[str, typer.Argument(help="The event name.")]
@@ -118,11 +119,13 @@ def publish(
 ) -> None:
     """Publish one event called NAME with PAYLOAD."""
     value = _json_or_text(payload)
-    with Events(dsn=dsn) as events:
-        run_at = timedelta(seconds=delay) if delay is not None else None
-        id_ = events.publish(
+    run_at = timedelta(seconds=delay) if delay is not None else None
+    id_ = _ask(
+        dsn,
+        lambda events: events.publish(
             name, value, key=key, run_at=run_at, priority=priority, dedupe_key=dedupe_key
-        )
+        ),
+    )
     _report(as_json, {"id": id_, "name": name, "payload": value}, f"published event {id_} ({name})")
 
 
@@ -135,8 +138,7 @@ def ls(
     as_json: JsonOption = False,
 ) -> None:
     """List the newest events (of one state or name)."""
-    with Events(dsn=dsn) as events:
-        records = events.recent(state=state, name=name, limit=limit)
+    records = _ask(dsn, lambda events: events.recent(state=state, name=name, limit=limit))
     _listing(
         as_json,
         records,
@@ -157,31 +159,24 @@ def retry(
     """Run a done, failed, dead or cancelled event again (from attempt 1); --dead: all dead."""
     if (id is None) == (not dead):
         raise ConfigError("give an event id, or --dead (optionally with --name), not both")
-    with Events(dsn=dsn) as events:
-        if dead:
-            revived = events.retry_dead(name)
-            _report(as_json, {"retried": revived}, f"{revived} dead events will run again")
-            return
-        assert id is not None
-        if not events.retry(id):
-            raise ConfigError(
-                f"no done, failed or dead event with id {id} (nor a cancelled one whose dedupe "
-                "key is free); see `pgtide events ls`"
-            )
+    if dead:
+        revived = _ask(dsn, lambda events: events.retry_dead(name))
+        _report(as_json, {"retried": revived}, f"{revived} dead events will run again")
+        return
+    assert id is not None
+    _ask(
+        dsn,
+        lambda events: events.retry(id),
+        f"no done, failed or dead event with id {id} (nor a cancelled one whose dedupe key is "
+        "free); see `pgtide events ls`",
+    )
     _report(as_json, {"id": id, "state": "pending"}, f"event {id} will run again")
 
 
 @app.command()
-def show(
-    id: EventId,
-    dsn: DsnOption = None,
-    as_json: JsonOption = False,
-) -> None:
+def show(id: EventId, dsn: DsnOption = None, as_json: JsonOption = False) -> None:
     """One event, all of it: payload, result, and the error with its traceback."""
-    with Events(dsn=dsn) as events:
-        rec = events.get(id)
-    if rec is None:
-        raise ConfigError(f"no event with id {id}; see `pgtide events ls`")
+    rec = _ask(dsn, lambda events: events.get(id), f"no event with id {id}; see `pgtide events ls`")
     if wants_json(as_json):
         emit_json(_as_dict(rec))
         return
@@ -196,16 +191,11 @@ def show(
 
 
 @app.command()
-def cancel(
-    id: EventId,
-    dsn: DsnOption = None,
-    as_json: JsonOption = False,
-) -> None:
+def cancel(id: EventId, dsn: DsnOption = None, as_json: JsonOption = False) -> None:
     """Cancel an event: waiting, it ends cancelled; running, its handler is asked to stop."""
-    with Events(dsn=dsn) as events:
-        state = events.cancel(id)
-    if state is None:
-        raise ConfigError(f"event {id} has already ended, or does not exist")
+    state = _ask(
+        dsn, lambda events: events.cancel(id), f"event {id} has already ended, or does not exist"
+    )
     asked = state == "running"
     said = f"event {id}: its handler is asked to stop" if asked else f"event {id} cancelled"
     _report(as_json, {"id": id, "state": state}, said)
@@ -215,8 +205,7 @@ def _pausing(paused: bool, doc: str) -> Callable[..., None]:
     """The ``pause`` or ``resume`` command: the same call, either way."""
 
     def command(name: EventName, dsn: DsnOption = None) -> None:
-        with Events(dsn=dsn) as events:
-            (events.pause if paused else events.resume)(name)
+        _ask(dsn, lambda events: (events.pause if paused else events.resume)(name))
         console.print(f"{name} {'paused' if paused else 'resumed'}", highlight=False)
 
     command.__doc__ = doc
@@ -254,8 +243,7 @@ def schedule_add(
 @schedule_app.command("ls")
 def schedule_ls(dsn: DsnOption = None, as_json: JsonOption = False) -> None:
     """Every schedule."""
-    with Events(dsn=dsn) as events:
-        found = events.schedules()
+    found = _ask(dsn, lambda events: events.schedules())
     _listing(
         as_json, found, "schedules", ("id", "name", "cron", "tz", "next", "last"), _schedule_row
     )
@@ -267,9 +255,11 @@ def schedule_rm(
     dsn: DsnOption = None,
 ) -> None:
     """Remove a schedule."""
-    with Events(dsn=dsn) as events:
-        if not events.unschedule(id):
-            raise ConfigError(f"no schedule {id!r}; see `pgtide events schedule ls`")
+    _ask(
+        dsn,
+        lambda events: events.unschedule(id),
+        f"no schedule {id!r}; see `pgtide events schedule ls`",
+    )
     console.print(f"schedule {id} removed", highlight=False)
 
 
@@ -282,9 +272,22 @@ def purge(
 ) -> None:
     """Delete done (and, with --dead, dead) events finished longer ago than --older-than."""
     age = timedelta(seconds=older_than)
-    with Events(dsn=dsn) as events:
-        deleted = events.purge(age, dead=dead)
+    deleted = _ask(dsn, lambda events: events.purge(age, dead=dead))
     _report(as_json, {"deleted": deleted}, f"deleted {deleted} events")
+
+
+@overload
+def _ask(dsn: str | None, call: Callable[[Events], T | None], missing: str) -> T: ...
+@overload
+def _ask(dsn: str | None, call: Callable[[Events], T]) -> T: ...
+def _ask(dsn: str | None, call: Callable[[Events], Any], missing: str = "") -> Any:
+    """``call`` on an ``Events`` of the database, closed after it; with ``missing``, an answer
+    of None or False (no such event or schedule) is the ``ConfigError`` it says."""
+    with Events(dsn=dsn) as events:
+        answer = call(events)
+    if missing and (answer is None or answer is False):
+        raise ConfigError(missing)
+    return answer
 
 
 def _json_or_text(payload: str) -> Any:

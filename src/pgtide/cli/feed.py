@@ -20,7 +20,18 @@ from ..feed import track as _track
 from ..feed import untrack as _untrack
 from ..feed.backfill import Backfiller
 from ..feed.wal import Relay, SlotLost, reset_slot
-from ._common import DsnOption, JsonOption, cell, console, duration, emit_json, wants_json
+from ._common import (
+    ConsumerOption,
+    DsnOption,
+    JsonOption,
+    MaxChangesOption,
+    TablesOption,
+    cell,
+    console,
+    duration,
+    emit_json,
+    wants_json,
+)
 
 consumers_app = typer.Typer(help="List or drop the change feed's consumers.", no_args_is_help=True)
 
@@ -140,20 +151,16 @@ def _record(change: Change) -> str:
 
 
 def follow(
-    consumer: Annotated[str, typer.Option("--consumer", "-c", help="Consumer name.")],
+    consumer: ConsumerOption,
     start: Annotated[
         str,
         typer.Option("--from", help="Where to start: saved, beginning, end or a position."),
     ] = "saved",
-    table: Annotated[
-        list[str] | None, typer.Option("--table", "-t", help="Follow only this table (repeatable).")
-    ] = None,
+    table: TablesOption = None,
     timeout: Annotated[
         float | None, duration("--timeout", help="Stop after so long idle (default: never).")
     ] = None,
-    max_changes: Annotated[
-        int, typer.Option(help="Changes per batch (transactions stay whole).")
-    ] = 1000,
+    max_changes: MaxChangesOption = 1000,
     wakeup: Annotated[str, typer.Option(help="notify, or poll behind a pooler.")] = "notify",
     dsn: DsnOption = None,
     as_json: JsonOption = False,

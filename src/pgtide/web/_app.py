@@ -7,7 +7,7 @@ import contextlib
 import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -37,7 +37,7 @@ from ..feed.track import qualified, require_tracked
 from ..names import TableName
 from ..notify import check_channel
 from . import _plots
-from ._hub import Hub, scrub
+from ._hub import Hub, scrub, scrubbed_traceback
 from ._security import COOKIE, Guard
 from ._streams import CONSUMER, ResumeToken, SharedReads, channel_stream, feed_stream, sse
 from .metrics import ConsoleCollector
@@ -281,52 +281,55 @@ def _back(request: Request, values: dict[str, str], fallback: str) -> RedirectRe
     return RedirectResponse(base + target, status_code=303)
 
 
-async def retry_event(request: Request) -> Response:
-    console: Console = request.app.state.console
-    await console.ready()
-    values = await _checked_form(request)
-    id_ = int(request.path_params["id"])
-    done = await console.events.retry(id_)
-    await console.hub.refresh()
-    if "application/json" in request.headers.get("accept", ""):
-        return Response(f'{{"ok": {str(done).lower()}}}', media_type="application/json")
-    return _back(request, values, f"/events/{id_}")
+EventsAction = Callable[[aio.Events, Request, dict[str, str]], Awaitable[tuple[Any, str]]]
 
 
-async def cancel_event(request: Request) -> Response:
-    """Cancel one event: pending or failed, it ends ``cancelled``; running, its handler is
-    asked to stop (see :meth:`pgtide.Events.cancel`)."""
-    console: Console = request.app.state.console
-    await console.ready()
-    values = await _checked_form(request)
-    id_ = int(request.path_params["id"])
-    state = await console.events.cancel(id_)
-    await console.hub.refresh()
-    if "application/json" in request.headers.get("accept", ""):
-        return Response(json.dumps({"state": state}), media_type="application/json")
-    return _back(request, values, f"/events/{id_}")
-
-
-def pause_route(paused: bool) -> Any:
-    """Pause (or resume) the workers' claims of the events called the form's ``name``."""
+def action_route(act: EventsAction) -> Any:
+    """A POST action: the form checked (CSRF, Origin, read-only), ``act`` run on the
+    console's events, a new sample pushed to every page, then ``act``'s answer as JSON (with
+    ``Accept: application/json``) or a redirect to the form's ``next`` path (or ``act``'s)."""
 
     async def endpoint(request: Request) -> Response:
         console: Console = request.app.state.console
         await console.ready()
         values = await _checked_form(request)
+        answer, back = await act(console.events, request, values)
+        await console.hub.refresh()
+        if "application/json" in request.headers.get("accept", ""):
+            return Response(json.dumps(answer), media_type="application/json")
+        return _back(request, values, back)
+
+    return endpoint
+
+
+async def retry_event(
+    events: aio.Events, request: Request, values: dict[str, str]
+) -> tuple[Any, str]:
+    """Run one finished, dead or cancelled event again (see :meth:`pgtide.Events.retry`)."""
+    id_ = int(request.path_params["id"])
+    return {"ok": await events.retry(id_)}, f"/events/{id_}"
+
+
+async def cancel_event(
+    events: aio.Events, request: Request, values: dict[str, str]
+) -> tuple[Any, str]:
+    """Cancel one event: pending or failed, it ends ``cancelled``; running, its handler is
+    asked to stop (see :meth:`pgtide.Events.cancel`)."""
+    id_ = int(request.path_params["id"])
+    return {"state": await events.cancel(id_)}, f"/events/{id_}"
+
+
+def pausing(paused: bool) -> EventsAction:
+    """Pause (or resume) the workers' claims of the events called the form's ``name``."""
+
+    async def act(events: aio.Events, request: Request, values: dict[str, str]) -> tuple[Any, str]:
         name = values.get("name", "")
         if not name:
             raise HTTPException(400, "which event name? (the form's name field is empty)")
-        if paused:
-            await console.events.pause(name)
-        else:
-            await console.events.resume(name)
-        await console.hub.refresh()
-        if "application/json" in request.headers.get("accept", ""):
-            return Response(json.dumps({"paused": paused}), media_type="application/json")
-        return _back(request, values, "/events?" + urlencode({"name": name}))
+        await (events.pause if paused else events.resume)(name)
+        return {"paused": paused}, "/events?" + urlencode({"name": name})
 
-    return endpoint
+    return act
 
 
 # -- login --------------------------------------------------------------------------------------
@@ -478,13 +481,19 @@ async def _pgtide_error(request: Request, exc: Exception) -> Response:
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
-    log.exception("pgtide web: %s %s failed", request.method, request.url.path, exc_info=exc)
+    console: Console = request.app.state.console
+    log.error(
+        "pgtide web: %s %s failed\n%s",
+        request.method,
+        request.url.path,
+        scrubbed_traceback(exc, console.hub.resolved),
+    )
     return await _http_error(
         request, HTTPException(500, f"internal error ({type(exc).__name__}); see the server log")
     )
 
 
-def build(
+def app(
     dsn: DsnLike = None,
     token: str | None = None,
     read_only: bool = False,
@@ -492,7 +501,19 @@ def build(
     *,
     interval: float = 1.0,
 ) -> Starlette:
-    """The app; see :func:`pgtide.web.app`."""
+    """The console as an ASGI app.
+
+    ``dsn``: the database (section "Where the database is" of the docs when None).
+    ``token``: without one, only this machine is served (client and Host header on
+    loopback); with one, every page, stream and ``/metrics`` need ``Authorization: Bearer
+    <token>`` or the cookie the login form sets (``/healthz`` stays open).
+    ``read_only``: refuse every action (retry...). ``expose``: the tracked tables whose
+    changes ``/sse/feed/{consumer}`` may stream (none by default). ``interval``: seconds
+    between samples when no NOTIFY arrives (the console and ``/metrics`` read the newest).
+
+    Mounted in another app, the console starts on its first request; its state is
+    ``app.state.console`` (``await app.state.console.close()`` stops it).
+    """
     guard = Guard(token, read_only)
     console = Console(dsn, guard, expose, interval)
 
@@ -513,10 +534,10 @@ def build(
         Route("/feed", page_route("feed")),
         Route("/events", page_route("events")),
         Route("/events/{id:int}", page_route("event")),
-        Route("/events/{id:int}/retry", retry_event, methods=["POST"]),
-        Route("/events/{id:int}/cancel", cancel_event, methods=["POST"]),
-        Route("/events/pause", pause_route(True), methods=["POST"]),
-        Route("/events/resume", pause_route(False), methods=["POST"]),
+        Route("/events/{id:int}/retry", action_route(retry_event), methods=["POST"]),
+        Route("/events/{id:int}/cancel", action_route(cancel_event), methods=["POST"]),
+        Route("/events/pause", action_route(pausing(True)), methods=["POST"]),
+        Route("/events/resume", action_route(pausing(False)), methods=["POST"]),
         Route("/schedules", page_route("schedules")),
         Route("/ingest", page_route("ingest")),
         Route("/login", login, methods=["GET", "POST"]),
@@ -532,7 +553,7 @@ def build(
     def guarded(app: ASGIApp) -> ASGIApp:
         return guard.middleware(app)
 
-    app = Starlette(
+    application = Starlette(
         routes=routes,
         lifespan=lifespan,
         middleware=[Middleware(guarded)],
@@ -542,5 +563,5 @@ def build(
             Exception: _server_error,
         },
     )
-    app.state.console = console
-    return app
+    application.state.console = console
+    return application

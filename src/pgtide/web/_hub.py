@@ -18,10 +18,11 @@ import contextlib
 import itertools
 import logging
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
@@ -35,6 +36,7 @@ from ..listen import Notification
 from ..overview import Section
 from ..session import Io, arun
 from . import _queries
+from .metrics import Histogram
 
 log = logging.getLogger("pgtide.web")
 T = TypeVar("T")
@@ -55,7 +57,7 @@ class Sample:
     consumers: list[dict[str, Any]] = field(default_factory=list)
     changes: dict[str, Any] | None = None
     events_by_name: dict[str, dict[str, int]] = field(default_factory=dict)
-    durations: dict[str, list[float]] = field(default_factory=dict)
+    durations: dict[str, Histogram] = field(default_factory=dict)
     rejects: list[dict[str, Any]] = field(default_factory=list)
     rejects_total: int = 0
     published: int = 0
@@ -93,6 +95,45 @@ class Point:
     lag_seconds: dict[str, float]
 
 
+class FinishedEvents:
+    """Handler durations of the events of ``pgtide.events`` seen to finish since the console
+    started, as histograms by event name: each finish counted once, so the counts only grow
+    (Prometheus' histogram is a counter).
+
+    Each sample reads the events that finished since the previous one (less :attr:`MARGIN`,
+    for a finish committed late), among the newest 2,000 events and those that were running
+    at the previous sample. A finish the console cannot see is not counted: one that runs and
+    ends between two samples while more than 2,000 newer events exist (a deep backlog), or
+    one whose event was purged before the next sample."""
+
+    MARGIN = timedelta(seconds=60)
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, Histogram] = {}
+        self._started: datetime | None = None
+        self._since: datetime | None = None
+        self._running: list[int] = []
+        self._counted: set[tuple[int, datetime]] = set()
+
+    def sample(self) -> Io[dict[str, Histogram]]:
+        """Count the finishes since the previous sample; a copy of the histograms."""
+        now = yield from _queries.database_now()
+        if self._started is None or self._since is None:
+            self._started = now  # the first sample: count what finishes from now on
+        else:
+            for id_, name, finished_at, seconds in (
+                yield from _queries.finished_since(self._since, self._running)
+            ):
+                if (id_, finished_at) not in self._counted:
+                    self._counted.add((id_, finished_at))
+                    self.by_name.setdefault(name, Histogram()).observe(seconds)
+        self._running = yield from _queries.running_event_ids()
+        self._since = max(self._started, now - self.MARGIN)
+        since = self._since
+        self._counted = {key for key in self._counted if key[1] >= since}
+        return {name: h.copy() for name, h in self.by_name.items()}
+
+
 class Hub:
     """Samples the database for the console, relays NOTIFY channels; one per app."""
 
@@ -116,6 +157,7 @@ class Hub:
         self.change_version = 0
         self._change_event = asyncio.Event()
         self._stopping = False
+        self.finished = FinishedEvents()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -232,8 +274,8 @@ class Hub:
             sample.error = _describe(exc, self.resolved)
             log.warning("pgtide web: sampling failed: %s", sample.error)
         except Exception as exc:  # a bug must not end the sampler: keep the console up
-            sample.error = f"{type(exc).__name__}: {exc}"
-            log.exception("pgtide web: sampling failed")
+            sample.error = scrub(f"{type(exc).__name__}: {exc}", self.resolved)
+            log.error("pgtide web: sampling failed\n%s", scrubbed_traceback(exc, self.resolved))
         sample.took = time.monotonic() - began
         self._record(sample)
         async with self._changed:
@@ -268,7 +310,7 @@ class Hub:
                 sample.sections[section.title] = section
         if has_events:
             sample.events_by_name = yield from _queries.events_by_name()
-            sample.durations = yield from _queries.recent_durations()
+            sample.durations = yield from self.finished.sample()
         if has_events and has_changes:
             sample.published, sample.captured = yield from _queries.counters()
         if has_rejects:
@@ -330,6 +372,11 @@ def _describe(exc: BaseException, resolved: Resolved | None) -> str:
     else:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return scrub(text, resolved)
+
+
+def scrubbed_traceback(exc: BaseException, resolved: Resolved | None) -> str:
+    """``exc``'s traceback for the log, with no password in it."""
+    return scrub("".join(traceback.format_exception(exc)).rstrip(), resolved)
 
 
 def scrub(text: str, resolved: Resolved | None) -> str:

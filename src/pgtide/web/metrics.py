@@ -15,14 +15,21 @@ known there: :class:`ListenerCollector`, :class:`FileWatcherCollector` and
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
-import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -31,6 +38,51 @@ if TYPE_CHECKING:
 
 class _HasStatus(Protocol):
     def status(self) -> Any: ...
+
+
+R = TypeVar("R")
+Family = type[GaugeMetricFamily] | type[CounterMetricFamily]
+Series = tuple[Family, str, str, Callable[[R], float | None]]
+"""One metric drawn from rows: its kind, name, help, and its value for a row (None: none)."""
+
+
+def labelled(
+    rows: Iterable[R], labels: list[str], key: Callable[[R], list[str]], series: list[Series[R]]
+) -> Iterator[Metric]:
+    """The ``series`` of ``rows``, each row's value labelled ``key(row)``: how every
+    per-consumer, per-slot, per-table and per-file metric here is made."""
+    families = [(kind(name, help_, labels=labels), value) for kind, name, help_, value in series]
+    for row in rows:
+        labels_of_row = key(row)
+        for family, value in families:
+            v = value(row)
+            if v is not None:
+                family.add_metric(labels_of_row, v)
+    yield from (family for family, _ in families)
+
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+"""Upper bounds (seconds) of ``pgtide_event_duration_seconds``' buckets (+Inf added)."""
+
+
+@dataclass
+class Histogram:
+    """Observations counted in :data:`BUCKETS` (each counted once, in its own bucket)."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """Prometheus' buckets: (``le``, observations <= it), +Inf last."""
+        bounds = [*(str(b) for b in BUCKETS), "+Inf"]
+        return list(zip(bounds, itertools.accumulate(self.counts), strict=True))
+
+    def copy(self) -> Histogram:
+        return Histogram(list(self.counts), self.total)
 
 
 class ConsoleCollector(Collector):
@@ -61,21 +113,25 @@ class ConsoleCollector(Collector):
         if hub.listener is not None:
             yield from listener_metrics(hub.listener.status(), "web", "pgtide_web_listener")
         # feed
-        pending = GaugeMetricFamily(
-            "pgtide_feed_consumer_pending_changes",
-            "Changes not yet acknowledged by each consumer",
-            labels=["consumer"],
+        yield from labelled(
+            s.consumers,
+            ["consumer"],
+            lambda c: [c["name"]],
+            [
+                (
+                    GaugeMetricFamily,
+                    "pgtide_feed_consumer_pending_changes",
+                    "Changes not yet acknowledged by each consumer",
+                    lambda c: c["pending"],
+                ),
+                (
+                    GaugeMetricFamily,
+                    "pgtide_feed_consumer_lag_seconds",
+                    "Age of the oldest change a consumer has not acknowledged (0 when caught up)",
+                    lambda c: c["lag_seconds"],
+                ),
+            ],
         )
-        lag = GaugeMetricFamily(
-            "pgtide_feed_consumer_lag_seconds",
-            "Age of the oldest change a consumer has not acknowledged (0 when caught up)",
-            labels=["consumer"],
-        )
-        for c in s.consumers:
-            pending.add_metric([c["name"]], c["pending"])
-            lag.add_metric([c["name"]], c["lag_seconds"])
-        yield pending
-        yield lag
         if s.changes is not None:
             yield GaugeMetricFamily(
                 "pgtide_feed_changes_rows", "Rows in pgtide.changes", s.changes["rows"]
@@ -100,124 +156,143 @@ class ConsoleCollector(Collector):
             "pgtide_events_published", "Events ever published (sequence)", s.published
         )
         section = s.section("events")
-        if section is not None:
-            unhandled = GaugeMetricFamily(
-                "pgtide_events_unhandled",
-                "Waiting events that no live worker has a handler for",
-                labels=["table"],
-            )
-            workers = GaugeMetricFamily(
-                "pgtide_event_workers", "Live event workers", labels=["table"]
-            )
-            for row in section.as_dicts():
-                unhandled.add_metric([row["table"]], row["unhandled"])
-                workers.add_metric([row["table"]], row["workers"])
-            yield unhandled
-            yield workers
-        duration = GaugeMetricFamily(
-            "pgtide_event_duration_seconds",
-            "Handler duration of the newest 2000 finished events, by quantile",
-            labels=["name", "quantile"],
+        yield from labelled(
+            section.as_dicts() if section else [],
+            ["table"],
+            lambda row: [row["table"]],
+            [
+                (
+                    GaugeMetricFamily,
+                    "pgtide_events_unhandled",
+                    "Waiting events that no live worker has a handler for",
+                    lambda row: row["unhandled"],
+                ),
+                (
+                    GaugeMetricFamily,
+                    "pgtide_event_workers",
+                    "Live event workers",
+                    lambda row: row["workers"],
+                ),
+            ],
         )
-        for name, values in sorted(s.durations.items()):
-            for q, v in _quantiles(values):
-                duration.add_metric([name, q], v)
+        duration = HistogramMetricFamily(
+            "pgtide_event_duration_seconds",
+            "Handler duration of the events of pgtide.events seen to finish (done, dead or "
+            "cancelled while running) since this console started",
+            labels=["name"],
+        )
+        for name, histogram in sorted(s.durations.items()):
+            duration.add_metric([name], histogram.cumulative(), histogram.total)
         yield duration
         # ingest
         files = s.section("ingested files")
-        rows = CounterMetricFamily(
-            "pgtide_ingest_rows", "Rows written from each file", labels=["watcher", "path"]
+        yield from labelled(
+            files.as_dicts() if files else [],
+            ["watcher", "path"],
+            lambda f: [str(f["watcher"]), str(f["path"])],
+            [
+                (
+                    CounterMetricFamily,
+                    "pgtide_ingest_rows",
+                    "Rows written from each file",
+                    lambda f: f["rows"],
+                ),
+                (
+                    CounterMetricFamily,
+                    "pgtide_ingest_rejects",
+                    "Lines rejected from each file",
+                    lambda f: f["rejected"],
+                ),
+                (
+                    GaugeMetricFamily,
+                    "pgtide_ingest_offset_bytes",
+                    "Committed offset in each file",
+                    lambda f: f["offset"],
+                ),
+                (
+                    GaugeMetricFamily,
+                    "pgtide_ingest_lag_bytes",
+                    "Bytes of each file not yet committed (files this host can see)",
+                    lambda f: _behind(str(f["path"]), int(f["offset"])),
+                ),
+            ],
         )
-        rejected = CounterMetricFamily(
-            "pgtide_ingest_rejects", "Lines rejected from each file", labels=["watcher", "path"]
-        )
-        offset = GaugeMetricFamily(
-            "pgtide_ingest_offset_bytes",
-            "Committed offset in each file",
-            labels=["watcher", "path"],
-        )
-        behind = GaugeMetricFamily(
-            "pgtide_ingest_lag_bytes",
-            "Bytes of each file not yet committed (files this host can see)",
-            labels=["watcher", "path"],
-        )
-        for f in files.as_dicts() if files else []:
-            key = [str(f["watcher"]), str(f["path"])]
-            rows.add_metric(key, f["rows"])
-            rejected.add_metric(key, f["rejected"])
-            offset.add_metric(key, f["offset"])
-            size = _size(str(f["path"]))
-            if size is not None:
-                behind.add_metric(key, max(size - int(f["offset"]), 0))
-        yield rows
-        yield rejected
-        yield offset
-        yield behind
 
 
 def slot_metrics(slots: list[dict[str, Any]]) -> Iterator[Metric]:
     """The WAL relay's slots (the feed's "capture" section) as metrics labelled ``slot``."""
-    lag_bytes = GaugeMetricFamily(
-        "pgtide_slot_lag_bytes", "WAL the relay's slot retains (not yet relayed)", labels=["slot"]
+    yield from labelled(
+        slots,
+        ["slot"],
+        lambda c: [str(c["slot"])],
+        [
+            (
+                GaugeMetricFamily,
+                "pgtide_slot_lag_bytes",
+                "WAL the relay's slot retains (not yet relayed)",
+                lambda c: _number(c["lag bytes"]),
+            ),
+            (
+                GaugeMetricFamily,
+                "pgtide_slot_lag_seconds",
+                "Seconds since the relay last knew it had relayed everything",
+                lambda c: _number(c["lag seconds"]),
+            ),
+            (
+                GaugeMetricFamily,
+                "pgtide_slot_active",
+                "1 while a relay reads the slot",
+                lambda c: int(bool(c["active"])),
+            ),
+            (
+                GaugeMetricFamily,
+                "pgtide_slot_last_relayed_timestamp_seconds",
+                "When the relay last wrote to the change log (Unix time)",
+                lambda c: _timestamp(c["last relayed at"]),
+            ),
+        ],
     )
-    lag_seconds = GaugeMetricFamily(
-        "pgtide_slot_lag_seconds",
-        "Seconds since the relay last knew it had relayed everything",
-        labels=["slot"],
-    )
-    active = GaugeMetricFamily(
-        "pgtide_slot_active", "1 while a relay reads the slot", labels=["slot"]
-    )
-    relayed = GaugeMetricFamily(
-        "pgtide_slot_last_relayed_timestamp_seconds",
-        "When the relay last wrote to the change log (Unix time)",
-        labels=["slot"],
-    )
-    for c in slots:
-        key = [str(c["slot"])]
-        active.add_metric(key, int(bool(c["active"])))
-        if c["lag bytes"] is not None:
-            lag_bytes.add_metric(key, int(c["lag bytes"]))
-        if c["lag seconds"] is not None:
-            lag_seconds.add_metric(key, float(c["lag seconds"]))
-        if isinstance(c["last relayed at"], datetime):
-            relayed.add_metric(key, c["last relayed at"].timestamp())
-    yield from (lag_bytes, lag_seconds, active, relayed)
 
 
-def _quantiles(values: list[float]) -> list[tuple[str, float]]:
-    if not values:
-        return []
-    if len(values) == 1:
-        return [("0.5", values[0]), ("0.9", values[0]), ("0.99", values[0])]
-    cuts = statistics.quantiles(values, n=100, method="inclusive")
-    return [("0.5", cuts[49]), ("0.9", cuts[89]), ("0.99", cuts[98])]
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
-def _size(path: str) -> int | None:
+def _timestamp(value: Any) -> float | None:
+    return value.timestamp() if isinstance(value, datetime) else None
+
+
+def _behind(path: str, offset: int) -> int | None:
+    """Bytes of the file at ``path`` past ``offset`` (None when this host cannot see it)."""
     try:
-        return os.stat(path).st_size
+        return max(os.stat(path).st_size - offset, 0)
     except OSError:
         return None
 
 
+def _count(key: str) -> Callable[[dict[str, Any]], float]:
+    return lambda status: int(status.get(key) or 0)
+
+
 def listener_metrics(status: dict[str, Any], name: str, prefix: str) -> Iterator[Metric]:
     """A listener's ``status()`` counters as metrics labelled ``listener=name``."""
-    for key, help_ in (
-        ("received", "Notifications received"),
-        ("dispatched", "Notifications handed to subscribers"),
-        ("callback_errors", "Callbacks that raised"),
-        ("reconnects", "Reconnections after a lost connection"),
-        ("dropped", "Notifications dropped by a full queue"),
-    ):
-        counter = CounterMetricFamily(f"{prefix}_{key}", help_, labels=["listener"])
-        counter.add_metric([name], int(status.get(key) or 0))
-        yield counter
-    connected = GaugeMetricFamily(
-        f"{prefix}_connected", "1 while the listener is connected", labels=["listener"]
+    counters: list[Series[dict[str, Any]]] = [
+        (CounterMetricFamily, f"{prefix}_{key}", help_, _count(key))
+        for key, help_ in (
+            ("received", "Notifications received"),
+            ("dispatched", "Notifications handed to subscribers"),
+            ("callback_errors", "Callbacks that raised"),
+            ("reconnects", "Reconnections after a lost connection"),
+            ("dropped", "Notifications dropped by a full queue"),
+        )
+    ]
+    connected: Series[dict[str, Any]] = (
+        GaugeMetricFamily,
+        f"{prefix}_connected",
+        "1 while the listener is connected",
+        lambda st: int(bool(st.get("connected"))),
     )
-    connected.add_metric([name], int(bool(status.get("connected"))))
-    yield connected
+    yield from labelled([status], ["listener"], lambda _: [name], [*counters, connected])
 
 
 class ListenerCollector(Collector):
@@ -241,21 +316,50 @@ class FileWatcherCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         st = self._watcher.status()
-        labels = ["watcher", "path"]
-        rows = CounterMetricFamily("pgtide_watcher_rows", "Rows written", labels=labels)
-        rejected = CounterMetricFamily("pgtide_watcher_rejects", "Lines rejected", labels=labels)
-        behind = GaugeMetricFamily("pgtide_watcher_lag_bytes", "Bytes not committed", labels=labels)
-        for f in st.files:
-            rows.add_metric([self._name, f.path], f.rows_written)
-            rejected.add_metric([self._name, f.path], f.rejected)
-            behind.add_metric([self._name, f.path], f.bytes_behind)
-        lines = CounterMetricFamily(
-            "pgtide_watcher_lines_read", "Lines read by this run", labels=["watcher"]
+        yield from labelled(
+            st.files,
+            ["watcher", "path"],
+            lambda f: [self._name, f.path],
+            [
+                (
+                    CounterMetricFamily,
+                    "pgtide_watcher_rows",
+                    "Rows written",
+                    lambda f: f.rows_written,
+                ),
+                (
+                    CounterMetricFamily,
+                    "pgtide_watcher_rejects",
+                    "Lines rejected",
+                    lambda f: f.rejected,
+                ),
+                (
+                    GaugeMetricFamily,
+                    "pgtide_watcher_lag_bytes",
+                    "Bytes not committed",
+                    lambda f: f.bytes_behind,
+                ),
+            ],
         )
-        lines.add_metric([self._name], st.lines_read)
-        running = GaugeMetricFamily("pgtide_watcher_running", "1 while running", labels=["watcher"])
-        running.add_metric([self._name], int(st.running))
-        yield from (rows, rejected, behind, lines, running)
+        yield from labelled(
+            [st],
+            ["watcher"],
+            lambda _: [self._name],
+            [
+                (
+                    CounterMetricFamily,
+                    "pgtide_watcher_lines_read",
+                    "Lines read by this run",
+                    lambda st: st.lines_read,
+                ),
+                (
+                    GaugeMetricFamily,
+                    "pgtide_watcher_running",
+                    "1 while running",
+                    lambda st: int(st.running),
+                ),
+            ],
+        )
 
 
 class EventsCollector(Collector):
@@ -266,9 +370,9 @@ class EventsCollector(Collector):
         self._events, self._name = events, name
 
     def collect(self) -> Iterator[Metric]:
-        gauge = GaugeMetricFamily(
-            "pgtide_events_state", "Events by state", labels=["events", "state"]
+        yield from labelled(
+            [(state, n) for state, n in self._events.status().items() if isinstance(n, int)],
+            ["events", "state"],
+            lambda item: [self._name, item[0]],
+            [(GaugeMetricFamily, "pgtide_events_state", "Events by state", lambda item: item[1])],
         )
-        for state, n in self._events.status().items():
-            gauge.add_metric([self._name, state], n)
-        yield gauge

@@ -51,16 +51,16 @@ class EventsPart(Part, feature="events", doing="events -> handlers"):
     def detail(self) -> str:
         return f"{self.written} published, {self.failures} retried"
 
-    def summary(self) -> dict[str, Any]:
-        done = self.seen.count
-        return {
-            "published": self.written,
-            "done": done,
-            "failed_attempts": self.failures,
-            "retried_then_done": self.retried_ok,
-            "ok": done == self.written and done > 0 and self.retried_ok == self.failures,
-            "text": f"{done} of {self.written} done; {self.failures} failed once, then retried",
-        }
+    counted = ("published", "done")
+
+    def figures(self) -> dict[str, Any]:
+        return {"failed_attempts": self.failures, "retried_then_done": self.retried_ok}
+
+    def healthy(self) -> bool:
+        return self.retried_ok == self.failures
+
+    def outcome(self, seen: int) -> str:
+        return f"{seen} of {self.written} done; {self.failures} failed once, then retried"
 
     def cleanup(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute(FORGET_EVENTS, (self.names,))

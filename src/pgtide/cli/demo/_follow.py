@@ -77,19 +77,21 @@ class FollowPart(Part, feature="follow", doing="table changes -> feed"):
     def detail(self) -> str:
         return f"lag {self._lag():.0f} ms, {self.written - self.seen.count} behind"
 
-    def summary(self) -> dict[str, Any]:
-        seen = self.seen.count
+    counted = ("inserts", "changes")
+
+    def figures(self) -> dict[str, Any]:
         newest = self.newest or {}
-        text = f"{seen} of {self.written} changes, lag p50 {self._lag():.0f} ms"
         return {
-            "inserts": self.written,
-            "changes": seen,
             "lag_p50_ms": round(self._lag(), 2),
             "latest_order": newest.get("id"),
             "error": self.error,
-            "ok": seen == self.written and seen > 0 and not self.error,
-            "text": self.error or text,
         }
+
+    def healthy(self) -> bool:
+        return not self.error
+
+    def outcome(self, seen: int) -> str:
+        return self.error or f"{seen} of {self.written} changes, lag p50 {self._lag():.0f} ms"
 
     def cleanup(self, conn: psycopg.Connection[Any]) -> None:
         if self._feed is not None:

@@ -45,15 +45,13 @@ class ListenPart(Part, feature="listen", doing="NOTIFY -> callback"):
     def detail(self) -> str:
         return f"{self.written} sent, p50 {self._p50():.1f} ms"
 
-    def summary(self) -> dict[str, Any]:
-        heard = self.seen.count
-        return {
-            "sent": self.written,
-            "received": heard,
-            "latency_p50_ms": round(self._p50(), 2),
-            "ok": heard == self.written and heard > 0,
-            "text": f"{heard} of {self.written} heard, p50 {self._p50():.1f} ms after commit",
-        }
+    counted = ("sent", "received")
+
+    def figures(self) -> dict[str, Any]:
+        return {"latency_p50_ms": round(self._p50(), 2)}
+
+    def outcome(self, seen: int) -> str:
+        return f"{seen} of {self.written} heard, p50 {self._p50():.1f} ms after commit"
 
     def cleanup(self, conn: psycopg.Connection[Any]) -> None:
         """Nothing to remove: NOTIFY leaves no trace, and the listener's connection is closed."""

@@ -133,9 +133,34 @@ class Part(ABC):
     def detail(self) -> str:
         """The end of the stage's line: what it wrote, what is late."""
 
-    @abstractmethod
+    counted = ("written", "seen")
+    """The names of the summary's two counts: what the shop wrote, what the stage saw of it."""
+
     def summary(self) -> dict[str, Any]:
-        """Figures for the final table and ``--json``: ``ok``, ``text``, and the counts."""
+        """Figures for the final table and ``--json``: the two counts, the stage's own
+        :meth:`figures`, ``ok`` (everything written was seen, at least once, and
+        :meth:`healthy`) and ``text``."""
+        seen = self.seen.count
+        wrote, saw = self.counted
+        return {
+            wrote: self.written,
+            saw: seen,
+            **self.figures(),
+            "ok": seen == self.written and seen > 0 and self.healthy(),
+            "text": self.outcome(seen),
+        }
+
+    def figures(self) -> dict[str, Any]:
+        """The stage's own figures in its summary, between the counts and ``ok``."""
+        return {}
+
+    def healthy(self) -> bool:
+        """The stage's own condition for ``ok``, beyond "everything written was seen"."""
+        return True
+
+    def outcome(self, seen: int) -> str:
+        """The summary's ``text``: one line for a person."""
+        return f"{seen} of {self.written} seen"
 
     @abstractmethod
     def cleanup(self, conn: psycopg.Connection[Any]) -> None:
