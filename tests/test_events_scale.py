@@ -1,7 +1,7 @@
 """A claim's cost grows with the work, not with history: it must not walk finished events,
 events of names no worker handles, nor events of paused names.
 
-The worker's own claim (whatever statements ``WorkerCore._claim()`` yields, on a connection
+The worker's own claim (whatever statements ``WorkerCore._claims()`` plans, on a connection
 set up by the worker's own ``setup()``: its session settings) is run under
 ``EXPLAIN (ANALYZE, BUFFERS)`` in a small table, then again after hundreds of thousands of
 such rows were added in SQL with the table's autovacuum off and its statistics left stale (as
@@ -12,6 +12,7 @@ small table: deterministic counts, no timing.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ import psycopg
 import pytest
 
 import pgtide
+from pgtide.events._signatures import run_args
 from pgtide.session import Io, Query
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -92,13 +94,24 @@ def _explained(conn: psycopg.Connection[Any], io: Io[Any]) -> tuple[Any, Cost]:
         return done.value, cost
 
 
+def _claim(core: Any) -> Io[None]:
+    """One claim round of the worker: the statements ``WorkerCore._claims()`` plans, their
+    rows handed to ``WorkerCore._claimed`` as the worker's own round does."""
+    sent = time.monotonic()
+    claims = core._claims()
+    results = []
+    for statement, _ in claims:
+        results.append((yield statement))
+    core._claimed(results, [wanted for _, wanted in claims], sent)
+
+
 def _claim_cost(dsn: str, events: pgtide.Events) -> Cost:
     """One claim of a fresh worker of ``events``, on a connection set up as the worker's."""
-    worker = events._new_worker(None, None, 1.0)
+    worker = events._new_worker(run_args(1))
     core = worker.core
     with psycopg.connect(dsn, autocommit=True) as conn:
         _explained(conn, core.setup())
-        _, cost = _explained(conn, core._claim())
+        _, cost = _explained(conn, _claim(core))
         row = conn.execute(CLAIMED_BY, (worker.owner,)).fetchone()
         cost.claimed = row[0] if row else 0
     return cost
