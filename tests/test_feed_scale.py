@@ -122,10 +122,16 @@ def test_rotation_under_concurrent_writers_loses_nothing(dsn: str) -> None:
             failures.append(exc)
             stop.set()
 
+    emptied_once = threading.Event()  # a partition was emptied while the writers wrote
+
     def write(w: int) -> None:
         rng = random.Random(w)
         with psycopg.connect(dsn) as conn:
-            for t in range(150):
+            # 150 transactions, and more until prune emptied a partition meanwhile (on a
+            # loaded machine its lock may be refused for a while: readers hold it)
+            for t in range(5_000):
+                if t >= 150 and (emptied_once.is_set() or stop.is_set()):
+                    break
                 ids = [w * 100_000 + t * 10 + k for k in range(rng.randint(1, 4))]
                 for i in ids:
                     conn.execute("INSERT INTO items VALUES (%s, 'v')", (i,))
@@ -140,6 +146,10 @@ def test_rotation_under_concurrent_writers_loses_nothing(dsn: str) -> None:
             while not stop.is_set():
                 conn.execute(_NEXT_WINDOW)  # as if 65,536 changes were written
                 pgtide.prune(dsn=dsn)
+                if not emptied_once.is_set():
+                    now: dict[str, int] = dict(conn.execute(_FILES).fetchall())  # type: ignore[arg-type]
+                    if any(before[p] != now[p] for p in before):
+                        emptied_once.set()
                 time.sleep(0.02)
 
     seen: dict[str, list[int]] = {"fast": [], "slow": []}

@@ -226,6 +226,7 @@ class WorkerCore:
         self._failed: list[tuple[Event, str, float, bool]] = []
         self._unstarted: list[int] = []
         self._starts: list[int] = []  # started, not yet counted in the database
+        self._count_soon = False  # a start to count: the dispatcher is to wake
         self._concurrency = options.concurrency
         self._max_inflight = options.concurrency + options.batch_size
         self._low_water = self._max_inflight // 2
@@ -552,10 +553,11 @@ class WorkerCore:
             log.info("events worker %s purged %d finished event(s)", self.owner, deleted)
 
     def _record_due(self, now: float) -> bool:
-        """Whether the writer has something to record now: outcomes due, or starts not
-        counted for a while (a quick handler's start waits to be written with its outcome)."""
+        """Whether the writer has something to record now: outcomes due, or starts not yet
+        counted (at once: a start is written with its outcome only when the handler has
+        ended by then, so a worker killed meanwhile loses as few counts as it can)."""
         with self._lock:
-            return self._flush_due(now) or (bool(self._starts) and now >= self._next_flush)
+            return self._flush_due(now) or bool(self._starts)
 
     def _flush_due(self, now: float) -> bool:
         """Whether outcomes are to be recorded now (the caller holds the lock)."""
@@ -808,6 +810,8 @@ class WorkerCore:
             events.append(event)
             self._events[event.id] = event
             self._active.add(event.id)
+            if not self._starts:
+                self._count_soon = True  # the dispatcher wakes to count it (see _next)
             self._starts.append(event.id)
         return events, lapsed
 
@@ -864,7 +868,10 @@ class WorkerCore:
                 self._waking = False
             else:
                 return None
+            count, self._count_soon = self._count_soon, False
         self._lapsed(lapsed)
+        if count:  # the first start since the last round: have it counted now
+            self.wake()
         return events[0]
 
     def _spawn(self, event: Event, spec: HandlerSpec) -> None:
