@@ -33,7 +33,8 @@ _BUNDLES: set[type] = set()
 
 
 def bundle(cls: C) -> C:
-    """Mark a dataclass whose fields are typer options (each with a default) as a bundle."""
+    """Mark a dataclass whose fields are typer options as a bundle (a field without a
+    default is a required option: declare the dataclass ``kw_only`` to put it after others)."""
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls.__name__} must be a dataclass to bundle options")
     _BUNDLES.add(cls)
@@ -62,7 +63,10 @@ def takes(command: Callable[..., R]) -> Callable[..., R]:
         bundled[param.name] = (kind, [f.name for f in fields])
         shown += [
             inspect.Parameter(
-                f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name]
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default,
+                annotation=hints[f.name],
             )
             for f in fields
         ]

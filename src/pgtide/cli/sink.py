@@ -6,9 +6,8 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
-from inspect import Parameter, Signature, signature
-from typing import Annotated, Any, get_type_hints
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import typer
 from rich.live import Live
@@ -21,25 +20,35 @@ from ..sinks import Sink, SinkStopped
 from ..sinks import nats as nats_sink
 from ..sinks import redis as redis_sink
 from ..sinks import webhook as webhook_sink
-from ._common import DsnOption, JsonOption, console, emit_json, wants_json
+from ._common import ConsumerOption, MaxChangesOption, TablesOption, console, emit_json
+from ._options import Common, bundle, takes
 
 app = typer.Typer(
     help="Carry the change feed to NATS JetStream, Redis Streams or a webhook.",
     no_args_is_help=True,
 )
 
-Consumer = Annotated[str, typer.Option("--consumer", "-c", help="Consumer name (its position).")]
-Tables = Annotated[
-    list[str] | None, typer.Option("--table", "-t", help="Follow only this table (repeatable).")
-]
 Ops = Annotated[
     list[str] | None, typer.Option("--op", help="Send only this operation (repeatable).")
 ]
 Start = Annotated[
     str, typer.Option("--from", help="Where a new consumer starts: saved, beginning, end.")
 ]
-MaxChanges = Annotated[int, typer.Option(help="Changes per batch (transactions stay whole).")]
 Every = Annotated[float, typer.Option(help="Seconds between progress reports.")]
+
+
+@bundle
+@dataclass(frozen=True, kw_only=True)
+class Run(Common):
+    """What every sink command takes: the consumer and its tables, the operations sent,
+    where a new consumer starts, the batch size, progress reports, database and JSON."""
+
+    consumer: ConsumerOption
+    table: TablesOption = None
+    op: Ops = None
+    start: Start = "saved"
+    max_changes: MaxChangesOption = 1000
+    every: Every = 1.0
 
 
 class Progress:
@@ -87,20 +96,13 @@ class Progress:
         )
 
 
-def _serve(
-    sink: Sink,
-    consumer: str,
-    tables: list[str] | None,
-    start: str,
-    max_changes: int,
-    every: float,
-    dsn: str | None,
-    as_json: bool,
-) -> None:
+def _serve(sink: Sink, run: Run) -> None:
+    """Follow ``run.consumer`` into ``sink`` until stopped, reporting progress."""
+    consumer, start, max_changes = run.consumer, run.start, run.max_changes
     if max_changes < 1:
         raise ConfigError(f"--max-changes must be at least 1, not {max_changes}")
-    chosen = resolve(dsn)
-    feed = Feed(consumer, tables=tables, dsn=chosen)
+    chosen = resolve(run.dsn)
+    feed = Feed(consumer, tables=run.table, dsn=chosen)
     if start not in ("saved", "beginning", "end"):
         raise ConfigError(f"--from must be saved, beginning or end, not {start!r}")
     if start != "saved" and feed.saved() is None:
@@ -108,14 +110,14 @@ def _serve(
     sink.open()  # an unreachable broker is a clear error now, not a silent wait
     progress = Progress(sink, consumer, chosen)
     done = threading.Event()
-    json_out = wants_json(as_json)
+    json_out = run.json
 
     def stop() -> None:
         feed.stop()
         sink.stop()
 
     def report(live: Live | None) -> None:
-        while not done.wait(every):
+        while not done.wait(run.every):
             status = progress.status()
             if live is not None:
                 live.update(Progress.line(status))
@@ -146,54 +148,8 @@ def _serve(
         feed.close()
 
 
-def _command(name: str) -> Callable[[Callable[..., Sink]], Callable[..., Sink]]:
-    """Register ``make`` (the sink's own options, and ``**options`` for the sink's filters,
-    -> the sink) as ``pgtide sink NAME``, with
-    the options every sink command takes (consumer, tables, ops, start, batch size,
-    progress, database, JSON) added to its signature: one declaration for all three."""
-
-    def register(make: Callable[..., Sink]) -> Callable[..., Sink]:
-        hints = get_type_hints(make, include_extras=True)
-        own = [
-            p.replace(annotation=hints[p.name])
-            for p in signature(make).parameters.values()
-            if p.kind is not Parameter.VAR_KEYWORD  # the filters, from the common options
-        ]
-
-        def command(**values: Any) -> None:
-            common = {name: values.pop(name) for name in COMMON}
-            consumer = common.pop("consumer")
-            sink = make(**values, ops=common.pop("op"))
-            _serve(sink, consumer, common.pop("table"), **common)
-
-        command.__signature__ = Signature([*own, *COMMON.values()])  # type: ignore[attr-defined]
-        command.__doc__ = make.__doc__
-        app.command(name)(command)
-        return make
-
-    return register
-
-
-def _option(name: str, annotation: Any, default: Any = Parameter.empty) -> Parameter:
-    return Parameter(name, Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-
-
-COMMON = {
-    p.name: p
-    for p in (
-        _option("consumer", Consumer),
-        _option("table", Tables, None),
-        _option("op", Ops, None),
-        _option("start", Start, "saved"),
-        _option("max_changes", MaxChanges, 1000),
-        _option("every", Every, 1.0),
-        _option("dsn", DsnOption, None),
-        _option("as_json", JsonOption, False),
-    )
-}
-
-
-@_command("nats")
+@app.command("nats")
+@takes
 def nats(
     url: Annotated[str, typer.Argument(help="NATS server URL.")] = "nats://127.0.0.1:4222",
     subject: Annotated[
@@ -208,13 +164,15 @@ def nats(
         str | None, typer.Option(help="JetStream stream that must take the messages.")
     ] = None,
     create_stream: Annotated[bool, typer.Option(help="Create the stream if missing.")] = False,
-    **options: Any,
-) -> Sink:
+    *,
+    run: Run,
+) -> None:
     """Publish each change to NATS JetStream (Nats-Msg-Id = its key: no duplicate)."""
-    return nats_sink(url, subject, stream, create_stream=create_stream, **options)
+    _serve(nats_sink(url, subject, stream, create_stream=create_stream, ops=run.op), run)
 
 
-@_command("redis")
+@app.command("redis")
+@takes
 def redis(
     url: Annotated[str, typer.Argument(help="Redis URL.")] = "redis://127.0.0.1:6379",
     stream: Annotated[
@@ -227,13 +185,15 @@ def redis(
     maxlen: Annotated[
         int | None, typer.Option(help="Trim each stream to about this many entries.")
     ] = None,
-    **options: Any,
-) -> Sink:
+    *,
+    run: Run,
+) -> None:
     """Add each change to a Redis stream (XADD with explicit ids: no duplicate)."""
-    return redis_sink(url, stream, maxlen, **options)
+    _serve(redis_sink(url, stream, maxlen, ops=run.op), run)
 
 
-@_command("webhook")
+@app.command("webhook")
+@takes
 def webhook(
     url: Annotated[str, typer.Argument(help="The endpoint to POST batches to.")],
     secret_env: Annotated[
@@ -242,8 +202,9 @@ def webhook(
     ] = "PGTIDE_WEBHOOK_SECRET",
     timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 10.0,
     retries: Annotated[int, typer.Option(help="Retries per batch before giving up.")] = 5,
-    **options: Any,
-) -> Sink:
+    *,
+    run: Run,
+) -> None:
     """POST each batch as signed JSON with an Idempotency-Key; retry, then stop unacked."""
     secret = os.environ.get(secret_env) or None
-    return webhook_sink(url, secret, timeout=timeout, retries=retries, **options)
+    _serve(webhook_sink(url, secret, timeout=timeout, retries=retries, ops=run.op), run)
