@@ -178,6 +178,11 @@ that granted or renewed it was sent (the server's clock starts later; the rest i
 FLUSH_EVERY = 0.01
 """While handlers run, outcomes are recorded at least this often (else in batches)."""
 
+LIMITED_YIELD = 0.002
+"""After recording an outcome of a limited name, a worker leaves its freed slot to the
+other workers (woken by NOTIFY) this long before it claims that name again: the work
+spreads, and a lone worker loses little."""
+
 PURGE_EVERY = 60.0
 """With ``keep_done``, a worker deletes finished events this often (and when it starts)."""
 
@@ -214,7 +219,7 @@ class WorkerCore:
         self._limits = {n: s.concurrency for n, s in handlers.items() if s.concurrency}
         self._limited = sorted(n for n, s in handlers.items() if s.limited)
         self._limited_set = frozenset(self._limited)
-        self._yield_limited = False  # just freed a limited slot: let the others try first
+        self._yield_until = 0.0  # just freed a limited slot: the others try first till then
         self._events: dict[int, Event] = {}  # running handlers' events (to cancel them)
         self._task_of: dict[int, asyncio.Task[None]] = {}
         self._cancel_asked: set[int] = set()  # claimed, not started, cancel asked
@@ -353,6 +358,8 @@ class WorkerCore:
         timeout = min(timeout, max(0.0, self._next_schedule - now))
         if self._next_due is not None:
             timeout = min(timeout, max(0.0, self._next_due - now))
+        if self._limited and self._yield_until > now:  # claim the limited names again then
+            timeout = min(timeout, self._yield_until - now)
         return min(timeout, self.options.lease / 3)
 
     def busy(self) -> bool:
@@ -484,7 +491,7 @@ class WorkerCore:
         if any(e.name in self._limited_set for e in finished):
             # a slot of a limited name is free: every worker may claim it, not only us
             queries.append(Query(_sql.WAKE, (_sql.CHANNEL,)))
-            self._yield_limited = True
+            self._yield_until = time.monotonic() + LIMITED_YIELD
         outcomes = len(queries)
         claims = self._claims() if claim else []
         queries.extend(q for q, _ in claims)
@@ -709,8 +716,7 @@ class WorkerCore:
             "lease": self.options.lease,
         }
         claims = [(Query(_sql.CLAIM, params), asked)]
-        limited = [] if self._yield_limited else self._limited
-        self._yield_limited = False
+        limited = self._limited if time.monotonic() >= self._yield_until else []
         for name in limited:
             want = min(asked, self.handlers[name].concurrency or asked)
             limited_params = {**params, "name": name, "limit": want}
