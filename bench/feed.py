@@ -41,6 +41,13 @@ NEWT_POLL = (
     "SELECT id, row FROM pgtide.changes WHERE id > %s AND table_name = 'public.race' "
     "ORDER BY id LIMIT 1000"
 )
+NEWT_LOG = (
+    "CREATE TABLE newt_log AS SELECT id, table_name, row FROM pgtide.changes "
+    "WHERE table_name = 'public.race'; ALTER TABLE newt_log ADD PRIMARY KEY (id); "
+    "VACUUM ANALYZE newt_log"
+)
+"""The backlog-read reference polls a log of its own, as newt.db does: the same changes in a
+table whose primary key is the id (pgtide's partitioned log has no index on id alone)."""
 
 
 def _prepare(dsn: str) -> None:
@@ -336,11 +343,16 @@ def _read_rate(dsn: str) -> list[Figure]:
         feed.drop()
         feed.close()
 
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in NEWT_LOG.split("; "):
+            conn.execute(statement)
+    poll = NEWT_POLL.replace("pgtide.changes", "newt_log").replace("1000", "5000")
+
     def newt_read() -> None:
         last, n = 0, 0
         with psycopg.connect(dsn, autocommit=True) as conn:
             while True:
-                rows = conn.execute(NEWT_POLL.replace("1000", "5000"), (last,)).fetchall()
+                rows = conn.execute(poll, (last,)).fetchall()
                 if not rows:
                     break
                 n += len(rows)
