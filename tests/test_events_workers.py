@@ -35,10 +35,13 @@ def test_two_processes_one_killed_midway_every_event_done_never_twice_at_once(
     _setup(dsn)
     total = 2000
     pgtide.Events(dsn).publish_many("job", [{"n": n} for n in range(total)])
-    victim = killable.start(recording_worker, dsn, "A", 4, 1.0, 0.002)
-    killable.start(recording_worker, dsn, "B", 4, 1.0, 0.002)
+    # leases of 2 s: a worker starved of CPU by a loaded machine still renews them in time
+    victim = killable.start(recording_worker, dsn, "A", 4, 2.0, 0.002)
+    killable.start(recording_worker, dsn, "B", 4, 2.0, 0.002)
     done = "SELECT count(*) FROM pgtide.events WHERE state = 'done'"
+    by_a = "SELECT count(*) FROM pgtide.events WHERE state = 'done' AND result->>'worker' = 'A'"
     wait_for(lambda: count(dsn, done) >= total // 4, timeout=40, what="a quarter done")
+    wait_for(lambda: count(dsn, by_a) > 0, timeout=40, what="outcomes recorded by A")
     assert count(dsn, "SELECT count(*) FROM handler_runs WHERE worker = 'A'") > 0
     killable.kill(victim)
     # A's unfinished runs end with the process (the unique index then lets a re-run begin).
