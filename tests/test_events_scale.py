@@ -144,7 +144,10 @@ def test_a_claim_touches_no_finished_unhandled_nor_paused_events(dsn: str) -> No
 
     walked = f"small table: {small_idle}, {small}; large table: {large_idle}, {large}"
     assert large_idle.blocks <= small_idle.blocks + SLACK, walked
-    assert large.blocks <= small.blocks + SLACK, walked
+    # each claimed row is found and updated through indexes a level or two deeper in the
+    # large table (a cost that grows with log n): allow twice the blocks; a claim that
+    # walked the finished or unhandled rows touched tens of thousands (57,913 measured)
+    assert large.blocks <= 2 * small.blocks + SLACK, walked
     assert large_idle.removed <= small_idle.removed + READY, walked
     assert large.removed <= small.removed + READY, walked
     assert not (large.jit or large_idle.jit), walked  # no JIT compilation of a claim
