@@ -200,15 +200,16 @@ def _end_to_end(dsn: str) -> Figure:
     )
 
 
-def _latency(dsn: str, wakeup: str) -> Figure:
+def _paced_lags(dsn: str, feed: pgtide.Feed, table: str, offset: int) -> tuple[list[float], int]:
+    """Commit -> delivery lags (ms) of single-row transactions into ``table`` at 1,000/s for
+    3 s, followed by ``feed`` (ids from ``offset``; one warm-up row first); and how many."""
     per_second, seconds = 1000, 3
     count = per_second * seconds
     committed: dict[int, float] = {}
     delivered: dict[int, float] = {}
-    feed = pgtide.Feed(f"bench-lat-{wakeup}", ["lat"], dsn=dsn, wakeup=wakeup, poll_interval=None)
     start = feed.seek("end")
-    offset = 0 if wakeup == "notify" else 10**6
     ready = threading.Event()
+    insert = sql.SQL("INSERT INTO {} VALUES (%s, %s, 0)").format(sql.Identifier(table))
 
     def follow() -> None:
         for batch in feed.batches(start=start, timeout=10):
@@ -224,20 +225,24 @@ def _latency(dsn: str, wakeup: str) -> Figure:
     thread = threading.Thread(target=follow)
     thread.start()
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("INSERT INTO lat VALUES (%s, 'warm', 0)", (offset - 1,))
+        conn.execute(insert, (offset - 1, "warm"))
         ready.wait(10)
         delivered.clear()
         began = time.perf_counter()
         for i in range(count):
-            due = began + i / per_second
-            pause = due - time.perf_counter()
+            pause = began + i / per_second - time.perf_counter()
             if pause > 0:
                 time.sleep(pause)
-            conn.execute("INSERT INTO lat VALUES (%s, 'v', 0)", (offset + i,))
+            conn.execute(insert, (offset + i, "v"))
             committed[offset + i] = time.perf_counter()
     thread.join(30)
     feed.close()
-    lags = [(delivered[i] - committed[i]) * 1000 for i in committed if i in delivered]
+    return [(delivered[i] - committed[i]) * 1000 for i in committed if i in delivered], count
+
+
+def _latency(dsn: str, wakeup: str) -> Figure:
+    feed = pgtide.Feed(f"bench-lat-{wakeup}", ["lat"], dsn=dsn, wakeup=wakeup, poll_interval=None)
+    lags, count = _paced_lags(dsn, feed, "lat", 0 if wakeup == "notify" else 10**6)
     p = percentiles(lags)
     return Figure(
         SUITE,
@@ -673,41 +678,8 @@ def _end_to_end_wal(dsn: str) -> Figure:
 
 def _latency_wal(dsn: str) -> Figure:
     """Commit -> delivery at 1,000 single-row tx/s, the relay running inside the feed."""
-    per_second, seconds = 1000, 3
-    count = per_second * seconds
-    committed: dict[int, float] = {}
-    delivered: dict[int, float] = {}
     feed = pgtide.Feed("bench-lat-wal", ["lat_wal"], dsn=dsn, poll_interval=None)
-    start = feed.seek("end")
-    ready = threading.Event()
-
-    def follow() -> None:
-        for batch in feed.batches(start=start, timeout=10):
-            ready.set()
-            now = time.perf_counter()
-            for change in batch:
-                assert change.row is not None
-                delivered[change.row["id"]] = now
-            batch.ack()
-            if len(delivered) >= count:
-                return
-
-    thread = threading.Thread(target=follow)
-    thread.start()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("INSERT INTO lat_wal VALUES (-1, 'warm', 0)")
-        ready.wait(10)
-        delivered.clear()
-        began = time.perf_counter()
-        for i in range(count):
-            pause = began + i / per_second - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
-            conn.execute("INSERT INTO lat_wal VALUES (%s, 'v', 0)", (i,))
-            committed[i] = time.perf_counter()
-    thread.join(30)
-    feed.close()
-    lags = [(delivered[i] - committed[i]) * 1000 for i in committed if i in delivered]
+    lags, count = _paced_lags(dsn, feed, "lat_wal", 0)
     p = percentiles(lags)
     return Figure(
         SUITE,

@@ -10,7 +10,7 @@ import pytest
 
 import pgtide
 from pgtide.connect import resolve
-from pgtide.session import AsyncSession, Query, Session, arun, atomic, query, run, using
+from pgtide.session import AsyncSession, Io, Query, Session, arun, atomic, query, run, using
 
 
 def _count() -> pgtide.session.Io[int]:
@@ -76,6 +76,29 @@ def test_a_query_error_on_a_healthy_connection_is_not_retried(dsn: str) -> None:
     session = Session(dsn)
     with pytest.raises(psycopg.errors.UndefinedTable):
         session.run(lambda: query("SELECT * FROM nowhere"))
+    session.close()
+
+
+DEADLOCK = "DO $$ BEGIN RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01'; END $$"
+
+
+def test_a_deadlock_runs_the_work_again_in_a_new_transaction(dsn: str) -> None:
+    """A deadlock (or a serialization failure) rolled the transaction back: the work runs
+    again from the start, and what it wrote the first time is not there twice."""
+    session = Session(dsn, name="probe")
+    session.run(lambda: query("CREATE TEMP TABLE IF NOT EXISTS marks (n int)"))
+    tries: list[int] = []
+
+    def work() -> Io[int]:
+        tries.append(1)
+        yield Query("INSERT INTO marks VALUES (1)")
+        if len(tries) == 1:
+            yield Query(DEADLOCK)
+        rows = yield from query("SELECT count(*) FROM marks")
+        return int(rows[0][0])
+
+    assert session.run(lambda: atomic(work())) == 1  # the first try's row was rolled back
+    assert len(tries) == 2
     session.close()
 
 

@@ -197,6 +197,16 @@ async def aresolve(dsn: DsnLike) -> Resolved:
 
 
 OUTAGES = (psycopg.OperationalError, psycopg.InterfaceError, ConnectionFailed)
+RETRY_NOW = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+"""Errors after which the server rolled the transaction back and the work may simply run
+again (deadlock detected, serialization failure)."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
 """What a lost or unreachable server raises; anything else is the work's own error."""
 
 
@@ -263,8 +273,14 @@ class Policy:
 
     # -- work retried on outage (Session) -----------------------------------------------------
 
-    def delay(self, exc: Exception, conn: psycopg.BaseConnection[Any] | None) -> float:
-        """Seconds to wait before retrying after ``exc``; re-raises what is not an outage."""
+    def delay(self, exc: Exception, conn: psycopg.BaseConnection[Any] | None) -> float | None:
+        """Seconds to wait before retrying after ``exc``; re-raises what is not an outage.
+        ``None``: run the work again at once on the same connection, which is healthy; the
+        server rolled the transaction back (a deadlock or a serialization failure: two
+        connections of one events worker can deadlock on the rows they both update)."""
+        if isinstance(exc, RETRY_NOW) and conn is not None and not conn.closed and not conn.broken:
+            self.log.info("%s: %s; running it again", self.name, _first_line(exc))
+            return None
         if not isinstance(exc, OUTAGES):
             failure = translate(exc, conn)
             if failure is exc:
@@ -277,7 +293,7 @@ class Policy:
             raise exc
         first = self.backoff.attempt == 0
         delay = self.backoff.next()
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        reason = _first_line(exc)
         # one line per outage, then quieter lines while it lasts
         self.log.log(
             logging.WARNING if first else logging.INFO,
@@ -552,8 +568,11 @@ class _Base:
         """Whether this session ever reached the database."""
         return self._policy.connected_once
 
-    def _retry_delay(self, exc: Exception, before: psycopg.BaseConnection[Any] | None) -> float:
-        """How long to wait after ``exc`` (re-raised when it is not an outage)."""
+    def _retry_delay(
+        self, exc: Exception, before: psycopg.BaseConnection[Any] | None
+    ) -> float | None:
+        """How long to wait after ``exc`` before reconnecting, None to run the work again at
+        once on the same connection (see :meth:`Policy.delay`; re-raised when not an outage)."""
         conn: psycopg.BaseConnection[Any] | None = getattr(self, "_conn", None)
         return self._policy.delay(exc, conn if conn is not None else before)
 
@@ -615,6 +634,8 @@ class Session(_Base):
                 result = work(self.connection())
             except Exception as exc:
                 delay = self._retry_delay(exc, before)
+                if delay is None:
+                    continue
                 self.reset()
                 if self._stop.wait(delay):
                     raise Stopped(f"{self._policy.name} stopped while reconnecting") from exc
@@ -691,6 +712,8 @@ class AsyncSession(_Base):
                 result = await work(await self.connection())
             except Exception as exc:
                 delay = self._retry_delay(exc, before)
+                if delay is None:
+                    continue
                 await self.reset()
                 if await self._stopped_within(delay):
                     raise Stopped(f"{self._policy.name} stopped while reconnecting") from exc
