@@ -214,7 +214,7 @@ def test_prune_returns_the_space_of_whole_partitions(dsn: str) -> None:
 def test_a_held_partition_is_deleted_from_not_waited_for(dsn: str) -> None:
     """A reader holding a partition's lock makes prune give up emptying it at once (after a
     short wait, never blocking writers behind it for long); its acknowledged rows are
-    deleted instead, and the next prune empties partitions again."""
+    deleted instead, and later prunes empty partitions again."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO pgtide.changes (table_name, op) "
@@ -228,13 +228,20 @@ def test_a_held_partition_is_deleted_from_not_waited_for(dsn: str) -> None:
             assert pgtide.prune(dsn=dsn) == 10
             assert time.monotonic() - began < 5
         assert _files(dsn) == files  # deleted, not truncated
-        conn.execute(
-            "INSERT INTO pgtide.changes (table_name, op) "
-            "SELECT 'public.old', 'truncate' FROM generate_series(1, 10)"
-        )
-        conn.execute(_NEXT_WINDOW)
-        assert pgtide.prune(dsn=dsn) == 10
-        assert _files(dsn)["changes_1"] != files["changes_1"]  # emptied at once
+        # later prunes empty partitions again; one may still find a partition's lock taken
+        # (autovacuum analysing it, say) and delete its rows instead: try a few windows
+        for _ in range(20):
+            conn.execute(
+                "INSERT INTO pgtide.changes (table_name, op) "
+                "SELECT 'public.old', 'truncate' FROM generate_series(1, 10)"
+            )
+            conn.execute(_NEXT_WINDOW)
+            assert pgtide.prune(dsn=dsn) == 10
+            now = _files(dsn)
+            if any(now[p] != files[p] for p in files):
+                break
+        else:
+            raise AssertionError("no prune emptied a partition once the reader was gone")
 
 
 def test_values_orjson_refuses_are_still_typed(dsn: str) -> None:
