@@ -164,3 +164,21 @@ def most_at_once(runs: list[tuple[int, str, int, float, float | None]]) -> int:
         now += step
         most = max(most, now)
     return most
+
+
+def crashing_worker(dsn: str, lease: float) -> None:
+    """A worker process whose handler records its run, then kills the process (a poison
+    event: a segfault, the OOM killer)."""
+    events = pgtide.Events(dsn=dsn, lease=lease, poll_interval=0.1)
+
+    @events.handler("poison", retries=1)
+    def poison(event: pgtide.Event) -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO handler_runs (event_id, worker, ended) "
+                "VALUES (%s, 'crashing', clock_timestamp())",
+                (event.id,),
+            )
+        os._exit(9)
+
+    events.run(concurrency=1)

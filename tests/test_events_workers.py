@@ -15,6 +15,7 @@ from events_helpers import (
     batch_worker,
     blocking_worker,
     count,
+    crashing_worker,
     logging_worker,
     read_runs,
     recording_worker,
@@ -261,3 +262,31 @@ def test_a_killed_worker_burns_no_attempt_of_the_events_it_never_started(
     first, *others = rows
     assert first[0] == ids[0] and first[1:] == ("dead", 2, 2)  # the doomed run, then one more
     assert [(state, attempts) for _, state, attempts, _ in others] == [("done", 2)] * 9
+
+
+@pytest.mark.slow  # two worker processes started one after the other
+def test_an_event_that_kills_its_worker_every_time_ends_dead(
+    dsn: str, killable: pgtide_testing.Killable
+) -> None:
+    """A poison event (its handler takes the process down) with retries=1 runs twice, each
+    attempt counted before it began; the next worker to claim it makes it dead, unrun."""
+    _setup(dsn)
+    publisher = pgtide.Events(dsn=dsn)
+    id_ = publisher.publish("poison", {})
+    runs = "SELECT count(*) FROM handler_runs"
+    for n in (1, 2):
+        crashed = killable.start(crashing_worker, dsn, 0.5)
+        crashed.join(30)
+        assert crashed.exitcode == 9 and count(dsn, runs) == n
+        record = publisher.get(id_)
+        assert record is not None and (record.state, record.attempts) == ("running", n)
+    survivor = pgtide.Events(dsn=dsn, poll_interval=0.05)
+    survivor.register("poison", lambda e: "ran", retries=1)
+    survivor.start(concurrency=1)
+    wait_for(lambda: publisher.get(id_).state == "dead", what="dead")  # type: ignore[union-attr]
+    survivor.close()
+    record = publisher.get(id_)
+    publisher.close()
+    assert record is not None and record.attempts == 2 and record.result is None
+    assert "all 2 allowed attempt(s) have started" in (record.error or "")
+    assert count(dsn, runs) == 2

@@ -821,16 +821,14 @@ class WorkerCore:
         self._running += len(taken)
         events = []
         counted = self._counted
+        handlers = self.handlers
         for event in taken:
             if event.id in self._cancel_asked:  # never started: it ends cancelled
                 self._cancel_asked.discard(event.id)
-                self._drop_counted((event.id,))
-                self._running -= 1
-                if event.name in self._by_name:
-                    self._by_name[event.name] -= 1
-                self._inflight -= 1
-                unstarted = replace(event, attempt=event.attempt - 1)
-                self._failed.append((unstarted, "cancelled before it started", 0.0, True))
+                self._end_unstarted(event, "cancelled before it started")
+                continue
+            if event.attempt > (most := handlers[event.name].max_attempts):
+                self._end_unstarted(event, _lost_every_time(most))  # poison
                 continue
             held[event.id].started = True
             events.append(event)
@@ -843,6 +841,17 @@ class WorkerCore:
                 self._count_soon = True  # the dispatcher wakes to count it (see _next)
             self._starts.append(event.id)
         return events, lapsed
+
+    def _end_unstarted(self, event: Event, error: str) -> None:
+        """A taken event that will not start: it ends (dead, or cancelled if asked) with
+        ``error``, its attempt uncounted (the caller holds the lock)."""
+        self._drop_counted((event.id,))
+        self._running -= 1
+        if event.name in self._by_name:
+            self._by_name[event.name] -= 1
+        self._inflight -= 1
+        unstarted = replace(event, attempt=event.attempt - 1)
+        self._failed.append((unstarted, error, 0.0, True))
 
     def _drop_counted(self, ids: Iterable[int]) -> None:
         """Events that will not start here after all: those whose attempt a claim counted
@@ -995,6 +1004,16 @@ def _last_line(text: str) -> str:
     """The exception line of a traceback (what a log line shows)."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1].strip() if lines else text
+
+
+def _lost_every_time(attempts: int) -> str:
+    """The error of an event claimed again after its last allowed attempt started and never
+    ended: its worker died in the handler (killed, out of memory) or lost the lease."""
+    return (
+        f"not run again: all {attempts} allowed attempt(s) have started, and the last one "
+        "never ended with an outcome (its worker was killed, or lost the lease, in the "
+        "handler; or retries were lowered since); fix the cause, then retry it"
+    )
 
 
 def _ids(ids: list[int]) -> str:
