@@ -90,7 +90,7 @@ RESTART_LAG_BYTES = 256 * 1024
 running-transactions record (the server writes one every 15 s): beyond this much WAL between
 the restart point and the confirmed position, the relay asks for one (PostgreSQL 16+,
 ``pg_log_standby_snapshot()``, when the relay's role may call it)."""
-SNAPSHOT_INTERVAL = 1.0
+
 
 RECOVERY = (
     "recover with `pgtide capture --reset` (or pgtide.feed.reset_slot()), which drops and "
@@ -839,7 +839,7 @@ class Relay:
         now = time.monotonic()
         if not self._snapshots or (restart_lag or 0) < RESTART_LAG_BYTES:
             return
-        if now - self._snapshot_at < SNAPSHOT_INTERVAL:
+        if now - self._snapshot_at < 1.0:
             return
         self._snapshot_at = now
         try:
