@@ -509,26 +509,25 @@ class _Fast:
         if data[6:8] != self.count:
             return None
         parts: list[bytes] = []
+        append = parts.append
         pos = 8
         try:
             for before, kind in self.columns:
                 if data[pos] != 116:  # 't': a text value
                     return None
                 start = pos + 5
-                pos = start + int.from_bytes(data[pos + 1 : start], "big")
+                pos = start + _SIZE.unpack_from(data, pos + 1)[0]
                 value = data[start:pos]
+                append(before)
                 if kind == _RAW:
-                    parts += (before, value)
+                    append(value)
                 elif kind == _STRING:
-                    if _ESCAPE(value) is None:
-                        parts += (before, b'"', value, b'"')
-                    else:
-                        parts += (before, _string(value))
+                    append(b'"' + value + b'"' if _ESCAPE(value) is None else _string(value))
                 elif kind == _NUMBER:
-                    parts += (before, _number(value))
+                    append(_number(value))
                 else:
-                    parts += (before, _BOOL[value])
-        except (IndexError, KeyError):
+                    append(_BOOL[value])
+        except (IndexError, KeyError, struct.error):
             return None
         if pos != len(data) or not parts:
             return None
