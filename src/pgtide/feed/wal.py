@@ -469,7 +469,6 @@ class _Shape:
 
 
 _INSERT, _UPDATE, _BEGIN = b"IUB"
-_NEW = ord("N")  # the tuple marker of a new row
 _OID = struct.Struct(">I")
 _ESCAPE = re.compile(rb'[\x00-\x1f"\\\x7f-\xff]').search
 """Where a text value may need JSON escaping (else it goes between quotes as it is)."""
@@ -711,7 +710,7 @@ class Relay:
             kind = data[0]
             if kind in (_INSERT, _UPDATE):
                 fast = fasts.get(data[1:5])
-                if fast is not None and data[5] == _NEW:
+                if fast is not None and data[5:6] == b"N" and decoder.current is not None:
                     changed = True
                     head = fast.insert if kind == _INSERT else fast.update
                     if head is None:  # an op the table is not tracked for
@@ -767,8 +766,9 @@ class Relay:
             ops, notify = plan.wanted.get(shape.table, (set(), False))
             if shape.slow and ops and not plan.staged:
                 raise ProtocolError(f"a change of {shape.table} came without its Relation")
-            if not shape.slow and not plan.staged:
-                fasts[_OID.pack(rel.oid)] = _Fast.of(shape, len(rel.columns), ops, notify)
+            oid = _OID.pack(rel.oid)
+            if not shape.slow and not plan.staged and oid not in fasts:
+                fasts[oid] = _Fast.of(shape, len(rel.columns), ops, notify)
             if op not in ops:
                 continue
             touched.add((shape.table, notify, shape.slow))
