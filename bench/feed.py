@@ -692,12 +692,42 @@ def _latency_wal(dsn: str) -> Figure:
 
 
 def _relay_vs_bare(dsn: str) -> list[Figure]:
-    """The same 100k changes read by a bare slot read (the decoding limit) and relayed."""
+    """The same 100k changes read by a bare slot read (the decoding limit) and relayed; in
+    turns, 3 times, the best of each (on a loaded machine one run of each swings by 2-4x)."""
+    total = 100_000
+    bare, relayed = float("inf"), float("inf")
+    for _ in range(3):
+        one_bare, one_relayed, count = _relay_vs_bare_once(dsn, total)
+        assert count == total, f"the relay relayed {count} changes of {total}"
+        bare, relayed = min(bare, one_bare), min(relayed, one_relayed)
+    return [
+        Figure(
+            SUITE,
+            "bare pg_logical_slot_get_binary_changes (decoding limit)",
+            rate(total, bare),
+            "changes/s",
+            note="best of 3",
+        ),
+        Figure(
+            SUITE,
+            "relay: slot -> pgtide.changes",
+            rate(total, relayed),
+            "changes/s",
+            baseline="bare pg_logical_slot_get_binary_changes (decoding limit)",
+            note="best of 3, in turns with the bare read",
+        ),
+    ]
+
+
+def _relay_vs_bare_once(dsn: str, total: int) -> tuple[float, float, int]:
+    """Seconds of a bare read and of the relay over the same ``total`` new changes, and how
+    many the relay relayed."""
     from pgtide.feed import Relay
 
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE relay_wal")
     _drain(dsn)
     bare_slot = f"pgtide_bench_bare_{uuid.uuid4().hex[:8]}"
-    total = 100_000
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (bare_slot,))
         try:
@@ -712,22 +742,7 @@ def _relay_vs_bare(dsn: str) -> list[Figure]:
     relay = Relay(dsn)
     began = time.perf_counter()
     relay.run(until_idle=True)
-    relayed = time.perf_counter() - began
-    return [
-        Figure(
-            SUITE,
-            "bare pg_logical_slot_get_binary_changes (decoding limit)",
-            rate(total, bare),
-            "changes/s",
-        ),
-        Figure(
-            SUITE,
-            "relay: slot -> pgtide.changes",
-            rate(relay.relayed, relayed),
-            "changes/s",
-            baseline="bare pg_logical_slot_get_binary_changes (decoding limit)",
-        ),
-    ]
+    return bare, time.perf_counter() - began, relay.relayed
 
 
 BACKFILL_ROWS = 1_000_000

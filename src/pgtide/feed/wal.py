@@ -66,6 +66,7 @@ from .pgoutput import (
     Decoder,
     ProtocolError,
     Relation,
+    RowChange,
     Tuple,
     lsn_int,
     lsn_text,
@@ -89,6 +90,7 @@ RESTART_LAG_BYTES = 256 * 1024
 running-transactions record (the server writes one every 15 s): beyond this much WAL between
 the restart point and the confirmed position, the relay asks for one (PostgreSQL 16+,
 ``pg_log_standby_snapshot()``, when the relay's role may call it)."""
+
 
 RECOVERY = (
     "recover with `pgtide capture --reset` (or pgtide.feed.reset_slot()), which drops and "
@@ -466,6 +468,72 @@ class _Shape:
         return {op: _FIELDS[staged] + self.field + field for op, field in _OPS.items()}
 
 
+_INSERT, _UPDATE, _BEGIN = b"IUB"
+_OID = struct.Struct(">I")
+_ESCAPE = re.compile(rb'[\x00-\x1f"\\\x7f-\xff]').search
+"""Where a text value may need JSON escaping (else it goes between quotes as it is)."""
+_RAW, _NUMBER, _STRING, _BOOLEAN = range(4)
+_KINDS = {None: _RAW, _number: _NUMBER, _string: _STRING, _BOOL.__getitem__: _BOOLEAN}
+
+
+@dataclass(frozen=True)
+class _Fast:
+    """The fast way for a table of plain types (not staged): its record heads per op (None:
+    not tracked for it) and, per column, the JSON text before the value and the value's
+    kind (raw, number, string, boolean)."""
+
+    columns: tuple[tuple[bytes, int], ...]
+    count: bytes  # the column count, as the message holds it
+    insert: bytes | None
+    update: bytes | None
+    touched: tuple[str, bool, bool]
+
+    @classmethod
+    def of(cls, shape: _Shape, count: int, ops: set[str], notify: bool) -> _Fast:
+        heads = shape.heads(False)
+        before = [b"{" + shape.keys[0]] + [b"," + key for key in shape.keys[1:]]
+        kinds = [_KINDS[c] for c in shape.convert]
+        return cls(
+            tuple(zip(before, kinds, strict=True)),
+            struct.pack(">H", count),
+            heads["insert"] if "insert" in ops else None,
+            heads["update"] if "update" in ops else None,
+            (shape.table, notify, False),
+        )
+
+    def doc(self, data: bytes) -> bytes | None:
+        """The row of an Insert or Update (new row only) message as JSON; None when a value
+        is NULL or not there (unchanged TOAST), or the message is not as expected: the slow
+        way takes it then."""
+        if data[6:8] != self.count:
+            return None
+        parts: list[bytes] = []
+        append = parts.append
+        pos = 8
+        try:
+            for before, kind in self.columns:
+                if data[pos] != 116:  # 't': a text value
+                    return None
+                start = pos + 5
+                pos = start + _SIZE.unpack_from(data, pos + 1)[0]
+                value = data[start:pos]
+                append(before)
+                if kind == _RAW:
+                    append(value)
+                elif kind == _STRING:
+                    append(b'"' + value + b'"' if _ESCAPE(value) is None else _string(value))
+                elif kind == _NUMBER:
+                    append(_number(value))
+                else:
+                    append(_BOOL[value])
+        except (IndexError, KeyError, struct.error):
+            return None
+        if pos != len(data) or not parts:
+            return None
+        parts.append(b"}")
+        return b"".join(parts)
+
+
 # The relay's writes into pgtide.changes: COPY straight in when every row of a step is
 # already JSON; else COPY into a staging table and one INSERT ... SELECT that has the server
 # type the rows (``to_jsonb(jsonb_populate_record(NULL::table, ...))``, the column types' own
@@ -480,7 +548,7 @@ _STAGE = (
 )
 _COPY_STAGE = "COPY pg_temp.pgtide_relay (t, op, r, o, rp, opatch) FROM STDIN (FORMAT binary)"
 _FIELDS = {False: struct.pack(">h", 4), True: struct.pack(">h", 6)}  # fields of a record
-_CHUNK = 3000  # parts of records encoded before they go to the server
+_CHUNK = 8000  # parts of records (one to four each) encoded before they go to the server
 
 
 def _value(column: str, patch: str, slow: list[str]) -> sql.Composable:
@@ -623,44 +691,95 @@ class Relay:
 
     def _encode(self, rows: list[Any], plan: _Plan) -> Iterator[bytes]:
         """The changes to write, in source commit order, as COPY binary records in chunks;
-        fills in ``plan`` as it goes (free of I/O)."""
+        fills in ``plan`` as it goes (free of I/O).
+
+        A transaction's records are kept until its Commit says whether it is past what is
+        relayed. The common change (an Insert, or an Update without the old row, of a table
+        of plain types whose values are all there) goes the fast way (:class:`_Fast`): from
+        the message's bytes to the record, with no object per change or value."""
         decoder = self.decoder
         decoder.current = None  # a transaction a previous read cut short is read again
-        wanted, staged = plan.wanted, plan.staged
-        relation: Relation | None = None
+        fasts: dict[bytes, _Fast] = {}  # by relation oid, as the message holds it
         out: list[bytes] = []
+        records: list[bytes] = []  # of the current transaction
+        touched: set[tuple[str, bool, bool]] = set()  # its tables: (table, notify, slow)
+        count = 0
+        changed = False
+        last: _Fast | None = None
         for (data,) in rows:
+            kind = data[0]
+            if kind in (_INSERT, _UPDATE):
+                fast = fasts.get(data[1:5])
+                if fast is not None and data[5:6] == b"N" and decoder.current is not None:
+                    changed = True
+                    head = fast.insert if kind == _INSERT else fast.update
+                    if head is None:  # an op the table is not tracked for
+                        continue
+                    doc = fast.doc(data)
+                    if doc is not None:
+                        if fast is not last:
+                            last = fast
+                            touched.add(fast.touched)
+                        records += (head, _JSONB_SIZE.pack(len(doc) + 1, 1), doc, _NULL_FIELD)
+                        count += 1
+                        continue
             txn = decoder.feed(data)
-            if txn is None or txn.end_lsn <= plan.relayed:
-                continue
-            plan.end = txn.end_lsn
-            plan.transactions += 1
-            if txn.changes:
-                plan.commit_at = txn.commit_time
-            for rel, op, new, old in txn.changes:
-                if rel is not relation:  # changes come in runs of one table: look it up once
-                    relation, shape = rel, self._shape(rel)
-                    ops, notify = wanted.get(shape.table, (set(), False))
-                    heads = shape.heads(staged)
-                    if shape.slow and ops and not staged:
-                        raise ProtocolError(f"a change of {shape.table} came without its Relation")
-                if op not in ops:
-                    continue
-                if notify:
-                    plan.notify.add(shape.table)
-                if shape.slow:
-                    plan.slow.add(shape.table)
-                row, row_patch = shape.fields(new)
-                old_row, old_patch = shape.fields(old)
-                out.append(heads[op] + row + old_row)
-                if staged:
-                    out.append(row_patch + old_patch)
-                plan.count += 1
-            if len(out) >= _CHUNK:
-                yield b"".join(out)
-                out = []
+            if kind == _BEGIN:
+                records, touched, count, changed, last = [], set(), 0, False, None
+            elif kind == RELATION:
+                fasts.pop(data[1:5], None)  # the table may have changed: look again
+            elif decoder.current is not None and decoder.current.changes:
+                changed = True
+                count += self._slow_way(decoder.current.changes, plan, fasts, records, touched)
+                decoder.current.changes.clear()
+            elif txn is not None and txn.end_lsn > plan.relayed:  # a Commit
+                plan.end = txn.end_lsn
+                plan.transactions += 1
+                if changed:
+                    plan.commit_at = txn.commit_time
+                plan.count += count
+                out += records
+                for table, notify, slow in touched:
+                    if notify:
+                        plan.notify.add(table)
+                    if slow:
+                        plan.slow.add(table)
+                if len(out) >= _CHUNK:
+                    yield b"".join(out)
+                    out = []
         if out:
             yield b"".join(out)
+
+    def _slow_way(
+        self,
+        changes: list[RowChange],
+        plan: _Plan,
+        fasts: dict[bytes, _Fast],
+        records: list[bytes],
+        touched: set[tuple[str, bool, bool]],
+    ) -> int:
+        """Encode ``changes`` (decoded) into ``records``; note a table the fast way can take
+        from now on. Returns the number of records."""
+        count = 0
+        for rel, op, new, old in changes:
+            shape = self._shape(rel)
+            ops, notify = plan.wanted.get(shape.table, (set(), False))
+            if shape.slow and ops and not plan.staged:
+                raise ProtocolError(f"a change of {shape.table} came without its Relation")
+            oid = _OID.pack(rel.oid)
+            if not shape.slow and not plan.staged and oid not in fasts:
+                fasts[oid] = _Fast.of(shape, len(rel.columns), ops, notify)
+            if op not in ops:
+                continue
+            touched.add((shape.table, notify, shape.slow))
+            heads = shape.heads(plan.staged)
+            row, row_patch = shape.fields(new)
+            old_row, old_patch = shape.fields(old)
+            records.append(heads[op] + row + old_row)
+            if plan.staged:
+                records.append(row_patch + old_patch)
+            count += 1
+        return count
 
     @staticmethod
     def _write(

@@ -1,0 +1,130 @@
+"""The relay's encoding of pgoutput messages into COPY records, without a server: the fast
+way (plain tables, all values there) writes exactly the records the general way does."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from pgtide.feed.pgoutput import UNCHANGED, Decoder
+from pgtide.feed.wal import Relay, _Plan, _Shape
+
+_TEXT, _INT8, _FLOAT8, _NUMERIC, _BOOL = 25, 20, 701, 1700, 16
+_OID = 16384
+
+
+def _begin(xid: int) -> bytes:
+    return b"B" + struct.pack(">QqI", 0, 0, xid)
+
+
+def _commit(end: int) -> bytes:
+    return b"C" + struct.pack(">BQQq", 0, end - 1, end, 0)
+
+
+def _relation(columns: list[tuple[str, int]]) -> bytes:
+    head = b"R" + struct.pack(">I", _OID) + b"public\0t\0d" + struct.pack(">H", len(columns))
+    return head + b"".join(
+        b"\1" + name.encode() + b"\0" + struct.pack(">Ii", oid, -1) for name, oid in columns
+    )
+
+
+def _tuple(values: list[Any]) -> bytes:
+    out = [struct.pack(">H", len(values))]
+    for value in values:
+        if value is None:
+            out.append(b"n")
+        elif value is UNCHANGED:
+            out.append(b"u")
+        else:
+            data = value.encode()
+            out.append(b"t" + struct.pack(">i", len(data)) + data)
+    return b"".join(out)
+
+
+def _insert(values: list[Any]) -> bytes:
+    return b"I" + struct.pack(">I", _OID) + b"N" + _tuple(values)
+
+
+def _update(values: list[Any], old: list[Any] | None = None) -> bytes:
+    before = b"" if old is None else b"O" + _tuple(old)
+    return b"U" + struct.pack(">I", _OID) + before + b"N" + _tuple(values)
+
+
+def _delete(old: list[Any]) -> bytes:
+    return b"D" + struct.pack(">I", _OID) + b"O" + _tuple(old)
+
+
+COLUMNS = [("id", _INT8), ("t", _TEXT), ("f", _FLOAT8), ("n", _NUMERIC), ("b", _BOOL)]
+TEXTS = ["plain", "", 'quote " here', "back\\slash", "tab\tnew\nline\x01", "é ü 日本", "\x7f"]
+NUMBERS = ["1.5", "-2e-05", "NaN", "Infinity", "-Infinity", "0"]
+
+
+def _rows() -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    for i, text in enumerate(TEXTS):
+        for j, number in enumerate(NUMBERS):
+            rows.append([str(i * 10 + j), text, number, number, "tf"[j % 2]])
+    rows.append(["99", None, "1", "1", "t"])  # a NULL: the general way
+    return rows
+
+
+def _expected(messages: list[bytes], relayed: int) -> tuple[bytes, int]:
+    """The records the general way writes: each change decoded, then _Shape.fields."""
+    decoder = Decoder()
+    out, count = [], 0
+    for data in messages:
+        txn = decoder.feed(data)
+        if txn is None or txn.end_lsn <= relayed:
+            continue
+        for rel, op, new, old in txn.changes:
+            shape = _Shape.of(rel)
+            out.append(shape.heads(False)[op] + shape.fields(new)[0] + shape.fields(old)[0])
+            count += 1
+    return b"".join(out), count
+
+
+def _encode(messages: list[bytes], relayed: int = 0, ops: set[str] | None = None) -> Any:
+    ops = {"insert", "update", "delete", "truncate"} if ops is None else ops
+    plan = _Plan(relayed, {"public.t": (ops, True)})
+    out = b"".join(Relay()._encode([(m,) for m in messages], plan))
+    return out, plan
+
+
+def test_fast_way_writes_the_records_of_the_general_way() -> None:
+    rows = _rows()
+    messages = [_begin(1), _relation(COLUMNS)]
+    messages += [_insert(r) for r in rows]
+    messages += [_update(r) for r in rows]  # no old row: the fast way too
+    messages += [_update(rows[0], old=rows[1]), _delete(rows[2]), _commit(100)]
+    out, plan = _encode(messages)
+    want, count = _expected(messages, 0)
+    assert out == want
+    assert plan.count == count == 2 * len(rows) + 2
+    assert plan.end == 100 and plan.transactions == 1
+    assert plan.notify == {"public.t"} and not plan.slow
+
+
+def test_fast_way_follows_a_changed_relation_and_skips_what_is_relayed() -> None:
+    three = COLUMNS[:3]
+    messages = [_begin(1), _relation(three), _insert(["1", "a", "1"]), _insert(["2", "b", "2"])]
+    messages += [_commit(10), _begin(2), _insert(["3", "c", "3"]), _insert(["4", "d", "4"])]
+    messages += [_commit(20)]
+    # ALTER TABLE ... ALTER COLUMN f TYPE text: a new Relation, the same number of columns
+    messages += [_begin(3), _relation([*three[:2], ("f", _TEXT)]), _insert(["5", "e", "5"])]
+    messages += [_insert(["6", "f", "6"]), _commit(30)]
+    out, plan = _encode(messages, relayed=10)
+    want, count = _expected(messages, 10)
+    assert out == want
+    assert b'"f":"6"' in out
+    assert plan.count == count == 4
+    assert plan.end == 30 and plan.transactions == 2
+
+
+def test_fast_way_leaves_out_ops_the_table_is_not_tracked_for() -> None:
+    messages = [_begin(1), _relation(COLUMNS[:2]), _insert(["1", "a"]), _insert(["2", "b"])]
+    messages += [_update(["1", "c"]), _update(["2", "d"]), _commit(10)]
+    out, plan = _encode(messages, ops={"update"})
+    want, _count = _expected(messages[:2] + messages[4:], 0)
+    assert out == want
+    assert plan.count == 2
+    assert plan.commit_at is not None
