@@ -199,3 +199,41 @@ def test_plan_claims_sleeps_and_shuts_down_in_order() -> None:
         except StopIteration:
             break
     assert [type(s) for s in steps] == [Db, Pipe, Db]  # settle, record, forget: nothing ran
+
+
+def test_a_claim_is_sent_only_when_it_may_find_something() -> None:
+    """A round woken only to record an outcome claims nothing (an empty claim would delay
+    the claim of the next publish behind it); a NOTIFY, a poll, a full claim and the outcome
+    of a keyed event make a claim due again."""
+    core = _worker(2, {"a": None})
+    assert len(core._claims()) == 1  # at start
+    assert core._claims() == []  # nothing new since
+    assert core.on_notify("pgtide_events", "") is True
+    assert len(core._claims()) == 1  # a publish
+    assert core._claims() == []
+    core._next_schedule = float("inf")  # no schedule, no heartbeat due: the poll alone
+    core._next_poll = 0.0
+    assert list(core.chores()) == []
+    assert len(core._claims()) == 1  # a poll
+    assert core.on_notify("pgtide_events_cancel", "7") is False
+    assert core._claims() == []  # a cancel is no reason to claim
+    assert core.on_notify("pgtide_events", "") is True
+    batch = core.round()  # a full claim: more may be waiting
+    rows = [_row(i, 0, False) for i in range(10)]
+    assert batch.done([rows]) is True
+    assert len(core._claims()) == 1
+    core._ready.clear()
+    core._inflight = 0
+    event = Event(50, "a", None, 1, datetime.now(UTC), key="k")
+    core._held[50] = _Hold(token=1, valid_until=time.monotonic() + 60)
+    core._done.append((event, None))
+    core._next_flush = 0.0
+    batch = core.round(claim=False)
+    batch.done([[("", None)]])  # the keyed event's outcome is recorded
+    assert len(core._claims()) == 1  # the next event of its key may run now
+    assert core._claims() == []
+    core.on_notify("pgtide_events", "")
+    batch = core.round()
+    assert batch.queries and core._claims() == []
+    batch.undo()  # the round failed: its claim was not made
+    assert len(core._claims()) == 1

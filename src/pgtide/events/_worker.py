@@ -9,7 +9,9 @@ its dispatcher is one :data:`Plan`, a generator of :class:`Db`, :class:`Pipe`,
 from a thread on a :class:`~pgtide.session.Session`, with a :class:`_Writer` that records
 outcomes on a second session meanwhile; :class:`AsyncWorker` from a task on an
 :class:`~pgtide.session.AsyncSession` (outcomes in turn). Either session is the one
-reconnect policy; a ``channel.Waker`` shortens the waits.
+reconnect policy; a ``channel.Waker`` shortens the waits. A round claims only when a claim
+may find something new (a NOTIFY, a poll, a full claim before: see :meth:`WorkerCore._claims`);
+a round woken to record outcomes does not.
 
 Handlers: at most ``concurrency`` at once in all. Plain functions run on a pool of threads
 (started only when a plain handler first runs), each taking the next claimed event itself;
@@ -253,6 +255,7 @@ class WorkerCore:
         self._next_catch_up = now + self._catch_up_every
         self._next_flush = now
         self._next_due: float | None = None  # the earliest retry this worker scheduled
+        self._claim_due = True  # a claim may find something (see _claims)
 
     # -- control and wake-ups --------------------------------------------------------------
 
@@ -275,6 +278,7 @@ class WorkerCore:
                     self._notified.append(payload)
                 else:
                     self._mirror_due = True
+        self._claim_due = True
         return True
 
     def cancel_asked(self, id_: int) -> None:
@@ -302,6 +306,7 @@ class WorkerCore:
         """A NOTIFY may have been missed (a reconnect): scan the user's table whole."""
         with self._lock:
             self._mirror_due = True
+        self._claim_due = True
 
     def on_reconnect(self) -> None:
         """The connection was lost: renew (or learn that we lost) our leases first thing."""
@@ -431,13 +436,16 @@ class WorkerCore:
             self._next_beat = now + self.options.lease / 3
         if now >= self._next_poll:
             self._next_poll = now + self.options.poll_interval
+            self._claim_due = True
         if self._next_due is not None and now >= self._next_due:
             self._next_due = None
+            self._claim_due = True
         if now >= self._next_catch_up:
             self.on_gap()
             self._next_catch_up = now + self._catch_up_every
         if now >= self._next_schedule:
             yield from self._schedules(now)
+            self._claim_due = True  # a tick may have been enqueued (polling: no NOTIFY)
         if now >= self._next_purge:
             yield from self._purge(now)
         yield from self._mirror()
@@ -502,6 +510,7 @@ class WorkerCore:
             queries.append(Query(_sql.WAKE, (_sql.CHANNEL,)))
             self._yield_until = time.monotonic() + LIMITED_YIELD
         outcomes = len(queries)
+        keyed = any(e.key is not None for e in finished if e.id in tokens)
         claims = self._claims() if claim else []
         queries.extend(q for q, _ in claims)
         sent = time.monotonic()
@@ -521,11 +530,18 @@ class WorkerCore:
                         self._next_due = soonest
             if retry_at:  # the dispatcher sleeps until the first retry is due (not the poll)
                 self.wake()
+            if keyed:  # the next event of each key may be claimed now
+                self._claim_due = True
+                self.wake()
             more = self._claimed(results[outcomes:], [want for _, want in claims], sent)
+            if more:
+                self._claim_due = True
             self._launch()
             return more
 
         def undo() -> None:
+            if claims:
+                self._claim_due = True  # not claimed after all
             with self._lock:  # kept for the next round
                 self._recording.difference_update(tokens)
                 self._done[:0] = [(e, r) for e, r in done]
@@ -710,15 +726,21 @@ class WorkerCore:
             raise
 
     def _claims(self) -> list[tuple[Query, int]]:
-        """The claims to send now (each with how many it asks for): none while stopping or
-        while enough is claimed already."""
-        if self.stop_requested:
+        """The claims to send now (each with how many it asks for): none while stopping,
+        while enough is claimed already, or when no claim can find anything new: a claim is
+        due after a NOTIFY (a publish), a poll, a retry falling due, a schedule's tick, a
+        claim that came back full, and the outcome of a keyed event (the next of its key may
+        run), not after the wake-ups that only record outcomes (an empty claim there would
+        cost the database a statement and delay the claim of the next publish behind it).
+        Limited names are claimed every round (a slot freed elsewhere sends no NOTIFY)."""
+        if self.stop_requested or not (self._claim_due or self._limited):
             return []
         with self._lock:
             inflight = self._inflight
             free = self._concurrency - self._running - len(self._ready)
         if inflight > self._low_water:
-            return []
+            return []  # still due once enough of them ended
+        self._claim_due = False  # a NOTIFY from now on makes it due again
         asked = min(self._max_inflight - inflight, self.options.batch_size)
         params = {
             "source": self.target.source,
