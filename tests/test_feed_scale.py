@@ -260,3 +260,57 @@ def test_values_orjson_refuses_are_still_typed(dsn: str) -> None:
     got = _read(feed)
     feed.close()
     assert [tuple(c.row.values()) for c in got if c.row] == expected
+
+
+_TABLE_INDEX_SIZE = (
+    "SELECT sum(pg_relation_size(relid)) FROM pg_partition_tree('pgtide.changes_table_xid')"
+)
+
+
+def test_the_index_by_table_costs_writers_a_few_bytes_per_change(dsn: str) -> None:
+    """The index by table (migration 016) is keyed by table and transaction: a transaction's
+    changes to a table share one key (B-tree deduplication), so a captured row adds a few
+    bytes to it, not a whole index entry (about 36 bytes with the change id in the key)."""
+    _tables(dsn, ["wide"])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        before = int(conn.execute(_TABLE_INDEX_SIZE).fetchone()[0])  # type: ignore[index]
+        for k in range(4):
+            conn.execute(
+                "INSERT INTO wide SELECT g, 'v' FROM generate_series(%s::int, %s::int) g",
+                (k * 10_000, k * 10_000 + 9_999),
+            )
+        grown = int(conn.execute(_TABLE_INDEX_SIZE).fetchone()[0]) - before  # type: ignore[index]
+    assert grown / 40_000 < 12, f"{grown / 40_000:.1f} bytes per change"
+    feed = pgtide.Feed("wide-reader", ["wide"], dsn=dsn)
+    got = _read(feed, max_changes=5_000)
+    assert [c.row["id"] for c in got if c.row] == list(range(40_000))  # in (xid, id) order
+    feed.close()
+
+
+def test_latest_reads_one_transaction_not_the_table_history(dsn: str) -> None:
+    """latest() finds the newest transaction by the index by table, then its last change:
+    its cost does not grow with the table's captured history."""
+    from pgtide.feed.retention import _LATEST
+    from pgtide.feed.rows import RowTypes
+
+    _tables(dsn, ["hist", "other"])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for k in range(30):
+            conn.execute(
+                "INSERT INTO hist SELECT g, 'v' FROM generate_series(%s::int, %s::int) g",
+                (k * 1_000, k * 1_000 + 999),
+            )
+        conn.execute("INSERT INTO other VALUES (1, 'x')")
+        with conn.transaction():
+            conn.execute("UPDATE hist SET v = 'last' WHERE id = 5")
+            conn.execute("UPDATE hist SET v = 'last' WHERE id = 7")
+            conn.execute("DELETE FROM hist WHERE id = 9")  # not a row latest() gives
+        plan = conn.execute(
+            psycopg.sql.Composed(
+                [psycopg.sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) "), _LATEST]
+            ),
+            {"table": "public.hist", **RowTypes().params()},
+        ).fetchone()[0][0]  # type: ignore[index]
+    touched = plan["Plan"]["Shared Hit Blocks"] + plan["Plan"]["Shared Read Blocks"]
+    assert touched < 100, touched  # the history holds 30,000 changes over ~500 pages
+    assert pgtide.latest("hist", dsn=dsn) == {"id": 7, "v": "last"}

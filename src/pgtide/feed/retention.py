@@ -50,15 +50,20 @@ CROSS JOIN LATERAL (
 ORDER BY k.name
 """
 _DROP_CONSUMER = "DELETE FROM pgtide.consumers WHERE name = %s RETURNING name"
+# The newest transaction that set the table's rows, found at the end of the index by table
+# (keyed by table and xid: its ids are not in it), then that transaction's last such change.
+_OF_TABLE = (
+    " FROM pgtide.changes WHERE hashtext(table_name) = hashtext(%(table)s) "
+    "AND table_name = %(table)s AND op IN ('insert', 'update', 'read', 'truncate')"
+)
 _LATEST = sql.Composed(
     [
         sql.SQL("SELECT op, row::text, xid::text AS xid_text, id, "),
         FINGERPRINT,
-        sql.SQL(
-            " FROM pgtide.changes WHERE hashtext(table_name) = hashtext(%(table)s) "
-            "AND table_name = %(table)s "
-            "AND op IN ('insert', 'update', 'read', 'truncate') ORDER BY xid DESC, id DESC LIMIT 1"
-        ),
+        sql.SQL(_OF_TABLE),
+        sql.SQL(" AND xid = (SELECT max(xid)"),
+        sql.SQL(_OF_TABLE),
+        sql.SQL(") ORDER BY id DESC LIMIT 1"),
     ]
 )
 # The size of every partition of pgtide.changes (the parent itself holds nothing).
