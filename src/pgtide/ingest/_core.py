@@ -745,8 +745,8 @@ class Engine:
         """The next batch of complete lines of one file; None when there is none yet. A batch
         whose first piece COPY can take as it is stays :class:`Pending` when it is larger than
         that piece: it is read while it is sent (up to ``batch_bytes``). When the first piece
-        needs parsing, its lines alone are the batch (read whole), so a bad line costs the
-        parsing of one piece, and the lines after it are streamed again."""
+        needs parsing (a stream that met a bad line stopped there), the batch is read whole
+        and parsed (at most READ_BYTES; later batches are streamed again)."""
         available = self._available(tracked, final=False)
         if available is None:
             return None
@@ -762,7 +762,7 @@ class Engine:
             return None  # False: a CSV header still incomplete
         first_line = tracked.line_count + 1
         if copyable(first, cut, self.s.fmt, first_line, self.s.csv, columns=len(columns)) is None:
-            return self._chunk(tracked, cut, final=False)
+            return self._chunk(tracked, available, final=False)  # read whole, to be parsed
         tracked.partial = None
         fmt, csv = self.s.fmt, self.s.csv
         stream = Stream(
