@@ -41,7 +41,7 @@ MANY_FILES = 1_000
 MANY_RATE = 5_000  # lines per second over MANY_FILES files
 BURST = 200_000
 BLOCK = 1 << 20
-ROUNDS = 5  # interleaved rounds of every contender in a comparison
+ROUNDS = 7  # interleaved rounds of every contender in a comparison
 
 FLOATS_TABLE = "CREATE TABLE bench_floats (v float8)"
 CSV_TABLE = (
@@ -103,20 +103,24 @@ def _rounds(
 def _figures(
     n: int, times: dict[str, list[float]], base: str, unit: str = "rows/s"
 ) -> list[Figure]:
-    """A figure per contender from its best round (the least disturbed), each compared with
-    ``base``; the note gives the median of the per-round ratios, which a single disturbed
-    round cannot move."""
+    """A figure per contender from its median round, each compared with ``base`` (so the
+    ratio is that of the medians: one disturbed round, or two, cannot move it); the note
+    gives the median and the range of the per-round ratios (each round runs every contender
+    under the same load)."""
     figures = []
     for name, seconds in times.items():
-        note = f"best of {len(seconds)} interleaved rounds"
+        note = f"median of {len(seconds)} interleaved rounds"
         if name != base:
-            per_round = [b / s for b, s in zip(times[base], seconds, strict=True)]
-            note += f"; median ratio of the rounds {statistics.median(per_round):.2f}x"
+            per_round = sorted(b / s for b, s in zip(times[base], seconds, strict=True))
+            note += (
+                f"; per-round ratios: median {statistics.median(per_round):.2f}x, "
+                f"{per_round[0]:.2f}x to {per_round[-1]:.2f}x"
+            )
         figures.append(
             Figure(
                 SUITE,
                 name,
-                rate(n, min(seconds)),
+                rate(n, statistics.median(seconds)),
                 unit,
                 baseline=None if name == base else base,
                 note=note,

@@ -814,6 +814,87 @@ def test_streamed_batch_with_bad_and_odd_lines_rejects_only_the_bad(
     assert (watcher.status().rows_written, watcher.status().rejected) == (2998, 1)
 
 
+@pytest.mark.parametrize("bad", [b"20\x0000", b"\xc3\x28"], ids=["nul", "not-utf8"])
+def test_a_bad_line_late_in_a_stream_lands_the_lines_before_it_as_sent(
+    dsn: str,
+    table: str,
+    data: Path,
+    small_pieces: None,
+    monkeypatch: pytest.MonkeyPatch,
+    bad: bytes,
+) -> None:
+    lines = [str(i).encode() for i in range(3000)]
+    lines[2000] = bad  # a NUL, or bytes that are not UTF-8: both are seen before sending
+    body = b"\n".join(lines) + b"\n"
+    (data / "a.txt").write_bytes(body)
+    parsed: list[int] = []
+    original = _writer.Writer._parse
+
+    def spying(self: _writer.Writer, payload: bytes, *args: Any) -> Any:
+        parsed.append(len(payload))
+        return original(self, payload, *args)
+
+    monkeypatch.setattr(_writer.Writer, "_parse", spying)
+    watcher = pgtide.FileWatcher(data, table=table, columns=["v"], dsn=dsn)
+    assert watcher.catch_up() == 2999
+    # the lines before the bad one landed as streamed (not rolled back, read again, parsed)
+    assert len(parsed) == 1 and parsed[0] < len(body) - len(b"\n".join(lines[:1900]))
+    assert floats(dsn) == [float(v) for i, v in enumerate(lines) if i != 2000]
+    rejects = sql(dsn, "SELECT line_no, raw FROM pgtide.rejects ORDER BY line_no")
+    assert rejects == [(2001, bad)]
+    assert offsets(dsn)["a.txt"][1] == 3000
+
+
+def test_a_files_batch_streams_in_one_transaction_up_to_batch_bytes(
+    dsn: str, table: str, data: Path, small_pieces: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_core, "READ_BYTES", 4096)  # what a batch read whole may hold
+    body = "".join(f"{i}.25\n" for i in range(3000))
+    (data / "a.txt").write_text(body)
+    (data / "b.txt").write_text(body)
+    streamed: list[int] = []
+    original = _writer.Writer.stream
+
+    def spying(self: _writer.Writer, conn: Any, stream: Any, columns: Any) -> int:
+        streamed.append(stream.limit)
+        return original(self, conn, stream, columns)
+
+    monkeypatch.setattr(_writer.Writer, "stream", spying)
+    a = pgtide.FileWatcher(data / "a.txt", table=table, columns=["v"], dsn=dsn, name="a")
+    assert a.catch_up() == 3000
+    assert streamed == [len(body)]  # one transaction, however much more than READ_BYTES
+    streamed.clear()
+    b = pgtide.FileWatcher(
+        data / "b.txt", table=table, columns=["v"], dsn=dsn, name="b", batch_bytes=4096
+    )
+    assert b.catch_up() == 3000
+    assert len(streamed) == -(-len(body) // 4096) and max(streamed) <= 4096
+    assert offsets(dsn) == {"a.txt": (len(body), 3000), "b.txt": (len(body), 3000)}
+
+
+def test_a_stop_during_a_stream_lands_what_was_sent(
+    dsn: str, table: str, data: Path, small_pieces: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = "".join(f"{i}.75\n" for i in range(3000))
+    (data / "a.txt").write_text(body)
+    watcher = pgtide.FileWatcher(data, table=table, columns=["v"], dsn=dsn)
+    original = _writer.Stream.pieces
+
+    def stopping(self: _writer.Stream) -> Any:
+        for n, piece in enumerate(original(self)):
+            if n == 1:
+                watcher._engine.request_stop()  # as SIGTERM does, in the middle of the batch
+            yield piece
+
+    monkeypatch.setattr(_writer.Stream, "pieces", stopping)
+    first = watcher.catch_up()
+    assert 0 < first < 3000  # two pieces landed, not the whole batch
+    assert offsets(dsn)["a.txt"][1] == first == len(floats(dsn))
+    monkeypatch.undo()
+    assert watcher.catch_up() == 3000 - first  # the rest, exactly once
+    assert floats(dsn) == [i + 0.75 for i in range(3000)]
+
+
 def test_streamed_csv_with_header_and_quoted_newlines(
     dsn: str, data: Path, small_pieces: None
 ) -> None:

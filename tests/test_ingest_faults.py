@@ -259,20 +259,28 @@ CREATE TRIGGER slow BEFORE INSERT ON big FOR EACH ROW EXECUTE FUNCTION slow();
 """
 
 
+def copying(dsn: str, table: str) -> bool:
+    """Whether a COPY into ``table`` is running (a batch in flight, not committed yet)."""
+    return bool(sql(dsn, COPYING, (f"COPY %{table}%",))[0][0])
+
+
+COPYING = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s"
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 def test_ingest_once_stops_gracefully_on_a_signal(
     dsn: str, data: Path, cli: Any, sig: signal.Signals
 ) -> None:
-    sql(dsn, SLOW_TABLE)  # about 1 s per 16 MB batch of 64 kB lines: slow enough to interrupt
-    total = 800
+    sql(dsn, SLOW_TABLE)  # about 4 ms per 64 kB line: slow enough to interrupt
+    total = 800  # 52 MB: one batch, streamed into COPY piece by piece
     (data / "a.txt").write_text("".join(f"{i:08}{'x' * 65_000}\n" for i in range(total)))
     command = [sys.executable, "-m", "pgtide", "ingest", str(data), "-t", "big", "--once"]
     proc = subprocess.Popen(
         [*command, "--dsn", dsn], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        wait_for(lambda: sql(dsn, "SELECT count(*) FROM big")[0][0] > 0, what="a first batch")
-        proc.send_signal(sig)
+        wait_for(lambda: copying(dsn, "big"), what="the batch being copied")
+        proc.send_signal(sig)  # the stop lands what was sent, without the rest of the batch
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:

@@ -31,7 +31,7 @@ from ..connect import DsnLike
 from ..errors import ConfigError, IngestError
 from ..session import Io, Query, Session, Stopped, atomic, run
 from . import _files, _store
-from ._formats import CsvOptions, Format, Reject, complete_end, csv_header
+from ._formats import CsvOptions, Format, Reject, complete_end, copyable, csv_header
 from ._writer import (
     FIRST_PIECE,
     STREAM_REFUSALS,
@@ -53,6 +53,10 @@ MAX_OPEN_FILES = 200
 ROUND_RESCAN = 0.05
 """Within a pass, rounds rescan (refreshing the size of closed files) at most this often in
 seconds; a pass always starts with a scan."""
+READ_BYTES = 16 << 20
+"""The most lines held in memory at once (a batch read whole: to be parsed, or several files'
+batches sharing a transaction). A file's batch streamed into COPY is not held: it goes up to
+``batch_bytes`` in one transaction."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,7 @@ class Engine:
         self._reborn: set[str] = set()  # paths whose previous file was rotated away
         self._first_scan = True
         self._loaded = False  # whether _files reflects the database (else: _snapshot)
+        self._read_bytes = min(settings.batch_bytes, READ_BYTES)  # a batch read whole
         self._lines_read = 0
         self._finished_rows = 0  # of files finished and forgotten (status never goes back)
         self._finished_rejects = 0
@@ -434,9 +439,10 @@ class Engine:
         return landed
 
     def _round(self) -> int | None:
-        """One batch of every file that has complete lines, committed in transactions of
-        about ``batch_bytes``; None when no file had anything."""
-        chunks: list[Chunk | Pending] = []
+        """One batch of every file that has complete lines; None when no file had anything.
+        A batch streamed into COPY commits alone; batches read whole share transactions of
+        about READ_BYTES (many small files: one COPY, one statement for their offsets)."""
+        chunks: list[Chunk] = []
         size = 0
         landed = 0
         progress = False
@@ -446,14 +452,17 @@ class Engine:
             chunk = self._read(tracked)
             if chunk is None:
                 continue
+            progress = True
+            if isinstance(chunk, Pending):
+                landed += self._commit_stream(chunk)
+                continue
             chunks.append(chunk)
-            size += len(chunk.payload) if isinstance(chunk, Chunk) else chunk.stream.limit
-            if size >= self.s.batch_bytes:
+            size += len(chunk.payload)
+            if size >= self._read_bytes:
                 landed += self._commit(chunks)
-                chunks, size, progress = [], 0, True
+                chunks, size = [], 0
         if chunks:
             landed += self._commit(chunks)
-            progress = True
         return landed if progress else None
 
     # -- which files, and who they are ------------------------------------------------------
@@ -655,7 +664,7 @@ class Engine:
         """A file that left the watched set for good: land its tail (through the open
         descriptor, or found again by its identity), then forget it."""
         if self._reopen_moved(tracked):
-            while (chunk := self._read(tracked, final=True)) is not None:
+            while (chunk := self._whole(tracked, final=True)) is not None:
                 self._commit([chunk])
         self._forget(tracked.path)
         self._close_file(tracked)
@@ -732,35 +741,35 @@ class Engine:
             tracked.columns = tuple(names)
         return tracked.columns
 
-    def _read(
-        self, tracked: _files.Tracked, *, final: bool = False, stream: bool = True
-    ) -> Chunk | Pending | None:
+    def _read(self, tracked: _files.Tracked) -> Chunk | Pending | None:
         """The next batch of complete lines of one file; None when there is none yet. A batch
-        larger than a first piece that COPY can take as it is stays :class:`Pending`: it is
-        read while it is sent."""
-        available = self._available(tracked, final=final)
+        whose first piece COPY can take as it is stays :class:`Pending` when it is larger than
+        that piece: it is read while it is sent (up to ``batch_bytes``). When the first piece
+        needs parsing (a stream that met a bad line stopped there), the batch is read whole
+        and parsed (at most READ_BYTES; later batches are streamed again)."""
+        available = self._available(tracked, final=False)
         if available is None:
             return None
         limit = min(available, self.s.batch_bytes)
-        if stream and not final and limit > FIRST_PIECE and self._streams():
-            first = os.pread(tracked.fd, FIRST_PIECE, tracked.offset)
-            if complete_end(first, self.s.fmt, self.s.csv) > 0:
-                columns = self._columns_for(tracked)
-                if not columns:
-                    return None  # False: a CSV header still incomplete
-                tracked.partial = None
-                pieces = Stream(
-                    tracked.fd,
-                    tracked.offset,
-                    limit,
-                    first,
-                    tracked.line_count + 1,
-                    self.s.fmt,
-                    self.s.csv,
-                    len(columns),
-                )
-                return Pending(tracked, pieces, columns)
-        return self._chunk(tracked, available, final=final)
+        if limit <= FIRST_PIECE or not self._streams():
+            return self._chunk(tracked, available, final=False)
+        first = os.pread(tracked.fd, FIRST_PIECE, tracked.offset)
+        cut = complete_end(first, self.s.fmt, self.s.csv)
+        if cut == 0:
+            return self._chunk(tracked, available, final=False)  # a line longer than a piece
+        columns = self._columns_for(tracked)
+        if not columns:
+            return None  # False: a CSV header still incomplete
+        first_line = tracked.line_count + 1
+        if copyable(first, cut, self.s.fmt, first_line, self.s.csv, columns=len(columns)) is None:
+            return self._chunk(tracked, available, final=False)  # read whole, to be parsed
+        tracked.partial = None
+        fmt, csv = self.s.fmt, self.s.csv
+        stream = Stream(
+            tracked.fd, tracked.offset, limit, first, first_line, fmt, csv, len(columns)
+        )
+        stream.stop = self.stop_event  # a stop asked for lands what was sent so far
+        return Pending(tracked, stream, columns)
 
     def _streams(self) -> bool:
         """Whether batches can be streamed into COPY as they are (a table, no transform)."""
@@ -788,14 +797,15 @@ class Engine:
             return None
         return available
 
-    def _eager(self, tracked: _files.Tracked) -> Chunk | None:
-        """The next batch of one file, read whole."""
-        available = self._available(tracked, final=False)
-        return None if available is None else self._chunk(tracked, available, final=False)
+    def _whole(self, tracked: _files.Tracked, *, final: bool = False) -> Chunk | None:
+        """The next batch of one file, read whole (at most READ_BYTES, or one longer line);
+        ``final``: its last line too, even without its newline."""
+        available = self._available(tracked, final=final)
+        return None if available is None else self._chunk(tracked, available, final=final)
 
     def _chunk(self, tracked: _files.Tracked, available: int, *, final: bool) -> Chunk | None:
         """The batch of complete lines in the ``available`` bytes past a file's offset."""
-        data = os.pread(tracked.fd, min(available, self.s.batch_bytes), tracked.offset)
+        data = os.pread(tracked.fd, min(available, self._read_bytes), tracked.offset)
         end = complete_end(data, self.s.fmt, self.s.csv)
         if end == 0 and len(data) < available:  # one line longer than a batch
             data = os.pread(tracked.fd, available, tracked.offset)
@@ -832,15 +842,9 @@ class Engine:
             self._described[columns] = described
         return described
 
-    def _commit(self, batch: Sequence[Chunk | Pending], *, raw: bool = True) -> int:
+    def _commit(self, chunks: Sequence[Chunk], *, raw: bool = True) -> int:
         """Land the chunks (of different files) and their files' new offsets in one
-        transaction; return the rows landed. A pending batch alone is streamed; among others
-        it is read whole first."""
-        if len(batch) == 1 and isinstance(batch[0], Pending):
-            return self._commit_stream(batch[0])
-        chunks = [c for c in (self._ready(c) for c in batch) if c is not None]
-        if not chunks:
-            return 0
+        transaction; return the rows landed."""
         parts = [
             Part(c.payload, c.tracked.line_count + 1, c.columns, c.tracked.path) for c in chunks
         ]
@@ -859,9 +863,6 @@ class Engine:
             ]
             versions = self._do(_store.save_many(self.s.name, self.s.target.label, states))
         return self._committed(chunks, results, versions)
-
-    def _ready(self, item: Chunk | Pending) -> Chunk | None:
-        return item if isinstance(item, Chunk) else self._eager(item.tracked)
 
     def _commit_stream(self, pending: Pending) -> int:
         """Stream one file's batch into COPY, then its new offset, in one transaction. The
@@ -887,7 +888,7 @@ class Engine:
                 )
             )
         if landed is None:
-            whole = self._eager(t)
+            whole = self._whole(t)
             return 0 if whole is None else self._commit([whole], raw=False)
         return self._committed([chunk], [(landed, [])], versions)
 

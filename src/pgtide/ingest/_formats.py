@@ -224,6 +224,17 @@ _EMPTY_LINE = re.compile(b"\n\n")
 """Twice as quick as ``b"\\n\\n" in payload`` on lines that are mostly short."""
 
 
+def _utf8(data: bytes, end: int) -> bool:
+    """Whether ``data[:end]`` is UTF-8 (at memory speed when it is all ASCII)."""
+    if data.isascii():
+        return True
+    try:
+        str(memoryview(data)[:end], "utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def raw_copy_payload(
     payload: bytes, fmt: Format, first_line: int, options: CsvOptions
 ) -> bytes | None:
@@ -250,11 +261,14 @@ def copyable(
 
     ``lines`` qualifies when no line needs escaping (no backslash, tab or carriage return)
     and none is empty; ``csv`` when no line is empty (its header line is left out of the
-    span). ``jsonl`` always goes row by row. A NUL anywhere sends the block to the parser,
-    which rejects that line alone (COPY would refuse the whole block). CSV rows of two
+    span). ``jsonl`` always goes row by row. A NUL or bytes that are not UTF-8 anywhere send
+    the block to the parser, which rejects those lines alone (COPY would refuse the whole
+    block); ASCII, checked at memory speed, needs no decoding. CSV rows of two
     ``columns`` or more are not searched for empty lines: COPY refuses one itself ("missing
     data for column"), and the block is then parsed, which skips it."""
     if fmt == "jsonl" or end == 0 or data.find(b"\x00", 0, end) >= 0:
+        return None
+    if not _utf8(data, end):
         return None
     if fmt == "lines":
         for special in (b"\\", b"\t", b"\r"):

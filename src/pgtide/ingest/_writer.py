@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -127,9 +128,11 @@ class Stream:
     piece by piece while COPY sends them: reading overlaps the server's work, and each byte
     is checked and counted once, just before it is sent. ``first`` holds the bytes already
     read from ``start``, ``fd`` is the file's open descriptor and ``columns`` the number of
-    columns its rows go to. Once the pieces are spent,
-    ``sent`` bytes holding ``lines`` newlines went to COPY (see :meth:`lines_in`);
-    :class:`NotRaw` is raised at the first piece that needs parsing."""
+    columns its rows go to. Once the pieces are spent, ``sent`` bytes holding ``lines``
+    newlines went to COPY (see :meth:`lines_in`). A later piece that needs parsing ends the
+    stream early (``stopped``): the pieces before it land, and the next batch starts at it;
+    :class:`NotRaw` is raised when the first piece does. So does ``stop`` once set (a stop
+    asked for lands what was sent, without waiting for the rest of a large batch)."""
 
     fd: int
     start: int
@@ -139,8 +142,10 @@ class Stream:
     fmt: Format
     csv: CsvOptions
     columns: int = 1
+    stop: threading.Event | None = None
     sent: int = 0
     lines: int = 0
+    stopped: bool = False
 
     def lines_in(self, rows: int) -> int:
         """The lines sent, given the rows COPY made of them: in the ``lines`` format a piece
@@ -159,12 +164,18 @@ class Stream:
             first_line = self.first_line if pos == self.start else 0
             span = copyable(window, cut, self.fmt, first_line, self.csv, columns=self.columns)
             if span is None:
-                raise NotRaw
+                if pos == self.start:
+                    raise NotRaw
+                self.stopped = True
+                return
             self.sent += cut
             if self.fmt == "csv":  # a quoted field may hold newlines: count them
                 self.lines += window.count(b"\n", 0, cut)
             yield memoryview(window)[span[0] : span[1]]
             pos += cut
+            if pos < stop and self.stop is not None and self.stop.is_set():
+                self.stopped = True
+                return
             window = os.pread(self.fd, min(COPY_PIECE, stop - pos), pos) if pos < stop else b""
 
 

@@ -83,7 +83,7 @@ class Watcher:
         poll: bool = False,
         rescan_every: float = 1.0,
         flush_after: float | None = None,
-        batch_bytes: int = 16 << 20,
+        batch_bytes: int = 64 << 20,
         rotated_grace: float = 5.0,
         transform: Transform | None = None,
     ) -> None:
