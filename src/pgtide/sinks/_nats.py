@@ -64,6 +64,8 @@ class NatsSink(Sink):
     """Publishes each change to JetStream and returns once every publish is acknowledged."""
 
     kind: ClassVar[str] = "NATS"
+    _bulk_frames: ClassVar[bool] = True
+    """Whether chains are written as protocol frames in bulk (else: the client's publish)."""
     # nats.errors.Error covers JetStream's API errors too; _deliver sorts those out
     _outages: ClassVar[tuple[type[BaseException], ...]] = (*Sink._outages, nats.errors.Error)
 
@@ -213,7 +215,7 @@ class NatsSink(Sink):
         ``publish()`` spends more on one message's header than on its transfer. The
         subjects were cleaned (:func:`_clean`) and the header values are change keys
         (digits and ``-``), so there is nothing to check per message."""
-        queue = getattr(nc, "_send_command", None)
+        queue = getattr(nc, "_send_command", None) if self._bulk_frames else None
         if queue is None:  # a client without it: one publish() per message
             for previous, m in itertools.pairwise(messages):
                 await nc.publish(m.dest, m.body, headers={MSG_ID: m.key, LAST_ID: previous.key})
