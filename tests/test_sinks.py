@@ -488,7 +488,15 @@ def test_run_reads_the_next_batch_while_a_sink_delivers(dsn: str) -> None:
     # a live feed acknowledges the batch in flight before it waits for new changes
     insert(dsn, "items", range(30, 45))
     sink.last = 44
-    runner = threading.Thread(target=feed.run, args=(sink,), kwargs={"max_changes": 10})
+    failures: list[BaseException] = []
+
+    def live() -> None:
+        try:
+            feed.run(sink, max_changes=10)
+        except BaseException as exc:
+            failures.append(exc)
+
+    runner = threading.Thread(target=live)
     runner.start()
     try:
         wait_for(lambda: len(sink.delivered) == 5, 10)
@@ -496,6 +504,7 @@ def test_run_reads_the_next_batch_while_a_sink_delivers(dsn: str) -> None:
     finally:
         feed.stop()
         runner.join(10)
+    assert not runner.is_alive() and failures == []
     assert [c.row["id"] for b in sink.delivered for c in b] == list(range(45))
 
     # a delivery that fails: neither it nor the batch read meanwhile is acknowledged

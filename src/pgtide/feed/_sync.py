@@ -62,7 +62,8 @@ class Feed(FeedBase[Session], Closable):
 
     _session_class = Session
     _before_wait: Callable[[], None] | None = None
-    """What a pipelined ``run()`` does before the feed waits for changes: settle its batch."""
+    """What a pipelined ``run()`` does before the feed waits for changes, and at its end:
+    settle the batch in flight."""
 
     def batches(
         self,
@@ -87,6 +88,8 @@ class Feed(FeedBase[Session], Closable):
                     reply = yield Batch(self, step)
                 else:
                     reply = self._carry_out(step)
+            if self._before_wait is not None:
+                self._before_wait()  # the end: settle while the connection is still open
         except Stopped:
             return
         finally:
@@ -134,7 +137,8 @@ class Feed(FeedBase[Session], Closable):
         """``run()`` for a callable with ``submit(batch)`` (a sink): the next batch is read
         while the one before is being delivered. A batch is handed over only once the one
         before it was confirmed, and acknowledged only once it was confirmed itself; before
-        the feed waits for new changes, the batch in flight is confirmed and acknowledged."""
+        the feed waits for new changes or ends, the batch in flight is confirmed and
+        acknowledged."""
         flight: tuple[Batch, Delivery] | None = None
 
         def settle() -> None:
