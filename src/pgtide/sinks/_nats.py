@@ -36,9 +36,11 @@ WRONG_LAST_ID = 10070
 """JetStream's error code for a message whose ``Nats-Expected-Last-Msg-Id`` is not the
 stream's last message id."""
 CHAIN_PAUSE = 20
-_HEADER = b"NATS/1.0\r\n" + MSG_ID.encode() + b": %s\r\n" + LAST_ID.encode() + b": %s\r\n\r\n"
-_HPUB = b"HPUB %s %d %d\r\n"
-CRLF = b"\r\n"
+_HEADER = f"NATS/1.0\r\n{MSG_ID}: %s\r\n{LAST_ID}: %s\r\n\r\n".encode()
+_HEADER_SIZE = len(_HEADER % (b"", b""))
+_FRAME = b"HPUB %s %d %d\r\n" + _HEADER + b"%s\r\n"
+"""One message of a chain: subject, header size, total size, its key, the key before it,
+its body."""
 _CHUNK = 64 * 1024
 """Bytes of frames queued on the client at a time."""
 """Batches acknowledged message by message after a chain broke."""
@@ -227,7 +229,7 @@ class NatsSink(Sink):
         limit = nc.max_payload
         subjects = self._subjects_wire
         parts: list[bytes] = []
-        size = 0
+        size = sent = 0
         before = messages[0].key.encode()
         for m in itertools.islice(messages, 1, None):
             key, body = m.key.encode(), m.body
@@ -236,9 +238,11 @@ class NatsSink(Sink):
             subject = subjects.get(m.dest)
             if subject is None:
                 subject = subjects[m.dest] = m.dest.encode()
-            header = _HEADER % (key, before)
-            parts += (_HPUB % (subject, len(header), len(header) + len(body)), header, body, CRLF)
-            size += len(body) + len(header) + len(subject) + 24
+            head = _HEADER_SIZE + len(key) + len(before)
+            frame = _FRAME % (subject, head, head + len(body), key, before, body)
+            parts.append(frame)
+            size += len(frame)
+            sent += len(body)
             before = key
             if size >= _CHUNK:
                 await queue(b"".join(parts))
@@ -246,7 +250,7 @@ class NatsSink(Sink):
         if parts:
             await queue(b"".join(parts))
         nc.stats["out_msgs"] += len(messages) - 1
-        nc.stats["out_bytes"] += sum(len(m.body) for m in itertools.islice(messages, 1, None))
+        nc.stats["out_bytes"] += sent
 
     async def _acked(self, js: JetStreamContext, messages: list[Message]) -> None:
         publish = js.publish_async
