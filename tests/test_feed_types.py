@@ -269,3 +269,23 @@ def test_to_json_writes_every_type_as_documented() -> None:
         "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
         "é": "ü",
     }
+
+
+def test_rows_of_one_column_no_column_and_shared_times(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE lone (at timestamptz)")
+        conn.execute("CREATE TABLE bare ()")
+    pgtide.track("lone", dsn=dsn)
+    pgtide.track("bare", dsn=dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO lone SELECT now() FROM generate_series(1, 3)")  # one time
+        conn.execute("INSERT INTO lone VALUES ('2024-01-01 00:00:00.5+02'), (NULL)")
+        conn.execute("INSERT INTO bare DEFAULT VALUES")
+        stamps = [r[0] for r in conn.execute("SELECT at FROM lone").fetchall()]
+    feed = pgtide.Feed("shapes", ["lone", "bare"], dsn=dsn)
+    rows = [(c.table, c.row) for b in feed.batches(start="beginning", stop="end") for c in b]
+    feed.close()
+    assert rows == [("public.lone", {"at": at}) for at in stamps] + [("public.bare", {})]
+    # the same text read twice is the same value, in the reader's time zone
+    assert rows[0][1]["at"] is rows[1][1]["at"] and rows[0][1]["at"].utcoffset() is not None
+    assert stamps[3].utcoffset() == rows[3][1]["at"].utcoffset()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import json
 import threading
 import uuid
@@ -435,3 +436,107 @@ def test_webhook_signature_verification_snippet() -> None:
     assert verify("k", body, header, tolerance=None)
     assert not verify("k", body + b" ", header, tolerance=None)
     assert not verify("k", body, header)  # too old
+
+
+# -- Feed.run with a sink: the next batch is read during a delivery -----------------------
+class Pipelined:
+    """A callable with ``submit`` as a sink has: each delivery runs in a thread, checks that
+    it was handed over after the one before was confirmed and that its batch is not
+    acknowledged before it is, and (but for the last) waits until the feed read on."""
+
+    def __init__(self, dsn: str, feed: pgtide.Feed, last: int, fail_at: int | None = None) -> None:
+        self.dsn, self.feed, self.last, self.fail_at = dsn, feed, last, fail_at
+        self.pool = concurrent.futures.ThreadPoolExecutor(1)
+        self.delivered: list[Any] = []
+        self.read_ahead = 0
+        self.running = threading.Event()
+
+    def __call__(self, batch: Any) -> None:
+        raise AssertionError("Feed.run hands a sink its batches through submit()")
+
+    def submit(self, batch: Any) -> concurrent.futures.Future[None]:
+        assert not self.running.is_set(), "a batch was handed over during a delivery"
+        self.running.set()
+        return self.pool.submit(self._deliver, batch)
+
+    def _deliver(self, batch: Any) -> None:
+        try:
+            assert self._saved() <= batch.start  # nothing of it acknowledged yet
+            if batch[-1].row["id"] < self.last:  # the next batch is read meanwhile
+                wait_for(lambda: self.feed.position() > batch.position, 10)
+                self.read_ahead += 1
+            if len(self.delivered) == self.fail_at:
+                raise RuntimeError("the broker refused it")
+            assert self._saved() <= batch.start
+            self.delivered.append(batch)
+        finally:
+            self.running.clear()
+
+    def _saved(self) -> Any:
+        with pgtide.Feed(self.feed.consumer, dsn=self.dsn) as other:
+            return other.saved() or pgtide.Position.beginning()
+
+
+def test_run_reads_the_next_batch_while_a_sink_delivers(dsn: str) -> None:
+    make_table(dsn, rows=30)
+    feed = pgtide.Feed("ahead", ["items"], dsn=dsn)
+    sink = Pipelined(dsn, feed, last=29)
+    feed.run(sink, stop="end", max_changes=10)
+    assert len(sink.delivered) == 3 and sink.read_ahead == 2
+    assert feed.saved() == sink.delivered[-1].position
+
+    # a live feed acknowledges the batch in flight before it waits for new changes
+    insert(dsn, "items", range(30, 45))
+    sink.last = 44
+    failures: list[BaseException] = []
+
+    def live() -> None:
+        try:
+            feed.run(sink, max_changes=10)
+        except BaseException as exc:
+            failures.append(exc)
+
+    runner = threading.Thread(target=live)
+    runner.start()
+    try:
+        wait_for(lambda: len(sink.delivered) == 5, 10)
+        wait_for(lambda: sink._saved() == sink.delivered[-1].position, 10)
+    finally:
+        feed.stop()
+        runner.join(10)
+    assert not runner.is_alive() and failures == []
+    assert [c.row["id"] for b in sink.delivered for c in b] == list(range(45))
+
+    # a delivery that fails: neither it nor the batch read meanwhile is acknowledged
+    insert(dsn, "items", range(45, 75))
+    failing = Pipelined(dsn, feed, last=74, fail_at=1)
+    with pytest.raises(RuntimeError, match="refused"):
+        feed.run(failing, stop="end", max_changes=10)
+    assert len(failing.delivered) == 1 and feed.saved() == failing.delivered[0].position
+    feed.close()
+
+
+def test_nats_chain_frames_store_what_the_client_publish_stores(dsn: str, unique: str) -> None:
+    make_table(dsn, rows=25)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE items SET v = 'thé ☕ \"quoted\"' || chr(10) || id WHERE id % 3 = 0")
+    feed = pgtide.Feed("frames", ["items"], dsn=dsn)
+    batches = list(feed.batches(start="beginning", stop="end", max_changes=10))
+    feed.close()
+    stored = []
+    for bulk in (True, False):
+        stream = f"{unique}{int(bulk)}"
+        sink = sinks.nats(
+            MACHINE_NATS, subject=f"{stream}.{{table}}", stream=stream, create_stream=True
+        )
+        sink._bulk_frames = bulk  # type: ignore[misc]
+        with sink:
+            for batch in batches:
+                sink(batch)
+            assert sink.counts.delivered == 34 and sink._chain_after == 0  # no chain broke
+        stored.append(
+            [(m[0].split(".", 1)[1], m[1], m[2]) for m in jetstream_messages(MACHINE_NATS, stream)]
+        )
+    assert stored[0] == stored[1] and len(stored[0]) == 34  # 25 inserts, 9 updates
+    assert [m[1] for m in stored[0]] == [sinks.change_key(c) for b in batches for c in b]
+    assert stored[0][-1][2]["row"]["v"] == 'thé ☕ "quoted"\n24'

@@ -3,11 +3,12 @@ everything free of I/O are in :mod:`pgtide.feed._face`, the database work in ``_
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 
@@ -20,6 +21,13 @@ from .position import Position
 from .retention import prune_io
 
 log = logging.getLogger("pgtide.feed")
+
+
+class Delivery(Protocol):
+    """What ``submit(batch)`` of a pipelined callable returns (a sink's delivery under way):
+    ``result()`` waits for it, and raises if it failed."""
+
+    def result(self) -> Any: ...
 
 
 class Batch(BatchBase["Feed"]):
@@ -53,6 +61,9 @@ class Feed(FeedBase[Session], Closable):
     starts the embedded server) before the first read."""
 
     _session_class = Session
+    _before_wait: Callable[[], None] | None = None
+    """What a pipelined ``run()`` does before the feed waits for changes, and at its end:
+    settle the batch in flight."""
 
     def batches(
         self,
@@ -77,6 +88,8 @@ class Feed(FeedBase[Session], Closable):
                     reply = yield Batch(self, step)
                 else:
                     reply = self._carry_out(step)
+            if self._before_wait is not None:
+                self._before_wait()  # the end: settle while the connection is still open
         except Stopped:
             return
         finally:
@@ -98,7 +111,11 @@ class Feed(FeedBase[Session], Closable):
         the feed ends (``stop``, ``timeout``), :meth:`stop` or :meth:`close` is called from
         another thread, or (in the main thread) SIGTERM or Ctrl-C arrives. A batch whose
         ``transaction()`` lost its connection comes again."""
+        submit: Callable[[Batch], Delivery] | None = getattr(fn, "submit", None)
         with stop_on_signals(self.stop, f"feed {self.consumer}"):
+            if callable(submit):
+                self._pipelined(submit, start, stop, max_changes, timeout)
+                return
             while True:
                 try:
                     for batch in self.batches(start, stop, max_changes, timeout):
@@ -108,6 +125,47 @@ class Feed(FeedBase[Session], Closable):
                 except BatchInterrupted as lost:
                     log.warning("%s; retrying the batch", lost)
                     start = self._session.run(functools.partial(self._core.resume, lost.start))
+
+    def _pipelined(
+        self,
+        submit: Callable[[Batch], Delivery],
+        start: Start,
+        stop: Start | None,
+        max_changes: int,
+        timeout: float | None,
+    ) -> None:
+        """``run()`` for a callable with ``submit(batch)`` (a sink): the next batch is read
+        while the one before is being delivered. A batch is handed over only once the one
+        before it was confirmed, and acknowledged only once it was confirmed itself; before
+        the feed waits for new changes or ends, the batch in flight is confirmed and
+        acknowledged."""
+        flight: tuple[Batch, Delivery] | None = None
+
+        def settle() -> None:
+            nonlocal flight
+            if flight is not None:
+                batch, delivery = flight
+                flight = None
+                delivery.result()
+                batch.ack()
+
+        self._before_wait = settle
+        try:
+            for batch in self.batches(start, stop, max_changes, timeout):
+                if flight is None:
+                    flight = (batch, submit(batch))
+                    continue
+                before, delivery = flight
+                flight = None
+                delivery.result()  # raises: neither batch is acknowledged, both come again
+                flight = (batch, submit(batch))
+                before.ack()  # the new batch is on its way meanwhile
+            settle()
+        finally:
+            self._before_wait = None
+            if flight is not None:  # the feed failed: let the delivery end, acknowledge nothing
+                with contextlib.suppress(Exception):
+                    flight[1].result()
 
     def stop(self) -> None:
         """End :meth:`run` (or :meth:`batches`) from any thread, after the batch in hand."""
@@ -147,6 +205,8 @@ class Feed(FeedBase[Session], Closable):
         return done
 
     def _sleep(self, seconds: float | None) -> bool:
+        if self._before_wait is not None:
+            self._before_wait()
         if self._waker is None:
             self._waker = self._new_waker(self._session.resolved if self._listens else None)
             self._waker.start()

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any, TypeAlias
 from zoneinfo import ZoneInfo
 
@@ -107,6 +108,7 @@ ORDER BY 1, 2, 3
 # Types whose JSON value (from to_jsonb) is already what psycopg returns.
 _AS_IS = frozenset({16, 18, 19, 20, 21, 23, 25, 1042, 1043})  # bool "char" name int text
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MEMO = 1024  # timestamptz texts remembered per column
 _NUMERIC, _FLOAT4, _FLOAT8, _JSON, _JSONB, _TIMESTAMPTZ = 1700, 700, 701, 114, 3802, 1184
 
 
@@ -152,13 +154,19 @@ class _Table:
         """The typed row from its captured JSON text, as one function (the read path runs
         it for every change: everything it needs is bound once, here)."""
         loads, names, convert = self.loads, self.names, self.convert
+        # the values in column order, in one C call (KeyError: a column added since)
+        pick: Callable[[dict[str, Any]], Any] = (
+            itemgetter(*names) if len(names) > 1 else lambda row: tuple(row[n] for n in names)
+        )
 
         def decode(text: str) -> dict[str, Any]:
             try:
                 row: dict[str, Any] = loads(text)
             except ValueError:  # what orjson refuses (integers beyond 64 bits...)
                 row = _json_loads(text)
-            if tuple(row) != names:  # jsonb orders keys by length, then bytes
+            try:  # jsonb orders keys by length, then bytes: put them in column order
+                row = dict(zip(names, pick(row), strict=True))
+            except KeyError:
                 get = row.get
                 row = {name: get(name) for name in names}  # added since: None
             # columns WAL capture marked as unchanged (TOAST it could not read) stay so
@@ -285,8 +293,26 @@ class RowTypes:
             return plain  # psycopg returns the text (enums, unregistered types)
         load = loader(oid, None).load
         if oid == _TIMESTAMPTZ:
-            return lambda v: load(v.encode()).astimezone(self.zone)
+            return self._instants(load)
         return lambda v: load(v.encode()) if isinstance(v, str) else json_value(v)
+
+    def _instants(self, load: Callable[[bytes], Any]) -> Convert:
+        """The timestamptz converter: the rows of one transaction often share a time (its
+        ``now()``), so recent texts are remembered with their value (datetimes are
+        immutable), in the session's time zone of the moment."""
+        memo: dict[str, datetime] = {}
+        zone: list[tzinfo] = [self.zone]
+
+        def instant(text: str) -> datetime:
+            found = memo.get(text)
+            if found is None or zone[0] is not self.zone:
+                if len(memo) >= _MEMO or zone[0] is not self.zone:
+                    memo.clear()
+                    zone[0] = self.zone
+                found = memo[text] = load(text.encode()).astimezone(self.zone)
+            return found
+
+        return instant
 
     def _array(self, oid: int, elem: int, types: dict[int, _Type], exact: bool) -> Convert | None:
         if self.adapters.get_loader(oid, Format.TEXT) is None:

@@ -13,14 +13,17 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, TypedDict, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypedDict, TypeVar
 from urllib.parse import urlsplit, urlunsplit
+
+from orjson import JSONEncodeError
+from orjson import dumps as _fast_dumps
 
 from .. import Change, Position
 from ..connect import Backoff
 from ..errors import ConfigError, PgtideError
 from ..names import TableName
-from ._encode import change_key, dumps, encode, record
+from ._encode import _default, change_key, dumps, encode
 
 log = logging.getLogger("pgtide.sinks")
 
@@ -146,17 +149,36 @@ class _Portal:
         self.thread.start()
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return future.result()
-        except concurrent.futures.CancelledError:
-            raise SinkStopped("the sink was closed during a delivery") from None
+        return self.submit(coro).result()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Pending[T]:
+        return Pending(asyncio.run_coroutine_threadsafe(coro, self.loop))
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         if not self.thread.is_alive():
             self.loop.close()
+
+
+class Pending(Generic[T]):
+    """A delivery under way on the sink's thread (what :meth:`Sink.submit` returns)."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self, future: concurrent.futures.Future[T]) -> None:
+        self._future = future
+
+    def result(self) -> T:
+        """Wait for the delivery: return once the broker confirmed it, or raise why not."""
+        try:
+            return self._future.result()
+        except concurrent.futures.CancelledError:
+            raise SinkStopped("the sink was closed during a delivery") from None
+
+    def done(self) -> bool:
+        """Whether the delivery ended (confirmed or failed)."""
+        return self._future.done()
 
 
 def _tables(tables: Iterable[str] | str | None) -> tuple[set[str], set[str]] | None:
@@ -328,12 +350,28 @@ class Sink(ABC):
         # the common case, kept lean: every change, as its record, to its table's destination
         routes, route = self._routes, self._destination
         out: list[Message] = []
+        append, fast = out.append, _fast_dumps
         for change in batch:
-            key = f"{change.xid}-{change.id}"
-            dest = routes.get((change.table, change.op))
+            xid, table, op = change.xid, change.table, change.op
+            key = f"{xid}-{change.id}"
+            dest = routes.get((table, op))
             if dest is None:
-                dest = routes[(change.table, change.op)] = route(change, None)
-            out.append(Message(change, key, dumps(record(change, key)), dest))
+                dest = routes[(table, op)] = route(change, None)
+            value = {  # record(change, key), spelt out: this loop runs for every change
+                "key": key,
+                "id": change.id,
+                "xid": xid,
+                "table": table,
+                "op": op,
+                "row": change.row,
+                "old": change.old,
+                "at": change.at,
+            }
+            try:
+                body = fast(value, default=_default)
+            except JSONEncodeError:
+                body = dumps(value)
+            append(Message(change, key, body, dest))
         return out
 
     def _shaped(self, batch: Iterable[Change]) -> list[Message]:
@@ -461,19 +499,25 @@ class Sink(ABC):
     # -- the blocking face ---------------------------------------------------------------
     def __call__(self, batch: BatchLike) -> None:
         """Deliver ``batch`` (blocking): the callable that ``pgtide.Feed.run`` takes."""
+        self.submit(batch).result()
+
+    def submit(self, batch: BatchLike) -> Pending[None]:
+        """Start delivering ``batch`` on the sink's thread and return at once; ``result()``
+        of what it returns waits for the broker's confirmation (or raises). One delivery
+        at a time: submit the next batch once the one before was confirmed.
+        ``pgtide.Feed.run`` uses it to read the next batch during a delivery."""
+        return self._portal_().submit(self.send(batch))
+
+    def _portal_(self) -> _Portal:
         with self._lock:
             if self._portal is None:
                 self._portal = _Portal(f"pgtide {self.kind} sink")
-            portal = self._portal
-        portal.call(self.send(batch))
+            return self._portal
 
     def open(self) -> None:
         """Connect now (blocking face): :class:`BrokerUnreachable` names the broker if it
         cannot be reached. Without it, the first batch connects."""
-        with self._lock:
-            if self._portal is None:
-                self._portal = _Portal(f"pgtide {self.kind} sink")
-        self._portal.call(self.aopen())
+        self._portal_().call(self.aopen())
 
     async def aopen(self) -> None:
         """Connect now (asyncio face); see :meth:`open`."""

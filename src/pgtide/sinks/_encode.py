@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+from orjson import Fragment
 
 from .. import Change
 
@@ -38,9 +39,9 @@ def _duration(value: timedelta) -> str:
 
 
 def _default(value: Any) -> Any:
-    if isinstance(value, Decimal):
+    if type(value) is Decimal or isinstance(value, Decimal):
         if value.is_finite():
-            return orjson.Fragment(str(value).encode())  # the exact digits, as a JSON number
+            return Fragment(str(value))  # the exact digits, as a JSON number
         return str(value)  # NaN and Infinity are no JSON numbers
     if isinstance(value, bytes | bytearray | memoryview):
         return base64.b64encode(bytes(value)).decode()

@@ -13,7 +13,9 @@ different order after a crash, so the entry id alone could not tell).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar, Unpack
 
 import orjson
@@ -121,25 +123,37 @@ class _Plan:
         self.skipped = 0
         self.forget = False
 
-    def add(self, message: Message) -> None:
-        change = message.change
-        at = int(change.at.timestamp() * 1000)
-        xid = change.xid
-        seen = self.known.get(xid)
-        if seen is None:
-            seen = self.known[xid] = self.state.delivered(xid)
-        if seen:
-            if at <= self.state.last[0]:
-                self.skipped += 1
-                return
-            # covered by the record's positions, yet newer than every entry the record
-            # added: those positions come from another history (the database was reset or
-            # restored), so they do not tell what was delivered, and are forgotten
-            self.forget = True
+    def extend(self, messages: Iterable[Message]) -> None:
+        """Plan ``messages`` (all to this stream, in feed order)."""
+        state, known, ids, bodies = self.state, self.known, self.ids, self.bodies
+        recorded = state.last[0]
         ms, seq = self.last
-        self.last = ms, seq = (ms, seq + 1) if at <= ms else (at, 0)
-        self.ids.append(f"{ms}-{seq}")
-        self.bodies.append(message.body)
+        moment: datetime | None = None
+        at = 0
+        for message in messages:
+            change = message.change
+            if change.at is not moment:  # a transaction's changes share their time
+                moment = change.at
+                at = int(moment.timestamp() * 1000)
+            xid = change.xid
+            seen = known.get(xid)
+            if seen is None:
+                seen = known[xid] = state.delivered(xid)
+            if seen:
+                if at <= recorded:
+                    self.skipped += 1
+                    continue
+                # covered by the record's positions, yet newer than every entry the record
+                # added: those positions come from another history (the database was reset
+                # or restored), so they do not tell what was delivered, and are forgotten
+                self.forget = True
+            if at <= ms:
+                seq += 1
+            else:
+                ms, seq = at, 0
+            ids.append(f"{ms}-{seq}")
+            bodies.append(message.body)
+        self.last = (ms, seq)
 
 
 class RedisSink(Sink):
@@ -237,8 +251,14 @@ class RedisSink(Sink):
         assert script is not None
         states = self._states
         plans = {s: _Plan(states[s]) for s in streams}
-        for m in messages:
-            plans[m.dest].add(m)
+        if len(plans) == 1:
+            plans[streams[0]].extend(messages)
+        else:
+            each: dict[str, list[Message]] = {s: [] for s in streams}
+            for m in messages:
+                each[m.dest].append(m)
+            for stream, plan in plans.items():
+                plan.extend(each[stream])
         skipped = sum(p.skipped for p in plans.values())
         touched = {s: p for s, p in plans.items() if p.ids}
         if not touched:
