@@ -442,3 +442,24 @@ def test_relay_kill_9_and_server_restart_lose_and_repeat_nothing(
     with psycopg.connect(dsn, autocommit=True) as conn:
         source = dict(conn.execute("SELECT id, v FROM acct").fetchall())
     assert copy == source
+
+
+class _NoSnapshots:
+    """A connection whose server has no pg_log_standby_snapshot() (PostgreSQL 15)."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    def execute(self, statement: str, *args: Any) -> None:
+        self.statements.append(statement)
+        if "pg_log_standby_snapshot" in statement:
+            raise psycopg.errors.UndefinedFunction("no pg_log_standby_snapshot()")
+
+
+def test_without_standby_snapshots_the_relay_writes_nothing_to_move_the_restart_point() -> None:
+    relay = Relay("postgresql://unused")
+    conn = _NoSnapshots()
+    relay._unpin(conn, 10 * RESTART_LAG_BYTES)  # type: ignore[arg-type]
+    relay._snapshot_at = 0.0  # not before a second, were it allowed
+    relay._unpin(conn, 10 * RESTART_LAG_BYTES)  # type: ignore[arg-type]
+    assert conn.statements == ["SELECT pg_log_standby_snapshot()"]
