@@ -28,7 +28,7 @@ from pgtide import embedded, schema
 from pgtide.feed import Relay, SlotLost, WalUnavailable, reset_slot
 from pgtide.feed.pgoutput import UNCHANGED
 from pgtide.feed.retention import overview
-from pgtide.feed.wal import RESTART_LAG_BYTES
+from pgtide.feed.wal import HEARTBEAT_BYTES, RESTART_LAG_BYTES
 from pgtide.session import run
 
 _SLOTS = "SELECT slot_name FROM pg_replication_slots WHERE database = current_database()"
@@ -293,6 +293,42 @@ def test_the_relay_moves_the_slots_restart_point_on(wal_dsn: str) -> None:
             thread.join()
 
 
+def test_an_idle_relay_moves_the_restart_point_on_after_a_burst(wal_dsn: str) -> None:
+    """The running-transactions record the relay asks for counts only once the slot is
+    confirmed past it: the relay follows it with a heartbeat transaction, so that the first
+    idle step moves the restart point on (not the next write, or a heartbeat due in 5 s),
+    and once it is close, idle steps write nothing for the slot."""
+    with psycopg.connect(wal_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE captured (id int PRIMARY KEY, pad text)")
+    pgtide.track("captured", capture="wal", dsn=wal_dsn)
+    slot = (
+        "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn), "
+        "pg_wal_lsn_diff(pg_current_wal_insert_lsn(), confirmed_flush_lsn), "
+        "confirmed_flush_lsn FROM pg_replication_slots WHERE database = current_database()"
+    )
+    with psycopg.connect(wal_dsn, autocommit=True) as conn:
+        # a burst whose relaying leaves less than HEARTBEAT_BYTES behind the slot
+        conn.execute(
+            "INSERT INTO captured SELECT g, repeat('p', 1500) FROM generate_series(1, 300) g"
+        )
+        assert _relay(wal_dsn) == 300
+        row = conn.execute(slot).fetchone()
+        assert row is not None and row[0] > RESTART_LAG_BYTES and row[1] < HEARTBEAT_BYTES
+        relay = Relay(wal_dsn)
+        with psycopg.connect(wal_dsn, autocommit=True) as relay_conn:
+            relay_conn.execute("SET synchronous_commit = on")  # as run() does
+            relay.step(relay_conn)
+            row = conn.execute(slot).fetchone()
+            assert row is not None and row[0] <= RESTART_LAG_BYTES, f"{row[0]} bytes behind"
+            assert relay.relayed == 0
+            # close: idle steps write nothing more for the slot to confirm
+            confirmed = row[2]
+            for _ in range(3):
+                relay.step(relay_conn)
+                row = conn.execute(slot).fetchone()
+                assert row is not None and row[2] == confirmed
+
+
 def test_wal_level_replica_is_a_clear_error(embedded_home: Path) -> None:
     server = embedded.ensure_running(
         embedded_home, settings={**TEST_SETTINGS, "wal_level": "replica"}
@@ -406,3 +442,24 @@ def test_relay_kill_9_and_server_restart_lose_and_repeat_nothing(
     with psycopg.connect(dsn, autocommit=True) as conn:
         source = dict(conn.execute("SELECT id, v FROM acct").fetchall())
     assert copy == source
+
+
+class _NoSnapshots:
+    """A connection whose server has no pg_log_standby_snapshot() (PostgreSQL 15)."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    def execute(self, statement: str, *args: Any) -> None:
+        self.statements.append(statement)
+        if "pg_log_standby_snapshot" in statement:
+            raise psycopg.errors.UndefinedFunction("no pg_log_standby_snapshot()")
+
+
+def test_without_standby_snapshots_the_relay_writes_nothing_to_move_the_restart_point() -> None:
+    relay = Relay("postgresql://unused")
+    conn = _NoSnapshots()
+    relay._unpin(conn, 10 * RESTART_LAG_BYTES)  # type: ignore[arg-type]
+    relay._snapshot_at = 0.0  # not before a second, were it allowed
+    relay._unpin(conn, 10 * RESTART_LAG_BYTES)  # type: ignore[arg-type]
+    assert conn.statements == ["SELECT pg_log_standby_snapshot()"]

@@ -87,9 +87,10 @@ LAG_WARNING_BYTES = 256 * 1024 * 1024
 """The slot lag (bytes of WAL retained) above which the relay logs a warning."""
 RESTART_LAG_BYTES = 256 * 1024
 """Each read of the slot decodes the WAL from its restart point, which moves only past a
-running-transactions record (the server writes one every 15 s): beyond this much WAL between
-the restart point and the confirmed position, the relay asks for one (PostgreSQL 16+,
-``pg_log_standby_snapshot()``, when the relay's role may call it)."""
+running-transactions record (the server writes one every 15 s) once the slot is confirmed
+past that record: beyond this much WAL between the restart point and the confirmed position,
+the relay asks for one (PostgreSQL 16+, ``pg_log_standby_snapshot()``, when the relay's role
+may call it) and writes a heartbeat transaction after it, which the same step confirms."""
 
 
 RECOVERY = (
@@ -850,6 +851,10 @@ class Relay:
                 "decodes the WAL since the server's last running-transactions record",
                 exc.diag.message_primary,
             )
+            return
+        # the record counts once the slot is confirmed past it: a transaction after it,
+        # which this step reads and confirms, does that even when nothing else is written
+        conn.execute(_HEARTBEAT)
 
     def _idle(self, conn: psycopg.Connection[Any], state: tuple[Any, ...]) -> None:
         """Nothing pending: keep the slot moving (a heartbeat transaction, whose end the
