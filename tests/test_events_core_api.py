@@ -83,6 +83,7 @@ def test_async_handlers_hold_no_thread(dsn: str) -> None:
 
 
 def test_async_handlers_under_the_blocking_face_share_one_loop_thread(dsn: str) -> None:
+    before = set(threading.enumerate())  # (earlier tests' daemon threads may still be ending)
     events = pgtide.Events(dsn=dsn, poll_interval=0.05)
     threads: set[int] = set()
     started = threading.Semaphore(0)
@@ -104,7 +105,8 @@ def test_async_handlers_under_the_blocking_face_share_one_loop_thread(dsn: str) 
     events.close()
     assert len(threads) == 1
     assert not any(
-        t.name.startswith("pgtide-events-") and t.is_alive() for t in threading.enumerate()
+        t.name.startswith("pgtide-events-") and t.is_alive()
+        for t in set(threading.enumerate()) - before
     )
 
 

@@ -33,7 +33,7 @@ def test_aio_signature_is_the_blocking_one() -> None:
     params = blocking.parameters
     assert list(params)[:2] == ["path", "table"]
     assert all(p.kind is p.KEYWORD_ONLY for n, p in params.items() if n != "path")
-    assert params["dsn"].default is None and params["batch_bytes"].default == 16 << 20
+    assert params["dsn"].default is None and params["batch_bytes"].default == 64 << 20
 
 
 def test_the_constructor_neither_resolves_nor_connects(
