@@ -430,7 +430,9 @@ def test_transaction_refuses_a_batch_another_process_applied(dsn: str) -> None:
         conn.execute("INSERT INTO items VALUES (1, 'x')")
     first = next(pgtide.Feed("twice", ["items"], dsn=dsn).batches(timeout=0.2))
     second = next(pgtide.Feed("twice", ["items"], dsn=dsn).batches(timeout=0.2))
-    assert first.position == second.position
+    # the same batch from the same saved position (where it ends depends on the snapshot of
+    # its read: another database's transaction on a shared server may sit in one, not the other)
+    assert first.start == second.start and first.changes == second.changes
     with first.transaction() as conn:
         conn.execute("INSERT INTO items VALUES (2, 'effect')")
     with pytest.raises(pgtide.FeedError, match="already acknowledged"), second.transaction() as c:
