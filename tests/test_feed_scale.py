@@ -314,3 +314,57 @@ def test_latest_reads_one_transaction_not_the_table_history(dsn: str) -> None:
     touched = plan["Plan"]["Shared Hit Blocks"] + plan["Plan"]["Shared Read Blocks"]
     assert touched < 100, touched  # the history holds 30,000 changes over ~500 pages
     assert pgtide.latest("hist", dsn=dsn) == {"id": 7, "v": "last"}
+
+
+_OTHERS = (
+    "INSERT INTO pgtide.changes (table_name, op, row) "
+    "SELECT 'public.other', 'insert', json_build_object('id', g) FROM generate_series(1, %s) g"
+)
+_HIST = (
+    "INSERT INTO pgtide.changes (table_name, op, row) "
+    "SELECT 'public.hist', 'insert', json_build_object('id', g, 'v', 'v') "
+    "FROM generate_series(%s::int, %s::int) g"
+)
+
+
+def _first_read_buffers(dsn: str, max_changes: int) -> int:
+    """Shared buffers one read of `hist` from the beginning touches (its plan, run)."""
+    from pgtide.feed._core import _ORDER, Core
+    from pgtide.feed.position import Position
+
+    io = Core("probe", ["public.hist"]).read(Position.beginning(), None, max_changes)
+    touched = -1
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        step = io.send(None)
+        while True:
+            if isinstance(step.statement, psycopg.sql.Composed) and _ORDER in step.statement:
+                explain = psycopg.sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ")
+                plan = conn.execute(explain + step.statement, step.params).fetchone()[0][0]  # type: ignore[index]
+                touched = plan["Plan"]["Shared Hit Blocks"] + plan["Plan"]["Shared Read Blocks"]
+            rows = conn.execute(step.statement, step.params).fetchall()
+            try:
+                step = io.send(rows)
+            except StopIteration as done:
+                changes, _ = done.value
+                assert [c.row["id"] for c in changes if c.row] == list(range(max_changes))
+                return touched
+
+
+def test_a_table_read_costs_its_batch_not_its_backlog(dsn: str) -> None:
+    """A read of a followed table walks the index by table in read order and stops at its
+    batch: the buffers it touches do not grow with the table's remaining changes (it once
+    sorted them all: the planner expected a hundredth of them)."""
+    _tables(dsn, ["hist", "other"])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+
+        def rounds(first: int, count: int) -> None:
+            for k in range(first, first + count):
+                conn.execute(_OTHERS, (10_000,))
+                conn.execute(_HIST, (k * 1_000, k * 1_000 + 999))
+            conn.execute("ANALYZE pgtide.changes")
+
+        rounds(0, 4)
+        small = _first_read_buffers(dsn, 1_000)
+        rounds(4, 12)
+        large = _first_read_buffers(dsn, 1_000)
+    assert large <= small + 10, (small, large)  # 4,000 then 16,000 changes of `hist` to come

@@ -78,9 +78,15 @@ _COLUMNS = sql.Composed(
 _ALL = sql.SQL(" FROM pgtide.changes WHERE ")
 # A consumer of some tables reads each table's changes through the index by table (a hash
 # of its name), merged in read order: its reads cost its own tables' changes, not the log's.
+# The name itself is checked too (two names may share a hash), in a form the planner
+# estimates as keeping nearly every row: written `table_name = name`, its selectivity
+# multiplied the hash's (the same condition twice), the planner expected a table's
+# changes to be ~100 times fewer than they are and sorted all of them (bitmap scan, then
+# top-N sort) instead of walking the index in xid order up to the batch's LIMIT, so that a
+# read cost the table's whole remaining backlog.
 _TABLE = sql.SQL(
     "SELECT * FROM pgtide.changes WHERE hashtext(table_name) = hashtext({name}) "
-    "AND table_name = {name}"
+    "AND (CASE WHEN table_name = {name} THEN 1 END) IS NOT NULL"
 )
 _STEP = sql.SQL(
     "xid >= %(lower)s::text::xid8 AND xid < %(target_xmax)s::text::xid8 "
