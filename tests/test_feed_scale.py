@@ -368,3 +368,27 @@ def test_a_table_read_costs_its_batch_not_its_backlog(dsn: str) -> None:
         rounds(4, 12)
         large = _first_read_buffers(dsn, 1_000)
     assert large <= small + 10, (small, large)  # 4,000 then 16,000 changes of `hist` to come
+
+
+_COLLIDING = (
+    "SELECT min(n), max(n) FROM (SELECT 'c' || g AS n FROM generate_series(1, 300000) g) s "
+    "GROUP BY hashtext('public.' || n) HAVING count(*) > 1 ORDER BY min(n) LIMIT 1"
+)
+
+
+def test_a_table_sharing_the_followed_tables_hash_is_not_read(dsn: str) -> None:
+    """The index by table keys on a hash of the name: a table whose name has the same hash
+    is read by the index, and left out by the name."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        followed, other = conn.execute(_COLLIDING).fetchone()  # type: ignore[misc]
+    _tables(dsn, [followed, other])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for k in range(3):
+            conn.execute(f"INSERT INTO {other} VALUES ({k}, 'other')")
+            conn.execute(f"INSERT INTO {followed} VALUES ({k}, 'followed')")
+            conn.execute(f"INSERT INTO {other} VALUES ({k + 10}, 'other')")
+    with pgtide.Feed("collide", [followed], dsn=dsn) as feed:
+        got = _read(feed, max_changes=2)
+    assert [(c.table, c.row) for c in got] == [
+        (f"public.{followed}", {"id": k, "v": "followed"}) for k in range(3)
+    ]
