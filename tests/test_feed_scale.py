@@ -293,7 +293,7 @@ def test_latest_reads_one_transaction_not_the_table_history(dsn: str) -> None:
     from pgtide.feed.retention import _LATEST
     from pgtide.feed.rows import RowTypes
 
-    _tables(dsn, ["hist", "other"])
+    _tables(dsn, ["hist", "other", "side"])
     with psycopg.connect(dsn, autocommit=True) as conn:
         for k in range(30):
             conn.execute(
@@ -320,6 +320,10 @@ _OTHERS = (
     "INSERT INTO pgtide.changes (table_name, op, row) "
     "SELECT 'public.other', 'insert', json_build_object('id', g) FROM generate_series(1, %s) g"
 )
+_SIDE = (
+    "INSERT INTO pgtide.changes (table_name, op, row) "
+    "VALUES ('public.side', 'insert', json_build_object('id', %s, 'v', 's'))"
+)
 _HIST = (
     "INSERT INTO pgtide.changes (table_name, op, row) "
     "SELECT 'public.hist', 'insert', json_build_object('id', g, 'v', 'v') "
@@ -328,11 +332,12 @@ _HIST = (
 
 
 def _first_read_buffers(dsn: str, max_changes: int) -> int:
-    """Shared buffers one read of `hist` from the beginning touches (its plan, run)."""
+    """Shared buffers one read of `hist` and `side` from the beginning touches (its plan,
+    run)."""
     from pgtide.feed._core import _ORDER, Core
     from pgtide.feed.position import Position
 
-    io = Core("probe", ["public.hist"]).read(Position.beginning(), None, max_changes)
+    io = Core("probe", ["public.hist", "public.side"]).read(Position.beginning(), None, max_changes)
     touched = -1
     with psycopg.connect(dsn, autocommit=True) as conn:
         step = io.send(None)
@@ -351,16 +356,18 @@ def _first_read_buffers(dsn: str, max_changes: int) -> int:
 
 
 def test_a_table_read_costs_its_batch_not_its_backlog(dsn: str) -> None:
-    """A read of a followed table walks the index by table in read order and stops at its
-    batch: the buffers it touches do not grow with the table's remaining changes (it once
-    sorted them all: the planner expected a hundredth of them)."""
-    _tables(dsn, ["hist", "other"])
+    """A read of followed tables walks each one's index by table in read order and stops at
+    the batch: the buffers it touches do not grow with the tables' remaining changes (it
+    once sorted them all: the planner expected a hundredth of them)."""
+    _tables(dsn, ["hist", "other", "side"])
     with psycopg.connect(dsn, autocommit=True) as conn:
 
         def rounds(first: int, count: int) -> None:
             for k in range(first, first + count):
                 conn.execute(_OTHERS, (10_000,))
                 conn.execute(_HIST, (k * 1_000, k * 1_000 + 999))
+                if k < 4:  # `side` keeps a few changes to come: `hist`'s backlog grows
+                    conn.execute(_SIDE, (k,))
             conn.execute("ANALYZE pgtide.changes")
 
         rounds(0, 4)

@@ -272,15 +272,28 @@ class Core:
         """Forget this consumer."""
         return (yield from drop_consumer_io(self.consumer))
 
-    def _from(self, parts: list[sql.Composable]) -> sql.Composable:
-        """FROM the changes of the followed tables, WHERE ``parts`` all hold."""
+    def _from(self, parts: list[sql.Composable], first: bool = False) -> sql.Composable:
+        """FROM the changes of the followed tables, WHERE ``parts`` all hold; ``first``:
+        only the first ones in read order that the query's LIMIT can take."""
         where = sql.SQL(" AND ").join(parts)
         if self.tables is None:
             return sql.Composed([_ALL, where])
+        # each table's conditions (and LIMIT) inside its branch: each branch walks its
+        # index in read order and stops, and the merge of the branches takes the first
         tables = sql.SQL(" UNION ALL ").join(
-            _TABLE.format(name=sql.Placeholder(f"t{i}")) for i in range(len(self.tables))
+            sql.Composed(
+                [
+                    sql.SQL("("),
+                    _TABLE.format(name=sql.Placeholder(f"t{i}")),
+                    sql.SQL(" AND "),
+                    where,
+                    _ORDER if first else sql.SQL(""),
+                    sql.SQL(")"),
+                ]
+            )
+            for i in range(len(self.tables))
         )
-        return sql.Composed([sql.SQL(" FROM ("), tables, sql.SQL(") AS c WHERE "), where])
+        return sql.Composed([sql.SQL(" FROM ("), tables, sql.SQL(") AS c")])
 
     def read(
         self, pos: Position, stop: Position | None, max_changes: int
@@ -328,7 +341,9 @@ class Core:
         summary = self._summary.get(key)
         rows: list[tuple[Any, ...]] = []
         if summary is None:
-            rows = yield from query(sql.Composed([_COLUMNS, self._from(where), _ORDER]), params)
+            rows = yield from query(
+                sql.Composed([_COLUMNS, self._from(where, first=True), _ORDER]), params
+            )
             if len(rows) <= max_changes:
                 return (yield from _to_changes(_commit_order(rows), self.types)), done
             found = yield from query(
