@@ -293,7 +293,7 @@ def test_latest_reads_one_transaction_not_the_table_history(dsn: str) -> None:
     from pgtide.feed.retention import _LATEST
     from pgtide.feed.rows import RowTypes
 
-    _tables(dsn, ["hist", "other"])
+    _tables(dsn, ["hist", "other", "side"])
     with psycopg.connect(dsn, autocommit=True) as conn:
         for k in range(30):
             conn.execute(
@@ -314,3 +314,88 @@ def test_latest_reads_one_transaction_not_the_table_history(dsn: str) -> None:
     touched = plan["Plan"]["Shared Hit Blocks"] + plan["Plan"]["Shared Read Blocks"]
     assert touched < 100, touched  # the history holds 30,000 changes over ~500 pages
     assert pgtide.latest("hist", dsn=dsn) == {"id": 7, "v": "last"}
+
+
+_OTHERS = (
+    "INSERT INTO pgtide.changes (table_name, op, row) "
+    "SELECT 'public.other', 'insert', json_build_object('id', g) FROM generate_series(1, %s) g"
+)
+_SIDE = (
+    "INSERT INTO pgtide.changes (table_name, op, row) "
+    "VALUES ('public.side', 'insert', json_build_object('id', %s, 'v', 's'))"
+)
+_HIST = (
+    "INSERT INTO pgtide.changes (table_name, op, row) "
+    "SELECT 'public.hist', 'insert', json_build_object('id', g, 'v', 'v') "
+    "FROM generate_series(%s::int, %s::int) g"
+)
+
+
+def _first_read_buffers(dsn: str, max_changes: int) -> int:
+    """Shared buffers one read of `hist` and `side` from the beginning touches (its plan,
+    run)."""
+    from pgtide.feed._core import _ORDER, Core
+    from pgtide.feed.position import Position
+
+    io = Core("probe", ["public.hist", "public.side"]).read(Position.beginning(), None, max_changes)
+    touched = -1
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        step = io.send(None)
+        while True:
+            if isinstance(step.statement, psycopg.sql.Composed) and _ORDER in step.statement:
+                explain = psycopg.sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ")
+                plan = conn.execute(explain + step.statement, step.params).fetchone()[0][0]  # type: ignore[index]
+                touched = plan["Plan"]["Shared Hit Blocks"] + plan["Plan"]["Shared Read Blocks"]
+            rows = conn.execute(step.statement, step.params).fetchall()
+            try:
+                step = io.send(rows)
+            except StopIteration as done:
+                changes, _ = done.value
+                assert [c.row["id"] for c in changes if c.row] == list(range(max_changes))
+                return touched
+
+
+def test_a_table_read_costs_its_batch_not_its_backlog(dsn: str) -> None:
+    """A read of followed tables walks each one's index by table in read order and stops at
+    the batch: the buffers it touches do not grow with the tables' remaining changes (it
+    once sorted them all: the planner expected a hundredth of them)."""
+    _tables(dsn, ["hist", "other", "side"])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+
+        def rounds(first: int, count: int) -> None:
+            for k in range(first, first + count):
+                conn.execute(_OTHERS, (10_000,))
+                conn.execute(_HIST, (k * 1_000, k * 1_000 + 999))
+                if k < 4:  # `side` keeps a few changes to come: `hist`'s backlog grows
+                    conn.execute(_SIDE, (k,))
+            conn.execute("ANALYZE pgtide.changes")
+
+        rounds(0, 4)
+        small = _first_read_buffers(dsn, 1_000)
+        rounds(4, 12)
+        large = _first_read_buffers(dsn, 1_000)
+    assert large <= small + 10, (small, large)  # 4,000 then 16,000 changes of `hist` to come
+
+
+_COLLIDING = (
+    "SELECT min(n), max(n) FROM (SELECT 'c' || g AS n FROM generate_series(1, 300000) g) s "
+    "GROUP BY hashtext('public.' || n) HAVING count(*) > 1 ORDER BY min(n) LIMIT 1"
+)
+
+
+def test_a_table_sharing_the_followed_tables_hash_is_not_read(dsn: str) -> None:
+    """The index by table keys on a hash of the name: a table whose name has the same hash
+    is read by the index, and left out by the name."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        followed, other = conn.execute(_COLLIDING).fetchone()  # type: ignore[misc]
+    _tables(dsn, [followed, other])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for k in range(3):
+            conn.execute(f"INSERT INTO {other} VALUES ({k}, 'other')")
+            conn.execute(f"INSERT INTO {followed} VALUES ({k}, 'followed')")
+            conn.execute(f"INSERT INTO {other} VALUES ({k + 10}, 'other')")
+    with pgtide.Feed("collide", [followed], dsn=dsn) as feed:
+        got = _read(feed, max_changes=2)
+    assert [(c.table, c.row) for c in got] == [
+        (f"public.{followed}", {"id": k, "v": "followed"}) for k in range(3)
+    ]

@@ -78,9 +78,15 @@ _COLUMNS = sql.Composed(
 _ALL = sql.SQL(" FROM pgtide.changes WHERE ")
 # A consumer of some tables reads each table's changes through the index by table (a hash
 # of its name), merged in read order: its reads cost its own tables' changes, not the log's.
+# The name itself is checked too (two names may share a hash), in a form the planner
+# estimates as keeping nearly every row: written `table_name = name`, its selectivity
+# multiplied the hash's (the same condition twice), the planner expected a table's
+# changes to be ~100 times fewer than they are and sorted all of them (bitmap scan, then
+# top-N sort) instead of walking the index in xid order up to the batch's LIMIT, so that a
+# read cost the table's whole remaining backlog.
 _TABLE = sql.SQL(
     "SELECT * FROM pgtide.changes WHERE hashtext(table_name) = hashtext({name}) "
-    "AND table_name = {name}"
+    "AND (CASE WHEN table_name = {name} THEN 1 END) IS NOT NULL"
 )
 _STEP = sql.SQL(
     "xid >= %(lower)s::text::xid8 AND xid < %(target_xmax)s::text::xid8 "
@@ -266,15 +272,28 @@ class Core:
         """Forget this consumer."""
         return (yield from drop_consumer_io(self.consumer))
 
-    def _from(self, parts: list[sql.Composable]) -> sql.Composable:
-        """FROM the changes of the followed tables, WHERE ``parts`` all hold."""
+    def _from(self, parts: list[sql.Composable], first: bool = False) -> sql.Composable:
+        """FROM the changes of the followed tables, WHERE ``parts`` all hold; ``first``:
+        only the first ones in read order that the query's LIMIT can take."""
         where = sql.SQL(" AND ").join(parts)
         if self.tables is None:
             return sql.Composed([_ALL, where])
+        # each table's conditions (and LIMIT) inside its branch: each branch walks its
+        # index in read order and stops, and the merge of the branches takes the first
         tables = sql.SQL(" UNION ALL ").join(
-            _TABLE.format(name=sql.Placeholder(f"t{i}")) for i in range(len(self.tables))
+            sql.Composed(
+                [
+                    sql.SQL("("),
+                    _TABLE.format(name=sql.Placeholder(f"t{i}")),
+                    sql.SQL(" AND "),
+                    where,
+                    _ORDER if first else sql.SQL(""),
+                    sql.SQL(")"),
+                ]
+            )
+            for i in range(len(self.tables))
         )
-        return sql.Composed([sql.SQL(" FROM ("), tables, sql.SQL(") AS c WHERE "), where])
+        return sql.Composed([sql.SQL(" FROM ("), tables, sql.SQL(") AS c")])
 
     def read(
         self, pos: Position, stop: Position | None, max_changes: int
@@ -322,7 +341,9 @@ class Core:
         summary = self._summary.get(key)
         rows: list[tuple[Any, ...]] = []
         if summary is None:
-            rows = yield from query(sql.Composed([_COLUMNS, self._from(where), _ORDER]), params)
+            rows = yield from query(
+                sql.Composed([_COLUMNS, self._from(where, first=True), _ORDER]), params
+            )
             if len(rows) <= max_changes:
                 return (yield from _to_changes(_commit_order(rows), self.types)), done
             found = yield from query(
