@@ -167,8 +167,8 @@ def most_at_once(runs: list[tuple[int, str, int, float, float | None]]) -> int:
 
 
 def crashing_worker(dsn: str, lease: float) -> None:
-    """A worker process whose handler records its run, then kills the process (a poison
-    event: a segfault, the OOM killer)."""
+    """A worker process whose handler records its run, waits until its start is counted,
+    then kills the process (a poison event: a segfault, the OOM killer)."""
     events = pgtide.Events(dsn=dsn, lease=lease, poll_interval=0.1)
 
     @events.handler("poison", retries=1)
@@ -178,6 +178,11 @@ def crashing_worker(dsn: str, lease: float) -> None:
                 "INSERT INTO handler_runs (event_id, worker, ended) "
                 "VALUES (%s, 'crashing', clock_timestamp())",
                 (event.id,),
+            )
+            attempts = "SELECT attempts FROM pgtide.events WHERE id = %s"
+            wait_for(
+                lambda: conn.execute(attempts, (event.id,)).fetchone() == (event.attempt,),
+                what="the start counted",
             )
         os._exit(9)
 

@@ -30,14 +30,7 @@ def events(dsn: str) -> Any:
 
 def _claim(conn: psycopg.Connection[Any], owner: str) -> dict[int, int]:
     """Claim every waiting ``job`` (and lapsed lease) as ``owner``: id -> fencing token."""
-    params = {
-        "source": "",
-        "names": ["job"],
-        "limit": 100,
-        "start": 0,
-        "owner": owner,
-        "lease": 30.0,
-    }
+    params = {"source": "", "names": ["job"], "limit": 100, "owner": owner, "lease": 30.0}
     return {int(r[0]): int(r[6]) for r in conn.execute(_sql.CLAIM, params).fetchall()}
 
 

@@ -99,6 +99,8 @@ def test_lease_expiry_reruns_a_killed_workers_event(
     )
     held = events.get(id_)
     assert held is not None and held.state == "running"
+    # (a start is written in the worker's next round, at once: a kill before it forgets it)
+    wait_for(lambda: events.get(id_).attempts == 1, what="the start counted")  # type: ignore[union-attr]
     killable.kill(doomed)
     events.register("stuck", lambda e: {"rescued": e.payload["order"]})
     events.start(concurrency=1)
@@ -268,8 +270,8 @@ def test_a_killed_worker_burns_no_attempt_of_the_events_it_never_started(
 def test_an_event_that_kills_its_worker_every_time_ends_dead(
     dsn: str, killable: pgtide_testing.Killable
 ) -> None:
-    """A poison event (its handler takes the process down) with retries=1 runs twice, each
-    attempt counted before it began; the next worker to claim it makes it dead, unrun."""
+    """A poison event (its handler takes the process down once its start is counted) with
+    retries=1 runs twice; the next worker to claim it makes it dead, unrun."""
     _setup(dsn)
     publisher = pgtide.Events(dsn=dsn)
     id_ = publisher.publish("poison", {})

@@ -117,7 +117,7 @@ def _no_loop() -> asyncio.AbstractEventLoop:
 def _claim(core: WorkerCore, id_: int, name: str, valid_for: float = 60.0) -> None:
     """As a claim would: the event ready to start, its lease valid for ``valid_for`` s."""
     core._ready.append(Event(id_, name, None, 1, datetime.now(UTC)))
-    core._held[id_] = _Hold(token=1, valid_until=time.monotonic() + valid_for)
+    core._held[id_] = _Hold(token=1, attempts=0, valid_until=time.monotonic() + valid_for)
     core._inflight += 1
 
 
@@ -157,27 +157,10 @@ def test_a_claimed_event_whose_lease_may_have_lapsed_is_never_started() -> None:
     assert not core._threads  # nothing was ready: no pool thread started
 
 
-def _row(id_: int, attempts: int, counted: bool) -> tuple[Any, ...]:
+def _row(id_: int, attempts: int) -> tuple[Any, ...]:
     """A claim's row: id, name, payload, created_at, key, source_id, token, attempts,
-    priority, counted."""
-    return (id_, "a", "null", datetime.now(UTC), None, None, 1, attempts, 0, counted)
-
-
-def test_a_claim_counts_the_events_it_starts_at_once_and_uncounts_those_that_never_do() -> None:
-    """The claim asks to count as many attempts as the worker has free slots; those events
-    start with their attempt already written (nothing left to count), the others are counted
-    when they start; a counted event that is not started after all is uncounted."""
-    core = _worker(2, {"a": None})
-    (claim, _), *_ = core._claims()
-    assert isinstance(claim.params, dict) and claim.params["start"] == 2  # two free slots
-    core._claimed([[_row(1, 1, True), _row(2, 1, True), _row(3, 0, False)]], [10], time.monotonic())
-    core._held[2].valid_until = -1.0  # 2's lease may have lapsed before it starts
-    taken, lapsed = core._take(10)
-    assert [(e.id, e.attempt) for e in taken] == [(1, 1), (3, 1)] and lapsed == [2]
-    assert core._starts == [3]  # 1 was counted by its claim
-    assert core._uncounts == [2]  # 2 was counted and never started
-    started = core.round(claim=False).queries[0]
-    assert started.params == {"ids": [3, 2], "counts": [1, -1]}
+    priority."""
+    return (id_, "a", "null", datetime.now(UTC), None, None, 1, attempts, 0)
 
 
 def test_plan_claims_sleeps_and_shuts_down_in_order() -> None:
@@ -219,13 +202,13 @@ def test_a_claim_is_sent_only_when_it_may_find_something() -> None:
     assert core._claims() == []  # a cancel is no reason to claim
     assert core.on_notify("pgtide_events", "") is True
     batch = core.round()  # a full claim: more may be waiting
-    rows = [_row(i, 0, False) for i in range(10)]
+    rows = [_row(i, 0) for i in range(10)]
     assert batch.done([rows]) is True
     assert len(core._claims()) == 1
     core._ready.clear()
     core._inflight = 0
     event = Event(50, "a", None, 1, datetime.now(UTC), key="k")
-    core._held[50] = _Hold(token=1, valid_until=time.monotonic() + 60)
+    core._held[50] = _Hold(token=1, attempts=0, valid_until=time.monotonic() + 60)
     core._done.append((event, None))
     core._next_flush = 0.0
     batch = core.round(claim=False)

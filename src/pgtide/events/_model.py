@@ -79,8 +79,7 @@ class Event:
     @classmethod
     def _claimed(cls, row: tuple[Any, ...], payload: Any) -> Event:
         """The event of a claimed row (``id, name, _, created_at, key, source_id, _,
-        attempts, _, counted``) as its handler will get it, attempt included (the row's
-        attempts count this one when the claim counted it): the same object the
+        attempts, ...``) as its handler will get it, attempt included: the same object the
         constructor makes, built for the worker's hot path without the frozen dataclass's
         per-field ``object.__setattr__`` calls."""
         event = object.__new__(cls)
@@ -88,7 +87,7 @@ class Event:
             id=row[0],
             name=row[1],
             payload=payload,
-            attempt=row[7] if row[9] else row[7] + 1,
+            attempt=row[7] + 1,
             created_at=row[3],
             key=row[4],
             source_id=row[5],

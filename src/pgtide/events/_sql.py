@@ -79,39 +79,26 @@ candidates AS (
           AND e.lease_expires < now() AND NOT e.cancel_requested
         LIMIT %(limit)s
         FOR UPDATE OF e SKIP LOCKED) c
-),
-ranked AS (
-    SELECT id, row_number() OVER (ORDER BY priority, id) <= %(start)s AS starts
-    FROM candidates ORDER BY priority, id LIMIT %(limit)s
 )
 UPDATE pgtide.events e
 SET state = 'running', lease_owner = %(owner)s, lease_token = e.lease_token + 1,
-    lease_expires = now() + %(lease)s * interval '1 second',
-    attempts = e.attempts + r.starts::integer,
-    started_at = CASE WHEN r.starts THEN now() END
-FROM ranked r
-WHERE e.id = ANY(ARRAY(SELECT id FROM ranked)) AND e.id = r.id
+    lease_expires = now() + %(lease)s * interval '1 second', started_at = NULL
+WHERE e.id = ANY(ARRAY(SELECT id FROM candidates ORDER BY priority, id LIMIT %(limit)s))
 RETURNING e.id, e.name, e.payload::text, e.created_at, e.key, e.source_id, e.lease_token,
-          e.attempts, e.priority, r.starts
+          e.attempts, e.priority
 """
-"""A claim reserves events (a new fencing token each, a lease) and counts the attempts of
-the first ``start`` of them, those the worker has free slots for and starts as soon as the
-reply is back: their attempts are written before their handlers start, at no extra cost.
-The others wait in the worker and are counted when they start (:data:`STARTED`). It reads,
-for each name served that is neither paused nor limited, the waiting events in (priority,
-id) order (index ``events_ready``) and the lapsed leases (``events_running``): finished
-events, names nobody serves and paused names cost it nothing. Payloads come back as text:
-the worker decodes them (faster than the driver's JSON loader). The last column says whether
-the attempt was counted."""
+"""A claim reserves events (a new fencing token each, a lease) but counts no attempt. It
+reads, for each name served that is neither paused nor limited, the waiting events in
+(priority, id) order (index ``events_ready``) and the lapsed leases (``events_running``):
+finished events, names nobody serves and paused names cost it nothing. Payloads come back as
+text: the worker decodes them (faster than the driver's JSON loader)."""
 
 CLAIM_LIMITED = """
-SELECT id, name, payload::text, created_at, key, source_id, lease_token, attempts, priority,
-       false
+SELECT id, name, payload::text, created_at, key, source_id, lease_token, attempts, priority
 FROM pgtide.events_claim_limited(%(source)s, %(name)s, %(limit)s, %(owner)s, %(lease)s)
 """
 """A claim of one name with global limits (see 011_events_queue.sql): the name's queue row
-is locked, so the limits hold across every worker. It counts no attempt: those that start
-are counted by :data:`STARTED`."""
+is locked, so the limits hold across every worker."""
 
 QUEUES_DECLARE = """
 INSERT INTO pgtide.event_queues (source, name, concurrency, rate_count, rate_period)
@@ -144,16 +131,14 @@ WHERE source = %s ORDER BY name
 
 STARTED = """
 UPDATE pgtide.events e
-SET attempts = greatest(e.attempts + v.n, 0),
-    started_at = CASE WHEN v.n > 0 THEN now() ELSE e.started_at END
+SET attempts = e.attempts + v.n, started_at = now()
 FROM unnest(%(ids)s::bigint[], %(counts)s::integer[]) AS v(id, n)
 WHERE e.id = ANY(%(ids)s::bigint[]) AND e.id = v.id
 """
-"""Count the attempts whose handlers started and have not ended by the worker's next round,
-and uncount (a negative count) those a claim counted whose handlers never started (a
-counter of what really happened, so not fenced: a start is counted even if another worker
-owns the event by the time it is written). The worker sends it in the transaction of its
-round (see :data:`COMPLETE` for the attempts of handlers that already ended)."""
+"""Count the attempts whose handlers started and have not ended by the worker's next round
+(a counter of what really happened, so not fenced: a start is counted even if another
+worker owns the event by the time it is written). The worker sends it in the transaction
+of its round (see :data:`COMPLETE` for the attempts of handlers that already ended)."""
 
 DONE_CHANNEL = "pgtide_events_done"
 """Where the end (done, dead or cancelled) of an event someone waits for is notified: the

@@ -21,13 +21,9 @@ under ``pgtide``), holding no thread.
 A worker that dies stops heartbeating, its leases expire, and other workers claim its events
 again. Each claim carries a fencing token: renewals, outcomes and releases are fenced by
 owner and token, so a worker that lost a lease cannot overwrite the event's newer state; a
-claimed event starts only while its lease is surely valid on the worker's own clock.
-
-An attempt counts a handler that starts, never a claim that does not: the events a claim
-can start at once (the worker's free slots) have their attempts counted by the claim itself,
-before their handlers start; those claimed ahead are counted when they start (written with
-their outcome when the handler ended by the next round, else on its own, at once). A counted
-event that does not start after all (a stop, a lapsed lease, a cancel) is uncounted.
+claimed event starts only while its lease is surely valid on the worker's own clock, and
+its attempt is counted when it starts (written with its outcome when the handler ended by
+the next round, else on its own), not at the claim.
 """
 
 from __future__ import annotations
@@ -42,7 +38,7 @@ import time
 import traceback
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Coroutine, Generator, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, timedelta
 from functools import partial
@@ -166,10 +162,12 @@ LoopProvider: TypeAlias = Callable[[], asyncio.AbstractEventLoop]
 
 @dataclass(slots=True)
 class _Hold:
-    """A lease this worker holds: the fencing token of its claim, until when (this process's
-    monotonic clock) the lease is surely valid, and whether its handler started."""
+    """A lease this worker holds: the fencing token of its claim, the attempts counted before
+    it, until when (this process's monotonic clock) the lease is surely valid, and whether
+    its handler started."""
 
     token: int
+    attempts: int
     valid_until: float
     started: bool = False
 
@@ -235,8 +233,6 @@ class WorkerCore:
         self._failed: list[tuple[Event, str, float, bool]] = []
         self._unstarted: list[int] = []
         self._starts: list[int] = []  # started, not yet counted in the database
-        self._counted: set[int] = set()  # ready, attempt counted by the claim: to start
-        self._uncounts: list[int] = []  # counted by a claim, never started: to uncount
         self._count_soon = False  # a start to count: the dispatcher is to wake
         self._concurrency = options.concurrency
         self._max_inflight = options.concurrency + options.batch_size
@@ -339,7 +335,6 @@ class WorkerCore:
         with self._lock:
             self._stopping = True
             self._unstarted.extend(c.id for c in self._ready)
-            self._drop_counted(c.id for c in self._ready)
             self._inflight -= len(self._ready)
             self._ready.clear()
         self._close_pool()
@@ -472,9 +467,8 @@ class WorkerCore:
             if flush:
                 self._done, self._failed = [], []
             starts = self._starts if record else []
-            uncounts = self._uncounts if record else []
             if record:
-                self._starts, self._uncounts = [], []
+                self._starts = []
                 self._next_flush = now + FLUSH_EVERY
             finished = [e for e, _ in done] + [f[0] for f in failed]
             tokens = {e.id: h.token for e in finished if (h := self._held.get(e.id))}
@@ -483,12 +477,9 @@ class WorkerCore:
         queries: list[Query] = []
         done = [(e, r) for e, r in done if e.id in tokens]  # a lost lease records nothing
         folded = [uncounted.pop(e.id, 0) for e, _ in done]
-        uncounted.subtract(uncounts)  # counted by a claim, never started
-        counts = {id_: n for id_, n in uncounted.items() if n}
-        if counts:  # a failure's start too: FAIL below is fenced, a start is not
-            queries.append(
-                Query(_sql.STARTED, {"ids": list(counts), "counts": list(counts.values())})
-            )
+        if uncounted:  # a failure's start too: FAIL below is fenced, a start is not
+            ids = list(uncounted)
+            queries.append(Query(_sql.STARTED, {"ids": ids, "counts": list(uncounted.values())}))
         if done:
             ids = [e.id for e, _ in done]
             results = [r for _, r in done]
@@ -547,7 +538,6 @@ class WorkerCore:
                 self._done[:0] = [(e, r) for e, r in done]
                 self._failed[:0] = failed
                 self._starts[:0] = starts
-                self._uncounts[:0] = uncounts
 
         return Batch(queries, recorded, undo)
 
@@ -590,7 +580,7 @@ class WorkerCore:
         counted (at once: a start is written with its outcome only when the handler has
         ended by then, so a worker killed meanwhile loses as few counts as it can)."""
         with self._lock:
-            return self._flush_due(now) or bool(self._starts) or bool(self._uncounts)
+            return self._flush_due(now) or bool(self._starts)
 
     def _flush_due(self, now: float) -> bool:
         """Whether outcomes are to be recorded now (the caller holds the lock)."""
@@ -681,7 +671,6 @@ class WorkerCore:
             gone = set(unstarted)
             for id_ in (*unstarted, *started):
                 self._held.pop(id_, None)
-            self._drop_counted(unstarted)
             if gone:
                 kept = deque(c for c in self._ready if c.id not in gone)
                 self._inflight -= len(self._ready) - len(kept)
@@ -737,7 +726,6 @@ class WorkerCore:
             return []
         with self._lock:
             inflight = self._inflight
-            free = self._concurrency - self._running - len(self._ready)
         if inflight > self._low_water:
             return []  # still due once enough of them ended
         self._claim_due = False  # a NOTIFY from now on makes it due again
@@ -746,7 +734,6 @@ class WorkerCore:
             "source": self.target.source,
             "names": list(self.handlers),
             "limit": asked,
-            "start": max(0, free),
             "owner": self.owner,
             "lease": self.options.lease,
         }
@@ -759,8 +746,8 @@ class WorkerCore:
         return claims
 
     def _claimed(self, results: list[Rows], wanted: list[int], sent: float) -> bool:
-        """Hold what the claims returned (the attempts of those a claim counted are to start
-        first); True when one came back full (more may be waiting)."""
+        """Hold what the claims returned (no attempt counted yet); True when one came back
+        full (more may be waiting)."""
         rows = [row for got in results for row in got]
         if not rows:
             return False
@@ -774,12 +761,8 @@ class WorkerCore:
                 if hold is not None and row[0] not in self._recording:
                     # ours already (its lease had lapsed): one copy, new token
                     hold.token, hold.valid_until = row[6], valid_until
-                    if row[9]:
-                        self._uncounts.append(row[0])
                     continue
-                held[row[0]] = _Hold(row[6], valid_until)
-                if row[9]:
-                    self._counted.add(row[0])
+                held[row[0]] = _Hold(row[6], row[7], valid_until)
                 ready.append(Event._claimed(row, payload))
                 self._inflight += 1
         return any(len(got) == want for got, want in zip(results, wanted, strict=True))
@@ -839,10 +822,8 @@ class WorkerCore:
         self._inflight -= len(lapsed)
         for id_ in lapsed:
             del held[id_]
-        self._drop_counted(lapsed)
         self._running += len(taken)
         events = []
-        counted = self._counted
         handlers = self.handlers
         for event in taken:
             if event.id in self._cancel_asked:  # never started: it ends cancelled
@@ -856,9 +837,6 @@ class WorkerCore:
             events.append(event)
             self._events[event.id] = event
             self._active.add(event.id)
-            if event.id in counted:  # its claim counted it already
-                counted.discard(event.id)
-                continue
             if not self._starts:
                 self._count_soon = True  # the dispatcher wakes to count it (see _next)
             self._starts.append(event.id)
@@ -866,24 +844,13 @@ class WorkerCore:
 
     def _end_unstarted(self, event: Event, error: str) -> None:
         """A taken event that will not start: it ends (dead, or cancelled if asked) with
-        ``error``, its attempt uncounted (the caller holds the lock)."""
-        self._drop_counted((event.id,))
+        ``error`` (the caller holds the lock)."""
         self._running -= 1
         if event.name in self._by_name:
             self._by_name[event.name] -= 1
         self._inflight -= 1
         unstarted = replace(event, attempt=event.attempt - 1)
         self._failed.append((unstarted, error, 0.0, True))
-
-    def _drop_counted(self, ids: Iterable[int]) -> None:
-        """Events that will not start here after all: those whose attempt a claim counted
-        are uncounted in the next round (the caller holds the lock)."""
-        counted = self._counted
-        if counted:
-            for id_ in ids:
-                if id_ in counted:
-                    counted.discard(id_)
-                    self._uncounts.append(id_)
 
     def _lapsed(self, lapsed: list[int]) -> None:
         if lapsed:
