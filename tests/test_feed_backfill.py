@@ -165,3 +165,43 @@ def test_read_reaches_follow_and_sinks_json_unchanged(dsn: str, cli: CliRunner) 
     assert [record(c)["op"] for c in seen] == ["read"] * 3
     assert record(seen[0])["row"] == {"id": 1, "v": "v1", "n": 0}
     assert pgtide.latest("items", dsn=dsn) == {"id": 3, "v": "v3", "n": 0}
+
+
+def test_a_chunk_that_deadlocks_with_a_writer_runs_again(dsn: str) -> None:
+    """The backfill's chunk locks rows 1-9 and waits for row 10, which a writer holds; the
+    writer then waits for row 1: a deadlock, and the chunk (whose check comes first) is
+    rolled back. It runs again once the writer commits; the backfill ends, nothing raised."""
+    _make(dsn, rows=10)
+    pgtide.track("items", backfill=True, dsn=dsn)
+    errors: list[BaseException] = []
+
+    def fill() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SET deadlock_timeout = '500ms'")
+            try:
+                Backfiller(dsn, chunk_rows=100).run_pending(conn)
+            except BaseException as exc:  # the test asserts there is none
+                errors.append(exc)
+
+    with psycopg.connect(dsn) as writer:
+        writer.execute("SET deadlock_timeout = '60s'")  # the backfill is the one to notice
+        writer.execute("UPDATE items SET n = 1 WHERE id = 10")
+        runner = threading.Thread(target=fill)
+        runner.start()
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'"
+        )
+        with psycopg.connect(dsn, autocommit=True) as watch:
+            deadline = time.monotonic() + 20
+            while watch.execute(waiting).fetchone() != (1,):
+                assert time.monotonic() < deadline, "the backfill never waited for row 10"
+                time.sleep(0.01)
+        writer.execute("UPDATE items SET n = 1 WHERE id = 1")  # waits: the deadlock
+        writer.commit()
+    runner.join(30)
+    assert not runner.is_alive() and errors == []
+    assert _progress(dsn)[1]
+    with psycopg.connect(dsn) as conn:
+        reads = conn.execute("SELECT count(*) FROM pgtide.changes WHERE op = 'read'").fetchone()
+    assert reads == (10,)

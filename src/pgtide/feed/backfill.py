@@ -44,7 +44,7 @@ from psycopg import sql
 from ..connect import DsnLike, Resolved
 from ..errors import FeedError
 from ..names import TableName
-from ..session import Io, Query, Session, Stopped, one, query
+from ..session import RETRY_NOW, Io, Query, Session, Stopped, one, query
 from ._worker import WorkerThread
 
 log = logging.getLogger("pgtide.feed")
@@ -198,25 +198,38 @@ class Backfiller:
         first, after = _chunk_sql(table, keys, True), _chunk_sql(table, keys, False)
         n = self.chunk_rows
         while not self._stop.is_set():
-            with conn.transaction():
-                try:
-                    row = conn.execute(
-                        first if last is None else after,
-                        {"n": n, "name": str(table), "last": last},
-                    ).fetchone()
-                except psycopg.errors.UndefinedTable:
-                    raise FeedError(
-                        f"cannot backfill {table}: the table is gone; untrack it"
-                    ) from None
-                if row is None:
-                    raise FeedError(f"another backfill of {table} moved on meanwhile")
-                count, done, last = row
-                if count:
-                    conn.execute(_NOTIFY, (str(table),))
+            try:
+                row = self._chunk(conn, table, first if last is None else after, n, last)
+            except RETRY_NOW:  # the chunk's row locks met a writer's: nothing kept, again
+                log.debug("backfill of %s: chunk rolled back (deadlock); running it again", table)
+                continue
+            count, done, last = row
             self.emitted += count
             if done:
                 log.info("backfill of %s done", table)
                 return
+
+    @staticmethod
+    def _chunk(
+        conn: psycopg.Connection[Any],
+        table: TableName,
+        statement: sql.Composed,
+        n: int,
+        last: str | None,
+    ) -> tuple[int, bool, str | None]:
+        """One chunk in one transaction: (rows emitted, whether the table is done, its last
+        key)."""
+        with conn.transaction():
+            try:
+                row = conn.execute(statement, {"n": n, "name": str(table), "last": last}).fetchone()
+            except psycopg.errors.UndefinedTable:
+                raise FeedError(f"cannot backfill {table}: the table is gone; untrack it") from None
+            if row is None:
+                raise FeedError(f"another backfill of {table} moved on meanwhile")
+            count, done, last = row
+            if count:
+                conn.execute(_NOTIFY, (str(table),))
+        return count, done, last
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Run pending backfills (reconnecting after an outage) until none is left."""
