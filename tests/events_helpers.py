@@ -52,7 +52,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS one_live_run ON handler_runs (event_id) WHERE 
 
 def recording_worker(dsn: str, worker: str, concurrency: int, lease: float, sleep: float) -> None:
     """A worker process: each handler run is recorded in handler_runs (begin and end)."""
-    events = pgtide.Events(dsn, lease=lease, poll_interval=0.1)
+    events = pgtide.Events(dsn=dsn, lease=lease, poll_interval=0.1)
     runs = psycopg.connect(dsn, autocommit=True)
 
     @events.handler("job", retries=10)
@@ -75,7 +75,7 @@ def recording_worker(dsn: str, worker: str, concurrency: int, lease: float, slee
 
 def blocking_worker(dsn: str, lease: float) -> None:
     """A worker process whose handler never returns (to be SIGKILLed while it holds a lease)."""
-    events = pgtide.Events(dsn, lease=lease, poll_interval=0.1)
+    events = pgtide.Events(dsn=dsn, lease=lease, poll_interval=0.1)
 
     @events.handler("stuck")
     def stuck(event: pgtide.Event) -> None:

@@ -122,12 +122,12 @@ SECRET_DSN = "postgresql://app:hunter2-secret@127.0.0.1:1/shop"
 @pytest.mark.parametrize(
     "make",
     [
-        lambda tmp: pgtide.Listener(SECRET_DSN),
-        lambda tmp: pgtide.aio.Listener(SECRET_DSN),
+        lambda tmp: pgtide.Listener(dsn=SECRET_DSN),
+        lambda tmp: pgtide.aio.Listener(dsn=SECRET_DSN),
         lambda tmp: pgtide.Feed("indexer", dsn=SECRET_DSN),
         lambda tmp: pgtide.aio.Feed("indexer", dsn=SECRET_DSN),
-        lambda tmp: pgtide.Events(SECRET_DSN),
-        lambda tmp: pgtide.aio.Events(SECRET_DSN),
+        lambda tmp: pgtide.Events(dsn=SECRET_DSN),
+        lambda tmp: pgtide.aio.Events(dsn=SECRET_DSN),
         lambda tmp: pgtide.FileWatcher(tmp, table="t", columns=["a"], dsn=SECRET_DSN),
         lambda tmp: pgtide.aio.FileWatcher(tmp, table="t", columns=["a"], dsn=SECRET_DSN),
     ],

@@ -18,7 +18,7 @@ import pgtide
 
 @pytest.fixture
 def events(dsn: str) -> Any:
-    ev = pgtide.Events(dsn, poll_interval=0.05, retry_delay=0.01, max_retry_delay=0.05)
+    ev = pgtide.Events(dsn=dsn, poll_interval=0.05, retry_delay=0.01, max_retry_delay=0.05)
     yield ev
     ev.close()
 
@@ -90,7 +90,7 @@ def test_retries_exhausted_go_dead_with_traceback(events: pgtide.Events) -> None
 
 
 def test_failure_waits_for_its_backoff(dsn: str) -> None:
-    events = pgtide.Events(dsn, poll_interval=0.05, retry_delay=0.6, max_retry_delay=0.6)
+    events = pgtide.Events(dsn=dsn, poll_interval=0.05, retry_delay=0.6, max_retry_delay=0.6)
     times: list[float] = []
 
     @events.handler("slow_retry", retries=1)
@@ -123,7 +123,7 @@ def test_unknown_name_is_kept_and_visible(events: pgtide.Events, dsn: str) -> No
     assert rec is not None and rec.state == "pending" and rec.attempts == 0
     events.stop()
     # a worker that does handle it picks it up later
-    later = pgtide.Events(dsn, poll_interval=0.05)
+    later = pgtide.Events(dsn=dsn, poll_interval=0.05)
     later.register("nobody_handles_me", lambda e: e.payload)
     later.start(concurrency=1)
     wait_for(lambda: later.get(lost).state == "done", what="late handler")  # type: ignore[union-attr]
@@ -223,8 +223,8 @@ def test_run_at_delays_an_event(events: pgtide.Events) -> None:
 def test_slow_live_handler_is_not_stolen(dsn: str) -> None:
     """A handler that outlives its lease keeps it (heartbeat); another worker never runs it."""
     runs: list[str] = []
-    first = pgtide.Events(dsn, lease=0.6, poll_interval=0.05)
-    second = pgtide.Events(dsn, lease=0.6, poll_interval=0.05)
+    first = pgtide.Events(dsn=dsn, lease=0.6, poll_interval=0.05)
+    second = pgtide.Events(dsn=dsn, lease=0.6, poll_interval=0.05)
     started = threading.Event()
 
     def slow(event: pgtide.Event) -> str:
@@ -248,7 +248,7 @@ def test_slow_live_handler_is_not_stolen(dsn: str) -> None:
 
 
 def test_graceful_stop_finishes_running_and_releases_the_rest(dsn: str) -> None:
-    events = pgtide.Events(dsn, poll_interval=0.05, batch_size=20)
+    events = pgtide.Events(dsn=dsn, poll_interval=0.05, batch_size=20)
     started = threading.Semaphore(0)
     release = threading.Event()
 
@@ -282,7 +282,7 @@ def test_graceful_stop_finishes_running_and_releases_the_rest(dsn: str) -> None:
 
 
 def test_stop_timeout_bounds_a_handler_that_does_not_finish(dsn: str) -> None:
-    events = pgtide.Events(dsn, poll_interval=0.05, lease=1.0)
+    events = pgtide.Events(dsn=dsn, poll_interval=0.05, lease=1.0)
     started = threading.Event()
     forever = threading.Event()
 
@@ -298,7 +298,7 @@ def test_stop_timeout_bounds_a_handler_that_does_not_finish(dsn: str) -> None:
     events.stop()
     assert time.monotonic() - began < 3
     # the event is still held by the abandoned handler's lease; once it expires, it runs again
-    rescuer = pgtide.Events(dsn, poll_interval=0.05)
+    rescuer = pgtide.Events(dsn=dsn, poll_interval=0.05)
     rescuer.register("stuck", lambda e: "rescued")
     rescuer.start(concurrency=1)
     wait_for(lambda: rescuer.get(id_).state == "done", what="re-run")  # type: ignore[union-attr]
@@ -310,7 +310,7 @@ def test_stop_timeout_bounds_a_handler_that_does_not_finish(dsn: str) -> None:
 
 def test_keyed_events_run_one_at_a_time_in_order(dsn: str) -> None:
     """Across two workers, events of one key never overlap and run in publish order."""
-    events = pgtide.Events(dsn, poll_interval=0.05)
+    events = pgtide.Events(dsn=dsn, poll_interval=0.05)
     log: list[tuple[str, int, str]] = []
     lock = threading.Lock()
     active: dict[str, int] = {}
@@ -332,7 +332,7 @@ def test_keyed_events_run_one_at_a_time_in_order(dsn: str) -> None:
         events.publish("step", n, key="alpha")
         events.publish("step", n, key="beta")
     events.publish_many("step", list(range(25)), key="gamma")
-    other = pgtide.Events(dsn, poll_interval=0.05)  # a second worker on the same keys
+    other = pgtide.Events(dsn=dsn, poll_interval=0.05)  # a second worker on the same keys
     other.register("step", step)
     events.start(concurrency=8)
     other.start(concurrency=8)
@@ -345,7 +345,7 @@ def test_keyed_events_run_one_at_a_time_in_order(dsn: str) -> None:
 
 
 def test_keyed_event_waits_for_a_failing_predecessor(dsn: str) -> None:
-    events = pgtide.Events(dsn, poll_interval=0.05, retry_delay=0.05, max_retry_delay=0.1)
+    events = pgtide.Events(dsn=dsn, poll_interval=0.05, retry_delay=0.05, max_retry_delay=0.1)
     order: list[int] = []
 
     @events.handler("k", retries=3)
@@ -362,7 +362,7 @@ def test_keyed_event_waits_for_a_failing_predecessor(dsn: str) -> None:
 
 
 def test_per_handler_concurrency_limit(dsn: str) -> None:
-    events = pgtide.Events(dsn, poll_interval=0.05)
+    events = pgtide.Events(dsn=dsn, poll_interval=0.05)
     lock = threading.Lock()
     now = [0]
     peak = [0]
@@ -386,7 +386,7 @@ def test_per_handler_concurrency_limit(dsn: str) -> None:
 def test_async_handler_and_timeout_under_blocking_face(dsn: str) -> None:
     import asyncio
 
-    events = pgtide.Events(dsn, poll_interval=0.05, retry_delay=0.01)
+    events = pgtide.Events(dsn=dsn, poll_interval=0.05, retry_delay=0.01)
 
     @events.handler("async_ok")
     async def ok(event: pgtide.Event) -> dict[str, Any]:
@@ -423,7 +423,7 @@ def test_structured_log_line_per_event(events: pgtide.Events, caplog: Any) -> No
 
 
 def test_poll_only_mode(dsn: str) -> None:
-    events = pgtide.Events(dsn, poll_interval=0.05, listen=False)
+    events = pgtide.Events(dsn=dsn, poll_interval=0.05, listen=False)
     events.register("p", lambda e: e.payload)
     events.start(concurrency=1)
     id_ = events.publish("p", "polled")
@@ -433,7 +433,7 @@ def test_poll_only_mode(dsn: str) -> None:
 
 def test_notify_wakes_an_idle_worker_at_once(dsn: str) -> None:
     """With a 30 s poll interval, only the NOTIFY of the insert can wake the worker in time."""
-    events = pgtide.Events(dsn, poll_interval=30.0)
+    events = pgtide.Events(dsn=dsn, poll_interval=30.0)
     events.register("ping", lambda e: None)
     events.start(concurrency=1)
     time.sleep(0.2)  # let the first (empty) claim pass, so the worker is idle and waiting
@@ -453,7 +453,7 @@ def test_notify_wakes_an_idle_worker_at_once(dsn: str) -> None:
 def test_notify_wakes_a_worker_on_your_own_table(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE jobs (id bigserial, name text)")
-    events = pgtide.Events(dsn, table="jobs", channel="jobs-channel", poll_interval=30.0)
+    events = pgtide.Events(dsn=dsn, table="jobs", channel="jobs-channel", poll_interval=30.0)
     events.register("ping", lambda e: e.source_id)
     events.start(concurrency=1)
     time.sleep(0.2)
@@ -471,7 +471,7 @@ def test_notify_wakes_a_worker_on_your_own_table(dsn: str) -> None:
 
 def test_one_worker_handles_a_burst_in_id_order_and_stops_fast(dsn: str) -> None:
     """notified ran a transaction's events newest first and took 5 s to shut down."""
-    events = pgtide.Events(dsn, poll_interval=0.05, batch_size=50)
+    events = pgtide.Events(dsn=dsn, poll_interval=0.05, batch_size=50)
     order: list[int] = []
     events.register("burst", lambda e: order.append(e.payload))
     events.start(concurrency=1)
@@ -520,7 +520,7 @@ def test_purge_deletes_only_old_finished_events(events: pgtide.Events, dsn: str)
     assert events.purge(timedelta(hours=1), dead=True) == 1
     assert events.get(waiting) is not None  # never a waiting event
     with pytest.raises(pgtide.ConfigError, match="own events table"):
-        pgtide.Events(dsn, table="anything").purge(timedelta(0))
+        pgtide.Events(dsn=dsn, table="anything").purge(timedelta(0))
 
 
 def test_a_nul_character_is_a_clear_payload_error_before_anything_is_sent(

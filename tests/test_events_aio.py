@@ -25,7 +25,7 @@ def test_async_face_publish_run_and_inspect(dsn: str) -> None:
     async def main() -> None:
         loop_thread = threading.get_ident()
         ran_on: list[int] = []
-        async with pgtide.aio.Events(dsn, poll_interval=0.05, retry_delay=0.01) as events:
+        async with pgtide.aio.Events(dsn=dsn, poll_interval=0.05, retry_delay=0.01) as events:
 
             @events.handler("order_created")
             async def on_order(event: pgtide.Event) -> dict[str, Any]:
@@ -63,7 +63,7 @@ def test_async_face_publish_run_and_inspect(dsn: str) -> None:
 
 def test_async_publish_in_rolled_back_transaction(dsn: str) -> None:
     async def main() -> None:
-        events = pgtide.aio.Events(dsn)
+        events = pgtide.aio.Events(dsn=dsn)
         async with await psycopg.AsyncConnection.connect(dsn) as conn:
             await events.publish("x", {"a": 1}, conn=conn)
             await conn.rollback()
@@ -77,7 +77,7 @@ def test_async_publish_in_rolled_back_transaction(dsn: str) -> None:
 
 def test_async_run_stops_gracefully_on_cancel(dsn: str) -> None:
     async def main() -> None:
-        events = pgtide.aio.Events(dsn, poll_interval=0.05)
+        events = pgtide.aio.Events(dsn=dsn, poll_interval=0.05)
         started = asyncio.Event()
         finished: list[int] = []
 

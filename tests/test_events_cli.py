@@ -57,7 +57,7 @@ def test_publish_ls_retry_and_status(cli: CliRunner, dsn: str) -> None:
         conn.execute("UPDATE pgtide.events SET state = 'dead' WHERE id = %s", (published["id"],))
     out = cli("events", "retry", str(published["id"]), env=env)
     assert out.returncode == 0, out.stderr
-    assert pgtide.Events(dsn).get(published["id"]).state == "pending"  # type: ignore[union-attr]
+    assert pgtide.Events(dsn=dsn).get(published["id"]).state == "pending"  # type: ignore[union-attr]
     out = cli("events", "retry", "999999", env=env)
     assert out.returncode == 1 and "no done, failed or dead event with id 999999" in out.stderr
 
@@ -83,7 +83,7 @@ def test_work_runs_the_app_and_stops_on_ctrl_c(tmp_path: Path, dsn: str) -> None
     (tmp_path / "myapp").mkdir()
     (tmp_path / "myapp" / "__init__.py").write_text("")
     (tmp_path / "myapp" / "tasks.py").write_text(APP)
-    events = pgtide.Events(dsn)
+    events = pgtide.Events(dsn=dsn)
     ok = events.publish("greet", {"who": "grace"})
     bad = events.publish("explode")
     worker = subprocess.Popen(
@@ -133,7 +133,7 @@ async def greet(event):
 
 def test_work_runs_an_asyncio_app(tmp_path: Path, dsn: str) -> None:
     (tmp_path / "asyncapp.py").write_text(ASYNC_APP)
-    events = pgtide.Events(dsn)
+    events = pgtide.Events(dsn=dsn)
     ok = events.publish("greet", "linus")
     worker = subprocess.Popen(
         [sys.executable, "-m", "pgtide", "events", "work", "asyncapp:events"],
@@ -154,7 +154,7 @@ def test_work_runs_an_asyncio_app(tmp_path: Path, dsn: str) -> None:
 
 
 def test_purge_command(cli: CliRunner, dsn: str) -> None:
-    events = pgtide.Events(dsn)
+    events = pgtide.Events(dsn=dsn)
     events.publish("x")
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(

@@ -48,7 +48,7 @@ def test_seed_003_flow_on_your_own_table(dsn: str) -> None:
         shape = conn.execute(SHAPE).fetchone()
     before = _rows(dsn)
 
-    server = pgtide.Events(dsn, table="events", poll_interval=0.05)
+    server = pgtide.Events(dsn=dsn, table="events", poll_interval=0.05)
     seen: list[pgtide.Event] = []
 
     @server.handler("my_event")
@@ -101,7 +101,7 @@ def test_configuration_by_environment(dsn: str, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("PGTIDE_EVENTS_PAYLOAD_COLUMN", "body")
     monkeypatch.setenv("PGTIDE_EVENTS_CHANNEL", "events_channel")
     monkeypatch.setenv("PGTIDE_EVENTS_POLL_INTERVAL", "0.05")
-    server = pgtide.Events(dsn)
+    server = pgtide.Events(dsn=dsn)
     got: dict[str, Any] = {}
     server.register("ping", lambda e: got.setdefault(e.source_id, e.payload))
     server.start(concurrency=1)
@@ -112,8 +112,8 @@ def test_configuration_by_environment(dsn: str, monkeypatch: pytest.MonkeyPatch)
     # code wins over the environment
     monkeypatch.setenv("PGTIDE_EVENTS_TABLE", "app.missing")
     with pytest.raises(pgtide.ConfigError, match=r"events table app\.missing does not exist"):
-        pgtide.Events(dsn).status()
-    explicit = pgtide.Events(dsn, table="app.my_events")
+        pgtide.Events(dsn=dsn).status()
+    explicit = pgtide.Events(dsn=dsn, table="app.my_events")
     assert explicit.status()["done"] == 2
     explicit.close()
 
@@ -122,15 +122,15 @@ def test_bad_own_table_configuration_is_clear(dsn: str, monkeypatch: pytest.Monk
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE no_name (id int, kind text)")
     with pytest.raises(pgtide.ConfigError) as info:
-        pgtide.Events(dsn, table="no_name").status()
+        pgtide.Events(dsn=dsn, table="no_name").status()
     message = str(info.value)
     assert "has no name column 'name'" in message and "columns: id, kind" in message
     assert "name_column=" in message
     with pytest.raises(pgtide.ConfigError, match="bad events table name"):
-        pgtide.Events(dsn, table="a.b.c")
+        pgtide.Events(dsn=dsn, table="a.b.c")
     monkeypatch.setenv("PGTIDE_EVENTS_POLL_INTERVAL", "soon")
     with pytest.raises(pgtide.ConfigError, match="PGTIDE_EVENTS_POLL_INTERVAL='soon'"):
-        pgtide.Events(dsn)
+        pgtide.Events(dsn=dsn)
     # quoting is pgtide's job: odd identifiers work
     monkeypatch.delenv("PGTIDE_EVENTS_POLL_INTERVAL")
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -151,7 +151,7 @@ def test_poll_only_finds_rows_nobody_notified(dsn: str) -> None:
         conn.execute(
             "CREATE TABLE quiet (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), name text)"
         )
-    server = pgtide.Events(dsn, table="quiet", listen=False, poll_interval=0.05)
+    server = pgtide.Events(dsn=dsn, table="quiet", listen=False, poll_interval=0.05)
     got: list[str | None] = []
     server.register("hush", lambda e: got.append(e.source_id))
     server.start(concurrency=1)

@@ -35,7 +35,7 @@ def test_two_processes_one_killed_midway_every_event_done_never_twice_at_once(
 ) -> None:
     _setup(dsn)
     total = 2000
-    pgtide.Events(dsn).publish_many("job", [{"n": n} for n in range(total)])
+    pgtide.Events(dsn=dsn).publish_many("job", [{"n": n} for n in range(total)])
     # leases of 2 s: a worker starved of CPU by a loaded machine still renews them in time
     victim = killable.start(recording_worker, dsn, "A", 4, 2.0, 0.002)
     killable.start(recording_worker, dsn, "B", 4, 2.0, 0.002)
@@ -90,7 +90,7 @@ def test_lease_expiry_reruns_a_killed_workers_event(
     dsn: str, killable: pgtide_testing.Killable
 ) -> None:
     _setup(dsn)
-    events = pgtide.Events(dsn, poll_interval=0.05)
+    events = pgtide.Events(dsn=dsn, poll_interval=0.05)
     id_ = events.publish("stuck", {"order": 9})
     doomed = killable.start(blocking_worker, dsn, 1.0)
     wait_for(
@@ -115,14 +115,14 @@ def test_lease_expiry_reruns_a_killed_workers_event(
 def test_worker_survives_a_server_restart(restartable: pgtide_testing.RestartableServer) -> None:
     """The worker reconnects with backoff; events published after the restart are handled."""
     pgtide.install(dsn=restartable.dsn)
-    events = pgtide.Events(restartable.dsn, poll_interval=0.1)
+    events = pgtide.Events(dsn=restartable.dsn, poll_interval=0.1)
     handled: list[int] = []
     events.register("tick", lambda e: handled.append(e.payload))
     events.start(concurrency=2)
     events.publish_many("tick", [1, 2, 3])
     wait_for(lambda: len(handled) == 3, what="first three")
     restartable.restart()
-    publisher = pgtide.Events(restartable.dsn)
+    publisher = pgtide.Events(dsn=restartable.dsn)
     publisher.publish_many("tick", [4, 5, 6])
     wait_for(lambda: sorted(set(handled)) == [1, 2, 3, 4, 5, 6], timeout=30, what="after restart")
     wait_for(lambda: publisher.status()["done"] == 6, timeout=30, what="recorded done")
@@ -141,9 +141,9 @@ def test_competing_workers_never_claim_the_same_event(dsn: str) -> None:
         with lock:
             runs.append((event.id, event.attempt))
 
-    publisher = pgtide.Events(dsn)
+    publisher = pgtide.Events(dsn=dsn)
     ids = publisher.publish_many("contended", list(range(600)))
-    workers = [pgtide.Events(dsn, batch_size=2, poll_interval=0.01) for _ in range(4)]
+    workers = [pgtide.Events(dsn=dsn, batch_size=2, poll_interval=0.01) for _ in range(4)]
     for worker in workers:
         worker.register("contended", record)
     for worker in workers:
