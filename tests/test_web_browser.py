@@ -210,6 +210,7 @@ def _demo_data(dsn: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)  # every page, then the server's graceful stop (up to 15 s)
 def test_screenshots_of_each_page(dsn: str, browser: webdriver.Chrome, tmp_path: Path) -> None:
     _demo_data(dsn, tmp_path)
     shots = _shots(tmp_path)
