@@ -147,6 +147,33 @@ def test_a_stream_sends_views_of_its_pieces_and_counts_them(
         os.close(stream.fd)
 
 
+def test_a_stream_checks_its_first_piece_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller checked the first piece to decide to stream: the stream does not scan it
+    again (the later pieces it reads are checked as they come)."""
+    monkeypatch.setattr(_writer, "COPY_PIECE", 4)
+    data = b"1\n2\n3\n4\n"
+    stream = _stream(tmp_path / "a.txt", data, "lines", CsvOptions())
+    stream.first = data[:4]
+    stream.first_span = (4, (0, 4))
+    checked: list[bytes] = []
+    real = _writer.copyable
+
+    def counting(window: bytes, *args: Any, **kwargs: Any) -> tuple[int, int] | None:
+        checked.append(bytes(window))
+        return real(window, *args, **kwargs)
+
+    monkeypatch.setattr(_writer, "copyable", counting)
+    try:
+        pieces = [bytes(p) for p in stream.pieces()]
+    finally:
+        os.close(stream.fd)
+    assert pieces == [b"1\n2\n", b"3\n4\n"]
+    assert checked == [b"3\n4\n"]  # the first piece was not scanned a second time
+    assert stream.sent == len(data)
+
+
 def test_bad_bytes_are_rejected_with_their_exact_bytes() -> None:
     rows, rejects = parse_lines(b"a\n\x00b\nc\xff\nd\n", 1)
     assert [r.values for r in rows] == [("a",), ("d",)]

@@ -761,13 +761,15 @@ class Engine:
         if not columns:
             return None  # False: a CSV header still incomplete
         first_line = tracked.line_count + 1
-        if copyable(first, cut, self.s.fmt, first_line, self.s.csv, columns=len(columns)) is None:
+        span = copyable(first, cut, self.s.fmt, first_line, self.s.csv, columns=len(columns))
+        if span is None:
             return self._chunk(tracked, available, final=False)  # read whole, to be parsed
         tracked.partial = None
         fmt, csv = self.s.fmt, self.s.csv
         stream = Stream(
             tracked.fd, tracked.offset, limit, first, first_line, fmt, csv, len(columns)
         )
+        stream.first_span = (cut, span)  # checked once, here
         stream.stop = self.stop_event  # a stop asked for lands what was sent so far
         return Pending(tracked, stream, columns)
 

@@ -132,7 +132,9 @@ class Stream:
     newlines went to COPY (see :meth:`lines_in`). A later piece that needs parsing ends the
     stream early (``stopped``): the pieces before it land, and the next batch starts at it;
     :class:`NotRaw` is raised when the first piece does. So does ``stop`` once set (a stop
-    asked for lands what was sent, without waiting for the rest of a large batch)."""
+    asked for lands what was sent, without waiting for the rest of a large batch).
+    ``first_span``: where ``first`` ends and its span, when the caller has checked it
+    already (see :func:`copyable`): it is not checked twice."""
 
     fd: int
     start: int
@@ -143,6 +145,7 @@ class Stream:
     csv: CsvOptions
     columns: int = 1
     stop: threading.Event | None = None
+    first_span: tuple[int, tuple[int, int]] | None = None
     sent: int = 0
     lines: int = 0
     stopped: bool = False
@@ -157,12 +160,17 @@ class Stream:
         """The pieces, each a view of the bytes read (COPY sends them without a copy)."""
         stop = self.start + self.limit
         pos, window = self.start, self.first
+        span: tuple[int, int] | None
         while window:
-            cut = complete_end(window, self.fmt, self.csv)
-            if cut == 0:
-                return  # a record longer than a piece: the next batch reads it whole
-            first_line = self.first_line if pos == self.start else 0
-            span = copyable(window, cut, self.fmt, first_line, self.csv, columns=self.columns)
+            checked = self.first_span if pos == self.start else None
+            if checked is not None:
+                cut, span = checked
+            else:
+                cut = complete_end(window, self.fmt, self.csv)
+                if cut == 0:
+                    return  # a record longer than a piece: the next batch reads it whole
+                first_line = self.first_line if pos == self.start else 0
+                span = copyable(window, cut, self.fmt, first_line, self.csv, columns=self.columns)
             if span is None:
                 if pos == self.start:
                     raise NotRaw
