@@ -154,6 +154,7 @@ class Receiver:
         self._direct = False
         self._lane: BatchQueue | None = None
         self._read_at = 0.0  # when the dispatcher last read something (no probe needed)
+        self._idle = -1  # a duplicate of the socket for the dispatcher (see idle_socket)
         self._enc = "utf-8"
         queue.set_on_room(self.wake)
         policy = Policy(
@@ -347,32 +348,64 @@ class Receiver:
         steady stream it reads and delivers in one thread, as a plain driver loop does,
         instead of this thread handing every batch over (two threads taking turns on the
         GIL). While it does, and while anything is queued, this thread leaves the socket to
-        it; it reads again as soon as this returns None: nothing to read, this thread busy
-        with the connection (a LISTEN or a probe in flight, a reconnect), anything queued
-        meanwhile (it goes first). The drop policies are left to this thread (they need it
-        reading while a callback is slow). Never blocks.
+        it. When there is nothing to read, :attr:`idle_socket` tells whether the dispatcher
+        may also wait on the socket itself (then one wake-up, the dispatcher's, stands
+        between a notification and its callback, as in a driver loop); otherwise this
+        thread reads again: it is busy with the connection (a LISTEN or a probe in flight,
+        a reconnect), the connection is failing, or something was queued meanwhile (it
+        goes first). The drop policies are left to this thread (they need it reading while
+        a callback is slow). Never blocks.
         """
+        self._drop_idle()
         if queue.when_full != "block":
             return None
         self._lane = queue
-        notes: list[Any] = []
         if self._reading.acquire(blocking=False):
             try:
                 pg = self._live
                 if pg is not None and queue.empty():
-                    with contextlib.suppress(psycopg.Error):  # failing: this thread notices
+                    try:
                         pg.consume_input()
                         notes = self._read(pg)
-                if notes:
-                    self._direct = True
-                    self._read_at = time.monotonic()
-                    self._stats.counts["received"] += len(notes)
-                    return datetime.now(UTC), self._enc, notes
+                        fd = pg.socket
+                    except psycopg.Error:  # failing: this thread notices (below)
+                        pass
+                    else:
+                        self._direct = True
+                        if not notes:
+                            self._idle = os.dup(fd)  # ours for sure: taken under the lock
+                            return None
+                        self._read_at = time.monotonic()
+                        self._stats.counts["received"] += len(notes)
+                        return datetime.now(UTC), self._enc, notes
             finally:
                 self._reading.release()
-        self._direct = False
-        self.wake()  # this thread may be leaving the socket to the dispatcher: read again
+        self.leave_socket()
         return None
+
+    def idle_socket(self) -> int:
+        """After :meth:`take_now` found nothing: a duplicate of the socket for the dispatcher
+        to wait on until it is readable (then it calls ``take_now`` again) and to close; -1
+        when it must wait for the queue alone.
+
+        The duplicate is made under the lock, so it is the connection's socket even when
+        this thread closes the connection meanwhile (the dispatcher's wait then ends: a
+        closed connection is readable); waiting on it never changes what is registered for
+        another file that reuses the number.
+        """
+        fd, self._idle = self._idle, -1
+        return fd
+
+    def leave_socket(self) -> None:
+        """The dispatcher stops reading and waiting on the socket: this thread reads again."""
+        self._drop_idle()
+        self._direct = False
+        self.wake()
+
+    def _drop_idle(self) -> None:
+        fd, self._idle = self._idle, -1
+        if fd >= 0:
+            os.close(fd)
 
     def _flush_outbox(self) -> None:
         """Hand what waits in the outbox to the queue, in order, as far as it takes it."""

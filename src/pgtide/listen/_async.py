@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Hashable, Iterable
 from typing import Any, TypeVar
 
 from .._lifecycle import AsyncRunnable
 from ..channel import Callback, Notification
-from ._core import END, IN_DISPATCH, Change, Face
+from ._core import END, IN_DISPATCH, Change, Face, ListenerCore
 
 logger = logging.getLogger("pgtide.listen")
 
@@ -104,13 +105,14 @@ class Listener(Face, AsyncRunnable):
         IN_DISPATCH.set(True)
         core = self._core
         items = core.queue
+        loop = asyncio.get_running_loop()
         while not core.closing:
             wake.clear()
             item = core.next_item()
             if item is None:
                 if items.closed:
                     return
-                await wake.wait()
+                await _sleep(loop, wake, core)
                 continue
             for awaitable, sub, note in core.deliver(item):
                 try:
@@ -214,6 +216,27 @@ class AsyncNotificationIterator(AsyncIterator[Notification]):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+async def _sleep(loop: asyncio.AbstractEventLoop, wake: asyncio.Event, core: ListenerCore) -> None:
+    """Wait until ``wake`` is set (something was queued, or the listener closes) or the
+    connection's socket is readable, when the core offers it (see ``idle_socket``)."""
+    socket = core.idle_socket()
+    if socket < 0:
+        await wake.wait()
+        return
+    try:
+        loop.add_reader(socket, wake.set)
+    except (NotImplementedError, OSError, RuntimeError):  # a loop that cannot watch files
+        os.close(socket)
+        core.leave_socket()
+        await wake.wait()
+        return
+    try:
+        await wake.wait()
+    finally:
+        loop.remove_reader(socket)
+        os.close(socket)
 
 
 def _resolve(done: asyncio.Future[None]) -> None:

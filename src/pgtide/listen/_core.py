@@ -163,6 +163,18 @@ class ListenerCore:
             item = receiver.take_now(self.queue)
         return item
 
+    def idle_socket(self) -> int:
+        """After :meth:`next_item` returned None: a file for the dispatcher to wait on,
+        besides the queue's wakeup, and then to close (see :meth:`Receiver.idle_socket`);
+        -1 when there is none."""
+        receiver = self._receiver
+        return -1 if receiver is None else receiver.idle_socket()
+
+    def leave_socket(self) -> None:
+        """The dispatcher cannot wait on the socket: the connection thread reads it."""
+        if (receiver := self._receiver) is not None:
+            receiver.leave_socket()
+
     def end_pulls(self) -> None:
         """End every open iterator (called by the face, in the context its inboxes expect)."""
         for pull in list(self.pulls):
