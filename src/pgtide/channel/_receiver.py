@@ -154,7 +154,6 @@ class Receiver:
         self._direct = False
         self._lane: BatchQueue | None = None
         self._read_at = 0.0  # when the dispatcher last read something (no probe needed)
-        self._idle = -1  # a duplicate of the socket for the dispatcher (see idle_socket)
         self._enc = "utf-8"
         queue.set_on_room(self.wake)
         policy = Policy(
@@ -341,24 +340,25 @@ class Receiver:
             self._direct = False
             lock.release()
 
-    def take_now(self, queue: BatchQueue) -> Batch | None:
+    def take_now(self, queue: BatchQueue) -> Batch | int:
         """The direct lane: what the socket holds, read by the dispatcher itself.
 
         The dispatcher of ``queue`` calls it whenever the queue is empty, so that under a
         steady stream it reads and delivers in one thread, as a plain driver loop does,
         instead of this thread handing every batch over (two threads taking turns on the
         GIL). While it does, and while anything is queued, this thread leaves the socket to
-        it. When there is nothing to read, :attr:`idle_socket` tells whether the dispatcher
-        may also wait on the socket itself (then one wake-up, the dispatcher's, stands
-        between a notification and its callback, as in a driver loop); otherwise this
-        thread reads again: it is busy with the connection (a LISTEN or a probe in flight,
-        a reconnect), the connection is failing, or something was queued meanwhile (it
-        goes first). The drop policies are left to this thread (they need it reading while
-        a callback is slow). Never blocks.
+        it. When there is nothing to read, it returns a file for the dispatcher to wait on
+        besides its queue, and then to close: a duplicate of the socket (then one wake-up,
+        the dispatcher's, stands between a notification and its callback, as in a driver
+        loop; the duplicate is made under the lock, so it is this connection's socket even
+        when this thread closes the connection meanwhile, which makes it readable), or -1,
+        and this thread reads again: it is busy with the connection (a LISTEN or a probe in
+        flight, a reconnect), the connection is failing, or something was queued meanwhile
+        (it goes first). The drop policies are left to this thread (they need it reading
+        while a callback is slow). Never blocks.
         """
-        self._drop_idle()
         if queue.when_full != "block":
-            return None
+            return -1
         self._lane = queue
         if self._reading.acquire(blocking=False):
             try:
@@ -373,39 +373,19 @@ class Receiver:
                     else:
                         self._direct = True
                         if not notes:
-                            self._idle = os.dup(fd)  # ours for sure: taken under the lock
-                            return None
+                            return os.dup(fd)
                         self._read_at = time.monotonic()
                         self._stats.counts["received"] += len(notes)
                         return datetime.now(UTC), self._enc, notes
             finally:
                 self._reading.release()
         self.leave_socket()
-        return None
-
-    def idle_socket(self) -> int:
-        """After :meth:`take_now` found nothing: a duplicate of the socket for the dispatcher
-        to wait on until it is readable (then it calls ``take_now`` again) and to close; -1
-        when it must wait for the queue alone.
-
-        The duplicate is made under the lock, so it is the connection's socket even when
-        this thread closes the connection meanwhile (the dispatcher's wait then ends: a
-        closed connection is readable); waiting on it never changes what is registered for
-        another file that reuses the number.
-        """
-        fd, self._idle = self._idle, -1
-        return fd
+        return -1
 
     def leave_socket(self) -> None:
         """The dispatcher stops reading and waiting on the socket: this thread reads again."""
-        self._drop_idle()
         self._direct = False
         self.wake()
-
-    def _drop_idle(self) -> None:
-        fd, self._idle = self._idle, -1
-        if fd >= 0:
-            os.close(fd)
 
     def _flush_outbox(self) -> None:
         """Hand what waits in the outbox to the queue, in order, as far as it takes it."""

@@ -109,10 +109,12 @@ class Listener(Face, AsyncRunnable):
         while not core.closing:
             wake.clear()
             item = core.next_item()
-            if item is None:
+            if isinstance(item, int):  # nothing yet: wait (on the socket too, if >= 0)
                 if items.closed:
+                    if item >= 0:
+                        os.close(item)
                     return
-                await _sleep(loop, wake, core)
+                await _sleep(loop, wake, core, item)
                 continue
             for awaitable, sub, note in core.deliver(item):
                 try:
@@ -218,24 +220,26 @@ class AsyncNotificationIterator(AsyncIterator[Notification]):
         await self.aclose()
 
 
-async def _sleep(loop: asyncio.AbstractEventLoop, wake: asyncio.Event, core: ListenerCore) -> None:
-    """Wait until ``wake`` is set (something was queued, or the listener closes) or the
-    connection's socket is readable, when the core offers it (see ``idle_socket``)."""
-    socket = core.idle_socket()
+async def _sleep(
+    loop: asyncio.AbstractEventLoop, wake: asyncio.Event, core: ListenerCore, socket: int
+) -> None:
+    """Wait until ``wake`` is set (something was queued, or the listener closes) or, when it
+    is not -1, until ``socket`` is readable; then close ``socket``."""
     if socket < 0:
         await wake.wait()
         return
     try:
-        loop.add_reader(socket, wake.set)
-    except (NotImplementedError, OSError, RuntimeError):  # a loop that cannot watch files
-        os.close(socket)
-        core.leave_socket()
-        await wake.wait()
-        return
-    try:
-        await wake.wait()
+        try:
+            loop.add_reader(socket, wake.set)
+        except (NotImplementedError, OSError, RuntimeError):  # a loop that cannot watch files
+            core.leave_socket()
+            await wake.wait()
+            return
+        try:
+            await wake.wait()
+        finally:
+            loop.remove_reader(socket)
     finally:
-        loop.remove_reader(socket)
         os.close(socket)
 
 

@@ -146,10 +146,11 @@ class Listener(Face, Runnable):
         try:
             while not core.closing:
                 item = core.next_item()
-                if item is None:
+                if isinstance(item, int):  # nothing yet: wait (on the socket too, if >= 0)
                     if items.closed:
+                        _close(item)
                         break
-                    _sleep(wake, core.idle_socket())
+                    _sleep(wake, item)
                     continue
                 for awaitable, sub, note in core.deliver(item):
                     if loop is None:
@@ -292,6 +293,10 @@ def _sleep(wake: WakePipe, socket: int) -> None:
     try:
         poller.poll()
     finally:
-        if socket >= 0:
-            os.close(socket)
+        _close(socket)
     wake.clear()
+
+
+def _close(socket: int) -> None:
+    if socket >= 0:
+        os.close(socket)
