@@ -34,7 +34,7 @@ from psycopg.conninfo import conninfo_to_dict
 import pgtide
 import pgtide.aio
 
-from ._harness import Figure, percentiles, rate, wait_until
+from ._harness import Figure, percentiles, rate
 
 SUITE = "listen"
 R = TypeVar("R")
@@ -194,9 +194,12 @@ def _latency_sender(dsn: str, count: int, per_second: float, pipe: Connection) -
 def _latency(dsn: str, listen: Callable[[Callable[[int], None]], Any]) -> list[float]:
     """Latencies (ms) of LATENCY_COUNT messages; ``listen(on_index)`` runs the receiver."""
     arrived: dict[int, int] = {}
+    done = threading.Event()
 
     def on_index(i: int) -> None:
         arrived[i] = time.monotonic_ns()
+        if len(arrived) >= LATENCY_COUNT:
+            done.set()
 
     ours, theirs = multiprocessing.get_context("spawn").Pipe()
     sender = multiprocessing.get_context("spawn").Process(
@@ -204,32 +207,32 @@ def _latency(dsn: str, listen: Callable[[Callable[[int], None]], Any]) -> list[f
     )
     sender.start()
     try:
-        listen(on_index)(lambda: ours.send("go"), lambda: len(arrived) >= LATENCY_COUNT)
+        listen(on_index)(lambda: ours.send("go"), done)
         stamps: list[int] = ours.recv()
     finally:
         sender.join(10)
     return [(arrived[i] - t0) / 1e6 for i, t0 in enumerate(stamps) if i in arrived]
 
 
-def _wait(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    wait_until(condition, timeout, interval=0.01)  # late or lost messages show in the samples
+# Every receiver waits for the last message without polling: a thread blocked on an Event
+# (for asyncio ones, in a worker thread), so no receiver's process wakes up more than its
+# receive loop does (late or lost messages show in the samples).
+_TIMEOUT = 30.0
 
 
-async def _await(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+async def _await(done: threading.Event) -> None:
+    await asyncio.to_thread(done.wait, _TIMEOUT)
 
 
 def _lat_raw(dsn: str) -> Callable[[Callable[[int], None]], Any]:
     def listen(on_index: Callable[[int], None]) -> Any:
-        def run(go: Callable[[], None], finished: Callable[[], bool]) -> None:
+        def run(go: Callable[[], None], done: threading.Event) -> None:
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute(f'LISTEN "{CHANNEL}"')
                 go()
-                for note in conn.notifies(timeout=30):
+                for note in conn.notifies(timeout=_TIMEOUT):
                     on_index(json.loads(note.payload))
-                    if finished():
+                    if done.is_set():
                         break
 
         return run
@@ -239,11 +242,11 @@ def _lat_raw(dsn: str) -> Callable[[Callable[[int], None]], Any]:
 
 def _lat_pgtide(dsn: str) -> Callable[[Callable[[int], None]], Any]:
     def listen(on_index: Callable[[int], None]) -> Any:
-        def run(go: Callable[[], None], finished: Callable[[], bool]) -> None:
+        def run(go: Callable[[], None], done: threading.Event) -> None:
             with pgtide.Listener(dsn=dsn) as listener:
                 listener.subscribe(CHANNEL, lambda note: on_index(note.payload))
                 go()
-                _wait(finished)
+                done.wait(_TIMEOUT)
 
         return run
 
@@ -252,12 +255,12 @@ def _lat_pgtide(dsn: str) -> Callable[[Callable[[int], None]], Any]:
 
 def _lat_pgtide_async(dsn: str) -> Callable[[Callable[[int], None]], Any]:
     def listen(on_index: Callable[[int], None]) -> Any:
-        def run(go: Callable[[], None], finished: Callable[[], bool]) -> None:
+        def run(go: Callable[[], None], done: threading.Event) -> None:
             async def main() -> None:
                 async with pgtide.aio.Listener(dsn=dsn) as listener:
                     await listener.subscribe(CHANNEL, lambda note: on_index(note.payload))
                     go()
-                    await _await(finished)
+                    await _await(done)
 
             asyncio.run(main())
 
@@ -268,7 +271,7 @@ def _lat_pgtide_async(dsn: str) -> Callable[[Callable[[int], None]], Any]:
 
 def _lat_asyncpg(dsn: str) -> Callable[[Callable[[int], None]], Any]:
     def listen(on_index: Callable[[int], None]) -> Any:
-        def run(go: Callable[[], None], finished: Callable[[], bool]) -> None:
+        def run(go: Callable[[], None], done: threading.Event) -> None:
             import asyncpg
 
             async def main() -> None:
@@ -278,7 +281,7 @@ def _lat_asyncpg(dsn: str) -> Callable[[Callable[[int], None]], Any]:
                         CHANNEL, lambda c, pid, ch, payload: on_index(json.loads(payload))
                     )
                     go()
-                    await _await(finished)
+                    await _await(done)
                 finally:
                     await conn.close()
 
@@ -291,7 +294,7 @@ def _lat_asyncpg(dsn: str) -> Callable[[Callable[[int], None]], Any]:
 
 def _lat_pgnotifier(dsn: str) -> Callable[[Callable[[int], None]], Any]:
     def listen(on_index: Callable[[int], None]) -> Any:
-        def run(go: Callable[[], None], finished: Callable[[], bool]) -> None:
+        def run(go: Callable[[], None], done: threading.Event) -> None:
             from pgnotifier import Notifier
 
             notifier = Notifier(conninfo_to_dict(dsn))
@@ -299,7 +302,7 @@ def _lat_pgnotifier(dsn: str) -> Callable[[Callable[[int], None]], Any]:
                 notifier.subscribe(1, CHANNEL, lambda id, ch, payload, pid: on_index(payload))
                 time.sleep(0.5)
                 go()
-                _wait(finished)
+                done.wait(_TIMEOUT)
             finally:
                 notifier.stop()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import warnings
 from collections.abc import Awaitable
 from dataclasses import fields
@@ -362,6 +364,7 @@ class FakePG:
         self._fail = fail
         self._next = parsed
         self.reads = 0
+        self.socket = -1  # a file number, for the dispatcher to wait on (take_now)
 
     def notifies(self) -> PGnotify | None:
         return self._parsed.pop(0) if self._parsed else None
@@ -418,27 +421,45 @@ def _receiver(queue: BatchQueue) -> Receiver:
 def test_the_dispatcher_reads_the_socket_itself_only_when_nothing_is_queued() -> None:
     queue = BatchQueue(100_000, "block")
     receiver = _receiver(queue)
+    ours, server = socket.socketpair()
     try:
         pg = FakePG(0, [3, 2])
-        assert receiver.take_now(queue) is None  # not serving a connection: no direct lane
+        pg.socket = ours.fileno()
+        assert receiver.take_now(queue) == -1  # not serving a connection: no direct lane
+        assert not receiver._direct
         receiver._live = pg  # type: ignore[assignment]  # as serve() sets it between polls
         queue.put_marker(RECONNECTED)
-        assert receiver.take_now(queue) is None and pg.reads == 0  # the queued item goes first
+        assert receiver.take_now(queue) == -1 and pg.reads == 0  # the queued item goes first
+        assert not receiver._direct
         assert queue.get(timeout=0) is RECONNECTED
         first = receiver.take_now(queue)
-        assert first is not None and [int(n.extra) for n in first[2]] == [0, 1, 2, 3, 4]
+        assert not isinstance(first, int) and [int(n.extra) for n in first[2]] == [0, 1, 2, 3, 4]
         assert receiver._direct and receiver._stats.counts["received"] == 5
-        assert receiver.take_now(queue) is None  # nothing more: the receiver reads again
+        # nothing more: the dispatcher may wait on (a duplicate of) the socket itself, and
+        # the receiver keeps leaving the socket to it
+        idle = receiver.take_now(queue)
+        assert isinstance(idle, int) and idle >= 0 and idle != ours.fileno()
+        assert os.path.sameopenfile(idle, ours.fileno()) and receiver._direct
+        os.close(idle)
+        receiver.leave_socket()  # the dispatcher cannot wait on it: the receiver reads again
         assert not receiver._direct
         with receiver._reading:  # the receiver is using the connection: never waits for it
-            assert receiver.take_now(queue) is None
+            assert receiver.take_now(queue) == -1
+        assert not receiver._direct
+        failing = FakePG(0, [1], fail=True)
+        failing.socket = ours.fileno()
+        receiver._live = failing  # type: ignore[assignment]
+        assert receiver.take_now(queue) == -1  # a failing connection: the receiver notices
+        assert not receiver._direct
     finally:
         receiver.stop()
+        ours.close()
+        server.close()
     dropping = BatchQueue(10, "drop_oldest")
     dropper = _receiver(dropping)
     dropper._live = FakePG(2, [])  # type: ignore[assignment]
     try:
-        assert dropper.take_now(dropping) is None  # drop policies: only the thread reads
+        assert dropper.take_now(dropping) == -1  # drop policies: only the thread reads
     finally:
         dropper.stop()
 

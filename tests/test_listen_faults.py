@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import select
@@ -9,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -17,6 +19,8 @@ from pgtide_testing import RestartableServer
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import pgtide
+import pgtide.aio
+from pgtide.channel import Receiver
 
 
 class Reconnects:
@@ -241,3 +245,73 @@ def test_an_outage_logs_one_sentence_per_attempt_at_most(
     attempts = len(first) + len(again)
     assert len(messages) <= attempts + 2  # one line per attempt at most, plus lost and back
     assert f"({attempts + 1} attempts)" in back[0]
+
+
+# -- the direct lane: the dispatcher reads a trickle itself, and gives the socket back -----
+
+
+@pytest.mark.parametrize("face", ["blocking", "asyncio"])
+def test_a_trickle_is_read_by_the_dispatcher_itself_across_listen_probe_and_reconnect(
+    dsn: str, face: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Notifications sent one at a time, each awaited: once idle, the dispatcher waits on the
+    socket and reads them itself (one thread woken per notification, as in a driver loop,
+    rather than the connection thread handing each over). A LISTEN, probes, a terminated
+    backend and a restart meanwhile take the socket back to the connection thread, and the
+    dispatcher reads again after them; nothing is lost or reordered."""
+    direct: list[int] = []  # the sizes of the batches the dispatcher read itself
+    take_now = Receiver.take_now
+
+    def spy(self: Receiver, queue: Any) -> Any:
+        batch = take_now(self, queue)
+        if not isinstance(batch, int):  # a batch, not a file to wait on
+            direct.append(len(batch[2]))
+        return batch
+
+    monkeypatch.setattr(Receiver, "take_now", spy)
+    got = Collector()
+    gaps = threading.Event()
+    with psycopg.connect(dsn, autocommit=True) as sender:
+
+        def trickle(first: int, count: int) -> int:
+            before = sum(direct)
+            for i in range(first, first + count):
+                sender.execute("SELECT pg_notify('trickle', %s)", (str(i),))
+                got.wait_for(i + 1)
+            return sum(direct) - before
+
+        def scenario(listener: Any, call: Any) -> None:
+            assert trickle(0, 20) >= 10  # the dispatcher's own reads (0 without the lane)
+            call(listener.subscribe("other", print))  # a LISTEN in flight
+            assert trickle(20, 20) >= 10
+            (pid,) = listener_backends(dsn)
+            sender.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            wait_until(gaps.is_set, what="on_reconnect after the terminated backend")
+            assert trickle(40, 20) >= 10
+            call(listener.restart())
+            assert trickle(60, 20) >= 10
+            assert got.payloads == list(range(80))
+
+        options: dict[str, Any] = {
+            "dsn": dsn,
+            "on_reconnect": gaps.set,
+            "probe_interval": 0.05,  # probes between the notifications, too
+        }
+        if face == "blocking":
+            with pgtide.Listener(**options) as listener:
+                listener.subscribe("trickle", got)
+                scenario(listener, lambda result: result)
+        else:
+
+            async def main() -> None:
+                async with pgtide.aio.Listener(**options) as listener:
+                    await listener.subscribe("trickle", got)
+                    loop = asyncio.get_running_loop()
+
+                    def call(result: Any) -> Any:  # run a coroutine from the worker thread
+                        return asyncio.run_coroutine_threadsafe(result, loop).result(10)
+
+                    await asyncio.to_thread(scenario, listener, call)
+
+            asyncio.run(main())
+    assert not pgtide_threads()

@@ -77,8 +77,13 @@ class BatchQueue:
         return not self._items
 
     def set_wakeup(self, wakeup: Callable[[], None] | None) -> None:
-        """Have ``put`` call ``wakeup`` (any thread) instead of notifying a waiting thread."""
-        self._wakeup = wakeup
+        """Have ``put`` call ``wakeup`` (any thread) instead of notifying a waiting thread.
+
+        It is only ever called under the queue's lock: once this returns, the previous
+        wakeup is not running and never runs again (its resources may be released).
+        """
+        with self._cond:
+            self._wakeup = wakeup
 
     def _signal(self) -> None:
         if self._sleeping:

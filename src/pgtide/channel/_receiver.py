@@ -340,39 +340,52 @@ class Receiver:
             self._direct = False
             lock.release()
 
-    def take_now(self, queue: BatchQueue) -> Batch | None:
+    def take_now(self, queue: BatchQueue) -> Batch | int:
         """The direct lane: what the socket holds, read by the dispatcher itself.
 
         The dispatcher of ``queue`` calls it whenever the queue is empty, so that under a
         steady stream it reads and delivers in one thread, as a plain driver loop does,
         instead of this thread handing every batch over (two threads taking turns on the
         GIL). While it does, and while anything is queued, this thread leaves the socket to
-        it; it reads again as soon as this returns None: nothing to read, this thread busy
-        with the connection (a LISTEN or a probe in flight, a reconnect), anything queued
-        meanwhile (it goes first). The drop policies are left to this thread (they need it
-        reading while a callback is slow). Never blocks.
+        it. When there is nothing to read, it returns a file for the dispatcher to wait on
+        besides its queue, and then to close: a duplicate of the socket (then one wake-up,
+        the dispatcher's, stands between a notification and its callback, as in a driver
+        loop; the duplicate is made under the lock, so it is this connection's socket even
+        when this thread closes the connection meanwhile, which makes it readable), or -1,
+        and this thread reads again: it is busy with the connection (a LISTEN or a probe in
+        flight, a reconnect), the connection is failing, or something was queued meanwhile
+        (it goes first). The drop policies are left to this thread (they need it reading
+        while a callback is slow). Never blocks.
         """
         if queue.when_full != "block":
-            return None
+            return -1
         self._lane = queue
-        notes: list[Any] = []
         if self._reading.acquire(blocking=False):
             try:
                 pg = self._live
                 if pg is not None and queue.empty():
-                    with contextlib.suppress(psycopg.Error):  # failing: this thread notices
+                    try:
                         pg.consume_input()
                         notes = self._read(pg)
-                if notes:
-                    self._direct = True
-                    self._read_at = time.monotonic()
-                    self._stats.counts["received"] += len(notes)
-                    return datetime.now(UTC), self._enc, notes
+                        fd = pg.socket
+                    except psycopg.Error:  # failing: this thread notices (below)
+                        pass
+                    else:
+                        self._direct = True
+                        if not notes:
+                            return os.dup(fd)
+                        self._read_at = time.monotonic()
+                        self._stats.counts["received"] += len(notes)
+                        return datetime.now(UTC), self._enc, notes
             finally:
                 self._reading.release()
+        self.leave_socket()
+        return -1
+
+    def leave_socket(self) -> None:
+        """The dispatcher stops reading and waiting on the socket: this thread reads again."""
         self._direct = False
-        self.wake()  # this thread may be leaving the socket to the dispatcher: read again
-        return None
+        self.wake()
 
     def _flush_outbox(self) -> None:
         """Hand what waits in the outbox to the queue, in order, as far as it takes it."""

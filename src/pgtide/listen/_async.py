@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Hashable, Iterable
 from typing import Any, TypeVar
 
 from .._lifecycle import AsyncRunnable
 from ..channel import Callback, Notification
-from ._core import END, IN_DISPATCH, Change, Face
+from ._core import END, IN_DISPATCH, Change, Face, ListenerCore
 
 logger = logging.getLogger("pgtide.listen")
 
@@ -104,13 +105,16 @@ class Listener(Face, AsyncRunnable):
         IN_DISPATCH.set(True)
         core = self._core
         items = core.queue
+        loop = asyncio.get_running_loop()
         while not core.closing:
             wake.clear()
             item = core.next_item()
-            if item is None:
+            if isinstance(item, int):  # nothing yet: wait (on the socket too, if >= 0)
                 if items.closed:
+                    if item >= 0:
+                        os.close(item)
                     return
-                await wake.wait()
+                await _sleep(loop, wake, core, item)
                 continue
             for awaitable, sub, note in core.deliver(item):
                 try:
@@ -214,6 +218,29 @@ class AsyncNotificationIterator(AsyncIterator[Notification]):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+async def _sleep(
+    loop: asyncio.AbstractEventLoop, wake: asyncio.Event, core: ListenerCore, socket: int
+) -> None:
+    """Wait until ``wake`` is set (something was queued, or the listener closes) or, when it
+    is not -1, until ``socket`` is readable; then close ``socket``."""
+    if socket < 0:
+        await wake.wait()
+        return
+    try:
+        try:
+            loop.add_reader(socket, wake.set)
+        except (NotImplementedError, OSError, RuntimeError):  # a loop that cannot watch files
+            core.leave_socket()
+            await wake.wait()
+            return
+        try:
+            await wake.wait()
+        finally:
+            loop.remove_reader(socket)
+    finally:
+        os.close(socket)
 
 
 def _resolve(done: asyncio.Future[None]) -> None:

@@ -154,14 +154,21 @@ class ListenerCore:
         if receiver is not None:
             receiver.stop()
 
-    def next_item(self) -> Item | None:
+    def next_item(self) -> Item | int:
         """The next item to deliver without waiting: the queue's, else what the socket holds
-        (read by the dispatcher itself: see :meth:`Receiver.take_now`); None when there is
-        nothing (then the queue's wakeup or ``get`` tells when there is)."""
+        (read by the dispatcher itself: see :meth:`Receiver.take_now`). When there is
+        nothing, a file number: the socket (a duplicate) to wait on besides the queue's
+        wakeup, which the caller closes, or -1 (wait for the wakeup alone)."""
         item = self.queue.get_nowait()
-        if item is None and (receiver := self._receiver) is not None:
-            item = receiver.take_now(self.queue)
-        return item
+        if item is not None:
+            return item
+        receiver = self._receiver
+        return -1 if receiver is None else receiver.take_now(self.queue)
+
+    def leave_socket(self) -> None:
+        """The dispatcher cannot wait on the socket: the connection thread reads it."""
+        if (receiver := self._receiver) is not None:
+            receiver.leave_socket()
 
     def end_pulls(self) -> None:
         """End every open iterator (called by the face, in the context its inboxes expect)."""

@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
+import select
 import threading
 from collections.abc import Awaitable, Hashable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from .._lifecycle import Runnable
 from .._signals import stop_on_signals
-from ..channel import Callback, Notification
+from ..channel import Callback, Notification, WakePipe
 from ._core import END, IN_DISPATCH, Change, Face
 
 logger = logging.getLogger("pgtide.listen")
@@ -52,6 +54,7 @@ class Listener(Face, Runnable):
     def _prepare(self) -> None:
         self._lock = threading.Lock()
         self._dispatcher: threading.Thread | None = None
+        self._leaving: threading.Thread | None = None  # closed from its own callback
         self._stopped = threading.Event()
         self._stopped.set()
 
@@ -81,8 +84,13 @@ class Listener(Face, Runnable):
         """
         with self._lock:
             self._core.close()
-            dispatcher, self._dispatcher = self._dispatcher, None
-        if dispatcher is not None and dispatcher is not threading.current_thread():
+            # a close() from a callback cannot wait for its own thread: the next close()
+            # from elsewhere (run_forever's, say) does
+            dispatcher = self._dispatcher or self._leaving
+            self._dispatcher = self._leaving = None
+            if dispatcher is threading.current_thread():
+                self._leaving, dispatcher = dispatcher, None
+        if dispatcher is not None:
             dispatcher.join(self._stop_timeout)
             if dispatcher.is_alive():
                 logger.warning(
@@ -133,11 +141,17 @@ class Listener(Face, Runnable):
         core = self._core
         items = core.queue
         loop: asyncio.AbstractEventLoop | None = None
+        wake = WakePipe()
+        items.set_wakeup(wake.wake)
         try:
             while not core.closing:
-                item = core.next_item() or items.get()
-                if item is None:
-                    break
+                item = core.next_item()
+                if isinstance(item, int):  # nothing yet: wait (on the socket too, if >= 0)
+                    if items.closed:
+                        _close(item)
+                        break
+                    _sleep(wake, item)
+                    continue
                 for awaitable, sub, note in core.deliver(item):
                     if loop is None:
                         loop = asyncio.new_event_loop()
@@ -146,6 +160,8 @@ class Listener(Face, Runnable):
                     except Exception as exc:
                         core.failed(sub, note, exc)
         finally:
+            items.set_wakeup(None)
+            wake.close()
             if loop is not None:
                 loop.close()
 
@@ -265,3 +281,22 @@ class NotificationIterator(Iterator[Notification]):
 
 async def _await(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
+
+
+def _sleep(wake: WakePipe, socket: int) -> None:
+    """Wait until ``wake`` is woken (something was queued, or the listener closes) or, when
+    it is not -1, until ``socket`` is readable; then close ``socket``."""
+    poller = select.poll()
+    poller.register(wake.fd, select.POLLIN)
+    if socket >= 0:
+        poller.register(socket, select.POLLIN)
+    try:
+        poller.poll()
+    finally:
+        _close(socket)
+    wake.clear()
+
+
+def _close(socket: int) -> None:
+    if socket >= 0:
+        os.close(socket)
