@@ -30,7 +30,15 @@ SUITES = ["foundation", "listen", "feed", "events", "ingest", "sinks", "web"]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("suites", nargs="*", default=SUITES, help="suites to run (default: all)")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated parts of the suites to run (those a suite knows, such as the "
+        "events suite's throughput, publish, latency, paced, scale, peers); a cheap partial run",
+    )
     args = parser.parse_args(argv)
+    if args.only:
+        _harness.ONLY = frozenset(p.strip() for p in args.only.split(",") if p.strip())
     chosen = resolve()
     with psycopg.connect(chosen.dsn) as conn:
         version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
@@ -41,12 +49,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"running {name} ...", file=sys.stderr, flush=True)
         figures.extend(module.run(chosen.dsn))
     command = "make bench" if args.suites == SUITES else f"python -m bench {' '.join(args.suites)}"
+    if args.only:
+        command += f" --only {args.only}"
     header = (
         f"Run on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC at commit {_commit()}, on {_machine()}; "
         f"PostgreSQL {version} ({chosen.source}), Python {platform.python_version()}; "
         f"the run took {time.perf_counter() - began:.0f} s. Command: `{command}`."
     )
-    if args.suites != SUITES:
+    if args.suites != SUITES or args.only:
         # a partial run must not replace the committed full report
         _harness.RESULTS = _harness.RESULTS / "partial"
     report = write_report(figures, header)

@@ -17,6 +17,14 @@ from psycopg.conninfo import make_conninfo
 
 RESULTS = Path(__file__).parent / "results"
 
+ONLY: frozenset[str] | None = None
+"""Parts of the suites to run (``python -m bench events --only latency,publish``); None: all."""
+
+
+def wanted(part: str) -> bool:
+    """Whether a suite is to measure ``part`` (every part unless ``--only`` names others)."""
+    return ONLY is None or part in ONLY
+
 
 @dataclass(frozen=True)
 class Figure:
