@@ -377,7 +377,9 @@ def test_collectors_for_your_own_registry(dsn: str, tmp_path: Path) -> None:
         text = generate_latest(registry).decode()
     assert 'pgtide_listener_received_total{listener="orders"} 1.0' in text
     assert 'pgtide_listener_callback_errors_total{listener="orders"} 1.0' in text
-    assert 'pgtide_watcher_rows_total{path="' in text and "pgtide_watcher_rejects_total" in text
+    path = tmp_path / "a.txt"
+    assert f'pgtide_watcher_rows_total{{path="{path}",watcher="w"}} 2.0' in text
+    assert f'pgtide_watcher_rejects_total{{path="{path}",watcher="w"}} 1.0' in text
 
 
 def test_cli_web_serves_and_stops_on_sigterm(dsn: str, tmp_path: Path) -> None:
@@ -714,6 +716,88 @@ def test_events_collector_for_your_own_registry(dsn: str) -> None:
     events.close()
     assert 'pgtide_events_state{events="shop",state="pending"} 1.0' in text
     assert "paused" not in text
+
+
+def _worker_events(events: Any) -> None:
+    """Handlers that end done, failed then done, and dead."""
+    tries: list[int] = []
+
+    @events.handler("ok")
+    def ok(event: pgtide.Event) -> None:
+        return None
+
+    @events.handler("flaky", retries=1)
+    def flaky(event: pgtide.Event) -> None:
+        tries.append(event.attempt)
+        if len(tries) == 1:
+            raise RuntimeError("first try fails")
+
+    @events.handler("breaks", retries=0)
+    def breaks(event: pgtide.Event) -> None:
+        raise RuntimeError("always")
+
+
+def test_events_worker_counters_for_your_own_registry(dsn: str) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from pgtide.web.metrics import EventsCollector
+
+    events = pgtide.Events(dsn=dsn, poll_interval=0.05, retry_delay=0.01, max_retry_delay=0.02)
+    _worker_events(events)
+    registry = CollectorRegistry()
+    registry.register(EventsCollector(events, name="shop"))
+    ids = [events.publish(name, None) for name in ("ok", "flaky", "breaks")]
+    events.start(concurrency=2)
+    try:
+        assert [events.wait(i, timeout=10).state for i in ids] == ["done", "done", "dead"]
+        stats = events.worker_stats()
+        text = generate_latest(registry).decode()
+    finally:
+        events.close()
+    assert stats["workers"] == 1 and stats["running"] == 0
+    assert (stats["done"], stats["failed"], stats["dead"], stats["cancelled"]) == (2, 1, 1, 0)
+    assert stats["by_name"]["flaky"] == {"done": 1, "failed": 1, "dead": 0, "cancelled": 0}
+    assert stats["durations"]["flaky"].count == 2 and stats["durations"]["ok"].count == 1
+    runs = "pgtide_worker_handler_runs_total"
+    assert f'{runs}{{events="shop",name="flaky",outcome="failed"}} 1.0' in text
+    assert f'{runs}{{events="shop",name="flaky",outcome="done"}} 1.0' in text
+    assert f'{runs}{{events="shop",name="breaks",outcome="dead"}} 1.0' in text
+    duration = "pgtide_worker_handler_duration_seconds"
+    assert f'{duration}_bucket{{events="shop",le="+Inf",name="flaky"}} 2.0' in text
+    assert f'{duration}_count{{events="shop",name="ok"}} 1.0' in text
+    assert 'pgtide_workers{events="shop"} 1.0' in text
+    assert 'pgtide_events_state{events="shop",state="dead"}' in text  # the table, too
+    after = events.worker_stats()  # stopped: no worker runs, the counts stay
+    assert after["workers"] == 0 and after["done"] == 2
+
+
+def test_async_events_worker_counters_without_a_query(dsn: str) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from pgtide.web.metrics import EventsCollector
+
+    async def main() -> tuple[dict[str, Any], str]:
+        events = pgtide.aio.Events(dsn=dsn, poll_interval=0.05, retry_delay=0.01)
+        _worker_events(events)
+        registry = CollectorRegistry()
+        registry.register(EventsCollector(events, name="shop"))  # states: not awaitable here
+        with pytest.raises(ValueError, match="blocking"):
+            EventsCollector(events, states=True)
+        ids = [await events.publish(name, None) for name in ("ok", "flaky", "breaks")]
+        await events.start()
+        try:
+            for i in ids:
+                await events.wait(i, timeout=10)
+            stats = events.worker_stats()
+            text = generate_latest(registry).decode()
+        finally:
+            await events.close()
+        return stats, text
+
+    stats, text = asyncio.run(main())
+    assert (stats["done"], stats["failed"], stats["dead"]) == (2, 1, 1)
+    assert 'pgtide_worker_handler_runs_total{events="shop",name="ok",outcome="done"} 1.0' in text
+    assert "pgtide_events_state" not in text
 
 
 def test_refused_connection_shows_the_password_in_no_page_or_log(

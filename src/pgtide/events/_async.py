@@ -203,4 +203,5 @@ class Events(EventsBase, AsyncClosable):
             self._handlers,
             options,
             lambda: loop,
+            stats=self._stats,
         )

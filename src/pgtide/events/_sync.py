@@ -240,7 +240,12 @@ class Events(EventsBase, Closable):
         options = self._core.worker_options(self._handlers, args)
         self._session.connection()  # schema and your table checked before the worker starts
         return Worker(
-            self._session.resolved, self._core.target(), self._handlers, options, self._event_loop
+            self._session.resolved,
+            self._core.target(),
+            self._handlers,
+            options,
+            self._event_loop,
+            stats=self._stats,
         )
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:

@@ -31,12 +31,12 @@ from .. import channel, events, ingest, schema
 from ..aio import Listener
 from ..connect import DsnLike, Resolved, aconnect, resolve
 from ..errors import PgtideError
+from ..events._stats import Histogram
 from ..feed import retention, wal
 from ..listen import Notification
 from ..overview import Section
 from ..session import Io, arun
 from . import _queries
-from .metrics import Histogram
 
 log = logging.getLogger("pgtide.web")
 T = TypeVar("T")
