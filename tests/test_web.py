@@ -144,6 +144,29 @@ def test_healthz_is_503_without_database_and_shows_no_password(pg_server: Any) -
     asyncio.run(main())
 
 
+@pytest.mark.slow
+def test_healthz_is_200_only_while_the_database_answers(restartable: Any) -> None:
+    pgtide.install(dsn=restartable.dsn)
+
+    async def main() -> None:
+        async with web_client(restartable.dsn) as http:
+            assert (await http.get("/healthz")).status_code == 200
+            await asyncio.to_thread(restartable.stop)
+            down = await http.get("/healthz")
+            assert down.status_code == 503, down.text
+            assert (await http.get("/metrics")).status_code == 200  # metrics still answer
+            await asyncio.to_thread(restartable.start)
+            await until_ok(http)
+
+    async def until_ok(http: httpx.AsyncClient) -> None:
+        deadline = time.monotonic() + 20
+        while (r := await http.get("/healthz")).status_code != 200:  # the server starting up
+            assert time.monotonic() < deadline, r.text
+            await asyncio.sleep(0.1)
+
+    asyncio.run(main())
+
+
 def test_password_never_in_pages(pg_server: Any, dsn: str) -> None:
     info = psycopg.conninfo.conninfo_to_dict(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
