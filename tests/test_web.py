@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,11 +35,11 @@ from pgtide.feed.wal import slot_name
 from pgtide.web.metrics import FileWatcherCollector, ListenerCollector
 
 
-def _dead_event(dsn: str, name: str = "breaks") -> int:
-    """Publish an event and let a worker fail it for good; its id."""
-    events = pgtide.Events(dsn=dsn, poll_interval=0.05)
+def _dead_event(dsn: str, name: str = "breaks", retries: int = 0) -> int:
+    """Publish an event and let a worker fail it for good (after ``retries``); its id."""
+    events = pgtide.Events(dsn=dsn, poll_interval=0.05, retry_delay=0.01)
 
-    @events.handler(name, retries=0)
+    @events.handler(name, retries=retries)
     def breaks(event: pgtide.Event) -> None:
         raise RuntimeError("the handler broke on purpose")
 
@@ -75,11 +76,18 @@ def test_pages_show_every_feature(dsn: str, tmp_path: Path) -> None:
                 assert r.status_code == 200, (name, r.text)
             assert 'data-testid="events-dead">1<' in pages["/"].text
             assert "<svg" in pages["/"].text
-            assert 'data-testid="pending-indexer">2<' in pages["/feed"].text
+            feed = pages["/feed"].text
+            assert 'data-testid="pending-indexer">2<' in feed
+            assert re.search(r'data-testid="lag-indexer">[0-9.]+ (ms|s)<', feed)  # seconds
+            assert 'data-testid="changes-rows">2<' in feed  # the change log's size
+            assert re.search(r'data-testid="changes-size">[1-9][0-9,]* kB<', feed)
+            assert "<svg" in feed  # the lag plots
             assert "breaks" in pages["/events"].text
             assert "the handler broke on purpose" in pages["event"].text
             assert "Traceback" in pages["event"].text or "RuntimeError" in pages["event"].text
-            assert "a.txt" in pages["/ingest"].text and "not a number" in pages["/ingest"].text
+            ingest = pages["/ingest"].text
+            assert "a.txt" in ingest and "not a number" in ingest  # a file, a recent reject
+            assert "<th>offset</th>" in ingest and "<td>15</td>" in ingest  # its offset
             assert "pgtide listen (web)" in pages["/listeners"].text
             assert (await http.get("/events/999999")).status_code == 404
             assert (await http.get("/events/abc")).status_code == 404
@@ -101,7 +109,7 @@ def test_metrics_cover_every_feature(dsn: str, tmp_path: Path) -> None:
         conn.execute("INSERT INTO orders VALUES (1), (2), (3)")
     (tmp_path / "a.txt").write_text("1\nx\n")
     pgtide.FileWatcher(tmp_path, table="readings", dsn=dsn, name="w").catch_up()
-    _dead_event(dsn)
+    _dead_event(dsn, retries=1)  # two attempts: one retry
 
     async def main() -> None:
         async with live_client(dsn) as http:
@@ -112,6 +120,7 @@ def test_metrics_cover_every_feature(dsn: str, tmp_path: Path) -> None:
                 "pgtide_up 1.0",
                 'pgtide_feed_consumer_pending_changes{consumer="slow"} 3.0',
                 'pgtide_events{name="breaks",state="dead"} 1.0',
+                'pgtide_event_retries{name="breaks"} 1.0',
                 "pgtide_feed_changes_rows 3.0",
                 "pgtide_listen_connections",
                 "pgtide_web_listener_received_total",

@@ -137,6 +137,15 @@ class ConsoleCollector(Collector):
             for state, n in counts.items():
                 by.add_metric([name, state], n)
         yield by
+        retries = GaugeMetricFamily(
+            "pgtide_event_retries",
+            "Attempts past the first of the events pgtide.events holds, by name (a retried "
+            "event counts each retry; purged events leave the count)",
+            labels=["name"],
+        )
+        for name, n in sorted(s.retries.items()):
+            retries.add_metric([name], n)
+        yield retries
         yield CounterMetricFamily(
             "pgtide_events_published", "Events ever published (sequence)", s.published
         )
