@@ -526,7 +526,8 @@ class EventsBase(ABC):
         ``by_name``, and ``durations``: a :class:`~pgtide.events.Histogram` of handler
         seconds per event name. The counts only grow while the object lives, across
         ``start``/``stop``; :class:`pgtide.web.metrics.EventsCollector` exports them."""
-        return self._stats.snapshot(len(self._workers))
+        workers = list(self._workers)
+        return self._stats.snapshot(len(workers), sum(w.core.running for w, _ in workers))
 
     @abstractmethod
     def _setup(self, dsn: DsnLike) -> None:

@@ -53,20 +53,17 @@ class WorkerStats:
         self._lock = threading.Lock()
         self._outcomes: Counter[tuple[str, str]] = Counter()
         self._durations: dict[str, Histogram] = {}
-        self._running = 0
-
-    def started(self) -> None:
-        with self._lock:
-            self._running += 1
 
     def finished(self, name: str, outcome: str, seconds: float) -> None:
         """A handler run of event ``name`` ended as ``outcome`` after ``seconds``."""
         with self._lock:
-            self._running -= 1
             self._outcomes[name, outcome] += 1
-            self._durations.setdefault(name, Histogram()).observe(seconds)
+            histogram = self._durations.get(name)
+            if histogram is None:
+                histogram = self._durations[name] = Histogram()
+            histogram.observe(seconds)
 
-    def snapshot(self, workers: int) -> dict[str, Any]:
+    def snapshot(self, workers: int, running: int) -> dict[str, Any]:
         """What :meth:`pgtide.Events.worker_stats` returns (copies: safe to keep)."""
         with self._lock:
             by_name: dict[str, dict[str, int]] = {}
@@ -75,7 +72,7 @@ class WorkerStats:
             totals = {o: sum(c[o] for c in by_name.values()) for o in OUTCOMES}
             return {
                 "workers": workers,
-                "running": self._running,
+                "running": running,
                 **totals,
                 "by_name": by_name,
                 "durations": {n: h.copy() for n, h in sorted(self._durations.items())},

@@ -370,6 +370,11 @@ class WorkerCore:
             timeout = min(timeout, self._yield_until - now)
         return min(timeout, self.options.lease / 3)
 
+    @property
+    def running(self) -> int:
+        """Handlers running now."""
+        return len(self._active)
+
     def busy(self) -> bool:
         with self._lock:
             return self._running > 0
@@ -924,7 +929,6 @@ class WorkerCore:
             task.cancel()
 
     def _run_plain(self, event: Event, spec: HandlerSpec) -> None:
-        self.stats.started()
         began = time.perf_counter()
         try:
             result = spec.fn(event)
@@ -941,7 +945,6 @@ class WorkerCore:
         self._finish(event, began, encoded, None)
 
     async def _run_async(self, event: Event, spec: HandlerSpec) -> None:
-        self.stats.started()
         began = time.perf_counter()
         try:
             coro = spec.fn(event)
