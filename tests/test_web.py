@@ -270,6 +270,9 @@ def test_retry_needs_post_csrf_and_is_refused_read_only(dsn: str) -> None:
             )
             assert r.status_code == 303 and r.headers["location"] == f"/events/{dead}"
             assert (await http.post("/events/1/explode", data={})).status_code == 404
+            for action in ("retry", "cancel"):  # no such event: a 404, not a silent redirect
+                r = await http.post(f"/events/987654/{action}", data={"csrf": csrf_of(page.text)})
+                assert r.status_code == 404 and "no event with id 987654" in r.text
         rec = pgtide.Events(dsn=dsn).get(dead)
         assert rec is not None and rec.state == "pending"
 
