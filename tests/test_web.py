@@ -127,7 +127,16 @@ def test_metrics_cover_every_feature(dsn: str, tmp_path: Path) -> None:
                 "# TYPE pgtide_event_duration_seconds histogram",
             ):
                 assert line in text, line
-            assert 'pgtide_ingest_rejects_total{path="' in text
+            file = f'{{path="{tmp_path / "a.txt"}",watcher="w"}}'
+            for line in (  # ingest rows, rejects and lag (all committed: 0 bytes behind)
+                f"pgtide_ingest_rows_total{file} 1.0",
+                f"pgtide_ingest_rejects_total{file} 1.0",
+                f"pgtide_ingest_offset_bytes{file} 4.0",
+                f"pgtide_ingest_lag_bytes{file} 0.0",
+            ):
+                assert line in text, line
+            for counter in ("dispatched", "callback_errors", "reconnects"):  # the console's own
+                assert f'pgtide_web_listener_{counter}_total{{listener="web"}}' in text
             lag = [x for x in text.splitlines() if x.startswith("pgtide_feed_consumer_lag_seconds")]
             assert lag and float(lag[0].split()[-1]) >= 0
             assert (await http.get("/healthz")).status_code == 200
