@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from docs_examples import DOCS, block_under
 from test_feed_wal import wal_dsn, wal_server  # noqa: F401 (fixtures: wal_level=logical)
 from web_helpers import (
     LOCAL,
@@ -489,6 +490,35 @@ def test_mounts_in_another_app(dsn: str, prefix: str) -> None:
             assert (await http.get(f"{prefix}/static/console.js")).status_code == 200
             assert (await http.get(f"{prefix}/metrics")).status_code == 200
         await console.state.console.close()
+
+    asyncio.run(main())
+
+
+def test_the_docs_fastapi_mount(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/web.md's "Mount it in FastAPI" block, run as printed (the dsn from the
+    environment), then driven: pages and metrics under /pgtide, with the token, read-only."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+    pgtide.track("orders", dsn=dsn)
+    monkeypatch.setenv("PGTIDE_DSN", dsn)
+    namespace: dict[str, Any] = {}
+    exec(block_under(DOCS / "web.md", "## Mount it in FastAPI (or Starlette)", "python"), namespace)
+    api = namespace["api"]
+    bearer = {"authorization": "Bearer a-long-random-string"}
+
+    async def main() -> None:
+        transport = httpx.ASGITransport(app=api, client=LOCAL)
+        async with (
+            api.router.lifespan_context(api),  # stops the console with the app, as shown
+            httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http,
+        ):
+            assert (await http.get("/pgtide/metrics")).status_code == 401  # the token
+            assert (await http.get("/pgtide/metrics", headers=bearer)).status_code == 200
+            page = await http.get("/pgtide/events", headers=bearer)
+            assert page.status_code == 200 and 'href="/pgtide/static/console.css"' in page.text
+            r = await http.post("/pgtide/events/pause", headers=bearer, data={"name": "x"})
+            assert r.status_code == 403 and "read-only" in r.text
+        assert namespace["console"].state.console.stopping.is_set()
 
     asyncio.run(main())
 

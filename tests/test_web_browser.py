@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import shutil
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from docs_examples import DOCS, block_under
 from pgtide_testing import missing
 from starlette.applications import Starlette
 from starlette.responses import HTMLResponse
@@ -242,22 +242,13 @@ def test_screenshots_of_each_page(dsn: str, browser: webdriver.Chrome, tmp_path:
         assert (shots / "web-overview.png").stat().st_size > 10_000
 
 
-def _docs_live_table() -> str:
-    """The example page of docs/web.md ("A live table that follows a feed"), as printed."""
-    text = (Path(__file__).parent.parent / "docs" / "web.md").read_text()
-    section = text[text.index("### A live table that follows a feed") :]
-    match = re.search(r"```html\n(.*?)```", section, re.S)
-    assert match, "no html example in docs/web.md"
-    return match.group(1)
-
-
 def test_the_docs_live_table_follows_a_feed(dsn: str, browser: webdriver.Chrome) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE orders (id int PRIMARY KEY, item text, qty int)")
         pgtide.track("orders", dsn=dsn)
         conn.execute("INSERT INTO orders VALUES (1, 'pear', 3), (2, 'fig', 1), (3, 'kiwi', 9)")
     console = pgtide.web.app(dsn=dsn, expose=["orders"])
-    page = _docs_live_table()
+    page = block_under(DOCS / "web.md", "### A live table that follows a feed", "html")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
