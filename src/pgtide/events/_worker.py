@@ -1131,17 +1131,10 @@ class _Driver(Generic[_S]):
 
     _session_class: type[_S]
 
-    def __init__(
-        self,
-        resolved: Resolved,
-        target: Target,
-        handlers: dict[str, HandlerSpec],
-        options: WorkerOptions,
-        loop: LoopProvider,
-        stats: WorkerStats | None = None,
-    ) -> None:
-        self.core = WorkerCore(target, handlers, options, loop, stats)
-        self.owner = self.core.owner
+    def __init__(self, resolved: Resolved, core: WorkerCore) -> None:
+        self.core = core
+        self.owner = core.owner
+        target, options = core.target, core.options
         listen = options.listen
         self._waker = Waker(
             resolved if listen else None,
@@ -1243,8 +1236,8 @@ class Worker(_Driver[Session]):
 
     _session_class = Session
 
-    def __init__(self, resolved: Resolved, *args: Any, **kwargs: Any) -> None:
-        super().__init__(resolved, *args, **kwargs)
+    def __init__(self, resolved: Resolved, core: WorkerCore) -> None:
+        super().__init__(resolved, core)
         writer = Session(resolved, name="events worker (outcomes)", prepare=self.core.writer_setup)
         self._writer = _Writer(writer)
 

@@ -70,6 +70,19 @@ def labelled(
     yield from (family for family, _ in families)
 
 
+def histograms(
+    name: str, help_: str, by_name: dict[str, Histogram], events: str | None = None
+) -> HistogramMetricFamily:
+    """One histogram per event name (labelled ``name``, after ``events`` when given): the
+    console's handler durations and the workers'."""
+    first = [] if events is None else [events]
+    labels = ["name"] if events is None else ["events", "name"]
+    family = HistogramMetricFamily(name, help_, labels=labels)
+    for event_name, histogram in sorted(by_name.items()):
+        family.add_metric([*first, event_name], histogram.cumulative(), histogram.total)
+    return family
+
+
 class ConsoleCollector(Collector):
     """Every feature's metrics from the hub's newest sample (what ``/metrics`` serves)."""
 
@@ -169,15 +182,12 @@ class ConsoleCollector(Collector):
                 ),
             ],
         )
-        duration = HistogramMetricFamily(
+        yield histograms(
             "pgtide_event_duration_seconds",
             "Handler duration of the events of pgtide.events seen to finish (done, dead or "
             "cancelled while running) since this console started",
-            labels=["name"],
+            s.durations,
         )
-        for name, histogram in sorted(s.durations.items()):
-            duration.add_metric([name], histogram.cumulative(), histogram.total)
-        yield duration
         # ingest
         files = s.section("ingested files")
         yield from labelled(
@@ -387,33 +397,20 @@ class EventsCollector(Collector):
             for outcome in OUTCOMES:
                 runs.add_metric([name, event_name, outcome], counts[outcome])
         yield runs
-        duration = HistogramMetricFamily(
+        yield histograms(
             "pgtide_worker_handler_duration_seconds",
             "Seconds each handler run took, by event name",
-            labels=["events", "name"],
+            stats["durations"],
+            events=name,
         )
-        for event_name, histogram in stats["durations"].items():
-            duration.add_metric([name, event_name], histogram.cumulative(), histogram.total)
-        yield duration
-        yield from labelled(
-            [stats],
-            ["events"],
-            lambda _: [name],
-            [
-                (
-                    GaugeMetricFamily,
-                    "pgtide_worker_handlers_running",
-                    "Handlers running now",
-                    lambda st: st["running"],
-                ),
-                (
-                    GaugeMetricFamily,
-                    "pgtide_workers",
-                    "Workers running now",
-                    lambda st: st["workers"],
-                ),
-            ],
-        )
+        now: list[Series[dict[str, Any]]] = [
+            (GaugeMetricFamily, metric, help_, _count(key))
+            for metric, help_, key in (
+                ("pgtide_worker_handlers_running", "Handlers running now", "running"),
+                ("pgtide_workers", "Workers running now", "workers"),
+            )
+        ]
+        yield from labelled([stats], ["events"], lambda _: [name], now)
         if self._states:
             yield from labelled(
                 [(state, n) for state, n in self._events.status().items() if isinstance(n, int)],
