@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/pgtide demo
+	$(BIN)/pgtide demo $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)

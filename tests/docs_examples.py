@@ -26,6 +26,16 @@ def examples(page: Path) -> list[tuple[int, str]]:
     return found
 
 
+def block_under(page: Path, heading: str, lang: str) -> str:
+    """The first ```lang block after the line ``heading`` of ``page`` (a test that drives
+    an example the page shows, such as a web page or an app to mount)."""
+    text = page.read_text(encoding="utf-8")
+    section = text[text.index(f"\n{heading}\n") :]
+    match = re.search(rf"^```{lang}[^\n]*\n(.*?)^```", section, re.M | re.S)
+    assert match, f"no {lang} block under {heading!r} in {page.name}"
+    return match.group(1)
+
+
 def run_examples(page: Path) -> int:
     """Execute the runnable blocks of ``page`` in one namespace; return how many ran."""
     namespace: dict[str, object] = {"__name__": "__docs__"}

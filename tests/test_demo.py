@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from typing import Any
 
 import psycopg
 from pgtide_testing import CliRunner
+from web_helpers import live_client
 
 from pgtide.cli.demo._tour import PARTS
 
@@ -57,6 +60,33 @@ def test_demo_json_shows_every_feature_at_work(cli: CliRunner, dsn: str) -> None
     assert events["failed_attempts"] >= 1
     assert events["retried_then_done"] == events["failed_attempts"]
     assert _leftovers(dsn) == NOTHING_LEFT
+
+
+def test_demo_keep_leaves_its_data_for_the_web_console(cli: CliRunner, dsn: str) -> None:
+    done = cli("demo", "--dsn", dsn, "--seconds", "2", "--json", "--keep", timeout=90)
+    assert done.returncode == 0, done.stderr
+    summary: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["ok"] is True and summary["kept"] is True and not summary["cleaned_up"]
+    left = _leftovers(dsn)
+    assert left["tables"] == 2  # the orders, and the table the instrument's file lands in
+    assert left["tracked"] == left["consumers"] == left["offsets"] == 1
+    assert left["rejects"] == 1 and left["events"] == 2 * summary["orders"]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        consumer = conn.execute(
+            "SELECT name FROM pgtide.consumers WHERE name LIKE 'pgtide-demo-%'"
+        ).fetchone()[0]  # type: ignore[index]
+        path = conn.execute("SELECT path FROM pgtide.file_offsets").fetchone()[0]  # type: ignore[index]
+    shutil.rmtree(Path(path).parent)  # the demo's folder, left with the rest
+
+    async def pages() -> dict[str, str]:  # what `pgtide web` shows of it
+        async with live_client(dsn) as http:
+            return {p: (await http.get(p)).text for p in ("/", "/feed", "/events", "/ingest")}
+
+    shown = asyncio.run(pages())
+    assert f'data-testid="pending-{consumer}">0<' in shown["/feed"]
+    assert f'data-testid="events-done">{2 * summary["orders"]}<' in shown["/"]
+    assert "demo-" in shown["/events"]
+    assert Path(path).name in shown["/ingest"]
 
 
 def test_demo_on_a_terminal_fits_80_columns(tmp_path: Path, dsn: str) -> None:

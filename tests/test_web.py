@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from docs_examples import DOCS, block_under
 from test_feed_wal import wal_dsn, wal_server  # noqa: F401 (fixtures: wal_level=logical)
 from web_helpers import (
     LOCAL,
@@ -34,11 +36,11 @@ from pgtide.feed.wal import slot_name
 from pgtide.web.metrics import FileWatcherCollector, ListenerCollector
 
 
-def _dead_event(dsn: str, name: str = "breaks") -> int:
-    """Publish an event and let a worker fail it for good; its id."""
-    events = pgtide.Events(dsn=dsn, poll_interval=0.05)
+def _dead_event(dsn: str, name: str = "breaks", retries: int = 0) -> int:
+    """Publish an event and let a worker fail it for good (after ``retries``); its id."""
+    events = pgtide.Events(dsn=dsn, poll_interval=0.05, retry_delay=0.01)
 
-    @events.handler(name, retries=0)
+    @events.handler(name, retries=retries)
     def breaks(event: pgtide.Event) -> None:
         raise RuntimeError("the handler broke on purpose")
 
@@ -75,11 +77,18 @@ def test_pages_show_every_feature(dsn: str, tmp_path: Path) -> None:
                 assert r.status_code == 200, (name, r.text)
             assert 'data-testid="events-dead">1<' in pages["/"].text
             assert "<svg" in pages["/"].text
-            assert 'data-testid="pending-indexer">2<' in pages["/feed"].text
+            feed = pages["/feed"].text
+            assert 'data-testid="pending-indexer">2<' in feed
+            assert re.search(r'data-testid="lag-indexer">[0-9.]+ (ms|s)<', feed)  # seconds
+            assert 'data-testid="changes-rows">2<' in feed  # the change log's size
+            assert re.search(r'data-testid="changes-size">[1-9][0-9,]* kB<', feed)
+            assert "<svg" in feed  # the lag plots
             assert "breaks" in pages["/events"].text
             assert "the handler broke on purpose" in pages["event"].text
             assert "Traceback" in pages["event"].text or "RuntimeError" in pages["event"].text
-            assert "a.txt" in pages["/ingest"].text and "not a number" in pages["/ingest"].text
+            ingest = pages["/ingest"].text
+            assert "a.txt" in ingest and "not a number" in ingest  # a file, a recent reject
+            assert "<th>offset</th>" in ingest and "<td>15</td>" in ingest  # its offset
             assert "pgtide listen (web)" in pages["/listeners"].text
             assert (await http.get("/events/999999")).status_code == 404
             assert (await http.get("/events/abc")).status_code == 404
@@ -101,7 +110,7 @@ def test_metrics_cover_every_feature(dsn: str, tmp_path: Path) -> None:
         conn.execute("INSERT INTO orders VALUES (1), (2), (3)")
     (tmp_path / "a.txt").write_text("1\nx\n")
     pgtide.FileWatcher(tmp_path, table="readings", dsn=dsn, name="w").catch_up()
-    _dead_event(dsn)
+    _dead_event(dsn, retries=1)  # two attempts: one retry
 
     async def main() -> None:
         async with live_client(dsn) as http:
@@ -112,13 +121,23 @@ def test_metrics_cover_every_feature(dsn: str, tmp_path: Path) -> None:
                 "pgtide_up 1.0",
                 'pgtide_feed_consumer_pending_changes{consumer="slow"} 3.0',
                 'pgtide_events{name="breaks",state="dead"} 1.0',
+                'pgtide_event_retries{name="breaks"} 1.0',
                 "pgtide_feed_changes_rows 3.0",
                 "pgtide_listen_connections",
                 "pgtide_web_listener_received_total",
                 "# TYPE pgtide_event_duration_seconds histogram",
             ):
                 assert line in text, line
-            assert 'pgtide_ingest_rejects_total{path="' in text
+            file = f'{{path="{tmp_path / "a.txt"}",watcher="w"}}'
+            for line in (  # ingest rows, rejects and lag (all committed: 0 bytes behind)
+                f"pgtide_ingest_rows_total{file} 1.0",
+                f"pgtide_ingest_rejects_total{file} 1.0",
+                f"pgtide_ingest_offset_bytes{file} 4.0",
+                f"pgtide_ingest_lag_bytes{file} 0.0",
+            ):
+                assert line in text, line
+            for counter in ("dispatched", "callback_errors", "reconnects"):  # the console's own
+                assert f'pgtide_web_listener_{counter}_total{{listener="web"}}' in text
             lag = [x for x in text.splitlines() if x.startswith("pgtide_feed_consumer_lag_seconds")]
             assert lag and float(lag[0].split()[-1]) >= 0
             assert (await http.get("/healthz")).status_code == 200
@@ -140,6 +159,29 @@ def test_healthz_is_503_without_database_and_shows_no_password(pg_server: Any) -
             assert secret not in page.text
             metrics = await http.get("/metrics")
             assert secret not in metrics.text
+
+    asyncio.run(main())
+
+
+@pytest.mark.slow
+def test_healthz_is_200_only_while_the_database_answers(restartable: Any) -> None:
+    pgtide.install(dsn=restartable.dsn)
+
+    async def main() -> None:
+        async with web_client(restartable.dsn) as http:
+            assert (await http.get("/healthz")).status_code == 200
+            await asyncio.to_thread(restartable.stop)
+            down = await http.get("/healthz")
+            assert down.status_code == 503, down.text
+            assert (await http.get("/metrics")).status_code == 200  # metrics still answer
+            await asyncio.to_thread(restartable.start)
+            await until_ok(http)
+
+    async def until_ok(http: httpx.AsyncClient) -> None:
+        deadline = time.monotonic() + 20
+        while (r := await http.get("/healthz")).status_code != 200:  # the server starting up
+            assert time.monotonic() < deadline, r.text
+            await asyncio.sleep(0.1)
 
     asyncio.run(main())
 
@@ -238,6 +280,9 @@ def test_retry_needs_post_csrf_and_is_refused_read_only(dsn: str) -> None:
             )
             assert r.status_code == 303 and r.headers["location"] == f"/events/{dead}"
             assert (await http.post("/events/1/explode", data={})).status_code == 404
+            for action in ("retry", "cancel"):  # no such event: a 404, not a silent redirect
+                r = await http.post(f"/events/987654/{action}", data={"csrf": csrf_of(page.text)})
+                assert r.status_code == 404 and "no event with id 987654" in r.text
         rec = pgtide.Events(dsn=dsn).get(dead)
         assert rec is not None and rec.state == "pending"
 
@@ -377,7 +422,9 @@ def test_collectors_for_your_own_registry(dsn: str, tmp_path: Path) -> None:
         text = generate_latest(registry).decode()
     assert 'pgtide_listener_received_total{listener="orders"} 1.0' in text
     assert 'pgtide_listener_callback_errors_total{listener="orders"} 1.0' in text
-    assert 'pgtide_watcher_rows_total{path="' in text and "pgtide_watcher_rejects_total" in text
+    path = tmp_path / "a.txt"
+    assert f'pgtide_watcher_rows_total{{path="{path}",watcher="w"}} 2.0' in text
+    assert f'pgtide_watcher_rejects_total{{path="{path}",watcher="w"}} 1.0' in text
 
 
 def test_cli_web_serves_and_stops_on_sigterm(dsn: str, tmp_path: Path) -> None:
@@ -443,6 +490,35 @@ def test_mounts_in_another_app(dsn: str, prefix: str) -> None:
             assert (await http.get(f"{prefix}/static/console.js")).status_code == 200
             assert (await http.get(f"{prefix}/metrics")).status_code == 200
         await console.state.console.close()
+
+    asyncio.run(main())
+
+
+def test_the_docs_fastapi_mount(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/web.md's "Mount it in FastAPI" block, run as printed (the dsn from the
+    environment), then driven: pages and metrics under /pgtide, with the token, read-only."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+    pgtide.track("orders", dsn=dsn)
+    monkeypatch.setenv("PGTIDE_DSN", dsn)
+    namespace: dict[str, Any] = {}
+    exec(block_under(DOCS / "web.md", "## Mount it in FastAPI (or Starlette)", "python"), namespace)
+    api = namespace["api"]
+    bearer = {"authorization": "Bearer a-long-random-string"}
+
+    async def main() -> None:
+        transport = httpx.ASGITransport(app=api, client=LOCAL)
+        async with (
+            api.router.lifespan_context(api),  # stops the console with the app, as shown
+            httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http,
+        ):
+            assert (await http.get("/pgtide/metrics")).status_code == 401  # the token
+            assert (await http.get("/pgtide/metrics", headers=bearer)).status_code == 200
+            page = await http.get("/pgtide/events", headers=bearer)
+            assert page.status_code == 200 and 'href="/pgtide/static/console.css"' in page.text
+            r = await http.post("/pgtide/events/pause", headers=bearer, data={"name": "x"})
+            assert r.status_code == 403 and "read-only" in r.text
+        assert namespace["console"].state.console.stopping.is_set()
 
     asyncio.run(main())
 
@@ -714,6 +790,88 @@ def test_events_collector_for_your_own_registry(dsn: str) -> None:
     events.close()
     assert 'pgtide_events_state{events="shop",state="pending"} 1.0' in text
     assert "paused" not in text
+
+
+def _worker_events(events: Any) -> None:
+    """Handlers that end done, failed then done, and dead."""
+    tries: list[int] = []
+
+    @events.handler("ok")
+    def ok(event: pgtide.Event) -> None:
+        return None
+
+    @events.handler("flaky", retries=1)
+    def flaky(event: pgtide.Event) -> None:
+        tries.append(event.attempt)
+        if len(tries) == 1:
+            raise RuntimeError("first try fails")
+
+    @events.handler("breaks", retries=0)
+    def breaks(event: pgtide.Event) -> None:
+        raise RuntimeError("always")
+
+
+def test_events_worker_counters_for_your_own_registry(dsn: str) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from pgtide.web.metrics import EventsCollector
+
+    events = pgtide.Events(dsn=dsn, poll_interval=0.05, retry_delay=0.01, max_retry_delay=0.02)
+    _worker_events(events)
+    registry = CollectorRegistry()
+    registry.register(EventsCollector(events, name="shop"))
+    ids = [events.publish(name, None) for name in ("ok", "flaky", "breaks")]
+    events.start(concurrency=2)
+    try:
+        assert [events.wait(i, timeout=10).state for i in ids] == ["done", "done", "dead"]
+        stats = events.worker_stats()
+        text = generate_latest(registry).decode()
+    finally:
+        events.close()
+    assert stats["workers"] == 1 and stats["running"] == 0
+    assert (stats["done"], stats["failed"], stats["dead"], stats["cancelled"]) == (2, 1, 1, 0)
+    assert stats["by_name"]["flaky"] == {"done": 1, "failed": 1, "dead": 0, "cancelled": 0}
+    assert stats["durations"]["flaky"].count == 2 and stats["durations"]["ok"].count == 1
+    runs = "pgtide_worker_handler_runs_total"
+    assert f'{runs}{{events="shop",name="flaky",outcome="failed"}} 1.0' in text
+    assert f'{runs}{{events="shop",name="flaky",outcome="done"}} 1.0' in text
+    assert f'{runs}{{events="shop",name="breaks",outcome="dead"}} 1.0' in text
+    duration = "pgtide_worker_handler_duration_seconds"
+    assert f'{duration}_bucket{{events="shop",le="+Inf",name="flaky"}} 2.0' in text
+    assert f'{duration}_count{{events="shop",name="ok"}} 1.0' in text
+    assert 'pgtide_workers{events="shop"} 1.0' in text
+    assert 'pgtide_events_state{events="shop",state="dead"}' in text  # the table, too
+    after = events.worker_stats()  # stopped: no worker runs, the counts stay
+    assert after["workers"] == 0 and after["done"] == 2
+
+
+def test_async_events_worker_counters_without_a_query(dsn: str) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from pgtide.web.metrics import EventsCollector
+
+    async def main() -> tuple[dict[str, Any], str]:
+        events = pgtide.aio.Events(dsn=dsn, poll_interval=0.05, retry_delay=0.01)
+        _worker_events(events)
+        registry = CollectorRegistry()
+        registry.register(EventsCollector(events, name="shop"))  # states: not awaitable here
+        with pytest.raises(ValueError, match="blocking"):
+            EventsCollector(events, states=True)
+        ids = [await events.publish(name, None) for name in ("ok", "flaky", "breaks")]
+        await events.start()
+        try:
+            for i in ids:
+                await events.wait(i, timeout=10)
+            stats = events.worker_stats()
+            text = generate_latest(registry).decode()
+        finally:
+            await events.close()
+        return stats, text
+
+    stats, text = asyncio.run(main())
+    assert (stats["done"], stats["failed"], stats["dead"]) == (2, 1, 1)
+    assert 'pgtide_worker_handler_runs_total{events="shop",name="ok",outcome="done"} 1.0' in text
+    assert "pgtide_events_state" not in text
 
 
 def test_refused_connection_shows_the_password_in_no_page_or_log(

@@ -8,16 +8,21 @@ taken).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from docs_examples import DOCS, block_under
 from pgtide_testing import missing
+from starlette.applications import Starlette
+from starlette.responses import HTMLResponse
+from starlette.routing import Mount, Route
 from web_helpers import LIVE, served
 
 import pgtide
@@ -40,8 +45,8 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 class Served:
     """The app served by uvicorn in a thread of its own (selenium blocks)."""
 
-    def __init__(self, **options: Any) -> None:
-        self.app = pgtide.web.app(**options)
+    def __init__(self, application: Starlette | None = None, **options: Any) -> None:
+        self.app = application or pgtide.web.app(**options)
         self.url = ""
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -235,3 +240,49 @@ def test_screenshots_of_each_page(dsn: str, browser: webdriver.Chrome, tmp_path:
             assert browser.find_elements(By.TAG_NAME, "table") or page == "overview"
             browser.save_screenshot(str(shots / f"web-{page}.png"))
         assert (shots / "web-overview.png").stat().st_size > 10_000
+
+
+def test_the_docs_live_table_follows_a_feed(dsn: str, browser: webdriver.Chrome) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY, item text, qty int)")
+        pgtide.track("orders", dsn=dsn)
+        conn.execute("INSERT INTO orders VALUES (1, 'pear', 3), (2, 'fig', 1), (3, 'kiwi', 9)")
+    console = pgtide.web.app(dsn=dsn, expose=["orders"])
+    page = block_under(DOCS / "web.md", "### A live table that follows a feed", "html")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await console.state.console.close()
+
+    site = Starlette(  # the page served from the console's origin, as the docs say
+        routes=[
+            Route("/orders.html", lambda request: HTMLResponse(page)),
+            Mount("/", app=console),
+        ],
+        lifespan=lifespan,
+    )
+    site.state.console = console.state.console
+
+    def shown(d: webdriver.Chrome) -> list[list[str]]:
+        script = (
+            "return [...document.querySelectorAll('#rows tr')]"
+            ".map((tr) => [...tr.children].map((td) => td.textContent));"
+        )
+        return sorted(d.execute_script(script))
+
+    def in_table() -> list[list[str]]:
+        with psycopg.connect(dsn) as conn:
+            rows = conn.execute("SELECT id, item, qty FROM orders").fetchall()
+        return sorted([str(v) for v in row] for row in rows)
+
+    with Served(site) as web:
+        browser.get(web.url + "/orders.html")
+        WebDriverWait(browser, LIVE).until(lambda d: shown(d) == in_table())
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("UPDATE orders SET qty = qty + 10 WHERE id = 1")
+            conn.execute("DELETE FROM orders WHERE id = 2")
+            conn.execute("INSERT INTO orders VALUES (4, 'plum', 2)")
+        expected = [["1", "pear", "13"], ["3", "kiwi", "9"], ["4", "plum", "2"]]
+        assert in_table() == expected
+        WebDriverWait(browser, LIVE).until(lambda d: shown(d) == expected)

@@ -46,10 +46,10 @@ def web(
 ) -> None:
     """Serve the web console, Prometheus `/metrics` and browser streams; SIGTERM stops it.
 
-    Pages: overview, listeners, feed consumers and their lag, events (retry), ingest. Live
-    over server-sent events fed by pgtide's own LISTEN. `GET /sse/channels/CHANNEL` relays
-    NOTIFY; `GET /sse/feed/CONSUMER?tables=...` streams the changes of `--expose`d tables and
-    resumes after `Last-Event-ID`.
+    Pages: overview, listeners, feed consumers and their lag, events (retry, cancel, pause,
+    resume), schedules, ingest. Live over server-sent events fed by pgtide's own LISTEN.
+    `GET /sse/channels/CHANNEL` relays NOTIFY; `GET /sse/feed/CONSUMER?tables=...` streams
+    the changes of `--expose`d tables and resumes after `Last-Event-ID`.
     """
     try:
         import uvicorn

@@ -8,9 +8,11 @@ The blocking face is :class:`Events` (``pgtide.Events``); the asyncio face is
 from ._async import Events as AsyncEvents
 from ._core import LIVE_WINDOW, EventRecord, Schedule, overview
 from ._model import STATES, Event, HandlerSpec
+from ._stats import BUCKETS, Histogram
 from ._sync import Events
 
 __all__ = [
+    "BUCKETS",
     "LIVE_WINDOW",
     "STATES",
     "AsyncEvents",
@@ -18,6 +20,7 @@ __all__ = [
     "EventRecord",
     "Events",
     "HandlerSpec",
+    "Histogram",
     "Schedule",
     "overview",
 ]

@@ -22,7 +22,7 @@ from ..connect import DsnLike, aconnect
 from ..session import AsyncSession, Io, aresolve, arun, ausing
 from . import _signatures as sig
 from ._core import EventRecord, EventsBase, Schedule, _conninfo, _safety, _waker_for, _where
-from ._worker import AsyncWorker
+from ._worker import AsyncWorker, WorkerCore
 
 T = TypeVar("T")
 _CONN = "psycopg.AsyncConnection[Any] | None"
@@ -197,10 +197,5 @@ class Events(EventsBase, AsyncClosable):
         options = self._core.worker_options(self._handlers, args)
         await self._session.connection()  # schema and your table checked before it starts
         loop = asyncio.get_running_loop()
-        return AsyncWorker(
-            await self._session.resolved(),
-            self._core.target(),
-            self._handlers,
-            options,
-            lambda: loop,
-        )
+        core = WorkerCore(self._core.target(), self._handlers, options, lambda: loop, self._stats)
+        return AsyncWorker(await self._session.resolved(), core)

@@ -30,6 +30,7 @@ from . import _sql
 from ._model import ENDED, STATES, Handler, HandlerSpec, check_name, encode_array, to_json
 from ._signatures import PublishArgs, RunArgs, ScheduleArgs
 from ._source import Source, check, env_float, source_from
+from ._stats import WorkerStats
 from ._worker import Target, WorkerOptions
 
 F = TypeVar("F", bound=Handler)
@@ -512,7 +513,21 @@ class EventsBase(ABC):
             keep_done=keep_done,
         )
         self._handlers: dict[str, HandlerSpec] = {}
+        self._stats = WorkerStats()
         self._setup(positional_dsn(_dsn, dsn, "Events"))
+
+    _workers: list[Any]
+    """The workers this object runs now (with their thread or task), set by the face."""
+
+    def worker_stats(self) -> dict[str, Any]:
+        """What the workers of this object did in this process (no query; a plain method in
+        both faces): ``workers`` running now, handlers ``running`` now, handler runs that
+        ended ``done``, ``failed`` (will retry), ``dead`` and ``cancelled`` in all and
+        ``by_name``, and ``durations``: a :class:`~pgtide.events.Histogram` of handler
+        seconds per event name. The counts only grow while the object lives, across
+        ``start``/``stop``; :class:`pgtide.web.metrics.EventsCollector` exports them."""
+        workers = list(self._workers)
+        return self._stats.snapshot(len(workers), sum(w.core.running for w, _ in workers))
 
     @abstractmethod
     def _setup(self, dsn: DsnLike) -> None:

@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..session import Io, Session, run, using
 from . import _signatures as sig
 from ._core import EventRecord, EventsBase, Schedule, _conninfo, _safety, _waker_for, _where
-from ._worker import Worker
+from ._worker import Worker, WorkerCore
 
 T = TypeVar("T")
 _CONN = "psycopg.Connection[Any] | None"
@@ -239,9 +239,10 @@ class Events(EventsBase, Closable):
     def _new_worker(self, args: sig.RunArgs) -> Worker:
         options = self._core.worker_options(self._handlers, args)
         self._session.connection()  # schema and your table checked before the worker starts
-        return Worker(
-            self._session.resolved, self._core.target(), self._handlers, options, self._event_loop
+        core = WorkerCore(
+            self._core.target(), self._handlers, options, self._event_loop, self._stats
         )
+        return Worker(self._session.resolved, core)
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         """The loop async handlers run on (a daemon thread, started on first use)."""

@@ -64,6 +64,7 @@ from ..session import (
 )
 from . import _sql
 from ._model import Event, HandlerSpec, decode_payloads, result_json, retry_delay, to_json
+from ._stats import WorkerStats
 
 log = logging.getLogger("pgtide.events")
 
@@ -198,8 +199,10 @@ class WorkerCore:
         handlers: dict[str, HandlerSpec],
         options: WorkerOptions,
         loop: LoopProvider,
+        stats: WorkerStats | None = None,
     ) -> None:
         self.target = target
+        self.stats = WorkerStats() if stats is None else stats
         self.handlers = dict(handlers)
         self.options = options
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -366,6 +369,11 @@ class WorkerCore:
         if self._limited and self._yield_until > now:  # claim the limited names again then
             timeout = min(timeout, self._yield_until - now)
         return min(timeout, self.options.lease / 3)
+
+    @property
+    def running(self) -> int:
+        """Handlers running now."""
+        return len(self._active)
 
     def busy(self) -> bool:
         with self._lock:
@@ -959,6 +967,8 @@ class WorkerCore:
         result: str | None,
         failure: tuple[str, float, bool] | None,
     ) -> None:
+        seconds = time.perf_counter() - began
+        self.stats.finished(event.name, _outcome(event, failure), seconds)
         with self._lock:
             self._running -= 1
             self._active.discard(event.id)
@@ -986,7 +996,7 @@ class WorkerCore:
         elif not self._plain:
             self._launch()
         if log.isEnabledFor(logging.INFO):
-            _log_outcome(event, began, failure)
+            _log_outcome(event, seconds, failure)
 
 
 def _last_line(text: str) -> str:
@@ -1010,11 +1020,16 @@ def _ids(ids: list[int]) -> str:
     return shown + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
 
 
-def _log_outcome(event: Event, began: float, failure: tuple[str, float, bool] | None) -> None:
-    ms = (time.perf_counter() - began) * 1000
-    outcome = "done" if failure is None else "dead" if failure[2] else "failed"
+def _outcome(event: Event, failure: tuple[str, float, bool] | None) -> str:
+    """How a handler run ended: done, failed (will retry), dead or cancelled."""
     if event.cancelled:
-        outcome = "cancelled"
+        return "cancelled"
+    return "done" if failure is None else "dead" if failure[2] else "failed"
+
+
+def _log_outcome(event: Event, seconds: float, failure: tuple[str, float, bool] | None) -> None:
+    ms = seconds * 1000
+    outcome = _outcome(event, failure)
     error = "" if failure is None else f" error={_last_line(failure[0])!r}"
     log.log(
         logging.INFO if failure is None or event.cancelled else logging.WARNING,
@@ -1116,16 +1131,10 @@ class _Driver(Generic[_S]):
 
     _session_class: type[_S]
 
-    def __init__(
-        self,
-        resolved: Resolved,
-        target: Target,
-        handlers: dict[str, HandlerSpec],
-        options: WorkerOptions,
-        loop: LoopProvider,
-    ) -> None:
-        self.core = WorkerCore(target, handlers, options, loop)
-        self.owner = self.core.owner
+    def __init__(self, resolved: Resolved, core: WorkerCore) -> None:
+        self.core = core
+        self.owner = core.owner
+        target, options = core.target, core.options
         listen = options.listen
         self._waker = Waker(
             resolved if listen else None,
@@ -1227,8 +1236,8 @@ class Worker(_Driver[Session]):
 
     _session_class = Session
 
-    def __init__(self, resolved: Resolved, *args: Any) -> None:
-        super().__init__(resolved, *args)
+    def __init__(self, resolved: Resolved, core: WorkerCore) -> None:
+        super().__init__(resolved, core)
         writer = Session(resolved, name="events worker (outcomes)", prepare=self.core.writer_setup)
         self._writer = _Writer(writer)
 

@@ -307,7 +307,10 @@ async def retry_event(
 ) -> tuple[Any, str]:
     """Run one finished, dead or cancelled event again (see :meth:`pgtide.Events.retry`)."""
     id_ = int(request.path_params["id"])
-    return {"ok": await events.retry(id_)}, f"/events/{id_}"
+    ok = await events.retry(id_)
+    if not ok:
+        await _existing(events, id_)
+    return {"ok": ok}, f"/events/{id_}"
 
 
 async def cancel_event(
@@ -316,7 +319,16 @@ async def cancel_event(
     """Cancel one event: pending or failed, it ends ``cancelled``; running, its handler is
     asked to stop (see :meth:`pgtide.Events.cancel`)."""
     id_ = int(request.path_params["id"])
-    return {"state": await events.cancel(id_)}, f"/events/{id_}"
+    state = await events.cancel(id_)
+    if state is None:
+        await _existing(events, id_)
+    return {"state": state}, f"/events/{id_}"
+
+
+async def _existing(events: aio.Events, id_: int) -> None:
+    """A 404 when there is no event ``id_`` (an action on it did nothing)."""
+    if await events.get(id_) is None:
+        raise HTTPException(404, f"no event with id {id_}")
 
 
 def pausing(paused: bool) -> EventsAction:

@@ -31,12 +31,12 @@ from .. import channel, events, ingest, schema
 from ..aio import Listener
 from ..connect import DsnLike, Resolved, aconnect, resolve
 from ..errors import PgtideError
+from ..events._stats import Histogram
 from ..feed import retention, wal
 from ..listen import Notification
 from ..overview import Section
 from ..session import Io, arun
 from . import _queries
-from .metrics import Histogram
 
 log = logging.getLogger("pgtide.web")
 T = TypeVar("T")
@@ -57,6 +57,8 @@ class Sample:
     consumers: list[dict[str, Any]] = field(default_factory=list)
     changes: dict[str, Any] | None = None
     events_by_name: dict[str, dict[str, int]] = field(default_factory=dict)
+    retries: dict[str, int] = field(default_factory=dict)
+    """Attempts past the first of the events in the table, by name."""
     durations: dict[str, Histogram] = field(default_factory=dict)
     rejects: list[dict[str, Any]] = field(default_factory=list)
     rejects_total: int = 0
@@ -309,7 +311,7 @@ class Hub:
             for section in (yield from wal.overview_io()):
                 sample.sections[section.title] = section
         if has_events:
-            sample.events_by_name = yield from _queries.events_by_name()
+            sample.events_by_name, sample.retries = yield from _queries.events_by_name()
             sample.durations = yield from self.finished.sample()
         if has_events and has_changes:
             sample.published, sample.captured = yield from _queries.counters()

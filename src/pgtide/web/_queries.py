@@ -34,11 +34,12 @@ TABLES_PRESENT = (
     "SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL"
 )
 
-# Events of pgtide's own table by name and state (one sequential scan; the sampler spaces
-# its runs by how long this takes, so a table of millions costs a few per cent of a core).
+# Events of pgtide's own table by name and state, and their attempts past the first (one
+# sequential scan; the sampler spaces its runs by how long this takes, so a table of millions
+# costs a few per cent of a core).
 EVENTS_BY_NAME_AND_STATE = sql.SQL(
-    "SELECT name, state, count(*) FROM {events} WHERE source = '' GROUP BY name, state "
-    "ORDER BY name, state"
+    "SELECT name, state, count(*), sum(greatest(attempts - 1, 0))::bigint FROM {events} "
+    "WHERE source = '' GROUP BY name, state ORDER BY name, state"
 ).format(events=EVENTS)
 
 # The running events (the partial index events_running): the next sample looks them up by id,
@@ -86,12 +87,15 @@ def installed() -> Io[tuple[bool, bool, bool]]:
     return bool(row[0]), bool(row[1]), bool(row[2])
 
 
-def events_by_name() -> Io[dict[str, dict[str, int]]]:
-    """{name: {state: count}} for pgtide's own events table."""
+def events_by_name() -> Io[tuple[dict[str, dict[str, int]], dict[str, int]]]:
+    """({name: {state: count}}, {name: retries}) for pgtide's own events table: retries are
+    the attempts past the first of the events the table holds."""
     found: dict[str, dict[str, int]] = {}
-    for name, state, n in (yield from query(EVENTS_BY_NAME_AND_STATE)):
+    retries: dict[str, int] = {}
+    for name, state, n, again in (yield from query(EVENTS_BY_NAME_AND_STATE)):
         found.setdefault(str(name), {})[str(state)] = int(n)
-    return found
+        retries[str(name)] = retries.get(str(name), 0) + int(again or 0)
+    return found, retries
 
 
 def database_now() -> Io[datetime]:

@@ -15,12 +15,10 @@ known there: :class:`ListenerCollector`, :class:`FileWatcherCollector` and
 
 from __future__ import annotations
 
-import bisect
-import itertools
+import inspect
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -32,8 +30,19 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from ..events._stats import BUCKETS, OUTCOMES, Histogram
+
 if TYPE_CHECKING:
     from ._hub import Hub
+
+__all__ = [
+    "BUCKETS",
+    "ConsoleCollector",
+    "EventsCollector",
+    "FileWatcherCollector",
+    "Histogram",
+    "ListenerCollector",
+]
 
 
 class _HasStatus(Protocol):
@@ -61,28 +70,17 @@ def labelled(
     yield from (family for family, _ in families)
 
 
-BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-"""Upper bounds (seconds) of ``pgtide_event_duration_seconds``' buckets (+Inf added)."""
-
-
-@dataclass
-class Histogram:
-    """Observations counted in :data:`BUCKETS` (each counted once, in its own bucket)."""
-
-    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
-    total: float = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
-        self.total += seconds
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        """Prometheus' buckets: (``le``, observations <= it), +Inf last."""
-        bounds = [*(str(b) for b in BUCKETS), "+Inf"]
-        return list(zip(bounds, itertools.accumulate(self.counts), strict=True))
-
-    def copy(self) -> Histogram:
-        return Histogram(list(self.counts), self.total)
+def histograms(
+    name: str, help_: str, by_name: dict[str, Histogram], events: str | None = None
+) -> HistogramMetricFamily:
+    """One histogram per event name (labelled ``name``, after ``events`` when given): the
+    console's handler durations and the workers'."""
+    first = [] if events is None else [events]
+    labels = ["name"] if events is None else ["events", "name"]
+    family = HistogramMetricFamily(name, help_, labels=labels)
+    for event_name, histogram in sorted(by_name.items()):
+        family.add_metric([*first, event_name], histogram.cumulative(), histogram.total)
+    return family
 
 
 class ConsoleCollector(Collector):
@@ -152,6 +150,15 @@ class ConsoleCollector(Collector):
             for state, n in counts.items():
                 by.add_metric([name, state], n)
         yield by
+        retries = GaugeMetricFamily(
+            "pgtide_event_retries",
+            "Attempts past the first of the events pgtide.events holds, by name (a retried "
+            "event counts each retry; purged events leave the count)",
+            labels=["name"],
+        )
+        for name, n in sorted(s.retries.items()):
+            retries.add_metric([name], n)
+        yield retries
         yield CounterMetricFamily(
             "pgtide_events_published", "Events ever published (sequence)", s.published
         )
@@ -175,15 +182,12 @@ class ConsoleCollector(Collector):
                 ),
             ],
         )
-        duration = HistogramMetricFamily(
+        yield histograms(
             "pgtide_event_duration_seconds",
             "Handler duration of the events of pgtide.events seen to finish (done, dead or "
             "cancelled while running) since this console started",
-            labels=["name"],
+            s.durations,
         )
-        for name, histogram in sorted(s.durations.items()):
-            duration.add_metric([name], histogram.cumulative(), histogram.total)
-        yield duration
         # ingest
         files = s.section("ingested files")
         yield from labelled(
@@ -363,16 +367,61 @@ class FileWatcherCollector(Collector):
 
 
 class EventsCollector(Collector):
-    """A :class:`pgtide.Events`' table by state (``events.status()``, one query a scrape):
-    ``pgtide_events_state{events=..., state=...}``, ``unhandled`` included."""
+    """A :class:`pgtide.Events`' (or ``pgtide.aio.Events``') figures.
 
-    def __init__(self, events: _HasStatus, name: str = "default") -> None:
+    Its workers' counters in this process, from :meth:`~pgtide.Events.worker_stats` (no
+    query): ``pgtide_worker_handler_runs_total{events,name,outcome}`` (outcome: done, failed
+    (will retry), dead, cancelled), the histogram ``pgtide_worker_handler_duration_seconds
+    {events,name}``, ``pgtide_worker_handlers_running{events}`` and ``pgtide_workers{events}``.
+    With ``states`` (the default for the blocking face; the asyncio face's ``status()`` is
+    a coroutine, so not there), the table by state from ``status()`` (one query a scrape):
+    ``pgtide_events_state{events,state}``, ``unhandled`` included.
+    """
+
+    def __init__(self, events: Any, name: str = "default", states: bool | None = None) -> None:
+        asynchronous = inspect.iscoroutinefunction(events.status)
+        if states and asynchronous:
+            raise ValueError("states=True needs the blocking pgtide.Events (a scrape cannot await)")
         self._events, self._name = events, name
+        self._states = not asynchronous if states is None else states
 
     def collect(self) -> Iterator[Metric]:
-        yield from labelled(
-            [(state, n) for state, n in self._events.status().items() if isinstance(n, int)],
-            ["events", "state"],
-            lambda item: [self._name, item[0]],
-            [(GaugeMetricFamily, "pgtide_events_state", "Events by state", lambda item: item[1])],
+        stats = self._events.worker_stats()
+        name = self._name
+        runs = CounterMetricFamily(
+            "pgtide_worker_handler_runs",
+            "Handler runs that ended, by event name and outcome (failed: will retry)",
+            labels=["events", "name", "outcome"],
         )
+        for event_name, counts in stats["by_name"].items():
+            for outcome in OUTCOMES:
+                runs.add_metric([name, event_name, outcome], counts[outcome])
+        yield runs
+        yield histograms(
+            "pgtide_worker_handler_duration_seconds",
+            "Seconds each handler run took, by event name",
+            stats["durations"],
+            events=name,
+        )
+        now: list[Series[dict[str, Any]]] = [
+            (GaugeMetricFamily, metric, help_, _count(key))
+            for metric, help_, key in (
+                ("pgtide_worker_handlers_running", "Handlers running now", "running"),
+                ("pgtide_workers", "Workers running now", "workers"),
+            )
+        ]
+        yield from labelled([stats], ["events"], lambda _: [name], now)
+        if self._states:
+            yield from labelled(
+                [(state, n) for state, n in self._events.status().items() if isinstance(n, int)],
+                ["events", "state"],
+                lambda item: [name, item[0]],
+                [
+                    (
+                        GaugeMetricFamily,
+                        "pgtide_events_state",
+                        "Events by state",
+                        lambda item: item[1],
+                    )
+                ],
+            )

@@ -2,7 +2,8 @@
 
 A small shop writes orders for ``--seconds``; a listener, a change feed, event handlers and a
 file watcher react, each through pgtide's public API, while a live table shows their rates.
-It ends with a summary (or one JSON document with ``--json``) and removes what it created.
+It ends with a summary (or one JSON document with ``--json``) and removes what it created
+(unless ``--keep``: then ``pgtide web`` shows the shop's consumer, events and files).
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ def demo(
     seconds: Annotated[
         float, typer.Option("--seconds", min=1.0, help="How long the shop writes orders.")
     ] = 20.0,
+    keep: Annotated[
+        bool,
+        typer.Option(
+            "--keep",
+            help="Leave the tour's tables, consumer, events and files in place, to look at "
+            "them with `pgtide web` or `pgtide status` (an interrupted tour still cleans up).",
+        ),
+    ] = False,
 ) -> None:
     """A live tour of listen, follow, events and ingest; exits 0 when every feature checks out."""
     chosen = resolve(dsn)
@@ -36,7 +45,7 @@ def demo(
     # table; their log lines would only scribble over the live view.
     logging.getLogger("pgtide").setLevel(logging.CRITICAL)
     try:
-        result = _run(chosen, seconds, as_json)
+        result = _run(chosen, seconds, as_json, keep)
     except KeyboardInterrupt:  # the tour removed what it created on its way out
         console.print("[yellow]interrupted[/]: the demo's tables, events and folder were removed")
         raise typer.Exit(130) from None
@@ -44,10 +53,10 @@ def demo(
         raise typer.Exit(1)
 
 
-def _run(chosen: Resolved, seconds: float, as_json: bool) -> Result:
+def _run(chosen: Resolved, seconds: float, as_json: bool, keep: bool) -> Result:
     """Run the tour, live on the console or quietly with one JSON document at the end."""
     if as_json:
-        result = Tour(chosen, seconds, lambda *_: None).run()
+        result = Tour(chosen, seconds, lambda *_: None, keep).run()
         emit_json(result.as_json())
     else:
         shown = 0.0
@@ -59,7 +68,7 @@ def _run(chosen: Resolved, seconds: float, as_json: bool) -> Result:
                 shown = time.monotonic()
                 live.update(_view.live(phase, elapsed, lines))
 
-        tour = Tour(chosen, seconds, show)
+        tour = Tour(chosen, seconds, show, keep)
         console.print(
             _view.intro(chosen.target, chosen.source, seconds, TICKS_PER_SECOND, tour.features)
         )

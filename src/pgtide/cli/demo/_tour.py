@@ -51,12 +51,14 @@ class Result:
     features: dict[str, dict[str, Any]] = field(default_factory=dict)
     cleaned_up: bool = False
     cleanup_errors: list[str] = field(default_factory=list)
+    kept: bool = False
+    """``--keep``: what the tour created was left in place on purpose (for ``pgtide web``)."""
 
     @property
     def ok(self) -> bool:
         return (
             self.settled
-            and self.cleaned_up
+            and (self.cleaned_up or self.kept)
             and all(bool(f.get("ok")) for f in self.features.values())
         )
 
@@ -70,6 +72,7 @@ class Result:
             "settled": self.settled,
             "cleaned_up": self.cleaned_up,
             "cleanup_errors": self.cleanup_errors,
+            "kept": self.kept,
             "features": self.features,
         }
 
@@ -77,7 +80,8 @@ class Result:
 class Tour:
     """One run of the shop on ``db`` for ``seconds``, calling ``show`` as it goes."""
 
-    def __init__(self, db: Resolved, seconds: float, show: Show) -> None:
+    def __init__(self, db: Resolved, seconds: float, show: Show, keep: bool = False) -> None:
+        self.keep = keep
         tag = uuid.uuid4().hex[:8]
         self.shop = Shop(db, tag, Path(tempfile.mkdtemp(prefix=f"pgtide-demo-{tag}-")))
         self.seconds = seconds
@@ -94,11 +98,13 @@ class Tour:
 
     def run(self) -> Result:
         """Start the stages, run the shop, wait for them to catch up, stop and clean up
-        (also when interrupted); the result says whether everything checked out."""
+        (also when interrupted; with ``keep``, only when interrupted); the result says
+        whether everything checked out."""
         began = time.monotonic()
         schema.install(dsn=self.shop.db)
         settled = False
         started: list[Part] = []
+        kept = False
         try:
             self._create_orders()
             for part in self.parts:
@@ -111,7 +117,8 @@ class Tour:
                 with contextlib.suppress(Exception):  # a stage that fails to stop shows as not ok
                     part.stop()
             features = {p.feature: p.summary() for p in self.parts}
-            errors = self._cleanup(started)
+            kept = self.keep and settled  # an interrupted or failed tour still cleans up
+            errors = [] if kept else self._cleanup(started)
         return Result(
             database=self.shop.db.target,
             source=self.shop.db.source,
@@ -121,6 +128,7 @@ class Tour:
             features=features,
             cleaned_up=not errors and not self.shop.folder.exists(),
             cleanup_errors=errors,
+            kept=kept,
         )
 
     def _create_orders(self) -> None:

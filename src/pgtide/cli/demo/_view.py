@@ -16,6 +16,8 @@ INTRO = {
     "events": "each order publishes events; a handler fails once, is retried",
     "ingest": "an instrument appends readings to a file; a FileWatcher lands them",
 }
+KEPT = "`pgtide web` shows them (http://127.0.0.1:8484/)"
+
 NEXT = (
     "Next: `pgtide status` shows consumers, events, files and listeners; "
     "docs/coming-from.md maps older libraries to pgtide; README.md has the tour in Python."
@@ -61,8 +63,15 @@ def summary(result: Result) -> RenderableType:
     for feature, figures in result.features.items():
         mark = "[green]yes[/]" if figures.get("ok") else "[red]no[/]"
         table.add_row(feature, str(figures.get("text", "")), mark)
-    cleaned = "[green]yes[/]" if result.cleaned_up else "[red]no[/]"
-    table.add_row("cleanup", "tables, consumer, events, offsets and folder removed", cleaned)
+    if result.kept:
+        table.add_row(
+            "kept",
+            f"tables, consumer, events, offsets and folder left in place: {KEPT}",
+            "[green]yes[/]",
+        )
+    else:
+        cleaned = "[green]yes[/]" if result.cleaned_up else "[red]no[/]"
+        table.add_row("cleanup", "tables, consumer, events, offsets and folder removed", cleaned)
     verdict = (
         Text(f"done: {result.orders} orders in {result.seconds:.1f} s, every feature checked out.")
         if result.ok
