@@ -540,3 +540,58 @@ def test_nats_chain_frames_store_what_the_client_publish_stores(dsn: str, unique
     assert stored[0] == stored[1] and len(stored[0]) == 34  # 25 inserts, 9 updates
     assert [m[1] for m in stored[0]] == [sinks.change_key(c) for b in batches for c in b]
     assert stored[0][-1][2]["row"]["v"] == 'thé ☕ "quoted"\n24'
+
+
+def _same_json(captured: Any, typed: Any) -> None:
+    """Two JSON values that say the same (timestamps compared as instants)."""
+    if isinstance(typed, dict):
+        assert isinstance(captured, dict) and set(captured) == set(typed)
+        for name, value in typed.items():
+            _same_json(captured[name], value)
+    elif isinstance(typed, str) and isinstance(captured, str) and captured != typed:
+        assert datetime.fromisoformat(captured) == datetime.fromisoformat(typed)
+    else:
+        assert captured == typed and type(captured) is type(typed)
+
+
+def test_messages_send_captured_json_only_where_it_says_what_typed_rows_say(dsn: str) -> None:
+    """A feed's change types its rows at their first use; a sink sends the captured JSON of
+    a table whose columns' JSON needs no re-encoding (never decoded: exact digits kept),
+    and encodes the typed rows of any other table (bytea as base64, floats, intervals)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TYPE mood AS ENUM ('calm', 'angry'); CREATE DOMAIN price AS numeric;"
+            "CREATE TABLE plain_t (id bigint PRIMARY KEY, v text, n price, m mood, u uuid,"
+            " d date, ts timestamp, tz timestamptz, ok bool);"
+            "CREATE TABLE typed_t (id int PRIMARY KEY, b bytea, f float8, i interval)"
+        )
+        pgtide.track("plain_t", dsn=dsn)
+        pgtide.track("typed_t", dsn=dsn)
+        conn.execute("SET TimeZone = 'Asia/Kolkata'")  # the captured JSON holds this offset
+        conn.execute(
+            "INSERT INTO plain_t VALUES (1, 'a\"b', 12345678901234567890.000000000000000010,"
+            " 'calm', gen_random_uuid(), '2024-05-01', '2024-05-01 12:00:00.5',"
+            " '2024-05-01 12:00:00.25+00', true), (2, NULL, 'NaN', NULL, NULL, NULL, NULL,"
+            " 'infinity', NULL)"
+        )
+        conn.execute("UPDATE plain_t SET v = 'c' WHERE id = 1")
+        conn.execute("INSERT INTO typed_t VALUES (1, '\\x00ff', 0.1, '1 day 2 hours')")
+    sink = sinks.redis(MACHINE_REDIS)
+    batches = list(pgtide.Feed("raw", ["plain_t", "typed_t"], dsn=dsn).batches(stop="end"))
+    changes = [c for b in batches for c in b]
+    assert len(changes) == 4
+    bodies = [m.body for b in batches for m in sink.messages(b)]
+    assert b'"n": 12345678901234567890.000000000000000010' in bodies[0]  # the captured text
+    assert b'"row":{"id":1,"b":"AP8=","f":0.1,"i":"P1DT2H"}' in bodies[3]  # typed, then encoded
+    for change, body in zip(changes, bodies, strict=True):
+        typed = sinks.encode(change)  # types the rows: from now on, they are sent typed
+        assert typed is not None
+        _same_json(json.loads(body, parse_float=Decimal), json.loads(typed, parse_float=Decimal))
+        assert [m.body for m in sink.messages([change])] == [typed]
+    # the typed rows are those of SELECT * (each column in order)
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        rows = conn.execute("SELECT * FROM plain_t WHERE id = 1").fetchall()
+        names = [c.name for c in conn.execute("SELECT * FROM plain_t LIMIT 0").description or ()]
+    assert changes[2].row == dict(zip(names, rows[0], strict=True))
+    assert list(changes[2].row or ()) == names and changes[2].old == changes[0].row

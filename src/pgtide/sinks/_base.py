@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypedDict, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from orjson import JSONEncodeError
+from orjson import Fragment, JSONEncodeError
 from orjson import dumps as _fast_dumps
 
 from .. import Change, Position
 from ..connect import Backoff
 from ..errors import ConfigError, PgtideError
+from ..feed._core import captured_json
 from ..names import TableName
 from ._encode import _default, change_key, dumps, encode
 
@@ -63,6 +64,10 @@ class Message:
     key: str
     body: bytes
     dest: str
+
+
+def _fragment(text: str | None) -> Fragment | None:
+    return None if text is None else Fragment(text)
 
 
 def mask_url(url: str) -> str:
@@ -357,14 +362,17 @@ class Sink(ABC):
             dest = routes.get((table, op))
             if dest is None:
                 dest = routes[(table, op)] = route(change, None)
+            # the rows as captured when that JSON already says what the typed rows' would:
+            # sent as they are, never decoded (numbers keep their digits either way)
+            captured = captured_json(change)
             value = {  # record(change, key), spelt out: this loop runs for every change
                 "key": key,
                 "id": change.id,
                 "xid": xid,
                 "table": table,
                 "op": op,
-                "row": change.row,
-                "old": change.old,
+                "row": change.row if captured is None else _fragment(captured[0]),
+                "old": change.old if captured is None else _fragment(captured[1]),
                 "at": change.at,
             }
             try:
