@@ -595,3 +595,77 @@ def test_messages_send_captured_json_only_where_it_says_what_typed_rows_say(dsn:
         names = [c.name for c in conn.execute("SELECT * FROM plain_t LIMIT 0").description or ()]
     assert changes[2].row == dict(zip(names, rows[0], strict=True))
     assert list(changes[2].row or ()) == names and changes[2].old == changes[0].row
+
+
+class AsyncPipelined:
+    """As :class:`Pipelined`, for the asyncio face: a sink's ``send`` and ``asubmit``."""
+
+    def __init__(self, dsn: str, feed: pgtide.aio.Feed, last: int, fail_at: int | None = None):
+        self.dsn, self.feed, self.last, self.fail_at = dsn, feed, last, fail_at
+        self.delivered: list[Any] = []
+        self.read_ahead = 0
+        self.running = False
+
+    async def send(self, batch: Any) -> None:
+        raise AssertionError("aio Feed.run hands a sink its batches through asubmit()")
+
+    def asubmit(self, batch: Any) -> asyncio.Task[None]:
+        assert not self.running, "a batch was handed over during a delivery"
+        self.running = True
+        return asyncio.ensure_future(self._deliver(batch))
+
+    async def _deliver(self, batch: Any) -> None:
+        try:
+            assert await self._saved() <= batch.start  # nothing of it acknowledged yet
+            if batch[-1].row["id"] < self.last:  # the next batch is read meanwhile
+                for _ in range(1000):
+                    if await self.feed.position() > batch.position:
+                        break
+                    await asyncio.sleep(0.01)
+                assert await self.feed.position() > batch.position
+                self.read_ahead += 1
+            if len(self.delivered) == self.fail_at:
+                raise RuntimeError("the broker refused it")
+            assert await self._saved() <= batch.start
+            self.delivered.append(batch)
+        finally:
+            self.running = False
+
+    async def _saved(self) -> Any:
+        return await asyncio.to_thread(Pipelined._saved, self)  # type: ignore[arg-type]
+
+
+def test_aio_run_reads_the_next_batch_while_a_sink_delivers(dsn: str) -> None:
+    make_table(dsn, rows=30)
+
+    async def main() -> None:
+        feed = pgtide.aio.Feed("aio-ahead", ["items"], dsn=dsn)
+        sink = AsyncPipelined(dsn, feed, last=29)
+        await feed.run(sink.send, stop="end", max_changes=10)  # its bound send: read ahead
+        assert len(sink.delivered) == 3 and sink.read_ahead == 2
+        assert await feed.saved() == sink.delivered[-1].position
+        assert [c.row["id"] for b in sink.delivered for c in b] == list(range(30))
+
+        # a live feed acknowledges the batch in flight before it waits for new changes
+        insert(dsn, "items", range(30, 45))
+        sink.last = 44
+        runner = asyncio.ensure_future(feed.run(sink, max_changes=10))
+        for _ in range(1000):
+            if len(sink.delivered) == 5 and await sink._saved() == sink.delivered[-1].position:
+                break
+            await asyncio.sleep(0.01)
+        feed.stop()
+        await asyncio.wait_for(runner, 10)
+        assert await feed.saved() == sink.delivered[-1].position
+        assert [c.row["id"] for b in sink.delivered for c in b] == list(range(45))
+
+        # a delivery that fails: neither it nor the batch read meanwhile is acknowledged
+        insert(dsn, "items", range(45, 75))
+        failing = AsyncPipelined(dsn, feed, last=74, fail_at=1)
+        with pytest.raises(RuntimeError, match="refused"):
+            await feed.run(failing, stop="end", max_changes=10)
+        assert len(failing.delivered) == 1
+        assert await feed.saved() == failing.delivered[0].position
+        await feed.close()
+
+    asyncio.run(main())

@@ -516,6 +516,13 @@ class Sink(ABC):
         ``pgtide.Feed.run`` uses it to read the next batch during a delivery."""
         return self._portal_().submit(self.send(batch))
 
+    def asubmit(self, batch: BatchLike) -> asyncio.Task[None]:
+        """Start delivering ``batch`` on the running event loop and return at once; await
+        what it returns for the broker's confirmation (it raises if the delivery failed).
+        One delivery at a time, as :meth:`submit`. ``pgtide.aio.Feed.run`` uses it to read
+        the next batch during a delivery."""
+        return asyncio.ensure_future(self.send(batch))
+
     def _portal_(self) -> _Portal:
         with self._lock:
             if self._portal is None:
