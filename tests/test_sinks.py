@@ -669,3 +669,41 @@ def test_aio_run_reads_the_next_batch_while_a_sink_delivers(dsn: str) -> None:
         await feed.close()
 
     asyncio.run(main())
+
+
+def test_run_with_a_sink_acknowledges_without_waiting_for_the_flush(dsn: str) -> None:
+    """``run(sink)`` acknowledges with a commit that does not wait for the WAL flush (a
+    repeat after a server crash is harmless to a sink); ``batch.ack()`` still waits."""
+    from pgtide.feed._core import Core
+    from pgtide.session import run
+
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SET synchronous_commit = on")  # the test server's default is off
+        conn.commit()
+        for durable, expected in ((True, "on"), (False, "off")):
+            with conn.transaction(force_rollback=True):
+                run(conn, Core("flush").save(pgtide.Position.beginning(), durable=durable))
+                found = conn.execute("SELECT current_setting('synchronous_commit')").fetchone()
+                assert found == (expected,)
+            # transaction-local: the connection's setting is untouched
+            assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
+
+
+def test_submit_makes_the_messages_in_the_callers_thread(dsn: str, unique: str) -> None:
+    """The sink's own thread only talks to the broker: the messages of a batch are made
+    where ``submit`` is called (the feed's thread), so the feed's reads never wait for the
+    GIL behind the sink's work."""
+    make_table(dsn, rows=5)
+    threads: set[str] = set()
+
+    def shape(change: Change) -> dict[str, Any]:
+        threads.add(threading.current_thread().name)
+        return {"id": (change.row or {})["id"]}
+
+    with sinks.redis(
+        MACHINE_REDIS, stream=f"{unique}:{{table}}", state_key=f"{unique}:s", transform=shape
+    ) as sink:
+        pgtide.Feed("caller", ["items"], dsn=dsn).run(sink, stop="end", max_changes=2)
+    assert threads == {threading.current_thread().name}
+    items = redis_entries(MACHINE_REDIS, f"{unique}:public.items")
+    assert [c["id"] for _, c in items] == list(range(5))

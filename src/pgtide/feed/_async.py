@@ -133,8 +133,8 @@ class Feed(FeedBase[AsyncSession], AsyncClosable):
                     await step.delivery
                 elif isinstance(step, Submit):
                     ahead.sent(step.batch, asubmit(step.batch))
-                else:
-                    await step.batch.ack()
+                else:  # its sink's message ids make a repeat harmless: see Core.save
+                    await self._save(step.batch.position, durable=False)
 
         self._before_wait = lambda: carry_out(ahead.settle())
         try:
@@ -193,8 +193,8 @@ class Feed(FeedBase[AsyncSession], AsyncClosable):
             self._started()
         return await self._waker.wait_async(self._pace(seconds, self._waker))
 
-    async def _save(self, position: Position) -> None:
-        await self._session.run(functools.partial(self._core.save, position))
+    async def _save(self, position: Position, durable: bool = True) -> None:
+        await self._session.run(functools.partial(self._core.save, position, durable))
         await self._after_ack()
 
     async def _after_ack(self) -> None:

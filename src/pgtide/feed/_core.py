@@ -155,6 +155,15 @@ VALUES (%s, %s::pg_snapshot, %s::pg_snapshot, %s::xid8, %s)
 ON CONFLICT (name) DO UPDATE SET snapshot = excluded.snapshot, target = excluded.target,
     after_xid = excluded.after_xid, tables = excluded.tables, acked_at = now()
 """
+# The same, committed without waiting for the WAL flush: for acknowledgements whose loss
+# in a server crash only brings batches again that a sink recognises (see Core.save).
+_SAVE_LAZY = """
+WITH lazy AS (SELECT set_config('synchronous_commit', 'off', true))
+INSERT INTO pgtide.consumers (name, snapshot, target, after_xid, tables)
+SELECT %s, %s::pg_snapshot, %s::pg_snapshot, %s::xid8, %s FROM lazy
+ON CONFLICT (name) DO UPDATE SET snapshot = excluded.snapshot, target = excluded.target,
+    after_xid = excluded.after_xid, tables = excluded.tables, acked_at = now()
+"""
 _LOCK = (
     "SELECT snapshot::text, target::text, after_xid::text FROM pgtide.consumers "
     "WHERE name = %s FOR UPDATE"
@@ -281,9 +290,13 @@ class Core:
         """Record the consumer (at ``pos``) if it is new, so that prune keeps its changes."""
         yield Query(_REGISTER, _save_params(self.consumer, pos, self.tables))
 
-    def save(self, pos: Position) -> Io[None]:
-        """Acknowledge: the consumer's saved position becomes ``pos``."""
-        yield Query(_SAVE, _save_params(self.consumer, pos, self.tables))
+    def save(self, pos: Position, durable: bool = True) -> Io[None]:
+        """Acknowledge: the consumer's saved position becomes ``pos``. Not ``durable``: the
+        commit does not wait for the WAL flush (a server crash may forget the last such
+        acknowledgements, so that their batches come again), for ``run()`` with a sink,
+        whose message ids make a repeat harmless: one disk flush less per batch."""
+        text = _SAVE if durable else _SAVE_LAZY
+        yield Query(text, _save_params(self.consumer, pos, self.tables))
 
     def seek(self, where: Start) -> Io[Position]:
         """Save ``where`` as the consumer's position; the feed goes on from there."""

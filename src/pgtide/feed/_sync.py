@@ -152,8 +152,8 @@ class Feed(FeedBase[Session], Closable):
                     step.delivery.result()
                 elif isinstance(step, Submit):
                     ahead.sent(step.batch, submit(step.batch))
-                else:
-                    step.batch.ack()
+                else:  # its sink's message ids make a repeat harmless: see Core.save
+                    self._save(step.batch.position, durable=False)
 
         self._before_wait = lambda: carry_out(ahead.settle())
         try:
@@ -213,8 +213,8 @@ class Feed(FeedBase[Session], Closable):
             self._started()
         return self._waker.wait(self._pace(seconds, self._waker))
 
-    def _save(self, position: Position) -> None:
-        self._session.run(functools.partial(self._core.save, position))
+    def _save(self, position: Position, durable: bool = True) -> None:
+        self._session.run(functools.partial(self._core.save, position, durable))
         self._after_ack()
 
     def _after_ack(self) -> None:

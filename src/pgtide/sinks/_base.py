@@ -402,8 +402,11 @@ class Sink(ABC):
         While the broker is unreachable, retry with backoff (for ever, or ``retries``
         times); :meth:`stop` ends the wait with :class:`SinkStopped`. Nothing is
         acknowledged meanwhile, so nothing is lost."""
+        await self._send(batch, self.messages(batch))
+
+    async def _send(self, batch: BatchLike, messages: list[Message]) -> None:
+        """:meth:`send` of the messages of ``batch``, made already."""
         self._bind()
-        messages = self.messages(batch)
         counts = self.counts
         if not messages and not self._wants_empty:
             counts.batches += 1
@@ -514,7 +517,11 @@ class Sink(ABC):
         of what it returns waits for the broker's confirmation (or raises). One delivery
         at a time: submit the next batch once the one before was confirmed.
         ``pgtide.Feed.run`` uses it to read the next batch during a delivery."""
-        return self._portal_().submit(self.send(batch))
+        # The messages are made here, in the caller's thread: the sink's thread then mostly
+        # waits for the broker, and the caller's reads (each wait for the database ends
+        # with taking the GIL back) are not held up behind its work.
+        messages = self.messages(batch)
+        return self._portal_().submit(self._send(batch, messages))
 
     def asubmit(self, batch: BatchLike) -> asyncio.Task[None]:
         """Start delivering ``batch`` on the running event loop and return at once; await
