@@ -16,16 +16,9 @@ import psycopg
 
 from .._lifecycle import AsyncClosable
 from ..session import AsyncSession, arun
+from . import _face
 from ._core import Emit, Run, Start, Wait
-from ._face import (
-    BatchBase,
-    BatchInterrupted,
-    Confirm,
-    FeedBase,
-    Handover,
-    ReadAhead,
-    Submit,
-)
+from ._face import BatchBase, BatchInterrupted, FeedBase, ReadAhead
 from .position import Position
 from .retention import prune_io
 
@@ -127,11 +120,11 @@ class Feed(FeedBase[AsyncSession], AsyncClosable):
         delivered (see :class:`ReadAhead`)."""
         ahead: ReadAhead[Batch, asyncio.Future[Any]] = ReadAhead()
 
-        async def carry_out(steps: Iterator[Handover[Batch, asyncio.Future[Any]]]) -> None:
+        async def carry_out(steps: Iterator[_face.Handover[Batch, asyncio.Future[Any]]]) -> None:
             for step in steps:
-                if isinstance(step, Confirm):
+                if isinstance(step, _face.Confirm):
                     await step.delivery
-                elif isinstance(step, Submit):
+                elif isinstance(step, _face.Submit):
                     ahead.sent(step.batch, asubmit(step.batch))
                 else:  # its sink's message ids make a repeat harmless: see Core.save
                     await self._save(step.batch.position, durable=False)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import chain, groupby
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
 
 from psycopg import sql
 
@@ -78,13 +78,10 @@ class Change:
             return self.__dict__
 
 
-class Captured(NamedTuple):
-    """The rows of a change as captured (JSON text), until :class:`Change` types them."""
-
-    row: str | None
-    old: str | None
-    decode: Decode
-    plain: bool  # the text is already what the typed row's JSON says (RowTypes.plain)
+Captured: TypeAlias = "tuple[str | None, str | None, Decode, bool]"
+"""The rows of a change as captured (JSON text), until :class:`Change` types them: row, old,
+the table's decoder, and whether the text already says what the typed rows' JSON says
+(:meth:`~pgtide.feed.rows.RowTypes.plain`). A plain tuple: one is made per change read."""
 
 
 def captured_json(change: Change) -> tuple[str | None, str | None] | None:
@@ -92,9 +89,9 @@ def captured_json(change: Change) -> tuple[str | None, str | None] | None:
     what the JSON of the typed rows says (numbers exact; see
     :meth:`~pgtide.feed.rows.RowTypes.plain`) and the rows were not typed yet; else None."""
     captured: Captured | None = change.__dict__.get("_captured")
-    if captured is None or not captured.plain:
+    if captured is None or not captured[3]:
         return None
-    row, old = captured.row, captured.old
+    row, old = captured[0], captured[1]
     if (row is not None and MARK in row) or (old is not None and MARK in old):
         return None  # WAL capture marked a value it could not read: typed rows say so
     return row, old
@@ -211,7 +208,7 @@ def _to_changes(rows: list[tuple[Any, ...]], types: RowTypes) -> Io[list[Change]
             id=id_,
             table=table,
             op=op,
-            _captured=Captured(row, old, *decoder),
+            _captured=(row, old, decoder[0], decoder[1]),
             xid=xid,
             at=at,
         )
