@@ -540,3 +540,170 @@ def test_nats_chain_frames_store_what_the_client_publish_stores(dsn: str, unique
     assert stored[0] == stored[1] and len(stored[0]) == 34  # 25 inserts, 9 updates
     assert [m[1] for m in stored[0]] == [sinks.change_key(c) for b in batches for c in b]
     assert stored[0][-1][2]["row"]["v"] == 'thé ☕ "quoted"\n24'
+
+
+def _same_json(captured: Any, typed: Any) -> None:
+    """Two JSON values that say the same (timestamps compared as instants)."""
+    if isinstance(typed, dict):
+        assert isinstance(captured, dict) and set(captured) == set(typed)
+        for name, value in typed.items():
+            _same_json(captured[name], value)
+    elif isinstance(typed, str) and isinstance(captured, str) and captured != typed:
+        assert datetime.fromisoformat(captured) == datetime.fromisoformat(typed)
+    else:
+        assert captured == typed and type(captured) is type(typed)
+
+
+def test_messages_send_captured_json_only_where_it_says_what_typed_rows_say(dsn: str) -> None:
+    """A feed's change types its rows at their first use; a sink sends the captured JSON of
+    a table whose columns' JSON needs no re-encoding (never decoded: exact digits kept),
+    and encodes the typed rows of any other table (bytea as base64, floats, intervals)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TYPE mood AS ENUM ('calm', 'angry'); CREATE DOMAIN price AS numeric;"
+            "CREATE TABLE plain_t (id bigint PRIMARY KEY, v text, n price, m mood, u uuid,"
+            " d date, ts timestamp, tz timestamptz, ok bool);"
+            "CREATE TABLE typed_t (id int PRIMARY KEY, b bytea, f float8, i interval)"
+        )
+        pgtide.track("plain_t", dsn=dsn)
+        pgtide.track("typed_t", dsn=dsn)
+        conn.execute("SET TimeZone = 'Asia/Kolkata'")  # the captured JSON holds this offset
+        conn.execute(
+            "INSERT INTO plain_t VALUES (1, 'a\"b', 12345678901234567890.000000000000000010,"
+            " 'calm', gen_random_uuid(), '2024-05-01', '2024-05-01 12:00:00.5',"
+            " '2024-05-01 12:00:00.25+00', true), (2, NULL, 'NaN', NULL, NULL, NULL, NULL,"
+            " 'infinity', NULL)"
+        )
+        conn.execute("UPDATE plain_t SET v = 'c' WHERE id = 1")
+        conn.execute("INSERT INTO typed_t VALUES (1, '\\x00ff', 0.1, '1 day 2 hours')")
+    sink = sinks.redis(MACHINE_REDIS)
+    batches = list(pgtide.Feed("raw", ["plain_t", "typed_t"], dsn=dsn).batches(stop="end"))
+    changes = [c for b in batches for c in b]
+    assert len(changes) == 4
+    bodies = [m.body for b in batches for m in sink.messages(b)]
+    assert b'"n": 12345678901234567890.000000000000000010' in bodies[0]  # the captured text
+    assert b'"row":{"id":1,"b":"AP8=","f":0.1,"i":"P1DT2H"}' in bodies[3]  # typed, then encoded
+    for change, body in zip(changes, bodies, strict=True):
+        typed = sinks.encode(change)  # types the rows: from now on, they are sent typed
+        assert typed is not None
+        _same_json(json.loads(body, parse_float=Decimal), json.loads(typed, parse_float=Decimal))
+        assert [m.body for m in sink.messages([change])] == [typed]
+    # the typed rows are those of SELECT * (each column in order)
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        rows = conn.execute("SELECT * FROM plain_t WHERE id = 1").fetchall()
+        names = [c.name for c in conn.execute("SELECT * FROM plain_t LIMIT 0").description or ()]
+    assert changes[2].row == dict(zip(names, rows[0], strict=True))
+    assert list(changes[2].row or ()) == names and changes[2].old == changes[0].row
+
+
+class AsyncPipelined:
+    """As :class:`Pipelined`, for the asyncio face: a sink's ``send`` and ``asubmit``."""
+
+    def __init__(self, dsn: str, feed: pgtide.aio.Feed, last: int, fail_at: int | None = None):
+        self.dsn, self.feed, self.last, self.fail_at = dsn, feed, last, fail_at
+        self.delivered: list[Any] = []
+        self.read_ahead = 0
+        self.running = False
+
+    async def send(self, batch: Any) -> None:
+        raise AssertionError("aio Feed.run hands a sink its batches through asubmit()")
+
+    def asubmit(self, batch: Any) -> asyncio.Task[None]:
+        assert not self.running, "a batch was handed over during a delivery"
+        self.running = True
+        return asyncio.ensure_future(self._deliver(batch))
+
+    async def _deliver(self, batch: Any) -> None:
+        try:
+            assert await self._saved() <= batch.start  # nothing of it acknowledged yet
+            if batch[-1].row["id"] < self.last:  # the next batch is read meanwhile
+                for _ in range(1000):
+                    if await self.feed.position() > batch.position:
+                        break
+                    await asyncio.sleep(0.01)
+                assert await self.feed.position() > batch.position
+                self.read_ahead += 1
+            if len(self.delivered) == self.fail_at:
+                raise RuntimeError("the broker refused it")
+            assert await self._saved() <= batch.start
+            self.delivered.append(batch)
+        finally:
+            self.running = False
+
+    async def _saved(self) -> Any:
+        return await asyncio.to_thread(Pipelined._saved, self)  # type: ignore[arg-type]
+
+
+def test_aio_run_reads_the_next_batch_while_a_sink_delivers(dsn: str) -> None:
+    make_table(dsn, rows=30)
+
+    async def main() -> None:
+        feed = pgtide.aio.Feed("aio-ahead", ["items"], dsn=dsn)
+        sink = AsyncPipelined(dsn, feed, last=29)
+        await feed.run(sink.send, stop="end", max_changes=10)  # its bound send: read ahead
+        assert len(sink.delivered) == 3 and sink.read_ahead == 2
+        assert await feed.saved() == sink.delivered[-1].position
+        assert [c.row["id"] for b in sink.delivered for c in b] == list(range(30))
+
+        # a live feed acknowledges the batch in flight before it waits for new changes
+        insert(dsn, "items", range(30, 45))
+        sink.last = 44
+        runner = asyncio.ensure_future(feed.run(sink, max_changes=10))
+        for _ in range(1000):
+            if len(sink.delivered) == 5 and await sink._saved() == sink.delivered[-1].position:
+                break
+            await asyncio.sleep(0.01)
+        feed.stop()
+        await asyncio.wait_for(runner, 10)
+        assert await feed.saved() == sink.delivered[-1].position
+        assert [c.row["id"] for b in sink.delivered for c in b] == list(range(45))
+
+        # a delivery that fails: neither it nor the batch read meanwhile is acknowledged
+        insert(dsn, "items", range(45, 75))
+        failing = AsyncPipelined(dsn, feed, last=74, fail_at=1)
+        with pytest.raises(RuntimeError, match="refused"):
+            await feed.run(failing, stop="end", max_changes=10)
+        assert len(failing.delivered) == 1
+        assert await feed.saved() == failing.delivered[0].position
+        await feed.close()
+
+    asyncio.run(main())
+
+
+def test_run_with_a_sink_acknowledges_without_waiting_for_the_flush(dsn: str) -> None:
+    """``run(sink)`` acknowledges with a commit that does not wait for the WAL flush (a
+    repeat after a server crash is harmless to a sink); ``batch.ack()`` still waits."""
+    from pgtide.feed._core import Core
+    from pgtide.session import run
+
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SET synchronous_commit = on")  # the test server's default is off
+        conn.commit()
+        for durable, expected in ((True, "on"), (False, "off")):
+            with conn.transaction(force_rollback=True):
+                run(conn, Core("flush").save(pgtide.Position.beginning(), durable=durable))
+                found = conn.execute("SELECT current_setting('synchronous_commit')").fetchone()
+                assert found == (expected,)
+            # transaction-local: the connection's setting is untouched
+            assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
+
+
+def test_submit_makes_the_messages_in_the_callers_thread(dsn: str, unique: str) -> None:
+    """The sink's own thread only talks to the broker: the messages of a batch are made
+    where ``submit`` is called (the feed's thread), so the feed's reads never wait for the
+    GIL behind the sink's work."""
+    make_table(dsn, rows=5)
+    threads: set[str] = set()
+
+    def shape(change: Change) -> dict[str, Any]:
+        threads.add(threading.current_thread().name)
+        return {"id": (change.row or {})["id"]}
+
+    with sinks.redis(
+        MACHINE_REDIS, stream=f"{unique}:{{table}}", state_key=f"{unique}:s", transform=shape
+    ) as sink:
+        pgtide.Feed("caller", ["items"], dsn=dsn).run(sink, stop="end", max_changes=2)
+    assert threads == {threading.current_thread().name}
+    items = redis_entries(MACHINE_REDIS, f"{unique}:public.items")
+    assert [c["id"] for _, c in items] == list(range(5))

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,8 +16,9 @@ import psycopg
 
 from .._lifecycle import AsyncClosable
 from ..session import AsyncSession, arun
+from . import _face
 from ._core import Emit, Run, Start, Wait
-from ._face import BatchBase, BatchInterrupted, FeedBase
+from ._face import BatchBase, BatchInterrupted, FeedBase, ReadAhead
 from .position import Position
 from .retention import prune_io
 
@@ -50,6 +52,9 @@ class Feed(FeedBase[AsyncSession], AsyncClosable):
 
     _face = "aio.Feed"
     _session_class = AsyncSession
+    _before_wait: Callable[[], Awaitable[None]] | None = None
+    """What a read-ahead ``run()`` does before the feed waits for changes, and at its end:
+    settle the batch in flight."""
 
     async def batches(
         self,
@@ -68,6 +73,8 @@ class Feed(FeedBase[AsyncSession], AsyncClosable):
                     reply = None
                 else:
                     reply = await self._carry_out(step)
+            if self._before_wait is not None:
+                await self._before_wait()  # the end: settle while the connection is still open
         finally:
             await self._end()
 
@@ -84,7 +91,12 @@ class Feed(FeedBase[AsyncSession], AsyncClosable):
         timeout: float | None = None,
     ) -> None:
         """As :meth:`pgtide.Feed.run`; ``fn`` may be plain or async; :meth:`stop` or
-        :meth:`close` from another task ends it."""
+        :meth:`close` from another task ends it. With a sink (or its ``send``), the next
+        batch is read while the sink delivers the one before, as the blocking face does."""
+        asubmit = _asubmit(fn)
+        if asubmit is not None:
+            await self._pipelined(asubmit, start, stop, max_changes, timeout)
+            return
         while True:
             try:
                 async for batch in self.batches(start, stop, max_changes, timeout):
@@ -95,6 +107,39 @@ class Feed(FeedBase[AsyncSession], AsyncClosable):
             except BatchInterrupted as lost:
                 log.warning("%s; retrying the batch", lost)
                 start = await self._session.run(functools.partial(self._core.resume, lost.start))
+
+    async def _pipelined(
+        self,
+        asubmit: Callable[[Batch], asyncio.Future[Any]],
+        start: Start,
+        stop: Start | None,
+        max_changes: int,
+        timeout: float | None,
+    ) -> None:
+        """``run()`` with a sink: the next batch is read while the one before is being
+        delivered (see :class:`ReadAhead`)."""
+        ahead: ReadAhead[Batch, asyncio.Future[Any]] = ReadAhead()
+
+        async def carry_out(steps: Iterator[_face.Handover[Batch, asyncio.Future[Any]]]) -> None:
+            for step in steps:
+                if isinstance(step, _face.Confirm):
+                    await step.delivery
+                elif isinstance(step, _face.Submit):
+                    ahead.sent(step.batch, asubmit(step.batch))
+                else:  # its sink's message ids make a repeat harmless: see Core.save
+                    await self._save(step.batch.position, durable=False)
+
+        self._before_wait = lambda: carry_out(ahead.settle())
+        try:
+            async for batch in self.batches(start, stop, max_changes, timeout):
+                await carry_out(ahead.take(batch))
+            await carry_out(ahead.settle())
+        finally:
+            self._before_wait = None
+            left = ahead.abandon()
+            if left is not None:  # the feed failed: let the delivery end, acknowledge nothing
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await left
 
     async def position(self) -> Position:
         """As :meth:`pgtide.Feed.position`."""
@@ -132,6 +177,8 @@ class Feed(FeedBase[AsyncSession], AsyncClosable):
         return asyncio.current_task()
 
     async def _sleep(self, seconds: float | None) -> bool:
+        if self._before_wait is not None:
+            await self._before_wait()
         if self._waker is None:
             self._waker = self._new_waker(await self._session.resolved() if self._listens else None)
             if self._listens:  # only waits for the waker's own LISTEN thread to be ready
@@ -139,8 +186,8 @@ class Feed(FeedBase[AsyncSession], AsyncClosable):
             self._started()
         return await self._waker.wait_async(self._pace(seconds, self._waker))
 
-    async def _save(self, position: Position) -> None:
-        await self._session.run(functools.partial(self._core.save, position))
+    async def _save(self, position: Position, durable: bool = True) -> None:
+        await self._session.run(functools.partial(self._core.save, position, durable))
         await self._after_ack()
 
     async def _after_ack(self) -> None:
@@ -154,3 +201,13 @@ class Feed(FeedBase[AsyncSession], AsyncClosable):
             await asyncio.to_thread(waker.stop)
         if self._ended():
             await self._session.close()
+
+
+def _asubmit(fn: Any) -> Callable[[Batch], asyncio.Future[Any]] | None:
+    """The ``asubmit`` of a sink given as ``fn``, or whose bound ``send`` is ``fn``."""
+    found = getattr(fn, "asubmit", None)
+    if found is None:
+        owner = getattr(fn, "__self__", None)
+        if owner is not None and getattr(owner, "send", None) == fn:
+            found = getattr(owner, "asubmit", None)
+    return found if callable(found) else None

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import chain, groupby
 from operator import itemgetter
-from typing import Any, ClassVar, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
 
 from psycopg import sql
 
@@ -33,7 +33,7 @@ from ..session import Io, Query, one, query
 from .backfill import pending_io
 from .position import Position, Snapshot
 from .retention import drop_consumer_io, position_of
-from .rows import FINGERPRINT, Decode, RowTypes
+from .rows import FINGERPRINT, MARK, Decode, RowTypes
 from .track import require_tracked
 from .wal import follows_wal_io
 
@@ -56,6 +56,45 @@ class Change:
     old: dict[str, Any] | None
     xid: int
     at: datetime
+
+    if not TYPE_CHECKING:  # typed statically as the fields above
+
+        def __getattr__(self, name: str) -> Any:
+            # A change read by a feed types ``row`` and ``old`` from their captured JSON at
+            # their first use: code that never looks at them (a sink sending that JSON as it
+            # is, a count) does not pay for it.
+            found = self.__dict__
+            captured = found.get("_captured")
+            if captured is None or name not in ("row", "old"):
+                raise AttributeError(name)
+            row, old, decode, _plain = captured
+            found["row"] = None if row is None else decode(row)
+            found["old"] = None if old is None else decode(old)
+            found.pop("_captured", None)  # the typed rows are the change's from now on
+            return found[name]
+
+        def __getstate__(self) -> dict[str, Any]:
+            self.row  # noqa: B018 (typed now: the decoder does not travel)
+            return self.__dict__
+
+
+Captured: TypeAlias = "tuple[str | None, str | None, Decode, bool]"
+"""The rows of a change as captured (JSON text), until :class:`Change` types them: row, old,
+the table's decoder, and whether the text already says what the typed rows' JSON says
+(:meth:`~pgtide.feed.rows.RowTypes.plain`). A plain tuple: one is made per change read."""
+
+
+def captured_json(change: Change) -> tuple[str | None, str | None] | None:
+    """``change``'s row and old row as their captured JSON text, when that text already says
+    what the JSON of the typed rows says (numbers exact; see
+    :meth:`~pgtide.feed.rows.RowTypes.plain`) and the rows were not typed yet; else None."""
+    captured: Captured | None = change.__dict__.get("_captured")
+    if captured is None or not captured[3]:
+        return None
+    row, old = captured[0], captured[1]
+    if (row is not None and MARK in row) or (old is not None and MARK in old):
+        return None  # WAL capture marked a value it could not read: typed rows say so
+    return row, old
 
 
 _CURRENT = "SELECT pg_current_snapshot()::text"
@@ -113,6 +152,15 @@ VALUES (%s, %s::pg_snapshot, %s::pg_snapshot, %s::xid8, %s)
 ON CONFLICT (name) DO UPDATE SET snapshot = excluded.snapshot, target = excluded.target,
     after_xid = excluded.after_xid, tables = excluded.tables, acked_at = now()
 """
+# The same, committed without waiting for the WAL flush: for acknowledgements whose loss
+# in a server crash only brings batches again that a sink recognises (see Core.save).
+_SAVE_LAZY = """
+WITH lazy AS (SELECT set_config('synchronous_commit', 'off', true))
+INSERT INTO pgtide.consumers (name, snapshot, target, after_xid, tables)
+SELECT %s, %s::pg_snapshot, %s::pg_snapshot, %s::xid8, %s FROM lazy
+ON CONFLICT (name) DO UPDATE SET snapshot = excluded.snapshot, target = excluded.target,
+    after_xid = excluded.after_xid, tables = excluded.tables, acked_at = now()
+"""
 _LOCK = (
     "SELECT snapshot::text, target::text, after_xid::text FROM pgtide.consumers "
     "WHERE name = %s FOR UPDATE"
@@ -141,16 +189,17 @@ def _to_changes(rows: list[tuple[Any, ...]], types: RowTypes) -> Io[list[Change]
     if not rows:
         return []
     yield from types.update({r[2] for r in rows}, rows[0][7])
-    # rows come as JSON text, typed by `types` (numbers exact). Each Change is made
-    # without its frozen __init__ (7 object.__setattr__ calls): the read path's largest cost.
-    decoders: dict[str, Decode] = {}
+    # rows come as JSON text, typed by `types` (numbers exact) when first used (see
+    # Change.__getattr__). Each Change is made without its frozen __init__ (7
+    # object.__setattr__ calls): the read path's largest cost.
+    decoders: dict[str, tuple[Decode, bool]] = {}
     times: dict[int, datetime] = {}
     changes: list[Change] = []
     append, new = changes.append, object.__new__
     for id_, xid, table, op, row, old, micros, _ in rows:
-        decode = decoders.get(table)
-        if decode is None:
-            decode = decoders[table] = types.decoder(table)
+        decoder = decoders.get(table)
+        if decoder is None:
+            decoder = decoders[table] = (types.decoder(table), types.plain(table))
         at = times.get(micros)
         if at is None:
             at = times[micros] = types.instant(micros)
@@ -159,8 +208,7 @@ def _to_changes(rows: list[tuple[Any, ...]], types: RowTypes) -> Io[list[Change]
             id=id_,
             table=table,
             op=op,
-            row=None if row is None else decode(row),
-            old=None if old is None else decode(old),
+            _captured=(row, old, decoder[0], decoder[1]),
             xid=xid,
             at=at,
         )
@@ -239,9 +287,13 @@ class Core:
         """Record the consumer (at ``pos``) if it is new, so that prune keeps its changes."""
         yield Query(_REGISTER, _save_params(self.consumer, pos, self.tables))
 
-    def save(self, pos: Position) -> Io[None]:
-        """Acknowledge: the consumer's saved position becomes ``pos``."""
-        yield Query(_SAVE, _save_params(self.consumer, pos, self.tables))
+    def save(self, pos: Position, durable: bool = True) -> Io[None]:
+        """Acknowledge: the consumer's saved position becomes ``pos``. Not ``durable``: the
+        commit does not wait for the WAL flush (a server crash may forget the last such
+        acknowledgements, so that their batches come again), for ``run()`` with a sink,
+        whose message ids make a repeat harmless: one disk flush less per batch."""
+        text = _SAVE if durable else _SAVE_LAZY
+        yield Query(text, _save_params(self.consumer, pos, self.tables))
 
     def seek(self, where: Start) -> Io[Position]:
         """Save ``where`` as the consumer's position; the feed goes on from there."""

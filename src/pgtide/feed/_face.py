@@ -6,7 +6,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from typing import Any, Generic, TypeVar, overload
+from dataclasses import dataclass
+from typing import Any, Generic, TypeAlias, TypeVar, overload
 
 from ..channel import Waker
 from ..connect import DsnLike, Resolved
@@ -73,6 +74,71 @@ class BatchBase(Sequence[Change], Generic[F]):
             f"<{type(self).__name__} {len(self.changes)} changes, "
             f"{len(self.xids)} transactions, to {self.position}>"
         )
+
+
+B = TypeVar("B")
+D = TypeVar("D")
+
+
+@dataclass(frozen=True)
+class Confirm(Generic[D]):
+    """Wait for ``delivery`` to be confirmed (it raises if it failed)."""
+
+    delivery: D
+
+
+@dataclass(frozen=True)
+class Submit(Generic[B]):
+    """Start delivering ``batch`` (then tell :meth:`ReadAhead.sent` what came back)."""
+
+    batch: B
+
+
+@dataclass(frozen=True)
+class Acknowledge(Generic[B]):
+    """Acknowledge ``batch`` (its delivery was confirmed)."""
+
+    batch: B
+
+
+Handover: TypeAlias = "Submit[B] | Acknowledge[B] | Confirm[D]"
+
+
+class ReadAhead(Generic[B, D]):
+    """``run()`` with a sink, for both faces, free of I/O: the feed reads the next batch while
+    the one before is being delivered. A batch is handed over only once the one before it
+    was confirmed, and acknowledged only once it was confirmed itself; before the feed waits
+    for new changes or ends, the batch in flight is confirmed and acknowledged
+    (:meth:`settle`). Each face carries the steps out with its own I/O."""
+
+    def __init__(self) -> None:
+        self._flight: tuple[B, D] | None = None
+
+    def take(self, batch: B) -> Iterator[Handover[B, D]]:
+        """The steps for a batch just read."""
+        before, self._flight = self._flight, None
+        if before is not None:
+            yield Confirm(before[1])  # raises: neither batch is acknowledged, both come again
+        yield Submit(batch)
+        if before is not None:
+            yield Acknowledge(before[0])  # the new batch is on its way meanwhile
+
+    def sent(self, batch: B, delivery: D) -> None:
+        """``batch`` was submitted: ``delivery`` confirms it."""
+        self._flight = (batch, delivery)
+
+    def settle(self) -> Iterator[Handover[B, D]]:
+        """The steps before the feed waits or ends: confirm and acknowledge the batch in
+        flight."""
+        before, self._flight = self._flight, None
+        if before is not None:
+            yield Confirm(before[1])
+            yield Acknowledge(before[0])
+
+    def abandon(self) -> D | None:
+        """The feed failed: the delivery in flight (to let it end), acknowledging nothing."""
+        before, self._flight = self._flight, None
+        return None if before is None else before[1]
 
 
 def _tables(tables: list[str] | str | None) -> list[str] | None:

@@ -16,7 +16,15 @@ from .._lifecycle import Closable
 from .._signals import stop_on_signals
 from ..session import Session, Stopped, run
 from ._core import Emit, Run, Start, Wait
-from ._face import BatchBase, BatchInterrupted, FeedBase
+from ._face import (
+    BatchBase,
+    BatchInterrupted,
+    Confirm,
+    FeedBase,
+    Handover,
+    ReadAhead,
+    Submit,
+)
 from .position import Position
 from .retention import prune_io
 
@@ -135,37 +143,29 @@ class Feed(FeedBase[Session], Closable):
         timeout: float | None,
     ) -> None:
         """``run()`` for a callable with ``submit(batch)`` (a sink): the next batch is read
-        while the one before is being delivered. A batch is handed over only once the one
-        before it was confirmed, and acknowledged only once it was confirmed itself; before
-        the feed waits for new changes or ends, the batch in flight is confirmed and
-        acknowledged."""
-        flight: tuple[Batch, Delivery] | None = None
+        while the one before is being delivered (see :class:`ReadAhead`)."""
+        ahead: ReadAhead[Batch, Delivery] = ReadAhead()
 
-        def settle() -> None:
-            nonlocal flight
-            if flight is not None:
-                batch, delivery = flight
-                flight = None
-                delivery.result()
-                batch.ack()
+        def carry_out(steps: Iterator[Handover[Batch, Delivery]]) -> None:
+            for step in steps:
+                if isinstance(step, Confirm):
+                    step.delivery.result()
+                elif isinstance(step, Submit):
+                    ahead.sent(step.batch, submit(step.batch))
+                else:  # its sink's message ids make a repeat harmless: see Core.save
+                    self._save(step.batch.position, durable=False)
 
-        self._before_wait = settle
+        self._before_wait = lambda: carry_out(ahead.settle())
         try:
             for batch in self.batches(start, stop, max_changes, timeout):
-                if flight is None:
-                    flight = (batch, submit(batch))
-                    continue
-                before, delivery = flight
-                flight = None
-                delivery.result()  # raises: neither batch is acknowledged, both come again
-                flight = (batch, submit(batch))
-                before.ack()  # the new batch is on its way meanwhile
-            settle()
+                carry_out(ahead.take(batch))
+            carry_out(ahead.settle())
         finally:
             self._before_wait = None
-            if flight is not None:  # the feed failed: let the delivery end, acknowledge nothing
+            left = ahead.abandon()
+            if left is not None:  # the feed failed: let the delivery end, acknowledge nothing
                 with contextlib.suppress(Exception):
-                    flight[1].result()
+                    left.result()
 
     def stop(self) -> None:
         """End :meth:`run` (or :meth:`batches`) from any thread, after the batch in hand."""
@@ -213,8 +213,8 @@ class Feed(FeedBase[Session], Closable):
             self._started()
         return self._waker.wait(self._pace(seconds, self._waker))
 
-    def _save(self, position: Position) -> None:
-        self._session.run(functools.partial(self._core.save, position))
+    def _save(self, position: Position, durable: bool = True) -> None:
+        self._session.run(functools.partial(self._core.save, position, durable))
         self._after_ack()
 
     def _after_ack(self) -> None:

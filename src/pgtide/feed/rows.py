@@ -110,6 +110,12 @@ _AS_IS = frozenset({16, 18, 19, 20, 21, 23, 25, 1042, 1043})  # bool "char" name
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MEMO = 1024  # timestamptz texts remembered per column
 _NUMERIC, _FLOAT4, _FLOAT8, _JSON, _JSONB, _TIMESTAMPTZ = 1700, 700, 701, 114, 3802, 1184
+# Types whose captured JSON value already says what the typed value's JSON says (the
+# sinks' encoding): the JSON of _AS_IS types, numeric's exact digits, uuid's text, and
+# dates and times in ISO 8601 (as PostgreSQL wrote them: the offset of the writer's
+# TimeZone, no trailing zeros in fractions of a second). Not floats (Infinity and NaN),
+# json (re-encoded), bytea (hex, the sinks send base64) nor intervals.
+_JSON_AS_IS = _AS_IS | {_NUMERIC, 2950, 1082, 1114, _TIMESTAMPTZ}  # uuid date timestamp(tz)
 
 
 def json_value(value: Any) -> Any:
@@ -149,6 +155,7 @@ class _Table:
     loads: Callable[[str], Any]
     names: tuple[str, ...]
     convert: tuple[tuple[str, Convert], ...]
+    plain: bool = False  # its captured JSON is what a sink sends (see :meth:`RowTypes.plain`)
 
     def decoder(self) -> Decode:
         """The typed row from its captured JSON text, as one function (the read path runs
@@ -170,7 +177,7 @@ class _Table:
                 get = row.get
                 row = {name: get(name) for name in names}  # added since: None
             # columns WAL capture marked as unchanged (TOAST it could not read) stay so
-            for name, conv in convert if _MARK not in text else _converting(row, convert):
+            for name, conv in convert if MARK not in text else _converting(row, convert):
                 value = row[name]
                 if value is not None:
                     try:
@@ -255,6 +262,14 @@ class RowTypes:
         psycopg returns a timestamptz)."""
         return (_EPOCH + timedelta(microseconds=micros)).astimezone(self.zone)
 
+    def plain(self, table: str) -> bool:
+        """Whether ``table``'s captured JSON text, as it is, already holds what the JSON of its
+        typed rows holds (every column of a type in :data:`_JSON_AS_IS`, enums too): a sink
+        may send that text instead of decoding and encoding again. (The keys come in
+        jsonb's order, not the columns'.)"""
+        typed = self.tables.get(table)
+        return typed is not None and typed.plain
+
     def decode(self, table: str, text: str | None) -> dict[str, Any] | None:
         """The typed row of ``table`` from its captured JSON text (None stays None)."""
         return None if text is None else self.decoder(table)(text)
@@ -269,6 +284,7 @@ class RowTypes:
             _exact_loads if exact else _fast_loads,
             tuple(n for n, _ in columns),
             tuple((n, c) for n, c in convert if c is not None),
+            all(_json_as_is(o, types) for _, o in columns),
         )
 
     def _converter(self, oid: int, types: dict[int, _Type], exact: bool) -> Convert | None:
@@ -331,7 +347,7 @@ class RowTypes:
         return each
 
 
-_MARK = '"$pgtide": "unchanged-toast"'
+MARK = '"$pgtide": "unchanged-toast"'
 
 
 def _unchanged(row: dict[str, Any]) -> set[str]:
@@ -351,6 +367,14 @@ def _base(oid: int, types: dict[int, _Type]) -> int:
     while (t := types.get(oid)) is not None and t.kind == "d" and seen < 32:
         oid, seen = t.base, seen + 1
     return oid
+
+
+def _json_as_is(oid: int, types: dict[int, _Type]) -> bool:
+    """Whether a column of type ``oid`` has a captured JSON value that needs no re-encoding
+    (:data:`_JSON_AS_IS`, and enums, which come as their label either way)."""
+    oid = _base(oid, types)
+    found = types.get(oid)
+    return oid in _JSON_AS_IS or (found is not None and found.kind == "e")
 
 
 def _element(oid: int, types: dict[int, _Type]) -> int | None:

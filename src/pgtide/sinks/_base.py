@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypedDict, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from orjson import JSONEncodeError
+from orjson import Fragment, JSONEncodeError
 from orjson import dumps as _fast_dumps
 
 from .. import Change, Position
 from ..connect import Backoff
 from ..errors import ConfigError, PgtideError
+from ..feed._core import captured_json
 from ..names import TableName
 from ._encode import _default, change_key, dumps, encode
 
@@ -63,6 +64,10 @@ class Message:
     key: str
     body: bytes
     dest: str
+
+
+def _fragment(text: str | None) -> Fragment | None:
+    return None if text is None else Fragment(text)
 
 
 def mask_url(url: str) -> str:
@@ -357,14 +362,17 @@ class Sink(ABC):
             dest = routes.get((table, op))
             if dest is None:
                 dest = routes[(table, op)] = route(change, None)
+            # the rows as captured when that JSON already says what the typed rows' would:
+            # sent as they are, never decoded (numbers keep their digits either way)
+            captured = captured_json(change)
             value = {  # record(change, key), spelt out: this loop runs for every change
                 "key": key,
                 "id": change.id,
                 "xid": xid,
                 "table": table,
                 "op": op,
-                "row": change.row,
-                "old": change.old,
+                "row": change.row if captured is None else _fragment(captured[0]),
+                "old": change.old if captured is None else _fragment(captured[1]),
                 "at": change.at,
             }
             try:
@@ -394,8 +402,11 @@ class Sink(ABC):
         While the broker is unreachable, retry with backoff (for ever, or ``retries``
         times); :meth:`stop` ends the wait with :class:`SinkStopped`. Nothing is
         acknowledged meanwhile, so nothing is lost."""
+        await self._send(batch, self.messages(batch))
+
+    async def _send(self, batch: BatchLike, messages: list[Message]) -> None:
+        """:meth:`send` of the messages of ``batch``, made already."""
         self._bind()
-        messages = self.messages(batch)
         counts = self.counts
         if not messages and not self._wants_empty:
             counts.batches += 1
@@ -506,7 +517,18 @@ class Sink(ABC):
         of what it returns waits for the broker's confirmation (or raises). One delivery
         at a time: submit the next batch once the one before was confirmed.
         ``pgtide.Feed.run`` uses it to read the next batch during a delivery."""
-        return self._portal_().submit(self.send(batch))
+        # The messages are made here, in the caller's thread: the sink's thread then mostly
+        # waits for the broker, and the caller's reads (each wait for the database ends
+        # with taking the GIL back) are not held up behind its work.
+        messages = self.messages(batch)
+        return self._portal_().submit(self._send(batch, messages))
+
+    def asubmit(self, batch: BatchLike) -> asyncio.Task[None]:
+        """Start delivering ``batch`` on the running event loop and return at once; await
+        what it returns for the broker's confirmation (it raises if the delivery failed).
+        One delivery at a time, as :meth:`submit`. ``pgtide.aio.Feed.run`` uses it to read
+        the next batch during a delivery."""
+        return asyncio.ensure_future(self.send(batch))
 
     def _portal_(self) -> _Portal:
         with self._lock:
