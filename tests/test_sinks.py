@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 from sink_servers import (
@@ -31,6 +32,7 @@ import pgtide.aio
 from pgtide import sinks
 from pgtide.errors import ConfigError
 from pgtide.feed import Change
+from pgtide.feed._core import captured_json
 from pgtide.sinks.signature import sign, verify
 
 
@@ -368,6 +370,56 @@ def test_filters_transform_and_key(dsn: str, unique: str) -> None:
     assert high == [{"id": i, "op": "insert"} for i in (6, 8)]
 
 
+def test_filters_alone_send_the_records_of_the_changes_they_let_through(dsn: str) -> None:
+    """Without transform or key, the filters choose the changes and each goes as its
+    record; ``where`` sees only the changes the ``tables`` and ``ops`` filters let through."""
+    make_table(dsn, rows=6)
+    make_table(dsn, "other", rows=3)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE items SET v = 'x' WHERE id < 3")
+        conn.execute("DELETE FROM items WHERE id = 5")
+    asked: list[tuple[str, str]] = []
+
+    def even(change: Change) -> bool:
+        asked.append((change.table, change.op))
+        return change.row is not None and change.row["id"] % 2 == 0
+
+    sink = sinks.redis(MACHINE_REDIS, tables=["items"], ops=["insert", "update"], where=even)
+    batches = list(pgtide.Feed("filters", dsn=dsn).batches(stop="end"))
+    messages = [m for b in batches for m in sink.messages(b)]
+    assert set(asked) == {("public.items", "insert"), ("public.items", "update")}
+    assert len(asked) == 9  # 6 inserts, 3 updates: never the other table, never the delete
+    sent = [(m.change.op, json.loads(m.body)["row"]["id"]) for m in messages]
+    assert sent == [("insert", 0), ("insert", 2), ("insert", 4), ("update", 0), ("update", 2)]
+    for m in messages:
+        assert m.dest == "pg:public.items" and m.key == sinks.change_key(m.change)
+        assert json.loads(m.body) == json.loads(sinks.encode(m.change) or b"")
+
+
+def test_own_sink_subclass_gets_each_message(dsn: str) -> None:
+    """A subclass's ``_deliver`` gets the batch's messages: each a :class:`sinks.Message`
+    (by index, slice or iteration), with the columns beside them."""
+    make_table(dsn, rows=5)
+    got: list[sinks.Message] = []
+
+    class Collect(sinks.Sink):
+        def _destination(self, change: Change, key: str | None) -> str:
+            return f"to:{change.table}"
+
+        async def _deliver(self, batch: sinks.BatchLike, messages: sinks.Messages) -> None:
+            assert [m.key for m in messages[1:]] == messages.keys[1:]
+            assert messages[-1].body == messages.bodies[-1]
+            got.extend(messages)
+            self.counts.delivered += len(messages)
+
+    with Collect("collect://here") as sink:
+        pgtide.Feed("subclass", ["items"], dsn=dsn).run(sink, stop="end")
+    assert [json.loads(m.body)["row"]["id"] for m in got] == list(range(5))
+    assert {m.dest for m in got} == {"to:public.items"}
+    assert [m.key for m in got] == [sinks.change_key(m.change) for m in got]
+    assert sink.counts.delivered == 5
+
+
 def test_own_sink_is_a_callable(dsn: str) -> None:
     make_table(dsn, rows=4)
     seen: list[bytes] = []
@@ -582,6 +634,14 @@ def test_messages_send_captured_json_only_where_it_says_what_typed_rows_say(dsn:
     assert len(changes) == 4
     bodies = [m.body for b in batches for m in sink.messages(b)]
     assert b'"n": 12345678901234567890.000000000000000010' in bodies[0]  # the captured text
+    for change, body in zip(changes[:3], bodies, strict=False):  # plain_t: captured JSON
+        captured = captured_json(change)
+        assert captured is not None
+        fragments = [None if text is None else orjson.Fragment(text) for text in captured]
+        fields = {"id": change.id, "xid": change.xid, "table": change.table, "op": change.op}
+        made = {"key": sinks.change_key(change), **fields}
+        expected = {**made, "row": fragments[0], "old": fragments[1], "at": change.at}
+        assert body == sinks.dumps(expected)  # the same bytes as the record as JSON
     assert b'"row":{"id":1,"b":"AP8=","f":0.1,"i":"P1DT2H"}' in bodies[3]  # typed, then encoded
     for change, body in zip(changes, bodies, strict=True):
         typed = sinks.encode(change)  # types the rows: from now on, they are sent typed

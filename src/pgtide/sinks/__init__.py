@@ -16,7 +16,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._base import BatchLike, BrokerUnreachable, Message, Sink, SinkError, SinkStopped, mask_url
+from ._base import (
+    BatchLike,
+    BrokerUnreachable,
+    Message,
+    Messages,
+    Sink,
+    SinkError,
+    SinkStopped,
+    mask_url,
+)
 from ._encode import change_key, dumps, encode, record
 
 if TYPE_CHECKING:
@@ -28,6 +37,7 @@ __all__ = [
     "BatchLike",
     "BrokerUnreachable",
     "Message",
+    "Messages",
     "Sink",
     "SinkError",
     "SinkStopped",

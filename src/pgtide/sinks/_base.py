@@ -11,12 +11,11 @@ import string
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Protocol, TypedDict, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypedDict, TypeVar, overload
 from urllib.parse import urlsplit, urlunsplit
 
-from orjson import Fragment, JSONEncodeError
 from orjson import dumps as _fast_dumps
 
 from .. import Change, Position
@@ -24,7 +23,7 @@ from ..connect import Backoff
 from ..errors import ConfigError, PgtideError
 from ..feed._core import captured_json
 from ..names import TableName
-from ._encode import _default, change_key, dumps, encode
+from ._encode import change_key, dumps, encode, record
 
 log = logging.getLogger("pgtide.sinks")
 
@@ -66,8 +65,63 @@ class Message:
     dest: str
 
 
-def _fragment(text: str | None) -> Fragment | None:
-    return None if text is None else Fragment(text)
+class Messages(Sequence[Message]):
+    """The messages of a batch, kept as columns: ``changes``, ``keys``, ``bodies`` and
+    ``dests`` (one entry per message, in order). Built-in sinks read the columns; indexing
+    or iterating makes each :class:`Message` on the way, for code that wants them."""
+
+    __slots__ = ("bodies", "changes", "dests", "keys")
+
+    def __init__(
+        self,
+        changes: list[Change] | None = None,
+        keys: list[str] | None = None,
+        bodies: list[bytes] | None = None,
+        dests: list[str] | None = None,
+    ) -> None:
+        self.changes = [] if changes is None else changes
+        self.keys = [] if keys is None else keys
+        self.bodies = [] if bodies is None else bodies
+        self.dests = [] if dests is None else dests
+
+    def append(self, change: Change, key: str, body: bytes, dest: str) -> None:
+        """Add one message."""
+        self.changes.append(change)
+        self.keys.append(key)
+        self.bodies.append(body)
+        self.dests.append(dest)
+
+    def extend(self, other: Messages) -> None:
+        """Add the messages of ``other``, in order."""
+        self.changes += other.changes
+        self.keys += other.keys
+        self.bodies += other.bodies
+        self.dests += other.dests
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @overload
+    def __getitem__(self, index: int) -> Message: ...
+    @overload
+    def __getitem__(self, index: slice) -> Messages: ...
+    def __getitem__(self, index: int | slice) -> Message | Messages:
+        if isinstance(index, slice):
+            return Messages(
+                self.changes[index], self.keys[index], self.bodies[index], self.dests[index]
+            )
+        return Message(self.changes[index], self.keys[index], self.bodies[index], self.dests[index])
+
+    def __iter__(self) -> Iterator[Message]:
+        return map(Message, self.changes, self.keys, self.bodies, self.dests)
+
+    def __repr__(self) -> str:
+        return f"<Messages of {len(self)} changes>"
+
+
+def _head(table: str, op: str) -> str:
+    """The ``"table":...,"op":...`` part of the JSON of a change of ``table`` and ``op``."""
+    return _fast_dumps({"table": table, "op": op}).decode()[1:-1]
 
 
 def mask_url(url: str) -> str:
@@ -244,13 +298,27 @@ class Selection:
                 raise ConfigError(f"{name}= must be a callable taking a Change, not {fn!r}")
         return cls(_tables(tables), _ops(ops), where, transform, key)
 
-    @property
-    def plain(self) -> bool:
-        """Whether every change goes, as its own record, with no key."""
-        return all(
-            option is None
-            for option in (self.tables, self.ops, self.where, self.transform, self.key)
-        )
+    def chosen(self, changes: Iterable[Change]) -> list[Change]:
+        """The changes that pass the filters, in order (each filter a pass over the batch,
+        none when not configured)."""
+        out = list(changes)
+        if self.ops is not None:
+            ops = self.ops
+            out = [c for c in out if c.op in ops]
+        if self.tables is not None:
+            table_ok = self._table_ok
+            for table in {c.table for c in out}.difference(table_ok):
+                table_ok[table] = self._table_wanted(table)
+            out = [c for c in out if table_ok[c.table]]
+        if self.where is not None:
+            where = self.where
+            out = [c for c in out if where(c)]
+        return out
+
+    def _table_wanted(self, table: str) -> bool:
+        assert self.tables is not None
+        qualified, bare = self.tables
+        return table in qualified or table.rpartition(".")[2] in bare
 
     def wanted(self, change: Change) -> bool:
         """Whether ``change`` passes the ``tables``, ``ops`` and ``where`` filters."""
@@ -259,9 +327,7 @@ class Selection:
         if self.tables is not None:
             ok = self._table_ok.get(change.table)
             if ok is None:
-                qualified, bare = self.tables
-                ok = change.table in qualified or change.table.rpartition(".")[2] in bare
-                self._table_ok[change.table] = ok
+                ok = self._table_ok[change.table] = self._table_wanted(change.table)
             if not ok:
                 return False
         return self.where is None or bool(self.where(change))
@@ -336,7 +402,7 @@ class Sink(ABC):
         self._stopping = threading.Event()
         self._portal: _Portal | None = None
         self._lock = threading.Lock()
-        self._routes: dict[tuple[str, str], str] = {}
+        self._routes: dict[tuple[str, str], tuple[str, str]] = {}
 
     # -- the message of each change ------------------------------------------------------
     def wanted(self, change: Change) -> bool:
@@ -347,53 +413,55 @@ class Sink(ABC):
     def _destination(self, change: Change, key: str | None) -> str:
         """Where ``change`` goes: a subject, a stream key, or a URL."""
 
-    def messages(self, batch: Iterable[Change]) -> list[Message]:
+    def messages(self, batch: Iterable[Change]) -> Messages:
         """The messages to send for ``batch``: filtered, transformed, encoded, addressed."""
         select = self.selection
-        if not select.plain:
-            return self._shaped(batch)
-        # the common case, kept lean: every change, as its record, to its table's destination
-        routes, route = self._routes, self._destination
-        out: list[Message] = []
-        append, fast = out.append, _fast_dumps
-        for change in batch:
-            xid, table, op = change.xid, change.table, change.op
-            key = f"{xid}-{change.id}"
-            dest = routes.get((table, op))
-            if dest is None:
-                dest = routes[(table, op)] = route(change, None)
+        changes = select.chosen(batch)
+        if select.transform is None and select.key is None:
+            return self._records(changes)
+        raw, transform, key_of = self._raw_bodies, select.transform, select.key
+        out = Messages()
+        for change in changes:
+            body = encode(change, transform, raw=raw)
+            if body is None:
+                continue
+            key = None if key_of is None else str(key_of(change))
+            out.append(change, change_key(change), body, self._destination(change, key))
+        return out
+
+    def _records(self, changes: list[Change]) -> Messages:
+        """The messages of ``changes``, each its :func:`~pgtide.sinks.record` as JSON, to
+        its table's destination: one loop over the batch, run for every change sent."""
+        heads, route = self._routes, self._destination
+        keys: list[str] = []
+        bodies: list[bytes] = []
+        dests: list[str] = []
+        add_key, add_body, add_dest = keys.append, bodies.append, dests.append
+        moment: object = None
+        when = ""
+        for change in changes:
+            xid, id_, table, op, at = change.xid, change.id, change.table, change.op, change.at
+            key = f"{xid}-{id_}"
+            head = heads.get((table, op))
+            if head is None:  # the destination and the JSON of table and op, made once
+                head = heads[(table, op)] = (route(change, None), _head(table, op))
             # the rows as captured when that JSON already says what the typed rows' would:
             # sent as they are, never decoded (numbers keep their digits either way)
             captured = captured_json(change)
-            value = {  # record(change, key), spelt out: this loop runs for every change
-                "key": key,
-                "id": change.id,
-                "xid": xid,
-                "table": table,
-                "op": op,
-                "row": change.row if captured is None else _fragment(captured[0]),
-                "old": change.old if captured is None else _fragment(captured[1]),
-                "at": change.at,
-            }
-            try:
-                body = fast(value, default=_default)
-            except JSONEncodeError:
-                body = dumps(value)
-            append(Message(change, key, body, dest))
-        return out
-
-    def _shaped(self, batch: Iterable[Change]) -> list[Message]:
-        select, raw = self.selection, self._raw_bodies
-        out: list[Message] = []
-        for change in batch:
-            if not select.wanted(change):
-                continue
-            body = encode(change, select.transform, raw=raw)
-            if body is None:
-                continue
-            key = None if select.key is None else str(select.key(change))
-            out.append(Message(change, change_key(change), body, self._destination(change, key)))
-        return out
+            if captured is None:
+                add_body(dumps(record(change, key)))
+            else:
+                if at is not moment:  # a transaction's changes share their time
+                    moment, when = at, _fast_dumps(at).decode()
+                row, old = captured
+                # record(change, key) as JSON, spelt out (the same bytes orjson writes)
+                add_body(
+                    f'{{"key":"{key}","id":{id_},"xid":{xid},{head[1]},'
+                    f'"row":{row or "null"},"old":{old or "null"},"at":{when}}}'.encode()
+                )
+            add_key(key)
+            add_dest(head[0])
+        return Messages(changes, keys, bodies, dests)
 
     # -- delivery ------------------------------------------------------------------------
     async def send(self, batch: BatchLike) -> None:
@@ -404,7 +472,7 @@ class Sink(ABC):
         acknowledged meanwhile, so nothing is lost."""
         await self._send(batch, self.messages(batch))
 
-    async def _send(self, batch: BatchLike, messages: list[Message]) -> None:
+    async def _send(self, batch: BatchLike, messages: Messages) -> None:
         """:meth:`send` of the messages of ``batch``, made already."""
         self._bind()
         counts = self.counts
@@ -504,7 +572,7 @@ class Sink(ABC):
         """Close the connection (after a failure, or at close)."""
 
     @abstractmethod
-    async def _deliver(self, batch: BatchLike, messages: list[Message]) -> None:
+    async def _deliver(self, batch: BatchLike, messages: Messages) -> None:
         """Send ``messages`` and return once the broker acknowledged every one."""
 
     # -- the blocking face ---------------------------------------------------------------

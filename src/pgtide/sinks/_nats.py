@@ -4,7 +4,6 @@ JetStream's duplicate window drops a change sent again after a crash."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import re
 from typing import ClassVar, NoReturn, Unpack
 
@@ -19,7 +18,7 @@ from .. import Change
 from ..errors import ConfigError
 from ._base import (
     BatchLike,
-    Message,
+    Messages,
     Sink,
     SinkError,
     SinkOptions,
@@ -173,7 +172,7 @@ class NatsSink(Sink):
         if nc is not None and not nc.is_closed:
             await nc.close()
 
-    async def _deliver(self, batch: BatchLike, messages: list[Message]) -> None:
+    async def _deliver(self, batch: BatchLike, messages: Messages) -> None:
         js, nc = self._js, self._nc
         assert js is not None and nc is not None
         if nc.is_closed:
@@ -186,79 +185,83 @@ class NatsSink(Sink):
             self._chain_after = self.counts.batches + CHAIN_PAUSE
         await self._acked(js, messages)
 
-    async def _chained(self, nc: NatsClient, js: JetStreamContext, messages: list[Message]) -> bool:
+    async def _chained(self, nc: NatsClient, js: JetStreamContext, messages: Messages) -> bool:
         """Publish ``messages`` as a chain: each after the first names the one before it
         (``Nats-Expected-Last-Msg-Id``), so JetStream stores it only right after that one,
         and only the last asks for an acknowledgement. That one acknowledgement proves the
         whole chain was stored, in order; False when the chain broke (nothing is lost: the
         caller sends the batch again with an acknowledgement per message)."""
-        first, last = messages[0], messages[-1]
-        await nc.publish(first.dest, first.body, headers={MSG_ID: first.key})
-        await self._publish_chain(nc, messages[:-1])
-        headers = {MSG_ID: last.key, LAST_ID: messages[-2].key}
+        keys, bodies, dests = messages.keys, messages.bodies, messages.dests
+        await nc.publish(dests[0], bodies[0], headers={MSG_ID: keys[0]})
+        await self._publish_chain(nc, messages)
+        headers = {MSG_ID: keys[-1], LAST_ID: keys[-2]}
         try:
-            ack = await js.publish(last.dest, last.body, timeout=self._timeout, headers=headers)
+            ack = await js.publish(dests[-1], bodies[-1], timeout=self._timeout, headers=headers)
         except nats.js.errors.APIError as exc:
             if exc.err_code == WRONG_LAST_ID:
                 return False
-            self._refused(exc, last)
+            self._refused(exc, dests[-1])
         except nats.js.errors.NoStreamResponseError as exc:
-            self._refused(exc, last)
+            self._refused(exc, dests[-1])
         if ack.duplicate:  # a batch sent again: each message's own ack tells what was new
             return False
         self.counts.delivered += len(messages)
         return True
 
-    async def _publish_chain(self, nc: NatsClient, messages: list[Message]) -> None:
-        """Publish ``messages[1:]``, each naming the one before it, without acknowledgement.
+    async def _publish_chain(self, nc: NatsClient, messages: Messages) -> None:
+        """Publish ``messages[1:-1]``, each naming the one before it, without
+        acknowledgement.
 
         The protocol frames (``HPUB``) are written here, many to one buffer, and queued on
         the client's connection in order, behind what it queued before: the client's own
         ``publish()`` spends more on one message's header than on its transfer. The
         subjects were cleaned (:func:`_clean`) and the header values are change keys
         (digits and ``-``), so there is nothing to check per message."""
+        keys, bodies, dests = messages.keys[:-1], messages.bodies[:-1], messages.dests[:-1]
         queue = getattr(nc, "_send_command", None) if self._bulk_frames else None
         if queue is None:  # a client without it: one publish() per message
-            for previous, m in itertools.pairwise(messages):
-                await nc.publish(m.dest, m.body, headers={MSG_ID: m.key, LAST_ID: previous.key})
+            for i in range(1, len(keys)):
+                headers = {MSG_ID: keys[i], LAST_ID: keys[i - 1]}
+                await nc.publish(dests[i], bodies[i], headers=headers)
             return
         if nc.is_closed:
             raise nats.errors.ConnectionClosedError
         if nc.is_draining_pubs:
             raise nats.errors.ConnectionDrainingError
-        limit = nc.max_payload
+        if max(map(len, bodies), default=0) > nc.max_payload:
+            raise nats.errors.MaxPayloadError
         subjects = self._subjects_wire
-        parts: list[bytes] = []
-        size = sent = 0
-        before = messages[0].key.encode()
-        for m in itertools.islice(messages, 1, None):
-            key, body = m.key.encode(), m.body
-            if len(body) > limit:
-                raise nats.errors.MaxPayloadError
-            subject = subjects.get(m.dest)
-            if subject is None:
-                subject = subjects[m.dest] = m.dest.encode()
+        for dest in set(dests).difference(subjects):
+            subjects[dest] = dest.encode()
+        wire = [k.encode() for k in keys]
+        frames: list[bytes] = []
+        add = frames.append
+        for dest, body, key, before in zip(dests[1:], bodies[1:], wire[1:], wire[:-1], strict=True):
             head = _HEADER_SIZE + len(key) + len(before)
-            frame = _FRAME % (subject, head, head + len(body), key, before, body)
-            parts.append(frame)
+            add(_FRAME % (subjects[dest], head, head + len(body), key, before, body))
+        chunk: list[bytes] = []
+        size = 0
+        for frame in frames:  # queued _CHUNK bytes at a time
+            chunk.append(frame)
             size += len(frame)
-            sent += len(body)
-            before = key
             if size >= _CHUNK:
-                await queue(b"".join(parts))
-                parts, size = [], 0
-        if parts:
-            await queue(b"".join(parts))
-        nc.stats["out_msgs"] += len(messages) - 1
-        nc.stats["out_bytes"] += sent
+                await queue(b"".join(chunk))
+                chunk, size = [], 0
+        if chunk:
+            await queue(b"".join(chunk))
+        nc.stats["out_msgs"] += len(frames)
+        nc.stats["out_bytes"] += sum(map(len, bodies)) - len(bodies[0])
 
-    async def _acked(self, js: JetStreamContext, messages: list[Message]) -> None:
+    async def _acked(self, js: JetStreamContext, messages: Messages) -> None:
         publish = js.publish_async
-        futures = [await publish(m.dest, m.body, headers={MSG_ID: m.key}) for m in messages]
+        futures = [
+            await publish(dest, body, headers={MSG_ID: key})
+            for key, body, dest in zip(messages.keys, messages.bodies, messages.dests, strict=True)
+        ]
         try:
             acks = await asyncio.wait_for(asyncio.gather(*futures), self._timeout)
         except (nats.js.errors.APIError, nats.js.errors.NoStreamResponseError) as exc:
-            self._refused(exc, messages[0])
+            self._refused(exc, messages.dests[0])
         finally:
             for future in futures:
                 future.cancel()
@@ -267,11 +270,12 @@ class NatsSink(Sink):
         self.counts.delivered += len(acks) - duplicates
 
     @staticmethod
-    def _refused(exc: nats.js.errors.Error, message: Message) -> NoReturn:
-        """Raise what a JetStream error means: an outage to retry, or a refusal."""
+    def _refused(exc: nats.js.errors.Error, dest: str) -> NoReturn:
+        """Raise what a JetStream error means (for a message to ``dest``): an outage to
+        retry, or a refusal."""
         if not isinstance(exc, nats.js.errors.APIError):  # no stream answered
             raise nats.errors.NoRespondersError(
-                f"no JetStream stream takes subject {message.dest!r} (yet?)"
+                f"no JetStream stream takes subject {dest!r} (yet?)"
             ) from None
         if exc.code is not None and exc.code >= 500:
             raise exc

@@ -27,7 +27,7 @@ from redis.commands.core import AsyncScript
 
 from .. import Change, Position
 from ..errors import ConfigError
-from ._base import BatchLike, Message, Sink, SinkError, SinkOptions, Template, check_url
+from ._base import BatchLike, Messages, Sink, SinkError, SinkOptions, Template, check_url
 
 log = logging.getLogger("pgtide.sinks")
 
@@ -123,15 +123,16 @@ class _Plan:
         self.skipped = 0
         self.forget = False
 
-    def extend(self, messages: Iterable[Message]) -> None:
-        """Plan ``messages`` (all to this stream, in feed order)."""
-        state, known, ids, bodies = self.state, self.known, self.ids, self.bodies
+    def extend(self, changes: Iterable[Change], bodies: Iterable[bytes]) -> None:
+        """Plan the messages of ``changes`` with ``bodies`` (all to this stream, in feed
+        order)."""
+        state, known = self.state, self.known
+        add_id, add_body = self.ids.append, self.bodies.append
         recorded = state.last[0]
         ms, seq = self.last
         moment: datetime | None = None
         at = 0
-        for message in messages:
-            change = message.change
+        for change, body in zip(changes, bodies, strict=True):
             if change.at is not moment:  # a transaction's changes share their time
                 moment = change.at
                 at = int(moment.timestamp() * 1000)
@@ -151,8 +152,8 @@ class _Plan:
                 seq += 1
             else:
                 ms, seq = at, 0
-            ids.append(f"{ms}-{seq}")
-            bodies.append(message.body)
+            add_id(f"{ms}-{seq}")
+            add_body(body)
         self.last = (ms, seq)
 
 
@@ -234,8 +235,8 @@ class RedisSink(Sink):
                 pass  # no such stream (or not a stream: the script says so)
             self._states[stream] = state
 
-    async def _deliver(self, batch: BatchLike, messages: list[Message]) -> None:
-        streams = list(dict.fromkeys(m.dest for m in messages))
+    async def _deliver(self, batch: BatchLike, messages: Messages) -> None:
+        streams = list(dict.fromkeys(messages.dests))
         for _ in range(3):
             await self._load(streams)
             if await self._try(batch, messages, streams):
@@ -246,19 +247,23 @@ class RedisSink(Sink):
             "writing the same streams with the same state_key?"
         )
 
-    async def _try(self, batch: BatchLike, messages: list[Message], streams: list[str]) -> bool:
+    async def _try(self, batch: BatchLike, messages: Messages, streams: list[str]) -> bool:
         script = self._script
         assert script is not None
         states = self._states
         plans = {s: _Plan(states[s]) for s in streams}
         if len(plans) == 1:
-            plans[streams[0]].extend(messages)
+            plans[streams[0]].extend(messages.changes, messages.bodies)
         else:
-            each: dict[str, list[Message]] = {s: [] for s in streams}
-            for m in messages:
-                each[m.dest].append(m)
+            each: dict[str, tuple[list[Change], list[bytes]]] = {s: ([], []) for s in streams}
+            for change, body, dest in zip(
+                messages.changes, messages.bodies, messages.dests, strict=True
+            ):
+                changes, bodies = each[dest]
+                changes.append(change)
+                bodies.append(body)
             for stream, plan in plans.items():
-                plan.extend(each[stream])
+                plan.extend(*each[stream])
         skipped = sum(p.skipped for p in plans.values())
         touched = {s: p for s, p in plans.items() if p.ids}
         if not touched:

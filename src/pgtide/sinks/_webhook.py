@@ -15,7 +15,7 @@ import httpx
 
 from .. import Change
 from ..errors import ConfigError
-from ._base import BatchLike, Message, Sink, SinkError, SinkOptions, check_url, mask_url
+from ._base import BatchLike, Messages, Sink, SinkError, SinkOptions, check_url, mask_url
 from ._encode import dumps
 from .signature import sign
 
@@ -87,12 +87,12 @@ class WebhookSink(Sink):
         if client is not None:
             await client.aclose()
 
-    def body(self, batch: BatchLike, messages: list[Message]) -> bytes:
+    def body(self, batch: BatchLike, messages: Messages) -> bytes:
         """The POST body of ``batch``: its start and end positions and its changes."""
         head = dumps({"start": str(batch.start), "end": str(batch.position)})[:-1]
-        return head + b',"changes":[' + b",".join(m.body for m in messages) + b"]}"
+        return head + b',"changes":[' + b",".join(messages.bodies) + b"]}"
 
-    async def _deliver(self, batch: BatchLike, messages: list[Message]) -> None:
+    async def _deliver(self, batch: BatchLike, messages: Messages) -> None:
         client = self._client
         assert client is not None
         body = self.body(batch, messages)
