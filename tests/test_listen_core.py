@@ -28,6 +28,7 @@ from pgtide.channel import (
     Receiver,
     Registry,
     Settings,
+    SocketCopy,
     Stats,
 )
 from pgtide.connect import Resolved
@@ -421,37 +422,61 @@ def _receiver(queue: BatchQueue) -> Receiver:
 def test_the_dispatcher_reads_the_socket_itself_only_when_nothing_is_queued() -> None:
     queue = BatchQueue(100_000, "block")
     receiver = _receiver(queue)
+    forgotten: list[int] = []
+    copy = SocketCopy(forgotten.append)
     ours, server = socket.socketpair()
     try:
         pg = FakePG(0, [3, 2])
         pg.socket = ours.fileno()
-        assert receiver.take_now(queue) == -1  # not serving a connection: no direct lane
-        assert not receiver._direct
+        assert receiver.take_now(queue, copy) is False  # not serving a connection: no lane
+        assert not receiver._direct and copy.fd == -1
         receiver._live = pg  # type: ignore[assignment]  # as serve() sets it between polls
+        receiver._connection = 1
         queue.put_marker(RECONNECTED)
-        assert receiver.take_now(queue) == -1 and pg.reads == 0  # the queued item goes first
+        assert receiver.take_now(queue, copy) is False and pg.reads == 0  # the queue goes first
         assert not receiver._direct
         assert queue.get(timeout=0) is RECONNECTED
-        first = receiver.take_now(queue)
-        assert not isinstance(first, int) and [int(n.extra) for n in first[2]] == [0, 1, 2, 3, 4]
+        first = receiver.take_now(queue, copy)
+        assert not isinstance(first, bool) and [int(n.extra) for n in first[2]] == [0, 1, 2, 3, 4]
         assert receiver._direct and receiver._stats.counts["received"] == 5
-        # nothing more: the dispatcher may wait on (a duplicate of) the socket itself, and
+        # nothing more: the dispatcher may wait on (its duplicate of) the socket itself, and
         # the receiver keeps leaving the socket to it
-        idle = receiver.take_now(queue)
-        assert isinstance(idle, int) and idle >= 0 and idle != ours.fileno()
+        assert receiver.take_now(queue, copy) is True
+        idle = copy.fd
+        assert idle >= 0 and idle != ours.fileno()
         assert os.path.sameopenfile(idle, ours.fileno()) and receiver._direct
-        os.close(idle)
+        # the same connection: the same duplicate, kept from one wait to the next
+        assert receiver.take_now(queue, copy) is True and copy.fd == idle and not forgotten
         receiver.leave_socket()  # the dispatcher cannot wait on it: the receiver reads again
         assert not receiver._direct
         with receiver._reading:  # the receiver is using the connection: never waits for it
-            assert receiver.take_now(queue) == -1
-        assert not receiver._direct
+            assert receiver.take_now(queue, copy) is False
+        assert not receiver._direct and copy.fd == idle
         failing = FakePG(0, [1], fail=True)
         failing.socket = ours.fileno()
         receiver._live = failing  # type: ignore[assignment]
-        assert receiver.take_now(queue) == -1  # a failing connection: the receiver notices
-        assert not receiver._direct
+        assert receiver.take_now(queue, copy) is False  # a failing connection: the receiver
+        assert not receiver._direct  # notices
+        # another connection (a reconnect): the old duplicate is forgotten (unwatched) and
+        # closed, and the new socket duplicated
+        other, far = socket.socketpair()
+        try:
+            fresh = FakePG(0, [])
+            fresh.socket = other.fileno()
+            receiver._live = fresh  # type: ignore[assignment]
+            receiver._connection = 2
+            assert receiver.take_now(queue, copy) is True and forgotten == [idle]
+            assert os.path.sameopenfile(copy.fd, other.fileno())
+            receiver._live = None  # gone, and no new one yet: the duplicate is kept meanwhile
+            assert receiver.take_now(queue, copy) is False and copy.fd >= 0
+            receiver._connection = 3
+            assert receiver.take_now(queue, copy) is False and copy.fd == -1
+            assert len(forgotten) == 2
+        finally:
+            other.close()
+            far.close()
     finally:
+        copy.close()
         receiver.stop()
         ours.close()
         server.close()
@@ -459,7 +484,7 @@ def test_the_dispatcher_reads_the_socket_itself_only_when_nothing_is_queued() ->
     dropper = _receiver(dropping)
     dropper._live = FakePG(2, [])  # type: ignore[assignment]
     try:
-        assert dropper.take_now(dropping) == -1  # drop policies: only the thread reads
+        assert dropper.take_now(dropping, copy) is False  # drop policies: only the thread reads
     finally:
         dropper.stop()
 

@@ -21,6 +21,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 import pgtide
 import pgtide.aio
 from pgtide.channel import Receiver
+from pgtide.listen._async import _Reader
 
 
 class Reconnects:
@@ -262,9 +263,9 @@ def test_a_trickle_is_read_by_the_dispatcher_itself_across_listen_probe_and_reco
     direct: list[int] = []  # the sizes of the batches the dispatcher read itself
     take_now = Receiver.take_now
 
-    def spy(self: Receiver, queue: Any) -> Any:
-        batch = take_now(self, queue)
-        if not isinstance(batch, int):  # a batch, not a file to wait on
+    def spy(self: Receiver, queue: Any, copy: Any) -> Any:
+        batch = take_now(self, queue, copy)
+        if not isinstance(batch, bool):  # a batch, not a file to wait on
             direct.append(len(batch[2]))
         return batch
 
@@ -314,4 +315,81 @@ def test_a_trickle_is_read_by_the_dispatcher_itself_across_listen_probe_and_reco
                     await asyncio.to_thread(scenario, listener, call)
 
             asyncio.run(main())
+    assert not pgtide_threads()
+
+
+def test_the_asyncio_dispatcher_keeps_its_reader_and_never_spins_in_a_slow_callback(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The asyncio dispatcher keeps its duplicate of the socket registered with the loop from
+    one wait to the next (not an add_reader per notification), registers the new one after a
+    reconnect, and, when the socket becomes readable while an async callback is still
+    running, unregisters it (the loop would otherwise wake for it at every turn until the
+    callback ends), and registers it again at the next wait; nothing is lost or reordered."""
+    readable = 0  # the reader's calls
+    original = _Reader._readable
+
+    def counted(self: _Reader) -> None:
+        nonlocal readable
+        readable += 1
+        original(self)
+
+    monkeypatch.setattr(_Reader, "_readable", counted)
+    got = Collector()
+    gaps = threading.Event()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        added: list[int] = []
+        add_reader = loop.add_reader
+
+        def adding(fd: Any, callback: Any, *args: Any) -> None:
+            added.append(fd)
+            add_reader(fd, callback, *args)
+
+        monkeypatch.setattr(loop, "add_reader", adding)
+        release = asyncio.Event()
+        slow_started = asyncio.Event()
+        slow: list[Any] = []
+
+        async def slow_callback(note: pgtide.Notification) -> None:
+            slow_started.set()
+            await release.wait()
+            slow.append(note.payload)
+
+        async with pgtide.aio.Listener(dsn=dsn, on_reconnect=gaps.set) as listener:
+            await listener.subscribe("trickle", got)
+            await listener.subscribe("slow", slow_callback)
+            with psycopg.connect(dsn, autocommit=True) as sender:
+
+                def trickle(first: int, count: int) -> None:
+                    for i in range(first, first + count):
+                        sender.execute("SELECT pg_notify('trickle', %s)", (str(i),))
+                        got.wait_for(i + 1)
+
+                await asyncio.to_thread(trickle, 0, 30)
+                assert 1 <= len(added) <= 10  # one per notification before
+                before = len(added)
+                await listener.restart()
+                await asyncio.to_thread(trickle, 30, 30)
+                assert len(added) - before <= 10
+                assert len(set(added)) >= 1
+                # a slow async callback, and a notification arriving meanwhile
+                sender.execute("SELECT pg_notify('slow', 'a')")
+                await asyncio.wait_for(slow_started.wait(), 10)
+                calls = readable
+                sender.execute("SELECT pg_notify('slow', 'b')")
+                deadline = loop.time() + 10
+                while readable == calls:  # the loop sees it: the reader runs...
+                    assert loop.time() < deadline, "the reader never ran"
+                    await asyncio.sleep(0.001)
+                for _ in range(200):  # ...but not at every turn of the loop
+                    await asyncio.sleep(0)
+                assert readable - calls <= 2
+                release.set()
+                await asyncio.to_thread(trickle, 60, 10)
+                assert slow == ["a", "b"]
+        assert got.payloads == list(range(70))
+
+    asyncio.run(main())
     assert not pgtide_threads()

@@ -10,7 +10,7 @@ or a poll interval.
 from ._notification import Notification
 from ._overview import connections, overview
 from ._queue import RECONNECTED, Batch, BatchQueue, Item, Marker, WhenFull
-from ._receiver import Receiver, Settings, Sink, WakePipe
+from ._receiver import Receiver, Settings, Sink, SocketCopy, WakePipe
 from ._registry import Callback, Registry, Subscriber
 from ._stats import Stats
 from ._waker import Signal, Waker
@@ -28,6 +28,7 @@ __all__ = [
     "Settings",
     "Signal",
     "Sink",
+    "SocketCopy",
     "Stats",
     "Subscriber",
     "WakePipe",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import math
 import os
@@ -122,6 +123,36 @@ class WakePipe:
                     os.close(fd)
 
 
+_CONNECTIONS = itertools.count(1)
+"""Numbers the connections of every receiver in this process (never reused)."""
+
+
+class SocketCopy:
+    """A dispatcher's duplicate of the socket of the connection it reads (see
+    :meth:`Receiver.take_now`): made once per connection rather than once per wait, and
+    closed once that connection is gone, so the dispatcher may keep watching it between
+    waits. It is the dispatcher's own file: its number is never another connection's.
+    ``forget(fd)`` runs before the file is closed (to stop watching it); the dispatcher
+    calls :meth:`close` when it ends.
+    """
+
+    __slots__ = ("_forget", "connection", "fd")
+
+    def __init__(self, forget: Callable[[int], None] | None = None) -> None:
+        self.fd = -1
+        self.connection = 0
+        self._forget = forget
+
+    def close(self) -> None:
+        fd, self.fd, self.connection = self.fd, -1, 0
+        if fd >= 0:
+            try:
+                if self._forget is not None:
+                    self._forget(fd)
+            finally:
+                os.close(fd)
+
+
 @dataclass(slots=True)
 class _Query:
     deadline: float
@@ -151,6 +182,7 @@ class Receiver:
         # of a dispatcher that reads (this thread then reads only while it waits)
         self._reading = threading.Lock()
         self._live: pq.abc.PGconn | None = None
+        self._connection = 0  # which connection serve() uses (or used last): see SocketCopy
         self._direct = False
         self._lane: BatchQueue | None = None
         self._read_at = 0.0  # when the dispatcher last read something (no probe needed)
@@ -266,6 +298,7 @@ class Receiver:
         self._enc = enc
         lock = self._reading
         lock.acquire()
+        self._connection = next(_CONNECTIONS)
         try:
             while not keeper.stopping:
                 if self._outbox:
@@ -340,28 +373,32 @@ class Receiver:
             self._direct = False
             lock.release()
 
-    def take_now(self, queue: BatchQueue) -> Batch | int:
+    def take_now(self, queue: BatchQueue, copy: SocketCopy) -> Batch | bool:
         """The direct lane: what the socket holds, read by the dispatcher itself.
 
         The dispatcher of ``queue`` calls it whenever the queue is empty, so that under a
         steady stream it reads and delivers in one thread, as a plain driver loop does,
         instead of this thread handing every batch over (two threads taking turns on the
         GIL). While it does, and while anything is queued, this thread leaves the socket to
-        it. When there is nothing to read, it returns a file for the dispatcher to wait on
-        besides its queue, and then to close: a duplicate of the socket (then one wake-up,
-        the dispatcher's, stands between a notification and its callback, as in a driver
-        loop; the duplicate is made under the lock, so it is this connection's socket even
-        when this thread closes the connection meanwhile, which makes it readable), or -1,
-        and this thread reads again: it is busy with the connection (a LISTEN or a probe in
+        it. When there is nothing to read, it returns True: wait on ``copy.fd`` besides the
+        queue (then one wake-up, the dispatcher's, stands between a notification and its
+        callback, as in a driver loop). ``copy`` is the dispatcher's duplicate of this
+        connection's socket, made here under the lock (so it is this connection's socket even
+        when this thread closes the connection meanwhile, which makes it readable) once per
+        connection, and closed here once that connection is gone. It returns False, and this
+        thread reads again, when it is busy with the connection (a LISTEN or a probe in
         flight, a reconnect), the connection is failing, or something was queued meanwhile
-        (it goes first). The drop policies are left to this thread (they need it reading
-        while a callback is slow). Never blocks.
+        (it goes first): wait on the queue alone. The drop policies are left to this thread
+        (they need it reading while a callback is slow). Never blocks; called in the
+        dispatcher's thread only.
         """
         if queue.when_full != "block":
-            return -1
+            return False
         self._lane = queue
         if self._reading.acquire(blocking=False):
             try:
+                if copy.connection != self._connection:
+                    copy.close()  # a connection that is gone (closing it is ours to do)
                 pg = self._live
                 if pg is not None and queue.empty():
                     try:
@@ -373,14 +410,16 @@ class Receiver:
                     else:
                         self._direct = True
                         if not notes:
-                            return os.dup(fd)
+                            if copy.fd < 0:
+                                copy.fd, copy.connection = os.dup(fd), self._connection
+                            return True
                         self._read_at = time.monotonic()
                         self._stats.counts["received"] += len(notes)
                         return datetime.now(UTC), self._enc, notes
             finally:
                 self._reading.release()
         self.leave_socket()
-        return -1
+        return False
 
     def leave_socket(self) -> None:
         """The dispatcher stops reading and waiting on the socket: this thread reads again."""

@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator, Hashable, Iterable
 from typing import Any, TypeVar
 
 from .._lifecycle import AsyncRunnable
-from ..channel import Callback, Notification
+from ..channel import Callback, Notification, SocketCopy
 from ._core import END, IN_DISPATCH, Change, Face, ListenerCore
 
 logger = logging.getLogger("pgtide.listen")
@@ -105,23 +104,24 @@ class Listener(Face, AsyncRunnable):
         IN_DISPATCH.set(True)
         core = self._core
         items = core.queue
-        loop = asyncio.get_running_loop()
-        while not core.closing:
-            wake.clear()
-            item = core.next_item()
-            if isinstance(item, int):  # nothing yet: wait (on the socket too, if >= 0)
-                if items.closed:
-                    if item >= 0:
-                        os.close(item)
-                    return
-                await _sleep(loop, wake, core, item)
-                continue
-            for awaitable, sub, note in core.deliver(item):
-                try:
-                    await awaitable
-                except Exception as exc:
-                    core.failed(sub, note, exc)
-            await asyncio.sleep(0)  # let the rest of the loop run between batches
+        reader = _Reader(asyncio.get_running_loop(), wake, core)
+        try:
+            while not core.closing:
+                wake.clear()
+                item = core.next_item(reader.copy)
+                if isinstance(item, bool):  # nothing yet: wait (on the socket too, if True)
+                    if items.closed:
+                        return
+                    await reader.sleep(item)
+                    continue
+                for awaitable, sub, note in core.deliver(item):
+                    try:
+                        await awaitable
+                    except Exception as exc:
+                        core.failed(sub, note, exc)
+                await asyncio.sleep(0)  # let the rest of the loop run between batches
+        finally:
+            reader.copy.close()
 
     async def _settle(self, change: Change[T]) -> T:
         """Await (up to ``sync_timeout``) the server applying ``change``; its result."""
@@ -220,27 +220,60 @@ class AsyncNotificationIterator(AsyncIterator[Notification]):
         await self.aclose()
 
 
-async def _sleep(
-    loop: asyncio.AbstractEventLoop, wake: asyncio.Event, core: ListenerCore, socket: int
-) -> None:
-    """Wait until ``wake`` is set (something was queued, or the listener closes) or, when it
-    is not -1, until ``socket`` is readable; then close ``socket``."""
-    if socket < 0:
-        await wake.wait()
-        return
-    try:
+class _Reader:
+    """The dispatcher's wait: on its wakeup, and on its duplicate of the socket (a
+    :class:`SocketCopy`) when the core says so. The duplicate stays registered with the loop
+    from one wait to the next while its connection lasts (no add_reader/remove_reader per
+    notification); it is unregistered when the dispatcher must not wait on the socket (the
+    connection thread reads it, or its connection is gone and it reads as closed), when it
+    is still readable at the loop's second turn while the dispatcher delivers (no busy loop
+    during a slow callback: the next wait registers it again; the first may be what the
+    dispatcher has just read, seen by the loop before the dispatcher ran), and before it is
+    closed.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, wake: asyncio.Event, core: ListenerCore):
+        self._loop = loop
+        self._wake = wake
+        self._core = core
+        self.copy = SocketCopy(self._forget)
+        self._watched = -1  # the file registered with the loop, or -1
+        self._waiting = False
+        self._spare = True
+
+    async def sleep(self, socket: bool) -> None:
+        """Wait until the wakeup is set (something was queued, or the listener closes) or,
+        when ``socket``, until the socket is readable."""
+        if not socket:
+            self._unwatch()
+        elif self._watched < 0:
+            try:
+                self._loop.add_reader(self.copy.fd, self._readable)
+            except (NotImplementedError, OSError, RuntimeError):  # a loop that cannot watch
+                self._core.leave_socket()
+            else:
+                self._watched = self.copy.fd
+        self._waiting = self._spare = True
         try:
-            loop.add_reader(socket, wake.set)
-        except (NotImplementedError, OSError, RuntimeError):  # a loop that cannot watch files
-            core.leave_socket()
-            await wake.wait()
-            return
-        try:
-            await wake.wait()
+            await self._wake.wait()
         finally:
-            loop.remove_reader(socket)
-    finally:
-        os.close(socket)
+            self._waiting = False
+
+    def _readable(self) -> None:
+        if self._waiting:
+            self._wake.set()
+        elif self._spare:  # the loop saw it readable before the dispatcher read it: once
+            self._spare = False
+        else:  # readable again while the dispatcher delivers: stop watching meanwhile
+            self._unwatch()
+
+    def _unwatch(self) -> None:
+        if self._watched >= 0:
+            fd, self._watched = self._watched, -1
+            self._loop.remove_reader(fd)
+
+    def _forget(self, fd: int) -> None:
+        self._unwatch()
 
 
 def _resolve(done: asyncio.Future[None]) -> None:

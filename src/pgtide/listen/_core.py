@@ -38,6 +38,7 @@ from ..channel import (
     Receiver,
     Registry,
     Settings,
+    SocketCopy,
     Stats,
     Subscriber,
     WhenFull,
@@ -154,16 +155,16 @@ class ListenerCore:
         if receiver is not None:
             receiver.stop()
 
-    def next_item(self) -> Item | int:
+    def next_item(self, copy: SocketCopy) -> Item | bool:
         """The next item to deliver without waiting: the queue's, else what the socket holds
         (read by the dispatcher itself: see :meth:`Receiver.take_now`). When there is
-        nothing, a file number: the socket (a duplicate) to wait on besides the queue's
-        wakeup, which the caller closes, or -1 (wait for the wakeup alone)."""
+        nothing, whether to wait on ``copy.fd`` (the dispatcher's duplicate of the socket)
+        besides the queue's wakeup (True), or on the wakeup alone (False)."""
         item = self.queue.get_nowait()
         if item is not None:
             return item
         receiver = self._receiver
-        return -1 if receiver is None else receiver.take_now(self.queue)
+        return False if receiver is None else receiver.take_now(self.queue, copy)
 
     def leave_socket(self) -> None:
         """The dispatcher cannot wait on the socket: the connection thread reads it."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import queue
 import select
 import threading
@@ -18,7 +17,7 @@ from typing import Any, TypeVar
 
 from .._lifecycle import Runnable
 from .._signals import stop_on_signals
-from ..channel import Callback, Notification, WakePipe
+from ..channel import Callback, Notification, SocketCopy, WakePipe
 from ._core import END, IN_DISPATCH, Change, Face
 
 logger = logging.getLogger("pgtide.listen")
@@ -142,15 +141,15 @@ class Listener(Face, Runnable):
         items = core.queue
         loop: asyncio.AbstractEventLoop | None = None
         wake = WakePipe()
+        copy = SocketCopy()
         items.set_wakeup(wake.wake)
         try:
             while not core.closing:
-                item = core.next_item()
-                if isinstance(item, int):  # nothing yet: wait (on the socket too, if >= 0)
+                item = core.next_item(copy)
+                if isinstance(item, bool):  # nothing yet: wait (on the socket too, if True)
                     if items.closed:
-                        _close(item)
                         break
-                    _sleep(wake, item)
+                    _sleep(wake, copy.fd if item else -1)
                     continue
                 for awaitable, sub, note in core.deliver(item):
                     if loop is None:
@@ -162,6 +161,7 @@ class Listener(Face, Runnable):
         finally:
             items.set_wakeup(None)
             wake.close()
+            copy.close()
             if loop is not None:
                 loop.close()
 
@@ -285,18 +285,10 @@ async def _await(awaitable: Awaitable[Any]) -> Any:
 
 def _sleep(wake: WakePipe, socket: int) -> None:
     """Wait until ``wake`` is woken (something was queued, or the listener closes) or, when
-    it is not -1, until ``socket`` is readable; then close ``socket``."""
+    it is not -1, until ``socket`` is readable."""
     poller = select.poll()
     poller.register(wake.fd, select.POLLIN)
     if socket >= 0:
         poller.register(socket, select.POLLIN)
-    try:
-        poller.poll()
-    finally:
-        _close(socket)
+    poller.poll()
     wake.clear()
-
-
-def _close(socket: int) -> None:
-    if socket >= 0:
-        os.close(socket)
