@@ -9,6 +9,7 @@ newt.db-style ``id > last`` poller beside the feed (faster, and it skips rows: b
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -820,19 +821,33 @@ def _backfill(dsn: str) -> list[Figure]:
     return figures
 
 
+PARTS: dict[str, Callable[[str], list[Figure]]] = {
+    "capture": _capture,
+    "wal": _wal,
+    "e2e": lambda db: [_end_to_end(db)],
+    "latency": lambda db: [_latency(db, "notify"), _latency(db, "poll")],
+    "race": _race,
+    "read": _read_rate,
+    "scale": _scale,
+    "retention": _retention,
+    "backfill": _backfill,
+}
+"""The suite's parts, in order; ``PGTIDE_BENCH_FEED=capture,retention`` runs only those
+(for a quick before/after of one area; a full report runs them all)."""
+
+
 def run(dsn: str) -> list[Figure]:
+    chosen = os.environ.get("PGTIDE_BENCH_FEED", "").replace(" ", "")
+    parts = chosen.split(",") if chosen else list(PARTS)
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise SystemExit(f"PGTIDE_BENCH_FEED: unknown parts {unknown}; choose from {list(PARTS)}")
+    figures: list[Figure] = []
     with scratch_database(dsn, "pgtide_bench_feed") as db:
         _prepare(db)
-        figures = _capture(db)
-        figures.extend(_wal(db))
-        figures.append(_end_to_end(db))
-        figures.append(_latency(db, "notify"))
-        figures.append(_latency(db, "poll"))
-        figures.extend(_race(db))
-        figures.extend(_read_rate(db))
-        figures.extend(_scale(db))
-        figures.extend(_retention(db))
-        figures.extend(_backfill(db))
+        for name in PARTS:
+            if name in parts:
+                figures.extend(PARTS[name](db))
     return figures
 
 
