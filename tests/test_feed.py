@@ -93,6 +93,10 @@ def test_updates_pair_old_and_new_rows_whatever_the_key(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO parts VALUES (1, 'a'), (2, 'b')")
         conn.execute("UPDATE parts SET id = id + 100, v = v || '+' WHERE id = 2")
+        conn.execute(
+            "INSERT INTO parts VALUES (1, 'x'), (3, 'c') "
+            "ON CONFLICT (id) DO UPDATE SET v = excluded.v"
+        )
     updates = [
         (c.old, c.row)
         for b in _drain(pgtide.Feed("pairs", ["items", "parts"], dsn=dsn))
@@ -106,7 +110,10 @@ def test_updates_pair_old_and_new_rows_whatever_the_key(dsn: str) -> None:
     assert sorted(updates[:2], key=str) == sorted(swapped, key=str)
     expected = [({"id": i, "v": f"v{i}"}, {"id": i, "v": f"V{i}"}) for i in range(3, 501)]
     assert sorted(updates[2:500], key=lambda u: u[0]["id"]) == expected
-    assert updates[500:] == [({"id": 2, "v": "b"}, {"id": 102, "v": "b+"})]
+    assert updates[500:] == [
+        ({"id": 2, "v": "b"}, {"id": 102, "v": "b+"}),
+        ({"id": 1, "v": "a"}, {"id": 1, "v": "x"}),  # the upsert's update (its insert: 3)
+    ]
 
 
 def test_tables_tracked_with_row_level_update_capture_move_on_track(dsn: str) -> None:
