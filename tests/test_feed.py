@@ -116,40 +116,59 @@ def test_updates_pair_old_and_new_rows_whatever_the_key(dsn: str) -> None:
     ]
 
 
-def test_tables_tracked_with_row_level_update_capture_move_on_track(dsn: str) -> None:
-    """A table tracked before migration 017 (a row-level UPDATE trigger and a wake-up
-    trigger) keeps capturing; tracking it again moves it to the statement-level trigger."""
+# What a database installed before migration 017 holds: row and old as jsonb, tables tracked
+# with a row-level UPDATE capture (pgtide.capture_update) and its statement-level wake-up.
+BEFORE_017 = """
+ALTER TABLE pgtide.changes ALTER COLUMN row TYPE jsonb, ALTER COLUMN old TYPE jsonb;
+DELETE FROM pgtide.schema_version WHERE version = 17;
+CREATE FUNCTION old_capture_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO pgtide.changes (table_name, op, row, old)
+        VALUES (TG_ARGV[0], 'update', to_jsonb(NEW), to_jsonb(OLD));
+    RETURN NULL;
+END $$;
+DROP TRIGGER pgtide_capture_update ON items;
+CREATE TRIGGER pgtide_capture_update AFTER UPDATE ON items FOR EACH ROW
+    EXECUTE FUNCTION old_capture_update('public.items', 'notify');
+CREATE TRIGGER pgtide_capture_update_wakeup AFTER UPDATE ON items FOR EACH STATEMENT
+    EXECUTE FUNCTION pgtide.capture_statement('public.items', 'notify');
+"""
+
+
+def test_upgrade_to_json_rows_keeps_changes_and_old_triggers(dsn: str) -> None:
+    """Migration 017 on a database that has jsonb changes and a table tracked with the
+    row-level UPDATE capture: the changes read back the same, the old trigger keeps
+    capturing (its jsonb is cast), and tracking the table again moves it to the
+    statement-level trigger."""
     _setup(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("DROP TRIGGER pgtide_capture_update ON items")
-        conn.execute(
-            "CREATE TRIGGER pgtide_capture_update AFTER UPDATE ON items FOR EACH ROW "
-            "EXECUTE FUNCTION pgtide.capture_update('public.items', 'notify')"
-        )
-        conn.execute(
-            "CREATE TRIGGER pgtide_capture_update_wakeup AFTER UPDATE ON items "
-            "FOR EACH STATEMENT EXECUTE FUNCTION pgtide.capture_statement('public.items', 'notify')"
-        )
-        conn.execute("INSERT INTO items VALUES (1, 'a')")
-        conn.execute("UPDATE items SET v = 'b'")
+        conn.execute(BEFORE_017)
+        conn.execute("INSERT INTO items VALUES (1, 'a'), (2, 'b')")
+        conn.execute("UPDATE items SET v = 'c' WHERE id = 1")
+    assert pgtide.install(dsn=dsn) == pgtide.schema.latest_version()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        types = conn.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = 'pgtide.changes'::regclass AND attname IN ('row', 'old')"
+        ).fetchall()
+        conn.execute("UPDATE items SET v = 'd' WHERE id = 2")  # the old trigger, cast to json
+    assert types == [("json",), ("json",)]
     assert pgtide.track("items", dsn=dsn) is True
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("UPDATE items SET v = 'c'")
+        conn.execute("UPDATE items SET v = 'e' WHERE id = 1")
         triggers = conn.execute(
             "SELECT tgname, tgtype & 1 FROM pg_trigger WHERE tgrelid = 'items'::regclass "
             "AND tgname LIKE 'pgtide%%' ORDER BY tgname"
         ).fetchall()
     assert ("pgtide_capture_update", 0) in triggers  # FOR EACH STATEMENT
     assert all(name != "pgtide_capture_update_wakeup" for name, _ in triggers)
-    updates = [
-        (c.old, c.row)
-        for b in _drain(pgtide.Feed("moved", ["items"], dsn=dsn))
-        for c in b
-        if c.op == "update"
-    ]
-    assert updates == [
-        ({"id": 1, "v": "a"}, {"id": 1, "v": "b"}),
-        ({"id": 1, "v": "b"}, {"id": 1, "v": "c"}),
+    changes = [(c.op, c.old, c.row) for b in _drain(pgtide.Feed("up", dsn=dsn)) for c in b]
+    assert changes == [
+        ("insert", None, {"id": 1, "v": "a"}),
+        ("insert", None, {"id": 2, "v": "b"}),
+        ("update", {"id": 1, "v": "a"}, {"id": 1, "v": "c"}),
+        ("update", {"id": 2, "v": "b"}, {"id": 2, "v": "d"}),
+        ("update", {"id": 1, "v": "c"}, {"id": 1, "v": "e"}),
     ]
 
 

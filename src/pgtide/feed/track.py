@@ -40,7 +40,7 @@ _CREATE = {
     "pgtide_old FOR EACH STATEMENT EXECUTE FUNCTION pgtide.capture_rows({name}, {notify})",
     "update": "CREATE TRIGGER {trigger} AFTER UPDATE ON {table} REFERENCING OLD TABLE AS "
     "pgtide_old NEW TABLE AS pgtide_new FOR EACH STATEMENT "
-    "EXECUTE FUNCTION pgtide.capture_updates({name}, {notify})",
+    "EXECUTE FUNCTION pgtide.capture_rows({name}, {notify})",
     "truncate": "CREATE TRIGGER {trigger} AFTER TRUNCATE ON {table} FOR EACH STATEMENT "
     "EXECUTE FUNCTION pgtide.capture_statement({name}, {notify})",
 }
