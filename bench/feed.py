@@ -9,7 +9,6 @@ newt.db-style ``id > last`` poller beside the feed (faster, and it skips rows: b
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
@@ -22,7 +21,7 @@ from psycopg import sql
 
 import pgtide
 
-from ._harness import Figure, best_of, percentiles, rate, scratch_database
+from ._harness import Figure, best_of, percentiles, rate, scratch_database, wanted
 
 SUITE = "feed"
 
@@ -832,22 +831,17 @@ PARTS: dict[str, Callable[[str], list[Figure]]] = {
     "retention": _retention,
     "backfill": _backfill,
 }
-"""The suite's parts, in order; ``PGTIDE_BENCH_FEED=capture,retention`` runs only those
-(for a quick before/after of one area; a full report runs them all)."""
+"""The suite's parts, in order; ``python -m bench feed --only capture,scale`` runs only
+those (a quick before/after of one area; a full report runs them all)."""
 
 
 def run(dsn: str) -> list[Figure]:
-    chosen = os.environ.get("PGTIDE_BENCH_FEED", "").replace(" ", "")
-    parts = chosen.split(",") if chosen else list(PARTS)
-    unknown = sorted(set(parts) - set(PARTS))
-    if unknown:
-        raise SystemExit(f"PGTIDE_BENCH_FEED: unknown parts {unknown}; choose from {list(PARTS)}")
     figures: list[Figure] = []
     with scratch_database(dsn, "pgtide_bench_feed") as db:
         _prepare(db)
-        for name in PARTS:
-            if name in parts:
-                figures.extend(PARTS[name](db))
+        for name, part in PARTS.items():
+            if wanted(name):
+                figures.extend(part(db))
     return figures
 
 

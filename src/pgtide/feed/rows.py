@@ -266,8 +266,8 @@ class RowTypes:
     def plain(self, table: str) -> bool:
         """Whether ``table``'s captured JSON text, as it is, already holds what the JSON of its
         typed rows holds (every column of a type in :data:`_JSON_AS_IS`, enums too): a sink
-        may send that text instead of decoding and encoding again. (The keys come in
-        jsonb's order, not the columns'.)"""
+        may send that text instead of decoding and encoding again. (The keys come in column
+        order, or in jsonb's for rows stored as jsonb text.)"""
         typed = self.tables.get(table)
         return typed is not None and typed.plain
 
