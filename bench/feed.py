@@ -21,7 +21,7 @@ from psycopg import sql
 
 import pgtide
 
-from ._harness import Figure, best_of, percentiles, rate, scratch_database
+from ._harness import Figure, best_of, percentiles, rate, scratch_database, wanted
 
 SUITE = "feed"
 
@@ -820,19 +820,28 @@ def _backfill(dsn: str) -> list[Figure]:
     return figures
 
 
+PARTS: dict[str, Callable[[str], list[Figure]]] = {
+    "capture": _capture,
+    "wal": _wal,
+    "e2e": lambda db: [_end_to_end(db)],
+    "latency": lambda db: [_latency(db, "notify"), _latency(db, "poll")],
+    "race": _race,
+    "read": _read_rate,
+    "scale": _scale,
+    "retention": _retention,
+    "backfill": _backfill,
+}
+"""The suite's parts, in order; ``python -m bench feed --only capture,scale`` runs only
+those (a quick before/after of one area; a full report runs them all)."""
+
+
 def run(dsn: str) -> list[Figure]:
+    figures: list[Figure] = []
     with scratch_database(dsn, "pgtide_bench_feed") as db:
         _prepare(db)
-        figures = _capture(db)
-        figures.extend(_wal(db))
-        figures.append(_end_to_end(db))
-        figures.append(_latency(db, "notify"))
-        figures.append(_latency(db, "poll"))
-        figures.extend(_race(db))
-        figures.extend(_read_rate(db))
-        figures.extend(_scale(db))
-        figures.extend(_retention(db))
-        figures.extend(_backfill(db))
+        for name, part in PARTS.items():
+            if wanted(name):
+                figures.extend(part(db))
     return figures
 
 

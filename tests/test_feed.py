@@ -71,6 +71,107 @@ def test_payloads_of_every_operation_in_statement_order(dsn: str) -> None:
     assert len({c.xid for c in changes[:4]}) == 1 and changes[4].xid != changes[0].xid
 
 
+def test_updates_pair_old_and_new_rows_whatever_the_key(dsn: str) -> None:
+    """UPDATE is captured per statement: the n-th old row of the transition tables is the
+    n-th new row before the update, also when keys are swapped (pairing by key would mix
+    them up), for many rows in one statement, for a statement that updates nothing, and
+    for a row moving between partitions of a tracked partitioned table."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int UNIQUE DEFERRABLE INITIALLY DEFERRED, v text)")
+    pgtide.track("items", dsn=dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 500) g")
+        conn.execute("UPDATE items SET id = 3 - id, v = v || '!' WHERE id IN (1, 2)")
+        conn.execute("UPDATE items SET v = upper(v) WHERE id > 2")
+        conn.execute("UPDATE items SET v = 'never' WHERE id < 0")
+        conn.execute(
+            "CREATE TABLE parts (id int, v text, PRIMARY KEY (id)) PARTITION BY RANGE (id)"
+        )
+        conn.execute("CREATE TABLE parts_low PARTITION OF parts FOR VALUES FROM (0) TO (100)")
+        conn.execute("CREATE TABLE parts_high PARTITION OF parts FOR VALUES FROM (100) TO (200)")
+    pgtide.track("parts", dsn=dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO parts VALUES (1, 'a'), (2, 'b')")
+        conn.execute("UPDATE parts SET id = id + 100, v = v || '+' WHERE id = 2")
+        conn.execute(
+            "INSERT INTO parts VALUES (1, 'x'), (3, 'c') "
+            "ON CONFLICT (id) DO UPDATE SET v = excluded.v"
+        )
+    updates = [
+        (c.old, c.row)
+        for b in _drain(pgtide.Feed("pairs", ["items", "parts"], dsn=dsn))
+        for c in b
+        if c.op == "update"
+    ]
+    swapped = [
+        ({"id": 1, "v": "v1"}, {"id": 2, "v": "v1!"}),
+        ({"id": 2, "v": "v2"}, {"id": 1, "v": "v2!"}),
+    ]
+    assert sorted(updates[:2], key=str) == sorted(swapped, key=str)
+    expected = [({"id": i, "v": f"v{i}"}, {"id": i, "v": f"V{i}"}) for i in range(3, 501)]
+    assert sorted(updates[2:500], key=lambda u: u[0]["id"]) == expected
+    assert updates[500:] == [
+        ({"id": 2, "v": "b"}, {"id": 102, "v": "b+"}),
+        ({"id": 1, "v": "a"}, {"id": 1, "v": "x"}),  # the upsert's update (its insert: 3)
+    ]
+
+
+# What a database installed before migration 017 holds: row and old as jsonb, tables tracked
+# with a row-level UPDATE capture (pgtide.capture_update) and its statement-level wake-up.
+BEFORE_017 = """
+ALTER TABLE pgtide.changes ALTER COLUMN row TYPE jsonb, ALTER COLUMN old TYPE jsonb;
+DELETE FROM pgtide.schema_version WHERE version = 17;
+CREATE FUNCTION old_capture_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO pgtide.changes (table_name, op, row, old)
+        VALUES (TG_ARGV[0], 'update', to_jsonb(NEW), to_jsonb(OLD));
+    RETURN NULL;
+END $$;
+DROP TRIGGER pgtide_capture_update ON items;
+CREATE TRIGGER pgtide_capture_update AFTER UPDATE ON items FOR EACH ROW
+    EXECUTE FUNCTION old_capture_update('public.items', 'notify');
+CREATE TRIGGER pgtide_capture_update_wakeup AFTER UPDATE ON items FOR EACH STATEMENT
+    EXECUTE FUNCTION pgtide.capture_statement('public.items', 'notify');
+"""
+
+
+def test_upgrade_to_json_rows_keeps_changes_and_old_triggers(dsn: str) -> None:
+    """Migration 017 on a database that has jsonb changes and a table tracked with the
+    row-level UPDATE capture: the changes read back the same, the old trigger keeps
+    capturing (its jsonb is cast), and tracking the table again moves it to the
+    statement-level trigger."""
+    _setup(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(BEFORE_017)
+        conn.execute("INSERT INTO items VALUES (1, 'a'), (2, 'b')")
+        conn.execute("UPDATE items SET v = 'c' WHERE id = 1")
+    assert pgtide.install(dsn=dsn) == pgtide.schema.latest_version()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        types = conn.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = 'pgtide.changes'::regclass AND attname IN ('row', 'old')"
+        ).fetchall()
+        conn.execute("UPDATE items SET v = 'd' WHERE id = 2")  # the old trigger, cast to json
+    assert types == [("json",), ("json",)]
+    assert pgtide.track("items", dsn=dsn) is True
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE items SET v = 'e' WHERE id = 1")
+        triggers = conn.execute(
+            "SELECT tgname, tgtype & 1 FROM pg_trigger WHERE tgrelid = 'items'::regclass "
+            "AND tgname LIKE 'pgtide%%' ORDER BY tgname"
+        ).fetchall()
+    assert ("pgtide_capture_update", 0) in triggers  # FOR EACH STATEMENT
+    assert all(name != "pgtide_capture_update_wakeup" for name, _ in triggers)
+    changes = [(c.op, c.old, c.row) for b in _drain(pgtide.Feed("up", dsn=dsn)) for c in b]
+    assert changes == [
+        ("insert", None, {"id": 1, "v": "a"}),
+        ("insert", None, {"id": 2, "v": "b"}),
+        ("update", {"id": 1, "v": "a"}, {"id": 1, "v": "c"}),
+        ("update", {"id": 2, "v": "b"}, {"id": 2, "v": "d"}),
+        ("update", {"id": 1, "v": "c"}, {"id": 1, "v": "e"}),
+    ]
+
+
 def test_track_is_idempotent_and_validates(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE SCHEMA sales")

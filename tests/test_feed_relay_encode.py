@@ -78,7 +78,9 @@ def _expected(messages: list[bytes], relayed: int) -> tuple[bytes, int]:
             continue
         for rel, op, new, old in txn.changes:
             shape = _Shape.of(rel)
-            out.append(shape.heads(False)[op] + shape.fields(new)[0] + shape.fields(old)[0])
+            out.append(
+                shape.heads(False)[op] + shape.fields(new, False)[0] + shape.fields(old, False)[0]
+            )
             count += 1
     return b"".join(out), count
 

@@ -633,7 +633,8 @@ def test_messages_send_captured_json_only_where_it_says_what_typed_rows_say(dsn:
     changes = [c for b in batches for c in b]
     assert len(changes) == 4
     bodies = [m.body for b in batches for m in sink.messages(b)]
-    assert b'"n": 12345678901234567890.000000000000000010' in bodies[0]  # the captured text
+    assert b'"n":12345678901234567890.000000000000000010' in bodies[0]  # the captured text,
+    assert b'"tz":"2024-05-01T17:30:00.25+05:30"' in bodies[0]  # with the writer's offset
     for change, body in zip(changes[:3], bodies, strict=False):  # plain_t: captured JSON
         captured = captured_json(change)
         assert captured is not None

@@ -91,7 +91,7 @@ WITH chunk AS (
     SELECT * FROM {table} AS t {where} ORDER BY {keys} LIMIT %(n)s FOR SHARE
 ), written AS (
     INSERT INTO pgtide.changes (table_name, op, row)
-    SELECT %(name)s, 'read', to_jsonb(c) FROM chunk AS c ORDER BY {ckeys}
+    SELECT %(name)s, 'read', to_json(c) FROM chunk AS c ORDER BY {ckeys}
     RETURNING 1
 ), last AS (
     SELECT jsonb_build_object({pairs}) AS k FROM chunk AS c ORDER BY {ckeys} DESC LIMIT 1

@@ -1,10 +1,11 @@
 """Typed rows: the Python values psycopg returns for ``SELECT *``, from captured rows.
 
-Capture stores each row as ``to_jsonb`` writes it (cheap for writers: nothing to look up at
-capture time). A reader turns that JSON back into typed values with the column types of the
-table, fetched once per reader and kept in :class:`RowTypes`: numbers come exact (numeric as
+Capture stores each row as ``to_json`` writes it (cheap for writers: nothing to look up at
+capture time; rows captured before migration 017 as ``to_jsonb`` did, the same values). A
+reader turns that JSON back into typed values with the column types of the table, fetched
+once per reader and kept in :class:`RowTypes`: numbers come exact (numeric as
 :class:`~decimal.Decimal`, parsed from the JSON text, never through float), and every value
-that ``to_jsonb`` writes as text (timestamps, bytea, uuid, inet, interval...) goes through the
+that ``to_json`` writes as text (timestamps, bytea, uuid, inet, interval...) goes through the
 same psycopg loader that ``SELECT *`` would use. Each read carries a fingerprint of those
 tables' columns (computed once per query, in the same round trip), so a table altered while
 a reader runs is looked up again, and never per row.
@@ -14,7 +15,7 @@ added since is None, a column dropped since is left out. A change whose table no
 exists comes as plain JSON values (as :func:`json.loads` gives them). A value that no longer
 fits its column's type (the type was altered since) stays as its JSON value.
 
-Any capture that stores rows the way ``to_jsonb`` writes them gets typed rows from here.
+Any capture that stores rows the way ``to_json`` writes them gets typed rows from here.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ FROM reach JOIN pg_type t ON t.oid = reach.oid
 ORDER BY 1, 2, 3
 """
 
-# Types whose JSON value (from to_jsonb) is already what psycopg returns.
+# Types whose JSON value (from to_json) is already what psycopg returns.
 _AS_IS = frozenset({16, 18, 19, 20, 21, 23, 25, 1042, 1043})  # bool "char" name int text
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MEMO = 1024  # timestamptz texts remembered per column
@@ -171,7 +172,7 @@ class _Table:
                 row: dict[str, Any] = loads(text)
             except ValueError:  # what orjson refuses (integers beyond 64 bits...)
                 row = _json_loads(text)
-            try:  # jsonb orders keys by length, then bytes: put them in column order
+            try:  # jsonb (the relay's staged rows) orders keys by length: column order
                 row = dict(zip(names, pick(row), strict=True))
             except KeyError:
                 get = row.get
@@ -265,8 +266,8 @@ class RowTypes:
     def plain(self, table: str) -> bool:
         """Whether ``table``'s captured JSON text, as it is, already holds what the JSON of its
         typed rows holds (every column of a type in :data:`_JSON_AS_IS`, enums too): a sink
-        may send that text instead of decoding and encoding again. (The keys come in
-        jsonb's order, not the columns'.)"""
+        may send that text instead of decoding and encoding again. (The keys come in column
+        order, or in jsonb's for rows stored as jsonb text.)"""
         typed = self.tables.get(table)
         return typed is not None and typed.plain
 

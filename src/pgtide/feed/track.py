@@ -1,9 +1,9 @@
 """Capture: install and remove the triggers that append a table's changes to pgtide.changes.
 
-INSERT and DELETE are captured by statement-level triggers reading transition tables (one
-INSERT ... SELECT per statement, much faster than a trigger call per row); UPDATE by a
-row-level trigger (old and new rows come paired, whatever the key) plus a statement-level
-wake-up; TRUNCATE as one change. Everything happens in one transaction: a table is tracked
+INSERT, UPDATE and DELETE are captured by statement-level triggers reading transition tables
+(one INSERT ... SELECT per statement, much faster than a trigger call per row; an update's
+old and new rows are paired by their position in the two tables, whatever the key: see
+migration 017); TRUNCATE as one change. Everything happens in one transaction: a table is tracked
 completely or not at all.
 
 Table names are read by :mod:`pgtide.names`; a name without a schema is found through the
@@ -38,10 +38,9 @@ _CREATE = {
     "pgtide_new FOR EACH STATEMENT EXECUTE FUNCTION pgtide.capture_rows({name}, {notify})",
     "delete": "CREATE TRIGGER {trigger} AFTER DELETE ON {table} REFERENCING OLD TABLE AS "
     "pgtide_old FOR EACH STATEMENT EXECUTE FUNCTION pgtide.capture_rows({name}, {notify})",
-    "update": "CREATE TRIGGER {trigger} AFTER UPDATE ON {table} FOR EACH ROW "
-    "EXECUTE FUNCTION pgtide.capture_update({name}, {notify})",
-    "update_wakeup": "CREATE TRIGGER {trigger} AFTER UPDATE ON {table} FOR EACH STATEMENT "
-    "EXECUTE FUNCTION pgtide.capture_statement({name}, {notify})",
+    "update": "CREATE TRIGGER {trigger} AFTER UPDATE ON {table} REFERENCING OLD TABLE AS "
+    "pgtide_old NEW TABLE AS pgtide_new FOR EACH STATEMENT "
+    "EXECUTE FUNCTION pgtide.capture_rows({name}, {notify})",
     "truncate": "CREATE TRIGGER {trigger} AFTER TRUNCATE ON {table} FOR EACH STATEMENT "
     "EXECUTE FUNCTION pgtide.capture_statement({name}, {notify})",
 }
@@ -141,8 +140,6 @@ def track_io(table: TableName, ops: list[str], notify: bool) -> Io[bool]:
         yield from _drop_triggers(name)
         for op in ops:
             yield _create(name, op, notify)
-            if op == "update":
-                yield _create(name, "update_wakeup", notify)
         yield Query(_SAVE, (str(name), ops, notify))
     except psycopg.errors.InsufficientPrivilege as exc:
         raise FeedError(
@@ -188,9 +185,9 @@ def _create(name: TableName, op: str, notify: bool) -> Query:
 
 
 def _expected(ops: list[str]) -> set[str]:
-    """The names of the capture triggers ``ops`` need."""
-    names = {TRIGGER_PREFIX + op for op in ops}
-    return names | ({TRIGGER_PREFIX + "update_wakeup"} if "update" in ops else set())
+    """The names of the capture triggers ``ops`` need (one per operation: a table tracked
+    before migration 017 also has an ``update_wakeup`` one, and is tracked again)."""
+    return {TRIGGER_PREFIX + op for op in ops}
 
 
 def _installed(name: TableName) -> Io[set[str]]:

@@ -22,7 +22,7 @@ source transactions only (the slot gives them whole, at their commit), and withi
 ids follow source commit order. So a batch never splits a source transaction, and changes
 come in source commit order; ``change.xid`` is the relay transaction's.
 
-Rows are stored as ``to_jsonb`` writes them (the form :mod:`.rows` types): the text values
+Rows are stored as ``to_json`` writes them (the form :mod:`.rows` types): the text values
 pgoutput sends are turned into JSON in Python, as bytes, for the types whose text form is
 already their JSON form (integers, numeric, floats, bool, text, uuid, jsonb), and by the
 server (``to_jsonb(jsonb_populate_record(NULL::table, ...))``, the column types' own input
@@ -362,9 +362,9 @@ def _drop_slot_io(slot: str) -> Io[None]:
     yield Query(_FORGET_WAL)
 
 
-# -- rows as to_jsonb writes them, in COPY's binary format ---------------------------------
+# -- rows as to_json writes them, in COPY's binary format ----------------------------------
 def _number(text: bytes) -> bytes:
-    """A number's JSON: its text, but NaN and the infinities as strings (as to_jsonb)."""
+    """A number's JSON: its text, but NaN and the infinities as strings (as to_json)."""
     return text if 0x30 <= text[-1] <= 0x39 else b'"' + text + b'"'
 
 
@@ -390,7 +390,7 @@ _FAST: dict[int, Callable[[bytes], bytes] | None] = {
     2950: _string,
     3802: None,  # jsonb
 }
-"""Types whose text output gives their to_jsonb value directly (else the server converts);
+"""Types whose text output gives their to_json value directly (else the server converts);
 None: the text as it is."""
 _AS_JSON = (114, 3802)  # json, jsonb: given to the server as JSON, not as a string
 
@@ -407,8 +407,17 @@ def _text_field(text: str) -> bytes:
     return _SIZE.pack(len(data)) + data
 
 
+def _json_field(doc: bytes) -> bytes:
+    """A json field of pgtide.changes: the text itself."""
+    return _SIZE.pack(len(doc)) + doc
+
+
 def _jsonb_field(doc: bytes) -> bytes:
+    """A jsonb field of the staging table: jsonb's format version, then the text."""
     return _JSONB_SIZE.pack(len(doc) + 1, 1) + doc
+
+
+_FIELD = {False: _json_field, True: _jsonb_field}  # by staged
 
 
 _OPS = {op: _text_field(op) for op in ("insert", "update", "delete", "truncate")}
@@ -439,15 +448,17 @@ class _Shape:
         table = str(TableName(relation.schema, relation.name))
         return cls(table, _text_field(table), keys, convert, slow)
 
-    def fields(self, values: Tuple | None) -> tuple[bytes, bytes]:
-        """The row as a jsonb COPY field, and the patch for its unchanged TOAST values (a
-        NULL field when there is none: a fast shape keeps their marker in the row)."""
+    def fields(self, values: Tuple | None, staged: bool) -> tuple[bytes, bytes]:
+        """The row as a COPY field (json into pgtide.changes, jsonb when ``staged``), and
+        the patch for its unchanged TOAST values (a NULL field when there is none: a fast
+        shape keeps their marker in the row)."""
         if values is None:
             return _NULL_FIELD, _NULL_FIELD
+        field = _FIELD[staged]
         if None not in values and UNCHANGED not in values:  # the common case
             plain = zip(self.keys, self.convert, cast("list[bytes]", values), strict=False)
             parts = [k + (v if c is None else c(v)) for k, c, v in plain]
-            return _jsonb_field(b"{" + b",".join(parts) + b"}"), _NULL_FIELD
+            return field(b"{" + b",".join(parts) + b"}"), _NULL_FIELD
         parts = []
         patch = []
         for key, convert, value in zip(self.keys, self.convert, values, strict=False):
@@ -458,10 +469,10 @@ class _Shape:
             else:  # UNCHANGED
                 patch.append(key + _UNCHANGED_JSON)
         if patch and not self.slow:
-            return _jsonb_field(b"{" + b",".join(parts + patch) + b"}"), _NULL_FIELD
+            return field(b"{" + b",".join(parts + patch) + b"}"), _NULL_FIELD
         return (
-            _jsonb_field(b"{" + b",".join(parts) + b"}"),
-            _jsonb_field(b"{" + b",".join(patch) + b"}") if patch else _NULL_FIELD,
+            field(b"{" + b",".join(parts) + b"}"),
+            field(b"{" + b",".join(patch) + b"}") if patch else _NULL_FIELD,
         )
 
     def heads(self, staged: bool) -> dict[str, bytes]:
@@ -721,7 +732,7 @@ class Relay:
                         if fast is not last:
                             last = fast
                             touched.add(fast.touched)
-                        records += (head, _JSONB_SIZE.pack(len(doc) + 1, 1), doc, _NULL_FIELD)
+                        records += (head, _SIZE.pack(len(doc)), doc, _NULL_FIELD)
                         count += 1
                         continue
             txn = decoder.feed(data)
@@ -774,8 +785,8 @@ class Relay:
                 continue
             touched.add((shape.table, notify, shape.slow))
             heads = shape.heads(plan.staged)
-            row, row_patch = shape.fields(new)
-            old_row, old_patch = shape.fields(old)
+            row, row_patch = shape.fields(new, plan.staged)
+            old_row, old_patch = shape.fields(old, plan.staged)
             records.append(heads[op] + row + old_row)
             if plan.staged:
                 records.append(row_patch + old_patch)

@@ -53,37 +53,13 @@ DROP TABLE pgtide.changes_013;
 -- wake-up NOTIFY per statement (PostgreSQL folds equal ones within a transaction). Triggers
 -- installed before this migration keep the functions of migration 002 (capture_insert, capture_delete, capture_truncate,
 -- capture_wakeup), which do the same; tracking a table again moves it here.
+-- INSERT, DELETE and UPDATE are captured by pgtide.capture_rows, created by migration 017
+-- (which also describes it). Databases installed before 017 also hold the capture_rows and
+-- the row-level capture_update that earlier versions of this file created (migration 017
+-- replaced capture_rows); triggers installed then still use them, until tracked again.
 
--- INSERT and DELETE, per statement, from the transition table (which one depends on TG_OP).
-CREATE FUNCTION pgtide.capture_rows() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    n bigint;
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO pgtide.changes (table_name, op, row)
-            SELECT TG_ARGV[0], 'insert', to_jsonb(r) FROM pgtide_new AS r;
-    ELSE
-        INSERT INTO pgtide.changes (table_name, op, old)
-            SELECT TG_ARGV[0], 'delete', to_jsonb(r) FROM pgtide_old AS r;
-    END IF;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    IF n > 0 AND TG_ARGV[1] = 'notify' THEN
-        PERFORM pg_notify('pgtide_changes', TG_ARGV[0]);
-    END IF;
-    RETURN NULL;
-END;
-$$;
-
--- UPDATE, per row: OLD and NEW come paired, whatever the key (or a changed key).
-CREATE OR REPLACE FUNCTION pgtide.capture_update() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO pgtide.changes (table_name, op, row, old)
-        VALUES (TG_ARGV[0], 'update', to_jsonb(NEW), to_jsonb(OLD));
-    RETURN NULL;
-END;
-$$;
-
--- TRUNCATE as one change, and the statement-level wake-up of UPDATE's row-level capture.
+-- TRUNCATE as one change, and the statement-level wake-up of UPDATE's row-level capture
+-- (tables tracked before migration 017).
 CREATE FUNCTION pgtide.capture_statement() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
