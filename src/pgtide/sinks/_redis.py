@@ -166,6 +166,9 @@ class RedisSink(Sink):
         redis.exceptions.ConnectionError,
         redis.exceptions.TimeoutError,
     )
+    max_changes: int = 5000
+    """A batch is one script call: larger batches cost fewer feed reads, acknowledgements
+    and round trips per change (``bench sinks``: about a third more changes/s than 1000)."""
 
     def __init__(
         self,
