@@ -120,8 +120,8 @@ class Feed(FeedBase[Session], Closable):
         the feed ends (``stop``, ``timeout``), :meth:`stop` or :meth:`close` is called from
         another thread, or (in the main thread) SIGTERM or Ctrl-C arrives. A batch whose
         ``transaction()`` lost its connection comes again. Without ``max_changes``, a
-        callable's own ``max_changes`` attribute sets the batch size (the built-in Redis and
-        NATS sinks take larger batches), else 1000."""
+        callable's own ``max_changes`` attribute sets the batch size (the Redis sink asks
+        for 5000), else 1000."""
         max_changes = batch_size(fn, max_changes)
         submit: Callable[[Batch], Delivery] | None = getattr(fn, "submit", None)
         with stop_on_signals(self.stop, f"feed {self.consumer}"):
