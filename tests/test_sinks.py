@@ -420,6 +420,52 @@ def test_own_sink_subclass_gets_each_message(dsn: str) -> None:
     assert sink.counts.delivered == 5
 
 
+def test_run_takes_the_batch_size_a_sink_asks_for(dsn: str) -> None:
+    """Without ``max_changes``, ``run()`` reads batches of the size the callable (or the
+    sink of a bound ``send``) asks for in its ``max_changes``; given, it wins; else 1000.
+    Transactions stay whole either way."""
+    make_table(dsn)
+    insert(dsn, "items", range(12), per_tx=3)
+    sizes: list[int] = []
+
+    class Sizes(sinks.Sink):
+        max_changes = 6
+
+        def _destination(self, change: Change, key: str | None) -> str:
+            return "here"
+
+        async def _deliver(self, batch: sinks.BatchLike, messages: sinks.Messages) -> None:
+            sizes.append(len(batch))
+
+    with Sizes("sizes://here") as sink:
+        pgtide.Feed("sized", ["items"], dsn=dsn).run(sink, stop="end")
+        assert sizes == [6, 6]
+        sizes.clear()
+        pgtide.Feed("sized-given", ["items"], dsn=dsn).run(sink, stop="end", max_changes=4)
+        assert sizes == [3, 3, 3, 3]  # whole transactions of 3, at most 4 changes
+
+    def plain(batch: pgtide.Batch) -> None:
+        sizes.append(len(batch))
+
+    sizes.clear()
+    pgtide.Feed("sized-plain", ["items"], dsn=dsn).run(plain, stop="end")
+    assert sizes == [12]  # a callable that asks for nothing: 1000
+    plain.max_changes = 9  # type: ignore[attr-defined]
+    sizes.clear()
+    pgtide.Feed("sized-plain-asks", ["items"], dsn=dsn).run(plain, stop="end")
+    assert sizes == [9, 3]
+
+    async def main() -> None:
+        sink = Sizes("sizes://here")
+        await pgtide.aio.Feed("sized-aio", ["items"], dsn=dsn).run(sink.send, stop="end")
+        await sink.aclose()
+
+    sizes.clear()
+    asyncio.run(main())
+    assert sizes == [6, 6]
+    assert sinks.redis(MACHINE_REDIS).max_changes > sinks.Sink.max_changes
+
+
 def test_own_sink_is_a_callable(dsn: str) -> None:
     make_table(dsn, rows=4)
     seen: list[bytes] = []

@@ -20,7 +20,7 @@ from ..sinks import Sink, SinkStopped
 from ..sinks import nats as nats_sink
 from ..sinks import redis as redis_sink
 from ..sinks import webhook as webhook_sink
-from ._common import ConsumerOption, MaxChangesOption, TablesOption, console, emit_json
+from ._common import ConsumerOption, TablesOption, console, emit_json
 from ._options import Common, bundle, takes
 
 app = typer.Typer(
@@ -33,6 +33,13 @@ Ops = Annotated[
 ]
 Start = Annotated[
     str, typer.Option("--from", help="Where a new consumer starts: saved, beginning, end.")
+]
+SinkBatchOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-changes",
+        help="Changes per batch (transactions stay whole); default: the sink's own size.",
+    ),
 ]
 Every = Annotated[float, typer.Option(help="Seconds between progress reports.")]
 
@@ -47,7 +54,7 @@ class Run(Common):
     table: TablesOption = None
     op: Ops = None
     start: Start = "saved"
-    max_changes: MaxChangesOption = 1000
+    max_changes: SinkBatchOption = None
     every: Every = 1.0
 
 
@@ -99,7 +106,7 @@ class Progress:
 def _serve(sink: Sink, run: Run) -> None:
     """Follow ``run.consumer`` into ``sink`` until stopped, reporting progress."""
     consumer, start, max_changes = run.consumer, run.start, run.max_changes
-    if max_changes < 1:
+    if max_changes is not None and max_changes < 1:
         raise ConfigError(f"--max-changes must be at least 1, not {max_changes}")
     chosen = resolve(run.dsn)
     feed = Feed(consumer, tables=run.table, dsn=chosen)

@@ -87,12 +87,13 @@ class Feed(FeedBase[AsyncSession], AsyncClosable):
         *,
         start: Start = "saved",
         stop: Start | None = None,
-        max_changes: int = 1000,
+        max_changes: int | None = None,
         timeout: float | None = None,
     ) -> None:
         """As :meth:`pgtide.Feed.run`; ``fn`` may be plain or async; :meth:`stop` or
         :meth:`close` from another task ends it. With a sink (or its ``send``), the next
         batch is read while the sink delivers the one before, as the blocking face does."""
+        max_changes = _face.batch_size(fn, max_changes)
         asubmit = _asubmit(fn)
         if asubmit is not None:
             await self._pipelined(asubmit, start, stop, max_changes, timeout)

@@ -24,6 +24,7 @@ from ._face import (
     Handover,
     ReadAhead,
     Submit,
+    batch_size,
 )
 from .position import Position
 from .retention import prune_io
@@ -112,13 +113,16 @@ class Feed(FeedBase[Session], Closable):
         *,
         start: Start = "saved",
         stop: Start | None = None,
-        max_changes: int = 1000,
+        max_changes: int | None = None,
         timeout: float | None = None,
     ) -> None:
         """Call ``fn(batch)`` for each batch and acknowledge it once ``fn`` returns, until
         the feed ends (``stop``, ``timeout``), :meth:`stop` or :meth:`close` is called from
         another thread, or (in the main thread) SIGTERM or Ctrl-C arrives. A batch whose
-        ``transaction()`` lost its connection comes again."""
+        ``transaction()`` lost its connection comes again. Without ``max_changes``, a
+        callable's own ``max_changes`` attribute sets the batch size (the Redis sink asks
+        for 5000), else 1000."""
+        max_changes = batch_size(fn, max_changes)
         submit: Callable[[Batch], Delivery] | None = getattr(fn, "submit", None)
         with stop_on_signals(self.stop, f"feed {self.consumer}"):
             if callable(submit):

@@ -374,6 +374,8 @@ class Sink(ABC):
     _wants_empty: ClassVar[bool] = False
     """Whether a batch with no message (all filtered out) is delivered anyway."""
     _outages: ClassVar[tuple[type[BaseException], ...]] = (OSError, asyncio.TimeoutError)
+    max_changes: int = 1000
+    """Changes per batch that ``feed.run(sink)`` reads when not given ``max_changes``."""
 
     def __init__(
         self,

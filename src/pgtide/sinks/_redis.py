@@ -166,6 +166,10 @@ class RedisSink(Sink):
         redis.exceptions.ConnectionError,
         redis.exceptions.TimeoutError,
     )
+    max_changes: int = 5000
+    """A batch is one script call: larger batches cost fewer feed reads, acknowledgements
+    and round trips per change (over ``bench sinks``' changes: about 1.2x the changes/s
+    of batches of 1000)."""
 
     def __init__(
         self,
