@@ -80,6 +80,28 @@ def best_of(repeat: int, fn: Callable[[], object]) -> float:
     return min(timed(fn) for _ in range(repeat))
 
 
+def in_turns(
+    rounds: int,
+    runs: dict[str, Callable[[], object]],
+    between: Callable[[], object] | None = None,
+) -> dict[str, float]:
+    """The shortest time of each of ``runs`` over ``rounds`` rounds, the runs taking turns
+    within each round (untimed ``between`` after each run, to put the tables back): a load
+    that comes and goes on a shared machine falls on every run alike, where ``best_of`` one
+    run after the other would hand it to whichever ran while it lasted. A run that returns a
+    number of seconds timed itself (to leave its set-up out), and that number counts."""
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(rounds):
+        for key, fn in runs.items():
+            began = time.perf_counter()
+            took = fn()
+            seconds = took if isinstance(took, float) else time.perf_counter() - began
+            best[key] = min(best[key], seconds)
+            if between is not None:
+                between()
+    return best
+
+
 def percentiles(samples: Iterable[float], points: Iterable[int] = (50, 95, 99)) -> dict[int, float]:
     ordered = sorted(samples)
     cuts = statistics.quantiles(ordered, n=100, method="inclusive")
