@@ -88,11 +88,13 @@ def in_turns(
     """The shortest time of each of ``runs`` over ``rounds`` rounds, the runs taking turns
     within each round (untimed ``between`` after each run, to put the tables back): a load
     that comes and goes on a shared machine falls on every run alike, where ``best_of`` one
-    run after the other would hand it to whichever ran while it lasted. A run that returns a
-    number of seconds timed itself (to leave its set-up out), and that number counts."""
+    run after the other would hand it to whichever ran while it lasted. Every other round
+    takes them in reverse order, so that none always comes first or after the same one. A run
+    that returns a number of seconds timed itself (to leave its set-up out): that counts."""
     best = dict.fromkeys(runs, float("inf"))
-    for _ in range(rounds):
-        for key, fn in runs.items():
+    forward = list(runs.items())
+    for turn in range(rounds):
+        for key, fn in forward if turn % 2 == 0 else forward[::-1]:
             began = time.perf_counter()
             took = fn()
             seconds = took if isinstance(took, float) else time.perf_counter() - began
