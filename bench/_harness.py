@@ -80,6 +80,30 @@ def best_of(repeat: int, fn: Callable[[], object]) -> float:
     return min(timed(fn) for _ in range(repeat))
 
 
+def in_turns(
+    rounds: int,
+    runs: dict[str, Callable[[], object]],
+    between: Callable[[], object] | None = None,
+) -> dict[str, float]:
+    """The shortest time of each of ``runs`` over ``rounds`` rounds, the runs taking turns
+    within each round (untimed ``between`` after each run, to put the tables back): a load
+    that comes and goes on a shared machine falls on every run alike, where ``best_of`` one
+    run after the other would hand it to whichever ran while it lasted. Every other round
+    takes them in reverse order, so that none always comes first or after the same one. A run
+    that returns a number of seconds timed itself (to leave its set-up out): that counts."""
+    best = dict.fromkeys(runs, float("inf"))
+    forward = list(runs.items())
+    for turn in range(rounds):
+        for key, fn in forward if turn % 2 == 0 else forward[::-1]:
+            began = time.perf_counter()
+            took = fn()
+            seconds = took if isinstance(took, float) else time.perf_counter() - began
+            best[key] = min(best[key], seconds)
+            if between is not None:
+                between()
+    return best
+
+
 def percentiles(samples: Iterable[float], points: Iterable[int] = (50, 95, 99)) -> dict[int, float]:
     ordered = sorted(samples)
     cuts = statistics.quantiles(ordered, n=100, method="inclusive")

@@ -3,12 +3,15 @@
 Runs in a scratch database. Figures: INSERT of 1,000-row statements and single-row
 transactions, untracked vs tracked (statement-level transition-table triggers, and a
 row-level trigger for comparison); 4 concurrent writers with and without the wake-up NOTIFY;
-end-to-end insert -> batch throughput; commit -> delivery latency at 1,000 tx/s; and a
-newt.db-style ``id > last`` poller beside the feed (faster, and it skips rows: both shown).
+the same three against WAL capture, with its relay stopped and running (each set measured in
+turns, best of several rounds); end-to-end insert -> batch throughput; commit -> delivery
+latency at 1,000 tx/s; and a newt.db-style ``id > last`` poller beside the feed (faster, and
+it skips rows: both shown).
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 import threading
 import time
@@ -21,7 +24,16 @@ from psycopg import sql
 
 import pgtide
 
-from ._harness import Figure, best_of, percentiles, rate, scratch_database, wanted
+from ._harness import (
+    Figure,
+    best_of,
+    in_turns,
+    percentiles,
+    rate,
+    scratch_database,
+    timed,
+    wanted,
+)
 
 SUITE = "feed"
 
@@ -122,18 +134,42 @@ def _truncate(dsn: str) -> None:
             conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(table)))
 
 
+def _side_by_side(
+    runs: dict[str, Callable[[], object]],
+    work: int,
+    unit: str,
+    rounds: int = 4,
+    between: Callable[[], object] | None = None,
+    notes: dict[str, str] | None = None,
+) -> list[Figure]:
+    """A figure for each of ``runs`` (label: run doing ``work`` rows or transactions),
+    measured in turns over ``rounds`` rounds, best of each (single-row transactions are
+    fsync-bound and noisy on a shared machine); the first run is the others' baseline."""
+    took = in_turns(rounds, runs, between)
+    base = next(iter(runs))
+    return [
+        Figure(
+            SUITE,
+            label,
+            rate(work, seconds),
+            unit,
+            baseline=None if label == base else base,
+            note=(notes or {}).get(label, "") + f"best of {rounds}, in turns",
+        )
+        for label, seconds in took.items()
+    ]
+
+
 def _capture(dsn: str) -> list[Figure]:
     figures = []
     n = 20
-    for table, label in (
-        ("t_plain", "INSERT 1,000-row statements, untracked"),
-        ("t_tracked", "INSERT 1,000-row statements, tracked (statement trigger)"),
-        ("t_row", "INSERT 1,000-row statements, row-level trigger"),
-    ):
-        seconds = best_of(3, _bulk(dsn, table, n))
-        base = None if table == "t_plain" else "INSERT 1,000-row statements, untracked"
-        figures.append(Figure(SUITE, label, rate(n * 1000, seconds), "rows/s", baseline=base))
-        _truncate(dsn)
+    bulk = {
+        "INSERT 1,000-row statements, untracked": _bulk(dsn, "t_plain", n),
+        "INSERT 1,000-row statements, tracked (statement trigger)": _bulk(dsn, "t_tracked", n),
+        "INSERT 1,000-row statements, row-level trigger": _bulk(dsn, "t_row", n),
+    }
+    figures += _side_by_side(bulk, n * 1000, "rows/s", rounds=3)
+    _truncate(dsn)
     for table, label in (
         ("t_plain", "UPDATE 1,000-row statements, untracked"),
         ("t_tracked", "UPDATE 1,000-row statements, tracked (row-level trigger)"),
@@ -143,35 +179,28 @@ def _capture(dsn: str) -> list[Figure]:
         base = None if table == "t_plain" else "UPDATE 1,000-row statements, untracked"
         figures.append(Figure(SUITE, label, rate(n * 1000, seconds), "rows/s", baseline=base))
         _truncate(dsn)
-    # Single-row transactions are fsync-bound and noisy on a shared machine: alternate the
-    # two tables over several rounds and keep each one's best.
-    single = 500
-    plain, tracked = _single(dsn, "t_plain", single), _single(dsn, "t_tracked", single)
-    best = {"plain": float("inf"), "tracked": float("inf")}
-    for _ in range(4):
-        best["plain"] = min(best["plain"], best_of(1, plain))
-        best["tracked"] = min(best["tracked"], best_of(1, tracked))
-    figures.append(Figure(SUITE, "single-row tx, untracked", rate(single, best["plain"]), "tx/s"))
-    figures.append(
-        Figure(
-            SUITE,
-            "single-row tx, tracked",
-            rate(single, best["tracked"]),
-            "tx/s",
-            baseline="single-row tx, untracked",
-        )
+    single, per = 500, 250
+    figures += _side_by_side(
+        {
+            "single-row tx, untracked": _single(dsn, "t_plain", single),
+            "single-row tx, tracked": _single(dsn, "t_tracked", single),
+        },
+        single,
+        "tx/s",
     )
     _truncate(dsn)
-    per = 250
-    for table, label in (
-        ("t_plain", "4 writers single-row tx, untracked"),
-        ("t_tracked", "4 writers single-row tx, tracked + NOTIFY"),
-        ("t_quiet", "4 writers single-row tx, tracked, no NOTIFY (wakeup=poll)"),
-    ):
-        seconds = best_of(3, _single(dsn, table, per, writers=4))
-        base = None if table == "t_plain" else "4 writers single-row tx, untracked"
-        figures.append(Figure(SUITE, label, rate(4 * per, seconds), "tx/s", baseline=base))
-        _truncate(dsn)
+    figures += _side_by_side(
+        {
+            "4 writers single-row tx, untracked": _single(dsn, "t_plain", per, writers=4),
+            "4 writers single-row tx, tracked + NOTIFY": _single(dsn, "t_tracked", per, writers=4),
+            "4 writers single-row tx, tracked, no NOTIFY (wakeup=poll)": _single(
+                dsn, "t_quiet", per, writers=4
+            ),
+        },
+        4 * per,
+        "tx/s",
+    )
+    _truncate(dsn)
     return figures
 
 
@@ -585,8 +614,8 @@ _BARE = (
 
 
 def _wal(dsn: str) -> list[Figure]:
-    """WAL capture beside the figures above: write overhead (the relay not running), end to
-    end with the relay inside the feed, and the relay against a bare read of its slot."""
+    """WAL capture beside the figures above: write overhead (the relay stopped, and running),
+    end to end with the relay inside the feed, and the relay against a bare read of its slot."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         level = conn.execute("SHOW wal_level").fetchone()
         if level is None or level[0] != "logical":
@@ -601,45 +630,7 @@ def _wal(dsn: str) -> list[Figure]:
         pgtide.track(table, capture="wal", dsn=dsn)
     figures = []
     try:
-        n = 20
-        plain_label = "INSERT 1,000-row statements, untracked"
-        plain = best_of(3, _bulk(dsn, "t_plain", n))
-        wal = best_of(3, _bulk(dsn, "t_wal", n))
-        figures.append(Figure(SUITE, plain_label + " (WAL run)", rate(n * 1000, plain), "rows/s"))
-        figures.append(
-            Figure(
-                SUITE,
-                "INSERT 1,000-row statements, WAL capture",
-                rate(n * 1000, wal),
-                "rows/s",
-                baseline=plain_label + " (WAL run)",
-            )
-        )
-        _truncate(dsn)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("TRUNCATE t_wal")
-        _drain(dsn)
-        single = 500
-        best = {"plain": float("inf"), "wal": float("inf")}
-        for _ in range(4):
-            best["plain"] = min(best["plain"], best_of(1, _single(dsn, "t_plain", single)))
-            best["wal"] = min(best["wal"], best_of(1, _single(dsn, "t_wal", single)))
-            _truncate(dsn)
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute("TRUNCATE t_wal")
-        figures.append(
-            Figure(SUITE, "single-row tx, untracked (WAL run)", rate(single, best["plain"]), "tx/s")
-        )
-        figures.append(
-            Figure(
-                SUITE,
-                "single-row tx, WAL capture",
-                rate(single, best["wal"]),
-                "tx/s",
-                baseline="single-row tx, untracked (WAL run)",
-            )
-        )
-        _drain(dsn)
+        figures += _wal_writers(dsn)
         figures.append(_end_to_end_wal(dsn))
         figures.append(_latency_wal(dsn))
         figures.extend(_relay_vs_bare(dsn))
@@ -647,6 +638,86 @@ def _wal(dsn: str) -> list[Figure]:
         for table in WAL_TABLES:
             pgtide.untrack(table, dsn=dsn)  # the last one drops the slot
     return figures
+
+
+def _wal_writers(dsn: str) -> list[Figure]:
+    """What WAL capture costs writers: 1,000-row statements, single-row transactions and 4
+    concurrent writers, each into an untracked table and a WAL-captured one, in turns. The
+    captured table is measured with the relay stopped (what the writer's own transaction
+    pays: no trigger, nothing else) and with a relay draining the slot meanwhile, in a
+    process of its own as ``pgtide capture`` or a feed runs it (capture as it is in use; its
+    decoding and writes take the same 2 cores as the writers). The slot is emptied after
+    each run, untimed, with the tables, so that no run starts with another's backlog."""
+    n, single, per = 20, 500, 250
+    stopped = "relay stopped: the slot only keeps the WAL; "
+    running = "a relay in another process drains the slot meanwhile (same cores); "
+    figures: list[Figure] = []
+    for what, make, work, unit, rounds in (
+        ("INSERT 1,000-row statements", lambda t: _bulk(dsn, t, n), n * 1000, "rows/s", 3),
+        ("single-row tx", lambda t: _single(dsn, t, single), single, "tx/s", 4),
+        (
+            "4 writers single-row tx",
+            lambda t: _single(dsn, t, per, writers=4),
+            4 * per,
+            "tx/s",
+            4,
+        ),
+    ):
+        figures += _side_by_side(
+            {
+                f"{what}, untracked (WAL run)": make("t_plain"),
+                f"{what}, WAL capture (relay stopped)": make("t_wal"),
+                f"{what}, WAL capture (relay running)": _relay_running(dsn, make("t_wal")),
+            },
+            work,
+            unit,
+            rounds=rounds,
+            between=lambda: _empty_wal(dsn),
+            notes={
+                f"{what}, WAL capture (relay stopped)": stopped,
+                f"{what}, WAL capture (relay running)": running,
+            },
+        )
+    return figures
+
+
+def _empty_wal(dsn: str) -> None:
+    """The tables of :func:`_wal_writers` emptied (each run counts its ids from 0), and the
+    slot and log with them."""
+    _truncate(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE t_wal")
+    _drain(dsn)
+
+
+def _relay_process(dsn: str, stop: Any, started: Any) -> None:
+    """A relay until ``stop`` (a process's event) is set; ``started`` once it took a step."""
+    from pgtide.feed import Relay
+
+    halt = threading.Event()
+    threading.Thread(target=lambda: (stop.wait(), halt.set()), daemon=True).start()
+    Relay(dsn).run(halt, on_step=lambda _result: started.set())
+
+
+def _relay_running(dsn: str, fn: Callable[[], object]) -> Callable[[], float]:
+    """``fn`` timed while a relay runs in a process of its own (not a thread of this one,
+    whose writers would wait for the GIL): the relay starts before the clock and stops after
+    it, so the seconds are the writer's alone."""
+
+    def go() -> float:
+        context = multiprocessing.get_context("spawn")
+        stop, started = context.Event(), context.Event()
+        relay = context.Process(target=_relay_process, args=(dsn, stop, started))
+        relay.start()
+        try:
+            if not started.wait(60):
+                raise RuntimeError("the bench's relay did not start")
+            return timed(fn)
+        finally:
+            stop.set()
+            relay.join(60)
+
+    return go
 
 
 def _drain(dsn: str) -> int:

@@ -67,3 +67,24 @@ def test_figures_are_told_apart_from_references() -> None:
     assert _harness.is_pgtide(FIGURES[1]) and not _harness.is_pgtide(FIGURES[0])
     assert not _harness.is_pgtide(FIGURES[5])
     assert _harness.human(3_050_000) == "3.05M" and _harness.human(221_779) == "222k"
+
+
+def test_in_turns_alternates_the_runs_and_keeps_each_ones_best() -> None:
+    order: list[str] = []
+    took = iter([0.5, 0.2, 0.1])  # the self-timed run's seconds, round by round
+
+    def plain() -> None:
+        order.append("plain")
+
+    def self_timed() -> float:
+        order.append("timed")
+        return next(took)
+
+    best = _harness.in_turns(
+        3, {"plain": plain, "timed": self_timed}, between=lambda: order.append("-")
+    )
+    # in turns, every other round in reverse order
+    rounds = [["plain", "-", "timed", "-"], ["timed", "-", "plain", "-"]]
+    assert order == rounds[0] + rounds[1] + rounds[0]
+    assert best["timed"] == 0.1  # its own seconds count, not the time around them
+    assert 0 <= best["plain"] < 0.1
