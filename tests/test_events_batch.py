@@ -199,3 +199,26 @@ def test_both_faces_share_one_signature_and_check_the_connection_kind(dsn: str) 
     ):
         asyncio.run(aio.publish("job", conn=blocking_conn))
     asyncio.run(aio.close())
+
+
+def test_a_worker_claims_the_next_batch_while_a_whole_batch_still_waits(dsn: str) -> None:
+    # a deep queue: the next batch is claimed before the handlers run dry (they never wait
+    # for a claim's round trip), and no more than concurrency + 2 batches are held
+    concurrency, batch = 2, 5
+    events = pgtide.Events(dsn=dsn, batch_size=batch, poll_interval=0.05)
+    release = threading.Event()
+    events.register("job", lambda event: release.wait(30))
+    running = "SELECT count(*) FROM pgtide.events WHERE state = 'running'"
+    try:
+        events.publish_many("job", list(range(30)))
+        events.start(concurrency=concurrency)
+        wait_for(
+            lambda: count(dsn, running) >= concurrency + batch,
+            what="a batch claimed beyond the running handlers",
+        )
+        assert count(dsn, running) <= concurrency + 2 * batch
+        release.set()
+        wait_for(lambda: events.status()["done"] == 30, what="30 events done")
+    finally:
+        release.set()
+        events.close()

@@ -238,8 +238,10 @@ class WorkerCore:
         self._starts: list[int] = []  # started, not yet counted in the database
         self._count_soon = False  # a start to count: the dispatcher is to wake
         self._concurrency = options.concurrency
-        self._max_inflight = options.concurrency + options.batch_size
-        self._low_water = self._max_inflight // 2
+        # a claim is sent while a whole batch still waits to start: the handlers never
+        # wait for the claim's round trip (the queue is deep) nor for its outcomes' write
+        self._max_inflight = options.concurrency + 2 * options.batch_size
+        self._low_water = options.concurrency + options.batch_size
         self._flush_at = max(1, options.batch_size // 2)
         self._mirror_due = True
         self._notified: list[str] = []
