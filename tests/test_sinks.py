@@ -32,7 +32,6 @@ import pgtide.aio
 from pgtide import sinks
 from pgtide.errors import ConfigError
 from pgtide.feed import Change
-from pgtide.feed._core import captured_json
 from pgtide.sinks.signature import sign, verify
 
 
@@ -682,7 +681,7 @@ def test_messages_send_captured_json_only_where_it_says_what_typed_rows_say(dsn:
     assert b'"n":12345678901234567890.000000000000000010' in bodies[0]  # the captured text,
     assert b'"tz":"2024-05-01T17:30:00.25+05:30"' in bodies[0]  # with the writer's offset
     for change, body in zip(changes[:3], bodies, strict=False):  # plain_t: captured JSON
-        captured = captured_json(change)
+        captured = change.captured_json()
         assert captured is not None
         fragments = [None if text is None else orjson.Fragment(text) for text in captured]
         fields = {"id": change.id, "xid": change.xid, "table": change.table, "op": change.op}

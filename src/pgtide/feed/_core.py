@@ -57,6 +57,19 @@ class Change:
     xid: int
     at: datetime
 
+    def captured_json(self) -> tuple[str | None, str | None] | None:
+        """The row and old row as their captured JSON text, when that text already says what
+        the JSON of the typed rows says (numbers exact; see
+        :meth:`~pgtide.feed.rows.RowTypes.plain`) and the rows were not typed yet; else None.
+        A sink can send that text as it is instead of encoding the typed rows again."""
+        captured: Captured | None = self.__dict__.get("_captured")
+        if captured is None or not captured[3]:
+            return None
+        row, old = captured[0], captured[1]
+        if (row is not None and MARK in row) or (old is not None and MARK in old):
+            return None  # WAL capture marked a value it could not read: typed rows say so
+        return row, old
+
     if not TYPE_CHECKING:  # typed statically as the fields above
 
         def __getattr__(self, name: str) -> Any:
@@ -82,19 +95,6 @@ Captured: TypeAlias = "tuple[str | None, str | None, Decode, bool]"
 """The rows of a change as captured (JSON text), until :class:`Change` types them: row, old,
 the table's decoder, and whether the text already says what the typed rows' JSON says
 (:meth:`~pgtide.feed.rows.RowTypes.plain`). A plain tuple: one is made per change read."""
-
-
-def captured_json(change: Change) -> tuple[str | None, str | None] | None:
-    """``change``'s row and old row as their captured JSON text, when that text already says
-    what the JSON of the typed rows says (numbers exact; see
-    :meth:`~pgtide.feed.rows.RowTypes.plain`) and the rows were not typed yet; else None."""
-    captured: Captured | None = change.__dict__.get("_captured")
-    if captured is None or not captured[3]:
-        return None
-    row, old = captured[0], captured[1]
-    if (row is not None and MARK in row) or (old is not None and MARK in old):
-        return None  # WAL capture marked a value it could not read: typed rows say so
-    return row, old
 
 
 _CURRENT = "SELECT pg_current_snapshot()::text"

@@ -21,7 +21,6 @@ from orjson import dumps as _fast_dumps
 from .. import Change, Position
 from ..connect import Backoff
 from ..errors import ConfigError, PgtideError
-from ..feed._core import captured_json
 from ..names import TableName
 from ._encode import change_key, dumps, encode, record
 
@@ -449,7 +448,7 @@ class Sink(ABC):
                 head = heads[(table, op)] = (route(change, None), _head(table, op))
             # the rows as captured when that JSON already says what the typed rows' would:
             # sent as they are, never decoded (numbers keep their digits either way)
-            captured = captured_json(change)
+            captured = change.captured_json()
             if captured is None:
                 add_body(dumps(record(change, key)))
             else:
