@@ -8,12 +8,13 @@ The blocking face is :class:`Events` (``pgtide.Events``); the asyncio face is
 from ._async import Events as AsyncEvents
 from ._core import LIVE_WINDOW, EventRecord, Schedule, overview
 from ._model import STATES, Event, HandlerSpec
-from ._stats import BUCKETS, Histogram
+from ._stats import BUCKETS, OUTCOMES, Histogram
 from ._sync import Events
 
 __all__ = [
     "BUCKETS",
     "LIVE_WINDOW",
+    "OUTCOMES",
     "STATES",
     "AsyncEvents",
     "Event",

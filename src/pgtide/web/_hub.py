@@ -31,7 +31,7 @@ from .. import channel, events, ingest, schema
 from ..aio import Listener
 from ..connect import DsnLike, Resolved, aconnect, resolve
 from ..errors import PgtideError
-from ..events._stats import Histogram
+from ..events import Histogram
 from ..feed import retention, wal
 from ..listen import Notification
 from ..overview import Section

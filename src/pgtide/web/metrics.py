@@ -30,7 +30,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ..events._stats import BUCKETS, OUTCOMES, Histogram
+from ..events import BUCKETS, OUTCOMES, Histogram
 
 if TYPE_CHECKING:
     from ._hub import Hub
