@@ -173,7 +173,7 @@ def _capture(dsn: str) -> list[Figure]:
     _truncate(dsn)
     for table, label in (
         ("t_plain", "UPDATE 1,000-row statements, untracked"),
-        ("t_tracked", "UPDATE 1,000-row statements, tracked (row-level trigger)"),
+        ("t_tracked", "UPDATE 1,000-row statements, tracked (statement trigger)"),
     ):
         _bulk(dsn, table, n)()  # rows to update, not timed
         seconds = best_of(3, _updates(dsn, table, n))

@@ -234,12 +234,13 @@ def track(
     tables written by many sessions at once. Tracking again with other options replaces the
     triggers, in one transaction. A name without a schema is found through the search_path.
 
-    ``capture="wal"`` captures from the write-ahead log instead of triggers (writers pay
-    nothing extra): the table joins the publication read through the database's replication
-    slot, which a relay drains into the change log (``pgtide capture``, or any Feed that
-    follows the table). It needs ``wal_level = logical``; the first one creates the slot, so
-    it runs outside a transaction. ``old="full"`` (WAL capture) sets ``REPLICA IDENTITY
-    FULL``, so that updates and deletes carry the whole old row (else only its key).
+    ``capture="wal"`` captures from the write-ahead log instead of triggers (nothing added
+    to the writers' transactions; the relay decodes on the server): the table joins the
+    publication read through the database's replication slot, which a relay drains into
+    the change log (``pgtide capture``, or any Feed that follows the table). It needs
+    ``wal_level = logical``; the first one creates the slot, so it runs outside a
+    transaction. ``old="full"`` (WAL capture) sets ``REPLICA IDENTITY FULL``, so that
+    updates and deletes carry the whole old row (else only its key).
 
     ``backfill=True`` also emits the table's existing rows as changes of op "read" (in
     primary key chunks, resumable, consistent with concurrent writes; the table needs a
