@@ -101,8 +101,8 @@ def _held(kind: str, url: str, name: str) -> dict[str, list[dict[str, Any]]]:
                 reason=(
                     "known bug, under investigation: against the PostgreSQL 15 service with "
                     "the full suite running, 2 runs of 3 lost one transaction (5 changes) at "
-                    "the first SIGKILL of the NATS sink: the consumer's saved position passed "
-                    "it, the stream never held it; the Redis sink, on the same feed path, "
+                    "the first SIGKILL of the NATS sink: the feed acknowledged them, the "
+                    "stream never held them; the Redis sink, on the same feed path, "
                     "never lost one. Passes alone and on the embedded server."
                 ),
                 strict=False,
