@@ -94,22 +94,7 @@ def _held(kind: str, url: str, name: str) -> dict[str, list[dict[str, Any]]]:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
     "kind",
-    [
-        pytest.param(
-            "nats",
-            marks=pytest.mark.xfail(
-                reason=(
-                    "known bug, under investigation: against the PostgreSQL 15 service with "
-                    "the full suite running, 2 runs of 3 lost one transaction (5 changes) at "
-                    "the first SIGKILL of the NATS sink: the feed acknowledged them, the "
-                    "stream never held them; the Redis sink, on the same feed path, "
-                    "never lost one. Passes alone and on the embedded server."
-                ),
-                strict=False,
-            ),
-        ),
-        "redis",
-    ],
+    ["nats", "redis"],
 )
 def test_exactly_once_across_kills_and_a_broker_restart(
     dsn: str, kind: str, killable: Killable, request: pytest.FixtureRequest

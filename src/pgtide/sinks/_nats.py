@@ -187,12 +187,26 @@ class NatsSink(Sink):
 
     async def _chained(self, nc: NatsClient, js: JetStreamContext, messages: Messages) -> bool:
         """Publish ``messages`` as a chain: each after the first names the one before it
-        (``Nats-Expected-Last-Msg-Id``), so JetStream stores it only right after that one,
-        and only the last asks for an acknowledgement. That one acknowledgement proves the
-        whole chain was stored, in order; False when the chain broke (nothing is lost: the
-        caller sends the batch again with an acknowledgement per message)."""
+        (``Nats-Expected-Last-Msg-Id``), so JetStream stores it only right after that one;
+        the first and the last ask for an acknowledgement. The first stored now and the
+        last stored prove the whole chain was stored, in order; False when the chain broke
+        or began with a repeat (nothing is lost: the caller sends the batch again with an
+        acknowledgement per message)."""
         keys, bodies, dests = messages.keys, messages.bodies, messages.dests
-        await nc.publish(dests[0], bodies[0], headers={MSG_ID: keys[0]})
+        # The chain starts with a message acknowledged as stored now. Sent again after a
+        # crash, a batch may hold, between messages stored before, a transaction that
+        # committed late (the feed read it again up to a newer snapshot): a chain from a
+        # repeat would break at the late one but could join up again behind the last message
+        # stored before, storing what follows ahead of the late one, and its last
+        # acknowledgement would then hide the late one's loss.
+        try:
+            began = await js.publish(
+                dests[0], bodies[0], timeout=self._timeout, headers={MSG_ID: keys[0]}
+            )
+        except (nats.js.errors.APIError, nats.js.errors.NoStreamResponseError) as exc:
+            self._refused(exc, dests[0])
+        if began.duplicate:  # sent before: each message's own ack tells what is new
+            return False
         await self._publish_chain(nc, messages)
         headers = {MSG_ID: keys[-1], LAST_ID: keys[-2]}
         try:
@@ -203,7 +217,7 @@ class NatsSink(Sink):
             self._refused(exc, dests[-1])
         except nats.js.errors.NoStreamResponseError as exc:
             self._refused(exc, dests[-1])
-        if ack.duplicate:  # a batch sent again: each message's own ack tells what was new
+        if ack.duplicate:  # cannot be, after a first message stored now; safe all the same
             return False
         self.counts.delivered += len(messages)
         return True
