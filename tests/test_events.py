@@ -481,7 +481,7 @@ def test_one_worker_handles_a_burst_in_id_order_and_stops_fast(dsn: str) -> None
     wait_for(lambda: len(order) == 500, what="the burst")
     began = time.monotonic()
     events.stop()
-    assert time.monotonic() - began < 1.0
+    assert time.monotonic() - began < 2.5  # notified: 5 s; a loaded machine: well under 1 s
     assert order == list(range(500))
     events.close()
 
@@ -619,4 +619,4 @@ def test_a_retry_runs_at_its_time_not_at_the_next_poll(dsn: str) -> None:
     elapsed = time.monotonic() - began
     events.close()
     assert len(runs) == 3
-    assert elapsed < 1.0, f"three attempts took {elapsed:.2f} s"
+    assert elapsed < 3.0, f"three attempts took {elapsed:.2f} s"  # at the polls: >= 10 s
