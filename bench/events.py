@@ -22,6 +22,9 @@ each figure's note says how:
   or the first python3.12+ found on PATH or in pyenv; without one it is reported *not run*.
 
 pgtide's concurrency-32 figure is compared with the fastest peer of the run (target: 3x).
+The same comparison runs again on a second server, the machine's PostgreSQL service
+(SERVICE_DSN, or PGTIDE_BENCH_SERVICE_DSN; skipped when it does not answer or is the server
+measured): pgtide and each peer in a database of their own there, in the same run.
 Also for pgtide: limits that are not reached (``concurrency=`` and ``rate=`` set high) against
 the unlimited handler (target >= 0.7x); publish -> handler start at a paced 1,000 events/s
 (targets p50 <= 2 ms, p99 <= 5 ms); publish and publish_many rates (target >= 100k/s).
@@ -533,16 +536,19 @@ def _missing(name: str, exc: BaseException) -> Figure:
     return Figure(SUITE, name, 0.0, "events/s", note=note)
 
 
-def _peers(dsn: str) -> tuple[list[Figure], dict[str, Any]]:
-    """The peers' throughput figures (and the references' idle latencies)."""
+def _peers(dsn: str, where: str = "") -> tuple[list[Figure], dict[str, Any]]:
+    """The peers' throughput figures (and the references' idle latencies). ``where`` names
+    another server (a suffix of each figure's name): there, the peers only, against no
+    baseline (notified and the latencies are measured on the main server)."""
     figures: list[Figure] = []
     latencies: dict[str, Any] = {}
-    notified = _attempt("notified", dsn, _notified)
-    if isinstance(notified, tuple):
-        figures.append(Figure(SUITE, NOTIFIED, notified[0], "events/s"))
-        latencies["notified"] = notified[1]
-    else:
-        figures.append(_missing(NOTIFIED, notified))
+    if not where:
+        notified = _attempt("notified", dsn, _notified)
+        if isinstance(notified, tuple):
+            figures.append(Figure(SUITE, NOTIFIED, notified[0], "events/s"))
+            latencies["notified"] = notified[1]
+        else:
+            figures.append(_missing(NOTIFIED, notified))
     runs: list[tuple[str, Callable[[str], PeerRun], str]] = [
         (
             "pgqueuer (asyncpg), max_concurrent_tasks 32, batch 16",
@@ -566,20 +572,72 @@ def _peers(dsn: str) -> tuple[list[Figure], dict[str, Any]]:
         ("oban, queue limit 32", _oban, ""),
     ]
     for name, measure, how in runs:
-        result = _attempt(name.split(",")[0], dsn, measure)
+        result = _attempt(name.split(",")[0] + where, dsn, measure)
         if isinstance(result, BaseException):
-            figures.append(_missing(name, result))
+            figures.append(_missing(name + where, result))
             continue
-        if result.latency is not None:
+        if result.latency is not None and not where:
             latencies[name.split(" ")[0]] = result.latency
         note = result.describe(result.note or how)
-        figures.append(Figure(SUITE, name, result.rate, "events/s", baseline=NOTIFIED, note=note))
+        baseline = None if where else NOTIFIED
+        figures.append(
+            Figure(SUITE, name + where, result.rate, "events/s", baseline=baseline, note=note)
+        )
     return figures, latencies
+
+
+SERVICE_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+"""The PostgreSQL service of this machine (and CI's); PGTIDE_BENCH_SERVICE_DSN names
+another, or "" for none."""
+ON_SERVICE = " (PostgreSQL service)"
+
+
+def _service(dsn: str) -> str | None:
+    """The DSN of the second server the peers are compared on: the machine's PostgreSQL
+    service when it answers and is not the server of ``dsn`` (None: not measured)."""
+    other = os.environ.get("PGTIDE_BENCH_SERVICE_DSN", SERVICE_DSN)
+    if not other:
+        return None
+    try:
+        with psycopg.connect(other, connect_timeout=3) as conn:
+            theirs = conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()
+        with psycopg.connect(dsn) as conn:
+            ours = conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()
+    except psycopg.Error as exc:
+        print(f"events: no second server to compare on ({exc})", file=sys.stderr)
+        return None
+    return None if theirs == ours else other
+
+
+def _on_service(dsn: str) -> list[Figure]:
+    """pgtide's concurrency-32 throughput and the peers' on the service, in one run with
+    the main server's: the 3x target holds on both servers."""
+    with psycopg.connect(dsn) as conn:
+        version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+    best = 0.0
+    with _phase(f"pgtide throughput{ON_SERVICE}"), scratch_database(dsn) as db:
+        pgtide.install(dsn=db)
+        for _ in range(ROUNDS):
+            best = max(best, _pgtide_throughput(db, CONCURRENCY))
+    peers, _ = _peers(dsn, ON_SERVICE)
+    running = [f for f in peers if f.value > 0]
+    fastest = max(running, key=lambda f: f.value, default=None)
+    mine = Figure(
+        SUITE,
+        C32 + ON_SERVICE,
+        best,
+        "events/s",
+        baseline=None if fastest is None else fastest.name,
+        note=f"PostgreSQL {version} at 127.0.0.1:5432 (its own settings); best of {ROUNDS}; "
+        "vs the fastest peer on that server in this run (one run each); target >= 3x",
+    )
+    return [mine, *peers]
 
 
 def run(dsn: str) -> list[Figure]:
     """Every figure of the suite, or the parts ``--only`` names: throughput, publish,
-    latency (idle), paced, scale, peers (their throughput and idle latencies)."""
+    latency (idle), paced, scale, peers (their throughput and idle latencies), service
+    (pgtide and the peers again on the machine's PostgreSQL service)."""
     measured: dict[int, float] = {}
     limited = 0.0
     with scratch_database(dsn) as db:
@@ -603,6 +661,9 @@ def run(dsn: str) -> list[Figure]:
             scale = _scale(dsn)
     peers, latencies = _peers(dsn) if wanted("peers") else ([], {})
     figures = _throughput_figures(measured, limited, peers)
+    service = _service(dsn) if wanted("service") else None
+    if service is not None:
+        figures += _on_service(service)
     if scale is not None:
         empty, loaded, scale_note = scale
         figures += [
