@@ -294,8 +294,8 @@ class RedisSink(Sink):
                 )
             new[stream] = plan.state.after(batch.position, plan.last, plan.forget)
             args += (plan.state.raw, new[stream], " ".join(plan.ids))
-        plans = list(touched.values())
-        bodies = plans[0].bodies if len(plans) == 1 else [b for p in plans for b in p.bodies]
+        sending = list(touched.values())
+        bodies = sending[0].bodies if len(sending) == 1 else [b for p in sending for b in p.bodies]
         reply = await self._call(_command([self.state_key, *touched], args, bodies))
         status = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
         if status == "stale":
