@@ -44,7 +44,8 @@ Start: TypeAlias = "Literal['saved', 'beginning', 'end'] | Position | str"
 class Change:
     """One captured change: ``row`` is the new row (insert, update, read), ``old`` the old
     row (update, delete); a truncate has neither. ``op`` is "read" for a row emitted by a
-    backfill. ``xid`` is the writing transaction."""
+    backfill. ``xid`` is the writing transaction. Frozen, its fields in slots: it has no
+    ``__dict__`` (``dataclasses.asdict(change)`` gives its fields as a dict)."""
 
     # Slots, not a __dict__: a feed makes one Change per change read, and each one tracked
     # object fewer (no dict, no tuple of its captured rows) is garbage collection work fewer
