@@ -2,7 +2,8 @@
 
 Runs in a scratch database, against the brokers on this machine (``PGTIDE_BENCH_NATS``,
 default nats://127.0.0.1:4222; ``PGTIDE_BENCH_REDIS``, default redis://127.0.0.1:6379),
-with stream names of its own that it deletes afterwards. Figures, for N changes:
+with stream names of its own that it deletes afterwards. Parts: ``nats`` and ``redis``
+(``python -m bench sinks --only redis``). Figures, for N changes:
 - the whole path: ``Feed.run(sink)`` from the change log to the broker, acks included;
 - the sink alone: the same batches, already read, through the sink;
 - the bare client: the same message bodies, published by the best plain loop of each
@@ -25,7 +26,7 @@ import psycopg
 import pgtide
 from pgtide import sinks
 
-from ._harness import Figure, rate, scratch_database
+from ._harness import Figure, rate, scratch_database, wanted
 
 SUITE = "sinks"
 N = 100_000
@@ -202,9 +203,12 @@ def _redis(dsn: str, batches: list[pgtide.Batch]) -> list[Figure]:
 
 
 def run(dsn: str) -> list[Figure]:
+    """Both parts (``--only nats`` or ``--only redis``: one)."""
     with scratch_database(dsn, "pgtide_bench_sinks") as db:
         batches = _prepare(db)
-        return _nats(db, batches) + _redis(db, batches)
+        return (_nats(db, batches) if wanted("nats") else []) + (
+            _redis(db, batches) if wanted("redis") else []
+        )
 
 
 def main(argv: Any = None) -> None:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
+import dataclasses
 import json
+import pickle
 import threading
 from decimal import Decimal
 from typing import Any
 
 import psycopg
+import pytest
 from pgtide_testing import CliRunner
 from psycopg.rows import dict_row
 
@@ -289,3 +293,34 @@ def test_rows_of_one_column_no_column_and_shared_times(dsn: str) -> None:
     # the same text read twice is the same value, in the reader's time zone
     assert rows[0][1]["at"] is rows[1][1]["at"] and rows[0][1]["at"].utcoffset() is not None
     assert stamps[3].utcoffset() == rows[3][1]["at"].utcoffset()
+
+
+def test_a_read_change_copies_and_pickles_with_its_typed_rows(dsn: str) -> None:
+    """A change read by a feed keeps its captured rows until they are typed; a copy, a
+    pickle and a comparison carry the typed rows (never the decoder), and a change typed
+    since offers no captured JSON."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE kept (id int PRIMARY KEY, amount numeric, v text)")
+    pgtide.track("kept", dsn=dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO kept VALUES (1, 1.10, 'a')")
+        conn.execute("UPDATE kept SET v = 'b'")
+    feed = pgtide.Feed("copies", ["kept"], dsn=dsn)
+    read = [c for b in feed.batches(start="beginning", stop="end") for c in b]
+    again = [c for b in feed.batches(start="beginning", stop="end") for c in b]
+    feed.close()
+    insert, update = read
+    assert not hasattr(insert, "__dict__")  # slots: no dict per change
+    assert insert.captured_json() == ('{"id":1,"amount":1.10,"v":"a"}', None)
+    for made in (pickle.loads(pickle.dumps(update)), copy.copy(update), copy.deepcopy(update)):
+        assert made == update == again[1]
+        assert made.row == {"id": 1, "amount": Decimal("1.10"), "v": "b"}
+        assert made.old == {"id": 1, "amount": Decimal("1.10"), "v": "a"}
+    assert update.captured_json() is None  # typed now: the typed rows are its own
+    assert dataclasses.replace(insert, op="read").row == {
+        "id": 1,
+        "amount": Decimal("1.10"),
+        "v": "a",
+    }
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        insert.op = "delete"  # type: ignore[misc]

@@ -259,6 +259,54 @@ def test_redis_reply_lost_after_the_script_ran(dsn: str, unique: str) -> None:
     assert [c["row"]["id"] for _, c in items] == list(range(30))
 
 
+def test_redis_sends_any_bytes_as_a_body(dsn: str, unique: str) -> None:
+    """Each body is an argument of its own on the wire: bytes that look like the protocol
+    (CRLF, ``$`` lengths), every byte value and an empty body arrive as they were."""
+    make_table(dsn, rows=4)
+    odd = [b"", b"\r\n$3\r\nxyz\r\n*2\r\n", bytes(range(256)), "é\n".encode() * 3]
+
+    def shape(change: Change) -> bytes:
+        return odd[(change.row or {})["id"]]
+
+    import redis
+
+    with sinks.redis(
+        MACHINE_REDIS, stream=f"{unique}:{{table}}", state_key=f"{unique}:s", transform=shape
+    ) as sink:
+        pgtide.Feed("odd", ["items"], dsn=dsn).run(sink, stop="end", max_changes=3)
+    client = redis.Redis.from_url(MACHINE_REDIS)
+    try:
+        entries = client.xrange(f"{unique}:public.items")
+    finally:
+        client.close()
+    assert [fields[b"change"] for _, fields in entries] == odd
+
+
+def test_redis_loads_its_script_again_when_redis_forgot_it(dsn: str, redis_server: Broker) -> None:
+    """Redis forgets scripts (SCRIPT FLUSH, a restart without them): the next batch loads the
+    script again and is delivered, with no retry counted and nothing lost or doubled."""
+    import redis
+
+    make_table(dsn)
+    insert(dsn, "items", range(6), per_tx=2)
+    sent = 0
+    admin = redis.Redis.from_url(redis_server.url)
+    with sinks.redis(redis_server.url) as sink:
+
+        def forgetting(batch: Any) -> None:
+            nonlocal sent
+            sent += 1
+            if sent > 1:
+                admin.script_flush()
+            sink(batch)
+
+        pgtide.Feed("forgot", ["items"], dsn=dsn).run(forgetting, stop="end", max_changes=2)
+        assert sent == 3 and sink.counts.delivered == 6 and sink.counts.retries == 0
+    admin.close()
+    items = redis_entries(redis_server.url, "pg:public.items")
+    assert [c["row"]["id"] for _, c in items] == list(range(6))
+
+
 def test_redis_resend_with_a_repeat_first_keeps_each_stream_its_own(dsn: str, unique: str) -> None:
     """A batch sent again whose first change of one table is a repeat: each table's new
     changes still go to its own stream, and a later batch finds every stream where its
