@@ -614,7 +614,7 @@ class Relay:
     (``batch_rows`` messages)."""
 
     dsn: DsnLike = None
-    batch_rows: int = 100_000
+    batch_rows: int = 200_000
     poll_interval: float = 0.05
     busy_interval: float = 0.002
     heartbeat: float = 5.0
@@ -644,7 +644,9 @@ class Relay:
             with conn.transaction():
                 conn.execute(_CHECKED, (slot,))
                 conn.execute(_HEARTBEAT)
-        self._unpin(conn, state[13])
+        # the WAL the next reads decode from the restart point: what they confirmed, and
+        # what this one is about to read (a burst's first step asks for the record too)
+        self._unpin(conn, (state[13] or 0) + (state[9] or 0))
         relayed, confirmed = lsn_int(relayed_text), lsn_int(confirmed_text)
         if confirmed < relayed:  # a crash came between the commit and the advance
             conn.execute(_ADVANCE, (slot, relayed_text))
