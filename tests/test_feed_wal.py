@@ -273,7 +273,9 @@ def test_the_relay_moves_the_slots_restart_point_on(wal_dsn: str) -> None:
         "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn) "
         "FROM pg_replication_slots WHERE database = current_database()"
     )
-    burst = "INSERT INTO captured SELECT g, repeat('p', 100) FROM generate_series(%s::int, %s::int) g"
+    burst = (
+        "INSERT INTO captured SELECT g, repeat('p', 100) FROM generate_series(%s::int, %s::int) g"
+    )
     with psycopg.connect(wal_dsn, autocommit=True) as conn:
         conn.execute(burst, (1, 30000))
         assert _relay(wal_dsn) == 30000
