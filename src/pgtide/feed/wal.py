@@ -88,8 +88,9 @@ LAG_WARNING_BYTES = 256 * 1024 * 1024
 RESTART_LAG_BYTES = 256 * 1024
 """Each read of the slot decodes the WAL from its restart point, which moves only past a
 running-transactions record (the server writes one every 15 s) once the slot is confirmed
-past that record: beyond this much WAL between the restart point and the confirmed position,
-the relay asks for one (PostgreSQL 16+, ``pg_log_standby_snapshot()``, when the relay's role
+past that record: beyond this much WAL between the restart point and the end of the WAL
+(what the slot confirmed, and what the step is about to read), the relay asks for one before
+it reads (PostgreSQL 16+, ``pg_log_standby_snapshot()``, when the relay's role
 may call it) and writes a heartbeat transaction after it, which the same step confirms."""
 
 
@@ -846,11 +847,11 @@ class Relay:
                 self.lag_warning_bytes // 2**20,
             )
 
-    def _unpin(self, conn: psycopg.Connection[Any], restart_lag: int | None) -> None:
+    def _unpin(self, conn: psycopg.Connection[Any], behind: int | None) -> None:
         """Move the slot's restart point on (see :data:`RESTART_LAG_BYTES`): at most once a
         second, and never again once the server refuses."""
         now = time.monotonic()
-        if not self._snapshots or (restart_lag or 0) < RESTART_LAG_BYTES:
+        if not self._snapshots or (behind or 0) < RESTART_LAG_BYTES:
             return
         if now - self._snapshot_at < 1.0:
             return
