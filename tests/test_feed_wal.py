@@ -262,9 +262,10 @@ def test_idle_database_does_not_grow_retained_wal(wal_dsn: str) -> None:
 
 
 def test_the_relay_moves_the_slots_restart_point_on(wal_dsn: str) -> None:
-    """Each read decodes from the slot's restart point: after a backlog the relay has the
-    server log a running-transactions record so that the point moves on, without waiting
-    for the server's own (every 15 s)."""
+    """Each read decodes from the slot's restart point: before it reads a backlog the relay
+    has the server log a running-transactions record so that the point moves on, without
+    waiting for the server's own (every 15 s). A backlog read in one step moves it in that
+    step; one read in several steps, within a second of the relay running on."""
     with psycopg.connect(wal_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE captured (id int PRIMARY KEY, pad text)")
     pgtide.track("captured", capture="wal", dsn=wal_dsn)
@@ -272,11 +273,19 @@ def test_the_relay_moves_the_slots_restart_point_on(wal_dsn: str) -> None:
         "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn) "
         "FROM pg_replication_slots WHERE database = current_database()"
     )
+    burst = (
+        "INSERT INTO captured SELECT g, repeat('p', 100) FROM generate_series(%s::int, %s::int) g"
+    )
     with psycopg.connect(wal_dsn, autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO captured SELECT g, repeat('p', 100) FROM generate_series(1, 30000) g"
-        )
+        conn.execute(burst, (1, 30000))
         assert _relay(wal_dsn) == 30000
+        lag = conn.execute(restart_lag).fetchone()
+        assert lag is not None and lag[0] <= RESTART_LAG_BYTES, f"{lag[0]} bytes behind"
+        for first in range(30001, 60001, 1000):
+            conn.execute(burst, (first, first + 999))
+        small = Relay(wal_dsn, batch_rows=1000)
+        small.run(until_idle=True)
+        assert small.relayed == 30000
         lag = conn.execute(restart_lag).fetchone()
         assert lag is not None and lag[0] > RESTART_LAG_BYTES
         stop = threading.Event()
@@ -311,7 +320,10 @@ def test_an_idle_relay_moves_the_restart_point_on_after_a_burst(wal_dsn: str) ->
         conn.execute(
             "INSERT INTO captured SELECT g, repeat('p', 1500) FROM generate_series(1, 300) g"
         )
-        assert _relay(wal_dsn) == 300
+        burst = Relay(wal_dsn)
+        burst._snapshot_at = time.monotonic()  # it asked for the record a moment ago
+        burst.run(until_idle=True)
+        assert burst.relayed == 300
         row = conn.execute(slot).fetchone()
         assert row is not None and row[0] > RESTART_LAG_BYTES and row[1] < HEARTBEAT_BYTES
         relay = Relay(wal_dsn)

@@ -88,8 +88,9 @@ LAG_WARNING_BYTES = 256 * 1024 * 1024
 RESTART_LAG_BYTES = 256 * 1024
 """Each read of the slot decodes the WAL from its restart point, which moves only past a
 running-transactions record (the server writes one every 15 s) once the slot is confirmed
-past that record: beyond this much WAL between the restart point and the confirmed position,
-the relay asks for one (PostgreSQL 16+, ``pg_log_standby_snapshot()``, when the relay's role
+past that record: beyond this much WAL between the restart point and the end of the WAL
+(what the slot confirmed, and what the step is about to read), the relay asks for one before
+it reads (PostgreSQL 16+, ``pg_log_standby_snapshot()``, when the relay's role
 may call it) and writes a heartbeat transaction after it, which the same step confirms."""
 
 
@@ -614,7 +615,7 @@ class Relay:
     (``batch_rows`` messages)."""
 
     dsn: DsnLike = None
-    batch_rows: int = 100_000
+    batch_rows: int = 200_000
     poll_interval: float = 0.05
     busy_interval: float = 0.002
     heartbeat: float = 5.0
@@ -644,7 +645,9 @@ class Relay:
             with conn.transaction():
                 conn.execute(_CHECKED, (slot,))
                 conn.execute(_HEARTBEAT)
-        self._unpin(conn, state[13])
+        # the WAL the next reads decode from the restart point: what they confirmed, and
+        # what this one is about to read (a burst's first step asks for the record too)
+        self._unpin(conn, (state[13] or 0) + (state[9] or 0))
         relayed, confirmed = lsn_int(relayed_text), lsn_int(confirmed_text)
         if confirmed < relayed:  # a crash came between the commit and the advance
             conn.execute(_ADVANCE, (slot, relayed_text))
@@ -844,11 +847,11 @@ class Relay:
                 self.lag_warning_bytes // 2**20,
             )
 
-    def _unpin(self, conn: psycopg.Connection[Any], restart_lag: int | None) -> None:
+    def _unpin(self, conn: psycopg.Connection[Any], behind: int | None) -> None:
         """Move the slot's restart point on (see :data:`RESTART_LAG_BYTES`): at most once a
         second, and never again once the server refuses."""
         now = time.monotonic()
-        if not self._snapshots or (restart_lag or 0) < RESTART_LAG_BYTES:
+        if not self._snapshots or (behind or 0) < RESTART_LAG_BYTES:
             return
         if now - self._snapshot_at < 1.0:
             return
