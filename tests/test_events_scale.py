@@ -100,9 +100,9 @@ def _claim(core: Any) -> Io[None]:
     sent = time.monotonic()
     claims = core._claims()
     results = []
-    for statement, _ in claims:
+    for statement, _, _ in claims:
         results.append((yield statement))
-    core._claimed(results, [wanted for _, wanted in claims], sent)
+    core._claimed(results, [wanted for _, wanted, _ in claims], sent)
 
 
 def _claim_cost(dsn: str, events: pgtide.Events) -> Cost:
@@ -175,3 +175,4 @@ def test_a_worker_finishes_its_events_beside_a_large_history(dsn: str) -> None:
     finally:
         events.close()
     assert sorted(seen) == list(range(200))
+
