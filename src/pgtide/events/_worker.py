@@ -1009,12 +1009,11 @@ class WorkerCore:
                 or self._inflight in (0, self._low_water)
                 or len(self._done) >= self._flush_at
             )
+            if self._plain and event.name in self._by_name:
+                self._wake_one()  # a slot of a limited name is free: an idle thread may take it
         if wake:
             self.wake()
-        if self._plain and self._limits:
-            with self._lock:  # a slot of a limited name is free: an idle thread may take it
-                self._wake_one()
-        elif not self._plain:
+        if not self._plain:
             self._launch()
         if log.isEnabledFor(logging.INFO):
             _log_outcome(event, seconds, failure)
