@@ -27,7 +27,9 @@ The same comparison runs again on a second server, the machine's PostgreSQL serv
 measured): pgtide and each peer in a database of their own there, in the same run.
 Also for pgtide: limits that are not reached (``concurrency=`` and ``rate=`` set high) against
 the unlimited handler (target >= 0.7x); publish -> handler start at a paced 1,000 events/s
-(targets p50 <= 2 ms, p99 <= 5 ms); publish and publish_many rates (target >= 100k/s).
+(targets p50 <= 2 ms, p99 <= 5 ms); publish and publish_many rates (target >= 100k/s); the
+WAL the server wrote per event during the concurrency-32 run (the database's cost of a claim
+and an outcome).
 
 Cost grows with the work: the concurrency-32 throughput in a table whose autovacuum is off,
 empty, beside the same in a table where 2M finished events and 100k events of a name no worker
@@ -97,6 +99,11 @@ SELECT 'nobody', '{"n": 0}'::jsonb FROM generate_series(1, %s)
 """
 """Pending events of a name no worker handles."""
 DONE_OF = "SELECT count(*) FROM pgtide.events WHERE id = ANY(%s) AND state = 'done'"
+WAL_AT = "SELECT pg_current_wal_insert_lsn()"
+WAL_SINCE = "SELECT pg_current_wal_insert_lsn() - %s::pg_lsn"
+WAL_WRITTEN: list[float] = []
+"""WAL bytes an event of each worker run (the whole server's: the runs are the only writers
+of their database, and the rest of the machine is quiet during `make bench`)."""
 
 
 def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -120,15 +127,19 @@ def _pgtide_throughput(
     ids: list[int] = []
     for chunk in range(0, BACKLOG, 1000):
         ids += events.publish_many("noop", [{"n": n} for n in range(chunk, chunk + 1000)])
-    if analyze:
-        with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if analyze:
             conn.execute("VACUUM ANALYZE pgtide.events")
+        wal = conn.execute(WAL_AT).fetchone()
     began = time.perf_counter()
     events.start(concurrency)
     _wait(lambda: seen[0] >= BACKLOG, 300, "handlers")
     events.stop()  # flushes the last outcomes: every event is recorded done
     elapsed = time.perf_counter() - began
     with psycopg.connect(dsn, autocommit=True) as conn:
+        written = conn.execute(WAL_SINCE, (wal[0] if wal else None,)).fetchone()
+        if written is not None and written[0] is not None:
+            WAL_WRITTEN.append(float(written[0]) / BACKLOG)
         row = conn.execute(DONE_OF, (ids,)).fetchone()
         if row is None or row[0] != BACKLOG:
             raise RuntimeError(f"{row[0] if row else 0} of {BACKLOG} events are recorded done")
@@ -640,6 +651,7 @@ def run(dsn: str) -> list[Figure]:
     (pgtide and the peers again on the machine's PostgreSQL service)."""
     measured: dict[int, float] = {}
     limited = 0.0
+    wal_per_event = 0.0
     with scratch_database(dsn) as db:
         pgtide.install(dsn=db)
         if wanted("throughput"):
@@ -647,9 +659,11 @@ def run(dsn: str) -> list[Figure]:
                 measured = {c: _pgtide_throughput(db, c) for c in (1, 8)}
                 measured[CONCURRENCY] = 0.0
                 for _ in range(ROUNDS):  # in turns, the best of each: the ratio is fair
+                    WAL_WRITTEN.clear()
                     measured[CONCURRENCY] = max(
                         measured[CONCURRENCY], _pgtide_throughput(db, CONCURRENCY)
                     )
+                    wal_per_event = min(WAL_WRITTEN, default=0.0)
                     limited = max(limited, _pgtide_throughput(db, CONCURRENCY, limits=LIMITS))
         with _phase("pgtide publish and latencies"):
             publish = _pgtide_publish(db) if wanted("publish") else None
@@ -661,6 +675,18 @@ def run(dsn: str) -> list[Figure]:
             scale = _scale(dsn)
     peers, latencies = _peers(dsn) if wanted("peers") else ([], {})
     figures = _throughput_figures(measured, limited, peers)
+    if measured:
+        figures.append(
+            Figure(
+                SUITE,
+                "pgtide worker WAL written per event, concurrency 32",
+                wal_per_event,
+                "bytes",
+                higher_is_better=False,
+                note="claim and outcome of one no-op event (the server's WAL over the run, "
+                "last round); see docs/events.md, Performance",
+            )
+        )
     service = _service(dsn) if wanted("service") else None
     if service is not None:
         figures += _on_service(service)

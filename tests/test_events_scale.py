@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 import pgtide
+from pgtide.events import _sql
 from pgtide.events._signatures import run_args
 from pgtide.session import Io, Query
 
@@ -100,9 +101,9 @@ def _claim(core: Any) -> Io[None]:
     sent = time.monotonic()
     claims = core._claims()
     results = []
-    for statement, _ in claims:
+    for statement, _, _ in claims:
         results.append((yield statement))
-    core._claimed(results, [wanted for _, wanted in claims], sent)
+    core._claimed(results, [wanted for _, wanted, _ in claims], sent)
 
 
 def _claim_cost(dsn: str, events: pgtide.Events) -> Cost:
@@ -175,3 +176,25 @@ def test_a_worker_finishes_its_events_beside_a_large_history(dsn: str) -> None:
     finally:
         events.close()
     assert sorted(seen) == list(range(200))
+
+
+PAGES = "SELECT id, (ctid::text::point)[0]::bigint FROM pgtide.events ORDER BY id"
+
+
+def test_a_claim_leaves_each_event_on_its_page(dsn: str) -> None:
+    """The events table keeps half of each page free (migration 018): a claim's new row
+    version sits beside the old one, with no extra WAL record to lock the old version while
+    another page is found, and no second page dirtied."""
+    events = pgtide.Events(dsn=dsn)
+    events.publish_many("noop", [{"n": n} for n in range(300)])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT reloptions FROM pg_class WHERE oid = 'pgtide.events'::regclass"
+        ).fetchone()
+        assert row is not None and "fillfactor=50" in row[0]
+        before = conn.execute(PAGES).fetchall()
+        assert len({page for _, page in before}) > 1  # more than one page to fill
+        params = {"source": "", "names": ["noop"], "limit": 500, "owner": "w", "lease": 30.0}
+        assert len(conn.execute(_sql.CLAIM, params).fetchall()) == 300
+        assert conn.execute(PAGES).fetchall() == before
+    events.close()

@@ -12,6 +12,7 @@ from psycopg import sql
 
 import pgtide
 from pgtide._compat import positional_dsn
+from pgtide.events import _sql
 from pgtide.events._core import Core
 from pgtide.events._model import Event, HandlerSpec
 from pgtide.events._signatures import publish_args
@@ -220,3 +221,40 @@ def test_a_claim_is_sent_only_when_it_may_find_something() -> None:
     assert batch.queries and core._claims() == []
     batch.undo()  # the round failed: its claim was not made
     assert len(core._claims()) == 1
+
+
+def test_limited_names_are_claimed_alone_and_yield_only_while_their_limit_binds() -> None:
+    """A worker whose handlers are all limited sends one claim a round (the claim of the
+    other names would find nothing); after an outcome of a limited name it leaves the freed
+    slot to the other workers (a pause before it claims the name again) only when that
+    name's last claim came back short, never while its limit is not reached."""
+    core = _worker(4, {"a": 10})
+    core._stopping = True  # no handler runs here: the claimed events stay ready
+    ids = iter(range(100, 200))
+    claims = core._claims()
+    assert [(q.statement, want, name) for q, want, name in claims] == [
+        (_sql.CLAIM_LIMITED, 10, "a")
+    ]
+
+    def outcome_then_claim(rows: int) -> bool:
+        """A round that claims ``rows`` events of "a", one of which then ends."""
+        batch = core.round()
+        batch.done([[_row(next(ids), 0) for _ in range(rows)]])
+        event = core._ready.popleft()
+        core._inflight -= 1
+        core._done.append((event, None))
+        core._next_flush = 0.0
+        batch = core.round(claim=False)
+        assert _sql.WAKE in [q.statement for q in batch.queries]  # the others are told
+        batch.done([[("", None)], []])
+        return time.monotonic() < core._yield_until
+
+    assert outcome_then_claim(10) is False  # a full claim: the limit is not reached
+    assert len(core._claims()) == 1  # claimed again at once
+    assert outcome_then_claim(3) is True  # a short claim: it may bind
+    assert core._claims() == []  # the others try first
+    mixed = _worker(4, {"a": 10, "b": None})
+    assert [q.statement for q, _, _ in mixed._claims()] == [_sql.CLAIM, _sql.CLAIM_LIMITED]
+    assert [q.params["names"] for q, _, _ in mixed._claims() if isinstance(q.params, dict)] == [
+        ["b"]
+    ]  # not due: the limited name's claim alone, and "a" is never in the other claim

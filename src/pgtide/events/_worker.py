@@ -182,9 +182,11 @@ FLUSH_EVERY = 0.01
 """While handlers run, outcomes are recorded at least this often (else in batches)."""
 
 LIMITED_YIELD = 0.002
-"""After recording an outcome of a limited name, a worker leaves its freed slot to the
-other workers (woken by NOTIFY) this long before it claims that name again: the work
-spreads, and a lone worker loses little."""
+"""After recording an outcome of a limited name whose last claim came back short (its limit
+binds, or nothing waits), a worker leaves its freed slot to the other workers (woken by
+NOTIFY) this long before it claims that name again: the work spreads, and a lone worker
+loses little. A name whose claims come back full (its limit is not reached) is claimed again
+at once: a limit set but not reached costs no pause."""
 
 PURGE_EVERY = 60.0
 """With ``keep_done``, a worker deletes finished events this often (and when it starts)."""
@@ -224,6 +226,8 @@ class WorkerCore:
         self._limits = {n: s.concurrency for n, s in handlers.items() if s.concurrency}
         self._limited = sorted(n for n, s in handlers.items() if s.limited)
         self._limited_set = frozenset(self._limited)
+        self._unlimited = [n for n in handlers if n not in self._limited_set]
+        self._binding: frozenset[str] = frozenset()  # limited names whose last claim was short
         self._yield_until = 0.0  # just freed a limited slot: the others try first till then
         self._events: dict[int, Event] = {}  # running handlers' events (to cancel them)
         self._task_of: dict[int, asyncio.Task[None]] = {}
@@ -509,11 +513,12 @@ class WorkerCore:
         if any(e.name in self._limited_set for e in finished):
             # a slot of a limited name is free: every worker may claim it, not only us
             queries.append(Query(_sql.WAKE, (_sql.CHANNEL,)))
-            self._yield_until = time.monotonic() + LIMITED_YIELD
+            if any(e.name in self._binding for e in finished):  # (else no one waits for it)
+                self._yield_until = time.monotonic() + LIMITED_YIELD
         outcomes = len(queries)
         keyed = any(e.key is not None for e in finished if e.id in tokens)
         claims = self._claims() if claim else []
-        queries.extend(q for q, _ in claims)
+        queries.extend(q for q, _, _ in claims)
         sent = time.monotonic()
 
         def recorded(results: list[Rows]) -> bool:
@@ -534,7 +539,16 @@ class WorkerCore:
             if keyed:  # the next event of each key may be claimed now
                 self._claim_due = True
                 self.wake()
-            more = self._claimed(results[outcomes:], [want for _, want in claims], sent)
+            claimed = results[outcomes:]
+            more = self._claimed(claimed, [want for _, want, _ in claims], sent)
+            if any(name is not None for _, _, name in claims):
+                # a limited name's claim that came back short: its limit may bind (or nothing
+                # waits); while it does, this worker yields freed slots to the others
+                self._binding = frozenset(
+                    name
+                    for (_, want, name), got in zip(claims, claimed, strict=True)
+                    if name is not None and len(got) < want
+                )
             if more:
                 self._claim_due = True
             self._launch()
@@ -724,35 +738,40 @@ class WorkerCore:
             self.on_gap()  # not mirrored yet: scan the whole table next time
             raise
 
-    def _claims(self) -> list[tuple[Query, int]]:
-        """The claims to send now (each with how many it asks for): none while stopping,
-        while enough is claimed already, or when no claim can find anything new: a claim is
-        due after a NOTIFY (a publish), a poll, a retry falling due, a schedule's tick, a
-        claim that came back full, and the outcome of a keyed event (the next of its key may
-        run), not after the wake-ups that only record outcomes (an empty claim there would
-        cost the database a statement and delay the claim of the next publish behind it).
-        Limited names are claimed every round (a slot freed elsewhere sends no NOTIFY)."""
+    def _claims(self) -> list[tuple[Query, int, str | None]]:
+        """The claims to send now (each with how many it asks for, and its limited name, if
+        any): none while stopping, while enough is claimed already, or when no claim can find
+        anything new: a claim is due after a NOTIFY (a publish), a poll, a retry falling due,
+        a schedule's tick, a claim that came back full, and the outcome of a keyed event (the
+        next of its key may run), not after the wake-ups that only record outcomes (an empty
+        claim there would cost the database a statement and delay the claim of the next
+        publish behind it).
+        Limited names are claimed every round (a slot freed elsewhere sends no NOTIFY), each
+        by its own statement only: the claim of the other names leaves them out (a worker
+        whose handlers are all limited sends one statement a round, not two)."""
         if self.stop_requested or not (self._claim_due or self._limited):
             return []
         with self._lock:
             inflight = self._inflight
         if inflight > self._low_water:
             return []  # still due once enough of them ended
-        self._claim_due = False  # a NOTIFY from now on makes it due again
+        due, self._claim_due = self._claim_due, False  # a NOTIFY from now on makes it due again
         asked = min(self._max_inflight - inflight, self.options.batch_size)
         params = {
             "source": self.target.source,
-            "names": list(self.handlers),
+            "names": self._unlimited,
             "limit": asked,
             "owner": self.owner,
             "lease": self.options.lease,
         }
-        claims = [(Query(_sql.CLAIM, params), asked)]
+        claims: list[tuple[Query, int, str | None]] = []
+        if due and self._unlimited:
+            claims.append((Query(_sql.CLAIM, params), asked, None))
         limited = self._limited if time.monotonic() >= self._yield_until else []
         for name in limited:
             want = min(asked, self.handlers[name].concurrency or asked)
             limited_params = {**params, "name": name, "limit": want}
-            claims.append((Query(_sql.CLAIM_LIMITED, limited_params), want))
+            claims.append((Query(_sql.CLAIM_LIMITED, limited_params), want, name))
         return claims
 
     def _claimed(self, results: list[Rows], wanted: list[int], sent: float) -> bool:
@@ -990,12 +1009,11 @@ class WorkerCore:
                 or self._inflight in (0, self._low_water)
                 or len(self._done) >= self._flush_at
             )
+            if self._plain and event.name in self._by_name:
+                self._wake_one()  # a slot of a limited name is free: an idle thread may take it
         if wake:
             self.wake()
-        if self._plain and self._limits:
-            with self._lock:  # a slot of a limited name is free: an idle thread may take it
-                self._wake_one()
-        elif not self._plain:
+        if not self._plain:
             self._launch()
         if log.isEnabledFor(logging.INFO):
             _log_outcome(event, seconds, failure)
