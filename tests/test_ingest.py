@@ -936,3 +936,31 @@ def test_streamed_csv_with_empty_lines_left_to_copy(
     expected = sorted(2 * [(i, f"note {i}") for i in range(2000) if i != 1500])
     assert sql(dsn, "SELECT id, note FROM m ORDER BY id") == expected
     assert sql(dsn, "SELECT count(*) FROM pgtide.rejects")[0][0] == 0
+
+
+def test_streamed_csv_lines_told_by_rows_until_a_piece_holds_a_quote(
+    dsn: str, data: Path, small_pieces: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sql(dsn, "CREATE TABLE m (id int, note text)")
+    rows = [(i, f"note {i}") for i in range(2000)]
+    rows[1500] = (1500, "two\nlines")  # the only quoted field, late in the stream
+    text = "id,note\n" + "".join(f'{i},"{n}"\n' if "\n" in n else f"{i},{n}\n" for i, n in rows)
+    (data / "m.csv").write_text(text)
+    streams: list[tuple[bool, bool]] = []
+    original = _writer.Writer.stream
+
+    def spying(self: _writer.Writer, conn: Any, stream: Any, columns: Any) -> int:
+        landed = original(self, conn, stream, columns)
+        streams.append((stream.counted, stream.stopped))
+        return landed
+
+    monkeypatch.setattr(_writer.Writer, "stream", spying)
+    watcher = pgtide.FileWatcher(
+        data, table="m", pattern="*.csv", format="csv", header=True, dsn=dsn
+    )
+    assert watcher.catch_up() == 2000
+    assert sql(dsn, "SELECT id, note FROM m ORDER BY id") == rows
+    assert offsets(dsn) == {"m.csv": (len(text), text.count("\n"))}
+    # no newline counted before the quote (rows told the lines); the stream ended at it
+    assert streams[0] == (False, True)
+    assert any(counted for counted, _ in streams[1:])

@@ -128,8 +128,8 @@ class Stream:
     piece by piece while COPY sends them: reading overlaps the server's work, and each byte
     is checked and counted once, just before it is sent. ``first`` holds the bytes already
     read from ``start``, ``fd`` is the file's open descriptor and ``columns`` the number of
-    columns its rows go to. Once the pieces are spent, ``sent`` bytes holding ``lines``
-    newlines went to COPY (see :meth:`lines_in`). A later piece that needs parsing ends the
+    columns its rows go to. Once the pieces are spent, ``sent`` bytes went to COPY, holding
+    the lines :meth:`lines_in` tells. A later piece that needs parsing ends the
     stream early (``stopped``): the pieces before it land, and the next batch starts at it;
     :class:`NotRaw` is raised when the first piece does. So does ``stop`` once set (a stop
     asked for lands what was sent, without waiting for the rest of a large batch).
@@ -148,13 +148,32 @@ class Stream:
     first_span: tuple[int, tuple[int, int]] | None = None
     sent: int = 0
     lines: int = 0
+    counted: bool = False
     stopped: bool = False
 
     def lines_in(self, rows: int) -> int:
-        """The lines sent, given the rows COPY made of them: in the ``lines`` format a piece
-        COPY takes as it is holds no empty line, so each line is one row (no second pass
-        over the bytes to count them); CSV lines are counted as they are sent."""
-        return self.lines if self.fmt == "csv" else rows
+        """The lines sent, given the rows COPY made of them. A piece COPY takes as it is
+        holds no empty line, so in the ``lines`` format each line is one row, and so is each
+        CSV line of a stream without a quote or a backslash (no field holds a newline): no
+        second pass over the bytes counts them; ``lines`` then holds the lines of a header
+        left out. A CSV stream whose first piece holds a quote or a backslash is
+        ``counted``: ``lines`` holds every newline sent."""
+        return self.lines if self.counted else self.lines + rows
+
+    def _count(self, window: bytes, cut: int, span: tuple[int, int], first: bool) -> bool:
+        """Count the lines of a CSV piece when rows cannot tell them (see :meth:`lines_in`);
+        False when the stream must end before this piece: it needs counting and pieces
+        already sent were not counted."""
+        if not self.counted:
+            quote = self.csv.quote.encode()
+            if window.find(quote, 0, cut) < 0 and window.find(b"\\", 0, cut) < 0:
+                self.lines += window.count(b"\n", 0, span[0])  # a header line left out
+                return True
+            if not first:
+                return False  # the next batch starts here, and counts
+            self.counted = True
+        self.lines += window.count(b"\n", 0, cut)
+        return True
 
     def pieces(self) -> Iterator[memoryview]:
         """The pieces, each a view of the bytes read (COPY sends them without a copy)."""
@@ -176,9 +195,10 @@ class Stream:
                     raise NotRaw
                 self.stopped = True
                 return
+            if self.fmt == "csv" and not self._count(window, cut, span, pos == self.start):
+                self.stopped = True
+                return
             self.sent += cut
-            if self.fmt == "csv":  # a quoted field may hold newlines: count them
-                self.lines += window.count(b"\n", 0, cut)
             yield memoryview(window)[span[0] : span[1]]
             pos += cut
             if pos < stop and self.stop is not None and self.stop.is_set():
