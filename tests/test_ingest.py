@@ -8,6 +8,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -964,3 +965,28 @@ def test_streamed_csv_lines_told_by_rows_until_a_piece_holds_a_quote(
     # no newline counted before the quote (rows told the lines); the stream ended at it
     assert streams[0] == (False, True)
     assert any(counted for counted, _ in streams[1:])
+
+
+def test_a_stream_asks_for_room_in_a_unix_sockets_send_buffer_only(
+    dsn: str, table: str, data: Path, small_pieces: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Conn:  # what roomy reads of a connection: its socket
+        def __init__(self, sock: socket.socket) -> None:
+            self.pgconn = type("PGconn", (), {"socket": sock.fileno()})()
+
+    unix, _peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    _writer.roomy(Conn(unix))  # type: ignore[arg-type]
+    ceiling = int(Path("/proc/sys/net/core/wmem_max").read_text())
+    assert unix.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= min(_writer.SEND_BUFFER, ceiling)
+    server = socket.create_server(("127.0.0.1", 0))
+    with server, socket.create_connection(server.getsockname()) as tcp:
+        before = tcp.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        _writer.roomy(Conn(tcp))  # type: ignore[arg-type]
+        assert tcp.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == before
+    unix.close()
+    asked: list[Any] = []
+    monkeypatch.setattr(_writer, "roomy", asked.append)
+    (data / "a.txt").write_text("".join(f"{i}.5\n" for i in range(3000)))
+    watcher = pgtide.FileWatcher(data, table=table, columns=["v"], dsn=dsn)
+    assert watcher.catch_up() == 3000
+    assert asked and all(isinstance(c, psycopg.Connection) for c in asked)

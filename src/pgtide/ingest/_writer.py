@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -207,6 +208,27 @@ class Stream:
             window = os.pread(self.fd, min(COPY_PIECE, stop - pos), pos) if pos < stop else b""
 
 
+SEND_BUFFER = 4 << 20
+"""The room asked for in a Unix-domain socket's send buffer while streaming (the kernel
+caps it at ``net.core.wmem_max``): the server then has megabytes of COPY data queued, not
+the default ~200 KiB, and goes on working while this process reads, checks, or waits for a
+CPU on a busy machine. TCP sockets are left alone (setting a size would stop the kernel's
+own tuning)."""
+
+
+def roomy(conn: psycopg.Connection[Any]) -> None:
+    """Make the connection's send buffer :data:`SEND_BUFFER` bytes, if it is a Unix-domain
+    socket with less room (best effort: any refusal leaves it as it is)."""
+    try:
+        with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+            if sock.family != socket.AF_UNIX:
+                return
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < SEND_BUFFER:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+    except (OSError, psycopg.Error):
+        pass
+
+
 RETRY_ROWS = 1024
 """After a refusal, the rest of a batch is retried in parts of at most this many rows, so
 each bad row costs at most this many rows sent again (not the whole rest of the batch)."""
@@ -386,6 +408,7 @@ class Writer:
         """COPY a stream's pieces in the caller's transaction, without a savepoint: a refused
         row (one of ROW_ERRORS) or a piece that needs parsing (:class:`NotRaw`) is raised,
         and the caller rolls the whole transaction back."""
+        roomy(conn)
         with self._refusals(), conn.cursor() as cur:
             with cur.copy(self._copy(columns, csv_format=self.fmt == "csv")) as copy:
                 for piece in stream.pieces():
