@@ -990,3 +990,35 @@ def test_a_stream_asks_for_room_in_a_unix_sockets_send_buffer_only(
     watcher = pgtide.FileWatcher(data, table=table, columns=["v"], dsn=dsn)
     assert watcher.catch_up() == 3000
     assert asked and all(isinstance(c, psycopg.Connection) for c in asked)
+
+
+@pytest.mark.parametrize(
+    ("kind", "searched"), [("float8", False), ("text", True)], ids=["float8", "text"]
+)
+def test_empty_lines_are_left_to_copy_only_when_the_columns_type_refuses_them(
+    dsn: str,
+    data: Path,
+    small_pieces: None,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    searched: bool,
+) -> None:
+    sql(dsn, f"CREATE TABLE e (n bigint GENERATED ALWAYS AS IDENTITY, v {kind})")
+    lines = [f"{i}.5" for i in range(3000)]
+    lines[2200] = lines[2600] = ""  # skipped, whoever finds them (never a row of '')
+    (data / "a.txt").write_text("\n".join(lines) + "\n")
+    checks: list[bool] = []
+    original = _writer.copyable
+
+    def spying(*args: Any, **kwargs: Any) -> Any:
+        checks.append(kwargs.get("empty_refused", False))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_writer, "copyable", spying)
+    watcher = pgtide.FileWatcher(data, table="e", columns=["v"], dsn=dsn)
+    assert watcher.catch_up() == 2998
+    values = [r[0] for r in sql(dsn, "SELECT v FROM e ORDER BY n")]
+    assert [str(v) for v in values] == [v for v in lines if v]
+    assert offsets(dsn) == {"a.txt": (len("\n".join(lines)) + 1, 3000)}
+    assert sql(dsn, "SELECT count(*) FROM pgtide.rejects")[0][0] == 0
+    assert set(checks) == {not searched}  # float8: COPY refuses an empty line itself

@@ -145,6 +145,7 @@ class Stream:
     fmt: Format
     csv: CsvOptions
     columns: int = 1
+    empty_refused: bool = False
     stop: threading.Event | None = None
     first_span: tuple[int, tuple[int, int]] | None = None
     sent: int = 0
@@ -190,7 +191,15 @@ class Stream:
                 if cut == 0:
                     return  # a record longer than a piece: the next batch reads it whole
                 first_line = self.first_line if pos == self.start else 0
-                span = copyable(window, cut, self.fmt, first_line, self.csv, columns=self.columns)
+                span = copyable(
+                    window,
+                    cut,
+                    self.fmt,
+                    first_line,
+                    self.csv,
+                    columns=self.columns,
+                    empty_refused=self.empty_refused,
+                )
             if span is None:
                 if pos == self.start:
                     raise NotRaw
