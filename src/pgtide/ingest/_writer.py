@@ -9,6 +9,7 @@ The round trips grow with the number of bad rows, not with the size of the batch
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from socket import SO_SNDBUF, SOL_SOCKET
 from typing import Any, TypeAlias
 
 import psycopg
@@ -229,13 +231,18 @@ def roomy(conn: psycopg.Connection[Any]) -> None:
     """Make the connection's send buffer :data:`SEND_BUFFER` bytes, if it is a Unix-domain
     socket with less room (best effort: any refusal leaves it as it is)."""
     try:
-        with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
-            if sock.family != socket.AF_UNIX:
-                return
-            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < SEND_BUFFER:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        fd = os.dup(conn.pgconn.socket)
     except (OSError, psycopg.Error):
-        pass
+        return
+    try:
+        sock = socket.socket(fileno=fd)  # closing this duplicate leaves the connection open
+    except OSError:
+        os.close(fd)
+        return
+    with sock, contextlib.suppress(OSError):
+        unix = getattr(socket, "AF_UNIX", None)
+        if sock.family == unix and sock.getsockopt(SOL_SOCKET, SO_SNDBUF) < SEND_BUFFER:
+            sock.setsockopt(SOL_SOCKET, SO_SNDBUF, SEND_BUFFER)
 
 
 RETRY_ROWS = 1024
