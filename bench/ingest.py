@@ -8,6 +8,11 @@ pattern is timed on 20k lines and extrapolated. The lag from append to row is me
 with a writer appending 10k lines/s to one file while a watcher runs, and 5k lines/s spread
 over 1,000 files (more than the 200 files a watcher keeps open). A burst of 200k lines is
 landed from one file and from 1,000 files, side by side.
+
+Parts for ``--only``: ``loads`` (or ``floats``, ``csv``), ``jumbo``, ``sql``, ``bursts``,
+``lag``. Every contender is timed from its start to its rows committed: ``psql \\copy`` as
+a command (its process start and connection included), psycopg and pgtide as calls in this
+process (their connection included).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import psycopg
 
 import pgtide
 
-from ._harness import Figure, percentiles, rate, timed
+from ._harness import Figure, percentiles, rate, timed, wanted
 
 SUITE = "ingest"
 N_FLOATS = 1_000_000
@@ -110,6 +115,8 @@ def _figures(
     figures = []
     for name, seconds in times.items():
         note = f"median of {len(seconds)} interleaved rounds"
+        if name.startswith("psql"):
+            note += "; timed as a command: psql's process start and connection included"
         if name != base:
             per_round = sorted(b / s for b, s in zip(times[base], seconds, strict=True))
             note += (
@@ -328,33 +335,42 @@ def run(dsn: str) -> list[Figure]:
             for ddl in (FLOATS_TABLE, CSV_TABLE, LAG_TABLE):
                 conn.execute(ddl.encode())
         floats, rows = _generate(directory)
-        figures = _loads(dsn, "bench_floats", floats, ["v"], "lines")
-        figures += _loads(dsn, "bench_csv", rows, ["id", "at", "name", "value", "ok"], "csv")
-        jumbo_note = _jumbo_library()
-        print(f"  {jumbo_note}", file=sys.stderr)
-        figures.append(
-            Figure(
-                SUITE,
-                f"jumbo pattern: one INSERT per transaction ({N_JUMBO:,} floats, extrapolated)",
-                _jumbo_pattern(dsn, floats),
-                "rows/s",
-                baseline="psql \\copy (floats)",
-                note=jumbo_note,
+        figures: list[Figure] = []
+        if wanted("loads") or wanted("floats"):
+            figures += _loads(dsn, "bench_floats", floats, ["v"], "lines")
+        if wanted("loads") or wanted("csv"):
+            columns = ["id", "at", "name", "value", "ok"]
+            figures += _loads(dsn, "bench_csv", rows, columns, "csv")
+        if wanted("jumbo"):
+            jumbo_note = _jumbo_library()
+            print(f"  {jumbo_note}", file=sys.stderr)
+            figures.append(
+                Figure(
+                    SUITE,
+                    f"jumbo pattern: one INSERT per transaction ({N_JUMBO:,} floats, extrapolated)",
+                    _jumbo_pattern(dsn, floats),
+                    "rows/s",
+                    baseline="psql \\copy (floats)",
+                    note=jumbo_note,
+                )
             )
-        )
-        figures.append(
-            Figure(
-                SUITE,
-                "pgtide sql= template, pipelined batches (100k floats)",
-                _sql_template(dsn, floats, directory),
-                "rows/s",
-                baseline="psql \\copy (floats)",
+        if wanted("sql"):
+            figures.append(
+                Figure(
+                    SUITE,
+                    "pgtide sql= template, pipelined batches (100k floats)",
+                    _sql_template(dsn, floats, directory),
+                    "rows/s",
+                    baseline="psql \\copy (floats)",
+                )
             )
-        )
-        figures += _bursts(dsn, floats, directory)
-        figures += _lag_figures(_lag(dsn, directory), f"at {LAG_RATE:,} lines/s")
-        many = _lag(dsn, directory, MANY_FILES, MANY_RATE)
-        figures += _lag_figures(many, f"at {MANY_RATE:,} lines/s over {MANY_FILES:,} files")
+        if wanted("bursts"):
+            figures += _bursts(dsn, floats, directory)
+        if wanted("lag"):
+            figures += _lag_figures(_lag(dsn, directory), f"at {LAG_RATE:,} lines/s")
+            many = _lag(dsn, directory, MANY_FILES, MANY_RATE)
+            label = f"at {MANY_RATE:,} lines/s over {MANY_FILES:,} files"
+            figures += _lag_figures(many, label)
         return figures
     finally:
         shutil.rmtree(directory, ignore_errors=True)

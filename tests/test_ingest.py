@@ -8,6 +8,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -936,3 +937,88 @@ def test_streamed_csv_with_empty_lines_left_to_copy(
     expected = sorted(2 * [(i, f"note {i}") for i in range(2000) if i != 1500])
     assert sql(dsn, "SELECT id, note FROM m ORDER BY id") == expected
     assert sql(dsn, "SELECT count(*) FROM pgtide.rejects")[0][0] == 0
+
+
+def test_streamed_csv_lines_told_by_rows_until_a_piece_holds_a_quote(
+    dsn: str, data: Path, small_pieces: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sql(dsn, "CREATE TABLE m (id int, note text)")
+    rows = [(i, f"note {i}") for i in range(2000)]
+    rows[1500] = (1500, "two\nlines")  # the only quoted field, late in the stream
+    text = "id,note\n" + "".join(f'{i},"{n}"\n' if "\n" in n else f"{i},{n}\n" for i, n in rows)
+    (data / "m.csv").write_text(text)
+    streams: list[tuple[bool, bool]] = []
+    original = _writer.Writer.stream
+
+    def spying(self: _writer.Writer, conn: Any, stream: Any, columns: Any) -> int:
+        landed = original(self, conn, stream, columns)
+        streams.append((stream.counted, stream.stopped))
+        return landed
+
+    monkeypatch.setattr(_writer.Writer, "stream", spying)
+    watcher = pgtide.FileWatcher(
+        data, table="m", pattern="*.csv", format="csv", header=True, dsn=dsn
+    )
+    assert watcher.catch_up() == 2000
+    assert sql(dsn, "SELECT id, note FROM m ORDER BY id") == rows
+    assert offsets(dsn) == {"m.csv": (len(text), text.count("\n"))}
+    # no newline counted before the quote (rows told the lines); the stream ended at it
+    assert streams[0] == (False, True)
+    assert any(counted for counted, _ in streams[1:])
+
+
+def test_a_stream_asks_for_room_in_a_unix_sockets_send_buffer_only(
+    dsn: str, table: str, data: Path, small_pieces: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Conn:  # what roomy reads of a connection: its socket
+        def __init__(self, sock: socket.socket) -> None:
+            self.pgconn = type("PGconn", (), {"socket": sock.fileno()})()
+
+    unix, _peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    _writer.roomy(Conn(unix))  # type: ignore[arg-type]
+    ceiling = int(Path("/proc/sys/net/core/wmem_max").read_text())
+    assert unix.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= min(_writer.SEND_BUFFER, ceiling)
+    server = socket.create_server(("127.0.0.1", 0))
+    with server, socket.create_connection(server.getsockname()) as tcp:
+        before = tcp.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        _writer.roomy(Conn(tcp))  # type: ignore[arg-type]
+        assert tcp.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == before
+    unix.close()
+    asked: list[Any] = []
+    monkeypatch.setattr(_writer, "roomy", asked.append)
+    (data / "a.txt").write_text("".join(f"{i}.5\n" for i in range(3000)))
+    watcher = pgtide.FileWatcher(data, table=table, columns=["v"], dsn=dsn)
+    assert watcher.catch_up() == 3000
+    assert asked and all(isinstance(c, psycopg.Connection) for c in asked)
+
+
+@pytest.mark.parametrize(
+    ("kind", "searched"), [("float8", False), ("text", True)], ids=["float8", "text"]
+)
+def test_empty_lines_are_left_to_copy_only_when_the_columns_type_refuses_them(
+    dsn: str,
+    data: Path,
+    small_pieces: None,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    searched: bool,
+) -> None:
+    sql(dsn, f"CREATE TABLE e (n bigint GENERATED ALWAYS AS IDENTITY, v {kind})")
+    lines = [f"{i}.5" for i in range(3000)]
+    lines[2200] = lines[2600] = ""  # skipped, whoever finds them (never a row of '')
+    (data / "a.txt").write_text("\n".join(lines) + "\n")
+    checks: list[bool] = []
+    original = _writer.copyable
+
+    def spying(*args: Any, **kwargs: Any) -> Any:
+        checks.append(kwargs.get("empty_refused", False))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_writer, "copyable", spying)
+    watcher = pgtide.FileWatcher(data, table="e", columns=["v"], dsn=dsn)
+    assert watcher.catch_up() == 2998
+    values = [r[0] for r in sql(dsn, "SELECT v FROM e ORDER BY n")]
+    assert [str(v) for v in values] == [v for v in lines if v]
+    assert offsets(dsn) == {"a.txt": (len("\n".join(lines)) + 1, 3000)}
+    assert sql(dsn, "SELECT count(*) FROM pgtide.rejects")[0][0] == 0
+    assert set(checks) == {not searched}  # float8: COPY refuses an empty line itself

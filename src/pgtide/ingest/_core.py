@@ -31,7 +31,15 @@ from ..connect import DsnLike
 from ..errors import ConfigError, IngestError
 from ..session import Io, Query, Session, Stopped, atomic, run
 from . import _files, _store
-from ._formats import CsvOptions, Format, Reject, complete_end, copyable, csv_header
+from ._formats import (
+    REFUSE_EMPTY,
+    CsvOptions,
+    Format,
+    Reject,
+    complete_end,
+    copyable,
+    csv_header,
+)
 from ._writer import (
     FIRST_PIECE,
     STREAM_REFUSALS,
@@ -172,6 +180,7 @@ class Engine:
         self._writer = Writer(settings.target, settings.fmt, settings.csv, settings.transform)
         self._described: dict[tuple[str, ...] | None, str] = {}
         self._columns: tuple[str, ...] | None = None
+        self._empty_refused = False  # lines go to a column whose type refuses ''
         self._files: dict[str, _files.Tracked] = {}
         self._saved: dict[str, _store.Saved] = {}
         self._lru: OrderedDict[int, _files.Tracked] = OrderedDict()  # files with an open fd
@@ -203,12 +212,25 @@ class Engine:
             or not _shipped() <= fast.applied
             or (self.s.target.table is not None and fast.columns is None)
         ):
+            self._empty_refused = False  # (not known here: pieces are searched)
             yield Query(SET_UTF8)  # lines are read as UTF-8 whatever the server's default
             yield from schema.ensure_io()
             columns = yield from self._check_target()
             yield from self._load(columns)
             return
-        self._reloaded(self._target_columns(fast.columns or []), fast.saved)
+        columns = self._target_columns(fast.columns or [])
+        self._reloaded(columns, fast.saved)
+        self._empty_refused = self._refuses_empty(columns, fast.columns or [], fast.types or [])
+
+    def _refuses_empty(
+        self, columns: tuple[str, ...] | None, names: list[str], types: list[str]
+    ) -> bool:
+        """Whether lines go to one column whose type refuses an empty string (COPY then
+        refuses an empty line itself: pieces are not searched for one)."""
+        if self.s.fmt != "lines" or columns is None or len(columns) != 1:
+            return False
+        kinds = dict(zip(names, types, strict=False))
+        return kinds.get(columns[0]) in REFUSE_EMPTY
 
     def _load(self, columns: tuple[str, ...] | None) -> Io[None]:
         saved = yield from _store.load_all(self.s.name)
@@ -761,13 +783,30 @@ class Engine:
         if not columns:
             return None  # False: a CSV header still incomplete
         first_line = tracked.line_count + 1
-        span = copyable(first, cut, self.s.fmt, first_line, self.s.csv, columns=len(columns))
+        empty_refused = self._empty_refused
+        span = copyable(
+            first,
+            cut,
+            self.s.fmt,
+            first_line,
+            self.s.csv,
+            columns=len(columns),
+            empty_refused=empty_refused,
+        )
         if span is None:
             return self._chunk(tracked, available, final=False)  # read whole, to be parsed
         tracked.partial = None
         fmt, csv = self.s.fmt, self.s.csv
         stream = Stream(
-            tracked.fd, tracked.offset, limit, first, first_line, fmt, csv, len(columns)
+            tracked.fd,
+            tracked.offset,
+            limit,
+            first,
+            first_line,
+            fmt,
+            csv,
+            len(columns),
+            empty_refused,
         )
         stream.first_span = (cut, span)  # checked once, here
         stream.stop = self.stop_event  # a stop asked for lands what was sent so far

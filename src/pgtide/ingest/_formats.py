@@ -246,6 +246,29 @@ def raw_copy_payload(
     return payload if span == (0, len(payload)) else payload[span[0] : span[1]]
 
 
+REFUSE_EMPTY = frozenset(
+    {
+        "smallint",
+        "integer",
+        "bigint",
+        "real",
+        "double precision",
+        "numeric",
+        "boolean",
+        "date",
+        "timestamp without time zone",
+        "timestamp with time zone",
+        "time without time zone",
+        "interval",
+        "uuid",
+        "json",
+        "jsonb",
+    }
+)
+"""Column types (``regtype`` names) whose input refuses an empty string: ``lines`` going to
+a column of one of them are not searched for empty lines before COPY (see :func:`copyable`)."""
+
+
 def copyable(
     data: bytes,
     end: int,
@@ -254,6 +277,7 @@ def copyable(
     options: CsvOptions,
     *,
     columns: int = 1,
+    empty_refused: bool = False,
 ) -> tuple[int, int] | None:
     """The span of ``data[:end]`` (complete lines, the first numbered ``first_line``) that the
     server can take as COPY data unchanged, or None when it must be parsed. Each check is
@@ -265,7 +289,9 @@ def copyable(
     the block to the parser, which rejects those lines alone (COPY would refuse the whole
     block); ASCII, checked at memory speed, needs no decoding. CSV rows of two
     ``columns`` or more are not searched for empty lines: COPY refuses one itself ("missing
-    data for column"), and the block is then parsed, which skips it."""
+    data for column"), and the block is then parsed, which skips it. Nor are lines when
+    ``empty_refused`` (their column's type refuses an empty string, see
+    :data:`REFUSE_EMPTY`): that search is the one check slower than memory speed."""
     if fmt == "jsonl" or end == 0 or data.find(b"\x00", 0, end) >= 0:
         return None
     if not _utf8(data, end):
@@ -274,7 +300,7 @@ def copyable(
         for special in (b"\\", b"\t", b"\r"):
             if data.find(special, 0, end) >= 0:
                 return None
-    if fmt == "lines" or columns < 2:  # else COPY refuses an empty CSV line itself
+    if not empty_refused and (fmt == "lines" or columns < 2):  # else COPY refuses one
         if data.startswith(b"\n", 0, end) or _EMPTY_LINE.search(data, 0, end):
             return None  # an empty line, which is no row
         crlf = fmt == "csv" and data.find(b"\r", 0, end) >= 0  # the quick scan first

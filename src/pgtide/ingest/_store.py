@@ -32,6 +32,9 @@ SELECT current_setting('client_encoding'),
        ARRAY(SELECT a.attname::text FROM pg_attribute a
              WHERE a.attrelid = to_regclass(%(table)s) AND a.attnum > 0 AND NOT a.attisdropped
              ORDER BY a.attnum),
+       ARRAY(SELECT a.atttypid::regtype::text FROM pg_attribute a
+             WHERE a.attrelid = to_regclass(%(table)s) AND a.attnum > 0 AND NOT a.attisdropped
+             ORDER BY a.attnum),
        o.path, o.device, o.inode, o.fingerprint, o.fingerprint_len, o.byte_offset,
        o.line_count, o.rows_written, o.rejected, o.version, o.rotated_from
 FROM (VALUES (1)) AS one (x)
@@ -146,12 +149,13 @@ def load_all(watcher: str) -> Io[dict[str, Saved]]:
 class Prepared:
     """What a new connection needs, read in one round trip: the client encoding, the schema
     migrations applied, the target table's columns (None when there is no such table) and
-    every committed offset of the watcher."""
+    their types (as ``regtype`` names), and every committed offset of the watcher."""
 
     encoding: str
     applied: frozenset[int]
     columns: list[str] | None
     saved: dict[str, Saved]
+    types: list[str] | None = None
 
 
 def prepared(watcher: str, table: TableName | None) -> Io[Prepared | None]:
@@ -163,12 +167,13 @@ def prepared(watcher: str, table: TableName | None) -> Io[Prepared | None]:
         rows = yield from query(PREPARED, params)
     except psycopg.errors.ProgrammingError:
         return None
-    encoding, applied, found, names = rows[0][:4]
+    encoding, applied, found, names, types = rows[0][:5]
     return Prepared(
         str(encoding),
         frozenset(int(v) for v in applied),
         list(names) if found else None,
-        {row[4]: _saved(row[4:]) for row in rows if row[4] is not None},
+        {row[5]: _saved(row[5:]) for row in rows if row[5] is not None},
+        list(types) if found else None,
     )
 
 

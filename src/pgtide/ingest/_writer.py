@@ -9,14 +9,17 @@ The round trips grow with the number of bad rows, not with the size of the batch
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from socket import SO_SNDBUF, SOL_SOCKET
 from typing import Any, TypeAlias
 
 import psycopg
@@ -128,8 +131,8 @@ class Stream:
     piece by piece while COPY sends them: reading overlaps the server's work, and each byte
     is checked and counted once, just before it is sent. ``first`` holds the bytes already
     read from ``start``, ``fd`` is the file's open descriptor and ``columns`` the number of
-    columns its rows go to. Once the pieces are spent, ``sent`` bytes holding ``lines``
-    newlines went to COPY (see :meth:`lines_in`). A later piece that needs parsing ends the
+    columns its rows go to. Once the pieces are spent, ``sent`` bytes went to COPY, holding
+    the lines :meth:`lines_in` tells. A later piece that needs parsing ends the
     stream early (``stopped``): the pieces before it land, and the next batch starts at it;
     :class:`NotRaw` is raised when the first piece does. So does ``stop`` once set (a stop
     asked for lands what was sent, without waiting for the rest of a large batch).
@@ -144,17 +147,37 @@ class Stream:
     fmt: Format
     csv: CsvOptions
     columns: int = 1
+    empty_refused: bool = False
     stop: threading.Event | None = None
     first_span: tuple[int, tuple[int, int]] | None = None
     sent: int = 0
     lines: int = 0
+    counted: bool = False
     stopped: bool = False
 
     def lines_in(self, rows: int) -> int:
-        """The lines sent, given the rows COPY made of them: in the ``lines`` format a piece
-        COPY takes as it is holds no empty line, so each line is one row (no second pass
-        over the bytes to count them); CSV lines are counted as they are sent."""
-        return self.lines if self.fmt == "csv" else rows
+        """The lines sent, given the rows COPY made of them. A piece COPY takes as it is
+        holds no empty line, so in the ``lines`` format each line is one row, and so is each
+        CSV line of a stream without a quote or a backslash (no field holds a newline): no
+        second pass over the bytes counts them; ``lines`` then holds the lines of a header
+        left out. A CSV stream whose first piece holds a quote or a backslash is
+        ``counted``: ``lines`` holds every newline sent."""
+        return self.lines if self.counted else self.lines + rows
+
+    def _count(self, window: bytes, cut: int, span: tuple[int, int], first: bool) -> bool:
+        """Count the lines of a CSV piece when rows cannot tell them (see :meth:`lines_in`);
+        False when the stream must end before this piece: it needs counting and pieces
+        already sent were not counted."""
+        if not self.counted:
+            quote = self.csv.quote.encode()
+            if window.find(quote, 0, cut) < 0 and window.find(b"\\", 0, cut) < 0:
+                self.lines += window.count(b"\n", 0, span[0])  # a header line left out
+                return True
+            if not first:
+                return False  # the next batch starts here, and counts
+            self.counted = True
+        self.lines += window.count(b"\n", 0, cut)
+        return True
 
     def pieces(self) -> Iterator[memoryview]:
         """The pieces, each a view of the bytes read (COPY sends them without a copy)."""
@@ -170,21 +193,56 @@ class Stream:
                 if cut == 0:
                     return  # a record longer than a piece: the next batch reads it whole
                 first_line = self.first_line if pos == self.start else 0
-                span = copyable(window, cut, self.fmt, first_line, self.csv, columns=self.columns)
+                span = copyable(
+                    window,
+                    cut,
+                    self.fmt,
+                    first_line,
+                    self.csv,
+                    columns=self.columns,
+                    empty_refused=self.empty_refused,
+                )
             if span is None:
                 if pos == self.start:
                     raise NotRaw
                 self.stopped = True
                 return
+            if self.fmt == "csv" and not self._count(window, cut, span, pos == self.start):
+                self.stopped = True
+                return
             self.sent += cut
-            if self.fmt == "csv":  # a quoted field may hold newlines: count them
-                self.lines += window.count(b"\n", 0, cut)
             yield memoryview(window)[span[0] : span[1]]
             pos += cut
             if pos < stop and self.stop is not None and self.stop.is_set():
                 self.stopped = True
                 return
             window = os.pread(self.fd, min(COPY_PIECE, stop - pos), pos) if pos < stop else b""
+
+
+SEND_BUFFER = 4 << 20
+"""The room asked for in a Unix-domain socket's send buffer while streaming (the kernel
+caps it at ``net.core.wmem_max``): the server then has megabytes of COPY data queued, not
+the default ~200 KiB, and goes on working while this process reads, checks, or waits for a
+CPU on a busy machine. TCP sockets are left alone (setting a size would stop the kernel's
+own tuning)."""
+
+
+def roomy(conn: psycopg.Connection[Any]) -> None:
+    """Make the connection's send buffer :data:`SEND_BUFFER` bytes, if it is a Unix-domain
+    socket with less room (best effort: any refusal leaves it as it is)."""
+    try:
+        fd = os.dup(conn.pgconn.socket)
+    except (OSError, psycopg.Error):
+        return
+    try:
+        sock = socket.socket(fileno=fd)  # closing this duplicate leaves the connection open
+    except OSError:
+        os.close(fd)
+        return
+    with sock, contextlib.suppress(OSError):
+        unix = getattr(socket, "AF_UNIX", None)
+        if sock.family == unix and sock.getsockopt(SOL_SOCKET, SO_SNDBUF) < SEND_BUFFER:
+            sock.setsockopt(SOL_SOCKET, SO_SNDBUF, SEND_BUFFER)
 
 
 RETRY_ROWS = 1024
@@ -366,6 +424,7 @@ class Writer:
         """COPY a stream's pieces in the caller's transaction, without a savepoint: a refused
         row (one of ROW_ERRORS) or a piece that needs parsing (:class:`NotRaw`) is raised,
         and the caller rolls the whole transaction back."""
+        roomy(conn)
         with self._refusals(), conn.cursor() as cur:
             with cur.copy(self._copy(columns, csv_format=self.fmt == "csv")) as copy:
                 for piece in stream.pieces():
