@@ -617,7 +617,7 @@ class Relay:
     dsn: DsnLike = None
     batch_rows: int = 200_000
     poll_interval: float = 0.05
-    busy_interval: float = 0.002
+    busy_interval: float = 0.01
     heartbeat: float = 5.0
     lag_warning_bytes: int = LAG_WARNING_BYTES
     name: str = "relay"
