@@ -290,6 +290,23 @@ def test_the_partition_writers_enter_next_is_emptied_last(dsn: str) -> None:
         assert conn.execute("SELECT count(*) FROM pgtide.changes").fetchone() == (0,)
 
 
+def test_older_than_keeps_a_young_partition(dsn: str) -> None:
+    """A partition of acknowledged changes younger than ``older_than`` is kept whole."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        base = int(conn.execute(_RING_START).fetchone()[0]) - 100  # type: ignore[index]
+        conn.execute(
+            "INSERT INTO pgtide.changes (id, table_name, op) OVERRIDING SYSTEM VALUE "
+            "SELECT %s + (3 << 16) + g, 'public.old', 'truncate' FROM generate_series(1, 10) g",
+            (base,),
+        )
+        _acknowledged(dsn, "done")
+        files = _files(dsn)
+        assert pgtide.prune(older_than=3600, dsn=dsn) == 0
+        assert conn.execute("SELECT count(*) FROM pgtide.changes_3").fetchone() == (10,)
+        assert pgtide.prune(dsn=dsn) == 10
+        assert _files(dsn)["changes_3"] != files["changes_3"]  # emptied, not deleted from
+
+
 def test_values_orjson_refuses_are_still_typed(dsn: str) -> None:
     """Rows are decoded with orjson; a value it refuses (an integer beyond 64 bits in a json
     column) still comes back as SELECT * gives it, as does a table with numeric columns."""
