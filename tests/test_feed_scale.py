@@ -255,6 +255,20 @@ _HELD = (
 )
 
 
+def _settled(conn: psycopg.Connection[Any]) -> None:
+    """Wait until every transaction that began before the changes so far has ended, anywhere
+    on the server (a shared server's other sessions hold the snapshots' xmin back, and with
+    it what prune may empty); then a consumer registered acknowledges all of them."""
+    newest = conn.execute("SELECT max(xid) FROM pgtide.changes").fetchone()[0]  # type: ignore[index]
+    wait_until(
+        lambda: conn.execute(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot()) > %s::xid8", (str(newest),)
+        ).fetchone()[0],  # type: ignore[index]
+        timeout=120,
+        what="older transactions to end",
+    )
+
+
 def test_the_partition_writers_enter_next_is_emptied_last(dsn: str) -> None:
     """prune empties partitions from the one writers left the longest ago to the one they
     enter next: while it is held up emptying a partition, it holds no lock on the next
@@ -267,6 +281,7 @@ def test_the_partition_writers_enter_next_is_emptied_last(dsn: str) -> None:
             "FROM unnest(ARRAY[1, 5, 15]) p, generate_series(1, 10) g",
             (base,),
         )
+        _settled(conn)
         _acknowledged(dsn, "done")
         with psycopg.connect(dsn) as reader, psycopg.connect(dsn, autocommit=True) as pruner:
             reader.execute("SELECT count(*) FROM pgtide.changes_5")  # holds its lock
@@ -299,6 +314,7 @@ def test_older_than_keeps_a_young_partition(dsn: str) -> None:
             "SELECT %s + (3 << 16) + g, 'public.old', 'truncate' FROM generate_series(1, 10) g",
             (base,),
         )
+        _settled(conn)
         _acknowledged(dsn, "done")
         files = _files(dsn)
         assert pgtide.prune(older_than=3600, dsn=dsn) == 0
