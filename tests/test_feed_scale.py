@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import psycopg
+from listen_helpers import wait_until
 
 import pgtide
 from pgtide.feed.retention import size
@@ -242,6 +243,84 @@ def test_a_held_partition_is_deleted_from_not_waited_for(dsn: str) -> None:
                 break
         else:
             raise AssertionError("no prune emptied a partition once the reader was gone")
+
+
+_RING_START = (  # the start of the next ring of 16 windows: the current window is 0
+    "SELECT setval('pgtide.changes_id_seq', ((last_value >> 20) + 1 << 20) + 100) "
+    "FROM pgtide.changes_id_seq"
+)
+_HELD = (
+    "SELECT c.relname, l.granted FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+    "WHERE l.pid = %s AND l.mode = 'AccessExclusiveLock' AND c.relname ~ '^changes_[0-9]+$'"
+)
+
+
+def _settled(conn: psycopg.Connection[Any]) -> None:
+    """Wait until every transaction that began before the changes so far has ended, anywhere
+    on the server (a shared server's other sessions hold the snapshots' xmin back, and with
+    it what prune may empty); then a consumer registered acknowledges all of them."""
+    newest = conn.execute("SELECT max(xid) FROM pgtide.changes").fetchone()[0]  # type: ignore[index]
+    wait_until(
+        lambda: conn.execute(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot()) > %s::xid8", (str(newest),)
+        ).fetchone()[0],  # type: ignore[index]
+        timeout=120,
+        what="older transactions to end",
+    )
+
+
+def test_the_partition_writers_enter_next_is_emptied_last(dsn: str) -> None:
+    """prune empties partitions from the one writers left the longest ago to the one they
+    enter next: while it is held up emptying a partition, it holds no lock on the next
+    window's partition (a writer moving on would wait for all the rest of prune)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        base = int(conn.execute(_RING_START).fetchone()[0]) - 100  # type: ignore[index]
+        conn.execute(
+            "INSERT INTO pgtide.changes (id, table_name, op) OVERRIDING SYSTEM VALUE "
+            "SELECT %s + (p << 16) + g, 'public.old', 'truncate' "
+            "FROM unnest(ARRAY[1, 5, 15]) p, generate_series(1, 10) g",
+            (base,),
+        )
+        _settled(conn)
+        _acknowledged(dsn, "done")
+        with psycopg.connect(dsn) as reader, psycopg.connect(dsn, autocommit=True) as pruner:
+            reader.execute("SELECT count(*) FROM pgtide.changes_5")  # holds its lock
+            pid = pruner.info.backend_pid
+            emptied: list[Any] = []
+            waiting = threading.Thread(
+                target=lambda: emptied.append(
+                    pruner.execute("SELECT pgtide.truncate_acked(NULL, '20 s')").fetchone()
+                )
+            )
+            waiting.start()
+
+            def held() -> dict[str, bool]:
+                return dict(conn.execute(_HELD, (pid,)).fetchall())  # type: ignore[arg-type]
+
+            wait_until(lambda: held().get("changes_5") is False, what="prune waiting for 5")
+            assert held() == {"changes_15": True, "changes_5": False}  # not changes_1
+            reader.rollback()
+            waiting.join(30)
+        assert emptied == [(30,)]
+        assert conn.execute("SELECT count(*) FROM pgtide.changes").fetchone() == (0,)
+
+
+def test_older_than_keeps_a_young_partition(dsn: str) -> None:
+    """A partition of acknowledged changes younger than ``older_than`` is kept whole."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        base = int(conn.execute(_RING_START).fetchone()[0]) - 100  # type: ignore[index]
+        conn.execute(
+            "INSERT INTO pgtide.changes (id, table_name, op) OVERRIDING SYSTEM VALUE "
+            "SELECT %s + (3 << 16) + g, 'public.old', 'truncate' FROM generate_series(1, 10) g",
+            (base,),
+        )
+        _settled(conn)
+        _acknowledged(dsn, "done")
+        files = _files(dsn)
+        assert pgtide.prune(older_than=3600, dsn=dsn) == 0
+        assert conn.execute("SELECT count(*) FROM pgtide.changes_3").fetchone() == (10,)
+        assert pgtide.prune(dsn=dsn) == 10
+        assert _files(dsn)["changes_3"] != files["changes_3"]  # emptied, not deleted from
 
 
 def test_values_orjson_refuses_are_still_typed(dsn: str) -> None:
