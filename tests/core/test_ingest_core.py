@@ -135,9 +135,28 @@ def test_a_stream_sends_views_of_its_pieces_and_counts_them(
     finally:
         os.close(stream.fd)
     assert all(isinstance(p, memoryview) for p in pieces)
-    assert b"".join(pieces) == b'1,"a\nb"\n2,c\n3,d\n'  # no header, no unfinished line
-    assert (stream.sent, stream.lines) == (len(data) - 1, 5)
-    assert stream.lines_in(3) == 5  # CSV: the lines counted, not the rows
+    # the header's piece holds no quote: its rows would tell its lines; the next piece holds
+    # one, so the stream ends before it (it needs counting, the first did not count)
+    assert b"".join(pieces) == b"" and stream.stopped
+    assert (stream.sent, stream.lines, stream.lines_in(0)) == (5, 1, 1)
+    # the next batch starts there and counts every newline it sends
+    stream = Stream(
+        os.open(tmp_path / "a.csv", os.O_RDONLY),
+        5,
+        len(data) - 5,
+        b"",
+        2,
+        "csv",
+        CsvOptions(header=True),
+    )
+    stream.first = os.pread(stream.fd, 8, 5)
+    try:
+        pieces = list(stream.pieces())
+    finally:
+        os.close(stream.fd)
+    assert b"".join(pieces) == b'1,"a\nb"\n2,c\n3,d\n'  # no unfinished line
+    assert (stream.sent, stream.lines, stream.counted) == (len(data) - 6, 4, True)
+    assert stream.lines_in(3) == 4  # CSV: the lines counted, not the rows
 
     stream = _stream(tmp_path / "b.txt", b"1\n2\n3\tx\n", "lines", CsvOptions())
     try:
