@@ -9,8 +9,7 @@
 -- about 10 of the 36 microseconds that capture added to an untracked INSERT, more than what
 -- partition routing and the index by table of migration 014 cost together. Every writer of
 -- the log is pgtide's own (the capture functions, the WAL relay, backfill), each writing a
--- fixed op ('insert', 'update', 'delete', 'truncate', 'read'); readers keep treating an
--- unknown op as before.
+-- fixed op ('insert', 'update', 'delete', 'truncate', 'read').
 --
 -- The constraint's name depends on the database's history (migration 014 created the
 -- partitioned log while the old table still held `changes_op_check`), so it is found by the
