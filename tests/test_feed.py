@@ -172,6 +172,55 @@ def test_upgrade_to_json_rows_keeps_changes_and_old_triggers(dsn: str) -> None:
     ]
 
 
+def test_capture_notifies_once_per_statement_that_captured_rows(dsn: str) -> None:
+    """The wake-up NOTIFY (migration 020: FOUND after the capture's INSERT): one per
+    statement that captured a row, none for a statement that captured nothing, none for a
+    table tracked quiet. A marker sent last bounds the wait (notifications arrive in commit
+    order)."""
+    _setup(dsn, "items")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE hushed (id int PRIMARY KEY, v text)")
+    pgtide.track("hushed", notify=False, dsn=dsn)
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN pgtide_changes")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO items SELECT 1, 'x' WHERE false")
+            conn.execute("UPDATE items SET v = 'y' WHERE id = 1")
+            conn.execute("DELETE FROM items WHERE id = 1")
+            conn.execute("INSERT INTO hushed VALUES (1, 'x')")
+            conn.execute("INSERT INTO items VALUES (1, 'x')")
+            conn.execute("UPDATE items SET v = 'y' WHERE id = 1")
+            conn.execute("SELECT pg_notify('pgtide_changes', 'marker')")
+        got = []
+        for note in listener.notifies(timeout=30):
+            got.append(note.payload)
+            if note.payload == "marker":
+                break
+    assert got == ["public.items", "public.items", "marker"]
+
+
+def test_upgrade_drops_the_check_on_op_whatever_its_name(dsn: str) -> None:
+    """Migration 020 removes the CHECK on the log's op, which every capturing statement
+    compiled again: it is found by its column (its name depends on the database's history),
+    gone from the log and its partitions, and capture keeps working."""
+    _setup(dsn)
+    check = "CHECK (op IN ('insert', 'update', 'delete', 'truncate', 'read'))"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE pgtide.changes ADD CONSTRAINT changes_op_check1 {check}")
+        conn.execute("DELETE FROM pgtide.schema_version WHERE version = 20")
+    assert pgtide.install(dsn=dsn) == pgtide.schema.latest_version()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        left = conn.execute(
+            "SELECT c.conrelid::regclass::text FROM pg_constraint c "
+            "JOIN pg_inherits i ON c.conrelid IN (i.inhrelid, i.inhparent) "
+            "WHERE i.inhparent = 'pgtide.changes'::regclass AND c.contype = 'c'"
+        ).fetchall()
+        conn.execute("INSERT INTO items VALUES (1, 'a')")
+    assert left == []
+    changes = [(c.op, c.row) for b in _drain(pgtide.Feed("up20", dsn=dsn)) for c in b]
+    assert changes == [("insert", {"id": 1, "v": "a"})]
+
+
 def test_track_is_idempotent_and_validates(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE SCHEMA sales")
