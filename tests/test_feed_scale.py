@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import psycopg
+import pytest
 from listen_helpers import wait_until
 
 import pgtide
@@ -321,6 +322,19 @@ def test_older_than_keeps_a_young_partition(dsn: str) -> None:
         assert conn.execute("SELECT count(*) FROM pgtide.changes_3").fetchone() == (10,)
         assert pgtide.prune(dsn=dsn) == 10
         assert _files(dsn)["changes_3"] != files["changes_3"]  # emptied, not deleted from
+
+
+def test_the_partition_step_empties_nothing_but_the_logs_partitions(dsn: str) -> None:
+    """truncate_partition_acked runs with its owner's rights (TRUNCATE): given any other
+    table's name (the log itself, another table of the schema), it refuses before it reads."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO pgtide.changes (table_name, op) VALUES ('public.t', 'truncate')")
+        _settled(conn)
+        _acknowledged(dsn, "done")
+        for name in ("changes", "consumers", "changes_16", "changes_1;x", "changes_01"):
+            with pytest.raises(psycopg.errors.InvalidParameterValue, match="not a partition"):
+                conn.execute("SELECT pgtide.truncate_partition_acked(%s, NULL, '1 s')", (name,))
+        assert conn.execute("SELECT count(*) FROM pgtide.changes").fetchone() == (1,)
 
 
 def test_values_orjson_refuses_are_still_typed(dsn: str) -> None:

@@ -25,6 +25,10 @@ DECLARE
     acked boolean;
     n bigint;
 BEGIN
+    IF part !~ '^changes_(1[0-5]|[0-9])$' THEN  -- SECURITY DEFINER: the log's partitions only
+        RAISE EXCEPTION 'pgtide.truncate_partition_acked: % is not a partition of pgtide.changes',
+            quote_literal(part) USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     EXECUTE format('SELECT max(xid) < $1 FROM pgtide.%I', part) INTO acked USING bound;
     IF acked IS NOT TRUE THEN  -- empty, or writers there since (the index answers)
         RETURN 0;
