@@ -45,12 +45,19 @@ def test_two_processes_one_killed_midway_every_event_done_never_twice_at_once(
     wait_for(lambda: count(dsn, by_a) > 0, timeout=40, what="outcomes recorded by A")
     assert count(dsn, "SELECT count(*) FROM handler_runs WHERE worker = 'A'") > 0
     killable.kill(victim)
-    # A's unfinished runs end with the process (the unique index then lets a re-run begin).
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(
-            "UPDATE handler_runs SET ended = clock_timestamp() WHERE worker = 'A' AND ended IS NULL"
-        )
-    wait_for(lambda: count(dsn, done) == total, timeout=45, what="every event done")
+
+    def a_ended_and_all_done() -> bool:
+        """A's unfinished runs end with the process (the unique index then lets a re-run
+        begin); ended again at each look, since a statement A's backend was running when
+        the process died may still commit its row after the first look."""
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE handler_runs SET ended = clock_timestamp() "
+                "WHERE worker = 'A' AND ended IS NULL"
+            )
+        return count(dsn, done) == total
+
+    wait_for(a_ended_and_all_done, timeout=45, what="every event done")
 
     with psycopg.connect(dsn) as conn:
         states = dict(
