@@ -37,6 +37,8 @@ _REGISTER = (
 )
 _UNREGISTER = "SELECT pg_advisory_unlock_shared(%s, %s) WHERE pg_backend_pid() = %s"
 
+_SNAPSHOT = "SELECT pg_current_snapshot()::text"
+
 FIRST_RECHECK = 0.001
 """Seconds before the first read again while transactions that may not notify are open."""
 
@@ -99,3 +101,19 @@ class Watch:
         running = frozenset(snapshot.xip)
         self.open = running if self.open is None else self.open & running
         return self.retry() if self.open else None
+
+
+def check_io(registration: Registration, watch: Watch) -> Io[tuple[bool, float | None]]:
+    """For a waiter that reads without a snapshot of its own: register if not yet, and say
+    (fresh, recheck): ``fresh`` when registered just now (read again before waiting: a writer
+    may have skipped the NOTIFY just before), ``recheck`` the seconds before reading again
+    regardless of NOTIFY (None: the NOTIFY alone will do)."""
+    fresh = False
+    if not registration.registered:
+        if not (yield from registration.register()):
+            return False, watch.retry()  # the gate was busy this instant
+        watch.start()
+        fresh = True
+    row = yield from one(_SNAPSHOT)
+    assert row is not None
+    return fresh, watch.seen(Snapshot.parse(row[0]))

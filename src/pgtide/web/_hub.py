@@ -33,18 +33,16 @@ from ..connect import DsnLike, Resolved, aconnect, resolve
 from ..errors import PgtideError
 from ..events import Histogram
 from ..feed import retention, wal
-from ..feed.position import Snapshot
-from ..feed.sleepers import Registration, Watch
+from ..feed.sleepers import Registration, Watch, check_io
 from ..listen import Notification
 from ..overview import Section
-from ..session import Io, arun, one
+from ..session import Io, arun
 from . import _queries
 
 log = logging.getLogger("pgtide.web")
 T = TypeVar("T")
 
 WAKE_CHANNELS = ("pgtide_events", "pgtide_changes")
-_SNAPSHOT = "SELECT pg_current_snapshot()::text"
 """The channels pgtide's features NOTIFY on; the hub samples again when one speaks."""
 
 
@@ -245,27 +243,18 @@ class Hub:
         it run (see :class:`~pgtide.feed.sleepers.Watch`)."""
         conn: psycopg.AsyncConnection[Any] | None = None
         registration, watch = Registration(), Watch(cap=self.interval)
-        watching = False  # a registration is recent, or transactions are watched
+        watching = False  # transactions are watched: wake the streams when they end
         try:
             while True:
                 try:
                     if conn is None or conn.closed:
                         conn = await aconnect(self.resolved, application_name="pgtide web wait")
                         registration = Registration()
-                    if not registration.registered:
-                        if not await arun(conn, registration.register()):
-                            self._changes_maybe()  # the gate was busy this instant
-                            await asyncio.sleep(watch.retry())
-                            continue
-                        watch.start()
-                        watching = True
-                    row = await arun(conn, one(_SNAPSHOT))  # also: is the connection alive
-                    assert row is not None
-                    pause = watch.seen(Snapshot.parse(row[0]))
-                    if watching:
+                    fresh, recheck = await arun(conn, check_io(registration, watch))
+                    if fresh or watching:
                         self._changes_maybe()
-                    watching = pause is not None
-                    await asyncio.sleep(self.interval if pause is None else pause)
+                    watching = recheck is not None
+                    await asyncio.sleep(self.interval if recheck is None else recheck)
                 except (psycopg.Error, PgtideError, OSError) as exc:
                     log.warning(
                         "pgtide web: waiting for changes: %s", _describe(exc, self.resolved)
