@@ -24,6 +24,7 @@ import psycopg
 from psycopg import sql
 
 import pgtide
+from pgtide.feed.sleepers import GATE
 
 from ._harness import (
     Figure,
@@ -193,13 +194,28 @@ def _capture(dsn: str) -> list[Figure]:
     figures += _side_by_side(
         {
             "4 writers single-row tx, untracked": _single(dsn, "t_plain", per, writers=4),
-            "4 writers single-row tx, tracked + NOTIFY": _single(dsn, "t_tracked", per, writers=4),
+            "4 writers single-row tx, tracked + NOTIFY, a feed following": _beside(
+                _follower_process, dsn, _single(dsn, "t_tracked", per, writers=4)
+            ),
+            "4 writers single-row tx, tracked + NOTIFY, no feed waiting": _single(
+                dsn, "t_tracked", per, writers=4
+            ),
             "4 writers single-row tx, tracked, no NOTIFY (wakeup=poll)": _single(
                 dsn, "t_quiet", per, writers=4
             ),
         },
         4 * per,
         "tx/s",
+        between=lambda: _truncate(dsn),  # two runs write t_tracked, each from id 0
+        notes={
+            "4 writers single-row tx, tracked + NOTIFY, a feed following": (
+                "a Feed in another process follows the table and acks each batch (same "
+                "cores); writers NOTIFY only while it waits; "
+            ),
+            "4 writers single-row tx, tracked + NOTIFY, no feed waiting": (
+                "no feed waits, so no writer NOTIFYs; "
+            ),
+        },
     )
     _truncate(dsn)
     return figures
@@ -738,23 +754,48 @@ def _relay_process(dsn: str, stop: Any, started: Any) -> None:
     Relay(dsn).run(halt, on_step=lambda _result: started.set())
 
 
+def _follower_process(dsn: str, stop: Any, started: Any) -> None:
+    """A feed following t_tracked until ``stop``; ``started`` once it waits for changes."""
+    feed = pgtide.Feed("bench-follower", ["t_tracked"], dsn=dsn)
+    feed.seek("end")
+    threading.Thread(target=lambda: (stop.wait(), feed.stop()), daemon=True).start()
+    threading.Thread(target=lambda: (_until_waiting(dsn), started.set()), daemon=True).start()
+    feed.run(_consume)
+    feed.close()
+
+
+def _until_waiting(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while not conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
+            "AND objid = %s AND objsubid = 2 AND granted",
+            GATE,
+        ).fetchone()[0]:  # type: ignore[index]
+            time.sleep(0.01)
+
+
 def _relay_running(dsn: str, fn: Callable[[], object]) -> Callable[[], float]:
-    """``fn`` timed while a relay runs in a process of its own (not a thread of this one,
-    whose writers would wait for the GIL): the relay starts before the clock and stops after
-    it, so the seconds are the writer's alone."""
+    """``fn`` timed while a relay runs in a process of its own."""
+    return _beside(_relay_process, dsn, fn)
+
+
+def _beside(target: Callable[..., None], dsn: str, fn: Callable[[], object]) -> Callable[[], float]:
+    """``fn`` timed while ``target(dsn, stop, started)`` runs in a process of its own (not a
+    thread of this one, whose writers would wait for the GIL): it starts before the clock
+    and stops after it, so the seconds are the writer's alone."""
 
     def go() -> float:
         context = multiprocessing.get_context("spawn")
         stop, started = context.Event(), context.Event()
-        relay = context.Process(target=_relay_process, args=(dsn, stop, started))
-        relay.start()
+        other = context.Process(target=target, args=(dsn, stop, started))
+        other.start()
         try:
             if not started.wait(60):
-                raise RuntimeError("the bench's relay did not start")
+                raise RuntimeError(f"the bench's {target.__name__} did not start")
             return timed(fn)
         finally:
             stop.set()
-            relay.join(60)
+            other.join(60)
 
     return go
 

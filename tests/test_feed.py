@@ -20,6 +20,7 @@ import pgtide
 import pgtide.aio
 from pgtide.feed import consumers, tracked
 from pgtide.feed.retention import drop_consumer
+from pgtide.feed.sleepers import GATE
 
 
 def _until(condition: Callable[[], bool], seconds: float = 20.0) -> None:
@@ -175,14 +176,15 @@ def test_upgrade_to_json_rows_keeps_changes_and_old_triggers(dsn: str) -> None:
 def test_capture_notifies_once_per_statement_that_captured_rows(dsn: str) -> None:
     """The wake-up NOTIFY (migration 020: FOUND after the capture's INSERT): one per
     statement that captured a row, none for a statement that captured nothing, none for a
-    table tracked quiet. A marker sent last bounds the wait (notifications arrive in commit
-    order)."""
+    table tracked quiet, while a feed waits (the listener registers as one). A marker sent
+    last bounds the wait (notifications arrive in commit order)."""
     _setup(dsn, "items")
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE hushed (id int PRIMARY KEY, v text)")
     pgtide.track("hushed", notify=False, dsn=dsn)
     with psycopg.connect(dsn, autocommit=True) as listener:
         listener.execute("LISTEN pgtide_changes")
+        listener.execute("SELECT pg_advisory_lock_shared(%s, %s)", GATE)
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("INSERT INTO items SELECT 1, 'x' WHERE false")
             conn.execute("UPDATE items SET v = 'y' WHERE id = 1")
@@ -197,6 +199,28 @@ def test_capture_notifies_once_per_statement_that_captured_rows(dsn: str) -> Non
             if note.payload == "marker":
                 break
     assert got == ["public.items", "public.items", "marker"]
+
+
+def test_writers_notify_only_while_a_feed_waits(dsn: str) -> None:
+    """Migration 021: a capture NOTIFYs only while some connection holds the gate shared
+    (a waiting feed); otherwise the writer commits without the NOTIFY and its lock."""
+    _setup(dsn, "items")
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN pgtide_changes")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO items VALUES (1, 'nobody waits')")
+            with psycopg.connect(dsn, autocommit=True) as waiting:
+                waiting.execute("SELECT pg_advisory_lock_shared(%s, %s)", GATE)
+                conn.execute("INSERT INTO items VALUES (2, 'a feed waits')")
+                waiting.execute("SELECT pg_advisory_unlock_shared(%s, %s)", GATE)
+                conn.execute("INSERT INTO items VALUES (3, 'it stopped waiting')")
+            conn.execute("SELECT pg_notify('pgtide_changes', 'marker')")
+        got = []
+        for note in listener.notifies(timeout=30):
+            got.append(note.payload)
+            if note.payload == "marker":
+                break
+    assert got == ["public.items", "marker"]
 
 
 def test_upgrade_drops_the_check_on_op_whatever_its_name(dsn: str) -> None:

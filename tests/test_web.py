@@ -19,6 +19,7 @@ import pytest
 from docs_examples import DOCS, block_under
 from test_feed_wal import wal_dsn, wal_server  # noqa: F401 (fixtures: wal_level=logical)
 from web_helpers import (
+    LIVE,
     LOCAL,
     SseParser,
     csrf_of,
@@ -32,6 +33,7 @@ from web_helpers import (
 import pgtide
 import pgtide.web
 from pgtide.feed import Relay
+from pgtide.feed.sleepers import GATE
 from pgtide.feed.wal import slot_name
 from pgtide.web.metrics import FileWatcherCollector, ListenerCollector
 
@@ -395,6 +397,50 @@ def test_feed_stream_resumes_after_a_killed_connection(dsn: str) -> None:
         assert len(received) == len(set(received)), "a change came twice"
         assert sorted(received) == sorted(written + list(range(10_000, 10_030)))
         assert received[: len(written)] == written  # feed order
+
+    asyncio.run(main())
+
+
+def test_a_feed_stream_makes_the_hub_wait_for_changes_while_it_is_open(dsn: str) -> None:
+    """The capture triggers NOTIFY only while a feed waits (migration 021): while a browser
+    follows changes the console's hub is registered as waiting (the writer's NOTIFY wakes the
+    stream), and once the last stream is gone it no longer is (writers skip the NOTIFY)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+    pgtide.track("orders", dsn=dsn)
+
+    def waiting() -> int:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
+                "AND objid = %s AND objsubid = 2 AND granted",
+                GATE,
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def main() -> None:
+        async with live_client(dsn, expose=["public.orders"]) as http:
+            assert await asyncio.to_thread(waiting) == 0
+            parser = SseParser()
+            async with http.stream("GET", "/sse/feed/gate?tables=orders&start=end") as r:
+                assert r.status_code == 200
+                await until(lambda: asyncio.to_thread(waiting), what="the hub waits")
+                await until(  # the stream stands at the end (its start) before the write
+                    lambda: asyncio.to_thread(lambda: pgtide.feed.consumers(dsn=dsn)),
+                    what="the stream's consumer",
+                )
+                _write_orders(dsn, 1, 1, 7)
+                chunks = r.aiter_text()
+                async with asyncio.timeout(LIVE):
+                    received: list[int] = []
+                    while not received:
+                        for event in parser.feed(await anext(chunks)):
+                            received.append(json.loads(event.data)["row"]["id"])
+                assert received == [7]
+            await until(
+                lambda: asyncio.to_thread(lambda: waiting() == 0), what="the hub stops waiting"
+            )
 
     asyncio.run(main())
 

@@ -203,3 +203,71 @@ def test_an_interrupted_batch_is_a_feed_error() -> None:
     lost = BatchInterrupted("indexer", Position.beginning())
     assert isinstance(lost, pgtide.FeedError)
     assert "comes again" in str(lost) and lost.start == Position.beginning()
+
+
+class WaitingCore(FakeCore):
+    """A fake core that records the waiting feed's registrations (as the gate would)."""
+
+    def __init__(self, reads: list[tuple[list[Change], Position]], free: list[bool]) -> None:
+        super().__init__(reads)
+        self.free = iter(free)  # whether the gate can be taken at each try
+        self.calls: list[str] = []
+
+    def start_waiting(self) -> Io[bool]:
+        self.calls.append("start")
+        held = next(self.free)
+        self.sleeper.pid = 1 if held else None
+        return (yield from _done(held))
+
+    def stop_waiting(self) -> Io[None]:
+        self.calls.append("stop")
+        self.sleeper.pid = None
+        return (yield from _done(None))
+
+
+def _open(xmax: int, *running: int) -> Position:
+    return Position(Snapshot(min(running, default=xmax), xmax, running))
+
+
+def test_a_waiting_plan_registers_reads_again_and_watches_transactions_open_at_that() -> None:
+    """Listening: register, then read with a new snapshot; while a transaction open in that
+    snapshot runs (it may have decided not to notify), read again on a doubling backoff up to
+    the poll interval; then trust the NOTIFY (a wait bounded by the timeout alone). A batch
+    unregisters before it is emitted; the end unregisters too."""
+    core = WaitingCore(
+        [
+            ([], _open(10)),  # idle: register
+            ([], _open(12, 10, 11)),  # first read after registering: 10 and 11 are open
+            ([], _open(13, 11, 12)),  # 10 ended (nothing of ours); 12 began after: notifies
+            ([], _open(13, 12)),  # 11 ended: the NOTIFY alone now
+            ([_change(1)], _open(14)),  # a batch: busy, unregister
+            ([], _open(15)),  # idle again: register again
+            ([], _open(15)),
+            ([], _open(15)),  # the timeout ends it
+        ],
+        free=[True, True],
+    )
+    now = [0.0]
+    steps = _drive(
+        plan(
+            core, "saved", None, 10, 100.0, clock=lambda: now[0], listening=lambda: True, poll=0.5
+        ),
+        now,
+    )
+    waits = [s.seconds for s in steps if isinstance(s, Wait)]
+    assert waits[:3] == [0.001, 0.002, 100.0 - 0.003]
+    assert core.calls == ["start", "stop", "start", "stop"]
+    assert isinstance(steps[steps.index(next(s for s in steps if isinstance(s, Emit))) - 1], Run)
+
+
+def test_a_busy_gate_is_tried_again_after_a_short_wait_and_a_deaf_feed_registers_not() -> None:
+    core = WaitingCore([([], _open(10))] * 4, free=[False, True])
+    now = [0.0]
+    steps = _drive(
+        plan(core, "saved", None, 10, 0.5, clock=lambda: now[0], listening=lambda: True), now
+    )
+    assert next(s.seconds for s in steps if isinstance(s, Wait)) == 0.001
+    assert core.calls == ["start", "start", "stop"]
+    deaf = WaitingCore([([], _open(10)), ([], _open(10))], free=[])
+    _drive(plan(deaf, "saved", None, 10, 0.5, clock=lambda: now[0]), now)
+    assert deaf.calls == []

@@ -34,6 +34,7 @@ from .backfill import pending_io
 from .position import Position, Snapshot
 from .retention import drop_consumer_io, position_of
 from .rows import FINGERPRINT, MARK, Decode, RowTypes
+from .sleepers import Registration, Watch
 from .track import require_tracked
 from .wal import follows_wal_io
 
@@ -270,9 +271,12 @@ class Core:
     backfill: bool = False  # a followed table has a backfill to run: the feed may run it
     # the rest of a step delivered in several batches: its transactions, by position key
     _summary: dict[tuple[Any, ...], Summary] = field(default_factory=dict, repr=False)
+    # the connection's registration as a waiting feed (see pgtide.feed.sleepers)
+    sleeper: Registration = field(default_factory=Registration, repr=False)
 
     def prepare(self) -> Io[None]:
         """Run on each new connection: install the schema, check the followed tables."""
+        self.sleeper = Registration()  # a new connection holds no registration
         yield from schema.ensure_io()
         if self.tables is not None:
             found: set[str] = set()
@@ -281,6 +285,14 @@ class Core:
             self.tables = sorted(found)
         self.wal = yield from follows_wal_io(self.tables)
         self.backfill = yield from pending_io(self.tables)
+
+    def start_waiting(self) -> Io[bool]:
+        """Register this connection as a waiting feed (see :mod:`pgtide.feed.sleepers`)."""
+        return (yield from self.sleeper.register())
+
+    def stop_waiting(self) -> Io[None]:
+        """No longer waiting: the capture triggers stop notifying for this feed."""
+        yield from self.sleeper.unregister()
 
     def wants(self, _channel: str, table: str) -> bool:
         """Whether a wake-up NOTIFY for ``table`` concerns this feed."""
@@ -530,10 +542,15 @@ def plan(
     timeout: float | None,
     stopped: Callable[[], bool] = lambda: False,
     clock: Callable[[], float] = time.monotonic,
+    listening: Callable[[], bool] = lambda: False,
+    poll: float = 1.0,
 ) -> Generator[Step, Any, None]:
     """The ``batches()`` loop: resolve start and stop, read steps, emit batches, wait.
 
-    ``stopped()`` is asked before each read: True ends the loop (``Feed.stop()``)."""
+    ``stopped()`` is asked before each read: True ends the loop (``Feed.stop()``).
+    ``listening()`` says whether a NOTIFY can wake the wait (the face's waker LISTENs): the
+    feed then registers as waiting while it waits (:mod:`pgtide.feed.sleepers`), and reads
+    again on a backoff up to ``poll`` seconds while a writer may have skipped its NOTIFY."""
     if max_changes < 1:
         raise FeedError(f"max_changes must be at least 1, not {max_changes}")
     if timeout is not None and timeout < 0:
@@ -549,13 +566,16 @@ def plan(
         end = yield Run(lambda: core.resolve(stop, saved_default="end"))
     cursor.stop = end
     idle_since = clock()
+    watch = Watch(cap=poll)
     while not stopped():
         if end is not None and pos >= end:
-            return
+            break
         here = pos
         changes, pos = yield Run(functools.partial(core.read, here, end, max_changes))
         cursor.position = pos
         if changes:
+            if core.sleeper.registered:  # busy now: writers need not wake this feed
+                yield Run(core.stop_waiting)
             yield Emit(changes, here, pos)
             idle_since = clock()
             continue
@@ -563,9 +583,24 @@ def plan(
             continue  # the rest of a step split by max_changes: read on before waiting
         if end is not None:
             if pos >= end or pos == here:
-                return
+                break
             continue
         left = None if timeout is None else timeout - (clock() - idle_since)
         if left is not None and left <= 0:
-            return
+            break
+        recheck: float | None = None
+        if not listening():
+            if core.sleeper.registered:  # nobody hears a NOTIFY now: spare the writers
+                yield Run(core.stop_waiting)
+        elif not core.sleeper.registered:
+            if (yield Run(core.start_waiting)):
+                watch.start()
+                continue  # read with a snapshot taken after registering
+            recheck = watch.retry()  # the lock was busy this instant
+        else:
+            recheck = watch.seen(pos.snapshot)
+        if recheck is not None:
+            left = recheck if left is None else min(left, recheck)
         yield Wait(left)
+    if core.sleeper.registered:
+        yield Run(core.stop_waiting)

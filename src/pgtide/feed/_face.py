@@ -230,7 +230,16 @@ class FeedBase(Generic[S]):
         self, start: Start, stop: Start | None, max_changes: int, timeout: float | None
     ) -> Generator[Step, Any, None]:
         self._runner = self._me()
-        return plan(self._core, start, stop, max_changes, timeout, self._stopping.is_set)
+        return plan(
+            self._core,
+            start,
+            stop,
+            max_changes,
+            timeout,
+            self._stopping.is_set,
+            listening=lambda: self._wakeup is not None,
+            poll=self._poll_interval,
+        )
 
     @staticmethod
     def _advance(steps: Generator[Step, Any, None], reply: Any) -> Step | None:

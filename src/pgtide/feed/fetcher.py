@@ -22,10 +22,11 @@ from ..connect import DsnLike
 from ..errors import ConfigError
 from ..names import TableName
 from ..schema import ensure_io
-from ..session import Session, Stopped
+from ..session import Io, Session, Stopped
 from ._face import CHANNEL
 from .retention import newest_io
 from .rows import RowTypes
+from .sleepers import Registration, Watch, check_io
 from .track import require_tracked
 
 log = logging.getLogger("pgtide.feed")
@@ -59,7 +60,8 @@ class LatestFetcher(Runnable):
         self.table = TableName.parse(table)
         self._process = process
         self._poll = poll_interval
-        self._session = Session(dsn, name=f"latest {self.table}", prepare=ensure_io)
+        self._session = Session(dsn, name=f"latest {self.table}", prepare=self._prepare)
+        self._registration = Registration()
         self._stop = threading.Event()
         self._waker: Waker | None = None
         self._thread: threading.Thread | None = None
@@ -82,6 +84,10 @@ class LatestFetcher(Runnable):
         with stop_on_signals(self.stop, f"latest {self.table}"):
             self._serve()
 
+    def _prepare(self) -> Io[None]:
+        self._registration = Registration()  # a new connection holds no registration
+        yield from ensure_io()
+
     def _serve(self) -> None:
         try:
             name = str(self._session.run(lambda: require_tracked(self.table)))
@@ -93,10 +99,18 @@ class LatestFetcher(Runnable):
             )
             self._waker = waker
             waker.start()
+            watch = Watch(cap=self._poll)
             try:
                 while not self._stop.is_set():
                     self._fetch()
-                    waker.wait(self._poll)
+                    pause: float | None = self._poll
+                    if waker.listening:  # registered as waiting: the captures notify
+                        fresh, pause = self._session.run(
+                            lambda: check_io(self._registration, watch)
+                        )
+                        if fresh:
+                            continue  # read again after registering
+                    waker.wait(self._poll if pause is None else pause)
             finally:
                 waker.stop()
                 self._waker = None

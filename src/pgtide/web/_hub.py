@@ -20,7 +20,7 @@ import logging
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -33,6 +33,7 @@ from ..connect import DsnLike, Resolved, aconnect, resolve
 from ..errors import PgtideError
 from ..events import Histogram
 from ..feed import retention, wal
+from ..feed.sleepers import Registration, Watch, check_io
 from ..listen import Notification
 from ..overview import Section
 from ..session import Io, arun
@@ -160,6 +161,8 @@ class Hub:
         self._change_event = asyncio.Event()
         self._stopping = False
         self.finished = FinishedEvents()
+        self._streams = 0  # browser feed streams open: the hub waits for changes for them
+        self._waiting: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -176,6 +179,7 @@ class Hub:
     async def close(self) -> None:
         self._stopping = True
         self._poke.set()
+        await self._stop_waiting()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -198,9 +202,7 @@ class Hub:
         self.notifications += 1
         self._poke.set()
         if note.channel == "pgtide_changes":
-            self.change_version += 1
-            self._change_event.set()
-            self._change_event = asyncio.Event()
+            self._changes_maybe()
 
     async def changes_after(self, version: int, timeout: float) -> bool:
         """Wait until a change was captured after ``change_version`` was ``version`` (its
@@ -211,6 +213,67 @@ class Hub:
             async with asyncio.timeout(timeout):
                 await self._change_event.wait()
         return self.change_version != version
+
+    @contextlib.asynccontextmanager
+    async def waiting_for_changes(self) -> AsyncIterator[None]:
+        """While a browser follows changes: the hub registers as a waiting feed, so that the
+        capture triggers NOTIFY (they do only while some feed waits; see
+        :mod:`pgtide.feed.sleepers`)."""
+        self._streams += 1
+        if self._waiting is None or self._waiting.done():
+            self._waiting = asyncio.create_task(self._wait_for_changes(), name="pgtide-web-wait")
+        try:
+            yield
+        finally:
+            self._streams -= 1
+            if self._streams == 0:
+                await self._stop_waiting()
+
+    async def _stop_waiting(self) -> None:
+        task, self._waiting = self._waiting, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _wait_for_changes(self) -> None:
+        """Hold the registration on a connection of its own, made again after an outage.
+        After each registration the streams read again: at once (a writer may have decided
+        not to notify just before), then while the transactions open in the snapshot after
+        it run (see :class:`~pgtide.feed.sleepers.Watch`)."""
+        conn: psycopg.AsyncConnection[Any] | None = None
+        registration, watch = Registration(), Watch(cap=self.interval)
+        watching = False  # transactions are watched: wake the streams when they end
+        try:
+            while True:
+                try:
+                    if conn is None or conn.closed:
+                        conn = await aconnect(self.resolved, application_name="pgtide web wait")
+                        registration = Registration()
+                    fresh, recheck = await arun(conn, check_io(registration, watch))
+                    if fresh or watching:
+                        self._changes_maybe()
+                    watching = recheck is not None
+                    await asyncio.sleep(self.interval if recheck is None else recheck)
+                except (psycopg.Error, PgtideError, OSError) as exc:
+                    log.warning(
+                        "pgtide web: waiting for changes: %s", _describe(exc, self.resolved)
+                    )
+                    if conn is not None:
+                        with contextlib.suppress(Exception):
+                            await conn.close()
+                    conn = None
+                    await asyncio.sleep(self.interval)
+        finally:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+
+    def _changes_maybe(self) -> None:
+        """Wake the streams: a change may have been captured without a NOTIFY."""
+        self.change_version += 1
+        self._change_event.set()
+        self._change_event = asyncio.Event()
 
     # -- database work ----------------------------------------------------------------------
 

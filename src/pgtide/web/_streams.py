@@ -201,50 +201,51 @@ async def feed_stream(
     assert hub.resolved is not None
     feed = Feed(consumer, tables, dsn=hub.resolved)
     watch = asyncio.create_task(_stop_when(stopping, feed))
-    pos = saved = Position.beginning()
-    try:
-        yield b"retry: 1000\n\n"
-        if resume is not None:
-            pos = resume.start
-            if resume.end is not None:  # finish the batch the browser was in
-                skip = resume.skip
-                async for batch in feed.batches(resume.start, resume.end, max_changes):
-                    changes = list(batch)
-                    dropped = min(skip, len(changes))
-                    skip -= dropped
-                    if changes[dropped:]:
-                        yield _chunk(changes, dropped, batch.start, batch.position)
-                pos = resume.end
-            pos = await feed.seek(pos)
-        elif start == "saved":
-            pos = await feed.saved() or await feed.seek("beginning")
-        else:
-            pos = await feed.seek(start)
-        idle, saved, acked_at = 0.0, pos, time.monotonic()
-        while not stopping.is_set():
-            seen = hub.change_version
-            read = await reads.next(tables, pos)
-            if read is not None:
-                yield read.chunk
-                pos, idle = read.end, 0.0
-                if time.monotonic() - acked_at >= ACK_EVERY:  # written: acknowledge
+    async with hub.waiting_for_changes():  # the capture triggers NOTIFY meanwhile
+        pos = saved = Position.beginning()
+        try:
+            yield b"retry: 1000\n\n"
+            if resume is not None:
+                pos = resume.start
+                if resume.end is not None:  # finish the batch the browser was in
+                    skip = resume.skip
+                    async for batch in feed.batches(resume.start, resume.end, max_changes):
+                        changes = list(batch)
+                        dropped = min(skip, len(changes))
+                        skip -= dropped
+                        if changes[dropped:]:
+                            yield _chunk(changes, dropped, batch.start, batch.position)
+                    pos = resume.end
+                pos = await feed.seek(pos)
+            elif start == "saved":
+                pos = await feed.saved() or await feed.seek("beginning")
+            else:
+                pos = await feed.seek(start)
+            idle, saved, acked_at = 0.0, pos, time.monotonic()
+            while not stopping.is_set():
+                seen = hub.change_version
+                read = await reads.next(tables, pos)
+                if read is not None:
+                    yield read.chunk
+                    pos, idle = read.end, 0.0
+                    if time.monotonic() - acked_at >= ACK_EVERY:  # written: acknowledge
+                        saved, acked_at = await feed.seek(pos), time.monotonic()
+                    continue
+                if saved != pos:  # caught up: acknowledge what was written
                     saved, acked_at = await feed.seek(pos), time.monotonic()
-                continue
-            if saved != pos:  # caught up: acknowledge what was written
-                saved, acked_at = await feed.seek(pos), time.monotonic()
-            # caught up: wait for a captured change's NOTIFY; read again every second anyway
-            if not await hub.changes_after(seen, 1.0):
-                idle += 1.0
-                if idle >= PING_EVERY:
-                    idle = 0.0
-                    yield b": ping\n\n"
-    finally:
-        watch.cancel()
-        if saved != pos:  # what was written before the browser left (best effort)
-            with contextlib.suppress(Exception):
-                await asyncio.shield(feed.seek(pos))
-        feed.stop()
-        await feed.close()
+                # caught up: wait for a captured change's NOTIFY; read again every second anyway
+                if not await hub.changes_after(seen, 1.0):
+                    idle += 1.0
+                    if idle >= PING_EVERY:
+                        idle = 0.0
+                        yield b": ping\n\n"
+        finally:
+            watch.cancel()
+            if saved != pos:  # what was written before the browser left (best effort)
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(feed.seek(pos))
+            feed.stop()
+            await feed.close()
 
 
 async def _stop_when(stopping: asyncio.Event, feed: Feed) -> None:

@@ -1,0 +1,152 @@
+"""Wake-ups only while a feed waits (migration 021, pgtide.feed.sleepers): writers skip the
+NOTIFY while no feed waits, and no wake-up is lost to a writer that skipped it just before a
+feed began to wait."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+import pgtide
+import pgtide.aio
+from pgtide.feed.sleepers import GATE
+
+_HOLDERS = (
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
+    "AND objid = %s AND objsubid = 2 AND mode = 'ShareLock' AND granted"
+)
+
+
+def _until(condition: Callable[[], bool], seconds: float = 20.0, what: str = "") -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not in time: {what}")
+        time.sleep(0.01)
+
+
+def _waiting(dsn: str) -> int:
+    """How many connections hold the gate (feeds waiting)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(_HOLDERS, GATE).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _table(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, v text)")
+    pgtide.track("items", dsn=dsn)
+
+
+def test_a_writer_that_skipped_its_notify_before_the_feed_waited_is_read_at_once(
+    dsn: str,
+) -> None:
+    """A transaction captures its row while no feed waits (so it will not notify), and
+    commits after the feed began to wait, with a poll interval of a minute: the feed reads
+    it again on its own (the transaction was open in the snapshot it read after registering),
+    within seconds, not at the next poll."""
+    _table(dsn)
+    got: list[int] = []
+    feed = pgtide.Feed("late", ["items"], dsn=dsn, poll_interval=60)
+    with psycopg.connect(dsn) as writer:
+        writer.execute("INSERT INTO items VALUES (1, 'decided before the feed waited')")
+
+        def follow() -> None:
+            for batch in feed.batches(timeout=30):
+                got.extend(c.row["id"] for c in batch if c.row is not None)
+                batch.ack()
+                if got:
+                    return
+
+        thread = threading.Thread(target=follow)
+        thread.start()
+        try:
+            _until(lambda: _waiting(dsn) == 1, what="the feed waits")
+            began = time.monotonic()
+            writer.commit()
+            thread.join(timeout=15)
+            took = time.monotonic() - began
+        finally:
+            feed.stop()
+            thread.join()
+    feed.close()
+    assert got == [1]
+    assert took < 15, took  # the next poll would have come after 60 s
+
+
+def test_a_busy_feed_lets_the_gate_go_and_so_does_a_stopped_one(dsn: str) -> None:
+    """The gate is held while the feed waits, not while its handler runs, and not after the
+    feed stops; a NOTIFY wakes the waiting feed (poll interval of a minute)."""
+    _table(dsn)
+    feed = pgtide.Feed("busy", ["items"], dsn=dsn, poll_interval=60)
+    in_handler = threading.Event()
+    release = threading.Event()
+    seen: list[int] = []
+    held_in_handler: list[int] = []
+
+    def handle(batch: Any) -> None:
+        held_in_handler.append(_waiting(dsn))
+        seen.extend(c.row["id"] for c in batch if c.row is not None)
+        in_handler.set()
+        release.wait(20)
+
+    thread = threading.Thread(target=feed.run, args=(handle,))
+    thread.start()
+    try:
+        _until(lambda: _waiting(dsn) == 1, what="the feed waits")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO items VALUES (1, 'x')")  # notifies: a feed waits
+        assert in_handler.wait(15), "the NOTIFY did not wake the feed"
+        release.set()
+        _until(lambda: _waiting(dsn) == 1, what="the feed waits again")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO items VALUES (2, 'y')")
+        _until(lambda: seen == [1, 2], seconds=15, what="the second change")
+    finally:
+        release.set()
+        feed.stop()
+        thread.join(20)
+    assert held_in_handler == [0, 0]
+    _until(lambda: _waiting(dsn) == 0, what="the stopped feed lets the gate go")
+    feed.close()
+
+
+def test_an_asyncio_feed_waits_the_same_way(dsn: str) -> None:
+    _table(dsn)
+
+    async def main() -> list[int]:
+        feed = pgtide.aio.Feed("aio-late", ["items"], dsn=dsn, poll_interval=60)
+        got: list[int] = []
+        with psycopg.connect(dsn) as writer:
+            writer.execute("INSERT INTO items VALUES (1, 'before')")
+
+            async def follow() -> None:
+                async for batch in feed.batches(timeout=30):
+                    got.extend(c.row["id"] for c in batch if c.row is not None)
+                    await batch.ack()
+                    if len(got) == 2:
+                        return
+
+            task = asyncio.create_task(follow())
+            while await asyncio.to_thread(_waiting, dsn) != 1:
+                await asyncio.sleep(0.01)
+            writer.commit()  # skipped its NOTIFY: read again on the backoff, not in 60 s
+            async with asyncio.timeout(15):
+                while not got:
+                    await asyncio.sleep(0.01)
+            while await asyncio.to_thread(_waiting, dsn) != 1:
+                await asyncio.sleep(0.01)
+            writer.execute("INSERT INTO items VALUES (2, 'after')")
+            writer.commit()  # notifies
+            async with asyncio.timeout(15):
+                await task
+        await feed.close()
+        return got
+
+    assert asyncio.run(main()) == [1, 2]
