@@ -53,45 +53,17 @@ RETURNING id
 ids come back in the payloads' order."""
 
 CLAIM = """
-WITH served AS (
-    SELECT n.name FROM unnest(%(names)s::text[]) AS n(name)
-    WHERE NOT EXISTS (
-        SELECT 1 FROM pgtide.event_queues q
-        WHERE q.source = %(source)s AND q.name = n.name
-          AND (q.paused OR q.concurrency IS NOT NULL OR q.rate_count IS NOT NULL))
-),
-candidates AS (
-    SELECT c.id, c.priority FROM served CROSS JOIN LATERAL (
-        SELECT e.id, e.priority FROM pgtide.events e
-        WHERE e.source = %(source)s AND e.name = served.name
-          AND e.state IN ('pending', 'failed') AND e.run_after <= now()
-          AND (e.key IS NULL OR NOT EXISTS (
-                SELECT 1 FROM pgtide.events p
-                WHERE p.key = e.key AND p.source = e.source AND p.id < e.id
-                  AND p.state IN ('pending', 'failed', 'running')))
-        ORDER BY e.priority, e.id
-        LIMIT %(limit)s
-        FOR UPDATE OF e SKIP LOCKED) c
-    UNION ALL
-    SELECT c.id, c.priority FROM served CROSS JOIN LATERAL (
-        SELECT e.id, e.priority FROM pgtide.events e
-        WHERE e.source = %(source)s AND e.name = served.name AND e.state = 'running'
-          AND e.lease_expires < now() AND NOT e.cancel_requested
-        LIMIT %(limit)s
-        FOR UPDATE OF e SKIP LOCKED) c
-)
-UPDATE pgtide.events e
-SET state = 'running', lease_owner = %(owner)s, lease_token = e.lease_token + 1,
-    lease_expires = now() + %(lease)s * interval '1 second', started_at = NULL
-WHERE e.id = ANY(ARRAY(SELECT id FROM candidates ORDER BY priority, id LIMIT %(limit)s))
-RETURNING e.id, e.name, e.payload::text, e.created_at, e.key, e.source_id, e.lease_token,
-          e.attempts, e.priority
+SELECT id, name, payload, created_at, key, source_id, lease_token, attempts, priority
+FROM pgtide.events_claim(%(source)s::text, %(names)s::text[], %(limit)s::integer,
+                         %(owner)s::text, %(lease)s::double precision)
 """
 """A claim reserves events (a new fencing token each, a lease) but counts no attempt. It
 reads, for each name served that is neither paused nor limited, the waiting events in
 (priority, id) order (index ``events_ready``) and the lapsed leases (``events_running``):
-finished events, names nobody serves and paused names cost it nothing. Payloads come back as
-text: the worker decodes them (faster than the driver's JSON loader)."""
+finished events, names nobody serves and paused names cost it nothing. The function (see
+021_events_claim_plan.sql) keeps one plan a session: planning the statement anew cost more
+than running it. Payloads come back as text: the worker decodes them (faster than the
+driver's JSON loader)."""
 
 CLAIM_LIMITED = """
 SELECT id, name, payload::text, created_at, key, source_id, lease_token, attempts, priority
@@ -153,38 +125,18 @@ SELECT pg_notify('pgtide_events_done',
 FROM ended WHERE watched HAVING count(*) > 0
 """
 
-COMPLETE = (
-    """
-WITH ended AS (
-    UPDATE pgtide.events e
-    SET state = CASE WHEN e.cancel_requested THEN 'cancelled' ELSE 'done' END,
-        result = v.result::jsonb, finished_at = now(), lease_owner = NULL, lease_expires = NULL,
-        attempts = e.attempts + v.n,
-        started_at = CASE WHEN v.n > 0 THEN now() ELSE e.started_at END
-    FROM unnest(string_to_array(%(ids)s, ',')::bigint[],
-                string_to_array(%(tokens)s, ',')::integer[], %(results)s::text[],
-                string_to_array(%(starts)s, ',')::integer[]) AS v(id, token, result, n)
-    WHERE e.id = ANY(string_to_array(%(ids)s, ',')::bigint[]) AND e.id = v.id
-      AND e.lease_token = v.token AND e.lease_owner = %(owner)s AND e.state = 'running'
-    RETURNING e.id, e.watched),
-refused AS (
-    UPDATE pgtide.events e SET attempts = e.attempts + v.n, started_at = now()
-    FROM unnest(string_to_array(%(ids)s, ',')::bigint[],
-                string_to_array(%(starts)s, ',')::integer[]) AS v(id, n)
-    WHERE e.id = ANY(ARRAY(SELECT v.id FROM unnest(string_to_array(%(ids)s, ',')::bigint[],
-                                                   string_to_array(%(starts)s, ',')::integer[])
-                                            AS v(id, n)
-                           WHERE v.n > 0 AND v.id NOT IN (SELECT id FROM ended)))
-      AND e.id = v.id)"""
-    + _NOTIFY_ENDED
-)
+COMPLETE = """
+SELECT pgtide.events_complete(%(ids)s::text, %(tokens)s::text, %(results)s::text[],
+                              %(starts)s::text, %(owner)s::text)
+"""
 """Record handlers' results, fenced (an event whose cancel was asked ends ``cancelled``);
 wake whoever waits for them, in the same transaction. ``starts`` counts, per event, the
 attempts started and not counted yet (a quick handler's start is written with its outcome:
 one row version, not two); a start is counted even when the outcome is refused (the lease
 was taken over), as :data:`STARTED` does. ``ids``, ``tokens`` and ``starts`` are
 comma-separated integers (:func:`csv`: far cheaper to send than arrays); ``results`` is a
-text array, or None when no handler returned anything."""
+text array, or None when no handler returned anything. The function (see
+021_events_claim_plan.sql) keeps one plan a session."""
 
 
 def csv(numbers: Iterable[int]) -> str:
