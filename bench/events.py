@@ -29,9 +29,9 @@ Also for pgtide: limits that are not reached (``concurrency=`` and ``rate=`` set
 the unlimited handler (target >= 0.7x); publish -> handler start at a paced 1,000 events/s
 (targets p50 <= 2 ms, p99 <= 5 ms), beside the same paced publishers feeding a bare psycopg
 LISTEN + UPDATE ... FOR UPDATE SKIP LOCKED loop in the same run (the floor of that path on
-the machine, without leases, retries nor limits); publish and publish_many rates (target >= 100k/s); the
-WAL the server wrote per event during the concurrency-32 run (the database's cost of a claim
-and an outcome).
+the machine, without leases, retries nor limits); publish and publish_many rates (target
+>= 100k/s); the WAL the server wrote per event during the concurrency-32 run (the database's
+cost of a claim and an outcome).
 
 Cost grows with the work: the concurrency-32 throughput in a table whose autovacuum is off,
 empty, beside the same in a table where 2M finished events and 100k events of a name no worker
