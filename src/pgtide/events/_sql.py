@@ -61,7 +61,7 @@ FROM pgtide.events_claim(%(source)s::text, %(names)s::text[], %(limit)s::integer
 reads, for each name served that is neither paused nor limited, the waiting events in
 (priority, id) order (index ``events_ready``) and the lapsed leases (``events_running``):
 finished events, names nobody serves and paused names cost it nothing. The function (see
-021_events_claim_plan.sql) keeps one plan a session: planning the statement anew cost more
+022_events_claim_plan.sql) keeps one plan a session: planning the statement anew cost more
 than running it. Payloads come back as text: the worker decodes them (faster than the
 driver's JSON loader)."""
 
@@ -125,18 +125,38 @@ SELECT pg_notify('pgtide_events_done',
 FROM ended WHERE watched HAVING count(*) > 0
 """
 
-COMPLETE = """
-SELECT pgtide.events_complete(%(ids)s::text, %(tokens)s::text, %(results)s::text[],
-                              %(starts)s::text, %(owner)s::text)
-"""
+COMPLETE = (
+    """
+WITH ended AS (
+    UPDATE pgtide.events e
+    SET state = CASE WHEN e.cancel_requested THEN 'cancelled' ELSE 'done' END,
+        result = v.result::jsonb, finished_at = now(), lease_owner = NULL, lease_expires = NULL,
+        attempts = e.attempts + v.n,
+        started_at = CASE WHEN v.n > 0 THEN now() ELSE e.started_at END
+    FROM unnest(string_to_array(%(ids)s, ',')::bigint[],
+                string_to_array(%(tokens)s, ',')::integer[], %(results)s::text[],
+                string_to_array(%(starts)s, ',')::integer[]) AS v(id, token, result, n)
+    WHERE e.id = ANY(string_to_array(%(ids)s, ',')::bigint[]) AND e.id = v.id
+      AND e.lease_token = v.token AND e.lease_owner = %(owner)s AND e.state = 'running'
+    RETURNING e.id, e.watched),
+refused AS (
+    UPDATE pgtide.events e SET attempts = e.attempts + v.n, started_at = now()
+    FROM unnest(string_to_array(%(ids)s, ',')::bigint[],
+                string_to_array(%(starts)s, ',')::integer[]) AS v(id, n)
+    WHERE e.id = ANY(ARRAY(SELECT v.id FROM unnest(string_to_array(%(ids)s, ',')::bigint[],
+                                                   string_to_array(%(starts)s, ',')::integer[])
+                                            AS v(id, n)
+                           WHERE v.n > 0 AND v.id NOT IN (SELECT id FROM ended)))
+      AND e.id = v.id)"""
+    + _NOTIFY_ENDED
+)
 """Record handlers' results, fenced (an event whose cancel was asked ends ``cancelled``);
 wake whoever waits for them, in the same transaction. ``starts`` counts, per event, the
 attempts started and not counted yet (a quick handler's start is written with its outcome:
 one row version, not two); a start is counted even when the outcome is refused (the lease
 was taken over), as :data:`STARTED` does. ``ids``, ``tokens`` and ``starts`` are
 comma-separated integers (:func:`csv`: far cheaper to send than arrays); ``results`` is a
-text array, or None when no handler returned anything. The function (see
-021_events_claim_plan.sql) keeps one plan a session."""
+text array, or None when no handler returned anything."""
 
 
 def csv(numbers: Iterable[int]) -> str:
