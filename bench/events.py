@@ -27,9 +27,11 @@ The same comparison runs again on a second server, the machine's PostgreSQL serv
 measured): pgtide and each peer in a database of their own there, in the same run.
 Also for pgtide: limits that are not reached (``concurrency=`` and ``rate=`` set high) against
 the unlimited handler (target >= 0.7x); publish -> handler start at a paced 1,000 events/s
-(targets p50 <= 2 ms, p99 <= 5 ms); publish and publish_many rates (target >= 100k/s); the
-WAL the server wrote per event during the concurrency-32 run (the database's cost of a claim
-and an outcome).
+(targets p50 <= 2 ms, p99 <= 5 ms), beside the same paced publishers feeding a bare psycopg
+LISTEN + UPDATE ... FOR UPDATE SKIP LOCKED loop in the same run (the floor of that path on
+the machine, without leases, retries nor limits); publish and publish_many rates (target
+>= 100k/s); the WAL the server wrote per event during the concurrency-32 run (the database's
+cost of a claim and an outcome).
 
 Cost grows with the work: the concurrency-32 throughput in a table whose autovacuum is off,
 empty, beside the same in a table where 2M finished events and 100k events of a name no worker
@@ -52,6 +54,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +193,34 @@ def _pgtide_latency(dsn: str) -> dict[int, float]:
     return percentiles(samples)
 
 
+def _paced(
+    publishers: list[Callable[[int], None]], started: list[float]
+) -> tuple[dict[int, float], float]:
+    """Call ``publishers[k](n)`` for every PUBLISHERS-th event n, each on a thread of its own,
+    at PACED_RATE events/s in all, then wait until ``started[n]`` is set for every n; the
+    percentiles of ms from before the publish to the start (the first PACED_WARMUP left
+    out), and the rate reached."""
+    sent = [0.0] * PACED_EVENTS
+    began = time.perf_counter() + 0.05
+
+    def publish(index: int) -> None:
+        for n in range(index, PACED_EVENTS, len(publishers)):
+            pause = began + n / PACED_RATE - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            sent[n] = time.perf_counter()
+            publishers[index](n)
+
+    threads = [threading.Thread(target=publish, args=(i,)) for i in range(len(publishers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    _wait(lambda: all(started), 60, "paced handler calls")
+    samples = [(started[n] - sent[n]) * 1000 for n in range(PACED_WARMUP, PACED_EVENTS)]
+    return percentiles(samples), rate(PACED_EVENTS - 1, max(sent) - min(sent))
+
+
 def _pgtide_paced(dsn: str) -> tuple[dict[int, float], float]:
     """Publish at PACED_RATE events/s (one publish() each, with its own commit, on schedule)
     from PUBLISHERS threads, each on a connection of its own and taking every PUBLISHERS-th
@@ -198,41 +229,90 @@ def _pgtide_paced(dsn: str) -> tuple[dict[int, float], float]:
     commit's flush: about 1,000/s at best, less beside a busy worker). The first
     PACED_WARMUP samples are left out; the rate reached is reported with the figures."""
     events = pgtide.Events(dsn=dsn)
-    sent = [0.0] * PACED_EVENTS
     started = [0.0] * PACED_EVENTS
-    count = [0]
 
     def handler(event: Any) -> None:
         started[event.payload["n"]] = time.perf_counter()
-        count[0] += 1
 
     events.register("paced", handler)
     events.start(CONCURRENCY)
     publishers = [pgtide.Events(dsn=dsn) for _ in range(PUBLISHERS)]
     for publisher in publishers:
         publisher.publish("warm", None)  # connected before the clock starts
-    began = time.perf_counter() + 0.05
+    try:
+        return _paced([partial(_publish_paced, p) for p in publishers], started)
+    finally:
+        events.close()
+        for publisher in publishers:
+            publisher.close()
 
-    def publish(index: int) -> None:
-        publisher = publishers[index]
-        for n in range(index, PACED_EVENTS, PUBLISHERS):
-            pause = began + n / PACED_RATE - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
-            sent[n] = time.perf_counter()
-            publisher.publish("paced", {"n": n})
 
-    threads = [threading.Thread(target=publish, args=(i,)) for i in range(PUBLISHERS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    _wait(lambda: count[0] >= PACED_EVENTS, 60, "paced handler calls")
-    events.close()
-    for publisher in publishers:
-        publisher.close()
-    samples = [(started[n] - sent[n]) * 1000 for n in range(PACED_WARMUP, PACED_EVENTS)]
-    return percentiles(samples), rate(PACED_EVENTS - 1, max(sent) - min(sent))
+BARE_TABLE = """
+CREATE TABLE bare_jobs (id bigserial PRIMARY KEY, n integer NOT NULL,
+                        state text NOT NULL DEFAULT 'pending');
+CREATE INDEX bare_jobs_pending ON bare_jobs (id) WHERE state = 'pending'
+"""
+BARE_PUBLISH = """
+WITH i AS (INSERT INTO bare_jobs (n) VALUES (%s) RETURNING id)
+SELECT pg_notify('bare_jobs', '') FROM i
+"""
+BARE_CLAIM = """
+UPDATE bare_jobs SET state = 'running'
+WHERE id IN (SELECT id FROM bare_jobs WHERE state = 'pending' ORDER BY id
+             LIMIT %s FOR UPDATE SKIP LOCKED)
+RETURNING id, n
+"""
+BARE_DONE = "UPDATE bare_jobs SET state = 'done' WHERE id = ANY(%s)"
+
+
+def _bare_paced(dsn: str) -> tuple[dict[int, float], float]:
+    """The reference of the paced figure: the same publishers (an INSERT and a NOTIFY in one
+    autocommit statement each) and a bare psycopg loop in one thread: LISTEN on one
+    connection; on the other, claim up to CONCURRENCY rows (UPDATE ... FOR UPDATE SKIP
+    LOCKED, autocommit), call the handler inline, mark them done, claim again; when a claim
+    finds nothing, wait for a NOTIFY. No leases, retries nor limits."""
+    started = [0.0] * PACED_EVENTS
+    stopping = threading.Event()
+    listening = threading.Event()
+
+    def consume() -> None:
+        with (
+            psycopg.connect(dsn, autocommit=True) as listen,
+            psycopg.connect(dsn, autocommit=True) as conn,
+        ):
+            listen.execute("LISTEN bare_jobs")
+            listening.set()
+            while not stopping.is_set():
+                rows = conn.execute(BARE_CLAIM, (CONCURRENCY,)).fetchall()
+                for _, n in rows:
+                    started[n] = time.perf_counter()  # the handler
+                if rows:
+                    conn.execute(BARE_DONE, ([id_ for id_, _ in rows],))
+                else:
+                    for _ in listen.notifies(timeout=0.1, stop_after=1):
+                        pass
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(BARE_TABLE)
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    listening.wait(10)
+    conns = [psycopg.connect(dsn, autocommit=True) for _ in range(PUBLISHERS)]
+    try:
+        return _paced([partial(_bare_publish, c) for c in conns], started)
+    finally:
+        stopping.set()
+        consumer.join()
+        for c in conns:
+            c.close()
+
+
+def _publish_paced(publisher: pgtide.Events, n: int) -> None:
+    publisher.publish("paced", {"n": n})
+
+
+def _bare_publish(conn: psycopg.Connection[Any], n: int) -> None:
+    conn.execute(BARE_PUBLISH, (n,))
 
 
 def _scale(dsn: str) -> tuple[float, float, str]:
@@ -669,6 +749,7 @@ def run(dsn: str) -> list[Figure]:
             publish = _pgtide_publish(db) if wanted("publish") else None
             latency = _pgtide_latency(db) if wanted("latency") else None
             paced = _pgtide_paced(db) if wanted("paced") else None
+            bare_paced = _bare_paced(db) if wanted("paced") else None
     scale = None
     if wanted("scale"):
         with _phase("pgtide with 2M finished and 100k unhandled events"):
@@ -725,12 +806,32 @@ def run(dsn: str) -> list[Figure]:
                     f"pgtide publish-to-handler p{p}, paced 1,000/s",
                     points[p],
                     "ms",
+                    baseline=f"bare psycopg loop publish-to-handler p{p}, paced 1,000/s"
+                    if bare_paced is not None
+                    else None,
                     higher_is_better=False,
                     note=f"{PACED_EVENTS - PACED_WARMUP:,} samples, worker concurrency 32, "
                     f"from before publish() to the handler's start; published at "
                     f"{achieved:,.0f}/s (one publish() each, with its own commit, from "
                     f"{PUBLISHERS} threads on connections of their own); target <= "
                     f"{target:g} ms",
+                )
+            )
+    if bare_paced is not None:
+        points, achieved = bare_paced
+        for p in (50, 99):
+            figures.append(
+                Figure(
+                    SUITE,
+                    f"bare psycopg loop publish-to-handler p{p}, paced 1,000/s",
+                    points[p],
+                    "ms",
+                    higher_is_better=False,
+                    note=f"the reference of the pgtide figure above, in the same run: the same "
+                    f"paced publishers (INSERT + NOTIFY, one autocommit statement each; "
+                    f"{achieved:,.0f}/s reached), one thread that LISTENs and claims up to "
+                    f"{CONCURRENCY} rows with UPDATE ... FOR UPDATE SKIP LOCKED, calls the "
+                    "handler inline and marks them done (no leases, retries nor limits)",
                 )
             )
     idle = ([("pgtide", latency)] if latency is not None else []) + list(latencies.items())

@@ -53,45 +53,17 @@ RETURNING id
 ids come back in the payloads' order."""
 
 CLAIM = """
-WITH served AS (
-    SELECT n.name FROM unnest(%(names)s::text[]) AS n(name)
-    WHERE NOT EXISTS (
-        SELECT 1 FROM pgtide.event_queues q
-        WHERE q.source = %(source)s AND q.name = n.name
-          AND (q.paused OR q.concurrency IS NOT NULL OR q.rate_count IS NOT NULL))
-),
-candidates AS (
-    SELECT c.id, c.priority FROM served CROSS JOIN LATERAL (
-        SELECT e.id, e.priority FROM pgtide.events e
-        WHERE e.source = %(source)s AND e.name = served.name
-          AND e.state IN ('pending', 'failed') AND e.run_after <= now()
-          AND (e.key IS NULL OR NOT EXISTS (
-                SELECT 1 FROM pgtide.events p
-                WHERE p.key = e.key AND p.source = e.source AND p.id < e.id
-                  AND p.state IN ('pending', 'failed', 'running')))
-        ORDER BY e.priority, e.id
-        LIMIT %(limit)s
-        FOR UPDATE OF e SKIP LOCKED) c
-    UNION ALL
-    SELECT c.id, c.priority FROM served CROSS JOIN LATERAL (
-        SELECT e.id, e.priority FROM pgtide.events e
-        WHERE e.source = %(source)s AND e.name = served.name AND e.state = 'running'
-          AND e.lease_expires < now() AND NOT e.cancel_requested
-        LIMIT %(limit)s
-        FOR UPDATE OF e SKIP LOCKED) c
-)
-UPDATE pgtide.events e
-SET state = 'running', lease_owner = %(owner)s, lease_token = e.lease_token + 1,
-    lease_expires = now() + %(lease)s * interval '1 second', started_at = NULL
-WHERE e.id = ANY(ARRAY(SELECT id FROM candidates ORDER BY priority, id LIMIT %(limit)s))
-RETURNING e.id, e.name, e.payload::text, e.created_at, e.key, e.source_id, e.lease_token,
-          e.attempts, e.priority
+SELECT id, name, payload, created_at, key, source_id, lease_token, attempts, priority
+FROM pgtide.events_claim(%(source)s::text, %(names)s::text[], %(limit)s::integer,
+                         %(owner)s::text, %(lease)s::double precision)
 """
 """A claim reserves events (a new fencing token each, a lease) but counts no attempt. It
 reads, for each name served that is neither paused nor limited, the waiting events in
 (priority, id) order (index ``events_ready``) and the lapsed leases (``events_running``):
-finished events, names nobody serves and paused names cost it nothing. Payloads come back as
-text: the worker decodes them (faster than the driver's JSON loader)."""
+finished events, names nobody serves and paused names cost it nothing. The function (see
+022_events_claim_plan.sql) keeps one plan a session: planning the statement anew cost more
+than running it. Payloads come back as text: the worker decodes them (faster than the
+driver's JSON loader)."""
 
 CLAIM_LIMITED = """
 SELECT id, name, payload::text, created_at, key, source_id, lease_token, attempts, priority
