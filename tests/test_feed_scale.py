@@ -191,8 +191,10 @@ def test_rotation_under_concurrent_writers_loses_nothing(dsn: str) -> None:
     # another session holds, autovacuum say, is emptied by a later prune)
     with psycopg.connect(dsn, autocommit=True) as conn:
         wait_until(
-            lambda: pgtide.prune(dsn=dsn) >= 0
-            and conn.execute("SELECT count(*) FROM pgtide.changes").fetchone() == (0,),
+            lambda: (
+                pgtide.prune(dsn=dsn) >= 0
+                and conn.execute("SELECT count(*) FROM pgtide.changes").fetchone() == (0,)
+            ),
             what="prune to empty the log",
         )
 

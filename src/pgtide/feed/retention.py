@@ -192,6 +192,12 @@ def prune(
     """Delete the changes every registered consumer has acknowledged (and, with
     ``older_than`` seconds or a timedelta, only those older than that); return how many.
 
+    Whole partitions go at once (TRUNCATE); acknowledged changes are deleted row by row only
+    in the id window writers are filling. Acknowledged changes sharing a partition with
+    unacknowledged ones of another window (writers came back to it a ring later), or in a
+    partition another session holds, stay until a later prune empties the partition whole:
+    they are not counted until then.
+
     A consumer is registered from its first ``batches()`` until it is dropped, so prune never
     removes a change it has not acknowledged. With no consumer registered, every committed
     change counts as acknowledged.
