@@ -18,13 +18,17 @@ from .position import Position, Snapshot
 from .rows import FINGERPRINT, RowTypes
 from .track import call, require_tracked
 
-# Whole partitions first (TRUNCATE: nothing for VACUUM, writers elsewhere unhindered; see
-# migrations 014, 019 and 021), then, row by row, the acknowledged changes of the current id
-# window only (the partition writers are in, which prune cannot empty while they write): at
-# most one window's. Acknowledged changes of an older window sharing a partition with
-# unacknowledged ones are left until the partition is acknowledged entirely and emptied
-# whole: deleting them row by row slowed writers, and their space stayed until VACUUM.
+# Whole partitions first (TRUNCATE: nothing for VACUUM, writers elsewhere unhindered): every
+# one but the writers' own (migrations 014 and 019), then theirs, last, when all of it is
+# acknowledged (an idle log); else, row by row, the acknowledged changes of the current id
+# window only (writers are there, so its partition stays): at most one window's.
+# Acknowledged changes of an older window sharing a partition with unacknowledged ones are
+# left until the partition is acknowledged entirely and emptied whole: deleting them row by
+# row slowed writers, and their space stayed until VACUUM anyway.
 _TRUNCATE = "SELECT pgtide.truncate_acked(%(age)s::interval, %(wait)s::interval)"
+_TRUNCATE_ONE = (
+    "SELECT pgtide.truncate_partition_acked(%(name)s, %(age)s::interval, %(wait)s::interval)"
+)
 _WINDOW = "SELECT last_value >> %s FROM pgtide.changes_id_seq"
 WINDOW_BITS, PARTITIONS = 16, 16
 """The id windows of pgtide.changes (migration 014): 2**16 ids each, over 16 partitions."""
@@ -109,8 +113,10 @@ def prune_io(age: timedelta | None = None) -> Io[int]:
     window = yield from one(_WINDOW, (WINDOW_BITS,))
     assert window is not None
     part, start = int(window[0]) % PARTITIONS, int(window[0]) << WINDOW_BITS
+    # if the writers moved on meanwhile, this partition is simply one more they left
+    own = yield from one(_TRUNCATE_ONE, {"name": f"changes_{part}", "age": age, "wait": LOCK_WAIT})
     row = yield from one(_PRUNE, {"age": age, "part": part, "start": start})
-    return (int(emptied[0]) if emptied else 0) + (int(row[0]) if row else 0)
+    return sum(int(r[0]) for r in (emptied, own, row) if r)
 
 
 def consumers_io() -> Io[list[dict[str, Any]]]:
