@@ -520,6 +520,7 @@ INSERT INTO pgtide.changes (table_name, op, row)
 SELECT 'public.t_plain', 'insert', json_build_object('id', g, 'v', 'value', 'at', 0)
 FROM generate_series(1, %s) g
 """
+_LEFT = "SELECT table_name, count(*) FROM pgtide.changes GROUP BY table_name"
 _LOG_SIZE = "SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('pgtide.changes')"
 
 
@@ -565,9 +566,10 @@ def _writer_around(dsn: str, action: Callable[[], Any], before: float = 2.0) -> 
 RETENTION_ROUNDS = 5
 
 
-def _retention_round(dsn: str, prune: Callable[[], int]) -> tuple[float, float, float]:
+def _retention_round(dsn: str, prune: Callable[[], int]) -> tuple[float, float, float, int]:
     """One round: 1M acknowledged changes (a consumer at the end), then the writer around
-    ``prune``: its rows/s just before and while prune runs, and how long prune took."""
+    ``prune``: its rows/s just before and while prune runs, how long prune took, and how
+    many changes it removed."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("TRUNCATE pgtide.changes, pgtide.consumers")
         conn.execute(_FILL, (RETAINED,))
@@ -576,18 +578,20 @@ def _retention_round(dsn: str, prune: Callable[[], int]) -> tuple[float, float, 
     feed.seek("end")  # a consumer that acknowledged every change
     feed.close()
     took: list[float] = []
+    pruned: list[int] = []
 
     def timed_prune() -> None:
         began = time.perf_counter()
-        pruned = prune()
+        pruned.append(prune())
         took.append(time.perf_counter() - began)
-        assert pruned >= RETAINED, pruned
 
     alone, during = _writer_around(dsn, timed_prune)
-    return alone, during, took[0]
+    return alone, during, took[0], pruned[0]
 
 
-def _median_round(rounds: list[tuple[float, float, float]]) -> tuple[float, float, float]:
+def _median_round(
+    rounds: list[tuple[float, float, float, int]],
+) -> tuple[float, float, float, int]:
     """The round of median ratio (the writer while prune runs / just before): both its
     figures come from one round, and a disturbance of the shared machine in one window of
     ~0.4 s moves one round to an end, not the figure."""
@@ -596,10 +600,11 @@ def _median_round(rounds: list[tuple[float, float, float]]) -> tuple[float, floa
 
 def _retention(dsn: str) -> list[Figure]:
     """prune() of 1M acknowledged changes while a writer writes (its rate just before and
-    while prune runs, the round of median ratio of 5); the log's size before and after. What
-    is left is the writer's changes (its speed sets how many) and the acknowledged changes
-    prune deleted, not truncated, in the partitions the writer shares with them (dead until
-    VACUUM): the note gives the writer's changes at the captured row size to compare."""
+    while prune runs, the round of median ratio of 5); the log's size before and after, and
+    after a second prune once the writer's changes are acknowledged too. Before the writer's
+    pause, the log holds a full ring of changes: the writer's new changes share partitions
+    with acknowledged ones, which prune leaves until their partition is acknowledged
+    entirely (the note counts both); the second prune empties them whole."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("TRUNCATE pgtide.changes, pgtide.consumers")
         conn.execute("TRUNCATE t_tracked")
@@ -611,14 +616,20 @@ def _retention(dsn: str) -> list[Figure]:
         conn.execute("VACUUM ANALYZE pgtide.changes")
         before = _log_size(conn)
     rounds = [_retention_round(dsn, lambda: pgtide.prune(dsn=dsn)) for _ in range(RETENTION_ROUNDS)]
-    alone, during, took = _median_round(rounds)
+    alone, during, took, pruned = _median_round(rounds)
     ratios = ", ".join(f"{r[1] / r[0]:.2f}" for r in sorted(rounds, key=lambda r: r[1] / r[0]))
     with psycopg.connect(dsn, autocommit=True) as conn:
         after = _log_size(conn)
-        live = int(conn.execute("SELECT count(*) FROM pgtide.changes").fetchone()[0])  # type: ignore[index]
+        kept = dict(conn.execute(_LEFT).fetchall())
+        feed = pgtide.Feed("bench-retention", dsn=dsn)
+        feed.seek("end")  # the writer's changes acknowledged too
+        feed.close()
+        again = pgtide.prune(dsn=dsn)
+        after_all = _log_size(conn)
         conn.execute("TRUNCATE pgtide.changes, pgtide.consumers")
     label = "writer of 1,000-row statements, tracked, just before prune()"
     mib = 2**20
+    writer, acked = kept.get("public.t_tracked", 0), kept.get("public.t_plain", 0)
     return [
         Figure(
             SUITE,
@@ -630,12 +641,12 @@ def _retention(dsn: str) -> list[Figure]:
         Figure(SUITE, label, alone, "rows/s"),
         Figure(
             SUITE,
-            "writer of 1,000-row statements, tracked, while prune() removes 1M acked changes",
+            "writer of 1,000-row statements, tracked, while prune() runs over 1M acked changes",
             during,
             "rows/s",
             baseline=label,
-            note=f"prune took {took:.2f} s; the round of median ratio of {len(rounds)} "
-            f"(ratios {ratios})",
+            note=f"prune took {took:.2f} s and removed {pruned:,} changes; the "
+            f"round of median ratio of {len(rounds)} (ratios {ratios})",
         ),
         Figure(
             SUITE,
@@ -650,8 +661,17 @@ def _retention(dsn: str) -> list[Figure]:
             after / mib,
             "MiB",
             higher_is_better=False,
-            note=f"{live:,} changes left (the writer's, unacknowledged; at the captured row "
-            f"size {live * per_row / mib:.0f} MiB)",
+            note=f"{writer + acked:,} changes left: the writer's {writer:,} (unacknowledged; "
+            f"at the captured row size {writer * per_row / mib:.0f} MiB) and {acked:,} "
+            "acknowledged ones sharing their partitions",
+        ),
+        Figure(
+            SUITE,
+            "pgtide.changes size after the writer's changes are acknowledged and prune runs again",
+            after_all / mib,
+            "MiB",
+            higher_is_better=False,
+            note=f"that prune removed {again:,} changes",
         ),
     ]
 

@@ -18,10 +18,25 @@ from .position import Position, Snapshot
 from .rows import FINGERPRINT, RowTypes
 from .track import call, require_tracked
 
+# Whole partitions first (TRUNCATE: nothing for VACUUM, writers elsewhere unhindered): every
+# one but the writers' own (migrations 014 and 019), then theirs, last, when all of it is
+# acknowledged (an idle log); else, row by row, the acknowledged changes of the current id
+# window only (writers are there, so its partition stays): at most one window's.
+# Acknowledged changes of an older window sharing a partition with unacknowledged ones are
+# left until the partition is acknowledged entirely and emptied whole: deleting them row by
+# row slowed writers, and their space stayed until VACUUM anyway.
+_TRUNCATE = "SELECT pgtide.truncate_acked(%(age)s::interval, %(wait)s::interval)"
+_TRUNCATE_ONE = (
+    "SELECT pgtide.truncate_partition_acked(%(name)s, %(age)s::interval, %(wait)s::interval)"
+)
+_WINDOW = "SELECT last_value >> %s FROM pgtide.changes_id_seq"
+WINDOW_BITS, PARTITIONS = 16, 16
+"""The id windows of pgtide.changes (migration 014): 2**16 ids each, over 16 partitions."""
 _PRUNE = """
 WITH pruned AS (
 DELETE FROM pgtide.changes c
-WHERE c.xid < coalesce(
+WHERE ((c.id >> 16) & 15) = %(part)s AND c.id >= %(start)s
+  AND c.xid < coalesce(
         (SELECT max(pg_snapshot_xmax(coalesce(target, snapshot))) FROM pgtide.consumers),
         pg_snapshot_xmax(pg_current_snapshot()))
   AND NOT EXISTS (SELECT 1 FROM pgtide.consumers k WHERE NOT (
@@ -31,9 +46,6 @@ WHERE c.xid < coalesce(
 RETURNING 1)
 SELECT count(*) FROM pruned
 """
-# Whole partitions first (TRUNCATE: nothing for VACUUM, writers elsewhere unhindered), then
-# the acknowledged rest of the partitions writers are in (see migration 014).
-_TRUNCATE = "SELECT pgtide.truncate_acked(%(age)s::interval, %(wait)s::interval)"
 LOCK_WAIT = timedelta(milliseconds=50)
 """How long prune waits for the lock of a partition to empty (else it tries next time)."""
 _CONSUMERS = """
@@ -95,10 +107,16 @@ def _age(older_than: float | timedelta | None) -> timedelta | None:
 
 
 def prune_io(age: timedelta | None = None) -> Io[int]:
-    """Delete the acknowledged changes (older than ``age``, if given); return how many."""
+    """Delete the acknowledged changes (older than ``age``, if given) as :func:`prune`
+    describes; return how many."""
     emptied = yield from one(_TRUNCATE, {"age": age, "wait": LOCK_WAIT})
-    row = yield from one(_PRUNE, {"age": age})
-    return (int(emptied[0]) if emptied else 0) + (int(row[0]) if row else 0)
+    window = yield from one(_WINDOW, (WINDOW_BITS,))
+    assert window is not None
+    part, start = int(window[0]) % PARTITIONS, int(window[0]) << WINDOW_BITS
+    # if the writers moved on meanwhile, this partition is simply one more they left
+    own = yield from one(_TRUNCATE_ONE, {"name": f"changes_{part}", "age": age, "wait": LOCK_WAIT})
+    row = yield from one(_PRUNE, {"age": age, "part": part, "start": start})
+    return sum(int(r[0]) for r in (emptied, own, row) if r)
 
 
 def consumers_io() -> Io[list[dict[str, Any]]]:
@@ -179,6 +197,12 @@ def prune(
 ) -> int:
     """Delete the changes every registered consumer has acknowledged (and, with
     ``older_than`` seconds or a timedelta, only those older than that); return how many.
+
+    Whole partitions go at once (TRUNCATE); acknowledged changes are deleted row by row only
+    in the id window writers are filling. Acknowledged changes sharing a partition with
+    unacknowledged ones of another window (writers came back to it a ring later), or in a
+    partition another session holds, stay until a later prune empties the partition whole:
+    they are not counted until then.
 
     A consumer is registered from its first ``batches()`` until it is dropped, so prune never
     removes a change it has not acknowledged. With no consumer registered, every committed
