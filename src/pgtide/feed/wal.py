@@ -618,17 +618,18 @@ class Relay:
     slot again at once when the read was full (``batch_rows`` messages), after
     ``poll_interval`` seconds when it found nothing, and else, when the last step relayed
     something, after ``busy_ratio`` times what that step took, within ``busy_interval`` and
-    ``busy_max``: a step costs the server about as much again to set up (two decodings of the
-    WAL from the slot's restart point) whether it carries ten changes or a thousand, so under
-    a stream of small transactions the relay takes larger steps, and keeps to about a third
-    of the time (the CPU it takes from writers) instead of stepping back to back."""
+    ``busy_max``: a step costs the server much the same to set up (its read and its move of
+    the slot each decode the WAL from the slot's restart point) whether it carries ten
+    changes or a thousand, so under a stream of small transactions the relay takes fewer,
+    larger steps, leaving writers more of the CPU, for up to ``busy_max`` more from commit
+    to batch."""
 
     dsn: DsnLike = None
     batch_rows: int = 200_000
     poll_interval: float = 0.05
     busy_interval: float = 0.01
     busy_ratio: float = 2.0
-    busy_max: float = 0.04
+    busy_max: float = 0.025
     heartbeat: float = 5.0
     lag_warning_bytes: int = LAG_WARNING_BYTES
     name: str = "relay"
