@@ -90,8 +90,13 @@ RESTART_LAG_BYTES = 256 * 1024
 running-transactions record (the server writes one every 15 s) once the slot is confirmed
 past that record: beyond this much WAL between the restart point and the end of the WAL
 (what the slot confirmed, and what the step is about to read), the relay asks for one before
-it reads (PostgreSQL 16+, ``pg_log_standby_snapshot()``, when the relay's role
-may call it) and writes a heartbeat transaction after it, which the same step confirms."""
+it reads (PostgreSQL 16+, ``pg_log_standby_snapshot()``, when the relay's role may call it),
+in a heartbeat transaction that the same step confirms."""
+SNAPSHOT_INTERVAL = 0.1
+"""At least this many seconds between two running-transactions records the relay asks for.
+Between them every step decodes again the WAL written since the last one (twice: its read
+and its move of the slot), which costs the server far more than the record and its
+heartbeat commit: 0.5 MB of single-row transactions, about 5 ms of CPU a step."""
 
 
 RECOVERY = (
@@ -171,7 +176,7 @@ SELECT (SELECT count(*) FROM recorded),
        (SELECT count(pg_notify('pgtide_changes', t)) FROM unnest(%(notify)s::text[]) AS t)
 """
 _CHECKED = "UPDATE pgtide.wal SET checked_at = now() WHERE slot = %s"
-_SNAPSHOT = "SELECT pg_log_standby_snapshot()"
+_SNAPSHOT = "SELECT pg_log_standby_snapshot(), pg_logical_emit_message(true, 'pgtide', 'heartbeat')"
 _HEARTBEAT = "SELECT pg_logical_emit_message(true, 'pgtide', 'heartbeat')"
 _DURABLE = "SET synchronous_commit = on"
 _TRY_LOCK = "SELECT pg_try_advisory_lock(%s, %s)"
@@ -610,14 +615,21 @@ class Relay:
 
     :meth:`step` runs one step on a blocking autocommit connection; :meth:`run` loops,
     reconnecting, under the advisory lock that keeps one relay per database. It reads the
-    slot again after ``busy_interval`` seconds when the last step relayed something, after
-    ``poll_interval`` when it found nothing, and at once when the read was full
-    (``batch_rows`` messages)."""
+    slot again at once when the read was full (``batch_rows`` messages), after
+    ``poll_interval`` seconds when it found nothing, and else, when the last step relayed
+    something, after ``busy_ratio`` times what that step took, within ``busy_interval`` and
+    ``busy_max``: a step costs the server much the same to set up (its read and its move of
+    the slot each decode the WAL from the slot's restart point) whether it carries ten
+    changes or a thousand, so under a stream of small transactions the relay takes fewer,
+    larger steps, leaving writers more of the CPU, for up to ``busy_max`` more from commit
+    to batch."""
 
     dsn: DsnLike = None
     batch_rows: int = 200_000
     poll_interval: float = 0.05
     busy_interval: float = 0.01
+    busy_ratio: float = 2.0
+    busy_max: float = 0.025
     heartbeat: float = 5.0
     lag_warning_bytes: int = LAG_WARNING_BYTES
     name: str = "relay"
@@ -848,15 +860,18 @@ class Relay:
             )
 
     def _unpin(self, conn: psycopg.Connection[Any], behind: int | None) -> None:
-        """Move the slot's restart point on (see :data:`RESTART_LAG_BYTES`): at most once a
-        second, and never again once the server refuses."""
+        """Move the slot's restart point on (see :data:`RESTART_LAG_BYTES`): at most once in
+        :data:`SNAPSHOT_INTERVAL`, and never again once the server refuses."""
         now = time.monotonic()
         if not self._snapshots or (behind or 0) < RESTART_LAG_BYTES:
             return
-        if now - self._snapshot_at < 1.0:
+        if now - self._snapshot_at < SNAPSHOT_INTERVAL:
             return
         self._snapshot_at = now
         try:
+            # the record counts once the slot is confirmed past it: the heartbeat transaction
+            # that writes it ends after it, and this step reads and confirms that end even
+            # when nothing else is written
             conn.execute(_SNAPSHOT)
         except (psycopg.errors.UndefinedFunction, psycopg.errors.InsufficientPrivilege) as exc:
             self._snapshots = False
@@ -866,9 +881,6 @@ class Relay:
                 exc.diag.message_primary,
             )
             return
-        # the record counts once the slot is confirmed past it: a transaction after it,
-        # which this step reads and confirms, does that even when nothing else is written
-        conn.execute(_HEARTBEAT)
 
     def _idle(self, conn: psycopg.Connection[Any], state: tuple[Any, ...]) -> None:
         """Nothing pending: keep the slot moving (a heartbeat transaction, whose end the
@@ -913,6 +925,7 @@ class Relay:
         session._stop = stop  # a stop interrupts a reconnect wait too
         try:
             while not stop.is_set():
+                began = time.monotonic()
                 try:
                     result = session.call(self._turn)
                 except Stopped:
@@ -925,11 +938,17 @@ class Relay:
                     return
                 if result is None:
                     stop.wait(1.0)
-                else:  # changes keep coming: look again soon (commit -> batch latency)
-                    stop.wait(self.busy_interval if result.transactions else self.poll_interval)
+                elif result.transactions:  # changes keep coming: look again soon
+                    stop.wait(self._busy_wait(time.monotonic() - began))
+                else:
+                    stop.wait(self.poll_interval)
         finally:
             self._lock_conn = None
             session.close()
+
+    def _busy_wait(self, took: float) -> float:
+        """Seconds to wait after a step that took ``took`` and relayed something."""
+        return min(max(self.busy_interval, took * self.busy_ratio), self.busy_max)
 
     def stop(self) -> None:
         self._stop.set()
