@@ -5,6 +5,7 @@ feed began to wait."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -127,11 +128,12 @@ def test_an_asyncio_feed_waits_the_same_way(dsn: str) -> None:
             writer.execute("INSERT INTO items VALUES (1, 'before')")
 
             async def follow() -> None:
-                async for batch in feed.batches(timeout=30):
-                    got.extend(c.row["id"] for c in batch if c.row is not None)
-                    await batch.ack()
-                    if len(got) == 2:
-                        return
+                async with contextlib.aclosing(feed.batches(timeout=30)) as batches:
+                    async for batch in batches:
+                        got.extend(c.row["id"] for c in batch if c.row is not None)
+                        await batch.ack()
+                        if len(got) == 2:
+                            return
 
             task = asyncio.create_task(follow())
             while await asyncio.to_thread(_waiting, dsn) != 1:
