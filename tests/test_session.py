@@ -16,6 +16,7 @@ from pgtide.session import (
     Query,
     Session,
     arun,
+    arun_after,
     atomic,
     query,
     run,
@@ -66,6 +67,14 @@ def test_run_after_sends_the_first_work_with_the_next_and_stops_at_its_error(dsn
             run_after(conn, query("INSERT INTO missing VALUES (1)"), count_then_more())
         assert ran == ["count"]  # its first statement was refused with the failed one
         assert run(conn, _count()) == 2
+
+    async def twin() -> int:  # the asyncio driver does the same
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            with pytest.raises(psycopg.errors.UndefinedTable):
+                await arun_after(conn, query("INSERT INTO missing VALUES (1)"), _count())
+            return await arun_after(conn, query("INSERT INTO t VALUES (3)"), _count())
+
+    assert asyncio.run(twin()) == 3
 
 
 def test_async_driver_runs_the_same_work(dsn: str) -> None:

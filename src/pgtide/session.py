@@ -162,6 +162,22 @@ async def arun(conn: psycopg.AsyncConnection[Any], io: Io[T]) -> T:
     return steps.result
 
 
+async def arun_after(conn: psycopg.AsyncConnection[Any], first: Io[None], io: Io[T]) -> T:
+    """:func:`run_after` on an asyncio connection."""
+    async with conn.pipeline() as pipe:
+        steps: Steps[None] = Steps(first)
+        for step in steps:
+            with steps.outcome():
+                await conn.execute(step.statement, step.params)  # sent with the next one
+        then = Steps(io)
+        for step in then:
+            with then.outcome():
+                cur = await conn.execute(step.statement, step.params)
+                await pipe.sync()
+                then.rows = await _arows(cur)
+        return then.result
+
+
 def _rows(cur: psycopg.Cursor[Any]) -> Rows:
     return cur.fetchall() if cur.description else []
 
