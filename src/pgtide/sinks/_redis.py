@@ -38,8 +38,7 @@ FIELD = "change"
 DELIVER = """
 -- KEYS[1] the delivery record (a hash), KEYS[2..n+1] the streams. ARGV[1] maxlen or '';
 -- then for each stream i, at 2 + 3 * (i - 1): the record read, the record to write and the
--- entry ids, as runs 'ms-seq count' (space separated: count ids from ms-seq, seq rising by
--- one); last, every body, one argument each, stream by stream.
+-- entry ids (space separated); last, every body, one argument each, stream by stream.
 local n = #KEYS - 1
 for i = 1, n do
   local cur = redis.call('HGET', KEYS[1], KEYS[i + 1]) or ''
@@ -67,17 +66,13 @@ end
 local at = 3 * n + 2
 for i = 1, n do
   local key = KEYS[i + 1]
-  for ms, seq, count in string.gmatch(ARGV[3 * i + 1], '(%d+)-(%d+) (%d+)') do
-    local first = tonumber(seq)
-    ms = ms .. '-'
-    for s = first, first + tonumber(count) - 1 do
-      if ARGV[1] == '' then
-        redis.call('XADD', key, ms .. s, 'change', ARGV[at])
-      else
-        redis.call('XADD', key, 'MAXLEN', '~', ARGV[1], ms .. s, 'change', ARGV[at])
-      end
-      at = at + 1
+  for id in string.gmatch(ARGV[3 * i + 1], '%S+') do
+    if ARGV[1] == '' then
+      redis.call('XADD', key, id, 'change', ARGV[at])
+    else
+      redis.call('XADD', key, 'MAXLEN', '~', ARGV[1], id, 'change', ARGV[at])
     end
+    at = at + 1
   end
   redis.call('HSET', KEYS[1], key, ARGV[3 * i])
 end
@@ -87,11 +82,17 @@ DELIVER_SHA = hashlib.sha1(DELIVER.encode()).hexdigest().encode()
 
 
 class _Lengths(dict[int, bytes]):
-    """``$<n>``, the Redis protocol's head of an argument of n bytes, made once per n."""
+    """``$<n>``, the Redis protocol's head of an argument of n bytes, made once per n (up
+    to :data:`_LENGTHS_KEPT` lengths)."""
 
     def __missing__(self, n: int) -> bytes:
-        head = self[n] = b"$%d" % n
+        head = b"$%d" % n
+        if len(self) < _LENGTHS_KEPT:
+            self[n] = head
         return head
+
+
+_LENGTHS_KEPT = 65536
 
 
 _LENGTHS = _Lengths()
@@ -138,16 +139,15 @@ class StreamState:
 
 
 class _Plan:
-    """The entries one stream gets in a batch: ids (increasing from the record's last, as
-    runs of consecutive ids), bodies, and the changes skipped as delivered before."""
+    """The entries one stream gets in a batch: ids (increasing from the record's last),
+    bodies, and the changes skipped as delivered before."""
 
-    __slots__ = ("bodies", "count", "forget", "known", "last", "runs", "skipped", "state")
+    __slots__ = ("bodies", "forget", "ids", "known", "last", "skipped", "state")
 
     def __init__(self, state: StreamState) -> None:
         self.state = state
         self.last = state.last
-        self.runs: list[str] = []
-        self.count = 0
+        self.ids: list[str] = []
         self.bodies: list[bytes] = []
         self.known: dict[int, bool] = {}
         self.skipped = 0
@@ -157,13 +157,11 @@ class _Plan:
         """Plan the messages of ``changes`` with ``bodies`` (all to this stream, in feed
         order)."""
         state, known = self.state, self.known
-        add_body = self.bodies.append
+        add_id, add_body = self.ids.append, self.bodies.append
         recorded = state.last[0]
         ms, seq = self.last
         moment: datetime | None = None
         at = 0
-        # the run of ids being made: from (start, first), n of them (one ms: seq + 1 each)
-        start = first = n = 0
         for change, body in zip(changes, bodies, strict=True):
             if change.at is not moment:  # a transaction's changes share their time
                 moment = change.at
@@ -184,16 +182,8 @@ class _Plan:
                 seq += 1
             else:
                 ms, seq = at, 0
-            if n and ms == start:
-                n += 1
-            else:
-                if n:
-                    self.runs.append(f"{start}-{first} {n}")
-                start, first, n = ms, seq, 1
+            add_id(f"{ms}-{seq}")
             add_body(body)
-        if n:
-            self.runs.append(f"{start}-{first} {n}")
-        self.count = len(self.bodies)
         self.last = (ms, seq)
 
 
@@ -305,7 +295,7 @@ class RedisSink(Sink):
             for stream, plan in plans.items():
                 plan.extend(*each[stream])
         skipped = sum(p.skipped for p in plans.values())
-        touched = {s: p for s, p in plans.items() if p.count}
+        touched = {s: p for s, p in plans.items() if p.ids}
         if not touched:
             self.counts.duplicates += skipped
             return True
@@ -320,7 +310,7 @@ class RedisSink(Sink):
                     stream,
                 )
             new[stream] = plan.state.after(batch.position, plan.last, plan.forget)
-            args += (plan.state.raw, new[stream], " ".join(plan.runs))
+            args += (plan.state.raw, new[stream], " ".join(plan.ids))
         sending = list(touched.values())
         bodies = sending[0].bodies if len(sending) == 1 else [b for p in sending for b in p.bodies]
         reply = await self._call(_command([self.state_key, *touched], args, bodies))
@@ -339,7 +329,7 @@ class RedisSink(Sink):
             )
         for stream, text in new.items():
             states[stream] = StreamState.parse(text)
-        self.counts.delivered += sum(p.count for p in touched.values())
+        self.counts.delivered += sum(len(p.ids) for p in touched.values())
         self.counts.duplicates += skipped
         return True
 
