@@ -10,7 +10,19 @@ import pytest
 
 import pgtide
 from pgtide.connect import resolve
-from pgtide.session import AsyncSession, Io, Query, Session, arun, atomic, query, run, using
+from pgtide.session import (
+    AsyncSession,
+    Io,
+    Query,
+    Session,
+    arun,
+    arun_after,
+    atomic,
+    query,
+    run,
+    run_after,
+    using,
+)
 
 
 def _count() -> pgtide.session.Io[int]:
@@ -31,6 +43,38 @@ def test_atomic_rolls_back_everything_on_error(dsn: str) -> None:
         assert run(conn, _count()) == 0
         run(conn, atomic(query("INSERT INTO t VALUES (1)")))
         assert run(conn, _count()) == 1
+
+
+def test_run_after_sends_the_first_work_with_the_next_and_stops_at_its_error(dsn: str) -> None:
+    """``run_after``: the first work (rows unwanted) goes with the next work's first
+    statement, which sees its effect; an error of the first work is raised, and the next
+    work goes no further."""
+    ran: list[str] = []
+
+    def count_then_more() -> Io[int]:
+        ran.append("count")
+        found = yield from _count()
+        ran.append("more")
+        rows = yield from query("SELECT 2")
+        return found + int(rows[0][0])
+
+    with using(dsn) as conn:
+        conn.execute("CREATE TABLE t (x int)")
+        assert run_after(conn, query("INSERT INTO t VALUES (1), (2)"), count_then_more()) == 4
+        assert ran == ["count", "more"]
+        ran.clear()
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            run_after(conn, query("INSERT INTO missing VALUES (1)"), count_then_more())
+        assert ran == ["count"]  # its first statement was refused with the failed one
+        assert run(conn, _count()) == 2
+
+    async def twin() -> int:  # the asyncio driver does the same
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            with pytest.raises(psycopg.errors.UndefinedTable):
+                await arun_after(conn, query("INSERT INTO missing VALUES (1)"), _count())
+            return await arun_after(conn, query("INSERT INTO t VALUES (3)"), _count())
+
+    assert asyncio.run(twin()) == 3
 
 
 def test_async_driver_runs_the_same_work(dsn: str) -> None:

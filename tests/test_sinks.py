@@ -368,6 +368,35 @@ def test_redis_record_of_another_history_is_forgotten(dsn: str, unique: str) -> 
     assert [c["row"]["id"] for _, c in items] == [100, 101, 102, 0, 1, 2, 3, 4]
 
 
+def test_redis_entry_ids_follow_the_change_times(unique: str) -> None:
+    """Each entry's id is its change's time (ms) and a sequence number within that ms; a
+    time not after the last id's goes on in the last id's ms (ids only increase). The
+    script gets the ids as runs of consecutive ones: each id must come out the same."""
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    ms = int(base.timestamp() * 1000)
+
+    def at(offset: int) -> datetime:
+        return base + timedelta(milliseconds=offset)
+
+    times = [0, 0, 0, 5, 5, 3, 9, 9, 9, 9]  # by transaction: one time each
+    xids = [1, 1, 1, 2, 2, 3, 4, 4, 5, 5]
+    batch = OldBatch(
+        Change(i, "public.items", "insert", {"id": i}, None, 10 + x, at(t))
+        for i, (t, x) in enumerate(zip(times, xids, strict=True))
+    )
+    with sinks.redis(MACHINE_REDIS, stream=f"{unique}:{{table}}", state_key=f"{unique}:s") as sink:
+        sink(batch)
+        sink(batch)  # again: nothing added
+        assert sink.counts.delivered == 10 and sink.counts.duplicates == 10
+    items = redis_entries(MACHINE_REDIS, f"{unique}:public.items")
+    assert [c["row"]["id"] for _, c in items] == list(range(10))
+    assert [eid for eid, _ in items] == [
+        *(f"{ms}-{s}" for s in range(3)),
+        *(f"{ms + 5}-{s}" for s in range(3)),  # the third one's time (3) is before 5
+        *(f"{ms + 9}-{s}" for s in range(4)),
+    ]
+
+
 def test_redis_waits_while_down_and_loses_nothing(dsn: str, redis_server: Broker) -> None:
     make_table(dsn, rows=20)
     feed = pgtide.Feed("down", ["items"], dsn=dsn)

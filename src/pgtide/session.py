@@ -134,6 +134,25 @@ def run(conn: psycopg.Connection[Any], io: Io[T]) -> T:
     return steps.result
 
 
+def run_after(conn: psycopg.Connection[Any], first: Io[None], io: Io[T]) -> T:
+    """Carry out ``first`` (statements whose rows are not wanted, such as an
+    acknowledgement), then ``io``, on a blocking connection: ``first``'s statements go to
+    the server with ``io``'s first one, in one round trip (psycopg's pipeline mode). An
+    error of ``first`` is raised there, and ``io`` goes no further."""
+    with conn.pipeline() as pipe:
+        steps: Steps[None] = Steps(first)
+        for step in steps:
+            with steps.outcome():
+                conn.execute(step.statement, step.params)  # sent with the next one
+        then = Steps(io)
+        for step in then:
+            with then.outcome():
+                cur = conn.execute(step.statement, step.params)
+                pipe.sync()
+                then.rows = _rows(cur)
+        return then.result
+
+
 async def arun(conn: psycopg.AsyncConnection[Any], io: Io[T]) -> T:
     """Carry out ``io`` on an asyncio connection (the twin of :func:`run`)."""
     steps = Steps(io)
@@ -141,6 +160,22 @@ async def arun(conn: psycopg.AsyncConnection[Any], io: Io[T]) -> T:
         with steps.outcome():
             steps.rows = await _arows(await conn.execute(step.statement, step.params))
     return steps.result
+
+
+async def arun_after(conn: psycopg.AsyncConnection[Any], first: Io[None], io: Io[T]) -> T:
+    """:func:`run_after` on an asyncio connection."""
+    async with conn.pipeline() as pipe:
+        steps: Steps[None] = Steps(first)
+        for step in steps:
+            with steps.outcome():
+                await conn.execute(step.statement, step.params)  # sent with the next one
+        then = Steps(io)
+        for step in then:
+            with then.outcome():
+                cur = await conn.execute(step.statement, step.params)
+                await pipe.sync()
+                then.rows = await _arows(cur)
+        return then.result
 
 
 def _rows(cur: psycopg.Cursor[Any]) -> Rows:

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 
 from .._lifecycle import AsyncClosable
-from ..session import AsyncSession, arun
+from ..session import AsyncSession, arun, arun_after
 from . import _face
 from ._core import Emit, Run, Start, Wait
 from ._face import BatchBase, BatchInterrupted, FeedBase, ReadAhead
@@ -55,6 +55,8 @@ class Feed(FeedBase[AsyncSession], AsyncClosable):
     _before_wait: Callable[[], Awaitable[None]] | None = None
     """What a read-ahead ``run()`` does before the feed waits for changes, and at its end:
     settle the batch in flight."""
+    _deferred: Position | None = None
+    """As :attr:`pgtide.Feed._deferred`: an acknowledgement that goes with the next read."""
 
     async def batches(
         self,
@@ -121,22 +123,28 @@ class Feed(FeedBase[AsyncSession], AsyncClosable):
         delivered (see :class:`ReadAhead`)."""
         ahead: ReadAhead[Batch, asyncio.Future[Any]] = ReadAhead()
 
-        async def carry_out(steps: Iterator[_face.Handover[Batch, asyncio.Future[Any]]]) -> None:
+        async def carry_out(
+            steps: Iterator[_face.Handover[Batch, asyncio.Future[Any]]], later: bool = False
+        ) -> None:
             for step in steps:
                 if isinstance(step, _face.Confirm):
                     await step.delivery
                 elif isinstance(step, _face.Submit):
                     ahead.sent(step.batch, asubmit(step.batch))
+                elif later:  # the feed reads next: the acknowledgement goes with that read
+                    self._deferred = step.batch.position
                 else:  # its sink's message ids make a repeat harmless: see Core.save
+                    self._deferred = None  # a later position: it covers the one deferred
                     await self._save(step.batch.position, durable=False)
 
         self._before_wait = lambda: carry_out(ahead.settle())
         try:
             async for batch in self.batches(start, stop, max_changes, timeout):
-                await carry_out(ahead.take(batch))
+                await carry_out(ahead.take(batch), later=True)
             await carry_out(ahead.settle())
         finally:
             self._before_wait = None
+            self._deferred = None  # a failed feed: that delivery comes again, harmlessly
             left = ahead.abandon()
             if left is not None:  # the feed failed: let the delivery end, acknowledge nothing
                 with contextlib.suppress(Exception, asyncio.CancelledError):
@@ -169,7 +177,17 @@ class Feed(FeedBase[AsyncSession], AsyncClosable):
     async def _carry_out(self, step: Run | Wait) -> Any:
         if isinstance(step, Wait):
             return await self._sleep(step.seconds)
-        done = await self._session.run(step.make)
+        acked, self._deferred = self._deferred, None
+        if acked is None:
+            done = await self._session.run(step.make)
+        else:  # one round trip for the acknowledgement and the read
+            save = functools.partial(self._core.save, acked, False)
+
+            async def work(conn: psycopg.AsyncConnection[Any]) -> Any:
+                return await arun_after(conn, save(), step.make())
+
+            done = await self._session.call(work)
+            await self._after_ack()
         self._relay_check(await self._session.resolved())
         return done
 

@@ -14,7 +14,7 @@ import psycopg
 
 from .._lifecycle import Closable
 from .._signals import stop_on_signals
-from ..session import Session, Stopped, run
+from ..session import Session, Stopped, run, run_after
 from ._core import Emit, Run, Start, Wait
 from ._face import (
     BatchBase,
@@ -73,6 +73,9 @@ class Feed(FeedBase[Session], Closable):
     _before_wait: Callable[[], None] | None = None
     """What a pipelined ``run()`` does before the feed waits for changes, and at its end:
     settle the batch in flight."""
+    _deferred: Position | None = None
+    """A pipelined ``run()``'s acknowledgement (of a confirmed delivery) that goes to the
+    server with the next read, in its round trip."""
 
     def batches(
         self,
@@ -150,22 +153,26 @@ class Feed(FeedBase[Session], Closable):
         while the one before is being delivered (see :class:`ReadAhead`)."""
         ahead: ReadAhead[Batch, Delivery] = ReadAhead()
 
-        def carry_out(steps: Iterator[Handover[Batch, Delivery]]) -> None:
+        def carry_out(steps: Iterator[Handover[Batch, Delivery]], later: bool = False) -> None:
             for step in steps:
                 if isinstance(step, Confirm):
                     step.delivery.result()
                 elif isinstance(step, Submit):
                     ahead.sent(step.batch, submit(step.batch))
+                elif later:  # the feed reads next: the acknowledgement goes with that read
+                    self._deferred = step.batch.position
                 else:  # its sink's message ids make a repeat harmless: see Core.save
+                    self._deferred = None  # a later position: it covers the one deferred
                     self._save(step.batch.position, durable=False)
 
         self._before_wait = lambda: carry_out(ahead.settle())
         try:
             for batch in self.batches(start, stop, max_changes, timeout):
-                carry_out(ahead.take(batch))
+                carry_out(ahead.take(batch), later=True)
             carry_out(ahead.settle())
         finally:
             self._before_wait = None
+            self._deferred = None  # a failed feed: that delivery comes again, harmlessly
             left = ahead.abandon()
             if left is not None:  # the feed failed: let the delivery end, acknowledge nothing
                 with contextlib.suppress(Exception):
@@ -204,7 +211,13 @@ class Feed(FeedBase[Session], Closable):
     def _carry_out(self, step: Run | Wait) -> Any:
         if isinstance(step, Wait):
             return self._sleep(step.seconds)
-        done = self._session.run(step.make)
+        acked, self._deferred = self._deferred, None
+        if acked is None:
+            done = self._session.run(step.make)
+        else:  # one round trip for the acknowledgement and the read
+            save = functools.partial(self._core.save, acked, False)
+            done = self._session.call(lambda conn: run_after(conn, save(), step.make()))
+            self._after_ack()
         self._relay_check(self._session.resolved)
         return done
 

@@ -67,9 +67,11 @@ class Message:
 class Messages(Sequence[Message]):
     """The messages of a batch, kept as columns: ``changes``, ``keys``, ``bodies`` and
     ``dests`` (one entry per message, in order). Built-in sinks read the columns; indexing
-    or iterating makes each :class:`Message` on the way, for code that wants them."""
+    or iterating makes each :class:`Message` on the way, for code that wants them. Without
+    ``keys``, each is the :func:`change_key` of its change, made at the first use of
+    ``keys`` (a sink that never reads them does not pay for them)."""
 
-    __slots__ = ("bodies", "changes", "dests", "keys")
+    __slots__ = ("_keys", "bodies", "changes", "dests")
 
     def __init__(
         self,
@@ -79,26 +81,34 @@ class Messages(Sequence[Message]):
         dests: list[str] | None = None,
     ) -> None:
         self.changes = [] if changes is None else changes
-        self.keys = [] if keys is None else keys
+        self._keys = keys if keys is not None or changes is not None else []
         self.bodies = [] if bodies is None else bodies
         self.dests = [] if dests is None else dests
 
+    @property
+    def keys(self) -> list[str]:
+        """Each message's key (its change's :func:`change_key` unless given)."""
+        keys = self._keys
+        if keys is None:
+            keys = self._keys = [f"{c.xid}-{c.id}" for c in self.changes]
+        return keys
+
     def append(self, change: Change, key: str, body: bytes, dest: str) -> None:
         """Add one message."""
-        self.changes.append(change)
         self.keys.append(key)
+        self.changes.append(change)
         self.bodies.append(body)
         self.dests.append(dest)
 
     def extend(self, other: Messages) -> None:
         """Add the messages of ``other``, in order."""
+        self.keys.extend(other.keys)
         self.changes += other.changes
-        self.keys += other.keys
         self.bodies += other.bodies
         self.dests += other.dests
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.bodies)
 
     @overload
     def __getitem__(self, index: int) -> Message: ...
@@ -432,37 +442,41 @@ class Sink(ABC):
 
     def _records(self, changes: list[Change]) -> Messages:
         """The messages of ``changes``, each its :func:`~pgtide.sinks.record` as JSON, to
-        its table's destination: one loop over the batch, run for every change sent."""
+        its table's destination: one loop over the batch, run for every change sent (their
+        keys are made only if a sink reads them)."""
         heads, route = self._routes, self._destination
-        keys: list[str] = []
         bodies: list[bytes] = []
         dests: list[str] = []
-        add_key, add_body, add_dest = keys.append, bodies.append, dests.append
+        add_body, add_dest = bodies.append, dests.append
         moment: object = None
         when = ""
+        table = op = ""
+        head = ("", "")
         for change in changes:
-            xid, id_, table, op, at = change.xid, change.id, change.table, change.op, change.at
-            key = f"{xid}-{id_}"
-            head = heads.get((table, op))
-            if head is None:  # the destination and the JSON of table and op, made once
-                head = heads[(table, op)] = (route(change, None), _head(table, op))
+            if change.table != table or change.op != op:  # a batch is mostly runs of one
+                table, op = change.table, change.op
+                found = heads.get((table, op))
+                if found is None:  # the destination and the JSON of table and op, made once
+                    found = heads[(table, op)] = (route(change, None), _head(table, op))
+                head = found
             # the rows as captured when that JSON already says what the typed rows' would:
             # sent as they are, never decoded (numbers keep their digits either way)
             captured = change.captured_json()
             if captured is None:
-                add_body(dumps(record(change, key)))
+                add_body(dumps(record(change)))
             else:
+                at = change.at
                 if at is not moment:  # a transaction's changes share their time
                     moment, when = at, _fast_dumps(at).decode()
                 row, old = captured
-                # record(change, key) as JSON, spelt out (the same bytes orjson writes)
+                xid, id_ = change.xid, change.id
+                # record(change) as JSON, spelt out (the same bytes orjson writes)
                 add_body(
-                    f'{{"key":"{key}","id":{id_},"xid":{xid},{head[1]},'
+                    f'{{"key":"{xid}-{id_}","id":{id_},"xid":{xid},{head[1]},'
                     f'"row":{row or "null"},"old":{old or "null"},"at":{when}}}'.encode()
                 )
-            add_key(key)
             add_dest(head[0])
-        return Messages(changes, keys, bodies, dests)
+        return Messages(changes, None, bodies, dests)
 
     # -- delivery ------------------------------------------------------------------------
     async def send(self, batch: BatchLike) -> None:
