@@ -24,7 +24,8 @@ import psycopg
 from psycopg import sql
 
 import pgtide
-from pgtide.feed.sleepers import GATE
+from pgtide.feed.sleepers import waiting_io
+from pgtide.session import run as run_io
 
 from ._harness import (
     Figure,
@@ -786,11 +787,7 @@ def _follower_process(dsn: str, stop: Any, started: Any) -> None:
 
 def _until_waiting(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        while not conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
-            "AND objid = %s AND objsubid = 2 AND granted",
-            GATE,
-        ).fetchone()[0]:  # type: ignore[index]
+        while not run_io(conn, waiting_io()):
             time.sleep(0.01)
 
 

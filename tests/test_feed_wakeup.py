@@ -15,12 +15,8 @@ import psycopg
 
 import pgtide
 import pgtide.aio
-from pgtide.feed.sleepers import GATE
-
-_HOLDERS = (
-    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
-    "AND objid = %s AND objsubid = 2 AND mode = 'ShareLock' AND granted"
-)
+from pgtide.feed.sleepers import waiting_io
+from pgtide.session import run
 
 
 def _until(condition: Callable[[], bool], seconds: float = 20.0, what: str = "") -> None:
@@ -34,9 +30,7 @@ def _until(condition: Callable[[], bool], seconds: float = 20.0, what: str = "")
 def _waiting(dsn: str) -> int:
     """How many connections hold the gate (feeds waiting)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(_HOLDERS, GATE).fetchone()
-    assert row is not None
-    return int(row[0])
+        return run(conn, waiting_io())
 
 
 def _table(dsn: str) -> None:

@@ -33,8 +33,9 @@ from web_helpers import (
 import pgtide
 import pgtide.web
 from pgtide.feed import Relay
-from pgtide.feed.sleepers import GATE
+from pgtide.feed.sleepers import waiting_io
 from pgtide.feed.wal import slot_name
+from pgtide.session import run
 from pgtide.web.metrics import FileWatcherCollector, ListenerCollector
 
 
@@ -411,13 +412,7 @@ def test_a_feed_stream_makes_the_hub_wait_for_changes_while_it_is_open(dsn: str)
 
     def waiting() -> int:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
-                "AND objid = %s AND objsubid = 2 AND granted",
-                GATE,
-            ).fetchone()
-        assert row is not None
-        return int(row[0])
+            return run(conn, waiting_io())
 
     async def main() -> None:
         async with live_client(dsn, expose=["public.orders"]) as http:

@@ -38,6 +38,11 @@ _REGISTER = (
 _UNREGISTER = "SELECT pg_advisory_unlock_shared(%s, %s) WHERE pg_backend_pid() = %s"
 
 _SNAPSHOT = "SELECT pg_current_snapshot()::text"
+_WAITING = (
+    "SELECT count(*)::int FROM pg_locks WHERE locktype = 'advisory' AND database = "
+    "(SELECT oid FROM pg_database WHERE datname = current_database()) AND classid = %s "
+    "AND objid = %s AND objsubid = 2 AND mode = 'ShareLock' AND granted"
+)
 
 FIRST_RECHECK = 0.001
 """Seconds before the first read again while transactions that may not notify are open."""
@@ -117,3 +122,11 @@ def check_io(registration: Registration, watch: Watch) -> Io[tuple[bool, float |
     row = yield from one(_SNAPSHOT)
     assert row is not None
     return fresh, watch.seen(Snapshot.parse(row[0]))
+
+
+def waiting_io() -> Io[int]:
+    """How many connections of this database wait for changes (hold the gate): while there
+    are none, the capture triggers send no NOTIFY."""
+    row = yield from one(_WAITING, GATE)
+    assert row is not None
+    return int(row[0])
