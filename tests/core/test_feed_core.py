@@ -233,6 +233,7 @@ def test_a_waiting_plan_registers_reads_again_and_watches_transactions_open_at_t
     """Listening: register, then read with a new snapshot; while a transaction open in that
     snapshot runs (it may have decided not to notify), read again on a doubling backoff up to
     the poll interval; then trust the NOTIFY (a wait bounded by the timeout alone). A batch
+    read after a wait keeps the registration; one read right after another batch (busy)
     unregisters before it is emitted; the end unregisters too."""
     core = WaitingCore(
         [
@@ -240,10 +241,11 @@ def test_a_waiting_plan_registers_reads_again_and_watches_transactions_open_at_t
             ([], _open(12, 10, 11)),  # first read after registering: 10 and 11 are open
             ([], _open(13, 11, 12)),  # 10 ended (nothing of ours); 12 began after: notifies
             ([], _open(13, 12)),  # 11 ended: the NOTIFY alone now
-            ([_change(1)], _open(14)),  # a batch: busy, unregister
-            ([], _open(15)),  # idle again: register again
-            ([], _open(15)),
-            ([], _open(15)),  # the timeout ends it
+            ([_change(1)], _open(14)),  # woken: stays registered
+            ([_change(2)], _open(15)),  # changes again without a wait: busy, unregister
+            ([], _open(16)),  # idle again: register again
+            ([], _open(16)),
+            ([], _open(16)),  # the timeout ends it
         ],
         free=[True, True],
     )
@@ -257,7 +259,11 @@ def test_a_waiting_plan_registers_reads_again_and_watches_transactions_open_at_t
     waits = [s.seconds for s in steps if isinstance(s, Wait)]
     assert waits[:3] == [0.001, 0.002, 100.0 - 0.003]
     assert core.calls == ["start", "stop", "start", "stop"]
-    assert isinstance(steps[steps.index(next(s for s in steps if isinstance(s, Emit))) - 1], Run)
+    emits = [i for i, s in enumerate(steps) if isinstance(s, Emit)]
+    assert len(emits) == 2
+    assert core.calls[:2] == ["start", "stop"]  # the stop came with the second batch only
+    between = steps[emits[0] + 1 : emits[1]]
+    assert len(between) == 2  # its read, then the unregistering run
 
 
 def test_a_busy_gate_is_tried_again_after_a_short_wait_and_a_deaf_feed_registers_not() -> None:

@@ -567,14 +567,19 @@ def plan(
     cursor.stop = end
     idle_since = clock()
     watch = Watch(cap=poll)
+    woken = False  # the read follows a wait
     while not stopped():
         if end is not None and pos >= end:
             break
         here = pos
         changes, pos = yield Run(functools.partial(core.read, here, end, max_changes))
         cursor.position = pos
+        after_wait, woken = woken, False
         if changes:
-            if core.sleeper.registered:  # busy now: writers need not wake this feed
+            if core.sleeper.registered and not after_wait:
+                # changes again without a wait: busy, writers need not wake this feed (a
+                # feed woken by a NOTIFY stays registered: at a light load the writers'
+                # NOTIFY costs little, and registering again costs the feed round trips)
                 yield Run(core.stop_waiting)
             yield Emit(changes, here, pos)
             idle_since = clock()
@@ -602,5 +607,6 @@ def plan(
         if recheck is not None:
             left = recheck if left is None else min(left, recheck)
         yield Wait(left)
+        woken = True
     if core.sleeper.registered:
         yield Run(core.stop_waiting)
