@@ -214,8 +214,17 @@ def test_prune_returns_the_space_of_whole_partitions(dsn: str) -> None:
         assert rows == total and full > total * 50
         _acknowledged(dsn, "done")
         conn.execute("INSERT INTO pgtide.changes (table_name, op) VALUES ('public.x', 'truncate')")
-        assert pgtide.prune(dsn=dsn) == total
-        assert conn.execute("SELECT count(*) FROM pgtide.changes").fetchone() == (1,)
+        # a partition another session holds (autovacuum analysing the new rows, say) is
+        # left whole for a later prune: prune again until every partition was emptied
+        removed = [pgtide.prune(dsn=dsn)]
+        wait_until(
+            lambda: (
+                conn.execute("SELECT count(*) FROM pgtide.changes").fetchone() == (1,)
+                or removed.append(pgtide.prune(dsn=dsn)) is not None
+            ),
+            what="prune to empty every acknowledged partition",
+        )
+        assert sum(removed) == total  # each change counted once, by the prune that emptied it
         assert size(conn)[1] < full / 10
 
 
