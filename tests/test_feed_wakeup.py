@@ -8,23 +8,15 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
+from listen_helpers import wait_until
 
 import pgtide
 import pgtide.aio
 from pgtide.feed.sleepers import waiting_io
 from pgtide.session import run
-
-
-def _until(condition: Callable[[], bool], seconds: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not in time: {what}")
-        time.sleep(0.01)
 
 
 def _waiting(dsn: str) -> int:
@@ -62,7 +54,7 @@ def test_a_writer_that_skipped_its_notify_before_the_feed_waited_is_read_at_once
         thread = threading.Thread(target=follow)
         thread.start()
         try:
-            _until(lambda: _waiting(dsn) == 1, what="the feed waits")
+            wait_until(lambda: _waiting(dsn) == 1, timeout=20, what="the feed waits")
             began = time.monotonic()
             writer.commit()
             thread.join(timeout=15)
@@ -98,17 +90,17 @@ def test_a_busy_feed_lets_the_gate_go_and_so_does_a_stopped_one(dsn: str) -> Non
     thread = threading.Thread(target=feed.run, args=(handle,))
     thread.start()
     try:
-        _until(lambda: _waiting(dsn) == 1, what="the feed waits")
+        wait_until(lambda: _waiting(dsn) == 1, timeout=20, what="the feed waits")
         insert(1)  # notifies: a feed waits
-        _until(lambda: seen == [1, 2], seconds=15, what="the NOTIFY to wake the feed")
-        _until(lambda: _waiting(dsn) == 1, what="the feed waits again")
+        wait_until(lambda: seen == [1, 2], timeout=15, what="the NOTIFY to wake the feed")
+        wait_until(lambda: _waiting(dsn) == 1, timeout=20, what="the feed waits again")
         insert(3)
-        _until(lambda: seen == [1, 2, 3], seconds=15, what="the third change")
+        wait_until(lambda: seen == [1, 2, 3], timeout=15, what="the third change")
     finally:
         feed.stop()
         thread.join(20)
     assert held_in_handler == [1, 0, 1]
-    _until(lambda: _waiting(dsn) == 0, what="the stopped feed lets the gate go")
+    wait_until(lambda: _waiting(dsn) == 0, timeout=20, what="the stopped feed lets the gate go")
     feed.close()
 
 
