@@ -173,6 +173,20 @@ def test_upgrade_to_json_rows_keeps_changes_and_old_triggers(dsn: str) -> None:
     ]
 
 
+def _wake_ups_until_marker(
+    listener: psycopg.Connection[Any], conn: psycopg.Connection[Any]
+) -> list[str]:
+    """The payloads ``listener`` hears on pgtide_changes up to a marker that ``conn`` sends
+    last (notifications arrive in commit order, so the marker bounds the wait)."""
+    conn.execute("SELECT pg_notify('pgtide_changes', 'marker')")
+    got = []
+    for note in listener.notifies(timeout=30):
+        got.append(note.payload)
+        if note.payload == "marker":
+            break
+    return got
+
+
 def test_capture_notifies_once_per_statement_that_captured_rows(dsn: str) -> None:
     """The wake-up NOTIFY (migration 020: FOUND after the capture's INSERT): one per
     statement that captured a row, none for a statement that captured nothing, none for a
@@ -192,12 +206,7 @@ def test_capture_notifies_once_per_statement_that_captured_rows(dsn: str) -> Non
             conn.execute("INSERT INTO hushed VALUES (1, 'x')")
             conn.execute("INSERT INTO items VALUES (1, 'x')")
             conn.execute("UPDATE items SET v = 'y' WHERE id = 1")
-            conn.execute("SELECT pg_notify('pgtide_changes', 'marker')")
-        got = []
-        for note in listener.notifies(timeout=30):
-            got.append(note.payload)
-            if note.payload == "marker":
-                break
+            got = _wake_ups_until_marker(listener, conn)
     assert got == ["public.items", "public.items", "marker"]
 
 
@@ -214,12 +223,7 @@ def test_writers_notify_only_while_a_feed_waits(dsn: str) -> None:
                 conn.execute("INSERT INTO items VALUES (2, 'a feed waits')")
                 waiting.execute("SELECT pg_advisory_unlock_shared(%s, %s)", GATE)
                 conn.execute("INSERT INTO items VALUES (3, 'it stopped waiting')")
-            conn.execute("SELECT pg_notify('pgtide_changes', 'marker')")
-        got = []
-        for note in listener.notifies(timeout=30):
-            got.append(note.payload)
-            if note.payload == "marker":
-                break
+            got = _wake_ups_until_marker(listener, conn)
     assert got == ["public.items", "marker"]
 
 
