@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 import psycopg
 import pytest
+from listen_helpers import wait_until
 
 import pgtide
-from pgtide.connect import resolve
+from pgtide.connect import Backoff, resolve
 from pgtide.session import (
     AsyncSession,
     Io,
     Query,
     Session,
+    Stopped,
     arun,
     arun_after,
     atomic,
@@ -151,6 +154,39 @@ def test_an_unreachable_first_connection_fails_at_once() -> None:
     with pytest.raises(pgtide.ConnectionFailed) as info:
         session.run(lambda: query("SELECT 1"))
     assert "secret" not in str(info.value) and "secret" not in repr(session)
+
+
+def test_a_second_session_retries_its_first_connect_once_the_first_reached_the_database(
+    dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A user's second connection whose first connect falls in an outage (an events worker's
+    outcome writer, during a server restart) retries, as the first session would."""
+    first = Session(dsn, name="first")
+    first.run(lambda: query("SELECT 1"))
+    away = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=1"
+    second = Session(away, name="second", second_to=first, backoff=Backoff(0.01, 0.01))
+    ended: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            second.run(lambda: query("SELECT 1"))
+        except BaseException as exc:
+            ended.append(exc)
+
+    caplog.set_level(logging.INFO, logger="pgtide")
+    thread = threading.Thread(target=work)
+    thread.start()
+
+    def retries() -> int:
+        return sum("second: database connection lost" in r.getMessage() for r in caplog.records)
+
+    wait_until(lambda: retries() >= 3, what="three retries of the second session")
+    second.stop()
+    thread.join(5)
+    assert len(ended) == 1 and isinstance(ended[0], Stopped)  # retried until stopped
+    with pytest.raises(pgtide.ConnectionFailed):  # alone, the same first connect fails at once
+        Session(away, name="alone").run(lambda: query("SELECT 1"))
+    first.close()
 
 
 def test_nothing_connects_before_first_use() -> None:

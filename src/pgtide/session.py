@@ -288,10 +288,12 @@ class Policy:
         target: str = "the database",
         secrets: Sequence[str] = (),
         then: str = "resumes",
+        vouched_by: Policy | None = None,
     ) -> None:
         self.name = name
         self.backoff = backoff or Backoff(initial=0.05, maximum=5.0)
-        self.connected_once = False
+        self._connected = False
+        self.vouched_by = vouched_by
         self.log = logger or log
         self.target = target
         self.secrets = tuple(s for s in secrets if s)
@@ -300,8 +302,15 @@ class Policy:
         self._said = ""  # the reason last logged as a warning, so that an outage is no flood
         self._lost_at = 0.0
 
+    @property
+    def connected_once(self) -> bool:
+        """Whether this connection reached the database once, or the one vouching for it
+        did (a second connection of the same user: its first connect failing during an
+        outage is an outage too, not a configuration error)."""
+        return self._connected or (self.vouched_by is not None and self.vouched_by.connected_once)
+
     def connected(self) -> None:
-        self.connected_once = True
+        self._connected = True
 
     def succeeded(self) -> None:
         self.backoff.reset()
@@ -588,6 +597,7 @@ class _Base:
         application_name: str | None = None,
         on_reconnect: Callable[[], Any] | None = None,
         backoff: Backoff | None = None,
+        second_to: _Base | None = None,
     ) -> None:
         self._dsn = dsn
         self._resolved: Resolved | None = dsn if isinstance(dsn, Resolved) else None
@@ -595,7 +605,11 @@ class _Base:
             {"application_name": application_name} if application_name else {}
         )
         self._prepare = prepare
-        self._policy = Policy(name, backoff)
+        # a second session of one user (``second_to``) fails its first connect as an outage
+        # once the first session reached the database
+        self._policy: Policy = Policy(
+            name, backoff, vouched_by=second_to._policy if second_to is not None else None
+        )
         self._on_reconnect = on_reconnect
 
     @property

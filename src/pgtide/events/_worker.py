@@ -1258,7 +1258,12 @@ class Worker(_Driver[Session]):
 
     def __init__(self, resolved: Resolved, core: WorkerCore) -> None:
         super().__init__(resolved, core)
-        writer = Session(resolved, name="events worker (outcomes)", prepare=self.core.writer_setup)
+        writer = Session(
+            resolved,
+            name="events worker (outcomes)",
+            prepare=self.core.writer_setup,
+            second_to=self._session,
+        )
         self._writer = _Writer(writer)
 
     def stop(self) -> None:
