@@ -43,14 +43,17 @@ RETURNING id, dedupe_key
 """
 
 PUBLISH_MANY_PLAIN = """
-INSERT INTO pgtide.events (name, payload, run_after, key, priority)
-SELECT %s, p, coalesce(%s::timestamptz, now()), %s, %s
-FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS t(p, n)
-ORDER BY n
-RETURNING id
+WITH inserted AS (
+    INSERT INTO pgtide.events (name, payload, run_after, key, priority)
+    SELECT %s, p, coalesce(%s::timestamptz, now()), %s, %s
+    FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS t(p, n)
+    ORDER BY n
+    RETURNING id)
+SELECT string_agg(id::text, ',' ORDER BY id) FROM inserted
 """
 """Payloads arrive as one JSON array (one value to send and parse, not one per event); the
-ids come back in the payloads' order."""
+ids come back as one comma-separated text, in the payloads' order (each row takes its id
+in that order): one value to read, not a row per event."""
 
 CLAIM = """
 SELECT id, name, payload, created_at, key, source_id, lease_token, attempts, priority
