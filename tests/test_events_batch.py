@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import threading
 from collections import Counter
 from typing import Any
@@ -18,7 +19,7 @@ import pgtide
 import pgtide.aio
 from pgtide.errors import ConfigError, EventPayloadError
 from pgtide.events import _sql
-from pgtide.events._model import decode_payloads, encode_array
+from pgtide.events._model import decode_payloads, encode_array, to_json
 
 
 @pytest.fixture
@@ -112,6 +113,34 @@ def test_each_start_counts_once_whether_written_with_its_outcome_or_before(
     )
 
 
+def test_a_batchs_failures_are_one_fenced_statement_each_with_its_own_outcome(
+    events: pgtide.Events, dsn: str
+) -> None:
+    ids = events.publish_many("job", [1, 2, 3, 4])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        held = _claim(conn, "A")
+        conn.execute("UPDATE pgtide.events SET cancel_requested = true WHERE id = %s", (ids[2],))
+        params = {
+            "ids": ids,
+            "tokens": [held[ids[0]], held[ids[1]], held[ids[2]], held[ids[3]] + 1],
+            "states": ["failed", "dead", "failed", "failed"],
+            "errors": ["first", "second", "third", "stale"],
+            "delays": [3600.0, 0.0, 0.0, 0.0],
+            "owner": "A",
+        }
+        conn.execute(_sql.FAIL, params)
+        rows = conn.execute(
+            "SELECT state, error, run_after > now() + interval '1 hour' - interval '1 minute',"
+            " finished_at IS NOT NULL FROM pgtide.events ORDER BY id"
+        ).fetchall()
+    assert rows == [
+        ("failed", "first", True, False),  # retried after its own delay
+        ("dead", "second", False, True),
+        ("cancelled", "third", False, True),  # its cancel was asked: never retried
+        ("running", None, False, False),  # another token: refused
+    ]
+
+
 def test_a_large_backlog_runs_each_event_once_with_batched_rounds(dsn: str) -> None:
     events = pgtide.Events(dsn=dsn, batch_size=500)
     seen: Counter[int] = Counter()
@@ -182,6 +211,22 @@ def test_payloads_decode_in_one_call_exactly_as_one_by_one() -> None:
     ]
     assert decode_payloads([]) == []
     assert encode_array([{"a": "é"}, None, [1]], "job") == '[{"a":"é"},null,[1]]'
+
+
+@pytest.mark.parametrize(
+    "payloads",
+    [
+        [{"n": 1, "s": 'é\\"', "f": 1.5, "l": [True, False]}, "x", 7],
+        [{"n": None}],  # null: written by json
+        [{1: "int key"}, {"big": 2**70}],  # orjson refuses these; json writes them
+        [{"s": "a\u2028b"}, -0.0, 1e300],
+    ],
+)
+def test_payloads_encode_to_the_same_values_as_the_json_module(payloads: list[Any]) -> None:
+    text = encode_array(payloads, "job")
+    assert json.loads(text) == json.loads(json.dumps(payloads))
+    for payload in payloads:
+        assert json.loads(to_json(payload, "payload")) == json.loads(json.dumps(payload))
 
 
 def test_both_faces_share_one_signature_and_check_the_connection_kind(dsn: str) -> None:

@@ -237,8 +237,8 @@ class Core:
                 return []
             if keys is None:
                 params = (name, when, key, priority, array)
-                rows = yield from query(_sql.PUBLISH_MANY_PLAIN, params)
-                return [int(r[0]) for r in rows]
+                row = yield from one(_sql.PUBLISH_MANY_PLAIN, params)
+                return list(map(int, row[0].split(","))) if row and row[0] else []
             params2 = (name, when, key, priority, array, keys)
             rows = yield from query(_sql.PUBLISH_MANY, params2)
             by_key = {k: int(i) for i, k in rows if k is not None}

@@ -178,10 +178,32 @@ def check_name(name: object) -> str:
     return name
 
 
+_PASS_ON = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+"""orjson leaves dates, times and dataclasses to ``default`` (which refuses them), as json."""
+
+
+def _refuse(value: Any) -> Any:
+    raise TypeError
+
+
+def _dumps(value: Any) -> str:
+    """``value`` as compact JSON text, as ``json.dumps(allow_nan=False, ensure_ascii=False)``
+    writes it (numbers may be spelt otherwise: jsonb stores the same values). orjson does
+    the common work ten times faster; json writes (or refuses) what orjson refuses and every
+    text holding ``null`` (orjson writes NaN and the infinities as null, json refuses them)."""
+    try:
+        text: str | None = orjson.dumps(value, default=_refuse, option=_PASS_ON).decode()
+    except TypeError:  # orjson.JSONEncodeError: a type, a key or an integer json may take
+        text = None
+    if text is None or "null" in text:
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    return text
+
+
 def to_json(value: Any, what: str) -> str:
     """Encode ``value`` as JSON text, or raise a clear :class:`EventPayloadError`."""
     try:
-        text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        text = _dumps(value)
     except (TypeError, ValueError) as exc:
         raise EventPayloadError(
             f"{what} is not JSON-serialisable ({exc}); pass dicts, lists, strings, numbers, "
@@ -199,7 +221,7 @@ def encode_array(payloads: list[Any], name: str) -> str:
     """The payloads as one JSON array text, each encoded as :func:`to_json` does, in one
     encoder call for the lot; when that call fails, each one alone names the faulty one."""
     try:
-        text = json.dumps(payloads, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        text: str | None = _dumps(payloads)
     except (TypeError, ValueError, RecursionError):
         text = None
     if text is None or "\\u0000" in text:

@@ -43,14 +43,17 @@ RETURNING id, dedupe_key
 """
 
 PUBLISH_MANY_PLAIN = """
-INSERT INTO pgtide.events (name, payload, run_after, key, priority)
-SELECT %s, p, coalesce(%s::timestamptz, now()), %s, %s
-FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS t(p, n)
-ORDER BY n
-RETURNING id
+WITH inserted AS (
+    INSERT INTO pgtide.events (name, payload, run_after, key, priority)
+    SELECT %s, p, coalesce(%s::timestamptz, now()), %s, %s
+    FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS t(p, n)
+    ORDER BY n
+    RETURNING id)
+SELECT string_agg(id::text, ',' ORDER BY id) FROM inserted
 """
 """Payloads arrive as one JSON array (one value to send and parse, not one per event); the
-ids come back in the payloads' order."""
+ids come back as one comma-separated text, in the payloads' order (each row takes its id
+in that order): one value to read, not a row per event."""
 
 CLAIM = """
 SELECT id, name, payload, created_at, key, source_id, lease_token, attempts, priority
@@ -125,38 +128,17 @@ SELECT pg_notify('pgtide_events_done',
 FROM ended WHERE watched HAVING count(*) > 0
 """
 
-COMPLETE = (
-    """
-WITH ended AS (
-    UPDATE pgtide.events e
-    SET state = CASE WHEN e.cancel_requested THEN 'cancelled' ELSE 'done' END,
-        result = v.result::jsonb, finished_at = now(), lease_owner = NULL, lease_expires = NULL,
-        attempts = e.attempts + v.n,
-        started_at = CASE WHEN v.n > 0 THEN now() ELSE e.started_at END
-    FROM unnest(string_to_array(%(ids)s, ',')::bigint[],
-                string_to_array(%(tokens)s, ',')::integer[], %(results)s::text[],
-                string_to_array(%(starts)s, ',')::integer[]) AS v(id, token, result, n)
-    WHERE e.id = ANY(string_to_array(%(ids)s, ',')::bigint[]) AND e.id = v.id
-      AND e.lease_token = v.token AND e.lease_owner = %(owner)s AND e.state = 'running'
-    RETURNING e.id, e.watched),
-refused AS (
-    UPDATE pgtide.events e SET attempts = e.attempts + v.n, started_at = now()
-    FROM unnest(string_to_array(%(ids)s, ',')::bigint[],
-                string_to_array(%(starts)s, ',')::integer[]) AS v(id, n)
-    WHERE e.id = ANY(ARRAY(SELECT v.id FROM unnest(string_to_array(%(ids)s, ',')::bigint[],
-                                                   string_to_array(%(starts)s, ',')::integer[])
-                                            AS v(id, n)
-                           WHERE v.n > 0 AND v.id NOT IN (SELECT id FROM ended)))
-      AND e.id = v.id)"""
-    + _NOTIFY_ENDED
-)
+COMPLETE = """
+SELECT pgtide.events_complete(%(ids)s, %(tokens)s, %(results)s::text[], %(starts)s, %(owner)s)
+"""
 """Record handlers' results, fenced (an event whose cancel was asked ends ``cancelled``);
-wake whoever waits for them, in the same transaction. ``starts`` counts, per event, the
-attempts started and not counted yet (a quick handler's start is written with its outcome:
-one row version, not two); a start is counted even when the outcome is refused (the lease
-was taken over), as :data:`STARTED` does. ``ids``, ``tokens`` and ``starts`` are
-comma-separated integers (:func:`csv`: far cheaper to send than arrays); ``results`` is a
-text array, or None when no handler returned anything."""
+wake whoever waits for them, in the same transaction (see 023_events_complete.sql: one
+plan a session, one update in the common case). ``starts`` counts, per event, the attempts
+started and not counted yet (a quick handler's start is written with its outcome: one row
+version, not two); a start is counted even when the outcome is refused (the lease was taken
+over), as :data:`STARTED` does. ``ids``, ``tokens`` and ``starts`` are comma-separated
+integers (:func:`csv`: far cheaper to send than arrays); ``results`` is a text array, or
+None when no handler returned anything."""
 
 
 def csv(numbers: Iterable[int]) -> str:
@@ -167,17 +149,22 @@ def csv(numbers: Iterable[int]) -> str:
 FAIL = (
     """
 WITH ended AS (
-    UPDATE pgtide.events
-    SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE %(state)s END,
-        error = %(error)s,
-        run_after = now() + %(delay)s * interval '1 second',
-        finished_at = CASE WHEN cancel_requested OR %(state)s = 'dead' THEN now() END,
+    UPDATE pgtide.events e
+    SET state = CASE WHEN e.cancel_requested THEN 'cancelled' ELSE v.state END,
+        error = v.error,
+        run_after = now() + v.delay * interval '1 second',
+        finished_at = CASE WHEN e.cancel_requested OR v.state = 'dead' THEN now() END,
         lease_owner = NULL, lease_expires = NULL
-    WHERE id = %(id)s AND lease_token = %(token)s AND lease_owner = %(owner)s
-      AND state = 'running'
-    RETURNING id, watched AND state IN ('dead', 'cancelled') AS watched)"""
+    FROM unnest(%(ids)s::bigint[], %(tokens)s::integer[], %(states)s::text[],
+                %(errors)s::text[], %(delays)s::float8[]) AS v(id, token, state, error, delay)
+    WHERE e.id = ANY(%(ids)s::bigint[]) AND e.id = v.id AND e.lease_token = v.token
+      AND e.lease_owner = %(owner)s AND e.state = 'running'
+    RETURNING e.id, e.watched AND e.state IN ('dead', 'cancelled') AS watched)"""
     + _NOTIFY_ENDED
 )
+"""Record handlers' failures, fenced, in one statement for the lot: ``failed`` (retried
+after its ``delays`` seconds, on the server's clock) or ``dead``; an event whose cancel was
+asked ends ``cancelled``. Whoever waits for one that ended is woken."""
 
 RELEASE = """
 UPDATE pgtide.events e

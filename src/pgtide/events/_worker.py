@@ -505,11 +505,17 @@ class WorkerCore:
                 "owner": self.owner,
             }
             queries.append(Query(_sql.COMPLETE, complete))
-        for event, error, delay, dead in failed:
-            if event.id in tokens:
-                fail: dict[str, Any] = {"state": "dead" if dead else "failed", "error": error}
-                fail.update(delay=delay, id=event.id, token=tokens[event.id], owner=self.owner)
-                queries.append(Query(_sql.FAIL, fail))
+        failures = [f for f in failed if f[0].id in tokens]
+        if failures:
+            fail = {
+                "ids": [e.id for e, _, _, _ in failures],
+                "tokens": [tokens[e.id] for e, _, _, _ in failures],
+                "states": ["dead" if dead else "failed" for _, _, _, dead in failures],
+                "errors": [error for _, error, _, _ in failures],
+                "delays": [float(delay) for _, _, delay, _ in failures],
+                "owner": self.owner,
+            }
+            queries.append(Query(_sql.FAIL, fail))
         if any(e.name in self._limited_set for e in finished):
             # a slot of a limited name is free: every worker may claim it, not only us
             queries.append(Query(_sql.WAKE, (_sql.CHANNEL,)))
