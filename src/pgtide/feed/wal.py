@@ -535,7 +535,8 @@ _READERS: dict[tuple[int, ...], Callable[..., _Record]] = {}
 
 def _reader(kinds: tuple[int, ...]) -> Callable[..., _Record]:
     """The generated reader of rows of these value kinds (see :data:`_READER`), as a maker
-    taking the column count as the message holds it and the JSON texts between values."""
+    taking the column count as the message holds it and the JSON texts between values. The
+    source holds the kinds' fixed templates only: names and values are data, never code."""
     known = _READERS.get(kinds)
     if known is None:
         values = "".join((_READ_VALUE + _CONVERT[k]).format(i=i) for i, k in enumerate(kinds))
