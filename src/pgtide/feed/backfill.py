@@ -85,18 +85,20 @@ _UNLOCK = "SELECT pg_advisory_unlock(%s, %s)"
 _NOTIFY = "SELECT pg_notify('pgtide_changes', %s)"
 
 # One chunk: read the next rows FOR SHARE, write them as 'read' changes, save the last key,
-# all in one statement (one snapshot) of the chunk's transaction.
+# all in one statement (one snapshot) of the chunk's transaction. The last key is built from
+# the last row only (a jsonb_build_object per row, sorted, cost a fifth of the chunk), and the
+# rows are counted from the chunk (no RETURNING rows to collect).
 _CHUNK = """
 WITH chunk AS (
     SELECT * FROM {table} AS t {where} ORDER BY {keys} LIMIT %(n)s FOR SHARE
 ), written AS (
     INSERT INTO pgtide.changes (table_name, op, row)
     SELECT %(name)s, 'read', to_json(c) FROM chunk AS c ORDER BY {ckeys}
-    RETURNING 1
 ), last AS (
-    SELECT jsonb_build_object({pairs}) AS k FROM chunk AS c ORDER BY {ckeys} DESC LIMIT 1
+    SELECT jsonb_build_object({pairs}) AS k
+    FROM (SELECT * FROM chunk AS c ORDER BY {ckeys} DESC LIMIT 1) AS c
 ), counted AS (
-    SELECT count(*) AS n FROM written
+    SELECT count(*) AS n FROM chunk
 )
 UPDATE pgtide.backfills SET last_key = coalesce((SELECT k FROM last), last_key),
     rows = rows + (SELECT n FROM counted), chunks = chunks + 1, updated_at = now(),
