@@ -956,7 +956,16 @@ class Relay:
             self._close_reader()
             self._reader = connect(conn, application_name="pgtide relay (decoding)")
             self._reader_of = id(conn)
-        return self.step(conn)
+        try:
+            return self.step(conn)
+        except psycopg.Error:
+            reader = self._reader
+            if reader is None or not (reader.closed or reader.broken):
+                raise  # the relay's own connection (an outage: the session reconnects)
+            # the decoding connection was lost, not this one: a new one next turn, which
+            # also advances the slot over what this step committed, if it got that far
+            self._close_reader()
+            return StepResult(more=True)
 
     def _close_reader(self) -> None:
         if self._reader is not None:
