@@ -338,7 +338,8 @@ def test_rows_of_columns_with_any_names_equal_select_star(dsn: str) -> None:
     pgtide.track("odd", dsn=dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
-            "INSERT INTO odd VALUES ('x', 1, 1.10, 0, 'y', 2, true), (NULL, 3, NULL, 1.5, '', 4, NULL)"
+            "INSERT INTO odd VALUES ('x', 1, 1.10, 0, 'y', 2, true), "
+            "(NULL, 3, NULL, 1.5, '', 4, NULL)"
         )
         want = conn.cursor(row_factory=dict_row).execute("SELECT * FROM odd").fetchall()
         conn.execute("ALTER TABLE odd ADD COLUMN later int")
