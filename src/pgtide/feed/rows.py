@@ -39,6 +39,7 @@ from psycopg.pq import Format
 
 from ..names import TableName
 from ..session import Io, one, query
+from .pgoutput import timestamp
 
 Convert: TypeAlias = Callable[[Any], Any]
 
@@ -108,7 +109,6 @@ ORDER BY 1, 2, 3
 
 # Types whose JSON value (from to_json) is already what psycopg returns.
 _AS_IS = frozenset({16, 18, 19, 20, 21, 23, 25, 1042, 1043})  # bool "char" name int text
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MEMO = 1024  # timestamptz texts remembered per column
 _NUMERIC, _FLOAT4, _FLOAT8, _JSON, _JSONB, _TIMESTAMPTZ = 1700, 700, 701, 114, 3802, 1184
 # Types whose captured JSON value already says what the typed value's JSON says (the
@@ -291,10 +291,11 @@ class RowTypes:
             found = self._decoders[table] = (typed, typed.decoder())
         return found[1]
 
-    def instant(self, micros: int) -> datetime:
-        """A time given in microseconds since the epoch, in the session's time zone (as
-        psycopg returns a timestamptz)."""
-        return (_EPOCH + timedelta(microseconds=micros)).astimezone(self.zone)
+    def instant(self, stamp: bytes) -> datetime:
+        """A timestamptz given in its binary form (``timestamptz_send``: microseconds since
+        2000-01-01, 8 bytes big-endian), in the session's time zone (as psycopg returns a
+        timestamptz)."""
+        return timestamp(int.from_bytes(stamp, "big", signed=True)).astimezone(self.zone)
 
     def plain(self, table: str) -> bool:
         """Whether ``table``'s captured JSON text, as it is, already holds what the JSON of its
