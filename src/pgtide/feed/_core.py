@@ -511,7 +511,7 @@ class Core:
         return changes, (Position(base, target, cut) if rest else done)
 
     def _changes(self, rows: list[tuple[Any, ...]]) -> Io[list[Change]]:
-        """The changes of whole transactions' rows (in xid, id order), in commit order; the
+        """The changes of whole transactions' rows (in any order), in commit order; the
         changes of the batch before, still untyped, are let go (see :class:`_Typing`)."""
         changes, typings = yield from _to_changes(_commit_order(rows), self.types)
         for typing in self._typings:
