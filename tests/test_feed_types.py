@@ -324,3 +324,66 @@ def test_a_read_change_copies_and_pickles_with_its_typed_rows(dsn: str) -> None:
     }
     with pytest.raises(dataclasses.FrozenInstanceError):
         insert.op = "delete"  # type: ignore[misc]
+
+
+def test_rows_of_columns_with_any_names_equal_select_star(dsn: str) -> None:
+    """Each table's rows are typed by a function made for its columns: names with quotes,
+    backslashes, newlines or Python's own words come as they are, and a column added since
+    a change was captured comes as None."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            'CREATE TABLE odd ("it\'s" text, "a""b" int, "new\nline" numeric, "v" float8, '
+            '"def" text, "row" int, "\\x" bool)'
+        )
+    pgtide.track("odd", dsn=dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO odd VALUES ('x', 1, 1.10, 0, 'y', 2, true), "
+            "(NULL, 3, NULL, 1.5, '', 4, NULL)"
+        )
+        want = conn.cursor(row_factory=dict_row).execute("SELECT * FROM odd").fetchall()
+        conn.execute("ALTER TABLE odd ADD COLUMN later int")
+    feed = pgtide.Feed("odd-names", ["odd"], dsn=dsn)
+    rows = [c.row for b in feed.batches(start="beginning", stop="end") for c in b]
+    feed.close()
+    assert rows == [{**row, "later": None} for row in want]
+    for got, row in zip(rows, want, strict=True):
+        assert got is not None
+        assert [type(v) for v in got.values()][:-1] == [type(v) for v in row.values()]
+
+
+def test_a_batchs_rows_are_typed_together_at_first_use(dsn: str) -> None:
+    """The first use of a row types the batch's other changes of its table (their captured
+    JSON is gone), from any thread at once; a change of an earlier batch, left untyped,
+    is typed alone at its first use."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE pairs (id int PRIMARY KEY, v text)")
+    pgtide.track("pairs", dsn=dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for i in range(6):
+            conn.execute("INSERT INTO pairs VALUES (%s, 'v'), (%s, 'w')", (2 * i, 2 * i + 1))
+    feed = pgtide.Feed("together", ["pairs"], dsn=dsn)
+    batches = feed.batches(start="beginning", stop="end", max_changes=2)
+    first = list(next(batches))
+    second = list(next(batches))
+    assert all(c.captured_json() is not None for c in first + second)
+    assert second[0].row == {"id": 2, "v": "v"}
+    assert second[1].captured_json() is None  # typed with it
+    assert first[1].captured_json() is not None  # another batch: untouched
+    rest = [c for b in batches for c in b]
+    feed.close()
+    assert [c.row for c in first] == [{"id": 0, "v": "v"}, {"id": 1, "v": "w"}]
+    start = threading.Barrier(8)
+    seen: list[list[Any]] = []
+
+    def read() -> None:
+        start.wait()
+        seen.append([c.row for c in reversed(rest)])
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    want = [{"id": i, "v": "vw"[i % 2]} for i in reversed(range(4, 12))]
+    assert seen == [want] * 8

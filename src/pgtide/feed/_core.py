@@ -15,12 +15,13 @@ the face to carry out.
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import chain, groupby
+from itertools import groupby
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
 
@@ -72,11 +73,11 @@ class Change:
         A sink can send that text as it is instead of encoding the typed rows again."""
         me: Any = self  # the captured rows' slots are no fields
         try:
-            if not me._typing[1]:
+            if not me._typing.plain:
                 return None
+            row, old = me._text, me._old_text
         except AttributeError:  # made by its constructor, or typed already
             return None
-        row, old = me._text, me._old_text
         if (row is not None and MARK in row) or (old is not None and MARK in old):
             return None  # WAL capture marked a value it could not read: typed rows say so
         return row, old
@@ -85,19 +86,16 @@ class Change:
 
         def __getattr__(self, name: str) -> Any:
             # Called for a slot not set. A change read by a feed types ``row`` and ``old``
-            # from their captured JSON at their first use: code that never looks at them (a
-            # sink sending that JSON as it is, a count) does not pay for it.
+            # from their captured JSON at their first use, with the other changes of its
+            # table in its batch (see _Typing): code that never looks at them (a sink
+            # sending that JSON as it is, a count) does not pay for it.
             if name not in ("row", "old"):
                 raise AttributeError(name)
             try:
-                decode = self._typing[0]
+                typing: _Typing = _get(self, "_typing")
             except AttributeError:
                 raise AttributeError(name) from None
-            text, old = self._text, self._old_text
-            _set_row(self, None if text is None else decode(text))
-            _set_old(self, None if old is None else decode(old))
-            for captured in ("_typing", "_text", "_old_text"):  # the typed rows are its own now
-                object.__delattr__(self, captured)
+            typing.type(self)
             return _get(self, name)
 
         def __getstate__(self) -> tuple[Any, ...]:
@@ -118,27 +116,72 @@ _FIELD_SETTERS = tuple(_slot(n) for n in ("id", "table", "op", "row", "old", "xi
 _SETTERS = tuple(_slot(n) for n in ("id", "table", "op", "xid", "at", "_text", "_old_text"))
 _set_row, _set_old = _slot("row"), _slot("old")
 _set_typing = _slot("_typing")
+_del_text, _del_old_text = (Change.__dict__[n].__delete__ for n in ("_text", "_old_text"))
 _get = object.__getattribute__
 
-Typing: TypeAlias = "tuple[Decode, bool]"
-"""How a table's captured rows are typed: its decoder, and whether the captured text already
-says what the typed rows' JSON says (:meth:`~pgtide.feed.rows.RowTypes.plain`). One per
-table per batch, shared by its changes."""
+
+class _Typing:
+    """How the changes of one table in one batch are typed: its decoder, whether the captured
+    text already says what the typed rows' JSON says
+    (:meth:`~pgtide.feed.rows.RowTypes.plain`), and its changes still untyped.
+
+    The first use of a row of one of them types them all, in one loop (a consumer that
+    reads one row reads the others): each change's own first use would cost a call of
+    ``Change.__getattr__`` (more than decoding its row). Once the feed has made the next
+    batch it lets them go (:meth:`release`; each one left is then typed at its own first
+    use), so that a batch never used holds no reference cycle."""
+
+    __slots__ = ("_lock", "changes", "decode", "plain")
+
+    def __init__(self, decode: Decode, plain: bool) -> None:
+        self.decode = decode
+        self.plain = plain
+        self.changes: list[Change] = []
+        self._lock = threading.Lock()  # a batch may be read from several threads
+
+    def type(self, change: Change) -> None:
+        """Type ``change``, and the others still held (those typed are let go)."""
+        with self._lock:
+            try:
+                _get(change, "_text")
+            except AttributeError:
+                return  # typed meanwhile (in another thread)
+            pending, self.changes = self.changes or [change], []
+            decode = self.decode
+            for i, each in enumerate(pending):
+                me: Any = each
+                text, old = me._text, me._old_text
+                try:
+                    row = None if text is None else decode(text)
+                    old = None if old is None else decode(old)
+                except BaseException:
+                    self.changes = pending[i:]  # untyped still
+                    raise
+                _set_row(each, row)
+                _set_old(each, old)
+                _del_text(each)  # the typed rows are its own now
+                _del_old_text(each)
+
+    def release(self) -> None:
+        """Let the changes go: each one left is typed at its own first use."""
+        with self._lock:
+            self.changes = []
 
 
 _CURRENT = "SELECT pg_current_snapshot()::text"
 # The xid column is returned as bigint under another name, so that ORDER BY xid sorts by
-# the indexed xid8 column (an ordered index scan that stops at the LIMIT). The time comes as
-# microseconds since the epoch: one transaction's changes share it, and it is made a
-# datetime once per transaction (parsing a timestamptz per row cost more than the rest of
-# the row). The last column is
-# the fingerprint of the known tables' columns (computed once per query): rows are typed
-# with the column types it vouches for.
+# the indexed xid8 column (an ordered index scan that stops at the LIMIT). The time comes in
+# its binary form (8 bytes: microseconds since 2000-01-01), the cheapest to write and read:
+# one transaction's changes share it, and it is made a datetime once per transaction
+# (parsing a timestamptz per row cost more than the rest of the row; computing the
+# microseconds as a number, through extract's numeric, a quarter of the server's time). The
+# last column is the fingerprint of the known tables' columns (computed once per query):
+# rows are typed with the column types it vouches for.
 _COLUMNS = sql.Composed(
     [
         sql.SQL(
             "SELECT id, xid::text::bigint AS txid, table_name, op, row::text, old::text, "
-            "(extract(epoch FROM at) * 1000000)::int8, "
+            "timestamptz_send(at), "
         ),
         FINGERPRINT,
     ]
@@ -165,7 +208,6 @@ _AFTER = sql.SQL("xid > %(after)s::text::xid8")
 _UPPER = sql.SQL("xid <= %(upper)s::text::xid8")
 _CUT = sql.SQL("xid <= %(cut)s::text::xid8")
 _ORDER = sql.SQL(" ORDER BY xid, id LIMIT %(limit)s")
-_ORDER_ALL = sql.SQL(" ORDER BY xid, id")
 _SUMMARY = sql.SQL("SELECT xid::text::bigint, max(id), count(*)::int")
 _SAVED = """
 SELECT snapshot::text, target::text, after_xid::text FROM pgtide.consumers WHERE name = %s
@@ -213,27 +255,37 @@ def current() -> Io[Position]:
     return Position(Snapshot.parse(row[0]))
 
 
-def _to_changes(rows: list[tuple[Any, ...]], types: RowTypes) -> Io[list[Change]]:
-    """Changes from their rows, typed (looking column types up only when they changed)."""
+def _to_changes(
+    rows: list[tuple[Any, ...]], types: RowTypes
+) -> Io[tuple[list[Change], list[_Typing]]]:
+    """Changes from their rows, typed (looking column types up only when they changed), and
+    how each table's changes are typed."""
     if not rows:
-        return []
-    yield from types.update({r[2] for r in rows}, rows[0][7])
+        return [], []
+    yield from types.update(set(map(_NAME, rows)), rows[0][7])
     # rows come as JSON text, typed by `types` (numbers exact) when first used (see
-    # Change.__getattr__). Each Change is made without its frozen __init__ (a call of
-    # object.__setattr__ per field, with checks): its slots are set directly.
-    typings: dict[str, Typing] = {}
-    times: dict[int, datetime] = {}
+    # _Typing). Each Change is made without its frozen __init__ (a call of
+    # object.__setattr__ per field, with checks): its slots are set directly. A batch is
+    # mostly runs of one table and of one transaction (one time): each is looked up once
+    # a run.
+    typings: dict[str, _Typing] = {}
     changes: list[Change] = []
     append, new = changes.append, object.__new__
     set_id, set_table, set_op, set_xid, set_at, set_text, set_old_text = _SETTERS
     set_typing = _set_typing
+    current: str | None = None
+    typing: Any = None
+    add: Callable[[Change], None] = append
+    moment: bytes | None = None
+    at: datetime | None = None
     for id_, xid, table, op, row, old, micros, _ in rows:
-        typing = typings.get(table)
-        if typing is None:
-            typing = typings[table] = (types.decoder(table), types.plain(table))
-        at = times.get(micros)
-        if at is None:
-            at = times[micros] = types.instant(micros)
+        if table != current:
+            current, typing = table, typings.get(table)
+            if typing is None:
+                typing = typings[table] = _Typing(types.decoder(table), types.plain(table))
+            add = typing.changes.append
+        if micros != moment:
+            moment, at = micros, types.instant(micros)
         change = new(Change)
         set_id(change, id_)
         set_table(change, table)
@@ -244,7 +296,8 @@ def _to_changes(rows: list[tuple[Any, ...]], types: RowTypes) -> Io[list[Change]
         set_old_text(change, old)
         set_typing(change, typing)
         append(change)
-    return changes
+        add(change)
+    return changes, list(typings.values())
 
 
 @dataclass
@@ -273,6 +326,8 @@ class Core:
     _summary: dict[tuple[Any, ...], Summary] = field(default_factory=dict, repr=False)
     # the connection's registration as a waiting feed (see pgtide.feed.sleepers)
     sleeper: Registration = field(default_factory=Registration, repr=False)
+    # how the last batch's changes are typed, by table (released at the next batch)
+    _typings: list[_Typing] = field(default_factory=list, repr=False)
 
     def prepare(self) -> Io[None]:
         """Run on each new connection: install the schema, check the followed tables."""
@@ -439,7 +494,7 @@ class Core:
                 sql.Composed([_COLUMNS, self._from(where, first=True), _ORDER]), params
             )
             if len(rows) <= max_changes:
-                return (yield from _to_changes(_commit_order(rows), self.types)), done
+                return (yield from self._changes(rows)), done
             found = yield from query(
                 sql.Composed([_SUMMARY, self._from(where), sql.SQL(" GROUP BY xid")]), params
             )
@@ -450,12 +505,19 @@ class Core:
             # the rows in hand, in (xid, id) order, hold every change up to the cut
             rows = rows[: bisect_right(rows, cut, key=_XID)]
         else:
-            params["cut"] = str(cut)
-            rows = yield from query(
-                sql.Composed([_COLUMNS, self._from([*where, _CUT]), _ORDER_ALL]), params
-            )
-        changes = yield from _to_changes(_commit_order(rows), self.types)
+            params["cut"] = str(cut)  # in no order: _commit_order sorts them
+            rows = yield from query(sql.Composed([_COLUMNS, self._from([*where, _CUT])]), params)
+        changes = yield from self._changes(rows)
         return changes, (Position(base, target, cut) if rest else done)
+
+    def _changes(self, rows: list[tuple[Any, ...]]) -> Io[list[Change]]:
+        """The changes of whole transactions' rows (in any order), in commit order; the
+        changes of the batch before, still untyped, are let go (see :class:`_Typing`)."""
+        changes, typings = yield from _to_changes(_commit_order(rows), self.types)
+        for typing in self._typings:
+            typing.release()
+        self._typings = typings
+        return changes
 
 
 Summary: TypeAlias = "list[tuple[int, int, int]]"
@@ -487,25 +549,26 @@ def choose_cut(summary: Summary, max_changes: int) -> tuple[int, Summary]:
 
 
 def _commit_order(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """Rows of whole transactions (given by xid, id) in commit order: transactions by their
+    """Rows of whole transactions, in any order, in commit order: transactions by their
     last change id, each one's changes by id.
 
     Two transactions that wrote the same row committed in the order of their last change
     ids: the second one's write waited for the first one's commit (a row lock), so it, and
     its last change, come after every change of the first. Xid order does not say that (a
-    transaction draws its xid at its first write, wherever that is)."""
-    transactions = [list(group) for _, group in groupby(rows, _XID)]  # each one by id
-    if len(transactions) < 2:
-        return rows
-    transactions.sort(key=_last_id)
-    return list(chain.from_iterable(transactions))
+    transaction draws its xid at its first write, wherever that is).
+
+    Sorted here rather than by the query: the server compares xid8 values through a
+    function call each, and a batch's rows come nearly in id order (the order they were
+    written), which Python's sort takes in about one pass."""
+    ordered = sorted(rows, key=_ID)
+    xids = list(map(_XID, ordered))
+    last = dict(zip(xids, map(_ID, ordered), strict=True))  # each one's last id
+    if len(last) > 1 and len(last) < sum(1 for _ in groupby(xids)):  # some interleave
+        ordered.sort(key=lambda row: last[row[1]])  # stable: each one's changes stay by id
+    return ordered
 
 
-_XID = itemgetter(1)
-
-
-def _last_id(transaction: list[tuple[Any, ...]]) -> int:
-    return int(transaction[-1][0])
+_ID, _XID, _NAME = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
 @dataclass(frozen=True)

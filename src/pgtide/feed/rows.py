@@ -39,6 +39,7 @@ from psycopg.pq import Format
 
 from ..names import TableName
 from ..session import Io, one, query
+from .pgoutput import timestamp
 
 Convert: TypeAlias = Callable[[Any], Any]
 
@@ -108,7 +109,6 @@ ORDER BY 1, 2, 3
 
 # Types whose JSON value (from to_json) is already what psycopg returns.
 _AS_IS = frozenset({16, 18, 19, 20, 21, 23, 25, 1042, 1043})  # bool "char" name int text
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MEMO = 1024  # timestamptz texts remembered per column
 _NUMERIC, _FLOAT4, _FLOAT8, _JSON, _JSONB, _TIMESTAMPTZ = 1700, 700, 701, 114, 3802, 1184
 # Types whose captured JSON value already says what the typed value's JSON says (the
@@ -159,8 +159,41 @@ class _Table:
     plain: bool = False  # its captured JSON is what a sink sends (see :meth:`RowTypes.plain`)
 
     def decoder(self) -> Decode:
-        """The typed row from its captured JSON text, as one function (the read path runs
-        it for every change: everything it needs is bound once, here)."""
+        """The typed row from its captured JSON text, as one function compiled for this
+        table (the read path runs it for every change): the row is made as one dict display
+        of its columns in order, each value converted where its type needs it. A row it
+        does not fit (a column added since, a value that no longer fits its type, a column
+        marked unchanged, JSON that orjson refuses) takes :meth:`general`, which says what
+        every such row means."""
+        general = self.general()
+        converters = dict(self.convert)
+        scope: dict[str, Any] = {"loads": self.loads, "general": general, "MARK": MARK}
+        values = []
+        for i, name in enumerate(self.names):
+            key = repr(name)  # a Python literal of any column name
+            if name in converters:
+                scope[f"c{i}"] = converters[name]
+                values.append(f"{key}: None if (v := row[{key}]) is None else c{i}(v)")
+            else:
+                values.append(f"{key}: row[{key}]")
+        source = (
+            "def decode(text):\n"
+            "    if MARK in text:\n"
+            "        return general(text)\n"
+            "    try:\n"
+            "        row = loads(text)\n"
+            f"        return {{{', '.join(values)}}}\n"
+            "    except Exception:\n"
+            "        return general(text)\n"
+        )
+        exec(source, scope)  # made of column names as literals, nothing else
+        decode: Decode = scope["decode"]
+        return decode
+
+    def general(self) -> Decode:
+        """The typed row from its captured JSON text, whatever the row holds: columns added
+        since come as None, dropped ones are left out, a value that no longer fits its
+        column's type stays its JSON value, a column WAL capture marked unchanged stays so."""
         loads, names, convert = self.loads, self.names, self.convert
         # the values in column order, in one C call (KeyError: a column added since)
         pick: Callable[[dict[str, Any]], Any] = (
@@ -258,10 +291,11 @@ class RowTypes:
             found = self._decoders[table] = (typed, typed.decoder())
         return found[1]
 
-    def instant(self, micros: int) -> datetime:
-        """A time given in microseconds since the epoch, in the session's time zone (as
-        psycopg returns a timestamptz)."""
-        return (_EPOCH + timedelta(microseconds=micros)).astimezone(self.zone)
+    def instant(self, stamp: bytes) -> datetime:
+        """A timestamptz given in its binary form (``timestamptz_send``: microseconds since
+        2000-01-01, 8 bytes big-endian), in the session's time zone (as psycopg returns a
+        timestamptz)."""
+        return timestamp(int.from_bytes(stamp, "big", signed=True)).astimezone(self.zone)
 
     def plain(self, table: str) -> bool:
         """Whether ``table``'s captured JSON text, as it is, already holds what the JSON of its
