@@ -1156,6 +1156,7 @@ class _Driver(Generic[_S]):
     """
 
     _session_class: type[_S]
+    _direct = False  # the waker's socket is read by the waiting thread (see channel.Waker)
 
     def __init__(self, resolved: Resolved, core: WorkerCore) -> None:
         self.core = core
@@ -1168,6 +1169,7 @@ class _Driver(Generic[_S]):
             on_notify=self.core.on_notify,
             on_gap=self.core.on_gap,
             application_name=APPLICATION_NAME,
+            direct=self._direct,
         )
         self.core.wake = self._waker.set
         self.running = threading.Event()
@@ -1258,9 +1260,12 @@ class _Writer:
 class Worker(_Driver[Session]):
     """A worker driven from a thread: ``run()`` blocks until ``stop()``; both thread-safe.
 
-    Outcomes are written by a :class:`_Writer` on a second connection."""
+    Outcomes are written by a :class:`_Writer` on a second connection. The thread reads its
+    wake-ups itself: a NOTIFY wakes it with no hand-off, and those that came while it
+    worked are read before each claim (a cancel is seen at once)."""
 
     _session_class = Session
+    _direct = True
 
     def __init__(self, resolved: Resolved, core: WorkerCore) -> None:
         super().__init__(resolved, core)
@@ -1297,6 +1302,7 @@ class Worker(_Driver[Session]):
                     if isinstance(step, Db):
                         steps.reply(self._session.run(step.make))
                     elif isinstance(step, Pipe):
+                        self._waker.read_now()
                         steps.reply(self._session.call(partial(_run_batch, make=step.make)))
                     elif isinstance(step, Record):
                         self._writer.submit(step.make)
