@@ -7,8 +7,8 @@ in the receiving thread, and sets the :class:`Signal` that the feature waits on,
 thread or an asyncio task. After a reconnect it calls ``on_gap`` and wakes at once, since a
 notification may have been missed.
 
-A waker made with ``direct=True`` serves one waiting thread that waits often (an event
-worker's dispatcher): while it waits, that thread reads the socket itself (the receiver's
+A waker made with ``direct=True`` serves one waiter that waits often (an event worker's
+dispatcher, a thread or a task): while it waits, it reads the socket itself (the receiver's
 direct lane, :meth:`Receiver.take_now`), so a NOTIFY wakes it at once, with no hand-off from
 the connection thread (one wake-up between a notification and the waiter, not two).
 """
@@ -90,22 +90,46 @@ class Signal:
         if pipe is not None:
             pipe.close()
 
-    async def wait_async(self, seconds: float | None) -> bool:
-        """The asyncio twin of :meth:`wait` (the first task to call it binds its loop)."""
+    def _bound(self) -> asyncio.Event:
+        """The asyncio flag of the running loop (the first task to wait binds its loop)."""
         loop = asyncio.get_running_loop()
         if self._aevent is None or self._loop is not loop:
             self._aevent = asyncio.Event()
             self._loop = loop
+        return self._aevent
+
+    async def wait_async(self, seconds: float | None) -> bool:
+        """The asyncio twin of :meth:`wait` (the first task to call it binds its loop)."""
+        aevent = self._bound()
         if self._event.is_set():
-            self._aevent.set()
+            aevent.set()
         try:
-            await asyncio.wait_for(self._aevent.wait(), seconds)
+            await asyncio.wait_for(aevent.wait(), seconds)
             woke = True
         except TimeoutError:
             woke = False
-        self._aevent.clear()
+        aevent.clear()
         self._event.clear()
         return woke
+
+    async def wait_or_readable_async(self, fd: int, seconds: float | None) -> bool:
+        """The asyncio twin of :meth:`wait_or_readable`; False when the loop cannot watch
+        ``fd`` (then it did not wait)."""
+        aevent = self._bound()
+        if self._event.is_set():
+            return True
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_reader(fd, aevent.set)
+        except (NotImplementedError, OSError, RuntimeError):  # a loop that cannot watch
+            return False
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(aevent.wait(), seconds)
+        finally:
+            loop.remove_reader(fd)
+            aevent.clear()  # the flag (_event) says whether it was set
+        return True
 
 
 class Waker:
@@ -115,7 +139,7 @@ class Waker:
     server cannot be reached it logs why and the waiter simply polls. With no channels it
     opens no connection and is a plain signal with deadlines. ``wait``/``wait_async`` return
     True when woken, False when ``seconds`` passed. With ``direct``, :meth:`wait` reads the
-    socket in the waiting thread (one thread only; it calls :meth:`stop` too).
+    socket in the waiting thread or task (one only, and never while :meth:`stop` runs).
     """
 
     def __init__(
@@ -177,13 +201,10 @@ class Waker:
         self.signal.set()
 
     def wait(self, seconds: float | None) -> bool:
-        receiver = self._receiver
-        if not self._direct or receiver is None:
-            return self.signal.wait(seconds)
+        """Block until woken or ``seconds`` pass; direct, reading the socket meanwhile (once
+        the connection thread reads it, on the flag alone)."""
         deadline = None if seconds is None else time.monotonic() + seconds
-        while True:
-            if not self.read_now():  # the connection thread reads: wait on the flag alone
-                break
+        while self.read_now():
             left = None if deadline is None else deadline - time.monotonic()
             if self.signal.is_set() or (left is not None and left <= 0):
                 break
@@ -202,8 +223,22 @@ class Waker:
             self.offer(got)
         return got
 
+    def _leave_socket(self) -> None:
+        if (receiver := self._receiver) is not None:
+            receiver.leave_socket()
+
     async def wait_async(self, seconds: float | None) -> bool:
-        return await self.signal.wait_async(seconds)
+        """The asyncio twin of :meth:`wait` (direct: the socket is watched by the loop)."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while self.read_now():
+            left = None if deadline is None else deadline - time.monotonic()
+            if self.signal.is_set() or (left is not None and left <= 0):
+                break
+            if not await self.signal.wait_or_readable_async(self._copy.fd, left):
+                self._leave_socket()
+                break
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return await self.signal.wait_async(left)
 
     # -- the receiver's sink ----------------------------------------------------------------
 

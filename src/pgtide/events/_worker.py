@@ -9,9 +9,11 @@ its dispatcher is one :data:`Plan`, a generator of :class:`Db`, :class:`Pipe`,
 from a thread on a :class:`~pgtide.session.Session`, with a :class:`_Writer` that records
 outcomes on a second session meanwhile; :class:`AsyncWorker` from a task on an
 :class:`~pgtide.session.AsyncSession` (outcomes in turn). Either session is the one
-reconnect policy; a ``channel.Waker`` shortens the waits. A round claims only when a claim
-may find something new (a NOTIFY, a poll, a full claim before: see :meth:`WorkerCore._claims`);
-a round woken to record outcomes does not.
+reconnect policy; a ``channel.Waker`` shortens the waits (direct: the dispatcher reads the
+NOTIFYs itself, so a publish wakes the thread or task that claims with no hand-off between
+threads; those that came while it worked are read before each claim). A round claims only
+when a claim may find something new (a NOTIFY, a poll, a full claim before: see
+:meth:`WorkerCore._claims`); a round woken to record outcomes does not.
 
 Handlers: at most ``concurrency`` at once in all. Plain functions run on a pool of threads
 (started only when a plain handler first runs), each taking the next claimed event itself;
@@ -1156,7 +1158,6 @@ class _Driver(Generic[_S]):
     """
 
     _session_class: type[_S]
-    _direct = False  # the waker's socket is read by the waiting thread (see channel.Waker)
 
     def __init__(self, resolved: Resolved, core: WorkerCore) -> None:
         self.core = core
@@ -1169,7 +1170,7 @@ class _Driver(Generic[_S]):
             on_notify=self.core.on_notify,
             on_gap=self.core.on_gap,
             application_name=APPLICATION_NAME,
-            direct=self._direct,
+            direct=True,  # the dispatcher reads its wake-ups itself (no hand-off)
         )
         self.core.wake = self._waker.set
         self.running = threading.Event()
@@ -1260,12 +1261,9 @@ class _Writer:
 class Worker(_Driver[Session]):
     """A worker driven from a thread: ``run()`` blocks until ``stop()``; both thread-safe.
 
-    Outcomes are written by a :class:`_Writer` on a second connection. The thread reads its
-    wake-ups itself: a NOTIFY wakes it with no hand-off, and those that came while it
-    worked are read before each claim (a cancel is seen at once)."""
+    Outcomes are written by a :class:`_Writer` on a second connection."""
 
     _session_class = Session
-    _direct = True
 
     def __init__(self, resolved: Resolved, core: WorkerCore) -> None:
         super().__init__(resolved, core)
@@ -1347,6 +1345,7 @@ class AsyncWorker(_Driver[AsyncSession]):
                     if isinstance(step, Db):
                         steps.reply(await self._session.run(step.make))
                     elif isinstance(step, Pipe | Record):
+                        self._waker.read_now()
                         steps.reply(await self._session.call(partial(_arun_batch, make=step.make)))
                     elif isinstance(step, Sleep):
                         steps.reply(await self._waker.wait_async(step.seconds))
