@@ -221,7 +221,7 @@ class Waker:
             return False
         while not isinstance(got := receiver.take_now(_DIRECT, self._copy), bool):
             self.offer(got)
-        return got
+        return got  # True: nothing more to read, and the copy of the socket is ready
 
     def _leave_socket(self) -> None:
         if (receiver := self._receiver) is not None:

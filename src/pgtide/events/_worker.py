@@ -61,7 +61,9 @@ from ..session import (
     Rows,
     Session,
     Stopped,
+    afetched,
     atomic,
+    fetched,
     query,
 )
 from . import _sql
@@ -1123,7 +1125,7 @@ def _run_batch(conn: psycopg.Connection[Any], make: Callable[[], Batch]) -> Any:
         else:
             with conn.pipeline(), conn.transaction():
                 cursors = [conn.execute(q.statement, q.params) for q in batch.queries]
-        rows = [c.fetchall() if c.description else [] for c in cursors]
+        rows = [fetched(c) for c in cursors]
     except BaseException:
         batch.undo()
         raise
@@ -1141,7 +1143,7 @@ async def _arun_batch(conn: psycopg.AsyncConnection[Any], make: Callable[[], Bat
         else:
             async with conn.pipeline(), conn.transaction():
                 cursors = [await conn.execute(q.statement, q.params) for q in batch.queries]
-        rows = [await c.fetchall() if c.description else [] for c in cursors]
+        rows = [await afetched(c) for c in cursors]
     except BaseException:
         batch.undo()
         raise
