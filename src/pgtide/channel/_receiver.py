@@ -418,7 +418,9 @@ class Receiver:
                     except psycopg.Error:  # failing: this thread notices (below)
                         pass
                     else:
-                        self._direct = True
+                        if not self._direct:  # this thread stops reading now, not at its
+                            self._direct = True  # next wake-up (till then both would wake)
+                            self._pipe.wake()
                         if not notes:
                             if copy.fd < 0:
                                 copy.fd, copy.connection = os.dup(fd), self._connection
