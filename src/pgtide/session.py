@@ -130,7 +130,7 @@ def run(conn: psycopg.Connection[Any], io: Io[T]) -> T:
     steps = Steps(io)
     for step in steps:
         with steps.outcome():
-            steps.rows = _rows(conn.execute(step.statement, step.params))
+            steps.rows = fetched(conn.execute(step.statement, step.params))
     return steps.result
 
 
@@ -149,7 +149,7 @@ def run_after(conn: psycopg.Connection[Any], first: Io[None], io: Io[T]) -> T:
             with then.outcome():
                 cur = conn.execute(step.statement, step.params)
                 pipe.sync()
-                then.rows = _rows(cur)
+                then.rows = fetched(cur)
         return then.result
 
 
@@ -158,7 +158,7 @@ async def arun(conn: psycopg.AsyncConnection[Any], io: Io[T]) -> T:
     steps = Steps(io)
     for step in steps:
         with steps.outcome():
-            steps.rows = await _arows(await conn.execute(step.statement, step.params))
+            steps.rows = await afetched(await conn.execute(step.statement, step.params))
     return steps.result
 
 
@@ -174,16 +174,19 @@ async def arun_after(conn: psycopg.AsyncConnection[Any], first: Io[None], io: Io
             with then.outcome():
                 cur = await conn.execute(step.statement, step.params)
                 await pipe.sync()
-                then.rows = await _arows(cur)
+                then.rows = await afetched(cur)
         return then.result
 
 
-def _rows(cur: psycopg.Cursor[Any]) -> Rows:
-    return cur.fetchall() if cur.description else []
+def fetched(cur: psycopg.Cursor[Any]) -> Rows:
+    """The rows of a statement's result ([] when it returns none). Asked of the result's
+    column count: ``cur.description`` builds a Column object per column on every call."""
+    return cur.fetchall() if (res := cur.pgresult) is not None and res.nfields else []
 
 
-async def _arows(cur: psycopg.AsyncCursor[Any]) -> Rows:
-    return await cur.fetchall() if cur.description else []
+async def afetched(cur: psycopg.AsyncCursor[Any]) -> Rows:
+    """The asyncio twin of :func:`fetched`."""
+    return await cur.fetchall() if (res := cur.pgresult) is not None and res.nfields else []
 
 
 def translate(exc: Exception, conn: psycopg.BaseConnection[Any] | None) -> Exception:

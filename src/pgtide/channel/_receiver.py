@@ -38,7 +38,7 @@ from psycopg import pq, sql
 from ..connect import Resolved, connect
 from ..errors import ConfigError
 from ..session import Lost, Policy, Reconnector
-from ._queue import RECONNECTED, Batch, BatchQueue, Item, Marker
+from ._queue import RECONNECTED, Batch, Item, Marker
 from ._registry import Registry
 from ._stats import Stats
 
@@ -67,6 +67,16 @@ class Sink(Protocol):
     def put_marker(self, marker: Marker) -> None: ...
 
     def set_on_room(self, on_room: Callable[[], None] | None) -> None: ...
+
+
+class Lane(Protocol):
+    """What a dispatcher that reads the socket itself (:meth:`Receiver.take_now`) drains:
+    the listener's :class:`BatchQueue`, or a waker (which queues nothing)."""
+
+    @property
+    def when_full(self) -> str: ...
+
+    def empty(self) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +194,7 @@ class Receiver:
         self._live: pq.abc.PGconn | None = None
         self._connection = 0  # which connection serve() uses (or used last): see SocketCopy
         self._direct = False
-        self._lane: BatchQueue | None = None
+        self._lane: Lane | None = None
         self._read_at = 0.0  # when the dispatcher last read something (no probe needed)
         self._enc = "utf-8"
         queue.set_on_room(self.wake)
@@ -373,7 +383,7 @@ class Receiver:
             self._direct = False
             lock.release()
 
-    def take_now(self, queue: BatchQueue, copy: SocketCopy) -> Batch | bool:
+    def take_now(self, queue: Lane, copy: SocketCopy) -> Batch | bool:
         """The direct lane: what the socket holds, read by the dispatcher itself.
 
         The dispatcher of ``queue`` calls it whenever the queue is empty, so that under a
@@ -408,7 +418,9 @@ class Receiver:
                     except psycopg.Error:  # failing: this thread notices (below)
                         pass
                     else:
-                        self._direct = True
+                        if not self._direct:  # this thread stops reading now, not at its
+                            self._direct = True  # next wake-up (till then both would wake)
+                            self._pipe.wake()
                         if not notes:
                             if copy.fd < 0:
                                 copy.fd, copy.connection = os.dup(fd), self._connection

@@ -6,6 +6,11 @@ polling alone; a waker only shortens their waits. It runs one :class:`Receiver` 
 in the receiving thread, and sets the :class:`Signal` that the feature waits on, from a
 thread or an asyncio task. After a reconnect it calls ``on_gap`` and wakes at once, since a
 notification may have been missed.
+
+A waker made with ``direct=True`` serves one waiter that waits often (an event worker's
+dispatcher, a thread or a task): while it waits, it reads the socket itself (the receiver's
+direct lane, :meth:`Receiver.take_now`), so a NOTIFY wakes it at once, with no hand-off from
+the connection thread (one wake-up between a notification and the waiter, not two).
 """
 
 from __future__ import annotations
@@ -13,14 +18,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import select
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..connect import Resolved
 from ..errors import PgtideError
 from ._queue import Batch, Marker
-from ._receiver import Receiver, Settings
+from ._receiver import Receiver, Settings, SocketCopy, WakePipe
 from ._registry import Registry
 from ._stats import Stats
 
@@ -37,10 +45,14 @@ class Signal:
         self._event = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._aevent: asyncio.Event | None = None
+        self._pipe: WakePipe | None = None  # made by the first wait_or_readable
+        self._polling = False  # a thread waits in wait_or_readable: set() writes the pipe
 
     def set(self) -> None:
         """Wake the waiter; safe from any thread."""
         self._event.set()
+        if self._polling and (pipe := self._pipe) is not None:
+            pipe.wake()
         loop, aevent = self._loop, self._aevent
         if loop is not None and aevent is not None:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
@@ -55,22 +67,69 @@ class Signal:
         self._event.clear()
         return woke
 
-    async def wait_async(self, seconds: float | None) -> bool:
-        """The asyncio twin of :meth:`wait` (the first task to call it binds its loop)."""
+    def wait_or_readable(self, fd: int, seconds: float | None) -> None:
+        """Block until set, ``fd`` is readable, or ``seconds`` pass (forever when None).
+        Consumes nothing: the caller reads ``fd``, then looks at the flag."""
+        if (pipe := self._pipe) is None:
+            pipe = self._pipe = WakePipe()
+        self._polling = True  # before the look at the flag: a set() from now on writes
+        try:
+            if self._event.is_set():
+                return
+            poller = select.poll()
+            poller.register(pipe.fd, select.POLLIN)
+            poller.register(fd, select.POLLIN)
+            poller.poll(None if seconds is None else math.ceil(max(0.0, seconds) * 1000))
+        finally:
+            self._polling = False
+            pipe.clear()
+
+    def close(self) -> None:
+        """Release the pipe of :meth:`wait_or_readable` (when no thread waits there)."""
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            pipe.close()
+
+    def _bound(self) -> asyncio.Event:
+        """The asyncio flag of the running loop (the first task to wait binds its loop)."""
         loop = asyncio.get_running_loop()
         if self._aevent is None or self._loop is not loop:
             self._aevent = asyncio.Event()
             self._loop = loop
+        return self._aevent
+
+    async def wait_async(self, seconds: float | None) -> bool:
+        """The asyncio twin of :meth:`wait` (the first task to call it binds its loop)."""
+        aevent = self._bound()
         if self._event.is_set():
-            self._aevent.set()
+            aevent.set()
         try:
-            await asyncio.wait_for(self._aevent.wait(), seconds)
+            await asyncio.wait_for(aevent.wait(), seconds)
             woke = True
         except TimeoutError:
             woke = False
-        self._aevent.clear()
+        aevent.clear()
         self._event.clear()
         return woke
+
+    async def wait_or_readable_async(self, fd: int, seconds: float | None) -> bool:
+        """The asyncio twin of :meth:`wait_or_readable`; False when the loop cannot watch
+        ``fd`` (then it did not wait)."""
+        aevent = self._bound()
+        if self._event.is_set():
+            return True
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_reader(fd, aevent.set)
+        except (NotImplementedError, OSError, RuntimeError):  # a loop that cannot watch
+            return False
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(aevent.wait(), seconds)
+        finally:
+            loop.remove_reader(fd)
+            aevent.clear()  # the flag (_event) says whether it was set
+        return True
 
 
 class Waker:
@@ -79,7 +138,8 @@ class Waker:
     :meth:`start` LISTENs (on its own connection, with pgtide's reconnect policy); if the
     server cannot be reached it logs why and the waiter simply polls. With no channels it
     opens no connection and is a plain signal with deadlines. ``wait``/``wait_async`` return
-    True when woken, False when ``seconds`` passed.
+    True when woken, False when ``seconds`` passed. With ``direct``, :meth:`wait` reads the
+    socket in the waiting thread or task (one only, and never while :meth:`stop` runs).
     """
 
     def __init__(
@@ -91,6 +151,7 @@ class Waker:
         on_gap: Callable[[], None] | None = None,
         application_name: str = "pgtide-listen-wake",
         probe_interval: float = 5.0,
+        direct: bool = False,
     ) -> None:
         self._resolved = resolved
         self._channels = tuple(dict.fromkeys(channels))
@@ -98,6 +159,8 @@ class Waker:
         self._on_gap = on_gap
         self._settings = Settings(application_name, probe_interval, probe_interval)
         self._receiver: Receiver | None = None
+        self._direct = direct
+        self._copy = SocketCopy()  # the waiting thread's duplicate of the socket (direct)
         self.signal = Signal()
         self.stats = Stats()
 
@@ -130,16 +193,52 @@ class Waker:
         receiver, self._receiver = self._receiver, None
         if receiver is not None:
             receiver.stop()
+        self._copy.close()
+        self.signal.close()
 
     def set(self) -> None:
         """Wake the waiter now (any thread)."""
         self.signal.set()
 
     def wait(self, seconds: float | None) -> bool:
-        return self.signal.wait(seconds)
+        """Block until woken or ``seconds`` pass; direct, reading the socket meanwhile (once
+        the connection thread reads it, on the flag alone)."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while self.read_now():
+            left = None if deadline is None else deadline - time.monotonic()
+            if self.signal.is_set() or (left is not None and left <= 0):
+                break
+            self.signal.wait_or_readable(self._copy.fd, left)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self.signal.wait(left)
+
+    def read_now(self) -> bool:
+        """Direct: read what the socket holds in this thread, without waiting, and act on it
+        (``on_notify``, the flag); whether this thread may wait on the socket (False: the
+        connection thread reads it meanwhile)."""
+        receiver = self._receiver
+        if not self._direct or receiver is None:
+            return False
+        while not isinstance(got := receiver.take_now(_DIRECT, self._copy), bool):
+            self.offer(got)
+        return got  # True: nothing more to read, and the copy of the socket is ready
+
+    def _leave_socket(self) -> None:
+        if (receiver := self._receiver) is not None:
+            receiver.leave_socket()
 
     async def wait_async(self, seconds: float | None) -> bool:
-        return await self.signal.wait_async(seconds)
+        """The asyncio twin of :meth:`wait` (direct: the socket is watched by the loop)."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while self.read_now():
+            left = None if deadline is None else deadline - time.monotonic()
+            if self.signal.is_set() or (left is not None and left <= 0):
+                break
+            if not await self.signal.wait_or_readable_async(self._copy.fd, left):
+                self._leave_socket()
+                break
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return await self.signal.wait_async(left)
 
     # -- the receiver's sink ----------------------------------------------------------------
 
@@ -174,6 +273,19 @@ class Waker:
     def __repr__(self) -> str:
         state = "listening" if self.listening else "polling"
         return f"<pgtide Waker {state} channels={list(self._channels)!r}>"
+
+
+class _Direct:
+    """The lane of a direct waker (:meth:`Receiver.take_now`): it queues nothing."""
+
+    when_full = "block"
+
+    @staticmethod
+    def empty() -> bool:
+        return True
+
+
+_DIRECT = _Direct()
 
 
 def _ignore(_note: Any) -> None:

@@ -9,9 +9,11 @@ its dispatcher is one :data:`Plan`, a generator of :class:`Db`, :class:`Pipe`,
 from a thread on a :class:`~pgtide.session.Session`, with a :class:`_Writer` that records
 outcomes on a second session meanwhile; :class:`AsyncWorker` from a task on an
 :class:`~pgtide.session.AsyncSession` (outcomes in turn). Either session is the one
-reconnect policy; a ``channel.Waker`` shortens the waits. A round claims only when a claim
-may find something new (a NOTIFY, a poll, a full claim before: see :meth:`WorkerCore._claims`);
-a round woken to record outcomes does not.
+reconnect policy; a ``channel.Waker`` shortens the waits (direct: the dispatcher reads the
+NOTIFYs itself, so a publish wakes the thread or task that claims with no hand-off between
+threads; those that came while it worked are read before each claim). A round claims only
+when a claim may find something new (a NOTIFY, a poll, a full claim before: see
+:meth:`WorkerCore._claims`); a round woken to record outcomes does not.
 
 Handlers: at most ``concurrency`` at once in all. Plain functions run on a pool of threads
 (started only when a plain handler first runs), each taking the next claimed event itself;
@@ -59,7 +61,9 @@ from ..session import (
     Rows,
     Session,
     Stopped,
+    afetched,
     atomic,
+    fetched,
     query,
 )
 from . import _sql
@@ -1121,7 +1125,7 @@ def _run_batch(conn: psycopg.Connection[Any], make: Callable[[], Batch]) -> Any:
         else:
             with conn.pipeline(), conn.transaction():
                 cursors = [conn.execute(q.statement, q.params) for q in batch.queries]
-        rows = [c.fetchall() if c.description else [] for c in cursors]
+        rows = [fetched(c) for c in cursors]
     except BaseException:
         batch.undo()
         raise
@@ -1139,7 +1143,7 @@ async def _arun_batch(conn: psycopg.AsyncConnection[Any], make: Callable[[], Bat
         else:
             async with conn.pipeline(), conn.transaction():
                 cursors = [await conn.execute(q.statement, q.params) for q in batch.queries]
-        rows = [await c.fetchall() if c.description else [] for c in cursors]
+        rows = [await afetched(c) for c in cursors]
     except BaseException:
         batch.undo()
         raise
@@ -1168,6 +1172,7 @@ class _Driver(Generic[_S]):
             on_notify=self.core.on_notify,
             on_gap=self.core.on_gap,
             application_name=APPLICATION_NAME,
+            direct=True,  # the dispatcher reads its wake-ups itself (no hand-off)
         )
         self.core.wake = self._waker.set
         self.running = threading.Event()
@@ -1297,6 +1302,7 @@ class Worker(_Driver[Session]):
                     if isinstance(step, Db):
                         steps.reply(self._session.run(step.make))
                     elif isinstance(step, Pipe):
+                        self._waker.read_now()
                         steps.reply(self._session.call(partial(_run_batch, make=step.make)))
                     elif isinstance(step, Record):
                         self._writer.submit(step.make)
@@ -1341,6 +1347,7 @@ class AsyncWorker(_Driver[AsyncSession]):
                     if isinstance(step, Db):
                         steps.reply(await self._session.run(step.make))
                     elif isinstance(step, Pipe | Record):
+                        self._waker.read_now()
                         steps.reply(await self._session.call(partial(_arun_batch, make=step.make)))
                     elif isinstance(step, Sleep):
                         steps.reply(await self._waker.wait_async(step.seconds))
