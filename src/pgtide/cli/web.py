@@ -55,7 +55,7 @@ def web(
         import uvicorn
 
         from ..web import app as make_app
-        from ..web._security import is_loopback
+        from ..web import is_loopback
     except ImportError as exc:  # pragma: no cover - the extra is part of the install
         raise ConfigError(
             f"pgtide web needs the web extra ({exc.name} is missing): pip install 'pgtide[web]'"

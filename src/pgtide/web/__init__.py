@@ -8,5 +8,6 @@ any ASGI server); ``pgtide web`` serves it with uvicorn. Needs the ``web`` extra
 from __future__ import annotations
 
 from ._app import Console, app
+from ._security import is_loopback
 
-__all__ = ["Console", "app"]
+__all__ = ["Console", "app", "is_loopback"]
