@@ -5,9 +5,12 @@ one JSON array, and payloads decoded in one call."""
 from __future__ import annotations
 
 import asyncio
+import datetime
+import enum
 import inspect
 import json
 import threading
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -227,6 +230,19 @@ def test_payloads_encode_to_the_same_values_as_the_json_module(payloads: list[An
     assert json.loads(text) == json.loads(json.dumps(payloads))
     for payload in payloads:
         assert json.loads(to_json(payload, "payload")) == json.loads(json.dumps(payload))
+
+
+def test_uuid_and_enum_payloads_are_their_text_and_value_and_dates_still_refused() -> None:
+    class Color(enum.Enum):
+        RED = "red"
+
+    key = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    assert json.loads(to_json({"id": key, "c": Color.RED}, "payload")) == {
+        "id": str(key),
+        "c": "red",
+    }
+    with pytest.raises(EventPayloadError, match="not JSON-serialisable"):
+        to_json({"at": datetime.date(2024, 1, 1)}, "payload")
 
 
 def test_both_faces_share_one_signature_and_check_the_connection_kind(dsn: str) -> None:
