@@ -141,10 +141,16 @@ def batch_worker(dsn: str, lease: float) -> None:
 
 
 def limited_worker(
-    dsn: str, worker: str, path: str, concurrency: int, rate: str | None, sleep: float
+    dsn: str,
+    worker: str,
+    path: str,
+    concurrency: int,
+    rate: str | None,
+    sleep: float,
+    local: int = 8,
 ) -> None:
-    """A worker process (local concurrency 8) whose handler ``limited`` has global limits;
-    each run's start and end are logged with the system-wide monotonic clock."""
+    """A worker process (local concurrency ``local``) whose handler ``limited`` has global
+    limits; each run's start and end are logged with the system-wide monotonic clock."""
     events = pgtide.Events(dsn=dsn, poll_interval=0.05)
 
     @events.handler("limited", concurrency=concurrency, rate=rate)
@@ -153,7 +159,7 @@ def limited_worker(
         time.sleep(sleep)
         log_line(path, "end", event.id, worker, event.attempt, time.monotonic())
 
-    events.run(concurrency=8)
+    events.run(concurrency=local)
 
 
 def most_at_once(runs: list[tuple[int, str, int, float, float | None]]) -> int:

@@ -778,8 +778,17 @@ class WorkerCore:
         if due and self._unlimited:
             claims.append((Query(_sql.CLAIM, params), asked, None))
         limited = self._limited if time.monotonic() >= self._yield_until else []
+        free = max(0, self._concurrency - inflight)
         for name in limited:
-            want = min(asked, self.handlers[name].concurrency or asked)
+            slots = self.handlers[name].concurrency
+            want = min(asked, slots or asked)
+            if slots is not None and slots <= self._max_inflight:
+                # slots this worker's claims could hold all of are every worker's: claim no
+                # more than start here now (claimed, an event holds its slot while it waits,
+                # and another worker could run it); a limit far above that claims ahead
+                want = min(want, free)
+                if want == 0:
+                    continue
             limited_params = {**params, "name": name, "limit": want}
             claims.append((Query(_sql.CLAIM_LIMITED, limited_params), want, name))
         return claims
