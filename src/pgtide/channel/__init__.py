@@ -10,7 +10,7 @@ or a poll interval.
 from ._notification import Notification
 from ._overview import connections, overview
 from ._queue import RECONNECTED, Batch, BatchQueue, Item, Marker, WhenFull
-from ._receiver import Lane, Receiver, Settings, Sink, SocketCopy, WakePipe
+from ._receiver import Lane, Receiver, Settings, Sink, SocketCopy, WakePipe, watch
 from ._registry import Callback, Registry, Subscriber
 from ._stats import Stats
 from ._waker import Signal, Waker
@@ -37,4 +37,5 @@ __all__ = [
     "WhenFull",
     "connections",
     "overview",
+    "watch",
 ]

@@ -16,6 +16,7 @@ and queues the "reconnected" marker for ``on_reconnect``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import itertools
@@ -135,6 +136,17 @@ class WakePipe:
 
 _CONNECTIONS = itertools.count(1)
 """Numbers the connections of every receiver in this process (never reused)."""
+
+
+def watch(loop: asyncio.AbstractEventLoop, fd: int, callback: Callable[[], object]) -> bool:
+    """Have ``loop`` call ``callback`` whenever ``fd`` is readable; False when this loop
+    cannot watch a socket (such as Windows' proactor loop): its caller then leaves the
+    socket to the receiving thread."""
+    try:
+        loop.add_reader(fd, callback)
+    except (NotImplementedError, OSError, RuntimeError):
+        return False
+    return True
 
 
 class SocketCopy:

@@ -28,7 +28,7 @@ from typing import Any
 from ..connect import Resolved
 from ..errors import PgtideError
 from ._queue import Batch, Marker
-from ._receiver import Receiver, Settings, SocketCopy, WakePipe
+from ._receiver import Receiver, Settings, SocketCopy, WakePipe, watch
 from ._registry import Registry
 from ._stats import Stats
 
@@ -119,9 +119,7 @@ class Signal:
         if self._event.is_set():
             return True
         loop = asyncio.get_running_loop()
-        try:
-            loop.add_reader(fd, aevent.set)
-        except (NotImplementedError, OSError, RuntimeError):  # a loop that cannot watch
+        if not watch(loop, fd, aevent.set):
             return False
         try:
             with contextlib.suppress(TimeoutError):

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Hashable, Iterable
 from typing import Any, TypeVar
 
 from .._lifecycle import AsyncRunnable
-from ..channel import Callback, Notification, SocketCopy
+from ..channel import Callback, Notification, SocketCopy, watch
 from ._core import END, IN_DISPATCH, Change, Face, ListenerCore
 
 logger = logging.getLogger("pgtide.listen")
@@ -247,12 +247,10 @@ class _Reader:
         if not socket:
             self._unwatch()
         elif self._watched < 0:
-            try:
-                self._loop.add_reader(self.copy.fd, self._readable)
-            except (NotImplementedError, OSError, RuntimeError):  # a loop that cannot watch
-                self._core.leave_socket()
-            else:
+            if watch(self._loop, self.copy.fd, self._readable):
                 self._watched = self.copy.fd
+            else:
+                self._core.leave_socket()
         self._waiting = self._spare = True
         try:
             await self._wake.wait()
