@@ -553,3 +553,26 @@ def test_a_table_sharing_the_followed_tables_hash_is_not_read(dsn: str) -> None:
     assert [(c.table, c.row) for c in got] == [
         (f"public.{followed}", {"id": k, "v": "followed"}) for k in range(3)
     ]
+
+
+def test_prune_empties_a_partition_read_while_an_older_transaction_was_open(dsn: str) -> None:
+    """A consumer that read its last changes while an older transaction was still open
+    (its snapshot's xmin below them) and then stopped: once the writers left that window,
+    prune still empties the partition; it must not wait for a read that never comes."""
+    _tables(dsn, ["items"])
+    with psycopg.connect(dsn) as older, psycopg.connect(dsn, autocommit=True) as conn:
+        older.execute("SELECT pg_current_xact_id()")  # open, with an xid, across the read
+        feed = pgtide.Feed("stopped", ["items"], dsn=dsn)
+        feed.seek("end")
+        for k in range(5):
+            conn.execute("INSERT INTO items VALUES (%s, 'v')", (k,))
+        got = []
+        for batch in feed.batches(stop="end"):
+            got.extend(batch)
+            batch.ack()
+        feed.close()
+        assert len(got) == 5
+        older.commit()
+        conn.execute(_NEXT_WINDOW)  # the writers moved on to the next window
+        assert pgtide.prune(dsn=dsn) == 5
+        assert conn.execute("SELECT count(*) FROM pgtide.changes").fetchone() == (0,)

@@ -1,0 +1,79 @@
+-- Retention: a partition is emptied once every change in it is acknowledged, judged change by
+-- change, not by the oldest open transaction a consumer saw.
+--
+-- pgtide.truncate_partition_acked (migration 019) counted a partition acknowledged only when
+-- all its changes were older than every consumer's snapshot xmin. A consumer that read its
+-- last changes while an older transaction was open (any write elsewhere, a prune) keeps an
+-- xmin below them until it reads again; if it never does (it stopped, or its tables went
+-- quiet) and the writers left that window, no prune emptied the partition, and the row-by-row
+-- delete works on the writers' window only: those changes stayed for good. The xmin test
+-- stays as the fast path; when it fails, the partition is searched (by its xid index) for a
+-- change some consumer has not acknowledged, with the predicate prune's row-by-row delete and
+-- consumers() use: one at or past the consumer's snapshot xmax, or among its in-progress
+-- xids, and not covered by its target. Without a consumer, every committed change counts.
+CREATE OR REPLACE FUNCTION pgtide.partition_acked(part text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgtide AS $$
+DECLARE
+    done boolean;
+BEGIN
+    IF part !~ '^changes_(1[0-5]|[0-9])$' THEN  -- SECURITY DEFINER: the log's partitions only
+        RAISE EXCEPTION 'pgtide.partition_acked: % is not a partition of pgtide.changes',
+            quote_literal(part) USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    EXECUTE format($q$
+        SELECT NOT EXISTS (
+            SELECT FROM pgtide.consumers k CROSS JOIN LATERAL (
+                SELECT FROM pgtide.%I c
+                WHERE (c.xid >= pg_snapshot_xmax(k.snapshot)
+                       OR c.xid = ANY(ARRAY(SELECT pg_snapshot_xip(k.snapshot))))
+                  AND NOT coalesce(c.xid <= k.after_xid
+                                   AND pg_visible_in_snapshot(c.xid, k.target), false)
+                LIMIT 1) unacked)$q$, part) INTO done;
+    RETURN done;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION pgtide.truncate_partition_acked(part text, age interval, lock_wait interval)
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgtide AS $$
+DECLARE
+    waited text := current_setting('lock_timeout');
+    bound xid8 := (SELECT coalesce(min(pg_snapshot_xmin(snapshot)),
+                                   pg_snapshot_xmin(pg_current_snapshot()))
+                   FROM pgtide.consumers);
+    acked boolean;
+    n bigint;
+BEGIN
+    IF part !~ '^changes_(1[0-5]|[0-9])$' THEN  -- SECURITY DEFINER: the log's partitions only
+        RAISE EXCEPTION 'pgtide.truncate_partition_acked: % is not a partition of pgtide.changes',
+            quote_literal(part) USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    EXECUTE format('SELECT max(xid) < $1 FROM pgtide.%I', part) INTO acked USING bound;
+    IF acked IS NULL THEN  -- empty
+        RETURN 0;
+    END IF;
+    IF NOT acked AND NOT pgtide.partition_acked(part) THEN  -- writers there since, or lagging
+        RETURN 0;
+    END IF;
+    EXECUTE format('SELECT count(*) FROM pgtide.%I', part) INTO n;  -- before the lock
+    PERFORM set_config('lock_timeout', (extract(epoch FROM lock_wait) * 1000)::int || 'ms', true);
+    BEGIN
+        EXECUTE format('LOCK TABLE pgtide.%I IN ACCESS EXCLUSIVE MODE', part);
+    EXCEPTION WHEN lock_not_available THEN
+        n := 0;  -- writers or readers hold it: the next call tries again
+    END;
+    PERFORM set_config('lock_timeout', waited, true);
+    IF n > 0 THEN  -- locked: the check below is final, and the count exact
+        EXECUTE format('SELECT max(xid) < $1 FROM pgtide.%I', part) INTO acked USING bound;
+        acked := acked OR pgtide.partition_acked(part);
+        IF acked AND age IS NOT NULL THEN
+            EXECUTE format('SELECT NOT EXISTS (SELECT FROM pgtide.%I WHERE at >= now() - $1)',
+                           part) INTO acked USING age;
+        END IF;
+        IF acked THEN
+            EXECUTE format('TRUNCATE pgtide.%I', part);
+            RETURN n;
+        END IF;
+    END IF;
+    RETURN 0;
+END;
+$$;
