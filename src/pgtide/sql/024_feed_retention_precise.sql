@@ -11,14 +11,17 @@
 -- change some consumer has not acknowledged, with the predicate prune's row-by-row delete and
 -- consumers() use: one at or past the consumer's snapshot xmax, or among its in-progress
 -- xids, and not covered by its target. Without a consumer, every committed change counts.
-CREATE OR REPLACE FUNCTION pgtide.partition_acked(part text) RETURNS boolean
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgtide AS $$
+-- Whether every change in `part` is acknowledged: NULL when it is empty. Called by the
+-- SECURITY DEFINER function below, so it runs as the schema's owner there; called directly,
+-- with the caller's own rights (%I keeps `part` a name).
+CREATE FUNCTION pgtide.partition_acked(part text, bound xid8) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pgtide AS $$
 DECLARE
     done boolean;
 BEGIN
-    IF part !~ '^changes_(1[0-5]|[0-9])$' THEN  -- SECURITY DEFINER: the log's partitions only
-        RAISE EXCEPTION 'pgtide.partition_acked: % is not a partition of pgtide.changes',
-            quote_literal(part) USING ERRCODE = 'invalid_parameter_value';
+    EXECUTE format('SELECT max(xid) < $1 FROM pgtide.%I', part) INTO done USING bound;
+    IF done IS NOT FALSE THEN  -- empty, or older than every consumer's snapshot
+        RETURN done;
     END IF;
     EXECUTE format($q$
         SELECT NOT EXISTS (
@@ -47,11 +50,7 @@ BEGIN
         RAISE EXCEPTION 'pgtide.truncate_partition_acked: % is not a partition of pgtide.changes',
             quote_literal(part) USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    EXECUTE format('SELECT max(xid) < $1 FROM pgtide.%I', part) INTO acked USING bound;
-    IF acked IS NULL THEN  -- empty
-        RETURN 0;
-    END IF;
-    IF NOT acked AND NOT pgtide.partition_acked(part) THEN  -- writers there since, or lagging
+    IF pgtide.partition_acked(part, bound) IS NOT TRUE THEN  -- empty, writers there, a lag
         RETURN 0;
     END IF;
     EXECUTE format('SELECT count(*) FROM pgtide.%I', part) INTO n;  -- before the lock
@@ -63,8 +62,7 @@ BEGIN
     END;
     PERFORM set_config('lock_timeout', waited, true);
     IF n > 0 THEN  -- locked: the check below is final, and the count exact
-        EXECUTE format('SELECT max(xid) < $1 FROM pgtide.%I', part) INTO acked USING bound;
-        acked := acked OR pgtide.partition_acked(part);
+        acked := pgtide.partition_acked(part, bound);
         IF acked AND age IS NOT NULL THEN
             EXECUTE format('SELECT NOT EXISTS (SELECT FROM pgtide.%I WHERE at >= now() - $1)',
                            part) INTO acked USING age;
