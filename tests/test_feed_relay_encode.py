@@ -21,8 +21,9 @@ def _commit(end: int) -> bytes:
     return b"C" + struct.pack(">BQQq", 0, end - 1, end, 0)
 
 
-def _relation(columns: list[tuple[str, int]]) -> bytes:
-    head = b"R" + struct.pack(">I", _OID) + b"public\0t\0d" + struct.pack(">H", len(columns))
+def _relation(columns: list[tuple[str, int]], oid: int = _OID, name: bytes = b"t") -> bytes:
+    head = b"R" + struct.pack(">I", oid) + b"public\0" + name + b"\0d"
+    head += struct.pack(">H", len(columns))
     return head + b"".join(
         b"\1" + name.encode() + b"\0" + struct.pack(">Ii", oid, -1) for name, oid in columns
     )
@@ -41,8 +42,8 @@ def _tuple(values: list[Any]) -> bytes:
     return b"".join(out)
 
 
-def _insert(values: list[Any]) -> bytes:
-    return b"I" + struct.pack(">I", _OID) + b"N" + _tuple(values)
+def _insert(values: list[Any], oid: int = _OID) -> bytes:
+    return b"I" + struct.pack(">I", oid) + b"N" + _tuple(values)
 
 
 def _update(values: list[Any], old: list[Any] | None = None) -> bytes:
@@ -85,9 +86,14 @@ def _expected(messages: list[bytes], relayed: int) -> tuple[bytes, int]:
     return b"".join(out), count
 
 
-def _encode(messages: list[bytes], relayed: int = 0, ops: set[str] | None = None) -> Any:
+def _encode(
+    messages: list[bytes],
+    relayed: int = 0,
+    ops: set[str] | None = None,
+    wanted: dict[str, tuple[set[str], bool]] | None = None,
+) -> Any:
     ops = {"insert", "update", "delete", "truncate"} if ops is None else ops
-    plan = _Plan(relayed, {"public.t": (ops, True)})
+    plan = _Plan(relayed, wanted or {"public.t": (ops, True)})
     out = b"".join(Relay()._encode([(m,) for m in messages], plan))
     return out, plan
 
@@ -130,3 +136,23 @@ def test_fast_way_leaves_out_ops_the_table_is_not_tracked_for() -> None:
     assert out == want
     assert plan.count == 2
     assert plan.commit_at is not None
+
+
+def test_fast_way_keeps_tables_apart_within_a_transaction() -> None:
+    """Changes of two tables, interleaved: each goes through its own table's reader, in
+    order, and each table is woken (or not) as it is tracked, also in a transaction whose
+    changes all go the fast way (the first, already relayed, made the readers)."""
+    all_ops = {"insert", "update", "delete", "truncate"}
+    messages = [_relation(COLUMNS[:2]), _relation(COLUMNS[:3], 16385, b"u")]
+    for xid, end in ((1, 10), (2, 20)):
+        messages.append(_begin(xid))
+        for i in range(4):
+            messages += [_insert([str(i), "a"]), _insert([str(i), "b", f"{xid}.5"], 16385)]
+        messages.append(_commit(end))
+    wanted = {"public.t": (all_ops, True), "public.u": (all_ops, False)}
+    out, plan = _encode(messages, relayed=10, wanted=wanted)
+    want, count = _expected(messages, 10)
+    assert out == want
+    assert plan.count == count == 8
+    assert plan.notify == {"public.t"}  # public.u is tracked without wake-ups
+    assert out.index(b'"id":3,"t":"a"') < out.index(b'"id":3,"t":"b","f":2.5')

@@ -404,6 +404,7 @@ _SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # COPY binary header: no flags,
 _TRAILER = b"\xff\xff"
 _NULL_FIELD = b"\xff\xff\xff\xff"
 _SIZE = struct.Struct(">i")
+_VALUE = struct.Struct(">Bi")  # a pgoutput value's kind and size
 _JSONB_SIZE = struct.Struct(">ib")  # a jsonb field: its size, and jsonb's format version 1
 _UNCHANGED_JSON = json.dumps(UNCHANGED_TOAST).encode()
 
@@ -486,48 +487,57 @@ class _Shape:
         return {op: _FIELDS[staged] + self.field + field for op, field in _OPS.items()}
 
 
-_INSERT, _UPDATE, _BEGIN = b"IUB"
+_BEGIN = ord("B")
 _OID = struct.Struct(">I")
 _ESCAPE = re.compile(rb'[\x00-\x1f"\\\x7f-\xff]').search
 """Where a text value may need JSON escaping (else it goes between quotes as it is)."""
 _RAW, _NUMBER, _STRING, _BOOLEAN = range(4)
 _KINDS = {None: _RAW, _number: _NUMBER, _string: _STRING, _BOOL.__getitem__: _BOOLEAN}
-_Record = Callable[[bytes, bytes], "bytes | None"]
+_Record = Callable[[bytes], "bytes | None"]
 
 # The fast way's reader of one shape of row, generated once per sequence of value kinds: one
 # straight run of statements per column (no loop, no dispatch on the kind), as the common
 # change's cost in Python is per column. ``p`` walks the message; each value must be a text
-# one ('t', 116); a string's quotes are in the JSON text around it (``texts``).
+# one ('t', 116); a string's quotes are in the JSON text around it (``t0`` .. ``tN``, bound
+# per table and op with the record's ``head``; ``tN`` ends with the NULL old row). ``d`` plus
+# the offset ``p`` at the end is the document's size: ``d0`` counts the JSON texts, less the
+# message's 8 leading bytes and each value's kind byte and size (5 bytes), and a conversion
+# that changes a value's size adds the difference; so the record is joined once, with no
+# document of its own.
 _READ_VALUE = """
-            if data[p] != 116:
+            k, n = value(data, p)
+            if k != 116:
                 return None
-            s = p + 5
-            p = s + size(data, p + 1)[0]
-            v{i} = data[s:p]"""
+            p += 5
+            v{i} = data[p : p + n]
+            p += n"""
 _CONVERT = {
     _RAW: "",
     _STRING: """
             if escape(v{i}) is not None:
-                v{i} = string(v{i})[1:-1]""",
+                w = string(v{i})[1:-1]
+                d += len(w) - len(v{i})
+                v{i} = w""",
     _NUMBER: """
             if not 48 <= v{i}[-1] <= 57:
-                v{i} = b'"' + v{i} + b'"'""",
+                v{i} = b'"' + v{i} + b'"'
+                d += 2""",
     _BOOLEAN: """
-            v{i} = boolean[v{i}]""",
+            w = boolean[v{i}]
+            d += len(w) - len(v{i})
+            v{i} = w""",
 }
 _READER = """
-def make(count, texts):
-    def read(data, head):
-        if data[6:8] != count:
-            return None
+def make(head, d0, {texts}):
+    def read(data):
         p = 8
+        d = d0
         try:{values}
         except (IndexError, KeyError, struct.error):
             return None
         if p != len(data):
             return None
-        doc = b"".join(({parts}, texts[-1]))
-        return b"".join((head, pack(len(doc)), doc, null))
+        return b"".join((head, pack(d + p), {parts}))
     return read
 """
 _READERS: dict[tuple[int, ...], Callable[..., _Record]] = {}
@@ -535,39 +545,45 @@ _READERS: dict[tuple[int, ...], Callable[..., _Record]] = {}
 
 def _reader(kinds: tuple[int, ...]) -> Callable[..., _Record]:
     """The generated reader of rows of these value kinds (see :data:`_READER`), as a maker
-    taking the column count as the message holds it and the JSON texts between values. The
-    source holds the kinds' fixed templates only: names and values are data, never code."""
+    taking the record's head (field count, table, op), the document's fixed size, and the
+    JSON texts between values. The source holds the kinds' fixed templates only: names and
+    values are data, never code."""
     known = _READERS.get(kinds)
     if known is None:
         values = "".join((_READ_VALUE + _CONVERT[k]).format(i=i) for i, k in enumerate(kinds))
-        parts = ", ".join(f"texts[{i}], v{i}" for i in range(len(kinds)))
+        texts = ", ".join(f"t{i}" for i in range(len(kinds) + 1))
+        parts = ", ".join([f"t{i}, v{i}" for i in range(len(kinds))] + [f"t{len(kinds)}"])
         scope: dict[str, Any] = {
             "struct": struct,
-            "size": _SIZE.unpack_from,
+            "value": _VALUE.unpack_from,
             "pack": _SIZE.pack,
             "escape": _ESCAPE,
             "string": _string,
             "boolean": _BOOL,
-            "null": _NULL_FIELD,
         }
-        source = _READER.format(values=values, parts=parts)
+        source = _READER.format(values=values, texts=texts, parts=parts)
         exec(compile(source, f"<pgtide relay reader {kinds}>", "exec"), scope)
         known = _READERS[kinds] = cast("Callable[..., _Record]", scope["make"])
     return known
 
 
+def _leave_out(_data: bytes) -> bytes:
+    """The fast way's reader of a change of an op its table is not tracked for."""
+    return b""
+
+
 @dataclass(frozen=True)
 class _Fast:
-    """The fast way for a table of plain types (not staged): its record heads per op (None:
-    not tracked for it) and the reader of its rows (:func:`_reader`)."""
+    """The fast way for a table of plain types (not staged): per change message it takes,
+    by the message's first 8 bytes (kind, relation oid, 'N' for a new row with no old one,
+    column count), the reader of its rows (:func:`_reader`) that returns its whole COPY
+    record, or ``b""`` for an op the table is not tracked for (:func:`_leave_out`)."""
 
-    read: _Record
-    insert: bytes | None
-    update: bytes | None
+    readers: dict[bytes, _Record]
     touched: tuple[str, bool, bool]
 
     @classmethod
-    def of(cls, shape: _Shape, count: int, ops: set[str], notify: bool) -> _Fast:
+    def of(cls, oid: bytes, shape: _Shape, count: int, ops: set[str], notify: bool) -> _Fast:
         heads = shape.heads(False)
         kinds = tuple(_KINDS[c] for c in shape.convert)
         # the JSON text before each value, and after the last one: a string's quotes too
@@ -577,13 +593,35 @@ class _Fast:
             texts.append(quote + (b"{" if i == 0 else b",") + key + opening)
             quote = opening
         texts.append(quote + b"}")
-        read = _reader(kinds)(struct.pack(">H", count), tuple(texts)) if kinds else None
-        return cls(
-            read or (lambda _data, _head: None),
-            heads["insert"] if "insert" in ops else None,
-            heads["update"] if "update" in ops else None,
-            (shape.table, notify, False),
-        )
+        fixed = sum(map(len, texts)) - 8 - 5 * len(kinds)
+        texts[-1] += _NULL_FIELD  # the record's last field: no old row
+        readers: dict[bytes, _Record] = {}
+        if kinds:
+            make = _reader(kinds)
+            for message, op in ((b"I", "insert"), (b"U", "update")):
+                read = make(heads[op], fixed, *texts) if op in ops else _leave_out
+                readers[message + oid + b"N" + struct.pack(">H", count)] = read
+        return cls(readers, (shape.table, notify, False))
+
+
+@dataclass
+class _Ways:
+    """The fast ways of one step's tables: by relation oid (as a message holds it), and
+    their readers by a message's first 8 bytes, with each reader's (table, notify, slow)."""
+
+    fasts: dict[bytes, _Fast] = field(default_factory=dict)
+    readers: dict[bytes, _Record] = field(default_factory=dict)
+    tables: dict[_Record, tuple[str, bool, bool]] = field(default_factory=dict)
+
+    def add(self, oid: bytes, fast: _Fast) -> None:
+        self.fasts[oid] = fast
+        self.readers.update(fast.readers)
+        self.tables.update((read, fast.touched) for read in fast.readers.values())
+
+    def drop(self, oid: bytes) -> None:
+        fast = self.fasts.pop(oid, None)
+        for key in fast.readers if fast is not None else ():
+            del self.readers[key]
 
 
 # The relay's writes into pgtide.changes: COPY straight in when every row of a step is
@@ -760,48 +798,52 @@ class Relay:
         A transaction's records are kept until its Commit says whether it is past what is
         relayed. The common change (an Insert, or an Update without the old row, of a table
         of plain types whose values are all there) goes the fast way (:class:`_Fast`): from
-        the message's bytes to the record, with no object per change or value."""
+        the message's bytes to the record, with no object per change or value, and one
+        lookup by the message's first bytes to find its reader."""
         decoder = self.decoder
         decoder.current = None  # a transaction a previous read cut short is read again
-        fasts: dict[bytes, _Fast] = {}  # by relation oid, as the message holds it
+        ways = _Ways()
+        readers = ways.readers
         out: list[bytes] = []
         records: list[bytes] = []  # of the current transaction
+        append = records.append
         touched: set[tuple[str, bool, bool]] = set()  # its tables: (table, notify, slow)
-        count = 0
-        changed = False
-        last: _Fast | None = None
+        changed = False  # it has a change of a captured table (relayed or not)
+        inside = False  # in a transaction (between a Begin and its Commit)
+        last: _Record | None = None
         for (data,) in rows:
-            kind = data[0]
-            if kind in (_INSERT, _UPDATE):
-                fast = fasts.get(data[1:5])
-                if fast is not None and data[5:6] == b"N" and decoder.current is not None:
+            read = readers.get(data[:8])
+            if read is not None and inside:
+                record = read(data)
+                if record:
+                    if read is not last:
+                        last = read
+                        touched.add(ways.tables[read])
+                    append(record)
+                    continue
+                if record is not None:  # an op the table is not tracked for
                     changed = True
-                    head = fast.insert if kind == _INSERT else fast.update
-                    if head is None:  # an op the table is not tracked for
-                        continue
-                    record = fast.read(data, head)
-                    if record is not None:
-                        if fast is not last:
-                            last = fast
-                            touched.add(fast.touched)
-                        records.append(record)
-                        count += 1
-                        continue
+                    continue
             txn = decoder.feed(data)
+            current = decoder.current
+            inside = current is not None
+            kind = data[0]
             if kind == _BEGIN:
-                records, touched, count, changed, last = [], set(), 0, False, None
+                records, touched, changed, last = [], set(), False, None
+                append = records.append
             elif kind == RELATION:
-                fasts.pop(data[1:5], None)  # the table may have changed: look again
-            elif decoder.current is not None and decoder.current.changes:
+                ways.drop(data[1:5])  # the table may have changed: look again
+            elif current is not None and current.changes:
                 changed = True
-                count += self._slow_way(decoder.current.changes, plan, fasts, records, touched)
-                decoder.current.changes.clear()
+                self._slow_way(current.changes, plan, ways, records, touched)
+                current.changes.clear()
             elif txn is not None and txn.end_lsn > plan.relayed:  # a Commit
                 plan.end = txn.end_lsn
                 plan.transactions += 1
-                if changed:
+                if changed or records:
                     plan.commit_at = txn.commit_time
-                plan.count += count
+                # a staged change is two records: the row and its patch
+                plan.count += len(records) // 2 if plan.staged else len(records)
                 out += records
                 for table, notify, slow in touched:
                     if notify:
@@ -818,21 +860,20 @@ class Relay:
         self,
         changes: list[RowChange],
         plan: _Plan,
-        fasts: dict[bytes, _Fast],
+        ways: _Ways,
         records: list[bytes],
         touched: set[tuple[str, bool, bool]],
-    ) -> int:
+    ) -> None:
         """Encode ``changes`` (decoded) into ``records``; note a table the fast way can take
-        from now on. Returns the number of records."""
-        count = 0
+        from now on."""
         for rel, op, new, old in changes:
             shape = self._shape(rel)
             ops, notify = plan.wanted.get(shape.table, (set(), False))
             if shape.slow and ops and not plan.staged:
                 raise ProtocolError(f"a change of {shape.table} came without its Relation")
             oid = _OID.pack(rel.oid)
-            if not shape.slow and not plan.staged and oid not in fasts:
-                fasts[oid] = _Fast.of(shape, len(rel.columns), ops, notify)
+            if not shape.slow and not plan.staged and oid not in ways.fasts:
+                ways.add(oid, _Fast.of(oid, shape, len(rel.columns), ops, notify))
             if op not in ops:
                 continue
             touched.add((shape.table, notify, shape.slow))
@@ -842,8 +883,6 @@ class Relay:
             records.append(heads[op] + row + old_row)
             if plan.staged:
                 records.append(row_patch + old_patch)
-            count += 1
-        return count
 
     @staticmethod
     def _write(
