@@ -13,6 +13,8 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any, ClassVar, Generic, Protocol, TypedDict, TypeVar, overload
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,6 +23,7 @@ from orjson import dumps as _fast_dumps
 from .. import Change, Position
 from ..connect import Backoff
 from ..errors import ConfigError, PgtideError
+from ..feed._core import Changes
 from ..names import TableName
 from ._encode import change_key, dumps, encode, record
 
@@ -66,12 +69,14 @@ class Message:
 
 class Messages(Sequence[Message]):
     """The messages of a batch, kept as columns: ``changes``, ``keys``, ``bodies`` and
-    ``dests`` (one entry per message, in order). Built-in sinks read the columns; indexing
-    or iterating makes each :class:`Message` on the way, for code that wants them. Without
-    ``keys``, each is the :func:`change_key` of its change, made at the first use of
-    ``keys`` (a sink that never reads them does not pay for them)."""
+    ``dests`` (one entry per message, in order), and each one's change's ``xids`` and
+    ``times`` (its ``at``). Built-in sinks read the columns; indexing or iterating makes
+    each :class:`Message` on the way, for code that wants them. Columns not given are made
+    at their first use (a sink that never reads them does not pay for them): ``keys`` each
+    the :func:`change_key` of its change, and, for messages made from a batch's rows as
+    read (``rows``, one message per row), ``changes`` too."""
 
-    __slots__ = ("_keys", "bodies", "changes", "dests")
+    __slots__ = ("_changes", "_keys", "_rows", "_times", "_xids", "bodies", "dests")
 
     def __init__(
         self,
@@ -79,22 +84,71 @@ class Messages(Sequence[Message]):
         keys: list[str] | None = None,
         bodies: list[bytes] | None = None,
         dests: list[str] | None = None,
+        *,
+        rows: Changes | None = None,
     ) -> None:
-        self.changes = [] if changes is None else changes
-        self._keys = keys if keys is not None or changes is not None else []
+        made = changes is not None or rows is not None  # else: no message yet
+        self._rows = rows
+        self._changes = changes if made else []
+        self._keys = keys if keys is not None or made else []
         self.bodies = [] if bodies is None else bodies
         self.dests = [] if dests is None else dests
+        self._xids: list[int] | None = None
+        self._times: list[datetime] | None = None
+
+    @property
+    def changes(self) -> list[Change]:
+        """Each message's change."""
+        changes = self._changes
+        if changes is None:
+            assert self._rows is not None
+            changes = self._changes = self._rows.make()
+        return changes
+
+    def _captured(self) -> list[tuple[Any, ...]] | None:
+        return None if self._rows is None else self._rows.captured()
 
     @property
     def keys(self) -> list[str]:
         """Each message's key (its change's :func:`change_key` unless given)."""
         keys = self._keys
         if keys is None:
-            keys = self._keys = [f"{c.xid}-{c.id}" for c in self.changes]
+            rows = self._captured()
+            if rows is None:
+                keys = [f"{c.xid}-{c.id}" for c in self.changes]
+            else:
+                keys = [f"{xid}-{id_}" for id_, xid, *_ in rows]
+            self._keys = keys
         return keys
+
+    @property
+    def xids(self) -> list[int]:
+        """Each message's change's ``xid``."""
+        xids = self._xids
+        if xids is None:
+            rows = self._captured()
+            xids = [c.xid for c in self.changes] if rows is None else list(map(_XID, rows))
+            self._xids = xids
+        return xids
+
+    @property
+    def times(self) -> list[datetime]:
+        """Each message's change's ``at`` (the changes of a transaction share one)."""
+        times = self._times
+        if times is None:
+            source, rows = self._rows, self._captured()
+            if source is None or rows is None:
+                times = [c.at for c in self.changes]
+            else:
+                stamps = list(map(_STAMP, rows))
+                made = {stamp: source.instant(stamp) for stamp in set(stamps)}
+                times = list(map(made.__getitem__, stamps))
+            self._times = times
+        return times
 
     def append(self, change: Change, key: str, body: bytes, dest: str) -> None:
         """Add one message."""
+        self._own()
         self.keys.append(key)
         self.changes.append(change)
         self.bodies.append(body)
@@ -102,10 +156,18 @@ class Messages(Sequence[Message]):
 
     def extend(self, other: Messages) -> None:
         """Add the messages of ``other``, in order."""
+        self._own()
         self.keys.extend(other.keys)
-        self.changes += other.changes
+        self.changes.extend(other.changes)
         self.bodies += other.bodies
         self.dests += other.dests
+
+    def _own(self) -> None:
+        """Before adding messages: the columns made on demand are made (and the changes
+        are a list of these messages' own, not the batch's)."""
+        if self._rows is not None:
+            self._changes = list(self.changes)
+            self._rows = self._xids = self._times = None
 
     def __len__(self) -> int:
         return len(self.bodies)
@@ -126,6 +188,15 @@ class Messages(Sequence[Message]):
 
     def __repr__(self) -> str:
         return f"<Messages of {len(self)} changes>"
+
+
+_RECORD = '{"key":"%d-%d","id":%d,"xid":%d,%s,"row":%s,"old":%s,"at":%s}'
+"""A change's :func:`~pgtide.sinks.record` as JSON (the bytes orjson writes of it), from
+its xid, id, id, xid, the JSON of its table and op (:func:`_head`), its rows' JSON text
+(or ``null``) and its time's JSON."""
+_NULL = "null"
+_XID, _STAMP = itemgetter(1), itemgetter(6)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _head(table: str, op: str) -> str:
@@ -324,6 +395,16 @@ class Selection:
             out = [c for c in out if where(c)]
         return out
 
+    def everything(self) -> bool:
+        """Whether every change is sent, as its record (no filter, transform nor key)."""
+        return (
+            self.tables is None
+            and self.ops is None
+            and self.where is None
+            and self.transform is None
+            and self.key is None
+        )
+
     def _table_wanted(self, table: str) -> bool:
         assert self.tables is not None
         qualified, bare = self.tables
@@ -413,7 +494,7 @@ class Sink(ABC):
         self._stopping = threading.Event()
         self._portal: _Portal | None = None
         self._lock = threading.Lock()
-        self._routes: dict[tuple[str, str], tuple[str, str]] = {}
+        self._heads: dict[tuple[str, str], tuple[str, str]] = {}
 
     # -- the message of each change ------------------------------------------------------
     def wanted(self, change: Change) -> bool:
@@ -427,6 +508,12 @@ class Sink(ABC):
     def messages(self, batch: Iterable[Change]) -> Messages:
         """The messages to send for ``batch``: filtered, transformed, encoded, addressed."""
         select = self.selection
+        if select.everything():
+            captured = getattr(batch, "captured", None)
+            source: Changes | None = captured() if callable(captured) else None
+            rows = None if source is None else source.captured()
+            if source is not None and rows is not None:
+                return self._captured_records(source, rows)
         changes = select.chosen(batch)
         if select.transform is None and select.key is None:
             return self._records(changes)
@@ -444,7 +531,7 @@ class Sink(ABC):
         """The messages of ``changes``, each its :func:`~pgtide.sinks.record` as JSON, to
         its table's destination: one loop over the batch, run for every change sent (their
         keys are made only if a sink reads them)."""
-        heads, route = self._routes, self._destination
+        heads = self._heads
         bodies: list[bytes] = []
         dests: list[str] = []
         add_body, add_dest = bodies.append, dests.append
@@ -455,10 +542,7 @@ class Sink(ABC):
         for change in changes:
             if change.table != table or change.op != op:  # a batch is mostly runs of one
                 table, op = change.table, change.op
-                found = heads.get((table, op))
-                if found is None:  # the destination and the JSON of table and op, made once
-                    found = heads[(table, op)] = (route(change, None), _head(table, op))
-                head = found
+                head = heads.get((table, op)) or self._head(table, op, change)
             # the rows as captured when that JSON already says what the typed rows' would:
             # sent as they are, never decoded (numbers keep their digits either way)
             captured = change.captured_json()
@@ -470,13 +554,45 @@ class Sink(ABC):
                     moment, when = at, _fast_dumps(at).decode()
                 row, old = captured
                 xid, id_ = change.xid, change.id
-                # record(change) as JSON, spelt out (the same bytes orjson writes)
                 add_body(
-                    f'{{"key":"{xid}-{id_}","id":{id_},"xid":{xid},{head[1]},'
-                    f'"row":{row or "null"},"old":{old or "null"},"at":{when}}}'.encode()
+                    (
+                        _RECORD % (xid, id_, id_, xid, head[1], row or _NULL, old or _NULL, when)
+                    ).encode()
                 )
             add_dest(head[0])
         return Messages(changes, None, bodies, dests)
+
+    def _captured_records(self, source: Changes, rows: list[tuple[Any, ...]]) -> Messages:
+        """:meth:`_records` of a batch's changes from their rows as read (each row's JSON
+        sent as it is, as there), without making a :class:`Change` of them."""
+        heads = self._heads
+        bodies: list[bytes] = []
+        dests: list[str] = []
+        add_body, add_dest = bodies.append, dests.append
+        moment: object = None
+        when = ""
+        table = op = ""
+        head = ("", "")
+        for id_, xid, row_table, row_op, row, old, stamp, _ in rows:
+            if row_table != table or row_op != op:  # a batch is mostly runs of one
+                table, op = row_table, row_op
+                head = heads.get((table, op)) or self._head(table, op)
+            if stamp != moment:  # a transaction's changes share their time
+                moment, when = stamp, _fast_dumps(source.instant(stamp)).decode()
+            add_body(
+                (_RECORD % (xid, id_, id_, xid, head[1], row or _NULL, old or _NULL, when)).encode()
+            )
+            add_dest(head[0])
+        return Messages(None, None, bodies, dests, rows=source)
+
+    def _head(self, table: str, op: str, change: Change | None = None) -> tuple[str, str]:
+        """The destination of changes of ``table`` and ``op`` (without ``key=``: their
+        first one's, or that of a change of theirs with no rows), and the JSON of both;
+        made once."""
+        if change is None:
+            change = Change(0, table, op, None, None, 0, _EPOCH)
+        head = self._heads[(table, op)] = (self._destination(change, None), _head(table, op))
+        return head
 
     # -- delivery ------------------------------------------------------------------------
     async def send(self, batch: BatchLike) -> None:
