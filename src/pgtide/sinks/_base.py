@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any, ClassVar, Generic, Protocol, TypedDict, TypeVar, overload
 from urllib.parse import urlsplit, urlunsplit
 
@@ -67,6 +67,60 @@ class Message:
     dest: str
 
 
+_RECORD = '{"key":"%d-%d","id":%d,"xid":%d,%s,"row":%s,"old":%s,"at":%s}'
+"""A change's :func:`~pgtide.sinks.record` as JSON (the bytes orjson writes of it), from
+its xid, id, id, xid, the JSON of its table and op (:func:`_head`), its rows' JSON text
+(or ``null``) and its time's JSON."""
+_NULL = "null"
+_TYPED = (object(), None)
+"""In place of a change's rows' JSON text: the change's record is encoded from its typed
+rows."""
+
+
+def _same(value: T) -> T:
+    return value
+
+
+_XID, _STAMP = itemgetter(1), itemgetter(6)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class _Column(Generic[T]):
+    """A column of :class:`Messages` made at its first use: of each message's change, or,
+    for messages made from a batch's rows as read, of those rows."""
+
+    def __init__(
+        self,
+        of_change: Callable[[Change], T],
+        of_rows: Callable[[Changes, list[tuple[Any, ...]]], list[T]],
+    ) -> None:
+        self._of_change = of_change
+        self._of_rows = of_rows
+        self._slot = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._slot = "_" + name
+
+    def __get__(self, messages: Messages, owner: type | None = None) -> list[T]:
+        made: list[T] | None = getattr(messages, self._slot)
+        if made is None:
+            source = messages._rows
+            rows = None if source is None else source.captured()
+            if source is None or rows is None:
+                made = list(map(self._of_change, messages.changes))
+            else:
+                made = self._of_rows(source, rows)
+            setattr(messages, self._slot, made)
+        return made
+
+
+def _times(source: Changes, rows: list[tuple[Any, ...]]) -> list[datetime]:
+    """The ``at`` of the changes of ``rows``: one object per time."""
+    stamps = list(map(_STAMP, rows))
+    made = {stamp: source.instant(stamp) for stamp in set(stamps)}
+    return list(map(made.__getitem__, stamps))
+
+
 class Messages(Sequence[Message]):
     """The messages of a batch, kept as columns: ``changes``, ``keys``, ``bodies`` and
     ``dests`` (one entry per message, in order), and each one's change's ``xids`` and
@@ -105,46 +159,14 @@ class Messages(Sequence[Message]):
             changes = self._changes = self._rows.make()
         return changes
 
-    def _captured(self) -> list[tuple[Any, ...]] | None:
-        return None if self._rows is None else self._rows.captured()
-
-    @property
-    def keys(self) -> list[str]:
-        """Each message's key (its change's :func:`change_key` unless given)."""
-        keys = self._keys
-        if keys is None:
-            rows = self._captured()
-            if rows is None:
-                keys = [f"{c.xid}-{c.id}" for c in self.changes]
-            else:
-                keys = [f"{xid}-{id_}" for id_, xid, *_ in rows]
-            self._keys = keys
-        return keys
-
-    @property
-    def xids(self) -> list[int]:
-        """Each message's change's ``xid``."""
-        xids = self._xids
-        if xids is None:
-            rows = self._captured()
-            xids = [c.xid for c in self.changes] if rows is None else list(map(_XID, rows))
-            self._xids = xids
-        return xids
-
-    @property
-    def times(self) -> list[datetime]:
-        """Each message's change's ``at`` (the changes of a transaction share one)."""
-        times = self._times
-        if times is None:
-            source, rows = self._rows, self._captured()
-            if source is None or rows is None:
-                times = [c.at for c in self.changes]
-            else:
-                stamps = list(map(_STAMP, rows))
-                made = {stamp: source.instant(stamp) for stamp in set(stamps)}
-                times = list(map(made.__getitem__, stamps))
-            self._times = times
-        return times
+    keys: _Column[str] = _Column(
+        change_key, lambda _, rows: [f"{xid}-{id_}" for id_, xid, *_ in rows]
+    )
+    """Each message's key (its change's :func:`change_key` unless given)."""
+    xids: _Column[int] = _Column(attrgetter("xid"), lambda _, rows: list(map(_XID, rows)))
+    """Each message's change's ``xid``."""
+    times: _Column[datetime] = _Column(attrgetter("at"), lambda source, rows: _times(source, rows))
+    """Each message's change's ``at`` (the changes of a transaction share one)."""
 
     def append(self, change: Change, key: str, body: bytes, dest: str) -> None:
         """Add one message."""
@@ -188,15 +210,6 @@ class Messages(Sequence[Message]):
 
     def __repr__(self) -> str:
         return f"<Messages of {len(self)} changes>"
-
-
-_RECORD = '{"key":"%d-%d","id":%d,"xid":%d,%s,"row":%s,"old":%s,"at":%s}'
-"""A change's :func:`~pgtide.sinks.record` as JSON (the bytes orjson writes of it), from
-its xid, id, id, xid, the JSON of its table and op (:func:`_head`), its rows' JSON text
-(or ``null``) and its time's JSON."""
-_NULL = "null"
-_XID, _STAMP = itemgetter(1), itemgetter(6)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _head(table: str, op: str) -> str:
@@ -529,8 +542,28 @@ class Sink(ABC):
 
     def _records(self, changes: list[Change]) -> Messages:
         """The messages of ``changes``, each its :func:`~pgtide.sinks.record` as JSON, to
-        its table's destination: one loop over the batch, run for every change sent (their
-        keys are made only if a sink reads them)."""
+        its table's destination (their keys are made only if a sink reads them)."""
+        # the rows as captured when that JSON already says what the typed rows' would:
+        # sent as they are, never decoded (numbers keep their digits either way)
+        rows = [
+            (c.id, c.xid, c.table, c.op, *(c.captured_json() or _TYPED), c.at, c) for c in changes
+        ]
+        bodies, dests = self._bodies(rows, _same)
+        return Messages(changes, None, bodies, dests)
+
+    def _captured_records(self, source: Changes, rows: list[tuple[Any, ...]]) -> Messages:
+        """:meth:`_records` of a batch's changes from their rows as read (each row's JSON
+        sent as it is, as there), without making a :class:`Change` of them."""
+        bodies, dests = self._bodies(rows, source.instant)
+        return Messages(None, None, bodies, dests, rows=source)
+
+    def _bodies(
+        self, rows: Iterable[tuple[Any, ...]], instant: Callable[[Any], datetime]
+    ) -> tuple[list[bytes], list[str]]:
+        """The bodies and destinations of changes given as rows: ``(id, xid, table, op, row,
+        old, time, change)``, with ``row`` and ``old`` their JSON text (or :data:`_TYPED`:
+        the body is ``change``'s record, encoded) and ``time`` what ``instant`` makes the
+        change's ``at`` of. One loop over the batch, run for every change sent."""
         heads = self._heads
         bodies: list[bytes] = []
         dests: list[str] = []
@@ -539,57 +572,28 @@ class Sink(ABC):
         when = ""
         table = op = ""
         head = ("", "")
-        for change in changes:
-            if change.table != table or change.op != op:  # a batch is mostly runs of one
-                table, op = change.table, change.op
+        for id_, xid, row_table, row_op, row, old, stamp, change in rows:
+            if row_table != table or row_op != op:  # a batch is mostly runs of one
+                table, op = row_table, row_op
                 head = heads.get((table, op)) or self._head(table, op, change)
-            # the rows as captured when that JSON already says what the typed rows' would:
-            # sent as they are, never decoded (numbers keep their digits either way)
-            captured = change.captured_json()
-            if captured is None:
+            if row is _TYPED[0]:
                 add_body(dumps(record(change)))
             else:
-                at = change.at
-                if at is not moment:  # a transaction's changes share their time
-                    moment, when = at, _fast_dumps(at).decode()
-                row, old = captured
-                xid, id_ = change.xid, change.id
+                if stamp != moment:  # a transaction's changes share their time
+                    moment, when = stamp, _fast_dumps(instant(stamp)).decode()
                 add_body(
                     (
                         _RECORD % (xid, id_, id_, xid, head[1], row or _NULL, old or _NULL, when)
                     ).encode()
                 )
             add_dest(head[0])
-        return Messages(changes, None, bodies, dests)
+        return bodies, dests
 
-    def _captured_records(self, source: Changes, rows: list[tuple[Any, ...]]) -> Messages:
-        """:meth:`_records` of a batch's changes from their rows as read (each row's JSON
-        sent as it is, as there), without making a :class:`Change` of them."""
-        heads = self._heads
-        bodies: list[bytes] = []
-        dests: list[str] = []
-        add_body, add_dest = bodies.append, dests.append
-        moment: object = None
-        when = ""
-        table = op = ""
-        head = ("", "")
-        for id_, xid, row_table, row_op, row, old, stamp, _ in rows:
-            if row_table != table or row_op != op:  # a batch is mostly runs of one
-                table, op = row_table, row_op
-                head = heads.get((table, op)) or self._head(table, op)
-            if stamp != moment:  # a transaction's changes share their time
-                moment, when = stamp, _fast_dumps(source.instant(stamp)).decode()
-            add_body(
-                (_RECORD % (xid, id_, id_, xid, head[1], row or _NULL, old or _NULL, when)).encode()
-            )
-            add_dest(head[0])
-        return Messages(None, None, bodies, dests, rows=source)
-
-    def _head(self, table: str, op: str, change: Change | None = None) -> tuple[str, str]:
+    def _head(self, table: str, op: str, change: object = None) -> tuple[str, str]:
         """The destination of changes of ``table`` and ``op`` (without ``key=``: their
-        first one's, or that of a change of theirs with no rows), and the JSON of both;
-        made once."""
-        if change is None:
+        first one's, ``change`` if it is one, else that of a change of theirs with no
+        rows), and the JSON of both; made once."""
+        if not isinstance(change, Change):
             change = Change(0, table, op, None, None, 0, _EPOCH)
         head = self._heads[(table, op)] = (self._destination(change, None), _head(table, op))
         return head
