@@ -67,10 +67,6 @@ class Message:
     dest: str
 
 
-_RECORD = '{"key":"%d-%d","id":%d,"xid":%d,%s,"row":%s,"old":%s,"at":%s}'
-"""A change's :func:`~pgtide.sinks.record` as JSON (the bytes orjson writes of it), from
-its xid, id, id, xid, the JSON of its table and op (:func:`_head`), its rows' JSON text
-(or ``null``) and its time's JSON."""
 _NULL = "null"
 _TYPED = (object(), None)
 """In place of a change's rows' JSON text: the change's record is encoded from its typed
@@ -581,10 +577,10 @@ class Sink(ABC):
             else:
                 if stamp != moment:  # a transaction's changes share their time
                     moment, when = stamp, _fast_dumps(instant(stamp)).decode()
+                # record(change) as JSON, spelt out (the same bytes orjson writes)
                 add_body(
-                    (
-                        _RECORD % (xid, id_, id_, xid, head[1], row or _NULL, old or _NULL, when)
-                    ).encode()
+                    f'{{"key":"{xid}-{id_}","id":{id_},"xid":{xid},{head[1]},'
+                    f'"row":{row or _NULL},"old":{old or _NULL},"at":{when}}}'.encode()
                 )
             add_dest(head[0])
         return bodies, dests
