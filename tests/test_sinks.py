@@ -782,7 +782,7 @@ def test_messages_send_captured_json_only_where_it_says_what_typed_rows_say(dsn:
     bodies = [body for m in made for body in m.bodies]
     columns = [(k, x, t) for m in made for k, x, t in zip(m.keys, m.xids, m.times, strict=True)]
     # the batches of plain_t were sent from their rows as read, making no Change
-    sources = [b.captured() for b in batches]
+    sources = [b._captured() for b in batches]
     assert [s is not None and s.captured() is not None for s in sources] == [True, True, False]
     changes = [c for b in batches for c in b]
     assert len(changes) == 4

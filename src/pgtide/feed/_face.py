@@ -73,7 +73,7 @@ class BatchBase(Sequence[Change], Generic[F]):
         """The changes, in delivery order (made at the first use of the batch's changes)."""
         return self._changes.make()
 
-    def captured(self) -> Changes | None:
+    def _captured(self) -> Changes | None:
         """The changes as read, for a sink that sends their captured JSON as it is (see
         :meth:`Changes.captured`); None when they were made already (a sink then uses
         them)."""

@@ -518,7 +518,7 @@ class Sink(ABC):
         """The messages to send for ``batch``: filtered, transformed, encoded, addressed."""
         select = self.selection
         if select.everything():
-            captured = getattr(batch, "captured", None)
+            captured = getattr(batch, "_captured", None)
             source: Changes | None = captured() if callable(captured) else None
             rows = None if source is None else source.captured()
             if source is not None and rows is not None:
