@@ -23,7 +23,6 @@ from orjson import dumps as _fast_dumps
 from .. import Change, Position
 from ..connect import Backoff
 from ..errors import ConfigError, PgtideError
-from ..feed._core import Changes
 from ..names import TableName
 from ._encode import change_key, dumps, encode, record
 
@@ -54,6 +53,17 @@ class BatchLike(Protocol):
     def position(self) -> Position: ...
     def __iter__(self) -> Iterator[Change]: ...
     def __len__(self) -> int: ...
+
+
+class Changes(Protocol):
+    """A batch's changes as the feed read them (``batch._captured()`` of a
+    :class:`pgtide.Batch`), made into :class:`Change` objects only if asked: their rows, when
+    each row's JSON is what the record of its change holds (``captured``), the ``at`` of a
+    row's time (``instant``), and the changes (``make``)."""
+
+    def captured(self) -> list[tuple[Any, ...]] | None: ...
+    def instant(self, stamp: bytes) -> datetime: ...
+    def make(self) -> list[Change]: ...
 
 
 @dataclass(slots=True)
