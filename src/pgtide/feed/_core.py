@@ -274,10 +274,10 @@ class Changes(Sequence[Change]):
     the captured JSON as it is (:meth:`captured`) makes no :class:`Change` at all.
 
     Thousands of objects fewer per batch: each Change is an object the garbage collector
-    tracks, and a batch's live through two reads (read ahead of a delivery), long enough to
-    be moved to the oldest generation, whose collections walk every object of the process
-    (a row tuple of plain values is let go at its first collection). Made, they are the same
-    objects on every use, from any thread."""
+    tracks, and a batch's changes live through two reads (read ahead of a delivery), long
+    enough to be moved to the oldest generation, whose collections walk every object of the
+    process (a row tuple of plain values is let go at its first collection). Made, they are
+    the same objects on every use, from any thread."""
 
     __slots__ = ("_list", "_lock", "_rows", "_typings", "_zone")
 
