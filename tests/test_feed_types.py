@@ -9,6 +9,7 @@ import dataclasses
 import json
 import pickle
 import threading
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -387,3 +388,29 @@ def test_a_batchs_rows_are_typed_together_at_first_use(dsn: str) -> None:
         thread.join()
     want = [{"id": i, "v": "vw"[i % 2]} for i in reversed(range(4, 12))]
     assert seen == [want] * 8
+
+
+def test_a_batch_offers_its_rows_as_captured_only_when_their_json_is_the_typed_rows() -> None:
+    """A sink may send a batch's rows as read (no Change made) only if every table's captured
+    JSON says what its typed rows' JSON says, and no row or old row holds a value that WAL
+    capture marked as unreadable (the typed rows say what it means)."""
+    from pgtide.feed._core import MARK, Changes, _Typing
+
+    at = (0).to_bytes(8, "big")
+    row, marked = '{"id":1,"v":"a"}', '{"id":1,"v":{' + MARK + "}}"
+
+    def read(*rows: tuple[str | None, str | None], plain: bool = True) -> Changes:
+        typing = _Typing(json.loads, plain)
+        return Changes(
+            [(1, 7, "public.t", "update", r, o, at, 0) for r, o in rows], {"public.t": typing}, UTC
+        )
+
+    assert read((row, None), (None, row)).captured() is not None
+    assert read((row, None), (marked, None)).captured() is None
+    assert read((row, marked)).captured() is None
+    assert read((None, marked)).captured() is None
+    assert read((row, None), plain=False).captured() is None
+    made = read((row, row))
+    assert made.captured() is not None and made.made is None and len(made) == 1
+    assert made[0].row == {"id": 1, "v": "a"} and made[0].at == datetime(2000, 1, 1, tzinfo=UTC)
+    assert made.made is not None and list(made) == made.make()  # the same objects each time

@@ -776,10 +776,20 @@ def test_messages_send_captured_json_only_where_it_says_what_typed_rows_say(dsn:
         conn.execute("UPDATE plain_t SET v = 'c' WHERE id = 1")
         conn.execute("INSERT INTO typed_t VALUES (1, '\\x00ff', 0.1, '1 day 2 hours')")
     sink = sinks.redis(MACHINE_REDIS)
-    batches = list(pgtide.Feed("raw", ["plain_t", "typed_t"], dsn=dsn).batches(stop="end"))
+    feed = pgtide.Feed("raw", ["plain_t", "typed_t"], dsn=dsn)
+    batches = list(feed.batches(stop="end", max_changes=1))  # a transaction a batch
+    made = [sink.messages(b) for b in batches]
+    bodies = [body for m in made for body in m.bodies]
+    columns = [(k, x, t) for m in made for k, x, t in zip(m.keys, m.xids, m.times, strict=True)]
+    # the batches of plain_t were sent from their rows as read, making no Change
+    sources = [b._captured() for b in batches]
+    assert [s is not None and s.captured() is not None for s in sources] == [True, True, False]
     changes = [c for b in batches for c in b]
     assert len(changes) == 4
-    bodies = [m.body for b in batches for m in sink.messages(b)]
+    assert columns == [(sinks.change_key(c), c.xid, c.at) for c in changes]
+    assert [m.changes for m in made] == [b.changes for b in batches]
+    # made of the changes (untyped yet), the same bytes
+    assert [m.body for b in batches for m in sink.messages(b)] == bodies
     assert b'"n":12345678901234567890.000000000000000010' in bodies[0]  # the captured text,
     assert b'"tz":"2024-05-01T17:30:00.25+05:30"' in bodies[0]  # with the writer's offset
     for change, body in zip(changes[:3], bodies, strict=False):  # plain_t: captured JSON

@@ -18,12 +18,12 @@ import functools
 import threading
 import time
 from bisect import bisect_right
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from itertools import groupby
-from operator import itemgetter
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
+from datetime import UTC, datetime, tzinfo
+from itertools import groupby, repeat
+from operator import contains, itemgetter
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias, overload
 
 from psycopg import sql
 
@@ -34,7 +34,7 @@ from ..session import Io, Query, one, query
 from .backfill import pending_io
 from .position import Position, Snapshot
 from .retention import drop_consumer_io, position_of
-from .rows import FINGERPRINT, MARK, Decode, RowTypes
+from .rows import FINGERPRINT, MARK, Decode, RowTypes, instant
 from .sleepers import Registration, Watch
 from .track import require_tracked
 from .wal import follows_wal_io
@@ -131,12 +131,13 @@ class _Typing:
     batch it lets them go (:meth:`release`; each one left is then typed at its own first
     use), so that a batch never used holds no reference cycle."""
 
-    __slots__ = ("_lock", "changes", "decode", "plain")
+    __slots__ = ("_lock", "changes", "decode", "plain", "released")
 
     def __init__(self, decode: Decode, plain: bool) -> None:
         self.decode = decode
         self.plain = plain
         self.changes: list[Change] = []
+        self.released = False
         self._lock = threading.Lock()  # a batch may be read from several threads
 
     def type(self, change: Change) -> None:
@@ -166,6 +167,7 @@ class _Typing:
         """Let the changes go: each one left is typed at its own first use."""
         with self._lock:
             self.changes = []
+            self.released = True
 
 
 _CURRENT = "SELECT pg_current_snapshot()::text"
@@ -255,20 +257,101 @@ def current() -> Io[Position]:
     return Position(Snapshot.parse(row[0]))
 
 
-def _to_changes(
-    rows: list[tuple[Any, ...]], types: RowTypes
-) -> Io[tuple[list[Change], list[_Typing]]]:
-    """Changes from their rows, typed (looking column types up only when they changed), and
-    how each table's changes are typed."""
+def _to_changes(rows: list[tuple[Any, ...]], types: RowTypes) -> Io[tuple[Changes, list[_Typing]]]:
+    """The changes of ``rows``, made at their first use (see :class:`Changes`), typed
+    (looking column types up only when they changed); and how each table's are typed."""
     if not rows:
-        return [], []
+        return Changes([], {}, types.zone), []
     yield from types.update(set(map(_NAME, rows)), rows[0][7])
-    # rows come as JSON text, typed by `types` (numbers exact) when first used (see
-    # _Typing). Each Change is made without its frozen __init__ (a call of
-    # object.__setattr__ per field, with checks): its slots are set directly. A batch is
-    # mostly runs of one table and of one transaction (one time): each is looked up once
-    # a run.
-    typings: dict[str, _Typing] = {}
+    # each table's decoder and zone as they are now: the changes are typed with the column
+    # types this read vouches for, whenever they are made
+    typings = {t: _Typing(types.decoder(t), types.plain(t)) for t in set(map(_NAME, rows))}
+    return Changes(rows, typings, types.zone), list(typings.values())
+
+
+class Changes(Sequence[Change]):
+    """A batch's changes, made from its rows (as read) at their first use: a sink that sends
+    the captured JSON as it is (:meth:`captured`) makes no :class:`Change` at all.
+
+    Thousands of objects fewer per batch: each Change is an object the garbage collector
+    tracks, and a batch's changes live through two reads (read ahead of a delivery), long
+    enough to be moved to the oldest generation, whose collections walk every object of the
+    process (a row tuple of plain values is let go at its first collection). Made, they are
+    the same objects on every use, from any thread."""
+
+    __slots__ = ("_list", "_lock", "_rows", "_typings", "_zone")
+
+    def __init__(
+        self,
+        rows: list[tuple[Any, ...]],
+        typings: dict[str, _Typing],
+        zone: tzinfo,
+    ) -> None:
+        self._rows = rows
+        self._typings = typings
+        self._zone = zone
+        self._list: list[Change] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def made(self) -> list[Change] | None:
+        """The changes if they were made, else None."""
+        return self._list
+
+    def make(self) -> list[Change]:
+        """The changes (made at the first call)."""
+        made = self._list
+        if made is None:
+            with self._lock:
+                made = self._list
+                if made is None:
+                    made = self._list = _make(self._rows, self._typings, self._zone)
+        return made
+
+    def captured(self) -> list[tuple[Any, ...]] | None:
+        """The rows of the changes, each ``(id, xid, table, op, row, old, at, _)`` with
+        ``row`` and ``old`` their captured JSON text and ``at`` the time as
+        ``timestamptz_send`` writes it, when that JSON already says what the JSON of the typed
+        rows says (see :meth:`Change.captured_json`) for every one of them; else None."""
+        if not all(t.plain for t in self._typings.values()):
+            return None
+        rows = self._rows
+        for column in (_ROW, _OLD):  # a loop in C: no Python code per row
+            if any(map(contains, filter(None, map(column, rows)), repeat(MARK))):
+                return None  # WAL capture marked a value it could not read: typed rows say so
+        return rows
+
+    def instant(self, stamp: bytes) -> datetime:
+        """The ``at`` of a change from its row's time (as :meth:`captured` gives it)."""
+        return instant(stamp, self._zone)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, index: int) -> Change: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Change]: ...
+    def __getitem__(self, index: int | slice) -> Change | list[Change]:
+        return self.make()[index]
+
+    def __iter__(self) -> Iterator[Change]:
+        return iter(self.make())
+
+    def __repr__(self) -> str:
+        return f"<Changes: {len(self)}>"
+
+
+def _make(
+    rows: list[tuple[Any, ...]],
+    typings: dict[str, _Typing],
+    zone: tzinfo,
+) -> list[Change]:
+    """The changes of ``rows``, untyped: rows come as JSON text, typed (numbers exact) when
+    first used (see _Typing)."""
+    # Each Change is made without its frozen __init__ (a call of object.__setattr__ per
+    # field, with checks): its slots are set directly. A batch is mostly runs of one table
+    # and of one transaction (one time): each is looked up once a run.
     changes: list[Change] = []
     append, new = changes.append, object.__new__
     set_id, set_table, set_op, set_xid, set_at, set_text, set_old_text = _SETTERS
@@ -280,12 +363,11 @@ def _to_changes(
     at: datetime | None = None
     for id_, xid, table, op, row, old, micros, _ in rows:
         if table != current:
-            current, typing = table, typings.get(table)
-            if typing is None:
-                typing = typings[table] = _Typing(types.decoder(table), types.plain(table))
-            add = typing.changes.append
+            current, typing = table, typings[table]
+            # a batch let go (the next one was read) types each change at its first use
+            add = typing.changes.append if not typing.released else _ignore
         if micros != moment:
-            moment, at = micros, types.instant(micros)
+            moment, at = micros, instant(micros, zone)
         change = new(Change)
         set_id(change, id_)
         set_table(change, table)
@@ -297,7 +379,11 @@ def _to_changes(
         set_typing(change, typing)
         append(change)
         add(change)
-    return changes, list(typings.values())
+    return changes
+
+
+def _ignore(_change: Change) -> None:
+    pass
 
 
 @dataclass
@@ -446,7 +532,7 @@ class Core:
 
     def read(
         self, pos: Position, stop: Position | None, max_changes: int
-    ) -> Io[tuple[list[Change], Position]]:
+    ) -> Io[tuple[Changes, Position]]:
         """One step from ``pos``: returns (changes, new position). Whole transactions only,
         in commit order (see :func:`_commit_order`)."""
         base, after = pos.snapshot, pos.after
@@ -462,9 +548,9 @@ class Core:
         if stop is not None and stop.target == target and stop.snapshot == base:
             upper = stop.after
         if target == base:
-            return [], Position(target)
+            return Changes([], {}, UTC), Position(target)
         if target._key < base._key:
-            return [], pos
+            return Changes([], {}, UTC), pos
         params: dict[str, Any] = {
             "lower": str(min(base.xip, default=base.xmax)),
             "base_xmax": str(base.xmax),
@@ -510,7 +596,7 @@ class Core:
         changes = yield from self._changes(rows)
         return changes, (Position(base, target, cut) if rest else done)
 
-    def _changes(self, rows: list[tuple[Any, ...]]) -> Io[list[Change]]:
+    def _changes(self, rows: list[tuple[Any, ...]]) -> Io[Changes]:
         """The changes of whole transactions' rows (in any order), in commit order; the
         changes of the batch before, still untyped, are let go (see :class:`_Typing`)."""
         changes, typings = yield from _to_changes(_commit_order(rows), self.types)
@@ -568,7 +654,7 @@ def _commit_order(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return ordered
 
 
-_ID, _XID, _NAME = itemgetter(0), itemgetter(1), itemgetter(2)
+_ID, _XID, _NAME, _ROW, _OLD = map(itemgetter, (0, 1, 2, 4, 5))
 
 
 @dataclass(frozen=True)
@@ -589,7 +675,7 @@ class Wait:
 class Emit:
     """Give a batch to the user: changes between ``start`` and ``end``."""
 
-    changes: list[Change]
+    changes: Changes
     start: Position
     end: Position
 

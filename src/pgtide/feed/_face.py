@@ -14,7 +14,7 @@ from ..connect import DsnLike, Resolved
 from ..errors import FeedError
 from ..names import TableName
 from ..session import OUTAGES, AsyncSession, Session
-from ._core import Change, Core, Emit, Start, Step, plan
+from ._core import Change, Changes, Core, Emit, Start, Step, plan
 from .backfill import BackfillThread
 from .position import Position
 from .wal import RelayThread
@@ -64,9 +64,20 @@ class BatchBase(Sequence[Change], Generic[F]):
 
     def __init__(self, feed: F, emit: Emit) -> None:
         self._feed = feed
-        self.changes = emit.changes
+        self._changes = emit.changes
         self.start = emit.start
         self.position = emit.end
+
+    @property
+    def changes(self) -> list[Change]:
+        """The changes, in delivery order (made at the first use of the batch's changes)."""
+        return self._changes.make()
+
+    def _captured(self) -> Changes | None:
+        """The changes as read, for a sink that sends their captured JSON as it is (see
+        :meth:`Changes.captured`); None when they were made already (a sink then uses
+        them)."""
+        return self._changes if self._changes.made is None else None
 
     @overload
     def __getitem__(self, index: int) -> Change: ...
@@ -76,7 +87,7 @@ class BatchBase(Sequence[Change], Generic[F]):
         return self.changes[index]
 
     def __len__(self) -> int:
-        return len(self.changes)
+        return len(self._changes)
 
     def __iter__(self) -> Iterator[Change]:
         return iter(self.changes)

@@ -119,6 +119,12 @@ _NUMERIC, _FLOAT4, _FLOAT8, _JSON, _JSONB, _TIMESTAMPTZ = 1700, 700, 701, 114, 3
 _JSON_AS_IS = _AS_IS | {_NUMERIC, 2950, 1082, 1114, _TIMESTAMPTZ}  # uuid date timestamp(tz)
 
 
+def instant(stamp: bytes, zone: tzinfo) -> datetime:
+    """A timestamptz given in its binary form (``timestamptz_send``: microseconds since
+    2000-01-01, 8 bytes big-endian), in ``zone``."""
+    return timestamp(int.from_bytes(stamp, "big", signed=True)).astimezone(zone)
+
+
 def json_value(value: Any) -> Any:
     """A JSON value read with exact numbers, as :func:`json.loads` gives it (floats)."""
     if isinstance(value, Decimal):
@@ -295,7 +301,7 @@ class RowTypes:
         """A timestamptz given in its binary form (``timestamptz_send``: microseconds since
         2000-01-01, 8 bytes big-endian), in the session's time zone (as psycopg returns a
         timestamptz)."""
-        return timestamp(int.from_bytes(stamp, "big", signed=True)).astimezone(self.zone)
+        return instant(stamp, self.zone)
 
     def plain(self, table: str) -> bool:
         """Whether ``table``'s captured JSON text, as it is, already holds what the JSON of its

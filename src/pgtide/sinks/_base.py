@@ -13,6 +13,8 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from operator import attrgetter, itemgetter
 from typing import Any, ClassVar, Generic, Protocol, TypedDict, TypeVar, overload
 from urllib.parse import urlsplit, urlunsplit
 
@@ -53,6 +55,17 @@ class BatchLike(Protocol):
     def __len__(self) -> int: ...
 
 
+class Changes(Protocol):
+    """A batch's changes as the feed read them (``batch._captured()`` of a
+    :class:`pgtide.Batch`), made into :class:`Change` objects only if asked: their rows, when
+    each row's JSON is what the record of its change holds (``captured``), the ``at`` of a
+    row's time (``instant``), and the changes (``make``)."""
+
+    def captured(self) -> list[tuple[Any, ...]] | None: ...
+    def instant(self, stamp: bytes) -> datetime: ...
+    def make(self) -> list[Change]: ...
+
+
 @dataclass(slots=True)
 class Message:
     """One change ready to send: ``key`` is :func:`change_key`, ``dest`` the subject, stream
@@ -64,14 +77,66 @@ class Message:
     dest: str
 
 
+_NULL = "null"
+_TYPED = (object(), None)
+"""In place of a change's rows' JSON text: the change's record is encoded from its typed
+rows."""
+
+
+def _same(value: T) -> T:
+    return value
+
+
+_XID, _STAMP = itemgetter(1), itemgetter(6)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class _Column(Generic[T]):
+    """A column of :class:`Messages` made at its first use: of each message's change, or,
+    for messages made from a batch's rows as read, of those rows."""
+
+    def __init__(
+        self,
+        of_change: Callable[[Change], T],
+        of_rows: Callable[[Changes, list[tuple[Any, ...]]], list[T]],
+    ) -> None:
+        self._of_change = of_change
+        self._of_rows = of_rows
+        self._slot = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._slot = "_" + name
+
+    def __get__(self, messages: Messages, owner: type | None = None) -> list[T]:
+        made: list[T] | None = getattr(messages, self._slot)
+        if made is None:
+            source = messages._rows
+            rows = None if source is None else source.captured()
+            if source is None or rows is None:
+                made = list(map(self._of_change, messages.changes))
+            else:
+                made = self._of_rows(source, rows)
+            setattr(messages, self._slot, made)
+        return made
+
+
+def _times(source: Changes, rows: list[tuple[Any, ...]]) -> list[datetime]:
+    """The ``at`` of the changes of ``rows``: one object per time."""
+    stamps = list(map(_STAMP, rows))
+    made = {stamp: source.instant(stamp) for stamp in set(stamps)}
+    return list(map(made.__getitem__, stamps))
+
+
 class Messages(Sequence[Message]):
     """The messages of a batch, kept as columns: ``changes``, ``keys``, ``bodies`` and
-    ``dests`` (one entry per message, in order). Built-in sinks read the columns; indexing
-    or iterating makes each :class:`Message` on the way, for code that wants them. Without
-    ``keys``, each is the :func:`change_key` of its change, made at the first use of
-    ``keys`` (a sink that never reads them does not pay for them)."""
+    ``dests`` (one entry per message, in order), and each one's change's ``xids`` and
+    ``times`` (its ``at``). Built-in sinks read the columns; indexing or iterating makes
+    each :class:`Message` on the way, for code that wants them. Columns not given are made
+    at their first use (a sink that never reads them does not pay for them): ``keys`` each
+    the :func:`change_key` of its change, and, for messages made from a batch's rows as
+    read (``rows``, one message per row), ``changes`` too."""
 
-    __slots__ = ("_keys", "bodies", "changes", "dests")
+    __slots__ = ("_changes", "_keys", "_rows", "_times", "_xids", "bodies", "dests")
 
     def __init__(
         self,
@@ -79,22 +144,39 @@ class Messages(Sequence[Message]):
         keys: list[str] | None = None,
         bodies: list[bytes] | None = None,
         dests: list[str] | None = None,
+        *,
+        rows: Changes | None = None,
     ) -> None:
-        self.changes = [] if changes is None else changes
-        self._keys = keys if keys is not None or changes is not None else []
+        made = changes is not None or rows is not None  # else: no message yet
+        self._rows = rows
+        self._changes = changes if made else []
+        self._keys = keys if keys is not None or made else []
         self.bodies = [] if bodies is None else bodies
         self.dests = [] if dests is None else dests
+        self._xids: list[int] | None = None
+        self._times: list[datetime] | None = None
 
     @property
-    def keys(self) -> list[str]:
-        """Each message's key (its change's :func:`change_key` unless given)."""
-        keys = self._keys
-        if keys is None:
-            keys = self._keys = [f"{c.xid}-{c.id}" for c in self.changes]
-        return keys
+    def changes(self) -> list[Change]:
+        """Each message's change."""
+        changes = self._changes
+        if changes is None:
+            assert self._rows is not None
+            changes = self._changes = self._rows.make()
+        return changes
+
+    keys: _Column[str] = _Column(
+        change_key, lambda _, rows: [f"{xid}-{id_}" for id_, xid, *_ in rows]
+    )
+    """Each message's key (its change's :func:`change_key` unless given)."""
+    xids: _Column[int] = _Column(attrgetter("xid"), lambda _, rows: list(map(_XID, rows)))
+    """Each message's change's ``xid``."""
+    times: _Column[datetime] = _Column(attrgetter("at"), lambda source, rows: _times(source, rows))
+    """Each message's change's ``at`` (the changes of a transaction share one)."""
 
     def append(self, change: Change, key: str, body: bytes, dest: str) -> None:
         """Add one message."""
+        self._own()
         self.keys.append(key)
         self.changes.append(change)
         self.bodies.append(body)
@@ -102,10 +184,18 @@ class Messages(Sequence[Message]):
 
     def extend(self, other: Messages) -> None:
         """Add the messages of ``other``, in order."""
+        self._own()
         self.keys.extend(other.keys)
-        self.changes += other.changes
+        self.changes.extend(other.changes)
         self.bodies += other.bodies
         self.dests += other.dests
+
+    def _own(self) -> None:
+        """Before adding messages: the columns made on demand are made (and the changes
+        are a list of these messages' own, not the batch's)."""
+        if self._rows is not None:
+            self._changes = list(self.changes)
+            self._rows = self._xids = self._times = None
 
     def __len__(self) -> int:
         return len(self.bodies)
@@ -324,6 +414,16 @@ class Selection:
             out = [c for c in out if where(c)]
         return out
 
+    def everything(self) -> bool:
+        """Whether every change is sent, as its record (no filter, transform nor key)."""
+        return (
+            self.tables is None
+            and self.ops is None
+            and self.where is None
+            and self.transform is None
+            and self.key is None
+        )
+
     def _table_wanted(self, table: str) -> bool:
         assert self.tables is not None
         qualified, bare = self.tables
@@ -413,7 +513,7 @@ class Sink(ABC):
         self._stopping = threading.Event()
         self._portal: _Portal | None = None
         self._lock = threading.Lock()
-        self._routes: dict[tuple[str, str], tuple[str, str]] = {}
+        self._heads: dict[tuple[str, str], tuple[str, str]] = {}
 
     # -- the message of each change ------------------------------------------------------
     def wanted(self, change: Change) -> bool:
@@ -427,6 +527,12 @@ class Sink(ABC):
     def messages(self, batch: Iterable[Change]) -> Messages:
         """The messages to send for ``batch``: filtered, transformed, encoded, addressed."""
         select = self.selection
+        if select.everything():
+            captured = getattr(batch, "_captured", None)
+            source: Changes | None = captured() if callable(captured) else None
+            rows = None if source is None else source.captured()
+            if source is not None and rows is not None:
+                return self._captured_records(source, rows)
         changes = select.chosen(batch)
         if select.transform is None and select.key is None:
             return self._records(changes)
@@ -442,9 +548,29 @@ class Sink(ABC):
 
     def _records(self, changes: list[Change]) -> Messages:
         """The messages of ``changes``, each its :func:`~pgtide.sinks.record` as JSON, to
-        its table's destination: one loop over the batch, run for every change sent (their
-        keys are made only if a sink reads them)."""
-        heads, route = self._routes, self._destination
+        its table's destination (their keys are made only if a sink reads them)."""
+        # the rows as captured when that JSON already says what the typed rows' would:
+        # sent as they are, never decoded (numbers keep their digits either way)
+        rows = [
+            (c.id, c.xid, c.table, c.op, *(c.captured_json() or _TYPED), c.at, c) for c in changes
+        ]
+        bodies, dests = self._bodies(rows, _same)
+        return Messages(changes, None, bodies, dests)
+
+    def _captured_records(self, source: Changes, rows: list[tuple[Any, ...]]) -> Messages:
+        """:meth:`_records` of a batch's changes from their rows as read (each row's JSON
+        sent as it is, as there), without making a :class:`Change` of them."""
+        bodies, dests = self._bodies(rows, source.instant)
+        return Messages(None, None, bodies, dests, rows=source)
+
+    def _bodies(
+        self, rows: Iterable[tuple[Any, ...]], instant: Callable[[Any], datetime]
+    ) -> tuple[list[bytes], list[str]]:
+        """The bodies and destinations of changes given as rows: ``(id, xid, table, op, row,
+        old, time, change)``, with ``row`` and ``old`` their JSON text (or :data:`_TYPED`:
+        the body is ``change``'s record, encoded) and ``time`` what ``instant`` makes the
+        change's ``at`` of. One loop over the batch, run for every change sent."""
+        heads = self._heads
         bodies: list[bytes] = []
         dests: list[str] = []
         add_body, add_dest = bodies.append, dests.append
@@ -452,31 +578,31 @@ class Sink(ABC):
         when = ""
         table = op = ""
         head = ("", "")
-        for change in changes:
-            if change.table != table or change.op != op:  # a batch is mostly runs of one
-                table, op = change.table, change.op
-                found = heads.get((table, op))
-                if found is None:  # the destination and the JSON of table and op, made once
-                    found = heads[(table, op)] = (route(change, None), _head(table, op))
-                head = found
-            # the rows as captured when that JSON already says what the typed rows' would:
-            # sent as they are, never decoded (numbers keep their digits either way)
-            captured = change.captured_json()
-            if captured is None:
+        for id_, xid, row_table, row_op, row, old, stamp, change in rows:
+            if row_table != table or row_op != op:  # a batch is mostly runs of one
+                table, op = row_table, row_op
+                head = heads.get((table, op)) or self._head(table, op, change)
+            if row is _TYPED[0]:
                 add_body(dumps(record(change)))
             else:
-                at = change.at
-                if at is not moment:  # a transaction's changes share their time
-                    moment, when = at, _fast_dumps(at).decode()
-                row, old = captured
-                xid, id_ = change.xid, change.id
+                if stamp != moment:  # a transaction's changes share their time
+                    moment, when = stamp, _fast_dumps(instant(stamp)).decode()
                 # record(change) as JSON, spelt out (the same bytes orjson writes)
                 add_body(
                     f'{{"key":"{xid}-{id_}","id":{id_},"xid":{xid},{head[1]},'
-                    f'"row":{row or "null"},"old":{old or "null"},"at":{when}}}'.encode()
+                    f'"row":{row or _NULL},"old":{old or _NULL},"at":{when}}}'.encode()
                 )
             add_dest(head[0])
-        return Messages(changes, None, bodies, dests)
+        return bodies, dests
+
+    def _head(self, table: str, op: str, change: object = None) -> tuple[str, str]:
+        """The destination of changes of ``table`` and ``op`` (without ``key=``: their
+        first one's, ``change`` if it is one, else that of a change of theirs with no
+        rows), and the JSON of both; made once."""
+        if not isinstance(change, Change):
+            change = Change(0, table, op, None, None, 0, _EPOCH)
+        head = self._heads[(table, op)] = (self._destination(change, None), _head(table, op))
+        return head
 
     # -- delivery ------------------------------------------------------------------------
     async def send(self, batch: BatchLike) -> None:

@@ -153,20 +153,21 @@ class _Plan:
         self.skipped = 0
         self.forget = False
 
-    def extend(self, changes: Iterable[Change], bodies: Iterable[bytes]) -> None:
-        """Plan the messages of ``changes`` with ``bodies`` (all to this stream, in feed
-        order)."""
+    def extend(
+        self, xids: Iterable[int], times: Iterable[datetime], bodies: Iterable[bytes]
+    ) -> None:
+        """Plan the messages with ``bodies`` of the changes of ``xids`` and ``times`` (their
+        ``at``; all to this stream, in feed order)."""
         state, known = self.state, self.known
         add_id, add_body = self.ids.append, self.bodies.append
         recorded = state.last[0]
         ms, seq = self.last
         moment: datetime | None = None
         at = 0
-        for change, body in zip(changes, bodies, strict=True):
-            if change.at is not moment:  # a transaction's changes share their time
-                moment = change.at
+        for xid, when, body in zip(xids, times, bodies, strict=True):
+            if when is not moment:  # a transaction's changes share their time
+                moment = when
                 at = int(moment.timestamp() * 1000)
-            xid = change.xid
             seen = known.get(xid)
             if seen is None:
                 seen = known[xid] = state.delivered(xid)
@@ -283,14 +284,17 @@ class RedisSink(Sink):
         states = self._states
         plans = {s: _Plan(states[s]) for s in streams}
         if len(plans) == 1:
-            plans[streams[0]].extend(messages.changes, messages.bodies)
+            plans[streams[0]].extend(messages.xids, messages.times, messages.bodies)
         else:
-            each: dict[str, tuple[list[Change], list[bytes]]] = {s: ([], []) for s in streams}
-            for change, body, dest in zip(
-                messages.changes, messages.bodies, messages.dests, strict=True
+            each: dict[str, tuple[list[int], list[datetime], list[bytes]]] = {
+                s: ([], [], []) for s in streams
+            }
+            for xid, when, body, dest in zip(
+                messages.xids, messages.times, messages.bodies, messages.dests, strict=True
             ):
-                changes, bodies = each[dest]
-                changes.append(change)
+                xids, times, bodies = each[dest]
+                xids.append(xid)
+                times.append(when)
                 bodies.append(body)
             for stream, plan in plans.items():
                 plan.extend(*each[stream])
