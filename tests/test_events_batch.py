@@ -283,3 +283,38 @@ def test_a_worker_claims_the_next_batch_while_a_whole_batch_still_waits(dsn: str
     finally:
         release.set()
         events.close()
+
+
+def test_a_stop_in_a_deep_backlog_gives_back_every_claimed_event(dsn: str) -> None:
+    # a stop in the middle of a deep backlog (claims back to back, a batch waiting to start)
+    # gives back every event claimed and not started: each event ran at most once, each run
+    # is recorded done, the rest are pending with no attempt counted, none is left held
+    events = pgtide.Events(dsn=dsn, batch_size=20, poll_interval=0.05)
+    ran: Counter[int] = Counter()
+    lock = threading.Lock()
+    enough = threading.Event()
+
+    def handler(event: pgtide.Event) -> None:
+        with lock:
+            ran[event.id] += 1
+            if len(ran) >= 300:
+                enough.set()
+
+    events.register("job", handler)
+    try:
+        ids = events.publish_many("job", list(range(5000)))
+        events.start(concurrency=4)
+        assert enough.wait(60)
+        events.stop()
+        with psycopg.connect(dsn) as conn:
+            rows = conn.execute(
+                "SELECT id, state, attempts, lease_owner FROM pgtide.events ORDER BY id"
+            ).fetchall()
+    finally:
+        events.close()
+    assert [r[0] for r in rows] == ids
+    assert all(n == 1 for n in ran.values())
+    assert {r[0] for r in rows if r[1] == "done"} == set(ran)
+    assert all(r[1] == "pending" and r[2] == 0 for r in rows if r[0] not in ran)
+    assert all(r[3] is None for r in rows)
+    assert len(ran) < len(ids)  # stopped in the middle
