@@ -14,6 +14,9 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 import pgtide
+from pgtide.events._signatures import run_args
+from pgtide.events._sql import CHANNEL
+from pgtide.session import run
 
 
 @pytest.fixture
@@ -447,6 +450,61 @@ def test_notify_wakes_an_idle_worker_at_once(dsn: str) -> None:
             "'pgtide-events-listen' AND datname = current_database()"
         ).fetchone()
     assert row == (1,)
+    events.close()
+
+
+def test_an_inserts_notify_names_its_newest_event(dsn: str) -> None:
+    """The wake-up of an insert carries the highest id it inserted (one publish: its id; a
+    publish_many: the last of them); a publish that inserted nothing (its dedupe_key is
+    held) wakes nobody."""
+    events = pgtide.Events(dsn=dsn)
+    events.status()  # the schema
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN pgtide_events")
+        one = events.publish("n", 1, dedupe_key="k")
+        many = events.publish_many("n", [1, 2, 3])
+        assert events.publish("n", 2, dedupe_key="k") == one  # held: nothing inserted
+        heard = [n.payload for n in listener.notifies(timeout=0.5)]
+    assert heard == [str(one), str(max(many))]
+    events.close()
+
+
+def test_a_worker_claims_nothing_for_the_notify_of_an_event_it_already_took(dsn: str) -> None:
+    """A NOTIFY that arrives after the claim that took its event (that claim's snapshot held
+    the insert) makes no claim due and wakes nobody; a NOTIFY of an event it has not taken
+    does (and one that arrives while a claim is out makes a claim due only until that claim
+    comes back with its event)."""
+    events = pgtide.Events(dsn=dsn)
+    events.register("n", lambda e: None)
+    worker = events._new_worker(run_args(4))
+    core = worker.core
+
+    def claim_round(conn: psycopg.Connection[Any], before: Any = None) -> list[int]:
+        sent = time.monotonic()
+        claims = core._claims()
+        if before is not None:
+            before()
+        results = [conn.execute(q.statement, q.params).fetchall() for q, _, _ in claims]
+        core._claimed(results, [want for _, want, _ in claims], sent)
+        return [r[0] for got in results for r in got]
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        run(conn, core.setup())
+        first = events.publish("n", 1)
+        assert claim_round(conn) == [first]  # the first round claims (due at start)
+        assert core.on_notify(CHANNEL, str(first)) is False  # its NOTIFY, read afterwards
+        assert core._claims() == []  # nothing due: no empty claim
+        second = events.publish("n", 2)
+        assert core.on_notify(CHANNEL, str(second)) is True
+        assert claim_round(conn) == [second]
+        assert core._claims() == []
+        third = events.publish("n", 3)
+        fourth = events.publish("n", 4)  # its NOTIFY is read while the claim is out
+        assert core.on_notify(CHANNEL, str(third)) is True
+        assert claim_round(conn, lambda: core.on_notify(CHANNEL, str(fourth))) == [third, fourth]
+        assert core._claims() == []  # that claim brought it back: still nothing due
+        assert core.on_notify(CHANNEL, "") is True  # pgtide's own wake-ups: a claim
+        assert core._claims() != []
     events.close()
 
 

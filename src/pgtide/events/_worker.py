@@ -192,6 +192,10 @@ NOTIFY) this long before it claims that name again: the work spreads, and a lone
 loses little. A name whose claims come back full (its limit is not reached) is claimed again
 at once: a limit set but not reached costs no pause."""
 
+TAKEN_KEPT = 4096
+"""Ids of events the worker's recent claims returned, kept to recognise the NOTIFYs that
+announce them (arriving after the claim that took them: no claim is due for those)."""
+
 PURGE_EVERY = 60.0
 """With ``keep_done``, a worker deletes finished events this often (and when it starts)."""
 
@@ -265,6 +269,9 @@ class WorkerCore:
         self._next_flush = now
         self._next_due: float | None = None  # the earliest retry this worker scheduled
         self._claim_due = True  # a claim may find something (see _claims)
+        self._announced: set[int] = set()  # ids NOTIFY announced that no claim has seen yet
+        self._taken: set[int] = set()  # ids our recent claims returned (TAKEN_KEPT at most)
+        self._taken_order: deque[list[int]] = deque()  # those ids, a claim's at a time
 
     # -- control and wake-ups --------------------------------------------------------------
 
@@ -274,11 +281,20 @@ class WorkerCore:
         self.wake()
 
     def on_notify(self, channel: str, payload: str) -> bool:
-        """A NOTIFY: on the user's channel the payload is a new row's id."""
+        """A NOTIFY: on the user's channel the payload is a new row's id; on pgtide's, an
+        insert's newest event id (026_events_wake_id.sql): when a claim of ours returned it,
+        that claim saw the whole insert, and no claim is due for it (nor a wake-up)."""
         if channel == _sql.CANCEL_CHANNEL:
             with contextlib.suppress(ValueError):
                 self.cancel_asked(int(payload))
             return False
+        if channel == _sql.CHANNEL and payload.isdigit() and channel != self.target.source_channel:
+            newest = int(payload)
+            with self._lock:
+                if newest in self._taken:
+                    return False
+                self._announced.add(newest)
+            return True
         if channel == _sql.CHANNEL and payload == "schedule":
             self._next_schedule = min(self._next_schedule, 0.0)
         if channel == self.target.source_channel:
@@ -759,13 +775,16 @@ class WorkerCore:
         Limited names are claimed every round (a slot freed elsewhere sends no NOTIFY), each
         by its own statement only: the claim of the other names leaves them out (a worker
         whose handlers are all limited sends one statement a round, not two)."""
-        if self.stop_requested or not (self._claim_due or self._limited):
+        if self.stop_requested or not (self._claim_due or self._announced or self._limited):
             return []
         with self._lock:
             inflight = self._inflight
-        if inflight > self._low_water:
-            return []  # still due once enough of them ended
-        due, self._claim_due = self._claim_due, False  # a NOTIFY from now on makes it due again
+            if inflight > self._low_water:
+                return []  # still due once enough of them ended
+            # the claim's snapshot follows these ids' commits: it sees them (a NOTIFY from now
+            # on makes a claim due again, unless this claim returns its id)
+            covered, self._announced = self._announced, set()
+        due, self._claim_due = self._claim_due or bool(covered), False
         asked = min(self._max_inflight - inflight, self.options.batch_size)
         params = {
             "source": self.target.source,
@@ -802,7 +821,9 @@ class WorkerCore:
         rows.sort(key=itemgetter(8, 0))  # priority, then id
         valid_until = sent + self.options.lease * SURELY_VALID
         payloads = decode_payloads([r[2] for r in rows])
+        ids = [r[0] for r in rows]
         with self._lock:
+            self._took(ids)
             held, ready = self._held, self._ready
             for row, payload in zip(rows, payloads, strict=True):
                 hold = held.get(row[0])
@@ -814,6 +835,15 @@ class WorkerCore:
                 ready.append(Event._claimed(row, payload))
                 self._inflight += 1
         return any(len(got) == want for got, want in zip(results, wanted, strict=True))
+
+    def _took(self, ids: list[int]) -> None:
+        """Remember the ids a claim returned, for the NOTIFYs that announce them (the caller
+        holds the lock)."""
+        self._announced.difference_update(ids)
+        self._taken.update(ids)
+        self._taken_order.append(ids)
+        while len(self._taken) > TAKEN_KEPT and len(self._taken_order) > 1:
+            self._taken.difference_update(self._taken_order.popleft())
 
     # -- running handlers ------------------------------------------------------------------
 
