@@ -14,6 +14,9 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 import pgtide
+from pgtide.events._signatures import run_args
+from pgtide.events._sql import CHANNEL
+from pgtide.session import run
 
 
 @pytest.fixture
@@ -448,6 +451,124 @@ def test_notify_wakes_an_idle_worker_at_once(dsn: str) -> None:
         ).fetchone()
     assert row == (1,)
     events.close()
+
+
+def test_an_inserts_notify_names_its_newest_event(dsn: str) -> None:
+    """The wake-up of an insert carries the highest id it inserted (one publish: its id; a
+    publish_many: the last of them); a publish that inserted nothing (its dedupe_key is
+    held) wakes nobody."""
+    events = pgtide.Events(dsn=dsn)
+    events.status()  # the schema
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN pgtide_events")
+        one = events.publish("n", 1, dedupe_key="k")
+        many = events.publish_many("n", [1, 2, 3])
+        assert events.publish("n", 2, dedupe_key="k") == one  # held: nothing inserted
+        heard = [n.payload for n in listener.notifies(timeout=0.5)]
+    assert heard == [str(one), str(max(many))]
+    events.close()
+
+
+def test_a_worker_claims_nothing_for_the_notify_of_an_event_it_already_took(dsn: str) -> None:
+    """A NOTIFY that arrives after the claim that took its event (that claim's snapshot held
+    the insert) makes no claim due and wakes nobody; a NOTIFY of an event it has not taken
+    does (and one that arrives while a claim is out makes a claim due only until that claim
+    comes back with its event)."""
+    events = pgtide.Events(dsn=dsn)
+    events.register("n", lambda e: None)
+    worker = events._new_worker(run_args(4))
+    core = worker.core
+
+    def claim_round(conn: psycopg.Connection[Any], before: Any = None) -> list[int]:
+        sent = time.monotonic()
+        claims = core._claims()
+        if before is not None:
+            before()
+        results = [conn.execute(q.statement, q.params).fetchall() for q, _, _ in claims]
+        core._claimed(results, [want for _, want, _ in claims], sent)
+        return [r[0] for got in results for r in got]
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        run(conn, core.setup())
+        first = events.publish("n", 1)
+        assert claim_round(conn) == [first]  # the first round claims (due at start)
+        assert core.on_notify(CHANNEL, str(first)) is False  # its NOTIFY, read afterwards
+        assert core._claims() == []  # nothing due: no empty claim
+        second = events.publish("n", 2)
+        assert core.on_notify(CHANNEL, str(second)) is True
+        assert claim_round(conn) == [second]
+        assert core._claims() == []
+        third = events.publish("n", 3)
+        fourth = events.publish("n", 4)  # its NOTIFY is read while the claim is out
+        assert core.on_notify(CHANNEL, str(third)) is True
+        assert claim_round(conn, lambda: core.on_notify(CHANNEL, str(fourth))) == [third, fourth]
+        assert core._claims() == []  # that claim brought it back: still nothing due
+        assert core.on_notify(CHANNEL, "") is True  # pgtide's own wake-ups: a claim
+        assert core._claims() != []
+    events.close()
+
+
+def test_an_idle_blocking_worker_runs_a_claimed_event_in_the_thread_that_claimed_it(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No hand-off between the claim and a blocking handler: the thread that claimed the
+    event runs it (and passes the worker's loop to an idle pool thread meanwhile)."""
+    from pgtide.events._worker import WorkerCore
+
+    claimed_in: list[str] = []
+    claimed = WorkerCore._claimed
+
+    def spy(self: WorkerCore, results: Any, wanted: Any, sent: float) -> bool:
+        if any(results):
+            claimed_in.append(threading.current_thread().name)
+        return claimed(self, results, wanted, sent)
+
+    monkeypatch.setattr(WorkerCore, "_claimed", spy)
+    events = pgtide.Events(dsn=dsn, poll_interval=30.0)
+    ran_in: list[str] = []
+    events.register("ping", lambda e: ran_in.append(threading.current_thread().name))
+    events.start(concurrency=2)
+    for n in range(5):
+        id_ = events.publish("ping", n)
+        assert events.wait(id_, timeout=10).state == "done"
+    events.close()
+    # the worker's own thread claims until a pool thread idles (it runs no handler: it
+    # passes the loop on); from then on, each event runs where it was claimed
+    pairs = list(zip(claimed_in, ran_in, strict=True))
+    by_pool = [(c, r) for c, r in pairs if c != "pgtide-events-worker"]
+    assert len(by_pool) >= 3
+    assert all(c == r for c, r in by_pool), pairs
+
+
+def test_a_blocking_handler_run_by_the_claiming_thread_never_stalls_the_worker(dsn: str) -> None:
+    """While the thread that claimed an event runs its (slow) handler, another thread drives
+    the worker: it renews the lease (a lease shorter than the handler never lapses), claims
+    and starts other events, and hears a cancel."""
+    events = pgtide.Events(dsn=dsn, lease=0.6, poll_interval=30.0)
+    gate = threading.Event()
+    slow_started = threading.Event()
+
+    def slow(event: pgtide.Event) -> None:
+        slow_started.set()
+        while not gate.wait(0.01):
+            if event.cancelled:
+                return
+
+    events.register("slow", slow)
+    events.register("quick", lambda e: e.payload)
+    events.start(concurrency=2)
+    time.sleep(0.2)  # the first (empty) claim passed: the next ones are woken by NOTIFY
+    first = events.publish("slow")
+    assert slow_started.wait(10)
+    for n in range(3):  # the other slot runs these while the slow one holds its thread
+        assert events.wait(events.publish("quick", n), timeout=10).state == "done"
+    time.sleep(1.5)  # longer than the lease: renewed meanwhile, never claimed again
+    assert events.cancel(first) == "running"
+    record = events.wait(first, timeout=10)
+    gate.set()
+    events.close()
+    assert record.state == "cancelled"
+    assert record.attempts == 1
 
 
 def test_notify_wakes_a_worker_on_your_own_table(dsn: str) -> None:

@@ -18,7 +18,10 @@ when a claim may find something new (a NOTIFY, a poll, a full claim before: see
 Handlers: at most ``concurrency`` at once in all. Plain functions run on a pool of threads
 (started only when a plain handler first runs), each taking the next claimed event itself;
 async ones run as tasks on one event loop (the caller's under ``pgtide.aio``, a loop thread
-under ``pgtide``), holding no thread.
+under ``pgtide``), holding no thread. With plain handlers, the blocking worker's plan moves
+between the pool's threads (leader and followers, :meth:`WorkerCore.lead`): the thread
+that claimed an event runs it, with no hand-off between the claim and the handler, while an
+idle pool thread drives the plan (one thread more than ``concurrency``).
 
 A worker that dies stops heartbeating, its leases expire, and other workers claim its events
 again. Each claim carries a fencing token: renewals, outcomes and releases are fenced by
@@ -192,6 +195,10 @@ NOTIFY) this long before it claims that name again: the work spreads, and a lone
 loses little. A name whose claims come back full (its limit is not reached) is claimed again
 at once: a limit set but not reached costs no pause."""
 
+TAKEN_KEPT = 4096
+"""Ids of events the worker's recent claims returned, kept to recognise the NOTIFYs that
+announce them (arriving after the claim that took them: no claim is due for those)."""
+
 PURGE_EVERY = 60.0
 """With ``keep_done``, a worker deletes finished events this often (and when it starts)."""
 
@@ -222,6 +229,10 @@ class WorkerCore:
         self._idle = 0  # pool threads waiting for an event
         self._waking = False  # a pool thread was woken and has not taken its event yet
         self._pool_closed = False
+        # a blocking worker passes its plan between threads (see lead): the driver's loop,
+        # which returns an event to run when it passed the plan on (None: the plan ended)
+        self.drive: Callable[[], Event | None] | None = None
+        self._passing = False  # the plan waits for an idle pool thread to drive it
         self._plain = any(not s.is_async for s in handlers.values())
         self._ready: deque[Event] = deque()  # claimed, not started (attempt: if it starts)
         self._held: dict[int, _Hold] = {}  # every lease held: claimed until settled
@@ -265,6 +276,9 @@ class WorkerCore:
         self._next_flush = now
         self._next_due: float | None = None  # the earliest retry this worker scheduled
         self._claim_due = True  # a claim may find something (see _claims)
+        self._announced: set[int] = set()  # ids NOTIFY announced that no claim has seen yet
+        self._taken: set[int] = set()  # ids our recent claims returned (TAKEN_KEPT at most)
+        self._taken_order: deque[list[int]] = deque()  # those ids, a claim's at a time
 
     # -- control and wake-ups --------------------------------------------------------------
 
@@ -274,11 +288,20 @@ class WorkerCore:
         self.wake()
 
     def on_notify(self, channel: str, payload: str) -> bool:
-        """A NOTIFY: on the user's channel the payload is a new row's id."""
+        """A NOTIFY: on the user's channel the payload is a new row's id; on pgtide's, an
+        insert's newest event id (026_events_wake_id.sql): when a claim of ours returned it,
+        that claim saw the whole insert, and no claim is due for it (nor a wake-up)."""
         if channel == _sql.CANCEL_CHANNEL:
             with contextlib.suppress(ValueError):
                 self.cancel_asked(int(payload))
             return False
+        if channel == _sql.CHANNEL and payload.isdigit() and channel != self.target.source_channel:
+            newest = int(payload)
+            with self._lock:
+                if newest in self._taken:
+                    return False
+                self._announced.add(newest)
+            return True
         if channel == _sql.CHANNEL and payload == "schedule":
             self._next_schedule = min(self._next_schedule, 0.0)
         if channel == self.target.source_channel:
@@ -759,13 +782,16 @@ class WorkerCore:
         Limited names are claimed every round (a slot freed elsewhere sends no NOTIFY), each
         by its own statement only: the claim of the other names leaves them out (a worker
         whose handlers are all limited sends one statement a round, not two)."""
-        if self.stop_requested or not (self._claim_due or self._limited):
+        if self.stop_requested or not (self._claim_due or self._announced or self._limited):
             return []
         with self._lock:
             inflight = self._inflight
-        if inflight > self._low_water:
-            return []  # still due once enough of them ended
-        due, self._claim_due = self._claim_due, False  # a NOTIFY from now on makes it due again
+            if inflight > self._low_water:
+                return []  # still due once enough of them ended
+            # the claim's snapshot follows these ids' commits: it sees them (a NOTIFY from now
+            # on makes a claim due again, unless this claim returns its id)
+            covered, self._announced = self._announced, set()
+        due, self._claim_due = self._claim_due or bool(covered), False
         asked = min(self._max_inflight - inflight, self.options.batch_size)
         params = {
             "source": self.target.source,
@@ -802,7 +828,9 @@ class WorkerCore:
         rows.sort(key=itemgetter(8, 0))  # priority, then id
         valid_until = sent + self.options.lease * SURELY_VALID
         payloads = decode_payloads([r[2] for r in rows])
+        ids = [r[0] for r in rows]
         with self._lock:
+            self._took(ids)
             held, ready = self._held, self._ready
             for row, payload in zip(rows, payloads, strict=True):
                 hold = held.get(row[0])
@@ -815,6 +843,15 @@ class WorkerCore:
                 self._inflight += 1
         return any(len(got) == want for got, want in zip(results, wanted, strict=True))
 
+    def _took(self, ids: list[int]) -> None:
+        """Remember the ids a claim returned, for the NOTIFYs that announce them (the caller
+        holds the lock)."""
+        self._announced.difference_update(ids)
+        self._taken.update(ids)
+        self._taken_order.append(ids)
+        while len(self._taken) > TAKEN_KEPT and len(self._taken_order) > 1:
+            self._taken.difference_update(self._taken_order.popleft())
+
     # -- running handlers ------------------------------------------------------------------
 
     def _launch(self) -> None:
@@ -823,8 +860,9 @@ class WorkerCore:
         if self._plain:
             if self._ready:
                 self._start_pool()
-                with self._lock:
-                    self._wake_one()
+                if self.drive is None:  # else the driver hands them out (see lead)
+                    with self._lock:
+                        self._wake_one()
             return
         with self._lock:
             events, lapsed = self._take(self.options.concurrency)
@@ -916,9 +954,12 @@ class WorkerCore:
         with self._lock:
             if self._threads or self._stopping:
                 return
+            # one more than may run at once when the plan passes between them (see lead):
+            # while one drives it, ``concurrency`` others may still run handlers
+            size = self.options.concurrency + (self.drive is not None)
             self._threads = [
                 threading.Thread(target=self._serve, name=f"pgtide-events-{i}", daemon=True)
-                for i in range(self.options.concurrency)
+                for i in range(size)
             ]
         for thread in self._threads:
             thread.start()
@@ -928,9 +969,46 @@ class WorkerCore:
             self._pool_closed = True
             self._work.notify_all()
 
+    def lead(self, take: bool) -> tuple[bool, Event | None]:
+        """Leader and followers (a blocking worker's plan is driven by one of its threads at
+        a time, see :class:`Worker`): after a claim, the driving thread runs the first event
+        that may start itself (when ``take``), with no hand-off to another thread between
+        the claim and the handler, and passes the plan to a pool thread that waits idle (it
+        wakes while the handler runs). Returns whether it passed the plan on, and the event
+        it took. It passes nothing on when no pool thread is idle (one that runs a handler
+        could keep the plan from its heartbeats): then the pool takes the events, as always.
+        A passed plan is taken by the first pool thread that finds no event to start (one
+        such thread always is awake or woken: the pool has a thread more than may run).
+        """
+        with self._lock:
+            if not self._ready:
+                return False, None
+            if not self._idle or self._stopping or self.stop_requested or self._passing:
+                self._wake_one()
+                return False, None
+            events, lapsed = self._take(1) if take else ([], [])
+            passed = bool(events) or not take  # (none may start now: limits, lapsed leases)
+            if passed:
+                self._passing = True  # the first idle thread to wake drives (see _next)
+                self._work.notify()
+                self._waking = False  # (the events left are another thread's to take)
+            self._wake_one()
+            count = self._count_soon and bool(events)
+            if count:
+                self._count_soon = False
+        self._lapsed(lapsed)
+        if count:  # the first start since the last round: have it counted now
+            self.wake()
+        return passed, events[0] if events else None
+
     def _serve(self) -> None:
-        """A pool thread: take the next event that may start, run it, again."""
+        """A pool thread: take the next event that may start, run it, again; or drive the
+        worker's plan while it is passed to this thread (see :meth:`lead`)."""
         while (event := self._next()) is not None:
+            if event is _DRIVE:
+                assert self.drive is not None
+                if (event := self.drive()) is None:
+                    continue
             spec = self.handlers[event.name]
             if spec.is_async:
                 self._loop().call_soon_threadsafe(self._spawn, event, spec)
@@ -938,15 +1016,23 @@ class WorkerCore:
                 self._run_plain(event, spec)
 
     def _next(self) -> Event | None:
-        """The next event for a pool thread (waiting for one), or None once the pool closes."""
+        """The next event for a pool thread (waiting for one), :data:`_DRIVE` when the plan
+        waits for a thread to drive it and no event may start, or None once the pool closes.
+        A thread takes the events first: one that ran a quick handler runs the next events
+        of the claim too, and takes the plan back if no idle thread has yet."""
         with self._lock:
             while not self._pool_closed:
                 events, lapsed = self._take(1)
                 if events:
                     self._wake_one()  # more to start: let another thread help
+                    if self._passing:  # and the plan waits: another idle thread takes it
+                        self._work.notify()
                     break
                 if lapsed:
                     continue
+                if self._passing:  # the plan is passed on: this thread drives it now
+                    self._passing = False
+                    return _DRIVE
                 self._idle += 1
                 self._work.wait()
                 self._idle -= 1
@@ -1097,6 +1183,10 @@ async def _bounded(coro: Coroutine[Any, Any, Any], timeout: float | None) -> Any
 
 def _nothing() -> None:
     return None
+
+
+_DRIVE = Event._claimed((0, "", None, None, None, None, 0, 0, 0), None)
+"""What :meth:`WorkerCore._next` returns to the pool thread that is to drive the plan."""
 
 
 class _Steps:
@@ -1285,6 +1375,10 @@ class Worker(_Driver[Session]):
             second_to=self._session,
         )
         self._writer = _Writer(writer)
+        self._steps: _Steps | None = None
+        self._ended = threading.Event()  # the plan ended (in whichever thread drove it)
+        self._fault: BaseException | None = None  # what ended it, if it raised
+        self._interrupted: KeyboardInterrupt | None = None
 
     def stop(self) -> None:
         super().stop()
@@ -1300,10 +1394,37 @@ class Worker(_Driver[Session]):
 
     def _serve(self) -> None:
         self._session.connection()  # registered before serving: a bad setup raises here
+        interrupted: KeyboardInterrupt | None = None
         try:
             self._waker.start()  # LISTENing before the first claim: no wake-up falls between
-            steps = self._serving()
-            interrupted: KeyboardInterrupt | None = None
+            self._steps = self._serving()
+            if self.core._plain:  # the plan may pass to the pool's threads (WorkerCore.lead)
+                self.core.drive = self._drive
+            if self._drive(first=True) is not None:  # passed on: wait for the plan to end
+                while True:
+                    try:
+                        self._ended.wait()
+                        break
+                    except KeyboardInterrupt as exc:  # Ctrl-C: stop gracefully, then raise it
+                        self.stop()
+                        interrupted = exc
+            if self._fault is not None:
+                raise self._fault
+        finally:
+            self._waker.stop()
+            self._writer.close()
+            self._session.close()
+            self.running.clear()
+        if interrupted is not None:
+            raise interrupted
+
+    def _drive(self, first: bool = False) -> Event | None:
+        """Walk the plan in this thread until it ends (None) or, with a pool, until this
+        thread passes it to an idle pool thread after a claim: then the event this thread is
+        to run (``run()``'s own thread runs none: it passes the plan on, and waits)."""
+        steps = self._steps
+        assert steps is not None
+        try:
             while (step := steps.next()) is not None:
                 try:
                     if (failed := self._writer.failed()) is not None:
@@ -1313,6 +1434,10 @@ class Worker(_Driver[Session]):
                     elif isinstance(step, Pipe):
                         self._waker.read_now()
                         steps.reply(self._session.call(partial(_run_batch, make=step.make)))
+                        if self.core.drive is not None:
+                            passed, event = self.core.lead(take=not first)
+                            if passed:
+                                return _DRIVE if event is None else event
                     elif isinstance(step, Record):
                         self._writer.submit(step.make)
                     elif isinstance(step, Sleep):
@@ -1323,15 +1448,14 @@ class Worker(_Driver[Session]):
                     steps.fail(exc)
                 except KeyboardInterrupt as exc:  # Ctrl-C: stop gracefully, then raise it
                     self.stop()
-                    interrupted = exc
+                    self._interrupted = exc
                     steps.fail(Stopped("interrupted"))
-            if interrupted is not None:
-                raise interrupted
-        finally:
-            self._waker.stop()
-            self._writer.close()
-            self._session.close()
-            self.running.clear()
+        except BaseException as exc:  # the plan failed: run() raises it
+            self._fault = exc
+        if self._interrupted is not None and self._fault is None:
+            self._fault = self._interrupted
+        self._ended.set()
+        return None
 
 
 class AsyncWorker(_Driver[AsyncSession]):
