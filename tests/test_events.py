@@ -508,6 +508,25 @@ def test_a_worker_claims_nothing_for_the_notify_of_an_event_it_already_took(dsn:
     events.close()
 
 
+def test_a_worker_shutting_down_after_a_failure_claims_nothing(dsn: str) -> None:
+    """A plan that fails (not a stop) shuts down as a stop does: its last rounds record
+    outcomes and release leases, and claim no event they could not run."""
+    events = pgtide.Events(dsn=dsn)
+    events.register("n", lambda e: None)
+    worker = events._new_worker(run_args(4))
+    core = worker.core
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        run(conn, core.setup())
+        events.publish("n", 1)
+        assert core.on_notify(CHANNEL, "") is True  # a claim is due
+        assert core.stop_requested is False
+        shutdown = core._shutdown()  # what plan() runs when a step raised
+        next(shutdown, None)
+        assert core._claims() == []
+        shutdown.close()
+    events.close()
+
+
 def test_an_idle_blocking_worker_runs_a_claimed_event_in_the_thread_that_claimed_it(
     dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

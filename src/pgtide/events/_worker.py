@@ -773,7 +773,7 @@ class WorkerCore:
 
     def _claims(self) -> list[tuple[Query, int, str | None]]:
         """The claims to send now (each with how many it asks for, and its limited name, if
-        any): none while stopping, while enough is claimed already, or when no claim can find
+        any): none while stopping (asked to, or shutting down after a failure), while enough is claimed already, or when no claim can find
         anything new: a claim is due after a NOTIFY (a publish), a poll, a retry falling due,
         a schedule's tick, a claim that came back full, and the outcome of a keyed event (the
         next of its key may run), not after the wake-ups that only record outcomes (an empty
@@ -782,7 +782,9 @@ class WorkerCore:
         Limited names are claimed every round (a slot freed elsewhere sends no NOTIFY), each
         by its own statement only: the claim of the other names leaves them out (a worker
         whose handlers are all limited sends one statement a round, not two)."""
-        if self.stop_requested or not (self._claim_due or self._announced or self._limited):
+        if self.stop_requested or self._stopping or not (
+            self._claim_due or self._announced or self._limited
+        ):
             return []
         with self._lock:
             inflight = self._inflight
