@@ -774,11 +774,11 @@ class WorkerCore:
     def _claims(self) -> list[tuple[Query, int, str | None]]:
         """The claims to send now (each with how many it asks for, and its limited name, if
         any): none while stopping (asked to, or shutting down after a failure), while
-        enough is claimed already, or when no claim can find anything new: a claim is due after a NOTIFY (a publish), a poll, a retry falling due,
-        a schedule's tick, a claim that came back full, and the outcome of a keyed event (the
-        next of its key may run), not after the wake-ups that only record outcomes (an empty
-        claim there would cost the database a statement and delay the claim of the next
-        publish behind it).
+        enough is claimed already, or when no claim can find anything new: a claim is due
+        after a NOTIFY (a publish), a poll, a retry falling due, a schedule's tick, a claim
+        that came back full, and the outcome of a keyed event (the next of its key may run),
+        not after the wake-ups that only record outcomes (an empty claim there would cost
+        the database a statement and delay the claim of the next publish behind it).
         Limited names are claimed every round (a slot freed elsewhere sends no NOTIFY), each
         by its own statement only: the claim of the other names leaves them out (a worker
         whose handlers are all limited sends one statement a round, not two)."""
