@@ -782,8 +782,10 @@ class WorkerCore:
         Limited names are claimed every round (a slot freed elsewhere sends no NOTIFY), each
         by its own statement only: the claim of the other names leaves them out (a worker
         whose handlers are all limited sends one statement a round, not two)."""
-        if self.stop_requested or self._stopping or not (
-            self._claim_due or self._announced or self._limited
+        if (
+            self.stop_requested
+            or self._stopping
+            or not (self._claim_due or self._announced or self._limited)
         ):
             return []
         with self._lock:
