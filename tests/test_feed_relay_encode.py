@@ -1,15 +1,17 @@
 """The relay's encoding of pgoutput messages into COPY records, without a server: the fast
-way (plain tables, all values there) writes exactly the records the general way does."""
+way (plain tables, values there or NULL) writes exactly the records the general way does."""
 
 from __future__ import annotations
 
 import struct
 from typing import Any
 
+import pytest
+
 from pgtide.feed.pgoutput import UNCHANGED, Decoder
 from pgtide.feed.wal import Relay, _Plan, _Shape
 
-_TEXT, _INT8, _FLOAT8, _NUMERIC, _BOOL = 25, 20, 701, 1700, 16
+_TEXT, _INT8, _FLOAT8, _NUMERIC, _BOOL, _JSONB = 25, 20, 701, 1700, 16, 3802
 _OID = 16384
 
 
@@ -65,7 +67,7 @@ def _rows() -> list[list[Any]]:
     for i, text in enumerate(TEXTS):
         for j, number in enumerate(NUMBERS):
             rows.append([str(i * 10 + j), text, number, number, "tf"[j % 2]])
-    rows.append(["99", None, "1", "1", "t"])  # a NULL: the general way
+    rows.append(["99", None, "1", "1", "t"])  # a NULL: the fast way too
     return rows
 
 
@@ -86,6 +88,19 @@ def _expected(messages: list[bytes], relayed: int) -> tuple[bytes, int]:
     return b"".join(out), count
 
 
+def _slow_changes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the changes the general way encodes (into the returned list's one item)."""
+    count = [0]
+    slow_way = Relay._slow_way
+
+    def counting(self: Relay, changes: list[Any], *args: Any) -> None:
+        count[0] += len(changes)
+        slow_way(self, changes, *args)
+
+    monkeypatch.setattr(Relay, "_slow_way", counting)
+    return count
+
+
 def _encode(
     messages: list[bytes],
     relayed: int = 0,
@@ -98,7 +113,10 @@ def _encode(
     return out, plan
 
 
-def test_fast_way_writes_the_records_of_the_general_way() -> None:
+def test_fast_way_writes_the_records_of_the_general_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    slow = _slow_changes(monkeypatch)
     rows = _rows()
     messages = [_begin(1), _relation(COLUMNS)]
     messages += [_insert(r) for r in rows]
@@ -110,6 +128,47 @@ def test_fast_way_writes_the_records_of_the_general_way() -> None:
     assert plan.count == count == 2 * len(rows) + 2
     assert plan.end == 100 and plan.transactions == 1
     assert plan.notify == {"public.t"} and not plan.slow
+    assert slow[0] == 3  # the first change (it makes the fast way), the update and delete
+
+
+# every kind of value: raw (int8, jsonb), string (text), number (float8, numeric), boolean
+KINDS = [*COLUMNS, ("j", _JSONB)]
+FULL = ["7", 'a "b"\\c\n\u00e9', "NaN", "-1.5e+300", "f", '{"k": [1, null]}']
+
+
+def _null_rows() -> list[list[Any]]:
+    """Rows of :data:`KINDS` with NULLs: in each column alone (first, middle, last), in
+    each pair of columns, everywhere, and everywhere but one column."""
+    width = len(FULL)
+    rows = []
+    for i in range(width):
+        rows.append([None if c == i else v for c, v in enumerate(FULL)])
+        rows.append([v if c == i else None for c, v in enumerate(FULL)])
+        rows += [[None if c in (i, j) else v for c, v in enumerate(FULL)] for j in range(i)]
+    rows.append([None] * width)
+    rows.append(["8", "", "0", "0", "t", "null"])  # empty and JSON null texts: not NULLs
+    return rows
+
+
+def test_fast_way_writes_nulls_as_the_general_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NULL in any kind of column, anywhere in the row, is ``"col":null`` in the document,
+    with the right size, as the general way writes it; and such rows go the fast way, but a
+    row with an unchanged TOAST value still goes the general way."""
+    slow = _slow_changes(monkeypatch)
+    rows = _null_rows()
+    messages = [_begin(1), _relation(KINDS), _insert(FULL)]
+    for row in rows:
+        messages += [_insert(row), _update(row), _insert(FULL)]
+    toasted = [[None, UNCHANGED, *FULL[2:]], [*FULL[:5], UNCHANGED], [UNCHANGED, *[None] * 5]]
+    messages += [_update(row) for row in toasted]
+    messages.append(_commit(10))
+    out, plan = _encode(messages)
+    want, count = _expected(messages, 0)
+    assert out == want
+    assert plan.count == count == 1 + 3 * len(rows) + len(toasted)
+    assert slow[0] == 1 + len(toasted)  # the first change (it makes the fast way), the TOASTed
+    assert out.count(b'{"id":null,"t":null,"f":null,"n":null,"b":null,"j":null}') == 2
+    assert b'"id":7,"t":null,"f":"NaN",' in out and b',"b":false,"j":null}' in out
 
 
 def test_fast_way_follows_a_changed_relation_and_skips_what_is_relayed() -> None:

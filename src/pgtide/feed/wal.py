@@ -497,20 +497,40 @@ _Record = Callable[[bytes], "bytes | None"]
 
 # The fast way's reader of one shape of row, generated once per sequence of value kinds: one
 # straight run of statements per column (no loop, no dispatch on the kind), as the common
-# change's cost in Python is per column. ``p`` walks the message; each value must be a text
-# one ('t', 116); a string's quotes are in the JSON text around it (``t0`` .. ``tN``, bound
-# per table and op with the record's ``head``; ``tN`` ends with the NULL old row). ``d`` plus
-# the offset ``p`` at the end is the document's size: ``d0`` counts the JSON texts, less the
-# message's 8 leading bytes and each value's kind byte and size (5 bytes), and a conversion
-# that changes a value's size adds the difference; so the record is joined once, with no
-# document of its own.
+# change's cost in Python is per column. ``p`` walks the message; ``d`` plus the offset ``p``
+# at the end is the document's size: ``d0`` counts the JSON texts between values (``t0`` ..
+# ``tN``, bound per table and op with the record's ``head``; ``tN`` ends with the NULL old
+# row), less the message's 8 leading bytes and each value's kind byte and size (5 bytes), and
+# a conversion that changes a value's size adds the difference; so the record is joined once,
+# with no document of its own.
+#
+# Two readers per table and op: the first takes text values only ('t', 116), a string's
+# quotes in the JSON texts around it; on anything else it hands the message to the second,
+# which also takes NULLs ('n', 110: its kind byte alone, where a text value's kind and size
+# take 5, so ``null`` adds 8 to ``d``), a string's quotes in its value (a NULL has none).
+# That one returns None on anything else (an unchanged TOAST value, 'u': the general way).
+# So a row without NULLs costs what it did before NULLs were taken, and one with NULLs is
+# read twice up to its first NULL, still far cheaper than the general way.
 _READ_VALUE = """
             k, n = value(data, p)
             if k != 116:
-                return None
+                return other(data)
             p += 5
             v{i} = data[p : p + n]
             p += n"""
+_READ_VALUE_OR_NULL = """
+            k = data[p]
+            if k == 116:
+                n = size(data, p + 1)[0]
+                p += 5
+                v{i} = data[p : p + n]
+                p += n{convert}
+            elif k == 110:
+                p += 1
+                v{i} = b"null"
+                d += 8
+            else:
+                return None"""
 _CONVERT = {
     _RAW: "",
     _STRING: """
@@ -527,44 +547,76 @@ _CONVERT = {
             d += len(w) - len(v{i})
             v{i} = w""",
 }
+_QUOTE = """
+            v{i} = b'"' + v{i} + b'"'
+            d += 2"""
+"""A string's quotes, in its value (the reader that takes NULLs)."""
 _READER = """
-def make(head, d0, {texts}):
+def make(head, d0, other, {texts}):
     def read(data):
         p = 8
         d = d0
         try:{values}
         except (IndexError, KeyError, struct.error):
-            return None
+            return other(data)
         if p != len(data):
-            return None
+            return other(data)
         return b"".join((head, pack(d + p), {parts}))
     return read
 """
-_READERS: dict[tuple[int, ...], Callable[..., _Record]] = {}
+_READERS: dict[tuple[tuple[int, ...], bool], Callable[..., _Record]] = {}
 
 
-def _reader(kinds: tuple[int, ...]) -> Callable[..., _Record]:
-    """The generated reader of rows of these value kinds (see :data:`_READER`), as a maker
-    taking the record's head (field count, table, op), the document's fixed size, and the
-    JSON texts between values. The source holds the kinds' fixed templates only: names and
-    values are data, never code."""
-    known = _READERS.get(kinds)
+def _column(i: int, kind: int, nulls: bool) -> str:
+    """The statements that read and convert column ``i`` (see :data:`_READER`)."""
+    if not nulls:
+        return (_READ_VALUE + _CONVERT[kind]).format(i=i)
+    convert = _CONVERT[kind] + (_QUOTE if kind == _STRING else "")
+    return _READ_VALUE_OR_NULL.format(i=i, convert=convert.format(i=i).replace("\n", "\n    "))
+
+
+def _reader(kinds: tuple[int, ...], nulls: bool) -> Callable[..., _Record]:
+    """The generated reader of rows of these value kinds (see :data:`_READER`), taking NULLs
+    or not, as a maker taking the record's head (field count, table, op), the document's
+    fixed size, the reader of a message this one does not take, and the JSON texts between
+    values. The source holds the kinds' fixed templates only: names and values are data,
+    never code."""
+    known = _READERS.get((kinds, nulls))
     if known is None:
-        values = "".join((_READ_VALUE + _CONVERT[k]).format(i=i) for i, k in enumerate(kinds))
+        values = "".join(_column(i, k, nulls) for i, k in enumerate(kinds))
         texts = ", ".join(f"t{i}" for i in range(len(kinds) + 1))
         parts = ", ".join([f"t{i}, v{i}" for i in range(len(kinds))] + [f"t{len(kinds)}"])
         scope: dict[str, Any] = {
             "struct": struct,
             "value": _VALUE.unpack_from,
+            "size": _SIZE.unpack_from,
             "pack": _SIZE.pack,
             "escape": _ESCAPE,
             "string": _string,
             "boolean": _BOOL,
         }
         source = _READER.format(values=values, texts=texts, parts=parts)
-        exec(compile(source, f"<pgtide relay reader {kinds}>", "exec"), scope)
-        known = _READERS[kinds] = cast("Callable[..., _Record]", scope["make"])
+        name = f"<pgtide relay reader {kinds}{' with NULLs' if nulls else ''}>"
+        exec(compile(source, name, "exec"), scope)
+        known = _READERS[kinds, nulls] = cast("Callable[..., _Record]", scope["make"])
     return known
+
+
+def _texts(
+    keys: tuple[bytes, ...], kinds: tuple[int, ...], quoted: bool
+) -> tuple[int, list[bytes]]:
+    """The document's fixed size, and the JSON texts before each value and after the last
+    one (ending with the record's last field, the NULL old row), with a string's quotes if
+    ``quoted`` (see :data:`_READER`)."""
+    texts, quote = [], b""
+    for i, (key, kind) in enumerate(zip(keys, kinds, strict=True)):
+        opening = b'"' if quoted and kind == _STRING else b""
+        texts.append(quote + (b"{" if i == 0 else b",") + key + opening)
+        quote = opening
+    texts.append(quote + b"}")
+    fixed = sum(map(len, texts)) - 8 - 5 * len(kinds)
+    texts[-1] += _NULL_FIELD
+    return fixed, texts
 
 
 def _leave_out(_data: bytes) -> bytes:
@@ -572,12 +624,18 @@ def _leave_out(_data: bytes) -> bytes:
     return b""
 
 
+def _give_up(_data: bytes) -> None:
+    """What the fast way does with a message it does not take: the general way takes it."""
+    return None
+
+
 @dataclass(frozen=True)
 class _Fast:
     """The fast way for a table of plain types (not staged): per change message it takes,
     by the message's first 8 bytes (kind, relation oid, 'N' for a new row with no old one,
     column count), the reader of its rows (:func:`_reader`) that returns its whole COPY
-    record, or ``b""`` for an op the table is not tracked for (:func:`_leave_out`)."""
+    record (handing a row with NULLs to the reader that takes them), None for a row it does
+    not take, or ``b""`` for an op the table is not tracked for (:func:`_leave_out`)."""
 
     readers: dict[bytes, _Record]
     touched: tuple[str, bool, bool]
@@ -586,20 +644,17 @@ class _Fast:
     def of(cls, oid: bytes, shape: _Shape, count: int, ops: set[str], notify: bool) -> _Fast:
         heads = shape.heads(False)
         kinds = tuple(_KINDS[c] for c in shape.convert)
-        # the JSON text before each value, and after the last one: a string's quotes too
-        texts, quote = [], b""
-        for i, (key, kind) in enumerate(zip(shape.keys, kinds, strict=True)):
-            opening = b'"' if kind == _STRING else b""
-            texts.append(quote + (b"{" if i == 0 else b",") + key + opening)
-            quote = opening
-        texts.append(quote + b"}")
-        fixed = sum(map(len, texts)) - 8 - 5 * len(kinds)
-        texts[-1] += _NULL_FIELD  # the record's last field: no old row
+        fixed, texts = _texts(shape.keys, kinds, quoted=True)
+        fixed_nulls, texts_nulls = _texts(shape.keys, kinds, quoted=False)
         readers: dict[bytes, _Record] = {}
         if kinds:
-            make = _reader(kinds)
+            make, make_nulls = _reader(kinds, False), _reader(kinds, True)
             for message, op in ((b"I", "insert"), (b"U", "update")):
-                read = make(heads[op], fixed, *texts) if op in ops else _leave_out
+                read: _Record = _leave_out
+                if op in ops:
+                    head = heads[op]
+                    nulls = make_nulls(head, fixed_nulls, _give_up, *texts_nulls)
+                    read = make(head, fixed, nulls, *texts)
                 readers[message + oid + b"N" + struct.pack(">H", count)] = read
         return cls(readers, (shape.table, notify, False))
 
@@ -797,9 +852,9 @@ class Relay:
 
         A transaction's records are kept until its Commit says whether it is past what is
         relayed. The common change (an Insert, or an Update without the old row, of a table
-        of plain types whose values are all there) goes the fast way (:class:`_Fast`): from
-        the message's bytes to the record, with no object per change or value, and one
-        lookup by the message's first bytes to find its reader."""
+        of plain types whose values are all there or NULL) goes the fast way
+        (:class:`_Fast`): from the message's bytes to the record, with no object per change
+        or value, and one lookup by the message's first bytes to find its reader."""
         decoder = self.decoder
         decoder.current = None  # a transaction a previous read cut short is read again
         ways = _Ways()
