@@ -23,15 +23,20 @@ BEGIN
     IF done IS NOT FALSE THEN  -- empty, or older than every consumer's snapshot
         RETURN done;
     END IF;
+    -- two searches, each by the xid index and ending at its first find (one OR of both
+    -- would read every match into a bitmap first: all of a busy partition's new changes)
     EXECUTE format($q$
         SELECT NOT EXISTS (
-            SELECT FROM pgtide.consumers k CROSS JOIN LATERAL (
-                SELECT FROM pgtide.%I c
-                WHERE (c.xid >= pg_snapshot_xmax(k.snapshot)
-                       OR c.xid = ANY(ARRAY(SELECT pg_snapshot_xip(k.snapshot))))
-                  AND NOT coalesce(c.xid <= k.after_xid
-                                   AND pg_visible_in_snapshot(c.xid, k.target), false)
-                LIMIT 1) unacked)$q$, part) INTO done;
+            SELECT FROM pgtide.consumers k
+            WHERE EXISTS (SELECT FROM pgtide.%1$I c
+                          WHERE c.xid >= pg_snapshot_xmax(k.snapshot)
+                            AND NOT coalesce(c.xid <= k.after_xid
+                                             AND pg_visible_in_snapshot(c.xid, k.target), false))
+               OR EXISTS (SELECT FROM pgtide.%1$I c
+                          WHERE c.xid = ANY(ARRAY(SELECT pg_snapshot_xip(k.snapshot)))
+                            AND NOT coalesce(c.xid <= k.after_xid
+                                             AND pg_visible_in_snapshot(c.xid, k.target), false)))
+        $q$, part) INTO done;
     RETURN done;
 END;
 $$;
