@@ -130,6 +130,54 @@ def test_feed_relays_by_itself_and_batches_hold_whole_transactions(wal_dsn: str)
     assert capture["wal status"] in ("reserved", "extended") and capture["lag bytes"] >= 0
 
 
+class _FailsSecondPart(Relay):
+    """A relay whose step fails while writing its second transaction (a crash there)."""
+
+    parts = 0
+
+    def _write(self, *args: Any) -> Any:
+        self.parts += 1
+        if self.parts == 2:
+            raise RuntimeError("crash between two transactions of one step")
+        return super()._write(*args)
+
+
+def test_a_large_step_commits_in_several_transactions_and_a_crash_between_them_repeats_nothing(
+    wal_dsn: str,
+) -> None:
+    """A step of more than ``commit_changes`` changes writes them in several transactions,
+    each ending with a whole source transaction and recording its position, so that feeds
+    read the first while the relay writes the rest; a crash after the first resumes after
+    it: no change lost or written twice."""
+    with psycopg.connect(wal_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    pgtide.track("t", capture="wal", dsn=wal_dsn)
+    with psycopg.connect(wal_dsn, autocommit=True) as conn:
+        for n in range(6):
+            conn.execute(
+                "INSERT INTO t SELECT g, %s FROM generate_series(%s::int, %s::int) g",
+                (f"tx{n}", n * 3, n * 3 + 2),
+            )
+    failing = _FailsSecondPart(wal_dsn, commit_changes=5)
+    with pytest.raises(RuntimeError, match="crash between"):
+        failing.run(until_idle=True)
+    assert failing.relayed == 6  # the first transaction (two source ones) was committed
+    relay = Relay(wal_dsn, commit_changes=5)
+    relay.run(until_idle=True)
+    assert relay.relayed == 12
+    with psycopg.connect(wal_dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT xid::text, row->>'v', (row->>'id')::int FROM pgtide.changes ORDER BY id"
+        ).fetchall()
+    assert [r[2] for r in rows] == list(range(18))  # each once, in source order
+    by_xid: dict[str, list[str]] = {}
+    for xid, v, _id in rows:
+        by_xid.setdefault(xid, []).append(v)
+    # three relay transactions of two whole source transactions each
+    assert list(by_xid.values()) == [[f"tx{n}"] * 3 + [f"tx{n + 1}"] * 3 for n in (0, 2, 4)]
+    assert [c.row["id"] for c in _changes(wal_dsn, "split")] == list(range(18))
+
+
 AWKWARD = """
 CREATE TABLE plain (
     id int PRIMARY KEY, i2 int2, i8 int8, o oid, f4 float4, f8 float8, num numeric, b bool,
@@ -431,7 +479,8 @@ def test_invalidated_slot_is_the_documented_error(embedded_home: Path) -> None:
 # -- exactly once across relay kill -9 and a server restart -------------------------------
 def relay_forever(dsn: str) -> None:
     """A relay process (killed by the test)."""
-    Relay(dsn, poll_interval=0.01, batch_rows=500).run()
+    # steps of several transactions each: a kill also lands between two of one step
+    Relay(dsn, poll_interval=0.01, batch_rows=500, commit_changes=3).run()
 
 
 def _writer(dsn: str, n: int, stop: threading.Event, done: list[int]) -> None:

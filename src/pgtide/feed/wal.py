@@ -11,13 +11,18 @@ Psycopg 3 speaks no replication protocol, so the relay reads the slot through SQ
    ``pgtide.wal.relayed_lsn``, in ONE transaction (with one wake-up NOTIFY per table);
 3. only after that commit, advances the slot to that LSN.
 
+A step of more than ``Relay.commit_changes`` changes does 2 in several transactions, each
+ending with a whole source transaction and recording its end LSN, then 3 once: feeds read the
+first ones while the relay writes the rest.
+
 A crash before 2 commits leaves nothing written and the slot where it was: the same changes
 are read again. A crash between 2 and 3 leaves the slot behind what is recorded: the next
 step first advances the slot to ``relayed_lsn``, and skips any transaction that ends at or
-before it. So a ``kill -9`` anywhere neither loses nor repeats a change.
+before it (a crash between two transactions of a step is one between 2 and 3 for those
+committed). So a ``kill -9`` anywhere neither loses nor repeats a change.
 
-The changes of a step share the relay transaction's xid, which the feed reads by snapshot
-visibility like any other: they become visible when the relay commits, a step holds whole
+The changes of a relay transaction share its xid, which the feed reads by snapshot
+visibility like any other: they become visible when the relay commits, each holds whole
 source transactions only (the slot gives them whole, at their commit), and within it their
 ids follow source commit order. So a batch never splits a source transaction, and changes
 come in source commit order; ``change.xid`` is the relay transaction's.
@@ -726,6 +731,23 @@ class _Plan:
     count: int = 0
     slow: set[str] = field(default_factory=set)
     notify: set[str] = field(default_factory=set)
+    written: int = 0  # changes in the step's transactions already written
+
+    def part(self) -> _Part:
+        """The step's next transaction, if it ended with what is encoded so far."""
+        end = self.relayed if self.end is None else self.end
+        return _Part(end, self.count - self.written, self.commit_at, sorted(self.notify))
+
+
+@dataclass
+class _Part:
+    """One transaction of a step: the end LSN it records, its changes, the commit time of its
+    last source transaction with changes, and the tables to wake feeds for."""
+
+    end: int
+    count: int
+    commit_at: datetime | None
+    notify: list[str] = field(default_factory=list)
 
 
 # -- the relay ----------------------------------------------------------------------------
@@ -749,7 +771,9 @@ class Relay:
     the slot each decode the WAL from the slot's restart point) whether it carries ten
     changes or a thousand, so under a stream of small transactions the relay takes fewer,
     larger steps, leaving writers more of the CPU, for up to ``busy_max`` more from commit
-    to batch."""
+    to batch. A step of more than ``commit_changes`` changes commits them in several
+    transactions (at source transaction boundaries, each with its position), so that feeds
+    read a large backlog's first changes while the relay writes the rest."""
 
     dsn: DsnLike = None
     batch_rows: int = 200_000
@@ -759,6 +783,7 @@ class Relay:
     busy_max: float = 0.025
     heartbeat: float = 5.0
     lag_warning_bytes: int = LAG_WARNING_BYTES
+    commit_changes: int = 16_000  # past this many changes, a step commits and goes on
     name: str = "relay"
     shapes: dict[int, tuple[Relation, _Shape]] = field(default_factory=dict, repr=False)
     decoder: Decoder = field(default_factory=Decoder, repr=False)
@@ -799,31 +824,33 @@ class Relay:
         plan = _Plan(relayed, wanted, staged=self._needs_stage(rows, wanted))
         chunks = self._encode(rows, plan)
         first = next(chunks, None)  # encoding goes on while the server takes the first ones
-        if first is not None:
+        expected = relayed_text
+        while first is not None:
             with conn.transaction():
-                self._write(conn, plan, first, chunks)
+                part, first = self._write(conn, plan, first, chunks)
                 # the position, and the wake-up NOTIFYs (sent at commit), in one statement
                 recorded = conn.execute(
                     _RECORD,
                     {
-                        "lsn": lsn_text(plan.end or relayed),
-                        "commit_at": plan.commit_at,
-                        "drained": not full,
+                        "lsn": lsn_text(part.end),
+                        "commit_at": part.commit_at,
+                        "drained": first is None and not full,
                         "slot": slot,
-                        "expected": relayed_text,
-                        "notify": sorted(plan.notify),
+                        "expected": expected,
+                        "notify": part.notify,
                     },
                 ).fetchone()
                 if recorded is None or recorded[0] != 1:
                     raise FeedError(
                         f"another relay moved slot {slot} meanwhile; this one stops its step"
                     )
+            expected = lsn_text(part.end)
+            self.relayed += part.count
         if plan.end is None:  # no whole transaction past what is relayed
             if not full:
                 self._idle(conn, state)
             return StepResult(more=full)
-        reader.execute(_ADVANCE, (slot, lsn_text(plan.end)))  # after the commit
-        self.relayed += plan.count
+        reader.execute(_ADVANCE, (slot, lsn_text(plan.end)))  # after the commit(s)
         return StepResult(plan.count, plan.transactions, full)
 
     def _shape(self, relation: Relation) -> _Shape:
@@ -857,6 +884,7 @@ class Relay:
         or value, and one lookup by the message's first bytes to find its reader."""
         decoder = self.decoder
         decoder.current = None  # a transaction a previous read cut short is read again
+        chunk = min(_CHUNK, max(self.commit_changes, 1))
         ways = _Ways()
         readers = ways.readers
         out: list[bytes] = []
@@ -905,7 +933,7 @@ class Relay:
                         plan.notify.add(table)
                     if slow:
                         plan.slow.add(table)
-                if len(out) >= _CHUNK:
+                if len(out) >= chunk:
                     yield b"".join(out)
                     out = []
         if out:
@@ -939,23 +967,36 @@ class Relay:
             if plan.staged:
                 records.append(row_patch + old_patch)
 
-    @staticmethod
     def _write(
-        conn: psycopg.Connection[Any], plan: _Plan, first: bytes, chunks: Iterator[bytes]
-    ) -> None:
+        self, conn: psycopg.Connection[Any], plan: _Plan, first: bytes, chunks: Iterator[bytes]
+    ) -> tuple[_Part, bytes | None]:
         """COPY the changes in, in order, while the rest are encoded: straight into
-        pgtide.changes when every row is already JSON, else through the staging table."""
+        pgtide.changes when every row is already JSON, else through the staging table.
+
+        Past ``commit_changes`` changes (not staged), it stops at the end of a chunk (the
+        end of a source transaction): returns what it wrote, and the next chunk, for the
+        step's next transaction (None: it wrote them all)."""
         if plan.staged:
             conn.execute(_STAGE)
         with conn.cursor().copy(_COPY_STAGE if plan.staged else _COPY_CHANGES) as copy:
             copy.write(_SIGNATURE + first)
-            for chunk in chunks:
-                copy.write(chunk)
+            while True:
+                # what is written so far: the generator stands just after this chunk's end
+                part = plan.part()
+                following = next(chunks, None)
+                if following is None:  # all of it, with any transactions after the last change
+                    part = plan.part()
+                    break
+                if not plan.staged and part.count >= self.commit_changes:
+                    break
+                copy.write(following)
             copy.write(_TRAILER)
+        plan.written += part.count
         if plan.staged:
             chosen = sorted(plan.slow)
             typed = [_value("r", "rp", chosen), sql.SQL(", "), _value("o", "opatch", chosen)]
             conn.execute(sql.Composed([_INSERT_TYPED_HEAD, *typed, _INSERT_TYPED_TAIL]))
+        return part, following
 
     def _check(self, state: tuple[Any, ...]) -> None:
         """Raise :class:`SlotLost` for a lost slot; warn about lag and a slot at risk."""
