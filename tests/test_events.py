@@ -527,6 +527,42 @@ def test_a_worker_shutting_down_after_a_failure_claims_nothing(dsn: str) -> None
     events.close()
 
 
+def test_a_claim_that_skipped_an_event_a_waiter_held_is_made_again(dsn: str) -> None:
+    """``wait(id)`` marks the event watched, locking its row for an instant; a claim then
+    skips it (SKIP LOCKED) and comes back empty. The waiter's commit wakes the workers, so
+    the event runs at once, not at the next poll (``id = publish(); wait(id)`` hung for
+    the whole poll interval now and then)."""
+    from pgtide.events import _sql
+    from pgtide.events._worker import WorkerCore
+
+    empty = threading.Event()  # a claim sent after the resume came back empty
+    resumed = [float("inf")]
+    claimed = WorkerCore._claimed
+
+    def spy(self: WorkerCore, results: Any, wanted: Any, sent: float) -> bool:
+        if results and not any(results) and sent > resumed[0]:
+            empty.set()
+        return claimed(self, results, wanted, sent)
+
+    events = pgtide.Events(dsn=dsn, poll_interval=60.0)
+    events.register("ping", lambda e: None)
+    events.pause("ping")
+    id_ = events.publish("ping", 1)
+    with pytest.MonkeyPatch.context() as patch, psycopg.connect(dsn) as waiter:
+        patch.setattr(WorkerCore, "_claimed", spy)
+        events.start(concurrency=2)
+        try:
+            # the waiter's statement, its transaction held open while the worker claims
+            waiter.execute(_sql.WATCH, {"id": id_, "channel": _sql.CHANNEL})
+            events.resume("ping")  # wakes the worker: its claim skips the locked row
+            resumed[0] = time.monotonic()
+            assert empty.wait(10), "the worker never claimed"
+            waiter.commit()
+            assert events.wait(id_, timeout=10).state == "done"
+        finally:
+            events.close()
+
+
 def test_an_idle_blocking_worker_runs_a_claimed_event_in_the_thread_that_claimed_it(
     dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -547,10 +583,12 @@ def test_an_idle_blocking_worker_runs_a_claimed_event_in_the_thread_that_claimed
     ran_in: list[str] = []
     events.register("ping", lambda e: ran_in.append(threading.current_thread().name))
     events.start(concurrency=2)
-    for n in range(5):
-        id_ = events.publish("ping", n)
-        assert events.wait(id_, timeout=10).state == "done"
-    events.close()
+    try:
+        for n in range(5):
+            id_ = events.publish("ping", n)
+            assert events.wait(id_, timeout=10).state == "done"
+    finally:
+        events.close()
     # the worker's own thread claims until a pool thread idles (it runs no handler: it
     # passes the loop on); from then on, each event runs where it was claimed
     pairs = list(zip(claimed_in, ran_in, strict=True))

@@ -298,7 +298,7 @@ class Core:
         """Ask for the end of ``id`` to be notified; the record if it has already ended."""
 
         def work() -> Io[EventRecord | None]:
-            row = yield from one(_sql.WATCH, (id,))
+            row = yield from one(_sql.WATCH, {"id": id, "channel": _sql.CHANNEL})
             if row is None:
                 raise ConfigError(f"there is no event {id}")
             return (yield from self._ended(id)) if row[0] in ENDED else None

@@ -203,8 +203,15 @@ WHERE source = %s AND state = 'running' AND cancel_requested AND lease_expires <
 """
 """Cancelled running events whose worker died: they end ``cancelled``, never run again."""
 
-WATCH = "UPDATE pgtide.events SET watched = true WHERE id = %s RETURNING state"
-"""A waiter's interest: from now on, the event's end is notified."""
+WATCH = """
+WITH w AS (UPDATE pgtide.events SET watched = true WHERE id = %(id)s RETURNING state)
+SELECT state, CASE WHEN state IN ('pending', 'failed') THEN pg_notify(%(channel)s, '') END
+FROM w
+"""
+"""A waiter's interest: from now on, the event's end is notified. The update locks the row
+for an instant, and a claim meanwhile skips it (SKIP LOCKED) and finds nothing else: so while
+the event waits to be claimed, the workers are woken to claim again after this commits (else
+``id = publish(...); wait(id)`` could leave it to the next poll)."""
 
 ENDED_STATES = ("done", "dead", "cancelled")
 
