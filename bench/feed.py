@@ -585,19 +585,23 @@ def _writer_around(
     acting.join()
     first, last = marks
 
-    def rows_per_second(start: float, end: float) -> float:
-        """The rate of the statements that ran within [start, end]."""
-        chosen = [s for s in spans if start <= s[0] and s[1] <= end]
+    def rows_per_second(start: float, end: float, within: bool) -> float:
+        """The rate of the statements that ran within [start, end] (else: ran in part)."""
+        chosen = [
+            s
+            for s in spans
+            if (start <= s[0] and s[1] <= end if within else s[1] > start and s[0] < end)
+        ]
         return rate(1000 * len(chosen), chosen[-1][1] - chosen[0][0])
 
-    # the last second before: the writer warmed up (its first statements plan the capture)
-    during = [s for s in spans if s[1] > first and s[0] < last]  # ran while the action did
+    # the last second before: the writer warmed up (its first statements plan the capture);
+    # while the action ran: every statement that ran in part while it did
     still = first - min(last - first, CONTROL_LONGEST)
     return (
-        rows_per_second(first - 1.0, first),
-        rate(1000 * len(during), during[-1][1] - during[0][0]),
-        rows_per_second(still - 1.0, still),
-        rows_per_second(still, first),
+        rows_per_second(first - 1.0, first, within=True),
+        rows_per_second(first, last, within=False),
+        rows_per_second(still - 1.0, still, within=True),
+        rows_per_second(still, first, within=False),
     )
 
 
