@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import sql
@@ -546,10 +546,19 @@ _LEFT = "SELECT table_name, count(*) FROM pgtide.changes GROUP BY table_name"
 _LOG_SIZE = "SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('pgtide.changes')"
 
 
-def _writer_around(dsn: str, action: Callable[[], Any], before: float = 2.0) -> tuple[float, float]:
+CONTROL_LONGEST = 0.5
+"""The longest control window (s): the writer's 2 s before the action hold it, the second
+before it and a warm-up (its first statements plan the capture)."""
+
+
+def _writer_around(
+    dsn: str, action: Callable[[], Any], before: float = 2.0
+) -> tuple[float, float, float, float]:
     """A writer of 1,000-row statements into a tracked table runs ``before`` seconds, then
     while ``action`` runs (started from another thread): returns its rows/s over the last
-    second before and while the action ran."""
+    second before and while the action ran; and the same two windows ending where the
+    action began, with nothing running (a control: the spread of the measure itself on a
+    shared machine), the second as long as the action (at most ``CONTROL_LONGEST``)."""
     insert = "INSERT INTO t_tracked SELECT g, 'v', 0 FROM generate_series(%s::bigint, %s::bigint) g"
     done = threading.Event()
     marks: list[float] = []
@@ -576,22 +585,45 @@ def _writer_around(dsn: str, action: Callable[[], Any], before: float = 2.0) -> 
     acting.join()
     first, last = marks
 
-    def rows_per_second(chosen: list[tuple[float, float]]) -> float:
+    def rows_per_second(start: float, end: float, within: bool) -> float:
+        """The rate of the statements that ran within [start, end] (else: ran in part)."""
+        chosen = [
+            s
+            for s in spans
+            if (start <= s[0] and s[1] <= end if within else s[1] > start and s[0] < end)
+        ]
         return rate(1000 * len(chosen), chosen[-1][1] - chosen[0][0])
 
-    # the last second before: the writer warmed up (its first statements plan the capture)
-    alone = [s for s in spans if first - 1.0 <= s[0] and s[1] <= first]
-    during = [s for s in spans if s[1] > first and s[0] < last]  # ran while the action did
-    return rows_per_second(alone), rows_per_second(during)
+    # the last second before: the writer warmed up (its first statements plan the capture);
+    # while the action ran: every statement that ran in part while it did
+    still = first - min(last - first, CONTROL_LONGEST)
+    return (
+        rows_per_second(first - 1.0, first, within=True),
+        rows_per_second(first, last, within=False),
+        rows_per_second(still - 1.0, still, within=True),
+        rows_per_second(still, first, within=False),
+    )
 
 
 RETENTION_ROUNDS = 5
 
 
-def _retention_round(dsn: str, prune: Callable[[], int]) -> tuple[float, float, float, int]:
+class _Round(NamedTuple):
+    """One retention round: the writer's rows/s just before and while prune runs, the same
+    two windows of the control (nothing running, see :func:`_writer_around`), how long prune
+    took and how many changes it removed."""
+
+    alone: float
+    during: float
+    still_before: float
+    still: float
+    took: float
+    pruned: int
+
+
+def _retention_round(dsn: str, prune: Callable[[], int]) -> _Round:
     """One round: 1M acknowledged changes (a consumer at the end), then the writer around
-    ``prune``: its rows/s just before and while prune runs, how long prune took, and how
-    many changes it removed."""
+    ``prune``."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("TRUNCATE pgtide.changes, pgtide.consumers")
         conn.execute(_FILL, (RETAINED,))
@@ -607,26 +639,37 @@ def _retention_round(dsn: str, prune: Callable[[], int]) -> tuple[float, float, 
         pruned.append(prune())
         took.append(time.perf_counter() - began)
 
-    alone, during = _writer_around(dsn, timed_prune)
-    return alone, during, took[0], pruned[0]
+    return _Round(*_writer_around(dsn, timed_prune), took[0], pruned[0])
 
 
-def _median_round(
-    rounds: list[tuple[float, float, float, int]],
-) -> tuple[float, float, float, int]:
-    """The round of median ratio (the writer while prune runs / just before): both its
-    figures come from one round, and a disturbance of the shared machine in one window of
-    ~0.4 s moves one round to an end, not the figure."""
-    return sorted(rounds, key=lambda r: r[1] / r[0])[len(rounds) // 2]
+def _median_round(rounds: list[_Round], ratio: Callable[[_Round], float]) -> _Round:
+    """The round of median ``ratio``: both figures of the ratio come from one round, and a
+    disturbance of the shared machine in one window of ~0.4 s moves one round to an end,
+    not the figure."""
+    return sorted(rounds, key=ratio)[len(rounds) // 2]
+
+
+def _pruning(r: _Round) -> float:
+    return r.during / r.alone
+
+
+def _control(r: _Round) -> float:
+    return r.still / r.still_before
+
+
+def _ratios(rounds: list[_Round], ratio: Callable[[_Round], float]) -> str:
+    return ", ".join(f"{ratio(r):.2f}" for r in sorted(rounds, key=ratio))
 
 
 def _retention(dsn: str) -> list[Figure]:
     """prune() of 1M acknowledged changes while a writer writes (its rate just before and
-    while prune runs, the round of median ratio of 5); the log's size before and after, and
-    after a second prune once the writer's changes are acknowledged too. Before the writer's
-    pause, the log holds a full ring of changes: the writer's new changes share partitions
-    with acknowledged ones, which prune leaves until their partition is acknowledged
-    entirely (the note counts both); the second prune empties them whole."""
+    while prune runs, the round of median ratio of 5), beside the control from the same
+    rounds (two such windows with nothing running: how far the measure swings by itself);
+    the log's size before and after, and after a second prune once the writer's changes are
+    acknowledged too. Before the writer's pause, the log holds a full ring of changes: the
+    writer's new changes share partitions with acknowledged ones, which prune leaves until
+    their partition is acknowledged entirely (the note counts both); the second prune
+    empties them whole."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("TRUNCATE pgtide.changes, pgtide.consumers")
         conn.execute("TRUNCATE t_tracked")
@@ -638,8 +681,8 @@ def _retention(dsn: str) -> list[Figure]:
         conn.execute("VACUUM ANALYZE pgtide.changes")
         before = _log_size(conn)
     rounds = [_retention_round(dsn, lambda: pgtide.prune(dsn=dsn)) for _ in range(RETENTION_ROUNDS)]
-    alone, during, took, pruned = _median_round(rounds)
-    ratios = ", ".join(f"{r[1] / r[0]:.2f}" for r in sorted(rounds, key=lambda r: r[1] / r[0]))
+    median = _median_round(rounds, _pruning)
+    control = _median_round(rounds, _control)
     with psycopg.connect(dsn, autocommit=True) as conn:
         after = _log_size(conn)
         kept = dict(conn.execute(_LEFT).fetchall())
@@ -650,6 +693,7 @@ def _retention(dsn: str) -> list[Figure]:
         after_all = _log_size(conn)
         conn.execute("TRUNCATE pgtide.changes, pgtide.consumers")
     label = "writer of 1,000-row statements, tracked, just before prune()"
+    still_label = "writer of 1,000-row statements, tracked, the second before the control window"
     mib = 2**20
     writer, acked = kept.get("public.t_tracked", 0), kept.get("public.t_plain", 0)
     return [
@@ -660,15 +704,25 @@ def _retention(dsn: str) -> list[Figure]:
             "bytes",
             higher_is_better=False,
         ),
-        Figure(SUITE, label, alone, "rows/s"),
+        Figure(SUITE, label, median.alone, "rows/s"),
         Figure(
             SUITE,
             "writer of 1,000-row statements, tracked, while prune() runs over 1M acked changes",
-            during,
+            median.during,
             "rows/s",
             baseline=label,
-            note=f"prune took {took:.2f} s and removed {pruned:,} changes; the "
-            f"round of median ratio of {len(rounds)} (ratios {ratios})",
+            note=f"prune took {median.took:.2f} s and removed {median.pruned:,} changes; the "
+            f"round of median ratio of {len(rounds)} (ratios {_ratios(rounds, _pruning)})",
+        ),
+        Figure(SUITE, still_label, control.still_before, "rows/s"),
+        Figure(
+            SUITE,
+            "writer of 1,000-row statements, tracked, control: as long as prune, just before it",
+            control.still,
+            "rows/s",
+            baseline=still_label,
+            note="the same rounds, nothing else running: the spread of the measure itself; "
+            f"the round of median ratio of {len(rounds)} (ratios {_ratios(rounds, _control)})",
         ),
         Figure(
             SUITE,
