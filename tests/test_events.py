@@ -49,6 +49,42 @@ def test_results_are_stored(events: pgtide.Events, dsn: str) -> None:
     assert all(e.attempt == 1 and e.name == "order_created" for e in seen)
 
 
+@pytest.mark.parametrize("limits", [{}, {"concurrency": 50, "rate": "1000/s"}])
+def test_a_handler_gets_the_row_it_claimed(dsn: str, limits: dict[str, Any]) -> None:
+    """Every field of the event a handler gets is the row's (the claims' rows come back in
+    binary format: timestamps and integers decoded as the text format gives them)."""
+    events = pgtide.Events(dsn=dsn, poll_interval=0.05)
+    seen: dict[int, pgtide.Event] = {}
+    events.register("fields", lambda e: seen.__setitem__(e.id, e), **limits)
+    ids = [
+        events.publish("fields", {"n": 1, "big": 2**62, "s": "é"}),
+        events.publish("fields", [1.5, None, True], key="k-1"),
+        events.publish("fields", "text", priority=-3),
+    ]
+    events.start(concurrency=4)
+    try:
+        wait_for(lambda: len(seen) == 3, what="three events run")
+    finally:
+        events.stop()
+        events.close()
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT id, name, payload, created_at, key, source_id FROM pgtide.events "
+            "WHERE id = ANY(%s) ORDER BY id",
+            (ids,),
+        ).fetchall()
+    for id_, name, payload, created_at, key, source_id in rows:
+        event = seen[id_]
+        assert (event.name, event.payload, event.key, event.source_id) == (
+            name,
+            payload,
+            key,
+            source_id,
+        )
+        assert event.attempt == 1
+        assert event.created_at == created_at and event.created_at.tzinfo is not None
+
+
 def test_failure_then_retry_then_success(events: pgtide.Events) -> None:
     attempts: list[int] = []
 
