@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
@@ -628,6 +629,43 @@ def test_an_idle_blocking_worker_runs_a_claimed_event_in_the_thread_that_claimed
     by_pool = [(c, r) for c, r in pairs if c != "pgtide-events-worker"]
     assert len(by_pool) >= 3
     assert all(c == r for c, r in by_pool), pairs
+
+
+def test_a_full_claim_in_a_backlog_is_followed_by_the_next_claim_from_the_same_thread(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blocking worker whose claim came back full (a backlog) claims again at once from the
+    same thread, and has the pool run the claimed events: it does not pass its loop to a
+    pool thread first (that thread would wait for the GIL behind the busy pool while the
+    claimed events drain, and the next claim with it)."""
+    from pgtide.events._worker import WorkerCore
+
+    steps: dict[str, list[str]] = {}
+    claimed, lead = WorkerCore._claimed, WorkerCore.lead
+
+    def spy_claimed(self: WorkerCore, results: Any, wanted: Any, sent: float) -> bool:
+        more = claimed(self, results, wanted, sent)  # (also after a round that claims nothing)
+        steps.setdefault(threading.current_thread().name, []).append(f"claimed {more}")
+        return more
+
+    def spy_lead(self: WorkerCore, take: bool) -> Any:
+        steps.setdefault(threading.current_thread().name, []).append("lead")
+        return lead(self, take)
+
+    monkeypatch.setattr(WorkerCore, "_claimed", spy_claimed)
+    monkeypatch.setattr(WorkerCore, "lead", spy_lead)
+    events = pgtide.Events(dsn=dsn, poll_interval=30.0, batch_size=10)
+    ran = itertools.count()
+    events.register("noop", lambda e: next(ran))
+    events.publish_many("noop", list(range(200)))
+    events.start(concurrency=4)
+    try:
+        wait_for(lambda: events.status()["done"] == 200, what="the backlog done")
+    finally:
+        events.close()
+    full = [(t, i) for t, s in steps.items() for i, step in enumerate(s) if step == "claimed True"]
+    assert len(full) >= 5, steps
+    assert all(steps[t][i + 1 : i + 2] != ["lead"] for t, i in full), steps
 
 
 def test_a_blocking_handler_run_by_the_claiming_thread_never_stalls_the_worker(dsn: str) -> None:

@@ -978,6 +978,14 @@ class WorkerCore:
             self._pool_closed = True
             self._work.notify_all()
 
+    def hand_out(self) -> None:
+        """Wake a pool thread for the events claimed, while the driving thread keeps the plan
+        (after a full claim it claims again at once: handing the plan to another thread
+        would wait for that thread to get the GIL from the busy pool, with the queue of
+        claimed events draining meanwhile)."""
+        with self._lock:
+            self._wake_one()
+
     def lead(self, take: bool) -> tuple[bool, Event | None]:
         """Leader and followers (a blocking worker's plan is driven by one of its threads at
         a time, see :class:`Worker`): after a claim, the driving thread runs the first event
@@ -1453,8 +1461,13 @@ class Worker(_Driver[Session]):
                         steps.reply(self._session.run(step.make))
                     elif isinstance(step, Pipe):
                         self._waker.read_now()
-                        steps.reply(self._session.call(partial(_run_batch, make=step.make)))
-                        if self.core.drive is not None:
+                        more = self._session.call(partial(_run_batch, make=step.make))
+                        steps.reply(more)
+                        if self.core.drive is None:
+                            pass
+                        elif more:  # a full claim: claim again at once, the pool runs these
+                            self.core.hand_out()
+                        else:
                             passed, event = self.core.lead(take=not first)
                             if passed:
                                 return _DRIVE if event is None else event
