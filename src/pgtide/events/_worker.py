@@ -1240,14 +1240,11 @@ def _run_batch(conn: psycopg.Connection[Any], make: Callable[[], Batch]) -> Any:
     if not batch.queries:
         return batch.done([])
     try:
-        if len(batch.queries) == 1:  # one statement is one transaction: no pipeline needed
-            q = batch.queries[0]
-            cursors = [conn.execute(q.statement, q.params, binary=q.binary)]
-        else:
-            with conn.pipeline(), conn.transaction():
-                cursors = [
-                    conn.execute(q.statement, q.params, binary=q.binary) for q in batch.queries
-                ]
+        with contextlib.ExitStack() as together:
+            if len(batch.queries) > 1:  # (one statement is one transaction: no pipeline needed)
+                together.enter_context(conn.pipeline())
+                together.enter_context(conn.transaction())
+            cursors = [conn.execute(q.statement, q.params, binary=q.binary) for q in batch.queries]
         rows = [fetched(c) for c in cursors]
     except BaseException:
         batch.undo()
@@ -1261,15 +1258,13 @@ async def _arun_batch(conn: psycopg.AsyncConnection[Any], make: Callable[[], Bat
     if not batch.queries:
         return batch.done([])
     try:
-        if len(batch.queries) == 1:  # one statement is one transaction: no pipeline needed
-            q = batch.queries[0]
-            cursors = [await conn.execute(q.statement, q.params, binary=q.binary)]
-        else:
-            async with conn.pipeline(), conn.transaction():
-                cursors = [
-                    await conn.execute(q.statement, q.params, binary=q.binary)
-                    for q in batch.queries
-                ]
+        async with contextlib.AsyncExitStack() as together:
+            if len(batch.queries) > 1:
+                await together.enter_async_context(conn.pipeline())
+                await together.enter_async_context(conn.transaction())
+            cursors = [
+                await conn.execute(q.statement, q.params, binary=q.binary) for q in batch.queries
+            ]
         rows = [await afetched(c) for c in cursors]
     except BaseException:
         batch.undo()
