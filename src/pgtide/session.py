@@ -145,9 +145,8 @@ def run_after(conn: psycopg.Connection[Any], first: Io[None], io: Io[T]) -> T:
         steps: Steps[None] = Steps(first)
         for step in steps:
             with steps.outcome():
-                conn.execute(
-                    step.statement, step.params, binary=step.binary
-                )  # sent with the next one
+                # sent with the next one
+                conn.execute(step.statement, step.params, binary=step.binary)
         then = Steps(io)
         for step in then:
             with then.outcome():

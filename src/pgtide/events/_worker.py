@@ -1118,7 +1118,7 @@ class WorkerCore:
             self._events.pop(event.id, None)
             if self._task_of:
                 self._task_of.pop(event.id, None)
-            limited = self._by_name and event.name in self._by_name
+            limited = bool(self._by_name) and event.name in self._by_name
             if limited:
                 self._by_name[event.name] -= 1
             if self._abandoned:
@@ -1458,11 +1458,9 @@ class Worker(_Driver[Session]):
                         self._waker.read_now()
                         more = self._session.call(partial(_run_batch, make=step.make))
                         steps.reply(more)
-                        if self.core.drive is None:
-                            pass
-                        elif more:  # a full claim: claim again at once, the pool runs these
-                            self.core.hand_out()
-                        else:
+                        if self.core.drive is not None and more:
+                            self.core.hand_out()  # a full claim: claim again at once
+                        elif self.core.drive is not None:
                             passed, event = self.core.lead(take=not first)
                             if passed:
                                 return _DRIVE if event is None else event
