@@ -173,9 +173,8 @@ async def arun_after(conn: psycopg.AsyncConnection[Any], first: Io[None], io: Io
         steps: Steps[None] = Steps(first)
         for step in steps:
             with steps.outcome():
-                await conn.execute(
-                    step.statement, step.params, binary=step.binary
-                )  # sent with the next one
+                # sent with the next one
+                await conn.execute(step.statement, step.params, binary=step.binary)
         then = Steps(io)
         for step in then:
             with then.outcome():
