@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
@@ -47,6 +48,42 @@ def test_results_are_stored(events: pgtide.Events, dsn: str) -> None:
         assert rec.finished_at is not None
     assert sorted(e.id for e in seen) == ids
     assert all(e.attempt == 1 and e.name == "order_created" for e in seen)
+
+
+@pytest.mark.parametrize("limits", [{}, {"concurrency": 50, "rate": "1000/s"}])
+def test_a_handler_gets_the_row_it_claimed(dsn: str, limits: dict[str, Any]) -> None:
+    """Every field of the event a handler gets is the row's (the claims' rows come back in
+    binary format: timestamps and integers decoded as the text format gives them)."""
+    events = pgtide.Events(dsn=dsn, poll_interval=0.05)
+    seen: dict[int, pgtide.Event] = {}
+    events.register("fields", lambda e: seen.__setitem__(e.id, e), **limits)
+    ids = [
+        events.publish("fields", {"n": 1, "big": 2**62, "s": "é"}),
+        events.publish("fields", [1.5, None, True], key="k-1"),
+        events.publish("fields", "text", priority=-3),
+    ]
+    events.start(concurrency=4)
+    try:
+        wait_for(lambda: len(seen) == 3, what="three events run")
+    finally:
+        events.stop()
+        events.close()
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT id, name, payload, created_at, key, source_id FROM pgtide.events "
+            "WHERE id = ANY(%s) ORDER BY id",
+            (ids,),
+        ).fetchall()
+    for id_, name, payload, created_at, key, source_id in rows:
+        event = seen[id_]
+        assert (event.name, event.payload, event.key, event.source_id) == (
+            name,
+            payload,
+            key,
+            source_id,
+        )
+        assert event.attempt == 1
+        assert event.created_at == created_at and event.created_at.tzinfo is not None
 
 
 def test_failure_then_retry_then_success(events: pgtide.Events) -> None:
@@ -592,6 +629,43 @@ def test_an_idle_blocking_worker_runs_a_claimed_event_in_the_thread_that_claimed
     by_pool = [(c, r) for c, r in pairs if c != "pgtide-events-worker"]
     assert len(by_pool) >= 3
     assert all(c == r for c, r in by_pool), pairs
+
+
+def test_a_full_claim_in_a_backlog_is_followed_by_the_next_claim_from_the_same_thread(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blocking worker whose claim came back full (a backlog) claims again at once from the
+    same thread, and has the pool run the claimed events: it does not pass its loop to a
+    pool thread first (that thread would wait for the GIL behind the busy pool while the
+    claimed events drain, and the next claim with it)."""
+    from pgtide.events._worker import WorkerCore
+
+    steps: dict[str, list[str]] = {}
+    claimed, lead = WorkerCore._claimed, WorkerCore.lead
+
+    def spy_claimed(self: WorkerCore, results: Any, wanted: Any, sent: float) -> bool:
+        more = claimed(self, results, wanted, sent)  # (also after a round that claims nothing)
+        steps.setdefault(threading.current_thread().name, []).append(f"claimed {more}")
+        return more
+
+    def spy_lead(self: WorkerCore, take: bool) -> Any:
+        steps.setdefault(threading.current_thread().name, []).append("lead")
+        return lead(self, take)
+
+    monkeypatch.setattr(WorkerCore, "_claimed", spy_claimed)
+    monkeypatch.setattr(WorkerCore, "lead", spy_lead)
+    events = pgtide.Events(dsn=dsn, poll_interval=30.0, batch_size=10)
+    ran = itertools.count()
+    events.register("noop", lambda e: next(ran))
+    events.publish_many("noop", list(range(200)))
+    events.start(concurrency=4)
+    try:
+        wait_for(lambda: events.status()["done"] == 200, what="the backlog done")
+    finally:
+        events.close()
+    full = [(t, i) for t, s in steps.items() for i, step in enumerate(s) if step == "claimed True"]
+    assert len(full) >= 5, steps
+    assert all(steps[t][i + 1 : i + 2] != ["lead"] for t, i in full), steps
 
 
 def test_a_blocking_handler_run_by_the_claiming_thread_never_stalls_the_worker(dsn: str) -> None:

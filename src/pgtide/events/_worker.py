@@ -239,6 +239,7 @@ class WorkerCore:
         self._active: set[int] = set()  # handlers running now
         self._running = 0
         self._limits = {n: s.concurrency for n, s in handlers.items() if s.concurrency}
+        self._max_attempts = {n: s.max_attempts for n, s in handlers.items()}
         self._limited = sorted(n for n, s in handlers.items() if s.limited)
         self._limited_set = frozenset(self._limited)
         self._unlimited = [n for n in handlers if n not in self._limited_set]
@@ -806,7 +807,7 @@ class WorkerCore:
         }
         claims: list[tuple[Query, int, str | None]] = []
         if due and self._unlimited:
-            claims.append((Query(_sql.CLAIM, params), asked, None))
+            claims.append((Query(_sql.CLAIM, params, binary=True), asked, None))
         limited = self._limited if time.monotonic() >= self._yield_until else []
         free = max(0, self._concurrency - inflight)
         for name in limited:
@@ -820,7 +821,7 @@ class WorkerCore:
                 if want == 0:
                     continue
             limited_params = {**params, "name": name, "limit": want}
-            claims.append((Query(_sql.CLAIM_LIMITED, limited_params), want, name))
+            claims.append((Query(_sql.CLAIM_LIMITED, limited_params, binary=True), want, name))
         return claims
 
     def _claimed(self, results: list[Rows], wanted: list[int], sent: float) -> bool:
@@ -833,18 +834,20 @@ class WorkerCore:
         valid_until = sent + self.options.lease * SURELY_VALID
         payloads = decode_payloads([r[2] for r in rows])
         ids = [r[0] for r in rows]
+        event, hold_of = Event._claimed, _Hold
         with self._lock:
             self._took(ids)
             held, ready = self._held, self._ready
+            added = len(ready)
             for row, payload in zip(rows, payloads, strict=True):
                 hold = held.get(row[0])
                 if hold is not None and row[0] not in self._recording:
                     # ours already (its lease had lapsed): one copy, new token
                     hold.token, hold.valid_until = row[6], valid_until
                     continue
-                held[row[0]] = _Hold(row[6], row[7], valid_until)
-                ready.append(Event._claimed(row, payload))
-                self._inflight += 1
+                held[row[0]] = hold_of(row[6], row[7], valid_until)
+                ready.append(event(row, payload))
+            self._inflight += len(ready) - added
         return any(len(got) == want for got, want in zip(results, wanted, strict=True))
 
     def _took(self, ids: list[int]) -> None:
@@ -892,44 +895,46 @@ class WorkerCore:
         if self._stopping or self.stop_requested or free <= 0 or not self._ready:
             return [], []
         now = time.monotonic()
-        ready, held = self._ready, self._held
+        ready, held, limits = self._ready, self._held, self._limits
         taken: list[Event] = []
         lapsed: list[int] = []
         skipped: list[Event] = []
         while ready and len(taken) < free:
             event = ready.popleft()
-            limit = self._limits.get(event.name) if self._limits else None
             if held[event.id].valid_until <= now:
                 lapsed.append(event.id)
-            elif limit is None:
+            elif not limits or (limit := limits.get(event.name)) is None:
                 taken.append(event)
             elif self._by_name[event.name] < limit:
                 self._by_name[event.name] += 1
                 taken.append(event)
             else:
                 skipped.append(event)
-        ready.extendleft(reversed(skipped))
-        self._inflight -= len(lapsed)
-        for id_ in lapsed:
-            del held[id_]
+        if skipped:
+            ready.extendleft(reversed(skipped))
+        if lapsed:
+            self._inflight -= len(lapsed)
+            for id_ in lapsed:
+                del held[id_]
         self._running += len(taken)
         events = []
-        handlers = self.handlers
+        most = self._max_attempts
         for event in taken:
-            if event.id in self._cancel_asked:  # never started: it ends cancelled
-                self._cancel_asked.discard(event.id)
+            id_ = event.id
+            if self._cancel_asked and id_ in self._cancel_asked:  # never started: ends cancelled
+                self._cancel_asked.discard(id_)
                 self._end_unstarted(event, "cancelled before it started")
                 continue
-            if event.attempt > (most := handlers[event.name].max_attempts):
-                self._end_unstarted(event, _lost_every_time(most))  # poison
+            if event.attempt > most[event.name]:
+                self._end_unstarted(event, _lost_every_time(most[event.name]))  # poison
                 continue
-            held[event.id].started = True
+            held[id_].started = True
             events.append(event)
-            self._events[event.id] = event
-            self._active.add(event.id)
+            self._events[id_] = event
+            self._active.add(id_)
             if not self._starts:
                 self._count_soon = True  # the dispatcher wakes to count it (see _next)
-            self._starts.append(event.id)
+            self._starts.append(id_)
         return events, lapsed
 
     def _end_unstarted(self, event: Event, error: str) -> None:
@@ -972,6 +977,14 @@ class WorkerCore:
         with self._lock:
             self._pool_closed = True
             self._work.notify_all()
+
+    def hand_out(self) -> None:
+        """Wake a pool thread for the events claimed, while the driving thread keeps the plan
+        (after a full claim it claims again at once: handing the plan to another thread
+        would wait for that thread to get the GIL from the busy pool, with the queue of
+        claimed events draining meanwhile)."""
+        with self._lock:
+            self._wake_one()
 
     def lead(self, take: bool) -> tuple[bool, Event | None]:
         """Leader and followers (a blocking worker's plan is driven by one of its threads at
@@ -1103,8 +1116,10 @@ class WorkerCore:
             self._running -= 1
             self._active.discard(event.id)
             self._events.pop(event.id, None)
-            self._task_of.pop(event.id, None)
-            if event.name in self._by_name:
+            if self._task_of:
+                self._task_of.pop(event.id, None)
+            limited = bool(self._by_name) and event.name in self._by_name
+            if limited:
                 self._by_name[event.name] -= 1
             if self._abandoned:
                 return
@@ -1113,12 +1128,14 @@ class WorkerCore:
             else:
                 self._failed.append((event, *failure))
             self._inflight -= 1
+            # the dispatcher is woken once as the outcomes due reach a batch (it records them
+            # all then), not by every outcome after that (a wake-up costs more than the event)
             wake = (
                 failure is not None
                 or self._inflight in (0, self._low_water)
-                or len(self._done) >= self._flush_at
+                or len(self._done) == self._flush_at
             )
-            if self._plain and event.name in self._by_name:
+            if self._plain and limited:
                 self._wake_one()  # a slot of a limited name is free: an idle thread may take it
         if wake:
             self.wake()
@@ -1223,11 +1240,11 @@ def _run_batch(conn: psycopg.Connection[Any], make: Callable[[], Batch]) -> Any:
     if not batch.queries:
         return batch.done([])
     try:
-        if len(batch.queries) == 1:  # one statement is one transaction: no pipeline needed
-            cursors = [conn.execute(batch.queries[0].statement, batch.queries[0].params)]
-        else:
-            with conn.pipeline(), conn.transaction():
-                cursors = [conn.execute(q.statement, q.params) for q in batch.queries]
+        with contextlib.ExitStack() as together:
+            if len(batch.queries) > 1:  # (one statement is one transaction: no pipeline needed)
+                together.enter_context(conn.pipeline())
+                together.enter_context(conn.transaction())
+            cursors = [conn.execute(q.statement, q.params, binary=q.binary) for q in batch.queries]
         rows = [fetched(c) for c in cursors]
     except BaseException:
         batch.undo()
@@ -1241,11 +1258,13 @@ async def _arun_batch(conn: psycopg.AsyncConnection[Any], make: Callable[[], Bat
     if not batch.queries:
         return batch.done([])
     try:
-        if len(batch.queries) == 1:  # one statement is one transaction: no pipeline needed
-            cursors = [await conn.execute(batch.queries[0].statement, batch.queries[0].params)]
-        else:
-            async with conn.pipeline(), conn.transaction():
-                cursors = [await conn.execute(q.statement, q.params) for q in batch.queries]
+        async with contextlib.AsyncExitStack() as together:
+            if len(batch.queries) > 1:
+                await together.enter_async_context(conn.pipeline())
+                await together.enter_async_context(conn.transaction())
+            cursors = [
+                await conn.execute(q.statement, q.params, binary=q.binary) for q in batch.queries
+            ]
         rows = [await afetched(c) for c in cursors]
     except BaseException:
         batch.undo()
@@ -1437,8 +1456,11 @@ class Worker(_Driver[Session]):
                         steps.reply(self._session.run(step.make))
                     elif isinstance(step, Pipe):
                         self._waker.read_now()
-                        steps.reply(self._session.call(partial(_run_batch, make=step.make)))
-                        if self.core.drive is not None:
+                        more = self._session.call(partial(_run_batch, make=step.make))
+                        steps.reply(more)
+                        if self.core.drive is not None and more:
+                            self.core.hand_out()  # a full claim: claim again at once
+                        elif self.core.drive is not None:
                             passed, event = self.core.lead(take=not first)
                             if passed:
                                 return _DRIVE if event is None else event
