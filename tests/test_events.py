@@ -508,6 +508,35 @@ def test_a_worker_claims_nothing_for_the_notify_of_an_event_it_already_took(dsn:
     events.close()
 
 
+def test_a_notify_read_while_a_claim_is_out_makes_the_next_claim_due_when_it_missed_the_event(
+    dsn: str,
+) -> None:
+    """At a steady publish rate most NOTIFYs arrive while a claim is out. One whose event
+    committed after that claim's snapshot (the claim comes back without it) keeps a claim
+    due, so the worker claims again right after, not at the next poll (30 s here)."""
+    events = pgtide.Events(dsn=dsn, poll_interval=30.0)
+    events.register("n", lambda e: None)
+    worker = events._new_worker(run_args(4))
+    core = worker.core
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        run(conn, core.setup())
+        first = events.publish("n", 1)
+        sent = time.monotonic()
+        claims = core._claims()  # due at start
+        results = [conn.execute(q.statement, q.params).fetchall() for q, _, _ in claims]
+        late = events.publish("n", 2)  # committed after the claim ran: it cannot see it
+        assert core.on_notify(CHANNEL, str(late)) is True  # read while the claim is out
+        core._claimed(results, [want for _, want, _ in claims], sent)
+        assert [r[0] for got in results for r in got] == [first]
+        again = core._claims()
+        assert again != []  # still due: the claim came back without it
+        got = [conn.execute(q.statement, q.params).fetchall() for q, _, _ in again]
+        core._claimed(got, [want for _, want, _ in again], time.monotonic())
+        assert [r[0] for rows in got for r in rows] == [late]
+        assert core._claims() == []
+    events.close()
+
+
 def test_a_worker_shutting_down_after_a_failure_claims_nothing(dsn: str) -> None:
     """A plan that fails (not a stop) shuts down as a stop does: its last rounds record
     outcomes and release leases, and claim no event they could not run."""
