@@ -17,6 +17,7 @@ from psycopg.conninfo import make_conninfo
 import pgtide
 from pgtide.events._signatures import run_args
 from pgtide.events._sql import CHANNEL
+from pgtide.events._worker import _DRIVE
 from pgtide.session import run
 
 
@@ -545,6 +546,35 @@ def test_a_worker_claims_nothing_for_the_notify_of_an_event_it_already_took(dsn:
     events.close()
 
 
+def test_a_notify_read_while_a_claim_is_out_makes_the_next_claim_due_when_it_missed_the_event(
+    dsn: str,
+) -> None:
+    """At a steady publish rate most NOTIFYs arrive while a claim is out. One whose event
+    committed after that claim's snapshot (the claim comes back without it) keeps a claim
+    due, so the worker claims again right after, not at the next poll (30 s here)."""
+    events = pgtide.Events(dsn=dsn, poll_interval=30.0)
+    events.register("n", lambda e: None)
+    worker = events._new_worker(run_args(4))
+    core = worker.core
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        run(conn, core.setup())
+        first = events.publish("n", 1)
+        sent = time.monotonic()
+        claims = core._claims()  # due at start
+        results = [conn.execute(q.statement, q.params).fetchall() for q, _, _ in claims]
+        late = events.publish("n", 2)  # committed after the claim ran: it cannot see it
+        assert core.on_notify(CHANNEL, str(late)) is True  # read while the claim is out
+        core._claimed(results, [want for _, want, _ in claims], sent)
+        assert [r[0] for got in results for r in got] == [first]
+        again = core._claims()
+        assert again != []  # still due: the claim came back without it
+        got = [conn.execute(q.statement, q.params).fetchall() for q, _, _ in again]
+        core._claimed(got, [want for _, want, _ in again], time.monotonic())
+        assert [r[0] for rows in got for r in rows] == [late]
+        assert core._claims() == []
+    events.close()
+
+
 def test_a_worker_shutting_down_after_a_failure_claims_nothing(dsn: str) -> None:
     """A plan that fails (not a stop) shuts down as a stop does: its last rounds record
     outcomes and release leases, and claim no event they could not run."""
@@ -595,6 +625,36 @@ def test_a_claim_that_skipped_an_event_a_waiter_held_is_made_again(dsn: str) -> 
             assert events.wait(id_, timeout=10).state == "done"
         finally:
             events.close()
+
+
+def test_a_claim_of_several_events_wakes_one_idle_pool_thread(dsn: str) -> None:
+    """After a claim of three events, the claiming thread runs the first and passes the
+    plan on: one idle pool thread is woken (it takes an event, else the plan, and wakes the
+    next in turn). A thread back from a quick handler takes the other events and the plan
+    itself, waking nobody more (each wake-up that finds nothing to do costs context
+    switches beside the thread that claims: 2.7 a claim at a steady 1,000 events/s)."""
+    events = pgtide.Events(dsn=dsn)
+    events.register("n", lambda e: None)
+    worker = events._new_worker(run_args(4))
+    core = worker.core
+    woken: list[int] = []
+    core._work.notify = lambda n=1: woken.append(n)  # type: ignore[method-assign]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        run(conn, core.setup())
+        ids = events.publish_many("n", [1, 2, 3])
+        sent = time.monotonic()
+        claims = core._claims()
+        results = [conn.execute(q.statement, q.params).fetchall() for q, _, _ in claims]
+        core._claimed(results, [want for _, want, _ in claims], sent)
+        core._idle = 2  # two pool threads wait for work
+        passed, first = core.lead(take=True)
+        assert passed and first is not None and first.id == ids[0]
+        assert woken == [1]
+        # back from its handler, the claiming thread takes the rest, then the plan back
+        assert [core._next().id, core._next().id] == ids[1:]  # type: ignore[union-attr]
+        assert core._next() is _DRIVE
+        assert woken == [1]
+    events.close()
 
 
 def test_an_idle_blocking_worker_runs_a_claimed_event_in_the_thread_that_claimed_it(
