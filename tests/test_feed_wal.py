@@ -577,8 +577,17 @@ def test_without_standby_snapshots_the_relay_writes_nothing_to_move_the_restart_
 
 def test_after_a_step_that_relayed_the_relay_waits_in_proportion_to_it() -> None:
     """Small steps cost the server much the same set-up as large ones: after one that
-    relayed something the relay waits about twice as long as it took, within its bounds."""
+    relayed a backlog the relay waits about twice as long as it took, within its bounds."""
     relay = Relay("postgresql://unused", busy_interval=0.01, busy_ratio=2.0, busy_max=0.025)
-    assert relay._busy_wait(0.001) == 0.01
-    assert relay._busy_wait(0.01) == pytest.approx(0.02)
-    assert relay._busy_wait(0.5) == 0.025
+    assert relay._busy_wait(0.001, 5000) == 0.01
+    assert relay._busy_wait(0.01, 5000) == pytest.approx(0.02)
+    assert relay._busy_wait(0.5, 5000) == 0.025
+
+
+def test_after_a_small_step_the_relay_waits_longest() -> None:
+    """A step of a few small transactions is mostly set-up, however quick: the next one
+    waits ``busy_max`` so that it carries more (by default under 1,000 changes)."""
+    relay = Relay("postgresql://unused")
+    assert relay._busy_wait(0.002, 20) == relay.busy_max
+    assert relay._busy_wait(0.002, relay.busy_changes - 1) == relay.busy_max
+    assert relay._busy_wait(0.002, relay.busy_changes) == relay.busy_interval < relay.busy_max
