@@ -799,7 +799,7 @@ def _wal_writers(dsn: str) -> list[Figure]:
     process of its own as ``pgtide capture`` or a feed runs it (capture as it is in use; its
     decoding and writes take the same 2 cores as the writers). The slot is emptied after
     each run, untimed, with the tables, so that no run starts with another's backlog."""
-    n, single, per = 20, 2000, 1000  # runs of ~0.4 s: a connect and warm-up weigh little
+    n, single, per = 100, 2000, 1000  # runs of ~0.2-0.4 s: a connect or warm-up weighs little
     stopped = "relay stopped: the slot only keeps the WAL; "
     running = "a relay in another process drains the slot meanwhile (same cores); "
     figures: list[Figure] = []
