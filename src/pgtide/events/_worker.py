@@ -1449,6 +1449,7 @@ class Worker(_Driver[Session]):
         to run (``run()``'s own thread runs none: it passes the plan on, and waits)."""
         steps = self._steps
         assert steps is not None
+        more = False  # the last claim came back full
         try:
             while (step := steps.next()) is not None:
                 try:
@@ -1457,7 +1458,13 @@ class Worker(_Driver[Session]):
                     if isinstance(step, Db):
                         steps.reply(self._session.run(step.make))
                     elif isinstance(step, Pipe):
-                        self._waker.read_now()
+                        if not more:
+                            # (after a full claim the next one is due whatever was notified:
+                            # the wake-ups are read at the next wait. Reading the socket lets
+                            # go of the interpreter's lock, and getting it back from a busy
+                            # pool took up to the switch interval, 5 ms, while the handlers
+                            # ran out of claimed events)
+                            self._waker.read_now()
                         more = self._session.call(partial(_run_batch, make=step.make))
                         steps.reply(more)
                         if self.core.drive is not None and more:
