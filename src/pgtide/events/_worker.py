@@ -11,9 +11,10 @@ outcomes on a second session meanwhile; :class:`AsyncWorker` from a task on an
 :class:`~pgtide.session.AsyncSession` (outcomes in turn). Either session is the one
 reconnect policy; a ``channel.Waker`` shortens the waits (direct: the dispatcher reads the
 NOTIFYs itself, so a publish wakes the thread or task that claims with no hand-off between
-threads; those that came while it worked are read before each claim). A round claims only
-when a claim may find something new (a NOTIFY, a poll, a full claim before: see
-:meth:`WorkerCore._claims`); a round woken to record outcomes does not.
+threads; those that came while it worked are read before each claim, but the one right
+after a full claim). A round claims only when a claim may find something new (a NOTIFY, a
+poll, a full claim before: see :meth:`WorkerCore._claims`); a round woken to record
+outcomes does not.
 
 Handlers: at most ``concurrency`` at once in all. Plain functions run on a pool of threads
 (started only when a plain handler first runs), each taking the next claimed event itself;
