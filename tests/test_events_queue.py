@@ -207,6 +207,36 @@ def test_cancel_a_running_blocking_handler(events: pgtide.Events) -> None:
     assert record.state == "cancelled" and saw == [True] and record.attempts == 1
 
 
+def test_a_cancel_reaches_a_running_handler_while_full_claims_follow_each_other(
+    events: pgtide.Events, dsn: str
+) -> None:
+    # a backlog keeps the claims full, and after a full claim the worker claims again without
+    # reading its wake-ups first: the cancel's NOTIFY is still read while the backlog lasts
+    # (not left to the next heartbeat, a third of the lease away)
+    started = threading.Event()
+    unfinished = "SELECT count(*) FROM pgtide.events WHERE name = 'quick' AND state <> 'done'"
+    saw: list[tuple[bool, int]] = []
+
+    @events.handler("long")
+    def long(event: pgtide.Event) -> None:
+        started.set()
+        deadline = time.monotonic() + 20
+        while not event.cancelled and time.monotonic() < deadline:
+            time.sleep(0.001)
+        saw.append((event.cancelled, count(dsn, unfinished)))
+
+    events.register("quick", lambda event: None)
+    id_ = events.publish("long")
+    events.publish_many("quick", list(range(30_000)))
+    events.start(concurrency=4)
+    assert started.wait(10)
+    assert events.cancel(id_) == "running"
+    record = events.wait(id_, timeout=10)
+    assert record.state == "cancelled"
+    [(cancelled, backlog)] = saw
+    assert cancelled and backlog > 0  # seen while full claims still followed each other
+
+
 def test_cancel_a_running_async_handler(dsn: str) -> None:
     async def main() -> pgtide.EventRecord:
         events = pgtide.aio.Events(dsn=dsn, poll_interval=0.05)

@@ -11,9 +11,10 @@ outcomes on a second session meanwhile; :class:`AsyncWorker` from a task on an
 :class:`~pgtide.session.AsyncSession` (outcomes in turn). Either session is the one
 reconnect policy; a ``channel.Waker`` shortens the waits (direct: the dispatcher reads the
 NOTIFYs itself, so a publish wakes the thread or task that claims with no hand-off between
-threads; those that came while it worked are read before each claim). A round claims only
-when a claim may find something new (a NOTIFY, a poll, a full claim before: see
-:meth:`WorkerCore._claims`); a round woken to record outcomes does not.
+threads; those that came while it worked are read before each claim, but the one right
+after a full claim). A round claims only when a claim may find something new (a NOTIFY, a
+poll, a full claim before: see :meth:`WorkerCore._claims`); a round woken to record
+outcomes does not.
 
 Handlers: at most ``concurrency`` at once in all. Plain functions run on a pool of threads
 (started only when a plain handler first runs), each taking the next claimed event itself;
@@ -1449,6 +1450,7 @@ class Worker(_Driver[Session]):
         to run (``run()``'s own thread runs none: it passes the plan on, and waits)."""
         steps = self._steps
         assert steps is not None
+        more = False  # the last claim came back full
         try:
             while (step := steps.next()) is not None:
                 try:
@@ -1457,7 +1459,13 @@ class Worker(_Driver[Session]):
                     if isinstance(step, Db):
                         steps.reply(self._session.run(step.make))
                     elif isinstance(step, Pipe):
-                        self._waker.read_now()
+                        if not more:
+                            # (after a full claim the next one is due whatever was notified:
+                            # the wake-ups are read at the next wait. Reading the socket lets
+                            # go of the interpreter's lock, and getting it back from a busy
+                            # pool took up to the switch interval, 5 ms, while the handlers
+                            # ran out of claimed events)
+                            self._waker.read_now()
                         more = self._session.call(partial(_run_batch, make=step.make))
                         steps.reply(more)
                         if self.core.drive is not None and more:
