@@ -177,3 +177,32 @@ def test_track_again_after_the_table_was_dropped_and_created_reinstalls_capture(
         assert pgtide.track("again", dsn=dsn)  # its triggers went with the old table
         conn.execute("INSERT INTO again VALUES (1)")
     assert pgtide.latest("again", dsn=dsn) == {"id": 1}
+
+
+def test_close_after_leaving_an_async_for_releases_the_wake_up_connection(dsn: str) -> None:
+    """``break`` out of ``async for`` leaves the generator suspended until it is collected:
+    close() must still stop the waker, whose LISTEN holds a connection of its own."""
+    _setup(dsn)
+
+    async def main() -> None:
+        feed = pgtide.aio.Feed("left", ["items"], dsn=dsn, poll_interval=60)
+        batches = feed.batches()
+
+        async def insert_once_waiting() -> None:
+            while feed._wakeup is None:
+                await asyncio.sleep(0.02)
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                await conn.execute("INSERT INTO items VALUES (1, 'x')")
+
+        writer = asyncio.ensure_future(insert_once_waiting())
+        async for batch in batches:
+            await batch.ack()
+            break
+        await writer
+        waker = feed._waker
+        assert waker is not None and waker.listening  # the generator still holds it
+        await feed.close()
+        assert feed._waker is None and not waker.listening
+        await batches.aclose()  # what collecting it would do later: nothing left to stop
+
+    asyncio.run(main())

@@ -171,6 +171,7 @@ class Feed(FeedBase[AsyncSession], AsyncClosable):
         """Close the feed's connections (a later call reopens them); a :meth:`run` in
         another task ends, after the batch in hand, and closes them itself."""
         if self._closing():
+            await self._stop_waker()
             await self._session.close()
 
     # -- the face's I/O ---------------------------------------------------------------------
@@ -213,11 +214,14 @@ class Feed(FeedBase[AsyncSession], AsyncClosable):
         if self._prune_due():
             await self._session.run(prune_io)
 
-    async def _end(self) -> None:
-        await asyncio.to_thread(self._relay_stop)
-        waker, self._waker = self._waker, None
+    async def _stop_waker(self) -> None:
+        waker = self._release_waker()
         if waker is not None:
             await asyncio.to_thread(waker.stop)
+
+    async def _end(self) -> None:
+        await asyncio.to_thread(self._relay_stop)
+        await self._stop_waker()
         if self._ended():
             await self._session.close()
 

@@ -267,6 +267,13 @@ class FeedBase(Generic[S]):
         channels = (CHANNEL,) if resolved is not None else ()
         return Waker(resolved, channels, on_notify=self._core.wants)
 
+    def _release_waker(self) -> Waker | None:
+        """The waker to stop, now that no ``batches()`` loop will wait on it: at the loop's
+        end, or at ``close()`` (an ``async for`` left with ``break`` ends its loop only when
+        the generator is collected, and its LISTEN connection would live until then)."""
+        waker, self._waker = self._waker, None
+        return waker
+
     def _started(self) -> None:
         if self._stopping.is_set():
             self._wake()  # stop() came before the waker existed

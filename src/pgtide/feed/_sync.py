@@ -205,6 +205,7 @@ class Feed(FeedBase[Session], Closable):
         """Close the feed's connections (a later call reopens them); a :meth:`run` in
         another thread ends, after the batch in hand, and closes them itself."""
         if self._closing():
+            self._stop_waker()
             self._session.close()
 
     # -- the face's I/O ---------------------------------------------------------------------
@@ -238,10 +239,13 @@ class Feed(FeedBase[Session], Closable):
         if self._prune_due():
             self._session.run(prune_io)
 
-    def _end(self) -> None:
-        self._relay_stop()
-        waker, self._waker = self._waker, None
+    def _stop_waker(self) -> None:
+        waker = self._release_waker()
         if waker is not None:
             waker.stop()
+
+    def _end(self) -> None:
+        self._relay_stop()
+        self._stop_waker()
         if self._ended():
             self._session.close()
