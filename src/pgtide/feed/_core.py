@@ -35,7 +35,7 @@ from .backfill import pending_io
 from .position import Position, Snapshot
 from .retention import drop_consumer_io, position_of
 from .rows import FINGERPRINT, MARK, Decode, RowTypes, instant
-from .sleepers import Registration, Watch
+from .sleepers import Registration, Watch, registration
 from .track import require_tracked
 from .wal import follows_wal_io
 
@@ -411,13 +411,13 @@ class Core:
     # the rest of a step delivered in several batches: its transactions, by position key
     _summary: dict[tuple[Any, ...], Summary] = field(default_factory=dict, repr=False)
     # the connection's registration as a waiting feed (see pgtide.feed.sleepers)
-    sleeper: Registration = field(default_factory=Registration, repr=False)
+    sleeper: Registration = field(default_factory=registration, repr=False)
     # how the last batch's changes are typed, by table (released at the next batch)
     _typings: list[_Typing] = field(default_factory=list, repr=False)
 
     def prepare(self) -> Io[None]:
         """Run on each new connection: install the schema, check the followed tables."""
-        self.sleeper = Registration()  # a new connection holds no registration
+        self.sleeper = registration()  # a new connection holds no registration
         yield from schema.ensure_io()
         if self.tables is not None:
             found: set[str] = set()
@@ -752,7 +752,7 @@ def plan(
                 continue  # read with a snapshot taken after registering
             recheck = watch.retry()  # the lock was busy this instant
         else:
-            recheck = watch.seen(pos.snapshot)
+            recheck = watch.seen(pos.snapshot.xip)
         if recheck is not None:
             left = recheck if left is None else min(left, recheck)
         yield Wait(left)

@@ -26,7 +26,7 @@ from ..session import Io, Session, Stopped
 from ._face import CHANNEL
 from .retention import newest_io
 from .rows import RowTypes
-from .sleepers import Registration, Watch, check_io
+from .sleepers import Watch, check_io, registration
 from .track import require_tracked
 
 log = logging.getLogger("pgtide.feed")
@@ -61,7 +61,7 @@ class LatestFetcher(Runnable):
         self._process = process
         self._poll = poll_interval
         self._session = Session(dsn, name=f"latest {self.table}", prepare=self._prepare)
-        self._registration = Registration()
+        self._registration = registration()
         self._stop = threading.Event()
         self._waker: Waker | None = None
         self._thread: threading.Thread | None = None
@@ -85,7 +85,7 @@ class LatestFetcher(Runnable):
             self._serve()
 
     def _prepare(self) -> Io[None]:
-        self._registration = Registration()  # a new connection holds no registration
+        self._registration = registration()  # a new connection holds no registration
         yield from ensure_io()
 
     def _serve(self) -> None:

@@ -1,10 +1,10 @@
 """The console's one view of the database: samples taken by one task, pushed to every page.
 
 A :class:`Hub` lives as long as the app. It LISTENs (with :class:`pgtide.aio.Listener`) on
-the wake-up channels the features already NOTIFY (``pgtide_events`` on every publish,
-``pgtide_changes`` on every captured statement), and takes a new :class:`Sample` when one
-arrives, or after ``interval`` seconds without one (a handler finishing or a consumer acking
-sends no NOTIFY). Pages and ``/metrics`` read the newest sample; nothing a browser does makes
+the wake-up channels the features already NOTIFY (``pgtide_events`` on a publish and
+``pgtide_changes`` on a captured statement, while a worker or a feed waits for them), and
+takes a new :class:`Sample` when one arrives, or after ``interval`` seconds without one (a
+handler finishing or a consumer acking sends no NOTIFY). Pages and ``/metrics`` read the newest sample; nothing a browser does makes
 the database work harder, and the sampler spaces its runs by their cost (at most ~5% of the
 time is spent sampling, whatever the size of the tables).
 
@@ -32,8 +32,7 @@ from ..aio import Listener
 from ..connect import DsnLike, Resolved, aconnect, resolve
 from ..errors import PgtideError
 from ..events import Histogram
-from ..feed import retention, wal
-from ..feed.sleepers import Registration, Watch, check_io
+from ..feed import retention, sleepers, wal
 from ..listen import Notification
 from ..overview import Section
 from ..session import Io, arun
@@ -242,15 +241,15 @@ class Hub:
         not to notify just before), then while the transactions open in the snapshot after
         it run (see :class:`~pgtide.feed.sleepers.Watch`)."""
         conn: psycopg.AsyncConnection[Any] | None = None
-        registration, watch = Registration(), Watch(cap=self.interval)
+        registration, watch = sleepers.registration(), sleepers.Watch(cap=self.interval)
         watching = False  # transactions are watched: wake the streams when they end
         try:
             while True:
                 try:
                     if conn is None or conn.closed:
                         conn = await aconnect(self.resolved, application_name="pgtide web wait")
-                        registration = Registration()
-                    fresh, recheck = await arun(conn, check_io(registration, watch))
+                        registration = sleepers.registration()
+                    fresh, recheck = await arun(conn, sleepers.check_io(registration, watch))
                     if fresh or watching:
                         self._changes_maybe()
                     watching = recheck is not None
