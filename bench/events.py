@@ -30,8 +30,10 @@ the unlimited handler (target >= 0.7x); publish -> handler start at a paced 1,00
 (targets p50 <= 2 ms, p99 <= 5 ms), beside the same paced publishers feeding a bare psycopg
 LISTEN + UPDATE ... FOR UPDATE SKIP LOCKED loop in the same run (the floor of that path on
 the machine, without leases, retries nor limits); publish and publish_many rates (target
->= 100k/s); the WAL the server wrote per event during the concurrency-32 run (the database's
-cost of a claim and an outcome).
+>= 100k/s); PUBLISHERS threads publishing one event a call, while no worker waits (no
+NOTIFY) and while one does, beside the same threads sending an INSERT and its NOTIFY per
+event (NOTIFY's commit lock queues concurrent publishers); the WAL the server wrote per
+event during the concurrency-32 run (the database's cost of a claim and an outcome).
 
 Cost grows with the work: the concurrency-32 throughput in a table whose autovacuum is off,
 empty, beside the same in a table where 2M finished events and 100k events of a name no worker
@@ -168,6 +170,69 @@ def _pgtide_publish(dsn: str) -> tuple[float, float]:
         conn.execute("TRUNCATE pgtide.events")
     events.close()
     return single, batch
+
+
+CONCURRENT_SECONDS = 2.0
+"""How long each concurrent-publish run lasts (PUBLISHERS threads, one connection each)."""
+EVENTS_GATE = (0x70677469, 0x45564E)
+"""The advisory lock a waiting worker holds shared (pgtide.channel._gate, migration 027)."""
+
+
+def _concurrently(publish: list[Callable[[int], None]]) -> float:
+    """Publishes a second from ``publish[k](n)`` called in a loop by a thread each."""
+    stop = time.perf_counter() + CONCURRENT_SECONDS
+    counts = [0] * len(publish)
+
+    def loop(k: int) -> None:
+        n = 0
+        while time.perf_counter() < stop:
+            publish[k](n)
+            n += 1
+        counts[k] = n
+
+    threads = [threading.Thread(target=loop, args=(k,)) for k in range(len(publish))]
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return rate(sum(counts), time.perf_counter() - began)
+
+
+def _concurrent_publish(dsn: str) -> tuple[float, float, float]:
+    """PUBLISHERS threads publishing one event a call, each on a connection of its own:
+    pgtide while no worker waits (no NOTIFY: migration 027), pgtide while one waits (every
+    insert notifies; the waiting worker is stood for by a connection holding its gate), and
+    the bare reference, an INSERT and its NOTIFY in one autocommit statement, as a
+    LISTEN/NOTIFY queue publishes. Alternated twice, the best of each."""
+    publishers = [pgtide.Events(dsn=dsn) for _ in range(PUBLISHERS)]
+    conns = [psycopg.connect(dsn, autocommit=True) for _ in range(PUBLISHERS)]
+    best = [0.0, 0.0, 0.0]
+    try:
+        conns[0].execute(BARE_TABLE)
+        for publisher in publishers:
+            publisher.publish("warm", None)
+        ours = [partial(_publish_one, p) for p in publishers]
+        bare = [partial(_bare_publish, c) for c in conns]
+        with psycopg.connect(dsn, autocommit=True) as waiting:
+            for _ in range(2):
+                best[0] = max(best[0], _concurrently(ours))
+                waiting.execute("SELECT pg_advisory_lock_shared(%s, %s)", EVENTS_GATE)
+                best[1] = max(best[1], _concurrently(ours))
+                waiting.execute("SELECT pg_advisory_unlock_shared(%s, %s)", EVENTS_GATE)
+                best[2] = max(best[2], _concurrently(bare))
+        conns[0].execute("DROP TABLE bare_jobs")
+        conns[0].execute("TRUNCATE pgtide.events")
+    finally:
+        for publisher in publishers:
+            publisher.close()
+        for c in conns:
+            c.close()
+    return best[0], best[1], best[2]
+
+
+def _publish_one(publisher: pgtide.Events, n: int) -> None:
+    publisher.publish("concurrent", {"n": n})
 
 
 def _latencies(publish: Callable[[], None], arrived: list[float]) -> list[float]:
@@ -747,6 +812,7 @@ def run(dsn: str) -> list[Figure]:
                     limited = max(limited, _pgtide_throughput(db, CONCURRENCY, limits=LIMITS))
         with _phase("pgtide publish and latencies"):
             publish = _pgtide_publish(db) if wanted("publish") else None
+            concurrent = _concurrent_publish(db) if wanted("publish") else None
             latency = _pgtide_latency(db) if wanted("latency") else None
             paced = _pgtide_paced(db) if wanted("paced") else None
             bare_paced = _bare_paced(db) if wanted("paced") else None
@@ -794,6 +860,38 @@ def run(dsn: str) -> list[Figure]:
                 batch,
                 "events/s",
                 note="1,000 events a call; target >= 100k/s",
+            ),
+        ]
+    if concurrent is not None:
+        alone, waited, bare = concurrent
+        bare_name = f"bare psycopg INSERT + NOTIFY, {PUBLISHERS} threads"
+        figures += [
+            Figure(
+                SUITE,
+                f"pgtide publish, {PUBLISHERS} threads, no worker waiting",
+                alone,
+                "events/s",
+                baseline=bare_name,
+                note="one event a call, each thread on a connection of its own; workers that "
+                "are busy (claims coming back full) or absent hold no wake gate: no NOTIFY, "
+                "whose database-wide commit lock would queue the publishers' commits",
+            ),
+            Figure(
+                SUITE,
+                f"pgtide publish, {PUBLISHERS} threads, a worker waiting",
+                waited,
+                "events/s",
+                baseline=bare_name,
+                note="the same while a worker waits (a connection holds its wake gate): "
+                "every insert notifies",
+            ),
+            Figure(
+                SUITE,
+                bare_name,
+                bare,
+                "events/s",
+                note="the reference: an INSERT and its NOTIFY in one autocommit statement "
+                "per event, as a LISTEN/NOTIFY queue publishes; the same threads",
             ),
         ]
     figures += peers

@@ -15,6 +15,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 import pgtide
+from pgtide.channel._gate import EVENTS_GATE, waiting_io
 from pgtide.events._signatures import run_args
 from pgtide.events._sql import CHANNEL
 from pgtide.events._worker import _DRIVE
@@ -494,17 +495,46 @@ def test_notify_wakes_an_idle_worker_at_once(dsn: str) -> None:
 def test_an_inserts_notify_names_its_newest_event(dsn: str) -> None:
     """The wake-up of an insert carries the highest id it inserted (one publish: its id; a
     publish_many: the last of them); a publish that inserted nothing (its dedupe_key is
-    held) wakes nobody."""
+    held) wakes nobody. (The listener holds the wake gate, as a waiting worker does.)"""
     events = pgtide.Events(dsn=dsn)
     events.status()  # the schema
     with psycopg.connect(dsn, autocommit=True) as listener:
         listener.execute("LISTEN pgtide_events")
+        listener.execute("SELECT pg_advisory_lock_shared(%s, %s)", EVENTS_GATE)
         one = events.publish("n", 1, dedupe_key="k")
         many = events.publish_many("n", [1, 2, 3])
         assert events.publish("n", 2, dedupe_key="k") == one  # held: nothing inserted
         heard = [n.payload for n in listener.notifies(timeout=0.5)]
     assert heard == [str(one), str(max(many))]
     events.close()
+
+
+def test_a_publish_notifies_only_while_a_worker_waits(dsn: str) -> None:
+    """A NOTIFY locks the whole database through its commit's flush: a publish sends it only
+    while a worker waits for it (holds the wake gate, migration 027). An idle worker holds
+    it, and its publish is handled at once; with no worker waiting, nothing is sent."""
+    events = pgtide.Events(dsn=dsn)
+    events.status()  # the schema
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN pgtide_events")
+        events.publish("alone", None)
+        assert list(listener.notifies(timeout=0.3)) == []
+        ran = threading.Event()
+        worker = pgtide.Events(dsn=dsn, poll_interval=60)
+        worker.register("ping", lambda e: ran.set())
+        worker.start(2)
+        wait_for(lambda: _waiting(dsn, EVENTS_GATE) == 1, timeout=5, what="the worker waiting")
+        id_ = events.publish("ping", None)
+        assert [n.payload for n in listener.notifies(timeout=5, stop_after=1)] == [str(id_)]
+        assert ran.wait(5)  # woken by it, long before the poll
+        worker.close()
+        wait_for(lambda: _waiting(dsn, EVENTS_GATE) == 0, timeout=5, what="the gate released")
+    events.close()
+
+
+def _waiting(dsn: str, gate: tuple[int, int]) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return run(conn, waiting_io(gate))
 
 
 def test_a_worker_claims_nothing_for_the_notify_of_an_event_it_already_took(dsn: str) -> None:

@@ -11,11 +11,12 @@ import time
 from typing import Any
 
 import psycopg
+from events_helpers import wait_for
 from listen_helpers import wait_until
 
 import pgtide
 import pgtide.aio
-from pgtide.feed.sleepers import waiting_io
+from pgtide.feed.sleepers import GATE, waiting_io
 from pgtide.session import run
 
 
@@ -138,3 +139,101 @@ def test_an_asyncio_feed_waits_the_same_way(dsn: str) -> None:
         return got
 
     assert asyncio.run(main()) == [1, 2]
+
+
+_HOLDERS = (
+    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND objid = %s "
+    "AND objsubid = 2 AND mode = 'ShareLock' AND granted AND database = "
+    "(SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
+def _holders(dsn: str) -> set[int]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return {int(r[0]) for r in conn.execute(_HOLDERS, GATE)}
+
+
+def _terminate(dsn: str, pid: int) -> None:
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+def test_a_feed_whose_connection_the_server_closed_while_it_waited_waits_again(
+    dsn: str,
+) -> None:
+    """The gate lives on the feed's connection. Terminated while the feed waits, that
+    connection takes the gate with it (writers stop notifying): the feed notices at once (it
+    watches that socket while it waits), reconnects and waits again, and the next change is
+    read without waiting for the poll (a minute)."""
+    _table(dsn)
+    got: list[int] = []
+    feed = pgtide.Feed("killed", ["items"], dsn=dsn, poll_interval=60)
+
+    def follow() -> None:
+        for batch in feed.batches(timeout=30):
+            got.extend(c.row["id"] for c in batch if c.row is not None)
+            batch.ack()
+            if got:
+                return
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    try:
+        before = wait_for(_holders_of(dsn), timeout=20, what="the feed waits")
+        _terminate(dsn, next(iter(before)))
+        wait_for(_holders_of(dsn, besides=before), timeout=10, what="a new registration")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO items VALUES (1, 'after')")
+        thread.join(timeout=10)
+    finally:
+        feed.stop()
+        thread.join()
+    feed.close()
+    assert got == [1]
+
+
+def test_an_asyncio_feed_whose_connection_the_server_closed_waits_again(dsn: str) -> None:
+    """The same, for a feed of ``pgtide.aio`` (its loop watches the socket)."""
+    _table(dsn)
+
+    async def main() -> list[int]:
+        got: list[int] = []
+        feed = pgtide.aio.Feed("killed", ["items"], dsn=dsn, poll_interval=60)
+
+        async def follow() -> None:
+            async for batch in feed.batches(timeout=30):
+                got.extend(c.row["id"] for c in batch if c.row is not None)
+                await batch.ack()
+                if got:
+                    return
+
+        task = asyncio.create_task(follow())
+        try:
+            before = await asyncio.to_thread(
+                wait_for, _holders_of(dsn), timeout=20, what="the feed waits"
+            )
+            _terminate(dsn, next(iter(before)))
+            await asyncio.to_thread(
+                wait_for, _holders_of(dsn, besides=before), timeout=10, what="registered again"
+            )
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("INSERT INTO items VALUES (1, 'after')")
+            await asyncio.wait_for(task, 10)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await feed.close()
+        return got
+
+    assert asyncio.run(main()) == [1]
+
+
+def _holders_of(dsn: str, besides: frozenset[int] | set[int] = frozenset()) -> Any:
+    """A condition: the backends holding the feeds' gate, none of ``besides`` (or None)."""
+
+    def holders() -> set[int] | None:
+        held = _holders(dsn)
+        return held if held and not held & besides else None
+
+    return holders

@@ -634,6 +634,17 @@ class _Base:
         conn: psycopg.BaseConnection[Any] | None = getattr(self, "_conn", None)
         return self._policy.delay(exc, conn if conn is not None else before)
 
+    def fileno(self) -> int | None:
+        """The socket of the open connection, or None: a waiter may watch it while the
+        connection is idle, to learn at once that the server closed it."""
+        conn: psycopg.BaseConnection[Any] | None = getattr(self, "_conn", None)
+        if conn is None or conn.closed:
+            return None
+        try:
+            return conn.pgconn.socket
+        except psycopg.OperationalError:
+            return None
+
     def _reconnected(self) -> None:
         if self._on_reconnect is not None:
             self._on_reconnect()

@@ -153,9 +153,24 @@ def test_a_claimed_event_whose_lease_may_have_lapsed_is_never_started() -> None:
     assert isinstance(complete.params, dict)
     assert (complete.params["ids"], complete.params["starts"]) == ("1", "1")
     assert complete.params["results"] is None  # no handler returned anything
-    assert batch.done([[], [("", None)]] + [[] for _ in batch.queries[2:]]) is False
+    assert _reply(batch, [[], [("", None)]], [[]]) is False
     assert core._held.keys() == {3}
     assert not core._threads  # nothing was ready: no pool thread started
+
+
+def _reply(batch: Batch, outcomes: list[Any], claims: list[Any], xip: str = "") -> Any:
+    """Finish a round with canned rows: the outcomes', the wake gate's (taken by backend
+    4242; ``xip`` the snapshot's open transactions), then the claims'."""
+    gate = batch.queries[len(outcomes) : len(batch.queries) - len(claims)]
+    replies = [_GATE_REPLIES[str(q.statement).split()[1]](xip) for q in gate]
+    return batch.done([*outcomes, *replies, *claims])
+
+
+_GATE_REPLIES = {
+    "CASE": lambda _: [(True, 4242)],  # taken
+    "pg_current_snapshot()::text": lambda xip: [(f"10:20:{xip}",)],
+    "pg_advisory_unlock_shared(%s,": lambda _: [(True,)],  # left
+}
 
 
 def _row(id_: int, attempts: int) -> tuple[Any, ...]:
@@ -171,8 +186,8 @@ def test_plan_claims_sleeps_and_shuts_down_in_order() -> None:
     step = plan.send(None)
     assert isinstance(step, Pipe)  # claims (and outcomes), in one round trip
     batch = step.make()
-    assert isinstance(batch, Batch) and len(batch.queries) == 1
-    step = plan.send(batch.done([[]]))  # nothing claimed
+    assert isinstance(batch, Batch) and len(batch.queries) == 3  # the wake gate taken, too
+    step = plan.send(_reply(batch, [], [[]]))  # nothing claimed
     assert isinstance(step, Sleep) and step.seconds <= core.options.lease / 3
     core.request_stop()
     assert isinstance(plan.send(False), Unlisten)
@@ -204,7 +219,7 @@ def test_a_claim_is_sent_only_when_it_may_find_something() -> None:
     assert core.on_notify("pgtide_events", "") is True
     batch = core.round()  # a full claim: more may be waiting
     rows = [_row(i, 0) for i in range(10)]
-    assert batch.done([rows]) is True
+    assert _reply(batch, [], [rows]) is True
     assert len(core._claims()) == 1
     core._ready.clear()
     core._inflight = 0
@@ -239,7 +254,7 @@ def test_limited_names_are_claimed_alone_and_yield_only_while_their_limit_binds(
     def outcome_then_claim(rows: int) -> bool:
         """A round that claims ``rows`` events of "a", one of which then ends."""
         batch = core.round()
-        batch.done([[_row(next(ids), 0) for _ in range(rows)]])
+        _reply(batch, [], [[_row(next(ids), 0) for _ in range(rows)]])
         event = core._ready.popleft()
         core._inflight -= 1
         core._done.append((event, None))
@@ -258,3 +273,46 @@ def test_limited_names_are_claimed_alone_and_yield_only_while_their_limit_binds(
     assert [q.params["names"] for q, _, _ in mixed._claims() if isinstance(q.params, dict)] == [
         ["b"]
     ]  # not due: the limited name's claim alone, and "a" is never in the other claim
+
+
+def _kinds(batch: Batch) -> list[str]:
+    """The first words of a batch's statements that name them (gate, snapshot, claim)."""
+    names = {"CASE": "take", "pg_current_snapshot()::text": "snapshot", "id,": "claim"}
+    return [names.get(str(q.statement).split()[1], "leave") for q in batch.queries]
+
+
+def test_a_worker_holds_the_wake_gate_only_while_it_may_wait() -> None:
+    """The wake gate (migration 027): the first claim takes it, with a snapshot; while the
+    transactions open in that snapshot run, the worker claims again on a short backoff
+    whatever NOTIFYs say, each claim with a snapshot. A full claim leaves it (publishers
+    skip the NOTIFY while claims follow each other); a claim that then comes back short is
+    followed at once by one that takes it again, before the worker waits."""
+    core = _worker(2, {"a": None})
+    core._next_schedule = float("inf")
+    batch = core.claims()
+    assert _kinds(batch) == ["take", "snapshot", "claim"]
+    assert _reply(batch, [], [[]], xip="15") is False  # transaction 15 may not notify
+    assert core._gate is not None and core._gate.registered
+    assert core._recheck_at <= time.monotonic() + 0.002  # the first backoff: 1 ms
+    assert core._claims() == []
+    core._recheck_at = 0.0
+    assert list(core.chores()) == []
+    batch = core.claims()  # claimed again: transaction 15 may have committed unannounced
+    assert _kinds(batch) == ["snapshot", "claim"]
+    assert _reply(batch, [], [[]], xip="16") is False  # 15 ended: the NOTIFY will do
+    assert core._recheck_at == float("inf") and core._claims() == []
+    assert core.on_notify("pgtide_events", "") is True
+    batch = core.claims()
+    assert _kinds(batch) == ["claim"]
+    assert _reply(batch, [], [[_row(i, 0) for i in range(10)]]) is True  # full
+    batch = core.claims()
+    assert _kinds(batch) == ["leave", "claim"]
+    assert not core._gate.registered
+    core._ready.clear()
+    core._inflight = 0
+    assert _reply(batch, [], [[_row(i, 0) for i in range(10, 13)]]) is True  # short: again
+    batch = core.claims()
+    assert _kinds(batch) == ["take", "snapshot", "claim"]
+    assert _reply(batch, [], [[]]) is False  # now it may wait
+    batch.undo()
+    assert not core._gate.registered  # a failed round: taken again if it waits

@@ -67,19 +67,26 @@ class Signal:
         self._event.clear()
         return woke
 
-    def wait_or_readable(self, fd: int, seconds: float | None) -> None:
-        """Block until set, ``fd`` is readable, or ``seconds`` pass (forever when None).
-        Consumes nothing: the caller reads ``fd``, then looks at the flag."""
+    def wait_or_readable(
+        self, fd: int | None, seconds: float | None, also: int | None = None
+    ) -> bool:
+        """Block until set, ``fd`` (or ``also``) is readable, or ``seconds`` pass (forever
+        when None); whether ``also`` is readable. Consumes nothing: the caller reads ``fd``,
+        then looks at the flag."""
         if (pipe := self._pipe) is None:
             pipe = self._pipe = WakePipe()
         self._polling = True  # before the look at the flag: a set() from now on writes
         try:
             if self._event.is_set():
-                return
+                return False
             poller = select.poll()
             poller.register(pipe.fd, select.POLLIN)
-            poller.register(fd, select.POLLIN)
-            poller.poll(None if seconds is None else math.ceil(max(0.0, seconds) * 1000))
+            if fd is not None:
+                poller.register(fd, select.POLLIN)
+            if also is not None:
+                poller.register(also, select.POLLIN)
+            ready = poller.poll(None if seconds is None else math.ceil(max(0.0, seconds) * 1000))
+            return also is not None and any(got == also for got, _ in ready)
         finally:
             self._polling = False
             pipe.clear()
@@ -112,22 +119,35 @@ class Signal:
         self._event.clear()
         return woke
 
-    async def wait_or_readable_async(self, fd: int, seconds: float | None) -> bool:
-        """The asyncio twin of :meth:`wait_or_readable`; False when the loop cannot watch
-        ``fd`` (then it did not wait)."""
+    async def wait_or_readable_async(
+        self, fd: int | None, seconds: float | None, also: int | None = None
+    ) -> tuple[bool, bool]:
+        """The asyncio twin of :meth:`wait_or_readable`: (whether it could wait, whether
+        ``also`` is readable); it cannot when the loop cannot watch ``fd`` (it did not wait)."""
         aevent = self._bound()
         if self._event.is_set():
-            return True
+            return True, False
         loop = asyncio.get_running_loop()
-        if not watch(loop, fd, aevent.set):
-            return False
+        if fd is not None and not watch(loop, fd, aevent.set):
+            return False, False
+        spoke: list[bool] = []
+
+        def speaks() -> None:
+            spoke.append(True)
+            aevent.set()
+
+        if also is not None and not watch(loop, also, speaks):
+            also = None
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(aevent.wait(), seconds)
         finally:
-            loop.remove_reader(fd)
+            if fd is not None:
+                loop.remove_reader(fd)
+            if also is not None:
+                loop.remove_reader(also)
             aevent.clear()  # the flag (_event) says whether it was set
-        return True
+        return True, bool(spoke)
 
 
 class Waker:
@@ -198,15 +218,23 @@ class Waker:
         """Wake the waiter now (any thread)."""
         self.signal.set()
 
-    def wait(self, seconds: float | None) -> bool:
+    def wait(self, seconds: float | None, also: int | None = None) -> bool:
         """Block until woken or ``seconds`` pass; direct, reading the socket meanwhile (once
-        the connection thread reads it, on the flag alone)."""
+        the connection thread reads it, on the flag alone). ``also``: the socket of the
+        waiter's own connection, idle meanwhile, watched too: when the server speaks on it
+        (it is closing it), the waiter wakes as after a gap."""
         deadline = None if seconds is None else time.monotonic() + seconds
         while self.read_now():
             left = None if deadline is None else deadline - time.monotonic()
             if self.signal.is_set() or (left is not None and left <= 0):
                 break
-            self.signal.wait_or_readable(self._copy.fd, left)
+            if self.signal.wait_or_readable(self._copy.fd, left, also):
+                self._spoke()
+        else:  # the connection thread reads the wake-ups (or none come): the flag, and also
+            if also is not None:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if self.signal.wait_or_readable(None, left, also):
+                    self._spoke()
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         return self.signal.wait(left)
 
@@ -221,20 +249,35 @@ class Waker:
             self.offer(got)
         return got  # True: nothing more to read, and the copy of the socket is ready
 
+    def _spoke(self) -> None:
+        """The waiter's own connection is readable while it waits: the server is closing it
+        (a terminated backend, a restart), and what it held (a wake gate) is gone. Wake it as
+        after a gap (``on_gap``): its next statement finds out, and its session reconnects."""
+        self._gap()
+
     def _leave_socket(self) -> None:
         if (receiver := self._receiver) is not None:
             receiver.leave_socket()
 
-    async def wait_async(self, seconds: float | None) -> bool:
-        """The asyncio twin of :meth:`wait` (direct: the socket is watched by the loop)."""
+    async def wait_async(self, seconds: float | None, also: int | None = None) -> bool:
+        """The asyncio twin of :meth:`wait` (direct: the sockets are watched by the loop)."""
         deadline = None if seconds is None else time.monotonic() + seconds
         while self.read_now():
             left = None if deadline is None else deadline - time.monotonic()
             if self.signal.is_set() or (left is not None and left <= 0):
                 break
-            if not await self.signal.wait_or_readable_async(self._copy.fd, left):
+            waited, spoke = await self.signal.wait_or_readable_async(self._copy.fd, left, also)
+            if not waited:
                 self._leave_socket()
                 break
+            if spoke:
+                self._spoke()
+        else:  # the connection thread reads the wake-ups (or none come): the flag, and also
+            if also is not None:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                _, spoke = await self.signal.wait_or_readable_async(None, left, also)
+                if spoke:
+                    self._spoke()
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         return await self.signal.wait_async(left)
 
@@ -258,6 +301,9 @@ class Waker:
         return None
 
     def put_marker(self, marker: Marker) -> None:
+        self._gap()
+
+    def _gap(self) -> None:
         if self._on_gap is not None:
             try:
                 self._on_gap()

@@ -56,6 +56,7 @@ from psycopg import sql
 
 from .. import schema
 from ..channel import Waker
+from ..channel._gate import EVENTS_GATE, SNAPSHOT, Registration, Watch, in_progress
 from ..connect import Resolved
 from ..session import (
     OUTAGES,
@@ -281,6 +282,14 @@ class WorkerCore:
         self._announced: set[int] = set()  # ids NOTIFY announced that no claim has seen yet
         self._taken: set[int] = set()  # ids our recent claims returned (TAKEN_KEPT at most)
         self._taken_order: deque[list[int]] = deque()  # those ids, a claim's at a time
+        # waiting for publishes: the claiming connection holds the events' wake gate (see
+        # pgtide.channel._gate) while the worker may sleep; a worker whose claims come back
+        # full leaves it (publishers then skip the NOTIFY and its database-wide commit lock)
+        gated = target.source == "" and options.listen
+        self._gate = Registration(EVENTS_GATE) if gated else None
+        self._gate_watch = Watch(cap=every)
+        self._full = False  # the last claim came back full
+        self._recheck_at = float("inf")  # a publisher may have skipped its NOTIFY: claim then
 
     # -- control and wake-ups --------------------------------------------------------------
 
@@ -337,15 +346,17 @@ class WorkerCore:
         self.wake()
 
     def on_gap(self) -> None:
-        """A NOTIFY may have been missed (a reconnect): scan the user's table whole."""
+        """A NOTIFY may have been missed (a reconnect, or the claiming connection spoke while
+        the worker waited: the server is closing it, and its wake gate with it): scan the
+        user's table whole, claim, and heartbeat (which finds a lost connection out)."""
         with self._lock:
             self._mirror_due = True
         self._claim_due = True
+        self._next_beat = 0.0
 
     def on_reconnect(self) -> None:
         """The connection was lost: renew (or learn that we lost) our leases first thing."""
         self.on_gap()
-        self._next_beat = 0.0
 
     # -- the dispatcher, written once ------------------------------------------------------
 
@@ -401,6 +412,7 @@ class WorkerCore:
         timeout = min(timeout, max(0.0, self._next_schedule - now))
         if self._next_due is not None:
             timeout = min(timeout, max(0.0, self._next_due - now))
+        timeout = min(timeout, max(0.0, self._recheck_at - now))
         if self._limited and self._yield_until > now:  # claim the limited names again then
             timeout = min(timeout, self._yield_until - now)
         return min(timeout, self.options.lease / 3)
@@ -438,6 +450,8 @@ class WorkerCore:
 
     def setup(self) -> Io[None]:
         """A new connection of the worker: schema, session settings, registration."""
+        if self._gate is not None:
+            self._gate = Registration(EVENTS_GATE)  # a new connection holds no gate
         yield from schema.ensure_io()
         yield Query(_sql.WORKER_SESSION)
         yield from atomic(self._register())
@@ -477,6 +491,9 @@ class WorkerCore:
             self._claim_due = True
         if self._next_due is not None and now >= self._next_due:
             self._next_due = None
+            self._claim_due = True
+        if now >= self._recheck_at:
+            self._recheck_at = float("inf")
             self._claim_due = True
         if now >= self._next_catch_up:
             self.on_gap()
@@ -553,6 +570,8 @@ class WorkerCore:
         outcomes = len(queries)
         keyed = any(e.key is not None for e in finished if e.id in tokens)
         claims = self._claims() if claim else []
+        gate = self._gate_queries() if claims else []
+        queries.extend(q for _, q in gate)
         queries.extend(q for q, _, _ in claims)
         sent = time.monotonic()
 
@@ -574,8 +593,13 @@ class WorkerCore:
             if keyed:  # the next event of each key may be claimed now
                 self._claim_due = True
                 self.wake()
-            claimed = results[outcomes:]
+            self._gate_replied([kind for kind, _ in gate], results[outcomes : outcomes + len(gate)])
+            claimed = results[outcomes + len(gate) :]
             more = self._claimed(claimed, [want for _, want, _ in claims], sent)
+            if claims:
+                self._full = more
+                if not more and self._gate is not None and not self._gate.registered:
+                    more = True  # about to wait: claim again at once, holding the gate
             if any(name is not None for _, _, name in claims):
                 # a limited name's claim that came back short: its limit may bind (or nothing
                 # waits); while it does, this worker yields freed slots to the others
@@ -592,6 +616,8 @@ class WorkerCore:
         def undo() -> None:
             if claims:
                 self._claim_due = True  # not claimed after all
+            if gate and self._gate is not None:
+                self._gate = Registration(EVENTS_GATE)  # unknown: registered again if it waits
             with self._lock:  # kept for the next round
                 self._recording.difference_update(tokens)
                 self._done[:0] = [(e, r) for e, r in done]
@@ -599,6 +625,37 @@ class WorkerCore:
                 self._starts[:0] = starts
 
         return Batch(queries, recorded, undo)
+
+    def _gate_queries(self) -> list[tuple[str, Query]]:
+        """The wake gate's statements to send before a round's claims: leave it after a full
+        claim (busy: claims follow without NOTIFY); else hold it, and while the transactions
+        open when it was taken run, take a snapshot (see :class:`Watch`)."""
+        gate = self._gate
+        if gate is None:
+            return []
+        if self._full:
+            leave = gate.unregister_query()
+            return [] if leave is None else [("leave", leave)]
+        if not gate.registered:
+            return [("take", gate.register_query()), ("snapshot", Query(SNAPSHOT))]
+        return [("snapshot", Query(SNAPSHOT))] if self._gate_watch.watching else []
+
+    def _gate_replied(self, kinds: list[str], results: list[Rows]) -> None:
+        """Take the replies of :meth:`_gate_queries`: when to claim again whatever NOTIFYs
+        say (a publisher that decided before the gate was taken may not notify)."""
+        gate = self._gate
+        if gate is None or not kinds:
+            return
+        recheck: float | None = None
+        for kind, rows in zip(kinds, results, strict=True):
+            if kind == "take":
+                if gate.registered_by(rows):
+                    self._gate_watch.start()
+                elif not gate.registered:
+                    recheck = self._gate_watch.retry()  # the gate was busy this instant
+            elif kind == "snapshot" and gate.registered:
+                recheck = self._gate_watch.seen(in_progress(rows[0][0]))
+        self._recheck_at = float("inf") if recheck is None else time.monotonic() + recheck
 
     def _schedules(self, now: float) -> Io[None]:
         """Enqueue the due ticks of every schedule (each once: the schedule row is locked and
@@ -1477,7 +1534,7 @@ class Worker(_Driver[Session]):
                     elif isinstance(step, Record):
                         self._writer.submit(step.make)
                     elif isinstance(step, Sleep):
-                        steps.reply(self._waker.wait(step.seconds))
+                        steps.reply(self._waker.wait(step.seconds, self._session.fileno()))
                     else:
                         self._waker.stop()
                 except Exception as exc:
@@ -1519,7 +1576,8 @@ class AsyncWorker(_Driver[AsyncSession]):
                         self._waker.read_now()
                         steps.reply(await self._session.call(partial(_arun_batch, make=step.make)))
                     elif isinstance(step, Sleep):
-                        steps.reply(await self._waker.wait_async(step.seconds))
+                        also = self._session.fileno()
+                        steps.reply(await self._waker.wait_async(step.seconds, also))
                     else:
                         await asyncio.to_thread(self._waker.stop)
                 except Exception as exc:

@@ -204,7 +204,8 @@ class Feed(FeedBase[AsyncSession], AsyncClosable):
             if self._listens:  # only waits for the waker's own LISTEN thread to be ready
                 await asyncio.to_thread(self._waker.start)
             self._started()
-        return await self._waker.wait_async(self._pace(seconds, self._waker))
+        also = self._session.fileno()
+        return await self._waker.wait_async(self._pace(seconds, self._waker), also)
 
     async def _save(self, position: Position, durable: bool = True) -> None:
         await self._session.run(functools.partial(self._core.save, position, durable))

@@ -229,7 +229,7 @@ class Feed(FeedBase[Session], Closable):
             self._waker = self._new_waker(self._session.resolved if self._listens else None)
             self._waker.start()
             self._started()
-        return self._waker.wait(self._pace(seconds, self._waker))
+        return self._waker.wait(self._pace(seconds, self._waker), self._session.fileno())
 
     def _save(self, position: Position, durable: bool = True) -> None:
         self._session.run(functools.partial(self._core.save, position, durable))

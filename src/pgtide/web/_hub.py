@@ -4,9 +4,10 @@ A :class:`Hub` lives as long as the app. It LISTENs (with :class:`pgtide.aio.Lis
 the wake-up channels the features already NOTIFY (``pgtide_events`` on a publish and
 ``pgtide_changes`` on a captured statement, while a worker or a feed waits for them), and
 takes a new :class:`Sample` when one arrives, or after ``interval`` seconds without one (a
-handler finishing or a consumer acking sends no NOTIFY). Pages and ``/metrics`` read the newest sample; nothing a browser does makes
-the database work harder, and the sampler spaces its runs by their cost (at most ~5% of the
-time is spent sampling, whatever the size of the tables).
+handler finishing or a consumer acking sends no NOTIFY). Pages and ``/metrics`` read the
+newest sample; nothing a browser does makes the database work harder, and the sampler
+spaces its runs by their cost (at most ~5% of the time is spent sampling, whatever the size
+of the tables).
 
 The hub's listener also relays NOTIFY channels to the browser streams (``/sse/channels``).
 """

@@ -1,0 +1,127 @@
+"""The events' wake gate (migration 027, pgtide.channel._gate): a publish sends its NOTIFY only
+while a worker waits for it, and no event is left to the poll by the handshake or by a
+worker's connection that the server closed while it waited."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import psycopg
+from events_helpers import wait_for
+
+import pgtide
+import pgtide.aio
+from pgtide.channel._gate import EVENTS_GATE, waiting_io
+from pgtide.session import run
+
+POLL = 60.0
+"""Each worker here polls once a minute: whatever it does within seconds, a wake-up did."""
+
+_HOLDERS = (
+    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND objid = %s "
+    "AND objsubid = 2 AND mode = 'ShareLock' AND granted AND database = "
+    "(SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+_ASLEEP = "SELECT bool_and(state = 'idle') FROM pg_stat_activity WHERE pid IN (" + _HOLDERS + ")"
+
+
+def _waiting(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return run(conn, waiting_io(EVENTS_GATE))
+
+
+def _holders(dsn: str) -> set[int]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return {int(r[0]) for r in conn.execute(_HOLDERS, EVENTS_GATE)}
+
+
+def _asleep(dsn: str) -> bool:
+    """Whether a worker holds the gate and its claim's transaction has ended (it waits)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(_ASLEEP, EVENTS_GATE).fetchone()
+    return bool(row and row[0])
+
+
+def test_a_publish_that_found_no_worker_waiting_is_claimed_once_it_commits(dsn: str) -> None:
+    """A publisher whose insert found no worker waiting sends no NOTIFY. Committed only after
+    a worker began to wait, its event is still claimed within moments, not at the poll: the
+    worker watches the transactions that were open when it took the gate."""
+    events = pgtide.Events(dsn=dsn)
+    events.status()  # the schema
+    ran = threading.Event()
+    worker = pgtide.Events(dsn=dsn, poll_interval=POLL)
+    worker.register("late", lambda e: ran.set())
+    try:
+        with psycopg.connect(dsn) as tx:
+            id_ = events.publish("late", None, conn=tx)  # nobody waits: no NOTIFY
+            worker.start(2)
+            wait_for(lambda: _asleep(dsn), timeout=10, what="the worker waiting")
+            assert not ran.is_set()  # not committed yet
+        assert ran.wait(10), "the event committed after the worker waited was left to the poll"
+        wait_for(lambda: events.get(id_).state == "done", 10, "done")  # type: ignore[union-attr]
+    finally:
+        worker.close()
+        events.close()
+
+
+def test_a_worker_whose_connection_the_server_closed_while_it_waited_waits_again(
+    dsn: str,
+) -> None:
+    """The gate lives on the worker's claiming connection. Terminated while the worker waits,
+    that connection takes the gate with it (publishers stop notifying): the worker notices at
+    once (it watches that socket while it waits), reconnects and waits again, and the next
+    publish is handled without waiting for the poll."""
+    ran = threading.Event()
+    worker = pgtide.Events(dsn=dsn, poll_interval=POLL)
+    worker.register("after", lambda e: ran.set())
+    worker.start(2)
+    try:
+        before = wait_for(lambda: _holders(dsn), timeout=10, what="the worker waiting")
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (next(iter(before)),))
+        again = wait_for(
+            lambda: h if (h := _holders(dsn)) and not h & before else None,
+            timeout=10,
+            what="a new registration",
+        )
+        assert len(again) == 1
+        worker.publish("after", None)
+        assert ran.wait(10)
+    finally:
+        worker.close()
+
+
+def test_an_asyncio_worker_whose_connection_the_server_closed_waits_again(dsn: str) -> None:
+    """The same, for a worker of ``pgtide.aio`` (its loop watches the socket)."""
+
+    async def main() -> None:
+        ran = asyncio.Event()
+        async with pgtide.aio.Events(dsn=dsn, poll_interval=POLL) as events:
+
+            @events.handler("after")
+            async def after(event: pgtide.Event) -> None:
+                ran.set()
+
+            task = asyncio.create_task(events.run(concurrency=2))
+            try:
+                before = await _until(lambda: _holders(dsn))
+                with psycopg.connect(dsn, autocommit=True) as admin:
+                    admin.execute("SELECT pg_terminate_backend(%s)", (next(iter(before)),))
+                await _until(lambda: h if (h := _holders(dsn)) and not h & before else None)
+                await events.publish("after", None)
+                await asyncio.wait_for(ran.wait(), 10)
+            finally:
+                await events.stop()
+                await task
+
+    asyncio.run(main())
+
+
+async def _until(condition: object, timeout: float = 10.0) -> set[int]:
+    assert callable(condition)
+    async with asyncio.timeout(timeout):
+        while not (value := await asyncio.to_thread(condition)):
+            await asyncio.sleep(0.02)
+    return value  # type: ignore[no-any-return]
