@@ -174,3 +174,35 @@ def missing(what: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"CI must provide {what}; see .ci/run")
     pytest.skip(f"needs {what}", allow_module_level=True)
+
+
+_GATE_HOLDERS = (
+    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND objid = %s "
+    "AND objsubid = 2 AND mode = 'ShareLock' AND granted AND database = "
+    "(SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
+def gate_holders(dsn: str, gate: tuple[int, int]) -> set[int]:
+    """The backends of this database that hold a wake gate (pgtide.channel._gate): the
+    waiting feeds' or workers' connections."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return {int(r[0]) for r in conn.execute(_GATE_HOLDERS, gate)}
+
+
+def gate_holders_besides(
+    dsn: str, gate: tuple[int, int], besides: set[int] | frozenset[int] = frozenset()
+) -> Callable[[], set[int] | None]:
+    """A condition: the holders of ``gate`` when some hold it and none is in ``besides``."""
+
+    def holders() -> set[int] | None:
+        held = gate_holders(dsn, gate)
+        return held if held and not held & besides else None
+
+    return holders
+
+
+def terminate(dsn: str, pid: int) -> None:
+    """End a backend as an administrator would (``pg_terminate_backend``)."""
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))

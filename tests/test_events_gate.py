@@ -9,38 +9,22 @@ import threading
 
 import psycopg
 from events_helpers import wait_for
+from pgtide_testing import gate_holders, gate_holders_besides, terminate
 
 import pgtide
 import pgtide.aio
-from pgtide.channel._gate import EVENTS_GATE, waiting_io
-from pgtide.session import run
+from pgtide.channel._gate import EVENTS_GATE
 
 POLL = 60.0
 """Each worker here polls once a minute: whatever it does within seconds, a wake-up did."""
 
-_HOLDERS = (
-    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND objid = %s "
-    "AND objsubid = 2 AND mode = 'ShareLock' AND granted AND database = "
-    "(SELECT oid FROM pg_database WHERE datname = current_database())"
-)
-
-_ASLEEP = "SELECT bool_and(state = 'idle') FROM pg_stat_activity WHERE pid IN (" + _HOLDERS + ")"
-
-
-def _waiting(dsn: str) -> int:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        return run(conn, waiting_io(EVENTS_GATE))
-
-
-def _holders(dsn: str) -> set[int]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        return {int(r[0]) for r in conn.execute(_HOLDERS, EVENTS_GATE)}
+_ASLEEP = "SELECT bool_and(state = 'idle') FROM pg_stat_activity WHERE pid = ANY(%s)"
 
 
 def _asleep(dsn: str) -> bool:
     """Whether a worker holds the gate and its claim's transaction has ended (it waits)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(_ASLEEP, EVENTS_GATE).fetchone()
+        row = conn.execute(_ASLEEP, (list(gate_holders(dsn, EVENTS_GATE)),)).fetchone()
     return bool(row and row[0])
 
 
@@ -78,14 +62,9 @@ def test_a_worker_whose_connection_the_server_closed_while_it_waited_waits_again
     worker.register("after", lambda e: ran.set())
     worker.start(2)
     try:
-        before = wait_for(lambda: _holders(dsn), timeout=10, what="the worker waiting")
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (next(iter(before)),))
-        again = wait_for(
-            lambda: h if (h := _holders(dsn)) and not h & before else None,
-            timeout=10,
-            what="a new registration",
-        )
+        before = wait_for(gate_holders_besides(dsn, EVENTS_GATE), 10, "the worker waiting")
+        terminate(dsn, next(iter(before)))
+        again = wait_for(gate_holders_besides(dsn, EVENTS_GATE, before), 10, "a new registration")
         assert len(again) == 1
         worker.publish("after", None)
         assert ran.wait(10)
@@ -106,10 +85,9 @@ def test_an_asyncio_worker_whose_connection_the_server_closed_waits_again(dsn: s
 
             task = asyncio.create_task(events.run(concurrency=2))
             try:
-                before = await _until(lambda: _holders(dsn))
-                with psycopg.connect(dsn, autocommit=True) as admin:
-                    admin.execute("SELECT pg_terminate_backend(%s)", (next(iter(before)),))
-                await _until(lambda: h if (h := _holders(dsn)) and not h & before else None)
+                before = await _until(gate_holders_besides(dsn, EVENTS_GATE))
+                terminate(dsn, next(iter(before)))
+                await _until(gate_holders_besides(dsn, EVENTS_GATE, before))
                 await events.publish("after", None)
                 await asyncio.wait_for(ran.wait(), 10)
             finally:

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 from events_helpers import wait_for
 from listen_helpers import wait_until
+from pgtide_testing import gate_holders_besides, terminate
 
 import pgtide
 import pgtide.aio
@@ -141,23 +142,6 @@ def test_an_asyncio_feed_waits_the_same_way(dsn: str) -> None:
     assert asyncio.run(main()) == [1, 2]
 
 
-_HOLDERS = (
-    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND objid = %s "
-    "AND objsubid = 2 AND mode = 'ShareLock' AND granted AND database = "
-    "(SELECT oid FROM pg_database WHERE datname = current_database())"
-)
-
-
-def _holders(dsn: str) -> set[int]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        return {int(r[0]) for r in conn.execute(_HOLDERS, GATE)}
-
-
-def _terminate(dsn: str, pid: int) -> None:
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-
-
 def test_a_feed_whose_connection_the_server_closed_while_it_waited_waits_again(
     dsn: str,
 ) -> None:
@@ -179,9 +163,9 @@ def test_a_feed_whose_connection_the_server_closed_while_it_waited_waits_again(
     thread = threading.Thread(target=follow)
     thread.start()
     try:
-        before = wait_for(_holders_of(dsn), timeout=20, what="the feed waits")
-        _terminate(dsn, next(iter(before)))
-        wait_for(_holders_of(dsn, besides=before), timeout=10, what="a new registration")
+        before = wait_for(gate_holders_besides(dsn, GATE), timeout=20, what="the feed waits")
+        terminate(dsn, next(iter(before)))
+        wait_for(gate_holders_besides(dsn, GATE, before), timeout=10, what="a new registration")
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("INSERT INTO items VALUES (1, 'after')")
         thread.join(timeout=10)
@@ -210,11 +194,14 @@ def test_an_asyncio_feed_whose_connection_the_server_closed_waits_again(dsn: str
         task = asyncio.create_task(follow())
         try:
             before = await asyncio.to_thread(
-                wait_for, _holders_of(dsn), timeout=20, what="the feed waits"
+                wait_for, gate_holders_besides(dsn, GATE), timeout=20, what="the feed waits"
             )
-            _terminate(dsn, next(iter(before)))
+            terminate(dsn, next(iter(before)))
             await asyncio.to_thread(
-                wait_for, _holders_of(dsn, besides=before), timeout=10, what="registered again"
+                wait_for,
+                gate_holders_besides(dsn, GATE, before),
+                timeout=10,
+                what="registered again",
             )
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute("INSERT INTO items VALUES (1, 'after')")
@@ -227,13 +214,3 @@ def test_an_asyncio_feed_whose_connection_the_server_closed_waits_again(dsn: str
         return got
 
     assert asyncio.run(main()) == [1]
-
-
-def _holders_of(dsn: str, besides: frozenset[int] | set[int] = frozenset()) -> Any:
-    """A condition: the backends holding the feeds' gate, none of ``besides`` (or None)."""
-
-    def holders() -> set[int] | None:
-        held = _holders(dsn)
-        return held if held and not held & besides else None
-
-    return holders
