@@ -261,7 +261,7 @@ def _to_changes(rows: list[tuple[Any, ...]], types: RowTypes) -> Io[tuple[Change
     """The changes of ``rows``, made at their first use (see :class:`Changes`), typed
     (looking column types up only when they changed); and how each table's are typed."""
     if not rows:
-        return Changes([], {}, types.zone), []
+        return Changes.none(types.zone), []
     yield from types.update(set(map(_NAME, rows)), rows[0][7])
     # each table's decoder and zone as they are now: the changes are typed with the column
     # types this read vouches for, whenever they are made
@@ -292,6 +292,11 @@ class Changes(Sequence[Change]):
         self._zone = zone
         self._list: list[Change] | None = None
         self._lock = threading.Lock()
+
+    @classmethod
+    def none(cls, zone: tzinfo = UTC) -> Changes:
+        """No changes (a read that found nothing)."""
+        return cls([], {}, zone)
 
     @property
     def made(self) -> list[Change] | None:
@@ -548,9 +553,9 @@ class Core:
         if stop is not None and stop.target == target and stop.snapshot == base:
             upper = stop.after
         if target == base:
-            return Changes([], {}, UTC), Position(target)
+            return Changes.none(), Position(target)
         if target._key < base._key:
-            return Changes([], {}, UTC), pos
+            return Changes.none(), pos
         params: dict[str, Any] = {
             "lower": str(min(base.xip, default=base.xmax)),
             "base_xmax": str(base.xmax),
