@@ -29,6 +29,7 @@ from pgtide import embedded, schema
 from pgtide.feed import Relay, SlotLost, WalUnavailable, reset_slot
 from pgtide.feed.pgoutput import UNCHANGED
 from pgtide.feed.retention import overview
+from pgtide.feed.sleepers import GATE
 from pgtide.feed.wal import _SNAPSHOT, HEARTBEAT_BYTES, RESTART_LAG_BYTES
 from pgtide.session import run
 
@@ -192,6 +193,25 @@ INSERT INTO plain VALUES
     (3, NULL, NULL, NULL, '1.5e-10', '-2.2250738585072014e-308', '123456789012345678901234567890',
      NULL, NULL, NULL, NULL, NULL, NULL, NULL)
 """
+
+
+def test_the_relay_wakes_feeds_only_while_one_waits(wal_dsn: str) -> None:
+    """The relay's wake-up NOTIFY, as the capture triggers': sent only while a feed waits
+    (holds the feeds' wake gate), so the relay's commits take NOTIFY's database-wide commit
+    lock only when it is of use."""
+    with psycopg.connect(wal_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE quiet (id int PRIMARY KEY)")
+    pgtide.track("quiet", capture="wal", dsn=wal_dsn)
+    with psycopg.connect(wal_dsn, autocommit=True) as listener:
+        listener.execute("LISTEN pgtide_changes")
+        listener.execute("INSERT INTO quiet VALUES (1)")
+        assert _relay(wal_dsn) == 1
+        assert list(listener.notifies(timeout=0.3)) == []  # no feed waits
+        listener.execute("SELECT pg_advisory_lock_shared(%s, %s)", GATE)  # as a waiting feed
+        listener.execute("INSERT INTO quiet VALUES (2)")
+        assert _relay(wal_dsn) == 1
+        heard = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
+    assert heard == ["public.quiet"]
 
 
 def test_rows_of_plain_types_are_written_without_the_server_typing_them(wal_dsn: str) -> None:

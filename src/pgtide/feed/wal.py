@@ -8,7 +8,8 @@ Psycopg 3 speaks no replication protocol, so the relay reads the slot through SQ
 1. reads up to ``batch_rows`` messages after the slot's confirmed position (a peek: the slot
    does not move), and groups them into whole source transactions (:mod:`.pgoutput`);
 2. writes their changes, in source commit order, and the end LSN of the last one into
-   ``pgtide.wal.relayed_lsn``, in ONE transaction (with one wake-up NOTIFY per table);
+   ``pgtide.wal.relayed_lsn``, in ONE transaction (with, while a feed waits, one wake-up
+   NOTIFY per table);
 3. only after that commit, advances the slot to that LSN.
 
 A step of more than ``Relay.commit_changes`` changes does 2 in several transactions, each
@@ -59,6 +60,7 @@ import psycopg
 from psycopg import sql
 
 from .. import schema
+from ..channel._gate import FEED_GATE
 from ..connect import DsnLike, Resolved, connect
 from ..errors import FeedError
 from ..names import TableName
@@ -176,10 +178,19 @@ WITH recorded AS (
         source_commit_at = coalesce(%(commit_at)s, source_commit_at),
         checked_at = CASE WHEN %(drained)s THEN now() ELSE checked_at END
     WHERE slot = %(slot)s AND relayed_lsn = %(expected)s::pg_lsn RETURNING 1
+), waiting AS (
+    SELECT CASE WHEN cardinality(%(notify)s::text[]) = 0 THEN false
+                WHEN pg_try_advisory_lock(%(gate)s, %(gate_sub)s)
+                THEN NOT pg_advisory_unlock(%(gate)s, %(gate_sub)s)
+                ELSE true END AS somebody
 )
 SELECT (SELECT count(*) FROM recorded),
-       (SELECT count(pg_notify('pgtide_changes', t)) FROM unnest(%(notify)s::text[]) AS t)
+       (SELECT count(pg_notify('pgtide_changes', t))
+        FROM unnest(%(notify)s::text[]) AS t, waiting WHERE waiting.somebody)
 """
+"""Record the step's position; wake the feeds of its tables, only while a feed waits (the
+feeds' wake gate, as the capture triggers test it: see pgtide.channel._gate). The test
+comes after the step's changes are in the log, in the same transaction."""
 _CHECKED = "UPDATE pgtide.wal SET checked_at = now() WHERE slot = %s"
 _SNAPSHOT = "SELECT pg_log_standby_snapshot(), pg_logical_emit_message(true, 'pgtide', 'heartbeat')"
 _HEARTBEAT = "SELECT pg_logical_emit_message(true, 'pgtide', 'heartbeat')"
@@ -842,6 +853,8 @@ class Relay:
                         "slot": slot,
                         "expected": expected,
                         "notify": part.notify,
+                        "gate": FEED_GATE[0],
+                        "gate_sub": FEED_GATE[1],
                     },
                 ).fetchone()
                 if recorded is None or recorded[0] != 1:
