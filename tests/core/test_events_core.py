@@ -158,19 +158,18 @@ def test_a_claimed_event_whose_lease_may_have_lapsed_is_never_started() -> None:
     assert not core._threads  # nothing was ready: no pool thread started
 
 
-def _reply(batch: Batch, outcomes: list[Any], claims: list[Any], xip: str = "") -> Any:
+def _reply(
+    batch: Batch, outcomes: list[Any], claims: list[Any], xip: str = "", taken: bool = True
+) -> Any:
     """Finish a round with canned rows: the outcomes', the wake gate's (taken by backend
-    4242; ``xip`` the snapshot's open transactions), then the claims'."""
+    4242 unless not ``taken``; ``xip`` the snapshot's open transactions), then the claims'."""
     gate = batch.queries[len(outcomes) : len(batch.queries) - len(claims)]
-    replies = [_GATE_REPLIES[str(q.statement).split()[1]](xip) for q in gate]
-    return batch.done([*outcomes, *replies, *claims])
-
-
-_GATE_REPLIES = {
-    "CASE": lambda _: [(True, 4242)],  # taken
-    "pg_current_snapshot()::text": lambda xip: [(f"10:20:{xip}",)],
-    "pg_advisory_unlock_shared(%s,": lambda _: [(True,)],  # left
-}
+    replies = {
+        "CASE": [(taken, 4242)],
+        "pg_current_snapshot()::text": [(f"10:20:{xip}",)],
+        "pg_advisory_unlock_shared(%s,": [(True,)],  # left
+    }
+    return batch.done([*outcomes, *(replies[str(q.statement).split()[1]] for q in gate), *claims])
 
 
 def _row(id_: int, attempts: int) -> tuple[Any, ...]:
@@ -316,3 +315,22 @@ def test_a_worker_holds_the_wake_gate_only_while_it_may_wait() -> None:
     assert _reply(batch, [], [[]]) is False  # now it may wait
     batch.undo()
     assert not core._gate.registered  # a failed round: taken again if it waits
+
+
+def test_a_worker_that_cannot_take_the_gate_backs_off() -> None:
+    """A gate held exclusively (a publisher's instant, or a lock left held: then every
+    publisher notifies) is tried again on a doubling backoff, not in a tight loop."""
+    core = _worker(2, {"a": None})
+    core._next_schedule = float("inf")
+    batch = core.claims()
+    assert _kinds(batch) == ["take", "snapshot", "claim"]
+    assert _reply(batch, [], [[]], taken=False) is False  # not taken: no claim again at once
+    assert core._gate is not None and not core._gate.registered
+    first = core._recheck_at - time.monotonic()
+    assert 0 < first <= 0.001
+    core._recheck_at = 0.0
+    assert list(core.chores()) == []
+    batch = core.claims()
+    assert _kinds(batch) == ["take", "snapshot", "claim"]
+    _reply(batch, [], [[]], taken=False)
+    assert 0.001 < core._recheck_at - time.monotonic() <= 0.002  # doubled

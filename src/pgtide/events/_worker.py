@@ -598,8 +598,9 @@ class WorkerCore:
             more = self._claimed(claimed, [want for _, want, _ in claims], sent)
             if claims:
                 self._full = more
-                if not more and self._gate is not None and not self._gate.registered:
-                    more = True  # about to wait: claim again at once, holding the gate
+                tried = any(kind == "take" for kind, _ in gate)  # (if it failed: a backoff)
+                if not more and not tried and self._gate is not None and not self._gate.registered:
+                    more = True  # about to wait: claim again at once, taking the gate
             if any(name is not None for _, _, name in claims):
                 # a limited name's claim that came back short: its limit may bind (or nothing
                 # waits); while it does, this worker yields freed slots to the others
