@@ -7,6 +7,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 import pytest
@@ -206,3 +207,71 @@ def test_close_after_leaving_an_async_for_releases_the_wake_up_connection(dsn: s
         await batches.aclose()  # what collecting it would do later: nothing left to stop
 
     asyncio.run(main())
+
+
+def test_close_after_the_task_that_iterated_ended_releases_the_wake_up_connection(
+    dsn: str,
+) -> None:
+    """A task that left ``async for`` with ``return`` and ended leaves the generator
+    suspended, and nobody will resume it: close() from another task releases the waker at
+    once (it does not wait, as it must while the task that iterates still runs)."""
+    _setup(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO items VALUES (1, 'x')")
+
+    async def main() -> None:
+        feed = pgtide.aio.Feed("ended", ["items"], dsn=dsn, poll_interval=60)
+        kept: list[Any] = []
+
+        async def follow() -> None:
+            kept.append(batches := feed.batches())
+            async for batch in batches:
+                await batch.ack()
+                if feed._waker is not None:
+                    return  # (the first batch may come before any wait)
+
+        async def insert_once_waiting() -> None:
+            while feed._wakeup is None:
+                await asyncio.sleep(0.02)
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                await conn.execute("INSERT INTO items VALUES (2, 'y')")
+
+        writer = asyncio.ensure_future(insert_once_waiting())
+        await asyncio.create_task(follow())
+        await writer
+        waker = feed._waker
+        assert waker is not None and waker.listening
+        await feed.close()
+        assert feed._waker is None and not waker.listening
+        await kept[0].aclose()
+
+    asyncio.run(main())
+
+
+def test_close_after_the_thread_that_iterated_ended_releases_the_wake_up_connection(
+    dsn: str,
+) -> None:
+    """The same for a thread of the blocking face."""
+    _setup(dsn)
+    feed = pgtide.Feed("ended", ["items"], dsn=dsn, poll_interval=60)
+    kept: list[Any] = []
+
+    def follow() -> None:
+        kept.append(batches := feed.batches())
+        for batch in batches:
+            batch.ack()
+            if feed._waker is not None:
+                return
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    while feed._wakeup is None and thread.is_alive():
+        time.sleep(0.02)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO items VALUES (1, 'x')")
+    thread.join(15)
+    waker = feed._waker
+    assert not thread.is_alive() and waker is not None and waker.listening
+    feed.close()
+    assert feed._waker is None and not waker.listening
+    kept[0].close()

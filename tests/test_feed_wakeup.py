@@ -185,11 +185,12 @@ def test_an_asyncio_feed_whose_connection_the_server_closed_waits_again(dsn: str
         feed = pgtide.aio.Feed("killed", ["items"], dsn=dsn, poll_interval=60)
 
         async def follow() -> None:
-            async for batch in feed.batches(timeout=30):
-                got.extend(c.row["id"] for c in batch if c.row is not None)
-                await batch.ack()
-                if got:
-                    return
+            async with contextlib.aclosing(feed.batches(timeout=30)) as batches:
+                async for batch in batches:
+                    got.extend(c.row["id"] for c in batch if c.row is not None)
+                    await batch.ack()
+                    if got:
+                        return
 
         task = asyncio.create_task(follow())
         try:

@@ -3,6 +3,7 @@ once; the wake-up; the batch as a sequence; stopping; what an interrupted batch 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -339,7 +340,7 @@ class FeedBase(Generic[S]):
     @staticmethod
     def _me() -> object:
         """Who is calling: the current thread (the asyncio face: the current task)."""
-        return threading.get_ident()
+        return threading.current_thread()
 
     def _ended(self) -> bool:
         """A ``batches()`` loop ends: True when it was stopped (and is then reset)."""
@@ -353,7 +354,7 @@ class FeedBase(Generic[S]):
         """``close()``: True to release the connections now; False when ``batches()`` runs
         in another thread or task, which is then stopped and releases them as it ends."""
         runner = self._runner
-        if runner is None or runner == self._me():
+        if runner is None or runner == self._me() or _gone(runner):
             self._stopping.clear()
             return True
         self.stop()
@@ -361,3 +362,13 @@ class FeedBase(Generic[S]):
 
     def __repr__(self) -> str:
         return f"<{self._face} consumer={self.consumer!r} tables={self._core.tables!r}>"
+
+
+def _gone(runner: object) -> bool:
+    """Whether the thread or task that ran ``batches()`` has ended, leaving its generator
+    suspended (left with ``break`` or ``return``): nobody will resume it to release."""
+    if isinstance(runner, threading.Thread):
+        return not runner.is_alive()
+    if isinstance(runner, asyncio.Task):
+        return runner.done()
+    return False
