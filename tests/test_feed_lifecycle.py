@@ -27,6 +27,14 @@ def _until(condition: Callable[[], bool], seconds: float = 20.0) -> None:
         time.sleep(0.02)
 
 
+async def _insert_once_waiting(feed: pgtide.aio.Feed, dsn: str, id_: int) -> None:
+    """Insert row ``id_`` once ``feed`` waits with a LISTEN (a NOTIFY then wakes it)."""
+    while feed._wakeup is None:
+        await asyncio.sleep(0.02)
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute("INSERT INTO items VALUES (%s, 'x')", (id_,))
+
+
 def _setup(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS items, sink")
@@ -189,13 +197,7 @@ def test_close_after_leaving_an_async_for_releases_the_wake_up_connection(dsn: s
         feed = pgtide.aio.Feed("left", ["items"], dsn=dsn, poll_interval=60)
         batches = feed.batches()
 
-        async def insert_once_waiting() -> None:
-            while feed._wakeup is None:
-                await asyncio.sleep(0.02)
-            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-                await conn.execute("INSERT INTO items VALUES (1, 'x')")
-
-        writer = asyncio.ensure_future(insert_once_waiting())
+        writer = asyncio.ensure_future(_insert_once_waiting(feed, dsn, 1))
         async for batch in batches:
             await batch.ack()
             break
@@ -230,13 +232,7 @@ def test_close_after_the_task_that_iterated_ended_releases_the_wake_up_connectio
                 if feed._waker is not None:
                     return  # (the first batch may come before any wait)
 
-        async def insert_once_waiting() -> None:
-            while feed._wakeup is None:
-                await asyncio.sleep(0.02)
-            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-                await conn.execute("INSERT INTO items VALUES (2, 'y')")
-
-        writer = asyncio.ensure_future(insert_once_waiting())
+        writer = asyncio.ensure_future(_insert_once_waiting(feed, dsn, 2))
         await asyncio.create_task(follow())
         await writer
         waker = feed._waker

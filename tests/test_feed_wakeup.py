@@ -27,6 +27,21 @@ def _waiting(dsn: str) -> int:
         return run(conn, waiting_io())
 
 
+def _following(feed: pgtide.Feed, got: list[int]) -> threading.Thread:
+    """A started thread that follows ``feed`` into ``got`` until a batch brings a row."""
+
+    def follow() -> None:
+        for batch in feed.batches(timeout=30):
+            got.extend(c.row["id"] for c in batch if c.row is not None)
+            batch.ack()
+            if got:
+                return
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    return thread
+
+
 def _table(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE items (id int PRIMARY KEY, v text)")
@@ -46,15 +61,7 @@ def test_a_writer_that_skipped_its_notify_before_the_feed_waited_is_read_at_once
     with psycopg.connect(dsn) as writer:
         writer.execute("INSERT INTO items VALUES (1, 'decided before the feed waited')")
 
-        def follow() -> None:
-            for batch in feed.batches(timeout=30):
-                got.extend(c.row["id"] for c in batch if c.row is not None)
-                batch.ack()
-                if got:
-                    return
-
-        thread = threading.Thread(target=follow)
-        thread.start()
+        thread = _following(feed, got)
         try:
             wait_until(lambda: _waiting(dsn) == 1, timeout=20, what="the feed waits")
             began = time.monotonic()
@@ -153,15 +160,7 @@ def test_a_feed_whose_connection_the_server_closed_while_it_waited_waits_again(
     got: list[int] = []
     feed = pgtide.Feed("killed", ["items"], dsn=dsn, poll_interval=60)
 
-    def follow() -> None:
-        for batch in feed.batches(timeout=30):
-            got.extend(c.row["id"] for c in batch if c.row is not None)
-            batch.ack()
-            if got:
-                return
-
-    thread = threading.Thread(target=follow)
-    thread.start()
+    thread = _following(feed, got)
     try:
         before = wait_for(gate_holders_besides(dsn, GATE), timeout=20, what="the feed waits")
         terminate(dsn, next(iter(before)))
