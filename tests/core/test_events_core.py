@@ -111,6 +111,14 @@ def _worker(concurrency: int, limits: dict[str, int | None]) -> WorkerCore:
     return WorkerCore(Target("", None, ["pgtide_events"], None), handlers, options, _no_loop)
 
 
+def _waiting(core: WorkerCore) -> WorkerCore:
+    """The worker as once it took the wake gate and no transaction is to be watched."""
+    assert core._gate is not None
+    core._gate.pid = 4242
+    core._gate_watch.open = frozenset()
+    return core
+
+
 def _no_loop() -> asyncio.AbstractEventLoop:
     raise AssertionError("no async handler here")
 
@@ -185,7 +193,7 @@ def test_plan_claims_sleeps_and_shuts_down_in_order() -> None:
     step = plan.send(None)
     assert isinstance(step, Pipe)  # claims (and outcomes), in one round trip
     batch = step.make()
-    assert isinstance(batch, Batch) and len(batch.queries) == 3  # the wake gate taken, too
+    assert isinstance(batch, Batch) and len(batch.queries) == 1
     step = plan.send(_reply(batch, [], [[]]))  # nothing claimed
     assert isinstance(step, Sleep) and step.seconds <= core.options.lease / 3
     core.request_stop()
@@ -203,7 +211,7 @@ def test_a_claim_is_sent_only_when_it_may_find_something() -> None:
     """A round woken only to record an outcome claims nothing (an empty claim would delay
     the claim of the next publish behind it); a NOTIFY, a poll, a full claim and the outcome
     of a keyed event make a claim due again."""
-    core = _worker(2, {"a": None})
+    core = _waiting(_worker(2, {"a": None}))
     assert len(core._claims()) == 1  # at start
     assert core._claims() == []  # nothing new since
     assert core.on_notify("pgtide_events", "") is True
@@ -275,30 +283,53 @@ def test_limited_names_are_claimed_alone_and_yield_only_while_their_limit_binds(
 
 
 def _kinds(batch: Batch) -> list[str]:
-    """The first words of a batch's statements that name them (gate, snapshot, claim)."""
-    names = {"CASE": "take", "pg_current_snapshot()::text": "snapshot", "id,": "claim"}
+    """The first words of a batch's statements that name them (snapshot, leave, claim)."""
+    names = {"pg_current_snapshot()::text": "snapshot", "id,": "claim"}
     return [names.get(str(q.statement).split()[1], "leave") for q in batch.queries]
 
 
+def _take(core: WorkerCore, taken: bool = True, xip: str = "") -> None:
+    """Run the chores with the gate to take: the take, then (taken) the snapshot."""
+    chores = core.chores()
+    take = next(chores)
+    assert "pg_try_advisory_lock_shared" in str(take.statement)
+    try:
+        snapshot = chores.send([(taken, 4242)])
+        assert "pg_current_snapshot" in str(snapshot.statement)
+        chores.send([(f"10:20:{xip}",)])
+    except StopIteration:
+        return
+    raise AssertionError("the chores went on after the gate")
+
+
 def test_a_worker_holds_the_wake_gate_only_while_it_may_wait() -> None:
-    """The wake gate (migration 027): the first claim takes it, with a snapshot; while the
-    transactions open in that snapshot run, the worker claims again on a short backoff
-    whatever NOTIFYs say, each claim with a snapshot. A full claim leaves it (publishers
-    skip the NOTIFY while claims follow each other); a claim that then comes back short is
-    followed at once by one that takes it again, before the worker waits."""
+    """The wake gate (migration 027) is taken as a chore of its own before the claim (not in
+    the claim's transaction, whose now() would be older than a publish it must see), with a
+    snapshot; while the transactions open in that snapshot run, the worker claims again on
+    a short backoff whatever NOTIFYs say, each claim with a snapshot. A full claim leaves
+    it (publishers skip the NOTIFY while claims follow each other); a claim that then comes
+    back short has it taken again at once, and a claim after, before the worker waits."""
     core = _worker(2, {"a": None})
     core._next_schedule = float("inf")
-    batch = core.claims()
-    assert _kinds(batch) == ["take", "snapshot", "claim"]
-    assert _reply(batch, [], [[]], xip="15") is False  # transaction 15 may not notify
-    assert core._gate is not None and core._gate.registered
+    assert core._gate is not None and not core._gate.registered
+    _take(core, xip="15")  # transaction 15 may not notify
+    assert core._gate.registered and core._claim_due
     assert core._recheck_at <= time.monotonic() + 0.002  # the first backoff: 1 ms
-    assert core._claims() == []
+    assert list(core.chores()) == []  # held: nothing to take
+    batch = core.claims()
+    assert _kinds(batch) == ["snapshot", "claim"]
+    assert _reply(batch, [], [[]], xip="15") is False  # 15 still runs
     core._recheck_at = 0.0
     assert list(core.chores()) == []
     batch = core.claims()  # claimed again: transaction 15 may have committed unannounced
     assert _kinds(batch) == ["snapshot", "claim"]
-    assert _reply(batch, [], [[]], xip="16") is False  # 15 ended: the NOTIFY will do
+    assert _reply(batch, [], [[]], xip="16") is False  # 15 ended; but just taken: again
+    assert core._recheck_at < float("inf")
+    core._fresh_until = 0.0  # (FRESH_GATE later)
+    core._recheck_at = 0.0
+    assert list(core.chores()) == []
+    batch = core.claims()
+    assert _reply(batch, [], [[]], xip="16") is False  # the NOTIFY alone will do now
     assert core._recheck_at == float("inf") and core._claims() == []
     assert core.on_notify("pgtide_events", "") is True
     batch = core.claims()
@@ -309,28 +340,21 @@ def test_a_worker_holds_the_wake_gate_only_while_it_may_wait() -> None:
     assert not core._gate.registered
     core._ready.clear()
     core._inflight = 0
-    assert _reply(batch, [], [[_row(i, 0) for i in range(10, 13)]]) is True  # short: again
-    batch = core.claims()
-    assert _kinds(batch) == ["take", "snapshot", "claim"]
-    assert _reply(batch, [], [[]]) is False  # now it may wait
-    batch.undo()
-    assert not core._gate.registered  # a failed round: taken again if it waits
+    assert _reply(batch, [], [[_row(i, 0) for i in range(10, 13)]]) is False  # short
+    assert core._claim_due and core.next_wait() == 0.0  # take it, then claim: at once
+    _take(core)
+    assert core._gate.registered and _kinds(core.claims()) == ["snapshot", "claim"]
 
 
-def test_a_worker_that_cannot_take_the_gate_backs_off() -> None:
+def test_a_worker_that_cannot_take_the_wake_gate_backs_off() -> None:
     """A gate held exclusively (a publisher's instant, or a lock left held: then every
     publisher notifies) is tried again on a doubling backoff, not in a tight loop."""
     core = _worker(2, {"a": None})
     core._next_schedule = float("inf")
-    batch = core.claims()
-    assert _kinds(batch) == ["take", "snapshot", "claim"]
-    assert _reply(batch, [], [[]], taken=False) is False  # not taken: no claim again at once
+    _take(core, taken=False)
     assert core._gate is not None and not core._gate.registered
-    first = core._recheck_at - time.monotonic()
-    assert 0 < first <= 0.001
-    core._recheck_at = 0.0
-    assert list(core.chores()) == []
-    batch = core.claims()
-    assert _kinds(batch) == ["take", "snapshot", "claim"]
-    _reply(batch, [], [[]], taken=False)
-    assert 0.001 < core._recheck_at - time.monotonic() <= 0.002  # doubled
+    assert 0 < core._take_at - time.monotonic() <= 0.001
+    assert list(core.chores()) == []  # not again before then
+    core._take_at = 0.0
+    _take(core, taken=False)
+    assert 0.001 < core._take_at - time.monotonic() <= 0.002  # doubled
