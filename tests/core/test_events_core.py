@@ -166,14 +166,11 @@ def test_a_claimed_event_whose_lease_may_have_lapsed_is_never_started() -> None:
     assert not core._threads  # nothing was ready: no pool thread started
 
 
-def _reply(
-    batch: Batch, outcomes: list[Any], claims: list[Any], xip: str = "", taken: bool = True
-) -> Any:
-    """Finish a round with canned rows: the outcomes', the wake gate's (taken by backend
-    4242 unless not ``taken``; ``xip`` the snapshot's open transactions), then the claims'."""
+def _reply(batch: Batch, outcomes: list[Any], claims: list[Any], xip: str = "") -> Any:
+    """Finish a round with canned rows: the outcomes', the wake gate's (``xip`` the
+    snapshot's open transactions), then the claims'."""
     gate = batch.queries[len(outcomes) : len(batch.queries) - len(claims)]
     replies = {
-        "CASE": [(taken, 4242)],
         "pg_current_snapshot()::text": [(f"10:20:{xip}",)],
         "pg_advisory_unlock_shared(%s,": [(True,)],  # left
     }
