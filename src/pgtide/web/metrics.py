@@ -16,11 +16,12 @@ known there: :class:`ListenerCollector`, :class:`FileWatcherCollector` and
 from __future__ import annotations
 
 import inspect
+import operator
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -53,6 +54,22 @@ R = TypeVar("R")
 Family = type[GaugeMetricFamily] | type[CounterMetricFamily]
 Series = tuple[Family, str, str, Callable[[R], float | None]]
 """One metric drawn from rows: its kind, name, help, and its value for a row (None: none)."""
+
+
+def gauge(name: str, help_: str, value: Callable[[R], float | None] | str) -> Series[R]:
+    """A gauge drawn from rows (see :func:`labelled`); a ``str`` value names a column."""
+    return (GaugeMetricFamily, name, help_, _value(value))
+
+
+def counter(name: str, help_: str, value: Callable[[R], float | None] | str) -> Series[R]:
+    """A counter drawn from rows (see :func:`labelled`); a ``str`` value names a column."""
+    return (CounterMetricFamily, name, help_, _value(value))
+
+
+def _value(value: Callable[[R], float | None] | str) -> Callable[[R], float | None]:
+    if isinstance(value, str):  # rows are mappings then
+        return cast("Callable[[R], float | None]", operator.itemgetter(value))
+    return value
 
 
 def labelled(
@@ -116,17 +133,15 @@ class ConsoleCollector(Collector):
             ["consumer"],
             lambda c: [c["name"]],
             [
-                (
-                    GaugeMetricFamily,
+                gauge(
                     "pgtide_feed_consumer_pending_changes",
                     "Changes not yet acknowledged by each consumer",
-                    lambda c: c["pending"],
+                    "pending",
                 ),
-                (
-                    GaugeMetricFamily,
+                gauge(
                     "pgtide_feed_consumer_lag_seconds",
                     "Age of the oldest change a consumer has not acknowledged (0 when caught up)",
-                    lambda c: c["lag_seconds"],
+                    "lag_seconds",
                 ),
             ],
         )
@@ -168,18 +183,12 @@ class ConsoleCollector(Collector):
             ["table"],
             lambda row: [row["table"]],
             [
-                (
-                    GaugeMetricFamily,
+                gauge(
                     "pgtide_events_unhandled",
                     "Waiting events that no live worker has a handler for",
-                    lambda row: row["unhandled"],
+                    "unhandled",
                 ),
-                (
-                    GaugeMetricFamily,
-                    "pgtide_event_workers",
-                    "Live event workers",
-                    lambda row: row["workers"],
-                ),
+                gauge("pgtide_event_workers", "Live event workers", "workers"),
             ],
         )
         yield histograms(
@@ -195,26 +204,18 @@ class ConsoleCollector(Collector):
             ["watcher", "path"],
             lambda f: [str(f["watcher"]), str(f["path"])],
             [
-                (
-                    CounterMetricFamily,
-                    "pgtide_ingest_rows",
-                    "Rows written from each file",
-                    lambda f: f["rows"],
-                ),
-                (
-                    CounterMetricFamily,
+                counter("pgtide_ingest_rows", "Rows written from each file", "rows"),
+                counter(
                     "pgtide_ingest_rejects",
                     "Lines rejected from each file",
-                    lambda f: f["rejected"],
+                    "rejected",
                 ),
-                (
-                    GaugeMetricFamily,
+                gauge(
                     "pgtide_ingest_offset_bytes",
                     "Committed offset in each file",
-                    lambda f: f["offset"],
+                    "offset",
                 ),
-                (
-                    GaugeMetricFamily,
+                gauge(
                     "pgtide_ingest_lag_bytes",
                     "Bytes of each file not yet committed (files this host can see)",
                     lambda f: _behind(str(f["path"]), int(f["offset"])),
@@ -230,26 +231,22 @@ def slot_metrics(slots: list[dict[str, Any]]) -> Iterator[Metric]:
         ["slot"],
         lambda c: [str(c["slot"])],
         [
-            (
-                GaugeMetricFamily,
+            gauge(
                 "pgtide_slot_lag_bytes",
                 "WAL the relay's slot retains (not yet relayed)",
                 lambda c: _number(c["lag bytes"]),
             ),
-            (
-                GaugeMetricFamily,
+            gauge(
                 "pgtide_slot_lag_seconds",
                 "Seconds since the relay last knew it had relayed everything",
                 lambda c: _number(c["lag seconds"]),
             ),
-            (
-                GaugeMetricFamily,
+            gauge(
                 "pgtide_slot_active",
                 "1 while a relay reads the slot",
                 lambda c: int(bool(c["active"])),
             ),
-            (
-                GaugeMetricFamily,
+            gauge(
                 "pgtide_slot_last_relayed_timestamp_seconds",
                 "When the relay last wrote to the change log (Unix time)",
                 lambda c: _timestamp(c["last relayed at"]),
@@ -281,7 +278,7 @@ def _count(key: str) -> Callable[[dict[str, Any]], float]:
 def listener_metrics(status: dict[str, Any], name: str, prefix: str) -> Iterator[Metric]:
     """A listener's ``status()`` counters as metrics labelled ``listener=name``."""
     counters: list[Series[dict[str, Any]]] = [
-        (CounterMetricFamily, f"{prefix}_{key}", help_, _count(key))
+        counter(f"{prefix}_{key}", help_, _count(key))
         for key, help_ in (
             ("received", "Notifications received"),
             ("dispatched", "Notifications handed to subscribers"),
@@ -290,8 +287,7 @@ def listener_metrics(status: dict[str, Any], name: str, prefix: str) -> Iterator
             ("dropped", "Notifications dropped by a full queue"),
         )
     ]
-    connected: Series[dict[str, Any]] = (
-        GaugeMetricFamily,
+    connected: Series[dict[str, Any]] = gauge(
         f"{prefix}_connected",
         "1 while the listener is connected",
         lambda st: int(bool(st.get("connected"))),
@@ -325,24 +321,9 @@ class FileWatcherCollector(Collector):
             ["watcher", "path"],
             lambda f: [self._name, f.path],
             [
-                (
-                    CounterMetricFamily,
-                    "pgtide_watcher_rows",
-                    "Rows written",
-                    lambda f: f.rows_written,
-                ),
-                (
-                    CounterMetricFamily,
-                    "pgtide_watcher_rejects",
-                    "Lines rejected",
-                    lambda f: f.rejected,
-                ),
-                (
-                    GaugeMetricFamily,
-                    "pgtide_watcher_lag_bytes",
-                    "Bytes not committed",
-                    lambda f: f.bytes_behind,
-                ),
+                counter("pgtide_watcher_rows", "Rows written", lambda f: f.rows_written),
+                counter("pgtide_watcher_rejects", "Lines rejected", lambda f: f.rejected),
+                gauge("pgtide_watcher_lag_bytes", "Bytes not committed", lambda f: f.bytes_behind),
             ],
         )
         yield from labelled(
@@ -350,18 +331,10 @@ class FileWatcherCollector(Collector):
             ["watcher"],
             lambda _: [self._name],
             [
-                (
-                    CounterMetricFamily,
-                    "pgtide_watcher_lines_read",
-                    "Lines read by this run",
-                    lambda st: st.lines_read,
+                counter(
+                    "pgtide_watcher_lines_read", "Lines read by this run", lambda st: st.lines_read
                 ),
-                (
-                    GaugeMetricFamily,
-                    "pgtide_watcher_running",
-                    "1 while running",
-                    lambda st: int(st.running),
-                ),
+                gauge("pgtide_watcher_running", "1 while running", lambda st: int(st.running)),
             ],
         )
 
@@ -404,7 +377,7 @@ class EventsCollector(Collector):
             events=name,
         )
         now: list[Series[dict[str, Any]]] = [
-            (GaugeMetricFamily, metric, help_, _count(key))
+            gauge(metric, help_, _count(key))
             for metric, help_, key in (
                 ("pgtide_worker_handlers_running", "Handlers running now", "running"),
                 ("pgtide_workers", "Workers running now", "workers"),
@@ -416,12 +389,5 @@ class EventsCollector(Collector):
                 [(state, n) for state, n in self._events.status().items() if isinstance(n, int)],
                 ["events", "state"],
                 lambda item: [name, item[0]],
-                [
-                    (
-                        GaugeMetricFamily,
-                        "pgtide_events_state",
-                        "Events by state",
-                        lambda item: item[1],
-                    )
-                ],
+                [gauge("pgtide_events_state", "Events by state", lambda item: item[1])],
             )
