@@ -210,3 +210,25 @@ def test_dsn_of_another_kind_is_a_clear_error() -> None:
         resolve(42)  # type: ignore[arg-type]
     with pytest.raises(pgtide.ConfigError, match="libpq keywords"):
         resolve({"hostess": "x"})
+
+
+def test_a_client_side_error_on_a_connection_not_marked_broken_is_an_outage(dsn: str) -> None:
+    """libpq's own errors (no SQLSTATE) leave a connection nobody can vouch for, though
+    psycopg may not mark it broken (a server closing it amid a pipeline: "cannot exit
+    pipeline mode while busy"): the session opens a new one and runs the work again."""
+    session = Session(dsn, name="probe", backoff=Backoff(initial=0.001, maximum=0.001))
+    first = session.run(lambda: query("SELECT pg_backend_pid()"))[0][0]
+    tries: list[int] = []
+
+    def work(conn: psycopg.Connection[object]) -> int:
+        tries.append(1)
+        if len(tries) == 1:
+            assert not conn.broken
+            raise psycopg.OperationalError("cannot exit pipeline mode while busy")
+        return int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])  # type: ignore[index]
+
+    assert session.call(work) != first
+    assert len(tries) == 2
+    with pytest.raises(psycopg.errors.QueryCanceled):  # the server's own: not an outage
+        session.run(lambda: query("SET statement_timeout = 1; SELECT pg_sleep(1)"))
+    session.close()

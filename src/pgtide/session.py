@@ -246,6 +246,13 @@ RETRY_NOW = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailur
 again (deadlock detected, serialization failure)."""
 
 
+def _by_client(exc: Exception) -> bool:
+    """Whether libpq or psycopg raised ``exc`` itself (no SQLSTATE from the server): the
+    connection is in a state nobody can vouch for, even when psycopg has not marked it broken
+    (a server closing it amid a pipeline: "cannot exit pipeline mode while busy")."""
+    return isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__
@@ -342,7 +349,7 @@ class Policy:
         if isinstance(exc, ConnectionFailed):
             if not self.connected_once:
                 raise exc
-        elif conn is not None and not conn.closed and not conn.broken:
+        elif conn is not None and not conn.closed and not conn.broken and not _by_client(exc):
             raise exc
         first = self.backoff.attempt == 0
         delay = self.backoff.next()
