@@ -320,14 +320,8 @@ def test_a_worker_holds_the_wake_gate_only_while_it_may_wait() -> None:
     assert list(core.chores()) == []
     batch = core.claims()  # claimed again: transaction 15 may have committed unannounced
     assert _kinds(batch) == ["snapshot", "claim"]
-    assert _reply(batch, [], [[]], xip="16") is False  # 15 ended; but just taken: again
-    assert core._recheck_at < float("inf")
-    core._fresh_until = 0.0  # (FRESH_GATE later)
-    core._recheck_at = 0.0
-    assert list(core.chores()) == []
-    batch = core.claims()
-    assert _reply(batch, [], [[]], xip="16") is False  # the NOTIFY alone will do now
-    assert core._recheck_at == float("inf") and core._claims() == []
+    assert _reply(batch, [], [[]], xip="16") is False  # 15 ended: this claim saw its rows
+    assert core._recheck_at == float("inf") and core._claims() == []  # the NOTIFY will do
     assert core.on_notify("pgtide_events", "") is True
     batch = core.claims()
     assert _kinds(batch) == ["claim"]
@@ -339,8 +333,12 @@ def test_a_worker_holds_the_wake_gate_only_while_it_may_wait() -> None:
     core._inflight = 0
     assert _reply(batch, [], [[_row(i, 0) for i in range(10, 13)]]) is False  # short
     assert core._claim_due and core.next_wait() == 0.0  # take it, then claim: at once
-    _take(core)
+    _take(core, xip="21")
     assert core._gate.registered and _kinds(core.claims()) == ["snapshot", "claim"]
+    idle = _worker(2, {"a": None})
+    idle._next_schedule = float("inf")
+    _take(idle)  # no transaction was open when it was taken
+    assert _kinds(idle.claims()) == ["claim"]  # claimed after that snapshot: no watch
 
 
 def test_a_worker_that_cannot_take_the_wake_gate_backs_off() -> None:
@@ -355,3 +353,26 @@ def test_a_worker_that_cannot_take_the_wake_gate_backs_off() -> None:
     core._take_at = 0.0
     _take(core, taken=False)
     assert 0.001 < core._take_at - time.monotonic() <= 0.002  # doubled
+
+
+def test_every_retry_wakes_the_worker_at_its_own_time() -> None:
+    """Two failed events retried in 1 ms and in 5 s: once the first is due, the worker
+    sleeps until the second, not until the poll (it claims each at its time; a claim that
+    found the first early must not make it forget the second)."""
+    core = _waiting(_worker(2, {"a": None}))
+    core._next_schedule = core._next_poll = core._next_beat = float("inf")
+    core._next_catch_up = float("inf")
+    for id_, delay in ((1, 0.0), (2, 5.0)):
+        _claim(core, id_, "a")
+        event = core._ready.popleft()
+        core._failed.append((event, "boom", delay, False))
+    core._inflight = 0  # both handlers ended
+    core._next_flush = 0.0
+    core.round(claim=False).done([[]])  # the failures are recorded
+    assert core.next_wait() <= 0.001
+    first = time.monotonic() + 0.001
+    while time.monotonic() < first:  # (the clock, not a sleep: the first retry is due)
+        pass
+    core._claim_due = False
+    assert list(core.chores()) == [] and core._claim_due
+    assert 4.9 < core.next_wait() <= 5.0

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import os
 import socket
@@ -201,12 +202,6 @@ TAKEN_KEPT = 4096
 """Ids of events the worker's recent claims returned, kept to recognise the NOTIFYs that
 announce them (arriving after the claim that took them: no claim is due for those)."""
 
-FRESH_GATE = 0.25
-"""For this long after taking the wake gate, a worker claims again on the backoff (1 ms,
-doubling) even when no transaction is watched: a belt to the handshake's braces, which
-under load on a shared server was seen to miss a publish made as the gate was taken (about
-1 in 100 runs of a test that publishes while the worker starts; not understood yet)."""
-
 PURGE_EVERY = 60.0
 """With ``keep_done``, a worker deletes finished events this often (and when it starts)."""
 
@@ -283,7 +278,7 @@ class WorkerCore:
         self._next_poll = now + every
         self._next_catch_up = now + self._catch_up_every
         self._next_flush = now
-        self._next_due: float | None = None  # the earliest retry this worker scheduled
+        self._dues: list[float] = []  # when the retries this worker scheduled are due (a heap)
         self._claim_due = True  # a claim may find something (see _claims)
         self._announced: set[int] = set()  # ids NOTIFY announced that no claim has seen yet
         self._taken: set[int] = set()  # ids our recent claims returned (TAKEN_KEPT at most)
@@ -297,7 +292,6 @@ class WorkerCore:
         self._full = False  # the last claim came back full
         self._recheck_at = float("inf")  # a publisher may have skipped its NOTIFY: claim then
         self._take_at = 0.0  # the gate may be taken from then on (a backoff after a failed try)
-        self._fresh_until = 0.0  # just taken: claim again on the backoff till then, regardless
 
     # -- control and wake-ups --------------------------------------------------------------
 
@@ -418,8 +412,10 @@ class WorkerCore:
             busy = self._inflight > 0
         timeout = 0.01 if busy else max(0.0, self._next_poll - now)
         timeout = min(timeout, max(0.0, self._next_schedule - now))
-        if self._next_due is not None:
-            timeout = min(timeout, max(0.0, self._next_due - now))
+        with self._lock:
+            due = self._dues[0] if self._dues else None
+        if due is not None:
+            timeout = min(timeout, max(0.0, due - now))
         timeout = min(timeout, max(0.0, self._recheck_at - now))
         if self._gate_wanted() and self._claim_due:  # take the gate, then claim
             timeout = min(timeout, max(0.0, self._take_at - now))
@@ -500,9 +496,10 @@ class WorkerCore:
         if now >= self._next_poll:
             self._next_poll = now + self.options.poll_interval
             self._claim_due = True
-        if self._next_due is not None and now >= self._next_due:
-            self._next_due = None
-            self._claim_due = True
+        with self._lock:
+            while self._dues and now >= self._dues[0]:  # each retry's time, not just the first
+                heapq.heappop(self._dues)
+                self._claim_due = True
         if now >= self._recheck_at:
             self._recheck_at = float("inf")
             self._claim_due = True
@@ -597,10 +594,8 @@ class WorkerCore:
                     if (hold := self._held.get(id_)) is not None and hold.token == token:
                         del self._held[id_]
                 self._recording.difference_update(tokens)
-                if retry_at:
-                    soonest = min(retry_at)
-                    if self._next_due is None or soonest < self._next_due:
-                        self._next_due = soonest
+                for at in retry_at:
+                    heapq.heappush(self._dues, at)
             if retry_at:  # the dispatcher sleeps until the first retry is due (not the poll)
                 self.wake()
             if keyed:  # the next event of each key may be claimed now
@@ -658,7 +653,6 @@ class WorkerCore:
             return
         self._gate_watch.start()
         self._claim_due = True  # read after taking it
-        self._fresh_until = time.monotonic() + FRESH_GATE
         rows = yield Query(SNAPSHOT)
         self._gate_seen(rows)
 
@@ -666,10 +660,7 @@ class WorkerCore:
         """After a snapshot taken while holding the gate: when to claim again whatever
         NOTIFYs say (a publisher that decided before the gate was taken may not notify)."""
         recheck = self._gate_watch.seen(in_progress(rows[0][0]))
-        now = time.monotonic()
-        if recheck is None and now < self._fresh_until:
-            recheck = self._gate_watch.retry()
-        self._recheck_at = float("inf") if recheck is None else now + recheck
+        self._recheck_at = float("inf") if recheck is None else time.monotonic() + recheck
 
     def _gate_queries(self) -> list[tuple[str, Query]]:
         """The wake gate's statements to send before a round's claims: leave it after a full
@@ -681,8 +672,7 @@ class WorkerCore:
         if self._full:
             leave = gate.unregister_query()
             return [] if leave is None else [("leave", leave)]
-        watching = self._gate_watch.watching or time.monotonic() < self._fresh_until
-        if gate.registered and watching:
+        if gate.registered and self._gate_watch.watching:
             return [("snapshot", Query(SNAPSHOT))]
         return []
 
