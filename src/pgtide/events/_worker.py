@@ -57,7 +57,7 @@ from psycopg import sql
 
 from .. import schema
 from ..channel import Waker
-from ..channel._gate import EVENTS_GATE, SNAPSHOT, Registration, Watch, in_progress
+from ..channel._gate import EVENTS_GATE, SNAPSHOT, Registration, Watch, check_io, in_progress
 from ..connect import Resolved
 from ..session import (
     OUTAGES,
@@ -645,16 +645,14 @@ class WorkerCore:
         transaction: that claim's ``now()`` would be its start, earlier than a publish that
         began after it, committed before the claim, and decided before the gate was taken
         (no NOTIFY): its ``run_after`` would seem to be in the future."""
-        gate = self._gate
-        assert gate is not None
-        rows = yield gate.register_query()
-        if not gate.registered_by(rows):
-            self._take_at = time.monotonic() + self._gate_watch.retry()  # busy this instant
+        assert self._gate is not None
+        taken, recheck = yield from check_io(self._gate, self._gate_watch)
+        now = time.monotonic()
+        if not taken:  # busy this instant: try again after the backoff
+            self._take_at = now + (recheck or 0.0)
             return
-        self._gate_watch.start()
         self._claim_due = True  # read after taking it
-        rows = yield Query(SNAPSHOT)
-        self._gate_seen(rows)
+        self._recheck_at = float("inf") if recheck is None else now + recheck
 
     def _gate_seen(self, rows: Rows) -> None:
         """After a snapshot taken while holding the gate: when to claim again whatever
