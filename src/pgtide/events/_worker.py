@@ -11,10 +11,10 @@ outcomes on a second session meanwhile; :class:`AsyncWorker` from a task on an
 :class:`~pgtide.session.AsyncSession` (outcomes in turn). Either session is the one
 reconnect policy; a ``channel.Waker`` shortens the waits (direct: the dispatcher reads the
 NOTIFYs itself, so a publish wakes the thread or task that claims with no hand-off between
-threads; those that came while it worked are read before each claim, but the one right
-after a full claim). A round claims only when a claim may find something new (a NOTIFY, a
-poll, a full claim before: see :meth:`WorkerCore._claims`); a round woken to record
-outcomes does not.
+threads; those that came while it worked are read before each claim, but while full
+claims follow each other only every :data:`READ_WHILE_FULL`). A round claims only when a
+claim may find something new (a NOTIFY, a poll, a full claim before: see
+:meth:`WorkerCore._claims`); a round woken to record outcomes does not.
 
 Handlers: at most ``concurrency`` at once in all. Plain functions run on a pool of threads
 (started only when a plain handler first runs), each taking the next claimed event itself;
@@ -203,6 +203,10 @@ TAKEN_KEPT = 4096
 announce them (arriving after the claim that took them: no claim is due for those)."""
 
 PURGE_EVERY = 60.0
+
+READ_WHILE_FULL = 0.05
+"""While full claims follow each other (a backlog), the blocking worker still reads its
+wake-ups this often (a cancel's NOTIFY), though not before every claim (see Worker._drive)."""
 """With ``keep_done``, a worker deletes finished events this often (and when it starts)."""
 
 
@@ -1486,6 +1490,7 @@ class Worker(_Driver[Session]):
         self._ended = threading.Event()  # the plan ended (in whichever thread drove it)
         self._fault: BaseException | None = None  # what ended it, if it raised
         self._interrupted: KeyboardInterrupt | None = None
+        self._read_at = 0.0  # when the plan's driver last read the wake-ups before a claim
 
     def stop(self) -> None:
         super().stop()
@@ -1540,12 +1545,14 @@ class Worker(_Driver[Session]):
                     if isinstance(step, Db):
                         steps.reply(self._session.run(step.make))
                     elif isinstance(step, Pipe):
-                        if not more:
-                            # (after a full claim the next one is due whatever was notified:
-                            # the wake-ups are read at the next wait. Reading the socket lets
-                            # go of the interpreter's lock, and getting it back from a busy
-                            # pool took up to the switch interval, 5 ms, while the handlers
-                            # ran out of claimed events)
+                        now = time.monotonic()
+                        if not more or now >= self._read_at + READ_WHILE_FULL:
+                            # (after a full claim the next one is due whatever was notified,
+                            # so the wake-ups wait, up to READ_WHILE_FULL: reading the socket
+                            # lets go of the interpreter's lock, and getting it back from a
+                            # busy pool took up to the switch interval, 5 ms, while the
+                            # handlers ran out of claimed events)
+                            self._read_at = now
                             self._waker.read_now()
                         more = self._session.call(partial(_run_batch, make=step.make))
                         steps.reply(more)
