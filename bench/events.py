@@ -156,8 +156,8 @@ def _pgtide_throughput(
 
 def _pgtide_publish(dsn: str) -> tuple[float, float]:
     """Single publishes (SINGLE, one a call) and publish_many (BACKLOG, 1,000 a call): the
-    best of ROUNDS runs each, in turns (the phase follows the worker runs, whose dead rows
-    autovacuum cleans meanwhile, and a checkpoint may fall in one run)."""
+    best of ROUNDS runs each, in turns (on these machines one run of 20 calls swings by up
+    to 1.6x from the next)."""
     events = pgtide.Events(dsn=dsn)
     events.publish("warm", None)
     payloads = [{"n": n} for n in range(BACKLOG)]

@@ -203,11 +203,11 @@ TAKEN_KEPT = 4096
 announce them (arriving after the claim that took them: no claim is due for those)."""
 
 PURGE_EVERY = 60.0
+"""With ``keep_done``, a worker deletes finished events this often (and when it starts)."""
 
 READ_WHILE_FULL = 0.05
 """While full claims follow each other (a backlog), the blocking worker still reads its
 wake-ups this often (a cancel's NOTIFY), though not before every claim (see Worker._drive)."""
-"""With ``keep_done``, a worker deletes finished events this often (and when it starts)."""
 
 
 class WorkerCore:
