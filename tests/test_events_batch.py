@@ -78,6 +78,49 @@ def test_a_stale_workers_batch_complete_is_refused_and_its_starts_still_count(
         assert record.started_at is not None and record.finished_at is not None
 
 
+def _started(conn: psycopg.Connection[Any], held: dict[int, int]) -> None:
+    """A round's STARTED: one start of each event, under the token ``held`` gives it."""
+    ids = sorted(held)
+    params = {"ids": ids, "tokens": [held[i] for i in ids], "counts": [1 for _ in ids]}
+    conn.execute(_sql.STARTED, params)
+
+
+def test_a_round_sent_again_after_its_commit_counts_no_start_twice(
+    events: pgtide.Events, dsn: str
+) -> None:
+    """The server stopped between a round's commit and its reply: the worker sends the round
+    again. Its starts and outcomes were recorded the first time; nothing is counted twice.
+    A start written after another claim took its event over still counts, and leaves that
+    claim's own start to be counted."""
+    running, quick, late = events.publish_many("job", [1, 2, 3])
+    attempts = "SELECT attempts FROM pgtide.events WHERE id = %s"
+    with psycopg.connect(dsn, autocommit=True) as a, psycopg.connect(dsn, autocommit=True) as b:
+        held = _claim(a, "A")
+        _started(a, {running: held[running]})  # a long handler's start, before its outcome
+        _started(a, {running: held[running]})  # the same round again
+        assert count(dsn, attempts, running) == 1
+        _complete(a, "A", {quick: held[quick]})  # a quick handler: start and outcome at once
+        _complete(a, "A", {quick: held[quick]})  # again: refused, and its start not recounted
+        assert count(dsn, attempts, quick) == 1
+        assert events.get(quick).state == "done"  # type: ignore[union-attr]
+        # the leases lapse and B takes both others over; A's start of `late` is written
+        # only now (the database was away when it began)
+        a.execute("UPDATE pgtide.events SET lease_expires = now() - interval '1 s'")
+        fresh = _claim(b, "B")
+        assert fresh == {running: held[running] + 1, late: held[late] + 1}
+        _started(a, {late: held[late]})  # another claim's token now: counted all the same
+        assert count(dsn, attempts, late) == 1
+        _started(b, fresh)  # B's own starts: counted once each, however often sent
+        _started(b, fresh)
+        assert (count(dsn, attempts, running), count(dsn, attempts, late)) == (2, 2)
+        _complete(a, "A", {running: held[running], late: held[late]}, starts=0)  # refused
+        _complete(b, "B", fresh, starts=0)
+    for id_, expected in ((running, 2), (quick, 1), (late, 2)):
+        record = events.get(id_)
+        assert record is not None and (record.state, record.attempts) == ("done", expected)
+    assert events.get(late).result == {"by": "B"}  # type: ignore[union-attr]
+
+
 def test_each_start_counts_once_whether_written_with_its_outcome_or_before(
     events: pgtide.Events, dsn: str
 ) -> None:

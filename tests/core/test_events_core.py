@@ -153,11 +153,11 @@ def test_a_claimed_event_whose_lease_may_have_lapsed_is_never_started() -> None:
     taken, lapsed = core._take(10)
     assert [(e.id, e.attempt) for e in taken] == [(1, 1), (3, 1)] and lapsed == [2]
     assert 2 not in core._held and core._inflight == 2 and not core._ready
-    assert core._starts == [1, 3]  # counted in the database by the next round
+    assert core._starts == [(1, 1), (3, 1)]  # (id, token): counted by the next round
     core._finish(taken[0], time.perf_counter(), None, None)  # 1 ended: counted with it
     batch = core.round()
     started, complete = batch.queries[:2]
-    assert started.params == {"ids": [3], "counts": [1]}
+    assert started.params == {"ids": [3], "tokens": [1], "counts": [1]}
     assert isinstance(complete.params, dict)
     assert (complete.params["ids"], complete.params["starts"]) == ("1", "1")
     assert complete.params["results"] is None  # no handler returned anything

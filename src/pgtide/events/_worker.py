@@ -262,7 +262,7 @@ class WorkerCore:
         self._done: list[tuple[Event, str | None]] = []
         self._failed: list[tuple[Event, str, float, bool]] = []
         self._unstarted: list[int] = []
-        self._starts: list[int] = []  # started, not yet counted in the database
+        self._starts: list[tuple[int, int]] = []  # (id, token) started, not counted yet
         self._count_soon = False  # a start to count: the dispatcher is to wake
         self._concurrency = options.concurrency
         # a claim is sent while a whole batch still waits to start: the handlers never
@@ -547,13 +547,19 @@ class WorkerCore:
             finished = [e for e, _ in done] + [f[0] for f in failed]
             tokens = {e.id: h.token for e in finished if (h := self._held.get(e.id))}
             self._recording.update(tokens)
-        uncounted = Counter(starts)
+        uncounted = Counter(id_ for id_, _ in starts)
         queries: list[Query] = []
         done = [(e, r) for e, r in done if e.id in tokens]  # a lost lease records nothing
         folded = [uncounted.pop(e.id, 0) for e, _ in done]
         if uncounted:  # a failure's start too: FAIL below is fenced, a start is not
+            newest = dict(sorted(starts, key=itemgetter(1)))  # each id's newest start's token
             ids = list(uncounted)
-            queries.append(Query(_sql.STARTED, {"ids": ids, "counts": list(uncounted.values())}))
+            started = {
+                "ids": ids,
+                "tokens": [newest[i] for i in ids],
+                "counts": list(uncounted.values()),
+            }
+            queries.append(Query(_sql.STARTED, started))
         if done:
             ids = [e.id for e, _ in done]
             results = [r for _, r in done]
@@ -1026,7 +1032,7 @@ class WorkerCore:
             self._active.add(id_)
             if not self._starts:
                 self._count_soon = True  # the dispatcher wakes to count it (see _next)
-            self._starts.append(id_)
+            self._starts.append((id_, held[id_].token))
         return events, lapsed
 
     def _end_unstarted(self, event: Event, error: str) -> None:
