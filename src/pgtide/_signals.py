@@ -20,6 +20,13 @@ log = logging.getLogger("pgtide")
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
+SIGNAL_CHECK = 0.1
+"""How often a main thread that waits for other threads wakes, to run the signal handlers:
+the kernel may deliver a signal to any thread, and Python runs its handler only when the
+main thread next runs Python code. A wait with no timeout (an event's, a join) never does,
+so a SIGTERM or Ctrl-C that landed on a busy worker thread went unheard until the work
+ended by itself."""
+
 
 @contextlib.contextmanager
 def stop_on_signals(stop: Callable[[], Any], what: str = "pgtide") -> Iterator[None]:
@@ -61,3 +68,15 @@ def _restore(previous: dict[int, Any]) -> None:
         with contextlib.suppress(ValueError, TypeError):
             signal.signal(sig, handler)
     previous.clear()
+
+
+def wait(done: threading.Event) -> None:
+    """Wait for ``done``, running signal handlers meanwhile (see :data:`SIGNAL_CHECK`)."""
+    while not done.wait(SIGNAL_CHECK):
+        pass
+
+
+def join(thread: threading.Thread) -> None:
+    """Wait for ``thread`` to end, running signal handlers meanwhile."""
+    while thread.is_alive():
+        thread.join(SIGNAL_CHECK)

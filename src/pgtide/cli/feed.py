@@ -10,6 +10,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
+from .. import _signals
 from .._signals import stop_on_signals
 from ..connect import resolve
 from ..errors import FeedError
@@ -125,7 +126,7 @@ def capture(
             filler.start()  # pending backfills run beside the relay
             relay.run(until_idle=once)
             if once:
-                filler.join()
+                _signals.join(filler)
     except SlotLost as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None

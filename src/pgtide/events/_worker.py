@@ -55,7 +55,7 @@ from typing import Any, Generic, TypeAlias, TypeVar
 import psycopg
 from psycopg import sql
 
-from .. import schema
+from .. import _signals, schema
 from ..channel import Waker
 from ..channel._gate import EVENTS_GATE, SNAPSHOT, Registration, Watch, check_io, in_progress
 from ..connect import Resolved
@@ -1521,7 +1521,7 @@ class Worker(_Driver[Session]):
             if self._drive(first=True) is not None:  # passed on: wait for the plan to end
                 while True:
                     try:
-                        self._ended.wait()
+                        _signals.wait(self._ended)  # (not an untimed wait: see there)
                         break
                     except KeyboardInterrupt as exc:  # Ctrl-C: stop gracefully, then raise it
                         self.stop()
