@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Hashable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from .._lifecycle import Runnable
-from .._signals import stop_on_signals
+from .._signals import SIGNAL_CHECK, stop_on_signals
 from ..channel import Callback, Notification, SocketCopy, WakePipe
 from ._core import END, IN_DISPATCH, Change, Face
 
@@ -129,7 +129,7 @@ class Listener(Face, Runnable):
 
         with stop_on_signals(on_signal, "pgtide listener"):
             try:
-                while not self._stopped.wait(0.1) and not signalled:
+                while not self._stopped.wait(SIGNAL_CHECK) and not signalled:
                     pass
             except KeyboardInterrupt:
                 pass
