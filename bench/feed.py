@@ -605,7 +605,7 @@ def _writer_around(
     )
 
 
-RETENTION_ROUNDS = 5
+RETENTION_ROUNDS = 9
 
 
 class _Round(NamedTuple):
@@ -663,7 +663,7 @@ def _ratios(rounds: list[_Round], ratio: Callable[[_Round], float]) -> str:
 
 def _retention(dsn: str) -> list[Figure]:
     """prune() of 1M acknowledged changes while a writer writes (its rate just before and
-    while prune runs, the round of median ratio of 5), beside the control from the same
+    while prune runs, the round of median ratio of 9), beside the control from the same
     rounds (two such windows with nothing running: how far the measure swings by itself);
     the log's size before and after, and after a second prune once the writer's changes are
     acknowledged too. Before the writer's pause, the log holds a full ring of changes: the

@@ -6,13 +6,16 @@ from __future__ import annotations
 import random
 import threading
 import time
+from datetime import timedelta
 from typing import Any
+from unittest import mock
 
 import psycopg
 import pytest
 from listen_helpers import wait_until
 
 import pgtide
+from pgtide.feed import retention
 from pgtide.feed.retention import size
 
 # The id windows of migration 014: 65,536 change ids per window, 16 partitions.
@@ -278,9 +281,10 @@ def _settled(conn: psycopg.Connection[Any]) -> None:
 
 
 def test_the_partition_writers_enter_next_is_emptied_last(dsn: str) -> None:
-    """prune empties partitions from the one writers left the longest ago to the one they
-    enter next: while it is held up emptying a partition, it holds no lock on the next
-    window's partition (a writer moving on would wait for all the rest of prune)."""
+    """prune empties partitions one transaction each, from the one writers left the longest
+    ago to the one they enter next: while it is held up emptying a partition, it holds no
+    lock on any other (a writer moving on into the next window's partition would wait for
+    all the rest of prune), and the partitions before it are emptied already."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         base = int(conn.execute(_RING_START).fetchone()[0]) - 100  # type: ignore[index]
         conn.execute(
@@ -294,22 +298,21 @@ def test_the_partition_writers_enter_next_is_emptied_last(dsn: str) -> None:
         with psycopg.connect(dsn) as reader, psycopg.connect(dsn, autocommit=True) as pruner:
             reader.execute("SELECT count(*) FROM pgtide.changes_5")  # holds its lock
             pid = pruner.info.backend_pid
-            emptied: list[Any] = []
-            waiting = threading.Thread(
-                target=lambda: emptied.append(
-                    pruner.execute("SELECT pgtide.truncate_acked(NULL, '20 s')").fetchone()
-                )
-            )
-            waiting.start()
+            pruned: list[int] = []
+            with mock.patch.object(retention, "LOCK_WAIT", timedelta(seconds=20)):
+                waiting = threading.Thread(target=lambda: pruned.append(pgtide.prune(conn=pruner)))
+                waiting.start()
 
-            def held() -> dict[str, bool]:
-                return dict(conn.execute(_HELD, (pid,)).fetchall())  # type: ignore[arg-type]
+                def held() -> dict[str, bool]:
+                    return dict(conn.execute(_HELD, (pid,)).fetchall())  # type: ignore[arg-type]
 
-            wait_until(lambda: held().get("changes_5") is False, what="prune waiting for 5")
-            assert held() == {"changes_15": True, "changes_5": False}  # not changes_1
-            reader.rollback()
-            waiting.join(30)
-        assert emptied == [(30,)]
+                wait_until(lambda: held().get("changes_5") is False, what="prune waiting for 5")
+                assert held() == {"changes_5": False}  # changes_15's transaction has ended
+                assert conn.execute("SELECT count(*) FROM pgtide.changes_15").fetchone() == (0,)
+                assert conn.execute("SELECT count(*) FROM pgtide.changes_1").fetchone() == (10,)
+                reader.rollback()
+                waiting.join(30)
+        assert pruned == [30]
         assert conn.execute("SELECT count(*) FROM pgtide.changes").fetchone() == (0,)
 
 

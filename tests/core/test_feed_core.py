@@ -11,6 +11,7 @@ import pytest
 import pgtide
 import pgtide.aio
 from pgtide.feed._core import Change, Core, Emit, Run, Wait, plan
+from pgtide.feed import retention
 from pgtide.feed._face import BatchInterrupted, FeedBase
 from pgtide.feed.position import Position, Snapshot
 from pgtide.session import Io
@@ -277,3 +278,37 @@ def test_a_busy_gate_is_tried_again_after_a_short_wait_and_a_deaf_feed_registers
     deaf = WaitingCore([([], _open(10)), ([], _open(10))], free=[])
     _drive(plan(deaf, "saved", None, 10, 0.5, clock=lambda: now[0]), now)
     assert deaf.calls == []
+
+
+def test_prune_rests_after_each_partition_it_empties_as_long_as_emptying_took(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Emptying a partition frees its pages at once (kernel work that slowed writers by a
+    fifth): prune paces itself, resting after each partition it emptied, not after one it
+    left, and not after the writers' own, which comes last."""
+    clock = iter(float(t) for t in range(100))
+    monkeypatch.setattr(retention.time, "monotonic", lambda: next(clock) * 0.1)
+    emptied = {"changes_14": 7, "changes_9": 3}  # the current window is 15
+    statements: list[tuple[str, Any]] = []
+    io = retention.prune_io()
+    step = next(io)
+    try:
+        while True:
+            statements.append((str(step.statement), step.params))
+            if step.statement == retention._WINDOW:
+                rows: list[tuple[Any, ...]] = [(15,)]
+            elif step.statement == retention._TRUNCATE_ONE:
+                rows = [(emptied.get(step.params["name"], 0),)]  # type: ignore[index,call-overload]
+            else:
+                rows = [(2,)] if step.statement == retention._PRUNE else [("",)]
+            step = io.send(rows)
+    except StopIteration as done:
+        assert done.value == 12
+    names = [p["name"] if s == retention._TRUNCATE_ONE else s for s, p in statements[1:-1]]
+    pauses = [p for s, p in statements if s == retention._PAUSE]
+    assert names[:3] == ["changes_14", retention._PAUSE, "changes_13"]
+    assert names[names.index("changes_9") + 1] == retention._PAUSE
+    assert names[-2:] == ["changes_0", "changes_15"]  # the next window's, then the writers'
+    assert len(pauses) == 2
+    rest = (1 - retention.PRUNE_DUTY) / retention.PRUNE_DUTY
+    assert pauses[0][0] == pytest.approx(0.1 * rest)  # emptying took one tick of the clock
