@@ -10,8 +10,8 @@ import pytest
 
 import pgtide
 import pgtide.aio
-from pgtide.feed._core import Change, Core, Emit, Run, Wait, plan
 from pgtide.feed import retention
+from pgtide.feed._core import Change, Core, Emit, Run, Wait, plan
 from pgtide.feed._face import BatchInterrupted, FeedBase
 from pgtide.feed.position import Position, Snapshot
 from pgtide.session import Io
