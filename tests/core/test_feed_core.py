@@ -287,7 +287,7 @@ def test_prune_rests_after_each_partition_it_empties_as_long_as_emptying_took(
     fifth): prune paces itself, resting after each partition it emptied, not after one it
     left, and not after the writers' own, which comes last."""
     clock = iter(float(t) for t in range(100))
-    monkeypatch.setattr(retention.time, "monotonic", lambda: next(clock) * 0.1)
+    monkeypatch.setattr(retention, "monotonic", lambda: next(clock) * 0.1)
     emptied = {"changes_14": 7, "changes_9": 3}  # the current window is 15
     statements: list[tuple[str, Any]] = []
     io = retention.prune_io()

@@ -3,8 +3,8 @@ the feed's part of ``pgtide status`` (:func:`overview`)."""
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
+from time import monotonic
 from typing import Any
 
 import psycopg
@@ -132,13 +132,13 @@ def prune_io(age: timedelta | None = None) -> Io[int]:
     # more they left)
     for k in range(PARTITIONS):
         name = f"changes_{(part + PARTITIONS - 1 - k) % PARTITIONS}"
-        began = time.monotonic()
+        began = monotonic()
         row = yield from one(_TRUNCATE_ONE, {"name": name, "age": age, "wait": LOCK_WAIT})
         emptied = int(row[0]) if row else 0
         if emptied:
             removed += emptied
             if k < PARTITIONS - 1:
-                yield from _pause(time.monotonic() - began)
+                yield from _pause(monotonic() - began)
     row = yield from one(_PRUNE, {"age": age, "part": part, "start": start})
     return removed + (int(row[0]) if row else 0)
 
