@@ -126,10 +126,9 @@ def prune_io(age: timedelta | None = None) -> Io[int]:
     assert window is not None
     part, start = int(window[0]) % PARTITIONS, int(window[0]) << WINDOW_BITS
     removed = 0
-    # one transaction each, from the partition writers left the longest ago to the one they
-    # enter next (migration 019): each is locked only while it is emptied, the last the
-    # shortest; the writers' own after them (if they moved on meanwhile, it is simply one
-    # more they left)
+    # one transaction each, so each is locked only while it is emptied: from the partition
+    # writers left the longest ago to the one they enter next (migration 019), then the
+    # writers' own (if they moved on meanwhile, it is simply one more they left)
     for k in range(PARTITIONS):
         name = f"changes_{(part + PARTITIONS - 1 - k) % PARTITIONS}"
         began = monotonic()
