@@ -11,7 +11,6 @@ from rich.live import Live
 from rich.table import Table
 
 from .. import _signals
-from .._signals import stop_on_signals
 from ..connect import resolve
 from ..errors import FeedError
 from ..feed import OPS, Change, Feed, drop_consumer, to_json
@@ -122,7 +121,7 @@ def capture(
         backfiller.stop()
 
     try:
-        with stop_on_signals(stop, "pgtide capture"):
+        with _signals.stop_on_signals(stop, "pgtide capture"):
             filler.start()  # pending backfills run beside the relay
             relay.run(until_idle=once)
             if once:
@@ -170,7 +169,7 @@ def follow(
     feed = Feed(consumer, tables=table, dsn=resolve(dsn), wakeup=wakeup)
     batches = feed.batches(start=start, max_changes=max_changes, timeout=timeout)
     try:
-        with stop_on_signals(feed.stop, "pgtide follow"):
+        with _signals.stop_on_signals(feed.stop, "pgtide follow"):
             if wants_json(as_json):
                 for batch in batches:
                     sys.stdout.write("".join(_record(c) + "\n" for c in batch))
