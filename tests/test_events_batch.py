@@ -121,6 +121,43 @@ def test_a_round_sent_again_after_its_commit_counts_no_start_twice(
     assert events.get(late).result == {"by": "B"}  # type: ignore[union-attr]
 
 
+def test_a_round_sent_again_after_its_event_was_taken_over_counts_no_start_twice(
+    events: pgtide.Events, dsn: str
+) -> None:
+    """A round is recorded, its reply lost, and before the worker sends it again another
+    claim takes its events over (a lapsed lease, or the retry of a failure): the starts in
+    it now carry an old token. Each is counted once: not again when it had been counted
+    under its own token, and once (not at each sending) when it is first written late."""
+    counted, retried, late, refused = events.publish_many("job", [1, 2, 3, 4])
+    attempts = "SELECT attempts FROM pgtide.events WHERE id = %s"
+    with psycopg.connect(dsn, autocommit=True) as a, psycopg.connect(dsn, autocommit=True) as b:
+        held = _claim(a, "A")
+        _started(a, {counted: held[counted], retried: held[retried]})
+        fail = {
+            "ids": [retried],
+            "tokens": [held[retried]],
+            "states": ["failed"],
+            "errors": ["boom"],
+            "delays": [0.0],
+            "owner": "A",
+        }
+        a.execute(_sql.FAIL, fail)  # retried at once: the next claim takes it again
+        a.execute("UPDATE pgtide.events SET lease_expires = now() - interval '1 s'")
+        fresh = _claim(b, "B")
+        assert fresh == {i: held[i] + 1 for i in (counted, retried, late, refused)}
+        for _ in range(2):  # A's round, then the same round sent again
+            _started(a, {counted: held[counted], retried: held[retried], late: held[late]})
+            _complete(a, "A", {refused: held[refused]})  # refused; its start counts once
+            got = [count(dsn, attempts, i) for i in (counted, retried, late, refused)]
+            assert got == [1, 1, 1, 1]
+        _started(b, fresh)  # B's own starts: counted once each, however often sent
+        _started(b, fresh)
+        _complete(b, "B", fresh, starts=0)
+    for id_ in (counted, retried, late, refused):
+        record = events.get(id_)
+        assert record is not None and (record.state, record.attempts) == ("done", 2)
+
+
 def test_each_start_counts_once_whether_written_with_its_outcome_or_before(
     events: pgtide.Events, dsn: str
 ) -> None:

@@ -107,18 +107,23 @@ WHERE source = %s ORDER BY name
 STARTED = """
 UPDATE pgtide.events e
 SET attempts = e.attempts + v.n,
-    started_at = CASE WHEN e.lease_token = v.token THEN now() ELSE e.started_at END
+    started_at = CASE WHEN e.lease_token = v.token THEN now() ELSE e.started_at END,
+    counted_starts = CASE WHEN e.lease_token = v.token THEN e.counted_starts
+                          ELSE array_append(e.counted_starts, v.token) END
 FROM unnest(%(ids)s::bigint[], %(tokens)s::integer[], %(counts)s::integer[]) AS v(id, token, n)
 WHERE e.id = ANY(%(ids)s::bigint[]) AND e.id = v.id
-  AND (e.lease_token <> v.token OR e.started_at IS NULL)
+  AND CASE WHEN e.lease_token = v.token THEN e.started_at IS NULL
+           ELSE v.token <> ALL(coalesce(e.counted_starts, '{}')) END
 """
 """Count the attempts whose handlers started and have not ended by the worker's next round
 (a counter of what really happened, so not fenced: a start is counted even if another
 worker owns the event by the time it is written). Each id comes with the token of its
 newest start: while the event still carries it, the start is counted only if its claim's
-start was not counted yet (``started_at`` is NULL from the claim on), so a round sent again
-after an outage, when the first sending had committed after all, counts nothing twice (see
-028_events_start_once.sql). The worker sends it in the transaction of its round (see
+start was not counted yet (``started_at`` is NULL from the claim on); once another claim
+took the event over, only if its token is not among the event's ``counted_starts`` (then it
+is added). So a round sent again after an outage, when the first sending had committed
+after all, counts nothing twice (see 028_events_start_once.sql and
+029_events_counted_starts.sql). The worker sends it in the transaction of its round (see
 :data:`COMPLETE` for the attempts of handlers that already ended)."""
 
 DONE_CHANNEL = "pgtide_events_done"
