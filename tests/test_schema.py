@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import uuid
+from importlib import resources
+from typing import Any
 
 import psycopg
 import pytest
@@ -95,3 +97,51 @@ def test_a_migration_missing_below_the_newest_is_still_applied(bare_dsn: str) ->
         comment = conn.execute("SELECT obj_description('pgtide'::regnamespace)").fetchone()
     assert sorted(versions) == [m.version for m in schema.migrations()]
     assert first.version == 1 and comment is not None and comment[0] is not None
+
+
+def test_every_routine_change_comes_with_a_migration() -> None:
+    """A routine's text is what the newest migration including it was written for: edited
+    without a new migration, it would reach fresh databases and not upgraded ones."""
+    newest = {name: (version, digest) for version, name, digest in schema.routine_includes()}
+    shipped = {
+        entry.name
+        for entry in resources.files("pgtide").joinpath("sql", "routines").iterdir()
+        if entry.name.endswith(".sql")
+    }
+    assert shipped == set(newest), "each routine file is included by a migration"
+    for name, (version, digest) in newest.items():
+        assert digest == schema.routine_digest(name), (
+            f"routines/{name} changed after migration {version} included it: add a migration "
+            f"with the line `-- routine: {name} {schema.routine_digest(name)}`"
+        )
+
+
+_CATALOG = {
+    "functions": "SELECT p.proname, pg_get_functiondef(p.oid) FROM pg_proc p "
+    "WHERE p.pronamespace = 'pgtide'::regnamespace ORDER BY 1, 2",
+    "columns": "SELECT table_name, column_name, data_type, column_default, is_nullable "
+    "FROM information_schema.columns WHERE table_schema = 'pgtide' ORDER BY 1, 2",
+    "indexes": "SELECT indexdef FROM pg_indexes WHERE schemaname = 'pgtide' ORDER BY 1",
+}
+
+
+def _catalog(conn: psycopg.Connection[Any]) -> dict[str, list[Any]]:
+    return {part: conn.execute(q).fetchall() for part, q in _CATALOG.items()}
+
+
+def test_a_database_upgraded_from_any_version_matches_a_fresh_install(bare_dsn: str) -> None:
+    """Routines make older migrations install current function texts: whatever version a
+    database stopped at, upgrading it ends with the schema a fresh install makes."""
+    with psycopg.connect(bare_dsn, autocommit=True) as conn:
+        schema.ensure(conn)
+        fresh = _catalog(conn)
+        for stop in [m.version for m in schema.migrations()][:-1]:
+            conn.execute("DROP SCHEMA pgtide CASCADE")
+            with conn.transaction():
+                conn.execute(schema._PREAMBLE)
+                for m in schema.migrations():
+                    if m.version <= stop:
+                        conn.execute(m.sql.encode())
+                        conn.execute(schema._RECORD, (m.version, m.name))
+            schema.ensure(conn)
+            assert _catalog(conn) == fresh, f"upgraded from version {stop}"

@@ -3,10 +3,18 @@
 Migrations are the numbered ``sql/NNN_name.sql`` files shipped in the package. They run in
 order, each recorded in ``pgtide.schema_version``, all in one transaction under an advisory
 lock, so installing is idempotent and safe when several processes do it at once.
+
+A function that migrations define again as it changes lives once, in ``sql/routines/``: a
+migration installs its current text with a line ``-- routine: NAME.sql DIGEST``, the digest
+being that of the text it was written for. Changing a routine therefore takes a new
+migration that includes it (``tests/test_schema.py`` checks the newest digest), so every
+database, fresh or upgraded, ends with the same text; an older migration that includes it
+installs the current text too, which later migrations do not call while they run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -24,6 +32,7 @@ from .session import Io, Query, atomic, one, query, run, using
 SCHEMA = "pgtide"
 LOCK_KEY = 0x7067_7469_6465  # "pgtide": one advisory lock for every installer
 _NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+_ROUTINE = re.compile(r"^-- routine: ([a-z0-9_]+\.sql) ([0-9a-f]{12})$", re.MULTILINE)
 
 _PREAMBLE = """
 CREATE SCHEMA IF NOT EXISTS pgtide;
@@ -51,13 +60,38 @@ class Migration:
 
 
 def migrations() -> list[Migration]:
-    """Every migration shipped with this version of pgtide, in order."""
+    """Every migration shipped with this version of pgtide, in order, routines included."""
+    return [
+        Migration(version, name, _ROUTINE.sub(lambda m: routine(m[1]), text))
+        for version, name, text in _shipped()
+    ]
+
+
+def _shipped() -> list[tuple[int, str, str]]:
+    """(version, name, text as written) of each migration file, in order."""
     found = []
     for entry in resources.files("pgtide").joinpath("sql").iterdir():
         match = _NAME.match(entry.name)
         if match:
-            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
-    return sorted(found, key=lambda m: m.version)
+            found.append((int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def routine(name: str) -> str:
+    """The current text of ``sql/routines/<name>``."""
+    return resources.files("pgtide").joinpath("sql", "routines", name).read_text(encoding="utf-8")
+
+
+def routine_includes() -> list[tuple[int, str, str]]:
+    """(migration version, routine file, digest written) of each include line, in order."""
+    return [
+        (version, m[1], m[2]) for version, _, text in _shipped() for m in _ROUTINE.finditer(text)
+    ]
+
+
+def routine_digest(name: str) -> str:
+    """The digest an include line gives for the current text of routine ``name``."""
+    return hashlib.sha256(routine(name).encode()).hexdigest()[:12]
 
 
 def latest_version() -> int:

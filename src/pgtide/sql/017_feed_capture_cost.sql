@@ -25,28 +25,4 @@
 
 ALTER TABLE pgtide.changes ALTER COLUMN row TYPE json, ALTER COLUMN old TYPE json;
 
-CREATE OR REPLACE FUNCTION pgtide.capture_rows() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    n bigint;
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO pgtide.changes (table_name, op, row)
-            SELECT TG_ARGV[0], 'insert', to_json(r) FROM pgtide_new AS r;
-    ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO pgtide.changes (table_name, op, old)
-            SELECT TG_ARGV[0], 'delete', to_json(r) FROM pgtide_old AS r;
-    ELSE
-        INSERT INTO pgtide.changes (table_name, op, row, old)
-            SELECT TG_ARGV[0], 'update', r.row, o.old
-            FROM (SELECT row_number() OVER () AS k, to_json(r) AS row FROM pgtide_new AS r) AS r
-            JOIN (SELECT row_number() OVER () AS k, to_json(o) AS old FROM pgtide_old AS o)
-                AS o USING (k)
-            ORDER BY k;
-    END IF;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    IF n > 0 AND TG_ARGV[1] = 'notify' THEN
-        PERFORM pg_notify('pgtide_changes', TG_ARGV[0]);
-    END IF;
-    RETURN NULL;
-END;
-$$;
+-- routine: capture_rows.sql 067ba1b6bf67
