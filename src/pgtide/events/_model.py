@@ -40,19 +40,6 @@ _LONG_DIGITS = re.compile(r"[0-9]{19}")
 _NAME = re.compile(r"^\S(?:.{0,198}\S)?$", re.S)
 
 
-class CancelFlag:
-    """Whether a cancel was asked: one flag set by the worker, read by the handler (a plain
-    attribute: set once, never cleared, so no lock is needed)."""
-
-    __slots__ = ("asked",)
-
-    def __init__(self) -> None:
-        self.asked = False
-
-    def set(self) -> None:
-        self.asked = True
-
-
 @dataclass(frozen=True)
 class Event:
     """One event as a handler receives it.
@@ -68,32 +55,45 @@ class Event:
     created_at: datetime
     key: str | None = None
     source_id: str | None = None
-    _cancel: CancelFlag = field(default_factory=CancelFlag, repr=False, compare=False, kw_only=True)
+    _cancel: bool = field(default=False, repr=False, compare=False, kw_only=True)
 
     @property
     def cancelled(self) -> bool:
         """True once ``events.cancel(id)`` asked this running handler to stop: a plain
         function should check it and return; the event then ends ``cancelled``."""
-        return self._cancel.asked
+        return self._cancel
+
+    def _ask_cancel(self) -> None:
+        """Turn :attr:`cancelled` True (the worker's thread; the handler's reads it: one
+        attribute, set once and never cleared, so no lock is needed)."""
+        _set(self, "_cancel", True)
 
     @classmethod
     def _claimed(cls, row: tuple[Any, ...], payload: Any) -> Event:
         """The event of a claimed row (``id, name, _, created_at, key, source_id, _,
         attempts, ...``) as its handler will get it, attempt included: the same object the
-        constructor makes, built for the worker's hot path without the frozen dataclass's
-        per-field ``object.__setattr__`` calls."""
-        event = object.__new__(cls)
-        event.__dict__.update(
-            id=row[0],
-            name=row[1],
-            payload=payload,
-            attempt=row[7] + 1,
-            created_at=row[3],
-            key=row[4],
-            source_id=row[5],
-            _cancel=CancelFlag(),
+        constructor makes, built for the worker's hot path with its attributes given at once
+        (no per-field ``object.__setattr__`` call of the frozen dataclass, no other object)."""
+        event = _new(cls)
+        _set(
+            event,
+            "__dict__",
+            {
+                "id": row[0],
+                "name": row[1],
+                "payload": payload,
+                "attempt": row[7] + 1,
+                "created_at": row[3],
+                "key": row[4],
+                "source_id": row[5],
+                "_cancel": False,
+            },
         )
         return event
+
+
+_new = object.__new__
+_set = object.__setattr__
 
 
 Handler = Callable[[Event], Any] | Callable[[Event], Awaitable[Any]]

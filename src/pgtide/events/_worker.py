@@ -341,7 +341,7 @@ class WorkerCore:
             if event is None:
                 self._cancel_asked.add(id_)
         if event is not None:
-            event._cancel.set()
+            event._ask_cancel()
             log.info(
                 "events worker %s: event %d is cancelled; its handler is asked to stop",
                 self.owner,
