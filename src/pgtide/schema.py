@@ -14,6 +14,7 @@ installs the current text too, which later migrations do not call while they run
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -61,10 +62,17 @@ class Migration:
 
 def migrations() -> list[Migration]:
     """Every migration shipped with this version of pgtide, in order, routines included."""
-    return [
+    return list(_migrations())
+
+
+@functools.cache
+def _migrations() -> tuple[Migration, ...]:
+    """Read once a process: every session's :func:`ensure_io` asks (reading the files each
+    time cost about a millisecond per connection)."""
+    return tuple(
         Migration(version, name, _ROUTINE.sub(lambda m: routine(m[1]), text))
         for version, name, text in _shipped()
-    ]
+    )
 
 
 def _shipped() -> list[tuple[int, str, str]]:
