@@ -782,7 +782,7 @@ def _wal(dsn: str) -> list[Figure]:
     figures = []
     try:
         figures += _wal_writers(dsn)
-        figures.append(_end_to_end_wal(dsn))
+        figures += _end_to_end_wal(dsn)
         figures.append(_latency_wal(dsn))
         figures.extend(_relay_vs_bare(dsn))
     finally:
@@ -916,11 +916,51 @@ def _drain(dsn: str) -> int:
     return relay.relayed
 
 
-def _end_to_end_wal(dsn: str) -> Figure:
+E2E_WAL = "end to end: insert -> batch, WAL capture (100k rows, 1,000-row tx)"
+E2E_WAL_APART = (
+    "end to end: insert -> batch, WAL capture, relay in a process of its own "
+    "(100k rows, 1,000-row tx)"
+)
+
+
+def _end_to_end_wal(dsn: str) -> list[Figure]:
+    """Insert -> batch with WAL capture, the relay where a lone consumer has it (inside the
+    feed, which relays by itself) and where ``pgtide capture`` runs it (a process of its
+    own: its decoding then takes no turn on the follower's interpreter lock); in turns,
+    best of 3 each (one run of either swings by 1.3x from the next on a loaded machine)."""
     total = 100_000
-    feed = pgtide.Feed("bench-e2e-wal", ["e2e_wal"], dsn=dsn)  # relays by itself
+    write = _bulk(dsn, "e2e_wal", total // 1000)  # one id counter: every run inserts anew
+
+    def follow() -> float:
+        return _follow_wal(dsn, write, total)
+
+    took = in_turns(3, {E2E_WAL: follow, E2E_WAL_APART: _beside(_relay_process, dsn, follow)})
+    return [
+        Figure(
+            SUITE,
+            E2E_WAL,
+            rate(total, took[E2E_WAL]),
+            "changes/s",
+            note="writer, relay (in the feed) and follower at once; best of 3, in turns",
+        ),
+        Figure(
+            SUITE,
+            E2E_WAL_APART,
+            rate(total, took[E2E_WAL_APART]),
+            "changes/s",
+            baseline=E2E_WAL,
+            note="the relay as `pgtide capture` runs it, started before the clock; the "
+            "writer and the follower in this process; best of 3, in turns",
+        ),
+    ]
+
+
+def _follow_wal(dsn: str, write: Callable[[], None], total: int) -> float:
+    """Seconds from the writer's start until a feed of e2e_wal has had ``total`` changes
+    (its set-up untimed); it relays by itself unless a relay runs elsewhere."""
+    feed = pgtide.Feed("bench-e2e-wal", ["e2e_wal"], dsn=dsn)
     feed.seek("end")
-    writer = threading.Thread(target=_bulk(dsn, "e2e_wal", total // 1000))
+    writer = threading.Thread(target=write)
     began = time.perf_counter()
     writer.start()
     seen = 0
@@ -932,13 +972,9 @@ def _end_to_end_wal(dsn: str) -> Figure:
     elapsed = time.perf_counter() - began
     writer.join()
     feed.close()
-    return Figure(
-        SUITE,
-        "end to end: insert -> batch, WAL capture (100k rows, 1,000-row tx)",
-        rate(seen, elapsed),
-        "changes/s",
-        note="writer, relay (in the feed) and follower at once",
-    )
+    if seen < total:
+        raise RuntimeError(f"the feed had {seen} of {total} changes")
+    return elapsed
 
 
 def _latency_wal(dsn: str) -> Figure:
