@@ -4,9 +4,10 @@ Runs in a scratch database. Figures: INSERT of 1,000-row statements and single-r
 transactions, untracked vs tracked (statement-level transition-table triggers, and a
 row-level trigger for comparison); 4 concurrent writers with and without the wake-up NOTIFY;
 the same three against WAL capture, with its relay stopped and running (each set measured in
-turns, best of several rounds); end-to-end insert -> batch throughput; commit -> delivery
-latency at 1,000 tx/s; and a newt.db-style ``id > last`` poller beside the feed (faster, and
-it skips rows: both shown).
+turns, best of several rounds); end-to-end insert -> batch throughput (with WAL capture, the
+relay inside the feed and in a process of its own, in turns); commit -> delivery latency at
+1,000 tx/s; and a newt.db-style ``id > last`` poller beside the feed (faster, and it skips
+rows: both shown).
 """
 
 from __future__ import annotations
