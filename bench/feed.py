@@ -254,13 +254,27 @@ def _consume(batch: Any) -> int:
 
 def _end_to_end(dsn: str) -> Figure:
     total = 100_000
-    feed = pgtide.Feed("bench-e2e", ["e2e"], dsn=dsn)
+    seconds = _follow(dsn, "e2e", _bulk(dsn, "e2e", total // 1000), total)
+    return Figure(
+        SUITE,
+        "end to end: insert -> batch (100k rows, 1,000-row tx)",
+        rate(total, seconds),
+        "changes/s",
+        note="writer and follower at once; includes capture",
+    )
+
+
+def _follow(dsn: str, table: str, write: Callable[[], None], total: int) -> float:
+    """Seconds from the start of ``write`` (in a thread) until a feed of ``table`` has had
+    ``total`` changes (its set-up untimed); with WAL capture the feed relays by itself
+    unless a relay runs elsewhere."""
+    feed = pgtide.Feed(f"bench-{table}", [table], dsn=dsn)
     feed.seek("end")
-    writer = threading.Thread(target=_bulk(dsn, "e2e", total // 1000))
+    writer = threading.Thread(target=write)
     began = time.perf_counter()
     writer.start()
     seen = 0
-    for batch in feed.batches(max_changes=5000, timeout=30):
+    for batch in feed.batches(max_changes=5000, timeout=60):
         seen += _consume(batch)
         batch.ack()
         if seen >= total:
@@ -268,13 +282,9 @@ def _end_to_end(dsn: str) -> Figure:
     elapsed = time.perf_counter() - began
     writer.join()
     feed.close()
-    return Figure(
-        SUITE,
-        "end to end: insert -> batch (100k rows, 1,000-row tx)",
-        rate(seen, elapsed),
-        "changes/s",
-        note="writer and follower at once; includes capture",
-    )
+    if seen < total:
+        raise RuntimeError(f"the feed of {table} had {seen} of {total} changes")
+    return elapsed
 
 
 def _paced_lags(dsn: str, feed: pgtide.Feed, table: str, offset: int) -> tuple[list[float], int]:
@@ -933,7 +943,7 @@ def _end_to_end_wal(dsn: str) -> list[Figure]:
     write = _bulk(dsn, "e2e_wal", total // 1000)  # one id counter: every run inserts anew
 
     def follow() -> float:
-        return _follow_wal(dsn, write, total)
+        return _follow(dsn, "e2e_wal", write, total)
 
     took = in_turns(3, {E2E_WAL: follow, E2E_WAL_APART: _beside(_relay_process, dsn, follow)})
     return [
@@ -954,28 +964,6 @@ def _end_to_end_wal(dsn: str) -> list[Figure]:
             "writer and the follower in this process; best of 3, in turns",
         ),
     ]
-
-
-def _follow_wal(dsn: str, write: Callable[[], None], total: int) -> float:
-    """Seconds from the writer's start until a feed of e2e_wal has had ``total`` changes
-    (its set-up untimed); it relays by itself unless a relay runs elsewhere."""
-    feed = pgtide.Feed("bench-e2e-wal", ["e2e_wal"], dsn=dsn)
-    feed.seek("end")
-    writer = threading.Thread(target=write)
-    began = time.perf_counter()
-    writer.start()
-    seen = 0
-    for batch in feed.batches(max_changes=5000, timeout=60):
-        seen += _consume(batch)
-        batch.ack()
-        if seen >= total:
-            break
-    elapsed = time.perf_counter() - began
-    writer.join()
-    feed.close()
-    if seen < total:
-        raise RuntimeError(f"the feed had {seen} of {total} changes")
-    return elapsed
 
 
 def _latency_wal(dsn: str) -> Figure:
