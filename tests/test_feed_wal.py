@@ -30,7 +30,7 @@ from pgtide.feed import Relay, SlotLost, WalUnavailable, reset_slot
 from pgtide.feed.pgoutput import UNCHANGED
 from pgtide.feed.retention import overview
 from pgtide.feed.sleepers import GATE
-from pgtide.feed.wal import _SNAPSHOT, HEARTBEAT_BYTES, RESTART_LAG_BYTES
+from pgtide.feed.wal import _SNAPSHOT, HEARTBEAT_BYTES, RESTART_LAG_BYTES, slot_name
 from pgtide.session import run
 
 _SLOTS = "SELECT slot_name FROM pg_replication_slots WHERE database = current_database()"
@@ -299,6 +299,33 @@ def test_untrack_of_the_last_wal_table_drops_the_slot(wal_dsn: str) -> None:
         assert conn.execute("SELECT count(*) FROM pg_publication").fetchone() == (0,)
         ident = "SELECT relreplident FROM pg_class WHERE relname = 'b'"
         assert conn.execute(ident).fetchone() == ("d",)
+
+
+def test_the_slot_is_a_failover_slot_where_the_server_has_them(wal_dsn: str) -> None:
+    """PostgreSQL 17+ keeps a failover slot on standbys that sync slots, so a promotion
+    does not lose it; status says which kind the slot is, also for one made elsewhere."""
+    failover = "SELECT (to_jsonb(s) ->> 'failover')::boolean FROM pg_replication_slots s"
+    with psycopg.connect(wal_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE a (id int PRIMARY KEY)")
+        version = int(conn.execute("SHOW server_version_num").fetchone()[0])  # type: ignore[index]
+        slot = slot_name(conn.info.dbname)
+        expected = True if version >= 170000 else None
+        pgtide.track("a", capture="wal", dsn=wal_dsn)
+        assert conn.execute(failover).fetchall() == [(expected,)]
+        assert _overview(wal_dsn)[-1].as_dicts()[0]["failover"] is expected
+        pgtide.untrack("a", dsn=wal_dsn)
+        # a slot made before (by an older pgtide, or by hand) is kept, and shown as it is
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+        pgtide.track("a", capture="wal", dsn=wal_dsn)
+        (capture,) = _overview(wal_dsn)[-1].as_dicts()
+        assert capture["slot"] == slot
+        assert capture["failover"] is (False if version >= 170000 else None)
+    if version >= 170000:  # the upgrade docs/feed.md gives, over a replication connection
+        with psycopg.connect(wal_dsn, replication="database", autocommit=True) as repl:
+            command = f"ALTER_REPLICATION_SLOT {slot} (FAILOVER true)".encode()
+            result = repl.pgconn.exec_(command)
+            assert result.status == psycopg.pq.ExecStatus.COMMAND_OK, result.error_message
+        assert _overview(wal_dsn)[-1].as_dicts()[0]["failover"] is True
 
 
 def test_the_relay_outlives_its_decoding_connection(wal_dsn: str) -> None:

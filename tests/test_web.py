@@ -705,6 +705,7 @@ def test_slot_lag_on_the_feed_page_and_in_metrics(wal_dsn: str) -> None:  # noqa
         conn.execute("SET synchronous_commit = on")  # the tests' server defers WAL writes
         conn.execute("INSERT INTO orders SELECT generate_series(1, 1000)")  # not relayed yet
         slot = slot_name(conn.info.dbname)
+        version = int(conn.execute("SHOW server_version_num").fetchone()[0])  # type: ignore[index]
 
     async def main() -> None:
         async with web_client(wal_dsn) as http:
@@ -716,6 +717,13 @@ def test_slot_lag_on_the_feed_page_and_in_metrics(wal_dsn: str) -> None:  # noqa
             page = await http.get("/feed")
             assert "WAL capture" in page.text and f'data-testid="slot-lag-{slot}"' in page.text
             assert "not running" in page.text
+            # a failover slot where the server has them (PostgreSQL 17+), shown as such
+            if version >= 170000:
+                assert f'pgtide_slot_failover{{slot="{slot}"}} 1.0' in text
+                assert f'data-testid="slot-failover-{slot}">yes<' in page.text
+            else:
+                assert "pgtide_slot_failover{" not in text
+                assert f'data-testid="slot-failover-{slot}">n/a<' in page.text
             relay = Relay(wal_dsn)
             await asyncio.to_thread(relay.run, until_idle=True)
             assert relay.relayed == 1000

@@ -137,6 +137,15 @@ _DROP_TABLE = "ALTER PUBLICATION {} DROP TABLE {}"
 _IDENTITY = "ALTER TABLE {} REPLICA IDENTITY {}"
 _SLOT = "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s"
 _CREATE_SLOT = "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')"
+_CREATE_FAILOVER_SLOT = (
+    "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput', failover => true)"
+)
+_CAN_FAILOVER = (
+    "SELECT current_setting('server_version_num')::int >= 170000 AND NOT pg_is_in_recovery()"
+)
+"""Failover slots (PostgreSQL 17+): a standby with ``sync_replication_slots = on`` keeps a
+copy of the slot, so the slot survives a promotion instead of being lost with the primary.
+On a primary without such standbys the flag changes nothing."""
 _DROP_SLOT = (
     "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s"
 )
@@ -201,12 +210,22 @@ _OVERVIEW = """
 SELECT w.slot, coalesce(s.active, false),
        CASE WHEN s.slot_name IS NULL THEN 'missing' ELSE s.wal_status END,
        pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::int8,
-       round(CASE WHEN a.age < 0 THEN 0 ELSE a.age END, 3)::float8, w.relayed_at
+       round(CASE WHEN a.age < 0 THEN 0 ELSE a.age END, 3)::float8, w.relayed_at,
+       (to_jsonb(s) ->> 'failover')::boolean
 FROM pgtide.wal w LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot
 CROSS JOIN LATERAL (SELECT extract(epoch FROM now() - greatest(w.checked_at, w.source_commit_at)))
     AS a (age)
 """
-_OVERVIEW_COLUMNS = ("slot", "active", "wal status", "lag bytes", "lag seconds", "last relayed at")
+_OVERVIEW_COLUMNS = (
+    "slot",
+    "active",
+    "wal status",
+    "lag bytes",
+    "lag seconds",
+    "last relayed at",
+    "failover",
+)
+"""``failover`` is None before PostgreSQL 17 (no failover slots there)."""
 _WAL_INSTALLED = "SELECT to_regclass('pgtide.wal') IS NOT NULL"
 
 
@@ -251,8 +270,10 @@ def ensure_slot_io() -> Io[str]:
             yield Query(sql.SQL(_CREATE_PUBLICATION).format(sql.Identifier(PUBLICATION)))
     found = yield from one(_SLOT, (slot,))
     if found is None:
+        failover = yield from one(_CAN_FAILOVER)
+        create = _CREATE_FAILOVER_SLOT if failover is not None and failover[0] else _CREATE_SLOT
         try:
-            found = yield from one(_CREATE_SLOT, (slot,))
+            found = yield from one(create, (slot,))
         except psycopg.errors.DuplicateObject:
             found = yield from one(_SLOT, (slot,))
         except psycopg.errors.ActiveSqlTransaction as exc:
@@ -1188,6 +1209,6 @@ def follows_wal_io(tables: list[str] | None) -> Io[bool]:
 def overview_io() -> Io[list[Section]]:
     """The "capture" section of ``pgtide status``: the slot, whether a relay reads it, its
     WAL status, lag in bytes (WAL the slot retains) and seconds (since the relay last knew it
-    had relayed everything), and when the relay last wrote."""
+    had relayed everything), when the relay last wrote, and whether it is a failover slot."""
     rows = yield from _wal_rows(_OVERVIEW)
     return [Section("capture", list(_OVERVIEW_COLUMNS), [list(r) for r in rows])] if rows else []

@@ -247,6 +247,12 @@ def slot_metrics(slots: list[dict[str, Any]]) -> Iterator[Metric]:
                 lambda c: int(bool(c["active"])),
             ),
             gauge(
+                "pgtide_slot_failover",
+                "1 for a failover slot (kept on standbys that sync slots), 0 for one lost "
+                "with its primary; absent before PostgreSQL 17",
+                lambda c: None if c.get("failover") is None else int(bool(c["failover"])),
+            ),
+            gauge(
                 "pgtide_slot_last_relayed_timestamp_seconds",
                 "When the relay last wrote to the change log (Unix time)",
                 lambda c: _timestamp(c["last relayed at"]),
