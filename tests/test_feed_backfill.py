@@ -20,6 +20,7 @@ from test_feed_wal import _relay, wal_server  # noqa: F401 (fixture)
 import pgtide
 from pgtide.errors import FeedError
 from pgtide.feed.backfill import Backfiller
+from pgtide.session import run
 from pgtide.sinks._encode import record
 
 ROWS = 5000
@@ -205,3 +206,53 @@ def test_a_chunk_that_deadlocks_with_a_writer_runs_again(dsn: str) -> None:
     with psycopg.connect(dsn) as conn:
         reads = conn.execute("SELECT count(*) FROM pgtide.changes WHERE op = 'read'").fetchone()
     assert reads == (10,)
+
+
+class _PausedAfterTwo(Backfiller):
+    """A runner whose backfill is paused from another session after its second chunk."""
+
+    @staticmethod
+    def _chunk(conn: psycopg.Connection[Any], *args: Any) -> tuple[int, bool, str | None]:
+        done = Backfiller._chunk(conn, *args)
+        if _progress(conn.info.dsn)[0] == 2:
+            assert pgtide.feed.pause_backfill("items", dsn=conn.info.dsn)
+        return done
+
+
+def test_a_paused_backfill_keeps_its_progress_and_resumes_after_it(
+    dsn: str, cli: CliRunner
+) -> None:
+    """Paused, a backfill runs no chunk more (the runner leaves it after the current one),
+    shows as paused, and resumes after its last chunk: every row read once in all."""
+    _make(dsn, rows=5000)
+    pgtide.track("items", backfill=True, dsn=dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert _PausedAfterTwo(dsn, chunk_rows=1000).run_pending(conn)  # nothing left to run
+    assert _progress(dsn) == (2, False)
+    (found,) = pgtide.feed.backfills(dsn=dsn)
+    assert (found["rows"], found["paused_at"] is not None) == (2000, True)
+    sections = {s.title: s for s in _overview(dsn)}
+    assert sections["backfills"].as_dicts()[0]["state"] == "paused"
+    with psycopg.connect(dsn, autocommit=True) as conn:  # no runner takes a paused one up
+        assert Backfiller(dsn, chunk_rows=1000).run_pending(conn)
+    assert _progress(dsn) == (2, False)
+    _, seen = _copy(dsn, "before")
+    assert [c.row["id"] for c in seen] == list(range(1, 2001))
+
+    out = cli("backfill", "resume", "items", "--wait", "--dsn", dsn)
+    assert out.returncode == 0 and "resumed the backfill of items" in out.stdout, out.stderr
+    assert _progress(dsn) == (3, True)  # one chunk more (of 10,000 rows at most) ends it
+    _, seen = _copy(dsn, "after")
+    assert [c.row["id"] for c in seen] == list(range(1, 5001))
+    out = cli("backfill", "ls", "--json", "--dsn", dsn)
+    assert json.loads(out.stdout)["rows"] == 5000 and json.loads(out.stdout)["done_at"]
+    assert not pgtide.feed.pause_backfill("items", dsn=dsn)  # done: nothing to pause
+    out = cli("backfill", "pause", "public.items", "--dsn", dsn)
+    assert out.returncode == 0 and "backfill done" in out.stdout, out.stderr
+    with pytest.raises(FeedError, match=r"none was recorded; start one with"):
+        pgtide.feed.resume_backfill("other", dsn=dsn)
+
+
+def _overview(dsn: str) -> list[Any]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return run(conn, pgtide.feed.overview())

@@ -43,6 +43,7 @@ _COMMANDS: tuple[tuple[str, typer.Typer | Callable[..., Any]], ...] = (
     ("follow", feed.follow),
     ("prune", feed.prune),
     ("consumers", feed.consumers_app),
+    ("backfill", feed.backfill_app),
     ("sink", sink.app),
     ("web", web.web),
 )

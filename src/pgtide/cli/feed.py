@@ -1,4 +1,4 @@
-"""``pgtide track|untrack|follow|prune|consumers``: the change feed on the command line."""
+"""``pgtide track|untrack|follow|prune|consumers|backfill``: the change feed on the command line."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from ..feed import consumers as _consumers
 from ..feed import prune as _prune
 from ..feed import track as _track
 from ..feed import untrack as _untrack
-from ..feed.backfill import Backfiller
+from ..feed.backfill import Backfiller, backfills, pause_backfill, resume_backfill
 from ..feed.wal import Relay, SlotLost, reset_slot
 from ._common import (
     ConsumerOption,
@@ -34,6 +34,10 @@ from ._common import (
 )
 
 consumers_app = typer.Typer(help="List or drop the change feed's consumers.", no_args_is_help=True)
+backfill_app = typer.Typer(
+    help="List, pause or resume backfills (pgtide track TABLE --backfill starts one).",
+    no_args_is_help=True,
+)
 
 TableArg = Annotated[str, typer.Argument(help="Table to capture: 'table' or 'schema.table'.")]
 
@@ -257,3 +261,56 @@ def consumers_drop(
         emit_json({"consumer": name, "dropped": True})
     else:
         console.print(f"dropped consumer {name}", highlight=False)
+
+
+BackfillTableArg = Annotated[str, typer.Argument(help="The backfilled table.")]
+
+
+@backfill_app.command("ls")
+def backfill_ls(dsn: DsnOption = None, as_json: JsonOption = False) -> None:
+    """Every backfill: its state (running, paused, done), rows and chunks so far."""
+    found = backfills(dsn=dsn)
+    if wants_json(as_json):
+        for b in found:
+            emit_json(b)
+        return
+    table = Table("table", "state", "rows", "chunks", "started", "updated")
+    for b in found:
+        state = "done" if b["done_at"] else "paused" if b["paused_at"] else "running"
+        table.add_row(
+            b["table"],
+            state,
+            str(b["rows"]),
+            str(b["chunks"]),
+            cell(b["started_at"]),
+            cell(b["updated_at"]),
+        )
+    console.print(table)
+
+
+@backfill_app.command("pause")
+def backfill_pause(
+    table: BackfillTableArg, dsn: DsnOption = None, as_json: JsonOption = False
+) -> None:
+    """Pause a backfill after its current chunk; its progress stays."""
+    paused = pause_backfill(table, dsn=dsn)
+    if as_json:
+        emit_json({"table": table, "paused": paused})
+    else:
+        console.print(f"paused the backfill of {table}" if paused else f"{table}: backfill done")
+
+
+@backfill_app.command("resume")
+def backfill_resume(
+    table: BackfillTableArg,
+    wait: Annotated[bool, typer.Option("--wait", help="Run it here, to its end.")] = False,
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Resume a paused backfill from its last chunk (run by the feeds, pgtide capture, or
+    here with --wait)."""
+    resumed = resume_backfill(table, wait=wait, dsn=dsn)
+    if as_json:
+        emit_json({"table": table, "resumed": resumed})
+    else:
+        console.print(f"resumed the backfill of {table}" if resumed else f"{table}: backfill done")

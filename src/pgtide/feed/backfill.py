@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,8 +45,10 @@ from psycopg import sql
 from ..connect import DsnLike, Resolved
 from ..errors import FeedError
 from ..names import TableName
-from ..session import RETRY_NOW, Io, Query, Session, Stopped, one, query
+from ..overview import Section
+from ..session import RETRY_NOW, Io, Query, Session, Stopped, one, query, using
 from ._worker import WorkerThread
+from .track import call, qualified
 
 log = logging.getLogger("pgtide.feed")
 
@@ -63,21 +66,37 @@ WHERE n.nspname = %s AND c.relname = %s AND i.indisprimary ORDER BY k.ord
 _START = """
 INSERT INTO pgtide.backfills (table_name, key_columns) VALUES (%s, %s)
 ON CONFLICT (table_name) DO UPDATE SET key_columns = excluded.key_columns, last_key = NULL,
-    rows = 0, chunks = 0, started_at = now(), updated_at = NULL, done_at = NULL
+    rows = 0, chunks = 0, started_at = now(), updated_at = NULL, done_at = NULL,
+    paused_at = NULL
 """
 _PENDING = (
     "SELECT table_name, key_columns, last_key::text FROM pgtide.backfills "
-    "WHERE done_at IS NULL ORDER BY started_at, table_name"
+    "WHERE done_at IS NULL AND paused_at IS NULL ORDER BY started_at, table_name"
 )
 _ANY_PENDING = "SELECT to_regclass('pgtide.backfills') IS NOT NULL AND EXISTS (" + (
-    "SELECT 1 FROM pgtide.backfills WHERE done_at IS NULL AND table_name = ANY(%s))"
+    "SELECT 1 FROM pgtide.backfills WHERE done_at IS NULL AND paused_at IS NULL "
+    "AND table_name = ANY(%s))"
 )
 _ANY_PENDING_ALL = "SELECT to_regclass('pgtide.backfills') IS NOT NULL AND EXISTS (" + (
-    "SELECT 1 FROM pgtide.backfills WHERE done_at IS NULL)"
+    "SELECT 1 FROM pgtide.backfills WHERE done_at IS NULL AND paused_at IS NULL)"
 )
 _STATUS = (
-    "SELECT table_name, rows, chunks, started_at, done_at FROM pgtide.backfills ORDER BY table_name"
+    "SELECT table_name, rows, chunks, started_at, updated_at, done_at, paused_at "
+    "FROM pgtide.backfills ORDER BY table_name"
 )
+_INSTALLED = "SELECT to_regclass('pgtide.backfills') IS NOT NULL"
+_STILL_WANTED = (
+    "SELECT done_at IS NULL AND paused_at IS NULL FROM pgtide.backfills WHERE table_name = %s"
+)
+_PAUSE = """
+UPDATE pgtide.backfills SET paused_at = coalesce(paused_at, now())
+WHERE table_name = %s AND done_at IS NULL RETURNING 1
+"""
+_RESUME = """
+UPDATE pgtide.backfills SET paused_at = NULL
+WHERE table_name = %s AND done_at IS NULL RETURNING 1
+"""
+_KNOWN = "SELECT done_at IS NOT NULL FROM pgtide.backfills WHERE table_name = %s"
 _FORGET = "DELETE FROM pgtide.backfills WHERE table_name = %s"
 _TRY_LOCK = "SELECT pg_try_advisory_lock(%s, %s)"
 _LOCK = "SELECT pg_advisory_lock(%s, %s)"
@@ -138,12 +157,95 @@ def pending_io(tables: list[str] | None) -> Io[bool]:
 
 
 def status_io() -> Io[list[dict[str, Any]]]:
-    """Each backfill: table, rows emitted, chunks, started and done times."""
+    """Each backfill: table, rows emitted, chunks, and when it started, last wrote a chunk,
+    ended and was paused."""
+    installed = yield from one(_INSTALLED)
+    if not installed or not installed[0]:
+        return []
     rows = yield from query(_STATUS)
-    return [
-        {"table": t, "rows": r, "chunks": c, "started_at": s, "done_at": d}
-        for t, r, c, s, d in rows
+    keys = ("table", "rows", "chunks", "started_at", "updated_at", "done_at", "paused_at")
+    return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def _state(backfill: dict[str, Any]) -> str:
+    if backfill["done_at"] is not None:
+        return "done"
+    return "paused" if backfill["paused_at"] is not None else "running"
+
+
+def overview_io() -> Io[list[Section]]:
+    """The "backfills" section of ``pgtide status`` (none when no backfill was recorded)."""
+    found = yield from status_io()
+    columns = ["table", "state", "rows", "chunks", "started at", "updated at"]
+    rows = [
+        [b["table"], _state(b), b["rows"], b["chunks"], b["started_at"], b["updated_at"]]
+        for b in found
     ]
+    return [Section("backfills", columns, rows)] if rows else []
+
+
+def backfills(
+    *, dsn: DsnLike = None, conn: psycopg.Connection[Any] | None = None
+) -> list[dict[str, Any]]:
+    """Every recorded backfill: table, rows emitted, chunks, and when it started, last wrote
+    a chunk, ended (``done_at``) and was paused (``paused_at``; None while it may run)."""
+    return call(dsn, conn, status_io())
+
+
+def pause_backfill(
+    table: str, *, dsn: DsnLike = None, conn: psycopg.Connection[Any] | None = None
+) -> bool:
+    """Pause the backfill of ``table``: its progress stays, and the process running it
+    leaves it after its current chunk (one transaction) and runs no other chunk of it until
+    :func:`resume_backfill`. False if it was done already; an error if none was recorded."""
+    return call(dsn, conn, _named(table, pause_io))
+
+
+def resume_backfill(
+    table: str,
+    *,
+    wait: bool = False,
+    dsn: DsnLike = None,
+    conn: psycopg.Connection[Any] | None = None,
+) -> bool:
+    """Resume the paused backfill of ``table`` from its last chunk: runners take it up as a
+    backfill just recorded by ``track(..., backfill=True)`` (a Feed that follows the table,
+    ``pgtide capture``); ``wait=True`` runs it here and returns when it is done. False if it
+    was done already; an error if none was recorded."""
+    resumed = call(dsn, conn, _named(table, resume_io))
+    if resumed and wait:
+        with using(dsn, conn) as c:
+            Backfiller(dsn).run_pending(c, wait=True)
+    return resumed
+
+
+def _named(table: str, io: Callable[[TableName], Io[bool]]) -> Io[bool]:
+    name = yield from qualified(TableName.parse(table))
+    return (yield from io(name))
+
+
+def pause_io(table: TableName) -> Io[bool]:
+    """Pause the backfill of ``table`` (True), or say why not (an error naming the fix)."""
+    if (yield from one(_PAUSE, (str(table),))) is not None:
+        return True
+    return (yield from _not_running(table, "pause"))
+
+
+def resume_io(table: TableName) -> Io[bool]:
+    """Resume the paused backfill of ``table`` (True), or say why not."""
+    if (yield from one(_RESUME, (str(table),))) is not None:
+        return True
+    return (yield from _not_running(table, "resume"))
+
+
+def _not_running(table: TableName, verb: str) -> Io[bool]:
+    known = yield from one(_KNOWN, (str(table),))
+    if known is None:
+        raise FeedError(
+            f"cannot {verb} the backfill of {table}: none was recorded; start one with "
+            f"pgtide.track({str(table)!r}, backfill=True) (pgtide track {table} --backfill)"
+        )
+    return False  # done already: nothing to pause or resume
 
 
 def forget_io(table: TableName) -> Io[None]:
@@ -200,6 +302,10 @@ class Backfiller:
         first, after = _chunk_sql(table, keys, True), _chunk_sql(table, keys, False)
         n = self.chunk_rows
         while not self._stop.is_set():
+            wanted = conn.execute(_STILL_WANTED, (str(table),)).fetchone()
+            if wanted is None or not wanted[0]:  # paused (or forgotten) meanwhile
+                log.info("backfill of %s paused: left after its last chunk", table)
+                return
             try:
                 row = self._chunk(conn, table, first if last is None else after, n, last)
             except RETRY_NOW:  # the chunk's row locks met a writer's: nothing kept, again

@@ -194,9 +194,10 @@ def size_io() -> Io[tuple[int, int, Any]]:
 
 
 def overview() -> Io[list[Section]]:
-    """The feed's sections of ``pgtide status``: "consumers" (each consumer's lag) and
-    "changes" (the size of pgtide.changes, which prune keeps in check). Empty when the feed's
-    tables are not installed."""
+    """The feed's sections of ``pgtide status``: "consumers" (each consumer's lag),
+    "changes" (the size of pgtide.changes, which prune keeps in check), "capture" (the WAL
+    relay's slot, if any) and "backfills" (if any). Empty when the feed's tables are not
+    installed."""
     installed = yield from one(_INSTALLED)
     if not installed or not installed[0]:
         return []
@@ -207,9 +208,10 @@ def overview() -> Io[list[Section]]:
         )
     rows, bytes_, oldest = yield from size_io()
     changes = Section("changes", ["rows", "kB", "oldest"], [[rows, bytes_ // 1024, oldest]])
+    from .backfill import overview_io as backfills
     from .wal import overview_io
 
-    return [listed, changes, *(yield from overview_io())]
+    return [listed, changes, *(yield from overview_io()), *(yield from backfills())]
 
 
 def prune(
