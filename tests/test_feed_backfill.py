@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -13,6 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 import test_feed_order
+from listen_helpers import wait_until
 from pgtide_testing import CliRunner, Killable
 from test_feed_order import apply, table_rows
 from test_feed_wal import _relay, wal_server  # noqa: F401 (fixture)
@@ -256,3 +259,54 @@ def test_a_paused_backfill_keeps_its_progress_and_resumes_after_it(
 def _overview(dsn: str) -> list[Any]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         return run(conn, pgtide.feed.overview())
+
+
+def test_running_consumers_take_up_a_backfill_recorded_or_resumed_later(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A feed that was already following the table, and a running `pgtide capture`, both
+    look for new backfills: one recorded after they started is run, as is one resumed."""
+    monkeypatch.setattr("pgtide.feed._core.BACKFILL_CHECK", 0.1)  # the feed looks often
+    _make(dsn, rows=300)
+    pgtide.track("items", dsn=dsn)
+    feed = pgtide.Feed("live", ["items"], dsn=dsn)
+    reads: list[int] = []
+
+    def follow() -> None:
+        for batch in feed.batches(timeout=None):
+            reads.extend(c.row["id"] for c in batch if c.op == "read")
+            batch.ack()
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    try:
+        wait_until(lambda: "live" in {c["name"] for c in pgtide.feed.consumers(dsn=dsn)})
+        pgtide.track("items", backfill=True, dsn=dsn)  # recorded after the feed started
+        wait_until(lambda: len(reads) == 300, 20, "the running feed's backfill")
+        with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
+            pgtide.track("items", backfill=True, conn=conn)  # again, recorded paused
+            pgtide.feed.pause_backfill("items", conn=conn)
+        assert pgtide.feed.resume_backfill("items", dsn=dsn)
+        wait_until(lambda: len(reads) == 600, 20, "the resumed backfill")
+    finally:
+        feed.stop()
+        follower.join(10)
+        feed.close()
+    assert sorted(reads) == sorted(list(range(1, 301)) * 2)
+
+    # a running `pgtide capture` (its backfill runner keeps looking) runs a later one too
+    capture = subprocess.Popen([sys.executable, "-m", "pgtide", "capture", "--dsn", dsn])
+    try:
+        wait_until(lambda: _capture_running(dsn), 20, "pgtide capture to start")
+        pgtide.track("items", backfill=True, dsn=dsn)
+        wait_until(lambda: _progress(dsn)[1], 20, "pgtide capture's backfill")
+    finally:
+        capture.terminate()
+        assert capture.wait(20) == 0
+    assert _progress(dsn) == (1, True)
+
+
+def _capture_running(dsn: str) -> bool:
+    with psycopg.connect(dsn) as conn:
+        found = "SELECT 1 FROM pg_stat_activity WHERE application_name = 'pgtide backfill'"
+        return conn.execute(found).fetchone() is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 from typing import Annotated, Any
@@ -118,7 +119,11 @@ def capture(
     resolved = resolve(dsn)
     relay = Relay(resolved, name="pgtide capture")
     backfiller = Backfiller(resolved, name="pgtide capture")
-    filler = threading.Thread(target=backfiller.run, name="pgtide-backfill", daemon=True)
+    filler = threading.Thread(
+        target=functools.partial(backfiller.run, until_idle=once),
+        name="pgtide-backfill",
+        daemon=True,
+    )
 
     def stop() -> None:
         relay.stop()

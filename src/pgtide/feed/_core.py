@@ -31,7 +31,7 @@ from .. import schema
 from ..errors import FeedError, InvalidPosition
 from ..names import TableName
 from ..session import Io, Query, one, query
-from .backfill import pending_io
+from .backfill import BACKFILL_CHECK, pending_io
 from .position import Position, Snapshot
 from .retention import drop_consumer_io, position_of
 from .rows import FINGERPRINT, MARK, Decode, RowTypes, instant
@@ -432,6 +432,12 @@ class Core:
         self.wal = yield from follows_wal_io(self.tables)
         self.backfill = yield from pending_io(self.tables)
 
+    def check_backfills(self) -> Io[bool]:
+        """Look again whether a followed table has a backfill to run (one recorded or
+        resumed since the feed connected)."""
+        self.backfill = yield from pending_io(self.tables)
+        return self.backfill
+
     def start_waiting(self) -> Io[bool]:
         """Register this connection as a waiting feed (see :mod:`pgtide.feed.sleepers`)."""
         return (yield from self.sleeper.register())
@@ -701,7 +707,9 @@ def plan(
 ) -> Generator[Step, Any, None]:
     """The ``batches()`` loop: resolve start and stop, read steps, emit batches, wait.
 
-    ``stopped()`` is asked before each read: True ends the loop (``Feed.stop()``).
+    ``stopped()`` is asked before each read: True ends the loop (``Feed.stop()``). A
+    running consumer (no ``stop``) looks for new backfills of its tables every
+    :data:`~.backfill.BACKFILL_CHECK` seconds (one small query).
     ``listening()`` says whether a NOTIFY can wake the wait (the face's waker LISTENs): the
     feed then registers as waiting while it waits (:mod:`pgtide.feed.sleepers`), and reads
     again on a backoff up to ``poll`` seconds while a writer may have skipped its NOTIFY."""
@@ -719,12 +727,15 @@ def plan(
     if stop is not None:
         end = yield Run(lambda: core.resolve(stop, saved_default="end"))
     cursor.stop = end
-    idle_since = clock()
+    idle_since = backfills_checked = clock()
     watch = Watch(cap=poll)
     woken = False  # the read follows a wait
     while not stopped():
         if end is not None and pos >= end:
             break
+        if stop is None and clock() - backfills_checked >= BACKFILL_CHECK:
+            yield Run(core.check_backfills)  # recorded or resumed since: the feed may run it
+            backfills_checked = clock()
         here = pos
         changes, pos = yield Run(functools.partial(core.read, here, end, max_changes))
         cursor.position = pos

@@ -299,7 +299,10 @@ class FeedBase(Generic[S]):
         backfill = self._backfill
         if backfill is not None:
             backfill.check()
-        elif self._relays and self._core.backfill:
+            if not backfill.running:  # it ran what was pending; the feed looks again later
+                self._backfill = backfill = None
+                self._core.backfill = False
+        if backfill is None and self._relays and self._core.backfill:
             # pending backfills of the followed tables run here too (one runner at a time)
             self._backfill = BackfillThread(resolved, self.consumer)
 

@@ -54,6 +54,9 @@ log = logging.getLogger("pgtide.feed")
 
 CHUNK_ROWS = 10000
 """Rows per backfill chunk (one transaction each)."""
+BACKFILL_CHECK = 2.0
+"""Seconds between two looks for backfills to run, by a runner that keeps looking (feeds,
+``pgtide capture``), or while another runner holds the lock."""
 _LOCK_KEY = (0x70677469, 0x42464C)  # advisory lock: one backfill runner per database
 
 _PRIMARY_KEY = """
@@ -339,8 +342,10 @@ class Backfiller:
                 conn.execute(_NOTIFY, (str(table),))
         return count, done, last
 
-    def run(self, stop: threading.Event | None = None) -> None:
-        """Run pending backfills (reconnecting after an outage) until none is left."""
+    def run(self, stop: threading.Event | None = None, *, until_idle: bool = True) -> None:
+        """Run pending backfills (reconnecting after an outage) until none is left; with
+        ``until_idle=False``, also those recorded or resumed later, until stopped (looking
+        for them every ``BACKFILL_CHECK`` seconds)."""
         if stop is not None:
             self._stop = stop
         session = Session(self.dsn, name=f"pgtide {self.name}", application_name="pgtide backfill")
@@ -348,11 +353,12 @@ class Backfiller:
         try:
             while not self._stop.is_set():
                 try:
-                    if session.call(self.run_pending):
+                    if session.call(self.run_pending) and until_idle:
                         return
                 except Stopped:
                     return
-                self._stop.wait(1.0)  # another runner holds the lock: look again later
+                # another runner holds the lock, or (until_idle=False) none is left
+                self._stop.wait(BACKFILL_CHECK)
         finally:
             session.close()
 
