@@ -8,6 +8,7 @@ import asyncio
 import threading
 
 import psycopg
+import pytest
 from events_helpers import wait_for
 from pgtide_testing import gate_holders, gate_holders_besides, terminate
 
@@ -103,3 +104,47 @@ async def _until(condition: object, timeout: float = 10.0) -> set[int]:
         while not (value := await asyncio.to_thread(condition)):
             await asyncio.sleep(0.02)
     return value  # type: ignore[no-any-return]
+
+
+_SIGNUP_EVENT = """
+CREATE FUNCTION signup_event() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pgtide.publish('welcome', jsonb_build_object('email', NEW.email),
+                           dedupe_key => NEW.email);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER signup AFTER INSERT ON signups FOR EACH ROW EXECUTE FUNCTION signup_event()
+"""
+
+
+def test_publish_from_sql_follows_the_transaction_dedupes_and_wakes_a_waiting_worker(
+    dsn: str,
+) -> None:
+    """pgtide.publish() called in SQL (here by a trigger of the user's own): its event
+    exists only if the caller's transaction commits, a dedupe_key gives the holder's id,
+    and the insert wakes a waiting worker (its poll is a minute away)."""
+    events = pgtide.Events(dsn=dsn)
+    events.status()  # the schema
+    got: list[str] = []
+    worker = pgtide.Events(dsn=dsn, poll_interval=POLL)
+    worker.register("welcome", lambda e: got.append(e.payload["email"]))
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE signups (email text)")
+            conn.execute(_SIGNUP_EVENT)
+            worker.start(2)
+            wait_for(lambda: _asleep(dsn), timeout=10, what="the worker waiting")
+            with conn.transaction(force_rollback=True):
+                conn.execute("INSERT INTO signups VALUES ('gone@example.com')")
+            with conn.transaction():
+                conn.execute("INSERT INTO signups VALUES ('ann@example.com')")
+            wait_for(lambda: got, timeout=10, what="the handler, woken by the NOTIFY")
+            assert got == ["ann@example.com"]
+            one = "SELECT pgtide.publish('hold', dedupe_key => 'k')"
+            first, again = (conn.execute(one).fetchone()[0] for _ in range(2))  # type: ignore[index]
+            assert first == again and events.get(first).payload is None  # type: ignore[union-attr]
+            with pytest.raises(psycopg.errors.InvalidParameterValue, match="bad event name"):
+                conn.execute("SELECT pgtide.publish(' welcome')")
+    finally:
+        worker.close()
+        events.close()

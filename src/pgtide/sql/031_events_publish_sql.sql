@@ -1,0 +1,4 @@
+-- Events: pgtide.publish(name, payload, run_at, key, priority, dedupe_key), to publish from
+-- SQL (a trigger of your own, psql, a program in another language) in the caller's
+-- transaction, with the same dedupe rule and wake-up as Events.publish.
+-- routine: events_publish.sql ac2558390765
