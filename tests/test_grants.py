@@ -94,3 +94,18 @@ def test_every_table_of_schema_pgtide_belongs_to_a_feature(dsn: str) -> None:
         }
     granted = {t for names in FEATURE_TABLES.values() for t in names}
     assert tables - {"schema_version"} == granted
+
+
+def test_the_events_grants_are_enough_to_publish_from_sql(
+    dsn: str, plain_role: str, cli: CliRunner
+) -> None:
+    as_role = make_conninfo(dsn, user=plain_role)
+    events = pgtide.Events(dsn=dsn)
+    events.status()  # installed by the superuser
+    done = cli("grant", plain_role, "--feature", "events", "--dsn", dsn)
+    assert done.returncode == 0, done.stderr
+    publish = "SELECT pgtide.publish('from-sql', '{\"n\": 1}')"
+    with psycopg.connect(as_role, autocommit=True) as conn:
+        (id_,) = conn.execute(publish).fetchone()  # type: ignore[misc]
+    assert events.get(id_).payload == {"n": 1}  # type: ignore[union-attr]
+    events.close()
