@@ -12,6 +12,7 @@ import pgtide
 import pgtide.aio
 from pgtide.feed import retention
 from pgtide.feed._core import Change, Core, Emit, Run, Wait, plan
+from pgtide.feed.backfill import BACKFILL_CHECK
 from pgtide.feed._face import BatchInterrupted, FeedBase
 from pgtide.feed.position import Position, Snapshot
 from pgtide.session import Io
@@ -46,6 +47,10 @@ class FakeCore(Core):
         self, pos: Position, stop: Position | None, max_changes: int
     ) -> Io[tuple[list[Change], Position]]:
         return (yield from _done(next(self.reads)))
+
+    def check_backfills(self) -> Io[bool]:
+        self.backfill_checks = getattr(self, "backfill_checks", 0) + 1
+        return (yield from _done(False))
 
 
 def _drive(steps: Generator[Any, Any, None], now: list[float], wakes: int = 10) -> list[Any]:
@@ -88,6 +93,19 @@ def test_plan_registers_emits_waits_and_ends_on_timeout() -> None:
     waits = [s.seconds for s in steps if isinstance(s, Wait)]
     assert waits == [1.0]  # one idle second, then the timeout ends it
     assert core.cursor.position == _pos(7)
+
+
+def test_a_running_plan_looks_for_new_backfills_every_few_seconds_not_at_every_read() -> None:
+    """Once BACKFILL_CHECK seconds passed since the last look (here: a wait that long),
+    the next loop looks again, before its read; reads closer together do not."""
+    for timeout, looks in ((BACKFILL_CHECK / 2, 0), (3 * BACKFILL_CHECK, 1)):
+        core = FakeCore([([_change(1)], _pos(6)), ([], _pos(7)), ([], _pos(8))])
+        now = [0.0]
+        steps = _drive(plan(core, "saved", None, 10, timeout, clock=lambda: now[0]), now)
+        assert getattr(core, "backfill_checks", 0) == looks
+        if looks:
+            wait = next(i for i, s in enumerate(steps) if isinstance(s, Wait))
+            assert steps[wait + 1].make.__func__ is FakeCore.check_backfills  # type: ignore[attr-defined]
 
 
 def test_a_stopped_plan_ends_before_its_next_read() -> None:
