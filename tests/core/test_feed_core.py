@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Generator, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -12,8 +14,8 @@ import pgtide
 import pgtide.aio
 from pgtide.feed import retention
 from pgtide.feed._core import Change, Core, Emit, Run, Wait, plan
-from pgtide.feed.backfill import BACKFILL_CHECK
 from pgtide.feed._face import BatchInterrupted, FeedBase
+from pgtide.feed.backfill import BACKFILL_CHECK
 from pgtide.feed.position import Position, Snapshot
 from pgtide.session import Io
 
@@ -101,11 +103,13 @@ def test_a_running_plan_looks_for_new_backfills_every_few_seconds_not_at_every_r
     for timeout, looks in ((BACKFILL_CHECK / 2, 0), (3 * BACKFILL_CHECK, 1)):
         core = FakeCore([([_change(1)], _pos(6)), ([], _pos(7)), ([], _pos(8))])
         now = [0.0]
-        steps = _drive(plan(core, "saved", None, 10, timeout, clock=lambda: now[0]), now)
+        clock = functools.partial(operator.getitem, now, 0)
+        steps = _drive(plan(core, "saved", None, 10, timeout, clock=clock), now)
         assert getattr(core, "backfill_checks", 0) == looks
         if looks:
             wait = next(i for i, s in enumerate(steps) if isinstance(s, Wait))
-            assert steps[wait + 1].make.__func__ is FakeCore.check_backfills  # type: ignore[attr-defined]
+            look = steps[wait + 1].make
+            assert look.__func__ is FakeCore.check_backfills  # type: ignore[attr-defined]
 
 
 def test_a_stopped_plan_ends_before_its_next_read() -> None:
