@@ -947,3 +947,32 @@ def test_refused_connection_shows_the_password_in_no_page_or_log(
     with caplog.at_level("DEBUG"):
         asyncio.run(main())
     assert "Wr0ng-Pa55-xyz" not in caplog.text
+
+
+def test_backfills_on_the_feed_page_and_in_metrics(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE archive (id int PRIMARY KEY)")
+        conn.execute("INSERT INTO archive SELECT generate_series(1, 10)")
+    pgtide.track("archive", backfill=True, dsn=dsn)
+    pgtide.feed.pause_backfill("archive", dsn=dsn)
+
+    async def main() -> None:
+        async with web_client(dsn) as http:
+            page = (await http.get("/feed")).text
+            assert 'data-testid="backfill-state-public.archive">paused<' in page
+            assert 'data-testid="backfill-rows-public.archive">0<' in page
+            text = (await http.get("/metrics")).text
+            assert 'pgtide_backfill_paused{table="public.archive"} 1.0' in text
+            assert 'pgtide_backfill_done{table="public.archive"} 0.0' in text
+
+    asyncio.run(main())
+    pgtide.feed.resume_backfill("archive", wait=True, dsn=dsn)
+
+    async def done() -> None:
+        async with web_client(dsn) as http:
+            text = (await http.get("/metrics")).text
+            assert 'pgtide_backfill_rows{table="public.archive"} 10.0' in text
+            assert 'pgtide_backfill_done{table="public.archive"} 1.0' in text
+            assert 'pgtide_backfill_paused{table="public.archive"} 0.0' in text
+
+    asyncio.run(done())

@@ -281,10 +281,9 @@ def backfill_ls(dsn: DsnOption = None, as_json: JsonOption = False) -> None:
         return
     table = Table("table", "state", "rows", "chunks", "started", "updated")
     for b in found:
-        state = "done" if b["done_at"] else "paused" if b["paused_at"] else "running"
         table.add_row(
             b["table"],
-            state,
+            b["state"],
             str(b["rows"]),
             str(b["chunks"]),
             cell(b["started_at"]),

@@ -160,14 +160,15 @@ def pending_io(tables: list[str] | None) -> Io[bool]:
 
 
 def status_io() -> Io[list[dict[str, Any]]]:
-    """Each backfill: table, rows emitted, chunks, and when it started, last wrote a chunk,
-    ended and was paused."""
+    """Each backfill: table, state (running, paused or done), rows emitted, chunks, and when
+    it started, last wrote a chunk, ended and was paused."""
     installed = yield from one(_INSTALLED)
     if not installed or not installed[0]:
         return []
     rows = yield from query(_STATUS)
     keys = ("table", "rows", "chunks", "started_at", "updated_at", "done_at", "paused_at")
-    return [dict(zip(keys, row, strict=True)) for row in rows]
+    found = [dict(zip(keys, row, strict=True)) for row in rows]
+    return [{**b, "state": _state(b)} for b in found]
 
 
 def _state(backfill: dict[str, Any]) -> str:
@@ -181,7 +182,7 @@ def overview_io() -> Io[list[Section]]:
     found = yield from status_io()
     columns = ["table", "state", "rows", "chunks", "started at", "updated at"]
     rows = [
-        [b["table"], _state(b), b["rows"], b["chunks"], b["started_at"], b["updated_at"]]
+        [b["table"], b["state"], b["rows"], b["chunks"], b["started_at"], b["updated_at"]]
         for b in found
     ]
     return [Section("backfills", columns, rows)] if rows else []
@@ -190,8 +191,9 @@ def overview_io() -> Io[list[Section]]:
 def backfills(
     *, dsn: DsnLike = None, conn: psycopg.Connection[Any] | None = None
 ) -> list[dict[str, Any]]:
-    """Every recorded backfill: table, rows emitted, chunks, and when it started, last wrote
-    a chunk, ended (``done_at``) and was paused (``paused_at``; None while it may run)."""
+    """Every recorded backfill: table, ``state`` ("running", "paused" or "done"), rows
+    emitted, chunks, and when it started, last wrote a chunk, ended (``done_at``) and was
+    paused (``paused_at``; None while it may run)."""
     return call(dsn, conn, status_io())
 
 

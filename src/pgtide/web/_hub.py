@@ -33,7 +33,7 @@ from ..aio import Listener
 from ..connect import DsnLike, Resolved, aconnect, resolve
 from ..errors import PgtideError
 from ..events import Histogram
-from ..feed import retention, sleepers, wal
+from ..feed import backfill, retention, sleepers, wal
 from ..listen import Notification
 from ..overview import Section
 from ..session import Io, arun
@@ -65,6 +65,8 @@ class Sample:
     rejects_total: int = 0
     published: int = 0
     captured: int = 0
+    backfills: list[dict[str, Any]] = field(default_factory=list)
+    """Each recorded backfill (``pgtide.feed.backfills()``: table, rows, chunks, times)."""
 
     @property
     def capture(self) -> list[dict[str, Any]]:
@@ -373,6 +375,7 @@ class Hub:
             # WAL capture's relay: its slot and lag (no section when no table uses the WAL)
             for section in (yield from wal.overview_io()):
                 sample.sections[section.title] = section
+            sample.backfills = yield from backfill.status_io()
         if has_events:
             sample.events_by_name, sample.retries = yield from _queries.events_by_name()
             sample.durations = yield from self.finished.sample()

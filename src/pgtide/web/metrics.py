@@ -157,6 +157,8 @@ class ConsoleCollector(Collector):
             )
         if s.capture:
             yield from slot_metrics(s.capture)
+        if s.backfills:
+            yield from backfill_metrics(s.backfills)
         # events
         by = GaugeMetricFamily(
             "pgtide_events", "Events of pgtide.events by name and state", labels=["name", "state"]
@@ -256,6 +258,28 @@ def slot_metrics(slots: list[dict[str, Any]]) -> Iterator[Metric]:
                 "pgtide_slot_last_relayed_timestamp_seconds",
                 "When the relay last wrote to the change log (Unix time)",
                 lambda c: _timestamp(c["last relayed at"]),
+            ),
+        ],
+    )
+
+
+def backfill_metrics(backfills: list[dict[str, Any]]) -> Iterator[Metric]:
+    """Each recorded backfill's progress, labelled ``table``."""
+    yield from labelled(
+        backfills,
+        ["table"],
+        lambda b: [str(b["table"])],
+        [
+            gauge("pgtide_backfill_rows", "Rows a backfill has emitted so far", "rows"),
+            gauge(
+                "pgtide_backfill_paused",
+                "1 while a backfill is paused (pgtide backfill resume TABLE)",
+                lambda b: int(b["state"] == "paused"),
+            ),
+            gauge(
+                "pgtide_backfill_done",
+                "1 once a backfill has emitted every row",
+                lambda b: int(b["state"] == "done"),
             ),
         ],
     )
