@@ -413,6 +413,7 @@ class Core:
     types: RowTypes = field(default_factory=RowTypes)
     wal: bool = False  # a followed table is captured from the WAL: the feed may relay
     backfill: bool = False  # a followed table has a backfill to run: the feed may run it
+    runs_backfills: bool = True  # the feed runs backfills (relay=True): it looks for new ones
     # the rest of a step delivered in several batches: its transactions, by position key
     _summary: dict[tuple[Any, ...], Summary] = field(default_factory=dict, repr=False)
     # the connection's registration as a waiting feed (see pgtide.feed.sleepers)
@@ -733,7 +734,7 @@ def plan(
     while not stopped():
         if end is not None and pos >= end:
             break
-        if stop is None and clock() - backfills_checked >= BACKFILL_CHECK:
+        if stop is None and core.runs_backfills and clock() - backfills_checked >= BACKFILL_CHECK:
             yield Run(core.check_backfills)  # recorded or resumed since: the feed may run it
             backfills_checked = clock()
         here = pos

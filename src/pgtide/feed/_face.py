@@ -214,7 +214,7 @@ class FeedBase(Generic[S]):
         self._listens = wakeup == "notify"
         self._poll_interval = interval
         self._auto_prune = auto_prune
-        self._core = Core(consumer, _tables(tables))
+        self._core = Core(consumer, _tables(tables), runs_backfills=relay)
         self._cursor = self._core.cursor
         self._waker: Waker | None = None
         self._stopping = threading.Event()
