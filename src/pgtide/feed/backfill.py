@@ -99,7 +99,7 @@ _RESUME = """
 UPDATE pgtide.backfills SET paused_at = NULL
 WHERE table_name = %s AND done_at IS NULL RETURNING 1
 """
-_KNOWN = "SELECT done_at IS NOT NULL FROM pgtide.backfills WHERE table_name = %s"
+_KNOWN = "SELECT 1 FROM pgtide.backfills WHERE table_name = %s"
 _FORGET = "DELETE FROM pgtide.backfills WHERE table_name = %s"
 _TRY_LOCK = "SELECT pg_try_advisory_lock(%s, %s)"
 _LOCK = "SELECT pg_advisory_lock(%s, %s)"
