@@ -73,6 +73,7 @@ def test_publish_ls_retry_and_status(cli: CliRunner, dsn: str) -> None:
             "failed": 0,
             "dead": 0,
             "cancelled": 0,
+            "waiting": 0,
             "unhandled": 2,
             "workers": 0,
         }

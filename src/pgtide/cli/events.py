@@ -114,6 +114,10 @@ def publish(
         str | None,
         typer.Option("--dedupe-key", help="Insert nothing while an event with it is unfinished."),
     ] = None,
+    after: Annotated[
+        list[int] | None,
+        typer.Option("--after", help="Run once event ID is done (repeat for several)."),
+    ] = None,
     dsn: DsnOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -123,7 +127,13 @@ def publish(
     id_ = _ask(
         dsn,
         lambda events: events.publish(
-            name, value, key=key, run_at=run_at, priority=priority, dedupe_key=dedupe_key
+            name,
+            value,
+            key=key,
+            run_at=run_at,
+            priority=priority,
+            dedupe_key=dedupe_key,
+            after=after or None,
         ),
     )
     _report(as_json, {"id": id_, "name": name, "payload": value}, f"published event {id_} ({name})")

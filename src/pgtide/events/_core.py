@@ -62,6 +62,7 @@ class EventRecord:
     finished_at: datetime | None
     priority: int = 0
     dedupe_key: str | None = None
+    after: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,15 @@ class Core:
         _check_key(key)
         _check_key(dedupe_key, "dedupe_key")
         _check_priority(priority)
+        after = _after(args.after, dedupe_key)
+        if after:
+            array = encode_array([payload], name)
+
+            def work() -> Io[int]:
+                ids = yield from self._publish_after(name, array, when, key, priority, after, 1)
+                return ids[0]
+
+            return work
         return lambda: self._publish(name, encoded, when, key, priority, dedupe_key)
 
     def _publish(
@@ -199,6 +209,44 @@ class Core:
         assert row is not None
         return int(row[0])
 
+    def _publish_after(
+        self,
+        name: str,
+        array: str,
+        when: datetime | None,
+        key: str | None,
+        priority: int,
+        after: list[int],
+        count: int,
+    ) -> Io[list[int]]:
+        """Insert the events of ``array`` to run after the events ``after`` (one statement:
+        see :data:`_sql.PUBLISH_AFTER`); their ids."""
+        if self.checked is not None:
+            raise ConfigError(
+                "after= needs pgtide's own events table; your table "
+                f"{self.checked.key} has no such column"
+            )
+        params = {
+            "after": after,
+            "name": name,
+            "run_at": when,
+            "key": key,
+            "priority": priority,
+            "payloads": array,
+        }
+        row = yield from one(_sql.PUBLISH_AFTER, params)
+        assert row is not None
+        if row[0] != len(after):
+            missing = yield from one(_sql.MISSING_EVENTS, (after,))
+            unknown = ", ".join(map(str, (missing or [None])[0] or after))
+            raise ConfigError(
+                f"after= names no event {unknown}: give ids that publish() returned (finished "
+                "events are purged after keep_done)"
+            )
+        ids = list(map(int, row[1].split(","))) if row[1] else []
+        assert len(ids) == count
+        return ids
+
     def publish_many(self, args: PublishArgs) -> Work[list[int]]:
         """Insert many events called ``name`` in one statement (one wake-up); their ids, one
         per payload. ``dedupe_key``: one key for all (one event at most), or one per payload
@@ -224,6 +272,7 @@ class Core:
                 )
         for k in keys or ():
             _check_key(k, "dedupe_key")
+        after = _after(args.after, dedupe_key)
         array = encode_array(values, name)  # one value to encode, send and parse
 
         def work() -> Io[list[int]]:
@@ -235,6 +284,12 @@ class Core:
                 )
             if not values:
                 return []
+            if after:
+                return (
+                    yield from self._publish_after(
+                        name, array, when, key, priority, after, len(values)
+                    )
+                )
             if keys is None:
                 params = (name, when, key, priority, array)
                 row = yield from one(_sql.PUBLISH_MANY_PLAIN, params)
@@ -645,6 +700,32 @@ def _check_key(key: object, what: str = "key") -> None:
         raise ConfigError(f"{what} must be a string or None, not {type(key).__name__}")
     if key is not None and "\x00" in key:
         raise ConfigError(f"bad {what} {key!r}: it cannot hold a NUL character (\\x00)")
+
+
+def _after(after: object, dedupe_key: object) -> list[int] | None:
+    """The ids an event is to run after, checked (sorted, each once), or None."""
+    if after is None:
+        return None
+    ids = [after] if isinstance(after, int) else after
+    try:
+        found = sorted(set(ids))  # type: ignore[call-overload]
+    except TypeError:
+        found = None
+    if (
+        found is None
+        or not found
+        or not all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in found)
+    ):
+        raise ConfigError(
+            f"after= takes an event id or a list of event ids (as publish() returns them), "
+            f"not {after!r}"
+        )
+    if dedupe_key is not None:
+        raise ConfigError(
+            "after= and dedupe_key= cannot be combined: a waiting event holds no dedupe key; "
+            "publish the dependent event once (keep its id), or dedupe its parents"
+        )
+    return found
 
 
 def _check_priority(priority: object) -> None:

@@ -17,9 +17,10 @@ from ..codecs import decode_json
 from ..connect import backoff_delay
 from ..errors import ConfigError, EventPayloadError
 
-STATES = ("pending", "running", "done", "failed", "dead", "cancelled")
+STATES = ("pending", "running", "done", "failed", "dead", "cancelled", "waiting")
 """Every state an event can be in: failed means "will retry", dead means "gave up",
-cancelled means ``cancel()`` stopped it (never retried)."""
+cancelled means ``cancel()`` stopped it (never retried), waiting means it runs after other
+events (``publish(..., after=...)``) not all done yet."""
 
 ENDED = frozenset({"done", "dead", "cancelled"})
 """The states an event ends in (what ``wait()`` waits for)."""

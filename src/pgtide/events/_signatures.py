@@ -117,6 +117,7 @@ class PublishArgs:
     key: str | None
     priority: int
     dedupe_key: Any
+    after: int | Iterable[int] | None = None
 
     def on(self, kind: type[psycopg.Connection[Any]] | type[psycopg.AsyncConnection[Any]]) -> Any:
         """The caller's connection, checked to be of the face's kind (or None)."""
@@ -138,9 +139,10 @@ def publish_args(
     key: str | None = None,
     priority: int = 0,
     dedupe_key: str | None = None,
+    after: int | Iterable[int] | None = None,
 ) -> PublishArgs:
     """``publish`` of either face."""
-    return PublishArgs(name, payload, conn, run_at, key, priority, dedupe_key)
+    return PublishArgs(name, payload, conn, run_at, key, priority, dedupe_key, after)
 
 
 def publish_many_args(
@@ -152,6 +154,7 @@ def publish_many_args(
     key: str | None = None,
     priority: int = 0,
     dedupe_key: str | Iterable[str | None] | None = None,
+    after: int | Iterable[int] | None = None,
 ) -> PublishArgs:
     """``publish_many`` of either face (``payload`` holds the payloads)."""
-    return PublishArgs(name, payloads, conn, run_at, key, priority, dedupe_key)
+    return PublishArgs(name, payloads, conn, run_at, key, priority, dedupe_key, after)

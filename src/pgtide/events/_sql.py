@@ -58,6 +58,44 @@ SELECT string_agg(id::text, ',' ORDER BY id) FROM inserted
 ids come back as one comma-separated text, in the payloads' order (each row takes its id
 in that order): one value to read, not a row per event."""
 
+PUBLISH_AFTER = """
+WITH parents AS (
+    UPDATE pgtide.events SET dependents = true
+    WHERE id = ANY(%(after)s::bigint[]) AND source = ''
+    RETURNING id, state),
+seen AS (
+    SELECT count(*) AS found, count(*) FILTER (WHERE state <> 'done') AS open,
+           (array_agg(id ORDER BY id) FILTER (WHERE state IN ('dead', 'cancelled')))[1] AS lost,
+           (array_agg(state ORDER BY id) FILTER (WHERE state IN ('dead', 'cancelled')))[1] AS how
+    FROM parents),
+inserted AS (
+    INSERT INTO pgtide.events (name, payload, run_after, key, priority, after, state, error,
+                               finished_at)
+    SELECT %(name)s, t.p, coalesce(%(run_at)s::timestamptz, now()), %(key)s, %(priority)s,
+           %(after)s::bigint[],
+           CASE WHEN s.lost IS NOT NULL THEN 'cancelled'
+                WHEN s.open > 0 THEN 'waiting' ELSE 'pending' END,
+           CASE WHEN s.lost IS NOT NULL THEN format(
+               'cancelled: event %%s, which it was to run after, ended %%s', s.lost, s.how) END,
+           CASE WHEN s.lost IS NOT NULL THEN now() END
+    FROM seen s, jsonb_array_elements(%(payloads)s::jsonb) WITH ORDINALITY AS t(p, n)
+    WHERE s.found = cardinality(%(after)s::bigint[])
+    ORDER BY t.n
+    RETURNING id)
+SELECT (SELECT found FROM seen), (SELECT string_agg(id::text, ',' ORDER BY id) FROM inserted)
+"""
+"""Publish events that run after others, in one statement (so on any connection, in the
+caller's transaction or not): the events named are flagged and locked (a worker ending one
+meanwhile waits for this to commit, then releases the new events: see 032_events_after.sql),
+and the new events are inserted ``waiting`` while any of them is not done (``pending`` when
+all are; ``cancelled`` when one ended dead or cancelled). Nothing is inserted when an id is
+not one of pgtide's events: the first value then counts those found."""
+
+MISSING_EVENTS = """
+SELECT array_agg(a ORDER BY a) FROM unnest(%s::bigint[]) AS a
+WHERE NOT EXISTS (SELECT 1 FROM pgtide.events e WHERE e.id = a AND e.source = '')
+"""
+
 CLAIM = """
 SELECT id, name, payload, created_at, key, source_id, lease_token, attempts, priority
 FROM pgtide.events_claim(%(source)s::text, %(names)s::text[], %(limit)s::integer,
@@ -200,7 +238,7 @@ WITH asked AS (
                      ELSE 'cancelled' END,
         finished_at = CASE WHEN state = 'running' AND lease_expires >= now() THEN finished_at
                            ELSE now() END
-    WHERE id = %s AND state IN ('pending', 'failed', 'running')
+    WHERE id = %s AND state IN ('pending', 'failed', 'running', 'waiting')
     RETURNING id, state)
 SELECT state, pg_notify(CASE WHEN state = 'running' THEN 'pgtide_events_cancel'
                              ELSE 'pgtide_events_done' END, id::text)
@@ -281,7 +319,7 @@ GROUP BY e.name ORDER BY e.name
 
 _ROW = """
 SELECT id, name, state, attempts, payload, result, error, key, source_id,
-       run_after, created_at, started_at, finished_at, priority, dedupe_key
+       run_after, created_at, started_at, finished_at, priority, dedupe_key, after
 FROM pgtide.events
 """
 
@@ -462,7 +500,8 @@ SELECT source,
        count(*) FILTER (WHERE state = 'done'),
        count(*) FILTER (WHERE state = 'failed'),
        count(*) FILTER (WHERE state = 'dead'),
-       count(*) FILTER (WHERE state = 'cancelled')
+       count(*) FILTER (WHERE state = 'cancelled'),
+       count(*) FILTER (WHERE state = 'waiting')
 FROM pgtide.events GROUP BY source ORDER BY source
 """
 

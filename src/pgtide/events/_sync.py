@@ -75,7 +75,8 @@ class Events(EventsBase, Closable):
         event and wakes nobody. ``run_at`` delays it; events with the same ``key`` run one
         at a time, in order. Smaller ``priority`` runs first (equal ones in id order). While
         an event with the same ``dedupe_key`` is pending, failed or running, nothing is
-        inserted and that event's id is returned.
+        inserted and that event's id is returned. ``after`` (an id or ids): it waits until
+        those events are done, and ends cancelled if one ends dead or cancelled.
         """
         return self._run(self._core.publish(args), args.on(psycopg.Connection))
 
@@ -83,16 +84,18 @@ class Events(EventsBase, Closable):
     def publish_many(self, args: sig.PublishArgs) -> list[int]:
         """Insert many events called ``name`` in one statement (one wake-up); return their
         ids, one per payload. ``dedupe_key``: one per payload (None for none), or one string
-        for all; a payload whose key an unfinished event holds gets that event's id."""
+        for all; a payload whose key an unfinished event holds gets that event's id.
+        ``after``: as for :meth:`publish`, the same events for every payload."""
         return self._run(self._core.publish_many(args), args.on(psycopg.Connection))
 
     # -- control -------------------------------------------------------------------------
 
     def cancel(self, id: int) -> str | None:
-        """Cancel event ``id``: pending or failed, it ends ``cancelled`` at once; running, its
-        handler is asked to stop (``event.cancelled`` turns True; an async handler's task
-        is cancelled) and it ends ``cancelled``, never retried. Returns the state after
-        (``cancelled`` or ``running``), or None if it had already ended or does not exist."""
+        """Cancel event ``id``: pending, failed or waiting, it ends ``cancelled`` at once;
+        running, its handler is asked to stop (``event.cancelled`` turns True; an async
+        handler's task is cancelled) and it ends ``cancelled``, never retried. Returns the
+        state after (``cancelled`` or ``running``), or None if it had already ended or does
+        not exist."""
         return self._run(self._core.cancel(id))
 
     def pause(self, name: str) -> None:

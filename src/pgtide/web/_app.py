@@ -316,7 +316,7 @@ async def retry_event(
 async def cancel_event(
     events: aio.Events, request: Request, values: dict[str, str]
 ) -> tuple[Any, str]:
-    """Cancel one event: pending or failed, it ends ``cancelled``; running, its handler is
+    """Cancel one event: pending, failed or waiting, it ends ``cancelled``; running, its handler is
     asked to stop (see :meth:`pgtide.Events.cancel`)."""
     id_ = int(request.path_params["id"])
     state = await events.cancel(id_)
