@@ -121,6 +121,22 @@ def test_a_round_sent_again_after_its_commit_counts_no_start_twice(
     assert events.get(late).result == {"by": "B"}  # type: ignore[union-attr]
 
 
+def test_a_start_recorded_by_a_round_whose_reply_was_lost_is_not_counted_with_the_outcome(
+    events: pgtide.Events, dsn: str
+) -> None:
+    """A round counts a start (STARTED) and commits, but its reply is lost: the worker keeps
+    the start as not counted, and by its next round the handler has ended, so the start goes
+    with the outcome. The outcome is recorded; the start is not counted a second time."""
+    (id_,) = events.publish_many("job", [1])
+    with psycopg.connect(dsn, autocommit=True) as a:
+        held = _claim(a, "A")
+        _started(a, held)  # recorded; the worker never saw the reply
+        _complete(a, "A", held, starts=1)  # the same start, folded into the outcome
+    record = events.get(id_)
+    assert record is not None and (record.state, record.attempts) == ("done", 1)
+    assert record.started_at is not None
+
+
 def test_a_round_sent_again_after_its_event_was_taken_over_counts_no_start_twice(
     events: pgtide.Events, dsn: str
 ) -> None:

@@ -3,9 +3,10 @@
 --
 -- p_ids, p_tokens and p_starts are comma-separated integers (cheaper to send than arrays):
 -- the events, the fencing tokens of their claims, and the attempts started and not counted
--- yet; p_results their results (JSON texts) or NULL for none. An outcome is recorded only
--- while the event still carries p_owner and its token; an event whose cancel was asked
--- ends cancelled. A refused outcome's start is counted only when another claim took the
+-- yet (as the worker knows: a start its claim has counted already, started_at set, is not
+-- counted again); p_results their results (JSON texts) or NULL for none. An outcome is
+-- recorded only while the event still carries p_owner and its token; an event whose cancel
+-- was asked ends cancelled. A refused outcome's start is counted only when another claim took the
 -- event over and that start is not counted yet (migrations 028 and 029). Whoever waits for
 -- an event that ended is told on pgtide_events_done (the ids, or '' when too many).
 
@@ -27,8 +28,10 @@ BEGIN
         UPDATE pgtide.events e
         SET state = CASE WHEN e.cancel_requested THEN 'cancelled' ELSE 'done' END,
             result = v.result::jsonb, finished_at = now(), lease_owner = NULL,
-            lease_expires = NULL, attempts = e.attempts + v.n,
-            started_at = CASE WHEN v.n > 0 THEN now() ELSE e.started_at END
+            lease_expires = NULL,
+            attempts = e.attempts + CASE WHEN e.started_at IS NULL THEN v.n ELSE 0 END,
+            started_at = CASE WHEN v.n > 0 AND e.started_at IS NULL THEN now()
+                              ELSE e.started_at END
         FROM unnest(ids, tokens, p_results, starts) AS v(id, token, result, n)
         WHERE e.id = ANY(ids) AND e.id = v.id AND e.lease_token = v.token
           AND e.lease_owner = p_owner AND e.state = running

@@ -1,0 +1,12 @@
+-- Events: a start counted by a round whose reply was lost is not counted again with its
+-- outcome.
+--
+-- A round counts the attempts of handlers still running (STARTED) and commits; when its
+-- reply is lost (the server stopped, or the connection broke, after the commit), the worker
+-- keeps those starts as not counted and sends them again. STARTED sent again counts nothing
+-- (028). But when the handler has ended by the next round, its start goes with its outcome,
+-- and the outcome's update added it whatever started_at said: the attempt was counted
+-- twice, and an event could go dead one retry early (seen once in the outage test, under
+-- load). The outcome now adds a start only while the claim's start is not counted
+-- (started_at is NULL from the claim on), as STARTED does.
+-- routine: events_complete.sql 7dcb04644289
