@@ -41,6 +41,10 @@ PART_KEYS = {
 }
 """Env-file keys that give a connection piece by piece (the jumbo.env convention)."""
 
+POOLER_KEY = "PGTIDE_POOLER"
+"""Set to ``transaction`` when pgtide connects through a transaction-pooling proxy (PgBouncer
+with ``pool_mode = transaction``, and the like); see :func:`pooled`."""
+
 DEFAULT_CONNECT_TIMEOUT = 10
 APPLICATION_NAME = "pgtide"
 
@@ -239,9 +243,43 @@ def dsn(dsn: DsnLike = None) -> str:
     return resolve(dsn).dsn
 
 
+def pooled() -> bool:
+    """Whether pgtide's connections go through a transaction-pooling proxy
+    (``PGTIDE_POOLER=transaction``).
+
+    Such a proxy gives each transaction whichever server connection is free, so nothing may
+    outlive a transaction: pgtide then prepares no statements, sets nothing for a session,
+    and polls instead of LISTENing (a notification would reach whichever client holds that
+    server connection then). What needs a session of its own (a Listener, the WAL relay,
+    backfill runners) refuses to start, naming the fix: a direct connection.
+    """
+    value = os.environ.get(POOLER_KEY, "").strip().lower()
+    if value in ("", "none", "session"):
+        return False
+    if value == "transaction":
+        return True
+    raise ConfigError(
+        f"{POOLER_KEY}={value!r} is not a pool mode pgtide knows; set it to 'transaction' when "
+        "connecting through a transaction-pooling proxy (PgBouncer's pool_mode = transaction), "
+        "else unset it"
+    )
+
+
+def needs_session(what: str) -> None:
+    """Refuse to start ``what`` behind a transaction pooler (see :func:`pooled`)."""
+    if pooled():
+        raise ConfigError(
+            f"{what} needs a session of its own, which a transaction-pooling proxy does not "
+            f"keep ({POOLER_KEY}=transaction): give it a DSN that reaches PostgreSQL directly "
+            f"(or through a session-mode pool), with {POOLER_KEY} unset for that process"
+        )
+
+
 def _connect_kwargs(resolved: Resolved, kwargs: dict[str, Any]) -> dict[str, Any]:
     params = resolved.params
     kwargs.setdefault("application_name", APPLICATION_NAME)
+    if pooled():
+        kwargs["prepare_threshold"] = None  # a prepared statement lives in one server session
     if "connect_timeout" not in params:
         kwargs.setdefault("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
     return kwargs

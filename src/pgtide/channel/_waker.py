@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..connect import Resolved
+from ..connect import POOLER_KEY, Resolved, pooled
 from ..errors import PgtideError
 from ._queue import Batch, Marker
 from ._receiver import Receiver, Settings, SocketCopy, WakePipe, watch
@@ -191,6 +191,9 @@ class Waker:
         """LISTEN on the channels; return whether it could (a failure is logged, not raised)."""
         if self._receiver is not None or not self._channels:
             return self._receiver is not None
+        if pooled():  # a transaction pooler would hand the LISTEN's session to others
+            log.info("wake-ups off behind a transaction pooler (%s); polling", POOLER_KEY)
+            return False
         if self._resolved is None:
             raise PgtideError("a waker with channels needs a database to LISTEN on")
         registry = Registry()

@@ -22,7 +22,7 @@ from psycopg.conninfo import make_conninfo
 from .. import schema
 from .._compat import positional_dsn
 from ..channel import Waker
-from ..connect import DsnLike, Resolved
+from ..connect import DsnLike, Resolved, pooled
 from ..errors import ConfigError, PgtideError
 from ..overview import Section
 from ..session import Io, Query, atomic, one, query
@@ -109,7 +109,7 @@ class Core:
             poll_interval=env_float("poll_interval", poll_interval, 1.0),
             lease=lease,
             batch_size=batch_size,
-            listen=listen,
+            listen=listen and not pooled(),  # behind a transaction pooler: poll, hold no gate
             retry_delay=retry_delay,
             max_retry_delay=max_retry_delay,
             keep_done=_seconds(keep_done),

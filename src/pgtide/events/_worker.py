@@ -58,7 +58,7 @@ from psycopg import sql
 from .. import _signals, schema
 from ..channel import Waker
 from ..channel._gate import EVENTS_GATE, SNAPSHOT, Registration, Watch, check_io, in_progress
-from ..connect import Resolved
+from ..connect import Resolved, pooled
 from ..session import (
     OUTAGES,
     AsyncSession,
@@ -464,7 +464,7 @@ class WorkerCore:
             self._gate = Registration(EVENTS_GATE)  # a new connection holds no gate
             self._take_at = 0.0
         yield from schema.ensure_io()
-        yield Query(_sql.WORKER_SESSION)
+        yield from self.writer_setup()
         yield from atomic(self._register())
         if self.target.source == "":
             specs = [self.handlers[n] for n in sorted(self.handlers)]
@@ -480,8 +480,10 @@ class WorkerCore:
             )
 
     def writer_setup(self) -> Io[None]:
-        """A new connection of the worker's writer: the same session settings."""
-        yield Query(_sql.WORKER_SESSION)
+        """A new connection of the worker's writer: the same session settings (none behind
+        a transaction pooler, which would leave them to its other clients)."""
+        if not pooled():
+            yield Query(_sql.WORKER_SESSION)
 
     def _register(self) -> Io[None]:
         yield Query(_sql.WORKERS_PRUNE)

@@ -4,6 +4,7 @@ once; the wake-up; the batch as a sequence; stopping; what an interrupted batch 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeAlias, TypeVar, overload
 
 from ..channel import Waker
-from ..connect import DsnLike, Resolved
+from ..connect import POOLER_KEY, DsnLike, Resolved, pooled
 from ..errors import FeedError
 from ..names import TableName
 from ..session import OUTAGES, AsyncSession, Session
@@ -19,6 +20,8 @@ from ._core import Change, Changes, Core, Emit, Start, Step, plan
 from .backfill import BackfillThread
 from .position import Position
 from .wal import RelayThread
+
+log = logging.getLogger("pgtide.feed")
 
 CHANNEL = "pgtide_changes"
 """The channel the capture triggers NOTIFY on, with the table name as payload."""
@@ -221,6 +224,7 @@ class FeedBase(Generic[S]):
         self._runner: object = None  # the thread or task in batches(), if any
         self._last_prune = time.monotonic()
         self._relays = relay
+        self._pooled_warned = False
         self._relay: RelayThread | None = None
         self._backfill: BackfillThread | None = None
         self._session: S = self._session_class(
@@ -291,6 +295,16 @@ class FeedBase(Generic[S]):
         """After a read: start the relay thread when the feed follows a table captured from
         the WAL (it relays only while it holds the database's relay lock); raise what stopped
         it (a lost slot)."""
+        if self._relays and (self._core.wal or self._core.backfill) and pooled():
+            if not self._pooled_warned:  # the relay and backfills hold session locks
+                self._pooled_warned = True
+                log.warning(
+                    "feed %s: behind a transaction pooler (%s=transaction) it runs no relay "
+                    "nor backfill; run `pgtide capture` on a direct connection",
+                    self.consumer,
+                    POOLER_KEY,
+                )
+            return
         relay = self._relay
         if relay is not None:
             relay.check()

@@ -42,7 +42,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ..connect import DsnLike, Resolved
+from ..connect import DsnLike, Resolved, needs_session
 from ..errors import FeedError
 from ..names import TableName
 from ..overview import Section
@@ -348,6 +348,7 @@ class Backfiller:
         """Run pending backfills (reconnecting after an outage) until none is left; with
         ``until_idle=False``, also those recorded or resumed later, until stopped (looking
         for them every ``BACKFILL_CHECK`` seconds)."""
+        needs_session("a backfill runner (it holds the database's backfill lock)")
         if stop is not None:
             self._stop = stop
         session = Session(self.dsn, name=f"pgtide {self.name}", application_name="pgtide backfill")

@@ -61,7 +61,7 @@ from psycopg import sql
 
 from .. import schema
 from ..channel._gate import FEED_GATE
-from ..connect import DsnLike, Resolved, connect
+from ..connect import DsnLike, Resolved, connect, needs_session
 from ..errors import FeedError
 from ..names import TableName
 from ..overview import Section
@@ -1154,6 +1154,7 @@ class Relay:
     ) -> None:
         """Relay until ``stop`` is set (or, ``until_idle``, until the slot is drained).
         Another relay holding the lock: wait, and take over when it goes away."""
+        needs_session("the WAL relay (it holds the database's relay lock)")
         stop = stop or self._stop
         self._flush = until_idle
         session = Session(self.dsn, name=f"pgtide {self.name}", application_name="pgtide relay")

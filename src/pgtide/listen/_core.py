@@ -43,7 +43,7 @@ from ..channel import (
     Subscriber,
     WhenFull,
 )
-from ..connect import DsnLike, Resolved, resolve
+from ..connect import DsnLike, Resolved, needs_session, resolve
 
 logger = logging.getLogger("pgtide.listen")
 
@@ -139,6 +139,7 @@ class ListenerCore:
 
     def open(self) -> None:
         """Connect and LISTEN on every active channel; raise if the first connection fails."""
+        needs_session("a Listener (LISTEN keeps a session)")
         if self._resolved is None:
             self._resolved = resolve(self._dsn)
         self.closing = False
