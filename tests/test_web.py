@@ -595,6 +595,35 @@ def test_cancel_action_cancels_a_pending_event(dsn: str) -> None:
     assert rec is not None and rec.state == "cancelled"
 
 
+def test_a_waiting_event_page_links_what_it_runs_after_and_cancels_the_chain(dsn: str) -> None:
+    events = pgtide.Events(dsn=dsn)
+    first = events.publish("fetch")
+    merge = events.publish("merge", after=first)
+    last = events.publish("report", after=[first, merge])
+
+    async def main() -> None:
+        async with web_client(dsn) as http:
+            page = await http.get(f"/events/{last}")
+            assert 'data-testid="event-state">waiting<' in page.text
+            assert re.search(
+                rf'data-testid="event-after"><a href="[^"]*/events/{first}">{first}</a>, '
+                rf'<a href="[^"]*/events/{merge}">{merge}</a><',
+                page.text,
+            )
+            merge_page = await http.get(f"/events/{merge}")
+            assert f'data-testid="cancel-{merge}"' in merge_page.text
+            r = await http.post(f"/events/{merge}/cancel", data={"csrf": csrf_of(merge_page.text)})
+            assert r.status_code == 303
+            page = await http.get(f"/events/{last}")
+            assert 'data-testid="event-state">cancelled<' in page.text
+            assert f"event {merge}, which it was to run after, ended cancelled" in page.text
+            listed = await http.get("/events?state=waiting")
+            assert listed.status_code == 200 and f'data-testid="state-{last}"' not in listed.text
+
+    asyncio.run(main())
+    events.close()
+
+
 def test_pause_holds_a_name_back_from_workers_and_resume_releases_it(dsn: str) -> None:
     events = pgtide.Events(dsn=dsn, poll_interval=0.05)
     handled: list[str] = []
