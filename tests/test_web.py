@@ -402,6 +402,108 @@ def test_feed_stream_resumes_after_a_killed_connection(dsn: str) -> None:
     asyncio.run(main())
 
 
+def test_a_feed_stream_sends_only_the_changes_its_filters_pass(dsn: str) -> None:
+    """where=status=eq.open&where=qty=gte.3: inserts that match; an update whose old row
+    matched (it leaves the filter); a delete of a row that matched; nothing else. A batch
+    whose last change is filtered out still moves the browser's last event id on."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY, status text, qty numeric)")
+    pgtide.track("orders", dsn=dsn)
+
+    def write(*statements: str) -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for statement in statements:
+                conn.execute(statement)
+
+    write(
+        "INSERT INTO orders SELECT n, CASE WHEN n % 2 = 1 THEN 'open' ELSE 'closed' END, n "
+        "FROM generate_series(1, 10) AS n"
+    )
+    where = "where=status%3Deq.open&where=qty%3Dgte.3"
+
+    async def main() -> None:
+        async with live_client(dsn, expose=["orders"]) as http:
+            bad = await http.get("/sse/feed/f?tables=orders&where=status%3Dlike.open")
+            assert bad.status_code == 400 and "COLUMN=OP.VALUE" in bad.text
+            parser = SseParser()
+            got: list[tuple[str, int]] = []
+            path = f"/sse/feed/filtered?tables=orders&start=beginning&{where}"
+            async with http.stream("GET", path) as r:
+                assert r.status_code == 200
+                chunks = r.aiter_text()
+
+                async def until_got(n: int) -> None:
+                    async with asyncio.timeout(10):
+                        while len(got) < n:
+                            for e in parser.feed(await anext(chunks)):
+                                c = json.loads(e.data)
+                                got.append((c["op"], (c["row"] or c["old"])["id"]))
+
+                await until_got(4)
+                assert got == [("insert", 3), ("insert", 5), ("insert", 7), ("insert", 9)]
+                first_end = parser.last_id
+                assert first_end is not None and "|" not in first_end  # the batch's end
+                await asyncio.to_thread(
+                    write,
+                    "UPDATE orders SET status = 'closed' WHERE id = 5",  # leaves the filter
+                    "UPDATE orders SET qty = 40 WHERE id = 4",  # never in it
+                    "DELETE FROM orders WHERE id = 7",  # was in it
+                )
+                await until_got(6)
+                assert got[4:] == [("update", 5), ("delete", 7)]
+                moved = parser.last_id
+                await asyncio.to_thread(write, "DELETE FROM orders WHERE id = 8")  # not in it
+                async with asyncio.timeout(10):
+                    while parser.last_id == moved:
+                        assert parser.feed(await anext(chunks)) == []  # nothing dispatched
+                assert parser.last_id is not None and "|" not in parser.last_id
+            # reconnecting from there sends nothing again
+            headers = {"last-event-id": parser.last_id}
+            await asyncio.to_thread(write, "INSERT INTO orders VALUES (11, 'open', 11)")
+            again = SseParser()
+            async with http.stream("GET", path, headers=headers) as r:
+                async with asyncio.timeout(10):
+                    events: list[Any] = []
+                    async for chunk in r.aiter_text():
+                        events += again.feed(chunk)
+                        if events:
+                            break
+                assert [json.loads(e.data)["row"]["id"] for e in events] == [11]
+
+    asyncio.run(main())
+
+
+def test_where_filters_read_values_as_the_row_types_them() -> None:
+    from datetime import date
+    from decimal import Decimal
+
+    from pgtide.web import _filters
+
+    def passes(texts: list[str], row: dict[str, Any]) -> bool:
+        wanted = _filters.parse(texts)
+        assert wanted is not None
+        change = type("C", (), {"op": "insert", "row": row, "old": None})()
+        return wanted(change)  # type: ignore[arg-type]
+
+    row = {"id": 12, "price": Decimal("9.50"), "paid": True, "day": date(2026, 12, 2), "note": None}
+    assert passes(["id=gt.9"], row) and not passes(["id=gt.12"], row)  # numbers, not text
+    assert passes(["price=eq.9.5"], row) and passes(["price=lt.10"], row)
+    assert passes(["paid=is.true"], row) and passes(["paid=eq.true"], row)
+    assert passes(["day=gte.2026-12-01"], row) and not passes(["day=lt.2026-12-02"], row)
+    assert passes(["note=is.null"], row) and not passes(["note=eq.x"], row)
+    assert not passes(["note=neq.x"], row)  # NULL is neither equal nor unequal, as in SQL
+    assert passes(["id=in.(1,12)"], row) and not passes(["id=in.(1,2)"], row)
+    assert not passes(["id=eq.twelve"], row) and passes(["id=neq.twelve"], row)
+    assert not passes(["missing=eq.1"], row)  # a column the row does not have
+    assert passes(["id=gt.9", "paid=is.true"], row) and not passes(
+        ["id=gt.9", "paid=is.false"], row
+    )
+    assert _filters.parse([]) is None
+    for bad in ("id", "id=like.x", "id=in.1,2", "id=is.maybe"):
+        with pytest.raises(_filters.FilterError):
+            _filters.parse([bad])
+
+
 def test_a_feed_stream_makes_the_hub_wait_for_changes_while_it_is_open(dsn: str) -> None:
     """The capture triggers NOTIFY only while a feed waits (migration 021): while a browser
     follows changes the console's hub is registered as waiting (the writer's NOTIFY wakes the

@@ -36,6 +36,7 @@ from ..errors import InvalidChannel, InvalidName, InvalidPosition, PgtideError, 
 from ..feed.track import qualified, require_tracked
 from ..names import TableName
 from ..notify import check_channel
+from . import _filters as filters
 from . import _plots
 from ._hub import Hub, scrub, scrubbed_traceback
 from ._security import COOKIE, Guard
@@ -462,9 +463,20 @@ async def feed_sse(request: Request) -> Response:
         resume = ResumeToken.parse(last) if last else None
     except InvalidPosition as exc:
         raise HTTPException(400, f"bad Last-Event-ID: {exc}") from None
+    try:
+        wanted = filters.parse(request.query_params.getlist("where"))
+    except filters.FilterError as exc:
+        raise HTTPException(400, str(exc)) from None
     assert console.hub.resolved is not None
     body = feed_stream(
-        console.hub, console.reads, consumer, tables, resume, start, console.stopping
+        console.hub,
+        console.reads,
+        consumer,
+        tables,
+        resume,
+        start,
+        console.stopping,
+        wanted=wanted,
     )
     return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
 

@@ -20,7 +20,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -106,6 +106,7 @@ class Read:
     start: Position
     end: Position
     count: int
+    changes: list[Change]  # for the streams that filter them
 
 
 class SharedReads:
@@ -169,7 +170,7 @@ class SharedReads:
             async for batch in feed.batches(start, "end", self._max):
                 changes = list(batch)
                 chunk = _chunk(changes, 0, batch.start, batch.position)
-                return Read(chunk, batch.start, batch.position, len(changes))
+                return Read(chunk, batch.start, batch.position, len(changes), changes)
             return None
         finally:
             pool.append(feed)
@@ -193,11 +194,13 @@ async def feed_stream(
     start: str,
     stopping: asyncio.Event,
     max_changes: int = 1000,
+    wanted: Callable[[Change], bool] | None = None,
 ) -> AsyncIterator[bytes]:
     """The SSE body of ``/sse/feed/{consumer}``: ``change`` events, one per change, until
     the browser leaves or the server stops (``stopping``). Batches come from ``reads``
     (shared with the other streams at the same position); the consumer's position is saved
-    once batches are written to the connection."""
+    once batches are written to the connection. ``wanted``: only the changes it passes are
+    sent (``where=`` filters), each with the id it has in the whole batch."""
     assert hub.resolved is not None
     feed = Feed(consumer, tables, dsn=hub.resolved)
     watch = asyncio.create_task(_stop_when(stopping, feed))
@@ -214,7 +217,7 @@ async def feed_stream(
                         dropped = min(skip, len(changes))
                         skip -= dropped
                         if changes[dropped:]:
-                            yield _chunk(changes, dropped, batch.start, batch.position)
+                            yield _chunk(changes, dropped, batch.start, batch.position, wanted)
                     pos = resume.end
                 pos = await feed.seek(pos)
             elif start == "saved":
@@ -226,7 +229,10 @@ async def feed_stream(
                 seen = hub.change_version
                 read = await reads.next(tables, pos)
                 if read is not None:
-                    yield read.chunk
+                    if wanted is None:
+                        yield read.chunk
+                    else:
+                        yield _chunk(read.changes, 0, read.start, read.end, wanted)
                     pos, idle = read.end, 0.0
                     if time.monotonic() - acked_at >= ACK_EVERY:  # written: acknowledge
                         saved, acked_at = await feed.seek(pos), time.monotonic()
@@ -253,15 +259,30 @@ async def _stop_when(stopping: asyncio.Event, feed: Feed) -> None:
     feed.stop()
 
 
-def _chunk(changes: list[Change], first: int, start: Position, end: Position) -> bytes:
-    """Changes ``first``... of one batch as ``change`` events, written in one piece."""
+def _chunk(
+    changes: list[Change],
+    first: int,
+    start: Position,
+    end: Position,
+    wanted: Callable[[Change], bool] | None = None,
+) -> bytes:
+    """Changes ``first``... of one batch as ``change`` events, written in one piece; with
+    ``wanted``, only those it passes, and then, when the batch's last change is not among
+    them, an event with the batch's end as its id and no data: the browser's last event id
+    moves on (nothing is dispatched), so a reconnect does not read the batch again."""
     last = len(changes) - 1
     head = f"{start}|{end}|"
-    return "".join(
+    sent: Sequence[int] = range(first, len(changes))
+    if wanted is not None:
+        sent = [i for i in sent if wanted(changes[i])]
+    text = "".join(
         f"event: change\nid: {end if i == last else head + str(i)}\n"
         f"data: {change_json(changes[i])}\n\n"
-        for i in range(first, len(changes))
-    ).encode()
+        for i in sent
+    )
+    if wanted is not None and last not in sent:
+        text += f"id: {end}\n\n"
+    return text.encode()
 
 
 async def channel_stream(hub: Hub, channel: str, stopping: asyncio.Event) -> AsyncIterator[bytes]:
