@@ -179,8 +179,8 @@ def _reply(batch: Batch, outcomes: list[Any], claims: list[Any], xip: str = "") 
 
 def _row(id_: int, attempts: int) -> tuple[Any, ...]:
     """A claim's row: id, name, payload, created_at, key, source_id, token, attempts,
-    priority."""
-    return (id_, "a", "null", datetime.now(UTC), None, None, 1, attempts, 0)
+    priority, trace."""
+    return (id_, "a", "null", datetime.now(UTC), None, None, 1, attempts, 0, None)
 
 
 def test_plan_claims_sleeps_and_shuts_down_in_order() -> None:

@@ -26,7 +26,7 @@ from ..connect import DsnLike, Resolved, pooled
 from ..errors import ConfigError, PgtideError
 from ..overview import Section
 from ..session import Io, Query, atomic, one, query
-from . import _sql
+from . import _sql, _tracing
 from ._model import ENDED, STATES, Handler, HandlerSpec, check_name, encode_array, to_json
 from ._signatures import PublishArgs, RunArgs, ScheduleArgs
 from ._source import Source, check, env_float, source_from
@@ -168,12 +168,19 @@ class Core:
         if after:
             array = encode_array([payload], name)
 
-            def work() -> Io[int]:
-                ids = yield from self._publish_after(name, array, when, key, priority, after, 1)
+            def work(trace: str | None) -> Io[int]:
+                ids = yield from self._publish_after(
+                    name, array, when, key, priority, after, 1, trace
+                )
                 return ids[0]
 
-            return work
-        return lambda: self._publish(name, encoded, when, key, priority, dedupe_key)
+            return _traced(name, 1, work, lambda id_: [id_])
+        return _traced(
+            name,
+            1,
+            lambda trace: self._publish(name, encoded, when, key, priority, dedupe_key, trace),
+            lambda id_: [id_],
+        )
 
     def _publish(
         self,
@@ -183,11 +190,13 @@ class Core:
         key: str | None,
         priority: int,
         dedupe_key: str | None,
+        trace: str | None = None,
     ) -> Io[int]:
         src = self.checked
         if src is None:
+            params = (name, encoded, when, key, priority, dedupe_key, trace)
             for _ in range(10):  # the key's holder may end between the two statements
-                row = yield from one(_sql.PUBLISH, (name, encoded, when, key, priority, dedupe_key))
+                row = yield from one(_sql.PUBLISH, params)
                 if row is None and dedupe_key is not None:
                     row = yield from one(_sql.DEDUPED, (dedupe_key,))
                 if row is not None:
@@ -218,6 +227,7 @@ class Core:
         priority: int,
         after: list[int],
         count: int,
+        trace: str | None = None,
     ) -> Io[list[int]]:
         """Insert the events of ``array`` to run after the events ``after`` (one statement:
         see :data:`_sql.PUBLISH_AFTER`); their ids."""
@@ -233,6 +243,7 @@ class Core:
             "key": key,
             "priority": priority,
             "payloads": array,
+            "trace": trace,
         }
         row = yield from one(_sql.PUBLISH_AFTER, params)
         assert row is not None
@@ -275,7 +286,7 @@ class Core:
         after = _after(args.after, dedupe_key)
         array = encode_array(values, name)  # one value to encode, send and parse
 
-        def work() -> Io[list[int]]:
+        def work(trace: str | None) -> Io[list[int]]:
             if self.checked is not None:
                 raise ConfigError(
                     "publish_many is for pgtide's own events table; with your own table, insert "
@@ -287,14 +298,14 @@ class Core:
             if after:
                 return (
                     yield from self._publish_after(
-                        name, array, when, key, priority, after, len(values)
+                        name, array, when, key, priority, after, len(values), trace
                     )
                 )
             if keys is None:
-                params = (name, when, key, priority, array)
+                params = (name, when, key, priority, trace, array)
                 row = yield from one(_sql.PUBLISH_MANY_PLAIN, params)
                 return list(map(int, row[0].split(","))) if row and row[0] else []
-            params2 = (name, when, key, priority, array, keys)
+            params2 = (name, when, key, priority, trace, array, keys)
             rows = yield from query(_sql.PUBLISH_MANY, params2)
             by_key = {k: int(i) for i, k in rows if k is not None}
             plain = sorted(int(i) for i, k in rows if k is None)
@@ -312,11 +323,13 @@ class Core:
                     ids.append(by_key[k])
                 else:  # its holder ended meanwhile: publish it alone
                     encoded = to_json(payload, f"the payload of event {name!r}")
-                    by_key[k] = yield from self._publish(name, encoded, when, key, priority, k)
+                    by_key[k] = yield from self._publish(
+                        name, encoded, when, key, priority, k, trace
+                    )
                     ids.append(by_key[k])
             return ids
 
-        return work
+        return _traced(name, len(values), work, lambda ids: ids)
 
     # -- control ---------------------------------------------------------------------------
 
@@ -700,6 +713,26 @@ def _check_key(key: object, what: str = "key") -> None:
         raise ConfigError(f"{what} must be a string or None, not {type(key).__name__}")
     if key is not None and "\x00" in key:
         raise ConfigError(f"bad {what} {key!r}: it cannot hold a NUL character (\\x00)")
+
+
+def _traced(
+    name: str,
+    count: int,
+    make: Callable[[str | None], Io[T]],
+    ids: Callable[[T], list[int]],
+) -> Work[T]:
+    """The work of a publish, in a span when the program traces (see :mod:`._tracing`):
+    ``make`` gets the span's context to store with the events (None when it does not)."""
+    if not _tracing.on():
+        return lambda: make(None)
+
+    def work() -> Io[T]:
+        with _tracing.publishing(name, count) as (carrier, span):
+            result = yield from make(carrier)
+            _tracing.published(span, ids(result))
+            return result
+
+    return work
 
 
 def _after(after: object, dedupe_key: object) -> list[int] | None:

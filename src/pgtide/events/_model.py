@@ -57,6 +57,7 @@ class Event:
     key: str | None = None
     source_id: str | None = None
     _cancel: bool = field(default=False, repr=False, compare=False, kw_only=True)
+    _trace: str | None = field(default=None, repr=False, compare=False, kw_only=True)
 
     @property
     def cancelled(self) -> bool:
@@ -72,7 +73,7 @@ class Event:
     @classmethod
     def _claimed(cls, row: tuple[Any, ...], payload: Any) -> Event:
         """The event of a claimed row (``id, name, _, created_at, key, source_id, _,
-        attempts, ...``) as its handler will get it, attempt included: the same object the
+        attempts, _, trace``) as its handler will get it, attempt included: the same object the
         constructor makes, built for the worker's hot path with its attributes given at once
         (no per-field ``object.__setattr__`` call of the frozen dataclass, no other object)."""
         event = _new(cls)
@@ -88,6 +89,7 @@ class Event:
                 "key": row[4],
                 "source_id": row[5],
                 "_cancel": False,
+                "_trace": row[9],
             },
         )
         return event

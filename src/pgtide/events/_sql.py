@@ -12,8 +12,8 @@ CHANNEL = "pgtide_events"
 """The channel every insert into pgtide.events notifies (see 003_events.sql)."""
 
 PUBLISH = """
-INSERT INTO pgtide.events (name, payload, run_after, key, priority, dedupe_key)
-VALUES (%s, %s::jsonb, coalesce(%s::timestamptz, now()), %s, %s, %s)
+INSERT INTO pgtide.events (name, payload, run_after, key, priority, dedupe_key, trace)
+VALUES (%s, %s::jsonb, coalesce(%s::timestamptz, now()), %s, %s, %s, %s::jsonb)
 ON CONFLICT (source, dedupe_key)
     WHERE dedupe_key IS NOT NULL AND state IN ('pending', 'failed', 'running') DO NOTHING
 RETURNING id
@@ -36,8 +36,8 @@ WHERE source = '' AND dedupe_key = ANY(%s::text[]) AND state IN ('pending', 'fai
 """
 
 PUBLISH_MANY = """
-INSERT INTO pgtide.events (name, payload, run_after, key, priority, dedupe_key)
-SELECT %s, p, coalesce(%s::timestamptz, now()), %s, %s, d
+INSERT INTO pgtide.events (name, payload, run_after, key, priority, dedupe_key, trace)
+SELECT %s, p, coalesce(%s::timestamptz, now()), %s, %s, d, %s::jsonb
 FROM ROWS FROM (jsonb_array_elements(%s::jsonb), unnest(%s::text[])) WITH ORDINALITY AS t(p, d, n)
 ORDER BY n
 ON CONFLICT (source, dedupe_key)
@@ -47,8 +47,8 @@ RETURNING id, dedupe_key
 
 PUBLISH_MANY_PLAIN = """
 WITH inserted AS (
-    INSERT INTO pgtide.events (name, payload, run_after, key, priority)
-    SELECT %s, p, coalesce(%s::timestamptz, now()), %s, %s
+    INSERT INTO pgtide.events (name, payload, run_after, key, priority, trace)
+    SELECT %s, p, coalesce(%s::timestamptz, now()), %s, %s, %s::jsonb
     FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS t(p, n)
     ORDER BY n
     RETURNING id)
@@ -70,14 +70,14 @@ seen AS (
     FROM parents),
 inserted AS (
     INSERT INTO pgtide.events (name, payload, run_after, key, priority, after, state, error,
-                               finished_at)
+                               finished_at, trace)
     SELECT %(name)s, t.p, coalesce(%(run_at)s::timestamptz, now()), %(key)s, %(priority)s,
            %(after)s::bigint[],
            CASE WHEN s.lost IS NOT NULL THEN 'cancelled'
                 WHEN s.open > 0 THEN 'waiting' ELSE 'pending' END,
            CASE WHEN s.lost IS NOT NULL THEN format(
                'cancelled: event %%s, which it was to run after, ended %%s', s.lost, s.how) END,
-           CASE WHEN s.lost IS NOT NULL THEN now() END
+           CASE WHEN s.lost IS NOT NULL THEN now() END, %(trace)s::jsonb
     FROM seen s, jsonb_array_elements(%(payloads)s::jsonb) WITH ORDINALITY AS t(p, n)
     WHERE s.found = cardinality(%(after)s::bigint[])
     ORDER BY t.n
@@ -97,7 +97,7 @@ WHERE NOT EXISTS (SELECT 1 FROM pgtide.events e WHERE e.id = a AND e.source = ''
 """
 
 CLAIM = """
-SELECT id, name, payload, created_at, key, source_id, lease_token, attempts, priority
+SELECT id, name, payload, created_at, key, source_id, lease_token, attempts, priority, trace
 FROM pgtide.events_claim(%(source)s::text, %(names)s::text[], %(limit)s::integer,
                          %(owner)s::text, %(lease)s::double precision)
 """
@@ -110,7 +110,8 @@ than running it. Payloads come back as text: the worker decodes them (faster tha
 driver's JSON loader)."""
 
 CLAIM_LIMITED = """
-SELECT id, name, payload::text, created_at, key, source_id, lease_token, attempts, priority
+SELECT id, name, payload::text, created_at, key, source_id, lease_token, attempts, priority,
+       trace
 FROM pgtide.events_claim_limited(%(source)s, %(name)s, %(limit)s, %(owner)s, %(lease)s)
 """
 """A claim of one name with global limits (see 011_events_queue.sql): the name's queue row

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import heapq
 import logging
 import os
@@ -72,7 +73,7 @@ from ..session import (
     fetched,
     query,
 )
-from . import _sql
+from . import _sql, _tracing
 from ._model import Event, HandlerSpec, decode_payloads, result_json, retry_delay, to_json
 from ._stats import WorkerStats
 
@@ -223,7 +224,7 @@ class WorkerCore:
     ) -> None:
         self.target = target
         self.stats = WorkerStats() if stats is None else stats
-        self.handlers = dict(handlers)
+        self.handlers = _tracing.handlers_traced(dict(handlers), dataclasses.replace)
         self.options = options
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stop_requested = False
@@ -1302,7 +1303,7 @@ def _nothing() -> None:
     return None
 
 
-_DRIVE = Event._claimed((0, "", None, None, None, None, 0, 0, 0), None)
+_DRIVE = Event._claimed((0, "", None, None, None, None, 0, 0, 0, None), None)
 """What :meth:`WorkerCore._next` returns to the pool thread that is to drive the plan."""
 
 

@@ -3,12 +3,15 @@
 -- dedupe key at a time) and running ones whose lease lapsed. Each claim gets a new fencing
 -- token; a claim that replaces one whose start was counted records that token in
 -- counted_starts. One generic plan a session, sequential scans off, no JIT (migration 022
--- says why); counted_starts since migration 029.
+-- says why); counted_starts since migration 029; the publisher's trace context (its
+-- tracing carrier, as JSON text) since migration 034, which changed the columns returned.
 
-CREATE OR REPLACE FUNCTION pgtide.events_claim(
+DROP FUNCTION IF EXISTS pgtide.events_claim(text, text[], integer, text, double precision);
+CREATE FUNCTION pgtide.events_claim(
     p_source text, p_names text[], p_limit integer, p_owner text, p_lease double precision)
 RETURNS TABLE (id bigint, name text, payload text, created_at timestamptz, key text,
-               source_id text, lease_token integer, attempts integer, priority integer)
+               source_id text, lease_token integer, attempts integer, priority integer,
+               trace text)
 LANGUAGE plpgsql
 SET jit = off SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
 #variable_conflict use_column
@@ -49,6 +52,6 @@ BEGIN
     WHERE e.id = ANY(ARRAY(SELECT c.id FROM candidates c ORDER BY c.priority, c.id
                            LIMIT p_limit))
     RETURNING e.id, e.name, e.payload::text, e.created_at, e.key, e.source_id, e.lease_token,
-              e.attempts, e.priority;
+              e.attempts, e.priority, e.trace::text;
 END
 $$;

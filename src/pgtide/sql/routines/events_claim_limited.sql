@@ -1,12 +1,15 @@
 -- pgtide.events_claim_limited: a claim of one limited name, at most `concurrency` running
 -- (leases alive) and at most `rate_count` claims per `rate_period` seconds (a sliding
 -- window), across all workers: the name's row in event_queues is locked while it decides.
--- Otherwise as events_claim (migration 011; counted_starts since migration 029).
+-- Otherwise as events_claim (migration 011; counted_starts since migration 029; the trace
+-- context since migration 034, which changed the columns returned).
 
-CREATE OR REPLACE FUNCTION pgtide.events_claim_limited(
+DROP FUNCTION IF EXISTS pgtide.events_claim_limited(text, text, integer, text, double precision);
+CREATE FUNCTION pgtide.events_claim_limited(
     p_source text, p_name text, p_want integer, p_owner text, p_lease double precision)
 RETURNS TABLE (id bigint, name text, payload jsonb, created_at timestamptz, key text,
-               source_id text, lease_token integer, attempts integer, priority integer)
+               source_id text, lease_token integer, attempts integer, priority integer,
+               trace text)
 LANGUAGE plpgsql SET jit = off AS $$
 #variable_conflict use_column
 DECLARE
@@ -66,7 +69,7 @@ BEGIN
                               ELSE array_append(e.counted_starts, e.lease_token) END
     WHERE e.id = ANY(ARRAY(SELECT c.id FROM candidates c ORDER BY c.priority, c.id LIMIT allowed))
     RETURNING e.id, e.name, e.payload, e.created_at, e.key, e.source_id, e.lease_token,
-              e.attempts, e.priority;
+              e.attempts, e.priority, e.trace::text;
     GET DIAGNOSTICS got = ROW_COUNT;
     IF q.rate_count IS NOT NULL AND got > 0 THEN
         UPDATE pgtide.event_queues u
