@@ -119,6 +119,28 @@ def test_a_feed_follows_through_a_transaction_pooler(pooler: str, dsn: str) -> N
     feed.close()
 
 
+def test_ingest_lands_lines_through_a_transaction_pooler(
+    pooler: str, dsn: str, tmp_path: Any
+) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE readings (value float8)")
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "a.txt").write_text("".join(f"{n}.5\n" for n in range(200)) + "oops\n")
+    watcher = pgtide.FileWatcher(data, table="readings", dsn=pooler, name="pooled")
+    assert watcher.catch_up() == 200
+    with (data / "a.txt").open("a") as f:
+        f.write("7\n8\n")
+    watcher.start()
+    with psycopg.connect(dsn) as conn:
+        wait_for(
+            lambda: conn.execute("SELECT count(*) FROM readings").fetchone() == (202,),
+            what="the appended lines",
+        )
+    watcher.stop()
+    assert [r.line for r in pgtide.ingest.rejects.find(dsn=dsn)] == ["oops"]
+
+
 def test_what_needs_a_session_refuses_to_start_behind_a_pooler(pooler: str) -> None:
     with pytest.raises(ConfigError, match=r"a Listener .* needs a session of its own"):
         pgtide.Listener(dsn=pooler).start()
