@@ -117,6 +117,14 @@ def test_a_feed_follows_through_a_transaction_pooler(pooler: str, dsn: str) -> N
     batch = next(iter(feed.batches(start="saved", timeout=5)))  # polled: woken without LISTEN
     assert [c.row["id"] for c in batch] == [31]
     feed.close()
+    newest: list[Any] = []
+    fetcher = pgtide.LatestFetcher("orders", newest.append, dsn=pooler, poll_interval=0.05)
+    fetcher.start()
+    wait_for(lambda: newest and newest[-1]["id"] == 31, what="the newest row")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO orders VALUES (32, 32)")
+    wait_for(lambda: newest[-1]["id"] == 32, what="the next newest row, polled")
+    fetcher.stop()
 
 
 def test_ingest_lands_lines_through_a_transaction_pooler(
