@@ -72,7 +72,10 @@ def test_a_worker_behind_a_pooler_leaves_no_session_setting(pooler: str, dsn: st
             assert conn.execute("SHOW jit").fetchone() == ("on",)
             assert conn.execute("SHOW plan_cache_mode").fetchone() == ("auto",)
     with psycopg.connect(dsn) as conn:  # and no worker held a wake gate (a session lock)
-        held = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+        held = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
         assert held.fetchone() == (0,)
 
 
