@@ -119,10 +119,15 @@ def test_backfill_needs_a_primary_key(dsn: str) -> None:
     assert pgtide.feed.tracked(dsn=dsn) == []  # nothing half done
 
 
+KILLED_CHUNK = 5
+"""The crash test's chunks: so small that the runner is still at it when the kill lands (with
+50 rows a chunk, a fast machine finished all 100 between two looks at the progress)."""
+
+
 def backfill_forever(dsn: str) -> None:
     """The runner killed by the crash test: small chunks, one after the other."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        Backfiller(dsn, chunk_rows=50).run_pending(conn)
+        Backfiller(dsn, chunk_rows=KILLED_CHUNK).run_pending(conn)
 
 
 def test_kill_9_mid_backfill_resumes_without_losing_or_repeating_chunks(
@@ -137,7 +142,7 @@ def test_kill_9_mid_backfill_resumes_without_losing_or_repeating_chunks(
         time.sleep(0.01)
     killable.kill(process)
     chunks, done = _progress(dsn)
-    assert not done and chunks < ROWS // 50
+    assert not done and chunks < ROWS // KILLED_CHUNK
     # the next runner (a feed of the table) takes over from the last saved key
     feed = pgtide.Feed("taker", "items", dsn=dsn)
     for batch in feed.batches(start="end", timeout=0.2):
