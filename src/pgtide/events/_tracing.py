@@ -9,15 +9,16 @@ did. The context goes in the event's ``trace`` column as the propagator's carrie
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import orjson
 
-from ._model import Event, Handler
+from ._model import Event, Handler, HandlerSpec
 
 try:
     from opentelemetry import propagate, trace
@@ -115,8 +116,8 @@ def traced(fn: Handler, name: str) -> Handler:
     return functools.wraps(fn)(run)
 
 
-def handlers_traced(specs: dict[str, Any], replace: Callable[..., Any]) -> dict[str, Any]:
+def handlers_traced(specs: dict[str, HandlerSpec]) -> dict[str, HandlerSpec]:
     """The worker's handler specs, each running in its span when tracing is on."""
     if not on():
         return specs
-    return {n: replace(s, fn=traced(s.fn, n)) for n, s in specs.items()}
+    return {n: dataclasses.replace(s, fn=traced(s.fn, n)) for n, s in specs.items()}

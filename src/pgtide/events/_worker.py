@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import heapq
 import logging
 import os
@@ -224,7 +223,7 @@ class WorkerCore:
     ) -> None:
         self.target = target
         self.stats = WorkerStats() if stats is None else stats
-        self.handlers = _tracing.handlers_traced(dict(handlers), dataclasses.replace)
+        self.handlers = _tracing.handlers_traced(dict(handlers))
         self.options = options
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stop_requested = False
